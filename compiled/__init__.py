@@ -1,0 +1,1 @@
+"""torch.compile / CUDA-graph capture and generation loops (installed as ``entmaxkv.compiled``)."""

@@ -1,0 +1,48 @@
+"""Static decode configuration and the per-step information ``decode_step`` can return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from torch import Tensor
+
+from entmaxkv.selection import Dense, Selector
+
+__all__ = ["DecodeConfig", "DecodeInfo"]
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How a decode step attends. Hashable and static: changing it recompiles a compiled step.
+
+    Attributes:
+        alpha: entmax α in [1, 2]; 1 is softmax, 2 sparsemax.
+        selector: which pages to attend (``Dense()``, ``TopK(...)``, ``Gaussian()``, ``Exact()``).
+        scale: score scale; ``None`` means 1/sqrt(head_dim).
+    """
+
+    alpha: float = 1.5
+    selector: Selector = field(default_factory=Dense)
+    scale: float | None = None
+
+
+class DecodeInfo(NamedTuple):
+    """What a step did, per (batch, query head) unless said otherwise.
+
+    tau: [B, Hq] float64, the threshold the weights used (log-sum-exp for softmax).
+    num_pages, num_tokens: [B, Hq] int64, pages and tokens attended (equal within a GQA group).
+    dropped_mass_bound: [B, Hq] float64, a bound on the dense attention mass outside the
+        attended pages (0 when nothing that matters was dropped); see ``certificate``.
+    certified: [B, Hq] bool, the output equals dense attention up to rounding.
+    page_mask: [B, Hkv, P] bool, the pages attended.
+    fits: [B] bool, False where the sequence was full and the step could not append.
+    """
+
+    tau: Tensor
+    num_pages: Tensor
+    num_tokens: Tensor
+    dropped_mass_bound: Tensor
+    certified: Tensor
+    page_mask: Tensor
+    fits: Tensor

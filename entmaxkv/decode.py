@@ -1,0 +1,81 @@
+"""decode_step: the one function that reads top to bottom as the algorithm."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from entmaxkv.certificate import dropped_mass_bound
+from entmaxkv.config import DecodeConfig, DecodeInfo
+from entmaxkv.reference import attend, default_scale
+from entmaxkv.selection import Step
+from entmaxkv.state import PagedKVCache, append_token
+from entmaxkv.validation import check_decode
+
+__all__ = ["decode_step"]
+
+
+def decode_step(
+    cache: PagedKVCache,
+    q: Tensor,
+    k_new: Tensor,
+    v_new: Tensor,
+    config: DecodeConfig = DecodeConfig(),
+    *,
+    alibi_slopes: Tensor | None = None,
+    with_info: bool = False,
+) -> tuple[PagedKVCache, Tensor] | tuple[PagedKVCache, Tensor, DecodeInfo]:
+    """Append one token to every sequence, then attend ``q`` over that sequence's tokens
+    (the new one included), reading only the pages the selector picks.
+
+    Args:
+        cache: the cache value to extend; it is not changed as seen through its own lengths.
+        q: [B, Hq, 1, D], Hq a multiple of the cache's KV heads (GQA / MQA / MHA).
+        k_new, v_new: [B, Hkv, 1, D], the new token's key and value.
+        config: α, selector and scale (static).
+        alibi_slopes: optional [Hq] ALiBi slopes (bias = slope · (position - newest position)).
+        with_info: also return a ``DecodeInfo``.
+    Returns ``(cache, out)`` or ``(cache, out, info)``; out: [B, Hq, 1, D] in q's dtype.
+
+    Capacity: in eager use a step on a full cache raises ``ValueError`` before writing.
+    Compiled or graph-captured steps cannot raise without a host sync; there a full sequence
+    is left unchanged, its output row is NaN and ``info.fits`` is False for it.
+    No host synchronisation happens inside the step.
+    """
+    if not torch.compiler.is_compiling():
+        check_decode(cache, q, k_new, v_new, config, alibi_slopes)
+    alpha = float(config.alpha)
+    scale = default_scale(cache.head_dim) if config.scale is None else float(config.scale)
+
+    cache, fits = append_token(cache, k_new, v_new)
+
+    step = Step.build(cache, q, alpha, scale, alibi_slopes)
+    selection = config.selector.select(step)
+    page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
+    token_mask = page_mask.repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+
+    out, tau = attend(step.scores, cache.values(), token_mask, alpha, selection.tau)
+    b, hq, _, d = q.shape
+    out = torch.where(fits[:, None, None, None], out, torch.full_like(out, float("nan")))
+    out = out.reshape(b, hq, 1, d).to(q.dtype)
+    if not with_info:
+        return cache, out
+
+    bound, certified = dropped_mass_bound(step, page_mask)
+    if selection.tau is not None:
+        certified = torch.zeros_like(certified)  # an estimated τ is not the exact one over the pages
+    group = hq // cache.num_kv_heads
+
+    def per_query_head(x: Tensor) -> Tensor:  # [B, Hkv] -> [B, Hq]
+        return x.repeat_interleave(group, dim=1)
+
+    info = DecodeInfo(
+        tau=tau.reshape(b, hq),
+        num_pages=per_query_head(page_mask.sum(-1)),
+        num_tokens=per_query_head(token_mask.sum(-1)),
+        dropped_mass_bound=bound.reshape(b, hq),
+        certified=certified.reshape(b, hq) & fits[:, None],
+        page_mask=page_mask,
+        fits=fits,
+    )
+    return cache, out, info

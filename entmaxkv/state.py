@@ -1,0 +1,292 @@
+"""The paged KV cache: an immutable pytree over preallocated storage.
+
+Layout (B batch, H KV heads, P = ceil(capacity / S) pages of S tokens, D head dim):
+
+    k_pages, v_pages   [B, H, P, S, D]  cache dtype   one contiguous block per page
+    k_min, k_max       [B, H, P, D]     cache dtype   exact extrema of each full page
+    k_mean, k_std      [B, H, P, D]     float32+      mean / population std of each full page
+    seq_lens           [B]              int64         tokens each sequence holds
+
+Statistics of a page are written once, when the page fills, and are final from then on.
+The last, partial page of a sequence is always attended in full, so its statistics are never
+read (their slots hold stale values until the page fills).
+
+Sharing rule: a new cache value returned by ``prefill`` or ``decode_step`` shares storage
+with the value it came from and only writes past that value's ``seq_lens``. Every older value
+therefore keeps describing exactly what it described. Two *divergent* continuations of one
+value would write the same slots; call ``fork()`` first to give one of them its own storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils import _pytree as pytree
+
+__all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for"]
+
+_TENSOR_FIELDS = ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std", "seq_lens")
+
+
+def stats_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Mean/std are kept in float32, or float64 for a float64 cache."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True, eq=False)
+class PagedKVCache:
+    """Frozen paged KV cache. Tensor fields are pytree leaves; ``page_size``, ``capacity``
+    and ``host_max_len`` are static metadata.
+
+    ``host_max_len`` is an upper bound of ``seq_lens`` known on the host, kept in eager use so
+    that overflowing ``capacity`` raises before anything is written, without reading device
+    memory. Compiled and graph-captured steps carry ``None`` there (see ``without_host_len``)
+    and report overflow on the device instead (see ``decode_step``).
+
+    Example::
+
+        cache = PagedKVCache.empty(batch=2, num_kv_heads=4, head_dim=64, capacity=4096)
+        cache = prefill(cache, k, v, seq_lens)     # k, v: [2, 4, T, 64]
+    """
+
+    k_pages: Tensor
+    v_pages: Tensor
+    k_min: Tensor
+    k_max: Tensor
+    k_mean: Tensor
+    k_std: Tensor
+    seq_lens: Tensor
+    page_size: int
+    capacity: int
+    host_max_len: int | None = 0
+
+    # ---- construction -------------------------------------------------------------------
+
+    @staticmethod
+    def empty(
+        *,
+        batch: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        page_size: int = 16,
+        dtype: torch.dtype = torch.float16,
+        device: torch.device | str = "cpu",
+    ) -> "PagedKVCache":
+        """Allocate storage for ``capacity`` tokens per sequence; every sequence is empty."""
+        from entmaxkv.validation import check_empty_args
+
+        check_empty_args(batch, num_kv_heads, head_dim, capacity, page_size, dtype)
+        pages = -(-capacity // page_size)
+        pages_shape = (batch, num_kv_heads, pages, page_size, head_dim)
+        stats_shape = (batch, num_kv_heads, pages, head_dim)
+        sdt = stats_dtype_for(dtype)
+        return PagedKVCache(
+            k_pages=torch.zeros(pages_shape, dtype=dtype, device=device),
+            v_pages=torch.zeros(pages_shape, dtype=dtype, device=device),
+            k_min=torch.zeros(stats_shape, dtype=dtype, device=device),
+            k_max=torch.zeros(stats_shape, dtype=dtype, device=device),
+            k_mean=torch.zeros(stats_shape, dtype=sdt, device=device),
+            k_std=torch.zeros(stats_shape, dtype=sdt, device=device),
+            seq_lens=torch.zeros(batch, dtype=torch.int64, device=device),
+            page_size=page_size,
+            capacity=capacity,
+            host_max_len=0,
+        )
+
+    def fork(self) -> "PagedKVCache":
+        """A copy with storage of its own, for a continuation that diverges from another one
+        sharing this value (beam search, speculative branches, re-decoding with new inputs)."""
+        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in _TENSOR_FIELDS})
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "PagedKVCache":
+        """A copy in another dtype and/or on another device (statistics are recomputed from the
+        converted keys, so min/max stay exact). For references and tests, not the decode path."""
+        dtype = dtype or self.dtype
+        sdt = stats_dtype_for(dtype)
+        conv = {f: getattr(self, f).to(device=device, dtype=dtype) for f in ("k_pages", "v_pages")}
+        stats = page_statistics(conv["k_pages"])
+        full = self.full_page_mask().to(device=conv["k_pages"].device)[:, None, :, None]
+        for f, new in zip(("k_min", "k_max", "k_mean", "k_std"), stats):
+            conv[f] = torch.where(full, new, torch.zeros_like(new)).to(sdt if f in ("k_mean", "k_std") else dtype)
+        return dataclasses.replace(self, seq_lens=self.seq_lens.to(device=device, copy=True), **conv)
+
+    def without_host_len(self) -> "PagedKVCache":
+        """The same cache without its host-side length bound: what compiled steps take, so that
+        the static metadata does not change (and recompile) at every step."""
+        return dataclasses.replace(self, host_max_len=None)
+
+    # ---- geometry -----------------------------------------------------------------------
+
+    @property
+    def batch(self) -> int:
+        return self.k_pages.shape[0]
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k_pages.shape[1]
+
+    @property
+    def num_pages(self) -> int:
+        """Page slots per sequence (static): ``ceil(capacity / page_size)``."""
+        return self.k_pages.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.k_pages.shape[4]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k_pages.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.k_pages.device
+
+    def keys(self) -> Tensor:
+        """[B, H, P*S, D] view of the key storage, token-major."""
+        b, h, p, s, d = self.k_pages.shape
+        return self.k_pages.view(b, h, p * s, d)
+
+    def values(self) -> Tensor:
+        """[B, H, P*S, D] view of the value storage, token-major."""
+        b, h, p, s, d = self.v_pages.shape
+        return self.v_pages.view(b, h, p * s, d)
+
+    def token_mask(self) -> Tensor:
+        """[B, P*S] bool: which token slots each sequence holds."""
+        pos = torch.arange(self.num_pages * self.page_size, device=self.device)
+        return pos[None, :] < self.seq_lens[:, None]
+
+    def full_page_mask(self) -> Tensor:
+        """[B, P] bool: pages that are full (their statistics are final)."""
+        page = torch.arange(self.num_pages, device=self.device)
+        return page[None, :] < (self.seq_lens // self.page_size)[:, None]
+
+    def live_page_mask(self) -> Tensor:
+        """[B, P] bool: pages holding at least one token (full pages and the partial one)."""
+        page = torch.arange(self.num_pages, device=self.device)
+        return page[None, :] * self.page_size < self.seq_lens[:, None]
+
+    def partial_page_mask(self) -> Tensor:
+        """[B, P] bool: the page the next token goes to, if it already holds tokens."""
+        return self.live_page_mask() & ~self.full_page_mask()
+
+
+def _flatten(cache: PagedKVCache):
+    children = [getattr(cache, f) for f in _TENSOR_FIELDS]
+    return children, (cache.page_size, cache.capacity, cache.host_max_len)
+
+
+def _unflatten(children, context) -> PagedKVCache:
+    page_size, capacity, host_max_len = context
+    return PagedKVCache(*children, page_size=page_size, capacity=capacity, host_max_len=host_max_len)
+
+
+def _flatten_with_keys(cache: PagedKVCache):
+    children, context = _flatten(cache)
+    return [(pytree.GetAttrKey(f), c) for f, c in zip(_TENSOR_FIELDS, children)], context
+
+
+pytree.register_pytree_node(
+    PagedKVCache,
+    _flatten,
+    _unflatten,
+    serialized_type_name="entmaxkv.PagedKVCache",
+    flatten_with_keys_fn=_flatten_with_keys,
+)
+
+
+# ---- page statistics ------------------------------------------------------------------------
+
+
+def page_statistics(pages: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Statistics of whole pages. pages: [..., S, D] -> four [..., D] tensors
+    (min and max in the cache dtype, mean and population std in the stats dtype)."""
+    sdt = stats_dtype_for(pages.dtype)
+    wide = pages.to(sdt)
+    mean = wide.mean(dim=-2)
+    std = (wide - mean.unsqueeze(-2)).square().mean(dim=-2).sqrt()
+    return pages.amin(dim=-2), pages.amax(dim=-2), mean, std
+
+
+def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[int]) -> PagedKVCache:
+    """Load padded prompts into an empty cache.
+
+    Args:
+        cache: a cache whose sequences are all empty (from ``PagedKVCache.empty``).
+        k, v: [B, H_kv, T, D] in the cache dtype; positions at or past ``seq_lens[b]`` are
+            padding and are ignored.
+        seq_lens: int [B] (tensor or list), each in [0, min(T, capacity)].
+
+    Returns the new cache value (sharing storage with ``cache``, which stays empty as seen
+    through its own ``seq_lens``). This runs outside decode steps, so it validates values on
+    the host.
+    """
+    from entmaxkv.validation import check_prefill
+
+    seq_lens = check_prefill(cache, k, v, seq_lens)
+    b, h, t, d = k.shape
+    s = cache.page_size
+    pages = -(-t // s)
+    pos = torch.arange(pages * s, device=cache.device)
+    valid = (pos[None, :] < seq_lens[:, None])[:, None, :, None]  # [B, 1, pages*S, 1]
+
+    def to_pages(x: Tensor) -> Tensor:
+        padded = x.new_zeros(b, h, pages * s, d)
+        padded[:, :, :t] = x
+        # where, not multiply: padding may hold anything (NaN included) and must not leak.
+        return torch.where(valid, padded, torch.zeros_like(padded)).view(b, h, pages, s, d)
+
+    cache.k_pages[:, :, :pages].copy_(to_pages(k))
+    cache.v_pages[:, :, :pages].copy_(to_pages(v))
+
+    full = (torch.arange(pages, device=cache.device)[None, :] < (seq_lens // s)[:, None])[:, None, :, None]
+    new_stats = page_statistics(cache.k_pages[:, :, :pages])
+    for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
+        slot = getattr(cache, field)[:, :, :pages]
+        slot.copy_(torch.where(full, new, slot))
+
+    return dataclasses.replace(
+        cache,
+        seq_lens=seq_lens.clone(),
+        host_max_len=None if cache.host_max_len is None else int(seq_lens.max().item()) if b else 0,
+    )
+
+
+def append_token(cache: PagedKVCache, k_new: Tensor, v_new: Tensor) -> tuple[PagedKVCache, Tensor]:
+    """Append one token to every sequence, writing in place past ``cache.seq_lens``.
+
+    Args:
+        k_new, v_new: [B, H_kv, 1, D] in the cache dtype.
+
+    Returns ``(new_cache, fits)`` where ``fits`` [B] bool says which sequences had room.
+    A sequence that is full keeps its length, and nothing is written for it (never wrapped,
+    never written out of bounds); the caller reports the overflow. No host synchronisation.
+    """
+    s = cache.page_size
+    b = cache.batch
+    lens = cache.seq_lens
+    fits = lens < cache.capacity
+    pos = torch.where(fits, lens, torch.zeros_like(lens))  # a safe slot for rows that do not fit
+    page, slot = pos // s, pos % s
+    rows = torch.arange(b, device=cache.device)
+
+    for store, new in ((cache.k_pages, k_new), (cache.v_pages, v_new)):
+        old = store[rows, :, page, slot]  # [B, H, D]
+        store[rows, :, page, slot] = torch.where(fits[:, None, None], new[:, :, 0], old)
+
+    # The new token completes its page: that page's statistics become final.
+    completes = fits & (slot == s - 1)
+    new_stats = page_statistics(cache.k_pages[rows, :, page])  # each [B, H, D]
+    for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
+        store = getattr(cache, field)
+        old = store[rows, :, page]
+        store[rows, :, page] = torch.where(completes[:, None, None], new, old)
+
+    new_lens = lens + fits.to(lens.dtype)
+    host = None if cache.host_max_len is None else cache.host_max_len + 1
+    return dataclasses.replace(cache, seq_lens=new_lens, host_max_len=host), fits

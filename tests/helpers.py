@@ -1,0 +1,48 @@
+"""Shared test set-up: random caches with ragged lengths and their plain token lists."""
+
+import torch
+
+import entmaxkv as ekv
+
+
+def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.float64, spread=1.0):
+    """A prefilled cache plus the plain per-sequence token lists it should hold.
+    Returns (cache, keys, values) with keys[b]/values[b]: [Hkv, len_b, D]."""
+    g = torch.Generator().manual_seed(seed)
+    t = max(max(lens), 1)
+    capacity = capacity or t + 40
+    k = torch.randn(batch, hkv, t, d, generator=g, dtype=torch.float64) * spread
+    v = torch.randn(batch, hkv, t, d, generator=g, dtype=torch.float64)
+    # poison the padding: it must never be read
+    pos = torch.arange(t)[None, None, :, None]
+    pad = pos >= torch.tensor(lens)[:, None, None, None]
+    k, v = k.masked_fill(pad, float("nan")), v.masked_fill(pad, float("nan"))
+    cache = ekv.PagedKVCache.empty(batch=batch, num_kv_heads=hkv, head_dim=d, capacity=capacity,
+                                   page_size=page_size, dtype=dtype)
+    cache = ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
+    keys = [k[b, :, : lens[b]].to(dtype).double() for b in range(batch)]
+    values = [v[b, :, : lens[b]].to(dtype).double() for b in range(batch)]
+    return cache, keys, values
+
+
+def random_step(g, batch, hq, hkv, d, dtype=torch.float64):
+    q = torch.randn(batch, hq, 1, d, generator=g, dtype=torch.float64).to(dtype)
+    kn = torch.randn(batch, hkv, 1, d, generator=g, dtype=torch.float64).to(dtype)
+    vn = torch.randn(batch, hkv, 1, d, generator=g, dtype=torch.float64).to(dtype)
+    return q, kn, vn
+
+
+def visible(cache):
+    """What a holder of ``cache`` can observe: its tokens and its full pages' statistics."""
+    out = []
+    for b, n in enumerate(cache.seq_lens.tolist()):
+        full = n // cache.page_size
+        out.append((cache.keys()[b, :, :n].clone(), cache.values()[b, :, :n].clone(),
+                    *(getattr(cache, f)[b, :, :full].clone() for f in ("k_min", "k_max", "k_mean", "k_std"))))
+    return out
+
+
+def assert_same_view(a, b):
+    for xs, ys in zip(a, b):
+        for x, y in zip(xs, ys):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
