@@ -9,9 +9,12 @@
 from entmaxkv.config import DecodeConfig, DecodeInfo
 from entmaxkv.decode import decode_step
 from entmaxkv.entmax import entmax, entmax_threshold
+from entmaxkv.exact import Exact
+from entmaxkv.gaussian import Gaussian
 from entmaxkv.reference import dense_decode, paged_decode
 from entmaxkv.selection import Dense, Selector
 from entmaxkv.state import PagedKVCache, prefill
+from entmaxkv.topk import TopK
 
 __version__ = "0.1.0"
 
@@ -22,6 +25,9 @@ __all__ = [
     "DecodeConfig",
     "DecodeInfo",
     "Dense",
+    "TopK",
+    "Gaussian",
+    "Exact",
     "Selector",
     "entmax",
     "entmax_threshold",

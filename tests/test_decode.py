@@ -78,9 +78,12 @@ def test_nan_in_one_sequence_does_not_leak_into_others():
         torch.testing.assert_close(out[[0, 2]], clean[[0, 2]], rtol=0, atol=0)
 
 
-def test_compiled_step_equals_eager():
+@pytest.mark.parametrize("selector", [ekv.Dense(), ekv.TopK(token_budget=8), ekv.TopK(coverage=0.5),
+                                      ekv.Gaussian(tau_mode="corrected"), ekv.Exact(max_pages=3)], ids=repr)
+def test_compiled_step_equals_eager(selector):
+    """fullgraph=True fails on any host sync or data-dependent Python branch in the step."""
     cache, _, _ = make_cache(27, 2, 2, 8, 4, [9, 14], dtype=torch.float32)
-    config = ekv.DecodeConfig(alpha=1.5)
+    config = ekv.DecodeConfig(alpha=1.5, selector=selector)
     step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
     eager, compiled = cache.fork(), cache.fork().without_host_len()
     g = torch.Generator().manual_seed(28)
@@ -90,6 +93,7 @@ def test_compiled_step_equals_eager():
         compiled, out_c, info_c = step(compiled, q, kn, vn, config, with_info=True)
         torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(info_c.tau, info_e.tau, rtol=1e-6, atol=1e-6)
+        assert torch.equal(info_c.page_mask, info_e.page_mask)
     assert compiled.seq_lens.tolist() == eager.seq_lens.tolist()
 
 

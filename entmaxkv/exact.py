@@ -1,0 +1,69 @@
+"""Certified-exact entmax selection.
+
+τ computed over any subset of the tokens is <= the true τ (adding tokens can only raise it),
+so a page whose safe bound satisfies (α-1)·U_p <= τ_subset holds only zero-weight tokens.
+Rounds: compute a safe lower bound of τ over the current set C, then set C to every candidate
+page that bound cannot exclude (for any query head of the group). Excluded tokens have zero
+weight at τ_C, so dropping them leaves τ unchanged, and adding the rest can only raise it:
+τ never decreases from round to round and C never grows after the first round. Without a page
+cap the final set is certified by construction (every page outside it was excluded by a τ no
+larger than the final one); with ``max_pages`` the set is truncated to the best pages and the
+step reports whether the certificate still holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entmaxkv.bounds import score_rounding_error
+from entmaxkv.certificate import safe_tau_lower_bound
+from entmaxkv.entmax import lin
+from entmaxkv.selection import Selection, Selector, Step
+from entmaxkv.topk import group_rank_key, top_pages
+
+__all__ = ["Exact"]
+
+
+@dataclass(frozen=True)
+class Exact(Selector):
+    """Certified-exact entmax (α > 1): the output equals dense entmax up to rounding whenever
+    ``info.certified`` is True.
+
+    initial_pages: pages seeding τ, chosen by the group ranking of ``TopK``; default 8.
+    rounds: exclusion rounds (fixed, no data-dependent control flow); default 2.
+    max_pages: static cap on the full pages attended; ``None`` (default) means no cap, and
+        then every step is certified — at the cost of reading whatever the bounds cannot
+        exclude (on real attention page bounds are loose: see ../shared/FINDINGS.md).
+    """
+
+    initial_pages: int = 8
+    rounds: int = 2
+    max_pages: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("initial_pages", "rounds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.max_pages is not None and (not isinstance(self.max_pages, int) or self.max_pages < 0):
+            raise ValueError(f"max_pages must be an int >= 0 or None, got {self.max_pages!r}")
+
+    def check(self, alpha: float) -> None:
+        if alpha <= 1.0:
+            raise ValueError(f"Exact selection needs alpha > 1 (softmax has no exact zeros), got alpha={alpha}")
+
+    def select(self, step: Step) -> Selection:
+        cache, c = step.cache, lin(step.alpha)
+        key = group_rank_key(step)
+        chosen = top_pages(key, self.initial_pages)
+        for _ in range(self.rounds):
+            tokens = (chosen | step.newest).repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+            rounding = score_rounding_error(cache, step.q, step.scale, tokens, step.alibi_slopes)
+            tau_low = safe_tau_lower_bound(step.scores, tokens, step.alpha, rounding)  # [B, Hkv, G]
+            alive = (c * step.upper.double() > tau_low.unsqueeze(-1)).any(2) & step.candidates
+            if self.max_pages is not None:
+                alive = top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
+            chosen = alive
+        return Selection(chosen)

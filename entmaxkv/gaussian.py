@@ -1,0 +1,236 @@
+"""Gaussian-aware selection: model each page's scores as a Gaussian, solve the distributional
+entmax constraint for τ̂, keep the pages whose maximum can reach it.
+
+For a page p with mean key m_p and per-dimension key std σ_pd, the scores of its tokens are
+modelled as S_p ~ N(μ_p, σ_p²) with μ_p = scale·q·m_p (+ the page's mean ALiBi bias) and
+σ_p² = scale²·Σ_d q_d²·σ_pd² (+ the ALiBi bias variance within the page). τ̂ solves
+
+    Σ_p n_p · E[ρ_α((α-1)·S_p - τ)] + Σ_{i in newest page} ρ_α((α-1)·s_i - τ) = 1,
+
+the newest page's tokens entering with their exact scores (they are attended anyway). The
+expectation has a closed form when 1/(α-1) is 1, 2 or 3 (α = 2, 1.5, 4/3) and is integrated
+with fixed Gauss–Legendre nodes otherwise. F(τ) is convex and decreasing, so a bracket from
+Jensen's inequality plus a fixed number of bisection steps solves it with no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from entmaxkv.entmax import lin, rho
+from entmaxkv.reference import group_queries
+from entmaxkv.selection import Selection, Selector, Step
+
+__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians"]
+
+TAU_MODES = ("exact", "fixed", "corrected")
+
+
+def _legendre_nodes(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Gauss–Legendre nodes and weights on [-1, 1] (Newton on P_n; computed once at import)."""
+    nodes, weights = [], []
+    for i in range(1, n + 1):
+        x = math.cos(math.pi * (i - 0.25) / (n + 0.5))
+        for _ in range(100):
+            p0, p1 = 1.0, x
+            for k in range(2, n + 1):
+                p0, p1 = p1, ((2 * k - 1) * x * p1 - (k - 1) * p0) / k
+            dp = n * (x * p1 - p0) / (x * x - 1)
+            step = p1 / dp
+            x -= step
+            if abs(step) < 1e-15:
+                break
+        nodes.append(x)
+        weights.append(2 / ((1 - x * x) * dp * dp))
+    return tuple(nodes), tuple(weights)
+
+
+_GL_NODES, _GL_WEIGHTS = _legendre_nodes(64)
+_QUAD_REACH = 10.0  # standard deviations integrated on each side
+
+
+def _power(alpha: float) -> float:
+    return 1.0 / (alpha - 1.0)
+
+
+def gaussian_moment(a: Tensor, s: Tensor, alpha: float) -> Tensor:
+    """E[[a + s·Z]_+^(1/(α-1))] for Z ~ N(0, 1), elementwise; s >= 0, α in (1, 2].
+
+    Closed forms for 1/(α-1) in {1, 2, 3}; 64-node Gauss–Legendre quadrature otherwise.
+    """
+    n = _power(alpha)
+    s_safe = s.clamp_min(torch.finfo(s.dtype).tiny)
+    d = a / s_safe
+    cdf = 0.5 * torch.erfc(-d / math.sqrt(2.0))
+    pdf = torch.exp(-0.5 * d * d) / math.sqrt(2.0 * math.pi)
+    if abs(n - 1) < 1e-9:
+        return a * cdf + s * pdf
+    if abs(n - 2) < 1e-9:
+        return (a * a + s * s) * cdf + a * s * pdf
+    if abs(n - 3) < 1e-9:
+        return (a ** 3 + 3 * a * s * s) * cdf + (a * a + 2 * s * s) * s * pdf
+    lower = (-d).clamp(-_QUAD_REACH, _QUAD_REACH)
+    half = (_QUAD_REACH - lower) / 2
+    nodes = torch.tensor(_GL_NODES, dtype=a.dtype, device=a.device)
+    weights = torch.tensor(_GL_WEIGHTS, dtype=a.dtype, device=a.device)
+    z = (lower + half).unsqueeze(-1) + half.unsqueeze(-1) * nodes
+    f = (a.unsqueeze(-1) + s.unsqueeze(-1) * z).clamp_min(0).pow(n) * torch.exp(-0.5 * z * z)
+    return half * (f * weights).sum(-1) / math.sqrt(2.0 * math.pi)
+
+
+def solve_gaussian_tau(
+    mu: Tensor, sigma: Tensor, count: Tensor, exact_scores: Tensor, alpha: float,
+    iters: int = 50, expansions: int = 30,
+) -> Tensor:
+    """τ̂ for a mixture of Gaussian pages plus exactly known scores.
+
+    Args:
+        mu, sigma, count: [..., P] page score means, stds and token counts (0 = not modelled);
+        exact_scores: [..., N] scores known exactly (-inf = absent).
+    Returns τ̂ [...] in float64, within (bracket width)/2^iters of the root.
+    """
+    c = lin(alpha)
+    am, sm = c * mu.double(), c * sigma.double()
+    counts = count.double()
+    exact = c * exact_scores.double()
+
+    def excess(tau: Tensor) -> Tensor:
+        t = tau.unsqueeze(-1)
+        pages = torch.where(counts > 0, counts * gaussian_moment(am - t, sm, alpha), torch.zeros_like(am))
+        tokens = torch.where(torch.isneginf(exact), torch.zeros_like(exact), rho(exact - t, alpha))
+        return pages.sum(-1) + tokens.sum(-1) - 1
+
+    top = torch.maximum(torch.where(counts > 0, am, torch.full_like(am, float("-inf"))).amax(-1), exact.amax(-1))
+    lo, width = top - 1, torch.ones_like(top)  # F(lo) >= 0 by Jensen: the top entry alone has mass >= 1
+    hi = top
+    for _ in range(expansions):
+        positive = excess(hi) > 0
+        lo = torch.where(positive, hi, lo)
+        hi = torch.where(positive, hi + width, hi)
+        width = torch.where(positive, 2 * width, width)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        positive = excess(mid) >= 0
+        lo, hi = torch.where(positive, mid, lo), torch.where(positive, hi, mid)
+    return (lo + hi) / 2
+
+
+def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
+    """Score mean and std of every page under the Gaussian model: two [B, Hkv, G, P] float64."""
+    cache = step.cache
+    qg = group_queries(step.q, cache.num_kv_heads).double()
+    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.double().square()) * step.scale ** 2
+    if step.alibi_slopes is not None:
+        slopes = step.alibi_slopes.double().reshape(1, cache.num_kv_heads, -1, 1)
+        var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
+    return step.means.double(), var.sqrt()
+
+
+@dataclass(frozen=True)
+class Gaussian(Selector):
+    """Gaussian-aware entmax selection (α > 1); the number of pages adapts to the scores.
+
+    A page is kept when, for some query head of its group, its estimated maximum
+    μ_p + z·σ_p — z the ``max_quantile`` quantile of the largest of ``page_size`` Gaussian
+    draws — reaches ``τ̂ - margin`` in (α-1)-scaled units. The margin is the original method's:
+    (α-1)·max(safety_margin_z·σ_global, threshold_excess_margin_fraction·excess), with
+    σ_global² the pooled score variance and excess how far τ̂/(α-1) lies above the mean of
+    μ_p + 1.5σ_p.
+
+    tau_mode:
+        "exact": attend the kept pages with the exact τ over their tokens (the default);
+        "fixed": use τ̂ as the threshold (weights renormalised);
+        "corrected": τ̂ refined by ``correction_iters`` Newton steps on the kept tokens.
+    clamp_tau: before "fixed"/"corrected", lower τ̂ to what the kept pages can reach: at most
+        (α-1)·max(μ_p + z_c·σ_p, newest page's top score) - 1e-4, with z_c for
+        ``tau_clamp_page_max_quantile``, but never below τ̂ - margin.
+    """
+
+    tau_mode: str = "exact"
+    safety_margin_z: float = 0.0
+    max_quantile: float = 0.995
+    clamp_tau: bool = True
+    threshold_excess_margin_fraction: float = 0.1
+    tau_clamp_page_max_quantile: float = 0.5
+    correction_iters: int | None = None
+    solver_iters: int = 50
+
+    def __post_init__(self) -> None:
+        if self.tau_mode not in TAU_MODES:
+            raise ValueError(f"tau_mode must be one of {TAU_MODES}, got {self.tau_mode!r}")
+        for name in ("max_quantile", "tau_clamp_page_max_quantile"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if self.safety_margin_z < 0 or self.threshold_excess_margin_fraction < 0:
+            raise ValueError("safety_margin_z and threshold_excess_margin_fraction must be >= 0, got "
+                             f"{self.safety_margin_z} and {self.threshold_excess_margin_fraction}")
+        if self.correction_iters is not None and self.correction_iters < 0:
+            raise ValueError(f"correction_iters must be >= 0 or None, got {self.correction_iters}")
+
+    def check(self, alpha: float) -> None:
+        if alpha <= 1.0:
+            raise ValueError(f"Gaussian selection needs alpha > 1 (entmax zeros), got alpha={alpha}")
+
+    def select(self, step: Step) -> Selection:
+        cache, alpha = step.cache, step.alpha
+        c, size = lin(alpha), cache.page_size
+        cand = step.candidates[:, :, None, :]  # [B, 1, 1, P]
+        mu, sigma = page_gaussians(step)
+        newest_tokens = step.newest.repeat_interleave(size, dim=-1)[:, :, None, :]
+        newest_scores = torch.where(newest_tokens, step.scores.double(), torch.full_like(step.scores.double(), float("-inf")))
+        count = torch.where(cand, torch.full_like(mu, float(size)), torch.zeros_like(mu))
+        tau_hat = solve_gaussian_tau(mu, sigma, count, newest_scores, alpha, iters=self.solver_iters)
+
+        def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
+            return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)
+
+        mean_mu = over_candidates(mu)
+        sigma_global = (over_candidates(sigma.square()) + over_candidates((mu - mean_mu.unsqueeze(-1)).square())).sqrt()
+        excess = (tau_hat / c - over_candidates(mu + 1.5 * sigma)).clamp_min(0)
+        margin = c * torch.maximum(self.safety_margin_z * sigma_global, self.threshold_excess_margin_fraction * excess)
+        tau_floor = tau_hat - margin
+
+        z = _normal_quantile(self.max_quantile ** (1.0 / size), mu)
+        reaches = c * (mu + z * sigma) > tau_floor.unsqueeze(-1)
+        keep = step.candidates & (reaches & cand).any(2)  # a page any head of the group needs
+        if self.tau_mode == "exact":
+            return Selection(keep)
+
+        kept = keep[:, :, None, :]
+        newest_top = newest_scores.amax(-1)
+        tau = tau_hat
+        if self.clamp_tau:
+            zc = _normal_quantile(self.tau_clamp_page_max_quantile ** (1.0 / size), mu)
+            cap = torch.where(kept, mu + zc * sigma, torch.full_like(mu, float("-inf"))).amax(-1)
+            upper = torch.maximum(c * torch.maximum(cap, newest_top) - 1e-4, tau_floor)
+            tau = torch.minimum(tau, upper)
+        tokens = (keep | step.newest).repeat_interleave(size, dim=-1)[:, :, None, :]
+        selected = torch.where(tokens, step.scores.double(), torch.full_like(newest_scores, float("-inf")))
+        top = c * selected.amax(-1)
+        tau = torch.minimum(tau, top - 1e-9 * (1 + top.abs()))  # the top kept token keeps some weight
+        iters = self.correction_iters if self.correction_iters is not None else 1
+        if self.tau_mode == "corrected":
+            tau = _newton_on_tokens(tau, c * selected, alpha, iters)
+        return Selection(keep, tau=tau)
+
+
+def _normal_quantile(p: float, like: Tensor) -> Tensor:
+    """Φ⁻¹(p) as a 0-d tensor (traceable by torch.compile, unlike statistics.NormalDist)."""
+    return torch.special.ndtri(torch.tensor(p, dtype=like.dtype, device=like.device))
+
+
+def _newton_on_tokens(tau: Tensor, z: Tensor, alpha: float, iters: int) -> Tensor:
+    """Newton steps on Σ_i ρ(z_i - τ) = 1 from τ (z: [..., N], -inf = absent). The function is
+    convex and decreasing, so after one step the iterate is <= the root and stays there."""
+    n = _power(alpha)
+    for _ in range(iters):
+        gap = (z - tau.unsqueeze(-1)).clamp_min(0)
+        value = gap.pow(n).sum(-1) - 1
+        slope = n * torch.where(gap > 0, gap.pow(n - 1), torch.zeros_like(gap)).sum(-1)
+        tau = tau + value / slope.clamp_min(torch.finfo(slope.dtype).tiny)
+    return tau

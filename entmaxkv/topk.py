@@ -1,0 +1,98 @@
+"""Quest top-k selection: keep the pages with the best score upper bounds, within a budget.
+
+GQA. The query heads of a group share one page set, so their per-head bounds must be combined
+into one ranking. Entmax weights depend on scores only through lin(α)·s - τ_h, and each head's
+τ_h sits just below that head's top score (τ_h >= lin(α)·max_i s_i - 1). So what decides whether
+a page can matter to head h is how far its bound U_hp reaches *relative to head h's top score*,
+in units of lin(α). We do not know the top score, but we know a score every head attains:
+L_h = max(best page-mean score, best score of the always-attended newest page) — a page's mean
+key is a convex combination of its keys, so some key scores at least the mean. A page is
+ranked by
+
+    key_p = max_h lin(α)·(U_hp - L_h),
+
+the largest amount by which it could beat what some head already attends. It is the Quest
+ranking when the group has one head, it does not let a head with large raw scores drown the
+others, and key_p < -1 proves the page is empty for every head of the group (for entmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from entmaxkv.entmax import lin
+from entmaxkv.selection import Selection, Selector, Step
+
+__all__ = ["TopK", "group_rank_key", "top_pages"]
+
+
+def group_rank_key(step: Step) -> Tensor:
+    """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates)."""
+    neg_inf = torch.full_like(step.means, float("-inf"))
+    attained_means = torch.where(step.candidates[:, :, None, :], step.means, neg_inf).amax(-1)
+    newest_tokens = step.newest.repeat_interleave(step.cache.page_size, dim=-1)[:, :, None, :]
+    attained_newest = torch.where(newest_tokens, step.scores, torch.full_like(step.scores, float("-inf"))).amax(-1)
+    attained = torch.maximum(attained_means.to(step.upper.dtype), attained_newest)  # [B, Hkv, G]
+    key = (lin(step.alpha) * (step.upper - attained.unsqueeze(-1))).amax(2)
+    return torch.where(step.candidates, key, torch.full_like(key, float("-inf")))
+
+
+def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
+    """[B, Hkv, P] bool: the ``count`` pages with the largest finite key (count may be a
+    per-row tensor broadcastable to [B, Hkv, 1]). Static shapes, no host sync."""
+    order = torch.argsort(key, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(key.shape[-1], device=key.device).expand_as(order))
+    return (rank < count) & torch.isfinite(key)
+
+
+@dataclass(frozen=True)
+class TopK(Selector):
+    """Keep the best full pages by the Quest bound, plus the newest page.
+
+    Exactly one of:
+        token_budget: attend at most ``token_budget // page_size`` full pages (the newest,
+            possibly partial page comes on top);
+        coverage: attend ``ceil(coverage · n)`` of a sequence's n full pages; 1.0 is dense.
+    Options:
+        sink_pages: the first pages, always kept (attention sinks); default 1.
+        recent_pages: full pages just before the newest one, always kept; default 0.
+    Forced pages count against the budget; they are kept even when they exceed it.
+    """
+
+    token_budget: int | None = None
+    coverage: float | None = None
+    sink_pages: int = 1
+    recent_pages: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.token_budget is None) == (self.coverage is None):
+            raise ValueError("TopK takes exactly one of token_budget (tokens) or coverage (fraction of pages), "
+                             f"got token_budget={self.token_budget}, coverage={self.coverage}")
+        if self.token_budget is not None and (isinstance(self.token_budget, bool)
+                                              or not isinstance(self.token_budget, int) or self.token_budget < 0):
+            raise ValueError(f"token_budget must be an int >= 0, got {self.token_budget!r}")
+        if self.coverage is not None and not (isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1):
+            raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
+        for name in ("sink_pages", "recent_pages"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+
+    def select(self, step: Step) -> Selection:
+        cache = step.cache
+        key = group_rank_key(step)
+        page = torch.arange(cache.num_pages, device=cache.device)
+        newest_page = ((cache.seq_lens - 1) // cache.page_size)[:, None, None]
+        forced = (page < self.sink_pages) | ((page < newest_page) & (page >= newest_page - self.recent_pages))
+        key = torch.where(forced & step.candidates, torch.full_like(key, float("inf")), key)
+        if self.token_budget is not None:
+            count: Tensor | int = self.token_budget // cache.page_size
+        else:
+            n = step.candidates.sum(-1, keepdim=True)  # [B, 1, 1]
+            count = torch.ceil(n.to(torch.float64) * self.coverage - 1e-9).to(n.dtype)
+        chosen = top_pages(key, count) | (forced & step.candidates)
+        return Selection(chosen)
+
