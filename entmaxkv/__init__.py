@@ -11,6 +11,7 @@ from entmaxkv.decode import decode_step
 from entmaxkv.entmax import entmax, entmax_threshold
 from entmaxkv.exact import Exact
 from entmaxkv.gaussian import Gaussian
+from entmaxkv.quest_cache import QuestKVCache
 from entmaxkv.reference import dense_decode, paged_decode
 from entmaxkv.selection import Dense, Selector
 from entmaxkv.state import PagedKVCache, prefill
@@ -32,5 +33,6 @@ __all__ = [
     "entmax",
     "entmax_threshold",
     "dense_decode",
+    "QuestKVCache",
     "paged_decode",
 ]

@@ -12,7 +12,7 @@ from entmaxkv.selection import Step
 from entmaxkv.state import PagedKVCache, append_token
 from entmaxkv.validation import check_decode
 
-__all__ = ["decode_step"]
+__all__ = ["decode_step", "attend_cache"]
 
 
 def decode_step(
@@ -44,10 +44,31 @@ def decode_step(
     """
     if not torch.compiler.is_compiling():
         check_decode(cache, q, k_new, v_new, config, alibi_slopes)
+    cache, fits = append_token(cache, k_new, v_new)
+    out, info = attend_cache(cache, q, config, alibi_slopes=alibi_slopes, fits=fits, with_info=with_info)
+    return (cache, out, info) if with_info else (cache, out)
+
+
+def attend_cache(
+    cache: PagedKVCache,
+    q: Tensor,
+    config: DecodeConfig = DecodeConfig(),
+    *,
+    alibi_slopes: Tensor | None = None,
+    fits: Tensor | None = None,
+    with_info: bool = True,
+) -> tuple[Tensor, DecodeInfo | None]:
+    """Attend ``q`` over the tokens the cache already holds (no append): the second half of
+    ``decode_step``, for callers that appended themselves. ``fits`` ([B] bool, default all
+    True) marks rows whose append failed; their output is NaN.
+
+    Returns ``(out [B, Hq, 1, D], info)``, info ``None`` unless ``with_info`` (the certificate
+    costs another pass over the scores). Shapes as in ``decode_step``.
+    """
     alpha = float(config.alpha)
     scale = default_scale(cache.head_dim) if config.scale is None else float(config.scale)
-
-    cache, fits = append_token(cache, k_new, v_new)
+    if fits is None:
+        fits = torch.ones_like(cache.seq_lens, dtype=torch.bool)
 
     step = Step.build(cache, q, alpha, scale, alibi_slopes)
     selection = config.selector.select(step)
@@ -59,7 +80,7 @@ def decode_step(
     out = torch.where(fits[:, None, None, None], out, torch.full_like(out, float("nan")))
     out = out.reshape(b, hq, 1, d).to(q.dtype)
     if not with_info:
-        return cache, out
+        return out, None
 
     bound, certified = dropped_mass_bound(step, page_mask)
     if selection.tau is not None:
@@ -78,4 +99,4 @@ def decode_step(
         page_mask=page_mask,
         fits=fits,
     )
-    return cache, out, info
+    return out, info

@@ -25,7 +25,7 @@ from entmaxkv.entmax import lin, rho
 from entmaxkv.reference import group_queries
 from entmaxkv.selection import Selection, Selector, Step
 
-__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians"]
+__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat"]
 
 TAU_MODES = ("exact", "fixed", "corrected")
 
@@ -119,6 +119,17 @@ def solve_gaussian_tau(
     return (lo + hi) / 2
 
 
+def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> tuple[Tensor, Tensor]:
+    """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
+    their exact scores (also returned, [B, Hkv, G, P*S] float64 with -inf elsewhere)."""
+    cand = step.candidates[:, :, None, :]
+    newest_tokens = step.newest.repeat_interleave(step.cache.page_size, dim=-1)[:, :, None, :]
+    scores = step.scores.double()
+    newest_scores = torch.where(newest_tokens, scores, torch.full_like(scores, float("-inf")))
+    count = torch.where(cand, torch.full_like(mu, float(step.cache.page_size)), torch.zeros_like(mu))
+    return solve_gaussian_tau(mu, sigma, count, newest_scores, step.alpha, iters=iters), newest_scores
+
+
 def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
     """Score mean and std of every page under the Gaussian model: two [B, Hkv, G, P] float64."""
     cache = step.cache
@@ -181,10 +192,7 @@ class Gaussian(Selector):
         c, size = lin(alpha), cache.page_size
         cand = step.candidates[:, :, None, :]  # [B, 1, 1, P]
         mu, sigma = page_gaussians(step)
-        newest_tokens = step.newest.repeat_interleave(size, dim=-1)[:, :, None, :]
-        newest_scores = torch.where(newest_tokens, step.scores.double(), torch.full_like(step.scores.double(), float("-inf")))
-        count = torch.where(cand, torch.full_like(mu, float(size)), torch.zeros_like(mu))
-        tau_hat = solve_gaussian_tau(mu, sigma, count, newest_scores, alpha, iters=self.solver_iters)
+        tau_hat, newest_scores = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
 
         def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
             return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)

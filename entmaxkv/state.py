@@ -114,6 +114,19 @@ class PagedKVCache:
             conv[f] = torch.where(full, new, torch.zeros_like(new)).to(sdt if f in ("k_mean", "k_std") else dtype)
         return dataclasses.replace(self, seq_lens=self.seq_lens.to(device=device, copy=True), **conv)
 
+    def with_capacity(self, capacity: int) -> "PagedKVCache":
+        """A copy with room for ``capacity`` tokens per sequence (>= the current capacity):
+        what the convenience wrappers use to grow. Copies the whole cache; never per step."""
+        if capacity < self.capacity:
+            raise ValueError(f"capacity can only grow: {capacity} < current {self.capacity}")
+        bigger = PagedKVCache.empty(batch=self.batch, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                                    capacity=capacity, page_size=self.page_size, dtype=self.dtype, device=self.device)
+        pages = self.num_pages
+        for f in ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std"):
+            getattr(bigger, f)[:, :, :pages].copy_(getattr(self, f))
+        bigger.seq_lens.copy_(self.seq_lens)
+        return dataclasses.replace(bigger, host_max_len=self.host_max_len)
+
     def without_host_len(self) -> "PagedKVCache":
         """The same cache without its host-side length bound: what compiled steps take, so that
         the static metadata does not change (and recompile) at every step."""

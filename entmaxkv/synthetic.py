@@ -10,11 +10,11 @@ What makes real attention hard for page selection, reproduced here on purpose:
 - keys close to low-rank (a decaying spread across channels), as in real models;
 - everything else is weak noise.
 
-With the defaults at 4,096 tokens (D = 64, 4 query heads, 12 steps x 4 seeds) the structure is
-close to what ../shared/FINDINGS.md measured on SmolLM2: entmax support (median / p90 / max)
-4 / 8 / 30 tokens at α = 1.5 and 3 / 4 / 7 at α = 2, held by 2 / 5 / 27 and 1 / 2 / 4 pages;
-a Quest top-k at 12.5% of pages covers the whole support for 79% (α = 1.5) and 90% (α = 2)
-of heads (FINDINGS: about 90%). Measured with ``benchmarks/fidelity.py --structure``.
+With the defaults the structure is close to what ../shared/FINDINGS.md measured on SmolLM2.
+At 4,096 tokens (D = 64, 2 KV x 4 query heads, 8 steps x 3 seeds; benchmarks/results/fidelity.md)
+entmax supports are (median / p90 / max) 4 / 6 / 45 tokens in 1 / 3 / 38 pages at α = 1.5 and
+3 / 4 / 7 tokens in 1 / 2 / 5 pages at α = 2, and a Quest top-k at 12.5% of the pages covers
+the whole support for 84% (α = 1.5) and 95% (α = 2) of heads (FINDINGS: about 90%).
 """
 
 from __future__ import annotations

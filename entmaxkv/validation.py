@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_alpha"]
+__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -94,23 +94,20 @@ def check_prefill(cache, k: Tensor, v: Tensor, seq_lens) -> Tensor:
     return lens
 
 
-def check_decode(cache, q: Tensor, k_new: Tensor, v_new: Tensor, config, alibi_slopes) -> None:
-    """Shape/dtype/device checks of a decode step; never reads device memory."""
+def check_query(cache, q: Tensor, config, alibi_slopes) -> None:
+    """Checks of the attention inputs (query, config, slopes); never reads device memory."""
     from entmaxkv.state import PagedKVCache
 
     if not isinstance(cache, PagedKVCache):
         raise TypeError(f"cache must be a PagedKVCache, got {type(cache).__name__}")
-    _tensor("q", q), _tensor("k_new", k_new), _tensor("v_new", v_new)
+    _tensor("q", q)
     b, h, d = cache.batch, cache.num_kv_heads, cache.head_dim
     if q.dim() != 4 or q.shape[0] != b or q.shape[2] != 1 or q.shape[3] != d:
         raise ValueError(f"q must have shape [B, H_q, 1, D] = [{b}, H_q, 1, {d}], got {tuple(q.shape)}")
     if q.shape[1] % h:
         raise ValueError(f"q's head count H_q = {q.shape[1]} must be a multiple of the cache's "
                          f"H_kv = {h} (GQA groups)")
-    _shape("k_new", k_new, (b, h, 1, d), "[B, H_kv, 1, D]")
-    _shape("v_new", v_new, (b, h, 1, d), "[B, H_kv, 1, D]")
-    for name, x in (("q", q), ("k_new", k_new), ("v_new", v_new)):
-        _like_cache(name, x, cache)
+    _like_cache("q", q, cache)
     if alibi_slopes is not None:
         _tensor("alibi_slopes", alibi_slopes)
         _shape("alibi_slopes", alibi_slopes, (q.shape[1],), "[H_q]")
@@ -120,6 +117,16 @@ def check_decode(cache, q: Tensor, k_new: Tensor, v_new: Tensor, config, alibi_s
     config.selector.check(float(config.alpha))
     if config.scale is not None and not isinstance(config.scale, (int, float)):
         raise TypeError(f"config.scale must be a float or None, got {type(config.scale).__name__}")
+
+
+def check_decode(cache, q: Tensor, k_new: Tensor, v_new: Tensor, config, alibi_slopes) -> None:
+    """Shape/dtype/device checks of a decode step; never reads device memory."""
+    check_query(cache, q, config, alibi_slopes)
+    _tensor("k_new", k_new), _tensor("v_new", v_new)
+    expected = (cache.batch, cache.num_kv_heads, 1, cache.head_dim)
+    _shape("k_new", k_new, expected, "[B, H_kv, 1, D]")
+    _shape("v_new", v_new, expected, "[B, H_kv, 1, D]")
+    _like_cache("k_new", k_new, cache), _like_cache("v_new", v_new, cache)
     if cache.host_max_len is not None and cache.host_max_len + 1 > cache.capacity:
         raise ValueError(f"cache is full: a sequence holds {cache.host_max_len} tokens and capacity is "
                          f"{cache.capacity}; allocate a larger cache (PagedKVCache.empty(capacity=...))")

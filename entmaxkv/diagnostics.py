@@ -1,0 +1,126 @@
+"""How good a selection was, measured against the dense reference (for analysis, not decoding).
+
+    new_cache, out, diag = diagnose(cache, q, k_new, v_new, config)
+    diag.support_recall, diag.true_dropped_mass, diag.dropped_mass_bound, diag.tau_hat, ...
+
+Everything is per (batch, query head), float64. ``page_gaussianity`` needs scipy
+(``pip install "entmaxkv[diagnostics]"``); the rest is plain torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from entmaxkv.config import DecodeConfig
+from entmaxkv.decode import decode_step
+from entmaxkv.entmax import entmax
+from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
+from entmaxkv.reference import default_scale, dense_decode
+from entmaxkv.selection import Step
+from entmaxkv.state import PagedKVCache
+
+__all__ = ["StepDiagnostics", "diagnose", "page_gaussianity"]
+
+
+@dataclass(frozen=True)
+class StepDiagnostics:
+    """Per (batch, query head), all [B, Hq].
+
+    support_recall: fraction of the dense entmax support (tokens with weight > 0) attended.
+    true_dropped_mass / dropped_mass_bound: dense weight outside the attended pages, and the
+        step's certified bound on it (bound >= true always).
+    tau_true: τ of dense attention; tau_used: the τ the step used; tau_hat: the Gaussian
+        model's estimate (α > 1).
+    num_pages / total_pages: pages attended and pages held.
+    l2_error, relative_error, cosine: output vs. dense attention.
+    certified: the step's own certificate.
+    """
+
+    support_recall: Tensor
+    true_dropped_mass: Tensor
+    dropped_mass_bound: Tensor
+    tau_true: Tensor
+    tau_used: Tensor
+    tau_hat: Tensor | None
+    num_pages: Tensor
+    total_pages: Tensor
+    l2_error: Tensor
+    relative_error: Tensor
+    cosine: Tensor
+    certified: Tensor
+
+
+def diagnose(
+    cache: PagedKVCache,
+    q: Tensor,
+    k_new: Tensor,
+    v_new: Tensor,
+    config: DecodeConfig,
+    *,
+    alibi_slopes: Tensor | None = None,
+) -> tuple[PagedKVCache, Tensor, StepDiagnostics]:
+    """Run one decode step with ``config`` and compare it with dense attention.
+
+    Returns ``(new_cache, out, diagnostics)`` exactly as ``decode_step`` would have, so it can
+    replace a step inside a decode loop.
+    """
+    new, out, info = decode_step(cache, q, k_new, v_new, config, alibi_slopes=alibi_slopes, with_info=True)
+    alpha = float(config.alpha)
+    scale = default_scale(new.head_dim) if config.scale is None else float(config.scale)
+    dense_out, tau_true = dense_decode(new, q, alpha, scale, alibi_slopes)
+    step = Step.build(new, q, alpha, scale, alibi_slopes)
+    b, hq = q.shape[:2]
+    weights = entmax(step.scores.double(), alpha=alpha)  # [B, Hkv, G, N]
+    attended = info.page_mask.repeat_interleave(new.page_size, dim=-1)[:, :, None, :]
+    support = weights > 0
+    recall = (support & attended).sum(-1) / support.sum(-1).clamp_min(1)
+    dropped = torch.where(attended, torch.zeros_like(weights), weights).sum(-1)
+    tau_hat = None
+    if alpha > 1:
+        mu, sigma = page_gaussians(step)
+        tau_hat = gaussian_tau_hat(step, mu, sigma)[0].reshape(b, hq)
+
+    o, d = out.double().reshape(b, hq, -1), dense_out.double().reshape(b, hq, -1)
+    l2 = (o - d).norm(dim=-1)
+    return new, out, StepDiagnostics(
+        support_recall=recall.reshape(b, hq),
+        true_dropped_mass=dropped.reshape(b, hq),
+        dropped_mass_bound=info.dropped_mass_bound,
+        tau_true=tau_true,
+        tau_used=info.tau,
+        tau_hat=tau_hat,
+        num_pages=info.num_pages,
+        total_pages=new.live_page_mask().sum(-1, keepdim=True).expand(b, hq),
+        l2_error=l2,
+        relative_error=l2 / d.norm(dim=-1).clamp_min(1e-30),
+        cosine=torch.nn.functional.cosine_similarity(o, d, dim=-1),
+        certified=info.certified,
+    )
+
+
+def page_gaussianity(cache: PagedKVCache, q: Tensor, scale: float | None = None) -> Tensor:
+    """Kolmogorov–Smirnov distance [B, Hq] between the standardised scores of full pages,
+    (s - μ_p) / σ_p pooled over pages, and N(0, 1): how well the Gaussian page model fits.
+    0 is a perfect fit. Needs scipy."""
+    try:
+        from scipy import stats
+    except ImportError as err:  # an optional extra: say how to get it
+        raise ImportError('page_gaussianity needs scipy: pip install "entmaxkv[diagnostics]"') from err
+    scale = default_scale(cache.head_dim) if scale is None else scale
+    step = Step.build(cache, q, 1.5, scale, None)
+    mu, sigma = page_gaussians(step)
+    s, p = cache.page_size, cache.num_pages
+    scores = step.scores.double().reshape(*mu.shape[:3], p, s)
+    z = (scores - mu.unsqueeze(-1)) / sigma.clamp_min(1e-12).unsqueeze(-1)
+    full = cache.full_page_mask()  # [B, P]
+    b, hkv, g = mu.shape[:3]
+    out = torch.zeros(b, hkv * g, dtype=torch.float64)
+    for i in range(b):
+        for h in range(hkv * g):
+            sample = z[i, h // g, h % g][full[i]].flatten()
+            if sample.numel():
+                out[i, h] = stats.kstest(sample.cpu().numpy(), "norm").statistic
+    return out
