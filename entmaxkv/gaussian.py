@@ -228,8 +228,9 @@ class Gaussian(Selector):
 
 
 def _normal_quantile(p: float, like: Tensor) -> Tensor:
-    """Φ⁻¹(p) as a 0-d tensor (traceable by torch.compile, unlike statistics.NormalDist)."""
-    return torch.special.ndtri(torch.tensor(p, dtype=like.dtype, device=like.device))
+    """Φ⁻¹(p) as a 0-d tensor: traceable by torch.compile (unlike statistics.NormalDist), and a
+    fill rather than a host-to-device copy, so it is also legal inside CUDA-graph capture."""
+    return torch.special.ndtri(torch.full((), p, dtype=like.dtype, device=like.device))
 
 
 def _newton_on_tokens(tau: Tensor, z: Tensor, alpha: float, iters: int) -> Tensor:

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import entmaxkv as ekv
+from entmaxkv.compiled import compile_decode_step
 from helpers import make_cache, random_step
 from naive import naive_decode
 
@@ -84,13 +85,13 @@ def test_compiled_step_equals_eager(selector):
     """fullgraph=True fails on any host sync or data-dependent Python branch in the step."""
     cache, _, _ = make_cache(27, 2, 2, 8, 4, [9, 14], dtype=torch.float32)
     config = ekv.DecodeConfig(alpha=1.5, selector=selector)
-    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    step = compile_decode_step(config, backend="aot_eager")
     eager, compiled = cache.fork(), cache.fork().without_host_len()
     g = torch.Generator().manual_seed(28)
     for _ in range(6):
         q, kn, vn = random_step(g, 2, 4, 2, 8, dtype=torch.float32)
         eager, out_e, info_e = ekv.decode_step(eager, q, kn, vn, config, with_info=True)
-        compiled, out_c, info_c = step(compiled, q, kn, vn, config, with_info=True)
+        compiled, out_c, info_c = step(compiled, q, kn, vn, with_info=True)
         torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(info_c.tau, info_e.tau, rtol=1e-6, atol=1e-6)
         assert torch.equal(info_c.page_mask, info_e.page_mask)
