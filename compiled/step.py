@@ -13,7 +13,7 @@ graph also advances the device-side lengths, so replays need no host work at all
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

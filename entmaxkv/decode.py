@@ -14,19 +14,22 @@ from entmaxkv.validation import check_decode
 
 __all__ = ["decode_step", "attend_cache"]
 
+DEFAULT_CONFIG = DecodeConfig()  # α = 1.5, Dense; frozen, so one shared default is safe
+
 
 def decode_step(
     cache: PagedKVCache,
     q: Tensor,
     k_new: Tensor,
     v_new: Tensor,
-    config: DecodeConfig = DecodeConfig(),
+    config: DecodeConfig = DEFAULT_CONFIG,
     *,
     alibi_slopes: Tensor | None = None,
     with_info: bool = False,
 ) -> tuple[PagedKVCache, Tensor] | tuple[PagedKVCache, Tensor, DecodeInfo]:
     """Append one token to every sequence, then attend ``q`` over that sequence's tokens
-    (the new one included), reading only the pages the selector picks.
+    (the new one included) on the pages the selector picks. (Today's pure-torch path still
+    computes every token's score; reading only the selected pages is the kernels' job.)
 
     Args:
         cache: the cache value to extend; it is not changed as seen through its own lengths.
@@ -52,7 +55,7 @@ def decode_step(
 def attend_cache(
     cache: PagedKVCache,
     q: Tensor,
-    config: DecodeConfig = DecodeConfig(),
+    config: DecodeConfig = DEFAULT_CONFIG,
     *,
     alibi_slopes: Tensor | None = None,
     fits: Tensor | None = None,

@@ -8,7 +8,6 @@ never copies per step; new code should use ``entmaxkv.PagedKVCache`` and ``decod
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from entmaxkv.state import PagedKVCache, append_token, prefill

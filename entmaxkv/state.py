@@ -184,10 +184,6 @@ class PagedKVCache:
         page = torch.arange(self.num_pages, device=self.device)
         return page[None, :] * self.page_size < self.seq_lens[:, None]
 
-    def partial_page_mask(self) -> Tensor:
-        """[B, P] bool: the page the next token goes to, if it already holds tokens."""
-        return self.live_page_mask() & ~self.full_page_mask()
-
 
 def _flatten(cache: PagedKVCache):
     children = [getattr(cache, f) for f in _TENSOR_FIELDS]
@@ -242,7 +238,10 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
     from entmaxkv.validation import check_prefill
 
     seq_lens = check_prefill(cache, k, v, seq_lens)
-    b, h, t, d = k.shape
+    # Positions past capacity can only be padding (seq_lens <= capacity was checked).
+    t = min(k.shape[2], cache.num_pages * cache.page_size)
+    k, v = k[:, :, :t], v[:, :, :t]
+    b, h, _, d = k.shape
     s = cache.page_size
     pages = -(-t // s)
     pos = torch.arange(pages * s, device=cache.device)
@@ -266,7 +265,7 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
     return dataclasses.replace(
         cache,
         seq_lens=seq_lens.clone(),
-        host_max_len=None if cache.host_max_len is None else int(seq_lens.max().item()) if b else 0,
+        host_max_len=None if cache.host_max_len is None else int(seq_lens.max()),
     )
 
 

@@ -8,6 +8,6 @@ if not torch.cuda.is_available():
 
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=False)
+settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")

@@ -129,6 +129,14 @@ def test_bad_alpha_raises(small, alpha, error):
         ekv.decode_step(cache, q, kn, vn, ekv.DecodeConfig(alpha=alpha))
 
 
+def test_inputs_on_another_device_raise(small):
+    cache, q, kn, vn = small
+    with pytest.raises(ValueError, match="q must be on the cache device cpu, got meta"):
+        ekv.decode_step(cache, q.to("meta"), kn, vn)
+    with pytest.raises(ValueError, match="k_new must be on the cache device cpu, got meta"):
+        ekv.decode_step(cache, q, kn.to("meta"), vn)
+
+
 def test_bad_alibi_slopes_raise(small):
     cache, q, kn, vn = small
     with pytest.raises(ValueError, match=r"alibi_slopes must have shape \[H_q\] = \(4,\)"):

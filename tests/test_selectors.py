@@ -155,7 +155,7 @@ def test_gaussian_moments_match_numerical_integration(alpha):
         if s == 0:
             expected = max(a, 0.0) ** n
         else:
-            expected, _ = integrate.quad(lambda z: max(a + s * z, 0) ** n * stats.norm.pdf(z), -a / s, math.inf,
+            expected, _ = integrate.quad(lambda z, a=a, s=s: max(a + s * z, 0) ** n * stats.norm.pdf(z), -a / s, math.inf,
                                          epsabs=1e-13, epsrel=1e-12)
         got = gaussian_moment(torch.tensor(a, dtype=torch.float64), torch.tensor(s, dtype=torch.float64), alpha)
         assert got.item() == pytest.approx(expected, rel=1e-6, abs=1e-10), (a, s)
@@ -173,11 +173,15 @@ def test_gaussian_tau_solves_the_distributional_constraint(alpha):
     exact = torch.tensor([[1.0, -0.5, -math.inf], [3.0, 2.5, 0.1]], dtype=torch.float64)
     tau = solve_gaussian_tau(mu, sigma, count, exact, alpha)
     c, n = alpha - 1, 1 / (alpha - 1)
+
+    def page_mass(t, mean, std):  # E[((α-1)S - t)_+^n], S ~ N(mean, std²), by quadrature
+        return integrate.quad(lambda x: max(c * x - t, 0) ** n * stats.norm.pdf(x, mean, std),
+                              t / c, mean + 12 * std, epsabs=1e-13)[0]
+
     for r in range(2):
-        total = sum(max(c * e - tau[r].item(), 0) ** n for e in exact[r].tolist() if e > -math.inf)
-        for m, s, k in zip(mu[r].tolist(), sigma[r].tolist(), count[r].tolist()):
-            total += k * integrate.quad(lambda x: max(c * x - tau[r].item(), 0) ** n * stats.norm.pdf(x, m, s),
-                                        tau[r].item() / c, m + 12 * s, epsabs=1e-13)[0]
+        t = tau[r].item()
+        total = sum(max(c * e - t, 0) ** n for e in exact[r].tolist() if e > -math.inf)
+        total += sum(k * page_mass(t, m, s) for m, s, k in zip(mu[r].tolist(), sigma[r].tolist(), count[r].tolist()))
         assert total == pytest.approx(1.0, abs=1e-7)
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -33,6 +35,14 @@ def test_prefill_holds_the_tokens_and_full_page_statistics(lens, page_size, seed
         torch.testing.assert_close(cache.values()[b, :, :n].double(), values[b], rtol=0, atol=0)
     assert torch.isfinite(cache.keys()).all(), "padding leaked into the storage"
     assert_stats_match_tokens(cache)
+
+
+def test_prefill_accepts_padding_longer_than_capacity():
+    k = torch.randn(2, 1, 12, 4)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=1, head_dim=4, capacity=6, page_size=4, dtype=torch.float32)
+    cache = ekv.prefill(empty, k, k, [6, 2])
+    torch.testing.assert_close(cache.keys()[0, :, :6], k[0, :, :6], rtol=0, atol=0)
+    assert cache.seq_lens.tolist() == [6, 2] and cache.host_max_len == 6
 
 
 @pytest.mark.parametrize("page_size", [1, 4, 16])
@@ -86,8 +96,8 @@ def test_cache_is_a_pytree_with_static_metadata():
     assert (back.page_size, back.capacity, back.host_max_len) == (4, cache.capacity, 6)
     doubled = pytree.tree_map(lambda t: t, cache)
     assert isinstance(doubled, ekv.PagedKVCache) and doubled.k_pages is cache.k_pages
-    with pytest.raises(Exception):
-        cache.seq_lens = cache.seq_lens + 1  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cache.seq_lens = cache.seq_lens + 1
 
 
 def test_full_cache_raises_in_eager_use():
