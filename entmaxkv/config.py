@@ -46,3 +46,8 @@ class DecodeInfo(NamedTuple):
     certified: Tensor
     page_mask: Tensor
     fits: Tensor
+
+    @property
+    def pages_per_kv_head(self) -> Tensor:
+        """[B, Hkv] int64: pages attended per (sequence, KV head), the unit selection decides."""
+        return self.page_mask.sum(-1)

@@ -276,14 +276,15 @@ def append_token(cache: PagedKVCache, k_new: Tensor, v_new: Tensor) -> tuple[Pag
         k_new, v_new: [B, H_kv, 1, D] in the cache dtype.
 
     Returns ``(new_cache, fits)`` where ``fits`` [B] bool says which sequences had room.
-    A sequence that is full keeps its length, and nothing is written for it (never wrapped,
-    never written out of bounds); the caller reports the overflow. No host synchronisation.
+    A sequence that is full keeps its length and its contents: its slot 0 is rewritten with its
+    own value (the indexed write needs some target), nothing wraps or goes out of bounds, and
+    the caller reports the overflow. No host synchronisation.
     """
     s = cache.page_size
     b = cache.batch
     lens = cache.seq_lens
     fits = lens < cache.capacity
-    pos = torch.where(fits, lens, torch.zeros_like(lens))  # a safe slot for rows that do not fit
+    pos = torch.where(fits, lens, torch.zeros_like(lens))  # rows that do not fit rewrite slot 0 unchanged
     page, slot = pos // s, pos % s
     rows = torch.arange(b, device=cache.device)
 

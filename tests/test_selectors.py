@@ -109,7 +109,7 @@ def test_topk_budget_picks_the_pages_of_the_group_ranking(lens, group, alpha, bu
         n = after.seq_lens[b].item()
         got = set(info.page_mask[b, kv].nonzero().flatten().tolist()) - {(n - 1) // PAGE}
         assert got == pages
-        assert info.num_pages[b, kv * group] == len(pages) + 1
+        assert info.num_pages[b, kv * group] == len(pages) + 1 == info.pages_per_kv_head[b, kv]
 
 
 @pytest.mark.parametrize("coverage", [0.0625, 0.25, 0.5])
