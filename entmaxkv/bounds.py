@@ -17,7 +17,7 @@ from torch import Tensor
 from entmaxkv.reference import alibi_bias, group_queries, query_positions, work_dtype
 from entmaxkv.state import PagedKVCache
 
-__all__ = ["quest_bounds", "score_rounding_error", "mean_scores", "page_alibi_max"]
+__all__ = ["quest_bounds", "score_rounding_errors", "worst_over", "mean_scores", "page_alibi_max"]
 
 
 def _gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -71,18 +71,23 @@ def mean_scores(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tens
     return mu
 
 
-def score_rounding_error(
-    cache: PagedKVCache, q: Tensor, scale: float, token_mask: Tensor, alibi_slopes: Tensor | None = None
+def score_rounding_errors(
+    cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None = None
 ) -> Tensor:
-    """[B, Hkv, G] a bound on |computed score - exact score| over the tokens in ``token_mask``
-    ([B, Hkv, N] bool), for scores computed as in ``reference.token_scores``."""
+    """[B, Hkv, G, N] a bound on |computed score - exact score| of every token slot, for scores
+    computed as in ``reference.token_scores``. Take the worst over a selection with
+    ``worst_over``; compute this once per step, whatever number of selections it serves."""
     wdt = work_dtype(cache.dtype)
     qg = group_queries(q, cache.num_kv_heads).to(wdt)
     mag = torch.einsum("bhgd,bhnd->bhgn", qg.abs(), cache.keys().to(wdt).abs())
-    mag = torch.where(token_mask[:, :, None, :], mag, torch.zeros_like(mag))
-    err = _gamma(wdt, cache.head_dim) * mag.amax(-1) * scale
+    err = _gamma(wdt, cache.head_dim) * mag * scale
     if alibi_slopes is not None:
         span = float(cache.num_pages * cache.page_size)
-        slopes = alibi_slopes.to(wdt).abs().reshape(1, cache.num_kv_heads, -1)
+        slopes = alibi_slopes.to(wdt).abs().reshape(1, cache.num_kv_heads, -1, 1)
         err = err + 4 * torch.finfo(wdt).eps * slopes * span
     return err
+
+
+def worst_over(errors: Tensor, token_mask: Tensor) -> Tensor:
+    """[B, Hkv, G]: the largest of ``errors`` [B, Hkv, G, N] over ``token_mask`` [B, Hkv, N]."""
+    return torch.where(token_mask[:, :, None, :], errors, torch.zeros_like(errors)).amax(-1)

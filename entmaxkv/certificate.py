@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from entmaxkv.bounds import score_rounding_error
+from entmaxkv.bounds import score_rounding_errors, worst_over
 from entmaxkv.entmax import entmax_threshold, lin, rho
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]
     """
     cache, alpha = step.cache, step.alpha
     token_mask = page_mask.repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
-    rounding = score_rounding_error(cache, step.q, step.scale, token_mask, step.alibi_slopes)
+    rounding = worst_over(score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes), token_mask)
     tau_low = safe_tau_lower_bound(step.scores, token_mask, alpha, rounding)
     dropped = (cache.full_page_mask()[:, None, :] & ~page_mask)[:, :, None, :]
     per_page = cache.page_size * rho(lin(alpha) * step.upper.double() - tau_low.unsqueeze(-1), alpha)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entmaxkv.bounds import score_rounding_error
+from entmaxkv.bounds import score_rounding_errors, worst_over
 from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.entmax import lin
 from entmaxkv.selection import Selection, Selector, Step
@@ -58,10 +58,10 @@ class Exact(Selector):
         cache, c = step.cache, lin(step.alpha)
         key = group_rank_key(step)
         chosen = top_pages(key, self.initial_pages)
+        errors = score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes)
         for _ in range(self.rounds):
             tokens = (chosen | step.newest).repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
-            rounding = score_rounding_error(cache, step.q, step.scale, tokens, step.alibi_slopes)
-            tau_low = safe_tau_lower_bound(step.scores, tokens, step.alpha, rounding)  # [B, Hkv, G]
+            tau_low = safe_tau_lower_bound(step.scores, tokens, step.alpha, worst_over(errors, tokens))  # [B, Hkv, G]
             alive = (c * step.upper.double() > tau_low.unsqueeze(-1)).any(2) & step.candidates
             if self.max_pages is not None:
                 alive = top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
