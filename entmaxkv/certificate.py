@@ -61,7 +61,7 @@ def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]
     is certified only when no page was dropped.
     """
     cache, alpha = step.cache, step.alpha
-    token_mask = page_mask.repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+    token_mask = cache.tokens_of(page_mask)
     rounding = worst_over(score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes), token_mask)
     tau_low = safe_tau_lower_bound(step.scores, token_mask, alpha, rounding)
     dropped = (cache.full_page_mask()[:, None, :] & ~page_mask)[:, :, None, :]

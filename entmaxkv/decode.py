@@ -76,7 +76,7 @@ def attend_cache(
     step = Step.build(cache, q, alpha, scale, alibi_slopes)
     selection = config.selector.select(step)
     page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
-    token_mask = page_mask.repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+    token_mask = cache.tokens_of(page_mask)
 
     out, tau = attend(step.scores, cache.values(), token_mask, alpha, selection.tau)
     b, hq, _, d = q.shape

@@ -74,7 +74,7 @@ def diagnose(
     step = Step.build(new, q, alpha, scale, alibi_slopes)
     b, hq = q.shape[:2]
     weights = entmax(step.scores.double(), alpha=alpha)  # [B, Hkv, G, N]
-    attended = info.page_mask.repeat_interleave(new.page_size, dim=-1)[:, :, None, :]
+    attended = new.tokens_of(info.page_mask)[:, :, None, :]
     support = weights > 0
     recall = (support & attended).sum(-1) / support.sum(-1).clamp_min(1)
     dropped = torch.where(attended, torch.zeros_like(weights), weights).sum(-1)

@@ -22,6 +22,7 @@ from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.entmax import lin
 from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.topk import group_rank_key, top_pages
+from entmaxkv.validation import check_count
 
 __all__ = ["Exact"]
 
@@ -43,12 +44,9 @@ class Exact(Selector):
     max_pages: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("initial_pages", "rounds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if self.max_pages is not None and (not isinstance(self.max_pages, int) or self.max_pages < 0):
-            raise ValueError(f"max_pages must be an int >= 0 or None, got {self.max_pages!r}")
+        check_count("initial_pages", self.initial_pages)
+        check_count("rounds", self.rounds)
+        check_count("max_pages", self.max_pages, allow_none=True)
 
     def check(self, alpha: float) -> None:
         if alpha <= 1.0:
@@ -60,7 +58,7 @@ class Exact(Selector):
         chosen = top_pages(key, self.initial_pages)
         errors = score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes)
         for _ in range(self.rounds):
-            tokens = (chosen | step.newest).repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+            tokens = cache.tokens_of(chosen | step.newest)
             tau_low = safe_tau_lower_bound(step.scores, tokens, step.alpha, worst_over(errors, tokens))  # [B, Hkv, G]
             alive = (c * step.upper.double() > tau_low.unsqueeze(-1)).any(2) & step.candidates
             if self.max_pages is not None:

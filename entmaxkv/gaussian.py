@@ -123,7 +123,7 @@ def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> 
     """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
     their exact scores (also returned, [B, Hkv, G, P*S] float64 with -inf elsewhere)."""
     cand = step.candidates[:, :, None, :]
-    newest_tokens = step.newest.repeat_interleave(step.cache.page_size, dim=-1)[:, :, None, :]
+    newest_tokens = step.cache.tokens_of(step.newest)[:, :, None, :]
     scores = step.scores.double()
     newest_scores = torch.where(newest_tokens, scores, torch.full_like(scores, float("-inf")))
     count = torch.where(cand, torch.full_like(mu, float(step.cache.page_size)), torch.zeros_like(mu))
@@ -217,7 +217,7 @@ class Gaussian(Selector):
             cap = torch.where(kept, mu + zc * sigma, torch.full_like(mu, float("-inf"))).amax(-1)
             upper = torch.maximum(c * torch.maximum(cap, newest_top) - 1e-4, tau_floor)
             tau = torch.minimum(tau, upper)
-        tokens = (keep | step.newest).repeat_interleave(size, dim=-1)[:, :, None, :]
+        tokens = cache.tokens_of(keep | step.newest)[:, :, None, :]
         selected = torch.where(tokens, step.scores.double(), torch.full_like(newest_scores, float("-inf")))
         top = c * selected.amax(-1)
         tau = torch.minimum(tau, top - 1e-9 * (1 + top.abs()))  # the top kept token keeps some weight

@@ -107,7 +107,7 @@ def pages_to_mask(page_indices: Tensor, num_pages: int) -> Tensor:
 def _decode(cache, q, page_mask, alpha, scale, alibi_slopes) -> tuple[Tensor, Tensor]:
     scale = default_scale(cache.head_dim) if scale is None else scale
     scores = token_scores(cache, q, scale, alibi_slopes)
-    token_mask = page_mask.repeat_interleave(cache.page_size, dim=-1) & cache.token_mask()[:, None, :]
+    token_mask = cache.tokens_of(page_mask)
     out, tau = attend(scores, cache.values(), token_mask, alpha)
     b, hq = q.shape[:2]
     return out.reshape(b, hq, 1, -1).to(q.dtype), tau.reshape(b, hq)

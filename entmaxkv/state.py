@@ -174,6 +174,11 @@ class PagedKVCache:
         pos = torch.arange(self.num_pages * self.page_size, device=self.device)
         return pos[None, :] < self.seq_lens[:, None]
 
+    def tokens_of(self, page_mask: Tensor) -> Tensor:
+        """Page mask [B, H, P] (H may be 1) -> token mask [B, H, P*S] of the tokens those pages
+        hold: each page's slots, limited to what its sequence holds."""
+        return page_mask.repeat_interleave(self.page_size, dim=-1) & self.token_mask()[:, None, :]
+
     def full_page_mask(self) -> Tensor:
         """[B, P] bool: pages that are full (their statistics are final)."""
         page = torch.arange(self.num_pages, device=self.device)

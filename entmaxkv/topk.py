@@ -25,6 +25,7 @@ from torch import Tensor
 
 from entmaxkv.entmax import lin
 from entmaxkv.selection import Selection, Selector, Step
+from entmaxkv.validation import check_count
 
 __all__ = ["TopK", "group_rank_key", "top_pages"]
 
@@ -33,7 +34,7 @@ def group_rank_key(step: Step) -> Tensor:
     """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates)."""
     neg_inf = torch.full_like(step.means, float("-inf"))
     attained_means = torch.where(step.candidates[:, :, None, :], step.means, neg_inf).amax(-1)
-    newest_tokens = step.newest.repeat_interleave(step.cache.page_size, dim=-1)[:, :, None, :]
+    newest_tokens = step.cache.tokens_of(step.newest)[:, :, None, :]
     attained_newest = torch.where(newest_tokens, step.scores, torch.full_like(step.scores, float("-inf"))).amax(-1)
     attained = torch.maximum(attained_means.to(step.upper.dtype), attained_newest)  # [B, Hkv, G]
     key = (lin(step.alpha) * (step.upper - attained.unsqueeze(-1))).amax(2)
@@ -71,15 +72,11 @@ class TopK(Selector):
         if (self.token_budget is None) == (self.coverage is None):
             raise ValueError("TopK takes exactly one of token_budget (tokens) or coverage (fraction of pages), "
                              f"got token_budget={self.token_budget}, coverage={self.coverage}")
-        if self.token_budget is not None and (isinstance(self.token_budget, bool)
-                                              or not isinstance(self.token_budget, int) or self.token_budget < 0):
-            raise ValueError(f"token_budget must be an int >= 0, got {self.token_budget!r}")
+        check_count("token_budget", self.token_budget, allow_none=True)
         if self.coverage is not None and not (isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1):
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
-        for name in ("sink_pages", "recent_pages"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_count("sink_pages", self.sink_pages)
+        check_count("recent_pages", self.recent_pages)
 
     def select(self, step: Step) -> Selection:
         cache = step.cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha"]
+__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha", "check_count"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -19,6 +19,15 @@ def check_alpha(alpha: object) -> None:
         raise TypeError(f"alpha must be a float in [1, 2], got {type(alpha).__name__}")
     if not 1.0 <= float(alpha) <= 2.0:
         raise ValueError(f"alpha must be in [1, 2], got {alpha}")
+
+
+def check_count(name: str, value: object, *, allow_none: bool = False) -> None:
+    """A selector's count argument: an int >= 0 (or None where allowed), else ValueError."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        what = "an int >= 0 or None" if allow_none else "an int >= 0"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 def _positive_int(name: str, value: object) -> None:
