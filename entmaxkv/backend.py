@@ -39,10 +39,11 @@ __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "
 BACKENDS = ("auto", "torch", "triton")
 
 
-def uses_kernels(device: torch.device, backend: str) -> bool:
-    """Whether a step on ``device`` runs the Triton ops."""
+def uses_kernels(device: torch.device, dtype: torch.dtype, backend: str) -> bool:
+    """Whether a step on a cache of ``dtype`` on ``device`` runs the Triton ops. ``"auto"``
+    keeps float64 caches (the oracle's dtype) on the reference."""
     if backend == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and dtype != torch.float64
     return backend == "triton"
 
 

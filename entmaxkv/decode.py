@@ -47,7 +47,7 @@ def decode_step(
     """
     if not torch.compiler.is_compiling():
         check_decode(cache, q, k_new, v_new, config, alibi_slopes)
-    cache, fits = append(cache, k_new, v_new, uses_kernels(cache.device, config.backend))
+    cache, fits = append(cache, k_new, v_new, uses_kernels(cache.device, cache.dtype, config.backend))
     out, info = attend_cache(cache, q, config, alibi_slopes=alibi_slopes, fits=fits, with_info=with_info)
     return (cache, out, info) if with_info else (cache, out)
 
@@ -73,7 +73,7 @@ def attend_cache(
     if fits is None:
         fits = torch.ones_like(cache.seq_lens, dtype=torch.bool)
 
-    kernels = uses_kernels(cache.device, config.backend)
+    kernels = uses_kernels(cache.device, cache.dtype, config.backend)
     step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma)
     selection = config.selector.select(step)
     page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
