@@ -70,7 +70,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
         upper, absmax, means, sigma = torch.ops.entmaxkv.page_scores(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
             alibi_slopes, cache.page_size, scale, needs_sigma)
-        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, newest, absmax)
+        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, means, absmax, newest_scores.amax(-1))
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
                     newest, candidates, newest_scores, ops)
     upper = quest_bounds(cache, q, scale, alibi_slopes)
@@ -121,11 +121,12 @@ class KernelOps:
     op always adds the newest page itself."""
 
     def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
-                 candidates: Tensor, newest: Tensor, absmax: Tensor):
+                 candidates: Tensor, means: Tensor, absmax: Tensor, newest_max: Tensor):
         self.cache, self.alpha, self.scale, self.alibi_slopes = cache, alpha, scale, alibi_slopes
         self.q = q[:, :, 0].contiguous()
-        self.candidates, self.newest, self.absmax = candidates, newest, absmax
+        self.candidates, self.means, self.absmax, self.newest_max = candidates, means, absmax, newest_max
         self.newest_magnitude = newest_page_magnitude(cache, q, scale)
+        self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
         b, p = cache.batch, cache.num_pages
         self.page_table = torch.arange(p, dtype=torch.int32, device=cache.device).expand(b, p).contiguous()
 
@@ -158,8 +159,26 @@ class KernelOps:
         tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, self.page_table, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
-            self.alpha, self.scale, all_pages, mode, refine_iters)
+            self.score_floor(page_mask).reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
+            refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
+
+    def score_floor(self, page_mask: Tensor) -> Tensor:
+        """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key
+        score of an attended full page (the mean key is a convex combination of the page's
+        keys) or the newest page's best score — less what rounding could have added to it.
+        Lets the attention drop tokens that cannot be in the support from its first page on."""
+        chosen = (page_mask & self.candidates)[:, :, None, :]
+        d, s = self.cache.head_dim, self.cache.page_size
+        eps = torch.finfo(self.means.dtype).eps
+        # the mean key's own rounding (S terms) and the two dot products' (γ each)
+        slack = (2 * s + 4 * (d + 2)) * eps * self.absmax
+        if self.alibi_slopes is not None:  # means carry the page-centre bias; a token may sit lower
+            c = self.cache
+            slack = slack + self.alibi_slopes.abs().reshape(1, c.num_kv_heads, -1, 1).to(slack.dtype) * (s - 1) / 2
+        means = torch.where(chosen, self.means - slack, torch.full_like(self.means, float("-inf"))).amax(-1)
+        newest = self.newest_max - 2 * self.gamma * self.newest_magnitude
+        return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         c, a = self.cache, lin(self.alpha)
@@ -168,7 +187,7 @@ class KernelOps:
         magnitude = torch.maximum(torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1),
                                   self.newest_magnitude).double()
         wdt = work_dtype(c.dtype)
-        rounding = rounding_gamma(wdt, c.head_dim) * magnitude
+        rounding = self.gamma * magnitude
         if self.alibi_slopes is not None:
             span = float(c.num_pages * c.page_size)
             slopes = self.alibi_slopes.double().abs().reshape(1, c.num_kv_heads, -1)

@@ -52,7 +52,7 @@ def _page_scores_kernel(
     length = tl.load(seq_lens + b).to(tl.int32)
     full = length // S
     if block * BLOCK_P < full:
-        scale = tl.cast(scale, WORK)
+        scale_w = tl.cast(scale, WORK)
         g = tl.arange(0, G_PAD)
         d = tl.arange(0, BLOCK_D)
         p = block * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -76,14 +76,14 @@ def _page_scores_kernel(
             kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
         u = tl.dot(qpos, tl.trans(kmax), input_precision="ieee", out_dtype=WORK)
         u += tl.dot(qneg, tl.trans(kmin), input_precision="ieee", out_dtype=WORK)
-        mag = tl.dot(qabs, tl.trans(kabs), input_precision="ieee", out_dtype=WORK) * scale
-        u = u * scale + tl.cast(gamma, WORK) * mag
+        mag = tl.dot(qabs, tl.trans(kabs), input_precision="ieee", out_dtype=WORK) * scale_w
+        u = u * scale_w + tl.cast(gamma, WORK) * mag
         qs = qv.to(WORK)
         kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
-        mu = tl.dot(qs, tl.trans(kmean), input_precision="ieee", out_dtype=WORK) * scale
+        mu = tl.dot(qs, tl.trans(kmean), input_precision="ieee", out_dtype=WORK) * scale_w
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
-            var = tl.dot(qs * qs, tl.trans(kstd * kstd), input_precision="ieee", out_dtype=WORK) * (scale * scale)
+            var = tl.dot(qs * qs, tl.trans(kstd * kstd), input_precision="ieee", out_dtype=WORK) * (scale_w * scale_w)
         if HAS_ALIBI:
             slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
             qpos_t = length - 1

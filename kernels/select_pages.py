@@ -22,7 +22,7 @@ from entmaxkv.kernels.common import next_pow2
 
 __all__ = ["select_pages"]
 
-MAX_BLOCK = 4096
+MAX_BLOCK = 8192  # a row up to this many pages stays in registers
 
 
 @triton.jit
@@ -35,41 +35,46 @@ def _ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
 
 
 @triton.jit
+def _count(base, lanes, P, cand, x_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+           ONE_CHUNK: tl.constexpr):
+    """#{eligible u >= cand} over the row (from registers when the row is one chunk)."""
+    if ONE_CHUNK:
+        return tl.sum(((x_all > float("-inf")) & (_ordered(x_all, INT, NBITS) >= cand)).to(tl.int32))
+    c = 0
+    for start in range(0, P, BLOCK):
+        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
+        c += tl.sum(((x > float("-inf")) & (_ordered(x, INT, NBITS) >= cand)).to(tl.int32))
+    return c
+
+
+@triton.jit
 def _select_kernel(
     keys, counts, pages, kept, P, M,
-    BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr,
+    BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = keys + row * P
     lanes = tl.arange(0, BLOCK)
-    eligible_total = 0
-    for start in range(0, P, BLOCK):
-        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
-        eligible_total += tl.sum((x > float("-inf")).to(tl.int32))
+    x_all = tl.load(base + lanes, mask=lanes < P, other=float("-inf"))  # the whole row if ONE_CHUNK
+    eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)), INT), x_all, INT, NBITS, BLOCK,
+                            ONE_CHUNK)
     k = tl.minimum(tl.minimum(tl.load(counts + row), eligible_total), M)
 
     # The k-th largest ordered key t: the largest t with #{u >= t} >= k, built bit by bit from
     # the most significant one. Bits are set on the unsigned image (u + 2^(N-1)); flipping the
-    # sign bit turns it back into the signed value that the comparisons use.
+    # sign bit turns it back into the signed value that the comparisons use. When every
+    # eligible page is taken there is nothing to search: t is the lowest value.
     one = tl.full((), 1, INT)
     sign = one << (NBITS - 1)
     t_bits = tl.zeros((), INT)
-    for i in range(NBITS):
-        cand_bits = t_bits | (one << (NBITS - 1 - i))
-        cand = cand_bits ^ sign
-        c = 0
-        for start in range(0, P, BLOCK):
-            x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
-            u = _ordered(x, INT, NBITS)
-            c += tl.sum(((x > float("-inf")) & (u >= cand)).to(tl.int32))
-        t_bits = tl.where(c >= k, cand_bits, t_bits)
+    above = k
+    if k < eligible_total:
+        for i in range(NBITS):
+            cand_bits = t_bits | (one << (NBITS - 1 - i))
+            c = _count(base, lanes, P, cand_bits ^ sign, x_all, INT, NBITS, BLOCK, ONE_CHUNK)
+            t_bits = tl.where(c >= k, cand_bits, t_bits)
+        above = _count(base, lanes, P, (t_bits ^ sign) + 1, x_all, INT, NBITS, BLOCK, ONE_CHUNK)
     t = t_bits ^ sign
-
-    above = 0
-    for start in range(0, P, BLOCK):
-        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
-        u = _ordered(x, INT, NBITS)
-        above += tl.sum(((x > float("-inf")) & (u > t)).to(tl.int32))
     ties_wanted = k - above
 
     written = 0
@@ -77,14 +82,17 @@ def _select_kernel(
     out = pages + row * M
     for start in range(0, P, BLOCK):
         idx = start + lanes
-        x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
+        if ONE_CHUNK:
+            x = x_all
+        else:
+            x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
         u = _ordered(x, INT, NBITS)
         ok = x > float("-inf")
         tie = (ok & (u == t)).to(tl.int32)
         tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
         take = ((ok & (u > t)) | ((tie == 1) & (tie_rank < ties_wanted))).to(tl.int32)
         pos = written + tl.cumsum(take, axis=0) - take
-        tl.store(out + pos, idx.to(tl.int32), mask=take == 1)
+        tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < M))
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
     for start in range(0, M, BLOCK):
@@ -103,10 +111,11 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
     pages = torch.empty((b, h, capacity), dtype=torch.int32, device=keys.device)
     kept = torch.empty((b, h), dtype=torch.int32, device=keys.device)
     wide = keys.dtype == torch.float64
+    block = min(MAX_BLOCK, max(16, next_pow2(max(p, capacity))))
     wrap_triton(_select_kernel)[(b * h,)](
         keys, counts, pages, kept, p, capacity,
-        BLOCK=min(MAX_BLOCK, max(16, next_pow2(max(p, capacity)))), NBITS=64 if wide else 32,
-        INT=tl.int64 if wide else tl.int32,
+        BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
+        num_warps=8 if block >= 2048 else 4,
     )
     return pages, kept
 

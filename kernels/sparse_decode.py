@@ -51,12 +51,12 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, de
 
 @triton.jit
 def _scores_kernel(
-    q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in,
+    q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-    scale, lin, H, G, P, M, D, CAP, pages_per_split,
+    scale, lin, H, G, P, M, D, CAP,
     S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
-    KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr,
+    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr,
 ):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -71,11 +71,12 @@ def _scores_kernel(
             n = newest
         else:
             n = tl.load(n_pages + bh)
-        first = split * pages_per_split
-        last = tl.minimum(first + pages_per_split, n)
+        per_split = (n + NSPLIT - 1) // NSPLIT  # balanced over the pages actually listed
+        first = split * per_split
+        last = tl.minimum(first + per_split, n)
 
-    scale = tl.cast(scale, WORK)
-    lin = tl.cast(lin, WORK)
+    scale_w = tl.cast(scale, WORK)
+    lin_w = tl.cast(lin, WORK)
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, BLOCK_D)
     t = tl.arange(0, BLOCK_N)
@@ -90,6 +91,9 @@ def _scores_kernel(
     out_row = qrow * (NSPLIT + 1) + split  # [G_PAD] rows of the per-split outputs
 
     m = tl.full((G_PAD,), float("-inf"), WORK)
+    if HAS_FLOOR:  # a score some attended token reaches: filters survivors from the start
+        if KIND != 0:
+            m = tl.load(score_floor + qrow, mask=gmask, other=float("-inf")).to(WORK)
     if KIND == 0:
         l_sum = tl.zeros((G_PAD,), WORK)
         acc = tl.zeros((G_PAD, BLOCK_D), WORK)
@@ -116,7 +120,7 @@ def _scores_kernel(
         k = tl.load(k_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
         if not NATIVE:
             k = k.to(WORK)
-        s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale
+        s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale_w
         if HAS_ALIBI:
             s += slope[:, None] * (pos - (length - 1)).to(WORK)[None, :]
         s = tl.where(valid[None, :] & gmask[:, None], s, float("-inf"))
@@ -134,10 +138,10 @@ def _scores_kernel(
             l_sum = l_sum * shrink + tl.sum(p, axis=1)
             acc = acc * shrink[:, None] + pv
         else:
-            floor = lin * m_new - 1.0  # <= (α-1)·max s − 1 <= τ
+            floor = lin_w * m_new - 1.0  # <= (α-1)·max s − 1 <= τ
             if GIVEN_TAU:
                 floor = tl.minimum(floor, given)
-            keep = (lin * s > floor[:, None]).to(tl.int32)
+            keep = (lin_w * s > floor[:, None]).to(tl.int32)
             at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
             dst = out_row[:, None] * CAP + at
             tl.store(cand_s + dst, s, mask=keep == 1)
@@ -195,7 +199,7 @@ def _tau_kernel(
             part = tl.load(part_acc + (row * (NSPLIT + 1) + j) * D + d, mask=dmask, other=0.0).to(tl.float64)
             mj = tl.load(part_m + row * (NSPLIT + 1) + j).to(tl.float64)
             acc += part * tl.where(mj == float("-inf"), 0.0, tl.exp(mj - m_all))
-        tl.store(out + row * D + d, (acc / total_l).to(out.dtype.element_ty), mask=dmask)
+        tl.store(out + row * D + d, (acc / total_l).to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, m_all + tl.log(total_l))
     else:
         lin = tl.cast(alpha, tl.float64) - 1.0
@@ -269,14 +273,15 @@ def _tau_kernel(
         for off in range(0, total, BLOCK):
             ok = off + r < total
             z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
-            p = tl.where(ok, rho(z - tau, inv_power, KIND), 0.0)
-            pos = tl.load(comp_i + base + off + r, mask=ok, other=0)
-            phys = tl.load(page_table + b * P + pos // S, mask=p > 0, other=0)
+            live = ok & (z > tau)
+            p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
+            pos = tl.load(comp_i + base + off + r, mask=live, other=0)
+            phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
             vrow = (bh * P + phys) * S + pos % S
-            v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=(p > 0)[:, None] & dmask[None, :], other=0.0)
-            acc += tl.sum(p[:, None] * v.to(tl.float64), axis=0)
+            v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
+            acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
             norm += p
-        tl.store(out + row * D + d, (acc / tl.sum(norm)).to(out.dtype.element_ty), mask=dmask)
+        tl.store(out + row * D + d, (acc / tl.sum(norm)).to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, tau)
 
 
@@ -284,7 +289,8 @@ def _tau_kernel(
 def sparse_decode(
     q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor,
     pages: torch.Tensor, n_pages: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None,
-    tau_in: torch.Tensor | None, alpha: float, scale: float, dense: bool, tau_mode: int, refine_iters: int,
+    tau_in: torch.Tensor | None, score_floor: torch.Tensor | None, alpha: float, scale: float, dense: bool,
+    tau_mode: int, refine_iters: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entmax attention of q over the listed pages plus the page holding the newest token.
 
@@ -297,7 +303,10 @@ def sparse_decode(
             before the newest one is attended).
         seq_lens: [B] int64, lengths including the newest token (>= 1).
         alibi_slopes: optional [Hq]; tau_in: [B, Hq] float64 when tau_mode is TAU_GIVEN or
-            TAU_REFINED (it is lowered to keep the top token: min(τ, z_max − 1e-9·(1 + |z_max|))).
+            TAU_REFINED (it is lowered to keep the top token: min(τ, z_max − 1e-9·(1 + |z_max|)));
+        score_floor: optional [B, Hq] work dtype, a score that some attended token provably
+            reaches (rounding included): only tokens that can be in the support are kept
+            from the first page on (without it, from the running maximum).
         alpha in [1, 2] (rounded to float32 inside the kernels: exact for 1, 1.25, 1.5, 2);
         scale: score scale; refine_iters: Newton steps for TAU_REFINED.
     Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
@@ -312,8 +321,7 @@ def sparse_decode(
     wtl = tl.float64 if work == torch.float64 else tl.float32
     capacity = p if dense else m
     nsplit = num_splits(b, hkv, capacity, s, q.device)
-    pages_per_split = triton.cdiv(capacity, nsplit) if capacity else 1
-    cap = max(pages_per_split, 1) * s
+    cap = max(triton.cdiv(capacity, nsplit), 1) * s  # survivors a split can hold
     rows = b * hq * (nsplit + 1)
     entmax = kind != SOFTMAX
     cand_s = torch.empty((rows * cap if entmax else 1,), dtype=work, device=q.device)
@@ -326,15 +334,17 @@ def sparse_decode(
     given = tau_mode != TAU_EXACT
     slopes = alibi_slopes if alibi_slopes is not None else part_m
     tau_src = tau_in if tau_in is not None else part_m
+    floor_src = score_floor if score_floor is not None else part_m
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
-        q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src,
+        q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap, pages_per_split,
+        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, 64))), NSPLIT=nsplit, DENSE=dense,
-        HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, KIND=kind, WORK=wtl, NATIVE=native,
+        HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
+        KIND=kind, WORK=wtl, NATIVE=native,
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
@@ -352,6 +362,6 @@ def sparse_decode(
 
 
 @sparse_decode.register_fake
-def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, alpha, scale, dense,
-      tau_mode, refine_iters):
+def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, score_floor, alpha, scale,
+      dense, tau_mode, refine_iters):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64)

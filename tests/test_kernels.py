@@ -1,0 +1,290 @@
+"""The Triton ops (under Triton's interpreter on the CPU) against the pure-torch reference.
+
+Every test draws fresh inputs (the seed is in the failure message), covers ragged lengths and
+page edges, and poisons the buffers the ops allocate (NaN / −7) so that an element a kernel
+forgot to write cannot pass.
+"""
+
+import random
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.backend import page_sigma, pages_mask
+from entmaxkv.bounds import mean_scores, quest_bounds
+from entmaxkv.reference import attend, token_scores
+from entmaxkv.state import append_token
+from helpers import make_cache, random_step
+
+pytest.importorskip("triton")
+from entmaxkv.kernels.page_scores import page_scores  # noqa: E402
+from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, sparse_decode  # noqa: E402
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# float32 accumulation on the same inputs; bf16/fp16 outputs are rounded once (1 ulp)
+OUT_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def fresh_seed() -> int:
+    return random.SystemRandom().randrange(2 ** 31)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """torch.empty / empty_like hand out NaN-filled (floats) or −7-filled (ints) memory."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else -7)
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+def lengths(seed: int, batch: int, page_size: int = 16) -> list[int]:
+    """Ragged lengths landing 0/1/15/16/17 tokens into a page."""
+    g = random.Random(seed)
+    return [page_size * g.randrange(1, 5) + g.choice([0, 1, 15, 16, 17]) for _ in range(batch)]
+
+
+# ---- append_token and page_statistics ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+def test_append_op_equals_the_reference(dtype):
+    seed = fresh_seed()
+    lens = lengths(seed, 4)
+    capacity = max(lens) + 3
+    lens[1] = capacity  # a full row: nothing may change there
+    cache, _, _ = make_cache(seed, 4, 2, 24, 16, lens, capacity=capacity, dtype=dtype)
+    for f in ("k_min", "k_max", "k_mean", "k_std"):  # stale slots past the full pages
+        stat = getattr(cache, f)
+        stat.masked_fill_(~cache.full_page_mask()[:, None, :, None], float("nan"))
+    _, k_new, v_new = random_step(torch.Generator().manual_seed(seed), 4, 2, 2, 24, dtype)
+    want, want_fits = append_token(cache.fork(), k_new, v_new)
+    got = cache.fork()
+    torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean, got.k_std,
+                                    got.seq_lens, k_new, v_new, got.capacity)
+    assert torch.equal(got.k_pages, want.k_pages) and torch.equal(got.v_pages, want.v_pages), seed
+    full = want.full_page_mask()[:, None, :, None].expand_as(want.k_min)
+    for f in ("k_min", "k_max"):  # exact
+        assert torch.equal(getattr(got, f)[full], getattr(want, f)[full]), (f, seed)
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    for f in ("k_mean", "k_std"):
+        torch.testing.assert_close(getattr(got, f)[full], getattr(want, f)[full], rtol=rtol, atol=rtol, msg=f"{f} {seed}")
+    assert bool(getattr(got, "k_min")[~full].isnan().all()), "pages that are not full must stay untouched"
+    assert want_fits.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_page_statistics_op_equals_prefill(dtype):
+    seed = fresh_seed()
+    lens = lengths(seed, 3)
+    cache, _, _ = make_cache(seed, 3, 2, 20, 16, lens, dtype=dtype)
+    got = cache.fork()
+    for f in ("k_min", "k_max", "k_mean", "k_std"):
+        getattr(got, f).fill_(float("nan"))
+    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std)
+    full = cache.full_page_mask()[:, None, :, None].expand_as(cache.k_min)
+    for f in ("k_min", "k_max"):
+        assert torch.equal(getattr(got, f)[full], getattr(cache, f)[full]), (f, seed)
+    for f in ("k_mean", "k_std"):
+        torch.testing.assert_close(getattr(got, f)[full], getattr(cache, f)[full], rtol=1e-5, atol=1e-6)
+        assert bool(getattr(got, f)[~full].isnan().all())
+
+
+# ---- page_scores ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64])
+@pytest.mark.parametrize("group", [1, 2, 4, 8])
+def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
+    seed = fresh_seed()
+    hkv, d, s = 2, 32, 16
+    lens = lengths(seed, 2)
+    cache, _, _ = make_cache(seed, 2, hkv, d, s, lens, dtype=dtype, spread=3.0)
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(2, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if group % 2 == 0 else None
+    upper, absmax, means, sigma = page_scores(q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean,
+                                              cache.k_std, cache.seq_lens, slopes, s, 0.3, True)
+    full = cache.full_page_mask()[:, None, None, :].expand_as(upper)
+    # safe: above every exactly computed score of the page's tokens
+    exact = token_scores(cache.to(torch.float64), q.double(), 0.3, None if slopes is None else slopes.double())
+    page_max = exact.reshape(*exact.shape[:3], cache.num_pages, s).amax(-1)
+    assert bool((upper.double()[full] >= page_max[full]).all()), seed
+    no_bias = token_scores(cache.to(torch.float64), q.double(), 0.3).abs()
+    assert bool((absmax.double()[full] >= no_bias.reshape(page_max.shape + (s,)).amax(-1)[full]).all())
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(upper[full], quest_bounds(cache, q, 0.3, slopes)[full], **tol)
+    torch.testing.assert_close(means[full], mean_scores(cache, q, 0.3, slopes)[full].to(means.dtype), **tol)
+    torch.testing.assert_close(sigma[full], page_sigma(cache, q, 0.3, slopes)[full].to(sigma.dtype), **tol)
+    assert not upper[full].isnan().any() and not sigma[full].isnan().any()
+
+
+# ---- select_pages -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_select_pages_equals_a_stable_sort(wide, poison):
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    for _ in range(6):
+        b, h, p = 2, 3, int(torch.randint(1, 70, (1,), generator=g))
+        keys = torch.randn(b, h, p, generator=g, dtype=dtype).mul(2).round()  # many ties, ±0.0
+        keys[keys.abs() > 2.5] = float("-inf")
+        keys[0, 0, : p // 3] = float("inf")  # forced pages
+        keys[1, 2] = float("-inf")  # nothing eligible
+        counts = torch.randint(0, p + 3, (b, h), generator=g, dtype=torch.int32)
+        capacity = int(torch.randint(1, p + 5, (1,), generator=g))
+        pages, kept = torch.ops.entmaxkv.select_pages(keys.contiguous(), counts, capacity)
+        order = torch.argsort(keys, dim=-1, descending=True, stable=True)  # ties: lower page first
+        for i in range(b):
+            for j in range(h):
+                eligible = [int(x) for x in order[i, j] if keys[i, j, x] > float("-inf")]
+                expect = sorted(eligible[: min(int(counts[i, j]), capacity)])
+                n = int(kept[i, j])
+                assert pages[i, j, :n].long().tolist() == expect, (seed, i, j)
+                assert (pages[i, j, n:] == -1).all(), (seed, i, j)
+
+
+# ---- sparse_decode ----------------------------------------------------------------------------
+
+
+def random_lists(cache, seed, m):
+    """[B, Hkv, m] random page lists of full pages other than the newest, and their counts."""
+    g = torch.Generator().manual_seed(seed)
+    newest = (cache.seq_lens - 1) // cache.page_size
+    pages = torch.full((cache.batch, cache.num_kv_heads, m), -1, dtype=torch.int32)
+    count = torch.zeros(cache.batch, cache.num_kv_heads, dtype=torch.int32)
+    for i in range(cache.batch):
+        for j in range(cache.num_kv_heads):
+            n = min(int(newest[i]), int(torch.randint(0, m + 1, (1,), generator=g)))
+            chosen = torch.randperm(int(newest[i]), generator=g)[:n].sort().values
+            pages[i, j, :n], count[i, j] = chosen.int(), n
+    return pages, count
+
+
+CASES = [  # (alpha, dtype, group, alibi)
+    (1.0, torch.float32, 4, False), (1.0, torch.float16, 1, True), (1.25, torch.float32, 2, True),
+    (1.25, torch.bfloat16, 8, False), (1.5, torch.float16, 4, False), (1.5, torch.float32, 8, True),
+    (1.5, torch.float64, 2, True), (2.0, torch.bfloat16, 2, True), (2.0, torch.float32, 1, False),
+]
+
+
+@pytest.mark.parametrize("alpha,dtype,group,alibi", CASES)
+def test_sparse_decode_equals_the_reference(alpha, dtype, group, alibi, poison):
+    seed = fresh_seed()
+    hkv, d, s = 2, 32, 16
+    lens = lengths(seed, 3)
+    cache, _, _ = make_cache(seed, 3, hkv, d, s, lens, dtype=dtype, spread=2.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.1 if alibi else None
+    table = torch.arange(cache.num_pages, dtype=torch.int32).expand(3, -1).contiguous()
+    pages, count = random_lists(cache, seed, 4)
+    newest = ((cache.seq_lens - 1) // s).int()[:, None, None].expand(3, hkv, 1)
+    for dense in (False, True):
+        out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, table, pages, count,
+                                 cache.seq_lens, slopes, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+        if dense:
+            want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3, slopes)
+        else:
+            want, want_tau = ekv.paged_decode(cache, q, torch.cat([pages, newest], -1), alpha, 0.3, slopes)
+        err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
+        assert err < OUT_TOL[dtype], (seed, dense, err)
+        torch.testing.assert_close(tau, want_tau, rtol=1e-5 if dtype != torch.float64 else 1e-12, atol=1e-5,
+                                   msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("mode", [TAU_GIVEN, TAU_REFINED])
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 32, 16, lengths(seed, 2), dtype=torch.float64, spread=2.5)
+    q = torch.randn(2, 4, 1, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2
+    pages, count = random_lists(cache, seed, 3)
+    scores = token_scores(cache, q, 0.3)
+    mask = pages_mask(pages, cache.num_pages) | ((torch.arange(cache.num_pages)[None, :] ==
+                                                  ((cache.seq_lens - 1) // 16)[:, None])[:, None, :])
+    tokens = cache.tokens_of(mask)
+    exact = attend(scores, cache.values(), tokens, alpha)[1]
+    # estimates on both sides of the root, one far below (the refinement's hard case)
+    tau_hat = exact + torch.tensor([-0.5, 0.05, -3.0, 0.2], dtype=torch.float64).reshape(1, 2, 2)
+    iters = 2 if mode == TAU_REFINED else 0
+    want, want_tau = attend(scores, cache.values(), tokens, alpha, tau_hat, iters)
+    table = torch.arange(cache.num_pages, dtype=torch.int32).expand(2, -1).contiguous()
+    out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, table, pages, count,
+                             cache.seq_lens, None, tau_hat.reshape(2, 4).contiguous(), None, alpha, 0.3, False, mode,
+                             iters)
+    torch.testing.assert_close(tau, want_tau.reshape(2, 4), rtol=1e-10, atol=1e-10, msg=f"seed {seed}")
+    torch.testing.assert_close(out, want.reshape(2, 4, 32), rtol=1e-9, atol=1e-9, msg=f"seed {seed}")
+
+
+# ---- the decode step through the ops ----------------------------------------------------------
+
+SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=32), ekv.TopK(coverage=0.3, recent_pages=1), ekv.Gaussian(),
+             ekv.Gaussian(tau_mode="fixed"), ekv.Gaussian(tau_mode="corrected"), ekv.Exact(initial_pages=2),
+             ekv.Exact(initial_pages=1, max_pages=2)]
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
+def test_decode_step_through_the_ops_equals_the_reference(alpha):
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 32, 16, lengths(seed, 2), dtype=torch.float64, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32)
+    slopes = torch.tensor([0.0, 0.05, 0.1, 0.2], dtype=torch.float64)
+    for sel in SELECTORS:
+        if alpha == 1.0 and not isinstance(sel, (ekv.Dense, ekv.TopK)):
+            continue
+        runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, sel, backend=b), alibi_slopes=slopes,
+                                with_info=True) for b in ("torch", "triton")]
+        (c1, o1, i1), (c2, o2, i2) = runs
+        msg = f"{sel} seed {seed}"
+        assert torch.equal(i1.page_mask, i2.page_mask), msg
+        torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=msg)
+        torch.testing.assert_close(i2.tau, i1.tau, rtol=1e-9, atol=1e-9, msg=msg)
+        assert torch.equal(i1.certified, i2.certified), msg
+        assert torch.equal(i1.num_tokens, i2.num_tokens) and torch.equal(c1.seq_lens, c2.seq_lens), msg
+        for f in ("k_pages", "v_pages", "k_min", "k_max"):
+            assert torch.equal(getattr(c1, f), getattr(c2, f)), (f, msg)
+        # both bounds are safe; the kernels' rounding margins are per page, so theirs is not smaller
+        assert bool((i2.dropped_mass_bound >= i1.dropped_mass_bound - 1e-12).all()), msg
+
+
+def test_opcheck_every_op():
+    # lengths fill whole pages: page_scores leaves entries of pages that are not full unwritten
+    cache, _, _ = make_cache(1, 2, 2, 16, 16, [48, 48], capacity=48, dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(1), 2, 4, 2, 16, torch.float32)
+    q3 = q[:, :, 0].contiguous()
+    c = cache.fork()
+    table = torch.arange(c.num_pages, dtype=torch.int32).expand(2, -1).contiguous()
+    pages = torch.tensor([[[0, -1], [1, 0]], [[-1, -1], [0, -1]]], dtype=torch.int32)
+    count = torch.tensor([[1, 2], [0, 1]], dtype=torch.int32)
+    keys = torch.randn(2, 2, c.num_pages)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.append_token.default,
+                              (c.k_pages, c.v_pages, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens - 1, k, v,
+                               c.capacity))
+        torch.library.opcheck(torch.ops.entmaxkv.page_statistics.default,
+                              (c.k_pages, c.seq_lens, c.k_min, c.k_max, c.k_mean, c.k_std))
+        torch.library.opcheck(torch.ops.entmaxkv.page_scores.default,
+                              (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, 16, 0.25, True))
+        torch.library.opcheck(torch.ops.entmaxkv.select_pages.default,
+                              (keys, torch.tensor([[1, 2], [3, 0]], dtype=torch.int32), 3))
+        torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
+                              (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, 1.5, 0.25,
+                               False, TAU_EXACT, 0))
+
+
+def test_compiled_step_through_the_ops_equals_eager():
+    cache, _, _ = make_cache(2, 2, 2, 16, 16, [40, 17], dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(2), 2, 4, 2, 16, torch.float32)
+    config = ekv.DecodeConfig(1.5, ekv.TopK(token_budget=16), backend="triton")
+    _, want = ekv.decode_step(cache.fork(), q, k, v, config)
+    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        _, got = step(cache.fork().without_host_len(), q, k, v, config)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
