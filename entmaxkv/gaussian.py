@@ -22,13 +22,11 @@ import torch
 from torch import Tensor
 
 from entmaxkv.entmax import lin, rho
-from entmaxkv.reference import group_queries
 from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.topk import forced_pages
 from entmaxkv.validation import check_count, check_real
 
-__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "refine_tau",
-           "fejer_rule"]
+__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "fejer_rule"]
 
 TAU_MODES = ("exact", "fixed", "corrected")
 
@@ -121,26 +119,17 @@ def solve_gaussian_tau(
     return (lo + hi) / 2
 
 
-def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> tuple[Tensor, Tensor]:
+def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> Tensor:
     """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
-    their exact scores (also returned, [B, Hkv, G, P*S] float64 with -inf elsewhere)."""
+    their exact scores."""
     cand = step.candidates[:, :, None, :]
-    newest_tokens = step.cache.tokens_of(step.newest)[:, :, None, :]
-    scores = step.scores.double()
-    newest_scores = torch.where(newest_tokens, scores, torch.full_like(scores, float("-inf")))
     count = torch.where(cand, torch.full_like(mu, float(step.cache.page_size)), torch.zeros_like(mu))
-    return solve_gaussian_tau(mu, sigma, count, newest_scores, step.alpha, iters=iters), newest_scores
+    return solve_gaussian_tau(mu, sigma, count, step.newest_scores, step.alpha, iters=iters)
 
 
 def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
     """Score mean and std of every page under the Gaussian model: two [B, Hkv, G, P] float64."""
-    cache = step.cache
-    qg = group_queries(step.q, cache.num_kv_heads).double()
-    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.double().square()) * step.scale ** 2
-    if step.alibi_slopes is not None:
-        slopes = step.alibi_slopes.double().reshape(1, cache.num_kv_heads, -1, 1)
-        var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
-    return step.means.double(), var.sqrt()
+    return step.means.double(), step.sigma.double()
 
 
 @dataclass(frozen=True)
@@ -169,13 +158,16 @@ class Gaussian(Selector):
     tau_mode:
         "exact": attend the kept pages with the exact τ over their tokens (the default);
         "fixed": use τ̂ as the threshold (weights renormalised);
-        "corrected": τ̂ refined on the kept tokens by ``refine_tau`` (``correction_iters``
-            safeguarded Newton steps; default 1), never worse than τ̂ by |Σ p - 1|.
+        "corrected": τ̂ refined on the kept tokens by ``entmaxkv.refine.refine_tau``
+            (``correction_iters`` safeguarded Newton steps; default 1), never worse than τ̂
+            by the constraint residual |Σ p - 1|.
     clamp_tau: before "fixed"/"corrected", lower τ̂ to what the kept pages can reach: at most
         (α-1)·max(μ_p + z_c·σ_p, newest page's top score) - 1e-4, with z_c for
         ``tau_clamp_page_max_quantile``, but never below τ̂ - margin.
     solver_iters: bisection steps of the τ̂ solver (>= 1).
     """
+
+    needs_sigma = True  # class attribute, not a field
 
     tau_mode: str = "exact"
     safety_margin_z: float = 0.0
@@ -219,7 +211,7 @@ class Gaussian(Selector):
         c, size = lin(alpha), cache.page_size
         cand = step.candidates[:, :, None, :]  # [B, 1, 1, P]
         mu, sigma = page_gaussians(step)
-        tau_hat, newest_scores = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
+        tau_hat = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
 
         def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
             return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)
@@ -239,60 +231,20 @@ class Gaussian(Selector):
             return Selection(keep)
 
         kept = keep[:, :, None, :]
-        newest_top = newest_scores.amax(-1)
+        newest_top = step.newest_scores.double().amax(-1)
         tau = tau_hat
         if self.clamp_tau:
             zc = _normal_quantile(self.tau_clamp_page_max_quantile ** (1.0 / size), mu)
             cap = torch.where(kept, mu + zc * sigma, torch.full_like(mu, float("-inf"))).amax(-1)
             upper = torch.maximum(c * torch.maximum(cap, newest_top) - 1e-4, tau_floor)
             tau = torch.minimum(tau, upper)
-        tokens = cache.tokens_of(keep | step.newest)[:, :, None, :]
-        selected = torch.where(tokens, step.scores.double(), torch.full_like(newest_scores, float("-inf")))
-        top = c * selected.amax(-1)
-        tau = torch.minimum(tau, top - 1e-9 * (1 + top.abs()))  # the top kept token keeps some weight
+        # The attention lowers τ below the top kept token's score (refine.usable_tau) and, for
+        # "corrected", refines it with safeguarded Newton steps on the kept tokens.
         iters = self.correction_iters if self.correction_iters is not None else 1
-        if self.tau_mode == "corrected":
-            tau = refine_tau(tau, c * selected, alpha, iters)
-        return Selection(keep, tau=tau)
+        return Selection(keep, tau=tau, refine_iters=iters if self.tau_mode == "corrected" else 0)
 
 
 def _normal_quantile(p: float, like: Tensor) -> Tensor:
     """Φ⁻¹(p) as a 0-d tensor: traceable by torch.compile (unlike statistics.NormalDist), and a
     fill rather than a host-to-device copy, so it is also legal inside CUDA-graph capture."""
     return torch.special.ndtri(torch.full((), p, dtype=like.dtype, device=like.device))
-
-
-def refine_tau(tau_hat: Tensor, z: Tensor, alpha: float, iters: int) -> Tensor:
-    """Safeguarded Newton refinement of an estimated threshold on known tokens.
-
-    z: [..., N] (α-1)-scaled scores of the kept tokens (-inf = absent); tau_hat: [...].
-    With f(t) = Σ_i ρ(z_i - t) - 1 (convex and decreasing in t) and zmax = max_i z_i:
-
-        lo    = zmax - 1                                   # f(lo) >= 0: the top token alone has mass >= 1
-        start = where(f(τ̂) >= 0, max(τ̂, lo), lo)            # a point <= the root
-        x     = start; repeat ``iters`` times:
-                x = min(max(x - f(x)/f'(x), x), zmax)      # |f'| clamped below by the smallest normal
-        τ     = where(|f(x)| <= |f(τ̂)|, x, τ̂)
-
-    Newton from the left of the root of a convex decreasing function stays <= the root and
-    increases monotonically, so the iterate never overshoots (a plain Newton step from a point
-    right of the root, where the slope is nearly 0, can land anywhere: issue 7 saw τ = -1.4e8).
-    The final ``where`` makes the result never worse than τ̂ by the constraint residual
-    |Σ p - 1|. Fixed iteration count, no data-dependent control flow. This exact sequence of
-    operations is the specification a fused kernel must reproduce.
-    """
-    n = _power(alpha)
-
-    def f(x: Tensor) -> Tensor:
-        return (z - x.unsqueeze(-1)).clamp_min(0).pow(n).sum(-1) - 1
-
-    zmax = z.amax(-1)
-    lo = zmax - 1
-    f_hat = f(tau_hat)
-    x = torch.where(f_hat >= 0, torch.maximum(tau_hat, lo), lo)
-    for _ in range(iters):
-        gap = (z - x.unsqueeze(-1)).clamp_min(0)
-        value = gap.pow(n).sum(-1) - 1
-        slope = n * torch.where(gap > 0, gap.pow(n - 1), torch.zeros_like(gap)).sum(-1)  # -f'(x)
-        x = torch.minimum(torch.maximum(x + value / slope.clamp_min(torch.finfo(slope.dtype).tiny), x), zmax)
-    return torch.where(f(x).abs() <= f_hat.abs(), x, tau_hat)

@@ -227,8 +227,8 @@ def naive_thresholded_attention(scores, values, kept, tau, alpha):
 def test_gaussian_tau_modes_use_their_threshold(mode):
     """fixed: τ is the model's τ̂ (clamped no higher) and the output is attention at that τ;
     corrected with many steps: the exact τ over the kept tokens."""
+    from entmaxkv.backend import build_step
     from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
-    from entmaxkv.selection import Step
     cache, q, kn, vn = gaussian_pages_cache(36)
     _, out, info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode=mode, correction_iters=50))
     new, exact, exact_info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode="exact"))
@@ -237,8 +237,8 @@ def test_gaussian_tau_modes_use_their_threshold(mode):
         torch.testing.assert_close(info.tau, exact_info.tau, rtol=0, atol=1e-9)
         torch.testing.assert_close(out, exact, rtol=0, atol=1e-9)
     else:
-        step = Step.build(new, q, 1.5, 1 / math.sqrt(16), None)
-        tau_hat = gaussian_tau_hat(step, *page_gaussians(step))[0].reshape(1, 1)
+        step = build_step(new, q, 1.5, 1 / math.sqrt(16), None, kernels=False, needs_sigma=True)
+        tau_hat = gaussian_tau_hat(step, *page_gaussians(step)).reshape(1, 1)
         assert (info.tau <= tau_hat + 1e-12).all() and (info.tau < exact_info.tau - 1e-3).all()
         scores = naive_scores(new, q)[0][0]
         kept = info.page_mask[0, 0].repeat_interleave(cache.page_size)[: scores.shape[0]]
@@ -253,14 +253,14 @@ def test_gaussian_tau_hat_counts_every_token_of_a_page():
     page, μ_p, σ_p from the page statistics: checked against scipy and plain loops."""
     from scipy import integrate, stats
 
+    from entmaxkv.backend import build_step
     from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
-    from entmaxkv.selection import Step
     alpha, c = 1.5, 0.5
     cache, q, kn, vn = gaussian_pages_cache(40, pages=10, d=8)
     new = cache_after_append(cache, kn, vn)
-    step = Step.build(new, q, alpha, 1 / math.sqrt(8), None)
+    step = build_step(new, q, alpha, 1 / math.sqrt(8), None, kernels=False, needs_sigma=True)
     mu, sigma = page_gaussians(step)
-    tau = gaussian_tau_hat(step, mu, sigma)[0].item()
+    tau = gaussian_tau_hat(step, mu, sigma).item()
     n, size = new.seq_lens.item(), new.page_size
     qh = q[0, 0, 0].double()
     total = sum(max(c * float(s) - tau, 0) ** 2 for s in naive_scores(new, q)[0][0, (n - 1) // size * size:])
@@ -294,7 +294,7 @@ def residual(z, tau, alpha):
        ties=st.integers(1, 8), offset=st.sampled_from([-50.0, -3.0, -1.0, -0.3, -1e-9, 0.0, 0.5]),
        iters=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
 def test_refinement_is_finite_and_never_worse_than_no_refinement(alpha, n, spread, ties, offset, iters, seed):
-    from entmaxkv.gaussian import refine_tau
+    from entmaxkv.refine import refine_tau
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(3, n, generator=g, dtype=torch.float64) * spread
     z[:, : min(ties, n)] = z.amax(-1, keepdim=True) + 1e-3 * torch.rand(3, 1, generator=g, dtype=torch.float64)
@@ -309,7 +309,7 @@ def test_refinement_is_finite_and_never_worse_than_no_refinement(alpha, n, sprea
 
 
 def test_refinement_converges_to_the_root():
-    from entmaxkv.gaussian import refine_tau
+    from entmaxkv.refine import refine_tau
     g = torch.Generator().manual_seed(3)
     for alpha in (1.1, 1.3, 1.5, 2.0):
         z = torch.randn(4, 30, generator=g, dtype=torch.float64) * 2
@@ -493,15 +493,15 @@ def test_safe_tau_is_below_the_exact_tau_of_the_stored_keys(dtype, alpha):
     lower bound must not, and must stay within a small margin of it."""
     from entmaxkv.bounds import score_rounding_errors, worst_over
     from entmaxkv.certificate import safe_tau_lower_bound
-    from entmaxkv.selection import Step
+    from entmaxkv.reference import token_scores
     below, gaps = [], []
     for seed in range(6):
         cache, _, _ = make_cache(seed, 2, 2, 16, PAGE, [61, 38], dtype=dtype, spread=3.0)
         q, _, _ = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 16, dtype=dtype)
-        step = Step.build(cache, q, alpha, 0.25, None)
+        scores = token_scores(cache, q, 0.25, None)  # as the reference computes them
         mask = cache.token_mask()[:, None, :].expand(2, 2, -1)
         rounding = worst_over(score_rounding_errors(cache, q, 0.25, None), mask)
-        tau_low = safe_tau_lower_bound(step.scores, mask, alpha, rounding)  # [B, Hkv, G]
+        tau_low = safe_tau_lower_bound(scores, mask, alpha, rounding)  # [B, Hkv, G]
         for b, s in enumerate(naive_scores(cache, q)):  # exact scores of the stored keys
             for h in range(4):
                 row = s[h]
