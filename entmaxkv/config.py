@@ -35,10 +35,6 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         from entmaxkv.backend import BACKENDS
 
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-
-    def __post_init__(self) -> None:
         check_alpha(self.alpha)
         if not isinstance(self.selector, Selector):
             raise TypeError("selector must be an entmaxkv selector (Dense(), TopK(...), Gaussian(), Exact()), "
@@ -46,6 +42,8 @@ class DecodeConfig:
         self.selector.check(float(self.alpha))
         if self.scale is not None and not check_real("scale", self.scale) > 0:
             raise ValueError(f"scale must be > 0 or None, got {self.scale}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 class DecodeInfo(NamedTuple):
