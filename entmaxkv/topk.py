@@ -82,7 +82,8 @@ class TopK(Selector):
             raise ValueError("TopK takes exactly one of token_budget (tokens) or coverage (fraction of pages), "
                              f"got token_budget={self.token_budget}, coverage={self.coverage}")
         check_count("token_budget", self.token_budget, allow_none=True)
-        if self.coverage is not None and not (isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1):
+        if self.coverage is not None and (isinstance(self.coverage, bool) or not (
+                isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1)):
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
         check_count("sink_pages", self.sink_pages)
         check_count("recent_pages", self.recent_pages)

@@ -137,6 +137,8 @@ def test_topk_full_coverage_equals_dense_and_forced_pages_are_kept():
     (dict(), "exactly one of token_budget"), (dict(token_budget=64, coverage=0.5), "exactly one"),
     (dict(coverage=0.0), r"coverage must be in \(0, 1\]"), (dict(coverage=1.5), "coverage"),
     (dict(token_budget=-1), "token_budget must be an int >= 0"), (dict(token_budget=8, sink_pages=-1), "sink_pages"),
+    (dict(coverage=True), "coverage"), (dict(coverage="0.5"), "coverage"), (dict(token_budget=8.0), "token_budget"),
+    (dict(token_budget=64, recent_pages=None), "recent_pages"),
 ])
 def test_topk_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
