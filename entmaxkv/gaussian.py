@@ -150,7 +150,11 @@ class Gaussian(Selector):
          default margin 1 the page is kept when a token at its bound would, alone, carry mass
          >= 1 at τ̂ (ρ((α-1)·U_p - τ̂) >= 1): such a token would prove τ̂ wrong (the true τ >=
          (α-1)·s - 1 >= τ̂). Pages whose bound stays below that can still hold weight, so this is
-         a heuristic, not a certificate (``Exact`` certifies). ``None`` turns the rule off;
+         a heuristic, not a certificate (``Exact`` certifies). ``None`` turns the rule off.
+         Page bounds are loose on real keys, so the margin trades pages for safety: on
+         SmolLM2-135M (4K tokens, α = 1.5, 270 heads, with the sink page) margin 1 kept the
+         whole support on 270 heads reading 87% of the pages, margin 5 on 266 heads (37%),
+         no rule on 252 heads (23%) (benchmarks/results/gaussian-issue7-2026-11-28.md);
       3. it is forced: the first ``sink_pages`` pages and the ``recent_pages`` full pages before
          the newest one, as in ``TopK`` (on real attention most mass often sits on token 0,
          see ../shared/FINDINGS.md).
