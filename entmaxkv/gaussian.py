@@ -9,8 +9,9 @@ modelled as S_p ~ N(μ_p, σ_p²) with μ_p = scale·q·m_p (+ the page's mean A
 
 the newest page's tokens entering with their exact scores (they are attended anyway). The
 expectation has a closed form when 1/(α-1) is 1, 2 or 3 (α = 2, 1.5, 4/3) and is integrated
-with a fixed Fejér rule otherwise (nodes computed on the device: no host-to-device copy). F(τ) is convex and decreasing, so a bracket from
-Jensen's inequality plus a fixed number of bisection steps solves it with no host sync.
+with a fixed Fejér rule otherwise (nodes computed on the device: no host-to-device copy).
+F(τ) is convex and decreasing, so a bracket from Jensen's inequality plus a fixed number of
+bisection steps solves it with no host sync.
 """
 
 from __future__ import annotations
