@@ -1,13 +1,16 @@
 """GPU check of the pure-torch path: correctness on CUDA, host syncs, compile + CUDA graph, speed.
 
-    python benchmarks/gpu_check.py [--parts ABCD] [--out DIR]
+    python benchmarks/gpu_check.py [--parts ABCDE] [--out DIR]
 
 A. every selector on CUDA (fp16, bf16) vs. the same selector in float64 on the CPU;
 B. each eager step under torch.cuda.set_sync_debug_mode("error") (any host sync is an error);
 C. compile_decode_step (inductor, fullgraph) and compiled GraphedDecodeStep replays vs. eager,
    50 steps, the replays under set_sync_debug_mode("error");
 D. step time (CUDA-graph replays of the eager reference kernels, median) vs. torch SDPA on the same
-   shapes: B=1, Hq=32, Hkv=8, D=128, fp16.
+   shapes: B=1, Hq=32, Hkv=8, D=128, fp16;
+E. Gaussian at general α (1.25, 1.7: the quadrature path, issue 7) for each backend: an eager step
+   under set_sync_debug_mode("error"), then a GraphedDecodeStep (eager and compiled) captured and
+   replayed 20 steps under set_sync_debug_mode("error"), compared with eager steps.
 Writes a JSON and a log to --out (default $OUT) and prints a short table last. Measures only.
 """
 
@@ -139,6 +142,47 @@ def part_c(results: dict) -> None:
         log("C", name, results[f"C {name}"])
 
 
+def part_e(results: dict) -> None:
+    for backend in ("torch", "auto"):
+        for alpha in (1.25, 1.7):
+            for mode in ("exact", "corrected"):
+                key = f"E backend={backend} alpha={alpha} Gaussian {mode}"
+                config = ekv.DecodeConfig(alpha=alpha, selector=ekv.Gaussian(tau_mode=mode), backend=backend)
+                stream, cache = prefilled(torch.float16, slack=128)
+                q, k, v = stream.step()
+                ekv.decode_step(cache.fork(), q, k, v, config, with_info=True)  # warm-up
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    ekv.decode_step(cache.fork(), q, k, v, config, with_info=True)
+                    sync = "no sync"
+                except RuntimeError as err:
+                    sync = f"SYNC: {str(err).splitlines()[0][:160]}"
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+                entry = dict(eager_step=sync)
+                for compiled in (False, True):
+                    name = "graph_compiled" if compiled else "graph_eager"
+                    try:
+                        decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=8, compile=compiled)
+                        eager, worst_rel, finite = cache.fork(), 0.0, True
+                        for _ in range(20):
+                            q, k, v = stream.step()
+                            torch.cuda.set_sync_debug_mode("error")
+                            try:
+                                out_graph = decoder(q, k, v).clone()
+                            finally:
+                                torch.cuda.set_sync_debug_mode(0)
+                            eager, out_eager = ekv.decode_step(eager, q, k, v, config)
+                            worst_rel = worst(worst_rel, rel(out_graph, out_eager))
+                            finite = finite and bool(torch.isfinite(out_graph).all())
+                        entry[name] = dict(verdict="ok", worst_rel_vs_eager=worst_rel, all_finite=finite)
+                    except Exception as err:  # report, keep going
+                        entry[name] = dict(verdict=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+                results[key] = entry
+                log(key, entry)
+
+
 def time_replays(fn, reps: int = 100, rounds: int = 5) -> float:
     """Median over rounds of the mean time of ``reps`` calls, in microseconds."""
     for _ in range(10):
@@ -196,7 +240,7 @@ def part_d(results: dict, contexts: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="ABCD")
+    parser.add_argument("--parts", default="ABCDE")
     parser.add_argument("--contexts", default="4096,32768,131072")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
     args = parser.parse_args()
@@ -209,7 +253,8 @@ def main() -> None:
                 date=time.strftime("%Y-%m-%d"))
     log("meta", meta)
     results: dict = {}
-    parts = {"A": part_a, "B": part_b, "C": part_c, "D": lambda r: part_d(r, [int(x) for x in args.contexts.split(",")])}
+    parts = {"A": part_a, "B": part_b, "C": part_c, "D": lambda r: part_d(r, [int(x) for x in args.contexts.split(",")]),
+             "E": part_e}
     for letter in args.parts:
         t0 = time.perf_counter()
         try:
@@ -226,6 +271,8 @@ def main() -> None:
             log(f"{key:45s} rel err vs cpu64 {value['rel_err_vs_cpu64']:.1e}  pages agree {value['page_mask_agreement']:.4f}")
         elif key.startswith("B"):
             log(f"{key:45s} {value}")
+        elif key.startswith("E"):
+            log(f"{key:45s} " + "  ".join(f"{k}: {v if isinstance(v, str) else v.get('verdict')}" for k, v in value.items()))
         elif key.startswith("C"):
             log(f"{key:45s} {value['verdict']}  finite {value['all_finite']}  graph {value['worst_rel_graph_vs_eager']:.1e}  "
                 f"compiled {value['worst_rel_compiled_vs_eager']:.1e}  build {value['build_s']:.0f}s")

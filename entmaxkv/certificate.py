@@ -56,14 +56,16 @@ def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]
     Args:
         step: the decode step (cache after the append, scores, safe page bounds);
         page_mask: [B, Hkv, P] the attended pages (must include each sequence's newest page).
-    Returns ``(bound [B, Hkv, G] float64, certified [B, Hkv, G] bool)``. For softmax the step
-    is certified only when no page was dropped.
+    Returns ``(bound [B, Hkv, G] float64 in [0, 1], certified [B, Hkv, G] bool)``; a bound of 1
+    is vacuous ("no bound": the page bounds could not limit the dropped mass). For softmax the
+    step is certified only when no page was dropped.
     """
     cache, alpha = step.cache, step.alpha
     tau_low = step.ops.tau_lower_bound(page_mask)
     dropped = (cache.full_page_mask()[:, None, :] & ~page_mask)[:, :, None, :]
     per_page = cache.page_size * rho(lin(alpha) * step.upper.double() - tau_low.unsqueeze(-1), alpha)
-    bound = torch.where(dropped, per_page, torch.zeros_like(per_page)).sum(-1)
+    # A mass is at most 1: a larger sum says nothing, so it is reported as 1 ("no bound").
+    bound = torch.where(dropped, per_page, torch.zeros_like(per_page)).sum(-1).clamp_max(1.0)
     if alpha == 1.0:
         certified = ~dropped.expand_as(per_page).any(-1)
     else:

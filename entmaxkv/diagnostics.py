@@ -22,7 +22,13 @@ from entmaxkv.reference import default_scale, dense_decode
 from entmaxkv.backend import build_step
 from entmaxkv.state import PagedKVCache
 
-__all__ = ["StepDiagnostics", "diagnose", "page_gaussianity"]
+__all__ = ["StepDiagnostics", "diagnose", "page_gaussianity", "format_mass_bound"]
+
+
+def format_mass_bound(bound: float) -> str:
+    """How to print a dropped-mass bound: a mass is at most 1, so a bound >= 1 says nothing and
+    prints as "no bound"; otherwise in scientific notation."""
+    return "no bound" if bound >= 1 else f"{bound:.2e}"
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,8 @@ class StepDiagnostics:
 
     support_recall: fraction of the dense entmax support (tokens with weight > 0) attended.
     true_dropped_mass / dropped_mass_bound: dense weight outside the attended pages, and the
-        step's certified bound on it (bound >= true always).
+        step's certified bound on it (bound >= true always; in [0, 1], where 1 is vacuous:
+        print it with ``format_mass_bound``).
     tau_true: τ of dense attention; tau_used: the τ the step used; tau_hat: the Gaussian
         model's estimate (α > 1).
     num_pages / total_pages: pages attended and pages held.

@@ -239,6 +239,12 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
     Returns the new cache value (sharing storage with ``cache``, which stays empty as seen
     through its own ``seq_lens``). This runs outside decode steps, so it validates values on
     the host.
+
+    Prefill twice on one storage raises ``ValueError``: an empty value's ``seq_lens`` cannot
+    tell whether another value sharing its storage has written tokens, so prefill reads the
+    storage itself (the marker: fresh storage from ``PagedKVCache.empty`` is all zeros, and any
+    nonzero key or value slot means it is in use). Tokens whose keys and values are all
+    exactly 0 leave no mark and are not detected.
     """
     from entmaxkv.validation import check_prefill
 

@@ -27,7 +27,7 @@ from entmaxkv.entmax import lin
 from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.validation import check_count
 
-__all__ = ["TopK", "group_rank_key", "top_pages"]
+__all__ = ["TopK", "group_rank_key", "top_pages", "forced_pages"]
 
 
 def group_rank_key(step: Step) -> Tensor:
@@ -46,6 +46,16 @@ def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
     order = torch.argsort(key, dim=-1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(key.shape[-1], device=key.device).expand_as(order))
     return (rank < count) & torch.isfinite(key)
+
+
+def forced_pages(step: Step, sink_pages: int, recent_pages: int) -> Tensor:
+    """[B, 1, P] bool: candidate pages kept whatever their score: the first ``sink_pages``
+    (attention sinks) and the ``recent_pages`` full pages just before the newest one."""
+    cache = step.cache
+    page = torch.arange(cache.num_pages, device=cache.device)
+    newest_page = ((cache.seq_lens - 1) // cache.page_size)[:, None, None]
+    recent = (page < newest_page) & (page >= newest_page - recent_pages)
+    return ((page < sink_pages) | recent) & step.candidates
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ class TopK(Selector):
             raise ValueError("TopK takes exactly one of token_budget (tokens) or coverage (fraction of pages), "
                              f"got token_budget={self.token_budget}, coverage={self.coverage}")
         check_count("token_budget", self.token_budget, allow_none=True)
-        if self.coverage is not None and not (isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1):
+        if self.coverage is not None and (isinstance(self.coverage, bool) or not (
+                isinstance(self.coverage, (int, float)) and 0 < self.coverage <= 1)):
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage!r}")
         check_count("sink_pages", self.sink_pages)
         check_count("recent_pages", self.recent_pages)
@@ -80,10 +91,8 @@ class TopK(Selector):
     def select(self, step: Step) -> Selection:
         cache = step.cache
         key = group_rank_key(step)
-        page = torch.arange(cache.num_pages, device=cache.device)
-        newest_page = ((cache.seq_lens - 1) // cache.page_size)[:, None, None]
-        forced = (page < self.sink_pages) | ((page < newest_page) & (page >= newest_page - self.recent_pages))
-        key = torch.where(forced & step.candidates, torch.full_like(key, float("inf")), key)
+        forced = forced_pages(step, self.sink_pages, self.recent_pages)
+        key = torch.where(forced, torch.full_like(key, float("inf")), key)
         if self.token_budget is not None:
             count: Tensor | int = self.token_budget // cache.page_size
         else:

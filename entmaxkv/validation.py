@@ -6,10 +6,13 @@ read device memory (no host sync) and are skipped while compiling.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha", "check_count"]
+__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha", "check_count",
+           "check_real", "check_config"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -28,6 +31,23 @@ def check_count(name: str, value: object, *, allow_none: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         what = "an int >= 0 or None" if allow_none else "an int >= 0"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_real(name: str, value: object) -> float:
+    """A finite real number (not a bool): returned as a float, else TypeError / ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def check_config(config: object) -> None:
+    """``config`` must be a DecodeConfig (whose fields were checked when it was built)."""
+    from entmaxkv.config import DecodeConfig
+
+    if not isinstance(config, DecodeConfig):
+        raise TypeError(f"config must be an entmaxkv.DecodeConfig, got {type(config).__name__} {config!r}")
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -89,6 +109,13 @@ def check_prefill(cache, k: Tensor, v: Tensor, seq_lens) -> Tensor:
     if cache.seq_lens.any():
         raise ValueError("prefill needs an empty cache (all seq_lens 0); got seq_lens "
                          f"{cache.seq_lens.tolist()}. Use decode_step to extend a cache.")
+    if (cache.k_pages != 0).any() or (cache.v_pages != 0).any():
+        # The value says "empty" through its own seq_lens, but another value sharing its storage
+        # (an earlier prefill, or decode steps) wrote tokens there: prefill would silently
+        # overwrite them under that value. Fresh storage is all zeros (PagedKVCache.empty).
+        raise ValueError("prefill needs fresh storage: this cache value is empty, but its storage already "
+                         "holds tokens written through another value sharing it (an earlier prefill or "
+                         "decode_step), which prefill would overwrite. Allocate with PagedKVCache.empty().")
     for name, limit in (("T (the padded length of k)", t), ("capacity", cache.capacity)):
         bad = [(i, n) for i, n in enumerate(host) if n < 0 or n > limit]
         if bad:
@@ -122,10 +149,7 @@ def check_query(cache, q: Tensor, config, alibi_slopes) -> None:
         _shape("alibi_slopes", alibi_slopes, (q.shape[1],), "[H_q]")
         if alibi_slopes.device != cache.device:
             raise ValueError(f"alibi_slopes must be on {cache.device}, got {alibi_slopes.device}")
-    check_alpha(config.alpha)
-    config.selector.check(float(config.alpha))
-    if config.scale is not None and not isinstance(config.scale, (int, float)):
-        raise TypeError(f"config.scale must be a float or None, got {type(config.scale).__name__}")
+    check_config(config)
 
 
 def check_decode(cache, q: Tensor, k_new: Tensor, v_new: Tensor, config, alibi_slopes) -> None:

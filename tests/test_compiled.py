@@ -37,3 +37,81 @@ def test_graph_replays_equal_eager_steps(selector):
         eager, expected = ekv.decode_step(eager, q, kn, vn, config)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(decoder.cache.seq_lens, eager.seq_lens)
+
+
+def test_many_compiled_configs_live_in_one_process():
+    """Each compiled step owns its dynamo cache: before, the 9th config failed (recompile limit)."""
+    selectors = [ekv.Dense(), ekv.TopK(token_budget=8), ekv.TopK(coverage=0.5), ekv.TopK(coverage=0.25, recent_pages=1),
+                 *(ekv.Gaussian(tau_mode=m, solver_iters=4) for m in ("exact", "fixed", "corrected")),
+                 ekv.Exact(), ekv.Exact(max_pages=2), ekv.Gaussian(sink_pages=0, solver_iters=4)]
+    cache, _, _ = make_cache(54, 1, 1, 8, 4, [13], dtype=torch.float32)
+    q, kn, vn = random_step(torch.Generator().manual_seed(55), 1, 2, 1, 8, dtype=torch.float32)
+    steps = [compile_decode_step(ekv.DecodeConfig(1.5, s), backend="eager") for s in selectors]
+    for selector, step in zip(selectors, steps):
+        _, out = step(cache.fork().without_host_len(), q, kn, vn)
+        _, expected = ekv.decode_step(cache.fork(), q, kn, vn, ekv.DecodeConfig(1.5, selector))
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    _, again = steps[0](cache.fork().without_host_len(), q, kn, vn)  # the first one still works
+    torch.testing.assert_close(again, ekv.decode_step(cache.fork(), q, kn, vn)[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config,error,match", [
+    ("1.5", TypeError, "config must be an entmaxkv.DecodeConfig"),
+    (1.5, TypeError, "config must be an entmaxkv.DecodeConfig"),
+])
+def test_compile_checks_the_config_before_tracing(config, error, match):
+    with pytest.raises(error, match=match):
+        compile_decode_step(config, backend="eager")
+
+
+def test_general_alpha_gaussian_step_copies_nothing_from_the_host(monkeypatch):
+    """α = 1.25 integrates the Gaussian moments numerically; the quadrature nodes used to be
+    copied from a Python list at every call (a host sync, and a CUDA-graph capture failure).
+    No tensor may be built from host data inside a step. (That the step also compiles with
+    fullgraph=True is tested at α = 1.5 in test_decode; on the GPU, benchmarks/gpu_check.py
+    part E runs α = 1.25 under set_sync_debug_mode("error") and a CUDA-graph capture.)"""
+    cache, _, _ = make_cache(56, 2, 2, 8, 4, [37, 20], dtype=torch.float32)
+    q, kn, vn = random_step(torch.Generator().manual_seed(57), 2, 4, 2, 8, dtype=torch.float32)
+    config = ekv.DecodeConfig(alpha=1.25, selector=ekv.Gaussian(tau_mode="corrected"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was built from host data inside a decode step")
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "tensor", refuse)
+        m.setattr(torch, "as_tensor", refuse)
+        _, out, _ = ekv.decode_step(cache.fork(), q, kn, vn, config, with_info=True)
+    assert torch.isfinite(out).all()
+
+
+class _FakeGraph:
+    def __init__(self):
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+
+
+def _graphed_without_cuda():
+    """A GraphedDecodeStep's input side, without capturing (CPU CI has no CUDA)."""
+    decoder = object.__new__(GraphedDecodeStep)
+    decoder.q, decoder.k_new, decoder.v_new = torch.zeros(2, 4, 1, 8), torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8)
+    decoder.graph, decoder.out = _FakeGraph(), torch.zeros(2, 4, 1, 8)
+    return decoder
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda q, k, v: (q[:, :1], k, v), ValueError, r"q must have the captured shape \(2, 4, 1, 8\), got \(2, 1, 1, 8\)"),
+    (lambda q, k, v: (q, k[:1], v), ValueError, r"k_new must have the captured shape"),
+    (lambda q, k, v: (q, k, v.double()), TypeError, r"v_new must have the captured dtype torch.float32"),
+    (lambda q, k, v: (q.to("meta"), k, v), ValueError, r"q must be on the captured device cpu, got meta"),
+    (lambda q, k, v: (q, k.numpy(), v), TypeError, r"k_new must be a torch.Tensor"),
+])
+def test_graphed_step_checks_its_inputs_before_copying(make, error, match):
+    decoder = _graphed_without_cuda()
+    q, k, v = torch.randn(2, 4, 1, 8), torch.randn(2, 2, 1, 8), torch.randn(2, 2, 1, 8)
+    with pytest.raises(error, match=match):
+        decoder(*make(q, k, v))
+    assert decoder.graph.replays == 0 and not decoder.q.any()  # nothing copied, nothing replayed
+    decoder(q, k, v)
+    assert decoder.graph.replays == 1 and torch.equal(decoder.q, q)

@@ -181,3 +181,25 @@ def test_bad_prefill_inputs_raise():
     cache = ekv.prefill(empty(), k, k, [3, 3])
     with pytest.raises(ValueError, match="prefill needs an empty cache"):
         ekv.prefill(cache, k, k, [3, 3])
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: ekv.DecodeConfig(1.5, "topk"), TypeError, r"selector must be an entmaxkv selector .*got str"),
+    (lambda: ekv.DecodeConfig(2.5), ValueError, r"alpha must be in \[1, 2\], got 2.5"),
+    (lambda: ekv.DecodeConfig("1.5"), TypeError, "alpha must be a float"),
+    (lambda: ekv.DecodeConfig(1.0, ekv.Exact()), ValueError, "Exact selection needs alpha > 1"),
+    (lambda: ekv.DecodeConfig(scale="0.1"), TypeError, "scale must be a real number"),
+    (lambda: ekv.DecodeConfig(scale=0.0), ValueError, "scale must be > 0 or None"),
+    (lambda: ekv.DecodeConfig(backend="cuda"), ValueError, "backend must be one of"),
+    (lambda: ekv.Gaussian(max_quantile="0.9"), TypeError, "max_quantile must be a real number"),
+    (lambda: ekv.TopK(coverage="0.5"), ValueError, "coverage must be in"),
+])
+def test_bad_configs_raise_when_built(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_decode_step_names_a_config_that_is_not_one(small):
+    cache, q, kn, vn = small
+    with pytest.raises(TypeError, match="config must be an entmaxkv.DecodeConfig, got float 1.5"):
+        ekv.decode_step(cache, q, kn, vn, 1.5)

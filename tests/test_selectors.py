@@ -137,6 +137,8 @@ def test_topk_full_coverage_equals_dense_and_forced_pages_are_kept():
     (dict(), "exactly one of token_budget"), (dict(token_budget=64, coverage=0.5), "exactly one"),
     (dict(coverage=0.0), r"coverage must be in \(0, 1\]"), (dict(coverage=1.5), "coverage"),
     (dict(token_budget=-1), "token_budget must be an int >= 0"), (dict(token_budget=8, sink_pages=-1), "sink_pages"),
+    (dict(coverage=True), "coverage"), (dict(coverage="0.5"), "coverage"), (dict(token_budget=8.0), "token_budget"),
+    (dict(token_budget=64, recent_pages=None), "recent_pages"),
 ])
 def test_topk_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -217,34 +219,219 @@ def test_gaussian_selection_on_gaussian_pages_covers_the_support(alpha):
     assert sum(sizes) / len(sizes) < 0.75 * 24, f"Gaussian selection should adapt, kept {sizes} of 24 pages"
 
 
+def naive_thresholded_attention(scores, values, kept, tau, alpha):
+    """Weights [(α-1)s - τ]_+^(1/(α-1)) on the kept tokens, renormalised, times the values."""
+    w = ((alpha - 1) * scores - tau).clamp_min(0).pow(1 / (alpha - 1)) * kept
+    return (w / w.sum()) @ values
+
+
 @pytest.mark.parametrize("mode", ["fixed", "corrected"])
 def test_gaussian_tau_modes_use_their_threshold(mode):
+    """fixed: τ is the model's τ̂ (clamped no higher) and the output is attention at that τ;
+    corrected with many steps: the exact τ over the kept tokens."""
+    from entmaxkv.backend import build_step
+    from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
     cache, q, kn, vn = gaussian_pages_cache(36)
     _, out, info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode=mode, correction_iters=50))
-    _, exact, exact_info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode="exact"))
+    new, exact, exact_info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode="exact"))
+    assert torch.equal(info.page_mask, exact_info.page_mask)
     if mode == "corrected":  # many Newton steps converge to the exact τ over the kept tokens
         torch.testing.assert_close(info.tau, exact_info.tau, rtol=0, atol=1e-9)
         torch.testing.assert_close(out, exact, rtol=0, atol=1e-9)
     else:
-        assert not torch.allclose(info.tau, exact_info.tau)
+        step = build_step(new, q, 1.5, 1 / math.sqrt(16), None, kernels=False, needs_sigma=True)
+        tau_hat = gaussian_tau_hat(step, *page_gaussians(step)).reshape(1, 1)
+        assert (info.tau <= tau_hat + 1e-12).all() and (info.tau < exact_info.tau - 1e-3).all()
+        scores = naive_scores(new, q)[0][0]
+        kept = info.page_mask[0, 0].repeat_interleave(cache.page_size)[: scores.shape[0]]
+        values = new.values()[0, 0, : scores.shape[0]].double()
+        expected = naive_thresholded_attention(scores, values, kept, info.tau[0, 0].item(), 1.5)
+        torch.testing.assert_close(out[0, 0, 0], expected, rtol=1e-10, atol=1e-12)
     assert not info.certified.any()  # an estimated τ is never certified
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(tau_mode="approx"), "tau_mode must be one of"), (dict(max_quantile=1.0), "max_quantile"),
-    (dict(safety_margin_z=-1.0), "safety_margin_z"), (dict(correction_iters=-2), "correction_iters"),
+def test_gaussian_tau_hat_counts_every_token_of_a_page():
+    """τ̂ of the selector solves the page-mixture constraint with n_p = page_size tokens per
+    page, μ_p, σ_p from the page statistics: checked against scipy and plain loops."""
+    from scipy import integrate, stats
+
+    from entmaxkv.backend import build_step
+    from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
+    alpha, c = 1.5, 0.5
+    cache, q, kn, vn = gaussian_pages_cache(40, pages=10, d=8)
+    new = cache_after_append(cache, kn, vn)
+    step = build_step(new, q, alpha, 1 / math.sqrt(8), None, kernels=False, needs_sigma=True)
+    mu, sigma = page_gaussians(step)
+    tau = gaussian_tau_hat(step, mu, sigma).item()
+    n, size = new.seq_lens.item(), new.page_size
+    qh = q[0, 0, 0].double()
+    total = sum(max(c * float(s) - tau, 0) ** 2 for s in naive_scores(new, q)[0][0, (n - 1) // size * size:])
+    for p in range(n // size if n % size else n // size - 1):
+        m = float(new.k_mean[0, 0, p].double() @ qh) / math.sqrt(8)
+        sd = math.sqrt(float((qh.square() * new.k_std[0, 0, p].double().square()).sum()) / 8)
+        torch.testing.assert_close(mu[0, 0, 0, p].item(), m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sigma[0, 0, 0, p].item(), sd, rtol=1e-12, atol=1e-12)
+        total += size * integrate.quad(lambda x: max(c * x - tau, 0) ** 2 * stats.norm.pdf(x, m, sd),
+                                       tau / c, m + 12 * sd, epsabs=1e-13)[0]
+    assert total == pytest.approx(1.0, abs=1e-7)
+
+
+# ---- Gaussian "corrected": the safeguarded refinement --------------------------------------
+
+def naive_root(z, alpha):
+    """Root of Σ_i [z_i - t]_+^(1/(α-1)) = 1 by float64 bisection (z: 1-D, -inf absent)."""
+    z = z[torch.isfinite(z)].double()
+    lo, hi = z.max().item() - 1, z.max().item()
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if (z - mid).clamp_min(0).pow(1 / (alpha - 1)).sum().item() >= 1 else (lo, mid)
+    return lo
+
+
+def residual(z, tau, alpha):
+    return ((z - tau.unsqueeze(-1)).clamp_min(0).pow(1 / (alpha - 1)).sum(-1) - 1).abs()
+
+
+@given(alpha=st.sampled_from([1.05, 1.1, 1.25, 1.5, 2.0]), n=st.integers(1, 40), spread=st.sampled_from([0.01, 0.3, 3.0]),
+       ties=st.integers(1, 8), offset=st.sampled_from([-50.0, -3.0, -1.0, -0.3, -1e-9, 0.0, 0.5]),
+       iters=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
+def test_refinement_is_finite_and_never_worse_than_no_refinement(alpha, n, spread, ties, offset, iters, seed):
+    from entmaxkv.refine import refine_tau
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(3, n, generator=g, dtype=torch.float64) * spread
+    z[:, : min(ties, n)] = z.amax(-1, keepdim=True) + 1e-3 * torch.rand(3, 1, generator=g, dtype=torch.float64)
+    z[0, max(n // 2, 1):] = float("-inf")  # absent tokens (one stays)
+    tau_hat = z.amax(-1) + offset * torch.rand(3, generator=g, dtype=torch.float64)
+    tau = refine_tau(tau_hat, z, alpha, iters)
+    assert torch.isfinite(tau).all()
+    assert (residual(z, tau, alpha) <= residual(z, tau_hat, alpha)).all()
+    for r in range(3):  # the refined iterate comes from the left of the root: it never passes it
+        if tau[r] != tau_hat[r]:
+            assert tau[r].item() <= naive_root(z[r], alpha) + 1e-12
+
+
+def test_refinement_converges_to_the_root():
+    from entmaxkv.refine import refine_tau
+    g = torch.Generator().manual_seed(3)
+    for alpha in (1.1, 1.3, 1.5, 2.0):
+        z = torch.randn(4, 30, generator=g, dtype=torch.float64) * 2
+        tau = refine_tau(z.amax(-1) - 1e-9, z, alpha, 40)  # τ̂ just below the top: the hard start
+        expected = torch.tensor([naive_root(row, alpha) for row in z], dtype=torch.float64)
+        torch.testing.assert_close(tau, expected, rtol=0, atol=1e-10)
+
+
+def two_cluster_cache(d=16, pages=8, size=16, high=5.0, n_high=8, seed=0):
+    """One page holds ``n_high`` nearly tied tokens at score ``high``, everything else scores ~0:
+    the Gaussian τ̂ lands just below the top score, where the slope of the constraint is ~0."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.zeros(1, 1, 1, d, dtype=torch.float64)
+    q[..., 0] = math.sqrt(d)  # score = scale·q·k = k[..., 0]
+    k = 0.05 * torch.randn(1, 1, pages * size, d, generator=g, dtype=torch.float64)
+    k[0, 0, 2 * size: 2 * size + n_high, 0] += high
+    v = torch.randn(1, 1, pages * size, d, generator=g, dtype=torch.float64)
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=pages * size + 8,
+                                   page_size=size, dtype=torch.float64)
+    cache = ekv.prefill(cache, k[:, :, :-1], v[:, :, :-1], [pages * size - 1])
+    return cache, q, k[:, :, -1:], v[:, :, -1:]
+
+
+def test_corrected_tau_on_two_clusters_stays_near_the_root():
+    """Issue 7: one unguarded Newton step from there gave τ = -1.4e8 (true 2.13)."""
+    cache, q, kn, vn = two_cluster_cache()
+    new, _, exact_info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian())
+    dense, tau_true = ekv.dense_decode(new, q, 1.5)
+    top = 0.5 * max(float(s.max()) for s in naive_scores(new, q))
+    for iters, tol in ((None, 1.0), (1, 1.0), (3, 1e-2), (8, 1e-9)):
+        _, out, info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(tau_mode="corrected", correction_iters=iters))
+        assert top - 1 <= info.tau.item() <= top  # where the root is: never far below
+        assert abs(info.tau.item() - tau_true.item()) < tol, (iters, info.tau.item(), tau_true.item())
+    assert ((out - dense).norm() / dense.norm()).item() < 1e-8
+    torch.testing.assert_close(info.tau, exact_info.tau, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [1.02, 1.05, 1.1])
+@pytest.mark.parametrize("mode", ["fixed", "corrected"])
+def test_gaussian_tau_modes_near_softmax_are_finite(alpha, mode):
+    # the first case gave NaN before the refinement was safeguarded (τ = -5e75 at α = 1.1)
+    for cache, q, kn, vn in (two_cluster_cache(high=20.0, n_high=8), two_cluster_cache(), gaussian_pages_cache(37)):
+        new, out, info = step_with_info(cache, q, kn, vn, alpha, ekv.Gaussian(tau_mode=mode))
+        assert torch.isfinite(out).all() and torch.isfinite(info.tau).all()
+
+
+# ---- Gaussian: attention sinks and outliers -------------------------------------------------
+
+def sink_cache(outlier_at=0, t=4096, d=64, seed=5):
+    """Issue 7's repro: keys 0.3·randn, one outlier key 64u (score 8) and the newest token 40u
+    (score 5), u = q/‖q‖. Dense entmax (α = 1.5) puts all its mass on the outlier."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 1, 1, d, generator=g, dtype=torch.float64)
+    q = q / q.norm()
+    u = q[0, 0, 0]
+    k = 0.3 * torch.randn(1, 1, t, d, generator=g, dtype=torch.float64)
+    k[0, 0, outlier_at], k[0, 0, t - 1] = 64 * u, 40 * u
+    v = torch.randn(1, 1, t, d, generator=g, dtype=torch.float64)
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=t, page_size=16, dtype=torch.float64)
+    cache = ekv.prefill(cache, k[:, :, :-1], v[:, :, :-1], [t - 1])
+    return cache, q, k[:, :, -1:], v[:, :, -1:]
+
+
+@pytest.mark.parametrize("outlier_at,selector,kept", [
+    (0, ekv.Gaussian(), True),                                            # the sink page, forced
+    (0, ekv.Gaussian(sink_pages=0), True),                                # the outlier rule alone
+    (1000, ekv.Gaussian(), True),                                         # a lone outlier elsewhere
+    (1000, ekv.Gaussian(tau_mode="corrected"), True),
+    (1000, ekv.Gaussian(outlier_margin=None), False),                     # the page model alone misses it
 ])
-def test_gaussian_arguments_are_checked(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_gaussian_keeps_a_lone_outlier_token(outlier_at, selector, kept):
+    cache, q, kn, vn = sink_cache(outlier_at)
+    new, out, info = step_with_info(cache, q, kn, vn, 1.5, selector)
+    dense, _ = ekv.dense_decode(new, q, 1.5)
+    p = naive_dense_weights(new, q, 1.5)[0][0]
+    assert p[outlier_at].item() > 0.999  # the data is what the test says it is
+    assert info.page_mask[0, 0, outlier_at // 16].item() == kept
+    cosine = torch.nn.functional.cosine_similarity(out.flatten(), dense.flatten(), dim=0).item()
+    assert (cosine > 1 - 1e-9) if kept else (cosine < 0.5)
+    assert info.num_pages.item() <= 4  # and it still reads few pages
+
+
+def test_gaussian_forced_pages_are_kept():
+    cache, q, kn, vn = sink_cache(outlier_at=1000)
+    _, _, free = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(sink_pages=0, outlier_margin=None))
+    _, _, info = step_with_info(cache, q, kn, vn, 1.5, ekv.Gaussian(sink_pages=2, recent_pages=3, outlier_margin=None))
+    free_pages = set(free.page_mask[0, 0].nonzero().flatten().tolist())
+    pages = set(info.page_mask[0, 0].nonzero().flatten().tolist())
+    assert free_pages == {255}  # the model alone keeps only the newest page here
+    assert pages == {0, 1, 252, 253, 254, 255}
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(tau_mode="approx"), ValueError, "tau_mode must be one of"), (dict(max_quantile=1.0), ValueError, "max_quantile"),
+    (dict(max_quantile="0.9"), TypeError, "max_quantile must be a real number"),
+    (dict(safety_margin_z=-1.0), ValueError, "safety_margin_z"), (dict(correction_iters=-2), ValueError, "correction_iters"),
+    (dict(correction_iters=1.5), ValueError, "correction_iters"), (dict(solver_iters=0), ValueError, "solver_iters"),
+    (dict(tau_clamp_page_max_quantile=None), TypeError, "tau_clamp_page_max_quantile"),
+    (dict(threshold_excess_margin_fraction=float("nan")), ValueError, "threshold_excess_margin_fraction"),
+    (dict(clamp_tau="yes"), TypeError, "clamp_tau must be a bool"), (dict(sink_pages=-1), ValueError, "sink_pages"),
+    (dict(recent_pages=True), ValueError, "recent_pages"), (dict(outlier_margin=-1.0), ValueError, "outlier_margin"),
+])
+def test_gaussian_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
         ekv.Gaussian(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(initial_pages=-1), ValueError, "initial_pages"), (dict(rounds=2.0), ValueError, "rounds"),
+    (dict(max_pages="8"), ValueError, "max_pages"),
+])
+def test_exact_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ekv.Exact(**kwargs)
 
 
 @pytest.mark.parametrize("selector", [ekv.Gaussian(), ekv.Exact()])
 def test_selectors_that_need_entmax_zeros_reject_softmax(selector):
-    cache, _, _ = make_cache(37, 1, 1, 8, PAGE, [9])
-    q, kn, vn = random_step(torch.Generator().manual_seed(0), 1, 1, 1, 8)
-    with pytest.raises(ValueError, match="needs alpha > 1"):
-        ekv.decode_step(cache, q, kn, vn, ekv.DecodeConfig(alpha=1.0, selector=selector))
+    with pytest.raises(ValueError, match="needs alpha > 1"):  # when the config is built
+        ekv.DecodeConfig(alpha=1.0, selector=selector)
 
 
 # ---- Exact and the certificate ----------------------------------------------------------------
@@ -278,7 +465,8 @@ def test_dropped_mass_bound_holds_and_certified_steps_are_exact(lens, group, alp
                 torch.testing.assert_close(out[b, h], dense[b, h], rtol=0, atol=1e-10)
             if selector == ekv.Exact():  # without a cap every step is certified
                 assert info.certified[b, h]
-            if info.tau is not None and not (isinstance(selector, ekv.Gaussian) and selector.tau_mode != "exact"):
+            assert 0 <= bound <= 1  # a mass bound: clamped at 1 ("no bound")
+            if not (isinstance(selector, ekv.Gaussian) and selector.tau_mode != "exact"):
                 vmax = new.values()[b, h // group, : p.shape[1]].abs().max().item()
                 error = (out[b, h] - dense[b, h]).abs().max().item()
                 assert error <= 2 * bound * vmax + 1e-9  # the documented output-error bound
@@ -298,6 +486,40 @@ def test_exact_selector_reads_few_pages_when_bounds_allow_and_matches_fp16():
     assert info.certified.all()
     assert (out.double() - ref).norm() <= 1e-3 * ref.norm() + 1e-3
     assert info.num_pages.max() < 33, f"expected pruning on structured data, read {info.num_pages.tolist()} of 33"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [1.0, 1.3, 1.5, 2.0])
+def test_safe_tau_is_below_the_exact_tau_of_the_stored_keys(dtype, alpha):
+    """τ over low-precision scores can exceed the exact τ by their rounding; the certificate's
+    lower bound must not, and must stay within a small margin of it."""
+    from entmaxkv.bounds import score_rounding_errors, worst_over
+    from entmaxkv.certificate import safe_tau_lower_bound
+    from entmaxkv.reference import token_scores
+    below, gaps = [], []
+    for seed in range(6):
+        cache, _, _ = make_cache(seed, 2, 2, 16, PAGE, [61, 38], dtype=dtype, spread=3.0)
+        q, _, _ = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 16, dtype=dtype)
+        scores = token_scores(cache, q, 0.25, None)  # as the reference computes them
+        mask = cache.token_mask()[:, None, :].expand(2, 2, -1)
+        rounding = worst_over(score_rounding_errors(cache, q, 0.25, None), mask)
+        tau_low = safe_tau_lower_bound(scores, mask, alpha, rounding)  # [B, Hkv, G]
+        for b, s in enumerate(naive_scores(cache, q)):  # exact scores of the stored keys
+            for h in range(4):
+                row = s[h]
+                exact = torch.logsumexp(row, 0).item() if alpha == 1.0 else naive_root((alpha - 1) * row, alpha)
+                low = tau_low[b, h // 2, h % 2].item()
+                below.append(low <= exact)
+                gaps.append(exact - low)
+    assert all(below), f"{below.count(False)} of {len(below)} lower bounds above the exact τ"
+    assert max(gaps) < 1e-2, max(gaps)
+
+
+def test_dropped_mass_bound_is_clamped_at_one():
+    cache, _, _ = make_cache(38, 1, 1, 8, PAGE, [200], spread=0.1)  # flat scores: a vacuous bound
+    q, kn, vn = random_step(torch.Generator().manual_seed(39), 1, 1, 1, 8)
+    _, _, info = step_with_info(cache, q, kn, vn, 1.5, ekv.TopK(token_budget=8))
+    assert info.dropped_mass_bound.item() == 1.0
 
 
 def test_capped_exact_reports_when_it_cannot_certify():

@@ -120,3 +120,20 @@ def test_full_sequence_under_device_reporting_is_unchanged_and_nan():
     assert not info.certified[0].any()
     assert_same_view(before[:1], visible(new)[:1])
     torch.testing.assert_close(new.keys()[1, :, 3].double(), kn[1, :, 0].double(), rtol=0, atol=0)
+
+
+def test_prefill_twice_on_one_storage_raises():
+    """The empty value still says "empty" through its own seq_lens; its storage does not."""
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=1, head_dim=4, capacity=16, page_size=4, dtype=torch.float32)
+    k = torch.randn(2, 1, 6, 4)
+    first = ekv.prefill(empty, k, k, [6, 3])
+    before = visible(first)
+    with pytest.raises(ValueError, match="prefill needs fresh storage"):
+        ekv.prefill(empty, torch.randn(2, 1, 6, 4), torch.randn(2, 1, 6, 4), [5, 5])
+    assert_same_view(before, visible(first))  # the first prompt is intact
+
+    other = ekv.PagedKVCache.empty(batch=2, num_kv_heads=1, head_dim=4, capacity=16, page_size=4, dtype=torch.float32)
+    q, kn, vn = random_step(torch.Generator().manual_seed(0), 2, 1, 1, 4, dtype=torch.float32)
+    ekv.decode_step(other, q, kn, vn)  # decoding from the empty value writes into its storage too
+    with pytest.raises(ValueError, match="prefill needs fresh storage"):
+        ekv.prefill(other, k, k, [6, 3])
