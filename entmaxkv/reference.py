@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from entmaxkv.entmax import entmax_threshold, lin, rho
+from entmaxkv.entmax import entmax_with_threshold, lin, rho
 from entmaxkv.state import PagedKVCache
 
 __all__ = [
@@ -86,8 +86,10 @@ def attend(
     s = torch.where(token_mask[:, :, None, :], scores, torch.full_like(scores, float("-inf")))
     s64 = s.double()
     if tau is None:
-        tau = entmax_threshold(s64, alpha, dim=-1)
-    p = rho(lin(alpha) * s64 - tau.double().unsqueeze(-1), alpha)
+        # one Function for both: its backward is entmax's analytic Jacobian (support only)
+        p, tau = entmax_with_threshold(s64, alpha, dim=-1)
+    else:  # an estimated τ: gradients follow this formula and the estimate's own
+        p = rho(lin(alpha) * s64 - tau.double().unsqueeze(-1), alpha)
     p = torch.where(torch.isneginf(s64), torch.zeros_like(p), p)  # NaN stays visible
     p = p / p.sum(-1, keepdim=True)
     v = torch.where(token_mask[..., None], values, torch.zeros_like(values))  # no 0·NaN leaks
