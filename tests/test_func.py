@@ -14,7 +14,7 @@ import warnings
 import entmax as entmax_lib
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.utils import _pytree as pytree
 
@@ -60,11 +60,13 @@ def oracle_out(q, keys, values, mask, alpha, scale):
     lens=st.lists(st.sampled_from(EDGE_LENS) | st.integers(1, 14), min_size=1, max_size=2),
     hkv=st.integers(1, 2),
     group=st.sampled_from([1, 2]),
-    alpha=st.sampled_from([1.25, 1.5, 2.0]),
+    alpha=st.sampled_from([1.0, 1.25, 1.5, 2.0]),
     selector=st.sampled_from(sorted(SELECTORS)),
     seed=st.integers(0, 2**31 - 1),
 )
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # TopK/Exact, see FALLBACK_TODAY
 def test_vmap_of_decode_step_equals_a_loop(n, lens, hkv, group, alpha, selector, seed):
+    assume(alpha > 1.0 or selector in ("dense", "topk"))  # the others need entmax zeros
     b, d, page = len(lens), 4, 4
     config = ekv.DecodeConfig(alpha=alpha, selector=SELECTORS[selector])
     # each cache its own ragged lengths; capacity (static) is shared
@@ -106,9 +108,13 @@ def test_vmap_runs_batched_without_the_per_example_fallback(selector):
     assert not fallbacks, fallbacks
 
 
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 @pytest.mark.parametrize("selector,backend", [("dense", "aot_eager"), ("topk", "aot_eager"),
                                               ("exact", "aot_eager"), ("gauss-corrected", "eager")])
 def test_compiled_vmap_of_decode_step_equals_eager(selector, backend):
+    # Every torch.compile(vmap(...)) compiles the same vmap wrapper code object, whose dynamo
+    # cache holds 8 entries (issue 7, item 1): start from an empty one.
+    torch._dynamo.reset()
     config = ekv.DecodeConfig(alpha=1.5, selector=SELECTORS[selector])
     caches = [make_cache(10 + i, 2, 1, 4, 4, [7 + 2 * i, 12], capacity=24)[0].without_host_len() for i in range(3)]
     eager = torch.func.vmap(lambda c, q, k, v: ekv.decode_step(c, q, k, v, config))
