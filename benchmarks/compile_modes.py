@@ -18,6 +18,11 @@ For each context length, batch size and selector (α = 1.5, fp16, Hq = 32, Hkv =
 Writes ``compile_modes.json`` and ``compile_modes.md`` under ``--out`` (default $OUT) after every
 row, so a run cut short keeps what it measured, and prints a short table last. Measures only:
 nothing here asserts a time.
+
+Every compiled row compiles from scratch (tens of seconds with inductor), so one context per call
+keeps a run within a 10-minute limit: ``--contexts 1024`` then ``--contexts 65536``. If
+``kernels_per_step`` reads 0 for the graphed mode, the profiler did not trace kernels inside
+graph replays; ``host_launches_per_step`` then still shows the one graph launch.
 """
 
 from __future__ import annotations
@@ -140,9 +145,9 @@ def build(mode, cache, config, hq, inputs, device, args):
 def run_row(context, batch, selector_key, mode, args, device) -> dict:
     hq, hkv, d, dtype = args.q_heads, args.kv_heads, args.head_dim, args.dtype
     steps_needed = 3 + args.reps * args.rounds + args.profile_steps + 8
-    g = torch.Generator(device="cpu").manual_seed(context)
-    k = torch.randn(batch, hkv, context, d, generator=g).to(device=device, dtype=dtype)
-    v = torch.randn(batch, hkv, context, d, generator=g).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(context)  # on the device: 64K x B=8 is ~1 GB per tensor
+    k = torch.randn(batch, hkv, context, d, generator=g, device=device, dtype=dtype)
+    v = torch.randn(batch, hkv, context, d, generator=g, device=device, dtype=dtype)
     cache = ekv.PagedKVCache.empty(batch=batch, num_kv_heads=hkv, head_dim=d, capacity=context + steps_needed,
                                    dtype=dtype, device=device)
     cache = ekv.prefill(cache, k, v, [context] * batch)
