@@ -198,3 +198,17 @@ def test_float32_gradient_is_close_to_float64(alpha):
         t = x.to(dtype).requires_grad_()
         grads.append(torch.autograd.grad(ekv.entmax(t, alpha=alpha), t, upstream.to(dtype))[0].double())
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("alpha", GRAD_ALPHAS)
+def test_forward_mode_matches_reverse_mode(alpha):
+    x = (torch.randn(2, 8, dtype=torch.float64) * 2).requires_grad_()
+    f = lambda t: ekv.entmax(t, alpha=alpha)  # noqa: E731
+    assert torch.autograd.gradcheck(f, x, check_forward_ad=True)
+    assert torch.autograd.gradcheck(lambda t: ekv.entmax_threshold(t, alpha=alpha), x, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(f, x, check_fwd_over_rev=True)
+    row = x[0].detach()
+    torch.testing.assert_close(torch.func.jacfwd(f)(row), torch.func.jacrev(f)(row), rtol=0, atol=1e-14)
+    torch.testing.assert_close(torch.func.hessian(lambda t: ekv.entmax_threshold(t, alpha=alpha))(row),
+                               torch.func.jacrev(torch.func.jacrev(lambda t: ekv.entmax_threshold(t, alpha=alpha)))(row),
+                               rtol=0, atol=1e-12)
