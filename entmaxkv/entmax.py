@@ -174,7 +174,7 @@ class EntmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, x_dot: Tensor, _alpha_dot: None) -> tuple[Tensor, Tensor]:
-        """Forward mode: ṗ = s ⊙ (ẋ - ⟨s, ẋ⟩/Σs), τ̇ = lin(α)·⟨s, ẋ⟩/Σs (the Jacobian is symmetric)."""
+        """Forward mode: ṗ = s ⊙ (ẋ - ⟨s, ẋ⟩/Σs), τ̇ = lin(α)·⟨s, ẋ⟩/Σs (J is symmetric)."""
         (p,) = ctx.saved_tensors
         s = support_weights(p, ctx.alpha)
         mean = (s * x_dot).sum(-1, keepdim=True) / s.sum(-1, keepdim=True)

@@ -124,9 +124,8 @@ def test_gradcheck_and_gradgradcheck_of_entmax_and_threshold(alpha, spread):
     x = (torch.randn(3, 9, dtype=torch.float64) * spread).requires_grad_()
     x.data[0, 5:] = float("-inf")  # masked entries: zero weight, zero gradient
     for f in (lambda t: ekv.entmax(t, alpha=alpha), lambda t: ekv.entmax_threshold(t, alpha=alpha)):
-        g = lambda t: f(torch.where(torch.isneginf(x), x.detach(), t))  # noqa: E731 (finite-difference only finite entries)
-        assert torch.autograd.gradcheck(g, x)
-        assert torch.autograd.gradgradcheck(g, x)
+        assert torch.autograd.gradcheck(f, x)  # -inf ± eps is -inf: numerical gradient 0 there too
+        assert torch.autograd.gradgradcheck(f, x)
 
 
 @given(n=st.integers(2, 30), alpha=st.sampled_from([1.25, 1.3, 1.5, 1.75, 2.0]), seed=st.integers(0, 2**31 - 1))
@@ -209,6 +208,6 @@ def test_forward_mode_matches_reverse_mode(alpha):
     assert torch.autograd.gradgradcheck(f, x, check_fwd_over_rev=True)
     row = x[0].detach()
     torch.testing.assert_close(torch.func.jacfwd(f)(row), torch.func.jacrev(f)(row), rtol=0, atol=1e-14)
-    torch.testing.assert_close(torch.func.hessian(lambda t: ekv.entmax_threshold(t, alpha=alpha))(row),
-                               torch.func.jacrev(torch.func.jacrev(lambda t: ekv.entmax_threshold(t, alpha=alpha)))(row),
+    tau = lambda t: ekv.entmax_threshold(t, alpha=alpha)  # noqa: E731
+    torch.testing.assert_close(torch.func.hessian(tau)(row), torch.func.jacrev(torch.func.jacrev(tau))(row),
                                rtol=0, atol=1e-12)

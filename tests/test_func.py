@@ -90,7 +90,8 @@ def test_vmap_of_decode_step_equals_a_loop(n, lens, hkv, group, alpha, selector,
 
 
 @pytest.mark.parametrize("selector", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="topk.py top_pages: in-place scatter_ runs per example"))
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="topk.py top_pages: in-place scatter_ "
+                                                                    "runs per example"))
     if name in FALLBACK_TODAY else name for name in sorted(SELECTORS)])
 def test_vmap_runs_batched_without_the_per_example_fallback(selector):
     caches = [make_cache(i, 2, 2, 4, 4, [9, 4 + i], capacity=16)[0].without_host_len() for i in range(2)]
@@ -232,7 +233,8 @@ def test_vmap_of_grad_gives_per_cache_gradients():
     per_cache = torch.func.vmap(torch.func.grad(lambda c, t: attend_cache(c, t, config, with_info=False)[0].sum(),
                                                 argnums=1))(stack_caches(caches), q)
     for i in range(3):
-        expected = torch.func.grad(lambda t: attend_cache(caches[i], t, config, with_info=False)[0].sum())(q[i])  # noqa: B023
+        one = lambda t: attend_cache(caches[i], t, config, with_info=False)[0].sum()  # noqa: E731,B023
+        expected = torch.func.grad(one)(q[i])
         torch.testing.assert_close(per_cache[i], expected, rtol=1e-12, atol=1e-12)
 
 
