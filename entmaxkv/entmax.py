@@ -26,9 +26,12 @@ entmax is twice differentiable: away from ties, i.e. no entry with (α-1)·x_i e
 to τ. At a tie the Jacobian is not defined (one-sided derivatives differ); the backward then
 treats the tied entry (p_i = 0) as outside the support. For α > 1.5 the second derivative
 grows like p_i^(3-2α) as an entry approaches the boundary: that is the function, not noise.
-The Function has ``setup_context``, a ``jvp`` (forward mode: ``jacfwd``, ``hessian``) and
-``generate_vmap_rule = True`` so that ``torch.func.grad``, ``jacrev``, ``jacfwd`` and ``vmap``
-compose with it (README.md, "Composing with torch.func").
+The Function has ``setup_context`` and ``generate_vmap_rule = True`` so that
+``torch.func.grad``, ``jacrev`` and ``vmap`` compose with it (README.md, "Composing with
+torch.func"). It has no ``jvp`` on purpose: dynamo (torch 2.13) refuses to trace an
+autograd.Function that defines one ("Unsupported custom jvp"), which would break
+``torch.compile`` of anything differentiated through entmax. Forward mode (``jacfwd``,
+``jvp``) therefore raises; ``jacrev`` gives the same Jacobian.
 """
 
 from __future__ import annotations
@@ -165,20 +168,11 @@ class EntmaxFunction(torch.autograd.Function):
         p, _ = output
         ctx.alpha = alpha
         ctx.save_for_backward(p)  # the output, so the backward stays differentiable (double backward)
-        ctx.save_for_forward(p)  # for jvp (forward mode: jacfwd, hessian = jacfwd(jacrev))
 
     @staticmethod
     def backward(ctx: Any, grad_p: Tensor, grad_tau: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (p,) = ctx.saved_tensors
         return entmax_backward(p, grad_p, grad_tau, ctx.alpha), None
-
-    @staticmethod
-    def jvp(ctx: Any, x_dot: Tensor, _alpha_dot: None) -> tuple[Tensor, Tensor]:
-        """Forward mode: ṗ = s ⊙ (ẋ - ⟨s, ẋ⟩/Σs), τ̇ = lin(α)·⟨s, ẋ⟩/Σs (J is symmetric)."""
-        (p,) = ctx.saved_tensors
-        s = support_weights(p, ctx.alpha)
-        mean = (s * x_dot).sum(-1, keepdim=True) / s.sum(-1, keepdim=True)
-        return s * (x_dot - mean), lin(ctx.alpha) * mean.squeeze(-1)
 
 
 def entmax_with_threshold(x: Tensor, alpha: float = 1.5, dim: int = -1) -> tuple[Tensor, Tensor]:
