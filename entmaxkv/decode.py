@@ -45,8 +45,9 @@ def decode_step(
     is left unchanged, its output row is NaN and ``info.fits`` is False for it.
     No host synchronisation happens inside the step.
 
-    Gradients: ``out`` is differentiable w.r.t. ``q``, ``k_new``, ``v_new`` and the cache's
-    ``k_pages`` / ``v_pages`` (autograd and ``torch.func.grad`` / ``jacrev`` / ``vmap``). Entmax
+    Gradients (pure-torch reference path; the Triton ops need autograd rules of their own):
+    ``out`` is differentiable w.r.t. ``q``, ``k_new``, ``v_new`` and the cache's ``k_pages`` /
+    ``v_pages`` (autograd and ``torch.func.grad`` / ``jacrev`` / ``vmap``). Entmax
     uses its analytic Jacobian, so gradient flows only through tokens in the entmax support;
     tokens of pages the selector did not attend get exactly zero gradient. Page selection is
     piecewise constant in q and K and contributes no gradient (the page statistics only feed
