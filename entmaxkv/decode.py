@@ -44,6 +44,18 @@ def decode_step(
     Compiled or graph-captured steps cannot raise without a host sync; there a full sequence
     is left unchanged, its output row is NaN and ``info.fits`` is False for it.
     No host synchronisation happens inside the step.
+
+    Gradients (pure-torch reference path; the Triton ops need autograd rules of their own):
+    ``out`` is differentiable w.r.t. ``q``, ``k_new``, ``v_new`` and the cache's ``k_pages`` /
+    ``v_pages`` (autograd and ``torch.func.grad`` / ``jacrev`` / ``vmap``). Entmax
+    uses its analytic Jacobian, so gradient flows only through tokens in the entmax support;
+    tokens of pages the selector did not attend get exactly zero gradient. Page selection is
+    piecewise constant in q and K and contributes no gradient (the page statistics only feed
+    selection). Gaussian ``fixed`` / ``corrected`` weights use an estimated τ, and gradients
+    follow that estimate. The append writes into the cache's storage in place, and torch.func
+    refuses in-place writes into tensors captured from outside the transformed function: build
+    the cache inside it (``dataclasses.replace(cache.fork(), k_pages=k_pages.clone(), ...)``).
+    README "Composing with torch.func" has examples.
     """
     if not torch.compiler.is_compiling():
         check_decode(cache, q, k_new, v_new, config, alibi_slopes)
@@ -66,7 +78,8 @@ def attend_cache(
     True) marks rows whose append failed; their output is NaN.
 
     Returns ``(out [B, Hq, 1, D], info)``, info ``None`` unless ``with_info`` (the certificate
-    costs another pass over the scores). Shapes as in ``decode_step``.
+    costs another pass over the scores). Shapes as in ``decode_step``. Gradients as in
+    ``decode_step``: only through the support, exactly zero on pages not attended.
     """
     alpha = float(config.alpha)
     scale = default_scale(cache.head_dim) if config.scale is None else float(config.scale)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from entmaxkv.conventions import alibi_bias, default_scale, group_queries, query_positions, work_dtype
-from entmaxkv.entmax import entmax_threshold, lin, rho
+from entmaxkv.entmax import entmax_with_threshold, lin, rho
 from entmaxkv.refine import refine_tau, usable_tau
 from entmaxkv.state import PagedKVCache
 
@@ -61,13 +61,14 @@ def attend(
     s = torch.where(token_mask[:, :, None, :], scores, torch.full_like(scores, float("-inf")))
     s64 = s.double()
     if tau is None:
-        tau = entmax_threshold(s64, alpha, dim=-1)
-    else:
+        # one Function for both: its backward is entmax's analytic Jacobian (support only)
+        p, tau = entmax_with_threshold(s64, alpha, dim=-1)
+    else:  # an estimated τ: gradients follow this formula and the estimate's own
         z = lin(alpha) * s64
         tau = usable_tau(tau.double(), z.amax(-1))
         if refine_iters:
             tau = refine_tau(tau, z, alpha, refine_iters)
-    p = rho(lin(alpha) * s64 - tau.double().unsqueeze(-1), alpha)
+        p = rho(z - tau.double().unsqueeze(-1), alpha)
     p = torch.where(torch.isneginf(s64), torch.zeros_like(p), p)  # NaN stays visible
     p = p / p.sum(-1, keepdim=True)
     v = torch.where(token_mask[..., None], values, torch.zeros_like(values))  # no 0·NaN leaks
