@@ -86,6 +86,9 @@ def attend_cache(
         return out, None
 
     bound, certified = dropped_mass_bound(step, page_mask)
+    if selection.certified is not None:  # the selector's proof (token-level bounds): nothing dropped
+        certified = certified | selection.certified
+        bound = torch.where(selection.certified, torch.zeros_like(bound), bound)
     if selection.tau is not None:
         certified = torch.zeros_like(certified)  # an estimated τ is not the exact one over the pages
     group = hq // cache.num_kv_heads
@@ -93,6 +96,9 @@ def attend_cache(
     def per_query_head(x: Tensor) -> Tensor:  # [B, Hkv] -> [B, Hq]
         return x.repeat_interleave(group, dim=1)
 
+    overflow = selection.overflow
+    if overflow is None:
+        overflow = torch.zeros(b, cache.num_kv_heads, dtype=torch.bool, device=q.device)
     info = DecodeInfo(
         tau=tau.reshape(b, hq),
         num_pages=per_query_head(page_mask.sum(-1)),
@@ -101,5 +107,6 @@ def attend_cache(
         certified=certified.reshape(b, hq) & fits[:, None],
         page_mask=page_mask,
         fits=fits,
+        overflow=per_query_head(overflow),
     )
     return out, info

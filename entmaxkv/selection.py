@@ -65,10 +65,16 @@ class Step:
 class Selection:
     """A selector's answer. page_mask: [B, Hkv, P] bool (the newest page is added by the
     caller). tau: optional [B, Hkv, G] threshold to use instead of the exact τ over the
-    selected tokens (Gaussian ``fixed`` / ``corrected`` modes)."""
+    selected tokens (Gaussian ``fixed`` / ``corrected`` modes). certified: optional
+    [B, Hkv, G] bool, the selector's own proof that the exact τ over the pages gives dense
+    entmax (``Exact`` with key codes, whose token-level bounds are finer than the page-level
+    certificate). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
+    overflowed and that fell back to every page."""
 
     page_mask: Tensor
     tau: Tensor | None = None
+    certified: Tensor | None = None
+    overflow: Tensor | None = None
 
 
 class Selector:
