@@ -157,6 +157,18 @@ def test_score_interval_always_holds(lens, group, bits, dtype, kind, alibi, seed
     check_interval(cache, q, slopes)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_score_interval_covers_rounding(bits, dtype):
+    """Keys at a large offset with a tiny spread: floating-point rounding of the scores, not
+    the code step, dominates |s - ŝ|; the bound must still hold (catches a dropped margin)."""
+    g = torch.Generator().manual_seed(21)
+    k = adversarial_keys("offset_tiny_spread", g, 2, 2, 64, 32)
+    cache = coded_cache(k, torch.randn(2, 2, 64, 32, generator=g, dtype=torch.float64), [64, 50], bits, dtype)
+    q = (torch.randn(2, 4, 1, 32, generator=g, dtype=torch.float64) * 3).to(dtype)
+    check_interval(cache, q)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_score_interval_is_tight_on_half_step_keys(bits, dtype):
