@@ -45,7 +45,7 @@ from entmaxkv.decode import attend_cache
 from entmaxkv.exact_codes import code_candidates
 from entmaxkv.keycodes import code_scores
 from entmaxkv.reference import attend
-from entmaxkv.selection import Step
+from entmaxkv.backend import build_step
 
 PAGE = 16
 
@@ -89,6 +89,11 @@ def capture(model, ids: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Ten
     return seen
 
 
+def reference_step(cache, q, alpha, scale, slopes):
+    """A decode step's selector inputs on the reference backend (which scores every token)."""
+    return build_step(cache, q, alpha, scale, slopes, kernels=False, needs_sigma=False)
+
+
 def make_cache(k, v, dtype, bits):
     b, h, n, d = k.shape
     cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=h, head_dim=d, capacity=n, page_size=PAGE,
@@ -108,7 +113,7 @@ def support_kept(step, page_mask, dense_w):
 
 
 def dense_weights(step, alpha):
-    s = step.scores.double()
+    s = step.ops.scores.double()
     tau = ekv.entmax_threshold(s, alpha, dim=-1)
     return ekv.entmax(s, alpha, dim=-1), tau
 
@@ -127,9 +132,9 @@ def measure_layer(q, k, v, scale, alpha, dtype):
     dense_bytes = n * d * 2 * 2  # per KV head, fp16 K + V
     config_box = ekv.DecodeConfig(alpha=alpha, selector=ekv.Exact(use_codes=False), scale=scale)
     base = make_cache(k, v, dtype, None)
-    step = Step.build(base, q.to(dtype), alpha, scale, None)
+    step = reference_step(base, q.to(dtype), alpha, scale, None)
     dense_w, _ = dense_weights(step, alpha)
-    dense_out, _ = attend(step.scores, base.values(), base.token_mask()[:, None, :].expand(-1, base.num_kv_heads, -1),
+    dense_out, _ = attend(step.ops.scores, base.values(), base.token_mask()[:, None, :].expand(-1, base.num_kv_heads, -1),
                           alpha)
     dense_out = dense_out.reshape(q.shape).to(dtype)  # what a dense step returns: [1, Hq, 1, D]
     support = (dense_w > 0).sum(-1)  # [1, Hkv, G]
@@ -149,7 +154,7 @@ def measure_layer(q, k, v, scale, alpha, dtype):
 
     for bits in (4, 8):
         cache = make_cache(k, v, dtype, bits)
-        cstep = Step.build(cache, q.to(dtype), alpha, scale, None)
+        cstep = reference_step(cache, q.to(dtype), alpha, scale, None)
         sel = ekv.Exact()
         found = code_candidates(cstep, sel.top_tokens, sel.max_candidates)
         config = ekv.DecodeConfig(alpha=alpha, selector=sel, scale=scale)
@@ -172,12 +177,12 @@ def measure_layer(q, k, v, scale, alpha, dtype):
 
     # TopK at 12.5 % of the pages: Quest ranking vs. the best token bound from 4-bit codes
     cache4 = make_cache(k, v, dtype, 4)
-    step4 = Step.build(cache4, q.to(dtype), alpha, scale, None)
+    step4 = reference_step(cache4, q.to(dtype), alpha, scale, None)
     tighter = torch.minimum(step4.upper, codes_page_upper(step4, cache4).to(step4.upper.dtype))
     for name, st in (("topk", step4), ("topk_codes", dataclasses.replace(step4, upper=tighter))):
         selection = ekv.TopK(coverage=0.125).select(st)
         mask = (selection.page_mask | st.newest) & cache4.live_page_mask()[:, None, :]
-        out, _ = attend(st.scores, cache4.values(), cache4.tokens_of(mask), alpha)
+        out, _ = attend(st.ops.scores, cache4.values(), cache4.tokens_of(mask), alpha)
         cos = cosine(out.reshape(q.shape), dense_out)
         result[name] = {
             "pages": mask.sum(-1).flatten().tolist(),

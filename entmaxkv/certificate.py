@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from entmaxkv.bounds import score_rounding_errors, worst_over
 from entmaxkv.entmax import entmax_threshold, lin, rho
 
 if TYPE_CHECKING:
@@ -61,9 +60,7 @@ def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]
     is certified only when no page was dropped.
     """
     cache, alpha = step.cache, step.alpha
-    token_mask = cache.tokens_of(page_mask)
-    rounding = worst_over(score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes), token_mask)
-    tau_low = safe_tau_lower_bound(step.scores, token_mask, alpha, rounding)
+    tau_low = step.ops.tau_lower_bound(page_mask)
     dropped = (cache.full_page_mask()[:, None, :] & ~page_mask)[:, :, None, :]
     per_page = cache.page_size * rho(lin(alpha) * step.upper.double() - tau_low.unsqueeze(-1), alpha)
     bound = torch.where(dropped, per_page, torch.zeros_like(per_page)).sum(-1)

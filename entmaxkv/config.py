@@ -20,11 +20,21 @@ class DecodeConfig:
         alpha: entmax α in [1, 2]; 1 is softmax, 2 sparsemax.
         selector: which pages to attend (``Dense()``, ``TopK(...)``, ``Gaussian()``, ``Exact()``).
         scale: score scale; ``None`` means 1/sqrt(head_dim).
+        backend: where the arithmetic runs (``entmaxkv.backend``): "auto" (Triton ops on CUDA,
+            the pure-torch reference elsewhere), "triton" (the ops; on a CPU through Triton's
+            interpreter) or "torch" (the reference).
     """
 
     alpha: float = 1.5
     selector: Selector = field(default_factory=Dense)
     scale: float | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        from entmaxkv.backend import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 class DecodeInfo(NamedTuple):

@@ -7,9 +7,9 @@ from torch import Tensor
 
 from entmaxkv.certificate import dropped_mass_bound
 from entmaxkv.config import DecodeConfig, DecodeInfo
-from entmaxkv.reference import attend, default_scale
-from entmaxkv.selection import Step
-from entmaxkv.state import PagedKVCache, append_token
+from entmaxkv.backend import append, build_step, uses_kernels
+from entmaxkv.conventions import default_scale
+from entmaxkv.state import PagedKVCache
 from entmaxkv.validation import check_decode
 
 __all__ = ["decode_step", "attend_cache"]
@@ -47,7 +47,7 @@ def decode_step(
     """
     if not torch.compiler.is_compiling():
         check_decode(cache, q, k_new, v_new, config, alibi_slopes)
-    cache, fits = append_token(cache, k_new, v_new)
+    cache, fits = append(cache, k_new, v_new, uses_kernels(cache.device, cache.dtype, config.backend))
     out, info = attend_cache(cache, q, config, alibi_slopes=alibi_slopes, fits=fits, with_info=with_info)
     return (cache, out, info) if with_info else (cache, out)
 
@@ -73,12 +73,11 @@ def attend_cache(
     if fits is None:
         fits = torch.ones_like(cache.seq_lens, dtype=torch.bool)
 
-    step = Step.build(cache, q, alpha, scale, alibi_slopes)
+    kernels = uses_kernels(cache.device, cache.dtype, config.backend)
+    step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma)
     selection = config.selector.select(step)
     page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
-    token_mask = cache.tokens_of(page_mask)
-
-    out, tau = attend(step.scores, cache.values(), token_mask, alpha, selection.tau)
+    out, tau = step.ops.attend(page_mask, selection.tau, selection.refine_iters, selection.all_pages)
     b, hq, _, d = q.shape
     out = torch.where(fits[:, None, None, None], out, torch.full_like(out, float("nan")))
     out = out.reshape(b, hq, 1, d).to(q.dtype)
@@ -96,13 +95,16 @@ def attend_cache(
     def per_query_head(x: Tensor) -> Tensor:  # [B, Hkv] -> [B, Hq]
         return x.repeat_interleave(group, dim=1)
 
+    # tokens attended: full pages hold S each, the newest page what its sequence holds of it
+    newest_tokens = cache.seq_lens - ((cache.seq_lens - 1) // cache.page_size) * cache.page_size
+    num_tokens = (page_mask & ~step.newest).sum(-1) * cache.page_size + newest_tokens[:, None]
     overflow = selection.overflow
     if overflow is None:
         overflow = torch.zeros(b, cache.num_kv_heads, dtype=torch.bool, device=q.device)
     info = DecodeInfo(
         tau=tau.reshape(b, hq),
         num_pages=per_query_head(page_mask.sum(-1)),
-        num_tokens=per_query_head(token_mask.sum(-1)),
+        num_tokens=per_query_head(num_tokens),
         dropped_mass_bound=bound.reshape(b, hq),
         certified=certified.reshape(b, hq) & fits[:, None],
         page_mask=page_mask,

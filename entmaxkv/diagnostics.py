@@ -19,7 +19,7 @@ from entmaxkv.decode import decode_step
 from entmaxkv.entmax import entmax
 from entmaxkv.gaussian import gaussian_tau_hat, page_gaussians
 from entmaxkv.reference import default_scale, dense_decode
-from entmaxkv.selection import Step
+from entmaxkv.backend import build_step
 from entmaxkv.state import PagedKVCache
 
 __all__ = ["StepDiagnostics", "diagnose", "page_gaussianity"]
@@ -71,9 +71,9 @@ def diagnose(
     alpha = float(config.alpha)
     scale = default_scale(new.head_dim) if config.scale is None else float(config.scale)
     dense_out, tau_true = dense_decode(new, q, alpha, scale, alibi_slopes)
-    step = Step.build(new, q, alpha, scale, alibi_slopes)
+    step = build_step(new, q, alpha, scale, alibi_slopes, kernels=False, needs_sigma=True)  # the oracle
     b, hq = q.shape[:2]
-    weights = entmax(step.scores.double(), alpha=alpha)  # [B, Hkv, G, N]
+    weights = entmax(step.ops.scores.double(), alpha=alpha)  # [B, Hkv, G, N]
     attended = new.tokens_of(info.page_mask)[:, :, None, :]
     support = weights > 0
     recall = (support & attended).sum(-1) / support.sum(-1).clamp_min(1)
@@ -81,7 +81,7 @@ def diagnose(
     tau_hat = None
     if alpha > 1:
         mu, sigma = page_gaussians(step)
-        tau_hat = gaussian_tau_hat(step, mu, sigma)[0].reshape(b, hq)
+        tau_hat = gaussian_tau_hat(step, mu, sigma).reshape(b, hq)
 
     o, d = out.double().reshape(b, hq, -1), dense_out.double().reshape(b, hq, -1)
     l2 = (o - d).norm(dim=-1)
@@ -110,10 +110,10 @@ def page_gaussianity(cache: PagedKVCache, q: Tensor, scale: float | None = None)
     except ImportError as err:  # an optional extra: say how to get it
         raise ImportError('page_gaussianity needs scipy: pip install "entmaxkv[diagnostics]"') from err
     scale = default_scale(cache.head_dim) if scale is None else scale
-    step = Step.build(cache, q, 1.5, scale, None)
+    step = build_step(cache, q, 1.5, scale, None, kernels=False, needs_sigma=True)
     mu, sigma = page_gaussians(step)
     s, p = cache.page_size, cache.num_pages
-    scores = step.scores.double().reshape(*mu.shape[:3], p, s)
+    scores = step.ops.scores.double().reshape(*mu.shape[:3], p, s)
     z = (scores - mu.unsqueeze(-1)) / sigma.clamp_min(1e-12).unsqueeze(-1)
     full = cache.full_page_mask()  # [B, P]
     b, hkv, g = mu.shape[:3]

@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from entmaxkv.bounds import score_rounding_errors, worst_over
-from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.entmax import lin
 from entmaxkv.exact_codes import code_candidates
 from entmaxkv.selection import Selection, Selector, Step
-from entmaxkv.topk import group_rank_key, top_pages
+from entmaxkv.topk import group_rank_key
 from entmaxkv.validation import check_count
 
 __all__ = ["Exact"]
@@ -74,16 +72,14 @@ class Exact(Selector):
     def select(self, step: Step) -> Selection:
         if self.use_codes and step.cache.key_bits is not None:
             return self._select_with_codes(step)
-        cache, c = step.cache, lin(step.alpha)
+        c = lin(step.alpha)
         key = group_rank_key(step)
-        chosen = top_pages(key, self.initial_pages)
-        errors = score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes)
+        chosen = step.ops.top_pages(key, self.initial_pages)
         for _ in range(self.rounds):
-            tokens = cache.tokens_of(chosen | step.newest)
-            tau_low = safe_tau_lower_bound(step.scores, tokens, step.alpha, worst_over(errors, tokens))  # [B, Hkv, G]
+            tau_low = step.ops.tau_lower_bound(chosen | step.newest)  # [B, Hkv, G]
             alive = (c * step.upper.double() > tau_low.unsqueeze(-1)).any(2) & step.candidates
             if self.max_pages is not None:
-                alive = top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
+                alive = step.ops.top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
             chosen = alive
         return Selection(chosen)
 

@@ -4,9 +4,9 @@ With key codes (``keycodes``) every token i of a full page has a score interval
 ŝ_i ± ε_p around its reference score s̃_i. For one decode step:
 
 1. scan the codes of every full page (other than the newest) -> ŝ_i, ε_p;
-2. seed: each query head's ``top_tokens`` best tokens by ŝ - ε (the group's union) plus the
-   newest page; τ_low = a safe lower bound of τ over the seed's exact scores
-   (``certificate.safe_tau_lower_bound``), so τ_low <= τ̃(seed);
+2. seed: the pages holding each query head's ``top_tokens`` best tokens by ŝ - ε (the
+   group's union) plus the newest page; τ_low = a safe lower bound of τ over the seed's
+   exact scores (``Step.ops.tau_lower_bound``, either backend), so τ_low <= τ̃(seed);
 3. candidates: tokens with lin(α)·(ŝ + ε) > τ_low for some head of the group;
 4. the attended set A = candidates + the newest page; exact τ over A;
 5. output from A's support.
@@ -22,7 +22,8 @@ Static shapes: candidates go to a fixed-capacity list of ``capacity`` token slot
 more candidates than that overflows: the caller must fall back to a correct path (every page)
 and say so — the list is never silently truncated. This is the shape a kernel mirrors: one
 pass over page-major codes with a per-page step vector, a τ bound from a small seed, and a
-compaction into a fixed-size list.
+compaction into a fixed-size list. (The seed is whole pages because selectors speak pages:
+``StepOps`` bounds τ over a page set. A token-level seed would read less K.)
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entmaxkv.bounds import score_rounding_errors, worst_over
-from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.entmax import lin
 from entmaxkv.keycodes import code_scores
 from entmaxkv.reference import pages_to_mask
@@ -50,7 +49,9 @@ class CodeCandidates:
     count: [B, Hkv] int64 candidates found (may exceed C);
     overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
-    page_mask: [B, Hkv, P] bool, pages holding a listed candidate.
+    page_mask: [B, Hkv, P] bool, pages holding a listed candidate;
+    seed_pages: [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the newest page
+        came on top).
     """
 
     index: Tensor
@@ -58,6 +59,7 @@ class CodeCandidates:
     overflow: Tensor
     tau_low: Tensor
     page_mask: Tensor
+    seed_pages: Tensor
 
 
 def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
@@ -72,12 +74,10 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     high = torch.where(coded, s_hat + eps, neg_inf)
 
     n = low.shape[-1]
-    top = low.topk(min(top_tokens, n), dim=-1).indices  # [B, Hkv, G, m]
-    seed = torch.zeros(low.shape[:2] + (n,), dtype=torch.bool, device=low.device)
-    seed.scatter_(-1, top.flatten(2), True)
-    seed = (seed & coded[:, :, 0]) | cache.tokens_of(step.newest)
-    rounding = worst_over(score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes), seed)
-    tau_low = safe_tau_lower_bound(step.scores, seed, step.alpha, rounding)  # [B, Hkv, G]
+    best, top = low.topk(min(top_tokens, n), dim=-1)  # [B, Hkv, G, m]
+    top_page = torch.where(torch.isfinite(best), top // s, torch.full_like(top, -1)).flatten(2)
+    seed_pages = pages_to_mask(top_page, cache.num_pages) & step.candidates
+    tau_low = step.ops.tau_lower_bound(seed_pages | step.newest)  # [B, Hkv, G]
 
     reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N]
     is_cand = reach > 0
@@ -91,4 +91,5 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
         overflow=count > capacity,
         tau_low=tau_low,
         page_mask=pages_to_mask(page_index, cache.num_pages),
+        seed_pages=seed_pages,
     )

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 
 from entmaxkv.entmax import lin, rho
-from entmaxkv.reference import group_queries
 from entmaxkv.selection import Selection, Selector, Step
 
 __all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat"]
@@ -119,26 +118,17 @@ def solve_gaussian_tau(
     return (lo + hi) / 2
 
 
-def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> tuple[Tensor, Tensor]:
+def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> Tensor:
     """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
-    their exact scores (also returned, [B, Hkv, G, P*S] float64 with -inf elsewhere)."""
+    their exact scores."""
     cand = step.candidates[:, :, None, :]
-    newest_tokens = step.cache.tokens_of(step.newest)[:, :, None, :]
-    scores = step.scores.double()
-    newest_scores = torch.where(newest_tokens, scores, torch.full_like(scores, float("-inf")))
     count = torch.where(cand, torch.full_like(mu, float(step.cache.page_size)), torch.zeros_like(mu))
-    return solve_gaussian_tau(mu, sigma, count, newest_scores, step.alpha, iters=iters), newest_scores
+    return solve_gaussian_tau(mu, sigma, count, step.newest_scores, step.alpha, iters=iters)
 
 
 def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
     """Score mean and std of every page under the Gaussian model: two [B, Hkv, G, P] float64."""
-    cache = step.cache
-    qg = group_queries(step.q, cache.num_kv_heads).double()
-    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.double().square()) * step.scale ** 2
-    if step.alibi_slopes is not None:
-        slopes = step.alibi_slopes.double().reshape(1, cache.num_kv_heads, -1, 1)
-        var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
-    return step.means.double(), var.sqrt()
+    return step.means.double(), step.sigma.double()
 
 
 @dataclass(frozen=True)
@@ -160,6 +150,8 @@ class Gaussian(Selector):
         (α-1)·max(μ_p + z_c·σ_p, newest page's top score) - 1e-4, with z_c for
         ``tau_clamp_page_max_quantile``, but never below τ̂ - margin.
     """
+
+    needs_sigma = True  # class attribute, not a field
 
     tau_mode: str = "exact"
     safety_margin_z: float = 0.0
@@ -192,7 +184,7 @@ class Gaussian(Selector):
         c, size = lin(alpha), cache.page_size
         cand = step.candidates[:, :, None, :]  # [B, 1, 1, P]
         mu, sigma = page_gaussians(step)
-        tau_hat, newest_scores = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
+        tau_hat = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
 
         def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
             return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)
@@ -210,36 +202,20 @@ class Gaussian(Selector):
             return Selection(keep)
 
         kept = keep[:, :, None, :]
-        newest_top = newest_scores.amax(-1)
+        newest_top = step.newest_scores.double().amax(-1)
         tau = tau_hat
         if self.clamp_tau:
             zc = _normal_quantile(self.tau_clamp_page_max_quantile ** (1.0 / size), mu)
             cap = torch.where(kept, mu + zc * sigma, torch.full_like(mu, float("-inf"))).amax(-1)
             upper = torch.maximum(c * torch.maximum(cap, newest_top) - 1e-4, tau_floor)
             tau = torch.minimum(tau, upper)
-        tokens = cache.tokens_of(keep | step.newest)[:, :, None, :]
-        selected = torch.where(tokens, step.scores.double(), torch.full_like(newest_scores, float("-inf")))
-        top = c * selected.amax(-1)
-        tau = torch.minimum(tau, top - 1e-9 * (1 + top.abs()))  # the top kept token keeps some weight
+        # The attention lowers τ below the top kept token's score (refine.usable_tau) and, for
+        # "corrected", refines it with safeguarded Newton steps on the kept tokens.
         iters = self.correction_iters if self.correction_iters is not None else 1
-        if self.tau_mode == "corrected":
-            tau = _newton_on_tokens(tau, c * selected, alpha, iters)
-        return Selection(keep, tau=tau)
+        return Selection(keep, tau=tau, refine_iters=iters if self.tau_mode == "corrected" else 0)
 
 
 def _normal_quantile(p: float, like: Tensor) -> Tensor:
     """Φ⁻¹(p) as a 0-d tensor: traceable by torch.compile (unlike statistics.NormalDist), and a
     fill rather than a host-to-device copy, so it is also legal inside CUDA-graph capture."""
     return torch.special.ndtri(torch.full((), p, dtype=like.dtype, device=like.device))
-
-
-def _newton_on_tokens(tau: Tensor, z: Tensor, alpha: float, iters: int) -> Tensor:
-    """Newton steps on Σ_i ρ(z_i - τ) = 1 from τ (z: [..., N], -inf = absent). The function is
-    convex and decreasing, so after one step the iterate is <= the root and stays there."""
-    n = _power(alpha)
-    for _ in range(iters):
-        gap = (z - tau.unsqueeze(-1)).clamp_min(0)
-        value = gap.pow(n).sum(-1) - 1
-        slope = n * torch.where(gap > 0, gap.pow(n - 1), torch.zeros_like(gap)).sum(-1)
-        tau = tau + value / slope.clamp_min(torch.finfo(slope.dtype).tiny)
-    return tau

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from entmaxkv.bounds import _gamma
-from entmaxkv.reference import alibi_bias, group_queries, query_positions, work_dtype
+from entmaxkv.conventions import alibi_bias, group_queries, query_positions, work_dtype
 
 __all__ = ["KEY_BITS", "code_width", "code_steps", "encode_keys", "unpack_codes", "decode_keys",
            "code_scores", "code_radius"]

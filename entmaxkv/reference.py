@@ -10,12 +10,12 @@ for positive slopes). Attention weights are ``entmax(s, alpha)`` over the tokens
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from entmaxkv.conventions import alibi_bias, default_scale, group_queries, query_positions, work_dtype
 from entmaxkv.entmax import entmax_threshold, lin, rho
+from entmaxkv.refine import refine_tau, usable_tau
 from entmaxkv.state import PagedKVCache
 
 __all__ = [
@@ -28,33 +28,6 @@ __all__ = [
     "work_dtype",
     "pages_to_mask",
 ]
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)
-
-
-def group_queries(q: Tensor, num_kv_heads: int) -> Tensor:
-    """[B, Hq, 1, D] -> [B, Hkv, G, D]: query head h belongs to KV head h // G."""
-    b, hq, _, d = q.shape
-    return q.reshape(b, num_kv_heads, hq // num_kv_heads, d)
-
-
-def query_positions(cache: PagedKVCache) -> Tensor:
-    """[B] position of the query: the newest token, ``seq_lens - 1``."""
-    return cache.seq_lens - 1
-
-
-def alibi_bias(slopes: Tensor, positions: Tensor, q_pos: Tensor, num_kv_heads: int) -> Tensor:
-    """slope_h · (position - q_pos). slopes: [Hq]; positions: [N] or [B, N]; q_pos: [B].
-    Returns [B, Hkv, G, N]."""
-    g = slopes.numel() // num_kv_heads
-    rel = (positions if positions.dim() == 2 else positions[None, :]) - q_pos[:, None]
-    return slopes.reshape(1, num_kv_heads, g, 1) * rel[:, None, None, :].to(slopes.dtype)
 
 
 def token_scores(
@@ -72,21 +45,28 @@ def token_scores(
 
 
 def attend(
-    scores: Tensor, values: Tensor, token_mask: Tensor, alpha: float, tau: Tensor | None = None
+    scores: Tensor, values: Tensor, token_mask: Tensor, alpha: float, tau: Tensor | None = None,
+    refine_iters: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Entmax attention over the tokens in ``token_mask``.
 
     Args:
         scores: [B, Hkv, G, N] (-inf where invalid); values: [B, Hkv, N, D];
         token_mask: [B, Hkv, N] bool, the tokens attended (shared by a GQA group);
-        tau: optional [B, Hkv, G] threshold to use instead of the exact one over the mask
-            (weights are then renormalised to sum to 1).
-    Returns ``(out [B, Hkv, G, D], tau [B, Hkv, G] float64)``.
+        tau: optional [B, Hkv, G] estimated threshold to use instead of the exact one over the
+            mask (α > 1): lowered by ``refine.usable_tau``, refined by ``refine_iters``
+            safeguarded Newton steps (``refine.refine_tau``); weights are renormalised.
+    Returns ``(out [B, Hkv, G, D], tau [B, Hkv, G] float64)``, τ the threshold used.
     """
     s = torch.where(token_mask[:, :, None, :], scores, torch.full_like(scores, float("-inf")))
     s64 = s.double()
     if tau is None:
         tau = entmax_threshold(s64, alpha, dim=-1)
+    else:
+        z = lin(alpha) * s64
+        tau = usable_tau(tau.double(), z.amax(-1))
+        if refine_iters:
+            tau = refine_tau(tau, z, alpha, refine_iters)
     p = rho(lin(alpha) * s64 - tau.double().unsqueeze(-1), alpha)
     p = torch.where(torch.isneginf(s64), torch.zeros_like(p), p)  # NaN stays visible
     p = p / p.sum(-1, keepdim=True)

@@ -3,20 +3,41 @@
 A selector decides, per (sequence, KV head), which pages the step attends; the query heads of
 a GQA group share that page set. The page holding the newest token is always attended, so a
 selector only chooses among the other (full) pages.
+
+Selectors speak pages: they see page-level quantities (safe score bounds, mean-key scores,
+the Gaussian σ, the newest page's exact scores) and a few primitives (pick the best pages,
+a safe lower bound of τ over a page set). Token scores exist only inside the attention —
+the reference's or the kernels' (``Step.ops``), chosen once per step by ``entmaxkv.backend``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-import torch
 from torch import Tensor
 
-from entmaxkv.bounds import mean_scores, quest_bounds
-from entmaxkv.reference import token_scores
 from entmaxkv.state import PagedKVCache
 
-__all__ = ["Step", "Selection", "Selector", "Dense"]
+__all__ = ["Step", "StepOps", "Selection", "Selector", "Dense"]
+
+
+class StepOps(Protocol):
+    """The primitives a backend gives selectors and the decode step (see ``entmaxkv.backend``)."""
+
+    def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
+        """[B, Hkv, P] bool: per row the ``count`` pages with the largest keys (ties to the
+        lower page index; −inf never); +inf keys are forced pages, kept even beyond ``count``."""
+
+    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+        """Entmax attention over the tokens of ``page_mask`` [B, Hkv, P] (which includes the
+        newest page): ``(out [B, Hkv, G, D], tau [B, Hkv, G] float64)``; ``tau`` as in
+        ``reference.attend``; ``all_pages`` promises the mask holds every live page."""
+
+    def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
+        """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``
+        (rounding included), hence of the dense τ."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,12 +45,16 @@ class Step:
     """One decode step after the append: the inputs a selector may use.
 
     Attributes:
-        cache: the cache including the new token; q: [B, Hq, 1, D];
-        scores: [B, Hkv, G, P*S] token scores, -inf past ``seq_lens`` (reference path);
-        upper: [B, Hkv, G, P] safe Quest bounds (meaningful on full pages);
-        means: [B, Hkv, G, P] scores of the page mean keys;
+        cache: the cache including the new token; q: [B, Hq, 1, D]; alpha, scale, alibi_slopes;
+        upper: [B, Hkv, G, P] safe bounds of every score in each page (meaningful on full pages);
+        means: [B, Hkv, G, P] scores of the page mean keys (a score some token attains);
+        sigma: [B, Hkv, G, P] the Gaussian model's score std per page, or None when the
+            selector did not ask for it (``Selector.needs_sigma``);
         newest: [B, 1, P] bool, the page holding each sequence's newest token (always attended);
-        candidates: [B, 1, P] bool, full pages other than the newest: what selectors choose from.
+        candidates: [B, 1, P] bool, full pages other than the newest: what selectors choose from;
+        newest_scores: [B, Hkv, G, S] exact scores of the newest page's slots (−inf past the
+            sequence), in the work dtype;
+        ops: the backend's primitives (``StepOps``).
     """
 
     cache: PagedKVCache
@@ -37,48 +62,39 @@ class Step:
     alpha: float
     scale: float
     alibi_slopes: Tensor | None
-    scores: Tensor
     upper: Tensor
     means: Tensor
+    sigma: Tensor | None
     newest: Tensor
     candidates: Tensor
-
-    @staticmethod
-    def build(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None) -> "Step":
-        page = torch.arange(cache.num_pages, device=cache.device)
-        newest = (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
-        return Step(
-            cache=cache,
-            q=q,
-            alpha=alpha,
-            scale=scale,
-            alibi_slopes=alibi_slopes,
-            scores=token_scores(cache, q, scale, alibi_slopes),
-            upper=quest_bounds(cache, q, scale, alibi_slopes),
-            means=mean_scores(cache, q, scale, alibi_slopes),
-            newest=newest,
-            candidates=cache.full_page_mask()[:, None, :] & ~newest,
-        )
+    newest_scores: Tensor
+    ops: StepOps
 
 
 @dataclass(frozen=True)
 class Selection:
     """A selector's answer. page_mask: [B, Hkv, P] bool (the newest page is added by the
     caller). tau: optional [B, Hkv, G] threshold to use instead of the exact τ over the
-    selected tokens (Gaussian ``fixed`` / ``corrected`` modes). certified: optional
-    [B, Hkv, G] bool, the selector's own proof that the exact τ over the pages gives dense
-    entmax (``Exact`` with key codes, whose token-level bounds are finer than the page-level
+    selected tokens (Gaussian ``fixed`` / ``corrected`` modes), refined by ``refine_iters``
+    safeguarded Newton steps (see ``entmaxkv.refine``). all_pages: the selection is every
+    live page (lets a backend skip building a page list). certified: optional [B, Hkv, G]
+    bool, the selector's own proof that the exact τ over the pages gives dense entmax
+    (``Exact`` with key codes, whose token-level bounds are finer than the page-level
     certificate). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
     overflowed and that fell back to every page."""
 
     page_mask: Tensor
     tau: Tensor | None = None
+    refine_iters: int = 0
+    all_pages: bool = False
     certified: Tensor | None = None
     overflow: Tensor | None = None
 
 
 class Selector:
     """Base class of page selectors: frozen dataclasses with one method."""
+
+    needs_sigma = False  # whether ``Step.sigma`` must be computed
 
     def select(self, step: Step) -> Selection:
         raise NotImplementedError
@@ -93,4 +109,4 @@ class Dense(Selector):
 
     def select(self, step: Step) -> Selection:
         c = step.cache
-        return Selection(c.live_page_mask()[:, None, :].expand(c.batch, c.num_kv_heads, c.num_pages))
+        return Selection(c.live_page_mask()[:, None, :].expand(c.batch, c.num_kv_heads, c.num_pages), all_pages=True)

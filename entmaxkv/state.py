@@ -336,11 +336,21 @@ def append_token(cache: PagedKVCache, k_new: Tensor, v_new: Tensor) -> tuple[Pag
         old = store[rows, :, page]
         store[rows, :, page] = torch.where(completes[:, None, None], new, old)
     if cache.key_bits is not None:
-        _write_codes(cache, (rows, slice(None), page), completes[:, None, None, None])
+        write_completed_page_codes(cache, lens, fits)
 
     new_lens = lens + fits.to(lens.dtype)
     host = None if cache.host_max_len is None else cache.host_max_len + 1
     return dataclasses.replace(cache, seq_lens=new_lens, host_max_len=host), fits
+
+
+def write_completed_page_codes(cache: PagedKVCache, lens: Tensor, fits: Tensor) -> None:
+    """After appending one token at position ``lens`` [B] (where ``fits``): encode the pages that
+    token completed into ``k_codes`` (their statistics must be written already). No host sync."""
+    s = cache.page_size
+    pos = torch.where(fits, lens, torch.zeros_like(lens))
+    page, slot = pos // s, pos % s
+    rows = torch.arange(cache.batch, device=cache.device)
+    _write_codes(cache, (rows, slice(None), page), (fits & (slot == s - 1))[:, None, None, None])
 
 
 def _write_codes(cache: PagedKVCache, index: tuple, write: Tensor) -> None:

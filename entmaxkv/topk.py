@@ -34,9 +34,8 @@ def group_rank_key(step: Step) -> Tensor:
     """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates)."""
     neg_inf = torch.full_like(step.means, float("-inf"))
     attained_means = torch.where(step.candidates[:, :, None, :], step.means, neg_inf).amax(-1)
-    newest_tokens = step.cache.tokens_of(step.newest)[:, :, None, :]
-    attained_newest = torch.where(newest_tokens, step.scores, torch.full_like(step.scores, float("-inf"))).amax(-1)
-    attained = torch.maximum(attained_means.to(step.upper.dtype), attained_newest)  # [B, Hkv, G]
+    attained_newest = step.newest_scores.amax(-1)
+    attained = torch.maximum(attained_means.to(step.upper.dtype), attained_newest.to(step.upper.dtype))  # [B, Hkv, G]
     key = (lin(step.alpha) * (step.upper - attained.unsqueeze(-1))).amax(2)
     return torch.where(step.candidates, key, torch.full_like(key, float("-inf")))
 
@@ -90,6 +89,5 @@ class TopK(Selector):
         else:
             n = step.candidates.sum(-1, keepdim=True)  # [B, 1, 1]
             count = torch.ceil(n.to(torch.float64) * self.coverage - 1e-9).to(n.dtype)
-        chosen = top_pages(key, count) | (forced & step.candidates)
-        return Selection(chosen)
+        return Selection(step.ops.top_pages(key, count))  # forced pages (key +inf) always kept
 

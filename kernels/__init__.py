@@ -1,6 +1,16 @@
-"""Triton kernels (installed as ``entmaxkv.kernels``): one ``torch.library.triton_op`` per file.
+"""Triton ops (installed as ``entmaxkv.kernels``): one ``torch.library.triton_op`` per file.
 
-``triton_entmax``: dense α-entmax over the last dim (the original module path). No decode
-kernel has landed yet: every decode path runs the pure-torch reference in ``entmaxkv``.
-Kernels never import ``entmaxkv.reference``; tests compare them against it.
+Importing this package registers ``torch.ops.entmaxkv.*``:
+
+    append_token      write the new token's K/V and, when it fills a page, its statistics
+    page_statistics   statistics of every full page of a prompt (prefill), one launch
+    page_scores       per-page safe score bound, |score| scale, mean-key score, Gaussian σ
+    select_pages      top-k / threshold page selection into a fixed-capacity page list
+    sparse_decode     entmax attention over a page list (K read once, V only on the support)
+    entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
+
+Kernels never import ``entmaxkv.reference``; tests compare them against it. ``entmaxkv.backend``
+is the one place that decides whether a step runs these ops or the reference.
 """
+
+from entmaxkv.kernels import append, page_scores, page_stats, select_pages, sparse_decode, triton_entmax  # noqa: F401

@@ -277,13 +277,13 @@ def test_overflow_rows_fall_back_to_every_page_and_are_flagged():
 
 def test_candidate_list_is_fixed_capacity_and_padded():
     from entmaxkv.exact_codes import code_candidates
-    from entmaxkv.selection import Step
+    from entmaxkv.backend import build_step
 
     stream, k, v = structured(5, [120, 64], 2, 2, 16, torch.float64)
     cache = coded_cache(k, v, [120, 64], 4, torch.float64)
     q, kn, vn = (x.double() for x in stream.step())
     cache, _ = append_token(cache, kn, vn)
-    step = Step.build(cache, q, 1.5, 0.25, None)
+    step = build_step(cache, q, 1.5, 0.25, None, kernels=False, needs_sigma=False)
     found = code_candidates(step, 8, 40)
     assert found.index.shape == (2, 2, 40) and found.count.shape == (2, 2)
     listed = (found.index >= 0).sum(-1)
@@ -311,3 +311,42 @@ def test_exact_with_codes_compiles_without_host_sync():
     c2, expected, _ = ekv.decode_step(cache.fork(), q.float(), kn.float(), vn.float(), config, with_info=True)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(c1.k_codes, c2.k_codes)
+
+
+def _decode_both_backends(device, dtype, b, hkv, group, d, page, n, steps, seed):
+    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=group, head_dim=d, seed=seed, dtype=dtype,
+                             device=device)
+    k, v = stream.prompt(n)
+    lens = [n - (i * 5) % (n // 2) for i in range(b)]  # ragged
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + steps + 4, page_size=page,
+                                   dtype=dtype, device=device, key_bits=4)
+    ops = ekv.prefill(empty, k, v, lens)
+    ref = ops.fork()
+    sel = ekv.Exact(top_tokens=4, max_candidates=24)
+    for _ in range(steps):  # crosses page edges: the kernel append must write the codes too
+        q, kn, vn = stream.step()
+        ops, out, info = ekv.decode_step(ops, q, kn, vn, ekv.DecodeConfig(1.5, sel, backend="triton"), with_info=True)
+        ref, expected, ref_info = ekv.decode_step(ref, q, kn, vn, ekv.DecodeConfig(1.5, sel, backend="torch"),
+                                                  with_info=True)
+        dense, _ = ekv.dense_decode(ref, q, 1.5)
+        yield out, expected, dense, info, ref_info
+        assert torch.equal(ops.k_codes, ref.k_codes)
+
+
+def test_exact_with_codes_through_the_triton_ops():
+    """backend="triton" (Triton's interpreter here): same codes as the torch append, certified,
+    output equal to dense entmax on the same cache."""
+    for out, expected, dense, info, _ in _decode_both_backends("cpu", torch.float32, 2, 1, 2, 16, 4, 30, 4, 31):
+        torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5)
+        assert info.certified.all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_exact_with_codes_on_cuda(dtype):
+    tol = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-4}[dtype]
+    for out, expected, dense, info, ref_info in _decode_both_backends("cuda", dtype, 2, 4, 4, 128, 16, 2000, 20, 32):
+        torch.testing.assert_close(out.double(), dense.double(), rtol=0, atol=tol)
+        torch.testing.assert_close(expected.double(), dense.double(), rtol=0, atol=tol)
+        assert info.certified.all() and ref_info.certified.all()

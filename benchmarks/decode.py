@@ -1,0 +1,240 @@
+"""Decode-step latency of every selector against torch SDPA dense decode, on the same shapes
+in the same run (CUDA-graph timing, median), with the byte floor and the error vs. the
+reference.
+
+    python benchmarks/decode.py --quick            # one device call: B=1, Hq=32/Hkv=8, fp16
+    python benchmarks/decode.py                    # the full matrix (several calls)
+    python benchmarks/decode.py --contexts 4096,32768 --batches 1,8 --dtypes fp16,bf16 ...
+
+A step is the whole of ``decode_step`` (append + page scores + select + τ + attend), captured
+with ``GraphedDecodeStep`` (eager kernels in one CUDA graph; ``--compiled`` also times the
+``torch.compile``d step in a graph). SDPA is ``scaled_dot_product_attention`` over the same
+K/V (q_len 1, GQA), captured in a graph. The byte floor is (page statistics read + selected
+K/V) / measured device copy bandwidth. Inputs come from ``entmaxkv.synthetic.SyntheticStream``
+(sink, heavy hitters, outlier channels, recency). Writes JSON and markdown to --out and draws
+latency vs. context as PNG; measures only, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.compiled import GraphedDecodeStep
+from entmaxkv.synthetic import SyntheticStream
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def selectors(alpha: float, coverages: list[float]) -> dict:
+    chosen = {"Dense": ekv.Dense()}
+    for c in coverages:
+        chosen[f"TopK {c:g}%"] = ekv.TopK(coverage=c / 100)
+    if alpha > 1:
+        chosen["Gaussian"] = ekv.Gaussian()
+        chosen["Exact"] = ekv.Exact()
+    return chosen
+
+
+def time_us(fn, reps: int, rounds: int) -> float:
+    """Median over rounds of the mean time of ``reps`` calls (CUDA events), microseconds."""
+    for _ in range(5):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / reps)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth, bytes/s counting read + write."""
+    x = torch.empty(2 * 1024 ** 3, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    us = time_us(lambda: y.copy_(x), reps=10, rounds=5)
+    return 2 * x.numel() / (us * 1e-6)
+
+
+def graph_of(fn):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def launches_per_step(cache, q, k, v, config) -> int:
+    """CUDA kernels one eager step launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    c = cache.fork()
+    ekv.decode_step(c, q, k, v, config)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        ekv.decode_step(c.fork(), q, k, v, config)
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA" and "Memcpy" not in e.name and "Memset" not in e.name)
+
+
+def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
+    dtype = DTYPES[dtype_name]
+    reps, rounds = args.reps, args.rounds
+    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype, device="cuda")
+    k, v = stream.prompt(n)
+    q, k_new, v_new = stream.step()
+    sdpa_graph = graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    sdpa = time_us(sdpa_graph.replay, reps, rounds)
+    del sdpa_graph
+    capacity = n + 8 + (reps * (rounds + 1) + 16) * (1 + args.compiled)
+    cache = ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity,
+                                               dtype=dtype, device="cuda"), k, v, [n] * b)
+    del k, v
+    ref_cache = None
+    base = dict(batch=b, hq=hq, hkv=hkv, d=d, context=n, dtype=dtype_name, alpha=alpha, sdpa_us=sdpa)
+    for name, sel in selectors(alpha, args.coverages).items():
+        config = ekv.DecodeConfig(alpha=alpha, selector=sel)
+        row = dict(base, selector=name)
+        try:
+            # correctness of one step vs. the float32 reference on the same cache value
+            _, out, info = ekv.decode_step(cache.fork(), q, k_new, v_new, config, with_info=True)
+            _, ref = ekv.decode_step(cache.fork(), q, k_new, v_new, ekv.DecodeConfig(alpha, sel, backend="torch"))
+            o, r = out.double().flatten(2), ref.double().flatten(2)
+            row["rel_err"] = float((o - r).norm() / r.norm())
+            row["cosine_min"] = float(torch.nn.functional.cosine_similarity(o, r, dim=-1).min())
+            pages = info.page_mask.sum(-1).double()  # [B, Hkv]
+            full = cache.seq_lens.double() / cache.page_size
+            row["pages_read"] = float((pages / full[:, None]).mean())
+            stat_bytes = 2 * d * dtype.itemsize + (2 * d * 4 if isinstance(sel, ekv.Gaussian) else 0)
+            floor_bytes = (cache.num_kv_heads * b * (n / cache.page_size) * (0 if name == "Dense" else stat_bytes)
+                           + float(pages.sum()) * cache.page_size * 2 * d * dtype.itemsize)
+            row["floor_us"] = floor_bytes / bandwidth * 1e6
+            row["launches"] = launches_per_step(cache, q, k_new, v_new, config)
+            decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False)
+            row["step_us"] = time_us(lambda: decoder.graph.replay(), reps, rounds)
+            del decoder
+            if args.compiled:
+                t0 = time.perf_counter()
+                decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=True)
+                row["compile_s"] = time.perf_counter() - t0
+                row["compiled_us"] = time_us(lambda: decoder.graph.replay(), reps, rounds)
+                del decoder
+        except Exception as err:
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            log(traceback.format_exc())
+        torch.cuda.empty_cache()
+        rows.append(row)
+        log(json.dumps(row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--contexts", default="1024,4096,16384,65536,131072")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--heads", default="32/8,32/32", help="Hq/Hkv pairs")
+    parser.add_argument("--dtypes", default="fp16,bf16")
+    parser.add_argument("--alphas", default="1,1.5,2")
+    parser.add_argument("--coverages", default="6.25,12.5,25,50")
+    parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--max-gib", type=float, default=40.0, help="skip cases whose K/V exceed this")
+    parser.add_argument("--out", default=os.environ.get("OUT", "decode_bench_out"))
+    args = parser.parse_args()
+    if args.quick:
+        args.contexts, args.batches, args.heads, args.dtypes = "4096,32768,131072", "1", "32/8", "fp16"
+        args.alphas, args.coverages = "1.5", "6.25,12.5"
+    args.coverages = [float(c) for c in args.coverages.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        lines.append(msg)
+        print(msg, flush=True)
+
+    import triton
+
+    meta = dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=triton.__version__, command="python benchmarks/decode.py " + " ".join(sys.argv[1:]))
+    bandwidth = copy_bandwidth()
+    meta["copy_bandwidth_TBps"] = bandwidth / 1e12
+    log(json.dumps(meta))
+    rows: list[dict] = []
+    for dtype_name in args.dtypes.split(","):
+        for heads in args.heads.split(","):
+            hq, hkv = (int(x) for x in heads.split("/"))
+            for b in (int(x) for x in args.batches.split(",")):
+                for n in (int(x) for x in args.contexts.split(",")):
+                    if 2 * b * hkv * n * 128 * 2 / 2 ** 30 > args.max_gib:
+                        continue
+                    for alpha in (float(a) for a in args.alphas.split(",")):
+                        bench_case(args, b, hq, hkv, 128, n, dtype_name, alpha, bandwidth, rows, log)
+                        (out / "decode.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    table = ["| B | Hq/Hkv | dtype | context | α | selector | SDPA µs | step µs | × SDPA | floor µs | pages read | launches | rel. err |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        step = r.get("step_us", float("nan"))
+        table.append(f"| {r['batch']} | {r['hq']}/{r['hkv']} | {r['dtype']} | {r['context']} | {r['alpha']:g} | {r['selector']} | "
+                     f"{r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | {r.get('floor_us', float('nan')):.1f} | "
+                     f"{r.get('pages_read', float('nan')):.3f} | {r.get('launches', '-')} | {r.get('rel_err', float('nan')):.1e} |"
+                     + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "") + (f" {r['error']}" if "error" in r else ""))
+    (out / "decode.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")
+    (out / "decode.log").write_text("\n".join(lines))
+    try:
+        plot(rows, out / "decode.png")
+    except Exception as err:  # the plot is a convenience; the table is the result
+        log(f"plot failed: {err}")
+    print("\n".join(table))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    key = lambda r: (r["batch"], r["hq"], r["hkv"], r["dtype"], r["alpha"])  # noqa: E731
+    first = key(rows[0])
+    chosen = [r for r in rows if key(r) == first and "step_us" in r]
+    for name in dict.fromkeys(r["selector"] for r in chosen):
+        pts = sorted((r["context"], r["step_us"]) for r in chosen if r["selector"] == name)
+        ax.plot(*zip(*pts), marker="o", label=name)
+    sdpa = sorted({(r["context"], r["sdpa_us"]) for r in chosen})
+    ax.plot(*zip(*sdpa), "k--", label="torch SDPA (dense)")
+    floor = sorted((r["context"], r["floor_us"]) for r in chosen if r["selector"] == "TopK 12.5%")
+    if floor:
+        ax.plot(*zip(*floor), "k:", label="byte floor, TopK 12.5%")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("µs per decode step")
+    ax.set_title(f"B={first[0]}, Hq={first[1]}, Hkv={first[2]}, {first[3]}, α={first[4]:g}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The one seam between the pure-torch reference and the Triton ops.
+
+``DecodeConfig.backend`` picks where a step's arithmetic runs: ``"auto"`` (the default) runs the
+Triton ops on CUDA and the reference elsewhere; ``"triton"`` forces the ops (on a CPU that
+means Triton's interpreter, for tests); ``"torch"`` forces the reference. Everything else —
+selectors, certificates, the decode step — is written once against ``Step`` and ``StepOps``.
+
+The reference scores every token (it defines correctness). The kernel path reads the page
+statistics once (``page_scores``), hands selectors page-level quantities, turns their page
+sets into fixed-capacity page lists (``select_pages``) and attends only those pages
+(``sparse_decode``): token scores exist only inside that op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+import torch
+from torch import Tensor
+
+from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, worst_over
+from entmaxkv.certificate import safe_tau_lower_bound
+from entmaxkv.conventions import group_queries, work_dtype
+from entmaxkv.entmax import lin
+from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
+from entmaxkv.reference import attend, token_scores
+from entmaxkv.selection import Step
+from entmaxkv.state import PagedKVCache, append_token, write_completed_page_codes
+from entmaxkv.topk import top_pages
+
+if importlib.util.find_spec("triton") is not None:
+    import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
+    from entmaxkv.kernels.page_scores import rounding_gamma
+    from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED
+
+__all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps"]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def uses_kernels(device: torch.device, dtype: torch.dtype, backend: str) -> bool:
+    """Whether a step on a cache of ``dtype`` on ``device`` runs the Triton ops. ``"auto"``
+    keeps float64 caches (the oracle's dtype) on the reference."""
+    if backend == "auto":
+        return device.type == "cuda" and dtype != torch.float64
+    return backend == "triton"
+
+
+def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> tuple[PagedKVCache, Tensor]:
+    """``state.append_token`` through the ``append_token`` op or the reference."""
+    if not kernels:
+        return append_token(cache, k_new, v_new)
+    lens = cache.seq_lens
+    torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max, cache.k_mean,
+                                    cache.k_std, lens, k_new, v_new, cache.capacity)
+    fits = lens < cache.capacity
+    if cache.key_bits is not None:  # key codes: written in torch until a kernel does it
+        write_completed_page_codes(cache, lens, fits)
+    host = None if cache.host_max_len is None else cache.host_max_len + 1
+    return dataclasses.replace(cache, seq_lens=lens + fits.to(lens.dtype), host_max_len=host), fits
+
+
+def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
+               kernels: bool, needs_sigma: bool) -> Step:
+    """Everything a selector may look at, computed by the chosen backend."""
+    page = torch.arange(cache.num_pages, device=cache.device)
+    newest = (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
+    candidates = cache.full_page_mask()[:, None, :] & ~newest
+    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
+    if kernels:
+        upper, absmax, means, sigma = torch.ops.entmaxkv.page_scores(
+            q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
+            alibi_slopes, cache.page_size, scale, needs_sigma)
+        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, newest, absmax)
+        return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
+                    newest, candidates, newest_scores, ops)
+    upper = quest_bounds(cache, q, scale, alibi_slopes)
+    means = mean_scores(cache, q, scale, alibi_slopes)
+    sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
+    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes)
+    return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest, candidates, newest_scores, ops)
+
+
+def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:
+    """[B, Hkv, G, P] score std of every page under the Gaussian model (work dtype):
+    scale·sqrt(Σ_d q_d²·std_pd²), plus the ALiBi bias variance within a page."""
+    sdt = cache.k_std.dtype
+    qg = group_queries(q, cache.num_kv_heads).to(sdt)
+    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.square()) * scale ** 2
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.to(sdt).reshape(1, cache.num_kv_heads, -1, 1)
+        var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
+    return var.sqrt()
+
+
+class ReferenceOps:
+    """The oracle's primitives: every token scored in plain torch."""
+
+    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None):
+        self.cache, self.q, self.alpha, self.scale, self.alibi_slopes = cache, q, alpha, scale, alibi_slopes
+        self.scores = token_scores(cache, q, scale, alibi_slopes)
+        self._errors: Tensor | None = None
+
+    def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
+        return top_pages(key, count) | torch.isposinf(key)
+
+    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+        tokens = self.cache.tokens_of(page_mask)
+        return attend(self.scores, self.cache.values(), tokens, self.alpha, tau, refine_iters)
+
+    def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
+        if self._errors is None:  # per-token rounding bounds, once per step
+            self._errors = score_rounding_errors(self.cache, self.q, self.scale, self.alibi_slopes)
+        tokens = self.cache.tokens_of(page_mask)
+        return safe_tau_lower_bound(self.scores, tokens, self.alpha, worst_over(self._errors, tokens))
+
+
+class KernelOps:
+    """The Triton ops' primitives. Page sets become page lists of static capacity P (the
+    cache's page slots); only full pages other than the newest go into a list — the attention
+    op always adds the newest page itself."""
+
+    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
+                 candidates: Tensor, newest: Tensor, absmax: Tensor):
+        self.cache, self.alpha, self.scale, self.alibi_slopes = cache, alpha, scale, alibi_slopes
+        self.q = q[:, :, 0].contiguous()
+        self.candidates, self.newest, self.absmax = candidates, newest, absmax
+        self.newest_magnitude = newest_page_magnitude(cache, q, scale)
+        b, p = cache.batch, cache.num_pages
+        self.page_table = torch.arange(p, dtype=torch.int32, device=cache.device).expand(b, p).contiguous()
+
+    def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
+        c = self.cache
+        chosen = (page_mask & self.candidates).expand(c.batch, c.num_kv_heads, c.num_pages)
+        keys = torch.where(chosen, 0.0, float("-inf")).to(torch.float32)
+        counts = torch.full((c.batch, c.num_kv_heads), c.num_pages, dtype=torch.int32, device=c.device)
+        return torch.ops.entmaxkv.select_pages(keys, counts, c.num_pages)
+
+    def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
+        c = self.cache
+        forced = torch.isposinf(key).sum(-1)
+        rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
+        want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
+        pages, _ = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
+        return pages_mask(pages, c.num_pages)
+
+    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+        c = self.cache
+        b, hq, d = self.q.shape
+        if all_pages:
+            pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
+            count = pages[..., 0]
+        else:
+            pages, count = self._list(page_mask)
+        mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
+        tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
+        out, tau_used = torch.ops.entmaxkv.sparse_decode(
+            self.q, c.k_pages, c.v_pages, self.page_table, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
+            self.alpha, self.scale, all_pages, mode, refine_iters)
+        return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
+
+    def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
+        c, a = self.cache, lin(self.alpha)
+        _, tau = self.attend(page_mask)
+        chosen = (page_mask & self.candidates)[:, :, None, :]
+        magnitude = torch.maximum(torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1),
+                                  self.newest_magnitude).double()
+        wdt = work_dtype(c.dtype)
+        rounding = rounding_gamma(wdt, c.head_dim) * magnitude
+        if self.alibi_slopes is not None:
+            span = float(c.num_pages * c.page_size)
+            slopes = self.alibi_slopes.double().abs().reshape(1, c.num_kv_heads, -1)
+            rounding = rounding + 4 * torch.finfo(wdt).eps * slopes * span
+            magnitude = magnitude + slopes * span
+        newest_tokens = c.seq_lens - ((c.seq_lens - 1) // c.page_size) * c.page_size
+        n = (chosen[:, :, 0].sum(-1) * c.page_size + newest_tokens[:, None]).double().unsqueeze(-1)
+        eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
+        # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
+        own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
+        return tau - a * rounding - own
+
+
+def pages_mask(pages: Tensor, num_pages: int) -> Tensor:
+    """[B, Hkv, M] page list (−1 = empty) -> [B, Hkv, P] bool."""
+    idx = pages.long()
+    slot = torch.where(idx >= 0, idx, torch.full_like(idx, num_pages))
+    mask = torch.zeros(*idx.shape[:-1], num_pages + 1, dtype=torch.bool, device=idx.device)
+    return mask.scatter(-1, slot, True)[..., :num_pages]

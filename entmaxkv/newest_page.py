@@ -1,0 +1,48 @@
+"""Exact scores of the page holding each sequence's newest token.
+
+That page is always attended and its statistics are not final (it may be partial), so
+selectors see its scores exactly. Pure torch: one page of keys per (sequence, KV head).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from entmaxkv.conventions import alibi_bias, group_queries, query_positions, work_dtype
+from entmaxkv.state import PagedKVCache
+
+__all__ = ["newest_page", "newest_page_scores", "newest_page_magnitude"]
+
+
+def newest_page(cache: PagedKVCache) -> tuple[Tensor, Tensor]:
+    """``(keys [B, Hkv, S, D], positions [B, S])`` of each sequence's newest page."""
+    page = (cache.seq_lens - 1).clamp_min(0) // cache.page_size
+    rows = torch.arange(cache.batch, device=cache.device)
+    keys = cache.k_pages[rows, :, page]  # [B, Hkv, S, D]
+    positions = page[:, None] * cache.page_size + torch.arange(cache.page_size, device=cache.device)
+    return keys, positions
+
+
+def newest_page_scores(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:
+    """[B, Hkv, G, S] scores of the newest page's slots in the work dtype (computed as
+    ``reference.token_scores`` does), −inf past each sequence's length."""
+    wdt = work_dtype(cache.dtype)
+    keys, positions = newest_page(cache)
+    qg = group_queries(q, cache.num_kv_heads).to(wdt)
+    s = torch.einsum("bhgd,bhsd->bhgs", qg, keys.to(wdt)) * scale
+    if alibi_slopes is not None:
+        s = s + alibi_bias(alibi_slopes.to(wdt), positions, query_positions(cache), cache.num_kv_heads)
+    valid = (positions < cache.seq_lens[:, None])[:, None, None, :]
+    return torch.where(valid, s, torch.full_like(s, float("-inf")))
+
+
+def newest_page_magnitude(cache: PagedKVCache, q: Tensor, scale: float) -> Tensor:
+    """[B, Hkv, G] max over the newest page's tokens of scale·|q|·|k| (>= |score| without
+    ALiBi): the scale of those scores' rounding errors."""
+    wdt = work_dtype(cache.dtype)
+    keys, positions = newest_page(cache)
+    qg = group_queries(q, cache.num_kv_heads).to(wdt).abs()
+    mag = torch.einsum("bhgd,bhsd->bhgs", qg, keys.to(wdt).abs()) * scale
+    valid = (positions < cache.seq_lens[:, None])[:, None, None, :]
+    return torch.where(valid, mag, torch.zeros_like(mag)).amax(-1)

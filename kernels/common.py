@@ -1,0 +1,76 @@
+"""``@triton.jit`` helpers shared by the ops, and the host-side launch conventions.
+
+Conventions every op follows:
+- α is a runtime float; ``alpha_kind(α)`` picks a fast path as a ``tl.constexpr``
+  (0: softmax, 1: α = 1.5, 2: α = 2, 3: any other α in (1, 2)).
+- Loads are converted to the work dtype (float32, or float64 for a float64 cache) right after
+  ``tl.load``: that is what fast kernels do anyway, and bfloat16 arithmetic is broken under
+  Triton's CPU interpreter.
+- Float scalars are cast inside kernels (Inductor may pass Python floats as fp64).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
+
+SOFTMAX, ALPHA_15, ALPHA_2, ALPHA_ANY = 0, 1, 2, 3
+
+
+def alpha_kind(alpha: float) -> int:
+    if alpha == 1.0:
+        return SOFTMAX
+    if alpha == 1.5:
+        return ALPHA_15
+    if alpha == 2.0:
+        return ALPHA_2
+    return ALPHA_ANY
+
+
+def work_dtype_of(dtype: torch.dtype) -> torch.dtype:
+    """Scores, statistics and sums are float32, or float64 for a float64 cache."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+
+@triton.jit
+def rho(x, inv_power, KIND: tl.constexpr):
+    """Entmax weight as a function of x = lin(α)·s − τ: [x]_+^(1/(α−1)), or exp(x) for softmax."""
+    if KIND == 0:
+        return tl.exp(x)
+    elif KIND == 1:
+        y = tl.maximum(x, 0.0)
+        return y * y
+    elif KIND == 2:
+        return tl.maximum(x, 0.0)
+    else:
+        y = tl.maximum(x, 0.0)
+        return tl.where(y > 0, tl.exp2(tl.log2(y) * inv_power), 0.0)
+
+
+@triton.jit
+def rho_slope(x, inv_power, KIND: tl.constexpr):
+    """d rho / dx for x > 0 (0 elsewhere), entmax kinds only."""
+    if KIND == 1:
+        return 2.0 * tl.maximum(x, 0.0)
+    elif KIND == 2:
+        return tl.where(x > 0, 1.0, 0.0)
+    else:
+        y = tl.maximum(x, 0.0)
+        return tl.where(y > 0, inv_power * tl.exp2(tl.log2(y) * (inv_power - 1.0)), 0.0)
+
+
+@triton.jit
+def page_stats_of(keys, S: tl.constexpr):
+    """min, max, mean and population std over the S rows of a [S, D] block (work dtype)."""
+    mean = tl.sum(keys, axis=0) / S
+    centred = keys - mean[None, :]
+    std = tl.sqrt(tl.sum(centred * centred, axis=0) / S)
+    return tl.min(keys, axis=0), tl.max(keys, axis=0), mean, std

@@ -1,0 +1,147 @@
+"""``entmaxkv::page_scores``: per-page score statistics for every query head of a KV group,
+in one pass over the page statistics (what selectors consume; never per token).
+
+For a full page p and query head h (scores s = scale·q·k, work dtype float32 or float64):
+
+    upper[h, p]  = scale·(relu(q)·kmax_p + min(q, 0)·kmin_p) + γ·absmax[h, p]   (+ ALiBi max)
+                   a *safe* upper bound of every score in the page (the Quest bound inflated
+                   by the rounding error γ = 2(D+2)·eps of a D-term dot product);
+    absmax[h, p] = scale·|q|·max(|kmin_p|, |kmax_p|) >= |s| for every token of the page: the
+                   scale of the rounding error of any score computed in the page;
+    mean[h, p]   = scale·q·mean_p (+ ALiBi at the page centre): a score some token attains;
+    sigma[h, p]  = scale·sqrt(Σ_d q_d²·std_pd²) (+ ALiBi spread): the Gaussian model's σ,
+                   only when ``with_sigma``.
+
+Grid (B·Hkv, ceil(P / BLOCK_P)); programs past the last full page exit at once, so the work
+is proportional to the tokens held, not to the capacity. Entries of pages that are not full
+are not written (they are undefined: callers mask them).
+Bytes: kmin + kmax (+ mean + std) of the full pages, read once for the whole GQA group.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from entmaxkv.kernels.common import next_pow2, work_dtype_of
+
+__all__ = ["page_scores", "rounding_gamma"]
+
+BLOCK_P = 64
+
+
+def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
+    """Relative error bound of a length-D dot product plus one scaling, with slack (the same
+    γ as ``entmaxkv.bounds``)."""
+    return 2.0 * (head_dim + 2) * torch.finfo(dtype).eps
+
+
+@triton.jit
+def _page_scores_kernel(
+    q, k_min, k_max, k_mean, k_std, seq_lens, slopes,
+    upper, absmax, mean, sigma,
+    scale, gamma, alibi_eps, H, G, P, D,
+    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    WORK: tl.constexpr, NATIVE: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    block = tl.program_id(1)
+    b = bh // H
+    length = tl.load(seq_lens + b)
+    full = length // S
+    if block * BLOCK_P < full:
+        scale = tl.cast(scale, WORK)
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, BLOCK_D)
+        p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+        gmask = g < G
+        pmask = p < full
+        dmask = d < D
+        qrow = (bh * G + g).to(tl.int64)
+        qv = tl.load(q + qrow[:, None] * D + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
+        stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
+        smask = pmask[:, None] & dmask[None, :]
+        kmin = tl.load(k_min + stat, mask=smask, other=0.0)
+        kmax = tl.load(k_max + stat, mask=smask, other=0.0)
+        if NATIVE:  # fp16/bf16 on the GPU: products are exact, the accumulator is float32
+            zero = tl.zeros_like(qv)
+            qpos, qneg, qabs = tl.maximum(qv, zero), tl.minimum(qv, zero), tl.abs(qv)
+            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
+        else:
+            qw, kmin, kmax = qv.to(WORK), kmin.to(WORK), kmax.to(WORK)
+            qpos, qneg, qabs = tl.maximum(qw, 0.0), tl.minimum(qw, 0.0), tl.abs(qw)
+            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
+        u = tl.dot(qpos, tl.trans(kmax), input_precision="ieee", out_dtype=WORK)
+        u += tl.dot(qneg, tl.trans(kmin), input_precision="ieee", out_dtype=WORK)
+        mag = tl.dot(qabs, tl.trans(kabs), input_precision="ieee", out_dtype=WORK) * scale
+        u = u * scale + tl.cast(gamma, WORK) * mag
+        qs = qv.to(WORK)
+        kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
+        mu = tl.dot(qs, tl.trans(kmean), input_precision="ieee", out_dtype=WORK) * scale
+        if WITH_SIGMA:
+            kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
+            var = tl.dot(qs * qs, tl.trans(kstd * kstd), input_precision="ieee", out_dtype=WORK) * (scale * scale)
+        if HAS_ALIBI:
+            slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
+            qpos_t = length - 1
+            first = (p * S - qpos_t).to(WORK)
+            last = (p * S + S - 1 - qpos_t).to(WORK)
+            centre = first + (S - 1) / 2
+            bias = tl.maximum(slope[:, None] * first[None, :], slope[:, None] * last[None, :])
+            u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
+            mu += slope[:, None] * centre[None, :]
+            if WITH_SIGMA:
+                var += (slope * slope)[:, None] * ((S * S - 1) / 12)
+        out = (qrow[:, None] * P + p[None, :])
+        omask = gmask[:, None] & pmask[None, :]
+        tl.store(upper + out, u, mask=omask)
+        tl.store(absmax + out, mag, mask=omask)
+        tl.store(mean + out, mu, mask=omask)
+        if WITH_SIGMA:
+            tl.store(sigma + out, tl.sqrt(var), mask=omask)
+
+
+@triton_op("entmaxkv::page_scores", mutates_args=())
+def page_scores(
+    q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
+    seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int, scale: float, with_sigma: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Page statistics -> (upper, absmax, mean, sigma), each [B, Hkv, G, P] in the work dtype
+    (sigma is [0] unless ``with_sigma``).
+
+    q: [B, Hq, D] contiguous, in the cache dtype, Hq = Hkv·G; page_size: S; k_min/k_max: [B, Hkv, P, D] cache dtype;
+    k_mean/k_std: [B, Hkv, P, D] float32 (float64); seq_lens: [B] int64 (the lengths *after*
+    the step's append); alibi_slopes: optional [Hq] (bias slope·(position − newest position)).
+    """
+    b, hkv, p, d = k_min.shape
+    g = q.shape[1] // hkv
+    work = work_dtype_of(k_min.dtype)
+    shape = (b, hkv, g, p)
+    upper = torch.empty(shape, dtype=work, device=q.device)
+    absmax = torch.empty_like(upper)
+    mean = torch.empty_like(upper)
+    sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
+    if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
+        q, scale = q * scale, 1.0
+    native = q.is_cuda and k_min.dtype in (torch.float16, torch.bfloat16)
+    slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P))
+    wrap_triton(_page_scores_kernel)[grid](
+        q, k_min, k_max, k_mean, k_std, seq_lens, slopes, upper, absmax, mean, sigma if with_sigma else upper,
+        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, g, p, d,
+        S=page_size, G_PAD=max(16, next_pow2(g)), BLOCK_P=BLOCK_P, BLOCK_D=max(16, next_pow2(d)),
+        WORK=tl.float64 if work == torch.float64 else tl.float32, NATIVE=native,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma,
+    )
+    return upper, absmax, mean, sigma
+
+
+@page_scores.register_fake
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, with_sigma):
+    b, hkv, p, _ = k_min.shape
+    shape = (b, hkv, q.shape[1] // hkv, p)
+    work = work_dtype_of(k_min.dtype)
+    upper = q.new_empty(shape, dtype=work)
+    return upper, torch.empty_like(upper), torch.empty_like(upper), q.new_empty(shape if with_sigma else (0,), dtype=work)

@@ -1,0 +1,357 @@
+"""``entmaxkv::sparse_decode``: entmax attention of one query token over a list of pages.
+
+Two kernels, K read once, V read only where the weight is non-zero:
+
+1. ``_scores_kernel``, grid (B·Hkv, splits + 1): each program scores a slice of the page list
+   for all query heads of a GQA group (K of a page is read once per group); the extra program
+   scores the page holding the newest token. For α > 1 it keeps only the tokens that can be in
+   the support — z = (α−1)·s > (α−1)·m − 1 with m the running maximum score (τ >= (α−1)·max s − 1
+   because the top token alone has mass >= 1) — and writes their scores and positions to a
+   small per-split scratch. For softmax it runs the usual online softmax with V (flash decode)
+   and writes per-split partial sums.
+2. ``_tau_kernel``, grid (B·Hq): gathers the survivors, solves τ on them in float64 (bisection
+   with a fixed count, then the exact support formula for α = 1.5 and 2), or takes the τ given
+   by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
+   tokens only and writes the output. For softmax it combines the partial sums.
+
+The page list is a fixed-capacity [B, Hkv, M] int32 table (padding −1) with a count per row;
+``dense=True`` means "every full page before the newest one" without a list. Pages are logical
+and map to physical pages through ``page_table`` [B, P] (identity for today's cache).
+The number of splits depends on the batch, heads and list capacity (occupancy), not on the
+lengths, so shapes are static between steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from entmaxkv.kernels.common import SOFTMAX, alpha_kind, next_pow2, rho, rho_slope, work_dtype_of
+
+__all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits"]
+
+TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
+TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
+ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
+
+
+def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device) -> int:
+    """Splits of the page list per (sequence, KV head): enough programs to fill the GPU about
+    twice, never more than there are iterations of work in a full list."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sms = 4  # the interpreter: few programs keep CPU tests fast
+    pages_per_iter = max(1, TOKENS_PER_ITER // page_size)
+    most = max(1, triton.cdiv(list_capacity, pages_per_iter))
+    return max(1, min(most, triton.cdiv(2 * sms, batch * kv_heads)))
+
+
+@triton.jit
+def _scores_kernel(
+    q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in,
+    cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+    scale, lin, H, G, P, M, D, CAP, pages_per_split,
+    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    NSPLIT: tl.constexpr, DENSE: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
+    KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // H
+    length = tl.load(seq_lens + b)
+    newest = (length - 1) // S
+    if split == NSPLIT:  # the page holding the newest token
+        first = 0
+        last = tl.where(length > 0, 1, 0)
+    else:
+        if DENSE:
+            n = newest
+        else:
+            n = tl.load(n_pages + bh)
+        first = split * pages_per_split
+        last = tl.minimum(first + pages_per_split, n)
+
+    scale = tl.cast(scale, WORK)
+    lin = tl.cast(lin, WORK)
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, BLOCK_D)
+    t = tl.arange(0, BLOCK_N)
+    gmask = g < G
+    dmask = d < D
+    qrow = (bh * G + g).to(tl.int64)
+    qv = tl.load(q + qrow[:, None] * D + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
+    if not NATIVE:
+        qv = qv.to(WORK)
+    if HAS_ALIBI:
+        slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
+    out_row = qrow * (NSPLIT + 1) + split  # [G_PAD] rows of the per-split outputs
+
+    m = tl.full((G_PAD,), float("-inf"), WORK)
+    if KIND == 0:
+        l_sum = tl.zeros((G_PAD,), WORK)
+        acc = tl.zeros((G_PAD, BLOCK_D), WORK)
+    else:
+        cnt = tl.zeros((G_PAD,), tl.int32)
+        if GIVEN_TAU:
+            given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
+
+    for j in range(first * S, last * S, BLOCK_N):
+        slot = j + t  # token slot within this program's slice of the list
+        list_pos = slot // S
+        in_list = list_pos < last
+        if split == NSPLIT:
+            logical = tl.zeros_like(list_pos) + newest
+        elif DENSE:
+            logical = list_pos
+        else:
+            logical = tl.load(pages + bh.to(tl.int64) * M + list_pos, mask=in_list, other=0)
+        phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
+        pos = logical * S + slot % S
+        valid = in_list & (pos < length)
+        row = (bh.to(tl.int64) * P + phys) * S + slot % S
+        kv_mask = valid[:, None] & dmask[None, :]
+        k = tl.load(k_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+        if not NATIVE:
+            k = k.to(WORK)
+        s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale
+        if HAS_ALIBI:
+            s += slope[:, None] * (pos - (length - 1)).to(WORK)[None, :]
+        s = tl.where(valid[None, :] & gmask[:, None], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        if KIND == 0:
+            # online softmax; a row with no token yet keeps m = -inf and adds nothing
+            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - safe[:, None])
+            shrink = tl.exp(m - safe)
+            v = tl.load(v_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+            if NATIVE:
+                pv = tl.dot(p.to(v.dtype), v, out_dtype=WORK)
+            else:
+                pv = tl.dot(p, v.to(WORK), input_precision="ieee", out_dtype=WORK)
+            l_sum = l_sum * shrink + tl.sum(p, axis=1)
+            acc = acc * shrink[:, None] + pv
+        else:
+            floor = lin * m_new - 1.0  # <= (α-1)·max s − 1 <= τ
+            if GIVEN_TAU:
+                floor = tl.minimum(floor, given)
+            keep = (lin * s > floor[:, None]).to(tl.int32)
+            at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
+            dst = out_row[:, None] * CAP + at
+            tl.store(cand_s + dst, s, mask=keep == 1)
+            tl.store(cand_i + dst, pos[None, :].to(tl.int32) + tl.zeros_like(keep), mask=keep == 1)
+            cnt += tl.sum(keep, axis=1)
+        m = m_new
+
+    tl.store(part_m + out_row, m, mask=gmask)
+    if KIND == 0:
+        tl.store(part_l + out_row, l_sum, mask=gmask)
+        tl.store(part_acc + out_row[:, None] * D + d[None, :], acc, mask=gmask[:, None] & dmask[None, :])
+    else:
+        tl.store(cand_n + out_row, cnt, mask=gmask)
+
+
+@triton.jit
+def _excess(comp_s, base, total, lin, tau, inv_power, KIND: tl.constexpr, BLOCK: tl.constexpr):
+    """f(τ) = Σ ρ(z − τ) − 1 and its derivative −Σ ρ'(z − τ) over the gathered survivors (float64)."""
+    r = tl.arange(0, BLOCK)
+    f = tl.zeros((BLOCK,), tl.float64)
+    slope = tl.zeros((BLOCK,), tl.float64)
+    for off in range(0, total, BLOCK):
+        z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
+        f += rho(z - tau, inv_power, KIND)
+        slope += rho_slope(z - tau, inv_power, KIND)
+    return tl.sum(f) - 1.0, -tl.sum(slope)
+
+
+@triton.jit
+def _tau_kernel(
+    v_pages, page_table, seq_lens, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+    comp_s, comp_i, out, tau_out,
+    alpha, H, G, P, D, CAP, refine_iters,
+    S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr, TAU_MODE: tl.constexpr, BISECT_ITERS: tl.constexpr, KIND: tl.constexpr,
+    WORK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
+    hq_total = H * G
+    b = row // hq_total
+    bh = row // G  # (b, kv head)
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    splits = tl.arange(0, BLOCK_SPLIT)
+    smask = splits < NSPLIT + 1
+    m_split = tl.load(part_m + row * (NSPLIT + 1) + splits, mask=smask, other=float("-inf")).to(tl.float64)
+    m_all = tl.max(m_split)
+
+    if KIND == 0:
+        l_split = tl.load(part_l + row * (NSPLIT + 1) + splits, mask=smask, other=0.0).to(tl.float64)
+        w = tl.where(m_split == float("-inf"), 0.0, tl.exp(m_split - m_all))
+        total_l = tl.sum(l_split * w)
+        acc = tl.zeros((BLOCK_D,), tl.float64)
+        for j in range(NSPLIT + 1):
+            part = tl.load(part_acc + (row * (NSPLIT + 1) + j) * D + d, mask=dmask, other=0.0).to(tl.float64)
+            mj = tl.load(part_m + row * (NSPLIT + 1) + j).to(tl.float64)
+            acc += part * tl.where(mj == float("-inf"), 0.0, tl.exp(mj - m_all))
+        tl.store(out + row * D + d, (acc / total_l).to(out.dtype.element_ty), mask=dmask)
+        tl.store(tau_out + row, m_all + tl.log(total_l))
+    else:
+        lin = tl.cast(alpha, tl.float64) - 1.0
+        inv_power = 1.0 / lin
+        zmax = lin * m_all
+        floor = zmax - 1.0
+        if TAU_MODE != 0:
+            # a given τ keeps the top token in the support (as the reference does)
+            given = tl.minimum(tl.load(tau_in + row).to(tl.float64), zmax - 1e-9 * (1.0 + tl.abs(zmax)))
+            floor = tl.minimum(floor, given)
+
+        # gather the survivors of every split that can still have weight
+        r = tl.arange(0, BLOCK)
+        base = row * (NSPLIT + 1) * CAP
+        total = 0
+        for j in range(NSPLIT + 1):
+            n_j = tl.load(cand_n + row * (NSPLIT + 1) + j)
+            for off in range(0, n_j, BLOCK):
+                src = base + j * CAP + off + r
+                ok = off + r < n_j
+                s = tl.load(cand_s + src, mask=ok, other=float("-inf"))
+                keep = (ok & (s.to(tl.float64) * lin > floor)).to(tl.int32)
+                at = total + tl.cumsum(keep, axis=0) - keep
+                tl.store(comp_s + base + at, s, mask=keep == 1)
+                tl.store(comp_i + base + at, tl.load(cand_i + src, mask=ok, other=0), mask=keep == 1)
+                total += tl.sum(keep)
+
+        if TAU_MODE == 0:
+            lo = floor
+            hi = zmax - tl.exp2(-lin * tl.log2(total.to(tl.float64)))  # f(hi) <= 0: each weight <= 1/total
+            for _ in range(BISECT_ITERS):
+                mid = (lo + hi) / 2
+                f_mid, _unused = _excess(comp_s, base, total, lin, mid, inv_power, KIND, BLOCK)
+                lo = tl.where(f_mid >= 0, mid, lo)
+                hi = tl.where(f_mid >= 0, hi, mid)
+            tau = (lo + hi) / 2
+            if KIND != 3:
+                # exact τ from the support found by bisection (as the sort-based reference)
+                cnt = tl.zeros((BLOCK,), tl.float64)
+                s1 = tl.zeros((BLOCK,), tl.float64)
+                s2 = tl.zeros((BLOCK,), tl.float64)
+                for off in range(0, total, BLOCK):
+                    z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
+                    sup = z > tau
+                    cnt += tl.where(sup, 1.0, 0.0)
+                    s1 += tl.where(sup, z, 0.0)
+                    s2 += tl.where(sup, z * z, 0.0)
+                k = tl.maximum(tl.sum(cnt), 1.0)
+                if KIND == 2:
+                    tau = (tl.sum(s1) - 1.0) / k
+                else:
+                    mean = tl.sum(s1) / k
+                    ss = tl.maximum(tl.sum(s2) - k * mean * mean, 0.0)
+                    tau = mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
+        else:
+            tau = given
+            if TAU_MODE == 2:
+                # safeguarded Newton from a point <= the root (see gaussian.refine_tau)
+                f_given, _unused = _excess(comp_s, base, total, lin, given, inv_power, KIND, BLOCK)
+                x = tl.where(f_given >= 0, tl.maximum(given, zmax - 1.0), zmax - 1.0)
+                for _ in range(refine_iters):
+                    fx, dfx = _excess(comp_s, base, total, lin, x, inv_power, KIND, BLOCK)
+                    step = fx / tl.maximum(-dfx, 1e-300)
+                    x = tl.minimum(tl.maximum(x + step, x), zmax)
+                fx, _unused = _excess(comp_s, base, total, lin, x, inv_power, KIND, BLOCK)
+                tau = tl.where(tl.abs(fx) <= tl.abs(f_given), x, given)
+
+        # weights on the support, V read for those tokens only
+        acc = tl.zeros((BLOCK_D,), tl.float64)
+        norm = tl.zeros((BLOCK,), tl.float64)
+        for off in range(0, total, BLOCK):
+            ok = off + r < total
+            z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
+            p = tl.where(ok, rho(z - tau, inv_power, KIND), 0.0)
+            pos = tl.load(comp_i + base + off + r, mask=ok, other=0)
+            phys = tl.load(page_table + b * P + pos // S, mask=p > 0, other=0)
+            vrow = (bh * P + phys) * S + pos % S
+            v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=(p > 0)[:, None] & dmask[None, :], other=0.0)
+            acc += tl.sum(p[:, None] * v.to(tl.float64), axis=0)
+            norm += p
+        tl.store(out + row * D + d, (acc / tl.sum(norm)).to(out.dtype.element_ty), mask=dmask)
+        tl.store(tau_out + row, tau)
+
+
+@triton_op("entmaxkv::sparse_decode", mutates_args=())
+def sparse_decode(
+    q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor,
+    pages: torch.Tensor, n_pages: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None,
+    tau_in: torch.Tensor | None, alpha: float, scale: float, dense: bool, tau_mode: int, refine_iters: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entmax attention of q over the listed pages plus the page holding the newest token.
+
+    Args:
+        q: [B, Hq, D] contiguous, in the cache dtype (Hq = Hkv·G).
+        k_pages, v_pages: [B, Hkv, P, S, D] contiguous.
+        page_table: [B, P] int32, logical page -> physical page.
+        pages: [B, Hkv, M] int32 logical full pages to attend (never the newest page; padding −1);
+            n_pages: [B, Hkv] int32, entries used. Ignored when ``dense`` (every full page
+            before the newest one is attended).
+        seq_lens: [B] int64, lengths including the newest token (>= 1).
+        alibi_slopes: optional [Hq]; tau_in: [B, Hq] float64 when tau_mode is TAU_GIVEN or
+            TAU_REFINED (it is lowered to keep the top token: min(τ, z_max − 1e-9·(1 + |z_max|))).
+        alpha in [1, 2] (rounded to float32 inside the kernels: exact for 1, 1.25, 1.5, 2);
+        scale: score scale; refine_iters: Newton steps for TAU_REFINED.
+    Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
+    over the attended tokens (TAU_EXACT), or the one used; for softmax the log-sum-exp.
+    """
+    b, hq, d = q.shape
+    _, hkv, p, s, _ = k_pages.shape
+    g = hq // hkv
+    m = pages.shape[-1]
+    kind = alpha_kind(alpha)
+    work = work_dtype_of(k_pages.dtype)
+    wtl = tl.float64 if work == torch.float64 else tl.float32
+    capacity = p if dense else m
+    nsplit = num_splits(b, hkv, capacity, s, q.device)
+    pages_per_split = triton.cdiv(capacity, nsplit) if capacity else 1
+    cap = max(pages_per_split, 1) * s
+    rows = b * hq * (nsplit + 1)
+    entmax = kind != SOFTMAX
+    cand_s = torch.empty((rows * cap if entmax else 1,), dtype=work, device=q.device)
+    cand_i = torch.empty((rows * cap if entmax else 1,), dtype=torch.int32, device=q.device)
+    cand_n = torch.empty((rows,), dtype=torch.int32, device=q.device)
+    part_m = torch.empty((rows,), dtype=work, device=q.device)
+    part_l = torch.empty((rows,), dtype=work, device=q.device)
+    part_acc = torch.empty((rows * d if not entmax else 1,), dtype=work, device=q.device)
+    native = q.is_cuda and k_pages.dtype in (torch.float16, torch.bfloat16)
+    given = tau_mode != TAU_EXACT
+    slopes = alibi_slopes if alibi_slopes is not None else part_m
+    tau_src = tau_in if tau_in is not None else part_m
+    if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
+        q, scale = q * scale, 1.0
+    wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
+        q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src,
+        cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap, pages_per_split,
+        S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
+        BLOCK_N=max(16, next_pow2(max(s, 64))), NSPLIT=nsplit, DENSE=dense,
+        HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, KIND=kind, WORK=wtl, NATIVE=native,
+    )
+    out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
+    tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
+    comp_s = torch.empty_like(cand_s)
+    comp_i = torch.empty_like(cand_i)
+    wrap_triton(_tau_kernel)[(b * hq,)](
+        v_pages, page_table, seq_lens, tau_src, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+        comp_s, comp_i, out, tau,
+        alpha, hkv, g, p, d, cap, refine_iters,
+        S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=64,
+        TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=60 if work == torch.float64 else 40,
+        KIND=kind, WORK=wtl,
+    )
+    return out, tau
+
+
+@sparse_decode.register_fake
+def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, alpha, scale, dense,
+      tau_mode, refine_iters):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64)
