@@ -13,7 +13,7 @@ What it measures, per layer × query head at the last position of a real English
 Bytes model (per KV head, fp16 K and V, D channels, N tokens, pages of S):
   dense            N·D·2·2
   codes            N·D·bits/8 (all full pages) + page min/max 2·D·2 per page
-                   + K of the seed tokens (exact rescoring) + K of the candidates
+                   + K of the seed pages (exact scores for τ_low) + K of the candidates
                    + K and V of the newest page + V of the support tokens of the group;
                    an overflowed row reads everything (dense) plus its codes
   page boxes       min/max of every page + K and V of the attended pages
@@ -48,6 +48,7 @@ from entmaxkv.reference import attend
 from entmaxkv.backend import build_step
 
 PAGE = 16
+TOP_TOKENS = ekv.Exact().top_tokens
 
 
 def load_model():
@@ -155,12 +156,12 @@ def measure_layer(q, k, v, scale, alpha, dtype):
     for bits in (4, 8):
         cache = make_cache(k, v, dtype, bits)
         cstep = reference_step(cache, q.to(dtype), alpha, scale, None)
-        sel = ekv.Exact()
+        sel = ekv.Exact(top_tokens=TOP_TOKENS)
         found = code_candidates(cstep, sel.top_tokens, sel.max_candidates)
         config = ekv.DecodeConfig(alpha=alpha, selector=sel, scale=scale)
         out, info = attend_cache(cache, q.to(dtype), config)
         full_tokens = (pages - 1) * PAGE  # full pages other than the newest are coded
-        seed = sel.top_tokens * q.shape[1] // k.shape[1]  # upper bound: union of the group's top tokens
+        seed = found.seed_pages.sum(-1).flatten() * PAGE  # tokens whose K is read exactly for τ_low
         cand = found.count.flatten()
         over = found.overflow.flatten()
         read = (full_tokens * d * bits / 8 + stats_bytes + seed * d * 2 + cand * d * 2
@@ -168,6 +169,7 @@ def measure_layer(q, k, v, scale, alpha, dtype):
         read = torch.where(over, torch.full_like(read, dense_bytes + full_tokens * d * bits / 8), read)
         result[f"codes{bits}"] = {
             "candidates": cand.tolist(),
+            "seed_pages": found.seed_pages.sum(-1).flatten().tolist(),
             "overflow": over.tolist(),
             "pages": info.pages_per_kv_head.flatten().tolist(),
             "certified": info.certified.flatten().tolist(),
