@@ -52,7 +52,7 @@ def rho(x, inv_power, KIND: tl.constexpr):
         return tl.maximum(x, 0.0)
     else:
         y = tl.maximum(x, 0.0)
-        return tl.where(y > 0, tl.exp2(tl.log2(y) * inv_power), 0.0)
+        return tl.where(y > 0, tl.exp2(tl.log2(tl.where(y > 0, y, 1.0)) * inv_power), 0.0)
 
 
 @triton.jit
@@ -64,7 +64,7 @@ def rho_slope(x, inv_power, KIND: tl.constexpr):
         return tl.where(x > 0, 1.0, 0.0)
     else:
         y = tl.maximum(x, 0.0)
-        return tl.where(y > 0, inv_power * tl.exp2(tl.log2(y) * (inv_power - 1.0)), 0.0)
+        return tl.where(y > 0, inv_power * tl.exp2(tl.log2(tl.where(y > 0, y, 1.0)) * (inv_power - 1.0)), 0.0)
 
 
 @triton.jit

@@ -49,7 +49,7 @@ def _page_scores_kernel(
     bh = tl.program_id(0)
     block = tl.program_id(1)
     b = bh // H
-    length = tl.load(seq_lens + b)
+    length = tl.load(seq_lens + b).to(tl.int32)
     full = length // S
     if block * BLOCK_P < full:
         scale = tl.cast(scale, WORK)
@@ -67,8 +67,9 @@ def _page_scores_kernel(
         kmax = tl.load(k_max + stat, mask=smask, other=0.0)
         if NATIVE:  # fp16/bf16 on the GPU: products are exact, the accumulator is float32
             zero = tl.zeros_like(qv)
-            qpos, qneg, qabs = tl.maximum(qv, zero), tl.minimum(qv, zero), tl.abs(qv)
-            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
+            dt = kmax.dtype
+            qpos, qneg, qabs = tl.maximum(qv, zero).to(dt), tl.minimum(qv, zero).to(dt), tl.abs(qv).to(dt)
+            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(dt)
         else:
             qw, kmin, kmax = qv.to(WORK), kmin.to(WORK), kmax.to(WORK)
             qpos, qneg, qabs = tl.maximum(qw, 0.0), tl.minimum(qw, 0.0), tl.abs(qw)

@@ -61,7 +61,7 @@ def _scores_kernel(
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // H
-    length = tl.load(seq_lens + b)
+    length = tl.load(seq_lens + b).to(tl.int32)
     newest = (length - 1) // S
     if split == NSPLIT:  # the page holding the newest token
         first = 0

@@ -1,0 +1,80 @@
+"""Every kernel specialisation the ops launch compiles for sm_90 (H100/H200) — checked on the CPU.
+
+The interpreter runs kernels without compiling them, so errors that only the compiler finds
+(int32/int64 mismatches between branches, dot operand dtypes) would first appear on the GPU.
+This records the specialisations a small decode launches through every selector, α and cache
+dtype, adds the GPU-only ones (native fp16/bf16 dots, decided by the device), and compiles
+each for sm_90 in a subprocess without the interpreter (Triton's bundled ptxas; no GPU).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from helpers import make_cache, random_step
+
+triton = pytest.importorskip("triton")
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=16), ekv.Gaussian(tau_mode="fixed"),
+             ekv.Gaussian(tau_mode="corrected"), ekv.Exact(initial_pages=1, rounds=1)]
+
+
+def _encode(value):
+    if isinstance(value, torch.Tensor):
+        return ["tensor", str(value.dtype).removeprefix("torch.")]
+    if isinstance(value, triton.language.dtype):
+        return ["tldtype", value.name]
+    for kind in (bool, int, float):
+        if isinstance(value, kind):
+            return [kind.__name__, value]
+    raise TypeError(f"cannot record a kernel argument of type {type(value).__name__}")
+
+
+def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
+    specs: dict[str, list] = {}
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        bound = dict(zip(self.arg_names, args), **kwargs)
+        args_ = {k: _encode(v) for k, v in bound.items()}
+        for native in ((False, True) if "NATIVE" in args_ else (None,)):
+            spec = dict(args_)
+            if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
+                spec["NATIVE"] = ["bool", native]
+            key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
+                                                   for k, v in sorted(spec.items())])
+            specs.setdefault(key, [self.fn.__module__, self.fn.__name__, spec])
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
+        q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
+        for alpha in (1.0, 1.25, 1.5, 2.0):
+            for i, sel in enumerate(SELECTORS):
+                if alpha == 1.0 and i > 1:
+                    continue
+                slopes = torch.full((2,), 0.1) if i % 2 else None
+                config = ekv.DecodeConfig(alpha, sel, backend="triton")
+                ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes, with_info=True)
+    monkeypatch.undo()
+
+    native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
+    native = [s for s in native if s[2].get("WORK", [0, "fp32"])[1] == "fp32" and
+              any(v == ["tensor", d] for v in s[2].values() for d in ("float16", "bfloat16"))]
+    chosen = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1] is False] + native
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps(chosen))
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    script = Path(__file__).with_name("compile_specs.py")
+    result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "compiled for sm_90" in result.stdout
