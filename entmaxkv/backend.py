@@ -26,7 +26,7 @@ from entmaxkv.entmax import lin
 from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step
-from entmaxkv.state import PagedKVCache, append_token
+from entmaxkv.state import PagedKVCache, append_token, write_completed_page_codes
 from entmaxkv.topk import top_pages
 
 if importlib.util.find_spec("triton") is not None:
@@ -55,6 +55,8 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
     torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max, cache.k_mean,
                                     cache.k_std, lens, k_new, v_new, cache.capacity)
     fits = lens < cache.capacity
+    if cache.key_bits is not None:  # key codes: written in torch until a kernel does it
+        write_completed_page_codes(cache, lens, fits)
     host = None if cache.host_max_len is None else cache.host_max_len + 1
     return dataclasses.replace(cache, seq_lens=lens + fits.to(lens.dtype), host_max_len=host), fits
 

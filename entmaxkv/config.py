@@ -58,6 +58,8 @@ class DecodeInfo(NamedTuple):
     certified: [B, Hq] bool, the output equals dense attention up to rounding.
     page_mask: [B, Hkv, P] bool, the pages attended.
     fits: [B] bool, False where the sequence was full and the step could not append.
+    overflow: [B, Hq] bool, True where ``Exact``'s fixed-capacity candidate list (key codes)
+        overflowed and the row fell back to every page (still exact); False otherwise.
     """
 
     tau: Tensor
@@ -67,6 +69,7 @@ class DecodeInfo(NamedTuple):
     certified: Tensor
     page_mask: Tensor
     fits: Tensor
+    overflow: Tensor
 
     @property
     def pages_per_kv_head(self) -> Tensor:

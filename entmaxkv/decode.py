@@ -98,6 +98,9 @@ def attend_cache(
         return out, None
 
     bound, certified = dropped_mass_bound(step, page_mask)
+    if selection.certified is not None:  # the selector's proof (token-level bounds): nothing dropped
+        certified = certified | selection.certified
+        bound = torch.where(selection.certified, torch.zeros_like(bound), bound)
     if selection.tau is not None:
         certified = torch.zeros_like(certified)  # an estimated τ is not the exact one over the pages
     group = hq // cache.num_kv_heads
@@ -108,6 +111,9 @@ def attend_cache(
     # tokens attended: full pages hold S each, the newest page what its sequence holds of it
     newest_tokens = cache.seq_lens - ((cache.seq_lens - 1) // cache.page_size) * cache.page_size
     num_tokens = (page_mask & ~step.newest).sum(-1) * cache.page_size + newest_tokens[:, None]
+    overflow = selection.overflow
+    if overflow is None:
+        overflow = torch.zeros(b, cache.num_kv_heads, dtype=torch.bool, device=q.device)
     info = DecodeInfo(
         tau=tau.reshape(b, hq),
         num_pages=per_query_head(page_mask.sum(-1)),
@@ -116,5 +122,6 @@ def attend_cache(
         certified=certified.reshape(b, hq) & fits[:, None],
         page_mask=page_mask,
         fits=fits,
+        overflow=per_query_head(overflow),
     )
     return out, info

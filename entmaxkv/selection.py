@@ -77,12 +77,18 @@ class Selection:
     caller). tau: optional [B, Hkv, G] threshold to use instead of the exact τ over the
     selected tokens (Gaussian ``fixed`` / ``corrected`` modes), refined by ``refine_iters``
     safeguarded Newton steps (see ``entmaxkv.refine``). all_pages: the selection is every
-    live page (lets a backend skip building a page list)."""
+    live page (lets a backend skip building a page list). certified: optional [B, Hkv, G]
+    bool, the selector's own proof that the exact τ over the pages gives dense entmax
+    (``Exact`` with key codes, whose token-level bounds are finer than the page-level
+    certificate). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
+    overflowed and that fell back to every page."""
 
     page_mask: Tensor
     tau: Tensor | None = None
     refine_iters: int = 0
     all_pages: bool = False
+    certified: Tensor | None = None
+    overflow: Tensor | None = None
 
 
 class Selector:

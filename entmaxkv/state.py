@@ -6,6 +6,8 @@ Layout (B batch, H KV heads, P = ceil(capacity / S) pages of S tokens, D head di
     k_min, k_max       [B, H, P, D]     cache dtype   exact extrema of each full page
     k_mean, k_std      [B, H, P, D]     float32+      mean / population std of each full page
     seq_lens           [B]              int64         tokens each sequence holds
+    k_codes            [B, H, P, S, W]  uint8         optional (``key_bits``): key codes of each
+                                                      full page, see ``keycodes``
 
 Statistics of a page are written once, when the page fills, and are final from then on.
 The last, partial page of a sequence is always attended in full, so its statistics are never
@@ -29,6 +31,11 @@ from torch.utils import _pytree as pytree
 __all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for"]
 
 _TENSOR_FIELDS = ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std", "seq_lens")
+
+
+def _tensor_fields(cache: "PagedKVCache") -> tuple[str, ...]:
+    """The tensor leaves of ``cache``: ``k_codes`` only when the cache has key codes."""
+    return _TENSOR_FIELDS + (("k_codes",) if cache.key_bits is not None else ())
 
 
 def stats_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -62,6 +69,8 @@ class PagedKVCache:
     page_size: int
     capacity: int
     host_max_len: int | None = 0
+    k_codes: Tensor | None = None
+    key_bits: int | None = None
 
     # ---- construction -------------------------------------------------------------------
 
@@ -75,11 +84,20 @@ class PagedKVCache:
         page_size: int = 16,
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cpu",
+        key_bits: int | None = None,
     ) -> "PagedKVCache":
-        """Allocate storage for ``capacity`` tokens per sequence; every sequence is empty."""
+        """Allocate storage for ``capacity`` tokens per sequence; every sequence is empty.
+
+        key_bits: 4 or 8 also keeps low-precision key codes of every full page (written when a
+            page fills and by prefill) for token-level score bounds (``keycodes``, used by
+            ``Exact``); costs +12.5% (4 bits) or +25% (8 bits) of K+V memory. ``None``: no codes.
+        """
+        from entmaxkv.keycodes import KEY_BITS, code_width
         from entmaxkv.validation import check_empty_args
 
         check_empty_args(batch, num_kv_heads, head_dim, capacity, page_size, dtype)
+        if key_bits is not None and (isinstance(key_bits, bool) or key_bits not in KEY_BITS):
+            raise ValueError(f"key_bits must be None, 4 or 8, got {key_bits!r}")
         pages = -(-capacity // page_size)
         pages_shape = (batch, num_kv_heads, pages, page_size, head_dim)
         stats_shape = (batch, num_kv_heads, pages, head_dim)
@@ -95,12 +113,15 @@ class PagedKVCache:
             page_size=page_size,
             capacity=capacity,
             host_max_len=0,
+            k_codes=None if key_bits is None else torch.zeros(
+                (*pages_shape[:-1], code_width(head_dim, key_bits)), dtype=torch.uint8, device=device),
+            key_bits=key_bits,
         )
 
     def fork(self) -> "PagedKVCache":
         """A copy with storage of its own, for a continuation that diverges from another one
         sharing this value (beam search, speculative branches, re-decoding with new inputs)."""
-        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in _TENSOR_FIELDS})
+        return dataclasses.replace(self, **{f: getattr(self, f).clone() for f in _tensor_fields(self)})
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "PagedKVCache":
         """A copy in another dtype and/or on another device (statistics are recomputed from the
@@ -112,6 +133,11 @@ class PagedKVCache:
         full = self.full_page_mask().to(device=conv["k_pages"].device)[:, None, :, None]
         for f, new in zip(("k_min", "k_max", "k_mean", "k_std"), stats):
             conv[f] = torch.where(full, new, torch.zeros_like(new)).to(sdt if f in ("k_mean", "k_std") else dtype)
+        if self.key_bits is not None:  # codes are relative to the (converted) min/max: recompute
+            from entmaxkv.keycodes import encode_keys
+
+            codes = encode_keys(conv["k_pages"], conv["k_min"], conv["k_max"], self.key_bits)
+            conv["k_codes"] = torch.where(full[..., None], codes, torch.zeros_like(codes))
         return dataclasses.replace(self, seq_lens=self.seq_lens.to(device=device, copy=True), **conv)
 
     def with_capacity(self, capacity: int) -> "PagedKVCache":
@@ -120,9 +146,10 @@ class PagedKVCache:
         if capacity < self.capacity:
             raise ValueError(f"capacity can only grow: {capacity} < current {self.capacity}")
         bigger = PagedKVCache.empty(batch=self.batch, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                                    capacity=capacity, page_size=self.page_size, dtype=self.dtype, device=self.device)
+                                    capacity=capacity, page_size=self.page_size, dtype=self.dtype, device=self.device,
+                                    key_bits=self.key_bits)
         pages = self.num_pages
-        for f in ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std"):
+        for f in (f for f in _tensor_fields(self) if f != "seq_lens"):
             getattr(bigger, f)[:, :, :pages].copy_(getattr(self, f))
         bigger.seq_lens.copy_(self.seq_lens)
         return dataclasses.replace(bigger, host_max_len=self.host_max_len)
@@ -191,18 +218,20 @@ class PagedKVCache:
 
 
 def _flatten(cache: PagedKVCache):
-    children = [getattr(cache, f) for f in _TENSOR_FIELDS]
-    return children, (cache.page_size, cache.capacity, cache.host_max_len)
+    children = [getattr(cache, f) for f in _tensor_fields(cache)]
+    return children, (cache.page_size, cache.capacity, cache.host_max_len, cache.key_bits)
 
 
 def _unflatten(children, context) -> PagedKVCache:
-    page_size, capacity, host_max_len = context
-    return PagedKVCache(*children, page_size=page_size, capacity=capacity, host_max_len=host_max_len)
+    page_size, capacity, host_max_len, key_bits = context
+    fields = dict(zip(_TENSOR_FIELDS + ("k_codes",), children))
+    return PagedKVCache(**fields, page_size=page_size, capacity=capacity, host_max_len=host_max_len,
+                        key_bits=key_bits)
 
 
 def _flatten_with_keys(cache: PagedKVCache):
     children, context = _flatten(cache)
-    return [(pytree.GetAttrKey(f), c) for f, c in zip(_TENSOR_FIELDS, children)], context
+    return [(pytree.GetAttrKey(f), c) for f, c in zip(_tensor_fields(cache), children)], context
 
 
 pytree.register_pytree_node(
@@ -272,6 +301,8 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
     for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
         slot = getattr(cache, field)[:, :, :pages]
         slot.copy_(torch.where(full, new, slot))
+    if cache.key_bits is not None:
+        _write_codes(cache, (slice(None), slice(None), slice(0, pages)), full[..., None])
 
     return dataclasses.replace(
         cache,
@@ -310,7 +341,30 @@ def append_token(cache: PagedKVCache, k_new: Tensor, v_new: Tensor) -> tuple[Pag
         store = getattr(cache, field)
         old = store[rows, :, page]
         store[rows, :, page] = torch.where(completes[:, None, None], new, old)
+    if cache.key_bits is not None:
+        write_completed_page_codes(cache, lens, fits)
 
     new_lens = lens + fits.to(lens.dtype)
     host = None if cache.host_max_len is None else cache.host_max_len + 1
     return dataclasses.replace(cache, seq_lens=new_lens, host_max_len=host), fits
+
+
+def write_completed_page_codes(cache: PagedKVCache, lens: Tensor, fits: Tensor) -> None:
+    """After appending one token at position ``lens`` [B] (where ``fits``): encode the pages that
+    token completed into ``k_codes`` (their statistics must be written already). No host sync."""
+    s = cache.page_size
+    pos = torch.where(fits, lens, torch.zeros_like(lens))
+    page, slot = pos // s, pos % s
+    rows = torch.arange(cache.batch, device=cache.device)
+    _write_codes(cache, (rows, slice(None), page), (fits & (slot == s - 1))[:, None, None, None])
+
+
+def _write_codes(cache: PagedKVCache, index: tuple, write: Tensor) -> None:
+    """Encode the pages at ``index`` (of k_pages, [..., S, D]) from their stored min/max into
+    ``k_codes`` where ``write`` (broadcastable to [..., S, W]) holds; keep the rest."""
+    from entmaxkv.keycodes import encode_keys
+
+    kmin, kmax = cache.k_min[index], cache.k_max[index]
+    codes = encode_keys(cache.k_pages[index], kmin, kmax, cache.key_bits)
+    old = cache.k_codes[index]
+    cache.k_codes[index] = torch.where(write, codes, old)
