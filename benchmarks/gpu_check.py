@@ -142,7 +142,7 @@ def part_c(results: dict) -> None:
         log("C", name, results[f"C {name}"])
 
 
-def part_e(results: dict) -> None:
+def part_e(results: dict, compiled_graphs: bool = True) -> None:
     for backend in ("torch", "auto"):
         for alpha in (1.25, 1.7):
             for mode in ("exact", "corrected"):
@@ -161,7 +161,7 @@ def part_e(results: dict) -> None:
                 finally:
                     torch.cuda.set_sync_debug_mode(0)
                 entry = dict(eager_step=sync)
-                for compiled in (False, True):
+                for compiled in (False, True) if compiled_graphs else (False,):
                     name = "graph_compiled" if compiled else "graph_eager"
                     try:
                         decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=8, compile=compiled)
@@ -242,6 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="ABCDE")
     parser.add_argument("--contexts", default="4096,32768,131072")
+    parser.add_argument("--no-compiled-graphs", action="store_true", help="part E: capture eager steps only")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -254,7 +255,7 @@ def main() -> None:
     log("meta", meta)
     results: dict = {}
     parts = {"A": part_a, "B": part_b, "C": part_c, "D": lambda r: part_d(r, [int(x) for x in args.contexts.split(",")]),
-             "E": part_e}
+             "E": lambda r: part_e(r, not args.no_compiled_graphs)}
     for letter in args.parts:
         t0 = time.perf_counter()
         try:
