@@ -91,7 +91,7 @@ def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tenso
     if alibi_slopes is not None:
         slopes = alibi_slopes.to(sdt).reshape(1, cache.num_kv_heads, -1, 1)
         var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
-    return var.sqrt()
+    return var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()  # no infinite gradient at σ = 0
 
 
 class ReferenceOps:

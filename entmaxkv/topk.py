@@ -44,7 +44,7 @@ def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
     """[B, Hkv, P] bool: the ``count`` pages with the largest finite key (count may be a
     per-row tensor broadcastable to [B, Hkv, 1]). Static shapes, no host sync."""
     order = torch.argsort(key, dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(key.shape[-1], device=key.device).expand_as(order))
+    rank = torch.empty_like(order).scatter(-1, order, torch.arange(key.shape[-1], device=key.device).expand_as(order))
     return (rank < count) & torch.isfinite(key)
 
 

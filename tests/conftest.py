@@ -13,3 +13,16 @@ settings.register_profile("dev", max_examples=15, deadline=None)
 # HYPOTHESIS_PROFILE picks the profile explicitly (.ci/run sets "ci"); without it, the CI
 # variable most CI services set still selects "ci", and a plain local run gets "dev".
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``interpreter`` run Triton kernels on CPU tensors: they need Triton's
+    interpreter, which is on by default only where there is no GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    import pytest
+
+    skip = pytest.mark.skip(reason="runs Triton kernels on CPU tensors: needs TRITON_INTERPRET=1")
+    for item in items:
+        if "interpreter" in item.keywords and "gpu" not in item.keywords:
+            item.add_marker(skip)

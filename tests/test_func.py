@@ -33,10 +33,6 @@ SELECTORS = {
     "gauss-corrected": ekv.Gaussian(tau_mode="corrected"),
     "exact": ekv.Exact(max_pages=2),
 }
-# TopK ranks pages with an in-place scatter_ (entmaxkv/topk.py, top_pages), which has no vmap
-# batching rule: vmap runs it through the slow per-example fallback. `.scatter(...)` (out of
-# place) has one; the fix belongs to topk.py's owner. The xfail is strict: once fixed, drop it.
-FALLBACK_TODAY = {"topk", "exact"}
 
 
 def stack_caches(caches):
@@ -64,7 +60,6 @@ def oracle_out(q, keys, values, mask, alpha, scale):
     selector=st.sampled_from(sorted(SELECTORS)),
     seed=st.integers(0, 2**31 - 1),
 )
-@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")  # TopK/Exact, see FALLBACK_TODAY
 def test_vmap_of_decode_step_equals_a_loop(n, lens, hkv, group, alpha, selector, seed):
     assume(alpha > 1.0 or selector in ("dense", "topk"))  # the others need entmax zeros
     b, d, page = len(lens), 4, 4
@@ -89,10 +84,7 @@ def test_vmap_of_decode_step_equals_a_loop(n, lens, hkv, group, alpha, selector,
                 assert torch.equal(getattr(batched, f)[i], getattr(caches[i], f)), f
 
 
-@pytest.mark.parametrize("selector", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="topk.py top_pages: in-place scatter_ "
-                                                                    "runs per example"))
-    if name in FALLBACK_TODAY else name for name in sorted(SELECTORS)])
+@pytest.mark.parametrize("selector", sorted(SELECTORS))
 def test_vmap_runs_batched_without_the_per_example_fallback(selector):
     caches = [make_cache(i, 2, 2, 4, 4, [9, 4 + i], capacity=16)[0].without_host_len() for i in range(2)]
     q, kn, vn = (torch.stack(x) for x in zip(*(random_step(torch.Generator().manual_seed(i), 2, 4, 2, 4)

@@ -18,6 +18,7 @@ from entmaxkv.state import append_token
 from helpers import make_cache, random_step
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.page_scores import page_scores  # noqa: E402
 from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, sparse_decode  # noqa: E402
 

@@ -20,6 +20,7 @@ import entmaxkv as ekv
 from helpers import make_cache, random_step
 
 triton = pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=16), ekv.Gaussian(tau_mode="fixed"),

@@ -333,6 +333,7 @@ def _decode_both_backends(device, dtype, b, hkv, group, d, page, n, steps, seed)
         assert torch.equal(ops.k_codes, ref.k_codes)
 
 
+@pytest.mark.interpreter
 def test_exact_with_codes_through_the_triton_ops():
     """backend="triton" (Triton's interpreter here): same codes as the torch append, certified,
     output equal to dense entmax on the same cache."""
