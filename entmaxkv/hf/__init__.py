@@ -52,7 +52,7 @@ def _cache_kwarg(model) -> str:
 
 def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: int,
              attention_mask: Tensor | None = None, page_size: int = 16, record_info: bool = False,
-             **generate_kwargs) -> tuple[Tensor, EntmaxKVCache]:
+             **generate_kwargs) -> tuple[object, EntmaxKVCache]:
     """``model.generate`` decoding through EntmaxKV with ``config``.
 
     Args:
@@ -60,7 +60,9 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: 
         config: α, selector (and scale; ``None`` takes the model's).
         record_info: keep each decode step's ``DecodeInfo`` per layer (``cache.layers[i].infos``).
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``streamer``, ...).
-    Returns ``(sequences [B, T + new], cache)``; the cache holds each layer's ``PagedKVCache``.
+    Returns ``(output, cache)``: ``output`` is what ``model.generate`` returns (the sequences
+    [B, T + new], or a ``GenerateOutput`` with ``return_dict_in_generate=True``); the cache holds
+    each layer's ``PagedKVCache`` (and ``DecodeInfo``s with ``record_info``).
     """
     if generate_kwargs.get("num_beams", 1) != 1:
         raise ValueError("entmaxkv.hf.generate does not support beam search yet: num_beams must be 1")
@@ -73,8 +75,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: 
     with attention(model):
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                              **{_cache_kwarg(model): cache}, **generate_kwargs)
-    sequences = out if isinstance(out, Tensor) else out.sequences
-    return sequences, cache
+    return out, cache
 
 
 def prefill(model, input_ids: Tensor, config: DecodeConfig, *, capacity: int,
