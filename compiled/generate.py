@@ -25,7 +25,7 @@ from torch import Tensor
 
 from entmaxkv.state import PagedKVCache
 
-__all__ = ["generate", "sample", "Sampling"]
+__all__ = ["generate", "sample", "Sampling", "GraphedLoop", "token_step"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def sample(logits: Tensor, sampling: Sampling) -> Tensor:
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(-1)
 
 
-def _token_step(step: Callable, sampling: Sampling, eos_id: int | None) -> Callable:
+def token_step(step: Callable, sampling: Sampling, eos_id: int | None) -> Callable:
+    """``body(params, caches, token, pos, done) -> (caches, next_token, pos + 1, done)``."""
     def token_step(params, caches, token, pos, done):
         caches, logits = step(params, caches, token, pos)
         nxt = sample(logits, sampling)
@@ -83,7 +84,7 @@ def generate(step: Callable, params, caches: list[PagedKVCache], first_token: Te
     out = torch.empty(b, max_new_tokens, dtype=torch.int64, device=device)
     out[:, 0] = first_token
     done = first_token == eos_id if eos_id is not None else torch.zeros(b, dtype=torch.bool, device=device)
-    body = _token_step(step, sampling, eos_id)
+    body = token_step(step, sampling, eos_id)
     if mode == "cuda_graph":
         return _generate_graphed(body, params, caches, first_token, pos, done, out, compile_kwargs or {})
     if mode == "compile":
@@ -97,32 +98,53 @@ def generate(step: Callable, params, caches: list[PagedKVCache], first_token: Te
 
 
 def _generate_graphed(body, params, caches, token, pos, done, out, compile_kwargs):
-    if token.device.type != "cuda":
-        raise ValueError(f"mode='cuda_graph' needs CUDA tensors, got {token.device}")
-    body = torch.compile(body, fullgraph=True, **compile_kwargs)
-    caches = [c.without_host_len() for c in caches]
-    token, pos, done = token.clone(), pos.clone(), done.clone()  # static input buffers
-    index = torch.ones(1, dtype=torch.int64, device=token.device)  # next column of ``out``
+    loop = GraphedLoop(body, params, caches, token, pos, done, out, compile_kwargs)
+    loop.replay(out.shape[1] - 1)
+    return loop.out, loop.caches
 
-    # Warm-up (compilation, allocator) on a side stream. It writes the new token past the
-    # caches' lengths only, which the first replay overwrites; no buffer above changes.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            body(params, caches, token, pos, done)
-    torch.cuda.current_stream().wait_stream(side)
 
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        new_caches, nxt, new_pos, new_done = body(params, caches, token, pos, done)
-        for cache, new in zip(caches, new_caches):
-            cache.seq_lens.copy_(new.seq_lens)
-        out.index_copy_(1, index, nxt[:, None])
-        token.copy_(nxt)
-        pos.copy_(new_pos)
-        done.copy_(new_done)
-        index.add_(1)
-    for _ in range(1, out.shape[1]):
-        graph.replay()
-    return out, caches
+class GraphedLoop:
+    """One token step (model + sampling + bookkeeping) compiled and captured as a CUDA graph.
+
+    ``replay(n)`` generates ``n`` tokens into ``out`` (columns 1, 2, ...) with no host work:
+    the graph writes the token into ``out`` at a device-side index and advances the caches'
+    lengths, the position and the finished flags in place. At most ``out.shape[1] - 1``
+    tokens in total. Benchmarks time ``replay`` alone (capture and compilation excluded).
+    """
+
+    def __init__(self, body, params, caches, token, pos, done, out, compile_kwargs=None):
+        if token.device.type != "cuda":
+            raise ValueError(f"mode='cuda_graph' needs CUDA tensors, got {token.device}")
+        body = torch.compile(body, fullgraph=True, **(compile_kwargs or {}))
+        self.caches = [c.without_host_len() for c in caches]
+        self.token, self.pos, self.done = token.clone(), pos.clone(), done.clone()  # static inputs
+        self.out = out
+        self.index = torch.ones(1, dtype=torch.int64, device=token.device)  # next column of out
+        self.remaining = out.shape[1] - 1
+
+        # Warm-up (compilation, allocator) on a side stream. It writes the new token past the
+        # caches' lengths only, which the first replay overwrites; no buffer above changes.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                body(params, self.caches, self.token, self.pos, self.done)
+        torch.cuda.current_stream().wait_stream(side)
+
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            new_caches, nxt, new_pos, new_done = body(params, self.caches, self.token, self.pos, self.done)
+            for cache, new in zip(self.caches, new_caches):
+                cache.seq_lens.copy_(new.seq_lens)
+            self.out.index_copy_(1, self.index, nxt[:, None])
+            self.token.copy_(nxt)
+            self.pos.copy_(new_pos)
+            self.done.copy_(new_done)
+            self.index.add_(1)
+
+    def replay(self, n: int) -> None:
+        if n > self.remaining:
+            raise ValueError(f"{n} more tokens requested, room for {self.remaining}")
+        self.remaining -= n
+        for _ in range(n):
+            self.graph.replay()
