@@ -72,7 +72,7 @@ def test_prompt_and_decode_attention_agree(model, alpha):
     full, _ = hf.prefill(model, ids, config, capacity=40)
     _, cache = hf.prefill(model, ids[:, :-1], config, capacity=40)
     with hf.attention(model):
-        out = model(ids[:, -1:], cache=cache, use_cache=True)
+        out = model(ids[:, -1:], use_cache=True, **{hf.cache_kwarg(model): cache})
     torch.testing.assert_close(out.logits[:, -1], full[:, -1], rtol=0, atol=1e-10)
 
 
@@ -106,7 +106,7 @@ def test_beams_raise(model):
         hf.generate(model, ids, DENSE1, max_new_tokens=4, num_beams=2)
     cache = hf.EntmaxKVCache(model.config, 16, DENSE1)
     with hf.attention(model), pytest.raises(NotImplementedError, match="beam search"):
-        model.generate(ids.repeat(1, 1), max_new_tokens=4, num_beams=2, do_sample=False, cache=cache)
+        model.generate(ids, max_new_tokens=4, num_beams=2, do_sample=False, **{hf.cache_kwarg(model): cache})
 
 
 def test_without_entmaxkv_cache_raises(model):
@@ -118,7 +118,7 @@ def test_cache_full_raises(model):
     ids = prompt(6, 10)
     cache = hf.EntmaxKVCache(model.config, 8, DENSE1)
     with hf.attention(model), pytest.raises(ValueError, match="capacity 8"):
-        model(ids, cache=cache, use_cache=True)
+        model(ids, use_cache=True, **{hf.cache_kwarg(model): cache})
 
 
 @pytest.mark.parametrize("selector", [ekv.Dense(), ekv.TopK(token_budget=16)])

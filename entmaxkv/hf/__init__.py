@@ -29,7 +29,7 @@ from entmaxkv.hf.attention import NAME, dense_causal_entmax, register
 from entmaxkv.hf.cache import EntmaxKVCache, EntmaxKVLayer
 from entmaxkv.hf.models import load_smollm2, smollm2_path
 
-__all__ = ["generate", "prefill", "attention", "EntmaxKVCache", "EntmaxKVLayer", "load_smollm2",
+__all__ = ["generate", "prefill", "attention", "cache_kwarg", "EntmaxKVCache", "EntmaxKVLayer", "load_smollm2",
            "smollm2_path", "dense_causal_entmax", "register", "require", "NAME"]
 
 
@@ -45,7 +45,7 @@ def attention(model):
         model.set_attn_implementation(previous)
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -74,7 +74,7 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: 
                           record_info=record_info)
     with attention(model):
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                             **{_cache_kwarg(model): cache}, **generate_kwargs)
+                             **{cache_kwarg(model): cache}, **generate_kwargs)
     return out, cache
 
 
@@ -87,5 +87,5 @@ def prefill(model, input_ids: Tensor, config: DecodeConfig, *, capacity: int,
     """
     cache = EntmaxKVCache(model.config, capacity, config, page_size=page_size)
     with attention(model):
-        out = model(input_ids, attention_mask=attention_mask, use_cache=True, **{_cache_kwarg(model): cache})
+        out = model(input_ids, attention_mask=attention_mask, use_cache=True, **{cache_kwarg(model): cache})
     return out.logits, cache
