@@ -3,6 +3,12 @@ functional step (``entmaxkv.compiled.llama``), graph-captured generation on one 
 
     python benchmarks/e2e_speed.py                  # H200: 8K/32K/64K/128K, writes results/
     python benchmarks/e2e_speed.py --smoke          # tiny model on the CPU, eager, prints only
+    python benchmarks/e2e_speed.py --contexts 8192 --variants none sdpa   # one slice per call
+
+Each (context, variant) compiles the whole 32-layer step with inductor before capture, which
+takes minutes: run a few per call (the device tool allows 10 minutes a command), or pass
+``--no-compile`` to capture the eager kernels as they are. Results of one call go to
+results/e2e-speed-<date>-<contexts>.{json,md}.
 
 Per context length, in the same run, the same model step with four attention variants:
     topk      EntmaxKV decode_step, TopK 12.5% (alpha 1.5)
@@ -38,12 +44,16 @@ TINY = LlamaSpec(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, hidden=
 
 
 def sdpa_attend(cache, q, k, v):
-    """Dense softmax attention with torch SDPA over the paged storage (a length mask)."""
+    """Dense softmax attention with torch SDPA over the paged storage, as gpt-fast does it: the
+    whole preallocated cache with a length mask. The G query heads of a KV head go in as G query
+    rows of that head (no K/V repeat, and a kernel that takes a mask)."""
     cache, _ = append_token(cache, k, v)
-    mask = cache.token_mask()[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, cache.keys(), cache.values(), attn_mask=mask, enable_gqa=True,
-                                         scale=cache.head_dim ** -0.5)
-    return cache, out
+    b, hq, _, d = q.shape
+    hkv = cache.num_kv_heads
+    mask = cache.token_mask()[:, None, None, :]  # [B, 1, 1, N]
+    out = F.scaled_dot_product_attention(q.view(b, hkv, hq // hkv, d), cache.keys(), cache.values(),
+                                         attn_mask=mask, scale=d ** -0.5)
+    return cache, out.view(b, hq, 1, d)
 
 
 def no_attend(cache, q, k, v):
@@ -74,7 +84,8 @@ def filled_caches(spec: LlamaSpec, batch: int, context: int, capacity: int, dtyp
     return caches
 
 
-def time_variant(spec, params, attend, batch, context, steps, dtype, device, graphed: bool) -> float:
+def time_variant(spec, params, attend, batch, context, steps, dtype, device, graphed: bool,
+                 compile: bool = True) -> float:
     """Seconds per decode step (one token for every row)."""
     caches = filled_caches(spec, batch, context, context + steps + 8, dtype, device)
     step = lambda p, c, t, pos: forward_token(p, c, t, pos, spec, attend)  # noqa: E731
@@ -90,7 +101,7 @@ def time_variant(spec, params, attend, batch, context, steps, dtype, device, gra
             for _ in range(steps):
                 caches, token, pos, done = body(params, caches, token, pos, done)
             return (time.perf_counter() - t0) / steps
-        loop = GraphedLoop(body, params, caches, token, pos, done, out)
+        loop = GraphedLoop(body, params, caches, token, pos, done, out, compile=compile)
         loop.replay(2)  # first replays may still page in memory
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -108,6 +119,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=["none", "sdpa", "topk", "dense"])
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--no-compile", action="store_true", help="capture the eager step (no inductor)")
     args = parser.parse_args(argv)
     if args.smoke:
         spec, inter, dtype, device, contexts, steps, graphed = TINY, 128, torch.float32, "cpu", [100, 300], 4, False
@@ -124,7 +136,7 @@ def main(argv=None) -> None:
         for name in args.variants:
             try:
                 times[name] = time_variant(spec, params, attends[name], args.batch, context, steps, dtype, device,
-                                           graphed)
+                                           graphed, compile=not args.no_compile)
             except torch.OutOfMemoryError as err:  # report, keep going with the other variants
                 times[name] = math.nan
                 print(f"{context} {name}: out of memory ({err})", file=sys.stderr)
@@ -151,16 +163,20 @@ def main(argv=None) -> None:
             "spec": LLAMA8B.__dict__, "batch": args.batch, "steps": steps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"e2e-speed-{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    tag = f"{stamp}-" + "-".join(str(c // 1024) + "k" for c in contexts)
+    meta["compiled"] = not args.no_compile
+    (out / f"e2e-speed-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# End-to-end decode speed, Llama-3.1-8B shape, random weights ({stamp})", "",
              f"`{meta['command']}` on {meta['device']}, torch {meta['torch']}, batch {args.batch}, "
-             "graph-captured generation (one CUDA graph per token step), bf16.", "",
+             "graph-captured generation (one CUDA graph per token step), bf16, "
+             + ("inductor-compiled step." if meta["compiled"] else "eager kernels captured (no inductor).")
+             + " Attention share = 1 - t(none) / t(variant).", "",
              "| context | " + " | ".join(f"{v} tok/s | {v} attention share" for v in args.variants) + " |",
              "|---|" + "---|---|" * len(args.variants)]
     for r in rows:
         lines.append(f"| {r['context']} | " + " | ".join(
             f"{r[v + '_tok_s']:.1f} | {r.get(v + '_attention_share', 0.0):.0%}" for v in args.variants) + " |")
-    (out / f"e2e-speed-{stamp}.md").write_text("\n".join(lines) + "\n")
+    (out / f"e2e-speed-{tag}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

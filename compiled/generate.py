@@ -112,10 +112,11 @@ class GraphedLoop:
     tokens in total. Benchmarks time ``replay`` alone (capture and compilation excluded).
     """
 
-    def __init__(self, body, params, caches, token, pos, done, out, compile_kwargs=None):
+    def __init__(self, body, params, caches, token, pos, done, out, compile_kwargs=None, *, compile: bool = True):
         if token.device.type != "cuda":
             raise ValueError(f"mode='cuda_graph' needs CUDA tensors, got {token.device}")
-        body = torch.compile(body, fullgraph=True, **(compile_kwargs or {}))
+        if compile:  # without it the eager kernels are captured as they are (no fusion)
+            body = torch.compile(body, fullgraph=True, **(compile_kwargs or {}))
         self.caches = [c.without_host_len() for c in caches]
         self.token, self.pos, self.done = token.clone(), pos.clone(), done.clone()  # static inputs
         self.out = out
