@@ -204,7 +204,8 @@ def passkey(model, tok, context: int, depths: list[float], coverages: list[float
 def report(data: dict) -> None:
     """real-model.md and the plots from the saved results."""
     lines = [f"# Selectors on a real model (SmolLM2-135M-Instruct), {data['meta']['date']}", "",
-             f"Command: `{data['meta']['command']}` — torch {data['meta']['torch']}, transformers "
+             "Commands: " + ", ".join(f"`{c}`" for c in data.get("commands", [data["meta"]["command"]]))
+             + f" — torch {data['meta']['torch']}, transformers "
              f"{data['meta']['transformers']}, {data['meta']['machine']}. Made by `benchmarks/real_model.py`; "
              "raw numbers in `real-model.json`.", "",
              "Gaussian numbers are **pre-fix**: a forced attention-sink page for `Gaussian` is being added on "
@@ -290,9 +291,15 @@ def main(argv=None) -> None:
     parser.add_argument("--passkey-context", type=int, default=2048)
     parser.add_argument("--depths", type=float, nargs="+", default=[0.25, 0.75])
     parser.add_argument("--report", action="store_true", help="only rebuild md and png from the json")
+    parser.add_argument("--json", default=str(RESULTS / "real-model.json"), help="results file (parts merge into it)")
+    parser.add_argument("--merge", nargs="*", default=[], help="with --report: add the parts of these files")
     args = parser.parse_args(argv)
-    path = RESULTS / "real-model.json"
+    path = Path(args.json)
     data = json.loads(path.read_text()) if path.exists() else {}
+    for extra in args.merge:
+        more = json.loads(Path(extra).read_text())
+        data.setdefault("commands", [data.get("meta", {}).get("command")]).append(more["meta"]["command"])
+        data.update({k: v for k, v in more.items() if k != "meta"})
     if not args.report:
         import transformers
 
@@ -310,8 +317,10 @@ def main(argv=None) -> None:
                 data["lm"] = teacher_forced(model, tok, args.lm_context, args.lm_tokens, [0.0625, 0.125, 0.25])
             elif part == "passkey":
                 data["passkey"] = passkey(model, tok, args.passkey_context, args.depths, [0.0625, 0.125, 0.25])
-            RESULTS.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data))
+    if args.merge:
+        path.write_text(json.dumps(data))
     report(data)
 
 
