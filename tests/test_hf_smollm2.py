@@ -111,7 +111,7 @@ def test_missing_model_wheel_says_how_to_install(monkeypatch):
 
 def test_readme_real_models_example_runs(loaded, monkeypatch, capsys):
     """README.md's "Real models" block, as written (the model already loaded is handed to it)."""
-    from tests.test_readme import _python_block_after
+    from test_readme import _python_block_after
 
     model, tok, _ = loaded
     monkeypatch.setattr(hf, "load_smollm2", lambda: (model, tok))

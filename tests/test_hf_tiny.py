@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from tests.hf_tiny import tiny_llama
-from tests.naive import naive_entmax
+from hf_tiny import tiny_llama
+from naive import naive_entmax
 
 hf = pytest.importorskip("entmaxkv.hf", reason="needs the 'models' extra")
 from entmaxkv.compiled import generate, llama_step, params_from_hf  # noqa: E402
