@@ -83,15 +83,17 @@ def capture(model, ids) -> list[tuple]:
     return captured
 
 
-def fidelity(model, tok, contexts: list[int]) -> list[dict]:
+def fidelity(model, tok, contexts: list[int], alphas: list[float], names: list[str] | None) -> list[dict]:
     rows = []
     for context in contexts:
         t0 = time.time()
         layers = capture(model, corpus(tok, context))
-        for alpha in (1.0, 1.5, 2.0):
+        for alpha in alphas:
             for name, selector in {"Dense": ekv.Dense(), **SELECTORS}.items():
                 if alpha == 1.0 and not isinstance(selector, (ekv.TopK, ekv.Dense)):
                     continue  # Gaussian and Exact are entmax-only
+                if names is not None and name not in names and name != "Dense":
+                    continue
                 heads = []
                 for li, (q, k, v) in enumerate(layers):
                     cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=3, head_dim=64, capacity=context,
@@ -286,6 +288,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["fidelity", "lm", "passkey"])
     parser.add_argument("--contexts", type=int, nargs="+", default=[2048, 4096, 8192])
+    parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--selectors", nargs="+", default=None, help="names as in SELECTORS (default: all)")
     parser.add_argument("--lm-context", type=int, default=2048)
     parser.add_argument("--lm-tokens", type=int, default=64)
     parser.add_argument("--passkey-context", type=int, default=2048)
@@ -307,12 +311,18 @@ def main(argv=None) -> None:
 
         model, tok = hf.load_smollm2()
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        data["meta"] = dict(date=stamp, command="python benchmarks/real_model.py " + " ".join(argv or sys.argv[1:]),
+        command = "python benchmarks/real_model.py " + " ".join(argv or sys.argv[1:])
+        if "meta" in data:
+            data.setdefault("commands", [data["meta"]["command"]]).append(command)
+        data["meta"] = dict(date=stamp, command=command,
                             torch=torch.__version__, transformers=transformers.__version__,
                             machine=f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
         for part in args.parts:
             if part == "fidelity":
-                data["fidelity"] = fidelity(model, tok, args.contexts)
+                new = fidelity(model, tok, args.contexts, args.alphas, args.selectors)
+                done = {(r["context"], r["alpha"], r["selector"]) for r in new}
+                data["fidelity"] = [r for r in data.get("fidelity", [])
+                                    if (r["context"], r["alpha"], r["selector"]) not in done] + new
             elif part == "lm":
                 data["lm"] = teacher_forced(model, tok, args.lm_context, args.lm_tokens, [0.0625, 0.125, 0.25])
             elif part == "passkey":
