@@ -292,6 +292,8 @@ def main(argv=None) -> None:
     parser.add_argument("--selectors", nargs="+", default=None, help="names as in SELECTORS (default: all)")
     parser.add_argument("--lm-context", type=int, default=2048)
     parser.add_argument("--lm-tokens", type=int, default=64)
+    parser.add_argument("--lm-coverages", type=float, nargs="+", default=[0.0625, 0.125, 0.25],
+                        help="TopK coverages; 1.0 (every page) checks the harness against SDPA")
     parser.add_argument("--passkey-context", type=int, default=2048)
     parser.add_argument("--depths", type=float, nargs="+", default=[0.25, 0.75])
     parser.add_argument("--report", action="store_true", help="only rebuild md and png from the json")
@@ -324,7 +326,7 @@ def main(argv=None) -> None:
                 data["fidelity"] = [r for r in data.get("fidelity", [])
                                     if (r["context"], r["alpha"], r["selector"]) not in done] + new
             elif part == "lm":
-                data["lm"] = teacher_forced(model, tok, args.lm_context, args.lm_tokens, [0.0625, 0.125, 0.25])
+                data["lm"] = teacher_forced(model, tok, args.lm_context, args.lm_tokens, args.lm_coverages)
             elif part == "passkey":
                 data["passkey"] = passkey(model, tok, args.passkey_context, args.depths, [0.0625, 0.125, 0.25])
             path.parent.mkdir(parents=True, exist_ok=True)
