@@ -305,7 +305,11 @@ def main(argv=None) -> None:
     for extra in args.merge:
         more = json.loads(Path(extra).read_text())
         data.setdefault("commands", [data.get("meta", {}).get("command")]).append(more["meta"]["command"])
-        data.update({k: v for k, v in more.items() if k != "meta"})
+        for key, value in more.items():
+            if key in ("lm", "passkey") and key in data:
+                data[key] = data[key] + value  # rows from another run of the same part
+            elif key not in ("meta", "commands"):
+                data[key] = value
     if not args.report:
         import transformers
 
