@@ -42,7 +42,8 @@ def prefilled(batch, lens, dtype=torch.float32, device="cpu", extra=16):
         cache = ekv.PagedKVCache.empty(batch=batch, num_kv_heads=2, head_dim=16, capacity=max(lens) + extra,
                                        dtype=dtype, device=device)
         k = torch.randn(batch, 2, max(lens), 16, generator=g, device=device).to(dtype)
-        caches.append(ekv.prefill(cache, k, torch.randn_like(k), lens))
+        v = torch.randn(batch, 2, max(lens), 16, generator=g, device=device).to(dtype)  # seeded too
+        caches.append(ekv.prefill(cache, k, v, lens))
     return caches
 
 
