@@ -23,6 +23,7 @@ from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, wo
 from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, work_dtype
 from entmaxkv.entmax import lin
+from entmaxkv.gaussian import solve_gaussian_tau
 from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step
@@ -37,6 +38,7 @@ if importlib.util.find_spec("triton") is not None:
 __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps"]
 
 BACKENDS = ("auto", "torch", "triton")
+GAUSSIAN_EXPANSIONS = 30  # bracket expansions of the τ̂ solver (solve_gaussian_tau's default)
 
 
 def uses_kernels(device: torch.device, dtype: torch.dtype, backend: str) -> bool:
@@ -116,6 +118,11 @@ class ReferenceOps:
         tokens = self.cache.tokens_of(page_mask)
         return safe_tau_lower_bound(self.scores, tokens, self.alpha, worst_over(self._errors, tokens))
 
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
+                     iters: int) -> Tensor:
+        count = torch.where(candidates[:, :, None, :], float(self.cache.page_size), 0.0).to(mu.dtype).expand_as(mu)
+        return solve_gaussian_tau(mu, sigma, count, exact_scores, self.alpha, iters=iters)
+
 
 class KernelOps:
     """The Triton ops' primitives. Page sets become page lists of static capacity P (the
@@ -164,6 +171,11 @@ class KernelOps:
             self.score_floor(page_mask).reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
             refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
+
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
+                     iters: int) -> Tensor:
+        return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0].contiguous(),
+                                               exact_scores.contiguous(), self.alpha, iters, GAUSSIAN_EXPANSIONS)
 
     def score_floor(self, page_mask: Tensor) -> Tensor:
         """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key

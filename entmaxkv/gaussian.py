@@ -122,10 +122,8 @@ def solve_gaussian_tau(
 
 def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> Tensor:
     """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
-    their exact scores."""
-    cand = step.candidates[:, :, None, :]
-    count = torch.where(cand, torch.full_like(mu, float(step.cache.page_size)), torch.zeros_like(mu))
-    return solve_gaussian_tau(mu, sigma, count, step.newest_scores, step.alpha, iters=iters)
+    their exact scores (solved by the step's backend: ``solve_gaussian_tau`` or its kernel)."""
+    return step.ops.gaussian_tau(mu, sigma, step.candidates, step.newest_scores, iters)
 
 
 def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:

@@ -39,6 +39,12 @@ class StepOps(Protocol):
         """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``
         (rounding included), hence of the dense τ."""
 
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
+                     iters: int) -> Tensor:
+        """[B, Hkv, G] float64: the Gaussian page model's τ̂ (``gaussian.solve_gaussian_tau``)
+        over the ``candidates`` [B, 1, P] pages (μ, σ: [B, Hkv, G, P]) and the exactly known
+        ``exact_scores`` [B, Hkv, G, S]."""
+
 
 @dataclass(frozen=True, eq=False)
 class Step:

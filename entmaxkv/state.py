@@ -297,10 +297,15 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
     cache.v_pages[:, :, :pages].copy_(to_pages(v))
 
     full = (torch.arange(pages, device=cache.device)[None, :] < (seq_lens // s)[:, None])[:, None, :, None]
-    new_stats = page_statistics(cache.k_pages[:, :, :pages])
-    for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
-        slot = getattr(cache, field)[:, :, :pages]
-        slot.copy_(torch.where(full, new, slot))
+    if cache.device.type == "cuda" and cache.dtype != torch.float64:
+        # the page_statistics op (entmaxkv.kernels): every full page in one launch
+        torch.ops.entmaxkv.page_statistics(cache.k_pages, seq_lens, cache.k_min, cache.k_max, cache.k_mean,
+                                           cache.k_std)
+    else:
+        new_stats = page_statistics(cache.k_pages[:, :, :pages])
+        for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
+            slot = getattr(cache, field)[:, :, :pages]
+            slot.copy_(torch.where(full, new, slot))
     if cache.key_bits is not None:
         _write_codes(cache, (slice(None), slice(None), slice(0, pages)), full[..., None])
 

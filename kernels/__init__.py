@@ -7,10 +7,13 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     page_scores       per-page safe score bound, |score| scale, mean-key score, Gaussian σ
     select_pages      top-k / threshold page selection into a fixed-capacity page list
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
+    gaussian_tau      the Gaussian page model's τ̂ (closed forms, Fejér quadrature otherwise)
     entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
 
 Kernels never import ``entmaxkv.reference``; tests compare them against it. ``entmaxkv.backend``
 is the one place that decides whether a step runs these ops or the reference.
 """
 
-from entmaxkv.kernels import append, page_scores, page_stats, select_pages, sparse_decode, triton_entmax  # noqa: F401
+from entmaxkv.kernels import (  # noqa: F401
+    append, gaussian_tau, page_scores, page_stats, select_pages, sparse_decode, triton_entmax,
+)

@@ -275,6 +275,11 @@ def test_opcheck_every_op():
                               (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, 16, 0.25, True))
         torch.library.opcheck(torch.ops.entmaxkv.select_pages.default,
                               (keys, torch.tensor([[1, 2], [3, 0]], dtype=torch.int32), 3))
+        torch.library.opcheck(torch.ops.entmaxkv.gaussian_tau.default,
+                              (torch.randn(2, 2, 2, c.num_pages, dtype=torch.float64),
+                               torch.rand(2, 2, 2, c.num_pages, dtype=torch.float64),
+                               torch.tensor([[True, False, True], [True, True, False]]),
+                               torch.randn(2, 2, 2, 16, dtype=torch.float64), 1.5, 20, 5))
         torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
                               (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, 1.5, 0.25,
                                False, TAU_EXACT, 0))
@@ -289,3 +294,22 @@ def test_compiled_step_through_the_ops_equals_eager():
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         _, got = step(cache.fork().without_host_len(), q, k, v, config)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
+def test_gaussian_tau_op_equals_the_reference_solver(alpha):
+    from entmaxkv.gaussian import solve_gaussian_tau
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, h, grp, p, s = 2, 2, 2, 37, 16
+    mu = torch.randn(b, h, grp, p, generator=g, dtype=torch.float64) * 2
+    sigma = torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) + 0.02
+    sigma[0, 0, 0, :3] = 0.0  # degenerate pages: constant scores
+    candidates = torch.rand(b, p, generator=g) < 0.7
+    exact = torch.randn(b, h, grp, s, generator=g, dtype=torch.float64) * 2
+    exact[..., 9:] = float("-inf")  # a partial newest page
+    count = torch.where(candidates[:, None, None, :], 16.0, 0.0).to(torch.float64).expand_as(mu)
+    want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
+    got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")

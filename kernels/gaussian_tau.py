@@ -1,0 +1,156 @@
+"""``entmaxkv::gaussian_tau``: the Gaussian page model's threshold τ̂, one program per
+(sequence, query head), in float64.
+
+Solves Σ_p n_p·E[ρ((α−1)·S_p − τ)] + Σ_i ρ((α−1)·s_i − τ) = 1 with S_p ~ N(μ_p, σ_p²) over
+the candidate pages and s_i the newest page's exact scores — exactly the algorithm of
+``entmaxkv.gaussian.solve_gaussian_tau`` (the reference): the bracket [top − 1, top] expanded
+``expansions`` times, then ``iters`` bisection steps, fixed counts. The moment
+E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
+Fejér rule over [max(−a/s, −10), 10], its nodes and weights computed once per program from an
+arange (no table, nothing copied from the host).
+Bytes: μ, σ of every page and the newest page's scores, re-read from L2 on every iteration.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from entmaxkv.kernels.common import next_pow2
+
+__all__ = ["gaussian_tau", "moment_kind"]
+
+QUAD_NODES = 64
+QUAD_REACH = 10.0
+BLOCK_P = 128
+
+
+def moment_kind(alpha: float) -> int:
+    """1, 2 or 3 for the closed forms (1/(α−1) = 1, 2, 3), 0 for quadrature."""
+    n = 1.0 / (alpha - 1.0)
+    for k in (1, 2, 3):
+        if abs(n - k) < 1e-9:
+            return k
+    return 0
+
+
+@triton.jit
+def _moment(a, s, power, nodes, weights, KIND: tl.constexpr):
+    """E[[a + s·Z]_+^power] for Z ~ N(0, 1), elementwise over [BLOCK] (float64)."""
+    s_safe = tl.maximum(s, 2.2250738585072014e-308)
+    d = a / s_safe
+    cdf = 0.5 * (1.0 + tl.erf(d * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * d * d) * 0.3989422804014327
+    if KIND == 1:
+        return a * cdf + s * pdf
+    elif KIND == 2:
+        return (a * a + s * s) * cdf + a * s * pdf
+    elif KIND == 3:
+        return (a * a * a + 3.0 * a * s * s) * cdf + (a * a + 2.0 * s * s) * s * pdf
+    else:
+        lower = tl.minimum(tl.maximum(-d, -10.0), 10.0)
+        half = (10.0 - lower) / 2
+        z = (lower + half)[:, None] + half[:, None] * nodes[None, :]
+        x = tl.maximum(a[:, None] + s[:, None] * z, 0.0)
+        f = tl.where(x > 0, tl.exp(tl.log(tl.where(x > 0, x, 1.0)) * power), 0.0) * tl.exp(-0.5 * z * z)
+        return half * tl.sum(f * weights[None, :], axis=1) * 0.3989422804014327
+
+
+@triton.jit
+def _excess(mu, sigma, cand, exact, row, b, P, S, tau, lin, power, nodes, weights,
+            KIND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """F(τ) = Σ_p n_p·E[ρ(...)] + Σ_i ρ(...) − 1 for one (sequence, query head)."""
+    lanes = tl.arange(0, BLOCK_P)
+    total = tl.zeros((BLOCK_P,), tl.float64)
+    for start in range(0, P, BLOCK_P):
+        p = start + lanes
+        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+        m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+        sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+        total += tl.where(ok, S * _moment(m - tau, sd, power, nodes, weights, KIND), 0.0)
+    i = tl.arange(0, BLOCK_S)
+    z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
+    gap = tl.maximum(z - tau, 0.0)
+    tokens = tl.where(gap > 0, tl.exp(tl.log(tl.where(gap > 0, gap, 1.0)) * power), 0.0)
+    return tl.sum(total) + tl.sum(tokens) - 1.0
+
+
+@triton.jit
+def _gaussian_tau_kernel(
+    mu, sigma, cand, exact, lin_ptr, tau_out, HQ, P, S, iters, expansions,
+    KIND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # b·Hq + h
+    b = row // HQ
+    lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
+    power = 1.0 / lin
+    # Fejér's first rule on [-1, 1] (as entmaxkv.gaussian.fejer_rule)
+    k = tl.arange(0, NODES).to(tl.float64)
+    theta = (2.0 * k + 1.0) * (3.141592653589793 / (2 * NODES))
+    acc = tl.zeros((NODES,), tl.float64)
+    for j in range(1, NODES // 2 + 1):
+        jj = j * 1.0
+        acc += tl.cos(2.0 * jj * theta) / (4.0 * jj * jj - 1.0)
+    nodes = tl.cos(theta)
+    weights = (2.0 / NODES) * (1.0 - 2.0 * acc)
+
+    lanes = tl.arange(0, BLOCK_P)
+    top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
+    for start in range(0, P, BLOCK_P):
+        p = start + lanes
+        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+        top = tl.maximum(top, tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin,
+                                       float("-inf")))
+    i = tl.arange(0, BLOCK_S)
+    z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
+    top_all = tl.maximum(tl.max(top), tl.max(z))
+
+    lo = top_all - 1.0  # F(lo) >= 0: the top entry alone has mass >= 1
+    hi = top_all
+    width = top_all * 0.0 + 1.0
+    for _ in range(expansions):
+        positive = _excess(mu, sigma, cand, exact, row, b, P, S, hi, lin, power, nodes, weights,
+                           KIND, BLOCK_P, BLOCK_S) > 0
+        lo = tl.where(positive, hi, lo)
+        hi = tl.where(positive, hi + width, hi)
+        width = tl.where(positive, 2.0 * width, width)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        positive = _excess(mu, sigma, cand, exact, row, b, P, S, mid, lin, power, nodes, weights,
+                           KIND, BLOCK_P, BLOCK_S) >= 0
+        lo = tl.where(positive, mid, lo)
+        hi = tl.where(positive, hi, mid)
+    tl.store(tau_out + row, (lo + hi) / 2)
+
+
+@triton_op("entmaxkv::gaussian_tau", mutates_args=())
+def gaussian_tau(
+    mu: torch.Tensor, sigma: torch.Tensor, candidates: torch.Tensor, exact_scores: torch.Tensor, alpha: float,
+    iters: int, expansions: int,
+) -> torch.Tensor:
+    """τ̂ [B, Hkv, G] float64 of the Gaussian page model.
+
+    mu, sigma: [B, Hkv, G, P] page score means and stds (work dtype; entries of pages that are
+    not candidates are never read); candidates: [B, P] bool, the pages modelled (each holds
+    page-size tokens, S = exact_scores.shape[-1]); exact_scores: [B, Hkv, G, S] the newest
+    page's exact scores (−inf = absent); alpha in (1, 2]; iters, expansions: fixed counts.
+    """
+    b, hkv, g, p = mu.shape
+    s = exact_scores.shape[-1]
+    tau = torch.empty((b, hkv, g), dtype=torch.float64, device=mu.device)
+    lin = torch.full((1,), alpha - 1.0, dtype=torch.float64, device=mu.device)  # a fill, not a copy
+    wrap_triton(_gaussian_tau_kernel)[(b * hkv * g,)](
+        mu, sigma, candidates.to(torch.int8), exact_scores, lin, tau, hkv * g, p, s, iters, expansions,
+        KIND=moment_kind(alpha), BLOCK_P=min(BLOCK_P, max(16, next_pow2(p))), BLOCK_S=max(16, next_pow2(s)),
+        NODES=QUAD_NODES,
+    )
+    return tau
+
+
+@gaussian_tau.register_fake
+def _(mu, sigma, candidates, exact_scores, alpha, iters, expansions):
+    return mu.new_empty(mu.shape[:3], dtype=torch.float64)
