@@ -21,7 +21,7 @@ from torch import Tensor
 
 from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, worst_over
 from entmaxkv.certificate import safe_tau_lower_bound
-from entmaxkv.conventions import group_queries, work_dtype
+from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
 from entmaxkv.gaussian import solve_gaussian_tau
 from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
@@ -153,7 +153,7 @@ class KernelOps:
         rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
         want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
         pages, _ = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
-        return pages_mask(pages, c.num_pages)
+        return pages_to_mask(pages, c.num_pages)
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
@@ -213,11 +213,3 @@ class KernelOps:
         # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
         own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
         return tau - a * rounding - own
-
-
-def pages_mask(pages: Tensor, num_pages: int) -> Tensor:
-    """[B, Hkv, M] page list (−1 = empty) -> [B, Hkv, P] bool."""
-    idx = pages.long()
-    slot = torch.where(idx >= 0, idx, torch.full_like(idx, num_pages))
-    mask = torch.zeros(*idx.shape[:-1], num_pages + 1, dtype=torch.bool, device=idx.device)
-    return mask.scatter(-1, slot, True)[..., :num_pages]

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["work_dtype", "default_scale", "group_queries", "query_positions", "alibi_bias"]
+__all__ = ["work_dtype", "default_scale", "group_queries", "query_positions", "alibi_bias", "pages_to_mask"]
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -39,3 +39,12 @@ def alibi_bias(slopes: Tensor, positions: Tensor, q_pos: Tensor, num_kv_heads: i
     g = slopes.numel() // num_kv_heads
     rel = (positions if positions.dim() == 2 else positions[None, :]) - q_pos[:, None]
     return slopes.reshape(1, num_kv_heads, g, 1) * rel[:, None, None, :].to(slopes.dtype)
+
+
+def pages_to_mask(page_indices: Tensor, num_pages: int) -> Tensor:
+    """[B, Hkv, M] page indices (negative = empty slot, duplicates allowed) -> [B, Hkv, P] bool.
+    Out of place, so that vmap batches it."""
+    idx = page_indices.long()
+    slot = torch.where(idx >= 0, idx, torch.full_like(idx, num_pages))
+    mask = torch.zeros(*idx.shape[:-1], num_pages + 1, dtype=torch.bool, device=idx.device)
+    return mask.scatter(-1, slot, True)[..., :num_pages]

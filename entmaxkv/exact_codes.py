@@ -35,7 +35,7 @@ from torch import Tensor
 
 from entmaxkv.entmax import lin
 from entmaxkv.keycodes import code_scores
-from entmaxkv.reference import pages_to_mask
+from entmaxkv.conventions import pages_to_mask
 from entmaxkv.selection import Step
 
 __all__ = ["CodeCandidates", "code_candidates"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entmaxkv.conventions import alibi_bias, default_scale, group_queries, query_positions, work_dtype
+from entmaxkv.conventions import (
+    alibi_bias, default_scale, group_queries, pages_to_mask, query_positions, work_dtype,
+)
 from entmaxkv.entmax import entmax_with_threshold, lin, rho
 from entmaxkv.refine import refine_tau, usable_tau
 from entmaxkv.state import PagedKVCache
@@ -74,15 +76,6 @@ def attend(
     v = torch.where(token_mask[..., None], values, torch.zeros_like(values))  # no 0·NaN leaks
     out = torch.einsum("bhgn,bhnd->bhgd", p.to(scores.dtype), v.to(scores.dtype))
     return out, tau.double()
-
-
-def pages_to_mask(page_indices: Tensor, num_pages: int) -> Tensor:
-    """[B, Hkv, M] page indices (negative = empty slot, duplicates allowed) -> [B, Hkv, P] bool."""
-    idx = page_indices.long()
-    keep = idx >= 0
-    mask = torch.zeros(*idx.shape[:-1], num_pages + 1, dtype=torch.bool, device=idx.device)
-    mask.scatter_(-1, torch.where(keep, idx, torch.full_like(idx, num_pages)), True)
-    return mask[..., :num_pages]
 
 
 def _decode(cache, q, page_mask, alpha, scale, alibi_slopes) -> tuple[Tensor, Tensor]:

@@ -29,12 +29,13 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from entmaxkv.kernels.common import alpha_kind  # MODE: 0 softmax, 1 α = 1.5, 2 α = 2, 3 other α
+
 __all__ = ["triton_entmax", "entmax_rows", "BISECTION_STEPS", "MAX_BLOCK"]
 
 BISECTION_STEPS = 40  # bracket [-1, 0] halved 40 times: 1e-12, below float32 resolution of τ
 MAX_BLOCK = 1024  # longer rows loop over blocks
 
-_SOFTMAX, _SPARSEMAX, _ENTMAX15, _BISECT = 0, 1, 2, 3
 
 
 @triton.jit
@@ -50,9 +51,9 @@ def _weights(z, tau, inv, MODE: tl.constexpr):
     if MODE == 0:
         return tl.exp(z - tau)
     t = tl.maximum(z - tau, 0.0)
-    if MODE == 1:
-        return t
     if MODE == 2:
+        return t
+    if MODE == 1:
         return t * t
     return tl.where(t > 0.0, tl.exp2(tl.log2(tl.maximum(t, 1e-30)) * inv), 0.0)
 
@@ -97,7 +98,7 @@ def _entmax_rows_kernel(x_ptr, out_ptr, n_cols, alpha, n_bisect, BLOCK: tl.const
             lo = tl.where(f >= 0.0, mid, lo)
             hi = tl.where(f >= 0.0, hi, mid)
         tau = (lo + hi) * 0.5
-        if MODE == 1 or MODE == 2:
+        if MODE == 2 or MODE == 1:
             # The support at the bisection τ gives τ in closed form (exact up to rounding).
             cnt = tl.zeros([BLOCK], dtype=tl.float32)
             s1 = tl.zeros([BLOCK], dtype=tl.float32)
@@ -109,7 +110,7 @@ def _entmax_rows_kernel(x_ptr, out_ptr, n_cols, alpha, n_bisect, BLOCK: tl.const
                 s1 += tl.where(inside, z, 0.0)
             k = tl.maximum(tl.sum(cnt, axis=0), 1.0)
             mean = tl.sum(s1, axis=0) / k
-            if MODE == 1:
+            if MODE == 2:
                 tau = mean - 1.0 / k
             else:
                 s2 = tl.zeros([BLOCK], dtype=tl.float32)  # centred: no cancellation
@@ -130,16 +131,6 @@ def _entmax_rows_kernel(x_ptr, out_ptr, n_cols, alpha, n_bisect, BLOCK: tl.const
         tl.store(o_row + offs, p.to(out_ptr.dtype.element_ty), mask=offs < n_cols)
 
 
-def _mode(alpha: float) -> int:
-    if alpha == 1.0:
-        return _SOFTMAX
-    if alpha == 2.0:
-        return _SPARSEMAX
-    if alpha == 1.5:
-        return _ENTMAX15
-    return _BISECT
-
-
 @triton_op("entmaxkv::entmax_rows", mutates_args=())
 def entmax_rows(x: Tensor, alpha: float) -> Tensor:
     """α-entmax over the last dim of ``x`` (any shape, fp16/bf16/fp32/fp64), α in [1, 2].
@@ -151,7 +142,7 @@ def entmax_rows(x: Tensor, alpha: float) -> Tensor:
         return out
     block = min(triton.next_power_of_2(n_cols), MAX_BLOCK)
     wrap_triton(_entmax_rows_kernel)[(rows,)](
-        x.contiguous(), out, n_cols, alpha, BISECTION_STEPS, BLOCK=block, MODE=_mode(alpha)
+        x.contiguous(), out, n_cols, alpha, BISECTION_STEPS, BLOCK=block, MODE=alpha_kind(alpha)
     )
     return out
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from entmaxkv.backend import page_sigma, pages_mask
+from entmaxkv.backend import page_sigma
+from entmaxkv.conventions import pages_to_mask
 from entmaxkv.bounds import mean_scores, quest_bounds
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.state import append_token
@@ -208,7 +209,7 @@ def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
     q = torch.randn(2, 4, 1, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 2
     pages, count = random_lists(cache, seed, 3)
     scores = token_scores(cache, q, 0.3)
-    mask = pages_mask(pages, cache.num_pages) | ((torch.arange(cache.num_pages)[None, :] ==
+    mask = pages_to_mask(pages, cache.num_pages) | ((torch.arange(cache.num_pages)[None, :] ==
                                                   ((cache.seq_lens - 1) // 16)[:, None])[:, None, :])
     tokens = cache.tokens_of(mask)
     exact = attend(scores, cache.values(), tokens, alpha)[1]
