@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, page_stats_of
+from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
 
 __all__ = ["append_token"]
 
@@ -75,3 +75,6 @@ def append_token(
 @append_token.register_fake
 def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity):
     return None
+
+
+register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8))  # vmap folds into the batch dimension

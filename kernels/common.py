@@ -74,3 +74,36 @@ def page_stats_of(keys, S: tl.constexpr):
     centred = keys - mean[None, :]
     std = tl.sqrt(tl.sum(centred * centred, axis=0) / S)
     return tl.min(keys, axis=0), tl.max(keys, axis=0), mean, std
+
+
+def register_batch_rule(op, batch_args: tuple[int, ...]) -> None:
+    """A ``register_vmap`` rule for an op whose tensors at positions ``batch_args`` share a
+    leading batch dimension B: the vmapped dimension V is folded into it (V·B rows) and
+    unfolded from every output, so ``torch.func.vmap`` runs one batched launch, not one per
+    example. Unbatched tensors among ``batch_args`` are expanded (read-only ones only: an
+    unbatched tensor the op mutates cannot take batched writes, and vmap rejects that anyway).
+    Batched tensors elsewhere (e.g. per-head ALiBi slopes) fall back to a loop over V."""
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        if any(d is not None for i, d in enumerate(in_dims) if i not in batch_args):
+            rows = [op(*[a.select(d, j) if d is not None else a for a, d in zip(args, in_dims)]) for j in range(size)]
+            if rows[0] is None:
+                return None, None
+            if isinstance(rows[0], torch.Tensor):
+                return torch.stack(rows), 0
+            return tuple(torch.stack(r) for r in zip(*rows)), tuple(0 for _ in rows[0])
+        folded = []
+        for i, (a, d) in enumerate(zip(args, in_dims)):
+            if i in batch_args and isinstance(a, torch.Tensor):
+                a = a.movedim(d, 0) if d is not None else a.unsqueeze(0).expand(size, *a.shape)
+                a = a.reshape(size * a.shape[1], *a.shape[2:])  # a view for contiguous batched inputs
+            folded.append(a)
+        out = op(*folded)
+        if out is None:
+            return None, None
+        if isinstance(out, torch.Tensor):
+            return out.reshape(size, -1, *out.shape[1:]), 0
+        return tuple(o.reshape(size, -1, *o.shape[1:]) for o in out), tuple(0 for _ in out)
+
+    op.register_vmap(rule)

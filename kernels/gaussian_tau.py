@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2
+from entmaxkv.kernels.common import next_pow2, register_batch_rule
 
 __all__ = ["gaussian_tau", "moment_kind"]
 
@@ -154,3 +154,6 @@ def gaussian_tau(
 @gaussian_tau.register_fake
 def _(mu, sigma, candidates, exact_scores, alpha, iters, expansions):
     return mu.new_empty(mu.shape[:3], dtype=torch.float64)
+
+
+register_batch_rule(gaussian_tau, (0, 1, 2, 3))  # vmap folds into the batch dimension

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, work_dtype_of
+from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 
 __all__ = ["page_scores", "rounding_gamma"]
 
@@ -146,3 +146,6 @@ def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, 
     work = work_dtype_of(k_min.dtype)
     upper = q.new_empty(shape, dtype=work)
     return upper, torch.empty_like(upper), torch.empty_like(upper), q.new_empty(shape if with_sigma else (0,), dtype=work)
+
+
+register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, page_stats_of
+from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
 
 __all__ = ["page_statistics"]
 
@@ -60,3 +60,6 @@ def page_statistics(
 @page_statistics.register_fake
 def _(k_pages, seq_lens, k_min, k_max, k_mean, k_std):
     return None
+
+
+register_batch_rule(page_statistics, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension

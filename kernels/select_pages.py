@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2
+from entmaxkv.kernels.common import next_pow2, register_batch_rule
 
 __all__ = ["select_pages"]
 
@@ -124,3 +124,6 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
 def _(keys, counts, capacity):
     b, h, _ = keys.shape
     return keys.new_empty((b, h, capacity), dtype=torch.int32), keys.new_empty((b, h), dtype=torch.int32)
+
+
+register_batch_rule(select_pages, (0, 1))  # vmap folds into the batch dimension

@@ -28,7 +28,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import SOFTMAX, alpha_kind, next_pow2, rho, rho_slope, work_dtype_of
+from entmaxkv.kernels.common import (
+    SOFTMAX, alpha_kind, next_pow2, register_batch_rule, rho, rho_slope, work_dtype_of,
+)
 
 __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits"]
 
@@ -365,3 +367,6 @@ def sparse_decode(
 def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, score_floor, alpha, scale,
       dense, tau_mode, refine_iters):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64)
+
+
+register_batch_rule(sparse_decode, (0, 1, 2, 3, 4, 5, 6, 8, 9))  # vmap folds into the batch dimension

@@ -314,3 +314,25 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha):
     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
     got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("selector", [ekv.Dense(), ekv.TopK(token_budget=32), ekv.Gaussian(tau_mode="corrected"),
+                                      ekv.Exact(initial_pages=1, max_pages=2)], ids=lambda s: type(s).__name__)
+def test_vmap_through_the_ops_is_batched_and_equals_a_loop(selector):
+    """vmap over a leading batch of caches runs the ops' batch rules (with vmap's per-example
+    fallback switched off, a missing rule would raise) and equals a Python loop."""
+    seed = fresh_seed()
+    caches = [make_cache(seed + i, 2, 2, 16, 16, lengths(seed + i, 2), capacity=90, dtype=torch.float32)[0]
+              .without_host_len() for i in range(2)]
+    steps = [random_step(torch.Generator().manual_seed(seed + i), 2, 4, 2, 16, torch.float32) for i in range(2)]
+    config = ekv.DecodeConfig(1.5, selector, backend="triton")
+    want = [ekv.decode_step(c.fork(), *s, config)[1] for c, s in zip(caches, steps)]
+    stacked = torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *[c.fork() for c in caches])
+    q, k, v = (torch.stack(x) for x in zip(*steps))
+    torch._C._functorch._set_vmap_fallback_enabled(False)  # an op without a batch rule now raises
+    try:
+        new, got = torch.func.vmap(lambda c, q, k, v: ekv.decode_step(c, q, k, v, config))(stacked, q, k, v)
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(True)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
+    assert torch.equal(new.seq_lens, torch.stack([c.seq_lens + 1 for c in caches]))
