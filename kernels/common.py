@@ -6,7 +6,11 @@ Conventions every op follows:
 - Loads are converted to the work dtype (float32, or float64 for a float64 cache) right after
   ``tl.load``: that is what fast kernels do anyway, and bfloat16 arithmetic is broken under
   Triton's CPU interpreter.
-- Float scalars are cast inside kernels (Inductor may pass Python floats as fp64).
+- Float scalars are cast inside kernels (Inductor may pass Python floats as fp64); where float64
+  exactness matters (a float64 cache) the launcher folds the scale into q, or passes the scalar
+  in a one-element float64 tensor made by a fill (never a host-to-device copy).
+- Layouts are the cache's own contiguous storage; offsets are computed in int64.
+- Launch configurations are fixed per shape (no autotuning); outputs are allocated per call.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
+__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "register_batch_rule",
+           "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
 
 SOFTMAX, ALPHA_15, ALPHA_2, ALPHA_ANY = 0, 1, 2, 3
 
