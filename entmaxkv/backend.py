@@ -33,7 +33,7 @@ from entmaxkv.topk import top_pages
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
     from entmaxkv.kernels.page_scores import rounding_gamma
-    from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED
+    from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
 
 __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps"]
 
@@ -212,4 +212,6 @@ class KernelOps:
         eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
         # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
         own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
+        if self.alpha not in (1.0, 1.5, 2.0):  # τ is a bisection midpoint, not an exact formula
+            own = own + 2.0 ** -bisection_steps(wdt)
         return tau - a * rounding - own

@@ -32,11 +32,17 @@ from entmaxkv.kernels.common import (
     SOFTMAX, alpha_kind, next_pow2, register_batch_rule, rho, rho_slope, work_dtype_of,
 )
 
-__all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits"]
+__all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
 
 TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
 TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
+
+
+def bisection_steps(work: torch.dtype) -> int:
+    """Bisection steps of the τ solve (its bracket is at most 1 wide, so for α other than 1,
+    1.5 and 2 — no exact finish — τ is within 2^-(steps+1) of the root of its scores)."""
+    return 60 if work == torch.float64 else 40
 
 
 def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device) -> int:
@@ -357,7 +363,7 @@ def sparse_decode(
         comp_s, comp_i, out, tau,
         alpha, hkv, g, p, d, cap, refine_iters,
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=64,
-        TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=60 if work == torch.float64 else 40,
+        TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         KIND=kind, WORK=wtl,
     )
     return out, tau

@@ -336,3 +336,19 @@ def test_vmap_through_the_ops_is_batched_and_equals_a_loop(selector):
         torch._C._functorch._set_vmap_fallback_enabled(True)
     torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
     assert torch.equal(new.seq_lens, torch.stack([c.seq_lens + 1 for c in caches]))
+
+
+def test_kernel_tau_lower_bound_is_below_the_root_at_general_alpha():
+    """Tiny scores make the rounding margins vanish; the bound must still cover the bisection
+    error of α ∉ {1, 1.5, 2} (found by review: 2.4e-13 above the root without it)."""
+    from entmaxkv.backend import build_step
+
+    seed, alpha, scale = 148, 1.25, 1e-9
+    cache, _, _ = make_cache(seed, 1, 1, 24, 8, [9], dtype=torch.float32, spread=2.0)
+    q = torch.randn(1, 8, 1, 24, generator=torch.Generator().manual_seed(seed)).float()
+    step = build_step(cache, q, alpha, scale, None, kernels=True, needs_sigma=False)
+    low = step.ops.tau_lower_bound(cache.live_page_mask()[:, None, :])
+    s = token_scores(cache.to(torch.float64), q.double(), scale, None)
+    z = (alpha - 1) * s
+    f = ((z - low[..., None]).clamp_min(0) ** (1 / (alpha - 1))).sum(-1) - 1  # >= 0 iff low <= τ
+    assert bool((f >= 0).all()), f
