@@ -180,7 +180,7 @@ def _excess(comp_s, base, total, lin, tau, inv_power, KIND: tl.constexpr, BLOCK:
 
 @triton.jit
 def _tau_kernel(
-    v_pages, page_table, seq_lens, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+    v_pages, page_table, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     comp_s, comp_i, out, tau_out,
     alpha, H, G, P, D, CAP, refine_iters,
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -350,7 +350,7 @@ def sparse_decode(
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
-        BLOCK_N=max(16, next_pow2(max(s, 64))), NSPLIT=nsplit, DENSE=dense,
+        BLOCK_N=max(16, next_pow2(max(s, TOKENS_PER_ITER))), NSPLIT=nsplit, DENSE=dense,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native,
     )
@@ -359,10 +359,10 @@ def sparse_decode(
     comp_s = torch.empty_like(cand_s)
     comp_i = torch.empty_like(cand_i)
     wrap_triton(_tau_kernel)[(b * hq,)](
-        v_pages, page_table, seq_lens, tau_src, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
+        v_pages, page_table, tau_src, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         comp_s, comp_i, out, tau,
         alpha, hkv, g, p, d, cap, refine_iters,
-        S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=64,
+        S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
         TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         KIND=kind, WORK=wtl,
     )
