@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -31,6 +30,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.synthetic import SyntheticStream
+from gpu_check import time_replays as time_us  # the same CUDA-event median timing (benchmarks/ is on sys.path)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,23 +43,6 @@ def selectors(alpha: float, coverages: list[float]) -> dict:
         chosen["Gaussian"] = ekv.Gaussian()
         chosen["Exact"] = ekv.Exact()
     return chosen
-
-
-def time_us(fn, reps: int, rounds: int) -> float:
-    """Median over rounds of the mean time of ``reps`` calls (CUDA events), microseconds."""
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / reps)
-    return statistics.median(times)
 
 
 def copy_bandwidth() -> float:
