@@ -29,7 +29,8 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["page_scores", "rounding_gamma"]
 
-BLOCK_P = 64
+BLOCK_P = 8  # pages per program (tuned on the H200: benchmarks/tune_kernels.py)
+NUM_WARPS = 2
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -42,9 +43,9 @@ def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
 def _page_scores_kernel(
     q, k_min, k_max, k_mean, k_std, seq_lens, slopes,
     upper, absmax, mean, sigma,
-    scale, gamma, alibi_eps, H, G, P, D,
-    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-    WORK: tl.constexpr, NATIVE: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr,
+    scale, gamma, alibi_eps, H, P, D,
+    S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
@@ -53,55 +54,46 @@ def _page_scores_kernel(
     full = length // S
     if block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
-        g = tl.arange(0, G_PAD)
         d = tl.arange(0, BLOCK_D)
         p = block * BLOCK_P + tl.arange(0, BLOCK_P)
-        gmask = g < G
         pmask = p < full
         dmask = d < D
-        qrow = (bh * G + g).to(tl.int64)
-        qv = tl.load(q + qrow[:, None] * D + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
         stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
         smask = pmask[:, None] & dmask[None, :]
-        kmin = tl.load(k_min + stat, mask=smask, other=0.0)
-        kmax = tl.load(k_max + stat, mask=smask, other=0.0)
-        if NATIVE:  # fp16/bf16 on the GPU: products are exact, the accumulator is float32
-            zero = tl.zeros_like(qv)
-            dt = kmax.dtype
-            qpos, qneg, qabs = tl.maximum(qv, zero).to(dt), tl.minimum(qv, zero).to(dt), tl.abs(qv).to(dt)
-            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(dt)
-        else:
-            qw, kmin, kmax = qv.to(WORK), kmin.to(WORK), kmax.to(WORK)
-            qpos, qneg, qabs = tl.maximum(qw, 0.0), tl.minimum(qw, 0.0), tl.abs(qw)
-            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
-        u = tl.dot(qpos, tl.trans(kmax), input_precision="ieee", out_dtype=WORK)
-        u += tl.dot(qneg, tl.trans(kmin), input_precision="ieee", out_dtype=WORK)
-        mag = tl.dot(qabs, tl.trans(kabs), input_precision="ieee", out_dtype=WORK) * scale_w
-        u = u * scale_w + tl.cast(gamma, WORK) * mag
-        qs = qv.to(WORK)
+        # fp16/bf16 products are exact in float32: converting first loses nothing
+        kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
+        kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
+        kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
         kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
-        mu = tl.dot(qs, tl.trans(kmean), input_precision="ieee", out_dtype=WORK) * scale_w
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
-            var = tl.dot(qs * qs, tl.trans(kstd * kstd), input_precision="ieee", out_dtype=WORK) * (scale_w * scale_w)
-        if HAS_ALIBI:
-            slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
-            qpos_t = length - 1
-            first = (p * S - qpos_t).to(WORK)
-            last = (p * S + S - 1 - qpos_t).to(WORK)
-            centre = first + (S - 1) / 2
-            bias = tl.maximum(slope[:, None] * first[None, :], slope[:, None] * last[None, :])
-            u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-            mu += slope[:, None] * centre[None, :]
+            kvar = kstd * kstd
+        # one pass over the page statistics serves every query head of the group
+        for g in tl.static_range(G):
+            qrow = (bh * G + g).to(tl.int64)
+            qv = tl.load(q + qrow * D + d, mask=dmask, other=0.0).to(WORK)[None, :]
+            u = tl.sum(tl.maximum(qv, 0.0) * kmax + tl.minimum(qv, 0.0) * kmin, axis=1)
+            mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
+            u = u * scale_w + tl.cast(gamma, WORK) * mag
+            mu = tl.sum(qv * kmean, axis=1) * scale_w
             if WITH_SIGMA:
-                var += (slope * slope)[:, None] * ((S * S - 1) / 12)
-        out = (qrow[:, None] * P + p[None, :])
-        omask = gmask[:, None] & pmask[None, :]
-        tl.store(upper + out, u, mask=omask)
-        tl.store(absmax + out, mag, mask=omask)
-        tl.store(mean + out, mu, mask=omask)
-        if WITH_SIGMA:
-            tl.store(sigma + out, tl.sqrt(var), mask=omask)
+                var = tl.sum(qv * qv * kvar, axis=1) * (scale_w * scale_w)
+            if HAS_ALIBI:
+                slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+                qpos_t = length - 1
+                first = (p * S - qpos_t).to(WORK)
+                last = (p * S + S - 1 - qpos_t).to(WORK)
+                bias = tl.maximum(slope * first, slope * last)
+                u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
+                mu += slope * (first + (S - 1) / 2)
+                if WITH_SIGMA:
+                    var += slope * slope * ((S * S - 1) / 12)
+            out = qrow * P + p
+            tl.store(upper + out, u, mask=pmask)
+            tl.store(absmax + out, mag, mask=pmask)
+            tl.store(mean + out, mu, mask=pmask)
+            if WITH_SIGMA:
+                tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
 
 @triton_op("entmaxkv::page_scores", mutates_args=())
@@ -126,15 +118,14 @@ def page_scores(
     sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
-    native = q.is_cuda and k_min.dtype in (torch.float16, torch.bfloat16)
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
     grid = (b * hkv, triton.cdiv(p, BLOCK_P))
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, upper, absmax, mean, sigma if with_sigma else upper,
-        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, g, p, d,
-        S=page_size, G_PAD=max(16, next_pow2(g)), BLOCK_P=BLOCK_P, BLOCK_D=max(16, next_pow2(d)),
-        WORK=tl.float64 if work == torch.float64 else tl.float32, NATIVE=native,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma,
+        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, p, d,
+        S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d),
+        WORK=tl.float64 if work == torch.float64 else tl.float32,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, num_warps=NUM_WARPS,
     )
     return upper, absmax, mean, sigma
 
