@@ -9,6 +9,8 @@ same call with keys −inf where the threshold fails and ``count`` = M.
 No sort: the k-th largest key is found bit by bit (most significant first) on an
 order-preserving integer image of the float keys — one counting pass per bit, 32 for float32
 keys, 64 for float64 — then one compaction pass writes the list. One program per row.
+(A 4-bit radix select with ``tl.histogram`` — 8 passes instead of 32 — measured 2–3× slower
+on the H200: benchmarks/results/perf-log.md.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule
 
 __all__ = ["select_pages"]
 
-MAX_BLOCK = 8192  # a row up to this many pages stays in registers
+MAX_BLOCK = 16384  # a row up to this many pages stays in registers
+WIDE_WARPS = 8  # warps of a program whose row block holds 2048 pages or more
 
 
 @triton.jit
@@ -35,15 +38,23 @@ def _ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
 
 
 @triton.jit
-def _count(base, lanes, P, cand, x_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+def _eligible_ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
+    """``_ordered(x)``, and the lowest integer for ineligible keys (−inf): below every
+    threshold the search tries (those are all > the lowest integer)."""
+    lowest = tl.full(x.shape, -(2 ** (NBITS - 1)), INT)
+    return tl.where(x > float("-inf"), _ordered(x, INT, NBITS), lowest)
+
+
+@triton.jit
+def _count(base, lanes, P, cand, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
            ONE_CHUNK: tl.constexpr):
     """#{eligible u >= cand} over the row (from registers when the row is one chunk)."""
     if ONE_CHUNK:
-        return tl.sum(((x_all > float("-inf")) & (_ordered(x_all, INT, NBITS) >= cand)).to(tl.int32))
+        return tl.sum((u_all >= cand).to(tl.int32))
     c = 0
     for start in range(0, P, BLOCK):
         x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
-        c += tl.sum(((x > float("-inf")) & (_ordered(x, INT, NBITS) >= cand)).to(tl.int32))
+        c += tl.sum((_eligible_ordered(x, INT, NBITS) >= cand).to(tl.int32))
     return c
 
 
@@ -56,7 +67,8 @@ def _select_kernel(
     base = keys + row * P
     lanes = tl.arange(0, BLOCK)
     x_all = tl.load(base + lanes, mask=lanes < P, other=float("-inf"))  # the whole row if ONE_CHUNK
-    eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)), INT), x_all, INT, NBITS, BLOCK,
+    u_all = _eligible_ordered(x_all, INT, NBITS)  # computed once: every counting pass reuses it
+    eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
                             ONE_CHUNK)
     k = tl.minimum(tl.minimum(tl.load(counts + row), eligible_total), M)
 
@@ -71,9 +83,9 @@ def _select_kernel(
     if k < eligible_total:
         for i in range(NBITS):
             cand_bits = t_bits | (one << (NBITS - 1 - i))
-            c = _count(base, lanes, P, cand_bits ^ sign, x_all, INT, NBITS, BLOCK, ONE_CHUNK)
+            c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
             t_bits = tl.where(c >= k, cand_bits, t_bits)
-        above = _count(base, lanes, P, (t_bits ^ sign) + 1, x_all, INT, NBITS, BLOCK, ONE_CHUNK)
+        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
     t = t_bits ^ sign
     ties_wanted = k - above
 
@@ -115,7 +127,7 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
     wrap_triton(_select_kernel)[(b * h,)](
         keys, counts, pages, kept, p, capacity,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        num_warps=8 if block >= 2048 else 4,
+        num_warps=WIDE_WARPS if block >= 2048 else 4,
     )
     return pages, kept
 
