@@ -7,12 +7,18 @@ Two kernels, K read once, V read only where the weight is non-zero:
    scores the page holding the newest token. For α > 1 it keeps only the tokens that can be in
    the support — z = (α−1)·s > (α−1)·m − 1 with m the running maximum score (τ >= (α−1)·max s − 1
    because the top token alone has mass >= 1) — and writes their scores and positions to a
-   small per-split scratch. For softmax it runs the usual online softmax with V (flash decode)
-   and writes per-split partial sums.
-2. ``_tau_kernel``, grid (B·Hq): gathers the survivors, solves τ on them in float64 (bisection
-   with a fixed count, then the exact support formula for α = 1.5 and 2), or takes the τ given
+   small per-split scratch. The splits share their maxima through one atomic max per query
+   head, so m is soon close to the global maximum; at the end each split filters its
+   survivors again against its final m. For softmax it runs the usual online softmax with V
+   (flash decode) and writes per-split partial sums.
+2. ``_tau_kernel``, grid (B·Hq): gathers the survivors (the first few of every split in one
+   load), solves τ on them in float64 — held in registers when they are few — by bisection
+   with a fixed count, then the exact support formula for α = 1.5 and 2, or takes the τ given
    by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
    tokens only and writes the output. For softmax it combines the partial sums.
+
+Which non-support tokens survive depends on the order the splits run in; the support, τ and
+the output do not (every token above the final floor is always kept).
 
 The page list is a fixed-capacity [B, Hkv, M] int32 table (padding −1) with a count per row;
 ``dense=True`` means "every full page before the newest one" without a list. Pages are logical
@@ -36,7 +42,11 @@ __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits
 
 TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
 TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
+SCORES_WARPS = 4  # warps of a scoring program
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
+PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
+GATHER = 16  # survivors of every split gathered in one load by the τ kernel
+BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
 
 
 def bisection_steps(work: torch.dtype) -> int:
@@ -46,24 +56,24 @@ def bisection_steps(work: torch.dtype) -> int:
 
 
 def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device) -> int:
-    """Splits of the page list per (sequence, KV head): enough programs to fill the GPU about
-    twice, never more than there are iterations of work in a full list."""
+    """Splits of the page list per (sequence, KV head): about ``PROGRAMS_PER_SM`` programs per
+    SM, never more than there are iterations of work in a full list."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sms = 4  # the interpreter: few programs keep CPU tests fast
     pages_per_iter = max(1, TOKENS_PER_ITER // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
-    return max(1, min(most, triton.cdiv(2 * sms, batch * kv_heads)))
+    return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)))
 
 
 @triton.jit
 def _scores_kernel(
-    q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor,
+    q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     scale, lin, H, G, P, M, D, CAP,
     S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    NSPLIT: tl.constexpr, DENSE: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
+    NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
     HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr,
 ):
     bh = tl.program_id(0)
@@ -111,6 +121,11 @@ def _scores_kernel(
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
     for j in range(first * S, last * S, BLOCK_N):
+        if KIND != 0:
+            # Publish the maximum so far and take the other splits' (an attained score, so a
+            # valid floor): survivors shrink to those near the global maximum. Issued before
+            # the K load, whose latency hides the atomic's.
+            shared = tl.atomic_max(run_max + qrow, m, mask=gmask)
         slot = j + t  # token slot within this program's slice of the list
         list_pos = slot // S
         in_list = list_pos < last
@@ -120,7 +135,10 @@ def _scores_kernel(
             logical = list_pos
         else:
             logical = tl.load(pages + bh.to(tl.int64) * M + list_pos, mask=in_list, other=0)
-        phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
+        if PAGED:
+            phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
+        else:
+            phys = logical
         pos = logical * S + slot % S
         valid = in_list & (pos < length)
         row = (bh.to(tl.int64) * P + phys) * S + slot % S
@@ -146,15 +164,17 @@ def _scores_kernel(
             l_sum = l_sum * shrink + tl.sum(p, axis=1)
             acc = acc * shrink[:, None] + pv
         else:
+            m_new = tl.maximum(m_new, tl.where(gmask, shared, float("-inf")))
             floor = lin_w * m_new - 1.0  # <= (α-1)·max s − 1 <= τ
             if GIVEN_TAU:
                 floor = tl.minimum(floor, given)
             keep = (lin_w * s > floor[:, None]).to(tl.int32)
-            at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
-            dst = out_row[:, None] * CAP + at
-            tl.store(cand_s + dst, s, mask=keep == 1)
-            tl.store(cand_i + dst, pos[None, :].to(tl.int32) + tl.zeros_like(keep), mask=keep == 1)
-            cnt += tl.sum(keep, axis=1)
+            if tl.sum(keep) > 0:  # most chunks hold no survivor once the floor is high
+                at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
+                dst = out_row[:, None] * CAP + at
+                tl.store(cand_s + dst, s, mask=keep == 1)
+                tl.store(cand_i + dst, pos[None, :].to(tl.int32) + tl.zeros_like(keep), mask=keep == 1)
+                cnt += tl.sum(keep, axis=1)
         m = m_new
 
     tl.store(part_m + out_row, m, mask=gmask)
@@ -162,20 +182,112 @@ def _scores_kernel(
         tl.store(part_l + out_row, l_sum, mask=gmask)
         tl.store(part_acc + out_row[:, None] * D + d[None, :], acc, mask=gmask[:, None] & dmask[None, :])
     else:
-        tl.store(cand_n + out_row, cnt, mask=gmask)
+        # Early tokens passed a floor from a smaller running maximum: filter this split's
+        # survivors again against its final maximum, in place (each chunk is read before
+        # anything at or past it is written), so the τ kernel gathers only a few per split.
+        floor = lin_w * m - 1.0
+        if GIVEN_TAU:
+            floor = tl.minimum(floor, given)
+        kept = tl.zeros((G_PAD,), tl.int32)
+        tl.debug_barrier()  # the survivors other lanes stored above are visible
+        for j in range(0, tl.max(cnt), BLOCK_N):
+            src = out_row[:, None] * CAP + j + t[None, :]
+            ok = (j + t[None, :]) < cnt[:, None]
+            s = tl.load(cand_s + src, mask=ok, other=float("-inf"))
+            pos = tl.load(cand_i + src, mask=ok, other=0)
+            keep = (ok & (lin_w * s > floor[:, None])).to(tl.int32)
+            dst = out_row[:, None] * CAP + kept[:, None] + tl.cumsum(keep, axis=1) - keep
+            tl.debug_barrier()  # every lane has read its chunk before any lane overwrites it
+            tl.store(cand_s + dst, s, mask=keep == 1)
+            tl.store(cand_i + dst, pos, mask=keep == 1)
+            kept += tl.sum(keep, axis=1)
+        tl.store(cand_n + out_row, kept, mask=gmask)
 
 
 @triton.jit
-def _excess(comp_s, base, total, lin, tau, inv_power, KIND: tl.constexpr, BLOCK: tl.constexpr):
-    """f(τ) = Σ ρ(z − τ) − 1 and its derivative −Σ ρ'(z − τ) over the gathered survivors (float64)."""
-    r = tl.arange(0, BLOCK)
-    f = tl.zeros((BLOCK,), tl.float64)
-    slope = tl.zeros((BLOCK,), tl.float64)
-    for off in range(0, total, BLOCK):
-        z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
-        f += rho(z - tau, inv_power, KIND)
-        slope += rho_slope(z - tau, inv_power, KIND)
-    return tl.sum(f) - 1.0, -tl.sum(slope)
+def _excess(comp_s, base, total, z_reg, lin, tau, inv_power, KIND: tl.constexpr, BLOCK: tl.constexpr,
+            IN_REGS: tl.constexpr):
+    """f(τ) = Σ ρ(z − τ) − 1 and its derivative −Σ ρ'(z − τ) over the gathered survivors
+    (float64): from ``z_reg`` when they are held in registers, else streamed from ``comp_s``."""
+    if IN_REGS:
+        f_sum = tl.sum(rho(z_reg - tau, inv_power, KIND))
+        slope_sum = tl.sum(rho_slope(z_reg - tau, inv_power, KIND))
+    else:
+        r = tl.arange(0, BLOCK)
+        f = tl.zeros((BLOCK,), tl.float64)
+        slope = tl.zeros((BLOCK,), tl.float64)
+        for off in range(0, total, BLOCK):
+            z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
+            f += rho(z - tau, inv_power, KIND)
+            slope += rho_slope(z - tau, inv_power, KIND)
+        f_sum = tl.sum(f)
+        slope_sum = tl.sum(slope)
+    return f_sum - 1.0, -slope_sum
+
+
+@triton.jit
+def _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
+    """(#{z > τ}, Σ z, Σ z²) over the survivors above τ (float64)."""
+    if IN_REGS:
+        sup = z_reg > tau
+        cnt = tl.sum(tl.where(sup, 1.0, 0.0))
+        s1 = tl.sum(tl.where(sup, z_reg, 0.0))
+        s2 = tl.sum(tl.where(sup, z_reg * z_reg, 0.0))
+    else:
+        r = tl.arange(0, BLOCK)
+        c_acc = tl.zeros((BLOCK,), tl.float64)
+        s1_acc = tl.zeros((BLOCK,), tl.float64)
+        s2_acc = tl.zeros((BLOCK,), tl.float64)
+        for off in range(0, total, BLOCK):
+            z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
+            sup = z > tau
+            c_acc += tl.where(sup, 1.0, 0.0)
+            s1_acc += tl.where(sup, z, 0.0)
+            s2_acc += tl.where(sup, z * z, 0.0)
+        cnt = tl.sum(c_acc)
+        s1 = tl.sum(s1_acc)
+        s2 = tl.sum(s2_acc)
+    return cnt, s1, s2
+
+
+@triton.jit
+def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
+               TAU_MODE: tl.constexpr, BISECT_ITERS: tl.constexpr, KIND: tl.constexpr, BLOCK: tl.constexpr,
+               IN_REGS: tl.constexpr):
+    """τ over the survivors: bisection then the exact support formula (TAU_EXACT), the given
+    τ (TAU_GIVEN), or safeguarded Newton from it (TAU_REFINED, see ``entmaxkv.refine``)."""
+    if TAU_MODE == 0:
+        lo = floor
+        hi = zmax - tl.exp2(-lin * tl.log2(total.to(tl.float64)))  # f(hi) <= 0: each weight <= 1/total
+        for _ in range(BISECT_ITERS):
+            mid = (lo + hi) / 2
+            f_mid, _unused = _excess(comp_s, base, total, z_reg, lin, mid, inv_power, KIND, BLOCK, IN_REGS)
+            lo = tl.where(f_mid >= 0, mid, lo)
+            hi = tl.where(f_mid >= 0, hi, mid)
+        tau = (lo + hi) / 2
+        if KIND != 3:
+            # exact τ from the support found by bisection (as the sort-based reference)
+            cnt, s1, s2 = _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
+            k = tl.maximum(cnt, 1.0)
+            if KIND == 2:
+                tau = (s1 - 1.0) / k
+            else:
+                mean = s1 / k
+                ss = tl.maximum(s2 - k * mean * mean, 0.0)
+                tau = mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
+    else:
+        tau = given
+        if TAU_MODE == 2:
+            # safeguarded Newton from a point <= the root (see gaussian.refine_tau)
+            f_given, _unused = _excess(comp_s, base, total, z_reg, lin, given, inv_power, KIND, BLOCK, IN_REGS)
+            x = tl.where(f_given >= 0, tl.maximum(given, zmax - 1.0), zmax - 1.0)
+            for _ in range(refine_iters):
+                fx, dfx = _excess(comp_s, base, total, z_reg, lin, x, inv_power, KIND, BLOCK, IN_REGS)
+                step = fx / tl.maximum(-dfx, 1e-300)
+                x = tl.minimum(tl.maximum(x + step, x), zmax)
+            fx, _unused = _excess(comp_s, base, total, z_reg, lin, x, inv_power, KIND, BLOCK, IN_REGS)
+            tau = tl.where(tl.abs(fx) <= tl.abs(f_given), x, given)
+    return tau
 
 
 @triton.jit
@@ -184,8 +296,8 @@ def _tau_kernel(
     comp_s, comp_i, out, tau_out,
     alpha, H, G, P, D, CAP, refine_iters,
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK: tl.constexpr, TAU_MODE: tl.constexpr, BISECT_ITERS: tl.constexpr, KIND: tl.constexpr,
-    WORK: tl.constexpr,
+    BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
+    BISECT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, PAGED: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
     hq_total = H * G
@@ -214,66 +326,49 @@ def _tau_kernel(
         inv_power = 1.0 / lin
         zmax = lin * m_all
         floor = zmax - 1.0
+        given = floor
         if TAU_MODE != 0:
             # a given τ keeps the top token in the support (as the reference does)
             given = tl.minimum(tl.load(tau_in + row).to(tl.float64), zmax - 1e-9 * (1.0 + tl.abs(zmax)))
             floor = tl.minimum(floor, given)
 
-        # gather the survivors of every split that can still have weight
-        r = tl.arange(0, BLOCK)
+        # gather the survivors of every split that can still have weight: the first GATHER
+        # of each split in one load, the rest (splits with more) split by split
         base = row * (NSPLIT + 1) * CAP
-        total = 0
-        for j in range(NSPLIT + 1):
-            n_j = tl.load(cand_n + row * (NSPLIT + 1) + j)
-            for off in range(0, n_j, BLOCK):
-                src = base + j * CAP + off + r
-                ok = off + r < n_j
-                s = tl.load(cand_s + src, mask=ok, other=float("-inf"))
-                keep = (ok & (s.to(tl.float64) * lin > floor)).to(tl.int32)
-                at = total + tl.cumsum(keep, axis=0) - keep
-                tl.store(comp_s + base + at, s, mask=keep == 1)
-                tl.store(comp_i + base + at, tl.load(cand_i + src, mask=ok, other=0), mask=keep == 1)
-                total += tl.sum(keep)
+        n_split = tl.load(cand_n + row * (NSPLIT + 1) + splits, mask=smask, other=0)
+        slot = tl.arange(0, GATHER)
+        src2 = base + splits[:, None] * CAP + slot[None, :]
+        ok2 = slot[None, :] < n_split[:, None]
+        s2 = tl.load(cand_s + src2, mask=ok2, other=float("-inf"))
+        pos2 = tl.load(cand_i + src2, mask=ok2, other=0)
+        keep2 = tl.reshape((ok2 & (s2.to(tl.float64) * lin > floor)).to(tl.int32), (BLOCK_SPLIT * GATHER,))
+        at2 = base + tl.cumsum(keep2, axis=0) - keep2
+        tl.store(comp_s + at2, tl.reshape(s2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+        tl.store(comp_i + at2, tl.reshape(pos2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+        total = tl.sum(keep2)
+        r = tl.arange(0, BLOCK)
+        if tl.max(n_split) > GATHER:
+            for j in range(NSPLIT + 1):
+                n_j = tl.load(cand_n + row * (NSPLIT + 1) + j)
+                for off in range(GATHER, n_j, BLOCK):
+                    src1 = base + j * CAP + off + r
+                    ok1 = off + r < n_j
+                    s1 = tl.load(cand_s + src1, mask=ok1, other=float("-inf"))
+                    keep1 = (ok1 & (s1.to(tl.float64) * lin > floor)).to(tl.int32)
+                    at1 = total + tl.cumsum(keep1, axis=0) - keep1
+                    tl.store(comp_s + base + at1, s1, mask=keep1 == 1)
+                    tl.store(comp_i + base + at1, tl.load(cand_i + src1, mask=ok1, other=0), mask=keep1 == 1)
+                    total += tl.sum(keep1)
+        tl.debug_barrier()  # the compacted survivors are visible to every lane
 
-        if TAU_MODE == 0:
-            lo = floor
-            hi = zmax - tl.exp2(-lin * tl.log2(total.to(tl.float64)))  # f(hi) <= 0: each weight <= 1/total
-            for _ in range(BISECT_ITERS):
-                mid = (lo + hi) / 2
-                f_mid, _unused = _excess(comp_s, base, total, lin, mid, inv_power, KIND, BLOCK)
-                lo = tl.where(f_mid >= 0, mid, lo)
-                hi = tl.where(f_mid >= 0, hi, mid)
-            tau = (lo + hi) / 2
-            if KIND != 3:
-                # exact τ from the support found by bisection (as the sort-based reference)
-                cnt = tl.zeros((BLOCK,), tl.float64)
-                s1 = tl.zeros((BLOCK,), tl.float64)
-                s2 = tl.zeros((BLOCK,), tl.float64)
-                for off in range(0, total, BLOCK):
-                    z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
-                    sup = z > tau
-                    cnt += tl.where(sup, 1.0, 0.0)
-                    s1 += tl.where(sup, z, 0.0)
-                    s2 += tl.where(sup, z * z, 0.0)
-                k = tl.maximum(tl.sum(cnt), 1.0)
-                if KIND == 2:
-                    tau = (tl.sum(s1) - 1.0) / k
-                else:
-                    mean = tl.sum(s1) / k
-                    ss = tl.maximum(tl.sum(s2) - k * mean * mean, 0.0)
-                    tau = mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
+        if total <= BLOCK_REGS:  # the usual case: solve with the survivors held in registers
+            rr = tl.arange(0, BLOCK_REGS)
+            z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
+            tau = _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
+                             TAU_MODE, BISECT_ITERS, KIND, BLOCK, True)
         else:
-            tau = given
-            if TAU_MODE == 2:
-                # safeguarded Newton from a point <= the root (see gaussian.refine_tau)
-                f_given, _unused = _excess(comp_s, base, total, lin, given, inv_power, KIND, BLOCK)
-                x = tl.where(f_given >= 0, tl.maximum(given, zmax - 1.0), zmax - 1.0)
-                for _ in range(refine_iters):
-                    fx, dfx = _excess(comp_s, base, total, lin, x, inv_power, KIND, BLOCK)
-                    step = fx / tl.maximum(-dfx, 1e-300)
-                    x = tl.minimum(tl.maximum(x + step, x), zmax)
-                fx, _unused = _excess(comp_s, base, total, lin, x, inv_power, KIND, BLOCK)
-                tau = tl.where(tl.abs(fx) <= tl.abs(f_given), x, given)
+            tau = _solve_tau(comp_s, base, total, lin, lin, inv_power, floor, zmax, given, refine_iters,
+                             TAU_MODE, BISECT_ITERS, KIND, BLOCK, False)
 
         # weights on the support, V read for those tokens only
         acc = tl.zeros((BLOCK_D,), tl.float64)
@@ -284,7 +379,10 @@ def _tau_kernel(
             live = ok & (z > tau)
             p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
             pos = tl.load(comp_i + base + off + r, mask=live, other=0)
-            phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
+            if PAGED:
+                phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
+            else:
+                phys = pos // S
             vrow = (bh * P + phys) * S + pos % S
             v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
             acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
@@ -295,7 +393,7 @@ def _tau_kernel(
 
 @triton_op("entmaxkv::sparse_decode", mutates_args=())
 def sparse_decode(
-    q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor,
+    q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor | None,
     pages: torch.Tensor, n_pages: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None,
     tau_in: torch.Tensor | None, score_floor: torch.Tensor | None, alpha: float, scale: float, dense: bool,
     tau_mode: int, refine_iters: int,
@@ -305,7 +403,8 @@ def sparse_decode(
     Args:
         q: [B, Hq, D] contiguous, in the cache dtype (Hq = Hkv·G).
         k_pages, v_pages: [B, Hkv, P, S, D] contiguous.
-        page_table: [B, P] int32, logical page -> physical page.
+        page_table: [B, P] int32, logical page -> physical page, or None for the identity
+            (today's cache: no lookup is made).
         pages: [B, Hkv, M] int32 logical full pages to attend (never the newest page; padding −1);
             n_pages: [B, Hkv] int32, entries used. Ignored when ``dense`` (every full page
             before the newest one is attended).
@@ -340,19 +439,23 @@ def sparse_decode(
     part_acc = torch.empty((rows * d if not entmax else 1,), dtype=work, device=q.device)
     native = q.is_cuda and k_pages.dtype in (torch.float16, torch.bfloat16)
     given = tau_mode != TAU_EXACT
+    paged = page_table is not None
+    if page_table is None:
+        page_table = seq_lens  # never read
     slopes = alibi_slopes if alibi_slopes is not None else part_m
     tau_src = tau_in if tau_in is not None else part_m
     floor_src = score_floor if score_floor is not None else part_m
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
+    run_max = torch.full((b * hq if entmax else 1,), float("-inf"), dtype=work, device=q.device)
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
-        q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src,
+        q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
-        BLOCK_N=max(16, next_pow2(max(s, TOKENS_PER_ITER))), NSPLIT=nsplit, DENSE=dense,
+        BLOCK_N=max(16, next_pow2(max(s, TOKENS_PER_ITER))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native,
+        KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS,
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
@@ -363,8 +466,8 @@ def sparse_decode(
         comp_s, comp_i, out, tau,
         alpha, hkv, g, p, d, cap, refine_iters,
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
-        TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
-        KIND=kind, WORK=wtl,
+        GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
+        KIND=kind, WORK=wtl, PAGED=paged,
     )
     return out, tau
 
