@@ -64,12 +64,18 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
 
 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
-               kernels: bool, needs_sigma: bool) -> Step:
-    """Everything a selector may look at, computed by the chosen backend."""
+               kernels: bool, needs_sigma: bool, needs_page_scores: bool = True) -> Step:
+    """Everything a selector may look at, computed by the chosen backend. Without
+    ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities are
+    None and no page statistic is read."""
     page = torch.arange(cache.num_pages, device=cache.device)
     newest = (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
     candidates = cache.full_page_mask()[:, None, :] & ~newest
     newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
+    if not needs_page_scores:
+        ops = (KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, None, None, newest_scores.amax(-1))
+               if kernels else ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest))
+        return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, newest, candidates, newest_scores, ops)
     if kernels:
         upper, absmax, means, sigma = torch.ops.entmaxkv.page_scores(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
@@ -80,7 +86,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     upper = quest_bounds(cache, q, scale, alibi_slopes)
     means = mean_scores(cache, q, scale, alibi_slopes)
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
-    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes)
+    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest)
     return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest, candidates, newest_scores, ops)
 
 
@@ -99,8 +105,10 @@ def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tenso
 class ReferenceOps:
     """The oracle's primitives: every token scored in plain torch."""
 
-    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None):
+    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
+                 newest: Tensor):
         self.cache, self.q, self.alpha, self.scale, self.alibi_slopes = cache, q, alpha, scale, alibi_slopes
+        self.newest = newest
         self.scores = token_scores(cache, q, scale, alibi_slopes)
         self._errors: Tensor | None = None
 
@@ -109,7 +117,7 @@ class ReferenceOps:
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
-        tokens = self.cache.tokens_of(page_mask)
+        tokens = self.cache.tokens_of(page_mask | self.newest)
         return attend(self.scores, self.cache.values(), tokens, self.alpha, tau, refine_iters)
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
@@ -136,8 +144,7 @@ class KernelOps:
         self.candidates, self.means, self.absmax, self.newest_max = candidates, means, absmax, newest_max
         self.newest_magnitude = newest_page_magnitude(cache, q, scale)
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
-        b, p = cache.batch, cache.num_pages
-        self.page_table = torch.arange(p, dtype=torch.int32, device=cache.device).expand(b, p).contiguous()
+        self._listed: tuple[Tensor, Tensor, Tensor] | None = None  # top_pages' last (mask, pages, count)
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -152,8 +159,10 @@ class KernelOps:
         forced = torch.isposinf(key).sum(-1)
         rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
         want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
-        pages, _ = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
-        return pages_to_mask(pages, c.num_pages)
+        pages, count = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
+        mask = pages_to_mask(pages, c.num_pages)
+        self._listed = (mask, pages, count)  # attend of this very mask reuses the list
+        return mask
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
@@ -162,12 +171,14 @@ class KernelOps:
         if all_pages:
             pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = pages[..., 0]
+        elif self._listed is not None and page_mask is self._listed[0]:
+            pages, count = self._listed[1:]  # key −inf off the candidates: the list holds candidates only
         else:
             pages, count = self._list(page_mask)
         mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
         tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
-            self.q, c.k_pages, c.v_pages, self.page_table, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
+            self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
             self.score_floor(page_mask).reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
             refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
@@ -181,7 +192,11 @@ class KernelOps:
         """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key
         score of an attended full page (the mean key is a convex combination of the page's
         keys) or the newest page's best score — less what rounding could have added to it.
-        Lets the attention drop tokens that cannot be in the support from its first page on."""
+        Lets the attention drop tokens that cannot be in the support from its first page on.
+        Without page scores, the newest page's alone."""
+        newest = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        if self.means is None:
+            return newest
         chosen = (page_mask & self.candidates)[:, :, None, :]
         d, s = self.cache.head_dim, self.cache.page_size
         eps = torch.finfo(self.means.dtype).eps
@@ -191,7 +206,6 @@ class KernelOps:
             c = self.cache
             slack = slack + self.alibi_slopes.abs().reshape(1, c.num_kv_heads, -1, 1).to(slack.dtype) * (s - 1) / 2
         means = torch.where(chosen, self.means - slack, torch.full_like(self.means, float("-inf"))).amax(-1)
-        newest = self.newest_max - 2 * self.gamma * self.newest_magnitude
         return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:

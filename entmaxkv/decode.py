@@ -87,10 +87,11 @@ def attend_cache(
         fits = torch.ones_like(cache.seq_lens, dtype=torch.bool)
 
     kernels = uses_kernels(cache.device, cache.dtype, config.backend)
-    step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma)
+    step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma,
+                      needs_page_scores=config.selector.needs_page_scores or with_info)
     selection = config.selector.select(step)
     page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
-    out, tau = step.ops.attend(page_mask, selection.tau, selection.refine_iters, selection.all_pages)
+    out, tau = step.ops.attend(selection.page_mask, selection.tau, selection.refine_iters, selection.all_pages)
     b, hq, _, d = q.shape
     out = torch.where(fits[:, None, None, None], out, torch.full_like(out, float("nan")))
     out = out.reshape(b, hq, 1, d).to(q.dtype)

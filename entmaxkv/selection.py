@@ -31,9 +31,10 @@ class StepOps(Protocol):
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
-        """Entmax attention over the tokens of ``page_mask`` [B, Hkv, P] (which includes the
-        newest page): ``(out [B, Hkv, G, D], tau [B, Hkv, G] float64)``; ``tau`` as in
-        ``reference.attend``; ``all_pages`` promises the mask holds every live page."""
+        """Entmax attention over the tokens of ``page_mask`` [B, Hkv, P] plus the newest page
+        (always attended, whether the mask holds it or not): ``(out [B, Hkv, G, D],
+        tau [B, Hkv, G] float64)``; ``tau`` as in ``reference.attend``; ``all_pages``
+        promises the mask holds every live page."""
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``
@@ -53,7 +54,8 @@ class Step:
     Attributes:
         cache: the cache including the new token; q: [B, Hq, 1, D]; alpha, scale, alibi_slopes;
         upper: [B, Hkv, G, P] safe bounds of every score in each page (meaningful on full pages);
-        means: [B, Hkv, G, P] scores of the page mean keys (a score some token attains);
+            None when the selector does not read page scores (``Selector.needs_page_scores``);
+        means: [B, Hkv, G, P] scores of the page mean keys (a score some token attains), or None;
         sigma: [B, Hkv, G, P] the Gaussian model's score std per page, or None when the
             selector did not ask for it (``Selector.needs_sigma``);
         newest: [B, 1, P] bool, the page holding each sequence's newest token (always attended);
@@ -68,8 +70,8 @@ class Step:
     alpha: float
     scale: float
     alibi_slopes: Tensor | None
-    upper: Tensor
-    means: Tensor
+    upper: Tensor | None
+    means: Tensor | None
     sigma: Tensor | None
     newest: Tensor
     candidates: Tensor
@@ -101,6 +103,7 @@ class Selector:
     """Base class of page selectors: frozen dataclasses with one method."""
 
     needs_sigma = False  # whether ``Step.sigma`` must be computed
+    needs_page_scores = True  # whether ``Step.upper`` / ``Step.means`` must be computed
 
     def select(self, step: Step) -> Selection:
         raise NotImplementedError
@@ -111,7 +114,10 @@ class Selector:
 
 @dataclass(frozen=True)
 class Dense(Selector):
-    """Attend every page: the baseline, equal to ``reference.dense_decode``."""
+    """Attend every page: the baseline, equal to ``reference.dense_decode``. Reads no page
+    statistics (unless a step asks for its certificate)."""
+
+    needs_page_scores = False
 
     def select(self, step: Step) -> Selection:
         c = step.cache

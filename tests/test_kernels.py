@@ -129,7 +129,10 @@ def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
 
 
 @pytest.mark.parametrize("wide", [False, True])
-def test_select_pages_equals_a_stable_sort(wide, poison):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_select_pages_equals_a_stable_sort(wide, streamed, poison, monkeypatch):
+    if streamed:  # rows longer than a register block: the streamed bitwise search
+        monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
@@ -199,6 +202,30 @@ def test_sparse_decode_equals_the_reference(alpha, dtype, group, alibi, poison):
         assert err < OUT_TOL[dtype], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau, rtol=1e-5 if dtype != torch.float64 else 1e-12, atol=1e-5,
                                    msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_sparse_decode_with_many_survivors(alpha, poison):
+    """Near-ties: every token can be in the support, so splits keep more survivors than the τ
+    kernel gathers in one load, and one row has more than it solves in registers."""
+    seed = fresh_seed()
+    lens = [300 + random.Random(seed).randrange(17), 40 + random.Random(seed + 1).randrange(17)]
+    cache, _, _ = make_cache(seed, 2, 1, 16, 16, lens, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 2, 1, 16, generator=g) * 1e-2
+    newest = (cache.seq_lens - 1) // 16
+    pages = torch.full((2, 1, cache.num_pages), -1, dtype=torch.int32)
+    count = newest.int()[:, None].contiguous()
+    for i in range(2):
+        pages[i, 0, : int(newest[i])] = torch.arange(int(newest[i]), dtype=torch.int32)
+    want, want_tau = ekv.dense_decode(cache, q.double(), alpha, 0.3)
+    for dense in (False, True):
+        # no page table: the identity without lookups (the paged path is tested above)
+        out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                 cache.seq_lens, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+        err = float((out.double() - want[:, :, 0]).abs().max() / want.abs().max())
+        assert err < OUT_TOL[torch.float32], (seed, dense, err)
+        torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("mode", [TAU_GIVEN, TAU_REFINED])
