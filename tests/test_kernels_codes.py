@@ -61,7 +61,7 @@ def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random"):
 
 def coded_pages(cache) -> torch.Tensor:
     """[B, 1, 1, P] bool: full pages other than the one holding the newest token."""
-    page = torch.arange(cache.num_pages)
+    page = torch.arange(cache.num_pages, device=cache.device)
     return (page[None, :] < ((cache.seq_lens - 1).clamp_min(0) // cache.page_size)[:, None])[:, None, None, :]
 
 
@@ -160,8 +160,9 @@ def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
     index, count, page_mask = code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
                                               cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
                                               alpha - 1, capacity)
-    reach = reference_reach(cache, q, scale, slopes, tau_low, alpha)
-    band = (alpha - 1) * rounding_part(cache, q, scale).amax(2).repeat_interleave(cache.page_size, -1)
+    reach = reference_reach(cache, q, scale, slopes, tau_low, alpha).cpu()
+    band = (alpha - 1) * rounding_part(cache, q, scale).amax(2).repeat_interleave(cache.page_size, -1).cpu()
+    index, count, page_mask = index.cpu(), count.cpu(), page_mask.cpu()
     sure, maybe = reach > band, reach > -band  # identical up to the rounding of ŝ
     for i in range(cache.batch):
         for j in range(cache.num_kv_heads):
@@ -257,3 +258,81 @@ def test_ops_batch_under_vmap():
         want = bounds(q[i], c.k_codes, c.k_min, c.k_max, c.seq_lens)
         for x, y in zip(got[:2], want[:2]):
             assert torch.equal(x[i], y), seed
+
+
+# ---- on the GPU (the real compiler) -------------------------------------------------------------
+
+
+def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
+    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=seed, dtype=dtype,
+                             device="cuda")
+    k, v = stream.prompt(n)
+    lens = [n - (i * 37) % (n // 2) for i in range(b)]  # ragged, crossing page edges
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=n + slack, dtype=dtype,
+                                   device="cuda", key_bits=bits)
+    return stream, ekv.prefill(empty, k, v, lens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi):
+    stream, cache = cuda_cache(dtype, bits, seed=bits + 2 * alibi)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(16, device="cuda") * 0.01 if alibi else None
+    scale = 128 ** -0.5
+    page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
+    want_s, want_eps = code_scores(cache, q, scale, slopes)
+    coded = coded_pages(cache).expand(eps.shape)
+    tokens = coded.repeat_interleave(cache.page_size, -1)
+    tol = rounding_part(cache, q, scale).repeat_interleave(cache.page_size, -1)
+    gap = ((s_hat.double() - want_s.double()).abs() - tol)[tokens]
+    assert bool((gap <= 0).all()), float(gap.max())
+    gamma = 2 * 130 * torch.finfo(eps.dtype).eps
+    torch.testing.assert_close(eps[coded], want_eps[coded], rtol=2 * gamma, atol=0)
+    best = s_hat.reshape(*s_hat.shape[:3], -1, cache.page_size).amax(-1)
+    assert torch.equal(page_max[coded], best[coded])
+    from entmaxkv.reference import token_scores
+
+    ref = token_scores(cache, q, scale, slopes).double()
+    radius = eps.double().repeat_interleave(cache.page_size, -1)
+    assert bool(((ref - s_hat.double()).abs() - radius)[tokens].le(0).all())  # the interval holds
+    top = torch.where(tokens, want_s, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - 1.0)).contiguous()
+    count = check_candidates(cache, q, scale, slopes, tau_low, 1.5, 10_000, 0)
+    check_candidates(cache, q, scale, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
+    """The kernel step never calls the torch scan, has no host sync, and a CUDA graph of it
+    replays equal to eager steps across page edges; every step certified and equal to dense."""
+    import entmaxkv.exact_codes as exact_codes
+    from entmaxkv.compiled import GraphedDecodeStep
+
+    def boom(*args, **kwargs):
+        raise AssertionError("torch code scan called on the CUDA path")
+
+    monkeypatch.setattr(exact_codes, "code_scores", boom)
+    stream, cache = cuda_cache(torch.float16, bits, b=2, hq=8, hkv=2, n=2000, seed=9, slack=128)
+    config = ekv.DecodeConfig(1.5, ekv.Exact())
+    decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=8, compile=False)
+    eager = cache.fork()
+    for _ in range(40):  # crosses page edges: codes of completed pages are written in the graph too
+        q, k, v = stream.step()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = decoder(q, k, v).clone()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        eager, want, info = ekv.decode_step(eager, q, k, v, config, with_info=True)
+        assert torch.equal(got, want)
+        assert bool(info.certified.all())
+        dense, _ = ekv.dense_decode(eager, q, 1.5)
+        assert float((want.double() - dense.double()).abs().max()) < 3e-3
+    assert torch.equal(decoder.cache.k_codes, eager.k_codes)
