@@ -336,3 +336,55 @@ def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
         dense, _ = ekv.dense_decode(eager, q, 1.5)
         assert float((want.double() - dense.double()).abs().max()) < 3e-3
     assert torch.equal(decoder.cache.k_codes, eager.k_codes)
+
+
+# ---- opcheck, compile, vmap through the step ------------------------------------------------
+
+
+def test_opcheck_the_code_scan_ops():
+    cache = coded_cache(3, [23, 10], 2, 8, 4, 4, torch.float32)
+    q = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(3))
+    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens)
+    page_max, eps, _ = code_bounds(*args, None, 4, 0.3, False)
+    tau = torch.full((2, 2, 2), -0.5, dtype=torch.float64)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False))
+        torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
+                              (*args, torch.rand(4) * 0.1, page_max, eps, tau, 4, 0.3, 0.5, 7))
+
+
+def test_compiled_exact_with_codes_through_the_ops_equals_eager():
+    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=4, dtype=torch.float32)
+    k, v = stream.prompt(40)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=64, page_size=4, key_bits=4,
+                                   dtype=torch.float32)
+    cache = ekv.prefill(empty, k, v, [40, 27])
+    q, kn, vn = stream.step()
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
+    _, want = ekv.decode_step(cache.fork(), q, kn, vn, config)
+    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        _, got = step(cache.fork().without_host_len(), q, kn, vn, config)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_vmap_exact_with_codes_through_the_ops_equals_a_loop():
+    """vmap over caches with key codes, vmap's per-example fallback off: every op on the
+    kernel path of Exact with codes has a batch rule; equal to a Python loop."""
+    seed = fresh_seed()
+    caches = []
+    for i in range(2):
+        cache = coded_cache(seed + i, lengths(seed + i, 2, 4), 2, 8, 4, 4, torch.float32)
+        caches.append(cache.with_capacity(48).without_host_len())
+    g = torch.Generator().manual_seed(seed)
+    steps = [tuple(torch.randn(2, h, 1, 8, generator=g) for h in (4, 2, 2)) for _ in range(2)]
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=6), backend="triton")
+    want = [ekv.decode_step(c.fork(), *s, config)[1] for c, s in zip(caches, steps)]
+    stacked = torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *[c.fork() for c in caches])
+    q, k, v = (torch.stack(x) for x in zip(*steps))
+    torch._C._functorch._set_vmap_fallback_enabled(False)  # an op without a batch rule now raises
+    try:
+        _, got = torch.func.vmap(lambda c, q, k, v: ekv.decode_step(c, q, k, v, config))(stacked, q, k, v)
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(True)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
