@@ -64,7 +64,8 @@ class CodeCandidates:
     count: [B, Hkv] int64 candidates found (may exceed C);
     overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
-    page_mask: [B, Hkv, P] bool, pages holding a listed candidate;
+    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate;
+        the same unless the row overflowed);
     seed_pages: [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the newest page
         came on top).
     """
