@@ -39,7 +39,8 @@ from entmaxkv.backend import build_step
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.exact_codes import code_candidates as exact_candidates
 from entmaxkv.synthetic import SyntheticStream
-from gpu_check import time_replays as time_us  # the same CUDA-event median timing (benchmarks/ is on sys.path)
+from decode import copy_bandwidth  # benchmarks/ is on sys.path
+from gpu_check import time_replays as time_us  # the same CUDA-event median timing
 
 
 def needle_data(b: int, hq: int, hkv: int, d: int, n: int, needles: int, seed: int, dtype, device):
@@ -95,7 +96,7 @@ def check_step(cache, q, k_new, v_new, config, row):
     return step, found
 
 
-def bench(args, n, bits, log) -> dict:
+def bench(args, n, bits, bandwidth, log) -> dict:
     b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
     row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data)
     if args.data == "needles":
@@ -115,6 +116,8 @@ def bench(args, n, bits, log) -> dict:
     del k, v
     row["code_MB"] = cache.k_codes[:, :, : n // cache.page_size].numel() / 1e6
     row["kv_MB"] = 2 * b * hkv * n * d * 2 / 1e6
+    # pass 1 reads every coded page's codes and fp16 min/max once: its byte floor
+    row["scan_floor_us"] = (row["code_MB"] + b * hkv * (n // cache.page_size) * 2 * d * 2 / 1e6) * 1e6 / bandwidth * 1e6
     config = ekv.DecodeConfig(alpha=alpha, selector=ekv.Exact(max_candidates=args.max_candidates))
     try:
         step, found = check_step(cache, q, k_new, v_new, config, row)
@@ -174,21 +177,24 @@ def main() -> None:
 
     meta = dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                 triton=triton.__version__, command="python benchmarks/keycodes_gpu.py " + " ".join(sys.argv[1:]))
+    bandwidth = copy_bandwidth()
+    meta["copy_bandwidth_TBps"] = bandwidth / 1e12
     log(json.dumps(meta))
     rows = []
     for bits in (int(x) for x in args.bits.split(",")):
         for n in (int(x) for x in args.contexts.split(",")):
-            rows.append(bench(args, n, bits, log))
+            rows.append(bench(args, n, bits, bandwidth, log))
             (out / "keycodes_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     nan = float("nan")
-    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs | code_candidates µs | pages read | "
-             "candidates (med/max) | certified | overflow rows | max err vs torch path | max err vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs | scan floor µs | code_candidates µs | "
+             "pages read | candidates (med/max) | certified | overflow rows | max err vs torch path | max err vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
             f"| {r['context']} | {r['bits']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
-            f"{r.get('code_bounds_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "
+            f"{r.get('code_bounds_us', nan):.1f} | {r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | "
+            f"{r.get('pages_read', nan):.4f} | "
             f"{r.get('candidates_med_max', '-')} | {r.get('certified', '-')} | {r.get('overflow_rows', '-')} | "
             f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} |"
             + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
