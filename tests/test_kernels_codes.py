@@ -228,8 +228,10 @@ def test_kernel_path_candidates_equal_the_reference_path(bits, group, alibi, cap
         found[kernels] = reference_candidates(step, 4, capacity)
     ref, ker = found[False], found[True]
     assert torch.equal(ref.seed_pages, ker.seed_pages), seed
-    torch.testing.assert_close(ker.tau_low, ref.tau_low, rtol=0, atol=1e-4, msg=str(seed))
+    # two safe lower bounds of the same τ whose rounding margins differ (kernels: γ·|score|
+    # scale per page; reference: per token), both a few γ·|score| below τ
     tau_gap = (ker.tau_low - ref.tau_low).abs().amax(-1)  # [B, Hkv]
+    assert bool((tau_gap <= 1e-3 * (1 + ref.tau_low.abs().amax(-1))).all()), (seed, tau_gap)
     reach = reference_reach(cache, q, 0.25, slopes, ref.tau_low, 1.5)
     band = 0.5 * rounding_part(cache, q, 0.25).amax(2).repeat_interleave(page, -1) + tau_gap[..., None]
     near = ((reach.abs() <= band).sum(-1) > 0)  # rows with a token on the edge may differ by it
