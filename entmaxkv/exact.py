@@ -43,9 +43,10 @@ class Exact(Selector):
         exclude (on real attention page bounds are loose: see ../shared/FINDINGS.md).
     With key codes (``use_codes`` and a cache with ``key_bits``), the three options above are
     unused and these apply; every step is then certified:
-    top_tokens: best tokens per query head (by their code lower bound) whose pages' exact
-        scores seed the τ lower bound; default 8 (on SmolLM2 real attention 4, 8, 16, 64 gave
-        the same candidates within 10%; more reads more seed pages).
+    top_tokens: pages per query head, those whose best token is best by its code lower
+        bound (they hold the head's ``top_tokens`` best tokens), whose exact scores seed the
+        τ lower bound; default 8 (on SmolLM2 real attention 4, 8, 16, 64 best tokens gave the
+        same candidates within 10%; more reads more seed pages).
     max_candidates: static capacity of the candidate token list per (sequence, KV head);
         default 512. A row with more candidates attends every page and sets ``info.overflow``.
     use_codes: use the cache's key codes when it has them; default True.

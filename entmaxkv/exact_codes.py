@@ -4,9 +4,11 @@ With key codes (``keycodes``) every token i of a full page has a score interval
 ŝ_i ± ε_p around its reference score s̃_i. For one decode step:
 
 1. scan the codes of every full page (other than the newest) -> ŝ_i, ε_p;
-2. seed: the pages holding each query head's ``top_tokens`` best tokens by ŝ - ε (the
-   group's union) plus the newest page; τ_low = a safe lower bound of τ over the seed's
-   exact scores (``Step.ops.tau_lower_bound``, either backend), so τ_low <= τ̃(seed);
+2. seed: for each query head the ``top_tokens`` pages whose best token is best by ŝ - ε
+   (they hold the head's ``top_tokens`` best tokens, and a page's best token is all a
+   per-page pass needs to keep; the group's union), plus the newest page; τ_low = a safe
+   lower bound of τ over the seed's exact scores (``Step.ops.tau_lower_bound``, either
+   backend), so τ_low <= τ̃(seed);
 3. candidates: tokens with lin(α)·(ŝ + ε) > τ_low for some head of the group;
 4. the attended set A = candidates + the newest page; exact τ over A;
 5. output from A's support.
@@ -24,6 +26,16 @@ and say so — the list is never silently truncated. This is the shape a kernel 
 pass over page-major codes with a per-page step vector, a τ bound from a small seed, and a
 compaction into a fixed-size list. (The seed is whole pages because selectors speak pages:
 ``StepOps`` bounds τ over a page set. A token-level seed would read less K.)
+
+Two implementations of steps 1-3, chosen by the step's backend: on the reference
+(``ReferenceOps``) the torch scan below (``keycodes.code_scores``: every code unpacked, token
+scores [B, Hkv, G, N] in memory); on the kernels (``KernelOps``) the ops of
+``entmaxkv.kernels.code_scan``: pass 1 keeps each page's best ŝ and ε per head, the seed is
+``select_pages`` over those, and pass 2 rescans only the pages whose best upper bound
+reaches τ_low, appending candidates to the list with an atomic counter. Both give the same
+seed, τ_low and candidate set up to the rounding of ŝ (the sums' order differs); the kernel
+list is in increasing token order, and its page mask holds every candidate's page (the
+reference's: the listed ones; the two differ only on overflow rows, which use every page).
 """
 
 from __future__ import annotations
@@ -33,10 +45,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from entmaxkv.backend import KernelOps
+from entmaxkv.conventions import pages_to_mask
 from entmaxkv.entmax import lin
 from entmaxkv.keycodes import code_scores
-from entmaxkv.conventions import pages_to_mask
 from entmaxkv.selection import Step
+from entmaxkv.topk import top_pages
 
 __all__ = ["CodeCandidates", "code_candidates"]
 
@@ -45,11 +59,13 @@ __all__ = ["CodeCandidates", "code_candidates"]
 class CodeCandidates:
     """Result of ``code_candidates``.
 
-    index: [B, Hkv, C] int64 candidate token slots (position p·S + j), -1 in unused entries;
+    index: [B, Hkv, C] int64 candidate token slots (position p·S + j), -1 in unused entries
+        (reference: ranked by reach; kernels: increasing);
     count: [B, Hkv] int64 candidates found (may exceed C);
     overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
-    page_mask: [B, Hkv, P] bool, pages holding a listed candidate;
+    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate;
+        the same unless the row overflowed);
     seed_pages: [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the newest page
         came on top).
     """
@@ -64,6 +80,8 @@ class CodeCandidates:
 
 def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
     """Steps 1-3 above for a cache with key codes (α > 1). No host sync, static shapes."""
+    if isinstance(step.ops, KernelOps):
+        return _kernel_candidates(step, top_tokens, capacity)
     cache, c = step.cache, lin(step.alpha)
     s = cache.page_size
     s_hat, eps = code_scores(cache, step.q, step.scale, step.alibi_slopes)
@@ -74,9 +92,8 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     high = torch.where(coded, s_hat + eps, neg_inf)
 
     n = low.shape[-1]
-    best, top = low.topk(min(top_tokens, n), dim=-1)  # [B, Hkv, G, m]
-    top_page = torch.where(torch.isfinite(best), top // s, torch.full_like(top, -1)).flatten(2)
-    seed_pages = pages_to_mask(top_page, cache.num_pages) & step.candidates
+    page_low = low.reshape(*low.shape[:3], cache.num_pages, s).amax(-1)  # [B, Hkv, G, P]
+    seed_pages = top_pages(page_low, top_tokens).any(2) & step.candidates
     tau_low = step.ops.tau_lower_bound(seed_pages | step.newest)  # [B, Hkv, G]
 
     reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N]
@@ -91,5 +108,36 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
         overflow=count > capacity,
         tau_low=tau_low,
         page_mask=pages_to_mask(page_index, cache.num_pages),
+        seed_pages=seed_pages,
+    )
+
+
+def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
+    """Steps 1-3 through the ``code_bounds`` / ``code_candidates`` ops: two passes over the
+    codes (the second over candidate pages only), a page selection for the seed, and the
+    seed's τ bound; a handful of launches, never a token-score tensor."""
+    cache = step.cache
+    q = step.q[:, :, 0].contiguous()
+    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)
+    page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args, cache.key_bits, step.scale, False)
+    b, hkv, g, p = page_max.shape
+    low = (page_max - eps).reshape(b, hkv * g, p)  # −inf on pages without codes
+    want = torch.full((b, hkv * g), top_tokens, dtype=torch.int32, device=q.device)
+    top, _ = torch.ops.entmaxkv.select_pages(low, want, max(1, min(top_tokens, p)))
+    seed_pages = pages_to_mask(top.reshape(b, hkv, -1), p) & step.candidates
+    tau_low = step.ops.tau_lower_bound(seed_pages | step.newest).to(torch.float64).contiguous()
+    index, count, page_mask = torch.ops.entmaxkv.code_candidates(
+        *args, page_max, eps, tau_low, cache.key_bits, step.scale, lin(step.alpha), capacity)
+    # the atomic counter leaves the list unordered: sort it (−1 padding last) so a step is reproducible
+    slots = p * cache.page_size
+    index = torch.where(index < 0, slots, index).sort(-1).values
+    index = torch.where(index == slots, -1, index).long()
+    count = count.long()
+    return CodeCandidates(
+        index=index,
+        count=count,
+        overflow=count > capacity,
+        tau_low=tau_low,
+        page_mask=page_mask & step.candidates,
         seed_pages=seed_pages,
     )

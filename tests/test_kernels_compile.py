@@ -38,6 +38,26 @@ def _encode(value):
     raise TypeError(f"cannot record a kernel argument of type {type(value).__name__}")
 
 
+def record_code_scan(monkeypatch) -> None:
+    """Exact with key codes (the code_scan ops): 4 and 8 bits, every cache dtype (float64
+    too: its exact-division branch), with and without ALiBi, and the ops' ``with_scores``."""
+    from entmaxkv.kernels.code_scan import code_bounds
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        g = torch.Generator().manual_seed(1)
+        k, v = (torch.randn(1, 1, 40, 16, generator=g).to(dtype) for _ in range(2))
+        q, kn, vn = random_step(g, 1, 2, 1, 16, dtype)
+        for bits in (4, 8):
+            empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=16, capacity=64, dtype=dtype,
+                                           key_bits=bits)
+            cache = ekv.prefill(empty, k, v, [40])
+            for alpha, slopes in ((1.5, None), (1.25, torch.full((2,), 0.1))):
+                config = ekv.DecodeConfig(alpha, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
+                ekv.decode_step(cache.fork(), q, kn, vn, config, alibi_slopes=slopes, with_info=True)
+            code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
+                        bits, 0.25, True)
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     run = InterpretedFunction.run
@@ -65,6 +85,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                 slopes = torch.full((2,), 0.1) if i % 2 else None
                 config = ekv.DecodeConfig(alpha, sel, backend="triton")
                 ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes, with_info=True)
+    record_code_scan(monkeypatch)
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]

@@ -1,0 +1,208 @@
+"""Exact with key codes on the GPU: the code-scan decode step against torch SDPA in the same
+run (CUDA-graph timing), with a correctness check against the torch path and dense entmax.
+
+    python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1, Hq=32/Hkv=8, D=128, fp16, α=1.5
+    python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
+
+Data ("needles", where Exact with codes reads little): per KV head a query direction u
+(each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
+N(0, 0.3²), below 1.5 even at 128K — except ``--needles`` tokens at random positions whose
+key is 8·u/(scale·|u|²), i.e. a score of about 8. At α = 1.5 the support is the needles
+(τ/(α−1) ≈ 7.5), a noise page's code interval is ±0.3 or so, and a needle page's ±1: only the
+needles are candidates, so a step reads the codes and page statistics of every page plus the
+K of about ``needles`` pages (and V where the weights are non-zero). ``--data stream`` uses
+``SyntheticStream`` instead (sink, heavy hitters, outlier channels: candidates may overflow
+at long contexts; the row then says so).
+
+Per context: SDPA over the same K/V (graph), the whole ``decode_step`` (``GraphedDecodeStep``,
+eager kernels in one graph; ``--compiled``: the compiled step too), and the two scan ops alone
+(``code_bounds``, ``code_candidates``, each in a graph). Correctness: one eager step on the
+Triton path against the torch path (``backend="torch"``) and dense entmax on the same cache,
+with the certificate, overflow, pages and candidates of the step. Writes keycodes_gpu.json
+and .md to --out ($OUT); measures only, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.backend import build_step
+from entmaxkv.compiled import GraphedDecodeStep
+from entmaxkv.exact_codes import code_candidates as exact_candidates
+from entmaxkv.synthetic import SyntheticStream
+from decode import copy_bandwidth  # benchmarks/ is on sys.path
+from gpu_check import time_replays as time_us  # the same CUDA-event median timing
+
+
+def needle_data(b: int, hq: int, hkv: int, d: int, n: int, needles: int, seed: int, dtype, device):
+    """(k, v [B, Hkv, n, D], q [B, Hq, 1, D], k_new, v_new [B, Hkv, 1, D]) as in the module
+    docstring."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    group, scale = hq // hkv, d ** -0.5
+    u = torch.randn(b, hkv, 1, d, generator=g)
+    q = (u + 0.3 * torch.randn(b, hkv, group, d, generator=g)).reshape(b, hq, 1, d)
+    k = 0.3 * torch.randn(b, hkv, n, d, generator=g)
+    needle = 8.0 * u / (scale * u.square().sum(-1, keepdim=True))  # q·k·scale ≈ 8
+    for i in range(b):
+        for h in range(hkv):
+            pos = torch.randperm(max(1, n - 64), generator=g)[:needles]  # not in the last pages
+            k[i, h, pos] = needle[i, h]
+    v = torch.randn(b, hkv, n, d, generator=g)
+    k_new, v_new = 0.3 * torch.randn(b, hkv, 1, d, generator=g), torch.randn(b, hkv, 1, d, generator=g)
+    return tuple(x.to(device=device, dtype=dtype) for x in (k, v, q, k_new, v_new))
+
+
+def graph_of(fn):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def check_step(cache, q, k_new, v_new, config, row):
+    """One eager step on the Triton path vs. the torch path and dense entmax (float32 reference)."""
+    new, out, info = ekv.decode_step(cache.fork(), q, k_new, v_new, config, with_info=True)
+    torch_cfg = ekv.DecodeConfig(config.alpha, config.selector, backend="torch")
+    _, ref = ekv.decode_step(cache.fork(), q, k_new, v_new, torch_cfg)
+    dense, _ = ekv.dense_decode(new, q, config.alpha)
+    o, r, dn = out.double().flatten(2), ref.double().flatten(2), dense.double().flatten(2)
+    row["err_vs_torch_path"] = float((o - r).abs().max())
+    row["err_vs_dense"] = float((o - dn).abs().max())
+    row["rel_err_vs_dense"] = float((o - dn).norm() / dn.norm())
+    row["certified"] = bool(info.certified.all())
+    row["overflow_rows"] = int(info.overflow.sum())
+    full = float(new.seq_lens.double().div(new.page_size).ceil().mean())
+    row["pages_read"] = float(info.page_mask.sum(-1).double().mean() / full)
+    step = build_step(new, q, config.alpha, config.scale or q.shape[-1] ** -0.5, None, kernels=True,
+                      needs_sigma=False)
+    found = exact_candidates(step, config.selector.top_tokens, config.selector.max_candidates)
+    row["candidates_med_max"] = [int(found.count.median()), int(found.count.max())]
+    row["seed_pages_max"] = int(found.seed_pages.sum(-1).max())
+    return step, found
+
+
+def bench(args, n, bits, bandwidth, log) -> dict:
+    b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
+    row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data)
+    if args.data == "needles":
+        k, v, q, k_new, v_new = needle_data(b, hq, hkv, d, n, args.needles, n, dtype, "cuda")
+    else:
+        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
+                                 device="cuda")
+        k, v = stream.prompt(n)
+        q, k_new, v_new = stream.step()
+    sdpa = graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    row["sdpa_us"] = time_us(sdpa.replay, args.reps, args.rounds)
+    del sdpa
+    capacity = n + 64 + (args.reps * (args.rounds + 1) + 32) * (1 + args.compiled)
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity, dtype=dtype,
+                                   device="cuda", key_bits=bits)
+    cache = ekv.prefill(empty, k, v, [n] * b)
+    del k, v
+    row["code_MB"] = cache.k_codes[:, :, : n // cache.page_size].numel() / 1e6
+    row["kv_MB"] = 2 * b * hkv * n * d * 2 / 1e6
+    # pass 1 reads every coded page's codes and fp16 min/max once: its byte floor
+    row["scan_floor_us"] = (row["code_MB"] + b * hkv * (n // cache.page_size) * 2 * d * 2 / 1e6) * 1e6 / bandwidth * 1e6
+    config = ekv.DecodeConfig(alpha=alpha, selector=ekv.Exact(max_candidates=args.max_candidates))
+    try:
+        step, found = check_step(cache, q, k_new, v_new, config, row)
+        # the two scan ops alone, on the step's cache (τ_low from the step)
+        c = step.cache
+        args_ = (step.q[:, :, 0].contiguous(), c.k_codes, c.k_min, c.k_max, c.seq_lens, None)
+        page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False)
+        g1 = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False))
+        row["code_bounds_us"] = time_us(g1.replay, args.reps, args.rounds)
+        g2 = graph_of(lambda: torch.ops.entmaxkv.code_candidates(*args_, page_max, eps, found.tau_low, bits,
+                                                                 step.scale, alpha - 1, args.max_candidates))
+        row["code_candidates_us"] = time_us(g2.replay, args.reps, args.rounds)
+        del g1, g2
+        decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False)
+        decoder(q, k_new, v_new)  # sets the captured input buffers (a graph of zeros would read everything)
+        row["step_us"] = time_us(decoder.graph.replay, args.reps, args.rounds)
+        del decoder
+        if args.compiled:
+            t0 = time.perf_counter()
+            decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=True)
+            row["compile_s"] = time.perf_counter() - t0
+            decoder(q, k_new, v_new)
+            row["compiled_us"] = time_us(decoder.graph.replay, args.reps, args.rounds)
+            del decoder
+    except Exception as err:  # report and go on: one failing case must not hide the others
+        row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        log(traceback.format_exc())
+    torch.cuda.empty_cache()
+    log(json.dumps(row))
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="8192,65536,131072")
+    parser.add_argument("--bits", default="4")
+    parser.add_argument("--hq", type=int, default=32)
+    parser.add_argument("--hkv", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=1.5)
+    parser.add_argument("--data", choices=["needles", "stream"], default="needles")
+    parser.add_argument("--needles", type=int, default=16)
+    parser.add_argument("--max-candidates", type=int, default=512)
+    parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def log(msg: str) -> None:
+        lines.append(msg)
+        print(msg, flush=True)
+
+    import triton
+
+    meta = dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=triton.__version__, command="python benchmarks/keycodes_gpu.py " + " ".join(sys.argv[1:]))
+    bandwidth = copy_bandwidth()
+    meta["copy_bandwidth_TBps"] = bandwidth / 1e12
+    log(json.dumps(meta))
+    rows = []
+    for bits in (int(x) for x in args.bits.split(",")):
+        for n in (int(x) for x in args.contexts.split(",")):
+            rows.append(bench(args, n, bits, bandwidth, log))
+            (out / "keycodes_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    nan = float("nan")
+    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs | scan floor µs | code_candidates µs | "
+             "pages read | candidates (med/max) | certified | overflow rows | max err vs torch path | max err vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        step = r.get("step_us", nan)
+        table.append(
+            f"| {r['context']} | {r['bits']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
+            f"{r.get('code_bounds_us', nan):.1f} | {r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | "
+            f"{r.get('pages_read', nan):.4f} | "
+            f"{r.get('candidates_med_max', '-')} | {r.get('certified', '-')} | {r.get('overflow_rows', '-')} | "
+            f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} |"
+            + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
+            + (f" {r['error']}" if "error" in r else ""))
+    (out / "keycodes_gpu.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")
+    (out / "keycodes_gpu.log").write_text("\n".join(lines))
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""The key-code scan ops (``entmaxkv.kernels.code_scan``, under Triton's interpreter on the
+CPU) against the torch reference (``keycodes.code_scores``, ``exact_codes``).
+
+Oracles: the reference's ŝ and ε (equal up to the order of a D-term sum: the tolerance is
+ε's own rounding part, scale·|q|·r·M), the reference's and plain float64 token scores for
+the interval itself, and the reference's candidate rule applied to its own ŝ. Fresh inputs
+every run (the seed is in the failure message); ragged lengths landing on page edges; GQA;
+ALiBi; 4- and 8-bit codes; buffers the ops allocate are poisoned (NaN / −7).
+"""
+
+import math
+import random
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.backend import build_step
+from entmaxkv.exact_codes import code_candidates as reference_candidates
+from entmaxkv.keycodes import code_radius, code_scores, code_steps
+from entmaxkv.state import append_token
+from entmaxkv.synthetic import SyntheticStream
+from test_keycodes import adversarial_keys, naive_scores
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+from entmaxkv.kernels.code_scan import code_bounds, code_candidates, code_radius_factor  # noqa: E402
+
+def fresh_seed() -> int:
+    return random.SystemRandom().randrange(2 ** 31)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """torch.empty / empty_like hand out NaN-filled (floats) or −7-filled (ints) memory."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+def lengths(seed: int, batch: int, page_size: int) -> list[int]:
+    """Ragged lengths landing 0/1/S−1/S/S+1 tokens into a page (some with no coded page)."""
+    g = random.Random(seed)
+    return [page_size * g.randrange(0, 5) + g.choice([0, 1, page_size - 1, page_size, page_size + 1]) + 1
+            for _ in range(batch)]
+
+
+def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random"):
+    g = torch.Generator().manual_seed(seed)
+    b, t = len(lens), max(lens)
+    k = adversarial_keys(kind, g, b, hkv, t, d)
+    v = torch.randn(b, hkv, t, d, generator=g, dtype=torch.float64)
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=t + 2 * page, page_size=page,
+                                   dtype=dtype, key_bits=bits)
+    return ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
+
+
+def coded_pages(cache) -> torch.Tensor:
+    """[B, 1, 1, P] bool: full pages other than the one holding the newest token."""
+    page = torch.arange(cache.num_pages, device=cache.device)
+    return (page[None, :] < ((cache.seq_lens - 1).clamp_min(0) // cache.page_size)[:, None])[:, None, None, :]
+
+
+def rounding_part(cache, q, scale):
+    """[B, Hkv, G, P] scale·|q|·r·M: the part of ε that covers rounding — how far two
+    computations of ŝ that differ in summation order may disagree."""
+    wdt = torch.float64 if cache.dtype == torch.float64 else torch.float32
+    mag = torch.maximum(cache.k_min.to(wdt).abs(), cache.k_max.to(wdt).abs())
+    qg = q[:, :, 0].reshape(cache.batch, cache.num_kv_heads, -1, cache.head_dim).to(wdt).abs()
+    return torch.einsum("bhgd,bhpd->bhgp", qg, code_radius_factor(wdt, cache.head_dim) * mag).double() * scale
+
+
+def run_bounds(cache, q, scale, slopes, with_scores=True):
+    return code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
+                       cache.key_bits, scale, with_scores)
+
+
+# ---- pass 1: ŝ, ε and the per-page best ------------------------------------------------------
+
+
+BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (3: padded heads), ALiBi
+    (torch.float32, 4, 1, False), (torch.float32, 8, 4, True), (torch.float16, 4, 2, True),
+    (torch.float16, 8, 3, False), (torch.bfloat16, 4, 3, True), (torch.bfloat16, 8, 1, False),
+    (torch.float64, 4, 4, False), (torch.float64, 8, 2, True),
+]
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi", BOUNDS_CASES)
+def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
+    seed = fresh_seed()
+    hkv, d, page = 2, 24, 4
+    lens = lengths(seed, 3, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    scale = 0.3
+    page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
+    want_s, want_eps = code_scores(cache, q, scale, slopes)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(page, -1)
+    tol = rounding_part(cache, q, scale)
+    gap = (s_hat.double() - want_s.double()).abs() - tol.repeat_interleave(page, -1)
+    assert bool((gap[tokens] <= 0).all()), (seed, float(gap[tokens].max()))
+    # ε: a sum of non-negative terms in another order (relative error <= γ each way)
+    gamma = 2 * (d + 2) * torch.finfo(eps.dtype).eps
+    torch.testing.assert_close(eps[coded], want_eps[coded], rtol=2 * gamma, atol=0, msg=str(seed))
+    # the page best is the max of the op's own ŝ, bit for bit; −inf and 0 where nothing is coded
+    best = s_hat.reshape(*s_hat.shape[:3], -1, page).amax(-1)
+    assert torch.equal(page_max[coded], best[coded]), seed
+    assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
+
+
+@pytest.mark.parametrize("dtype,bits,kind", [
+    (torch.float16, 4, "outliers"), (torch.bfloat16, 8, "constant"), (torch.float32, 4, "huge_range"),
+    (torch.float16, 8, "fp16_extremes"), (torch.float32, 8, "offset_tiny_spread"),
+    (torch.float64, 4, "offset_tiny_spread"), (torch.bfloat16, 4, "outliers"),
+])
+def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
+    """|s − ŝ| <= ε with the op's own ŝ and ε, for the reference's scores and exact float64
+    ones (without ALiBi) — the certificate's premise, on keys that stress it."""
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = lengths(seed, 2, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype, kind)
+    g = torch.Generator().manual_seed(seed + 2)
+    q = (torch.randn(2, 2 * hkv, 1, d, generator=g, dtype=torch.float64) * 3).to(dtype)
+    scale = 1 / math.sqrt(d)
+    _, eps, s_hat = run_bounds(cache, q, scale, None)
+    from entmaxkv.reference import token_scores
+
+    ref = token_scores(cache, q, scale).double()
+    exact = naive_scores(cache, q).reshape(ref.shape)
+    tokens = coded_pages(cache).expand_as(eps).repeat_interleave(page, -1)
+    radius = eps.double().repeat_interleave(page, -1)
+    for scores in (ref, exact):
+        gap = (scores - s_hat.double()).abs() - radius
+        assert bool((gap[tokens] <= 0).all()), (seed, kind, float(gap[tokens].max()))
+
+
+# ---- pass 2: candidates ---------------------------------------------------------------------
+
+
+def reference_reach(cache, q, scale, slopes, tau_low, alpha):
+    """[B, Hkv, N] max over the group of lin·(ŝ + ε) − τ_low from the torch scan (−inf off
+    the coded pages): the reference's candidate rule."""
+    s_hat, eps = code_scores(cache, q, scale, slopes)
+    high = s_hat + eps.repeat_interleave(cache.page_size, -1)
+    tokens = coded_pages(cache).repeat_interleave(cache.page_size, -1)
+    high = torch.where(tokens, high, torch.full_like(high, float("-inf")))
+    return ((alpha - 1) * high.double() - tau_low.unsqueeze(-1)).amax(2)
+
+
+def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
+    page_max, eps, _ = run_bounds(cache, q, scale, slopes, with_scores=False)
+    index, count, page_mask = code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
+                                              cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
+                                              alpha - 1, capacity)
+    reach = reference_reach(cache, q, scale, slopes, tau_low, alpha).cpu()
+    band = (alpha - 1) * rounding_part(cache, q, scale).amax(2).repeat_interleave(cache.page_size, -1).cpu()
+    index, count, page_mask = index.cpu(), count.cpu(), page_mask.cpu()
+    sure, maybe = reach > band, reach > -band  # identical up to the rounding of ŝ
+    for i in range(cache.batch):
+        for j in range(cache.num_kv_heads):
+            listed = [int(x) for x in index[i, j] if x >= 0]
+            n = int(count[i, j])
+            assert len(listed) == len(set(listed)) == min(n, capacity), (seed, i, j)
+            assert all(bool(maybe[i, j, x]) for x in listed), (seed, i, j)
+            assert int(sure[i, j].sum()) <= n <= int(maybe[i, j].sum()), (seed, i, j)
+            assert bool((index[i, j, len(listed):] == -1).all()), (seed, i, j)
+            if n <= capacity:  # complete: every sure candidate listed, the pages are theirs
+                assert set(sure[i, j].nonzero().flatten().tolist()) <= set(listed), (seed, i, j)
+                pages = torch.zeros(cache.num_pages, dtype=torch.bool)
+                pages[[x // cache.page_size for x in listed]] = True
+                assert torch.equal(page_mask[i, j], pages), (seed, i, j)
+    return count
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi,alpha", [
+    (torch.float32, 4, 1, False, 1.5), (torch.float16, 8, 2, True, 2.0), (torch.float64, 4, 4, False, 1.25),
+    (torch.float32, 8, 2, False, 1.3), (torch.bfloat16, 4, 3, True, 1.5),
+])
+def test_code_candidates_equal_the_reference(dtype, bits, group, alibi, alpha, poison):
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = lengths(seed, 3, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
+    g = torch.Generator().manual_seed(seed + 3)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    # τ_low across the scores' range: some rows keep most tokens, some few or none
+    s_hat, _ = code_scores(cache, q, 0.3, slopes)
+    top = torch.where(coded_pages(cache).repeat_interleave(page, -1), s_hat, -1e9).amax(-1).double()
+    tau_low = (alpha - 1) * (top - torch.rand(top.shape, generator=g, dtype=torch.float64) * 3)
+    count = check_candidates(cache, q, 0.3, slopes, tau_low.contiguous(), alpha, 10_000, seed)
+    small = max(1, int(count.max()) // 2)  # overflow: the true count, a full list of real candidates
+    small_count = check_candidates(cache, q, 0.3, slopes, tau_low.contiguous(), alpha, small, seed)
+    assert torch.equal(small_count, count), seed
+
+
+# ---- the whole Exact-with-codes selection: kernel path vs reference path --------------------
+
+
+@pytest.mark.parametrize("bits,group,alibi,capacity", [(4, 2, False, 512), (8, 4, True, 3), (4, 1, True, 0)])
+def test_kernel_path_candidates_equal_the_reference_path(bits, group, alibi, capacity):
+    """``exact_codes.code_candidates`` on ``KernelOps`` and ``ReferenceOps``: the same seed,
+    τ_low within the two τ bounds' margins, the same candidates up to rounding, the same
+    overflow flags."""
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = [n + 12 for n in lengths(seed, 2, page)]
+    stream = SyntheticStream(batch=2, num_kv_heads=hkv, group=group, head_dim=d, seed=seed % 10_000,
+                             dtype=torch.float64)
+    k, v = stream.prompt(max(lens))
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=hkv, head_dim=d, capacity=max(lens) + 8, page_size=page,
+                                   dtype=torch.float32, key_bits=bits)
+    cache = ekv.prefill(empty, k.float(), v.float(), lens)
+    q, kn, vn = (x.float() for x in stream.step())
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(hkv * group, generator=torch.Generator().manual_seed(seed)) * 0.05 if alibi else None
+    found = {}
+    for kernels in (False, True):
+        step = build_step(cache, q, 1.5, 0.25, slopes, kernels=kernels, needs_sigma=False)
+        found[kernels] = reference_candidates(step, 4, capacity)
+    ref, ker = found[False], found[True]
+    assert torch.equal(ref.seed_pages, ker.seed_pages), seed
+    # two safe lower bounds of the same τ whose rounding margins differ (kernels: γ·|score|
+    # scale per page; reference: per token), both a few γ·|score| below τ
+    tau_gap = (ker.tau_low - ref.tau_low).abs().amax(-1)  # [B, Hkv]
+    assert bool((tau_gap <= 1e-3 * (1 + ref.tau_low.abs().amax(-1))).all()), (seed, tau_gap)
+    reach = reference_reach(cache, q, 0.25, slopes, ref.tau_low, 1.5)
+    band = 0.5 * rounding_part(cache, q, 0.25).amax(2).repeat_interleave(page, -1) + tau_gap[..., None]
+    near = ((reach.abs() <= band).sum(-1) > 0)  # rows with a token on the edge may differ by it
+    assert torch.equal(ker.count[~near], ref.count[~near]), seed
+    assert torch.equal(ker.overflow[~near], ref.overflow[~near]), seed
+    ok = ~ref.overflow & ~near
+    for i, j in ok.nonzero().tolist():
+        assert sorted(ker.index[i, j][ker.index[i, j] >= 0].tolist()) == \
+            sorted(ref.index[i, j][ref.index[i, j] >= 0].tolist()), (seed, i, j)
+        assert torch.equal(ker.page_mask[i, j], ref.page_mask[i, j]), (seed, i, j)
+    assert bool((ker.index[..., :-1] <= ker.index[..., 1:]).logical_or(ker.index[..., 1:] < 0).all())
+
+
+def test_ops_batch_under_vmap():
+    """vmap over two caches folds into one launch per op and equals a loop."""
+    seed = fresh_seed()
+    caches = [coded_cache(seed + i, [21, 14], 2, 8, 4, 4, torch.float32) for i in range(2)]
+    q = torch.randn(2, 2, 4, 8, generator=torch.Generator().manual_seed(seed))
+
+    def bounds(qq, codes, kmin, kmax, lens):
+        return code_bounds(qq, codes, kmin, kmax, lens, None, 4, 0.3, False)
+
+    stack = [torch.stack([getattr(c, f) for c in caches]) for f in ("k_codes", "k_min", "k_max", "seq_lens")]
+    got = torch.func.vmap(bounds)(q, *stack)
+    for i, c in enumerate(caches):
+        want = bounds(q[i], c.k_codes, c.k_min, c.k_max, c.seq_lens)
+        for x, y in zip(got[:2], want[:2]):
+            assert torch.equal(x[i], y), seed
+
+
+# ---- on the GPU (the real compiler) -------------------------------------------------------------
+
+
+def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
+    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=seed, dtype=dtype,
+                             device="cuda")
+    k, v = stream.prompt(n)
+    lens = [n - (i * 37) % (n // 2) for i in range(b)]  # ragged, crossing page edges
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=n + slack, dtype=dtype,
+                                   device="cuda", key_bits=bits)
+    return stream, ekv.prefill(empty, k, v, lens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi):
+    stream, cache = cuda_cache(dtype, bits, seed=bits + 2 * alibi)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(16, device="cuda") * 0.01 if alibi else None
+    scale = 128 ** -0.5
+    page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
+    want_s, want_eps = code_scores(cache, q, scale, slopes)
+    coded = coded_pages(cache).expand(eps.shape)
+    tokens = coded.repeat_interleave(cache.page_size, -1)
+    tol = rounding_part(cache, q, scale).repeat_interleave(cache.page_size, -1)
+    gap = ((s_hat.double() - want_s.double()).abs() - tol)[tokens]
+    assert bool((gap <= 0).all()), float(gap.max())
+    gamma = 2 * 130 * torch.finfo(eps.dtype).eps
+    torch.testing.assert_close(eps[coded], want_eps[coded], rtol=2 * gamma, atol=0)
+    best = s_hat.reshape(*s_hat.shape[:3], -1, cache.page_size).amax(-1)
+    assert torch.equal(page_max[coded], best[coded])
+    from entmaxkv.reference import token_scores
+
+    ref = token_scores(cache, q, scale, slopes).double()
+    radius = eps.double().repeat_interleave(cache.page_size, -1)
+    assert bool(((ref - s_hat.double()).abs() - radius)[tokens].le(0).all())  # the interval holds
+    top = torch.where(tokens, want_s, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - 1.0)).contiguous()
+    count = check_candidates(cache, q, scale, slopes, tau_low, 1.5, 10_000, 0)
+    check_candidates(cache, q, scale, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
+    """The kernel step never calls the torch scan, has no host sync, and a CUDA graph of it
+    replays equal to eager steps across page edges; every step certified and equal to dense."""
+    import entmaxkv.exact_codes as exact_codes
+    from entmaxkv.compiled import GraphedDecodeStep
+
+    def boom(*args, **kwargs):
+        raise AssertionError("torch code scan called on the CUDA path")
+
+    monkeypatch.setattr(exact_codes, "code_scores", boom)
+    stream, cache = cuda_cache(torch.float16, bits, b=2, hq=8, hkv=2, n=2000, seed=9, slack=128)
+    config = ekv.DecodeConfig(1.5, ekv.Exact())
+    decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=8, compile=False)
+    eager = cache.fork()
+    for _ in range(40):  # crosses page edges: codes of completed pages are written in the graph too
+        q, k, v = stream.step()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got = decoder(q, k, v).clone()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        eager, want, info = ekv.decode_step(eager, q, k, v, config, with_info=True)
+        assert torch.equal(got, want)
+        assert bool(info.certified.all())
+        dense, _ = ekv.dense_decode(eager, q, 1.5)
+        assert float((want.double() - dense.double()).abs().max()) < 3e-3
+    assert torch.equal(decoder.cache.k_codes, eager.k_codes)
+
+
+# ---- opcheck, compile, vmap through the step ------------------------------------------------
+
+
+def test_opcheck_the_code_scan_ops():
+    cache = coded_cache(3, [23, 10], 2, 8, 4, 4, torch.float32)
+    q = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(3))
+    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens)
+    page_max, eps, _ = code_bounds(*args, None, 4, 0.3, False)
+    tau = torch.full((2, 2, 2), -0.5, dtype=torch.float64)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False))
+        torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
+                              (*args, torch.rand(4) * 0.1, page_max, eps, tau, 4, 0.3, 0.5, 7))
+
+
+def test_compiled_exact_with_codes_through_the_ops_equals_eager():
+    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=4, dtype=torch.float32)
+    k, v = stream.prompt(40)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=64, page_size=4, key_bits=4,
+                                   dtype=torch.float32)
+    cache = ekv.prefill(empty, k, v, [40, 27])
+    q, kn, vn = stream.step()
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
+    _, want = ekv.decode_step(cache.fork(), q, kn, vn, config)
+    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        _, got = step(cache.fork().without_host_len(), q, kn, vn, config)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_vmap_exact_with_codes_through_the_ops_equals_a_loop():
+    """vmap over caches with key codes, vmap's per-example fallback off: every op on the
+    kernel path of Exact with codes has a batch rule; equal to a Python loop."""
+    seed = fresh_seed()
+    caches = []
+    for i in range(2):
+        cache = coded_cache(seed + i, lengths(seed + i, 2, 4), 2, 8, 4, 4, torch.float32)
+        caches.append(cache.with_capacity(48).without_host_len())
+    g = torch.Generator().manual_seed(seed)
+    steps = [tuple(torch.randn(2, h, 1, 8, generator=g) for h in (4, 2, 2)) for _ in range(2)]
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=6), backend="triton")
+    want = [ekv.decode_step(c.fork(), *s, config)[1] for c, s in zip(caches, steps)]
+    stacked = torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *[c.fork() for c in caches])
+    q, k, v = (torch.stack(x) for x in zip(*steps))
+    torch._C._functorch._set_vmap_fallback_enabled(False)  # an op without a batch rule now raises
+    try:
+        _, got = torch.func.vmap(lambda c, q, k, v: ekv.decode_step(c, q, k, v, config))(stacked, q, k, v)
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(True)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
