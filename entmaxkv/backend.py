@@ -66,16 +66,17 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
                kernels: bool, needs_sigma: bool, needs_page_scores: bool = True) -> Step:
     """Everything a selector may look at, computed by the chosen backend. Without
-    ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities are
-    None and no page statistic is read."""
+    ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities and the
+    newest page's scores are None: no page statistic is read, nothing is computed ahead of
+    the attention."""
     page = torch.arange(cache.num_pages, device=cache.device)
     newest = (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
     candidates = cache.full_page_mask()[:, None, :] & ~newest
-    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
     if not needs_page_scores:
-        ops = (KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, None, None, newest_scores.amax(-1))
+        ops = (KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, None, None, None)
                if kernels else ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest))
-        return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, newest, candidates, newest_scores, ops)
+        return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, newest, candidates, None, ops)
+    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
     if kernels:
         upper, absmax, means, sigma = torch.ops.entmaxkv.page_scores(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
@@ -138,11 +139,11 @@ class KernelOps:
     op always adds the newest page itself."""
 
     def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
-                 candidates: Tensor, means: Tensor, absmax: Tensor, newest_max: Tensor):
+                 candidates: Tensor, means: Tensor | None, absmax: Tensor | None, newest_max: Tensor | None):
         self.cache, self.alpha, self.scale, self.alibi_slopes = cache, alpha, scale, alibi_slopes
         self.q = q[:, :, 0].contiguous()
         self.candidates, self.means, self.absmax, self.newest_max = candidates, means, absmax, newest_max
-        self.newest_magnitude = newest_page_magnitude(cache, q, scale)
+        self.newest_magnitude = None if newest_max is None else newest_page_magnitude(cache, q, scale)
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
         self._listed: tuple[Tensor, Tensor, Tensor] | None = None  # top_pages' last (mask, pages, count)
 
@@ -177,9 +178,10 @@ class KernelOps:
             pages, count = self._list(page_mask)
         mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
         tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
+        floor = self.score_floor(page_mask)
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
-            self.score_floor(page_mask).reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
+            None if floor is None else floor.reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
             refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
 
@@ -188,12 +190,14 @@ class KernelOps:
         return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0].contiguous(),
                                                exact_scores.contiguous(), self.alpha, iters, GAUSSIAN_EXPANSIONS)
 
-    def score_floor(self, page_mask: Tensor) -> Tensor:
+    def score_floor(self, page_mask: Tensor) -> Tensor | None:
         """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key
         score of an attended full page (the mean key is a convex combination of the page's
         keys) or the newest page's best score — less what rounding could have added to it.
         Lets the attention drop tokens that cannot be in the support from its first page on.
-        Without page scores, the newest page's alone."""
+        None without page scores (the attention then filters from its running maximum)."""
+        if self.newest_max is None:
+            return None
         newest = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
         if self.means is None:
             return newest

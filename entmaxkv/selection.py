@@ -61,7 +61,7 @@ class Step:
         newest: [B, 1, P] bool, the page holding each sequence's newest token (always attended);
         candidates: [B, 1, P] bool, full pages other than the newest: what selectors choose from;
         newest_scores: [B, Hkv, G, S] exact scores of the newest page's slots (−inf past the
-            sequence), in the work dtype;
+            sequence), in the work dtype; None without page scores;
         ops: the backend's primitives (``StepOps``).
     """
 
@@ -75,7 +75,7 @@ class Step:
     sigma: Tensor | None
     newest: Tensor
     candidates: Tensor
-    newest_scores: Tensor
+    newest_scores: Tensor | None
     ops: StepOps
 
 
