@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                 ops=args.ops, date=time.strftime("%Y-%m-%d %H:%M"),
                 command="python benchmarks/compile_graph_size.py " + " ".join(sys.argv[1:] if argv is None else argv))
     lines = [f"`{meta['command']}` on {meta['device']}, torch {meta['torch']}, {meta['date']}", "",
-             "| " + " | ".join(["selector", "α", "FX nodes", "subgraph nodes", "dynamo s"] + [f"{b} s" for b in backends])
-             + " |", "|---" * (5 + len(backends)) + "|"]
+             "| " + " | ".join(["selector", "α", "FX nodes", "subgraph nodes", "dynamo s"]
+                               + [f"{b} s" for b in backends]) + " |",
+             "|---" * (5 + len(backends)) + "|"]
     for r in rows:
         cells = [r["selector"], r["alpha"], r["fx_nodes"], r["subgraph_nodes"] or "–", f"{r['dynamo_s']:.1f}"]
         lines.append("| " + " | ".join(str(c) for c in cells + [f"{r[f'{b}_s']:.1f}" for b in backends]) + " |")
