@@ -1,7 +1,7 @@
 """Decode-step cost in three modes: eager, compile_decode_step and GraphedDecodeStep.
 
     python benchmarks/compile_modes.py [--contexts 1024,65536] [--batches 1,8]
-                                       [--selectors dense,topk] [--out DIR]
+                                       [--selectors dense,topk,gaussian] [--ops auto|torch] [--out DIR]
     python benchmarks/compile_modes.py --smoke      # tiny sizes, runs on a CPU
 
 For each context length, batch size and selector (α = 1.5, fp16, Hq = 32, Hkv = 8, D = 128):
@@ -20,7 +20,9 @@ row, so a run cut short keeps what it measured, and prints a short table last. M
 nothing here asserts a time.
 
 Every compiled row compiles from scratch (tens of seconds with inductor), so one context per call
-keeps a run within a 10-minute limit: ``--contexts 1024`` then ``--contexts 65536``. If
+keeps a run within a 10-minute limit: ``--contexts 1024`` then ``--contexts 65536``. ``--ops``
+is the step's ``DecodeConfig.backend``: ``auto`` (the Triton ops on CUDA) or ``torch`` (the
+pure-torch reference, whose compile time is what ``--selectors gaussian`` used to blow up). If
 ``kernels_per_step`` reads 0 for the graphed mode, the profiler did not trace kernels inside
 graph replays; ``host_launches_per_step`` then still shows the one graph launch.
 """
@@ -153,10 +155,10 @@ def run_row(context, batch, selector_key, mode, args, device) -> dict:
     cache = ekv.prefill(cache, k, v, [context] * batch)
     del k, v
     name, make = SELECTORS[selector_key]
-    config = ekv.DecodeConfig(alpha=1.5, selector=make())
+    config = ekv.DecodeConfig(alpha=1.5, selector=make(), backend=args.ops)
     inputs = Inputs(batch, hq, hkv, d, dtype, device)
     step, build_s = build(mode, cache, config, hq, inputs, device, args)
-    row = {"context": context, "batch": batch, "selector": name, "mode": mode,
+    row = {"context": context, "batch": batch, "selector": name, "mode": mode, "ops": args.ops,
            "build_s": build_s, "step_us": time_steps(step, inputs, device, args.reps, args.rounds)}
     row |= count_launches(step, inputs, device, args.profile_steps)
     return row
@@ -165,7 +167,8 @@ def run_row(context, batch, selector_key, mode, args, device) -> dict:
 def markdown(meta: dict, rows: list[dict]) -> str:
     launch_key = "kernels_per_step" if meta["device"].startswith("cuda") else "aten_ops_per_step"
     lines = [f"# Decode step: eager vs. compiled vs. CUDA graph ({meta['date']})", "",
-             f"`{meta['command']}` on {meta['device_name']}, torch {meta['torch']}, {meta['shape']}.", "",
+             f"`{meta['command']}` on {meta['device_name']}, torch {meta['torch']}, {meta['shape']}, "
+             f"ops: {meta.get('ops', 'auto')}.", "",
              f"| context | B | selector | mode | step µs | {launch_key.replace('_', ' ')} | host launches / step "
              "| compile / capture s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--selectors", default="dense,topk", help=f"comma list of {sorted(SELECTORS)}")
     parser.add_argument("--modes", default="eager,compiled,graphed")
+    parser.add_argument("--ops", default="auto", choices=["auto", "torch", "triton"],
+                        help="DecodeConfig.backend: the Triton ops on CUDA (auto) or the torch reference")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile-steps", type=int, default=10)
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch=torch.__version__, python=sys.version.split()[0], date=time.strftime("%Y-%m-%d"),
                 command="python benchmarks/compile_modes.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 shape=f"alpha 1.5, Hq {args.q_heads}, Hkv {args.kv_heads}, D {args.head_dim}, {str(args.dtype)[6:]}",
-                backend=args.backend or "inductor", reuse_compile=args.reuse_compile,
+                backend=args.backend or "inductor", reuse_compile=args.reuse_compile, ops=args.ops,
                 skipped=[] if device.type == "cuda" else ["graphed (needs CUDA)"])
     rows: list[dict] = []
     for context in (int(x) for x in args.contexts.split(",")):

@@ -115,3 +115,96 @@ def test_graphed_step_checks_its_inputs_before_copying(make, error, match):
     assert decoder.graph.replays == 0 and not decoder.q.any()  # nothing copied, nothing replayed
     decoder(q, k, v)
     assert decoder.graph.replays == 1 and torch.equal(decoder.q, q)
+
+
+# ---- Triton compile-cache sizes (the GPU test in test_ops_gpu.py uses this helper) ----------------
+
+
+def test_kernel_discovery_finds_every_jit_function_of_the_kernels_package():
+    """Independent of the helper: every ``@triton.jit`` def in kernels/*.py, by a source scan."""
+    import re
+    from pathlib import Path
+
+    from entmaxkv.compiled.kernel_cache import triton_kernels
+
+    root = Path(__file__).resolve().parent.parent / "kernels"
+    expected = {f"entmaxkv.kernels.{path.stem}.{name}" for path in root.glob("*.py")
+                for name in re.findall(r"^@triton\.jit[^\n]*\n(?:@[^\n]*\n)*def (\w+)", path.read_text(), re.M)}
+    assert len(expected) > 5
+    assert set(triton_kernels()) == expected
+
+
+def test_cache_entries_reads_each_triton_layout():
+    """The counting on real ``JITFunction`` objects, with entries placed as each Triton version
+    stores them (compiling needs a GPU; the GPU test checks that launches do land there)."""
+    import types
+
+    from triton.runtime.jit import JITFunction
+
+    from entmaxkv.compiled.kernel_cache import cache_entries
+
+    def body(x):
+        pass
+
+    fn = JITFunction(body)
+    assert cache_entries(fn) == 0 and len(fn.device_caches) == 0  # reading created no entry
+    fn.device_caches[0] = ({"a": 1, "b": 2}, {}, "target", "backend", "binder")  # Triton 3.5-3.7
+    fn.device_caches[1] = ({"c": 3}, "target", "backend", "binder")  # early 3.x
+    assert cache_entries(fn) == 3
+    fn.device_caches[2] = ({"d": 4}, {}, "target", "backend", "binder", "lock")  # a lock appended
+    assert cache_entries(fn) == 4
+    old = types.SimpleNamespace(cache={0: {"a": 1}, 1: {"b": 2, "c": 3}})  # Triton 2.x
+    assert cache_entries(old) == 3
+    assert cache_entries(types.SimpleNamespace(fn=body)) is None  # no compile cache (interpreter)
+    fn.device_caches[3] = ("unknown",)
+    with pytest.raises(TypeError, match="unknown Triton compile-cache layout"):
+        cache_entries(fn)
+
+
+def test_compiled_kernels_start_with_empty_caches_on_the_installed_triton():
+    """Without the interpreter the kernels are real ``JITFunction``s: the installed Triton
+    must expose the cache where the helper reads it (0 entries before any launch, not None)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from entmaxkv.compiled.kernel_cache import kernel_cache_sizes as k; s = k(); "
+            "assert s and all(v == 0 for v in s.values()), s; print(len(s))")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip()) > 5
+
+
+# ---- compile cost of the Gaussian τ̂ solver ------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [1.5, 1.25])  # a closed form; Fejér quadrature
+def test_gaussian_solver_steps_do_not_grow_the_compiled_graph(alpha):
+    """Each bisection step of solve_gaussian_tau is one nested compile region: 45 more steps add
+    a few call nodes each, not the ~40-60 nodes of F(τ) they used to (3,110 nodes at 30 + 50
+    steps before, Inductor ~15× slower than a Dense step on a CPU). Compiled equals eager
+    bitwise: the regions run the same ops."""
+    from entmaxkv.gaussian import solve_gaussian_tau
+
+    g = torch.Generator().manual_seed(7)
+    mu = torch.randn(2, 2, 3, 9, generator=g, dtype=torch.float64)
+    sigma = torch.rand(2, 2, 3, 9, generator=g, dtype=torch.float64)
+    count = torch.where(torch.arange(9) < 7, 16.0, 0.0).double().expand_as(mu)  # two pages not modelled
+    exact = torch.randn(2, 2, 3, 16, generator=g, dtype=torch.float64).masked_fill(torch.arange(16) >= 5, float("-inf"))
+
+    def nodes(iters: int) -> int:
+        torch._dynamo.reset()
+        sizes: list[int] = []
+
+        def count_nodes(gm, example_inputs):
+            sizes.append(len(gm.graph.nodes))
+            return gm.forward
+
+        solve = torch.compile(lambda *a: solve_gaussian_tau(*a, alpha, iters=iters), fullgraph=True,
+                              backend=count_nodes)
+        assert torch.equal(solve(mu, sigma, count, exact), solve_gaussian_tau(mu, sigma, count, exact, alpha, iters))
+        return sizes[0]
+
+    per_step = (nodes(50) - nodes(5)) / 45
+    assert 0 < per_step <= 6, per_step  # unrolled (before): 38 (α = 1.5) and 54 (α = 1.25) per step

@@ -1,6 +1,8 @@
 """The Triton ops on the GPU (the real compiler): the decode step through the ops against the
 reference on the same device, CUDA-graph replay, no host sync. Skipped without CUDA."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -106,3 +108,87 @@ def test_graph_replay_equals_eager(compile):
         eager, want = ekv.decode_step(eager, q, k, v, config)
         assert torch.equal(got, want) if not compile else rel(got, want) < 1e-3
     assert torch.equal(decoder.cache.seq_lens, eager.seq_lens)
+
+
+VMAP_SELECTORS = [ekv.Dense(), ekv.TopK(coverage=0.25), ekv.Gaussian(), ekv.Gaussian(tau_mode="corrected"), ekv.Exact()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("sel", VMAP_SELECTORS, ids=lambda s: f"{type(s).__name__}-{getattr(s, 'tau_mode', '')}")
+def test_vmap_through_the_ops_is_batched_and_equals_a_loop(sel, dtype):
+    """vmap of decode_step over a leading batch of CUDA caches runs the Triton ops' batch rules:
+    with vmap's fallback warning on, none is raised, and with the fallback off (a missing rule
+    raises) it still runs. Equal to a Python loop over the caches, over steps crossing a page
+    edge (ragged lengths, page size 16). The batched launches use more split programs than the
+    per-cache ones, so outputs agree to float rounding, not bitwise."""
+    n, b, hq, hkv, d = 3, 2, 8, 2, 64
+    config = ekv.DecodeConfig(1.5, sel)
+    streams, caches = zip(*(prefilled(dtype, b, hq, hkv, 500, seed=40 + i, d=d) for i in range(n)))
+    caches = [c.without_host_len() for c in caches]  # lengths 500 and 463: both cross page edges below
+    assert backend.uses_kernels(caches[0].device, caches[0].dtype, config.backend)
+    batched = torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *[c.fork() for c in caches])
+    step = torch.func.vmap(lambda c, q, k, v: ekv.decode_step(c, q, k, v, config, with_info=True))
+    for s in range(20):
+        q, k, v = (torch.stack(x) for x in zip(*(st.step() for st in streams)))
+        torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if s % 2:
+                    torch._C._functorch._set_vmap_fallback_enabled(False)  # a missing rule raises
+                try:
+                    batched, out, info = step(batched, q, k, v)
+                finally:
+                    torch._C._functorch._set_vmap_fallback_enabled(True)
+        finally:
+            torch._C._functorch._set_vmap_fallback_warning_enabled(False)
+        fallbacks = [str(w.message) for w in caught if "batching rule" in str(w.message)]
+        assert not fallbacks, fallbacks
+        for i in range(n):
+            caches[i], want, want_info = ekv.decode_step(caches[i], q[i], k[i], v[i], config, with_info=True)
+            assert rel(out[i], want) < TOL[dtype], (s, i, rel(out[i], want))
+            assert torch.equal(batched.seq_lens[i], caches[i].seq_lens)
+            if not isinstance(sel, ekv.Exact):  # Exact's rounds use τ from the attention (rounding-level)
+                assert torch.equal(info.page_mask[i], want_info.page_mask), (s, i)
+            else:
+                assert bool(info.certified[i].all()) and bool(want_info.certified.all())
+    for f in ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std"):
+        assert torch.equal(getattr(batched, f), torch.stack([getattr(c, f) for c in caches])), f
+
+
+def test_no_new_triton_specialisations_after_warm_up():
+    """After warm-up, 2,000 CUDA-graph replays and 300 eager steps per selector (lengths crossing
+    125 and 19 page edges, ragged rows) add no entry to any kernel's Triton compile cache: no
+    argument that changes from step to step reaches a kernel as a specialisation key."""
+    from entmaxkv.compiled.kernel_cache import kernel_cache_sizes
+
+    replays, eager_steps, n = 2000, 300, 1000
+    selectors = [ekv.Dense(), ekv.TopK(coverage=0.125), ekv.Gaussian(tau_mode="corrected"), ekv.Exact(max_pages=8)]
+    stream, cache = prefilled(torch.float16, 2, 8, 2, n, seed=60, d=64, slack=replays + eager_steps + 64)
+    decoders, eager = [], []
+    for sel in selectors:  # warm-up: every kernel variant the run needs is compiled here
+        config = ekv.DecodeConfig(1.5, sel)
+        decoders.append(GraphedDecodeStep(cache.fork(), config, num_q_heads=8, compile=False))
+        c = cache.fork()
+        for _ in range(2):
+            c, _ = ekv.decode_step(c, *stream.step(), config)
+        eager.append((c, config))
+    torch.cuda.synchronize()
+    warm = kernel_cache_sizes()
+    assert all(isinstance(v, int) for v in warm.values()), warm  # real JIT functions, not the interpreter
+    assert sum(warm.values()) > 0, warm  # the count sees compiles (else "flat" would prove nothing)
+    for _ in range(replays):
+        q, k, v = stream.step()
+        for decoder in decoders:
+            decoder(q, k, v)
+    for i, (c, config) in enumerate(eager):
+        for _ in range(eager_steps):
+            c, out = ekv.decode_step(c, *stream.step(), config)
+        eager[i] = (c, config)
+        assert torch.isfinite(out).all()
+    torch.cuda.synchronize()
+    assert kernel_cache_sizes() == warm
+    lens = cache.seq_lens
+    for decoder, (c, _) in zip(decoders, eager):
+        assert torch.equal(decoder.cache.seq_lens, lens + replays)
+        assert torch.equal(c.seq_lens, lens + 2 + eager_steps)
