@@ -224,8 +224,14 @@ def report(data: dict) -> None:
                          f"{s['certified']:.0%} | {s['support_kept']} | {s['median_bound']:.2e} / "
                          f"{s['median_true']:.2e} | {'yes' if s['bound_ok'] else 'NO'} |")
         lines += [""]
+    agreement = RESULTS / "real-model-agreement.json"
+    if agreement.exists():  # made by benchmarks/real_model_agreement.py
+        from real_model_agreement import report as agreement_report
+
+        lines += agreement_report(json.loads(agreement.read_text()))
     if "lm" in data:
-        lines += ["## α = 1, teacher-forced held-out text (functional step vs. transformers SDPA)", "",
+        lines += ["## α = 1, teacher-forced held-out text, first run (33 tokens; the section above supersedes it)",
+                  "",
                   "| context | tokens | selector | top-1 agreement with dense | perplexity |", "|---|---|---|---|---|"]
         for r in data["lm"]:
             lines.append(f"| {r['context']} | {r['tokens']} | {r['selector']} | {r['agreement']:.1%} | {r['ppl']:.3f} |")
