@@ -44,6 +44,7 @@ SELECTORS = {
     "TopK 6.25%": ekv.TopK(coverage=0.0625),
     "TopK 12.5%": ekv.TopK(coverage=0.125),
     "TopK 25%": ekv.TopK(coverage=0.25),
+    "TopK 12.5% recent 4": ekv.TopK(coverage=0.125, recent_pages=4),
     "Gaussian exact": ekv.Gaussian(tau_mode="exact"),
     "Gaussian fixed": ekv.Gaussian(tau_mode="fixed"),
     "Gaussian corrected": ekv.Gaussian(tau_mode="corrected"),

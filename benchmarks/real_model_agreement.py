@@ -61,11 +61,14 @@ CONFIGS = {
     "recent4 6.25%": (dict(coverage=0.0625, recent_pages=4), 0),
     "recent4 25%": (dict(coverage=0.25, recent_pages=4), 0),
     "every page": (dict(coverage=1.0), 0),
+    "dense bf16 KV": (None, 0),  # a numerically small change, for scale: every page, keys/values in bf16
 }
 
 
 def label(name: str) -> str:
     kw, dense = CONFIGS[name]
+    if kw is None:
+        return "Dense, bf16 KV cache (no selection)"
     parts = [f"TopK {kw['coverage']:.2%}"] + [f"{k}={v}" for k, v in kw.items() if k != "coverage"]
     return ", ".join(parts + ([f"dense_layers={dense}"] if dense else []))
 
@@ -78,18 +81,26 @@ class LayerAttend:
     layer order, so the layer is the call count modulo the number of layers). With ``info``
     set it records pages read / live pages per (layer, KV head)."""
 
-    def __init__(self, configs: list):
-        self.configs, self.calls, self.info, self.shares = configs, 0, False, []
+    def __init__(self, configs: list, dtype: torch.dtype | None = None):
+        self.configs, self.calls, self.info, self.shares, self.dtype = configs, 0, False, [], dtype
 
     def __call__(self, cache, q, k, v):
         config = self.configs[self.calls % len(self.configs)]
         self.calls += 1
+        if self.dtype is not None:  # a low-precision cache: attend in its dtype, return the model's
+            new, out = ekv.decode_step(cache, q.to(self.dtype), k.to(self.dtype), v.to(self.dtype), config)
+            self.shares.append(1.0)
+            return new, out.to(q.dtype)
         if not self.info:
             return ekv.decode_step(cache, q, k, v, config)
         new, out, info = ekv.decode_step(cache, q, k, v, config, with_info=True)
         live = new.live_page_mask().sum(-1).double()  # [B]
         self.shares.append(float((info.pages_per_kv_head.double() / live[:, None]).mean()))
         return new, out
+
+
+def states_dtype(attend: LayerAttend) -> torch.dtype:
+    return attend.dtype or torch.float32
 
 
 def run(params, spec, states, attend: LayerAttend, first: torch.Tensor, n: int, feed: torch.Tensor | None,
@@ -101,7 +112,7 @@ def run(params, spec, states, attend: LayerAttend, first: torch.Tensor, n: int, 
     """
     from entmaxkv.compiled import forward_token
 
-    caches = [s.fork() for s in states]
+    caches = [s.fork() if s.dtype == states_dtype(attend) else s.to(attend.dtype) for s in states]
     pos = states[0].seq_lens.clone()
     logits, tokens = [first.double()], []
     with torch.no_grad():
@@ -120,6 +131,8 @@ def configs_for(name: str, num_layers: int) -> list:
     from entmaxkv import hf
 
     kw, dense_layers = CONFIGS[name]
+    if kw is None:
+        return [ekv.DecodeConfig(alpha=1.0, selector=ekv.Dense(), scale=0.125)] * num_layers
     config = ekv.DecodeConfig(alpha=1.0, selector=ekv.TopK(**kw), scale=0.125)
     return hf.layer_configs(config, num_layers, dense_layers)
 
@@ -127,7 +140,7 @@ def configs_for(name: str, num_layers: int) -> list:
 def measure(setup: dict, name: str, heldout: bool) -> dict:
     t0 = time.time()
     spec, ref, n = setup["spec"], setup["dense"], setup["tokens"]
-    attend = LayerAttend(configs_for(name, spec.num_layers))
+    attend = LayerAttend(configs_for(name, spec.num_layers), torch.bfloat16 if CONFIGS[name][0] is None else None)
     sparse, _ = run(setup["params"], spec, setup["states"], attend, setup["first"], n, None)
     dense = ref["free"]
     differ = (sparse != dense).nonzero()
