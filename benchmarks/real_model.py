@@ -218,7 +218,8 @@ def report(data: dict) -> None:
                   "| context | α | selector | cosine median / p10 / worst | rel. error median | pages read | "
                   "certified | support kept (of 270) | dropped mass: bound median / true median | bound ≥ true |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in data["fidelity"]:
+        order = ["Dense", *SELECTORS]
+        for row in sorted(data["fidelity"], key=lambda r: (r["context"], r["alpha"], order.index(r["selector"]))):
             s = summary(row)
             lines.append(f"| {row['context']} | {row['alpha']} | {row['selector']} | {s['median_cos']:.5f} / "
                          f"{s['p10_cos']:.4f} / {s['worst_cos']:.3f} | {s['median_rel']:.2e} | {s['pages']:.1%} | "
