@@ -265,15 +265,17 @@ def plots(data: dict) -> None:
             if row["alpha"] != alpha or row["selector"] == "Dense":
                 continue
             s = summary(row)
-            marker = "o^s"[contexts.index(row["context"]) % 3]
+            marker = "o^s"[contexts.index(row["context"]) % 3]  # one marker per context, one colour per selector
             mean_rel = statistics.mean(h["rel"] for h in row["heads"])
-            ax.scatter(s["pages"], max(mean_rel, 1e-6), marker=marker, label=f"{row['selector']} ({row['context']})")
+            ax.scatter(s["pages"], max(mean_rel, 1e-6), marker=marker, color=f"C{list(SELECTORS).index(row['selector'])}",
+                       label=f"{row['selector']} ({row['context']})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"α = {alpha}")
         ax.set_xlabel("share of pages read")
     axes[0].set_ylabel("mean relative error over 270 heads (floor 1e-6)")
-    axes[-1].legend(fontsize=6, loc="best")
+    for ax in axes:
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(RESULTS / "real-model-error-vs-pages.png", dpi=120)
 
