@@ -197,9 +197,13 @@ def prepare(model, tok, context: int, tokens: int) -> dict:
 def report(data: dict) -> list[str]:
     """Markdown lines for real-model.md."""
     lines = ["## α = 1: why greedy text differs, and three ways to count agreement", "",
-             f"`{data['meta']['command']}` ({data['meta']['date']}, {data['meta']['machine']}, torch "
-             f"{data['meta']['torch']}, transformers {data['meta']['transformers']}). Prompt: the first *context* "
-             "tokens of the language reference; dense = transformers' SDPA.", "",
+             "Commands: " + ", ".join(f"`{c}`" for c in data.get("commands", [data["meta"]["command"]]))
+             + f" (last run {data['meta']['date']}, {data['meta']['machine']}, torch {data['meta']['torch']}, "
+             f"transformers {data['meta']['transformers']}; raw numbers in `real-model-agreement.json`). "
+             f"Prompt: *context* tokens, the language reference (`real_model.corpus`) followed by the first "
+             f"{PROMPT_TAIL} tokens of the held-out section; the continuation and the held-out text are that "
+             "section's next tokens. Dense = every page through the same functional step (`Dense`, which "
+             "reproduces transformers' SDPA token for token: `tests/test_hf_smollm2.py`).", "",
              "- **prefix**: greedy tokens equal to dense before the first difference (free-running; the "
              "issue's \"greedy agreement\" in its strictest form).",
              "- **positional**: free-running positions holding the same token as dense (what `make demo` prints).",
