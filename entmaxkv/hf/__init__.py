@@ -86,6 +86,9 @@ def prefill(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConf
             dense_layers: int = 0) -> tuple[Tensor, EntmaxKVCache]:
     """One forward over the prompt into a fresh ``EntmaxKVCache`` of ``capacity`` tokens.
 
+    ``config`` and ``dense_layers`` as in ``generate``; they decide how later steps through the
+    returned cache decode (the prompt itself always attends densely). Note that
+    ``entmaxkv.compiled.llama.llama_step`` takes one config for every layer.
     Returns ``(logits [B, T, vocab], cache)``; ``cache.states()`` hands the per-layer
     ``PagedKVCache``s to the functional step (``entmaxkv.compiled.llama``).
     """
