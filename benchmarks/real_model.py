@@ -316,7 +316,10 @@ def main(argv=None) -> None:
         more = json.loads(Path(extra).read_text())
         data.setdefault("commands", [data.get("meta", {}).get("command")]).append(more["meta"]["command"])
         for key, value in more.items():
-            if key in ("lm", "passkey") and key in data:
+            if key == "fidelity" and key in data:  # the other file's rows replace rows of the same kind
+                done = {(r["context"], r["alpha"], r["selector"]) for r in value}
+                data[key] = [r for r in data[key] if (r["context"], r["alpha"], r["selector"]) not in done] + value
+            elif key in ("lm", "passkey") and key in data:
                 data[key] = data[key] + value  # rows from another run of the same part
             elif key not in ("meta", "commands"):
                 data[key] = value
