@@ -44,6 +44,7 @@ SELECTORS = {
     "TopK 6.25%": ekv.TopK(coverage=0.0625),
     "TopK 12.5%": ekv.TopK(coverage=0.125),
     "TopK 25%": ekv.TopK(coverage=0.25),
+    "TopK 12.5% recent 4": ekv.TopK(coverage=0.125, recent_pages=4),
     "Gaussian exact": ekv.Gaussian(tau_mode="exact"),
     "Gaussian fixed": ekv.Gaussian(tau_mode="fixed"),
     "Gaussian corrected": ekv.Gaussian(tau_mode="corrected"),
@@ -217,15 +218,22 @@ def report(data: dict) -> None:
                   "| context | α | selector | cosine median / p10 / worst | rel. error median | pages read | "
                   "certified | support kept (of 270) | dropped mass: bound median / true median | bound ≥ true |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for row in data["fidelity"]:
+        order = ["Dense", *SELECTORS]
+        for row in sorted(data["fidelity"], key=lambda r: (r["context"], r["alpha"], order.index(r["selector"]))):
             s = summary(row)
             lines.append(f"| {row['context']} | {row['alpha']} | {row['selector']} | {s['median_cos']:.5f} / "
                          f"{s['p10_cos']:.4f} / {s['worst_cos']:.3f} | {s['median_rel']:.2e} | {s['pages']:.1%} | "
                          f"{s['certified']:.0%} | {s['support_kept']} | {s['median_bound']:.2e} / "
                          f"{s['median_true']:.2e} | {'yes' if s['bound_ok'] else 'NO'} |")
         lines += [""]
+    agreement = RESULTS / "real-model-agreement.json"
+    if agreement.exists():  # made by benchmarks/real_model_agreement.py
+        from real_model_agreement import report as agreement_report
+
+        lines += agreement_report(json.loads(agreement.read_text()))
     if "lm" in data:
-        lines += ["## α = 1, teacher-forced held-out text (functional step vs. transformers SDPA)", "",
+        lines += ["## α = 1, teacher-forced held-out text, first run (33 tokens; the section above supersedes it)",
+                  "",
                   "| context | tokens | selector | top-1 agreement with dense | perplexity |", "|---|---|---|---|---|"]
         for r in data["lm"]:
             lines.append(f"| {r['context']} | {r['tokens']} | {r['selector']} | {r['agreement']:.1%} | {r['ppl']:.3f} |")
@@ -257,15 +265,17 @@ def plots(data: dict) -> None:
             if row["alpha"] != alpha or row["selector"] == "Dense":
                 continue
             s = summary(row)
-            marker = "o^s"[contexts.index(row["context"]) % 3]
+            marker = "o^s"[contexts.index(row["context"]) % 3]  # one marker per context, one colour per selector
             mean_rel = statistics.mean(h["rel"] for h in row["heads"])
-            ax.scatter(s["pages"], max(mean_rel, 1e-6), marker=marker, label=f"{row['selector']} ({row['context']})")
+            ax.scatter(s["pages"], max(mean_rel, 1e-6), marker=marker, color=f"C{list(SELECTORS).index(row['selector'])}",
+                       label=f"{row['selector']} ({row['context']})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"α = {alpha}")
         ax.set_xlabel("share of pages read")
     axes[0].set_ylabel("mean relative error over 270 heads (floor 1e-6)")
-    axes[-1].legend(fontsize=6, loc="best")
+    for ax in axes:
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     fig.savefig(RESULTS / "real-model-error-vs-pages.png", dpi=120)
 
@@ -306,7 +316,10 @@ def main(argv=None) -> None:
         more = json.loads(Path(extra).read_text())
         data.setdefault("commands", [data.get("meta", {}).get("command")]).append(more["meta"]["command"])
         for key, value in more.items():
-            if key in ("lm", "passkey") and key in data:
+            if key == "fidelity" and key in data:  # the other file's rows replace rows of the same kind
+                done = {(r["context"], r["alpha"], r["selector"]) for r in value}
+                data[key] = [r for r in data[key] if (r["context"], r["alpha"], r["selector"]) not in done] + value
+            elif key in ("lm", "passkey") and key in data:
                 data[key] = data[key] + value  # rows from another run of the same part
             elif key not in ("meta", "commands"):
                 data[key] = value

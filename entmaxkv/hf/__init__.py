@@ -19,6 +19,7 @@ the left and pass ``attention_mask``; prefill stores each row's real tokens only
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 from torch import Tensor
@@ -27,10 +28,11 @@ from entmaxkv.config import DecodeConfig
 from entmaxkv.hf._extra import require
 from entmaxkv.hf.attention import NAME, dense_causal_entmax, register
 from entmaxkv.hf.cache import EntmaxKVCache, EntmaxKVLayer
+from entmaxkv.hf.layers import layer_configs
 from entmaxkv.hf.models import load_smollm2, smollm2_path
 
 __all__ = ["generate", "prefill", "attention", "cache_kwarg", "EntmaxKVCache", "EntmaxKVLayer", "load_smollm2",
-           "smollm2_path", "dense_causal_entmax", "register", "require", "NAME"]
+           "smollm2_path", "dense_causal_entmax", "register", "require", "NAME", "layer_configs"]
 
 
 @contextmanager
@@ -50,14 +52,15 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: int,
+def generate(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConfig], *, max_new_tokens: int,
              attention_mask: Tensor | None = None, page_size: int = 16, record_info: bool = False,
-             **generate_kwargs) -> tuple[object, EntmaxKVCache]:
+             dense_layers: int = 0, **generate_kwargs) -> tuple[object, EntmaxKVCache]:
     """``model.generate`` decoding through EntmaxKV with ``config``.
 
     Args:
         input_ids: [B, T] prompt ids, left-padded when ragged (then pass ``attention_mask``).
-        config: α, selector (and scale; ``None`` takes the model's).
+        config: α, selector (and scale; ``None`` takes the model's), or one config per layer.
+        dense_layers: layers below this index decode with ``Dense()`` (see ``hf.layers``).
         record_info: keep each decode step's ``DecodeInfo`` per layer (``cache.layers[i].infos``).
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``streamer``, ...).
     Returns ``(output, cache)``: ``output`` is what ``model.generate`` returns (the sequences
@@ -71,21 +74,25 @@ def generate(model, input_ids: Tensor, config: DecodeConfig, *, max_new_tokens: 
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
     cache = EntmaxKVCache(model.config, input_ids.shape[1] + max_new_tokens, config, page_size=page_size,
-                          record_info=record_info)
+                          record_info=record_info, dense_layers=dense_layers)
     with attention(model):
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                              **{cache_kwarg(model): cache}, **generate_kwargs)
     return out, cache
 
 
-def prefill(model, input_ids: Tensor, config: DecodeConfig, *, capacity: int,
-            attention_mask: Tensor | None = None, page_size: int = 16) -> tuple[Tensor, EntmaxKVCache]:
+def prefill(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConfig], *, capacity: int,
+            attention_mask: Tensor | None = None, page_size: int = 16,
+            dense_layers: int = 0) -> tuple[Tensor, EntmaxKVCache]:
     """One forward over the prompt into a fresh ``EntmaxKVCache`` of ``capacity`` tokens.
 
+    ``config`` and ``dense_layers`` as in ``generate``; they decide how later steps through the
+    returned cache decode (the prompt itself always attends densely). Note that
+    ``entmaxkv.compiled.llama.llama_step`` takes one config for every layer.
     Returns ``(logits [B, T, vocab], cache)``; ``cache.states()`` hands the per-layer
     ``PagedKVCache``s to the functional step (``entmaxkv.compiled.llama``).
     """
-    cache = EntmaxKVCache(model.config, capacity, config, page_size=page_size)
+    cache = EntmaxKVCache(model.config, capacity, config, page_size=page_size, dense_layers=dense_layers)
     with attention(model):
         out = model(input_ids, attention_mask=attention_mask, use_cache=True, **{cache_kwarg(model): cache})
     return out.logits, cache

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from entmaxkv.config import DecodeConfig, DecodeInfo
 from entmaxkv.hf._extra import require
+from entmaxkv.hf.layers import layer_configs
 from entmaxkv.state import PagedKVCache
 
 _cache_utils = require("transformers").cache_utils
@@ -114,16 +116,21 @@ class EntmaxKVCache(_cache_utils.Cache):
     Args:
         model_config: the model's ``PretrainedConfig`` (``model.config``).
         capacity: tokens per sequence (prompt incl. padding + new tokens), preallocated.
-        config: the ``DecodeConfig`` every layer decodes with; ``scale=None`` takes the model's.
+        config: the ``DecodeConfig`` every layer decodes with, or a sequence of one per layer;
+            ``scale=None`` takes the model's.
         page_size: tokens per page.
         record_info: keep each decode step's ``DecodeInfo`` in ``layer.infos`` (costs the
             certificate pass; for diagnostics and the demo).
+        dense_layers: layers below this index decode with ``Dense()`` (``hf.layers``: Quest
+            keeps the first two layers dense); 0 keeps ``config``'s selector everywhere.
     """
 
-    def __init__(self, model_config, capacity: int, config: DecodeConfig, *, page_size: int = 16,
-                 record_info: bool = False):
+    def __init__(self, model_config, capacity: int, config: DecodeConfig | Sequence[DecodeConfig], *,
+                 page_size: int = 16, record_info: bool = False, dense_layers: int = 0):
         n = model_config.get_text_config(decoder=True).num_hidden_layers
-        super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, config, record_info) for i in range(n)])
+        configs = layer_configs(config, n, dense_layers)
+        super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info)
+                                 for i, c in enumerate(configs)])
 
     def states(self) -> list[PagedKVCache]:
         """Each layer's ``PagedKVCache`` (after prefill), e.g. to hand to ``entmaxkv.compiled.llama``."""
