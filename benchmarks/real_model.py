@@ -211,8 +211,9 @@ def report(data: dict) -> None:
              + f" — torch {data['meta']['torch']}, transformers "
              f"{data['meta']['transformers']}, {data['meta']['machine']}. Made by `benchmarks/real_model.py`; "
              "raw numbers in `real-model.json`.", "",
-             "Gaussian numbers are **pre-fix**: a forced attention-sink page for `Gaussian` is being added on "
-             "another branch; until then Gaussian drops token 0 on heads whose mass sits there.", ""]
+             "The Gaussian rows (2K) predate issue 7's fix (a forced sink page and the outlier rule): they drop "
+             "token 0 on heads whose mass sits there. Post-fix Gaussian on SmolLM2 at 4K: "
+             "`gaussian-issue7-2026-11-28.md`.", ""]
     if "fidelity" in data:
         lines += ["## One decode step per layer, all 270 heads (last position of the text, float64 cache)", "",
                   "| context | α | selector | cosine median / p10 / worst | rel. error median | pages read | "
