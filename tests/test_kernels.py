@@ -228,6 +228,41 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float32), (1.5, torch.float32), (2.0, torch.float64)])
+def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha, dtype, poison):
+    """Long lists (several iterations per split, so the shared running maximum is read while
+    scoring) and query heads of one group on very different score scales: a maximum shared
+    with the wrong row, or a floor above the true one, drops support tokens. With and
+    without a score floor (published before the first chunk)."""
+    seed = fresh_seed()
+    r = random.Random(seed)
+    lens = [700 + r.randrange(40)]
+    cache, _, _ = make_cache(seed, 1, 2, 16, 16, lens, dtype=dtype, spread=2.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(1, 8, 1, 16, generator=g, dtype=torch.float64)
+    q = q * torch.tensor([0.3, 3.0, 1.0, 0.1, 2.0, 0.5, 4.0, 0.05], dtype=torch.float64).reshape(1, 8, 1, 1)
+    q = q.to(dtype)
+    want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
+    newest = int((cache.seq_lens[0] - 1) // 16)
+    # the list in a shuffled order (splits then meet the best tokens at different times)
+    order = torch.randperm(newest, generator=g).int()
+    pages = torch.full((1, 2, cache.num_pages), -1, dtype=torch.int32)
+    pages[0, :, :newest] = order
+    count = torch.full((1, 2), newest, dtype=torch.int32)
+    scores = token_scores(cache.to(torch.float64), q.double(), 0.3, None)  # [1, Hkv, G, T]
+    first_token = scores[..., 0].reshape(1, 8)  # an attended score: a valid floor
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    floor = (first_token - 1e-4 * (1 + first_token.abs())).to(work).contiguous()
+    for dense, score_floor in ((False, None), (True, None), (False, floor)):
+        out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                 cache.seq_lens, None, None, score_floor, alpha, 0.3, dense, TAU_EXACT, 0)
+        err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
+        assert err < OUT_TOL[dtype], (seed, dense, score_floor is not None, err)
+        torch.testing.assert_close(tau, want_tau.reshape(1, 8), rtol=1e-5 if dtype != torch.float64 else 1e-10,
+                                   atol=1e-5 if dtype != torch.float64 else 1e-10,
+                                   msg=f"seed {seed} dense {dense} floor {score_floor is not None}")
+
+
 @pytest.mark.parametrize("mode", [TAU_GIVEN, TAU_REFINED])
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
 def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
@@ -281,6 +316,32 @@ def test_decode_step_through_the_ops_equals_the_reference(alpha):
             assert torch.equal(getattr(c1, f), getattr(c2, f)), (f, msg)
         # both bounds are safe; the kernels' rounding margins are per page, so theirs is not smaller
         assert bool((i2.dropped_mass_bound >= i1.dropped_mass_bound - 1e-12).all()), msg
+
+
+@pytest.mark.xfail(strict=True, reason="review s2: KernelOps.attend reuses top_pages' list, which holds the newest "
+                   "page when a selector's key is finite there; the kernel then scores it twice")
+def test_a_selector_may_rank_every_page():
+    """``StepOps.top_pages`` lets keys be finite on any page (only −inf pages are never
+    chosen); a mask holding the newest or non-live pages must attend the same tokens as one
+    without them, on both backends."""
+    from dataclasses import dataclass
+
+    from entmaxkv.selection import Selection, Selector
+
+    @dataclass(frozen=True)
+    class EveryPage(Selector):
+        def select(self, step):
+            c = step.cache
+            key = torch.zeros(c.batch, c.num_kv_heads, c.num_pages, dtype=torch.float64)
+            return Selection(step.ops.top_pages(key, c.num_pages))
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 32, 16, [40, 57], dtype=torch.float64, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32)
+    _, want = ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="torch"))
+    for backend in ("torch", "triton"):
+        _, got = ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, EveryPage(), backend=backend))
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{backend} seed {seed}")
 
 
 def test_opcheck_every_op():
