@@ -263,6 +263,32 @@ def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha,
                                    msg=f"seed {seed} dense {dense} floor {score_floor is not None}")
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_sparse_decode_follows_the_page_table(alpha, poison):
+    """Physical pages in a shuffled order, found through ``page_table``: the same output as
+    the identity layout (every other test uses an identity table or None, which a kernel
+    ignoring the table would also pass)."""
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 16, [150 + random.Random(seed).randrange(17), 57], dtype=torch.float32,
+                             spread=2.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(2, 4, 16, generator=g)
+    b, hkv, p = cache.batch, cache.num_kv_heads, cache.num_pages
+    perm = torch.stack([torch.randperm(p, generator=g) for _ in range(b)])  # [B, P] logical -> physical
+    k_phys, v_phys = torch.empty_like(cache.k_pages), torch.empty_like(cache.v_pages)
+    for i in range(b):
+        k_phys[i][:, perm[i]] = cache.k_pages[i]
+        v_phys[i][:, perm[i]] = cache.v_pages[i]
+    table = perm.int().contiguous()
+    pages, count = random_lists(cache, seed, p)
+    for dense in (False, True):
+        want = sparse_decode(q, cache.k_pages, cache.v_pages, None, pages, count, cache.seq_lens, None, None, None,
+                             alpha, 0.3, dense, TAU_EXACT, 0)
+        got = sparse_decode(q, k_phys, v_phys, table, pages, count, cache.seq_lens, None, None, None,
+                            alpha, 0.3, dense, TAU_EXACT, 0)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
+
+
 @pytest.mark.parametrize("mode", [TAU_GIVEN, TAU_REFINED])
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
 def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
