@@ -289,6 +289,57 @@ def test_sparse_decode_follows_the_page_table(alpha, poison):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
 
 
+def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
+    """Each split filters its survivors again against its final maximum, which is at least the
+    best score of its own tokens: a split hands the τ kernel no more tokens than lie within
+    1/(α−1) of its own best score, even when its first chunk only held near-ties far below it.
+    (Not an output property: without the refilter every output stays right, only the τ
+    kernel's work grows.)"""
+    from entmaxkv.kernels.sparse_decode import num_splits
+
+    seed = fresh_seed()
+    alpha, hq, s, d = 1.5, 2, 16, 16
+    cache, _, _ = make_cache(seed, 1, 1, d, s, [700 + random.Random(seed).randrange(40)], dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    newest = int((cache.seq_lens[0] - 1) // s)
+    nsplit = num_splits(1, 1, cache.num_pages, s, torch.device("cpu"))
+    per_split = -(-newest // nsplit)
+    q = torch.ones(1, hq, 1, d) + 0.1 * torch.randn(1, hq, 1, d, generator=g)
+    k = cache.k_pages.clone()
+    k[0, 0, :newest] *= 1e-3  # near-ties around 0 ...
+    for j in range(nsplit):  # ... and one token far above them in the last page of every split
+        last = min((j + 1) * per_split, newest) - 1
+        if last >= j * per_split:
+            k[0, 0, last, int(torch.randint(0, s, (1,), generator=g))] = 5.0
+    pages = torch.full((1, 1, cache.num_pages), -1, dtype=torch.int32)
+    pages[0, 0, :newest] = torch.arange(newest, dtype=torch.int32)
+    count = torch.full((1, 1), newest, dtype=torch.int32)
+    rows = hq * (nsplit + 1)
+    seen = []
+    empty = torch.empty
+
+    def record(*a, **kw):
+        t = empty(*a, **kw)
+        if t.dtype == torch.int32 and tuple(t.shape) == (rows,):
+            seen.append(t)
+        return t
+
+    monkeypatch.setattr(torch, "empty", record)
+    sparse_decode(q[:, :, 0].contiguous(), k, cache.v_pages, None, pages, count, cache.seq_lens, None,
+                  None, None, alpha, 0.3, False, TAU_EXACT, 0)
+    monkeypatch.setattr(torch, "empty", empty)
+    assert len(seen) == 1, len(seen)
+    cand_n = seen[0].reshape(hq, nsplit + 1)
+    z = (alpha - 1) * 0.3 * torch.einsum("hd,ptd->hpt", q[0, :, 0].double(), k[0, 0].double())  # [hq, P, S]
+    length = int(cache.seq_lens[0])
+    for j in range(nsplit + 1):
+        listed = [newest] if j == nsplit else list(range(j * per_split, min((j + 1) * per_split, newest)))
+        for h in range(hq):
+            zs = torch.cat([z[h, p, : min(s, length - p * s)] for p in listed]) if listed else torch.zeros(0)
+            near = int((zs > zs.max() - 1 - 1e-4).sum()) if len(zs) else 0
+            assert int(cand_n[h, j]) <= near, (seed, h, j, int(cand_n[h, j]), near)
+
+
 @pytest.mark.parametrize("mode", [TAU_GIVEN, TAU_REFINED])
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
 def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
