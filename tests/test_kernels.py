@@ -421,6 +421,33 @@ def test_a_selector_may_rank_every_page():
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{backend} seed {seed}")
 
 
+@pytest.mark.xfail(strict=True, reason="review s2: KernelOps.attend recognises top_pages' mask by identity, so a "
+                   "selector that edits that mask in place (mask |= ...) gets the stale page list attended")
+def test_a_selector_may_edit_the_top_pages_mask_in_place():
+    from dataclasses import dataclass
+
+    from entmaxkv.selection import Selection, Selector
+
+    @dataclass(frozen=True)
+    class BestPlusFirstTwo(Selector):
+        def select(self, step):
+            page = torch.arange(step.cache.num_pages, dtype=torch.float64)
+            key = torch.where(step.candidates, page, float("-inf")).expand(*step.candidates.shape[:1],
+                                                                           step.cache.num_kv_heads, -1)
+            mask = step.ops.top_pages(key.contiguous(), 1)  # the last full page
+            mask |= step.candidates & (torch.arange(step.cache.num_pages) < 2)  # the same tensor object
+            return Selection(mask)
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 32, 16, [80, 97], dtype=torch.float64, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32)
+    runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, BestPlusFirstTwo(), backend=b),
+                            with_info=True) for b in ("torch", "triton")]
+    (_, o1, i1), (_, o2, i2) = runs
+    assert torch.equal(i1.page_mask, i2.page_mask), f"page masks, seed {seed}"
+    torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=f"outputs, seed {seed}")
+
+
 def test_opcheck_every_op():
     # lengths fill whole pages: page_scores leaves entries of pages that are not full unwritten
     cache, _, _ = make_cache(1, 2, 2, 16, 16, [48, 48], capacity=48, dtype=torch.float32)
