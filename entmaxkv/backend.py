@@ -74,7 +74,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     candidates = cache.full_page_mask()[:, None, :] & ~newest
     if not needs_page_scores:
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, None, None, None)
-               if kernels else ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest))
+               if kernels else ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest, candidates))
         return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, newest, candidates, None, ops)
     newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
     if kernels:
@@ -87,7 +87,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     upper = quest_bounds(cache, q, scale, alibi_slopes)
     means = mean_scores(cache, q, scale, alibi_slopes)
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
-    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest)
+    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest, candidates)
     return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest, candidates, newest_scores, ops)
 
 
@@ -107,13 +107,14 @@ class ReferenceOps:
     """The oracle's primitives: every token scored in plain torch."""
 
     def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
-                 newest: Tensor):
+                 newest: Tensor, candidates: Tensor):
         self.cache, self.q, self.alpha, self.scale, self.alibi_slopes = cache, q, alpha, scale, alibi_slopes
-        self.newest = newest
+        self.newest, self.candidates = newest, candidates
         self.scores = token_scores(cache, q, scale, alibi_slopes)
         self._errors: Tensor | None = None
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
+        key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
         return top_pages(key, count) | torch.isposinf(key)
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
@@ -157,12 +158,16 @@ class KernelOps:
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         c = self.cache
+        key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
         forced = torch.isposinf(key).sum(-1)
         rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
         want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
         pages, count = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
         mask = pages_to_mask(pages, c.num_pages)
-        self._listed = (mask, pages, count)  # attend of this very mask reuses the list
+        # attend of this very mask reuses the list; in eager use an in-place edit of the mask
+        # is caught by its version counter (dynamo cannot read it: compiled steps trust the contract)
+        version = None if torch.compiler.is_compiling() else mask._version
+        self._listed = (mask, pages, count, version)
         return mask
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
@@ -173,7 +178,10 @@ class KernelOps:
             pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = pages[..., 0]
         elif self._listed is not None and page_mask is self._listed[0]:
-            pages, count = self._listed[1:]  # key −inf off the candidates: the list holds candidates only
+            pages, count, version = self._listed[1:]  # the list holds candidates only
+            if version is not None and page_mask._version != version:
+                raise ValueError("a selector modified the mask returned by StepOps.top_pages in place; "
+                                 "build a new mask instead (mask = mask | other)")
         else:
             pages, count = self._list(page_mask)
         mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)

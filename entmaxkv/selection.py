@@ -26,8 +26,12 @@ class StepOps(Protocol):
     """The primitives a backend gives selectors and the decode step (see ``entmaxkv.backend``)."""
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
-        """[B, Hkv, P] bool: per row the ``count`` pages with the largest keys (ties to the
-        lower page index; −inf never); +inf keys are forced pages, kept even beyond ``count``."""
+        """[B, Hkv, P] bool: per row the ``count`` candidate pages (``Step.candidates``: full,
+        not the newest) with the largest keys (ties to the lower page index; −inf never; keys
+        off the candidates are ignored); +inf keys are forced pages, kept even beyond ``count``.
+        Do not modify the returned mask in place (build a new one: ``mask | other``): a backend
+        may keep data behind it (the kernel ops keep its page list and raise, in eager use, if
+        the mask was changed)."""
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:

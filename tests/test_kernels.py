@@ -395,8 +395,6 @@ def test_decode_step_through_the_ops_equals_the_reference(alpha):
         assert bool((i2.dropped_mass_bound >= i1.dropped_mass_bound - 1e-12).all()), msg
 
 
-@pytest.mark.xfail(strict=True, reason="review s2: KernelOps.attend reuses top_pages' list, which holds the newest "
-                   "page when a selector's key is finite there; the kernel then scores it twice")
 def test_a_selector_may_rank_every_page():
     """``StepOps.top_pages`` lets keys be finite on any page (only −inf pages are never
     chosen); a mask holding the newest or non-live pages must attend the same tokens as one
@@ -421,9 +419,10 @@ def test_a_selector_may_rank_every_page():
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9, msg=f"{backend} seed {seed}")
 
 
-@pytest.mark.xfail(strict=True, reason="review s2: KernelOps.attend recognises top_pages' mask by identity, so a "
-                   "selector that edits that mask in place (mask |= ...) gets the stale page list attended")
-def test_a_selector_may_edit_the_top_pages_mask_in_place():
+def test_editing_the_top_pages_mask_in_place_is_refused():
+    """The kernel ops keep the page list behind top_pages' mask: an in-place edit of that
+    mask (``mask |= ...``) would attend the stale list, so eager steps refuse it; a new mask
+    (``mask | ...``) attends the same pages on both backends."""
     from dataclasses import dataclass
 
     from entmaxkv.selection import Selection, Selector
@@ -435,12 +434,20 @@ def test_a_selector_may_edit_the_top_pages_mask_in_place():
             key = torch.where(step.candidates, page, float("-inf")).expand(*step.candidates.shape[:1],
                                                                            step.cache.num_kv_heads, -1)
             mask = step.ops.top_pages(key.contiguous(), 1)  # the last full page
-            mask |= step.candidates & (torch.arange(step.cache.num_pages) < 2)  # the same tensor object
+            extra = step.candidates & (torch.arange(step.cache.num_pages) < 2)
+            if self.in_place:
+                mask |= extra  # the same tensor object
+            else:
+                mask = mask | extra
             return Selection(mask)
+
+        in_place: bool = False
 
     seed = fresh_seed()
     cache, _, _ = make_cache(seed, 2, 2, 32, 16, [80, 97], dtype=torch.float64, spread=2.0)
     q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32)
+    with pytest.raises(ValueError, match="in place"):
+        ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, BestPlusFirstTwo(in_place=True), backend="triton"))
     runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, BestPlusFirstTwo(), backend=b),
                             with_info=True) for b in ("torch", "triton")]
     (_, o1, i1), (_, o2, i2) = runs
