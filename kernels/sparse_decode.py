@@ -17,8 +17,10 @@ Two kernels, K read once, V read only where the weight is non-zero:
    by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
    tokens only and writes the output. For softmax it combines the partial sums.
 
-Which non-support tokens survive depends on the order the splits run in; the support, τ and
-the output do not (every token above the final floor is always kept).
+Which non-support tokens survive depends on the order the splits run in; the support does not
+(every token above the final floor is always kept). The order of the gathered survivors, and
+so the pairing of float64 sums, may change from run to run: τ can differ in its last float64
+bits, which in principle could flip a rounding of the output (never observed).
 
 The page list is a fixed-capacity [B, Hkv, M] int32 table (padding −1) with a count per row;
 ``dense=True`` means "every full page before the newest one" without a list. Pages are logical
