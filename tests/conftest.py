@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 
 # Triton's interpreter must be on before any @triton.jit decorator runs (CPU machines).
@@ -26,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "interpreter" in item.keywords and "gpu" not in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """torch.empty / empty_like hand out NaN-filled (floats), True (bool) or −7-filled (ints)
+    memory, so that an element a kernel forgot to write cannot pass."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))

@@ -1,5 +1,7 @@
 """Shared test set-up: random caches with ragged lengths and their plain token lists."""
 
+import random
+
 import torch
 
 import entmaxkv as ekv
@@ -46,3 +48,8 @@ def assert_same_view(a, b):
     for xs, ys in zip(a, b):
         for x, y in zip(xs, ys):
             torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+def fresh_seed() -> int:
+    """A seed drawn afresh for every test run (tests print it when they fail)."""
+    return random.SystemRandom().randrange(2 ** 31)

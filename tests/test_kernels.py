@@ -16,7 +16,7 @@ from entmaxkv.conventions import pages_to_mask
 from entmaxkv.bounds import mean_scores, quest_bounds
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.state import append_token
-from helpers import make_cache, random_step
+from helpers import fresh_seed, make_cache, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -26,22 +26,6 @@ from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, sp
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # float32 accumulation on the same inputs; bf16/fp16 outputs are rounded once (1 ulp)
 OUT_TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-
-
-def fresh_seed() -> int:
-    return random.SystemRandom().randrange(2 ** 31)
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    """torch.empty / empty_like hand out NaN-filled (floats) or −7-filled (ints) memory."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        return t.fill_(float("nan") if t.dtype.is_floating_point else -7)
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
 
 
 def lengths(seed: int, batch: int, page_size: int = 16) -> list[int]:

@@ -20,27 +20,12 @@ from entmaxkv.exact_codes import code_candidates as reference_candidates
 from entmaxkv.keycodes import code_radius, code_scores, code_steps
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
+from helpers import fresh_seed
 from test_keycodes import adversarial_keys, naive_scores
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.code_scan import code_bounds, code_candidates, code_radius_factor  # noqa: E402
-
-def fresh_seed() -> int:
-    return random.SystemRandom().randrange(2 ** 31)
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    """torch.empty / empty_like hand out NaN-filled (floats) or −7-filled (ints) memory."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def fill(t):
-        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-
 
 def lengths(seed: int, batch: int, page_size: int) -> list[int]:
     """Ragged lengths landing 0/1/S−1/S/S+1 tokens into a page (some with no coded page)."""
