@@ -53,7 +53,18 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / (us * 1e-6)
 
 
+def run_meta(script: str) -> dict:
+    """What a GPU benchmark run records first: date, GPU, versions, the command and the
+    measured copy bandwidth (TB/s)."""
+    import triton
+
+    return dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                triton=triton.__version__, command=f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+                copy_bandwidth_TBps=copy_bandwidth() / 1e12)
+
+
 def graph_of(fn):
+    """``fn`` captured in a CUDA graph (warmed up on a side stream first)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -165,12 +176,8 @@ def main() -> None:
         lines.append(msg)
         print(msg, flush=True)
 
-    import triton
-
-    meta = dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, command="python benchmarks/decode.py " + " ".join(sys.argv[1:]))
-    bandwidth = copy_bandwidth()
-    meta["copy_bandwidth_TBps"] = bandwidth / 1e12
+    meta = run_meta("decode.py")
+    bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows: list[dict] = []
     for dtype_name in args.dtypes.split(","):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -39,7 +38,7 @@ from entmaxkv.backend import build_step
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.exact_codes import code_candidates as exact_candidates
 from entmaxkv.synthetic import SyntheticStream
-from decode import copy_bandwidth  # benchmarks/ is on sys.path
+from decode import graph_of, run_meta  # benchmarks/ is on sys.path
 from gpu_check import time_replays as time_us  # the same CUDA-event median timing
 
 
@@ -59,19 +58,6 @@ def needle_data(b: int, hq: int, hkv: int, d: int, n: int, needles: int, seed: i
     v = torch.randn(b, hkv, n, d, generator=g)
     k_new, v_new = 0.3 * torch.randn(b, hkv, 1, d, generator=g), torch.randn(b, hkv, 1, d, generator=g)
     return tuple(x.to(device=device, dtype=dtype) for x in (k, v, q, k_new, v_new))
-
-
-def graph_of(fn):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 def check_step(cache, q, k_new, v_new, config, row):
@@ -173,12 +159,8 @@ def main() -> None:
         lines.append(msg)
         print(msg, flush=True)
 
-    import triton
-
-    meta = dict(date=time.strftime("%Y-%m-%d"), gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                triton=triton.__version__, command="python benchmarks/keycodes_gpu.py " + " ".join(sys.argv[1:]))
-    bandwidth = copy_bandwidth()
-    meta["copy_bandwidth_TBps"] = bandwidth / 1e12
+    meta = run_meta("keycodes_gpu.py")
+    bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []
     for bits in (int(x) for x in args.bits.split(",")):
