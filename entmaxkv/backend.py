@@ -146,7 +146,7 @@ class KernelOps:
         self.candidates, self.means, self.absmax, self.newest_max = candidates, means, absmax, newest_max
         self.newest_magnitude = None if newest_max is None else newest_page_magnitude(cache, q, scale)
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
-        self._listed: tuple[Tensor, Tensor, Tensor] | None = None  # top_pages' last (mask, pages, count)
+        self._listed: tuple | None = None  # top_pages' last (mask, pages, count, mask version or None)
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
