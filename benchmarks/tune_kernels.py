@@ -44,8 +44,8 @@ def main() -> None:
     del k, v
     q2 = q[:, :, 0].contiguous()
     stat_bytes = cache.k_min.numel() * 2 * 2 + cache.k_mean.numel() * 4
-    for block_p in (8,):
-        for warps in (2,):
+    for block_p in (8, 16, 32):
+        for warps in (2, 4):
             ps.BLOCK_P, ps.NUM_WARPS = block_p, warps
             fn = lambda: torch.ops.entmaxkv.page_scores(q2, cache.k_min, cache.k_max, cache.k_mean, cache.k_std,
                                                         cache.seq_lens, None, 16, 0.088, False)
@@ -79,8 +79,8 @@ def main() -> None:
     sd.TOKENS_PER_ITER, sd.SCORES_WARPS = 64, 4
     keys = torch.randn(1, hkv, cache.num_pages, device="cuda")
     want = torch.full((1, hkv), cache.num_pages // 8, dtype=torch.int32, device="cuda")
-    for max_block in (16384,):
-        for warps in (8,):
+    for max_block in (8192, 16384):
+        for warps in (4, 8):
             sp.MAX_BLOCK, sp.WIDE_WARPS = max_block, warps
             fn = lambda: torch.ops.entmaxkv.select_pages(keys, want, cache.num_pages)
             try:
