@@ -10,11 +10,20 @@ takes minutes: run a few per call (the device tool allows 10 minutes a command),
 ``--no-compile`` to capture the eager kernels as they are. Results of one call go to
 results/e2e-speed-<date>-<contexts>.{json,md}.
 
-Per context length, in the same run, the same model step with four attention variants:
-    topk      EntmaxKV decode_step, TopK 12.5% (alpha 1.5)
-    dense     EntmaxKV decode_step, Dense (alpha 1.5): the reference path reads every token
-    sdpa      torch SDPA over the same paged storage (length mask, GQA): the dense baseline
-    none      append only, no attention (out = q): the rest of the model step
+Per context length, in the same run, the same model step with these attention variants:
+    topk         EntmaxKV decode_step, TopK 12.5% (alpha 1.5)
+    topk1        EntmaxKV decode_step, TopK 12.5% (alpha 1: softmax over the selected pages)
+    dense        EntmaxKV decode_step, Dense (alpha 1.5): entmax over every token
+    flash        FlashAttention-2 (torch's ``_flash_attention_forward``, varlen with
+                 ``seqused_k``) over the same storage: exact dense softmax over each sequence's
+                 tokens, GQA native, graph-capturable — the dense baseline
+    sdpa         torch SDPA (``enable_gqa``, no mask: its flash-decode kernel, as in decode.py)
+                 over a fixed window of context + steps slots. Timing only: the window's
+                 not-yet-written slots are attended too (a 34-token difference in cost)
+    sdpa_masked  torch SDPA over the whole preallocated storage with a length mask (gpt-fast's
+                 way): a mask rules out the flash kernel, so this runs the memory-efficient
+                 kernel — shown to explain the slow dense baseline of the first run
+    none         append only, no attention (out = q): the rest of the model step
 tokens/s = batch x replayed steps / time of the replays (capture and compile excluded); the
 attention share of a step is 1 - t(none) / t(variant). Random weights: the text is noise, the
 work per token is the real model's (32 layers, 32/8 heads, D = 128, hidden 4096, MLP 14336,
@@ -24,6 +33,7 @@ vocab 128256, bf16). The KV cache is filled with random keys/values (prefill spe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -43,10 +53,9 @@ LLAMA8B = LlamaSpec(num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, h
 TINY = LlamaSpec(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, hidden=64, vocab=128, rms_eps=1e-5)
 
 
-def sdpa_attend(cache, q, k, v):
-    """Dense softmax attention with torch SDPA over the paged storage, as gpt-fast does it: the
-    whole preallocated cache with a length mask. The G query heads of a KV head go in as G query
-    rows of that head (no K/V repeat, and a kernel that takes a mask)."""
+def sdpa_masked_attend(cache, q, k, v):
+    """Dense softmax with torch SDPA over the whole preallocated storage and a length mask, as
+    gpt-fast does it. The G query heads of a KV head go in as G query rows of that head."""
     cache, _ = append_token(cache, k, v)
     b, hq, _, d = q.shape
     hkv = cache.num_kv_heads
@@ -56,18 +65,58 @@ def sdpa_attend(cache, q, k, v):
     return cache, out.view(b, hq, 1, d)
 
 
+def flash_attend(cache, q, k, v):
+    """Dense softmax with FlashAttention-2's varlen entry point: every sequence's first
+    ``seq_lens`` slots (``seqused_k``, on the device), no mask tensor, GQA native. One
+    sequence (the storage is head-major: a batch of them is not one varlen token axis)."""
+    cache, _ = append_token(cache, k, v)
+    b, hq, _, d = q.shape
+    if b != 1:
+        raise ValueError(f"flash_attend takes batch 1, got q of shape {tuple(q.shape)}")
+    n = cache.num_pages * cache.page_size
+    keys = cache.keys()[0].transpose(0, 1)  # [N, Hkv, D], a view
+    values = cache.values()[0].transpose(0, 1)
+    cum_q = torch.tensor([0, 1], dtype=torch.int32, device=q.device)
+    cum_k = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+    out = torch.ops.aten._flash_attention_forward(
+        q[0, :, 0][None], keys, values, cum_q, cum_k, 1, n, 0.0, False, False, scale=d ** -0.5,
+        seqused_k=cache.seq_lens.to(torch.int32))[0]
+    return cache, out.view(b, hq, 1, d)
+
+
+def window_sdpa(window: int):
+    """Torch SDPA's flash-decode kernel over the first ``window`` slots, no mask (timing only)."""
+    def attend(cache, q, k, v):
+        cache, _ = append_token(cache, k, v)
+        keys, values = cache.keys()[:, :, :window], cache.values()[:, :, :window]
+        return cache, F.scaled_dot_product_attention(q, keys, values, enable_gqa=True, scale=q.shape[-1] ** -0.5)
+    return attend
+
+
 def no_attend(cache, q, k, v):
     cache, _ = append_token(cache, k, v)
     return cache, q
 
 
-def variants(scale: float) -> dict:
+def variants(scale: float, window: int) -> dict:
     def entmaxkv(config):
         return lambda cache, q, k, v: ekv.decode_step(cache, q, k, v, config)
 
     return {"topk": entmaxkv(ekv.DecodeConfig(alpha=1.5, selector=ekv.TopK(coverage=0.125), scale=scale)),
+            "topk1": entmaxkv(ekv.DecodeConfig(alpha=1.0, selector=ekv.TopK(coverage=0.125), scale=scale)),
             "dense": entmaxkv(ekv.DecodeConfig(alpha=1.5, selector=ekv.Dense(), scale=scale)),
-            "sdpa": sdpa_attend, "none": no_attend}
+            "flash": flash_attend, "sdpa": window_sdpa(window), "sdpa_masked": sdpa_masked_attend,
+            "none": no_attend}
+
+
+def check_flash(spec: LlamaSpec, context: int, dtype, device) -> float:
+    """Max |flash − masked SDPA| of one attention call at ``context`` tokens (the flash
+    baseline must compute what the masked one does)."""
+    cache = filled_caches(dataclasses.replace(spec, num_layers=1), 1, context - 1, context + 16, dtype, device)[0]
+    g = torch.Generator(device=device).manual_seed(2)
+    q, k, v = (torch.randn(1, h, 1, spec.head_dim, generator=g, device=device, dtype=torch.float32).to(dtype)
+               for h in (spec.num_heads, spec.num_kv_heads, spec.num_kv_heads))
+    return (flash_attend(cache, q, k, v)[1].float() - sdpa_masked_attend(cache, q, k, v)[1].float()).abs().max().item()
 
 
 def filled_caches(spec: LlamaSpec, batch: int, context: int, capacity: int, dtype, device) -> list:
@@ -117,22 +166,25 @@ def main(argv=None) -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[8192, 32768, 65536, 131072])
     parser.add_argument("--steps", type=int, default=34)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variants", nargs="+", default=["none", "sdpa", "topk", "dense"])
+    parser.add_argument("--variants", nargs="+", default=["none", "flash", "sdpa", "topk", "topk1", "dense"])
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-compile", action="store_true", help="capture the eager step (no inductor)")
     args = parser.parse_args(argv)
     if args.smoke:
         spec, inter, dtype, device, contexts, steps, graphed = TINY, 128, torch.float32, "cpu", [100, 300], 4, False
+        args.variants = [v for v in args.variants if v != "flash"]  # FlashAttention is CUDA-only
     else:
         if not torch.cuda.is_available():
             sys.exit("needs a GPU (use --smoke on the CPU)")
         spec, inter, dtype, device, contexts, steps, graphed = (LLAMA8B, 14336, torch.bfloat16, "cuda",
                                                                 args.contexts, args.steps, True)
     params = random_params(spec, inter, dtype=dtype, device=device)
-    attends = variants(spec.head_dim ** -0.5)
     rows = []
     for context in contexts:
+        attends = variants(spec.head_dim ** -0.5, context + steps + 8)
         times = {}
+        if "flash" in args.variants and device == "cuda":
+            print(f"{context}: max |flash - masked SDPA| = {check_flash(spec, context, dtype, device):.3g}", flush=True)
         for name in args.variants:
             try:
                 times[name] = time_variant(spec, params, attends[name], args.batch, context, steps, dtype, device,
