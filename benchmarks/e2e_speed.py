@@ -76,8 +76,8 @@ def flash_attend(cache, q, k, v):
     n = cache.num_pages * cache.page_size
     keys = cache.keys()[0].transpose(0, 1)  # [N, Hkv, D], a view
     values = cache.values()[0].transpose(0, 1)
-    cum_q = torch.tensor([0, 1], dtype=torch.int32, device=q.device)
-    cum_k = torch.tensor([0, n], dtype=torch.int32, device=q.device)
+    cum_q = torch.arange(2, dtype=torch.int32, device=q.device)  # [0, 1], built on the device (graph capture)
+    cum_k = cum_q * n
     out = torch.ops.aten._flash_attention_forward(
         q[0, :, 0][None], keys, values, cum_q, cum_k, 1, n, 0.0, False, False, scale=d ** -0.5,
         seqused_k=cache.seq_lens.to(torch.int32))[0]
