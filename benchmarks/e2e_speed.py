@@ -24,6 +24,8 @@ Per context length, in the same run, the same model step with these attention va
                  way): a mask rules out the flash kernel, so this runs the memory-efficient
                  kernel — shown to explain the slow dense baseline of the first run
     none         append only, no attention (out = q): the rest of the model step
+Every variant appends the new token the way ``decode_step`` does (one ``append_token`` launch
+on CUDA), so t(variant) − t(none) is the attention alone.
 tokens/s = batch x replayed steps / time of the replays (capture and compile excluded); the
 attention share of a step is 1 - t(none) / t(variant). Random weights: the text is noise, the
 work per token is the real model's (32 layers, 32/8 heads, D = 128, hidden 4096, MLP 14336,
@@ -46,17 +48,23 @@ import torch.nn.functional as F
 
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedLoop, LlamaSpec, Sampling, forward_token, random_params, token_step
-from entmaxkv.state import append_token
+from entmaxkv.backend import append, uses_kernels
 
 LLAMA8B = LlamaSpec(num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, hidden=4096, vocab=128256,
                     rms_eps=1e-5)
 TINY = LlamaSpec(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, hidden=64, vocab=128, rms_eps=1e-5)
 
 
+def append_as_decode_step(cache, k, v):
+    """The cache append ``decode_step`` makes (the ``append_token`` op on CUDA, the reference
+    elsewhere), so every variant pays the same append and the differences are attention only."""
+    return append(cache, k, v, uses_kernels(cache.device, cache.dtype, "auto"))
+
+
 def sdpa_masked_attend(cache, q, k, v):
     """Dense softmax with torch SDPA over the whole preallocated storage and a length mask, as
     gpt-fast does it. The G query heads of a KV head go in as G query rows of that head."""
-    cache, _ = append_token(cache, k, v)
+    cache, _ = append_as_decode_step(cache, k, v)
     b, hq, _, d = q.shape
     hkv = cache.num_kv_heads
     mask = cache.token_mask()[:, None, None, :]  # [B, 1, 1, N]
@@ -69,7 +77,7 @@ def flash_attend(cache, q, k, v):
     """Dense softmax with FlashAttention-2's varlen entry point: every sequence's first
     ``seq_lens`` slots (``seqused_k``, on the device), no mask tensor, GQA native. One
     sequence (the storage is head-major: a batch of them is not one varlen token axis)."""
-    cache, _ = append_token(cache, k, v)
+    cache, _ = append_as_decode_step(cache, k, v)
     b, hq, _, d = q.shape
     if b != 1:
         raise ValueError(f"flash_attend takes batch 1, got q of shape {tuple(q.shape)}")
@@ -87,14 +95,14 @@ def flash_attend(cache, q, k, v):
 def window_sdpa(window: int):
     """Torch SDPA's flash-decode kernel over the first ``window`` slots, no mask (timing only)."""
     def attend(cache, q, k, v):
-        cache, _ = append_token(cache, k, v)
+        cache, _ = append_as_decode_step(cache, k, v)
         keys, values = cache.keys()[:, :, :window], cache.values()[:, :, :window]
         return cache, F.scaled_dot_product_attention(q, keys, values, enable_gqa=True, scale=q.shape[-1] ** -0.5)
     return attend
 
 
 def no_attend(cache, q, k, v):
-    cache, _ = append_token(cache, k, v)
+    cache, _ = append_as_decode_step(cache, k, v)
     return cache, q
 
 
