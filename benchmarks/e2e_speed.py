@@ -168,6 +168,14 @@ def time_variant(spec, params, attend, batch, context, steps, dtype, device, gra
         return start.elapsed_time(end) / 1000 / (steps - 2)
 
 
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, eager")
@@ -219,7 +227,7 @@ def main(argv=None) -> None:
         return
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     meta = {"date": stamp, "command": "python benchmarks/e2e_speed.py " + " ".join(argv or sys.argv[1:]),
-            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton_version(), "python": platform.python_version(),
             "spec": LLAMA8B.__dict__, "batch": args.batch, "steps": steps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
