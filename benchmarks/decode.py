@@ -11,7 +11,9 @@ with ``GraphedDecodeStep`` (eager kernels in one CUDA graph; ``--compiled`` also
 ``torch.compile``d step in a graph). SDPA is ``scaled_dot_product_attention`` over the same
 K/V (q_len 1, GQA), captured in a graph. The byte floor is (page statistics read + selected
 K/V) / measured device copy bandwidth. Inputs come from ``entmaxkv.synthetic.SyntheticStream``
-(sink, heavy hitters, outlier channels, recency). Writes JSON and markdown to --out and draws
+(sink, heavy hitters, outlier channels, recency), or with ``--data needles`` from
+``entmaxkv.synthetic.needle_inputs`` (noise keys and a few needles: the inputs on which
+Gaussian and Exact can select few pages). Writes JSON and markdown to --out and draws
 latency vs. context as PNG; measures only, asserts nothing.
 """
 
@@ -29,7 +31,7 @@ import torch
 
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedDecodeStep
-from entmaxkv.synthetic import SyntheticStream
+from entmaxkv.synthetic import SyntheticStream, needle_inputs
 from gpu_check import time_replays as time_us  # the same CUDA-event median timing (benchmarks/ is on sys.path)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -102,9 +104,14 @@ def launches_per_step(cache, q, k, v, config) -> int:
 def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
     dtype = DTYPES[dtype_name]
     reps, rounds = args.reps, args.rounds
-    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype, device="cuda")
-    k, v = stream.prompt(n)
-    q, k_new, v_new = stream.step()
+    if args.data == "needles":
+        k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
+                                              needles=args.needles, run=args.needle_run, seed=n, dtype=dtype, device="cuda")
+    else:
+        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
+                                 device="cuda")
+        k, v = stream.prompt(n)
+        q, k_new, v_new = stream.step()
     sdpa_graph = graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
     sdpa = time_us(sdpa_graph.replay, reps, rounds)
     del sdpa_graph
@@ -113,8 +120,10 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
                                                dtype=dtype, device="cuda"), k, v, [n] * b)
     del k, v
     ref_cache = None
-    base = dict(batch=b, hq=hq, hkv=hkv, d=d, context=n, dtype=dtype_name, alpha=alpha, sdpa_us=sdpa)
+    base = dict(batch=b, hq=hq, hkv=hkv, d=d, context=n, dtype=dtype_name, alpha=alpha, sdpa_us=sdpa, data=args.data)
     for name, sel in selectors(alpha, args.coverages).items():
+        if args.selectors and name.split(" ")[0] not in args.selectors:
+            continue
         config = ekv.DecodeConfig(alpha=alpha, selector=sel)
         row = dict(base, selector=name)
         try:
@@ -159,11 +168,20 @@ def main() -> None:
     parser.add_argument("--alphas", default="1,1.5,2")
     parser.add_argument("--coverages", default="6.25,12.5,25,50")
     parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--data", choices=["stream", "needles"], default="stream",
+                        help="SyntheticStream (sink, heavy hitters, outlier channels) or entmaxkv.synthetic."
+                             "needle_inputs (the support is a few needles: certified selectors can read little)")
+    parser.add_argument("--needles", type=int, default=16, help="needle runs per KV head (--data needles)")
+    parser.add_argument("--needle-run", type=int, default=1, help="tokens per needle run (16: whole phrases, "
+                                                                  "what the Gaussian page model can see)")
+    parser.add_argument("--selectors", default="", help="comma-separated kinds to run (Dense,TopK,Gaussian,Exact); "
+                                                        "default all")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-gib", type=float, default=40.0, help="skip cases whose K/V exceed this")
     parser.add_argument("--out", default=os.environ.get("OUT", "decode_bench_out"))
     args = parser.parse_args()
+    args.selectors = [x for x in args.selectors.split(",") if x]
     if args.quick:
         args.contexts, args.batches, args.heads, args.dtypes = "4096,32768,131072", "1", "32/8", "fp16"
         args.alphas, args.coverages = "1.5", "6.25,12.5"
@@ -198,7 +216,9 @@ def main() -> None:
                      f"{r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | {r.get('floor_us', float('nan')):.1f} | "
                      f"{r.get('pages_read', float('nan')):.3f} | {r.get('launches', '-')} | {r.get('rel_err', float('nan')):.1e} |"
                      + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "") + (f" {r['error']}" if "error" in r else ""))
-    (out / "decode.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")
+    inputs = f"Inputs: `{args.data}`" + (f" ({args.needles} runs of {args.needle_run} needle tokens per KV head)"
+                                         if args.data == "needles" else "") + "."
+    (out / "decode.md").write_text("\n".join([json.dumps(meta), "", inputs, ""] + table) + "\n")
     (out / "decode.log").write_text("\n".join(lines))
     try:
         plot(rows, out / "decode.png")

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["SyntheticStream"]
+__all__ = ["SyntheticStream", "needle_inputs"]
 
 
 class SyntheticStream:
@@ -108,3 +108,35 @@ class SyntheticStream:
         self.last_key = k_new
         v_new = self._randn(b, h, 1, d)
         return self._out(q), self._out(k_new), self._out(v_new)
+
+
+def needle_inputs(*, batch: int, num_kv_heads: int, group: int, head_dim: int, context: int, needles: int = 16,
+                  run: int = 1, seed: int = 0, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Inputs on which a certified selector can read little: (k, v [B, Hkv, context, D],
+    q [B, Hkv·group, 1, D], k_new, v_new [B, Hkv, 1, D]).
+
+    Per KV head a query direction u (each of its query heads is u plus 30% noise); keys are
+    noise N(0, 0.3²), so scores (scale = D^-1/2) are about N(0, 0.3²) — except ``needles``
+    runs of ``run`` tokens at random positions (never in the last 64) whose key is
+    8·u/(scale·|u|²) plus the noise: a score of about 8. At α = 1.5 the entmax support is the needles (τ/(α − 1) ≈ 7.5); a noise page's
+    Quest bound is about 5 (scale·Σ|q_d|·0.53), below that threshold, so page bounds, the
+    Gaussian page model and key codes can all rule the noise pages out. Lone needles
+    (``run=1``) defeat the Gaussian page model (a 16-token Gaussian cannot see one outlier:
+    its outlier rule then keeps pages by their loose Quest bounds); runs of a page or more
+    (``run=16``: phrases, heavy hitters) are what it models.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    b, hkv, d, n = batch, num_kv_heads, head_dim, context
+    scale = d ** -0.5
+    u = torch.randn(b, hkv, 1, d, generator=g)
+    q = (u + 0.3 * torch.randn(b, hkv, group, d, generator=g)).reshape(b, hkv * group, 1, d)
+    k = 0.3 * torch.randn(b, hkv, n, d, generator=g)
+    needle = 8.0 * u / (scale * u.square().sum(-1, keepdim=True))  # q·k·scale ≈ 8
+    for i in range(b):
+        for h in range(hkv):
+            for start in torch.randperm(max(1, n - 64 - run), generator=g)[:needles].tolist():
+                k[i, h, start:start + run] += needle[i, h]
+    v = torch.randn(b, hkv, n, d, generator=g)
+    k_new, v_new = 0.3 * torch.randn(b, hkv, 1, d, generator=g), torch.randn(b, hkv, 1, d, generator=g)
+    return tuple(x.to(device=device, dtype=dtype) for x in (k, v, q, k_new, v_new))
