@@ -8,6 +8,7 @@ every run (the seed is in the failure message); ragged lengths landing on page e
 ALiBi; 4- and 8-bit codes; buffers the ops allocate are poisoned (NaN / −7).
 """
 
+import dataclasses
 import math
 import random
 
@@ -17,7 +18,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.backend import build_step
 from entmaxkv.exact_codes import code_candidates as reference_candidates
-from entmaxkv.keycodes import code_radius, code_scores, code_steps
+from entmaxkv.keycodes import code_radius, code_scores, code_steps, encode_keys
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
 from helpers import fresh_seed
@@ -34,12 +35,13 @@ def lengths(seed: int, batch: int, page_size: int) -> list[int]:
             for _ in range(batch)]
 
 
-def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random"):
+def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random", capacity=None):
     g = torch.Generator().manual_seed(seed)
     b, t = len(lens), max(lens)
     k = adversarial_keys(kind, g, b, hkv, t, d)
     v = torch.randn(b, hkv, t, d, generator=g, dtype=torch.float64)
-    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=t + 2 * page, page_size=page,
+    capacity = capacity or t + 2 * page
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity, page_size=page,
                                    dtype=dtype, key_bits=bits)
     return ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
 
@@ -375,3 +377,105 @@ def test_vmap_exact_with_codes_through_the_ops_equals_a_loop():
     finally:
         torch._C._functorch._set_vmap_fallback_enabled(True)
     torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
+
+
+# ---- launch blocks, head-dim edges and the append kernel's codes -----------------------------
+
+
+def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
+    """The checks of ``test_code_bounds_equal_the_reference`` on any cache: ŝ within the
+    rounding part, ε within 2γ, page_max = the max of the op's own ŝ, −inf / 0 off the codes."""
+    page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
+    want_s, want_eps = code_scores(cache, q, scale, slopes)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(cache.page_size, -1)
+    gap = (s_hat.double() - want_s.double()).abs() - rounding_part(cache, q, scale).repeat_interleave(
+        cache.page_size, -1)
+    assert bool((gap[tokens] <= 0).all()), (seed, float(gap[tokens].max()))
+    gamma = 2 * (cache.head_dim + 2) * torch.finfo(eps.dtype).eps
+    torch.testing.assert_close(eps[coded], want_eps[coded], rtol=2 * gamma, atol=0, msg=str(seed))
+    best = s_hat.reshape(*s_hat.shape[:3], -1, cache.page_size).amax(-1)
+    assert torch.equal(page_max[coded], best[coded]), seed
+    assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
+
+
+@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d", [
+    (1, torch.float32, 4, 1, False, 16), (2, torch.float16, 8, 2, True, 16), (8, torch.bfloat16, 4, 4, True, 16),
+    (2, torch.float32, 4, 2, False, 15), (8, torch.float64, 8, 1, True, 13), (4, torch.float16, 4, 4, False, 9),
+])
+def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, monkeypatch, poison):
+    """Both passes with the launch block ``BLOCK_P`` not dividing the page count P (and P not
+    dividing it), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
+    against the reference, as the tests above check them."""
+    import entmaxkv.kernels.code_scan as cs
+
+    monkeypatch.setattr(cs, "BLOCK_P", block_p)
+    seed = fresh_seed()
+    hkv, page = 2, 4
+    lens = lengths(seed, 3, page)
+    pages = max(lens) // page + 1  # several blocks, the last one partial
+    while pages <= block_p or (block_p > 1 and pages % block_p == 0):
+        pages += 1
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype, capacity=pages * page)
+    assert cache.num_pages == pages, cache.num_pages
+    g = torch.Generator().manual_seed(seed + 5)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    assert_bounds_match_the_reference(cache, q, 0.3, slopes, seed)
+    s_hat, _ = code_scores(cache, q, 0.3, slopes)
+    top = torch.where(coded_pages(cache).repeat_interleave(page, -1), s_hat, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - torch.rand(top.shape, generator=g, dtype=torch.float64) * 3)).contiguous()
+    count = check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, 10_000, seed)
+    check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), seed)
+
+
+def tie_keys(g, b, h, t, d):
+    """Keys on the half-integer grid of [0, 15] with every page spanning it exactly: for 4 bits
+    step = 1 and (k − kmin)/step hits .5 exactly (round half to even decides the code)."""
+    k = torch.randint(0, 31, (b, h, t, d), generator=g).double() / 2
+    k[:, :, 0::4], k[:, :, 1::4] = 0.0, 15.0  # every page of 4 holds 0 and 15 in each channel
+    return k
+
+
+@pytest.mark.parametrize("dtype,bits,kind,d", [
+    (torch.float32, 4, "ties", 16), (torch.float16, 4, "outliers", 15), (torch.bfloat16, 8, "constant", 16),
+    (torch.float16, 8, "fp16_extremes", 9), (torch.float64, 4, "huge_range", 16), (torch.float32, 8, "random", 8),
+    (torch.bfloat16, 4, "offset_tiny_spread", 13), (torch.float64, 8, "ties", 16),
+])
+def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits, kind, d):
+    """Decode steps on the kernel path (codes written by the ``append_token`` op) and on the
+    torch path (``keycodes.encode_keys``) leave bit-identical code storage, across page edges,
+    ragged lengths and a row that reaches its capacity; pages not completed keep their bytes."""
+    from entmaxkv.backend import append
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    hkv, page, steps = 2, 4, 9
+    lens = [3, 6, 12]  # complete a page at the first, third, ... step; the last row fills up
+    capacity = 20
+    t = max(lens)
+    make = tie_keys if kind == "ties" else lambda *a: adversarial_keys(kind, *a)
+    k = make(g, 3, hkv, t + steps, d)
+    v = torch.randn(3, hkv, t, d, generator=g, dtype=torch.float64)
+    empty = ekv.PagedKVCache.empty(batch=3, num_kv_heads=hkv, head_dim=d, capacity=capacity, page_size=page,
+                                   dtype=dtype, key_bits=bits)
+    start = ekv.prefill(empty, k[:, :, :t].to(dtype), v.to(dtype), lens)
+    # poison the codes of pages not full yet: a page completed later must get all its bytes written
+    start.k_codes[~start.full_page_mask()[:, None, :, None, None].expand_as(start.k_codes)] = 0xA5
+    caches = {True: start.fork(), False: start.fork()}
+    caches[True] = dataclasses.replace(caches[True], k_codes=start.k_codes.clone(), k_pages=start.k_pages.clone(),
+                                       k_min=start.k_min.clone(), k_max=start.k_max.clone())
+    for i in range(steps):
+        rows = torch.stack([k[b, :, min(lens[b] + i, t + steps - 1)] for b in range(3)])[:, :, None]
+        kn, vn = rows.to(dtype), torch.randn(3, hkv, 1, d, generator=g).to(dtype)
+        for kernels in (True, False):
+            caches[kernels], _ = append(caches[kernels], kn, vn, kernels)
+    ker, ref = caches[True], caches[False]
+    assert ker.seq_lens.tolist() == ref.seq_lens.tolist() == [12, 15, 20], ker.seq_lens
+    assert torch.equal(ker.k_min, ref.k_min) and torch.equal(ker.k_max, ref.k_max), seed
+    assert torch.equal(ker.k_codes, ref.k_codes), (seed, (ker.k_codes != ref.k_codes).nonzero()[:5].tolist())
+    # and the codes are those of the stored keys and statistics (not only equal to each other)
+    full = ker.full_page_mask()[:, None, :, None, None].expand_as(ker.k_codes)
+    want = encode_keys(ker.k_pages, ker.k_min, ker.k_max, bits)
+    assert torch.equal(ker.k_codes[full], want[full]), seed
+    assert bool((ker.k_codes[~full] == 0xA5).all()), seed  # nothing written outside completed pages
