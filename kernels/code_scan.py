@@ -26,15 +26,17 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    and marks the pages holding a candidate.
 
-Grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
+Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile (4 bits: the low and high nibbles of a byte are channels 2j and
 2j+1, scored against the even and odd channels of q; no interleaving) plus their kmin/kmax,
 and loops over the G query heads of the KV group with broadcast-multiply and ``tl.sum``
 reductions: per head and page one max over S tokens and one ε are written (no token scores).
-A block with no coded page costs one store per head. Pass 2 first reads only the pass-1
-bounds of its pages (2·G·BLOCK_P floats) and loads the codes of the pages that reach τ_low,
-the others masked out (not read). Bytes per step: codes + kmin/kmax of every coded page once
-(pass 1), then only candidate pages' again (pass 2), plus [B, Hkv, G, P] floats three times.
+A block with no coded page costs one store per head. Pass 2: grid (B·Hkv, ceil(P / SPAN)).
+A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
+done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
+the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
+every coded page once (pass 1), then only candidate pages' again (pass 2), plus
+[B, Hkv, G, P] floats three times.
 Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion.
 """
@@ -50,12 +52,20 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
-# Launch configuration (benchmarks/tune_kernels.py sweeps both on the GPU): a program holds
-# BLOCK_P pages' codes as [BLOCK_P, S, bytes] tiles unpacked in registers and serves the G
-# query heads of its KV group from them; small tiles, no tl.dot (the scores must be rounded as
-# plain float32 sums for the certificate's margin, see the module docstring).
-BLOCK_P = 4  # pages per program
-NUM_WARPS = 4
+# Launch configurations (benchmarks/tune_kernels.py sweeps them on the GPU). A code_bounds
+# program holds BLOCK_P pages' codes as a [BLOCK_P, S, bytes] tile unpacked in registers and
+# serves the G query heads of its KV group from it: small tiles, no tl.dot (the scores must
+# be rounded as plain float32 sums for the certificate's margin, see the module docstring).
+# At D = 128, 4 bits, G = 4, sm_90 (ptxas): 80 registers a thread, no spills, for BLOCK_P = 4
+# with 8 warps (and 2 with 4); 168 for 4 pages with 4 warps, spills from 8 pages with 2 warps.
+BLOCK_P = 4  # pages per code_bounds program
+NUM_WARPS = 8
+# code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (most
+# have no candidate at long contexts: one load per head and the program is done), and
+# rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages.
+CANDIDATE_SPAN = 32
+CANDIDATE_BLOCK_P = 2
+CANDIDATE_WARPS = 4
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -209,54 +219,65 @@ def _code_bounds_kernel(
 
 
 @triton.jit
+def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr):
+    """[len(p)] pages whose best upper bound reaches τ_low for some head of the group: the
+    pass-1 bounds only (2·G floats a page), compared in float64 like the reference."""
+    hit = tl.zeros(p.shape, tl.int1)
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        best = tl.load(page_max + qrow * P + p, mask=p < P, other=float("-inf"))
+        spread = tl.load(eps_in + qrow * P + p, mask=p < P, other=0.0)
+        hit |= c * (best + spread).to(tl.float64) - tl.load(tau_low + qrow) > 0
+    return hit & (p < coded)
+
+
+@triton.jit
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_low,
     index, count, page_mask,
     scale, r, alibi_eps, H, P, D, W, C,
-    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, SPAN: tl.constexpr, BLOCK_P: tl.constexpr,
+    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    in_range = p < P
-    page_row = bh.to(tl.int64) * P + p
     c = tl.load(lin_t)  # float64 α − 1, as the reference multiplies
-    # the early skip: pages whose best upper bound reaches τ_low for some head (2·G·BLOCK_P floats)
-    hit = tl.zeros((BLOCK_P,), tl.int1)
-    for g in tl.static_range(G):
-        qrow = bh.to(tl.int64) * G + g
-        best = tl.load(page_max + qrow * P + p, mask=in_range, other=float("-inf"))
-        spread = tl.load(eps_in + qrow * P + p, mask=in_range, other=0.0)
-        hit |= c * (best + spread).to(tl.float64) - tl.load(tau_low + qrow) > 0
-    hit &= p < coded
-    n_page = tl.zeros((BLOCK_P,), tl.int32)
-    if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold a candidate
+    first_page = tl.program_id(1) * SPAN
+    span = first_page + tl.arange(0, SPAN)
+    # the early skip: a program checks SPAN pages' bounds at once (most spans have no candidate)
+    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G).to(tl.int32), axis=0) > 0:
         scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
-        code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1 = _page_group(
-            codes, k_min, k_max, page_row, hit, r_w, D, W, S, BW, BITS, WORK)
-        cand = tl.zeros((BLOCK_P, S), tl.int1)
-        for g in tl.static_range(G):
-            qrow = bh.to(tl.int64) * G + g
-            s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                      code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1, D,
-                                      S, BITS, WORK, HAS_ALIBI)
-            high = (s_hat + eps[:, None]).to(tl.float64)
-            cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
-        cand = (cand & hit[:, None]).to(tl.int32)
-        n_page = tl.sum(cand, axis=1)
-        n = tl.sum(n_page, axis=0)
-        if n > 0:
-            first = tl.atomic_add(count + bh, n)
-            # slots: the block's share of the list in page order, then token order within a page
-            slot = first + (tl.cumsum(n_page, axis=0) - n_page)[:, None] + tl.cumsum(cand, axis=1) - cand
-            tok = tl.arange(0, S)
-            tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
-                     mask=(cand == 1) & (slot < C))
-    tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=in_range)
+        for t in range(SPAN // BLOCK_P):  # small tiles: only reaching blocks load codes
+            p = first_page + t * BLOCK_P + tl.arange(0, BLOCK_P)
+            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G)  # a re-read of cached bounds
+            n_page = tl.zeros((BLOCK_P,), tl.int32)
+            if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
+                code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1 = _page_group(
+                    codes, k_min, k_max, bh.to(tl.int64) * P + p, hit, r_w, D, W, S, BW, BITS, WORK)
+                cand = tl.zeros((BLOCK_P, S), tl.int1)
+                for g in tl.static_range(G):
+                    qrow = bh.to(tl.int64) * G + g
+                    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                              code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1, D,
+                                              S, BITS, WORK, HAS_ALIBI)
+                    high = (s_hat + eps[:, None]).to(tl.float64)
+                    cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
+                cand = (cand & hit[:, None]).to(tl.int32)
+                n_page = tl.sum(cand, axis=1)
+                n = tl.sum(n_page, axis=0)
+                if n > 0:
+                    first = tl.atomic_add(count + bh, n)
+                    # slots: the block's share of the list in page order, then token order within a page
+                    slot = first + (tl.cumsum(n_page, axis=0) - n_page)[:, None] + tl.cumsum(cand, axis=1) - cand
+                    tok = tl.arange(0, S)
+                    tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
+                             mask=(cand == 1) & (slot < C))
+            tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
+    else:
+        tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -264,8 +285,7 @@ def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bi
     d = k_min.shape[-1]
     g = q.shape[1] // hkv
     work = work_dtype_of(k_min.dtype)
-    consts = dict(S=s, G=g, BW=next_pow2(w), BLOCK_P=BLOCK_P, BITS=bits,
-                  WORK=tl.float64 if work == torch.float64 else tl.float32, num_warps=NUM_WARPS)
+    consts = dict(S=s, G=g, BW=next_pow2(w), BITS=bits, WORK=tl.float64 if work == torch.float64 else tl.float32)
     return b, hkv, p, s, w, d, g, work, consts
 
 
@@ -297,7 +317,7 @@ def code_bounds(
     wrap_triton(_code_bounds_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
         s_hat if with_scores else page_max, scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, **consts,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     return page_max, eps, s_hat
 
@@ -332,11 +352,12 @@ def code_candidates(
     page_mask = torch.empty((b, hkv, p), dtype=torch.bool, device=q.device)
     lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
-    wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
+    span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
+    wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
         tau_low, index, count, page_mask,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w, capacity,
-        HAS_ALIBI=alibi_slopes is not None, **consts,
+        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS, **consts,
     )
     return index, count, page_mask
 

@@ -404,12 +404,14 @@ def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
     (2, torch.float32, 4, 2, False, 15), (8, torch.float64, 8, 1, True, 13), (4, torch.float16, 4, 4, False, 9),
 ])
 def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, monkeypatch, poison):
-    """Both passes with the launch block ``BLOCK_P`` not dividing the page count P (and P not
-    dividing it), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
+    """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
+    dividing the page count P (and P not dividing them), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
     against the reference, as the tests above check them."""
     import entmaxkv.kernels.code_scan as cs
 
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
     seed = fresh_seed()
     hkv, page = 2, 4
     lens = lengths(seed, 3, page)
