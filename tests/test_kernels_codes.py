@@ -481,3 +481,46 @@ def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits
     want = encode_keys(ker.k_pages, ker.k_min, ker.k_max, bits)
     assert torch.equal(ker.k_codes[full], want[full]), seed
     assert bool((ker.k_codes[~full] == 0xA5).all()), seed  # nothing written outside completed pages
+
+
+def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
+    """On the kernel path the append op writes a completed page's codes (the torch encoder is
+    never called) and the candidate list is ordered only when read: a step dispatches no sort.
+    The step still equals the torch path's, and the codes are the torch encoder's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import entmaxkv.keycodes as keycodes
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seed = fresh_seed()
+    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=seed % 10_000, dtype=torch.float32)
+    k, v = stream.prompt(31)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=48, page_size=4, key_bits=4,
+                                   dtype=torch.float32)
+    cache = ekv.prefill(empty, k, v, [31, 22])
+    ref = ekv.prefill(ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=48, page_size=4,
+                                             key_bits=4, dtype=torch.float32), k, v, [31, 22])
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
+    torch_config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="torch")
+    encode = keycodes.encode_keys
+    for _ in range(3):  # row 0 completes a page at the first step, row 1 at the third
+        q, kn, vn = stream.step()
+        ref, want = ekv.decode_step(ref, q, kn, vn, torch_config)
+
+        def boom(*args, **kwargs):
+            raise AssertionError("torch key encoder called on the kernel path")
+
+        monkeypatch.setattr(keycodes, "encode_keys", boom)
+        ops = Ops()
+        with ops:
+            cache, got = ekv.decode_step(cache, q, kn, vn, config)
+        monkeypatch.setattr(keycodes, "encode_keys", encode)
+        assert not any(name.startswith("aten.sort") for name in ops.seen), sorted(ops.seen)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
+    assert torch.equal(cache.k_codes, ref.k_codes), seed
