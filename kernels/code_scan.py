@@ -27,10 +27,10 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    and marks the pages holding a candidate.
 
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
-[BLOCK_P, S, bytes] tile (4 bits: the low and high nibbles of a byte are channels 2j and
-2j+1, scored against the even and odd channels of q; no interleaving) plus their kmin/kmax,
-and loops over the G query heads of the KV group with broadcast-multiply and ``tl.sum``
-reductions: per head and page one max over S tokens and one ε are written (no token scores).
+[BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
+of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
+statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
+heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
 A block with no coded page costs one store per head. Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
@@ -92,11 +92,11 @@ def _as_work(code, WORK: tl.constexpr):
 
 
 @triton.jit
-def _plane_stats(k_min, k_max, page_row, ch, live, r, D, BITS: tl.constexpr, WORK: tl.constexpr):
-    """kmin, step and radius [BLOCK_P, BW] of channels ``ch`` [BW] of the pages ``page_row``
-    (= bh·P + p) [BLOCK_P]; 0 on masked pages and channels past D."""
-    mask = live[:, None] & (ch < D)[None, :]
-    stat = page_row[:, None] * D + ch[None, :]
+def _page_stats(k_min, k_max, page_row, d, live, r, D, BITS: tl.constexpr, WORK: tl.constexpr):
+    """kmin, step and radius [BLOCK_P, BD] of the pages ``page_row`` (= bh·P + p) [BLOCK_P];
+    0 on masked pages and channels past D."""
+    mask = live[:, None] & (d < D)[None, :]
+    stat = page_row[:, None] * D + d[None, :]
     kmin = tl.load(k_min + stat, mask=mask, other=0.0).to(WORK)
     kmax = tl.load(k_max + stat, mask=mask, other=0.0).to(WORK)
     levels = tl.full((), 2**BITS - 1, WORK)
@@ -108,57 +108,32 @@ def _plane_stats(k_min, k_max, page_row, ch, live, r, D, BITS: tl.constexpr, WOR
 
 
 @triton.jit
-def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BITS: tl.constexpr,
-               WORK: tl.constexpr):
-    """The codes of BLOCK_P pages as two work-dtype planes [BLOCK_P, S, BW] over byte column j:
-    4 bits: channel 2j (low nibble) and 2j+1 (high nibble); 8 bits: channel j (twice). Masked
-    pages (``live`` False) are not read and hold code 0."""
+def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+               BITS: tl.constexpr, WORK: tl.constexpr):
+    """The codes of BLOCK_P pages as a work-dtype tile [BLOCK_P, S, BD], channel d at d (4 bits:
+    BD = 2·BW, the low and high nibble of byte j side by side as channels 2j and 2j+1, kept in
+    the same thread; 8 bits: BD = BW). Masked pages (``live`` False) are not read: code 0."""
     tok = tl.arange(0, S)
     j = tl.arange(0, BW)
     row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
     mask = live[:, None, None] & (j < W)[None, None, :]
     byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=mask, other=0).to(tl.int32)
     if BITS == 8:
-        code = _as_work(byte, WORK)
-        return code, code
+        return _as_work(byte, WORK)
     else:
-        return _as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)
+        return tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)), (BLOCK_P, S, 2 * BW))
 
 
 @triton.jit
-def _page_group(codes, k_min, k_max, page_row, live, r, D, W,
-                S: tl.constexpr, BW: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr):
-    """Everything per page that the G heads share: code planes and per-channel statistics of
-    both planes (plane 1 is unused for 8 bits), and the channels each plane covers."""
-    j = tl.arange(0, BW)
-    code0, code1 = _code_tile(codes, page_row, live, W, S, BW, BITS, WORK)
-    if BITS == 8:  # one plane: plane 1 aliases it and is never used
-        kmin0, step0, rad0 = _plane_stats(k_min, k_max, page_row, j, live, r, D, BITS, WORK)
-        return code0, code0, j, j, kmin0, step0, rad0, kmin0, step0, rad0
-    else:
-        kmin0, step0, rad0 = _plane_stats(k_min, k_max, page_row, 2 * j, live, r, D, BITS, WORK)
-        kmin1, step1, rad1 = _plane_stats(k_min, k_max, page_row, 2 * j + 1, live, r, D, BITS, WORK)
-        return code0, code1, 2 * j, 2 * j + 1, kmin0, step0, rad0, kmin1, step1, rad1
-
-
-@triton.jit
-def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code0, code1, ch0, ch1,
-                 kmin0, step0, rad0, kmin1, step1, rad1, D,
-                 S: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, kmin, step, radius, D,
+                 S: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
     """ŝ [BLOCK_P, S] and ε [BLOCK_P] of one query head (row ``qrow`` of q) over the pages p:
     ŝ = scale·(q·kmin + Σ_d (q_d·step_d)·code_d) (+ ALiBi), ε = scale·Σ_d |q_d|·radius_d (+ ALiBi)."""
-    q0 = tl.load(q + qrow * D + ch0, mask=ch0 < D, other=0.0).to(WORK)[None, :]
-    base = tl.sum(q0 * kmin0, axis=1)
-    spread = tl.sum(tl.abs(q0) * rad0, axis=1)
-    if BITS == 8:
-        dot = tl.sum(code0 * (q0 * step0)[:, None, :], axis=2)
-    else:
-        q1 = tl.load(q + qrow * D + ch1, mask=ch1 < D, other=0.0).to(WORK)[None, :]
-        base += tl.sum(q1 * kmin1, axis=1)
-        spread += tl.sum(tl.abs(q1) * rad1, axis=1)
-        dot = tl.sum(code0 * (q0 * step0)[:, None, :] + code1 * (q1 * step1)[:, None, :], axis=2)
+    qv = tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK)[None, :]
+    base = tl.sum(qv * kmin, axis=1)
+    dot = tl.sum(code * (qv * step)[:, None, :], axis=2)
     s_hat = (base[:, None] + dot) * scale
-    eps = spread * scale
+    eps = tl.sum(tl.abs(qv) * radius, axis=1) * scale
     if HAS_ALIBI:
         slope = tl.load(slopes + hslot).to(WORK)
         tok = tl.arange(0, S)
@@ -182,8 +157,8 @@ def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t,
     page_max, eps_out, s_hat_out,
     scale, r, alibi_eps, H, P, D, W,
-    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
+    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
+    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -197,13 +172,13 @@ def _code_bounds_kernel(
         scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
-        code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1 = _page_group(
-            codes, k_min, k_max, page_row, live, r_w, D, W, S, BW, BITS, WORK)
+        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
+        d = tl.arange(0, BD)
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
         for g in tl.static_range(G):
             qrow = bh.to(tl.int64) * G + g
             s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                      code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1, D,
-                                      S, BITS, WORK, HAS_ALIBI)
+                                      code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
             out = qrow * P + p
             # pages without codes: no token can be chosen from them
             tl.store(page_max + out, tl.where(live, tl.max(s_hat, axis=1), float("-inf")), mask=in_range)
@@ -236,8 +211,8 @@ def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_low,
     index, count, page_mask,
     scale, r, alibi_eps, H, P, D, W, C,
-    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, SPAN: tl.constexpr, BLOCK_P: tl.constexpr,
-    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
+    BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -255,14 +230,15 @@ def _code_candidates_kernel(
             hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G)  # a re-read of cached bounds
             n_page = tl.zeros((BLOCK_P,), tl.int32)
             if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
-                code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1 = _page_group(
-                    codes, k_min, k_max, bh.to(tl.int64) * P + p, hit, r_w, D, W, S, BW, BITS, WORK)
+                page_row = bh.to(tl.int64) * P + p
+                code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
+                d = tl.arange(0, BD)
+                kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
                 cand = tl.zeros((BLOCK_P, S), tl.int1)
                 for g in tl.static_range(G):
                     qrow = bh.to(tl.int64) * G + g
                     s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                              code0, code1, ch0, ch1, kmin0, step0, rad0, kmin1, step1, rad1, D,
-                                              S, BITS, WORK, HAS_ALIBI)
+                                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
                     high = (s_hat + eps[:, None]).to(tl.float64)
                     cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
                 cand = (cand & hit[:, None]).to(tl.int32)
@@ -285,7 +261,9 @@ def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bi
     d = k_min.shape[-1]
     g = q.shape[1] // hkv
     work = work_dtype_of(k_min.dtype)
-    consts = dict(S=s, G=g, BW=next_pow2(w), BITS=bits, WORK=tl.float64 if work == torch.float64 else tl.float32)
+    bw = next_pow2(w)  # byte columns of a tile; channels: two a byte for 4 bits
+    consts = dict(S=s, G=g, BW=bw, BD=2 * bw if bits == 4 else bw, BITS=bits,
+                  WORK=tl.float64 if work == torch.float64 else tl.float32)
     return b, hkv, p, s, w, d, g, work, consts
 
 
