@@ -52,19 +52,20 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
-# Launch configurations (benchmarks/tune_kernels.py sweeps them on the GPU). A code_bounds
-# program holds BLOCK_P pages' codes as a [BLOCK_P, S, bytes] tile unpacked in registers and
-# serves the G query heads of its KV group from it: small tiles, no tl.dot (the scores must
-# be rounded as plain float32 sums for the certificate's margin, see the module docstring).
-# At D = 128, 4 bits, G = 4, sm_90 (ptxas): 80 registers a thread, no spills, for BLOCK_P = 4
-# with 8 warps (and 2 with 4); 168 for 4 pages with 4 warps, spills from 8 pages with 2 warps.
+# Launch configurations (benchmarks/tune_kernels.py --codes-only sweeps them on the GPU; not
+# yet tuned there). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
+# tile in registers and serves the G query heads of its KV group from it: small tiles, no
+# tl.dot (the scores must be rounded as plain float32 sums for the certificate's margin, see
+# the module docstring). Registers a thread at D = 128, 4 bits, G = 4 (ptxas, sm_90a):
+# BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
 BLOCK_P = 4  # pages per code_bounds program
 NUM_WARPS = 8
-# code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (most
-# have no candidate at long contexts: one load per head and the program is done), and
-# rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages.
+# code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
+# contexts most spans hold no candidate: one load per head and the program is done) and
+# rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
+# 1 page / 4 warps: 112; 2 / 4: 226 (fewer programs fit an SM for the skip path).
 CANDIDATE_SPAN = 32
-CANDIDATE_BLOCK_P = 2
+CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 4
 
 

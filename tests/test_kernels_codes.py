@@ -524,3 +524,59 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
         assert not any(name.startswith("aten.sort") for name in ops.seen), sorted(ops.seen)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
     assert torch.equal(cache.k_codes, ref.k_codes), seed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
+    """The compiled kernels at launch constants ``tune_kernels.py`` sweeps (BLOCK_P, NUM_WARPS,
+    CANDIDATE_SPAN, CANDIDATE_BLOCK_P, CANDIDATE_WARPS), D = 128, G = 4, ALiBi, against the
+    reference: the interpreter cannot see layout or register-allocation effects of a tile."""
+    import entmaxkv.kernels.code_scan as cs
+
+    for name, value in zip(("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS"), launch):
+        monkeypatch.setattr(cs, name, value)
+    stream, cache = cuda_cache(torch.float16, bits, seed=11 + bits)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(16, device="cuda") * 0.01
+    scale = 128 ** -0.5
+    assert_bounds_match_the_reference(cache, q, scale, slopes, launch)
+    want_s, _ = code_scores(cache, q, scale, slopes)
+    tokens = coded_pages(cache).repeat_interleave(cache.page_size, -1)
+    top = torch.where(tokens, want_s, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - 1.0)).contiguous()
+    count = check_candidates(cache, q, scale, slopes, tau_low, 1.5, 10_000, launch)
+    check_candidates(cache, q, scale, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("kind", ["random", "ties", "outliers"])
+def test_append_op_codes_on_cuda_equal_torch(dtype, bits, kind):
+    """The compiled append kernel's codes (IEEE divisions, round half to even) equal the torch
+    encoder's bit for bit on CUDA, D = 128, over 40 steps crossing page edges."""
+    from entmaxkv.backend import append
+
+    g = torch.Generator().manual_seed(bits + len(kind))
+    b, hkv, t, steps = 2, 4, 300, 40
+    make = tie_keys if kind == "ties" else lambda *a: adversarial_keys(kind, *a)
+    k = make(g, b, hkv, t + steps, 128).to(dtype).cuda()
+    v = torch.randn(b, hkv, t, 128, generator=g).to(dtype).cuda()
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=t + steps, dtype=dtype,
+                                   device="cuda", key_bits=bits)
+    start = ekv.prefill(empty, k[:, :, :t], v, [t, t - 37])
+    ker = dataclasses.replace(start.fork(), k_pages=start.k_pages.clone(), k_codes=start.k_codes.clone(),
+                              k_min=start.k_min.clone(), k_max=start.k_max.clone())
+    ref = start.fork()
+    for i in range(steps):
+        kn = torch.stack([k[r, :, int(ref.seq_lens[r])] for r in range(b)])[:, :, None]
+        vn = torch.randn(b, hkv, 1, 128, generator=g).to(dtype).cuda()
+        ker, _ = append(ker, kn, vn, True)
+        ref, _ = append(ref, kn, vn, False)
+    assert torch.equal(ker.k_min, ref.k_min) and torch.equal(ker.k_max, ref.k_max)
+    assert torch.equal(ker.k_codes, ref.k_codes), (ker.k_codes != ref.k_codes).nonzero()[:5].tolist()
