@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import entmaxkv as ekv
+import entmaxkv.kernels.code_scan as code_scan
 from entmaxkv.backend import build_step
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.exact_codes import code_candidates as exact_candidates
@@ -160,6 +161,8 @@ def main() -> None:
         print(msg, flush=True)
 
     meta = run_meta("keycodes_gpu.py")
+    meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
+                                ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS")}
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []

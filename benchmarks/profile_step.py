@@ -2,6 +2,12 @@
 next to the graph-replayed step and SDPA on the same shapes.
 
     python benchmarks/profile_step.py --contexts 32768,131072 --cases "1.5:TopK12.5,1:TopK12.5,1.5:Dense"
+    python benchmarks/profile_step.py --contexts 65536,131072 --cases 1.5:ExactCodes4 --data needles
+
+``ExactCodes4`` / ``ExactCodes8`` are ``Exact()`` on a cache with 4- / 8-bit key codes (the
+code-scan ops); ``--data needles`` gives them keys where few tokens are candidates
+(``keycodes_gpu.needle_data``; on the default ``SyntheticStream`` data candidates may overflow
+at long contexts, and those rows then attend every page).
 
 Prints, per case, the kernels sorted by total time (µs per step) and launches per step.
 Measures only; asserts nothing.
@@ -26,7 +32,10 @@ SELECTORS = {
     "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
     "Gaussian": lambda: ekv.Gaussian(),
     "Exact": lambda: ekv.Exact(),
+    "ExactCodes4": lambda: ekv.Exact(),
+    "ExactCodes8": lambda: ekv.Exact(),
 }
+KEY_BITS = {"ExactCodes4": 4, "ExactCodes8": 8}  # cases run on a cache with key codes
 
 
 def kernel_table(cache, q, k, v, config, steps: int = 5) -> tuple[list[tuple[str, float, int]], int]:
@@ -58,26 +67,36 @@ def main() -> None:
     parser.add_argument("--heads", default="32/8")
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--compiled", action="store_true", help="also time the compiled step in a graph")
+    parser.add_argument("--data", choices=["stream", "needles"], default="stream",
+                        help="SyntheticStream, or keycodes_gpu's needles (16 high-scoring tokens a KV head)")
     args = parser.parse_args()
     hq, hkv = (int(x) for x in args.heads.split("/"))
     summary = []
     for n in (int(x) for x in args.contexts.split(",")):
-        stream = SyntheticStream(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=n,
-                                 dtype=torch.float16, device="cuda")
-        k, v = stream.prompt(n)
-        q, k_new, v_new = stream.step()
+        if args.data == "needles":
+            from keycodes_gpu import needle_data
+
+            k, v, q, k_new, v_new = needle_data(args.batch, hq, hkv, 128, n, 16, n, torch.float16, "cuda")
+        else:
+            stream = SyntheticStream(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=n,
+                                     dtype=torch.float16, device="cuda")
+            k, v = stream.prompt(n)
+            q, k_new, v_new = stream.step()
         graph = torch.cuda.CUDAGraph()
         torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         with torch.cuda.graph(graph):
             torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         sdpa = time_replays(graph.replay, 50, 5)
-        cache = ekv.prefill(ekv.PagedKVCache.empty(batch=args.batch, num_kv_heads=hkv, head_dim=128,
-                                                   capacity=n + 2048, dtype=torch.float16, device="cuda"),
-                            k, v, [n] * args.batch)
+        caches = {}
+        for bits in {KEY_BITS.get(case.split(":")[1]) for case in args.cases.split(",")}:
+            caches[bits] = ekv.prefill(ekv.PagedKVCache.empty(batch=args.batch, num_kv_heads=hkv, head_dim=128,
+                                                              capacity=n + 2048, dtype=torch.float16, device="cuda",
+                                                              key_bits=bits), k, v, [n] * args.batch)
         del k, v
         for case in args.cases.split(","):
             alpha, name = case.split(":")
             config = ekv.DecodeConfig(alpha=float(alpha), selector=SELECTORS[name]())
+            cache = caches[KEY_BITS.get(name)]
             rows, launches = kernel_table(cache, q, k_new, v_new, config)
             step = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False), q, k_new, v_new)
             us = time_replays(step.graph.replay, 50, 5)
@@ -92,7 +111,7 @@ def main() -> None:
                 print(f"  {t:9.1f} µs  x{c:<3d} {kname}")
             summary.append(f"n={n:>7} α={alpha:<4} {name:<9} step {us:8.1f} µs  SDPA {sdpa:6.1f} µs  "
                            f"x{us / sdpa:6.2f}  launches {launches}{compiled}")
-        del cache
+        del cache, caches
         torch.cuda.empty_cache()
     print("\n" + "\n".join(summary))
 

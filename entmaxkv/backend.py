@@ -27,7 +27,7 @@ from entmaxkv.gaussian import solve_gaussian_tau
 from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step
-from entmaxkv.state import PagedKVCache, append_token, write_completed_page_codes
+from entmaxkv.state import PagedKVCache, append_token
 from entmaxkv.topk import top_pages
 
 if importlib.util.find_spec("triton") is not None:
@@ -54,11 +54,11 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
     if not kernels:
         return append_token(cache, k_new, v_new)
     lens = cache.seq_lens
+    # a completed page's statistics and key codes (if the cache keeps them) are written by the op
     torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max, cache.k_mean,
-                                    cache.k_std, lens, k_new, v_new, cache.capacity)
+                                    cache.k_std, lens, k_new, v_new, cache.capacity, cache.k_codes,
+                                    cache.key_bits or 0)
     fits = lens < cache.capacity
-    if cache.key_bits is not None:  # key codes: written in torch until a kernel does it
-        write_completed_page_codes(cache, lens, fits)
     host = None if cache.host_max_len is None else cache.host_max_len + 1
     return dataclasses.replace(cache, seq_lens=lens + fits.to(lens.dtype), host_max_len=host), fits
 

@@ -68,14 +68,32 @@ class CodeCandidates:
         the same unless the row overflowed);
     seed_pages: [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the newest page
         came on top).
+
+    ``index`` and ``count`` are views computed when read: a decode step reads only
+    ``page_mask`` and ``overflow``, so on the kernel path it never pays for ordering the list
+    (``torch.compile`` drops unread values anyway; eager steps and graphs of them do not).
     """
 
-    index: Tensor
-    count: Tensor
+    found_index: Tensor  # the list as found: int64 ranked (reference), or int32 unordered (kernels)
+    found_count: Tensor  # int64 (reference) or int32 (kernels)
     overflow: Tensor
     tau_low: Tensor
     page_mask: Tensor
     seed_pages: Tensor
+
+    @property
+    def index(self) -> Tensor:
+        if self.found_index.dtype == torch.int64:  # the reference's ranked list
+            return self.found_index
+        # the atomic counter leaves the kernels' list unordered: sort it (−1 padding last) so
+        # that what a caller reads is reproducible
+        last = torch.iinfo(torch.int32).max  # above every token slot
+        index = torch.where(self.found_index < 0, last, self.found_index).sort(-1).values
+        return torch.where(index == last, -1, index).long()
+
+    @property
+    def count(self) -> Tensor:
+        return self.found_count.long()
 
 
 def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
@@ -103,8 +121,8 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     index = torch.where(torch.isfinite(value), index, torch.full_like(index, -1))
     page_index = torch.where(index >= 0, index // s, index)
     return CodeCandidates(
-        index=index,
-        count=count,
+        found_index=index,
+        found_count=count,
         overflow=count > capacity,
         tau_low=tau_low,
         page_mask=pages_to_mask(page_index, cache.num_pages),
@@ -115,29 +133,29 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
 def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
     """Steps 1-3 through the ``code_bounds`` / ``code_candidates`` ops: two passes over the
     codes (the second over candidate pages only), a page selection for the seed, and the
-    seed's τ bound; a handful of launches, never a token-score tensor."""
-    cache = step.cache
-    q = step.q[:, :, 0].contiguous()
-    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)
+    seed's τ bound; a handful of launches, never a token-score tensor.
+
+    Glue kept out, each without changing a result: the ops write only coded pages, which are
+    exactly ``step.candidates`` (full pages before the newest one), so nothing is masked with
+    it again; ``select_pages`` never picks a page whose key is −inf (every page without codes);
+    ``KernelOps`` attends the newest page whatever the mask says, so the seed goes without it;
+    the list is ordered only when read (``CodeCandidates.index``)."""
+    cache, ops = step.cache, step.ops
+    args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)  # q: [B, Hq, D]
     page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args, cache.key_bits, step.scale, False)
     b, hkv, g, p = page_max.shape
     low = (page_max - eps).reshape(b, hkv * g, p)  # −inf on pages without codes
-    want = torch.full((b, hkv * g), top_tokens, dtype=torch.int32, device=q.device)
+    want = torch.full((b, hkv * g), top_tokens, dtype=torch.int32, device=low.device)
     top, _ = torch.ops.entmaxkv.select_pages(low, want, max(1, min(top_tokens, p)))
-    seed_pages = pages_to_mask(top.reshape(b, hkv, -1), p) & step.candidates
-    tau_low = step.ops.tau_lower_bound(seed_pages | step.newest).to(torch.float64).contiguous()
+    seed_pages = pages_to_mask(top.reshape(b, hkv, -1), p)
+    tau_low = ops.tau_lower_bound(seed_pages).to(torch.float64).contiguous()  # [B, Hkv, G] (no-ops: it is so)
     index, count, page_mask = torch.ops.entmaxkv.code_candidates(
         *args, page_max, eps, tau_low, cache.key_bits, step.scale, lin(step.alpha), capacity)
-    # the atomic counter leaves the list unordered: sort it (−1 padding last) so a step is reproducible
-    slots = p * cache.page_size
-    index = torch.where(index < 0, slots, index).sort(-1).values
-    index = torch.where(index == slots, -1, index).long()
-    count = count.long()
     return CodeCandidates(
-        index=index,
-        count=count,
+        found_index=index,
+        found_count=count,
         overflow=count > capacity,
         tau_low=tau_low,
-        page_mask=page_mask & step.candidates,
+        page_mask=page_mask,
         seed_pages=seed_pages,
     )

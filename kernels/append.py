@@ -1,9 +1,14 @@
 """``entmaxkv::append_token``: write each sequence's new key/value at its slot and, when the
-token completes its page, that page's statistics. One program per (sequence, KV head).
+token completes its page, that page's statistics and (for a cache with key codes) the page's
+codes. One program per (sequence, KV head).
 
 Bytes: the new K/V rows (2·D elements), plus one page of keys (S·D) read and four statistic
-rows written on the one step in S that fills a page. A full sequence (length == capacity)
-is left untouched; the caller reports it (``fits``).
+rows written on the one step in S that fills a page (and S·W code bytes). A full sequence
+(length == capacity) is left untouched; the caller reports it (``fits``).
+
+Codes follow ``keycodes.encode_keys`` bit for bit: step = (kmax − kmin) / (2^bits − 1) and
+code = round_half_even((k − kmin) / step) clamped to [0, 2^bits − 1] (0 where step is 0),
+with the stored (cache-dtype) min/max in the work dtype and IEEE divisions, like torch.
 """
 
 from __future__ import annotations
@@ -19,10 +24,38 @@ __all__ = ["append_token"]
 
 
 @triton.jit
+def _round_half_even(x):
+    """torch.round for x >= 0: x − floor(x) is exact, so ties are seen exactly."""
+    f = tl.floor(x)
+    frac = x - f
+    odd = (f.to(tl.int32) & 1) == 1
+    return tl.where((frac > 0.5) | ((frac == 0.5) & odd), f + 1.0, f)
+
+
+@triton.jit
+def _page_codes(keys, lo, hi, d, D, BITS: tl.constexpr, WORK: tl.constexpr):
+    """int32 codes [S, BLOCK_D] of a page's keys (work dtype) against its min/max [BLOCK_D]."""
+    levels = tl.full((), 2**BITS - 1, WORK)
+    if WORK == tl.float64:
+        step = (hi - lo) / levels  # IEEE in float64
+    else:
+        step = tl.math.div_rn(hi - lo, levels)  # IEEE, as torch (`/` is approximate on the GPU)
+    coded = (step > 0) & (d < D)
+    diff = keys - lo[None, :]
+    safe = tl.where(coded, step, 1.0)[None, :]
+    if WORK == tl.float64:
+        ratio = diff / safe
+    else:
+        ratio = tl.math.div_rn(diff, safe)
+    code = tl.minimum(tl.maximum(_round_half_even(ratio), 0.0), levels)
+    return tl.where(coded[None, :], code, 0.0).to(tl.int32)
+
+
+@triton.jit
 def _append_kernel(
-    k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new,
-    capacity, H, P, D,
-    S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr,
+    k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, k_codes,
+    capacity, H, P, D, W,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, BITS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -49,32 +82,51 @@ def _append_kernel(
             tl.store(k_max + stat, hi.to(k_max.dtype.element_ty), mask=dmask)
             tl.store(k_mean + stat, mean.to(k_mean.dtype.element_ty), mask=dmask)
             tl.store(k_std + stat, std.to(k_std.dtype.element_ty), mask=dmask)
+            if BITS != 0:  # the page's codes, against its min/max as stored (exact conversions)
+                lo = lo.to(k_min.dtype.element_ty).to(WORK)
+                hi = hi.to(k_max.dtype.element_ty).to(WORK)
+                code = _page_codes(keys, lo, hi, d, D, BITS, WORK)
+                code_row = (bh.to(tl.int64) * P + page) * S + rows
+                if BITS == 8:
+                    tl.store(k_codes + code_row[:, None] * W + d[None, :], code.to(tl.uint8), mask=dmask[None, :])
+                else:  # channel 2j in the low nibble of byte j, 2j+1 in the high one
+                    nibble = tl.where(d % 2 == 1, 16, 1)[None, :]
+                    byte = tl.sum(tl.reshape(code * nibble, (S, BLOCK_D // 2, 2)), axis=2)
+                    j = tl.arange(0, BLOCK_D // 2)
+                    tl.store(k_codes + code_row[:, None] * W + j[None, :], byte.to(tl.uint8), mask=(j < W)[None, :])
 
 
-@triton_op("entmaxkv::append_token", mutates_args=("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std"))
+@triton_op("entmaxkv::append_token",
+           mutates_args=("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std", "k_codes"))
 def append_token(
     k_pages: torch.Tensor, v_pages: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor,
     k_mean: torch.Tensor, k_std: torch.Tensor, seq_lens: torch.Tensor, k_new: torch.Tensor,
-    v_new: torch.Tensor, capacity: int,
+    v_new: torch.Tensor, capacity: int, k_codes: torch.Tensor | None = None, key_bits: int = 0,
 ) -> None:
     """Write k_new/v_new [B, Hkv, 1, D] at slot ``seq_lens[b]`` of every (b, head) in place.
 
     k_pages, v_pages: [B, Hkv, P, S, D] contiguous; k_min/k_max (cache dtype) and
     k_mean/k_std (float32, float64 for a float64 cache): [B, Hkv, P, D]; seq_lens: [B] int64,
     the lengths *before* the append (not changed here). Rows with seq_lens[b] >= capacity are
-    not touched; P = ceil(capacity / S).
+    not touched; P = ceil(capacity / S). k_codes: optional [B, Hkv, P, S, W] uint8 key codes
+    (``keycodes`` layout) for ``key_bits`` 4 or 8: a page the token completes gets its codes.
     """
+    if k_codes is not None and key_bits not in (4, 8):
+        raise ValueError(f"append_token: key_bits must be 4 or 8 with k_codes, got {key_bits!r}")
     b, h, p, s, d = k_pages.shape
     work = tl.float64 if k_pages.dtype == torch.float64 else tl.float32
+    bits = 0 if k_codes is None else key_bits
     wrap_triton(_append_kernel)[(b * h,)](
         k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new,
-        capacity, h, p, d, S=s, BLOCK_D=next_pow2(d), WORK=work,
+        k_pages if k_codes is None else k_codes,  # never written without codes
+        capacity, h, p, d, 0 if k_codes is None else k_codes.shape[-1],
+        S=s, BLOCK_D=max(2, next_pow2(d)), WORK=work, BITS=bits,
     )
 
 
 @append_token.register_fake
-def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity):
+def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity, k_codes=None, key_bits=0):
     return None
 
 
-register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8))  # vmap folds into the batch dimension
+register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10))  # vmap folds into the batch dimension

@@ -26,9 +26,19 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    and marks the pages holding a candidate.
 
-Grid (B·Hkv, ceil(P / BLOCK_P)); each program walks BLOCK_P pages, and pages past the coded
-ones cost one store. Bytes per step: codes + kmin/kmax of every coded page once (pass 1),
-then only candidate pages' again (pass 2), plus [B, Hkv, G, P] floats twice.
+Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
+[BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
+of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
+statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
+heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
+A block with no coded page costs one store per head. Pass 2: grid (B·Hkv, ceil(P / SPAN)).
+A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
+done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
+the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
+every coded page once (pass 1), then only candidate pages' again (pass 2), plus
+[B, Hkv, G, P] floats three times.
+Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
+integer or and one subtraction (exact), not an int-to-float conversion.
 """
 
 from __future__ import annotations
@@ -42,7 +52,21 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
-BLOCK_P = 16  # pages walked per program
+# Launch configurations (benchmarks/tune_kernels.py --codes-only sweeps them on the GPU; not
+# yet tuned there). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
+# tile in registers and serves the G query heads of its KV group from it: small tiles, no
+# tl.dot (the scores must be rounded as plain float32 sums for the certificate's margin, see
+# the module docstring). Registers a thread at D = 128, 4 bits, G = 4 (ptxas, sm_90a):
+# BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
+BLOCK_P = 4  # pages per code_bounds program
+NUM_WARPS = 8
+# code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
+# contexts most spans hold no candidate: one load per head and the program is done) and
+# rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
+# 1 page / 4 warps: 112; 2 / 4: 226 (fewer programs fit an SM for the skip path).
+CANDIDATE_SPAN = 32
+CANDIDATE_BLOCK_P = 1
+CANDIDATE_WARPS = 4
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -58,122 +82,179 @@ def _alibi_eps(dtype: torch.dtype, num_pages: int, page_size: int) -> float:
 
 
 @triton.jit
-def _coded_page(qw, qabs, codes, k_min, k_max, page_row, d, dmask, tok, r, scale, D, W,
-                S: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr):
-    """ŝ [G_PAD, S] (no ALiBi) and ε [G_PAD] of one coded page; ``page_row`` = bh·P + p."""
-    stat = page_row * D + d
-    kmin = tl.load(k_min + stat, mask=dmask, other=0.0).to(WORK)
-    kmax = tl.load(k_max + stat, mask=dmask, other=0.0).to(WORK)
+def _as_work(code, WORK: tl.constexpr):
+    """int32 codes in [0, 255] -> the same integers in the work dtype, exactly."""
+    if WORK == tl.float32:
+        # 2^23 + c carries c in its low mantissa bits: or-ing the code into the bits of 2^23 and
+        # subtracting 2^23 is exact, on the full-rate pipes (int -> float conversion is 1/8 rate)
+        return (code | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    else:
+        return code.to(WORK)
+
+
+@triton.jit
+def _page_stats(k_min, k_max, page_row, d, live, r, D, BITS: tl.constexpr, WORK: tl.constexpr):
+    """kmin, step and radius [BLOCK_P, BD] of the pages ``page_row`` (= bh·P + p) [BLOCK_P];
+    0 on masked pages and channels past D."""
+    mask = live[:, None] & (d < D)[None, :]
+    stat = page_row[:, None] * D + d[None, :]
+    kmin = tl.load(k_min + stat, mask=mask, other=0.0).to(WORK)
+    kmax = tl.load(k_max + stat, mask=mask, other=0.0).to(WORK)
     levels = tl.full((), 2**BITS - 1, WORK)
     if WORK == tl.float64:
         step = (kmax - kmin) / levels  # IEEE in float64
     else:
         step = tl.math.div_rn(kmax - kmin, levels)  # the encoding's step bit for bit (`/` is approximate)
-    radius = step / 2 + r * tl.maximum(tl.abs(kmin), tl.abs(kmax))
-    row = page_row * S + tok  # [S] token rows of the code storage
-    cmask = dmask[None, :] & (tok[:, None] < S)
+    return kmin, step, step / 2 + r * tl.maximum(tl.abs(kmin), tl.abs(kmax))
+
+
+@triton.jit
+def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+               BITS: tl.constexpr, WORK: tl.constexpr):
+    """The codes of BLOCK_P pages as a work-dtype tile [BLOCK_P, S, BD], channel d at d (4 bits:
+    BD = 2·BW, the low and high nibble of byte j side by side as channels 2j and 2j+1, kept in
+    the same thread; 8 bits: BD = BW). Masked pages (``live`` False) are not read: code 0."""
+    tok = tl.arange(0, S)
+    j = tl.arange(0, BW)
+    row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
+    mask = live[:, None, None] & (j < W)[None, None, :]
+    byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=mask, other=0).to(tl.int32)
     if BITS == 8:
-        code = tl.load(codes + row[:, None] * W + d[None, :], mask=cmask, other=0).to(WORK)
-    else:  # element 2j in the low nibble, 2j+1 in the high one
-        byte = tl.load(codes + row[:, None] * W + (d // 2)[None, :], mask=cmask, other=0).to(tl.int32)
-        code = ((byte >> ((d % 2) * 4)[None, :]) & 15).to(WORK)
-    base = tl.sum(qw * kmin[None, :], axis=1)
-    qstep = qw * step[None, :]
-    s_hat = (base[:, None] + tl.sum(qstep[:, None, :] * code[None, :, :], axis=2)) * scale
-    eps = tl.sum(qabs * radius[None, :], axis=1) * scale
+        return _as_work(byte, WORK)
+    else:
+        return tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)), (BLOCK_P, S, 2 * BW))
+
+
+@triton.jit
+def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, kmin, step, radius, D,
+                 S: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """ŝ [BLOCK_P, S] and ε [BLOCK_P] of one query head (row ``qrow`` of q) over the pages p:
+    ŝ = scale·(q·kmin + Σ_d (q_d·step_d)·code_d) (+ ALiBi), ε = scale·Σ_d |q_d|·radius_d (+ ALiBi)."""
+    qv = tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK)[None, :]
+    base = tl.sum(qv * kmin, axis=1)
+    dot = tl.sum(code * (qv * step)[:, None, :], axis=2)
+    s_hat = (base[:, None] + dot) * scale
+    eps = tl.sum(tl.abs(qv) * radius, axis=1) * scale
+    if HAS_ALIBI:
+        slope = tl.load(slopes + hslot).to(WORK)
+        tok = tl.arange(0, S)
+        s_hat += slope * (p[:, None] * S + tok[None, :] - q_pos).to(WORK)
+        eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
     return s_hat, eps
 
 
 @triton.jit
-def _load_group(q, seq_lens, slopes, scale_t, bh, H, G, D, S: tl.constexpr, G_PAD: tl.constexpr,
-                BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """The group's queries (work dtype), |q|, scale, coded page count, query position, slopes."""
-    b = bh // H
-    length = tl.load(seq_lens + b).to(tl.int32)
-    coded = tl.maximum(length - 1, 0) // S  # full pages before the one holding the newest token
-    g = tl.arange(0, G_PAD)
-    d = tl.arange(0, BLOCK_D)
-    gmask = g < G
-    dmask = d < D
-    qrow = (bh * G + g).to(tl.int64)
-    qw = tl.load(q + qrow[:, None] * D + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0).to(WORK)
-    if HAS_ALIBI:
-        slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
+def _scale_of(scale, scale_t, WORK: tl.constexpr):
+    """The scale in the work dtype: float64 from a one-element tensor (kernels get float
+    arguments as float32), float32 from the argument itself (no fill launched for it)."""
+    if WORK == tl.float64:
+        return tl.load(scale_t)
     else:
-        slope = tl.zeros((G_PAD,), WORK)
-    return qw, tl.abs(qw), tl.load(scale_t).to(WORK), coded, length - 1, slope, g, d, gmask, dmask, qrow
+        return tl.cast(scale, tl.float32)
 
 
 @triton.jit
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t,
     page_max, eps_out, s_hat_out,
-    r, alibi_eps, H, G, P, D, W,
-    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
+    scale, r, alibi_eps, H, P, D, W,
+    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
+    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
 ):
     bh = tl.program_id(0)
-    qw, qabs, scale, coded, q_pos, slope, g, d, gmask, dmask, qrow = _load_group(
-        q, seq_lens, slopes, scale_t, bh, H, G, D, S, G_PAD, BLOCK_D, WORK, HAS_ALIBI)
-    r_w = tl.cast(r, WORK)
-    tok = tl.arange(0, S)
-    for j in range(BLOCK_P):
-        p = tl.program_id(1) * BLOCK_P + j
-        out = qrow * P + p
-        if p < coded:
-            s_hat, eps = _coded_page(qw, qabs, codes, k_min, k_max, bh.to(tl.int64) * P + p, d, dmask, tok,
-                                     r_w, scale, D, W, S, BITS, WORK)
-            if HAS_ALIBI:
-                s_hat += slope[:, None] * (p * S + tok - q_pos).to(WORK)[None, :]
-                eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
-            tl.store(page_max + out, tl.max(s_hat, axis=1), mask=gmask)
-            tl.store(eps_out + out, eps, mask=gmask)
+    b = bh // H
+    length = tl.load(seq_lens + b).to(tl.int32)
+    coded = tl.maximum(length - 1, 0) // S  # full pages before the one holding the newest token
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_range = p < P
+    live = p < coded
+    page_row = bh.to(tl.int64) * P + p
+    if tl.program_id(1) * BLOCK_P < coded:
+        scale_w = _scale_of(scale, scale_t, WORK)
+        r_w = tl.cast(r, WORK)
+        # the pages' codes and statistics are read once and serve every head of the group
+        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
+        d = tl.arange(0, BD)
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
+        for g in tl.static_range(G):
+            qrow = bh.to(tl.int64) * G + g
+            s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                      code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+            out = qrow * P + p
+            # pages without codes: no token can be chosen from them
+            tl.store(page_max + out, tl.where(live, tl.max(s_hat, axis=1), float("-inf")), mask=in_range)
+            tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
             if WITH_SCORES:
-                tl.store(s_hat_out + (qrow * P + p)[:, None] * S + tok[None, :], s_hat, mask=gmask[:, None])
-        elif p < P:  # not coded: no token can be chosen from it
-            tl.store(page_max + out, tl.full((G_PAD,), float("-inf"), WORK), mask=gmask)
-            tl.store(eps_out + out, tl.zeros((G_PAD,), WORK), mask=gmask)
+                tok = tl.arange(0, S)
+                tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+    else:  # no coded page in this block: one store per head
+        for g in tl.static_range(G):
+            out = (bh.to(tl.int64) * G + g) * P + p
+            tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
+            tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+
+
+@triton.jit
+def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr):
+    """[len(p)] pages whose best upper bound reaches τ_low for some head of the group: the
+    pass-1 bounds only (2·G floats a page), compared in float64 like the reference."""
+    hit = tl.zeros(p.shape, tl.int1)
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        best = tl.load(page_max + qrow * P + p, mask=p < P, other=float("-inf"))
+        spread = tl.load(eps_in + qrow * P + p, mask=p < P, other=0.0)
+        hit |= c * (best + spread).to(tl.float64) - tl.load(tau_low + qrow) > 0
+    return hit & (p < coded)
 
 
 @triton.jit
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_low,
     index, count, page_mask,
-    r, alibi_eps, H, G, P, D, W, C,
-    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    scale, r, alibi_eps, H, P, D, W, C,
+    S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
+    BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     bh = tl.program_id(0)
-    qw, qabs, scale, coded, q_pos, slope, g, d, gmask, dmask, qrow = _load_group(
-        q, seq_lens, slopes, scale_t, bh, H, G, D, S, G_PAD, BLOCK_D, WORK, HAS_ALIBI)
-    r_w = tl.cast(r, WORK)
+    b = bh // H
+    length = tl.load(seq_lens + b).to(tl.int32)
+    coded = tl.maximum(length - 1, 0) // S
     c = tl.load(lin_t)  # float64 α − 1, as the reference multiplies
-    tau = tl.load(tau_low + qrow, mask=gmask, other=float("inf"))  # padded heads reach −inf
-    tok = tl.arange(0, S)
-    for j in range(BLOCK_P):
-        p = tl.program_id(1) * BLOCK_P + j
-        found = tl.zeros((), tl.int32)
-        if p < coded:
-            out = qrow * P + p
-            best = tl.load(page_max + out, mask=gmask, other=float("-inf"))
-            spread = tl.load(eps_in + out, mask=gmask, other=0.0)
-            if tl.max(c * (best + spread).to(tl.float64) - tau, axis=0) > 0:  # some token may reach τ_low
-                s_hat, eps = _coded_page(qw, qabs, codes, k_min, k_max, bh.to(tl.int64) * P + p, d, dmask, tok,
-                                         r_w, scale, D, W, S, BITS, WORK)
-                if HAS_ALIBI:
-                    s_hat += slope[:, None] * (p * S + tok - q_pos).to(WORK)[None, :]
-                    eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
-                high = (s_hat + eps[:, None]).to(tl.float64)
-                cand = (tl.max(c * high - tau[:, None], axis=0) > 0).to(tl.int32)  # any head of the group
-                n = tl.sum(cand, axis=0)
-                found = n
+    first_page = tl.program_id(1) * SPAN
+    span = first_page + tl.arange(0, SPAN)
+    # the early skip: a program checks SPAN pages' bounds at once (most spans have no candidate)
+    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G).to(tl.int32), axis=0) > 0:
+        scale_w = _scale_of(scale, scale_t, WORK)
+        r_w = tl.cast(r, WORK)
+        for t in range(SPAN // BLOCK_P):  # small tiles: only reaching blocks load codes
+            p = first_page + t * BLOCK_P + tl.arange(0, BLOCK_P)
+            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G)  # a re-read of cached bounds
+            n_page = tl.zeros((BLOCK_P,), tl.int32)
+            if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
+                page_row = bh.to(tl.int64) * P + p
+                code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
+                d = tl.arange(0, BD)
+                kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
+                cand = tl.zeros((BLOCK_P, S), tl.int1)
+                for g in tl.static_range(G):
+                    qrow = bh.to(tl.int64) * G + g
+                    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+                    high = (s_hat + eps[:, None]).to(tl.float64)
+                    cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
+                cand = (cand & hit[:, None]).to(tl.int32)
+                n_page = tl.sum(cand, axis=1)
+                n = tl.sum(n_page, axis=0)
                 if n > 0:
                     first = tl.atomic_add(count + bh, n)
-                    slot = first + tl.cumsum(cand, axis=0) - cand
-                    tl.store(index + bh.to(tl.int64) * C + slot, (p * S + tok).to(tl.int32),
+                    # slots: the block's share of the list in page order, then token order within a page
+                    slot = first + (tl.cumsum(n_page, axis=0) - n_page)[:, None] + tl.cumsum(cand, axis=1) - cand
+                    tok = tl.arange(0, S)
+                    tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
                              mask=(cand == 1) & (slot < C))
-        if p < P:
-            tl.store(page_mask + bh.to(tl.int64) * P + p, found > 0)
+            tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
+    else:
+        tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -181,9 +262,16 @@ def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bi
     d = k_min.shape[-1]
     g = q.shape[1] // hkv
     work = work_dtype_of(k_min.dtype)
-    consts = dict(S=s, G_PAD=next_pow2(g), BLOCK_D=next_pow2(d), BLOCK_P=BLOCK_P, BITS=bits,
+    bw = next_pow2(w)  # byte columns of a tile; channels: two a byte for 4 bits
+    consts = dict(S=s, G=g, BW=bw, BD=2 * bw if bits == 4 else bw, BITS=bits,
                   WORK=tl.float64 if work == torch.float64 else tl.float32)
     return b, hkv, p, s, w, d, g, work, consts
+
+
+def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch.Tensor:
+    """The scale as a one-element float64 tensor (a fill, not a copy) where the kernel reads
+    it so (float64 work); else ``dummy``, never read."""
+    return torch.full((1,), scale, dtype=torch.float64, device=dummy.device) if work == torch.float64 else dummy
 
 
 @triton_op("entmaxkv::code_bounds", mutates_args=())
@@ -204,12 +292,11 @@ def code_bounds(
     page_max = torch.empty((b, hkv, g, p), dtype=work, device=q.device)
     eps = torch.empty_like(page_max)
     s_hat = torch.empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work, device=q.device)
-    scale_t = torch.full((1,), scale, dtype=torch.float64, device=q.device)  # a fill, not a copy
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     wrap_triton(_code_bounds_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
-        q, k_codes, k_min, k_max, seq_lens, slopes, scale_t, page_max, eps, s_hat if with_scores else page_max,
-        code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, g, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, **consts,
+        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
+        s_hat if with_scores else page_max, scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     return page_max, eps, s_hat
 
@@ -242,14 +329,14 @@ def code_candidates(
     index = torch.full((b, hkv, capacity), -1, dtype=torch.int32, device=q.device)
     count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)
     page_mask = torch.empty((b, hkv, p), dtype=torch.bool, device=q.device)
-    scale_t = torch.full((1,), scale, dtype=torch.float64, device=q.device)
-    lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)
+    lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
-    wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
-        q, k_codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps, tau_low,
-        index, count, page_mask,
-        code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, g, p, d, w, capacity,
-        HAS_ALIBI=alibi_slopes is not None, **consts,
+    span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
+    wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
+        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
+        tau_low, index, count, page_mask,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w, capacity,
+        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS, **consts,
     )
     return index, count, page_mask
 

@@ -8,6 +8,7 @@ every run (the seed is in the failure message); ragged lengths landing on page e
 ALiBi; 4- and 8-bit codes; buffers the ops allocate are poisoned (NaN / −7).
 """
 
+import dataclasses
 import math
 import random
 
@@ -17,7 +18,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.backend import build_step
 from entmaxkv.exact_codes import code_candidates as reference_candidates
-from entmaxkv.keycodes import code_radius, code_scores, code_steps
+from entmaxkv.keycodes import code_radius, code_scores, code_steps, encode_keys
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
 from helpers import fresh_seed
@@ -34,12 +35,13 @@ def lengths(seed: int, batch: int, page_size: int) -> list[int]:
             for _ in range(batch)]
 
 
-def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random"):
+def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random", capacity=None):
     g = torch.Generator().manual_seed(seed)
     b, t = len(lens), max(lens)
     k = adversarial_keys(kind, g, b, hkv, t, d)
     v = torch.randn(b, hkv, t, d, generator=g, dtype=torch.float64)
-    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=t + 2 * page, page_size=page,
+    capacity = capacity or t + 2 * page
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity, page_size=page,
                                    dtype=dtype, key_bits=bits)
     return ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
 
@@ -375,3 +377,206 @@ def test_vmap_exact_with_codes_through_the_ops_equals_a_loop():
     finally:
         torch._C._functorch._set_vmap_fallback_enabled(True)
     torch.testing.assert_close(got, torch.stack(want), rtol=1e-6, atol=1e-6, msg=f"seed {seed}")
+
+
+# ---- launch blocks, head-dim edges and the append kernel's codes -----------------------------
+
+
+def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
+    """The checks of ``test_code_bounds_equal_the_reference`` on any cache: ŝ within the
+    rounding part, ε within 2γ, page_max = the max of the op's own ŝ, −inf / 0 off the codes."""
+    page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
+    want_s, want_eps = code_scores(cache, q, scale, slopes)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(cache.page_size, -1)
+    gap = (s_hat.double() - want_s.double()).abs() - rounding_part(cache, q, scale).repeat_interleave(
+        cache.page_size, -1)
+    assert bool((gap[tokens] <= 0).all()), (seed, float(gap[tokens].max()))
+    gamma = 2 * (cache.head_dim + 2) * torch.finfo(eps.dtype).eps
+    torch.testing.assert_close(eps[coded], want_eps[coded], rtol=2 * gamma, atol=0, msg=str(seed))
+    best = s_hat.reshape(*s_hat.shape[:3], -1, cache.page_size).amax(-1)
+    assert torch.equal(page_max[coded], best[coded]), seed
+    assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
+
+
+@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d", [
+    (1, torch.float32, 4, 1, False, 16), (2, torch.float16, 8, 2, True, 16), (8, torch.bfloat16, 4, 4, True, 16),
+    (2, torch.float32, 4, 2, False, 15), (8, torch.float64, 8, 1, True, 13), (4, torch.float16, 4, 4, False, 9),
+])
+def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, monkeypatch, poison):
+    """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
+    dividing the page count P (and P not dividing them), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
+    against the reference, as the tests above check them."""
+    import entmaxkv.kernels.code_scan as cs
+
+    monkeypatch.setattr(cs, "BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
+    seed = fresh_seed()
+    hkv, page = 2, 4
+    lens = lengths(seed, 3, page)
+    pages = max(lens) // page + 1  # several blocks, the last one partial
+    while pages <= block_p or (block_p > 1 and pages % block_p == 0):
+        pages += 1
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype, capacity=pages * page)
+    assert cache.num_pages == pages, cache.num_pages
+    g = torch.Generator().manual_seed(seed + 5)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    assert_bounds_match_the_reference(cache, q, 0.3, slopes, seed)
+    s_hat, _ = code_scores(cache, q, 0.3, slopes)
+    top = torch.where(coded_pages(cache).repeat_interleave(page, -1), s_hat, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - torch.rand(top.shape, generator=g, dtype=torch.float64) * 3)).contiguous()
+    count = check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, 10_000, seed)
+    check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), seed)
+
+
+def tie_keys(g, b, h, t, d):
+    """Keys on the half-integer grid of [0, 15] with every page spanning it exactly: for 4 bits
+    step = 1 and (k − kmin)/step hits .5 exactly (round half to even decides the code)."""
+    k = torch.randint(0, 31, (b, h, t, d), generator=g).double() / 2
+    k[:, :, 0::4], k[:, :, 1::4] = 0.0, 15.0  # every page of 4 holds 0 and 15 in each channel
+    return k
+
+
+@pytest.mark.parametrize("dtype,bits,kind,d", [
+    (torch.float32, 4, "ties", 16), (torch.float16, 4, "outliers", 15), (torch.bfloat16, 8, "constant", 16),
+    (torch.float16, 8, "fp16_extremes", 9), (torch.float64, 4, "huge_range", 16), (torch.float32, 8, "random", 8),
+    (torch.bfloat16, 4, "offset_tiny_spread", 13), (torch.float64, 8, "ties", 16),
+])
+def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits, kind, d):
+    """Decode steps on the kernel path (codes written by the ``append_token`` op) and on the
+    torch path (``keycodes.encode_keys``) leave bit-identical code storage, across page edges,
+    ragged lengths and a row that reaches its capacity; pages not completed keep their bytes."""
+    from entmaxkv.backend import append
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    hkv, page, steps = 2, 4, 9
+    lens = [3, 6, 12]  # complete a page at the first, third, ... step; the last row fills up
+    capacity = 20
+    t = max(lens)
+    make = tie_keys if kind == "ties" else lambda *a: adversarial_keys(kind, *a)
+    k = make(g, 3, hkv, t + steps, d)
+    v = torch.randn(3, hkv, t, d, generator=g, dtype=torch.float64)
+    empty = ekv.PagedKVCache.empty(batch=3, num_kv_heads=hkv, head_dim=d, capacity=capacity, page_size=page,
+                                   dtype=dtype, key_bits=bits)
+    start = ekv.prefill(empty, k[:, :, :t].to(dtype), v.to(dtype), lens)
+    # poison the codes of pages not full yet: a page completed later must get all its bytes written
+    start.k_codes[~start.full_page_mask()[:, None, :, None, None].expand_as(start.k_codes)] = 0xA5
+    caches = {True: start.fork(), False: start.fork()}
+    caches[True] = dataclasses.replace(caches[True], k_codes=start.k_codes.clone(), k_pages=start.k_pages.clone(),
+                                       k_min=start.k_min.clone(), k_max=start.k_max.clone())
+    for i in range(steps):
+        rows = torch.stack([k[b, :, min(lens[b] + i, t + steps - 1)] for b in range(3)])[:, :, None]
+        kn, vn = rows.to(dtype), torch.randn(3, hkv, 1, d, generator=g).to(dtype)
+        for kernels in (True, False):
+            caches[kernels], _ = append(caches[kernels], kn, vn, kernels)
+    ker, ref = caches[True], caches[False]
+    assert ker.seq_lens.tolist() == ref.seq_lens.tolist() == [12, 15, 20], ker.seq_lens
+    assert torch.equal(ker.k_min, ref.k_min) and torch.equal(ker.k_max, ref.k_max), seed
+    assert torch.equal(ker.k_codes, ref.k_codes), (seed, (ker.k_codes != ref.k_codes).nonzero()[:5].tolist())
+    # and the codes are those of the stored keys and statistics (not only equal to each other)
+    full = ker.full_page_mask()[:, None, :, None, None].expand_as(ker.k_codes)
+    want = encode_keys(ker.k_pages, ker.k_min, ker.k_max, bits)
+    assert torch.equal(ker.k_codes[full], want[full]), seed
+    assert bool((ker.k_codes[~full] == 0xA5).all()), seed  # nothing written outside completed pages
+
+
+def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
+    """On the kernel path the append op writes a completed page's codes (the torch encoder is
+    never called) and the candidate list is ordered only when read: a step dispatches no sort.
+    The step still equals the torch path's, and the codes are the torch encoder's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import entmaxkv.keycodes as keycodes
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seed = fresh_seed()
+    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=seed % 10_000, dtype=torch.float32)
+    k, v = stream.prompt(31)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=48, page_size=4, key_bits=4,
+                                   dtype=torch.float32)
+    cache = ekv.prefill(empty, k, v, [31, 22])
+    ref = ekv.prefill(ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=48, page_size=4,
+                                             key_bits=4, dtype=torch.float32), k, v, [31, 22])
+    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
+    torch_config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="torch")
+    encode = keycodes.encode_keys
+    for _ in range(3):  # row 0 completes a page at the first step, row 1 at the third
+        q, kn, vn = stream.step()
+        ref, want = ekv.decode_step(ref, q, kn, vn, torch_config)
+
+        def boom(*args, **kwargs):
+            raise AssertionError("torch key encoder called on the kernel path")
+
+        monkeypatch.setattr(keycodes, "encode_keys", boom)
+        ops = Ops()
+        with ops:
+            cache, got = ekv.decode_step(cache, q, kn, vn, config)
+        monkeypatch.setattr(keycodes, "encode_keys", encode)
+        assert not any(name.startswith("aten.sort") for name in ops.seen), sorted(ops.seen)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
+    assert torch.equal(cache.k_codes, ref.k_codes), seed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
+    """The compiled kernels at launch constants ``tune_kernels.py`` sweeps (BLOCK_P, NUM_WARPS,
+    CANDIDATE_SPAN, CANDIDATE_BLOCK_P, CANDIDATE_WARPS), D = 128, G = 4, ALiBi, against the
+    reference: the interpreter cannot see layout or register-allocation effects of a tile."""
+    import entmaxkv.kernels.code_scan as cs
+
+    for name, value in zip(("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS"), launch):
+        monkeypatch.setattr(cs, name, value)
+    stream, cache = cuda_cache(torch.float16, bits, seed=11 + bits)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(16, device="cuda") * 0.01
+    scale = 128 ** -0.5
+    assert_bounds_match_the_reference(cache, q, scale, slopes, launch)
+    want_s, _ = code_scores(cache, q, scale, slopes)
+    tokens = coded_pages(cache).repeat_interleave(cache.page_size, -1)
+    top = torch.where(tokens, want_s, -1e9).amax(-1).double()
+    tau_low = (0.5 * (top - 1.0)).contiguous()
+    count = check_candidates(cache, q, scale, slopes, tau_low, 1.5, 10_000, launch)
+    check_candidates(cache, q, scale, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("kind", ["random", "ties", "outliers"])
+def test_append_op_codes_on_cuda_equal_torch(dtype, bits, kind):
+    """The compiled append kernel's codes (IEEE divisions, round half to even) equal the torch
+    encoder's bit for bit on CUDA, D = 128, over 40 steps crossing page edges."""
+    from entmaxkv.backend import append
+
+    g = torch.Generator().manual_seed(bits + len(kind))
+    b, hkv, t, steps = 2, 4, 300, 40
+    make = tie_keys if kind == "ties" else lambda *a: adversarial_keys(kind, *a)
+    k = make(g, b, hkv, t + steps, 128).to(dtype).cuda()
+    v = torch.randn(b, hkv, t, 128, generator=g).to(dtype).cuda()
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=t + steps, dtype=dtype,
+                                   device="cuda", key_bits=bits)
+    start = ekv.prefill(empty, k[:, :, :t], v, [t, t - 37])
+    ker = dataclasses.replace(start.fork(), k_pages=start.k_pages.clone(), k_codes=start.k_codes.clone(),
+                              k_min=start.k_min.clone(), k_max=start.k_max.clone())
+    ref = start.fork()
+    for i in range(steps):
+        kn = torch.stack([k[r, :, int(ref.seq_lens[r])] for r in range(b)])[:, :, None]
+        vn = torch.randn(b, hkv, 1, 128, generator=g).to(dtype).cuda()
+        ker, _ = append(ker, kn, vn, True)
+        ref, _ = append(ref, kn, vn, False)
+    assert torch.equal(ker.k_min, ref.k_min) and torch.equal(ker.k_max, ref.k_max)
+    assert torch.equal(ker.k_codes, ref.k_codes), (ker.k_codes != ref.k_codes).nonzero()[:5].tolist()
