@@ -7,7 +7,7 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
 Data ("needles", where Exact with codes reads little): per KV head a query direction u
 (each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
 N(0, 0.3²), below 1.5 even at 128K — except ``--needles`` tokens at random positions whose
-key is 8·u/(scale·|u|²), i.e. a score of about 8. At α = 1.5 the support is the needles
+key is 8·u/(scale·|u|²) plus the noise, i.e. a score of about 8 (``entmaxkv.synthetic.needle_inputs``). At α = 1.5 the support is the needles
 (τ/(α−1) ≈ 7.5), a noise page's code interval is ±0.3 or so, and a needle page's ±1: only the
 needles are candidates, so a step reads the codes and page statistics of every page plus the
 K of about ``needles`` pages (and V where the weights are non-zero). ``--data stream`` uses
@@ -38,27 +38,9 @@ import entmaxkv.kernels.code_scan as code_scan
 from entmaxkv.backend import build_step
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.exact_codes import code_candidates as exact_candidates
-from entmaxkv.synthetic import SyntheticStream
+from entmaxkv.synthetic import SyntheticStream, needle_inputs
 from decode import graph_of, run_meta  # benchmarks/ is on sys.path
 from gpu_check import time_replays as time_us  # the same CUDA-event median timing
-
-
-def needle_data(b: int, hq: int, hkv: int, d: int, n: int, needles: int, seed: int, dtype, device):
-    """(k, v [B, Hkv, n, D], q [B, Hq, 1, D], k_new, v_new [B, Hkv, 1, D]) as in the module
-    docstring."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    group, scale = hq // hkv, d ** -0.5
-    u = torch.randn(b, hkv, 1, d, generator=g)
-    q = (u + 0.3 * torch.randn(b, hkv, group, d, generator=g)).reshape(b, hq, 1, d)
-    k = 0.3 * torch.randn(b, hkv, n, d, generator=g)
-    needle = 8.0 * u / (scale * u.square().sum(-1, keepdim=True))  # q·k·scale ≈ 8
-    for i in range(b):
-        for h in range(hkv):
-            pos = torch.randperm(max(1, n - 64), generator=g)[:needles]  # not in the last pages
-            k[i, h, pos] = needle[i, h]
-    v = torch.randn(b, hkv, n, d, generator=g)
-    k_new, v_new = 0.3 * torch.randn(b, hkv, 1, d, generator=g), torch.randn(b, hkv, 1, d, generator=g)
-    return tuple(x.to(device=device, dtype=dtype) for x in (k, v, q, k_new, v_new))
 
 
 def check_step(cache, q, k_new, v_new, config, row):
@@ -87,7 +69,8 @@ def bench(args, n, bits, bandwidth, log) -> dict:
     b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
     row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data)
     if args.data == "needles":
-        k, v, q, k_new, v_new = needle_data(b, hq, hkv, d, n, args.needles, n, dtype, "cuda")
+        k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
+                                              needles=args.needles, seed=n, dtype=dtype, device="cuda")
     else:
         stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
                                  device="cuda")

@@ -6,7 +6,7 @@ next to the graph-replayed step and SDPA on the same shapes.
 
 ``ExactCodes4`` / ``ExactCodes8`` are ``Exact()`` on a cache with 4- / 8-bit key codes (the
 code-scan ops); ``--data needles`` gives them keys where few tokens are candidates
-(``keycodes_gpu.needle_data``; on the default ``SyntheticStream`` data candidates may overflow
+(``entmaxkv.synthetic.needle_inputs``; on the default ``SyntheticStream`` data candidates may overflow
 at long contexts, and those rows then attend every page).
 
 Prints, per case, the kernels sorted by total time (µs per step) and launches per step.
@@ -68,15 +68,16 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--compiled", action="store_true", help="also time the compiled step in a graph")
     parser.add_argument("--data", choices=["stream", "needles"], default="stream",
-                        help="SyntheticStream, or keycodes_gpu's needles (16 high-scoring tokens a KV head)")
+                        help="SyntheticStream, or entmaxkv.synthetic.needle_inputs (16 high-scoring tokens a KV head)")
     args = parser.parse_args()
     hq, hkv = (int(x) for x in args.heads.split("/"))
     summary = []
     for n in (int(x) for x in args.contexts.split(",")):
         if args.data == "needles":
-            from keycodes_gpu import needle_data
+            from entmaxkv.synthetic import needle_inputs
 
-            k, v, q, k_new, v_new = needle_data(args.batch, hq, hkv, 128, n, 16, n, torch.float16, "cuda")
+            k, v, q, k_new, v_new = needle_inputs(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128,
+                                                  context=n, needles=16, seed=n, dtype=torch.float16, device="cuda")
         else:
             stream = SyntheticStream(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=n,
                                      dtype=torch.float16, device="cuda")
