@@ -41,10 +41,11 @@ def sweep_code_scan(n: int, bits: int) -> None:
     import entmaxkv.kernels.code_scan as cs
     from entmaxkv.backend import build_step
     from entmaxkv.exact_codes import code_candidates as exact_candidates
-    from keycodes_gpu import needle_data
+    from entmaxkv.synthetic import needle_inputs
 
     hq, hkv = 32, 8
-    k, v, q, k_new, v_new = needle_data(1, hq, hkv, 128, n, 16, n, torch.float16, "cuda")
+    k, v, q, k_new, v_new = needle_inputs(batch=1, num_kv_heads=hkv, group=hq // hkv, head_dim=128, context=n,
+                                          needles=16, seed=n, dtype=torch.float16, device="cuda")
     empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=hkv, head_dim=128, capacity=n + 64, dtype=torch.float16,
                                    device="cuda", key_bits=bits)
     cache, _ = ekv.decode_step(ekv.prefill(empty, k, v, [n]), q, k_new, v_new, ekv.DecodeConfig(1.5, ekv.Exact()))

@@ -49,7 +49,10 @@ def code_steps(kmin: Tensor, kmax: Tensor, bits: int) -> Tensor:
     """[..., D] code step (kmax - kmin) / (2^bits - 1) in the work dtype (float32, float64 for a
     float64 cache). Encoding and scoring both use exactly this tensor."""
     wdt = work_dtype(kmin.dtype)
-    return (kmax.to(wdt) - kmin.to(wdt)) / float(2**bits - 1)
+    span = kmax.to(wdt) - kmin.to(wdt)
+    # a tensor divisor: on CUDA, torch divides by a Python scalar as a multiplication by its
+    # reciprocal, which is not the IEEE quotient the kernels (div_rn) and the CPU compute
+    return span / torch.full_like(span, float(2**bits - 1))
 
 
 def encode_keys(pages: Tensor, kmin: Tensor, kmax: Tensor, bits: int) -> Tensor:

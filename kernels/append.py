@@ -101,7 +101,7 @@ def _append_kernel(
 def append_token(
     k_pages: torch.Tensor, v_pages: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor,
     k_mean: torch.Tensor, k_std: torch.Tensor, seq_lens: torch.Tensor, k_new: torch.Tensor,
-    v_new: torch.Tensor, capacity: int, k_codes: torch.Tensor | None = None, key_bits: int = 0,
+    v_new: torch.Tensor, capacity: int, k_codes: torch.Tensor | None, key_bits: int,
 ) -> None:
     """Write k_new/v_new [B, Hkv, 1, D] at slot ``seq_lens[b]`` of every (b, head) in place.
 
@@ -109,7 +109,10 @@ def append_token(
     k_mean/k_std (float32, float64 for a float64 cache): [B, Hkv, P, D]; seq_lens: [B] int64,
     the lengths *before* the append (not changed here). Rows with seq_lens[b] >= capacity are
     not touched; P = ceil(capacity / S). k_codes: optional [B, Hkv, P, S, W] uint8 key codes
-    (``keycodes`` layout) for ``key_bits`` 4 or 8: a page the token completes gets its codes.
+    (``keycodes`` layout) for ``key_bits`` 4 or 8: a page the token completes gets its codes;
+    None (and ``key_bits`` 0) without codes. Both are required arguments: torch 2.11's boxed
+    calls drop trailing arguments equal to their defaults, and a dropped mutable argument
+    breaks its in-place bookkeeping (IndexError in ``adinplaceorview_impl``, seen on the H200).
     """
     if k_codes is not None and key_bits not in (4, 8):
         raise ValueError(f"append_token: key_bits must be 4 or 8 with k_codes, got {key_bits!r}")
@@ -125,7 +128,7 @@ def append_token(
 
 
 @append_token.register_fake
-def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity, k_codes=None, key_bits=0):
+def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity, k_codes, key_bits):
     return None
 
 

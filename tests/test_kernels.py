@@ -51,7 +51,7 @@ def test_append_op_equals_the_reference(dtype):
     want, want_fits = append_token(cache.fork(), k_new, v_new)
     got = cache.fork()
     torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean, got.k_std,
-                                    got.seq_lens, k_new, v_new, got.capacity)
+                                    got.seq_lens, k_new, v_new, got.capacity, None, 0)
     assert torch.equal(got.k_pages, want.k_pages) and torch.equal(got.v_pages, want.v_pages), seed
     full = want.full_page_mask()[:, None, :, None].expand_as(want.k_min)
     for f in ("k_min", "k_max"):  # exact
@@ -452,7 +452,7 @@ def test_opcheck_every_op():
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         torch.library.opcheck(torch.ops.entmaxkv.append_token.default,
                               (c.k_pages, c.v_pages, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens - 1, k, v,
-                               c.capacity))
+                               c.capacity, None, 0))
         torch.library.opcheck(torch.ops.entmaxkv.page_statistics.default,
                               (c.k_pages, c.seq_lens, c.k_min, c.k_max, c.k_mean, c.k_std))
         torch.library.opcheck(torch.ops.entmaxkv.page_scores.default,
