@@ -52,21 +52,24 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
-# Launch configurations (benchmarks/tune_kernels.py --codes-only sweeps them on the GPU; not
-# yet tuned there). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
+# Launch configurations, tuned on the H200 at 128K, 4 bits, 32/8 heads
+# (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
+# code_bounds 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 (the old
+# default, chosen from register counts) 267, 1 / 8 620; code_candidates 19–32 µs in every
+# configuration on needle data (16 candidates a head). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
 # tile in registers and serves the G query heads of its KV group from it: small tiles, no
 # tl.dot (the scores must be rounded as plain float32 sums for the certificate's margin, see
 # the module docstring). Registers a thread at D = 128, 4 bits, G = 4 (ptxas, sm_90a):
 # BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
-BLOCK_P = 4  # pages per code_bounds program
-NUM_WARPS = 8
+BLOCK_P = 2  # pages per code_bounds program
+NUM_WARPS = 2
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
 # 1 page / 4 warps: 112; 2 / 4: 226 (fewer programs fit an SM for the skip path).
-CANDIDATE_SPAN = 32
+CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
-CANDIDATE_WARPS = 4
+CANDIDATE_WARPS = 2
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
