@@ -9,6 +9,7 @@ started or exactly full, duplicated pages (exact ties), forced pages beyond the 
 poisoned op outputs (a value a kernel forgot to write, or read where it should not, fails).
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -101,6 +102,45 @@ def test_quest_select_equals_the_torch_composition(dtype, group, streamed, poiso
                     assert pages[b, h, :n].tolist() == want_mask[b, h].nonzero().flatten().tolist(), msg
                     assert (pages[b, h, n:] == -1).all(), msg
             assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_quest_select_on_random_page_scores_with_ties(wide, group, poison):
+    """Page scores drawn directly (not from a cache): the newest page's best score is above
+    the best mean for some heads and below it for others, so each head's L_h matters, and
+    values on a coarse grid tie within and across heads. Entries of pages that are not
+    candidates are NaN: the kernel must not read them."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    rnd = random.Random(seed)
+    dtype = torch.float64 if wide else torch.float32
+    b, hkv, p = 3, 2, 37
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
+    # a row with 25 candidates: fl(25 · 0.56) = 14.000000000000002, so the count needs the − 1e-9
+    lens = torch.tensor([rnd.randrange(1, p * S + 1), 25 * S + rnd.randrange(1, S + 1), p * S])
+    cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
+    for budget, coverage in ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None)):
+        upper = (torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 4).round() / 2
+        means = upper - (torch.rand(b, hkv, group, p, generator=g, dtype=dtype) * 6).round() / 2
+        newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
+        absmax = upper.abs() + torch.rand(b, hkv, group, p, generator=g, dtype=dtype)
+        newest_mag = newest_max.abs() + 1
+        off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
+        upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (upper, means, absmax))
+        alpha = rnd.choice([1.0, 1.5, 2.0, 4 / 3])
+        sink, recent = rnd.choice([0, 1, 3]), rnd.choice([0, 1, 4])
+        slopes = torch.rand(hkv * group, generator=g, dtype=dtype) if rnd.random() < 0.5 else None
+        msg = f"seed {seed} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent}"
+        q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
+        want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
+                                                newest_mag, budget, coverage, sink, recent)
+        pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes,
+                                                 S, 16, alpha, -1 if budget is None else budget,
+                                                 0.0 if coverage is None else coverage, sink, recent)
+        assert torch.equal(mask, want_mask.expand_as(mask)), msg
+        assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+        assert torch.equal(floor, want_floor), msg
 
 
 @pytest.mark.parametrize("dtype, group", [(torch.float32, 1), (torch.float16, 2), (torch.bfloat16, 4),
