@@ -6,9 +6,14 @@ means Triton's interpreter, for tests); ``"torch"`` forces the reference. Everyt
 selectors, certificates, the decode step — is written once against ``Step`` and ``StepOps``.
 
 The reference scores every token (it defines correctness). The kernel path reads the page
-statistics once (``page_scores``), hands selectors page-level quantities, turns their page
-sets into fixed-capacity page lists (``select_pages``) and attends only those pages
-(``sparse_decode``): token scores exist only inside that op.
+statistics once (``page_bounds``: ``page_scores`` plus the newest page's best score and
+magnitude), hands selectors page-level quantities, turns their page sets into fixed-capacity
+page lists (``select_pages``) and attends only those pages (``sparse_decode``): token scores
+exist only inside that op. ``TopK`` asks for its whole selection at once
+(``StepOps.quest_top_pages``), which the kernel path runs as one ``quest_select`` launch that
+also gives the attention its score floor: an eager TopK step is append, ``page_bounds``,
+``quest_select`` and ``sparse_decode``'s two kernels, plus a few small launches
+(``benchmarks/count_step_ops.py`` counts them).
 """
 
 from __future__ import annotations

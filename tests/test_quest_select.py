@@ -237,3 +237,39 @@ def test_opcheck_the_fused_ops():
                               (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.25, True))
         torch.library.opcheck(torch.ops.entmaxkv.quest_select.default,
                               (out[0], out[2], out[1], out[4], out[5], c.seq_lens, None, 16, 16, 1.5, -1, 0.5, 1, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pages", [8300, 20000])  # 128K tokens in registers; 320K: the streamed rows
+def test_quest_select_on_the_gpu_equals_the_torch_composition(pages):
+    """The compiled kernel (both row layouts) on long rows of drawn page scores, and a real
+    TopK step's page_bounds / quest_select against the torch code on the same device."""
+    seed = fresh_seed()
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b, hkv, group = 2, 8, 4
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=pages * 16, dtype=torch.float16,
+                                   device="cuda")
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([pages * 16 - 5, pages * 8], device="cuda"))
+    shape = (b, hkv, group, pages)
+    upper = (torch.randn(shape, generator=g, device="cuda") * 8).round() / 4
+    means = upper - torch.rand(shape, generator=g, device="cuda") * 2
+    absmax = upper.abs() + 1
+    newest_max = torch.randn(shape[:3], generator=g, device="cuda") * 2
+    newest_mag = newest_max.abs() + 1
+    slopes = torch.rand(hkv * group, generator=g, device="cuda") * 0.01
+    q = torch.zeros(b, hkv * group, 1, 128, device="cuda", dtype=torch.float16)
+    for budget, coverage, sink, recent in ((None, 0.125, 1, 4), (256, None, 2, 0), (None, 0.0625, 0, 0)):
+        for alpha in (1.0, 1.5):
+            want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
+                                                    newest_mag, budget, coverage, sink, recent)
+            pages_, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+                                                      slopes, 16, 128, alpha, -1 if budget is None else budget,
+                                                      0.0 if coverage is None else coverage, sink, recent)
+            msg = f"seed {seed} budget {budget} coverage {coverage} α {alpha}"
+            assert torch.equal(mask, want_mask.expand_as(mask)), msg
+            assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+            first = torch.where(mask, torch.arange(pages, device="cuda"), pages).sort(-1).values
+            n = int(count.max())
+            assert torch.equal(torch.where(first[..., :n] == pages, -1, first[..., :n]).int(), pages_[..., :n]), msg
+            assert torch.equal(floor, want_floor), msg
