@@ -180,7 +180,7 @@ TOPKS = [ekv.TopK(token_budget=24), ekv.TopK(token_budget=0, sink_pages=2, recen
          ekv.TopK(coverage=0.125), ekv.TopK(coverage=0.3, sink_pages=0, recent_pages=2), ekv.TopK(coverage=1.0)]
 
 
-@pytest.mark.parametrize("dtype, group", [(torch.float64, 1), (torch.float64, 4), (torch.float32, 2)])
+@pytest.mark.parametrize("dtype, group", [(torch.float64, 1), (torch.float32, 4)])
 def test_topk_step_through_the_ops_selects_what_the_reference_selects(dtype, group):
     seed = fresh_seed()
     cache, _, _ = make_cache(seed, 3, 2, 16, S, edge_lengths(seed, 3), dtype=dtype, spread=2.0)
