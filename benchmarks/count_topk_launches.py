@@ -1,6 +1,6 @@
 """Ops one eager decode step dispatches, counted on the CPU (no GPU needed).
 
-    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py --selector TopK12.5
+    TRITON_INTERPRET=1 python benchmarks/count_topk_launches.py --selector TopK12.5
 
 Counts, per eager ``decode_step`` on the kernel path (``backend="triton"``; Triton's
 interpreter on a CPU): every aten op dispatched (a ``TorchDispatchMode``), the ones among
