@@ -6,9 +6,14 @@ means Triton's interpreter, for tests); ``"torch"`` forces the reference. Everyt
 selectors, certificates, the decode step — is written once against ``Step`` and ``StepOps``.
 
 The reference scores every token (it defines correctness). The kernel path reads the page
-statistics once (``page_scores``), hands selectors page-level quantities, turns their page
-sets into fixed-capacity page lists (``select_pages``) and attends only those pages
-(``sparse_decode``): token scores exist only inside that op.
+statistics once (``page_bounds``: ``page_scores`` plus the newest page's best score and
+magnitude), hands selectors page-level quantities, turns their page sets into fixed-capacity
+page lists (``select_pages``) and attends only those pages (``sparse_decode``): token scores
+exist only inside that op. ``TopK`` asks for its whole selection at once
+(``StepOps.quest_top_pages``), which the kernel path runs as one ``quest_select`` launch that
+also gives the attention its score floor: an eager TopK step is append, ``page_bounds``,
+``quest_select`` and ``sparse_decode``'s two kernels, plus a few small launches
+(``benchmarks/count_topk_launches.py`` counts them).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
 from entmaxkv.gaussian import solve_gaussian_tau
-from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
+from entmaxkv.newest_page import candidate_page_mask, newest_page_mask, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step
 from entmaxkv.state import PagedKVCache, append_token
-from entmaxkv.topk import top_pages
+from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
@@ -64,31 +69,31 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
 
 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
-               kernels: bool, needs_sigma: bool, needs_page_scores: bool = True) -> Step:
+               kernels: bool, needs_sigma: bool, needs_page_scores: bool = True,
+               needs_newest_scores: bool = True) -> Step:
     """Everything a selector may look at, computed by the chosen backend. Without
     ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities and the
     newest page's scores are None: no page statistic is read, nothing is computed ahead of
-    the attention."""
-    page = torch.arange(cache.num_pages, device=cache.device)
-    newest = (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
-    candidates = cache.full_page_mask()[:, None, :] & ~newest
+    the attention. Without ``needs_newest_scores`` (``TopK``) ``Step.newest_scores`` is None;
+    on the kernels the step is then one ``page_bounds`` launch (the newest page's best score
+    and magnitude come from it)."""
     if not needs_page_scores:
-        ops = (KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, None, None, None)
-               if kernels else ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest, candidates))
-        return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, newest, candidates, None, ops)
-    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes)
+        ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels
+               else ReferenceOps(cache, q, alpha, scale, alibi_slopes))
+        return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, None, ops)
+    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
     if kernels:
-        upper, absmax, means, sigma = torch.ops.entmaxkv.page_scores(
+        upper, absmax, means, sigma, newest_max, newest_mag = torch.ops.entmaxkv.page_bounds(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
-            alibi_slopes, cache.page_size, scale, needs_sigma)
-        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, candidates, means, absmax, newest_scores.amax(-1))
+            alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma)
+        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag)
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
-                    newest, candidates, newest_scores, ops)
+                    newest_scores, ops)
     upper = quest_bounds(cache, q, scale, alibi_slopes)
     means = mean_scores(cache, q, scale, alibi_slopes)
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
-    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes, newest, candidates)
-    return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest, candidates, newest_scores, ops)
+    ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes)
+    return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest_scores, ops)
 
 
 def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:
@@ -103,19 +108,50 @@ def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tenso
     return var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()  # no infinite gradient at σ = 0
 
 
-class ReferenceOps:
+class PageSets:
+    """The step's page masks, built on first use (a TopK step on the kernels never needs them):
+    ``newest`` [B, 1, P] (the page holding each sequence's newest token) and ``candidates``
+    [B, 1, P] (full pages other than the newest)."""
+
+    def __init__(self, cache: PagedKVCache):
+        self.cache = cache
+        self._newest: Tensor | None = None
+        self._candidates: Tensor | None = None
+
+    @property
+    def newest(self) -> Tensor:
+        if self._newest is None:
+            self._newest = newest_page_mask(self.cache)
+        return self._newest
+
+    @property
+    def candidates(self) -> Tensor:
+        if self._candidates is None:
+            self._candidates = candidate_page_mask(self.cache)
+        return self._candidates
+
+
+class ReferenceOps(PageSets):
     """The oracle's primitives: every token scored in plain torch."""
 
-    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
-                 newest: Tensor, candidates: Tensor):
-        self.cache, self.q, self.alpha, self.scale, self.alibi_slopes = cache, q, alpha, scale, alibi_slopes
-        self.newest, self.candidates = newest, candidates
+    def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None):
+        super().__init__(cache)
+        self.q, self.alpha, self.scale, self.alibi_slopes = q, alpha, scale, alibi_slopes
         self.scores = token_scores(cache, q, scale, alibi_slopes)
         self._errors: Tensor | None = None
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
         return top_pages(key, count) | torch.isposinf(key)
+
+    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
+                        sink_pages: int, recent_pages: int) -> Tensor:
+        newest_max = newest_page_scores(self.cache, self.q, self.scale, self.alibi_slopes).amax(-1)
+        key = rank_key(upper, means, newest_max, self.candidates, self.alpha)
+        forced = forced_page_mask(self.cache, self.candidates, sink_pages, recent_pages)
+        key = torch.where(forced, torch.full_like(key, float("inf")), key)
+        count = quest_count(self.candidates, budget_pages, coverage)
+        return self.top_pages(key, count)  # forced pages (key +inf) always kept
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
@@ -134,19 +170,24 @@ class ReferenceOps:
         return solve_gaussian_tau(mu, sigma, count, exact_scores, self.alpha, iters=iters)
 
 
-class KernelOps:
+class KernelOps(PageSets):
     """The Triton ops' primitives. Page sets become page lists of static capacity P (the
     cache's page slots); only full pages other than the newest go into a list — the attention
-    op always adds the newest page itself."""
+    op always adds the newest page itself. ``upper`` … ``newest_magnitude`` are ``page_bounds``'
+    outputs (None for a step without page scores)."""
 
     def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
-                 candidates: Tensor, means: Tensor | None, absmax: Tensor | None, newest_max: Tensor | None):
-        self.cache, self.alpha, self.scale, self.alibi_slopes = cache, alpha, scale, alibi_slopes
+                 upper: Tensor | None = None, means: Tensor | None = None, absmax: Tensor | None = None,
+                 newest_max: Tensor | None = None, newest_magnitude: Tensor | None = None):
+        super().__init__(cache)
+        self.alpha, self.scale, self.alibi_slopes = alpha, scale, alibi_slopes
         self.q = q[:, :, 0].contiguous()
-        self.candidates, self.means, self.absmax, self.newest_max = candidates, means, absmax, newest_max
-        self.newest_magnitude = None if newest_max is None else newest_page_magnitude(cache, q, scale)
+        self.upper, self.means, self.absmax = upper, means, absmax
+        self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
-        self._listed: tuple | None = None  # top_pages' last (mask, pages, count, mask version or None)
+        # the last (mask, pages, count, mask version or None, score floor or None) of
+        # top_pages / quest_top_pages: attend of that very mask reuses the list
+        self._listed: tuple | None = None
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -156,6 +197,13 @@ class KernelOps:
         counts = torch.full((c.batch, c.num_kv_heads), c.num_pages, dtype=torch.int32, device=c.device)
         return torch.ops.entmaxkv.select_pages(keys, counts, c.num_pages)
 
+    def _keep_list(self, mask: Tensor, pages: Tensor, count: Tensor, floor: Tensor | None) -> Tensor:
+        # in eager use an in-place edit of the mask is caught by its version counter (dynamo
+        # cannot read it: compiled steps trust the contract)
+        version = None if torch.compiler.is_compiling() else mask._version
+        self._listed = (mask, pages, count, version, floor)
+        return mask
+
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         c = self.cache
         key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
@@ -163,22 +211,28 @@ class KernelOps:
         rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
         want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
         pages, count = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
-        mask = pages_to_mask(pages, c.num_pages)
-        # attend of this very mask reuses the list; in eager use an in-place edit of the mask
-        # is caught by its version counter (dynamo cannot read it: compiled steps trust the contract)
-        version = None if torch.compiler.is_compiling() else mask._version
-        self._listed = (mask, pages, count, version)
-        return mask
+        return self._keep_list(pages_to_mask(pages, c.num_pages), pages, count, None)
+
+    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
+                        sink_pages: int, recent_pages: int) -> Tensor:
+        # one kernel: rank key, forced pages, count, page list, mask and the attention's score floor
+        c = self.cache
+        pages, count, mask, floor = torch.ops.entmaxkv.quest_select(
+            upper.contiguous(), means.contiguous(), self.absmax, self.newest_max, self.newest_magnitude, c.seq_lens,
+            self.alibi_slopes, c.page_size, c.head_dim, self.alpha, -1 if budget_pages is None else budget_pages,
+            0.0 if coverage is None else float(coverage), sink_pages, recent_pages)
+        return self._keep_list(mask, pages, count, floor)
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
         c = self.cache
         b, hq, d = self.q.shape
+        floor = None
         if all_pages:
             pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = pages[..., 0]
         elif self._listed is not None and page_mask is self._listed[0]:
-            pages, count, version = self._listed[1:]  # the list holds candidates only
+            pages, count, version, floor = self._listed[1:]  # the list holds candidates only
             if version is not None and page_mask._version != version:
                 raise ValueError("a selector modified the mask returned by StepOps.top_pages in place; "
                                  "build a new mask instead (mask = mask | other)")
@@ -186,7 +240,8 @@ class KernelOps:
             pages, count = self._list(page_mask)
         mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
         tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
-        floor = self.score_floor(page_mask)
+        if floor is None:
+            floor = self.score_floor(page_mask)
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
             None if floor is None else floor.reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,

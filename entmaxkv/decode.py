@@ -88,16 +88,17 @@ def attend_cache(
 
     kernels = uses_kernels(cache.device, cache.dtype, config.backend)
     step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma,
-                      needs_page_scores=config.selector.needs_page_scores or with_info)
+                      needs_page_scores=config.selector.needs_page_scores or with_info,
+                      needs_newest_scores=config.selector.needs_newest_scores)
     selection = config.selector.select(step)
-    page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
     out, tau = step.ops.attend(selection.page_mask, selection.tau, selection.refine_iters, selection.all_pages)
     b, hq, _, d = q.shape
-    out = torch.where(fits[:, None, None, None], out, torch.full_like(out, float("nan")))
+    out = torch.where(fits[:, None, None, None], out, float("nan"))
     out = out.reshape(b, hq, 1, d).to(q.dtype)
     if not with_info:
         return out, None
 
+    page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
     bound, certified = dropped_mass_bound(step, page_mask)
     if selection.certified is not None:  # the selector's proof (token-level bounds): nothing dropped
         certified = certified | selection.certified

@@ -12,7 +12,20 @@ from torch import Tensor
 from entmaxkv.conventions import alibi_bias, group_queries, query_positions, work_dtype
 from entmaxkv.state import PagedKVCache
 
-__all__ = ["newest_page", "newest_page_scores", "newest_page_magnitude"]
+__all__ = ["newest_page", "newest_page_scores", "newest_page_magnitude", "newest_page_mask", "candidate_page_mask"]
+
+
+def newest_page_mask(cache: PagedKVCache) -> Tensor:
+    """[B, 1, P] bool: the page holding each sequence's newest token (none for an empty one)."""
+    page = torch.arange(cache.num_pages, device=cache.device)
+    return (page[None, :] == ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
+
+
+def candidate_page_mask(cache: PagedKVCache) -> Tensor:
+    """[B, 1, P] bool: full pages other than the newest one — the pages before the newest
+    token's page, (len − 1) // S of them (floor division: none for an empty sequence)."""
+    page = torch.arange(cache.num_pages, device=cache.device)
+    return (page[None, :] < ((cache.seq_lens - 1) // cache.page_size)[:, None])[:, None, :]
 
 
 def newest_page(cache: PagedKVCache) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,11 @@ __all__ = ["Step", "StepOps", "Selection", "Selector", "Dense"]
 
 
 class StepOps(Protocol):
-    """The primitives a backend gives selectors and the decode step (see ``entmaxkv.backend``)."""
+    """The primitives a backend gives selectors and the decode step (see ``entmaxkv.backend``),
+    and the step's page masks ``newest`` and ``candidates`` (``Step`` has them)."""
+
+    newest: Tensor
+    candidates: Tensor
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         """[B, Hkv, P] bool: per row the ``count`` candidate pages (``Step.candidates``: full,
@@ -32,6 +36,16 @@ class StepOps(Protocol):
         Do not modify the returned mask in place (build a new one: ``mask | other``): a backend
         may keep data behind it (the kernel ops keep its page list and raise, in eager use, if
         the mask was changed)."""
+
+    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
+                        sink_pages: int, recent_pages: int) -> Tensor:
+        """[B, Hkv, P] bool: ``TopK``'s selection in one primitive (the kernel ops run it as
+        one kernel). Ranks candidates by ``topk.rank_key`` of ``upper``/``means`` [B, Hkv, G, P]
+        (L_h from the candidates' means and the newest page's best score), forces the first
+        ``sink_pages`` and the ``recent_pages`` before the newest page, and keeps
+        ``budget_pages`` pages or, when that is None, ceil(n·coverage − 1e-9) of each row's
+        n candidates (``topk.quest_count``); forced pages are kept beyond that count. The same
+        contract as ``top_pages``' mask: do not modify it in place."""
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
@@ -62,11 +76,16 @@ class Step:
         means: [B, Hkv, G, P] scores of the page mean keys (a score some token attains), or None;
         sigma: [B, Hkv, G, P] the Gaussian model's score std per page, or None when the
             selector did not ask for it (``Selector.needs_sigma``);
-        newest: [B, 1, P] bool, the page holding each sequence's newest token (always attended);
-        candidates: [B, 1, P] bool, full pages other than the newest: what selectors choose from;
         newest_scores: [B, Hkv, G, S] exact scores of the newest page's slots (−inf past the
-            sequence), in the work dtype; None without page scores;
-        ops: the backend's primitives (``StepOps``).
+            sequence), in the work dtype; None without page scores or when the selector does
+            not read them (``Selector.needs_newest_scores``);
+        ops: the backend's primitives (``StepOps``);
+        newest (property): [B, 1, P] bool, the page holding each sequence's newest token
+            (always attended);
+        candidates (property): [B, 1, P] bool, full pages other than the newest: what
+            selectors choose from.
+    The two masks are built on first use (by ``ops``, once per step): a TopK step on the
+    kernels never needs them.
     """
 
     cache: PagedKVCache
@@ -77,10 +96,16 @@ class Step:
     upper: Tensor | None
     means: Tensor | None
     sigma: Tensor | None
-    newest: Tensor
-    candidates: Tensor
     newest_scores: Tensor | None
     ops: StepOps
+
+    @property
+    def newest(self) -> Tensor:
+        return self.ops.newest
+
+    @property
+    def candidates(self) -> Tensor:
+        return self.ops.candidates
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class Selector:
 
     needs_sigma = False  # whether ``Step.sigma`` must be computed
     needs_page_scores = True  # whether ``Step.upper`` / ``Step.means`` must be computed
+    needs_newest_scores = True  # whether ``Step.newest_scores`` must be computed (with page scores)
 
     def select(self, step: Step) -> Selection:
         raise NotImplementedError

@@ -25,19 +25,27 @@ from torch import Tensor
 
 from entmaxkv.entmax import lin
 from entmaxkv.selection import Selection, Selector, Step
+from entmaxkv.state import PagedKVCache
 from entmaxkv.validation import check_count
 
-__all__ = ["TopK", "group_rank_key", "top_pages", "forced_pages"]
+__all__ = ["TopK", "rank_key", "group_rank_key", "top_pages", "forced_pages", "forced_page_mask", "quest_count"]
+
+
+def rank_key(upper: Tensor, means: Tensor, newest_max: Tensor, candidates: Tensor, alpha: float) -> Tensor:
+    """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates).
+
+    upper, means: [B, Hkv, G, P] (``Step.upper``, ``Step.means``); newest_max: [B, Hkv, G] the
+    newest page's best score; candidates: [B, 1, P] bool."""
+    neg_inf = torch.full_like(means, float("-inf"))
+    attained_means = torch.where(candidates[:, :, None, :], means, neg_inf).amax(-1)
+    attained = torch.maximum(attained_means.to(upper.dtype), newest_max.to(upper.dtype))  # [B, Hkv, G]
+    key = (lin(alpha) * (upper - attained.unsqueeze(-1))).amax(2)
+    return torch.where(candidates, key, torch.full_like(key, float("-inf")))
 
 
 def group_rank_key(step: Step) -> Tensor:
-    """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates)."""
-    neg_inf = torch.full_like(step.means, float("-inf"))
-    attained_means = torch.where(step.candidates[:, :, None, :], step.means, neg_inf).amax(-1)
-    attained_newest = step.newest_scores.amax(-1)
-    attained = torch.maximum(attained_means.to(step.upper.dtype), attained_newest.to(step.upper.dtype))  # [B, Hkv, G]
-    key = (lin(step.alpha) * (step.upper - attained.unsqueeze(-1))).amax(2)
-    return torch.where(step.candidates, key, torch.full_like(key, float("-inf")))
+    """``rank_key`` of a step (it needs ``Step.newest_scores``)."""
+    return rank_key(step.upper, step.means, step.newest_scores.amax(-1), step.candidates, step.alpha)
 
 
 def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
@@ -48,14 +56,27 @@ def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
     return (rank < count) & torch.isfinite(key)
 
 
-def forced_pages(step: Step, sink_pages: int, recent_pages: int) -> Tensor:
+def forced_page_mask(cache: PagedKVCache, candidates: Tensor, sink_pages: int, recent_pages: int) -> Tensor:
     """[B, 1, P] bool: candidate pages kept whatever their score: the first ``sink_pages``
     (attention sinks) and the ``recent_pages`` full pages just before the newest one."""
-    cache = step.cache
     page = torch.arange(cache.num_pages, device=cache.device)
     newest_page = ((cache.seq_lens - 1) // cache.page_size)[:, None, None]
     recent = (page < newest_page) & (page >= newest_page - recent_pages)
-    return ((page < sink_pages) | recent) & step.candidates
+    return ((page < sink_pages) | recent) & candidates
+
+
+def forced_pages(step: Step, sink_pages: int, recent_pages: int) -> Tensor:
+    """``forced_page_mask`` of a step."""
+    return forced_page_mask(step.cache, step.candidates, sink_pages, recent_pages)
+
+
+def quest_count(candidates: Tensor, budget_pages: int | None, coverage: float | None) -> Tensor | int:
+    """Pages a TopK row keeps before forced pages: ``budget_pages``, or ceil(n·coverage) of its
+    n candidates (float64, less 1e-9 so that an exact product is not rounded up)."""
+    if budget_pages is not None:
+        return budget_pages
+    n = candidates.sum(-1, keepdim=True)  # [B, 1, 1]
+    return torch.ceil(n.to(torch.float64) * coverage - 1e-9).to(n.dtype)
 
 
 @dataclass(frozen=True)
@@ -88,15 +109,10 @@ class TopK(Selector):
         check_count("sink_pages", self.sink_pages)
         check_count("recent_pages", self.recent_pages)
 
+    needs_newest_scores = False  # the backend's quest_top_pages finds the newest page's best score itself
+
     def select(self, step: Step) -> Selection:
-        cache = step.cache
-        key = group_rank_key(step)
-        forced = forced_pages(step, self.sink_pages, self.recent_pages)
-        key = torch.where(forced, torch.full_like(key, float("inf")), key)
-        if self.token_budget is not None:
-            count: Tensor | int = self.token_budget // cache.page_size
-        else:
-            n = step.candidates.sum(-1, keepdim=True)  # [B, 1, 1]
-            count = torch.ceil(n.to(torch.float64) * self.coverage - 1e-9).to(n.dtype)
-        return Selection(step.ops.top_pages(key, count))  # forced pages (key +inf) always kept
+        budget = None if self.token_budget is None else self.token_budget // step.cache.page_size
+        return Selection(step.ops.quest_top_pages(step.upper, step.means, budget, self.coverage, self.sink_pages,
+                                                  self.recent_pages))
 

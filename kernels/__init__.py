@@ -5,6 +5,8 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     append_token      write the new token's K/V and, when it fills a page, its statistics
     page_statistics   statistics of every full page of a prompt (prefill), one launch
     page_scores       per-page safe score bound, |score| scale, mean-key score, Gaussian σ
+    page_bounds       the same, plus the newest page's best score and |score| scale (one launch)
+    quest_select      a TopK step's whole selection: rank key, forced pages, count, list, floor
     select_pages      top-k / threshold page selection into a fixed-capacity page list
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
     gaussian_tau      the Gaussian page model's τ̂ (closed forms, Fejér quadrature otherwise)
@@ -17,5 +19,6 @@ is the one place that decides whether a step runs these ops or the reference.
 """
 
 from entmaxkv.kernels import (  # noqa: F401
-    append, code_scan, gaussian_tau, page_scores, page_stats, select_pages, sparse_decode, triton_entmax,
+    append, code_scan, gaussian_tau, page_scores, page_stats, quest_select, select_pages, sparse_decode,
+    triton_entmax,
 )

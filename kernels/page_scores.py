@@ -16,6 +16,17 @@ Grid (B·Hkv, ceil(P / BLOCK_P)); programs past the last full page exit at once,
 is proportional to the tokens held, not to the capacity. Entries of pages that are not full
 are not written (they are undefined: callers mask them).
 Bytes: kmin + kmax (+ mean + std) of the full pages, read once for the whole GQA group.
+
+``entmaxkv::page_bounds`` is the same kernel with one more program per row that scores the
+slots of the page holding the newest token exactly (its statistics are not final) and
+writes, per query head, their best score and their |score| scale:
+
+    newest_max[h] = max over the newest page's tokens of s (ALiBi included; −inf if none),
+    newest_mag[h] = max over those tokens of scale·|q|·|k| (0 if none),
+
+what a TopK step needs of that page (``newest_page.newest_page_scores(...).amax(-1)`` and
+``newest_page_magnitude``, up to the order of the dot products' sums), without torch glue.
+A second op rather than new outputs of ``page_scores``: that op's four outputs are a contract.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 
-__all__ = ["page_scores", "rounding_gamma"]
+__all__ = ["page_scores", "page_bounds", "rounding_gamma"]
 
 BLOCK_P = 8  # pages per program (tuned on the H200: benchmarks/tune_kernels.py)
 NUM_WARPS = 2
@@ -41,17 +52,21 @@ def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
 
 @triton.jit
 def _page_scores_kernel(
-    q, k_min, k_max, k_mean, k_std, seq_lens, slopes,
-    upper, absmax, mean, sigma,
+    q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages,
+    upper, absmax, mean, sigma, newest_max, newest_mag,
     scale, gamma, alibi_eps, H, P, D,
-    S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
-    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr,
+    S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     full = length // S
+    if WITH_NEWEST:
+        if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale, bh, H, P, D, length, S, G, BLOCK_S,
+                         BLOCK_D, WORK, HAS_ALIBI)
     if block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
         d = tl.arange(0, BLOCK_D)
@@ -96,6 +111,62 @@ def _page_scores_kernel(
                 tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
 
+@triton.jit
+def _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale, bh, H, P, D, length,
+                 S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                 WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Best score and |score| scale over the newest page's tokens, per query head of row bh
+    (scores as ``sparse_decode`` and the reference compute them: a D-term dot product, scaled)."""
+    scale_w = tl.cast(scale, WORK)
+    page = tl.maximum(length - 1, 0) // S
+    slot = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    pos = page * S + slot
+    valid = (slot < S) & (pos < length)
+    dmask = d < D
+    rows = (bh.to(tl.int64) * P + page) * S + slot
+    k = tl.load(k_pages + rows[:, None] * D + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0).to(WORK)
+    kabs = tl.abs(k)
+    for g in tl.static_range(G):
+        qrow = (bh * G + g).to(tl.int64)
+        qv = tl.load(q + qrow * D + d, mask=dmask, other=0.0).to(WORK)[None, :]
+        s = tl.sum(qv * k, axis=1) * scale_w
+        if HAS_ALIBI:
+            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+            s += slope * (pos - (length - 1)).to(WORK)
+        mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
+        tl.store(newest_max + qrow, tl.max(tl.where(valid, s, float("-inf")), axis=0))
+        tl.store(newest_mag + qrow, tl.max(tl.where(valid, mag, 0.0), axis=0))
+
+
+def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
+            with_newest):
+    b, hkv, p, d = k_min.shape
+    g = q.shape[1] // hkv
+    work = work_dtype_of(k_min.dtype)
+    shape = (b, hkv, g, p)
+    upper = torch.empty(shape, dtype=work, device=q.device)
+    absmax = torch.empty_like(upper)
+    mean = torch.empty_like(upper)
+    sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
+    newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
+    newest_mag = torch.empty_like(newest_max)
+    if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
+        q, scale = q * scale, 1.0
+    slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    wrap_triton(_page_scores_kernel)[grid](
+        q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
+        upper, absmax, mean, sigma if with_sigma else upper, newest_max if with_newest else upper,
+        newest_mag if with_newest else upper,
+        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, p, d,
+        S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
+        WORK=tl.float64 if work == torch.float64 else tl.float32,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, num_warps=NUM_WARPS,
+    )
+    return upper, absmax, mean, sigma, newest_max, newest_mag
+
+
 @triton_op("entmaxkv::page_scores", mutates_args=())
 def page_scores(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
@@ -108,26 +179,8 @@ def page_scores(
     k_mean/k_std: [B, Hkv, P, D] float32 (float64); seq_lens: [B] int64 (the lengths *after*
     the step's append); alibi_slopes: optional [Hq] (bias slope·(position − newest position)).
     """
-    b, hkv, p, d = k_min.shape
-    g = q.shape[1] // hkv
-    work = work_dtype_of(k_min.dtype)
-    shape = (b, hkv, g, p)
-    upper = torch.empty(shape, dtype=work, device=q.device)
-    absmax = torch.empty_like(upper)
-    mean = torch.empty_like(upper)
-    sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
-    if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
-        q, scale = q * scale, 1.0
-    slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
-    grid = (b * hkv, triton.cdiv(p, BLOCK_P))
-    wrap_triton(_page_scores_kernel)[grid](
-        q, k_min, k_max, k_mean, k_std, seq_lens, slopes, upper, absmax, mean, sigma if with_sigma else upper,
-        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, p, d,
-        S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d),
-        WORK=tl.float64 if work == torch.float64 else tl.float32,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, num_warps=NUM_WARPS,
-    )
-    return upper, absmax, mean, sigma
+    return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, None, page_size, scale, with_sigma,
+                   False)[:4]
 
 
 @page_scores.register_fake
@@ -140,3 +193,30 @@ def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, 
 
 
 register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension
+
+
+@triton_op("entmaxkv::page_bounds", mutates_args=())
+def page_bounds(
+    q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
+    seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, k_pages: torch.Tensor, page_size: int, scale: float,
+    with_sigma: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] work dtype,
+    from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
+    sequence's newest page is read). Other arguments as in ``page_scores``."""
+    return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
+                   True)
+
+
+@page_bounds.register_fake
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma):
+    b, hkv, p, _ = k_min.shape
+    shape = (b, hkv, q.shape[1] // hkv, p)
+    work = work_dtype_of(k_min.dtype)
+    upper = q.new_empty(shape, dtype=work)
+    newest = q.new_empty(shape[:3], dtype=work)
+    return (upper, torch.empty_like(upper), torch.empty_like(upper),
+            q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest))
+
+
+register_batch_rule(page_bounds, (0, 1, 2, 3, 4, 5, 7))

@@ -22,7 +22,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
 
-__all__ = ["select_pages"]
+__all__ = ["select_pages"]  # the @triton.jit helpers are shared with quest_select
 
 MAX_BLOCK = 16384  # a row up to this many pages stays in registers
 WIDE_WARPS = 8  # warps of a program whose row block holds 2048 pages or more
@@ -59,6 +59,47 @@ def _count(base, lanes, P, cand, u_all, INT: tl.constexpr, NBITS: tl.constexpr, 
 
 
 @triton.jit
+def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
+               BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr):
+    """(t, ties_wanted): the k-th largest ordered key t of the row, and how many keys equal to
+    t the k largest include. t is the largest t with #{u >= t} >= k, built bit by bit from the
+    most significant one. Bits are set on the unsigned image (u + 2^(N-1)); flipping the sign
+    bit turns it back into the signed value that the comparisons use. When every eligible page
+    is taken there is nothing to search: t is the lowest value."""
+    one = tl.full((), 1, INT)
+    sign = one << (NBITS - 1)
+    t_bits = tl.zeros((), INT)
+    above = k
+    if k < eligible_total:
+        for i in range(NBITS):
+            cand_bits = t_bits | (one << (NBITS - 1 - i))
+            c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+            t_bits = tl.where(c >= k, cand_bits, t_bits)
+        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+    return t_bits ^ sign, k - above
+
+
+@triton.jit
+def _take(x, t, ties_seen, ties_wanted, INT: tl.constexpr, NBITS: tl.constexpr):
+    """(take, ties) int32 masks of one chunk of keys: the pages kept (above the threshold t, or
+    tied with it and among the first ``ties_wanted`` ties of the row) and the ties."""
+    u = _ordered(x, INT, NBITS)
+    ok = x > float("-inf")
+    tie = (ok & (u == t)).to(tl.int32)
+    tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
+    take = ((ok & (u > t)) | ((tie == 1) & (tie_rank < ties_wanted))).to(tl.int32)
+    return take, tie
+
+
+@triton.jit
+def _pad(out, lanes, k, M, BLOCK: tl.constexpr):
+    """−1 in list slots k..M−1."""
+    for start in range(0, M, BLOCK):
+        idx = start + lanes
+        tl.store(out + idx, tl.full((BLOCK,), -1, tl.int32), mask=(idx >= k) & (idx < M))
+
+
+@triton.jit
 def _select_kernel(
     keys, counts, pages, kept, P, M,
     BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr, ONE_CHUNK: tl.constexpr,
@@ -71,23 +112,7 @@ def _select_kernel(
     eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
                             ONE_CHUNK)
     k = tl.minimum(tl.minimum(tl.load(counts + row), eligible_total), M)
-
-    # The k-th largest ordered key t: the largest t with #{u >= t} >= k, built bit by bit from
-    # the most significant one. Bits are set on the unsigned image (u + 2^(N-1)); flipping the
-    # sign bit turns it back into the signed value that the comparisons use. When every
-    # eligible page is taken there is nothing to search: t is the lowest value.
-    one = tl.full((), 1, INT)
-    sign = one << (NBITS - 1)
-    t_bits = tl.zeros((), INT)
-    above = k
-    if k < eligible_total:
-        for i in range(NBITS):
-            cand_bits = t_bits | (one << (NBITS - 1 - i))
-            c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
-            t_bits = tl.where(c >= k, cand_bits, t_bits)
-        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
-    t = t_bits ^ sign
-    ties_wanted = k - above
+    t, ties_wanted = _threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK)
 
     written = 0
     ties_seen = 0
@@ -98,18 +123,12 @@ def _select_kernel(
             x = x_all
         else:
             x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
-        u = _ordered(x, INT, NBITS)
-        ok = x > float("-inf")
-        tie = (ok & (u == t)).to(tl.int32)
-        tie_rank = ties_seen + tl.cumsum(tie, axis=0) - tie
-        take = ((ok & (u > t)) | ((tie == 1) & (tie_rank < ties_wanted))).to(tl.int32)
+        take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < M))
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
-    for start in range(0, M, BLOCK):
-        idx = start + lanes
-        tl.store(out + idx, tl.full((BLOCK,), -1, tl.int32), mask=(idx >= k) & (idx < M))
+    _pad(out, lanes, k, M, BLOCK)
     tl.store(kept + row, k)
 
 

@@ -58,6 +58,29 @@ def record_code_scan(monkeypatch) -> None:
                         bits, 0.25, True)
 
 
+def record_fused_topk() -> None:
+    """TopK's coverage count (the budget one is in SELECTORS) with recent pages, every cache
+    dtype, with and without ALiBi; and quest_select / select_pages on rows longer than a
+    register block (the streamed layout, reached at 16,384 pages on the GPU)."""
+    from entmaxkv.kernels.quest_select import quest_select
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
+        q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
+        for slopes in (None, torch.full((2,), 0.1)):
+            config = ekv.DecodeConfig(1.5, ekv.TopK(coverage=0.5, recent_pages=1), backend="triton")
+            ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
+        mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(1, 1, 2, 40, dtype=dtype)
+            lens = torch.tensor([40 * 16])
+            for budget in (-1, 3):
+                quest_select(x, x, x.abs(), x[..., 0], x[..., 0].abs(), lens, None, 16, 16, 1.5, budget, 0.25, 1, 1)
+            torch.ops.entmaxkv.select_pages(x[:, :, 0].contiguous(), torch.tensor([[3]], dtype=torch.int32), 40)
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     run = InterpretedFunction.run
@@ -86,6 +109,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                 config = ekv.DecodeConfig(alpha, sel, backend="triton")
                 ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes, with_info=True)
     record_code_scan(monkeypatch)
+    record_fused_topk()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]

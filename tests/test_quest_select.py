@@ -1,0 +1,275 @@
+"""The fused TopK ops (``page_bounds``, ``quest_select``; under Triton's interpreter) against the
+torch code they replace, and the TopK step through them against the reference.
+
+``quest_select`` must select exactly what the torch composition (``topk.rank_key``,
+``forced_page_mask``, ``quest_count``, ``select_pages``) selects from the same page scores,
+and give the same score floor as ``KernelOps.score_floor``: bit for bit. Inputs are fresh
+random caches (the seed is in every message) with ragged lengths whose newest page is just
+started or exactly full, duplicated pages (exact ties), forced pages beyond the budget, and
+poisoned op outputs (a value a kernel forgot to write, or read where it should not, fails).
+"""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.backend import KernelOps
+from entmaxkv.newest_page import candidate_page_mask, newest_page_magnitude, newest_page_mask, newest_page_scores
+from entmaxkv.reference import token_scores
+from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
+from helpers import fresh_seed, make_cache, random_step
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+from entmaxkv.kernels.page_scores import page_bounds, page_scores  # noqa: E402
+from entmaxkv.kernels.quest_select import quest_select  # noqa: E402
+
+S = 8  # small pages: many pages per short sequence
+
+
+def edge_lengths(seed: int, batch: int) -> list[int]:
+    """Ragged lengths whose newest page holds 1, 2, S − 1 or S tokens (just started … exactly
+    full), including a sequence of one page only."""
+    g = random.Random(seed)
+    lens = [S * g.randrange(2, 12) + g.choice([1, 2, S - 1, S]) for _ in range(batch)]
+    lens[-1] = g.choice([1, S, S + 1])  # no candidate page, or one
+    return lens
+
+
+def with_ties(cache, seed: int):
+    """Copies some pages' statistics onto others: their bounds and means tie exactly."""
+    g = random.Random(seed)
+    for _ in range(4):
+        i, j = g.randrange(cache.num_pages), g.randrange(cache.num_pages)
+        for f in ("k_min", "k_max", "k_mean", "k_std"):
+            getattr(cache, f)[:, :, j] = getattr(cache, f)[:, :, i]
+    return cache
+
+
+def after_append(seed, batch, hkv, group, d, dtype, alibi):
+    cache, _, _ = make_cache(seed, batch, hkv, d, S, edge_lengths(seed, batch), dtype=dtype, spread=2.0)
+    cache = with_ties(cache, seed)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = random_step(g, batch, hkv * group, hkv, d, dtype)
+    cache, _ = ekv.state.append_token(cache, k, v)
+    slopes = torch.rand(hkv * group, generator=g).to(torch.float64 if dtype == torch.float64 else torch.float32) * 0.3
+    return cache, q, slopes if alibi else None
+
+
+def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, newest_mag, budget, coverage, sink,
+                    recent):
+    """The torch composition the kernel replaces, on the same page scores: (mask, floor)."""
+    candidates = candidate_page_mask(cache)
+    key = rank_key(upper, means, newest_max, candidates, alpha)
+    key = torch.where(forced_page_mask(cache, candidates, sink, recent), float("inf"), key)
+    mask = top_pages(key, quest_count(candidates, budget, coverage)) | torch.isposinf(key)
+    ops = KernelOps(cache, q, alpha, 0.3, slopes, upper, means, absmax, newest_max, newest_mag)
+    return mask, ops.score_floor(mask)
+
+
+@pytest.mark.parametrize("dtype, group, streamed", [
+    (dtype, group, False) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    for group in (1, 2, 4)] + [(torch.float32, 4, True), (torch.float64, 1, True)])
+def test_quest_select_equals_the_torch_composition(dtype, group, streamed, poison, monkeypatch):
+    if streamed:  # rows longer than a register block: keys go through the scratch row
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
+    seed = fresh_seed()
+    rnd = random.Random(seed)
+    for alibi in (False, True):
+        cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi)
+        q3 = q[:, :, 0].contiguous()
+        upper, absmax, means, _, newest_max, newest_mag = page_bounds(
+            q3, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes, cache.k_pages, S, 0.3,
+            False)
+        for alpha in rnd.sample([1.0, 1.5, 4 / 3, 2.0], 2):
+            budget = rnd.choice([None, 0, 1, 3, 100])
+            coverage = rnd.choice([0.125, 0.3, 1.0, 1 / 3]) if budget is None else None
+            sink, recent = rnd.choice([0, 1, 2]), rnd.choice([0, 2, 5])
+            msg = f"seed {seed} alibi {alibi} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent}"
+            want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
+                                                    newest_mag, budget, coverage, sink, recent)
+            pages, count, mask, floor = quest_select(
+                upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes, S, 16, alpha,
+                -1 if budget is None else budget, 0.0 if coverage is None else coverage, sink, recent)
+            assert torch.equal(mask, want_mask.expand_as(mask)), msg
+            assert torch.equal(count, want_mask.expand_as(mask).sum(-1).to(torch.int32)), msg
+            for b in range(cache.batch):
+                for h in range(cache.num_kv_heads):
+                    n = int(count[b, h])
+                    assert pages[b, h, :n].tolist() == want_mask[b, h].nonzero().flatten().tolist(), msg
+                    assert (pages[b, h, n:] == -1).all(), msg
+            assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_quest_select_on_random_page_scores_with_ties(wide, group, poison):
+    """Page scores drawn directly (not from a cache): the newest page's best score is above
+    the best mean for some heads and below it for others, so each head's L_h matters, and
+    values on a coarse grid tie within and across heads. Entries of pages that are not
+    candidates are NaN: the kernel must not read them."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    rnd = random.Random(seed)
+    dtype = torch.float64 if wide else torch.float32
+    b, hkv, p = 3, 2, 37
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
+    # a row with 25 candidates: fl(25 · 0.56) = 14.000000000000002, so the count needs the − 1e-9
+    lens = torch.tensor([rnd.randrange(1, p * S + 1), 25 * S + rnd.randrange(1, S + 1), p * S])
+    cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
+    for budget, coverage in ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None)):
+        upper = (torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 4).round() / 2
+        means = upper - (torch.rand(b, hkv, group, p, generator=g, dtype=dtype) * 6).round() / 2
+        newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
+        absmax = upper.abs() + torch.rand(b, hkv, group, p, generator=g, dtype=dtype)
+        newest_mag = newest_max.abs() + 1
+        off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
+        upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (upper, means, absmax))
+        alpha = rnd.choice([1.0, 1.5, 2.0, 4 / 3])
+        sink, recent = rnd.choice([0, 1, 3]), rnd.choice([0, 1, 4])
+        slopes = torch.rand(hkv * group, generator=g, dtype=dtype) if rnd.random() < 0.5 else None
+        msg = f"seed {seed} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent}"
+        q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
+        want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
+                                                newest_mag, budget, coverage, sink, recent)
+        pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes,
+                                                 S, 16, alpha, -1 if budget is None else budget,
+                                                 0.0 if coverage is None else coverage, sink, recent)
+        assert torch.equal(mask, want_mask.expand_as(mask)), msg
+        assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+        assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("dtype, group", [(torch.float32, 1), (torch.float16, 2), (torch.bfloat16, 4),
+                                          (torch.float64, 2)])
+def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, poison):
+    seed = fresh_seed()
+    for alibi in (False, True):
+        cache, q, slopes = after_append(seed, 4, 2, group, 24, dtype, alibi)
+        q3 = q[:, :, 0].contiguous()
+        got = page_bounds(q3, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes,
+                          cache.k_pages, S, 0.3, True)
+        want = page_scores(q3, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes, S, 0.3,
+                           True)
+        full = cache.full_page_mask()[:, None, None, :].expand_as(want[0])
+        for x, y in zip(got[:4], want):  # the same kernel: the page quantities are unchanged, bit for bit
+            assert torch.equal(x[full], y[full]), f"seed {seed}"
+        newest_max, newest_mag = got[4:]
+        torch_max = newest_page_scores(cache, q, 0.3, slopes).amax(-1)
+        torch_mag = newest_page_magnitude(cache, q, 0.3)
+        # the float64 truth: the kernel's rounding stays within γ·magnitude (what the floor assumes)
+        exact = token_scores(cache.to(torch.float64), q.double(), 0.3, None if slopes is None else slopes.double())
+        newest = newest_page_mask(cache)[:, :, None, :].repeat_interleave(S, -1) & cache.token_mask()[:, None, None, :]
+        exact_max = torch.where(newest, exact, float("-inf")).amax(-1)
+        eps = torch.finfo(newest_max.dtype).eps
+        allowed = 2.0 * (24 + 2) * eps * newest_mag.double()  # γ·magnitude: the dot product's rounding
+        if alibi:  # and the bias's own (a product and a sum, |bias| < slope·S)
+            allowed = allowed + 4 * eps * slopes.double().abs().reshape(1, 2, group) * S
+        err = (newest_max.double() - exact_max).abs()
+        assert bool((err <= allowed).all()), f"seed {seed} alibi {alibi}: {err.max()}"
+        tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(newest_max, torch_max.to(newest_max.dtype), **tol, msg=f"seed {seed}")
+        torch.testing.assert_close(newest_mag, torch_mag.to(newest_mag.dtype), **tol, msg=f"seed {seed}")
+        assert not newest_max.isnan().any() and not newest_mag.isnan().any()
+
+
+TOPKS = [ekv.TopK(token_budget=24), ekv.TopK(token_budget=0, sink_pages=2, recent_pages=3),
+         ekv.TopK(coverage=0.125), ekv.TopK(coverage=0.3, sink_pages=0, recent_pages=2), ekv.TopK(coverage=1.0)]
+
+
+@pytest.mark.parametrize("dtype, group", [(torch.float64, 1), (torch.float32, 4)])
+def test_topk_step_through_the_ops_selects_what_the_reference_selects(dtype, group):
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 3, 2, 16, S, edge_lengths(seed, 3), dtype=dtype, spread=2.0)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = random_step(g, 3, 2 * group, 2, 16, dtype)
+    for i, sel in enumerate(TOPKS):  # each selector with another α, ALiBi on every other one
+        alpha, alibi = (1.0, 1.5, 2.0)[i % 3], i % 2 == 1
+        slopes = torch.rand(2 * group, generator=g).to(dtype) * 0.3 if alibi else None
+        runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, sel, backend=b), alibi_slopes=slopes,
+                                with_info=True) for b in ("torch", "triton")]
+        (_, o1, i1), (_, o2, i2) = runs
+        msg = f"{sel} α {alpha} alibi {alibi} seed {seed}"
+        assert torch.equal(i1.page_mask, i2.page_mask), msg
+        assert torch.equal(i1.num_tokens, i2.num_tokens), msg
+        tol = 1e-9 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(o2, o1, rtol=tol, atol=tol, msg=msg)
+
+
+def test_a_topk_step_on_the_kernels_dispatches_no_selector_glue():
+    """The TopK step is the four ops plus the append's bookkeeping: no newest-page scoring,
+    ranking, masks or floor in torch (their op names would show up here)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(f"{func.namespace}::{func.overloadpacket.__name__}")
+            return func(*args, **(kwargs or {}))
+
+    cache, _, _ = make_cache(3, 2, 2, 16, S, [70, 41], dtype=torch.float16)
+    q, k, v = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16, torch.float16)
+    for sel in (ekv.TopK(coverage=0.125), ekv.TopK(token_budget=16, recent_pages=2)):
+        seen = Ops()
+        with seen:
+            ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend="triton"))
+        ours = [n for n in seen.names if n.startswith("entmaxkv::")]
+        assert ours == ["entmaxkv::append_token", "entmaxkv::page_bounds", "entmaxkv::quest_select",
+                        "entmaxkv::sparse_decode"], ours
+        glue = {"aten::bmm", "aten::amax", "aten::arange", "aten::scatter", "aten::sort", "aten::ceil", "aten::index",
+                "aten::maximum", "aten::full_like", "aten::eq"}
+        assert not glue & set(seen.names), sorted(glue & set(seen.names))
+
+
+def test_opcheck_the_fused_ops():
+    cache, _, _ = make_cache(1, 2, 2, 16, 16, [48, 48], capacity=48, dtype=torch.float32)
+    q, _, _ = random_step(torch.Generator().manual_seed(1), 2, 4, 2, 16, torch.float32)
+    c, q3 = cache, q[:, :, 0].contiguous()
+    out = page_bounds(q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.25, False)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.page_bounds.default,
+                              (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.25, True))
+        torch.library.opcheck(torch.ops.entmaxkv.quest_select.default,
+                              (out[0], out[2], out[1], out[4], out[5], c.seq_lens, None, 16, 16, 1.5, -1, 0.5, 1, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pages", [8300, 20000])  # 128K tokens in registers; 320K: the streamed rows
+def test_quest_select_on_the_gpu_equals_the_torch_composition(pages):
+    """The compiled kernel (both row layouts) on long rows of drawn page scores, and a real
+    TopK step's page_bounds / quest_select against the torch code on the same device."""
+    seed = fresh_seed()
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b, hkv, group = 2, 8, 4
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=pages * 16, dtype=torch.float16,
+                                   device="cuda")
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([pages * 16 - 5, pages * 8], device="cuda"))
+    shape = (b, hkv, group, pages)
+    upper = (torch.randn(shape, generator=g, device="cuda") * 8).round() / 4
+    means = upper - torch.rand(shape, generator=g, device="cuda") * 2
+    absmax = upper.abs() + 1
+    newest_max = torch.randn(shape[:3], generator=g, device="cuda") * 2
+    newest_mag = newest_max.abs() + 1
+    slopes = torch.rand(hkv * group, generator=g, device="cuda") * 0.01
+    q = torch.zeros(b, hkv * group, 1, 128, device="cuda", dtype=torch.float16)
+    for budget, coverage, sink, recent in ((None, 0.125, 1, 4), (256, None, 2, 0), (None, 0.0625, 0, 0)):
+        for alpha in (1.0, 1.5):
+            want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
+                                                    newest_mag, budget, coverage, sink, recent)
+            pages_, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+                                                      slopes, 16, 128, alpha, -1 if budget is None else budget,
+                                                      0.0 if coverage is None else coverage, sink, recent)
+            msg = f"seed {seed} budget {budget} coverage {coverage} α {alpha}"
+            assert torch.equal(mask, want_mask.expand_as(mask)), msg
+            assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+            first = torch.where(mask, torch.arange(pages, device="cuda"), pages).sort(-1).values
+            n = int(count.max())
+            assert torch.equal(torch.where(first[..., :n] == pages, -1, first[..., :n]).int(), pages_[..., :n]), msg
+            assert torch.equal(floor, want_floor), msg
