@@ -22,8 +22,8 @@ def _page_stats_kernel(
     k_pages, k_min, k_max, k_mean, k_std, seq_lens, H, P, D,
     S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr,
 ):
-    bh = tl.program_id(0)
-    page = tl.program_id(1)
+    page = tl.program_id(0)  # pages on the grid's x axis: y and z stop at 65,535 (a 1M-token cache has more pages)
+    bh = tl.program_id(1)
     length = tl.load(seq_lens + bh // H)
     if page < length // S:
         rows = tl.arange(0, S)
@@ -52,7 +52,9 @@ def page_statistics(
     """
     b, h, p, s, d = k_pages.shape
     work = tl.float64 if k_pages.dtype == torch.float64 else tl.float32
-    wrap_triton(_page_stats_kernel)[(b * h, p)](
+    if b * h > 65535:
+        raise ValueError(f"page_statistics: batch × KV heads must be at most 65,535 (a CUDA grid axis), got {b * h}")
+    wrap_triton(_page_stats_kernel)[(p, b * h)](
         k_pages, k_min, k_max, k_mean, k_std, seq_lens, h, p, d, S=s, BLOCK_D=next_pow2(d), WORK=work,
     )
 
