@@ -16,8 +16,10 @@ Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, 
 The arithmetic is that of the torch composition it replaces (``topk.rank_key``,
 ``topk.forced_pages``, the count in ``TopK``, ``select_pages`` and ``KernelOps.score_floor``),
 operation for operation, so it selects the same pages from the same page scores. α − 1 and
-the coverage enter as the bits of their float64 values (an int argument): a float argument
-reaches a kernel as float32 in eager launches, and the count must be the float64 one.
+the coverage enter as the bits of their float64 values, in three 21-bit int arguments: a
+float argument reaches a kernel as float32 in eager launches (the count must be the float64
+one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arguments to
+32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
 One program per row; the selection is ``select_pages``' bitwise threshold search (its
 ``@triton.jit`` helpers). Rows of up to ``MAX_BLOCK`` pages stay in registers; longer rows
@@ -38,12 +40,25 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 from entmaxkv.kernels.page_scores import rounding_gamma
 from entmaxkv.kernels.select_pages import MAX_BLOCK, WIDE_WARPS, _count, _eligible_ordered, _pad, _take, _threshold
 
-__all__ = ["quest_select", "float64_bits"]
+__all__ = ["quest_select", "float64_words"]
 
 
-def float64_bits(x: float) -> int:
-    """The IEEE bits of float64 ``x`` as a signed int (the kernel bitcasts them back)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+def float64_words(x: float) -> tuple[int, int, int]:
+    """The IEEE bits of float64 ``x`` >= 0 as three 21-bit ints (high first), each a plain
+    32-bit kernel argument; ``_float64_of`` puts them back together."""
+    bits = struct.unpack("<q", struct.pack("<d", float(x)))[0]
+    if bits < 0:
+        raise ValueError(f"float64_words takes x >= 0, got {x}")
+    return bits >> 42, (bits >> 21) & 0x1FFFFF, bits & 0x1FFFFF
+
+
+@triton.jit
+def _float64_of(high, middle, low):
+    """The float64 whose bits ``float64_words`` split (ints or, when Triton specialises a
+    value of 1, constexprs: hence the additions instead of ``.to``)."""
+    zero = tl.full((), 0, tl.int64)
+    bits = ((zero + high) << 42) | ((zero + middle) << 21) | (zero + low)
+    return bits.to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -56,7 +71,7 @@ def _head(v, gs, g):
 def _quest_select_kernel(
     upper, means, absmax, newest_max, newest_mag, seq_lens, slopes, scratch,
     pages, kept, mask, floor,
-    lin_bits, budget, coverage_bits, sink, recent, slack_c, two_gamma, H, P,
+    lin_hi, lin_mid, lin_lo, budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, COVERAGE: tl.constexpr, HAS_ALIBI: tl.constexpr,
     WORK: tl.constexpr,
@@ -67,7 +82,7 @@ def _quest_select_kernel(
     lanes = tl.arange(0, BLOCK)
     gs = tl.arange(0, G_PAD)
     heads = row * G * P  # this row's [G, P] block
-    lin_w = lin_bits.to(tl.int64).to(tl.float64, bitcast=True).to(WORK)
+    lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
 
     # L_h: the best candidate mean score, or the newest page's best score
     attained = tl.load(newest_max + row * G + gs, mask=gs < G, other=float("-inf")).to(WORK)
@@ -98,7 +113,7 @@ def _quest_select_kernel(
         tl.debug_barrier()  # the keys other lanes stored are visible to the counting passes
 
     if COVERAGE:  # ceil(n·coverage − 1e-9) in float64, as TopK computes it
-        coverage = coverage_bits.to(tl.int64).to(tl.float64, bitcast=True)
+        coverage = _float64_of(cov_hi, cov_mid, cov_lo)
         want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
     else:
         want = budget
@@ -178,7 +193,7 @@ def quest_select(
     wrap_triton(_quest_select_kernel)[(b * hkv,)](
         upper, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
         scratch, pages, kept, mask, floor,
-        float64_bits(lin), max(budget_pages, 0), float64_bits(coverage), sink_pages, recent_pages,
+        *float64_words(lin), max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
         (2 * page_size + 4 * (head_dim + 2)) * eps, 2 * rounding_gamma(work, head_dim), hkv, p,
         S=page_size, G=g, G_PAD=max(2, next_pow2(g)), BLOCK=block, NBITS=64 if wide else 32,
         INT=tl.int64 if wide else tl.int32, ONE_CHUNK=one_chunk, COVERAGE=budget_pages < 0,
