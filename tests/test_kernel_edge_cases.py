@@ -13,9 +13,8 @@ from helpers import fresh_seed
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels.page_scores import page_bounds  # noqa: E402
 from entmaxkv.kernels.quest_select import float64_words, quest_select  # noqa: E402
-from test_quest_select import S, after_append  # noqa: E402
+from test_quest_select import S, after_append, step_bounds  # noqa: E402
 
 
 @pytest.mark.parametrize("x", [0.0, 1 / 3, 0.56, 0.1, 0.125, 1.0, 2.0, 1e-300, 5e-324, 0.9999999999999999])
@@ -35,10 +34,7 @@ def test_quest_select_score_floor_is_reached_by_an_attended_token(dtype, group):
     seed = fresh_seed()
     for alibi in (False, True):
         cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi)
-        q3 = q[:, :, 0].contiguous()
-        upper, absmax, means, _, newest_max, newest_mag = page_bounds(
-            q3, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes, cache.k_pages, S, 0.3,
-            False)
+        upper, absmax, means, _, newest_max, newest_mag = step_bounds(cache, q, slopes)
         exact = token_scores(cache.to(torch.float64), q.double(), 0.3, None if slopes is None else slopes.double())
         exact = exact.reshape(cache.batch, cache.num_kv_heads, group, -1)  # [B, Hkv, G, T]
         newest = newest_page_mask(cache)

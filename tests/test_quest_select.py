@@ -59,6 +59,12 @@ def after_append(seed, batch, hkv, group, d, dtype, alibi):
     return cache, q, slopes if alibi else None
 
 
+def step_bounds(cache, q, slopes):
+    """``page_bounds`` of the step's query [B, Hq, 1, D] over the cache (scale 0.3, no σ)."""
+    return page_bounds(q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
+                       slopes, cache.k_pages, S, 0.3, False)
+
+
 def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, newest_mag, budget, coverage, sink,
                     recent):
     """The torch composition the kernel replaces, on the same page scores: (mask, floor)."""
@@ -80,10 +86,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, streamed, poiso
     rnd = random.Random(seed)
     for alibi in (False, True):
         cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi)
-        q3 = q[:, :, 0].contiguous()
-        upper, absmax, means, _, newest_max, newest_mag = page_bounds(
-            q3, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes, cache.k_pages, S, 0.3,
-            False)
+        upper, absmax, means, _, newest_max, newest_mag = step_bounds(cache, q, slopes)
         for alpha in rnd.sample([1.0, 1.5, 4 / 3, 2.0], 2):
             budget = rnd.choice([None, 0, 1, 3, 100])
             coverage = rnd.choice([0.125, 0.3, 1.0, 1 / 3]) if budget is None else None
