@@ -49,9 +49,13 @@ def with_ties(cache, seed: int):
     return cache
 
 
-def after_append(seed, batch, hkv, group, d, dtype, alibi):
+def after_append(seed, batch, hkv, group, d, dtype, alibi, ties=True):
+    """A cache after one append and the step's query (and ALiBi slopes). ``ties`` copies page
+    statistics between pages (exact ties for the selection tests); those pages' statistics then
+    no longer describe their keys, so properties that relate the two need ``ties=False``."""
     cache, _, _ = make_cache(seed, batch, hkv, d, S, edge_lengths(seed, batch), dtype=dtype, spread=2.0)
-    cache = with_ties(cache, seed)
+    if ties:
+        cache = with_ties(cache, seed)
     g = torch.Generator().manual_seed(seed)
     q, k, v = random_step(g, batch, hkv * group, hkv, d, dtype)
     cache, _ = ekv.state.append_token(cache, k, v)
