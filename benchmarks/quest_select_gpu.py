@@ -1,13 +1,14 @@
 """TopK's selection on the GPU: the fused ``quest_select`` against the torch glue it replaced.
 
-    python benchmarks/quest_select_gpu.py --contexts 8192,32768,131072
+    python benchmarks/quest_select_gpu.py --contexts 8192,32768,131072 --batch 1
 
-Per context (B = 1, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, α = 1.5,
+Per context (B = ``--batch``, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, α = 1.5,
 TopK 12.5%): CUDA-graph time of ``page_bounds`` (page scores + the newest page), of
-``quest_select`` for several row block sizes (``MAX_BLOCK``: rows longer than it stream their
-keys through a scratch row; registers vs. spills decide which is faster), and of the torch
-composition it replaced (rank key, forced pages, count, ``select_pages``, mask, score floor:
-eager kernels in one graph). Also checks that both select the same pages and floor.
+``quest_select`` for each launch configuration in ``--configs`` (MAX_BLOCK: rows longer than it
+stream their keys from memory in the selection; SELECT_WARPS: warps of the per-row selection;
+CHUNK: pages a program of the row-parallel kernels), and of the torch composition it
+replaced (rank key, forced pages, count, ``select_pages``, mask, score floor: eager kernels in
+one graph). Also checks that both select the same pages and floor.
 Measures only; asserts nothing.
 """
 
@@ -41,16 +42,19 @@ def graphed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="8192,32768,131072")
-    parser.add_argument("--blocks", default="16384,4096,1024", help="MAX_BLOCK values for quest_select")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--configs", default="16384:8:1024,16384:16:1024,16384:32:1024,16384:16:256,4096:8:1024",
+                        help="MAX_BLOCK:SELECT_WARPS:CHUNK launch configurations of quest_select")
     args = parser.parse_args()
+    b = args.batch
     hq, hkv, d, alpha, coverage = 32, 8, 128, 1.5, 0.125
     for n in (int(x) for x in args.contexts.split(",")):
-        stream = SyntheticStream(batch=1, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=torch.float16,
+        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=torch.float16,
                                  device="cuda")
         k, v = stream.prompt(n)
         q, _, _ = stream.step()
-        cache = ekv.prefill(ekv.PagedKVCache.empty(batch=1, num_kv_heads=hkv, head_dim=d, capacity=n + 64,
-                                                   dtype=torch.float16, device="cuda"), k, v, [n])
+        cache = ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64,
+                                                   dtype=torch.float16, device="cuda"), k, v, [n] * b)
         del k, v
         scale = d ** -0.5
         step = build_step(cache, q, alpha, scale, None, kernels=True, needs_sigma=False, needs_newest_scores=False)
@@ -75,20 +79,20 @@ def main() -> None:
             return mask, ops.score_floor(mask)
 
         replay, _ = graphed(bounds)
-        print(f"\n## {n} tokens ({cache.num_pages} pages), TopK {coverage:.1%}, α = {alpha}")
+        print(f"\n## B = {b}, {n} tokens ({cache.num_pages} pages), TopK {coverage:.1%}, α = {alpha}")
         print(f"  page_bounds                      {time_replays(replay, 50, 5):8.1f} µs")
         replay, (want_mask, want_floor) = graphed(glue)
         replay()
         print(f"  torch glue + select_pages        {time_replays(replay, 50, 5):8.1f} µs")
-        default = qs.MAX_BLOCK
-        for block in (int(b) for b in args.blocks.split(",")):
-            qs.MAX_BLOCK = block
+        defaults = qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK
+        for config in args.configs.split(","):
+            qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK = (int(x) for x in config.split(":"))
             replay, (_, _, mask, floor) = graphed(fused)
             replay()
             same = bool(torch.equal(mask, want_mask.expand_as(mask))) and bool(torch.equal(floor, want_floor))
-            print(f"  quest_select (MAX_BLOCK {block:5d})   {time_replays(replay, 50, 5):8.1f} µs   "
+            print(f"  quest_select {config:>15}    {time_replays(replay, 50, 5):8.1f} µs   "
                   f"same pages and floor as the glue: {same}")
-        qs.MAX_BLOCK = default
+        qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK = defaults
         del cache, step, ops
         torch.cuda.empty_cache()
 

@@ -38,9 +38,13 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import rounding_gamma
-from entmaxkv.kernels.select_pages import MAX_BLOCK, WIDE_WARPS, _count, _eligible_ordered, _pad, _take, _threshold
+from entmaxkv.kernels.select_pages import MAX_BLOCK, _count, _eligible_ordered, _pad, _take, _threshold
 
 __all__ = ["quest_select", "float64_words"]
+
+CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
+CHUNK_WARPS = 4
+SELECT_WARPS = 8  # warps of the per-row selection program once its row block holds 2048 pages
 
 
 def float64_words(x: float) -> tuple[int, int, int]:
@@ -62,56 +66,69 @@ def _float64_of(high, middle, low):
 
 
 @triton.jit
-def _head(v, gs, g):
-    """Entry g of a [G_PAD] vector, as a scalar."""
-    return tl.max(tl.where(gs == g, v, float("-inf")), axis=0)
+def _chunk_best_mean_kernel(
+    means, seq_lens, best, H, P, NCHUNK,
+    S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, WORK: tl.constexpr,
+):
+    """best[row, chunk, g] = the chunk's largest candidate mean score of head g (−inf if none)."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    idx = chunk * CHUNK + tl.arange(0, CHUNK)
+    gs = tl.arange(0, G_PAD)
+    mu = tl.load(means + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & (idx[None, :] < n),
+                 other=float("-inf")).to(WORK)
+    tl.store(best + (row * NCHUNK + chunk) * G + gs, tl.max(mu, axis=1), mask=gs < G)
 
 
 @triton.jit
-def _quest_select_kernel(
-    upper, means, absmax, newest_max, newest_mag, seq_lens, slopes, scratch,
+def _keys_kernel(
+    upper, newest_max, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
+    S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
+    WORK: tl.constexpr,
+):
+    """The rank keys of one chunk of a row's pages, into ``keys`` (pages < n only: the
+    selection reads no further)."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    if chunk * CHUNK < n:
+        gs = tl.arange(0, G_PAD)
+        cs = tl.arange(0, NCHUNK_PAD)
+        # L_h: the best candidate mean score over the row's chunks, or the newest page's best score
+        partial = tl.load(chunk_best + (row * NCHUNK + cs[None, :]) * G + gs[:, None],
+                          mask=(gs[:, None] < G) & (cs[None, :] < NCHUNK), other=float("-inf"))
+        attained = tl.maximum(tl.max(partial, axis=1),
+                              tl.load(newest_max + row * G + gs, mask=gs < G, other=float("-inf")).to(WORK))
+        lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
+        idx = chunk * CHUNK + tl.arange(0, CHUNK)
+        cand = idx < n
+        u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & cand[None, :],
+                    other=float("-inf")).to(WORK)
+        # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
+        key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
+        forced = cand & ((idx < sink) | (idx >= n - recent))
+        tl.store(keys + row * P + idx, tl.where(forced, float("inf"), key), mask=cand)
+
+
+@triton.jit
+def _select_kernel(
+    keys, means, absmax, newest_max, newest_mag, seq_lens, slopes,
     pages, kept, mask, floor,
-    lin_hi, lin_mid, lin_lo, budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, COVERAGE: tl.constexpr, HAS_ALIBI: tl.constexpr,
     WORK: tl.constexpr,
 ):
+    """One row's selection from its keys: count, threshold, page list, mask, score floor."""
     row = tl.program_id(0).to(tl.int64)
-    length = tl.load(seq_lens + row // H).to(tl.int32)
-    n = tl.maximum(length - 1, 0) // S  # candidates are pages 0..n-1 (n is the newest page)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     lanes = tl.arange(0, BLOCK)
     gs = tl.arange(0, G_PAD)
-    heads = row * G * P  # this row's [G, P] block
-    lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
-
-    # L_h: the best candidate mean score, or the newest page's best score
-    attained = tl.load(newest_max + row * G + gs, mask=gs < G, other=float("-inf")).to(WORK)
-    for start in range(0, P, BLOCK):
-        idx = start + lanes
-        for g in tl.static_range(G):
-            mu = tl.load(means + heads + g * P + idx, mask=idx < n, other=float("-inf")).to(WORK)
-            attained = tl.where(gs == g, tl.maximum(attained, tl.max(mu, axis=0)), attained)
-
-    # keys: max_h lin·(U_hp − L_h), −inf off the candidates, +inf on forced pages
-    x_all = tl.full((BLOCK,), float("-inf"), WORK)
-    forced_total = 0
-    for start in range(0, P, BLOCK):
-        idx = start + lanes
-        cand = idx < n
-        key = tl.full((BLOCK,), float("-inf"), WORK)
-        for g in tl.static_range(G):
-            u = tl.load(upper + heads + g * P + idx, mask=cand, other=0.0).to(WORK)
-            key = tl.maximum(key, (u - _head(attained, gs, g)) * lin_w)
-        forced = cand & ((idx < sink) | (idx >= n - recent))
-        key = tl.where(forced, float("inf"), tl.where(cand, key, float("-inf")))
-        forced_total += tl.sum(forced.to(tl.int32))
-        if ONE_CHUNK:
-            x_all = key
-        else:
-            tl.store(scratch + row * P + idx, key, mask=idx < P)
-    if not ONE_CHUNK:
-        tl.debug_barrier()  # the keys other lanes stored are visible to the counting passes
-
+    base = keys + row * P
+    # forced pages: the first min(sink, n) and the last min(recent, n) candidates, once each
+    first, last = tl.minimum(sink, n), tl.minimum(recent, n)
+    forced_total = first + last - tl.maximum(first - tl.maximum(n - recent, 0), 0)
     if COVERAGE:  # ceil(n·coverage − 1e-9) in float64, as TopK computes it
         coverage = _float64_of(cov_hi, cov_mid, cov_lo)
         want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
@@ -119,12 +136,13 @@ def _quest_select_kernel(
         want = budget
     want = tl.maximum(want, forced_total)
 
-    base = scratch + row * P
+    # keys past n were never written: every read masks them to −inf (not eligible)
+    x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the whole row if ONE_CHUNK
     u_all = _eligible_ordered(x_all, INT, NBITS)
-    eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
+    eligible_total = _count(base, lanes, n, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
                             ONE_CHUNK)
     k = tl.minimum(tl.minimum(want, eligible_total), P)
-    t, ties_wanted = _threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK)
+    t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK)
 
     # the list, the mask, and each head's best selected mean score less its rounding slack
     # (the mean key's own rounding and two dot products'; with ALiBi the page-centre bias less
@@ -133,12 +151,13 @@ def _quest_select_kernel(
     written = 0
     ties_seen = 0
     out = pages + row * P
+    heads = row * G * P  # this row's [G, P] block
     for start in range(0, P, BLOCK):
         idx = start + lanes
         if ONE_CHUNK:
             x = x_all
         else:
-            x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
+            x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
         take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
@@ -183,22 +202,28 @@ def quest_select(
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=upper.device)
     floor = torch.empty((b, hkv, g), dtype=work, device=upper.device)
     wide = work == torch.float64
+    kinds = dict(S=page_size, G=g, G_PAD=max(2, next_pow2(g)), WORK=tl.float64 if wide else tl.float32)
+    # keys, written chunk by chunk by many programs, read by one program per row (typed as
+    # keys and aliasing no input, so that Inductor's mutation analysis sees no write to one)
+    keys = torch.empty((b, hkv, p), dtype=work, device=upper.device)
+    chunks = triton.cdiv(p, CHUNK)
+    chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
+    wrap_triton(_chunk_best_mean_kernel)[(b * hkv, chunks)](
+        means, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS)
+    wrap_triton(_keys_kernel)[(b * hkv, chunks)](
+        upper, newest_max, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
+        sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
+        num_warps=CHUNK_WARPS)
     block = min(MAX_BLOCK, max(16, next_pow2(p)))
-    one_chunk = p <= block
-    # keys of rows too long for registers (one chunk: never touched, but typed as keys and
-    # aliasing no input, so that Inductor's mutation analysis sees no write to one)
-    scratch = torch.empty((1,) if one_chunk else (b, hkv, p), dtype=work, device=upper.device)
     eps = torch.finfo(work).eps
-    lin = alpha - 1.0 if alpha > 1.0 else 1.0
-    wrap_triton(_quest_select_kernel)[(b * hkv,)](
-        upper, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
-        scratch, pages, kept, mask, floor,
-        *float64_words(lin), max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
+    wrap_triton(_select_kernel)[(b * hkv,)](
+        keys, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
+        pages, kept, mask, floor,
+        max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
         (2 * page_size + 4 * (head_dim + 2)) * eps, 2 * rounding_gamma(work, head_dim), hkv, p,
-        S=page_size, G=g, G_PAD=max(2, next_pow2(g)), BLOCK=block, NBITS=64 if wide else 32,
-        INT=tl.int64 if wide else tl.int32, ONE_CHUNK=one_chunk, COVERAGE=budget_pages < 0,
-        HAS_ALIBI=alibi_slopes is not None, WORK=tl.float64 if wide else tl.float32,
-        num_warps=WIDE_WARPS if block >= 2048 else 4,
+        BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
+        COVERAGE=budget_pages < 0, HAS_ALIBI=alibi_slopes is not None, **kinds,
+        num_warps=SELECT_WARPS if block >= 2048 else 4,
     )
     return pages, kept, mask, floor
 

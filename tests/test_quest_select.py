@@ -80,12 +80,22 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
     return mask, ops.score_floor(mask)
 
 
-@pytest.mark.parametrize("dtype, group, streamed", [
-    (dtype, group, False) for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-    for group in (1, 2, 4)] + [(torch.float32, 4, True), (torch.float64, 1, True)])
-def test_quest_select_equals_the_torch_composition(dtype, group, streamed, poison, monkeypatch):
-    if streamed:  # rows longer than a register block: keys go through the scratch row
-        monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
+def small_blocks(monkeypatch, layout: str) -> None:
+    """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–14 pages,
+    so several programs share a row); ``streamed``: also a selection block of 8 pages, so the
+    selection streams its keys from memory instead of holding the row in registers."""
+    if layout in ("chunked", "streamed"):
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
+    if layout == "streamed":
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 8)
+
+
+@pytest.mark.parametrize("dtype, group, layout", [
+    (dtype, group, "registers") for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+    for group in (1, 2, 4)] + [(torch.float32, 4, "chunked"), (torch.float16, 2, "chunked"),
+                               (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")])
+def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison, monkeypatch):
+    small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     rnd = random.Random(seed)
     for alibi in (False, True):
@@ -111,13 +121,15 @@ def test_quest_select_equals_the_torch_composition(dtype, group, streamed, poiso
             assert torch.equal(floor, want_floor), msg
 
 
+@pytest.mark.parametrize("layout", ["registers", "streamed"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
-def test_quest_select_on_random_page_scores_with_ties(wide, group, poison):
+def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
     """Page scores drawn directly (not from a cache): the newest page's best score is above
     the best mean for some heads and below it for others, so each head's L_h matters, and
     values on a coarse grid tie within and across heads. Entries of pages that are not
     candidates are NaN: the kernel must not read them."""
+    small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
