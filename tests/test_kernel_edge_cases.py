@@ -138,23 +138,3 @@ def test_code_interval_holds_with_alibi(dtype, bits):
     for name, scores in (("reference", ref), ("exact", exact)):
         gap = (scores - s_hat.double()).abs() - radius
         assert bool((gap[tokens] <= 0).all()), (seed, name, float(gap[tokens].max()))
-
-
-@pytest.mark.parametrize("wide, group", [(False, 2), (True, 1)])
-def test_quest_select_streamed_rows_on_random_page_scores(wide, group, poison, monkeypatch):
-    """The random page-score test with rows streamed through the scratch row in 16-page
-    chunks (37 pages: three chunks, candidates and selections in each), so the running list
-    position and tie count carried across chunks are exercised."""
-    import test_quest_select
-    from test_quest_select import test_quest_select_on_random_page_scores_with_ties
-
-    def checked(*args):  # the page list must be the mask's pages, increasing, then −1
-        pages, count, mask, floor = quest_select(*args)
-        for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
-            assert row[: int(n)].tolist() == m.nonzero().flatten().tolist()
-            assert bool((row[int(n):] == -1).all())
-        return pages, count, mask, floor
-
-    monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
-    monkeypatch.setattr(test_quest_select, "quest_select", checked)
-    test_quest_select_on_random_page_scores_with_ties(wide, group, poison)

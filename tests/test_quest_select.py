@@ -160,6 +160,11 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
         assert torch.equal(mask, want_mask.expand_as(mask)), msg
         assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
         assert torch.equal(floor, want_floor), msg
+        # the list is the mask's pages, increasing, then −1 (streamed: a list position and a tie
+        # count carried from block to block)
+        for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
+            assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
+            assert bool((row[int(n):] == -1).all()), msg
 
 
 @pytest.mark.parametrize("dtype, group", [(torch.float32, 1), (torch.float16, 2), (torch.bfloat16, 4),
