@@ -10,9 +10,9 @@ statistics once (``page_bounds``: ``page_scores`` plus the newest page's best sc
 magnitude), hands selectors page-level quantities, turns their page sets into fixed-capacity
 page lists (``select_pages``) and attends only those pages (``sparse_decode``): token scores
 exist only inside that op. ``TopK`` asks for its whole selection at once
-(``StepOps.quest_top_pages``), which the kernel path runs as one ``quest_select`` launch that
-also gives the attention its score floor: an eager TopK step is append, ``page_bounds``,
-``quest_select`` and ``sparse_decode``'s two kernels, plus a few small launches
+(``StepOps.quest_top_pages``), which the kernel path runs as one ``quest_select`` op (three
+launches) that also gives the attention its score floor: an eager TopK step is append,
+``page_bounds``, ``quest_select`` and ``sparse_decode``'s two kernels, plus a few small launches
 (``benchmarks/count_topk_launches.py`` counts them).
 """
 

@@ -1,4 +1,4 @@
-"""``entmaxkv::quest_select``: a TopK (Quest) step's whole page selection in one kernel.
+"""``entmaxkv::quest_select``: a TopK (Quest) step's whole page selection in one op.
 
 Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, P]:
 
@@ -21,10 +21,13 @@ float argument reaches a kernel as float32 in eager launches (the count must be 
 one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arguments to
 32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
-One program per row; the selection is ``select_pages``' bitwise threshold search (its
-``@triton.jit`` helpers). Rows of up to ``MAX_BLOCK`` pages stay in registers; longer rows
-write their keys to a scratch row first and stream it.
-Bytes: upper, mean (twice), absmax of the row's G heads — small next to ``page_bounds``.
+Three launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
+mean score per head, then the chunk's rank keys from the row's maxima — and one program per
+row for the rest (count, threshold, list, mask, floor), which holds the row's keys in
+registers up to ``MAX_BLOCK`` pages and streams them from memory beyond. The selection is
+``select_pages``' bitwise threshold search (its ``@triton.jit`` helpers).
+Bytes: upper and mean of the row's G heads once, the keys (4 B a page) twice, and mean and
+absmax of the selected pages — small next to ``page_bounds``.
 """
 
 from __future__ import annotations
