@@ -58,14 +58,12 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
     """``state.append_token`` through the ``append_token`` op or the reference."""
     if not kernels:
         return append_token(cache, k_new, v_new)
-    lens = cache.seq_lens
     # a completed page's statistics and key codes (if the cache keeps them) are written by the op
-    torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max, cache.k_mean,
-                                    cache.k_std, lens, k_new, v_new, cache.capacity, cache.k_codes,
-                                    cache.key_bits or 0)
-    fits = lens < cache.capacity
+    new_lens, fits = torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max,
+                                                     cache.k_mean, cache.k_std, cache.seq_lens, k_new, v_new,
+                                                     cache.capacity, cache.k_codes, cache.key_bits or 0)
     host = None if cache.host_max_len is None else cache.host_max_len + 1
-    return dataclasses.replace(cache, seq_lens=lens + fits.to(lens.dtype), host_max_len=host), fits
+    return dataclasses.replace(cache, seq_lens=new_lens, host_max_len=host), fits
 
 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,

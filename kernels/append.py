@@ -1,6 +1,7 @@
 """``entmaxkv::append_token``: write each sequence's new key/value at its slot and, when the
 token completes its page, that page's statistics and (for a cache with key codes) the page's
-codes. One program per (sequence, KV head).
+codes; and each sequence's length after the step and whether the token fitted. One program
+per (sequence, KV head).
 
 Bytes: the new K/V rows (2·D elements), plus one page of keys (S·D) read and four statistic
 rows written on the one step in S that fills a page (and S·W code bytes). A full sequence
@@ -53,13 +54,16 @@ def _page_codes(keys, lo, hi, d, D, BITS: tl.constexpr, WORK: tl.constexpr):
 
 @triton.jit
 def _append_kernel(
-    k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, k_codes,
+    k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, k_codes, new_lens, fits,
     capacity, H, P, D, W,
     S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, BITS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b)
+    if bh % H == 0:  # one program of the sequence reports its new length
+        tl.store(new_lens + b, length + (length < capacity).to(length.dtype))
+        tl.store(fits + b, length < capacity)
     if length < capacity:
         page = length // S
         slot = length % S
@@ -102,8 +106,11 @@ def append_token(
     k_pages: torch.Tensor, v_pages: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor,
     k_mean: torch.Tensor, k_std: torch.Tensor, seq_lens: torch.Tensor, k_new: torch.Tensor,
     v_new: torch.Tensor, capacity: int, k_codes: torch.Tensor | None, key_bits: int,
-) -> None:
-    """Write k_new/v_new [B, Hkv, 1, D] at slot ``seq_lens[b]`` of every (b, head) in place.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write k_new/v_new [B, Hkv, 1, D] at slot ``seq_lens[b]`` of every (b, head) in place;
+    returns ``(new_lens [B] int64, fits [B] bool)``: seq_lens + 1 where the token fitted
+    (seq_lens < capacity), seq_lens elsewhere — what ``state.append_token`` returns, without
+    three more launches of torch glue.
 
     k_pages, v_pages: [B, Hkv, P, S, D] contiguous; k_min/k_max (cache dtype) and
     k_mean/k_std (float32, float64 for a float64 cache): [B, Hkv, P, D]; seq_lens: [B] int64,
@@ -119,17 +126,20 @@ def append_token(
     b, h, p, s, d = k_pages.shape
     work = tl.float64 if k_pages.dtype == torch.float64 else tl.float32
     bits = 0 if k_codes is None else key_bits
+    new_lens = torch.empty_like(seq_lens)
+    fits = torch.empty(seq_lens.shape, dtype=torch.bool, device=seq_lens.device)
     wrap_triton(_append_kernel)[(b * h,)](
         k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new,
         k_pages if k_codes is None else k_codes,  # never written without codes
-        capacity, h, p, d, 0 if k_codes is None else k_codes.shape[-1],
+        new_lens, fits, capacity, h, p, d, 0 if k_codes is None else k_codes.shape[-1],
         S=s, BLOCK_D=max(2, next_pow2(d)), WORK=work, BITS=bits,
     )
+    return new_lens, fits
 
 
 @append_token.register_fake
 def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, capacity, k_codes, key_bits):
-    return None
+    return torch.empty_like(seq_lens), seq_lens.new_empty(seq_lens.shape, dtype=torch.bool)
 
 
 register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10))  # vmap folds into the batch dimension

@@ -50,8 +50,10 @@ def test_append_op_equals_the_reference(dtype):
     _, k_new, v_new = random_step(torch.Generator().manual_seed(seed), 4, 2, 2, 24, dtype)
     want, want_fits = append_token(cache.fork(), k_new, v_new)
     got = cache.fork()
-    torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean, got.k_std,
-                                    got.seq_lens, k_new, v_new, got.capacity, None, 0)
+    new_lens, fits = torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean,
+                                                     got.k_std, got.seq_lens, k_new, v_new, got.capacity, None, 0)
+    assert torch.equal(new_lens, want.seq_lens) and torch.equal(fits, want_fits), seed
+    assert torch.equal(got.seq_lens, cache.seq_lens), "the lengths given are not changed"
     assert torch.equal(got.k_pages, want.k_pages) and torch.equal(got.v_pages, want.v_pages), seed
     full = want.full_page_mask()[:, None, :, None].expand_as(want.k_min)
     for f in ("k_min", "k_max"):  # exact
