@@ -28,7 +28,7 @@ from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, wo
 from entmaxkv.certificate import safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
-from entmaxkv.gaussian import solve_gaussian_tau
+from entmaxkv.gaussian import gaussian_keep, solve_gaussian_tau
 from entmaxkv.newest_page import candidate_page_mask, newest_page_mask, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step
@@ -151,6 +151,13 @@ class ReferenceOps(PageSets):
         count = quest_count(self.candidates, budget_pages, coverage)
         return self.top_pages(key, count)  # forced pages (key +inf) always kept
 
+    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
+                       safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
+                       sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
+        forced = forced_page_mask(self.cache, self.candidates, sink_pages, recent_pages)
+        return gaussian_keep(self.candidates, forced, mu, sigma, upper, tau_hat, z, self.alpha, safety_margin_z,
+                             excess_margin_fraction, outlier_margin)
+
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:
         tokens = self.cache.tokens_of(page_mask | self.newest)
@@ -220,6 +227,18 @@ class KernelOps(PageSets):
             self.alibi_slopes, c.page_size, c.head_dim, self.alpha, -1 if budget_pages is None else budget_pages,
             0.0 if coverage is None else float(coverage), sink_pages, recent_pages)
         return self._keep_list(mask, pages, count, floor)
+
+    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
+                       safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
+                       sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
+        # one op: margins, kept pages and their list (about a hundred torch launches otherwise)
+        c = self.cache
+        pages, count, mask, tau_floor = torch.ops.entmaxkv.gaussian_select(
+            mu.contiguous(), sigma.contiguous(), upper.contiguous(), tau_hat.to(torch.float64).contiguous(),
+            z.to(torch.float64), c.seq_lens, c.page_size, self.alpha, float(safety_margin_z),
+            float(excess_margin_fraction), 0.0 if outlier_margin is None else float(outlier_margin),
+            outlier_margin is not None, sink_pages, recent_pages)
+        return self._keep_list(mask, pages, count, None), tau_floor
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False) -> tuple[Tensor, Tensor]:

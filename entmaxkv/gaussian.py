@@ -27,7 +27,7 @@ from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.topk import forced_pages
 from entmaxkv.validation import check_count, check_real
 
-__all__ = ["Gaussian", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "fejer_rule"]
+__all__ = ["Gaussian", "gaussian_keep", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "fejer_rule"]
 
 TAU_MODES = ("exact", "fixed", "corrected")
 
@@ -172,6 +172,31 @@ def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
     return step.means.double(), step.sigma.double()
 
 
+def gaussian_keep(candidates: Tensor, forced: Tensor, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor,
+                  z: Tensor, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
+                  outlier_margin: float | None) -> tuple[Tensor, Tensor]:
+    """``Gaussian``'s page rule (its docstring, rules 1–3) -> ``(keep [B, Hkv, P] bool,
+    tau_floor [B, Hkv, G] float64)``: candidates [B, 1, P] and forced [B, 1, P] bool; μ, σ, U
+    [B, Hkv, G, P] (read in float64); τ̂ [B, Hkv, G] float64; z: 0-d float64, the quantile of a
+    page's estimated maximum. The ``gaussian_select`` op computes the same on the kernels."""
+    c = lin(alpha)
+    cand = candidates[:, :, None, :]  # [B, 1, 1, P]
+    mu, sigma = mu.double(), sigma.double()
+
+    def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
+        return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)
+
+    mean_mu = over_candidates(mu)
+    sigma_global = (over_candidates(sigma.square()) + over_candidates((mu - mean_mu.unsqueeze(-1)).square())).sqrt()
+    excess = (tau_hat / c - over_candidates(mu + 1.5 * sigma)).clamp_min(0)
+    margin = c * torch.maximum(safety_margin_z * sigma_global, excess_margin_fraction * excess)
+    tau_floor = tau_hat - margin
+    reaches = c * (mu + z * sigma) > tau_floor.unsqueeze(-1)
+    if outlier_margin is not None:
+        reaches = reaches | (c * upper.double() >= (tau_hat + outlier_margin).unsqueeze(-1))
+    return candidates & ((reaches & cand).any(2) | forced), tau_floor
+
+
 @dataclass(frozen=True)
 class Gaussian(Selector):
     """Gaussian-aware entmax selection (α > 1); the number of pages adapts to the scores.
@@ -253,24 +278,13 @@ class Gaussian(Selector):
     def select(self, step: Step) -> Selection:
         cache, alpha = step.cache, step.alpha
         c, size = lin(alpha), cache.page_size
-        cand = step.candidates[:, :, None, :]  # [B, 1, 1, P]
         mu, sigma = page_gaussians(step)
         tau_hat = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
 
-        def over_candidates(x: Tensor) -> Tensor:  # mean over candidate pages: [B, Hkv, G]
-            return torch.where(cand, x, torch.zeros_like(x)).sum(-1) / cand.sum(-1).clamp_min(1)
-
-        mean_mu = over_candidates(mu)
-        sigma_global = (over_candidates(sigma.square()) + over_candidates((mu - mean_mu.unsqueeze(-1)).square())).sqrt()
-        excess = (tau_hat / c - over_candidates(mu + 1.5 * sigma)).clamp_min(0)
-        margin = c * torch.maximum(self.safety_margin_z * sigma_global, self.threshold_excess_margin_fraction * excess)
-        tau_floor = tau_hat - margin
-
         z = _normal_quantile(self.max_quantile ** (1.0 / size), mu)
-        reaches = c * (mu + z * sigma) > tau_floor.unsqueeze(-1)
-        if self.outlier_margin is not None:
-            reaches = reaches | (c * step.upper.double() >= (tau_hat + self.outlier_margin).unsqueeze(-1))
-        keep = step.candidates & ((reaches & cand).any(2) | forced_pages(step, self.sink_pages, self.recent_pages))
+        keep, tau_floor = step.ops.gaussian_pages(
+            step.means, step.sigma, step.upper, tau_hat, z, self.safety_margin_z,
+            self.threshold_excess_margin_fraction, self.outlier_margin, self.sink_pages, self.recent_pages)
         if self.tau_mode == "exact":
             return Selection(keep)
 

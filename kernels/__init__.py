@@ -10,6 +10,7 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     select_pages      top-k / threshold page selection into a fixed-capacity page list
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
     gaussian_tau      the Gaussian page model's τ̂ (closed forms, Fejér quadrature otherwise)
+    gaussian_select   the Gaussian selector's page rule (margins, kept pages, list) from τ̂
     code_bounds       pass 1 over the key codes: best ŝ and ε per page and query head
     code_candidates   pass 2: tokens whose code bound reaches τ_low, as a fixed-capacity list
     entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
@@ -19,6 +20,6 @@ is the one place that decides whether a step runs these ops or the reference.
 """
 
 from entmaxkv.kernels import (  # noqa: F401
-    append, code_scan, gaussian_tau, page_scores, page_stats, quest_select, select_pages, sparse_decode,
+    append, code_scan, gaussian_select, gaussian_tau, page_scores, page_stats, quest_select, select_pages, sparse_decode,
     triton_entmax,
 )

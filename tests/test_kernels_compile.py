@@ -81,6 +81,21 @@ def record_fused_topk() -> None:
             torch.ops.entmaxkv.select_pages(x[:, :, 0].contiguous(), torch.tensor([[3]], dtype=torch.int32), 40)
 
 
+def record_gaussian_select() -> None:
+    """gaussian_select without the outlier rule (the selectors above keep it), on float32 and
+    float64 page scores, over one chunk and several."""
+    from entmaxkv.kernels.gaussian_select import gaussian_select
+
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(1, 1, 2, 40, dtype=dtype)
+        tau = torch.zeros(1, 1, 2, dtype=torch.float64)
+        for chunk in (1024, 16):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr("entmaxkv.kernels.gaussian_select.CHUNK", chunk)
+                gaussian_select(x, x.abs(), x, tau, torch.tensor(2.0, dtype=torch.float64), torch.tensor([40 * 16]),
+                                16, 1.5, 0.0, 0.1, 0.0, False, 1, 0)
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     run = InterpretedFunction.run
@@ -110,6 +125,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                 ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes, with_info=True)
     record_code_scan(monkeypatch)
     record_fused_topk()
+    record_gaussian_select()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
