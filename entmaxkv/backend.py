@@ -79,14 +79,14 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels
                else ReferenceOps(cache, q, alpha, scale, alibi_slopes))
         return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, None, ops)
-    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
     if kernels:
-        upper, absmax, means, sigma, newest_max, newest_mag = torch.ops.entmaxkv.page_bounds(
+        upper, absmax, means, sigma, newest_max, newest_mag, newest_scores = torch.ops.entmaxkv.page_bounds(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
             alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma)
         ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag)
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
-                    newest_scores, ops)
+                    newest_scores if needs_newest_scores else None, ops)
+    newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
     upper = quest_bounds(cache, q, scale, alibi_slopes)
     means = mean_scores(cache, q, scale, alibi_slopes)
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None

@@ -23,6 +23,7 @@ writes, per query head, their best score and their |score| scale:
 
     newest_max[h] = max over the newest page's tokens of s (ALiBi included; −inf if none),
     newest_mag[h] = max over those tokens of scale·|q|·|k| (0 if none),
+    newest_scores[h, i] = the score of slot i of that page (−inf past the length),
 
 what a TopK step needs of that page (``newest_page.newest_page_scores(...).amax(-1)`` and
 ``newest_page_magnitude``, up to the order of the dot products' sums), without torch glue.
@@ -53,7 +54,7 @@ def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
 @triton.jit
 def _page_scores_kernel(
     q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages,
-    upper, absmax, mean, sigma, newest_max, newest_mag,
+    upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores,
     scale, gamma, alibi_eps, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
@@ -65,8 +66,8 @@ def _page_scores_kernel(
     full = length // S
     if WITH_NEWEST:
         if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale, bh, H, P, D, length, S, G, BLOCK_S,
-                         BLOCK_D, WORK, HAS_ALIBI)
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
+                         BLOCK_S, BLOCK_D, WORK, HAS_ALIBI)
     if block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
         d = tl.arange(0, BLOCK_D)
@@ -112,11 +113,12 @@ def _page_scores_kernel(
 
 
 @triton.jit
-def _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale, bh, H, P, D, length,
+def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length,
                  S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                  WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """Best score and |score| scale over the newest page's tokens, per query head of row bh
-    (scores as ``sparse_decode`` and the reference compute them: a D-term dot product, scaled)."""
+    """The newest page's slot scores (−inf past the length), their best and their |score|
+    scale, per query head of row bh (scores as ``sparse_decode`` and the reference compute
+    them: a D-term dot product, scaled)."""
     scale_w = tl.cast(scale, WORK)
     page = tl.maximum(length - 1, 0) // S
     slot = tl.arange(0, BLOCK_S)
@@ -135,7 +137,9 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale, bh, H, P, D,
             slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
             s += slope * (pos - (length - 1)).to(WORK)
         mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
-        tl.store(newest_max + qrow, tl.max(tl.where(valid, s, float("-inf")), axis=0))
+        s = tl.where(valid, s, float("-inf"))
+        tl.store(newest_scores + qrow * S + slot, s, mask=slot < S)
+        tl.store(newest_max + qrow, tl.max(s, axis=0))
         tl.store(newest_mag + qrow, tl.max(tl.where(valid, mag, 0.0), axis=0))
 
 
@@ -151,6 +155,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
+    newest_scores = torch.empty((b, hkv, g, page_size) if with_newest else (0,), dtype=work, device=q.device)
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
@@ -158,13 +163,13 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
         upper, absmax, mean, sigma if with_sigma else upper, newest_max if with_newest else upper,
-        newest_mag if with_newest else upper,
+        newest_mag if with_newest else upper, newest_scores if with_newest else upper,
         scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, p, d,
         S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, num_warps=NUM_WARPS,
     )
-    return upper, absmax, mean, sigma, newest_max, newest_mag
+    return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
 
 
 @triton_op("entmaxkv::page_scores", mutates_args=())
@@ -200,9 +205,11 @@ def page_bounds(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, k_pages: torch.Tensor, page_size: int, scale: float,
     with_sigma: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] work dtype,
-    from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] and
+    ``newest_scores`` [B, Hkv, G, S] (the newest page's slot scores, −inf past the length;
+    what ``newest_page.newest_page_scores`` computes), work dtype, from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
     sequence's newest page is read). Other arguments as in ``page_scores``."""
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
                    True)
@@ -216,7 +223,8 @@ def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size
     upper = q.new_empty(shape, dtype=work)
     newest = q.new_empty(shape[:3], dtype=work)
     return (upper, torch.empty_like(upper), torch.empty_like(upper),
-            q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest))
+            q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest),
+            q.new_empty((*shape[:3], page_size), dtype=work))
 
 
 register_batch_rule(page_bounds, (0, 1, 2, 3, 4, 5, 7))

@@ -100,7 +100,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
     rnd = random.Random(seed)
     for alibi in (False, True):
         cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi)
-        upper, absmax, means, _, newest_max, newest_mag = step_bounds(cache, q, slopes)
+        upper, absmax, means, _, newest_max, newest_mag, _ = step_bounds(cache, q, slopes)
         for alpha in rnd.sample([1.0, 1.5, 4 / 3, 2.0], 2):
             budget = rnd.choice([None, 0, 1, 3, 100])
             coverage = rnd.choice([0.125, 0.3, 1.0, 1 / 3]) if budget is None else None
@@ -181,8 +181,9 @@ def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, p
         full = cache.full_page_mask()[:, None, None, :].expand_as(want[0])
         for x, y in zip(got[:4], want):  # the same kernel: the page quantities are unchanged, bit for bit
             assert torch.equal(x[full], y[full]), f"seed {seed}"
-        newest_max, newest_mag = got[4:]
-        torch_max = newest_page_scores(cache, q, 0.3, slopes).amax(-1)
+        newest_max, newest_mag, newest_scores = got[4:]
+        torch_scores = newest_page_scores(cache, q, 0.3, slopes)
+        torch_max = torch_scores.amax(-1)
         torch_mag = newest_page_magnitude(cache, q, 0.3)
         # the float64 truth: the kernel's rounding stays within γ·magnitude (what the floor assumes)
         exact = token_scores(cache.to(torch.float64), q.double(), 0.3, None if slopes is None else slopes.double())
@@ -197,7 +198,11 @@ def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, p
         tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(newest_max, torch_max.to(newest_max.dtype), **tol, msg=f"seed {seed}")
         torch.testing.assert_close(newest_mag, torch_mag.to(newest_mag.dtype), **tol, msg=f"seed {seed}")
-        assert not newest_max.isnan().any() and not newest_mag.isnan().any()
+        # every slot's score (−inf past the length, as the torch code has it), and its best is newest_max
+        assert torch.equal(newest_scores.isneginf(), torch_scores.isneginf()), f"seed {seed}"
+        torch.testing.assert_close(newest_scores, torch_scores.to(newest_scores.dtype), **tol, msg=f"seed {seed}")
+        assert torch.equal(newest_scores.amax(-1), newest_max), f"seed {seed}"
+        assert not newest_max.isnan().any() and not newest_mag.isnan().any() and not newest_scores.isnan().any()
 
 
 TOPKS = [ekv.TopK(token_budget=24), ekv.TopK(token_budget=0, sink_pages=2, recent_pages=3),
