@@ -135,8 +135,8 @@ def main() -> None:
             sd.TOKENS_PER_ITER, sd.SCORES_WARPS = tokens, warps
             for alpha, dense in ((1.5, True), (1.0, True), (1.0, False)):
                 fn = lambda: torch.ops.entmaxkv.sparse_decode(q2, cache.k_pages, cache.v_pages, None, pages, count,
-                                                              cache.seq_lens, None, None, None, alpha, 0.088, dense,
-                                                              0, 0)
+                                                              cache.seq_lens, None, None, None, None, alpha, 0.088,
+                                                              dense, 0, 0)
                 try:
                     us = time_replays(graphed(fn).replay, 50, 5)
                     print(f"sparse_decode tokens/iter={tokens} warps={warps} α={alpha} "

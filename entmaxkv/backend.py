@@ -159,9 +159,12 @@ class ReferenceOps(PageSets):
                              excess_margin_fraction, outlier_margin)
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
-               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+               all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         tokens = self.cache.tokens_of(page_mask | self.newest)
-        return attend(self.scores, self.cache.values(), tokens, self.alpha, tau, refine_iters)
+        out, tau = attend(self.scores, self.cache.values(), tokens, self.alpha, tau, refine_iters)
+        if fits is not None:
+            out = torch.where(fits[:, None, None, None], out, float("nan"))
+        return out, tau
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         if self._errors is None:  # per-token rounding bounds, once per step
@@ -241,7 +244,7 @@ class KernelOps(PageSets):
         return self._keep_list(mask, pages, count, None), tau_floor
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
-               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+               all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.cache
         b, hq, d = self.q.shape
         floor = None
@@ -261,8 +264,8 @@ class KernelOps(PageSets):
             floor = self.score_floor(page_mask)
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
-            None if floor is None else floor.reshape(b, hq).contiguous(), self.alpha, self.scale, all_pages, mode,
-            refine_iters)
+            None if floor is None else floor.reshape(b, hq).contiguous(), fits, self.alpha, self.scale, all_pages,
+            mode, refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,

@@ -91,9 +91,9 @@ def attend_cache(
                       needs_page_scores=config.selector.needs_page_scores or with_info,
                       needs_newest_scores=config.selector.needs_newest_scores)
     selection = config.selector.select(step)
-    out, tau = step.ops.attend(selection.page_mask, selection.tau, selection.refine_iters, selection.all_pages)
+    out, tau = step.ops.attend(selection.page_mask, selection.tau, selection.refine_iters, selection.all_pages,
+                               fits)  # NaN where the token did not fit
     b, hq, _, d = q.shape
-    out = torch.where(fits[:, None, None, None], out, float("nan"))
     out = out.reshape(b, hq, 1, d).to(q.dtype)
     if not with_info:
         return out, None

@@ -56,11 +56,12 @@ class StepOps(Protocol):
         same contract as ``top_pages``' mask: do not modify it in place."""
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
-               all_pages: bool = False) -> tuple[Tensor, Tensor]:
+               all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Entmax attention over the tokens of ``page_mask`` [B, Hkv, P] plus the newest page
         (always attended, whether the mask holds it or not): ``(out [B, Hkv, G, D],
         tau [B, Hkv, G] float64)``; ``tau`` as in ``reference.attend``; ``all_pages``
-        promises the mask holds every live page."""
+        promises the mask holds every live page; ``fits`` [B] bool (the append's): outputs of
+        sequences whose token did not fit are NaN."""
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``

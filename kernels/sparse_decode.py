@@ -295,11 +295,12 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
 @triton.jit
 def _tau_kernel(
     v_pages, page_table, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-    comp_s, comp_i, out, tau_out,
+    comp_s, comp_i, out, tau_out, fits,
     alpha, H, G, P, D, CAP, refine_iters,
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, PAGED: tl.constexpr,
+    HAS_FITS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
     hq_total = H * G
@@ -309,6 +310,9 @@ def _tau_kernel(
     dmask = d < D
     splits = tl.arange(0, BLOCK_SPLIT)
     smask = splits < NSPLIT + 1
+    nan_out = tl.full((), 0, tl.int1)  # a row whose token did not fit reports NaN
+    if HAS_FITS:
+        nan_out = tl.load(fits + b) == 0
     m_split = tl.load(part_m + row * (NSPLIT + 1) + splits, mask=smask, other=float("-inf")).to(tl.float64)
     m_all = tl.max(m_split)
 
@@ -321,7 +325,8 @@ def _tau_kernel(
             part = tl.load(part_acc + (row * (NSPLIT + 1) + j) * D + d, mask=dmask, other=0.0).to(tl.float64)
             mj = tl.load(part_m + row * (NSPLIT + 1) + j).to(tl.float64)
             acc += part * tl.where(mj == float("-inf"), 0.0, tl.exp(mj - m_all))
-        tl.store(out + row * D + d, (acc / total_l).to(WORK).to(out.dtype.element_ty), mask=dmask)
+        value = tl.where(nan_out, float("nan"), acc / total_l)
+        tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, m_all + tl.log(total_l))
     else:
         lin = tl.cast(alpha, tl.float64) - 1.0
@@ -389,7 +394,8 @@ def _tau_kernel(
             v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
             acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
             norm += p
-        tl.store(out + row * D + d, (acc / tl.sum(norm)).to(WORK).to(out.dtype.element_ty), mask=dmask)
+        value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
+        tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, tau)
 
 
@@ -397,8 +403,8 @@ def _tau_kernel(
 def sparse_decode(
     q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor | None,
     pages: torch.Tensor, n_pages: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None,
-    tau_in: torch.Tensor | None, score_floor: torch.Tensor | None, alpha: float, scale: float, dense: bool,
-    tau_mode: int, refine_iters: int,
+    tau_in: torch.Tensor | None, score_floor: torch.Tensor | None, fits: torch.Tensor | None, alpha: float,
+    scale: float, dense: bool, tau_mode: int, refine_iters: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entmax attention of q over the listed pages plus the page holding the newest token.
 
@@ -416,6 +422,8 @@ def sparse_decode(
         score_floor: optional [B, Hq] work dtype, a score that some attended token provably
             reaches (rounding included): only tokens that can be in the support are kept
             from the first page on (without it, from the running maximum).
+        fits: optional [B] bool, whether the step's token fitted in the cache (the append's
+            ``fits``): rows of a sequence where it did not get NaN outputs.
         alpha in [1, 2] (rounded to float32 inside the kernels: exact for 1, 1.25, 1.5, 2);
         scale: score scale; refine_iters: Newton steps for TAU_REFINED.
     Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
@@ -465,19 +473,19 @@ def sparse_decode(
     comp_i = torch.empty_like(cand_i)
     wrap_triton(_tau_kernel)[(b * hq,)](
         v_pages, page_table, tau_src, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-        comp_s, comp_i, out, tau,
+        comp_s, comp_i, out, tau, fits if fits is not None else seq_lens,
         alpha, hkv, g, p, d, cap, refine_iters,
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
-        KIND=kind, WORK=wtl, PAGED=paged,
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None,
     )
     return out, tau
 
 
 @sparse_decode.register_fake
-def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, score_floor, alpha, scale,
-      dense, tau_mode, refine_iters):
+def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, score_floor, fits, alpha,
+      scale, dense, tau_mode, refine_iters):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64)
 
 
-register_batch_rule(sparse_decode, (0, 1, 2, 3, 4, 5, 6, 8, 9))  # vmap folds into the batch dimension
+register_batch_rule(sparse_decode, (0, 1, 2, 3, 4, 5, 6, 8, 9, 10))  # vmap folds into the batch dimension

@@ -179,7 +179,7 @@ def test_sparse_decode_equals_the_reference(alpha, dtype, group, alibi, poison):
     newest = ((cache.seq_lens - 1) // s).int()[:, None, None].expand(3, hkv, 1)
     for dense in (False, True):
         out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, table, pages, count,
-                                 cache.seq_lens, slopes, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+                                 cache.seq_lens, slopes, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
         if dense:
             want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3, slopes)
         else:
@@ -208,7 +208,7 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
     for dense in (False, True):
         # no page table: the identity without lookups (the paged path is tested above)
         out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                 cache.seq_lens, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+                                 cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
         err = float((out.double() - want[:, :, 0]).abs().max() / want.abs().max())
         assert err < OUT_TOL[torch.float32], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
@@ -241,7 +241,7 @@ def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha,
     floor = (first_token - 1e-4 * (1 + first_token.abs())).to(work).contiguous()
     for dense, score_floor in ((False, None), (True, None), (False, floor)):
         out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                 cache.seq_lens, None, None, score_floor, alpha, 0.3, dense, TAU_EXACT, 0)
+                                 cache.seq_lens, None, None, score_floor, None, alpha, 0.3, dense, TAU_EXACT, 0)
         err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
         assert err < OUT_TOL[dtype], (seed, dense, score_floor is not None, err)
         torch.testing.assert_close(tau, want_tau.reshape(1, 8), rtol=1e-5 if dtype != torch.float64 else 1e-10,
@@ -269,9 +269,9 @@ def test_sparse_decode_follows_the_page_table(alpha, poison):
     pages, count = random_lists(cache, seed, p)
     for dense in (False, True):
         want = sparse_decode(q, cache.k_pages, cache.v_pages, None, pages, count, cache.seq_lens, None, None, None,
-                             alpha, 0.3, dense, TAU_EXACT, 0)
+                             None, alpha, 0.3, dense, TAU_EXACT, 0)
         got = sparse_decode(q, k_phys, v_phys, table, pages, count, cache.seq_lens, None, None, None,
-                            alpha, 0.3, dense, TAU_EXACT, 0)
+                            None, alpha, 0.3, dense, TAU_EXACT, 0)
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
 
 
@@ -312,7 +312,7 @@ def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", record)
     sparse_decode(q[:, :, 0].contiguous(), k, cache.v_pages, None, pages, count, cache.seq_lens, None,
-                  None, None, alpha, 0.3, False, TAU_EXACT, 0)
+                  None, None, None, alpha, 0.3, False, TAU_EXACT, 0)
     monkeypatch.setattr(torch, "empty", empty)
     assert len(seen) == 1, len(seen)
     cand_n = seen[0].reshape(hq, nsplit + 1)
@@ -344,7 +344,7 @@ def test_sparse_decode_with_an_estimated_tau(mode, alpha, poison):
     want, want_tau = attend(scores, cache.values(), tokens, alpha, tau_hat, iters)
     table = torch.arange(cache.num_pages, dtype=torch.int32).expand(2, -1).contiguous()
     out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, table, pages, count,
-                             cache.seq_lens, None, tau_hat.reshape(2, 4).contiguous(), None, alpha, 0.3, False, mode,
+                             cache.seq_lens, None, tau_hat.reshape(2, 4).contiguous(), None, None, alpha, 0.3, False, mode,
                              iters)
     torch.testing.assert_close(tau, want_tau.reshape(2, 4), rtol=1e-10, atol=1e-10, msg=f"seed {seed}")
     torch.testing.assert_close(out, want.reshape(2, 4, 32), rtol=1e-9, atol=1e-9, msg=f"seed {seed}")
@@ -467,8 +467,8 @@ def test_opcheck_every_op():
                                torch.tensor([[True, False, True], [True, True, False]]),
                                torch.randn(2, 2, 2, 16, dtype=torch.float64), 1.5, 20, 5))
         torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
-                              (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, 1.5, 0.25,
-                               False, TAU_EXACT, 0))
+                              (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, None, 1.5,
+                               0.25, False, TAU_EXACT, 0))
 
 
 def test_compiled_step_through_the_ops_equals_eager():

@@ -108,13 +108,18 @@ def test_full_cache_raises_in_eager_use():
         ekv.decode_step(cache, q, kn, vn)
 
 
-def test_full_sequence_under_device_reporting_is_unchanged_and_nan():
-    """What compiled steps do: no write, no wrap, NaN output, fits False — other rows unaffected."""
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_full_sequence_under_device_reporting_is_unchanged_and_nan(backend):
+    """What compiled steps do: no write, no wrap, NaN output, fits False — other rows unaffected
+    (on the kernels the append op reports fits and the attention op writes the NaN)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
     cache, keys, values = make_cache(11, 2, 1, 8, 4, [8, 3], capacity=8)
     cache = cache.without_host_len()
     before = visible(cache)
     q, kn, vn = random_step(torch.Generator().manual_seed(1), 2, 2, 1, 8)
-    new, out, info = ekv.decode_step(cache, q, kn, vn, with_info=True)
+    config = ekv.DecodeConfig(1.5, ekv.TopK(token_budget=4), backend=backend)
+    new, out, info = ekv.decode_step(cache, q, kn, vn, config, with_info=True)
     assert new.seq_lens.tolist() == [8, 4] and info.fits.tolist() == [False, True]
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
     assert not info.certified[0].any()
