@@ -1,5 +1,5 @@
-"""Edge cases of this session's kernels (from an independent review): properties the bit-for-bit comparisons with the torch code do not
-pin down — the score floor must be a score some *attended* token truly reaches; the float64
+"""Edge cases of this session's kernels (from an independent review): properties the bit-for-bit
+comparisons with the torch code do not pin down — the score floor must be a score some *attended* token truly reaches; the float64
 argument split must be lossless; the Gaussian kernel must solve the reference's F (and its
 erfc be accurate)."""
 
@@ -89,14 +89,19 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha):
     assert bool(torch.isneginf(got).all() and torch.isneginf(want).all())
 
 
-def test_gaussian_tau_root_far_in_the_lower_tail_equals_the_reference():
+ON_THE_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: compiled, libdevice exp and division
+def test_gaussian_tau_root_far_in_the_lower_tail_equals_the_reference(device):
     """Wide pages put the root in the far lower tail (d ≈ −4): a cdf of 0.5·(1 + erf(d/√2))
     (the kernel's until 2026-11-29) lost ~1e-10 of F to cancellation and moved the root by
     2e-10; the kernel's own erfc keeps it to rounding."""
-    mu = torch.zeros(1, 1, 2, 37, dtype=torch.float64)
+    mu = torch.zeros(1, 1, 2, 37, dtype=torch.float64, device=device)
     sigma = torch.full_like(mu, 50.0)
-    exact = torch.full((1, 1, 2, 16), float("-inf"), dtype=torch.float64)
-    got, want = _gaussian_case(1.5, mu, sigma, torch.ones(1, 37, dtype=torch.bool), exact)
+    exact = torch.full((1, 1, 2, 16), float("-inf"), dtype=torch.float64, device=device)
+    got, want = _gaussian_case(1.5, mu, sigma, torch.ones(1, 37, dtype=torch.bool, device=device), exact)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -106,7 +111,8 @@ def _erfc_kernel(x, out, n, BLOCK: tl.constexpr):
     tl.store(out + i, _erfc(tl.load(x + i, mask=i < n, other=0.0)), mask=i < n)
 
 
-def test_gaussian_tau_erfc_is_accurate_to_a_few_ulps():
+@pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])
+def test_gaussian_tau_erfc_is_accurate_to_a_few_ulps(device):
     """The kernel's float64 erfc against mpmath (40 digits) on fresh random points of
     [−6, 26] (its documented range, where erfc(x) is a normal float: relative error below
     3·2^−52), the tail where 1 − erf cancels included; and at its edges: ±∞, past the
@@ -118,13 +124,14 @@ def test_gaussian_tau_erfc_is_accurate_to_a_few_ulps():
     x = torch.cat([torch.rand(3000, generator=g, dtype=torch.float64) * 32 - 6,
                    torch.rand(1000, generator=g, dtype=torch.float64) * 4 + 2,  # 1 − erf(x) < 0.005
                    torch.tensor([0.0, -0.0, 0.84375, -0.84375, 1e-300, 2.0, -2.0, 26.0, -26.0], dtype=torch.float64)])
+    x = x.to(device)
     got = torch.empty_like(x)
     _erfc_kernel[(triton.cdiv(x.numel(), 1024),)](x, got, x.numel(), BLOCK=1024)
     with mpmath.workdps(40):
-        want = torch.tensor([float(mpmath.erfc(mpmath.mpf(float(v)))) for v in x], dtype=torch.float64)
+        want = torch.tensor([float(mpmath.erfc(mpmath.mpf(v))) for v in x.tolist()], dtype=torch.float64, device=device)
     err = ((got - want).abs() / want) / 2.0 ** -52
     assert float(err.max()) < 3.0, f"seed {seed}: {float(err.max())} at {float(x[err.argmax()])}"
-    edges = torch.tensor([float("inf"), float("-inf"), 28.0, 40.0, 1e300, -1e300], dtype=torch.float64)
+    edges = torch.tensor([float("inf"), float("-inf"), 28.0, 40.0, 1e300, -1e300], dtype=torch.float64, device=device)
     out = torch.empty_like(edges)
     _erfc_kernel[(1,)](edges, out, edges.numel(), BLOCK=16)
     assert out.tolist() == [0.0, 2.0, 0.0, 0.0, 0.0, 2.0]
