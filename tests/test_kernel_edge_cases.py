@@ -1,7 +1,8 @@
-"""Edge cases of this session's kernels (from an independent review): properties the bit-for-bit
-comparisons with the torch code do not pin down — the score floor must be a score some *attended* token truly reaches; the float64
-argument split must be lossless; the Gaussian kernel must solve the reference's F (and its
-erfc be accurate)."""
+"""Edge cases of this session's kernels (from an independent review): properties the
+bit-for-bit comparisons with the torch code do not pin down — the score floor must be a score
+some *attended* token truly reaches; the float64 argument split must be lossless; the Gaussian
+kernel must solve the reference's F (and its erfc be accurate); a streamed quest_select row
+must read back only keys it stored."""
 
 import struct
 
