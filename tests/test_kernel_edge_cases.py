@@ -204,8 +204,9 @@ def test_quest_select_streamed_rows_on_random_page_scores(wide, group, poison, m
 
 
 @pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("fill", [float("inf"), -1e30])
-def test_quest_select_streamed_rows_read_no_stale_scratch(fill, wide, monkeypatch):
+@pytest.mark.parametrize("fill, selections", [  # (budget, coverage, sink, recent): budget −1 = coverage
+    (float("inf"), ((-1, 1.0, 0, 0), (-1, 0.125, 1, 1))), (-1e30, ((2, 0.0, 0, 0),))])
+def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide, monkeypatch):
     """Rows streamed through the scratch row (37 pages in 16-page chunks) must read back only
     keys this call stored there: every slot, non-candidate pages included (as −inf). The
     op's fresh buffers come filled with eligible keys — +inf (above every real key: a forced
@@ -213,8 +214,8 @@ def test_quest_select_streamed_rows_read_no_stale_scratch(fill, wide, monkeypatc
     a caching allocator could be) — so a slot the kernel leaves unwritten is counted and
     selected. NaN (the ``poison`` fixture) would not show it: a NaN key is not eligible.
     Candidate counts 0, 1, 16 (a chunk edge) and 36 (all but the newest page) leave 37, 36,
-    21 and 1 slots beyond them; full coverage notices an extra page above the real keys, a
-    budget of 2 one below them."""
+    21 and 1 slots beyond them; a coverage notices an extra page above the real keys, a budget
+    of 2 one below them."""
     import dataclasses
 
     import entmaxkv as ekv
@@ -246,7 +247,7 @@ def test_quest_select_streamed_rows_read_no_stale_scratch(fill, wide, monkeypatc
         return t.fill_(True if t.dtype == torch.bool else -7)
 
     monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
-    for budget, coverage, sink, recent in ((-1, 1.0, 0, 0), (2, 0.0, 0, 0), (-1, 0.125, 1, 1)):
+    for budget, coverage, sink, recent in selections:
         msg = f"seed {seed} fill {fill} budget {budget} coverage {coverage} sink {sink} recent {recent}"
         want_mask, want_floor = torch_selection(cache, q, 1.5, None, upper, means, absmax, newest_max, newest_mag,
                                                 None if budget < 0 else budget, coverage if budget < 0 else None,
