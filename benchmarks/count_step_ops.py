@@ -1,20 +1,26 @@
-"""Dispatched torch ops of one eager ``decode_step`` with ``Exact`` and key codes on the
-kernel path (``backend="triton"``; on a CPU Triton's interpreter runs the kernels), counted
-with a ``TorchDispatchMode`` — a proxy for the launches a CUDA graph of the step replays.
+"""Ops one eager decode step dispatches and the kernels it launches, counted on the CPU (no GPU needed).
 
-    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py
+    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py --selector TopK12.5
+    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py --selector ExactCodes --key-bits 4 \\
+        --page-size 4 --head-dim 16 --heads 4/2 --batch 2 --context 63 --dtype float32
 
-The step counted completes a page (the append also writes that page's codes); with static
-shapes every step dispatches the same ops. It prints the total, the ops that launch work
-(views, reshapes and other metadata-only ops excluded), and the part of it spent in the
-append and in ``exact_codes.code_candidates`` (the key-code selection: scans, seed, list;
-its call of ``KernelOps.tau_lower_bound`` is counted apart). A
-``triton_op`` counts as one op here; the few fills its launcher makes (outputs, scalar
-tensors) are not seen by the mode. Measures only; asserts nothing.
+Counts, per eager ``decode_step`` on the kernel path (``backend="triton"``; Triton's
+interpreter on a CPU): every op dispatched (a ``TorchDispatchMode``; a ``triton_op`` counts
+as one op, and the few fills its launcher makes inside are not seen), the aten ops among
+them that would launch a GPU kernel (views, ``empty`` and metadata ops launch none), and the
+Triton kernel launches. It also splits the launches by where they happen: the append, the
+key-code selection ``exact_codes.code_candidates`` (scans, seed, list) and the
+``KernelOps.tau_lower_bound`` it calls (counted apart), and the rest. On a GPU each launch
+costs ~3–4 µs inside a CUDA graph when the work is small (benchmarks/results/perf-log.md), so
+this predicts the launch-bound part of a step. With static shapes every step dispatches the
+same ops (a step that completes a page too: ``--context 63 --page-size 4``). Measures only;
+asserts nothing. (Merges the former ``count_topk_launches.py``, whose command line this
+keeps, and ``count_step_ops.py``, whose default run is the second command above.)
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
 
@@ -27,31 +33,50 @@ import entmaxkv as ekv  # noqa: E402
 import entmaxkv.decode as decode  # noqa: E402
 import entmaxkv.exact as exact  # noqa: E402
 from entmaxkv.backend import KernelOps  # noqa: E402
-from entmaxkv.synthetic import SyntheticStream  # noqa: E402
 
-# ops that only make a new view or read metadata: no kernel on a GPU
-METADATA = {"view", "unsqueeze", "squeeze", "permute", "expand", "select", "slice", "reshape", "_unsafe_view",
-            "t", "transpose", "alias", "detach", "as_strided", "split", "unbind", "lift_fresh", "_reshape_alias"}
+SELECTORS = {
+    "Dense": lambda: ekv.Dense(),
+    "TopK12.5": lambda: ekv.TopK(coverage=0.125),
+    "TopK512": lambda: ekv.TopK(token_budget=512),
+    "Gaussian": lambda: ekv.Gaussian(),
+    "Exact": lambda: ekv.Exact(),  # with --key-bits it selects through the key codes
+    "ExactCodes": lambda: ekv.Exact(top_tokens=2, max_candidates=8),  # small, for small caches
+}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+# aten ops that launch no kernel: views, allocation without a fill, metadata
+NO_KERNEL = ("view", "_unsafe_view", "_reshape_alias", "reshape", "expand", "unsqueeze", "squeeze", "select", "slice",
+             "permute", "transpose", "t", "alias", "as_strided", "empty", "empty_like", "empty_strided", "new_empty",
+             "detach", "lift_fresh", "split", "unbind", "is_same_size", "_to_copy_noop", "sym_size", "sym_stride",
+             "numel", "dim", "is_contiguous", "contiguous_noop")
+SECTIONS = ("append", "code_candidates", "tau_lower_bound", "rest")
 
 
-class Count(TorchDispatchMode):
-    """Counts ops by name, and per section (``section`` names the code currently running)."""
+class Counter(TorchDispatchMode):
+    """Counts dispatched ops by name (``ns::name`` outside aten), and the launches — aten ops
+    that launch a kernel, Triton launches (``launched``) — per section of the step (``section``
+    names the code running now)."""
 
     def __init__(self):
         super().__init__()
         self.ops: collections.Counter = collections.Counter()
+        self.kernels: collections.Counter = collections.Counter()
         self.by_section: collections.Counter = collections.Counter()
         self.section = "rest"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = str(func)
-        self.ops[name] += 1
-        if name.split(".")[1] not in METADATA:
+        name = func.overloadpacket.__name__
+        self.ops[name if func.namespace == "aten" else f"{func.namespace}::{name}"] += 1
+        if func.namespace == "aten" and name not in NO_KERNEL:
             self.by_section[self.section] += 1
         return func(*args, **(kwargs or {}))
 
+    def launched(self, kernel: str) -> None:
+        self.kernels[kernel] += 1
+        self.by_section[self.section] += 1
 
-def in_section(counter: Count, name: str, fn):
+
+def in_section(counter: Counter, name: str, fn):
+    """``fn``, with ``counter.section`` set to ``name`` while it runs."""
     def wrapped(*args, **kwargs):
         before, counter.section = counter.section, name
         try:
@@ -61,37 +86,98 @@ def in_section(counter: Count, name: str, fn):
     return wrapped
 
 
-def count_step(cache, q, k, v, config) -> Count:
-    counter = Count()
-    append, candidates, tau_bound = decode.append, exact.code_candidates, KernelOps.tau_lower_bound
-    decode.append = in_section(counter, "append", append)
-    exact.code_candidates = in_section(counter, "code_candidates", candidates)
-    KernelOps.tau_lower_bound = in_section(counter, "tau_lower_bound", tau_bound)
+def patched(counter: Counter):
+    """Routes Triton launches (interpreter or GPU) and the step's sections to ``counter``;
+    returns an undo."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    undo = []
+    for cls in (InterpretedFunction, JITFunction):
+        run = cls.run
+
+        def counted(self, *args, _run=run, **kwargs):
+            counter.launched(getattr(self, "fn", self).__name__)
+            return _run(self, *args, **kwargs)
+
+        cls.run = counted
+        undo.append((cls, "run", run))
+    for owner, attr, section in ((decode, "append", "append"), (exact, "code_candidates", "code_candidates"),
+                                 (KernelOps, "tau_lower_bound", "tau_lower_bound")):
+        fn = getattr(owner, attr)
+        setattr(owner, attr, in_section(counter, section, fn))
+        undo.append((owner, attr, fn))
+
+    def restore():
+        for owner, attr, fn in undo:
+            setattr(owner, attr, fn)
+
+    return restore
+
+
+def count(selector: str, alpha: float, context: int, batch: int, hq: int, hkv: int, dtype: torch.dtype,
+          with_info: bool = False, steps: int = 2, head_dim: int = 64, page_size: int = 16,
+          key_bits: int | None = None) -> Counter:
+    """A ``Counter`` of ``steps`` eager kernel-path steps (random data, every prompt ``context``
+    tokens long), its counts divided by ``steps``."""
+    g = torch.Generator().manual_seed(0)
+    d = head_dim
+    k = torch.randn(batch, hkv, context, d, generator=g).to(dtype)
+    v = torch.randn(batch, hkv, context, d, generator=g).to(dtype)
+    empty = ekv.PagedKVCache.empty(batch=batch, num_kv_heads=hkv, head_dim=d, capacity=context + 4 * page_size,
+                                   page_size=page_size, key_bits=key_bits, dtype=dtype)
+    cache = ekv.prefill(empty, k, v, [context] * batch).without_host_len()
+    q = torch.randn(batch, hq, 1, d, generator=g).to(dtype)
+    kn, vn = (torch.randn(batch, hkv, 1, d, generator=g).to(dtype) for _ in range(2))
+    config = ekv.DecodeConfig(alpha, SELECTORS[selector](), backend="triton")
+    ekv.decode_step(cache.fork(), q, kn, vn, config, with_info=with_info)  # warm-up (imports, first calls)
+    forks = [cache.fork() for _ in range(steps)]  # fork() copies the storage: not part of a step
+    counter = Counter()
+    restore = patched(counter)
     try:
         with counter:
-            ekv.decode_step(cache.fork(), q, k, v, config)
+            for c in forks:
+                ekv.decode_step(c, q, kn, vn, config, with_info=with_info)
     finally:
-        decode.append, exact.code_candidates, KernelOps.tau_lower_bound = append, candidates, tau_bound
+        restore()
+    for counts in (counter.ops, counter.kernels, counter.by_section):
+        for key in counts:
+            counts[key] //= steps
     return counter
 
 
 def main() -> None:
-    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=4, dtype=torch.float32)
-    k, v = stream.prompt(63)
-    q, kn, vn = stream.step()
-    config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
-    for lens, what in (([63, 47], "completes a page"),):  # static shapes: any other step counts the same
-        empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=96, page_size=4,
-                                       key_bits=4, dtype=torch.float32)
-        cache = ekv.prefill(empty, k, v, lens).without_host_len()
-        ekv.decode_step(cache.fork(), q, kn, vn, config)  # warm-up (imports, first calls)
-        counter = count_step(cache, q, kn, vn, config)
-        launching = sum(counter.by_section.values())
-        print(f"## step that {what}: {sum(counter.ops.values())} dispatched ops, {launching} launch work "
-              f"(append {counter.by_section['append']}, code_candidates {counter.by_section['code_candidates']} "
-              f"+ its τ bound {counter.by_section['tau_lower_bound']}, rest {counter.by_section['rest']})")
-        print("   " + ", ".join(f"{n} {name}" for name, n in counter.ops.most_common()
-                                if name.split(".")[1] not in METADATA))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--selector", default="TopK12.5", choices=sorted(SELECTORS))
+    parser.add_argument("--alpha", type=float, default=1.5)
+    parser.add_argument("--context", type=int, default=1000, help="prompt tokens per sequence")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", default="8/2", help="query heads / KV heads")
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--key-bits", type=int, choices=(4, 8), default=None, help="store key codes")
+    parser.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    parser.add_argument("--with-info", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="list every op")
+    args = parser.parse_args()
+    hq, hkv = (int(x) for x in args.heads.split("/"))
+    counter = count(args.selector, args.alpha, args.context, args.batch, hq, hkv, DTYPES[args.dtype], args.with_info,
+                    head_dim=args.head_dim, page_size=args.page_size, key_bits=args.key_bits)
+    ops, kernels = counter.ops, counter.kernels
+    # the entmaxkv ops' own launches are the Triton ones (plus the few fills their launchers
+    # make inside the op, where the dispatch mode does not see them)
+    launching = {k: v for k, v in ops.items() if k not in NO_KERNEL and "::" not in k}
+    codes = "" if args.key_bits is None else f", {args.key_bits}-bit key codes"
+    print(f"{args.selector} α={args.alpha} context {args.context} B={args.batch} Hq/Hkv={hq}/{hkv} "
+          f"D={args.head_dim} S={args.page_size} {args.dtype}{codes}, eager decode_step on the kernel path, per step:")
+    print(f"  ops dispatched: {sum(ops.values())} (entmaxkv ops among them: "
+          f"{sum(v for k, v in ops.items() if '::' in k)}); aten ops launching a kernel: {sum(launching.values())}")
+    print(f"  Triton kernel launches: {sum(kernels.values())} ({dict(kernels)})")
+    print(f"  launches in all: {sum(launching.values()) + sum(kernels.values())} ("
+          + ", ".join(f"{s} {counter.by_section[s]}" for s in SECTIONS) + ")")
+    if args.verbose:
+        for name, n in sorted(ops.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:4d} {name}{'' if name in launching or '::' in name else '  (no kernel)'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ exist only inside that op. ``TopK`` asks for its whole selection at once
 (``StepOps.quest_top_pages``), which the kernel path runs as one ``quest_select`` op (three
 launches) that also gives the attention its score floor: an eager TopK step is append,
 ``page_bounds``, ``quest_select`` and ``sparse_decode``'s two kernels, plus a few small launches
-(``benchmarks/count_topk_launches.py`` counts them).
+(``benchmarks/count_step_ops.py`` counts them).
 """
 
 from __future__ import annotations
