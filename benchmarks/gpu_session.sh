@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# What a device session runs, one phase per call (each fits the device tool's 10-minute limit):
+#
+#   bash benchmarks/gpu_session.sh verify   # install; the gpu-marked tests; quest_select's launch sweep
+#   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
+#   bash benchmarks/gpu_session.sh shapes   # 32/32 heads, B = 16, bf16, 1M tokens
+#   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
+#
+# Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
+# a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks/results/raw-$(date +%F)}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"  # the benchmarks run from benchmarks/
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/pip.log" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
+    | tee "$out/versions.txt"
+bench() { (cd benchmarks && python3 "$@"); }
+
+case "${1:-verify}" in
+verify)
+    timeout 420 python3 -m pytest -q -m gpu -k "not every_swept_launch" -p no:cacheprovider 2>&1 \
+        | tail -25 | tee "$out/gpu-tests.txt"
+    timeout 150 python3 benchmarks/quest_select_gpu.py --contexts 8192,131072 2>&1 | tee "$out/quest-select.txt"
+    ;;
+topk)
+    bench decode.py --contexts 8192,16384,32768,65536,131072 --batches 1 --heads 32/8 --dtypes fp16 \
+        --alphas 1,1.5 --coverages 6.25,12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out "$out/topk"
+    ;;
+shapes)
+    bench decode.py --contexts 16384,65536,131072 --batches 1 --heads 32/32 --dtypes fp16 --alphas 1.5 \
+        --coverages 6.25,12.5 --selectors TopK --reps 20 --rounds 3 --out "$out/mha"
+    bench decode.py --contexts 65536,131072 --batches 16 --heads 32/8,32/32 --dtypes fp16,bf16 --alphas 1.5 \
+        --coverages 12.5 --selectors TopK --reps 10 --rounds 3 --max-gib 100 --out "$out/b16"
+    bench decode.py --contexts 1048576 --batches 1 --heads 32/8 --dtypes fp16 --alphas 1.5 --coverages 3 \
+        --selectors TopK --reps 10 --rounds 3 --out "$out/1m"
+    ;;
+sparse)
+    bench decode.py --data needles --needles 4 --needle-run 16 --contexts 65536,131072 --batches 1 --heads 32/8 \
+        --dtypes fp16 --alphas 1.5 --coverages 12.5 --selectors Gaussian,Exact --reps 20 --rounds 3 \
+        --out "$out/needles"
+    bench keycodes_gpu.py --contexts 65536,131072 2>&1 | tee "$out/keycodes.txt"
+    ;;
+*)
+    echo "unknown phase $1 (verify, topk, shapes, sparse)" >&2
+    exit 2
+    ;;
+esac
