@@ -72,7 +72,7 @@ def sweep_code_scan(n: int, bits: int) -> None:
             except Exception as err:
                 print(f"code_bounds BLOCK_P={block_p} warps={warps}: {type(err).__name__} {str(err)[:200]}")
     cs.BLOCK_P, cs.NUM_WARPS = chosen[:2]
-    page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)
+    page_max, eps = torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)[:2]
     counts = None
     for span in (16, 32, 64):
         for block_p in (1, 2, 4):

@@ -49,6 +49,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.page_scores import _newest_page
+from entmaxkv.kernels.select_pages import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
@@ -157,12 +159,68 @@ def _scale_of(scale, scale_t, WORK: tl.constexpr):
 
 
 @triton.jit
+def _seed_offer(state, qrow, p, live, low, P, SLOTS: tl.constexpr):
+    """Offer the pages p [BLOCK_P] (code lower bound ``low``) to head ``qrow``'s seed slots:
+    page p competes in slot p mod SLOTS, and an atomic max keeps the best page of each slot.
+    Packed as (ordered float32 bound + 2^31) · 2^31 + (P − p): larger bound first, then the
+    lower page; every offer is > 0, the empty slot's value."""
+    key = _ordered(low.to(tl.float32), tl.int32, 32).to(tl.int64) + 2147483648
+    packed = (key << 31) | (P - p).to(tl.int64)
+    tl.atomic_max(state + qrow * SLOTS + p % SLOTS, packed, mask=live)
+
+
+@triton.jit
+def _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D,
+               G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr,
+               WORK: tl.constexpr):
+    """Run by the last program of row ``bh`` to finish: the slots' pages, each once, as a list
+    [G·SLOTS] (−1 padded) with its count, and per head the |score| scale of the listed pages,
+    scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (what ``page_scores`` calls absmax), from the
+    inputs. A page two heads chose appears once (it can only sit in the same slot of both).
+    The slots are read with atomics; should a read ever miss a late offer, the list still holds
+    distinct coded pages and the magnitude is theirs: any seed keeps τ_low a lower bound."""
+    gi = tl.arange(0, GP)
+    ri = tl.arange(0, KP)
+    ok = (gi < G)[:, None] & (ri < SLOTS)[None, :]
+    base = bh.to(tl.int64) * G * SLOTS
+    packed = tl.atomic_add(state + base + gi[:, None] * SLOTS + ri[None, :], tl.zeros((GP, KP), tl.int64), mask=ok)
+    page = tl.where(ok & (packed > 0), P - (packed & 2147483647), -1)  # [GP, KP]
+    dup = tl.zeros((GP, KP), tl.int1)
+    for g in tl.static_range(G):  # the same page in the same slot of an earlier head
+        earlier = tl.sum(tl.where(gi[:, None] == g, page, 0), axis=0)  # [KP] head g's row
+        dup |= (page == earlier[None, :]) & (gi[:, None] > g)
+    keep = (page >= 0) & ~dup
+    flat = tl.reshape(keep.to(tl.int32), (GP * KP,))
+    pages = tl.reshape(page, (GP * KP,))
+    at = tl.cumsum(flat, axis=0) - flat
+    n = tl.sum(flat, axis=0)
+    i = tl.arange(0, GP * KP)
+    out = bh.to(tl.int64) * (G * SLOTS)
+    tl.store(seed_pages + out + at, pages.to(tl.int32), mask=flat == 1)
+    tl.store(seed_pages + out + i, tl.full((GP * KP,), -1, tl.int32), mask=(i >= n) & (i < G * SLOTS))
+    tl.store(seed_count + bh, n)
+    # |score| scale of the listed pages, from kmin/kmax (inputs: nothing another program wrote)
+    d = tl.arange(0, BD)
+    live = flat == 1
+    stat = (bh.to(tl.int64) * P + tl.where(live, pages, 0))[:, None] * D + d[None, :]
+    smask = live[:, None] & (d < D)[None, :]
+    kabs = tl.maximum(tl.abs(tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)),
+                      tl.abs(tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)))
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        qa = tl.abs(tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK))
+        mag = tl.sum(qa[None, :] * kabs, axis=1) * scale_w
+        tl.store(seed_mag + qrow, tl.max(tl.where(live, mag, 0.0), axis=0))
+
+
+@triton.jit
 def _code_bounds_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t,
-    page_max, eps_out, s_hat_out,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages, state,
+    page_max, eps_out, s_hat_out, newest_max, newest_mag, seed_pages, seed_count, seed_mag,
     scale, r, alibi_eps, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
+    WITH_NEWEST: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -172,8 +230,12 @@ def _code_bounds_kernel(
     in_range = p < P
     live = p < coded
     page_row = bh.to(tl.int64) * P + p
+    scale_w = _scale_of(scale, scale_t, WORK)
+    if WITH_NEWEST:
+        if tl.program_id(1) == tl.num_programs(1) - 1:  # the extra program: the newest page's keys
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, scale_w, bh, H, P, D, length, S, G, S, BD,
+                         WORK, HAS_ALIBI)
     if tl.program_id(1) * BLOCK_P < coded:
-        scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
@@ -184,9 +246,12 @@ def _code_bounds_kernel(
             s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
                                       code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
             out = qrow * P + p
+            best = tl.max(s_hat, axis=1)
             # pages without codes: no token can be chosen from them
-            tl.store(page_max + out, tl.where(live, tl.max(s_hat, axis=1), float("-inf")), mask=in_range)
+            tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
             tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+            if SLOTS > 0:
+                _seed_offer(state, qrow, p, live, best - eps, P, SLOTS)
             if WITH_SCORES:
                 tok = tl.arange(0, S)
                 tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
@@ -195,6 +260,13 @@ def _code_bounds_kernel(
             out = (bh.to(tl.int64) * G + g) * P + p
             tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
             tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+    if SLOTS > 0:
+        # the last program of the row to finish lists the seed (a counter after the slots)
+        tl.debug_barrier()  # every lane's offers are issued before the count says this program is done
+        done = tl.atomic_add(state + tl.num_programs(0).to(tl.int64) * G * SLOTS + bh, 1)
+        if done == tl.num_programs(1) - 1:
+            _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, G, SLOTS, GP,
+                       KP, BD, WORK)
 
 
 @triton.jit
@@ -281,8 +353,10 @@ def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch
 def code_bounds(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, bits: int, scale: float, with_scores: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 1: ``(page_max, eps, s_hat)``.
+    k_pages: torch.Tensor | None = None, seed_slots: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Pass 1: ``(page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag)``.
 
     q: [B, Hq, D] contiguous (Hq = Hkv·G); k_codes: [B, Hkv, P, S, W] uint8 (``keycodes``
     layout for ``bits`` 4 or 8); k_min/k_max: [B, Hkv, P, D] in the cache dtype; seq_lens: [B]
@@ -290,27 +364,57 @@ def code_bounds(
     page_max: [B, Hkv, G, P] work dtype, max_i ŝ_i over each coded page, −inf elsewhere;
     eps: [B, Hkv, G, P] ε_p of coded pages, 0 elsewhere; s_hat: [B, Hkv, G, P·S] ŝ of the
     tokens of coded pages (other slots unwritten) if ``with_scores``, else [0].
+    With ``k_pages`` ([B, Hkv, P, S, D], the cache's keys: only each sequence's newest page is
+    read, by one more program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
+    the newest page's best score and its |score| scale (``page_bounds``' outputs of the same
+    names); else both [0].
+    With ``seed_slots`` K > 0 also a τ seed chosen in the same pass (no selection over the
+    pages afterwards): for each query head and each residue class r of the pages mod K, the
+    coded page with the largest code lower bound page_max − ε (compared as float32; ties to
+    the lower page). seed_pages: [B, Hkv, G·K] int32, those pages each once (a page several
+    heads chose is listed once), −1 padded; seed_count: [B, Hkv] int32, pages listed;
+    seed_mag: [B, Hkv, G] work dtype, max over the listed pages of
+    scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (0 if none): the |score| scale of their tokens
+    (``page_scores``' absmax). Else the three are [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     page_max = torch.empty((b, hkv, g, p), dtype=work, device=q.device)
     eps = torch.empty_like(page_max)
     s_hat = torch.empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work, device=q.device)
+    with_newest = k_pages is not None
+    newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
+    newest_mag = torch.empty_like(newest_max)
+    k = max(int(seed_slots), 0)
+    seed_pages = torch.empty((b, hkv, g * k) if k else (0,), dtype=torch.int32, device=q.device)
+    seed_count = torch.empty((b, hkv) if k else (0,), dtype=torch.int32, device=q.device)
+    seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
+    # the seed's slots (0: empty) and, after them, each row's count of finished programs
+    state = torch.zeros((b * hkv * (g * k + 1),) if k else (1,), dtype=torch.int64, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
-    wrap_triton(_code_bounds_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
-        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
-        s_hat if with_scores else page_max, scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    wrap_triton(_code_bounds_kernel)[grid](
+        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max),
+        k_pages if with_newest else page_max, state, page_max, eps, s_hat if with_scores else page_max,
+        newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
+        seed_pages if k else state, seed_count if k else state, seed_mag if k else page_max,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest, SLOTS=k,
+        GP=next_pow2(g), KP=next_pow2(max(k, 1)), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
-    return page_max, eps, s_hat
+    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
 @code_bounds.register_fake
-def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores):
+def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores, k_pages=None, seed_slots=0):
     b, hkv, p, s, _ = k_codes.shape
     g = q.shape[1] // hkv
+    k = max(int(seed_slots), 0)
     work = work_dtype_of(k_min.dtype)
     page_max = q.new_empty((b, hkv, g, p), dtype=work)
-    return page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work)
+    newest = q.new_empty((b, hkv, g) if k_pages is not None else (0,), dtype=work)
+    return (page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work),
+            newest, torch.empty_like(newest), q.new_empty((b, hkv, g * k) if k else (0,), dtype=torch.int32),
+            q.new_empty((b, hkv) if k else (0,), dtype=torch.int32), q.new_empty((b, hkv, g) if k else (0,), dtype=work))
 
 
 @triton_op("entmaxkv::code_candidates", mutates_args=())
@@ -352,5 +456,5 @@ def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, 
 
 
 # vmap folds into the batch dimension (q, codes, statistics, lengths; bounds and τ_low too)
-register_batch_rule(code_bounds, (0, 1, 2, 3, 4))
+register_batch_rule(code_bounds, (0, 1, 2, 3, 4, 9))
 register_batch_rule(code_candidates, (0, 1, 2, 3, 4, 6, 7, 8))

@@ -63,7 +63,7 @@ def rounding_part(cache, q, scale):
 
 def run_bounds(cache, q, scale, slopes, with_scores=True):
     return code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
-                       cache.key_bits, scale, with_scores)
+                       cache.key_bits, scale, with_scores)[:3]
 
 
 # ---- pass 1: ŝ, ε and the per-page best ------------------------------------------------------
@@ -334,7 +334,7 @@ def test_opcheck_the_code_scan_ops():
     cache = coded_cache(3, [23, 10], 2, 8, 4, 4, torch.float32)
     q = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(3))
     args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens)
-    page_max, eps, _ = code_bounds(*args, None, 4, 0.3, False)
+    page_max, eps = code_bounds(*args, None, 4, 0.3, False)[:2]
     tau = torch.full((2, 2, 2), -0.5, dtype=torch.float64)
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False))
