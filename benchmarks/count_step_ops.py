@@ -8,7 +8,8 @@ The step counted completes a page (the append also writes that page's codes); wi
 shapes every step dispatches the same ops. It prints the total, the ops that launch work
 (views, reshapes and other metadata-only ops excluded), and the part of it spent in the
 append and in ``exact_codes.code_candidates`` (the key-code selection: scans, seed, list;
-its call of ``KernelOps.tau_lower_bound`` is counted apart). A
+its call of ``KernelOps.tau_lower_bound`` / ``tau_lower_bound_listed`` is counted apart;
+the cache copy the count runs on is made outside it). A
 ``triton_op`` counts as one op here; the few fills its launcher makes (outputs, scalar
 tensors) are not seen by the mode. Measures only; asserts nothing.
 """
@@ -63,15 +64,17 @@ def in_section(counter: Count, name: str, fn):
 
 def count_step(cache, q, k, v, config) -> Count:
     counter = Count()
-    append, candidates, tau_bound = decode.append, exact.code_candidates, KernelOps.tau_lower_bound
-    decode.append = in_section(counter, "append", append)
-    exact.code_candidates = in_section(counter, "code_candidates", candidates)
-    KernelOps.tau_lower_bound = in_section(counter, "tau_lower_bound", tau_bound)
+    saved = (decode.append, exact.code_candidates, KernelOps.tau_lower_bound, KernelOps.tau_lower_bound_listed)
+    decode.append = in_section(counter, "append", saved[0])
+    exact.code_candidates = in_section(counter, "code_candidates", saved[1])
+    KernelOps.tau_lower_bound = in_section(counter, "tau_lower_bound", saved[2])
+    KernelOps.tau_lower_bound_listed = in_section(counter, "tau_lower_bound", saved[3])
+    fork = cache.fork()  # outside the count: copying the cache is no part of a step
     try:
         with counter:
-            ekv.decode_step(cache.fork(), q, k, v, config)
+            ekv.decode_step(fork, q, k, v, config)
     finally:
-        decode.append, exact.code_candidates, KernelOps.tau_lower_bound = append, candidates, tau_bound
+        decode.append, exact.code_candidates, KernelOps.tau_lower_bound, KernelOps.tau_lower_bound_listed = saved
     return counter
 
 
