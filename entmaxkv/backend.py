@@ -188,6 +188,7 @@ class KernelOps(PageSets):
         # the last (mask, pages, count, mask version or None, score floor or None) of
         # top_pages / quest_top_pages: attend of that very mask reuses the list
         self._listed: tuple | None = None
+        self._floor: Tensor | None = None  # the newest page's score floor, once computed
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -300,12 +301,19 @@ class KernelOps(PageSets):
         than the newest (entries past ``count`` [B, Hkv] unused); magnitude [B, Hkv, G], the
         |score| scale of their tokens (``page_scores``' absmax, maxed over the list). Needs
         the newest page's scores (``page_bounds`` or ``adopt_newest_page``)."""
-        _, tau = self._attend_list(pages, count, self._newest_floor())
-        return self._safe_tau(tau, magnitude, count)
+        return self._safe_tau(self.seed_tau(pages, count), magnitude, count)
+
+    def seed_tau(self, pages: Tensor, count: Tensor) -> Tensor:
+        """[B, Hkv, G] float64: the exact τ over a page list (as in ``tau_lower_bound_listed``)
+        and the newest page, without the rounding margin (``code_candidates`` applies it)."""
+        return self._attend_list(pages, count, self._newest_floor())[1]
 
     def _newest_floor(self) -> Tensor:
-        """[B, Hkv, G] the newest page's best score less what rounding could have added to it."""
-        return (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        """[B, Hkv, G] the newest page's best score less what rounding could have added to it
+        (computed once a step: the seed's and the final attention use it)."""
+        if self._floor is None:
+            self._floor = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        return self._floor
 
     def _safe_tau(self, tau: Tensor, magnitude: Tensor, full_pages: Tensor) -> Tensor:
         """τ over ``full_pages`` [B, Hkv] full pages plus the newest one, lowered by what

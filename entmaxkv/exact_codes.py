@@ -162,7 +162,8 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     Glue kept out, each without changing a result: the ops write only coded pages, which are
     exactly ``step.candidates`` (full pages before the newest one), so nothing is masked with
     it again; ``code_bounds`` lists the seed itself (each page once, with the |score| scale of
-    its pages: no page mask, no ``select_pages``, no ``page_scores``); ``KernelOps`` attends the
+    its pages: no page mask, no ``select_pages``, no ``page_scores``); ``code_candidates`` turns the
+    seed's τ into the safe bound itself (``KernelOps._safe_tau``'s arithmetic); ``KernelOps`` attends the
     newest page whatever the list says, so the seed goes without it; the list is ordered only
     when read (``CodeCandidates.index``)."""
     cache, ops = step.cache, step.ops
@@ -170,9 +171,11 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag = torch.ops.entmaxkv.code_bounds(
         *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens)
     ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
-    tau_low = ops.tau_lower_bound_listed(seed, seed_count, seed_mag)  # [B, Hkv, G] float64
-    index, count, page_mask = torch.ops.entmaxkv.code_candidates(
-        *args, page_max, eps, tau_low, cache.key_bits, step.scale, lin(step.alpha), capacity)
+    tau_seed = ops.seed_tau(seed, seed_count)  # exact τ over the seed and the newest page [B, Hkv, G]
+    # the op lowers τ to KernelOps.tau_lower_bound_listed's safe bound itself (no torch arithmetic)
+    index, count, page_mask, tau_low = torch.ops.entmaxkv.code_candidates(
+        *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,
+        ops.newest_magnitude, step.alpha)
     return CodeCandidates(
         found_index=index,
         found_count=count,

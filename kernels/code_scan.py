@@ -49,7 +49,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
-from entmaxkv.kernels.page_scores import _newest_page
+from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
+from entmaxkv.kernels.sparse_decode import bisection_steps
 from entmaxkv.kernels.select_pages import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
@@ -270,40 +271,80 @@ def _code_bounds_kernel(
 
 
 @triton.jit
-def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr):
-    """[len(p)] pages whose best upper bound reaches τ_low for some head of the group: the
-    pass-1 bounds only (2·G floats a page), compared in float64 like the reference."""
+def _head_tau(tau_low, g, GP: tl.constexpr):
+    """τ_low of head g from the group's vector [GP]."""
+    return tl.sum(tl.where(tl.arange(0, GP) == g, tau_low, 0.0), axis=0)
+
+
+@triton.jit
+def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr, GP: tl.constexpr):
+    """[len(p)] pages whose best upper bound reaches τ_low ([GP], the group's) for some head of
+    the group: the pass-1 bounds only (2·G floats a page), compared in float64 like the
+    reference."""
     hit = tl.zeros(p.shape, tl.int1)
     for g in tl.static_range(G):
         qrow = bh.to(tl.int64) * G + g
         best = tl.load(page_max + qrow * P + p, mask=p < P, other=float("-inf"))
         spread = tl.load(eps_in + qrow * P + p, mask=p < P, other=0.0)
-        hit |= c * (best + spread).to(tl.float64) - tl.load(tau_low + qrow) > 0
+        hit |= c * (best + spread).to(tl.float64) - _head_tau(tau_low, g, GP) > 0
     return hit & (p < coded)
 
 
 @triton.jit
+def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length, gamma, alibi_round, span, bisect,
+                S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """[GP] ``KernelOps._safe_tau`` of the group's τ over the seed pages and the newest page
+    (``tau`` [GP] float64), in the same float64 operations: lowered by (α−1)·γ·M for the
+    scores' rounding (M: the largest |score| scale of the attended tokens, ALiBi added) and by
+    τ's own error, 16·n·eps64·(|τ| + (α−1)·M + 1) + eps32·(α−1)·M (+ the bisection's)."""
+    gi = tl.arange(0, GP)
+    row = bh.to(tl.int64) * G + gi
+    gm = gi < G
+    mag = tl.maximum(tl.load(seed_mag + row, mask=gm, other=0.0), tl.load(newest_mag + row, mask=gm, other=0.0))
+    mag = mag.to(tl.float64)
+    rounding = tl.cast(gamma, tl.float64) * mag
+    if HAS_ALIBI:
+        slope = tl.abs(tl.load(slopes + (bh % H) * G + gi, mask=gm, other=0.0).to(tl.float64))
+        rounding = rounding + tl.cast(alibi_round, tl.float64) * slope * tl.cast(span, tl.float64)
+        mag = mag + slope * tl.cast(span, tl.float64)
+    newest_tokens = length - ((length - 1) // S) * S
+    n = (tl.load(seed_count + bh).to(tl.int64) * S + newest_tokens).to(tl.float64)
+    eps64 = 2.220446049250313e-16  # 2^-52, exact in the float32 literal too
+    eps32 = 1.1920928955078125e-07  # 2^-23
+    own = 16.0 * n * eps64 * (tl.abs(tau) + c * mag + 1.0) + eps32 * c * mag + tl.cast(bisect, tl.float64)
+    return tau - c * rounding - own
+
+
+@triton.jit
 def _code_candidates_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_low,
-    index, count, page_mask,
-    scale, r, alibi_eps, H, P, D, W, C,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
+    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out,
+    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S
     c = tl.load(lin_t)  # float64 α − 1, as the reference multiplies
+    gi = tl.arange(0, GP)
+    tau_low = tl.load(tau_in + bh.to(tl.int64) * G + gi, mask=gi < G, other=0.0)  # [GP] float64
+    if MARGIN:  # τ over the seed -> a safe lower bound (every program of the row computes the same)
+        tau_low = _tau_margin(tau_low, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length, gamma,
+                              alibi_round, span_f, bisect, S, G, GP, HAS_ALIBI)
+        if tl.program_id(1) == 0:
+            tl.store(tau_out + bh.to(tl.int64) * G + gi, tau_low, mask=gi < G)
     first_page = tl.program_id(1) * SPAN
     span = first_page + tl.arange(0, SPAN)
     # the early skip: a program checks SPAN pages' bounds at once (most spans have no candidate)
-    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G).to(tl.int32), axis=0) > 0:
+    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G, GP).to(tl.int32), axis=0) > 0:
         scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
         for t in range(SPAN // BLOCK_P):  # small tiles: only reaching blocks load codes
             p = first_page + t * BLOCK_P + tl.arange(0, BLOCK_P)
-            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G)  # a re-read of cached bounds
+            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G, GP)  # a re-read of cached bounds
             n_page = tl.zeros((BLOCK_P,), tl.int32)
             if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
                 page_row = bh.to(tl.int64) * P + p
@@ -316,7 +357,7 @@ def _code_candidates_kernel(
                     s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
                                               code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
                     high = (s_hat + eps[:, None]).to(tl.float64)
-                    cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
+                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
                 cand = (cand & hit[:, None]).to(tl.int32)
                 n_page = tl.sum(cand, axis=1)
                 n = tl.sum(n_page, axis=0)
@@ -421,40 +462,59 @@ def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores
 def code_candidates(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, page_max: torch.Tensor, eps: torch.Tensor, tau_low: torch.Tensor,
-    bits: int, scale: float, lin: float, capacity: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2: ``(index, count, page_mask)`` of the tokens with lin·(ŝ + ε) > τ_low for some
-    head of the group.
+    bits: int, scale: float, lin: float, capacity: int, seed_count: torch.Tensor | None = None,
+    seed_mag: torch.Tensor | None = None, newest_mag: torch.Tensor | None = None, alpha: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: ``(index, count, page_mask, tau_used)`` of the tokens with lin·(ŝ + ε) > τ_low
+    for some head of the group.
 
     Inputs as ``code_bounds`` plus its ``page_max`` and ``eps`` and tau_low: [B, Hkv, G]
     float64; lin: α − 1; capacity: C. index: [B, Hkv, C] int32 token slots (p·S + j),
     unordered, −1 in unused entries; count: [B, Hkv] int32, candidates found (may exceed C:
     then only C are listed); page_mask: [B, Hkv, P] bool, pages holding a candidate (listed
     or not).
+    With ``seed_count`` ([B, Hkv] int32), ``seed_mag`` and ``newest_mag`` ([B, Hkv, G], as
+    ``code_bounds`` gives them; newest_mag may come from ``page_bounds``) and ``alpha``,
+    ``tau_low`` is instead the exact τ over the seed's pages and the newest page (as
+    ``sparse_decode`` computes it), and the op lowers it to the safe bound of
+    ``KernelOps._safe_tau`` itself (per-row arithmetic that would otherwise be ~20 small
+    torch launches); tau_used: [B, Hkv, G] float64, that bound. Without them tau_used is [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     index = torch.full((b, hkv, capacity), -1, dtype=torch.int32, device=q.device)
     count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)
     page_mask = torch.empty((b, hkv, p), dtype=torch.bool, device=q.device)
+    margin = seed_count is not None
+    if margin and (seed_mag is None or newest_mag is None):
+        raise ValueError("code_candidates: seed_count needs seed_mag and newest_mag [B, Hkv, G]")
+    tau_used = torch.empty((b, hkv, g) if margin else (0,), dtype=torch.float64, device=q.device)
     lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
+    # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
+    bisect = 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
     wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
-        tau_low, index, count, page_mask,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w, capacity,
-        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS, **consts,
+        tau_low, seed_count if margin else count, seed_mag if margin else page_max,
+        newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
+        4 * torch.finfo(work).eps, float(p * s), bisect, hkv, p, d, w, capacity,
+        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
+        MARGIN=margin, GP=next_pow2(g), **consts,
     )
-    return index, count, page_mask
+    return index, count, page_mask, tau_used
 
 
 @code_candidates.register_fake
-def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, bits, scale, lin, capacity):
+def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, bits, scale, lin, capacity,
+      seed_count=None, seed_mag=None, newest_mag=None, alpha=0.0):
     b, hkv, p = k_codes.shape[:3]
+    g = q.shape[1] // hkv
     return (q.new_empty((b, hkv, capacity), dtype=torch.int32), q.new_empty((b, hkv), dtype=torch.int32),
-            q.new_empty((b, hkv, p), dtype=torch.bool))
+            q.new_empty((b, hkv, p), dtype=torch.bool),
+            q.new_empty((b, hkv, g) if seed_count is not None else (0,), dtype=torch.float64))
 
 
 # vmap folds into the batch dimension (q, codes, statistics, lengths; bounds and τ_low too)
 register_batch_rule(code_bounds, (0, 1, 2, 3, 4, 9))
-register_batch_rule(code_candidates, (0, 1, 2, 3, 4, 6, 7, 8))
+register_batch_rule(code_candidates, (0, 1, 2, 3, 4, 6, 7, 8, 13, 14, 15))

@@ -231,6 +231,37 @@ def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
     return pages_to_mask(pages, num_pages)
 
 
+@pytest.mark.parametrize("dtype,bits,group,alibi,alpha", [
+    (torch.float32, 4, 2, False, 1.5), (torch.float16, 8, 4, True, 1.3), (torch.bfloat16, 4, 1, True, 2.0),
+    (torch.float32, 8, 3, False, 1.25),
+])
+def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, alibi, alpha, poison):
+    """With the seed's count and magnitudes, ``code_candidates`` lowers the seed's τ exactly as
+    ``KernelOps._safe_tau`` does (the same float64 operations: equal to the last bits here;
+    α = 1.3 and 1.25 add the bisection term), and selects with that bound."""
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = lengths(seed, 3, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
+    g = torch.Generator().manual_seed(seed + 7)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
+    ops = step.ops
+    args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag = code_bounds(*args, bits, 0.3, False, cache.k_pages, 3)
+    ops.adopt_newest_page(newest_max, newest_mag)
+    tau = ops.seed_tau(pages, count)
+    index, n, page_mask, got = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count, mag,
+                                                newest_mag, alpha)
+    want = ops._safe_tau(tau, mag, count)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-300, msg=str(seed))
+    assert bool((got < tau).all()), seed
+    # and the candidates are those of that bound
+    plain = code_candidates(*args, page_max, eps, want.contiguous(), bits, 0.3, alpha - 1, 10_000)
+    assert torch.equal(n, plain[1]) and torch.equal(page_mask, plain[2]), seed
+
+
 # ---- pass 2: candidates ---------------------------------------------------------------------
 
 
@@ -246,9 +277,9 @@ def reference_reach(cache, q, scale, slopes, tau_low, alpha):
 
 def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
     page_max, eps, _ = run_bounds(cache, q, scale, slopes, with_scores=False)
-    index, count, page_mask = code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
-                                              cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
-                                              alpha - 1, capacity)
+    index, count, page_mask, _ = code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
+                                                 cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
+                                                 alpha - 1, capacity)
     reach = reference_reach(cache, q, scale, slopes, tau_low, alpha).cpu()
     band = (alpha - 1) * rounding_part(cache, q, scale).amax(2).repeat_interleave(cache.page_size, -1).cpu()
     index, count, page_mask = index.cpu(), count.cpu(), page_mask.cpu()
@@ -442,6 +473,11 @@ def test_opcheck_the_code_scan_ops():
         torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False))
         torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
                               (*args, torch.rand(4) * 0.1, page_max, eps, tau, 4, 0.3, 0.5, 7))
+        # the step's forms: the newest page and the seed; the τ margin applied by the op
+        full = code_bounds(*args, None, 4, 0.3, False, cache.k_pages, 3)
+        torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False, cache.k_pages, 3))
+        torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
+                              (*args, None, page_max, eps, tau, 4, 0.3, 0.5, 7, full[6], full[7], full[4], 1.5))
 
 
 def test_compiled_exact_with_codes_through_the_ops_equals_eager():
