@@ -205,6 +205,12 @@ class KernelOps(PageSets):
         self._listed = (mask, pages, count, version, floor)
         return mask
 
+    def remember_list(self, mask: Tensor, pages: Tensor, count: Tensor) -> None:
+        """A selector that built the page list of ``mask`` itself ([B, Hkv, P] int32 full pages
+        other than the newest, ``count`` [B, Hkv] int32 used): ``attend(mask)`` uses it
+        instead of listing the mask again (the same contract: do not modify ``mask`` in place)."""
+        self._keep_list(mask, pages, count, None)
+
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         c = self.cache
         key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only

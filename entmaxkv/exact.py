@@ -97,8 +97,6 @@ class Exact(Selector):
 
     def _select_with_codes(self, step: Step) -> Selection:
         found = code_candidates(step, self.top_tokens, self.max_candidates)
-        every = step.candidates.expand_as(found.page_mask)
-        pages = torch.where(found.overflow[..., None], every, found.page_mask)
         # exact by the argument in exact_codes, and trivially so on the fallback rows
         certified = torch.ones_like(found.tau_low, dtype=torch.bool)
-        return Selection(pages, certified=certified, overflow=found.overflow)
+        return Selection(found.attended, certified=certified, overflow=found.overflow)

@@ -67,8 +67,10 @@ class CodeCandidates:
     count: [B, Hkv] int64 candidates found (may exceed C);
     overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
-    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate;
-        the same unless the row overflowed);
+    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate,
+        and every coded page on an overflowed row);
+    attended: [B, Hkv, P] bool, what ``Exact`` attends: the candidates' pages, every full page
+        (other than the newest) on an overflowed row (the fallback);
     seed_pages (property): [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the
         newest page came on top); seed_list: the same as [B, Hkv, M] page indices, −1 for
         none (the kernels list each page once; the reference may repeat one).
@@ -84,6 +86,7 @@ class CodeCandidates:
     tau_low: Tensor
     page_mask: Tensor
     seed_list: Tensor
+    attended: Tensor
 
     @property
     def seed_pages(self) -> Tensor:
@@ -128,13 +131,16 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     value, index = torch.where(is_cand, reach, torch.full_like(reach, float("-inf"))).topk(min(capacity, n), dim=-1)
     index = torch.where(torch.isfinite(value), index, torch.full_like(index, -1))
     page_index = torch.where(index >= 0, index // s, index)
+    page_mask = pages_to_mask(page_index, cache.num_pages)
+    overflow = count > capacity
     return CodeCandidates(
         found_index=index,
         found_count=count,
-        overflow=count > capacity,
+        overflow=overflow,
         tau_low=tau_low,
-        page_mask=pages_to_mask(page_index, cache.num_pages),
+        page_mask=page_mask,
         seed_list=seed,
+        attended=torch.where(overflow[..., None], step.candidates.expand_as(page_mask), page_mask),
     )
 
 
@@ -165,7 +171,8 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     its pages: no page mask, no ``select_pages``, no ``page_scores``); ``code_candidates`` turns the
     seed's τ into the safe bound itself (``KernelOps._safe_tau``'s arithmetic); ``KernelOps`` attends the
     newest page whatever the list says, so the seed goes without it; the list is ordered only
-    when read (``CodeCandidates.index``)."""
+    when read (``CodeCandidates.index``); ``code_candidates`` lists the attended pages itself
+    (the overflow fallback included), so the attention needs no ``select_pages``."""
     cache, ops = step.cache, step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)  # q: [B, Hq, D]
     page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag = torch.ops.entmaxkv.code_bounds(
@@ -173,9 +180,11 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
     tau_seed = ops.seed_tau(seed, seed_count)  # exact τ over the seed and the newest page [B, Hkv, G]
     # the op lowers τ to KernelOps.tau_lower_bound_listed's safe bound itself (no torch arithmetic)
-    index, count, page_mask, tau_low = torch.ops.entmaxkv.code_candidates(
+    index, count, page_mask, tau_low, page_list, page_count = torch.ops.entmaxkv.code_candidates(
         *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,
         ops.newest_magnitude, step.alpha)
+    # the op's mask already holds every coded page on overflowed rows; its list goes to the attention
+    ops.remember_list(page_mask, page_list, page_count)
     return CodeCandidates(
         found_index=index,
         found_count=count,
@@ -183,4 +192,5 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
         tau_low=tau_low,
         page_mask=page_mask,
         seed_list=seed,
+        attended=page_mask,
     )

@@ -316,9 +316,29 @@ def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length,
 
 
 @triton.jit
+def _close_page_list(count, page_mask, page_list, page_count, scratch, bh, coded, P, C, BLOCK: tl.constexpr):
+    """Run by the row's last program: the page list's length and its −1 padding, or, if the
+    candidates overflowed the capacity C, every coded page in order (list and mask: the
+    fallback ``Exact`` attends). Counts are read with atomics; every other program of the row
+    has finished its writes."""
+    row = bh.to(tl.int64) * P
+    n = tl.atomic_add(scratch + bh, 0)
+    overflow = tl.atomic_add(count + bh, 0) > C
+    if overflow:
+        n = coded
+    for start in range(0, P, BLOCK):
+        p = start + tl.arange(0, BLOCK)
+        if overflow:
+            tl.store(page_list + row + p, p.to(tl.int32), mask=p < coded)
+            tl.store(page_mask + row + p, tl.full((BLOCK,), 1, tl.int1), mask=p < coded)
+        tl.store(page_list + row + p, tl.full((BLOCK,), -1, tl.int32), mask=(p >= n) & (p < P))
+    tl.store(page_count + bh, n)
+
+
+@triton.jit
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
-    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out,
+    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
     scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -368,9 +388,18 @@ def _code_candidates_kernel(
                     tok = tl.arange(0, S)
                     tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
                              mask=(cand == 1) & (slot < C))
+                    # the pages holding a candidate, appended to the row's page list (the attention's)
+                    has = (n_page > 0).to(tl.int32)
+                    at = tl.atomic_add(scratch + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
+                    tl.store(page_list + bh.to(tl.int64) * P + at, p.to(tl.int32), mask=has == 1)
             tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
     else:
         tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
+    # the row's last program to finish closes the page list: on an overflowed row, every coded page
+    tl.debug_barrier()  # every lane's appends are issued before the count says this program is done
+    done = tl.atomic_add(scratch + tl.num_programs(0) + bh, 1)
+    if done == tl.num_programs(1) - 1:
+        _close_page_list(count, page_mask, page_list, page_count, scratch, bh, coded, P, C, 1024)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -464,15 +493,17 @@ def code_candidates(
     alibi_slopes: torch.Tensor | None, page_max: torch.Tensor, eps: torch.Tensor, tau_low: torch.Tensor,
     bits: int, scale: float, lin: float, capacity: int, seed_count: torch.Tensor | None = None,
     seed_mag: torch.Tensor | None = None, newest_mag: torch.Tensor | None = None, alpha: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2: ``(index, count, page_mask, tau_used)`` of the tokens with lin·(ŝ + ε) > τ_low
-    for some head of the group.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: ``(index, count, page_mask, tau_used, page_list, page_count)`` of the tokens with
+    lin·(ŝ + ε) > τ_low for some head of the group.
 
     Inputs as ``code_bounds`` plus its ``page_max`` and ``eps`` and tau_low: [B, Hkv, G]
     float64; lin: α − 1; capacity: C. index: [B, Hkv, C] int32 token slots (p·S + j),
     unordered, −1 in unused entries; count: [B, Hkv] int32, candidates found (may exceed C:
-    then only C are listed); page_mask: [B, Hkv, P] bool, pages holding a candidate (listed
-    or not).
+    then only C are listed); page_mask: [B, Hkv, P] bool, the pages holding a candidate — on a
+    row whose candidates overflowed (count > C) every coded page instead (``Exact``'s
+    fallback); page_list: [B, Hkv, P] int32, the same pages as a list for ``sparse_decode``
+    (unordered, −1 padded), page_count: [B, Hkv] int32.
     With ``seed_count`` ([B, Hkv] int32), ``seed_mag`` and ``newest_mag`` ([B, Hkv, G], as
     ``code_bounds`` gives them; newest_mag may come from ``page_bounds``) and ``alpha``,
     ``tau_low`` is instead the exact τ over the seed's pages and the newest page (as
@@ -488,6 +519,9 @@ def code_candidates(
     if margin and (seed_mag is None or newest_mag is None):
         raise ValueError("code_candidates: seed_count needs seed_mag and newest_mag [B, Hkv, G]")
     tau_used = torch.empty((b, hkv, g) if margin else (0,), dtype=torch.float64, device=q.device)
+    page_list = torch.empty((b, hkv, p), dtype=torch.int32, device=q.device)
+    page_count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
+    scratch = torch.zeros((2 * b * hkv,), dtype=torch.int32, device=q.device)  # pages listed, programs done
     lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
@@ -496,13 +530,14 @@ def code_candidates(
     wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
         tau_low, seed_count if margin else count, seed_mag if margin else page_max,
-        newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low,
+        newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
+        page_count, scratch,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
         4 * torch.finfo(work).eps, float(p * s), bisect, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
         MARGIN=margin, GP=next_pow2(g), **consts,
     )
-    return index, count, page_mask, tau_used
+    return index, count, page_mask, tau_used, page_list, page_count
 
 
 @code_candidates.register_fake
@@ -512,7 +547,8 @@ def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, 
     g = q.shape[1] // hkv
     return (q.new_empty((b, hkv, capacity), dtype=torch.int32), q.new_empty((b, hkv), dtype=torch.int32),
             q.new_empty((b, hkv, p), dtype=torch.bool),
-            q.new_empty((b, hkv, g) if seed_count is not None else (0,), dtype=torch.float64))
+            q.new_empty((b, hkv, g) if seed_count is not None else (0,), dtype=torch.float64),
+            q.new_empty((b, hkv, p), dtype=torch.int32), q.new_empty((b, hkv), dtype=torch.int32))
 
 
 # vmap folds into the batch dimension (q, codes, statistics, lengths; bounds and τ_low too)
