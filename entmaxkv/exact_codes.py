@@ -35,11 +35,12 @@ scores [B, Hkv, G, N] in memory); on the kernels (``KernelOps``) the ops of
 same launch, the seed (atomic max per class; the row's last program lists it, each page
 once, with the |score| scale of its pages and the newest page's best score and scale, so
 the step reads no ``page_scores``), and pass 2 rescans only the pages whose best upper
-bound reaches τ_low, appending candidates to the list with an atomic counter. Both give the
-same seed, τ_low and candidate set up to the rounding of ŝ (the sums' order differs); the
-kernel list is in increasing token order, and its page mask holds every candidate's page
-(the reference's: the listed ones; the two differ only on overflow rows, which use every
-page).
+bound reaches τ_low (lowering the seed's τ to it itself), appending candidates to the list
+with an atomic counter and their pages to the attention's page list (every page on an
+overflowed row). Both give the same seed, τ_low and candidate set up to the rounding of ŝ
+(the sums' order differs); the kernel list is in increasing token order once read, and its
+page mask holds every candidate's page (the reference's: the listed ones); on overflowed
+rows the kernel mask is every coded page (the fallback both attend).
 """
 
 from __future__ import annotations

@@ -16,15 +16,25 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
-   (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). Enough to pick seed pages; the
-   token scores are written only when asked (``with_scores``, for tests and diagnostics).
-2. ``code_candidates``: given τ_low per head, a second pass that first checks each page's
+   (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
+   only when asked (``with_scores``, for tests and diagnostics). On request, in the same
+   launch: the newest page's best score and |score| scale (one more program per row, as
+   ``page_bounds``), and the τ seed — per head, the best page by page_max − ε in each residue
+   class mod K, kept by an atomic max of (bound, page) per class; the row's last program to
+   finish (an atomic counter of finished programs) lists those pages once each, with their
+   |score| scale from kmin/kmax. Should a slot read there ever miss an offer, the list
+   still holds distinct coded pages with their own scale: any seed gives a valid τ bound.
+2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
+   safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
    float64 like the reference. It appends them to a fixed-capacity list per (sequence, KV
    head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
-   and marks the pages holding a candidate.
+   marks the pages holding a candidate and appends them to a page list (another counter).
+   The row's last program pads that list, or, when the count exceeds the capacity, lists
+   and marks every coded page instead (``Exact``'s fallback): the attention needs no
+   page selection.
 
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
