@@ -32,9 +32,10 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    marks the pages holding a candidate and appends them to a page list (another counter).
-   The row's last program pads that list, or, when the count exceeds the capacity, lists
-   and marks every coded page instead (``Exact``'s fallback): the attention needs no
-   page selection.
+   When the count exceeds the capacity, the row's last program to finish lists and marks
+   every coded page instead (``Exact``'s fallback): the attention needs no page selection.
+   Other rows' lists and lengths are what the atomic appends wrote: they depend on no
+   ordering between programs.
 
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
@@ -326,23 +327,19 @@ def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length,
 
 
 @triton.jit
-def _close_page_list(count, page_mask, page_list, page_count, scratch, bh, coded, P, C, BLOCK: tl.constexpr):
-    """Run by the row's last program: the page list's length and its −1 padding, or, if the
-    candidates overflowed the capacity C, every coded page in order (list and mask: the
-    fallback ``Exact`` attends). Counts are read with atomics; every other program of the row
-    has finished its writes."""
-    row = bh.to(tl.int64) * P
-    n = tl.atomic_add(scratch + bh, 0)
-    overflow = tl.atomic_add(count + bh, 0) > C
-    if overflow:
-        n = coded
-    for start in range(0, P, BLOCK):
-        p = start + tl.arange(0, BLOCK)
-        if overflow:
+def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: tl.constexpr):
+    """Run by the row's last program: if the candidates overflowed the capacity C, list and
+    mark every coded page in order instead (the fallback ``Exact`` attends). The other programs
+    have finished (their appends precede their count of finished programs); the count is read
+    with an atomic. Rows that did not overflow are left alone: their page list and its length
+    are what the atomic appends wrote, whatever the order the programs ran in."""
+    if tl.atomic_add(count + bh, 0) > C:
+        row = bh.to(tl.int64) * P
+        for start in range(0, coded, BLOCK):
+            p = start + tl.arange(0, BLOCK)
             tl.store(page_list + row + p, p.to(tl.int32), mask=p < coded)
             tl.store(page_mask + row + p, tl.full((BLOCK,), 1, tl.int1), mask=p < coded)
-        tl.store(page_list + row + p, tl.full((BLOCK,), -1, tl.int32), mask=(p >= n) & (p < P))
-    tl.store(page_count + bh, n)
+        tl.store(page_count + bh, coded)
 
 
 @triton.jit
@@ -400,16 +397,16 @@ def _code_candidates_kernel(
                              mask=(cand == 1) & (slot < C))
                     # the pages holding a candidate, appended to the row's page list (the attention's)
                     has = (n_page > 0).to(tl.int32)
-                    at = tl.atomic_add(scratch + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
+                    at = tl.atomic_add(page_count + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
                     tl.store(page_list + bh.to(tl.int64) * P + at, p.to(tl.int32), mask=has == 1)
             tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
     else:
         tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
-    # the row's last program to finish closes the page list: on an overflowed row, every coded page
+    # the row's last program to finish: on an overflowed row, every coded page instead
     tl.debug_barrier()  # every lane's appends are issued before the count says this program is done
-    done = tl.atomic_add(scratch + tl.num_programs(0) + bh, 1)
+    done = tl.atomic_add(scratch + bh, 1)
     if done == tl.num_programs(1) - 1:
-        _close_page_list(count, page_mask, page_list, page_count, scratch, bh, coded, P, C, 1024)
+        _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, 1024)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -529,9 +526,9 @@ def code_candidates(
     if margin and (seed_mag is None or newest_mag is None):
         raise ValueError("code_candidates: seed_count needs seed_mag and newest_mag [B, Hkv, G]")
     tau_used = torch.empty((b, hkv, g) if margin else (0,), dtype=torch.float64, device=q.device)
-    page_list = torch.empty((b, hkv, p), dtype=torch.int32, device=q.device)
-    page_count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
-    scratch = torch.zeros((2 * b * hkv,), dtype=torch.int32, device=q.device)  # pages listed, programs done
+    page_list = torch.full((b, hkv, p), -1, dtype=torch.int32, device=q.device)
+    page_count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)  # the appends' counter
+    scratch = torch.zeros((b * hkv,), dtype=torch.int32, device=q.device)  # programs finished per row
     lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
