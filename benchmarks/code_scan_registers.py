@@ -50,7 +50,7 @@ def record(bits: int) -> dict:
         cache = ekv.prefill(empty, k, k, [64])
         q = torch.randn(1, 4, 128).half()
         args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None)
-        page_max, eps, _ = code_bounds(*args, bits, 0.1, False)
+        page_max, eps = code_bounds(*args, bits, 0.1, False, cache.k_pages, 8)[:2]  # the step's form
         code_candidates(*args, page_max, eps, torch.zeros(1, 1, 4, dtype=torch.float64), bits, 0.1, 0.5, 64)
     finally:
         InterpretedFunction.run = run

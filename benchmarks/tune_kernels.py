@@ -60,9 +60,10 @@ def sweep_code_scan(n: int, bits: int) -> None:
     for block_p in (1, 2, 4, 8):
         for warps in (2, 4, 8):
             cs.BLOCK_P, cs.NUM_WARPS = block_p, warps
-            fn = lambda: torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)
+            # as the step calls it: the newest page's program and the τ seed (8 classes) included
+            fn = lambda: torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False, cache.k_pages, 8)
             try:
-                page_max, eps, _ = fn()
+                page_max, eps = fn()[:2]
                 first = first or (page_max, eps)
                 diff = float((page_max - first[0]).abs().max()), float((eps - first[1]).abs().max())
                 us = time_replays(graphed(fn).replay, 50, 5)
@@ -72,7 +73,7 @@ def sweep_code_scan(n: int, bits: int) -> None:
             except Exception as err:
                 print(f"code_bounds BLOCK_P={block_p} warps={warps}: {type(err).__name__} {str(err)[:200]}")
     cs.BLOCK_P, cs.NUM_WARPS = chosen[:2]
-    page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)
+    page_max, eps = torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)[:2]
     counts = None
     for span in (16, 32, 64):
         for block_p in (1, 2, 4):
@@ -81,7 +82,7 @@ def sweep_code_scan(n: int, bits: int) -> None:
                 fn = lambda: torch.ops.entmaxkv.code_candidates(*args, page_max, eps, tau_low, bits, step.scale,
                                                                 0.5, 512)
                 try:
-                    _, count, page_mask = fn()
+                    _, count, page_mask = fn()[:3]
                     counts = counts if counts is not None else (count, page_mask)
                     same = bool(torch.equal(count, counts[0]) and torch.equal(page_mask, counts[1]))
                     us = time_replays(graphed(fn).replay, 50, 5)

@@ -196,6 +196,7 @@ class KernelOps(PageSets):
         # the last (mask, pages, count, mask version or None, score floor or None) of
         # top_pages / quest_top_pages: attend of that very mask reuses the list
         self._listed: tuple | None = None
+        self._floor: Tensor | None = None  # the newest page's score floor, once computed
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -211,6 +212,12 @@ class KernelOps(PageSets):
         version = None if torch.compiler.is_compiling() else mask._version
         self._listed = (mask, pages, count, version, floor)
         return mask
+
+    def remember_list(self, mask: Tensor, pages: Tensor, count: Tensor) -> None:
+        """A selector that built the page list of ``mask`` itself ([B, Hkv, P] int32 full pages
+        other than the newest, ``count`` [B, Hkv] int32 used): ``attend(mask)`` uses it
+        instead of listing the mask again (the same contract: do not modify ``mask`` in place)."""
+        self._keep_list(mask, pages, count, None)
 
     def top_pages(self, key: Tensor, count: Tensor | int) -> Tensor:
         c = self.cache
@@ -246,7 +253,7 @@ class KernelOps(PageSets):
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.cache
-        b, hq, d = self.q.shape
+        b = self.q.shape[0]
         floor = None
         if all_pages:
             pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
@@ -258,15 +265,30 @@ class KernelOps(PageSets):
                                  "build a new mask instead (mask = mask | other)")
         else:
             pages, count = self._list(page_mask)
-        mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
-        tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
         if floor is None:
             floor = self.score_floor(page_mask)
+        return self._attend_list(pages, count, floor, tau, refine_iters, all_pages, fits)
+
+    def _attend_list(self, pages: Tensor, count: Tensor, floor: Tensor | None, tau: Tensor | None = None,
+                     refine_iters: int = 0, all_pages: bool = False,
+                     fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``attend`` of a page list (``sparse_decode``'s [B, Hkv, M] int32 + count [B, Hkv])."""
+        c = self.cache
+        b, hq, d = self.q.shape
+        mode = TAU_EXACT if tau is None else (TAU_REFINED if refine_iters else TAU_GIVEN)
+        tau_in = None if tau is None else tau.reshape(b, hq).to(torch.float64).contiguous()
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
             None if floor is None else floor.reshape(b, hq).contiguous(), fits, self.alpha, self.scale, all_pages,
             mode, refine_iters)
         return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
+
+    def adopt_newest_page(self, newest_max: Tensor, newest_magnitude: Tensor) -> None:
+        """Take the newest page's best score and |score| scale [B, Hkv, G] from another op
+        (``code_bounds``) when this step did not run ``page_bounds``: the score floor and the
+        τ bounds use them."""
+        if self.newest_max is None:
+            self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
                      iters: int) -> Tensor:
@@ -281,7 +303,7 @@ class KernelOps(PageSets):
         None without page scores (the attention then filters from its running maximum)."""
         if self.newest_max is None:
             return None
-        newest = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        newest = self._newest_floor()
         if self.means is None:
             return newest
         chosen = (page_mask & self.candidates)[:, :, None, :]
@@ -296,11 +318,36 @@ class KernelOps(PageSets):
         return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
-        c, a = self.cache, lin(self.alpha)
         _, tau = self.attend(page_mask)
         chosen = (page_mask & self.candidates)[:, :, None, :]
-        magnitude = torch.maximum(torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1),
-                                  self.newest_magnitude).double()
+        magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
+        return self._safe_tau(tau, magnitude, chosen[:, :, 0].sum(-1))
+
+    def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:
+        """``tau_lower_bound`` of a page list: pages [B, Hkv, M] int32, distinct full pages other
+        than the newest (entries past ``count`` [B, Hkv] unused); magnitude [B, Hkv, G], the
+        |score| scale of their tokens (``page_scores``' absmax, maxed over the list). Needs
+        the newest page's scores (``page_bounds`` or ``adopt_newest_page``)."""
+        return self._safe_tau(self.seed_tau(pages, count), magnitude, count)
+
+    def seed_tau(self, pages: Tensor, count: Tensor) -> Tensor:
+        """[B, Hkv, G] float64: the exact τ over a page list (as in ``tau_lower_bound_listed``)
+        and the newest page, without the rounding margin (``code_candidates`` applies it)."""
+        return self._attend_list(pages, count, self._newest_floor())[1]
+
+    def _newest_floor(self) -> Tensor:
+        """[B, Hkv, G] the newest page's best score less what rounding could have added to it
+        (computed once a step: the seed's and the final attention use it)."""
+        if self._floor is None:
+            self._floor = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        return self._floor
+
+    def _safe_tau(self, tau: Tensor, magnitude: Tensor, full_pages: Tensor) -> Tensor:
+        """τ over ``full_pages`` [B, Hkv] full pages plus the newest one, lowered by what
+        rounding could have moved it; magnitude [B, Hkv, G]: the |score| scale of the full
+        pages' tokens."""
+        c, a = self.cache, lin(self.alpha)
+        magnitude = torch.maximum(magnitude, self.newest_magnitude).double()
         wdt = work_dtype(c.dtype)
         rounding = self.gamma * magnitude
         if self.alibi_slopes is not None:
@@ -309,7 +356,7 @@ class KernelOps(PageSets):
             rounding = rounding + 4 * torch.finfo(wdt).eps * slopes * span
             magnitude = magnitude + slopes * span
         newest_tokens = c.seq_lens - ((c.seq_lens - 1) // c.page_size) * c.page_size
-        n = (chosen[:, :, 0].sum(-1) * c.page_size + newest_tokens[:, None]).double().unsqueeze(-1)
+        n = (full_pages * c.page_size + newest_tokens[:, None]).double().unsqueeze(-1)
         eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
         # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
         own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude

@@ -25,6 +25,7 @@ import torch
 from entmaxkv.entmax import lin
 from entmaxkv.exact_codes import code_candidates
 from entmaxkv.selection import Selection, Selector, Step
+from entmaxkv.state import PagedKVCache
 from entmaxkv.topk import group_rank_key
 from entmaxkv.validation import check_count
 
@@ -43,10 +44,13 @@ class Exact(Selector):
         exclude (on real attention page bounds are loose: see ../shared/FINDINGS.md).
     With key codes (``use_codes`` and a cache with ``key_bits``), the three options above are
     unused and these apply; every step is then certified:
-    top_tokens: pages per query head, those whose best token is best by its code lower
-        bound (they hold the head's ``top_tokens`` best tokens), whose exact scores seed the
-        τ lower bound; default 8 (on SmolLM2 real attention 4, 8, 16, 64 best tokens gave the
-        same candidates within 10%; more reads more seed pages).
+    top_tokens: seed pages per query head: the pages split into ``top_tokens`` residue
+        classes (page mod top_tokens), and from each the page whose best token is best by its
+        code lower bound (``exact_codes.class_seed``: the head's best page is always one;
+        the scan keeps them without a selection over the pages). Their exact scores seed the
+        τ lower bound; default 8 (on SmolLM2 real attention the top 4, 8, 16, 64 pages gave
+        the same candidates within 10%, measured before the class seed; more reads more
+        seed pages).
     max_candidates: static capacity of the candidate token list per (sequence, KV head);
         default 512. A row with more candidates attends every page and sets ``info.overflow``.
     use_codes: use the cache's key codes when it has them; default True.
@@ -72,6 +76,11 @@ class Exact(Selector):
         if alpha <= 1.0:
             raise ValueError(f"Exact selection needs alpha > 1 (softmax has no exact zeros), got alpha={alpha}")
 
+    def reads_page_scores(self, cache: PagedKVCache) -> bool:
+        # with key codes the scan gives everything the selection reads (page scores only
+        # serve the page-level certificate: asked for by ``with_info``)
+        return not (self.use_codes and cache.key_bits is not None)
+
     def select(self, step: Step) -> Selection:
         if self.use_codes and step.cache.key_bits is not None:
             return self._select_with_codes(step)
@@ -88,8 +97,6 @@ class Exact(Selector):
 
     def _select_with_codes(self, step: Step) -> Selection:
         found = code_candidates(step, self.top_tokens, self.max_candidates)
-        every = step.candidates.expand_as(found.page_mask)
-        pages = torch.where(found.overflow[..., None], every, found.page_mask)
         # exact by the argument in exact_codes, and trivially so on the fallback rows
         certified = torch.ones_like(found.tau_low, dtype=torch.bool)
-        return Selection(pages, certified=certified, overflow=found.overflow)
+        return Selection(found.attended, certified=certified, overflow=found.overflow)

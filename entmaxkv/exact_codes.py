@@ -4,10 +4,11 @@ With key codes (``keycodes``) every token i of a full page has a score interval
 ŝ_i ± ε_p around its reference score s̃_i. For one decode step:
 
 1. scan the codes of every full page (other than the newest) -> ŝ_i, ε_p;
-2. seed: for each query head the ``top_tokens`` pages whose best token is best by ŝ - ε
-   (they hold the head's ``top_tokens`` best tokens, and a page's best token is all a
-   per-page pass needs to keep; the group's union), plus the newest page; τ_low = a safe
-   lower bound of τ over the seed's exact scores (``Step.ops.tau_lower_bound``, either
+2. seed: for each query head and each residue class r of the pages mod ``top_tokens``, the
+   page whose best token is best by ŝ - ε (``class_seed``: the head's best page is always
+   among them, and the scan can keep these with one atomic max per page instead of a
+   selection over all pages afterwards; the group's union), plus the newest page; τ_low = a
+   safe lower bound of τ over the seed's exact scores (``Step.ops.tau_lower_bound``, either
    backend), so τ_low <= τ̃(seed);
 3. candidates: tokens with lin(α)·(ŝ + ε) > τ_low for some head of the group;
 4. the attended set A = candidates + the newest page; exact τ over A;
@@ -30,12 +31,16 @@ compaction into a fixed-size list. (The seed is whole pages because selectors sp
 Two implementations of steps 1-3, chosen by the step's backend: on the reference
 (``ReferenceOps``) the torch scan below (``keycodes.code_scores``: every code unpacked, token
 scores [B, Hkv, G, N] in memory); on the kernels (``KernelOps``) the ops of
-``entmaxkv.kernels.code_scan``: pass 1 keeps each page's best ŝ and ε per head, the seed is
-``select_pages`` over those, and pass 2 rescans only the pages whose best upper bound
-reaches τ_low, appending candidates to the list with an atomic counter. Both give the same
-seed, τ_low and candidate set up to the rounding of ŝ (the sums' order differs); the kernel
-list is in increasing token order, and its page mask holds every candidate's page (the
-reference's: the listed ones; the two differ only on overflow rows, which use every page).
+``entmaxkv.kernels.code_scan``: pass 1 keeps each page's best ŝ and ε per head and, in the
+same launch, the seed (atomic max per class; the row's last program lists it, each page
+once, with the |score| scale of its pages and the newest page's best score and scale, so
+the step reads no ``page_scores``), and pass 2 rescans only the pages whose best upper
+bound reaches τ_low (lowering the seed's τ to it itself), appending candidates to the list
+with an atomic counter and their pages to the attention's page list (every page on an
+overflowed row). Both give the same seed, τ_low and candidate set up to the rounding of ŝ
+(the sums' order differs); the kernel list is in increasing token order once read, and its
+page mask holds every candidate's page (the reference's: the listed ones); on overflowed
+rows the kernel mask is every coded page (the fallback both attend).
 """
 
 from __future__ import annotations
@@ -50,9 +55,8 @@ from entmaxkv.conventions import pages_to_mask
 from entmaxkv.entmax import lin
 from entmaxkv.keycodes import code_scores
 from entmaxkv.selection import Step
-from entmaxkv.topk import top_pages
 
-__all__ = ["CodeCandidates", "code_candidates"]
+__all__ = ["CodeCandidates", "code_candidates", "class_seed"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,10 +68,13 @@ class CodeCandidates:
     count: [B, Hkv] int64 candidates found (may exceed C);
     overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
-    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate;
-        the same unless the row overflowed);
-    seed_pages: [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the newest page
-        came on top).
+    page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate,
+        and every coded page on an overflowed row);
+    attended: [B, Hkv, P] bool, what ``Exact`` attends: the candidates' pages, every full page
+        (other than the newest) on an overflowed row (the fallback);
+    seed_pages (property): [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the
+        newest page came on top); seed_list: the same as [B, Hkv, M] page indices, −1 for
+        none (the kernels list each page once; the reference may repeat one).
 
     ``index`` and ``count`` are views computed when read: a decode step reads only
     ``page_mask`` and ``overflow``, so on the kernel path it never pays for ordering the list
@@ -79,7 +86,12 @@ class CodeCandidates:
     overflow: Tensor
     tau_low: Tensor
     page_mask: Tensor
-    seed_pages: Tensor
+    seed_list: Tensor
+    attended: Tensor
+
+    @property
+    def seed_pages(self) -> Tensor:
+        return pages_to_mask(self.seed_list, self.page_mask.shape[-1])
 
     @property
     def index(self) -> Tensor:
@@ -111,8 +123,8 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
 
     n = low.shape[-1]
     page_low = low.reshape(*low.shape[:3], cache.num_pages, s).amax(-1)  # [B, Hkv, G, P]
-    seed_pages = top_pages(page_low, top_tokens).any(2) & step.candidates
-    tau_low = step.ops.tau_lower_bound(seed_pages | step.newest)  # [B, Hkv, G]
+    seed = class_seed(page_low, top_tokens)
+    tau_low = step.ops.tau_lower_bound(pages_to_mask(seed, cache.num_pages) | step.newest)  # [B, Hkv, G]
 
     reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N]
     is_cand = reach > 0
@@ -120,42 +132,66 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     value, index = torch.where(is_cand, reach, torch.full_like(reach, float("-inf"))).topk(min(capacity, n), dim=-1)
     index = torch.where(torch.isfinite(value), index, torch.full_like(index, -1))
     page_index = torch.where(index >= 0, index // s, index)
+    page_mask = pages_to_mask(page_index, cache.num_pages)
+    overflow = count > capacity
     return CodeCandidates(
         found_index=index,
         found_count=count,
-        overflow=count > capacity,
+        overflow=overflow,
         tau_low=tau_low,
-        page_mask=pages_to_mask(page_index, cache.num_pages),
-        seed_pages=seed_pages,
+        page_mask=page_mask,
+        seed_list=seed,
+        attended=torch.where(overflow[..., None], step.candidates.expand_as(page_mask), page_mask),
     )
+
+
+def class_seed(page_low: Tensor, slots: int) -> Tensor:
+    """The seed of step 2 (the reference of ``code_bounds``' seed): for each query head and each
+    residue class r of the pages mod ``slots``, the page with the largest ``page_low`` (the best
+    token's code lower bound, −inf on pages without codes), compared as float32 (so float64
+    caches rank like the kernel), ties to the lower page. Every head's best page is among them.
+
+    page_low: [B, Hkv, G, P]. Returns [B, Hkv, G·slots] int64 pages, −1 where a class holds no
+    coded page (a page several heads chose appears once per head)."""
+    b, hkv, g, p = page_low.shape
+    rows = -(-p // slots)
+    key = torch.nn.functional.pad(page_low.float(), (0, rows * slots - p), value=float("-inf"))
+    value, row = key.reshape(b, hkv, g, rows, slots).max(-2)  # first maximum: the lower page on ties
+    page = row * slots + torch.arange(slots, device=page_low.device)
+    return torch.where(value > float("-inf"), page, torch.full_like(page, -1)).reshape(b, hkv, g * slots)
 
 
 def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
     """Steps 1-3 through the ``code_bounds`` / ``code_candidates`` ops: two passes over the
-    codes (the second over candidate pages only), a page selection for the seed, and the
-    seed's τ bound; a handful of launches, never a token-score tensor.
+    codes (the second over candidate pages only) and the seed's τ bound; a handful of
+    launches, never a token-score tensor, no selection over the pages.
 
     Glue kept out, each without changing a result: the ops write only coded pages, which are
     exactly ``step.candidates`` (full pages before the newest one), so nothing is masked with
-    it again; ``select_pages`` never picks a page whose key is −inf (every page without codes);
-    ``KernelOps`` attends the newest page whatever the mask says, so the seed goes without it;
-    the list is ordered only when read (``CodeCandidates.index``)."""
+    it again; ``code_bounds`` lists the seed itself (each page once, with the |score| scale of
+    its pages: no page mask, no ``select_pages``, no ``page_scores``); ``code_candidates`` turns the
+    seed's τ into the safe bound itself (``KernelOps._safe_tau``'s arithmetic); ``KernelOps`` attends the
+    newest page whatever the list says, so the seed goes without it; the list is ordered only
+    when read (``CodeCandidates.index``); ``code_candidates`` lists the attended pages itself
+    (the overflow fallback included), so the attention needs no ``select_pages``."""
     cache, ops = step.cache, step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)  # q: [B, Hq, D]
-    page_max, eps, _ = torch.ops.entmaxkv.code_bounds(*args, cache.key_bits, step.scale, False)
-    b, hkv, g, p = page_max.shape
-    low = (page_max - eps).reshape(b, hkv * g, p)  # −inf on pages without codes
-    want = torch.full((b, hkv * g), top_tokens, dtype=torch.int32, device=low.device)
-    top, _ = torch.ops.entmaxkv.select_pages(low, want, max(1, min(top_tokens, p)))
-    seed_pages = pages_to_mask(top.reshape(b, hkv, -1), p)
-    tau_low = ops.tau_lower_bound(seed_pages).to(torch.float64).contiguous()  # [B, Hkv, G] (no-ops: it is so)
-    index, count, page_mask = torch.ops.entmaxkv.code_candidates(
-        *args, page_max, eps, tau_low, cache.key_bits, step.scale, lin(step.alpha), capacity)
+    page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag = torch.ops.entmaxkv.code_bounds(
+        *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens)
+    ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
+    tau_seed = ops.seed_tau(seed, seed_count)  # exact τ over the seed and the newest page [B, Hkv, G]
+    # the op lowers τ to KernelOps.tau_lower_bound_listed's safe bound itself (no torch arithmetic)
+    index, count, page_mask, tau_low, page_list, page_count = torch.ops.entmaxkv.code_candidates(
+        *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,
+        ops.newest_magnitude, step.alpha)
+    # the op's mask already holds every coded page on overflowed rows; its list goes to the attention
+    ops.remember_list(page_mask, page_list, page_count)
     return CodeCandidates(
         found_index=index,
         found_count=count,
         overflow=count > capacity,
         tau_low=tau_low,
         page_mask=page_mask,
-        seed_pages=seed_pages,
+        seed_list=seed,
+        attended=page_mask,
     )

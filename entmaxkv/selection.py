@@ -147,6 +147,12 @@ class Selector:
     def select(self, step: Step) -> Selection:
         raise NotImplementedError
 
+    def reads_page_scores(self, cache: PagedKVCache) -> bool:
+        """Whether a step on ``cache`` must compute the page-level quantities (``Step.upper``,
+        ``Step.means``, the newest page's scores); ``needs_page_scores`` unless a selector
+        knows better for some caches."""
+        return self.needs_page_scores
+
     def check(self, alpha: float) -> None:
         """Raise ValueError if this selector cannot serve ``alpha``."""
 

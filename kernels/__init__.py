@@ -11,8 +11,8 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
     gaussian_tau      the Gaussian page model's τ̂ (closed forms, Fejér quadrature otherwise)
     gaussian_select   the Gaussian selector's page rule (margins, kept pages, list) from τ̂
-    code_bounds       pass 1 over the key codes: best ŝ and ε per page and query head
-    code_candidates   pass 2: tokens whose code bound reaches τ_low, as a fixed-capacity list
+    code_bounds       pass 1 over the key codes: best ŝ and ε per page and query head (+ τ seed, newest page)
+    code_candidates   pass 2: tokens whose code bound reaches τ_low, as a fixed-capacity list (+ page list)
     entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
 
 Kernels never import ``entmaxkv.reference``; tests compare them against it. ``entmaxkv.backend``

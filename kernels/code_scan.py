@@ -16,15 +16,26 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
-   (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). Enough to pick seed pages; the
-   token scores are written only when asked (``with_scores``, for tests and diagnostics).
-2. ``code_candidates``: given τ_low per head, a second pass that first checks each page's
+   (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
+   only when asked (``with_scores``, for tests and diagnostics). On request, in the same
+   launch: the newest page's best score and |score| scale (one more program per row, as
+   ``page_bounds``), and the τ seed — per head, the best page by page_max − ε in each residue
+   class mod K, kept by an atomic max of (bound, page) per class; the row's last program to
+   finish (an atomic counter of finished programs) lists those pages once each, with their
+   |score| scale from kmin/kmax. Should a slot read there ever miss an offer, the list
+   still holds distinct coded pages with their own scale: any seed gives a valid τ bound.
+2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
+   safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
    float64 like the reference. It appends them to a fixed-capacity list per (sequence, KV
    head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
-   and marks the pages holding a candidate.
+   marks the pages holding a candidate and appends them to a page list (another counter).
+   When the count exceeds the capacity, the row's last program to finish lists and marks
+   every coded page instead (``Exact``'s fallback): the attention needs no page selection.
+   Other rows' lists and lengths are what the atomic appends wrote: they depend on no
+   ordering between programs.
 
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
@@ -49,6 +60,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
+from entmaxkv.kernels.sparse_decode import bisection_steps
+from entmaxkv.kernels.select_pages import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
@@ -157,12 +171,68 @@ def _scale_of(scale, scale_t, WORK: tl.constexpr):
 
 
 @triton.jit
+def _seed_offer(state, qrow, p, live, low, P, SLOTS: tl.constexpr):
+    """Offer the pages p [BLOCK_P] (code lower bound ``low``) to head ``qrow``'s seed slots:
+    page p competes in slot p mod SLOTS, and an atomic max keeps the best page of each slot.
+    Packed as (ordered float32 bound + 2^31) · 2^31 + (P − p): larger bound first, then the
+    lower page; every offer is > 0, the empty slot's value."""
+    key = _ordered(low.to(tl.float32), tl.int32, 32).to(tl.int64) + 2147483648
+    packed = (key << 31) | (P - p).to(tl.int64)
+    tl.atomic_max(state + qrow * SLOTS + p % SLOTS, packed, mask=live)
+
+
+@triton.jit
+def _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D,
+               G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr,
+               WORK: tl.constexpr):
+    """Run by the last program of row ``bh`` to finish: the slots' pages, each once, as a list
+    [G·SLOTS] (−1 padded) with its count, and per head the |score| scale of the listed pages,
+    scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (what ``page_scores`` calls absmax), from the
+    inputs. A page two heads chose appears once (it can only sit in the same slot of both).
+    The slots are read with atomics; should a read ever miss a late offer, the list still holds
+    distinct coded pages and the magnitude is theirs: any seed keeps τ_low a lower bound."""
+    gi = tl.arange(0, GP)
+    ri = tl.arange(0, KP)
+    ok = (gi < G)[:, None] & (ri < SLOTS)[None, :]
+    base = bh.to(tl.int64) * G * SLOTS
+    packed = tl.atomic_add(state + base + gi[:, None] * SLOTS + ri[None, :], tl.zeros((GP, KP), tl.int64), mask=ok)
+    page = tl.where(ok & (packed > 0), P - (packed & 2147483647), -1)  # [GP, KP]
+    dup = tl.zeros((GP, KP), tl.int1)
+    for g in tl.static_range(G):  # the same page in the same slot of an earlier head
+        earlier = tl.sum(tl.where(gi[:, None] == g, page, 0), axis=0)  # [KP] head g's row
+        dup |= (page == earlier[None, :]) & (gi[:, None] > g)
+    keep = (page >= 0) & ~dup
+    flat = tl.reshape(keep.to(tl.int32), (GP * KP,))
+    pages = tl.reshape(page, (GP * KP,))
+    at = tl.cumsum(flat, axis=0) - flat
+    n = tl.sum(flat, axis=0)
+    i = tl.arange(0, GP * KP)
+    out = bh.to(tl.int64) * (G * SLOTS)
+    tl.store(seed_pages + out + at, pages.to(tl.int32), mask=flat == 1)
+    tl.store(seed_pages + out + i, tl.full((GP * KP,), -1, tl.int32), mask=(i >= n) & (i < G * SLOTS))
+    tl.store(seed_count + bh, n)
+    # |score| scale of the listed pages, from kmin/kmax (inputs: nothing another program wrote)
+    d = tl.arange(0, BD)
+    live = flat == 1
+    stat = (bh.to(tl.int64) * P + tl.where(live, pages, 0))[:, None] * D + d[None, :]
+    smask = live[:, None] & (d < D)[None, :]
+    kabs = tl.maximum(tl.abs(tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)),
+                      tl.abs(tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)))
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        qa = tl.abs(tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK))
+        mag = tl.sum(qa[None, :] * kabs, axis=1) * scale_w
+        tl.store(seed_mag + qrow, tl.max(tl.where(live, mag, 0.0), axis=0))
+
+
+@triton.jit
 def _code_bounds_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t,
-    page_max, eps_out, s_hat_out,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages, state,
+    page_max, eps_out, s_hat_out, newest_max, newest_mag, seed_pages, seed_count, seed_mag,
     scale, r, alibi_eps, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
+    WITH_NEWEST: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -172,8 +242,12 @@ def _code_bounds_kernel(
     in_range = p < P
     live = p < coded
     page_row = bh.to(tl.int64) * P + p
+    scale_w = _scale_of(scale, scale_t, WORK)
+    if WITH_NEWEST:
+        if tl.program_id(1) == tl.num_programs(1) - 1:  # the extra program: the newest page's keys
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
+                         BD, WORK, HAS_ALIBI, False)
     if tl.program_id(1) * BLOCK_P < coded:
-        scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
@@ -184,9 +258,12 @@ def _code_bounds_kernel(
             s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
                                       code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
             out = qrow * P + p
+            best = tl.max(s_hat, axis=1)
             # pages without codes: no token can be chosen from them
-            tl.store(page_max + out, tl.where(live, tl.max(s_hat, axis=1), float("-inf")), mask=in_range)
+            tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
             tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+            if SLOTS > 0:
+                _seed_offer(state, qrow, p, live, best - eps, P, SLOTS)
             if WITH_SCORES:
                 tok = tl.arange(0, S)
                 tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
@@ -195,43 +272,106 @@ def _code_bounds_kernel(
             out = (bh.to(tl.int64) * G + g) * P + p
             tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
             tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+    if SLOTS > 0:
+        # the last program of the row to finish lists the seed (a counter after the slots)
+        tl.debug_barrier()  # every lane's offers are issued before the count says this program is done
+        done = tl.atomic_add(state + tl.num_programs(0).to(tl.int64) * G * SLOTS + bh, 1)
+        if done == tl.num_programs(1) - 1:
+            _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, G, SLOTS, GP,
+                       KP, BD, WORK)
 
 
 @triton.jit
-def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr):
-    """[len(p)] pages whose best upper bound reaches τ_low for some head of the group: the
-    pass-1 bounds only (2·G floats a page), compared in float64 like the reference."""
+def _head_tau(tau_low, g, GP: tl.constexpr):
+    """τ_low of head g from the group's vector [GP]."""
+    return tl.sum(tl.where(tl.arange(0, GP) == g, tau_low, 0.0), axis=0)
+
+
+@triton.jit
+def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr, GP: tl.constexpr):
+    """[len(p)] pages whose best upper bound reaches τ_low ([GP], the group's) for some head of
+    the group: the pass-1 bounds only (2·G floats a page), compared in float64 like the
+    reference."""
     hit = tl.zeros(p.shape, tl.int1)
     for g in tl.static_range(G):
         qrow = bh.to(tl.int64) * G + g
         best = tl.load(page_max + qrow * P + p, mask=p < P, other=float("-inf"))
         spread = tl.load(eps_in + qrow * P + p, mask=p < P, other=0.0)
-        hit |= c * (best + spread).to(tl.float64) - tl.load(tau_low + qrow) > 0
+        hit |= c * (best + spread).to(tl.float64) - _head_tau(tau_low, g, GP) > 0
     return hit & (p < coded)
 
 
 @triton.jit
+def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length, gamma, alibi_round, span, bisect,
+                S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """[GP] ``KernelOps._safe_tau`` of the group's τ over the seed pages and the newest page
+    (``tau`` [GP] float64), in the same float64 operations: lowered by (α−1)·γ·M for the
+    scores' rounding (M: the largest |score| scale of the attended tokens, ALiBi added) and by
+    τ's own error, 16·n·eps64·(|τ| + (α−1)·M + 1) + eps32·(α−1)·M (+ the bisection's)."""
+    gi = tl.arange(0, GP)
+    row = bh.to(tl.int64) * G + gi
+    gm = gi < G
+    mag = tl.maximum(tl.load(seed_mag + row, mask=gm, other=0.0), tl.load(newest_mag + row, mask=gm, other=0.0))
+    mag = mag.to(tl.float64)
+    rounding = tl.cast(gamma, tl.float64) * mag
+    if HAS_ALIBI:
+        slope = tl.abs(tl.load(slopes + (bh % H) * G + gi, mask=gm, other=0.0).to(tl.float64))
+        rounding = rounding + tl.cast(alibi_round, tl.float64) * slope * tl.cast(span, tl.float64)
+        mag = mag + slope * tl.cast(span, tl.float64)
+    newest_tokens = length - ((length - 1) // S) * S
+    n = (tl.load(seed_count + bh).to(tl.int64) * S + newest_tokens).to(tl.float64)
+    eps64 = 2.220446049250313e-16  # 2^-52, exact in the float32 literal too
+    eps32 = 1.1920928955078125e-07  # 2^-23
+    own = 16.0 * n * eps64 * (tl.abs(tau) + c * mag + 1.0) + eps32 * c * mag + tl.cast(bisect, tl.float64)
+    return tau - c * rounding - own
+
+
+@triton.jit
+def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: tl.constexpr):
+    """Run by the row's last program: if the candidates overflowed the capacity C, list and
+    mark every coded page in order instead (the fallback ``Exact`` attends). The other programs
+    have finished (their appends precede their count of finished programs); the count is read
+    with an atomic. Rows that did not overflow are left alone: their page list and its length
+    are what the atomic appends wrote, whatever the order the programs ran in."""
+    if tl.atomic_add(count + bh, 0) > C:
+        row = bh.to(tl.int64) * P
+        for start in range(0, coded, BLOCK):
+            p = start + tl.arange(0, BLOCK)
+            tl.store(page_list + row + p, p.to(tl.int32), mask=p < coded)
+            tl.store(page_mask + row + p, tl.full((BLOCK,), 1, tl.int1), mask=p < coded)
+        tl.store(page_count + bh, coded)
+
+
+@triton.jit
 def _code_candidates_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_low,
-    index, count, page_mask,
-    scale, r, alibi_eps, H, P, D, W, C,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
+    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
+    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S
     c = tl.load(lin_t)  # float64 α − 1, as the reference multiplies
+    gi = tl.arange(0, GP)
+    tau_low = tl.load(tau_in + bh.to(tl.int64) * G + gi, mask=gi < G, other=0.0)  # [GP] float64
+    if MARGIN:  # τ over the seed -> a safe lower bound (every program of the row computes the same)
+        tau_low = _tau_margin(tau_low, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length, gamma,
+                              alibi_round, span_f, bisect, S, G, GP, HAS_ALIBI)
+        if tl.program_id(1) == 0:
+            tl.store(tau_out + bh.to(tl.int64) * G + gi, tau_low, mask=gi < G)
     first_page = tl.program_id(1) * SPAN
     span = first_page + tl.arange(0, SPAN)
     # the early skip: a program checks SPAN pages' bounds at once (most spans have no candidate)
-    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G).to(tl.int32), axis=0) > 0:
+    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G, GP).to(tl.int32), axis=0) > 0:
         scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
         for t in range(SPAN // BLOCK_P):  # small tiles: only reaching blocks load codes
             p = first_page + t * BLOCK_P + tl.arange(0, BLOCK_P)
-            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G)  # a re-read of cached bounds
+            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G, GP)  # a re-read of cached bounds
             n_page = tl.zeros((BLOCK_P,), tl.int32)
             if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
                 page_row = bh.to(tl.int64) * P + p
@@ -244,7 +384,7 @@ def _code_candidates_kernel(
                     s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
                                               code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
                     high = (s_hat + eps[:, None]).to(tl.float64)
-                    cand |= c * high - tl.load(tau_low + qrow) > 0  # any head of the group
+                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
                 cand = (cand & hit[:, None]).to(tl.int32)
                 n_page = tl.sum(cand, axis=1)
                 n = tl.sum(n_page, axis=0)
@@ -255,9 +395,18 @@ def _code_candidates_kernel(
                     tok = tl.arange(0, S)
                     tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
                              mask=(cand == 1) & (slot < C))
+                    # the pages holding a candidate, appended to the row's page list (the attention's)
+                    has = (n_page > 0).to(tl.int32)
+                    at = tl.atomic_add(page_count + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
+                    tl.store(page_list + bh.to(tl.int64) * P + at, p.to(tl.int32), mask=has == 1)
             tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
     else:
         tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
+    # the row's last program to finish: on an overflowed row, every coded page instead
+    tl.debug_barrier()  # every lane's appends are issued before the count says this program is done
+    done = tl.atomic_add(scratch + bh, 1)
+    if done == tl.num_programs(1) - 1:
+        _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, 1024)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -281,8 +430,10 @@ def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch
 def code_bounds(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, bits: int, scale: float, with_scores: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 1: ``(page_max, eps, s_hat)``.
+    k_pages: torch.Tensor | None = None, seed_slots: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor]:
+    """Pass 1: ``(page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag)``.
 
     q: [B, Hq, D] contiguous (Hq = Hkv·G); k_codes: [B, Hkv, P, S, W] uint8 (``keycodes``
     layout for ``bits`` 4 or 8); k_min/k_max: [B, Hkv, P, D] in the cache dtype; seq_lens: [B]
@@ -290,67 +441,123 @@ def code_bounds(
     page_max: [B, Hkv, G, P] work dtype, max_i ŝ_i over each coded page, −inf elsewhere;
     eps: [B, Hkv, G, P] ε_p of coded pages, 0 elsewhere; s_hat: [B, Hkv, G, P·S] ŝ of the
     tokens of coded pages (other slots unwritten) if ``with_scores``, else [0].
+    With ``k_pages`` ([B, Hkv, P, S, D], the cache's keys: only each sequence's newest page is
+    read, by one more program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
+    the newest page's best score and its |score| scale (``page_bounds``' outputs of the same
+    names); else both [0].
+    With ``seed_slots`` K > 0 also a τ seed chosen in the same pass (no selection over the
+    pages afterwards): for each query head and each residue class r of the pages mod K, the
+    coded page with the largest code lower bound page_max − ε (compared as float32; ties to
+    the lower page). seed_pages: [B, Hkv, G·K] int32, those pages each once (a page several
+    heads chose is listed once), −1 padded; seed_count: [B, Hkv] int32, pages listed;
+    seed_mag: [B, Hkv, G] work dtype, max over the listed pages of
+    scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (0 if none): the |score| scale of their tokens
+    (``page_scores``' absmax). Else the three are [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     page_max = torch.empty((b, hkv, g, p), dtype=work, device=q.device)
     eps = torch.empty_like(page_max)
     s_hat = torch.empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work, device=q.device)
+    with_newest = k_pages is not None
+    newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
+    newest_mag = torch.empty_like(newest_max)
+    k = max(int(seed_slots), 0)
+    seed_pages = torch.empty((b, hkv, g * k) if k else (0,), dtype=torch.int32, device=q.device)
+    seed_count = torch.empty((b, hkv) if k else (0,), dtype=torch.int32, device=q.device)
+    seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
+    # the seed's slots (0: empty) and, after them, each row's count of finished programs
+    state = torch.zeros((b * hkv * (g * k + 1),) if k else (1,), dtype=torch.int64, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
-    wrap_triton(_code_bounds_kernel)[(b * hkv, triton.cdiv(p, BLOCK_P))](
-        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
-        s_hat if with_scores else page_max, scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    wrap_triton(_code_bounds_kernel)[grid](
+        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max),
+        k_pages if with_newest else page_max, state, page_max, eps, s_hat if with_scores else page_max,
+        newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
+        seed_pages if k else state, seed_count if k else state, seed_mag if k else page_max,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest, SLOTS=k,
+        GP=next_pow2(g), KP=next_pow2(max(k, 1)), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
-    return page_max, eps, s_hat
+    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
 @code_bounds.register_fake
-def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores):
+def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores, k_pages=None, seed_slots=0):
     b, hkv, p, s, _ = k_codes.shape
     g = q.shape[1] // hkv
+    k = max(int(seed_slots), 0)
     work = work_dtype_of(k_min.dtype)
     page_max = q.new_empty((b, hkv, g, p), dtype=work)
-    return page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work)
+    newest = q.new_empty((b, hkv, g) if k_pages is not None else (0,), dtype=work)
+    return (page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work),
+            newest, torch.empty_like(newest), q.new_empty((b, hkv, g * k) if k else (0,), dtype=torch.int32),
+            q.new_empty((b, hkv) if k else (0,), dtype=torch.int32), q.new_empty((b, hkv, g) if k else (0,), dtype=work))
 
 
 @triton_op("entmaxkv::code_candidates", mutates_args=())
 def code_candidates(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, page_max: torch.Tensor, eps: torch.Tensor, tau_low: torch.Tensor,
-    bits: int, scale: float, lin: float, capacity: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2: ``(index, count, page_mask)`` of the tokens with lin·(ŝ + ε) > τ_low for some
-    head of the group.
+    bits: int, scale: float, lin: float, capacity: int, seed_count: torch.Tensor | None = None,
+    seed_mag: torch.Tensor | None = None, newest_mag: torch.Tensor | None = None, alpha: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: ``(index, count, page_mask, tau_used, page_list, page_count)`` of the tokens with
+    lin·(ŝ + ε) > τ_low for some head of the group.
 
     Inputs as ``code_bounds`` plus its ``page_max`` and ``eps`` and tau_low: [B, Hkv, G]
     float64; lin: α − 1; capacity: C. index: [B, Hkv, C] int32 token slots (p·S + j),
     unordered, −1 in unused entries; count: [B, Hkv] int32, candidates found (may exceed C:
-    then only C are listed); page_mask: [B, Hkv, P] bool, pages holding a candidate (listed
-    or not).
+    then only C are listed); page_mask: [B, Hkv, P] bool, the pages holding a candidate — on a
+    row whose candidates overflowed (count > C) every coded page instead (``Exact``'s
+    fallback); page_list: [B, Hkv, P] int32, the same pages as a list for ``sparse_decode``
+    (unordered, −1 padded), page_count: [B, Hkv] int32.
+    With ``seed_count`` ([B, Hkv] int32), ``seed_mag`` and ``newest_mag`` ([B, Hkv, G], as
+    ``code_bounds`` gives them; newest_mag may come from ``page_bounds``) and ``alpha``,
+    ``tau_low`` is instead the exact τ over the seed's pages and the newest page (as
+    ``sparse_decode`` computes it), and the op lowers it to the safe bound of
+    ``KernelOps._safe_tau`` itself (per-row arithmetic that would otherwise be ~20 small
+    torch launches); tau_used: [B, Hkv, G] float64, that bound. Without them tau_used is [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     index = torch.full((b, hkv, capacity), -1, dtype=torch.int32, device=q.device)
     count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)
     page_mask = torch.empty((b, hkv, p), dtype=torch.bool, device=q.device)
+    margin = seed_count is not None
+    if margin and (seed_mag is None or newest_mag is None):
+        raise ValueError("code_candidates: seed_count needs seed_mag and newest_mag [B, Hkv, G]")
+    tau_used = torch.empty((b, hkv, g) if margin else (0,), dtype=torch.float64, device=q.device)
+    page_list = torch.full((b, hkv, p), -1, dtype=torch.int32, device=q.device)
+    page_count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)  # the appends' counter
+    scratch = torch.zeros((b * hkv,), dtype=torch.int32, device=q.device)  # programs finished per row
     lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
+    # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
+    bisect = 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
     wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
-        tau_low, index, count, page_mask,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w, capacity,
-        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS, **consts,
+        tau_low, seed_count if margin else count, seed_mag if margin else page_max,
+        newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
+        page_count, scratch,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
+        4 * torch.finfo(work).eps, float(p * s), bisect, hkv, p, d, w, capacity,
+        HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
+        MARGIN=margin, GP=next_pow2(g), **consts,
     )
-    return index, count, page_mask
+    return index, count, page_mask, tau_used, page_list, page_count
 
 
 @code_candidates.register_fake
-def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, bits, scale, lin, capacity):
+def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, page_max, eps, tau_low, bits, scale, lin, capacity,
+      seed_count=None, seed_mag=None, newest_mag=None, alpha=0.0):
     b, hkv, p = k_codes.shape[:3]
+    g = q.shape[1] // hkv
     return (q.new_empty((b, hkv, capacity), dtype=torch.int32), q.new_empty((b, hkv), dtype=torch.int32),
-            q.new_empty((b, hkv, p), dtype=torch.bool))
+            q.new_empty((b, hkv, p), dtype=torch.bool),
+            q.new_empty((b, hkv, g) if seed_count is not None else (0,), dtype=torch.float64),
+            q.new_empty((b, hkv, p), dtype=torch.int32), q.new_empty((b, hkv), dtype=torch.int32))
 
 
 # vmap folds into the batch dimension (q, codes, statistics, lengths; bounds and τ_low too)
-register_batch_rule(code_bounds, (0, 1, 2, 3, 4))
-register_batch_rule(code_candidates, (0, 1, 2, 3, 4, 6, 7, 8))
+register_batch_rule(code_bounds, (0, 1, 2, 3, 4, 9))
+register_batch_rule(code_candidates, (0, 1, 2, 3, 4, 6, 7, 8, 13, 14, 15))

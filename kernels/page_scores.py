@@ -67,7 +67,7 @@ def _page_scores_kernel(
     if WITH_NEWEST:
         if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
-                         BLOCK_S, BLOCK_D, WORK, HAS_ALIBI)
+                         BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
     if block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
         d = tl.arange(0, BLOCK_D)
@@ -115,10 +115,10 @@ def _page_scores_kernel(
 @triton.jit
 def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length,
                  S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                 WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """The newest page's slot scores (−inf past the length), their best and their |score|
-    scale, per query head of row bh (scores as ``sparse_decode`` and the reference compute
-    them: a D-term dot product, scaled)."""
+                 WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_SCORES: tl.constexpr):
+    """The newest page's best score and |score| scale per query head of row bh, and with
+    ``STORE_SCORES`` its slot scores (−inf past the length) (scores as ``sparse_decode`` and
+    the reference compute them: a D-term dot product, scaled)."""
     scale_w = tl.cast(scale, WORK)
     page = tl.maximum(length - 1, 0) // S
     slot = tl.arange(0, BLOCK_S)
@@ -138,7 +138,8 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
             s += slope * (pos - (length - 1)).to(WORK)
         mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
         s = tl.where(valid, s, float("-inf"))
-        tl.store(newest_scores + qrow * S + slot, s, mask=slot < S)
+        if STORE_SCORES:
+            tl.store(newest_scores + qrow * S + slot, s, mask=slot < S)
         tl.store(newest_max + qrow, tl.max(s, axis=0))
         tl.store(newest_mag + qrow, tl.max(tl.where(valid, mag, 0.0), axis=0))
 

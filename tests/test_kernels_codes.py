@@ -63,7 +63,7 @@ def rounding_part(cache, q, scale):
 
 def run_bounds(cache, q, scale, slopes, with_scores=True):
     return code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
-                       cache.key_bits, scale, with_scores)
+                       cache.key_bits, scale, with_scores)[:3]
 
 
 # ---- pass 1: ŝ, ε and the per-page best ------------------------------------------------------
@@ -129,6 +129,139 @@ def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
         assert bool((gap[tokens] <= 0).all()), (seed, kind, float(gap[tokens].max()))
 
 
+# ---- pass 1's seed and newest page (what lets the step skip page_bounds and the seed selection) --
+
+
+def naive_class_seed(low: torch.Tensor, slots: int) -> list[set[int]]:
+    """Per (b, h, g) head: {the page with the largest float32 ``low`` in each class p mod slots,
+    the lowest such page on ties} over pages with low > −inf — a plain loop, the oracle of
+    ``exact_codes.class_seed``."""
+    out = []
+    b, hkv, g, p = low.shape
+    for i in range(b):
+        for j in range(hkv):
+            for h in range(g):
+                chosen = set()
+                for r in range(slots):
+                    pages = [x for x in range(r, p, slots) if float(low[i, j, h, x]) > float("-inf")]
+                    if pages:
+                        key = [float(low[i, j, h, x].float()) for x in pages]
+                        chosen.add(pages[key.index(max(key))])  # index(): the first, i.e. the lower page
+                out.append(chosen)
+    return out
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_class_seed_equals_a_loop(slots):
+    from entmaxkv.exact_codes import class_seed
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randint(0, 4, (2, 2, 3, 11), generator=g).double()  # many ties
+    low[0, 1, :, 5:] = float("-inf")  # pages without codes
+    low[1, 0, 2] = float("-inf")
+    got = class_seed(low, slots)
+    assert got.shape == (2, 2, 3 * slots)
+    want = naive_class_seed(low, slots)
+    for n, (i, j, h) in enumerate((i, j, h) for i in range(2) for j in range(2) for h in range(3)):
+        row = got[i, j, h * slots:(h + 1) * slots]
+        assert set(row[row >= 0].tolist()) == want[n], (seed, i, j, h)
+
+
+SEED_CASES = [  # (dtype, bits, group, alibi, slots): every dtype, GQA 1/2/4 (3: padded heads), P not a multiple
+    (torch.float32, 4, 1, False, 1), (torch.float16, 8, 2, True, 3), (torch.bfloat16, 4, 4, False, 2),
+    (torch.float64, 8, 3, True, 8), (torch.float32, 8, 4, True, 5), (torch.float16, 4, 2, False, 1),
+]
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi,slots", SEED_CASES)
+def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, poison):
+    """``code_bounds(..., k_pages, slots)``: the seed is ``class_seed`` of the op's own
+    page_max − ε (bit for bit: the same values), each page listed once, −1 padded; its
+    magnitude is the pages' |score| scale; the newest page's best score and scale are
+    ``newest_page``'s up to the rounding of a dot product."""
+    from entmaxkv.exact_codes import class_seed
+    from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
+
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = lengths(seed, 3, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
+    g = torch.Generator().manual_seed(seed + 5)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    scale = 0.3
+    out = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
+                      cache.key_bits, scale, False, cache.k_pages, slots)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag = out
+    want = class_seed(page_max - eps, slots)  # [B, Hkv, G·K], a page once per head that chose it
+    wdt = eps.dtype
+    kabs = torch.maximum(cache.k_min.double().abs(), cache.k_max.double().abs())
+    qabs = q[:, :, 0].double().abs().reshape(3, hkv, group, d)
+    gamma = 2 * (d + 2) * torch.finfo(wdt).eps
+    for i in range(3):
+        for j in range(hkv):
+            n = int(count[i, j])
+            listed = pages[i, j, :n].tolist()
+            assert len(listed) == len(set(listed)), (seed, i, j, listed)  # each page once
+            assert set(listed) == set(x for x in want[i, j].tolist() if x >= 0), (seed, i, j)
+            assert bool((pages[i, j, n:] == -1).all()), (seed, i, j)
+            # magnitude: max over the listed pages of scale·|q|·max(|kmin|, |kmax|), per head
+            per_page = scale * torch.einsum("gd,pd->gp", qabs[i, j], kabs[i, j, listed]) if listed else None
+            ref = per_page.amax(-1) if listed else torch.zeros(group, dtype=torch.float64)
+            torch.testing.assert_close(mag[i, j].double(), ref, rtol=2 * gamma, atol=0, msg=str(seed))
+    # every head's best page is in the seed (the class seed's point)
+    low = torch.where(coded_pages(cache), page_max - eps, float("-inf"))
+    best = low.float().argmax(-1)  # [B, Hkv, G]
+    has = low.amax(-1) > float("-inf")
+    listed = pages_to_mask_of(pages, cache.num_pages)
+    assert bool(listed.gather(-1, best.reshape(3, hkv, -1))[has].all()), seed
+    # the newest page: the torch computation's best score and scale, up to a dot product's rounding
+    want_max = newest_page_scores(cache, q, scale, slopes).amax(-1)
+    want_mag = newest_page_magnitude(cache, q, scale)
+    assert torch.equal(torch.isneginf(newest_max), torch.isneginf(want_max)), seed
+    fin = torch.isfinite(want_max)
+    assert bool(((newest_max - want_max)[fin].abs() <= 2 * gamma * want_mag[fin] + 1e-30).all()), seed
+    torch.testing.assert_close(newest_mag, want_mag.to(wdt), rtol=2 * gamma, atol=0, msg=str(seed))
+
+
+def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
+    from entmaxkv.conventions import pages_to_mask
+
+    return pages_to_mask(pages, num_pages)
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi,alpha", [
+    (torch.float32, 4, 2, False, 1.5), (torch.float16, 8, 4, True, 1.3), (torch.bfloat16, 4, 1, True, 2.0),
+    (torch.float32, 8, 3, False, 1.25),
+])
+def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, alibi, alpha, poison):
+    """With the seed's count and magnitudes, ``code_candidates`` lowers the seed's τ exactly as
+    ``KernelOps._safe_tau`` does (the same float64 operations: equal to the last bits here;
+    α = 1.3 and 1.25 add the bisection term), and selects with that bound."""
+    seed = fresh_seed()
+    hkv, d, page = 2, 16, 4
+    lens = lengths(seed, 3, page)
+    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
+    g = torch.Generator().manual_seed(seed + 7)
+    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
+    ops = step.ops
+    args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag = code_bounds(*args, bits, 0.3, False, cache.k_pages, 3)
+    ops.adopt_newest_page(newest_max, newest_mag)
+    tau = ops.seed_tau(pages, count)
+    index, n, page_mask, got, _, _ = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count, mag,
+                                                newest_mag, alpha)
+    want = ops._safe_tau(tau, mag, count)
+    torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-300, msg=str(seed))
+    assert bool((got < tau).all()), seed
+    # and the candidates are those of that bound
+    plain = code_candidates(*args, page_max, eps, want.contiguous(), bits, 0.3, alpha - 1, 10_000)
+    assert torch.equal(n, plain[1]) and torch.equal(page_mask, plain[2]), seed
+
+
 # ---- pass 2: candidates ---------------------------------------------------------------------
 
 
@@ -144,9 +277,10 @@ def reference_reach(cache, q, scale, slopes, tau_low, alpha):
 
 def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
     page_max, eps, _ = run_bounds(cache, q, scale, slopes, with_scores=False)
-    index, count, page_mask = code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
-                                              cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
-                                              alpha - 1, capacity)
+    index, count, page_mask, _, page_list, page_count = code_candidates(
+        q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max,
+                                                 cache.seq_lens, slopes, page_max, eps, tau_low, cache.key_bits, scale,
+                                                 alpha - 1, capacity)
     reach = reference_reach(cache, q, scale, slopes, tau_low, alpha).cpu()
     band = (alpha - 1) * rounding_part(cache, q, scale).amax(2).repeat_interleave(cache.page_size, -1).cpu()
     index, count, page_mask = index.cpu(), count.cpu(), page_mask.cpu()
@@ -164,6 +298,12 @@ def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
                 pages = torch.zeros(cache.num_pages, dtype=torch.bool)
                 pages[[x // cache.page_size for x in listed]] = True
                 assert torch.equal(page_mask[i, j], pages), (seed, i, j)
+            else:  # overflow: the fallback, every coded page
+                assert torch.equal(page_mask[i, j], coded_pages(cache)[i, 0, 0].cpu()), (seed, i, j)
+            # the page list: the mask's pages, each once
+            in_list = page_list[i, j, :int(page_count[i, j])].tolist()
+            assert len(in_list) == len(set(in_list)), (seed, i, j)
+            assert set(in_list) == set(page_mask[i, j].nonzero().flatten().tolist()), (seed, i, j)
     return count
 
 
@@ -327,6 +467,32 @@ def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
     assert torch.equal(decoder.cache.k_codes, eager.k_codes)
 
 
+@pytest.mark.parametrize("with_info", [False, True])
+def test_kernel_step_overflow_rows_fall_back_to_every_page(with_info):
+    """On the kernel path ``code_candidates`` lists the attended pages itself: a row whose
+    candidates overflow attends every full page (its last program rewrites the list), the
+    others their candidates' pages; the output equals dense entmax either way."""
+    from test_keycodes import coded_cache as float_cache, structured
+
+    seed = fresh_seed()
+    lens = [61, 47]
+    stream, k, v = structured(seed % 10_000, lens, 2, 2, 16, torch.float32)
+    cache = float_cache(k.float(), v.float(), lens, 4, torch.float32)
+    q, kn, vn = (x.float() for x in stream.step())
+    for capacity in (1, 10_000):
+        config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=capacity), backend="triton")
+        new, out, info = ekv.decode_step(cache.fork(), q, kn, vn, config, with_info=True)
+        if not with_info:  # the same step without the page-level certificate (no page_bounds)
+            _, out = ekv.decode_step(cache.fork(), q, kn, vn, config)
+        dense, _ = ekv.dense_decode(new, q, 1.5)
+        torch.testing.assert_close(out, dense, rtol=1e-5, atol=1e-5, msg=str(seed))
+        assert info.certified.all(), seed
+        over = info.overflow[:, ::2]
+        assert bool(over.any()) if capacity == 1 else not bool(over.any()), seed
+        pages = new.live_page_mask().sum(-1)[:, None].expand_as(info.pages_per_kv_head)
+        assert torch.equal(info.pages_per_kv_head[over], pages[over]), seed
+
+
 # ---- opcheck, compile, vmap through the step ------------------------------------------------
 
 
@@ -334,12 +500,17 @@ def test_opcheck_the_code_scan_ops():
     cache = coded_cache(3, [23, 10], 2, 8, 4, 4, torch.float32)
     q = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(3))
     args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens)
-    page_max, eps, _ = code_bounds(*args, None, 4, 0.3, False)
+    page_max, eps = code_bounds(*args, None, 4, 0.3, False)[:2]
     tau = torch.full((2, 2, 2), -0.5, dtype=torch.float64)
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False))
         torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
                               (*args, torch.rand(4) * 0.1, page_max, eps, tau, 4, 0.3, 0.5, 7))
+        # the step's forms: the newest page and the seed; the τ margin applied by the op
+        full = code_bounds(*args, None, 4, 0.3, False, cache.k_pages, 3)
+        torch.library.opcheck(torch.ops.entmaxkv.code_bounds.default, (*args, None, 4, 0.3, False, cache.k_pages, 3))
+        torch.library.opcheck(torch.ops.entmaxkv.code_candidates.default,
+                              (*args, None, page_max, eps, tau, 4, 0.3, 0.5, 7, full[6], full[7], full[4], 1.5))
 
 
 def test_compiled_exact_with_codes_through_the_ops_equals_eager():
@@ -486,16 +657,23 @@ def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits
 def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
     """On the kernel path the append op writes a completed page's codes (the torch encoder is
     never called) and the candidate list is ordered only when read: a step dispatches no sort.
-    The step still equals the torch path's, and the codes are the torch encoder's."""
+    Without ``with_info`` it reads no page statistics (no ``page_bounds``: ``code_bounds``
+    gives the seed, its magnitude and the newest page) and runs no ``select_pages`` (the scan
+    ops list the seed and the attended pages). The step still equals the torch path's, and
+    the codes are the torch encoder's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import entmaxkv.keycodes as keycodes
 
     class Ops(TorchDispatchMode):
-        seen: set = set()
+        def __init__(self):
+            super().__init__()
+            self.calls: list[str] = []
+            self.seen: set = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.seen.add(str(func))
+            self.calls.append(str(func))
             return func(*args, **(kwargs or {}))
 
     seed = fresh_seed()
@@ -522,6 +700,8 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
             cache, got = ekv.decode_step(cache, q, kn, vn, config)
         monkeypatch.setattr(keycodes, "encode_keys", encode)
         assert not any(name.startswith("aten.sort") for name in ops.seen), sorted(ops.seen)
+        assert "entmaxkv.page_bounds.default" not in ops.seen, sorted(ops.seen)
+        assert "entmaxkv.select_pages.default" not in ops.seen, sorted(ops.seen)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
     assert torch.equal(cache.k_codes, ref.k_codes), seed
 

@@ -40,8 +40,9 @@ def _encode(value):
 
 def record_code_scan(monkeypatch) -> None:
     """Exact with key codes (the code_scan ops): 4 and 8 bits, every cache dtype (float64
-    too: its exact-division branch), with and without ALiBi, and the ops' ``with_scores``."""
-    from entmaxkv.kernels.code_scan import code_bounds
+    too: its exact-division branch), with and without ALiBi; the step's forms (seed, newest
+    page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low)."""
+    from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         g = torch.Generator().manual_seed(1)
@@ -54,8 +55,12 @@ def record_code_scan(monkeypatch) -> None:
             for alpha, slopes in ((1.5, None), (1.25, torch.full((2,), 0.1))):
                 config = ekv.DecodeConfig(alpha, ekv.Exact(top_tokens=2, max_candidates=8), backend="triton")
                 ekv.decode_step(cache.fork(), q, kn, vn, config, alibi_slopes=slopes, with_info=True)
-            code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
-                        bits, 0.25, True)
+            out = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens,
+                              None, bits, 0.25, True)
+            # code_candidates with a given τ_low (the step passes the seed's τ and lowers it itself)
+            tau = torch.zeros((1, 1, 2), dtype=torch.float64)
+            code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
+                            out[0], out[1], tau, bits, 0.25, 0.5, 8)
 
 
 def record_fused_topk() -> None:
