@@ -78,3 +78,33 @@ def test_decode_step_with_a_group_of_three_equals_the_reference():
             torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=msg)
             torch.testing.assert_close(i2.tau, i1.tau, rtol=1e-9, atol=1e-9, msg=msg)
 
+
+def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
+    """Inductor (torch 2.11, seen on the H200) sizes a triton_op kernel's int arguments to 32
+    bits and fails on a 64-bit one, so selector counts beyond 2^31 − 1 (valid: "all pages")
+    must be clamped on the host. Records every plain int a decode step passes to a kernel; the
+    selections still equal the reference's."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    seen = []
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        for name, value in dict(zip(self.arg_names, args), **kwargs).items():
+            if isinstance(value, int) and not isinstance(value, bool) and not name.isupper():
+                seen.append((self.fn.__name__, name, value))
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+    huge = 2 ** 40
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 1, 16, 16, [16 * 6 + 3, 40], dtype=torch.float32, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 2, 1, 16, torch.float32)
+    for sel in (ekv.TopK(token_budget=huge, sink_pages=huge, recent_pages=huge), ekv.TopK(coverage=0.25, sink_pages=huge),
+                ekv.Gaussian(sink_pages=huge, recent_pages=huge)):
+        masks = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend=b), with_info=True)[2]
+                 .page_mask for b in ("torch", "triton")]
+        assert torch.equal(*masks), f"{sel} seed {seed}"
+    assert seen, "no kernel launch recorded"
+    wide = sorted({(fn, name) for fn, name, value in seen if not -2 ** 31 <= value < 2 ** 31})
+    assert not wide, wide
