@@ -83,7 +83,8 @@ def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
     """Inductor (torch 2.11, seen on the H200) sizes a triton_op kernel's int arguments to 32
     bits and fails on a 64-bit one, so selector counts beyond 2^31 − 1 (valid: "all pages")
     must be clamped on the host. Records every plain int a decode step passes to a kernel; the
-    selections still equal the reference's."""
+    selections still equal the reference's (Exact's counts go to ``select_pages`` as int32:
+    2^32 wrapped to 0 there)."""
     from triton.runtime.interpreter import InterpretedFunction
 
     seen = []
@@ -101,7 +102,9 @@ def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
     cache, _, _ = make_cache(seed, 2, 1, 16, 16, [16 * 6 + 3, 40], dtype=torch.float32, spread=2.0)
     q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 2, 1, 16, torch.float32)
     for sel in (ekv.TopK(token_budget=huge, sink_pages=huge, recent_pages=huge), ekv.TopK(coverage=0.25, sink_pages=huge),
-                ekv.Gaussian(sink_pages=huge, recent_pages=huge)):
+                ekv.Gaussian(sink_pages=huge, recent_pages=huge),
+                # counts that reach select_pages as an int32 tensor: 2^32 must not wrap to 0
+                ekv.Exact(initial_pages=2 ** 32, rounds=0), ekv.Exact(initial_pages=1, max_pages=2 ** 32)):
         masks = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend=b), with_info=True)[2]
                  .page_mask for b in ("torch", "triton")]
         assert torch.equal(*masks), f"{sel} seed {seed}"
