@@ -111,3 +111,18 @@ def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
     assert seen, "no kernel launch recorded"
     wide = sorted({(fn, name) for fn, name, value in seen if not -2 ** 31 <= value < 2 ** 31})
     assert not wide, wide
+
+
+def test_compiled_gaussian_step_through_the_ops_equals_eager():
+    """A compiled Gaussian step on the kernels (G = 3) equals eager: the other compile tests
+    on the kernels take TopK only. (The fakes' shapes and dtypes are the opchecks' job: with
+    the ops opaque, aot_eager runs the real ones, and a wrong fake passed here.)"""
+    cache, _, _ = make_cache(5, 2, 1, 16, 16, [16 * 4 + 3, 33], dtype=torch.float32, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(5), 2, 3, 1, 16, torch.float32)
+    config = ekv.DecodeConfig(1.5, ekv.Gaussian(tau_mode="fixed", recent_pages=1), backend="triton")
+    want_cache, want = ekv.decode_step(cache.fork(), q, k, v, config)
+    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        got_cache, got = step(cache.fork().without_host_len(), q, k, v, config)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert torch.equal(got_cache.seq_lens, want_cache.seq_lens)
