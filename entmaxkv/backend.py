@@ -223,6 +223,8 @@ class KernelOps(PageSets):
         c = self.cache
         key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
         forced = torch.isposinf(key).sum(-1)
+        if isinstance(count, int):  # a count past P means every page; the op takes int32 (no wrap-around)
+            count = min(count, c.num_pages)
         rows = torch.zeros((c.batch, c.num_kv_heads, 1), dtype=torch.int64, device=c.device)
         want = torch.maximum((rows + count)[..., 0], forced).to(torch.int32).contiguous()  # count: int or [B, *, 1]
         pages, count = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)

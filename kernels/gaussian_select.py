@@ -162,6 +162,9 @@ def gaussian_select(
     count = torch.empty((b, hkv), dtype=torch.int32, device=dev)
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=dev)
     tau_floor = torch.empty((b, hkv, g), dtype=torch.float64, device=dev)
+    # counts past P mean "all pages" (n < P): clamped, so that every int argument fits 32 bits
+    # (torch 2.11's Inductor sizes kernel int arguments to 32 bits; see quest_select)
+    sink_pages, recent_pages = min(sink_pages, p), min(recent_pages, p)
     shape = dict(S=page_size, G=g, G_PAD=max(2, next_pow2(g)), CHUNK=CHUNK)
     wrap_triton(_moments_kernel)[(b * hkv, chunks)](mu, sigma, seq_lens, moments, hkv, p, chunks, **shape,
                                                      num_warps=NUM_WARPS)

@@ -205,6 +205,9 @@ def quest_select(
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=upper.device)
     floor = torch.empty((b, hkv, g), dtype=work, device=upper.device)
     wide = work == torch.float64
+    # counts past P mean "all pages" (n < P): clamped, so that every int argument fits 32 bits
+    # (Inductor sizes them so; a 64-bit one fails to compile, see above)
+    budget_pages, sink_pages, recent_pages = min(budget_pages, p), min(sink_pages, p), min(recent_pages, p)
     kinds = dict(S=page_size, G=g, G_PAD=max(2, next_pow2(g)), WORK=tl.float64 if wide else tl.float32)
     # keys, written chunk by chunk by many programs, read by one program per row (typed as
     # keys and aliasing no input, so that Inductor's mutation analysis sees no write to one)
