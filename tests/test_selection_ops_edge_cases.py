@@ -1,4 +1,4 @@
-"""Review tests of the selection ops (under Triton's interpreter): cases the op tests did not
+"""Edge cases of the selection ops (under Triton's interpreter): cases the op tests did not
 reach, each found by a mutation of the kernel that the existing tests let through.
 
 - ``quest_select`` reads its rank keys from a scratch row that only pages < n are written to.
