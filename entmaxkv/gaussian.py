@@ -24,7 +24,6 @@ from torch import Tensor
 
 from entmaxkv.entmax import lin, rho
 from entmaxkv.selection import Selection, Selector, Step
-from entmaxkv.topk import forced_pages
 from entmaxkv.validation import check_count, check_real
 
 __all__ = ["Gaussian", "gaussian_keep", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "fejer_rule"]
