@@ -19,11 +19,10 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
    only when asked (``with_scores``, for tests and diagnostics). On request, in the same
    launch: the newest page's best score and |score| scale (one more program per row, as
-   ``page_bounds``), and the τ seed — per head, the best page by page_max − ε in each residue
-   class mod K, kept by an atomic max of (bound, page) per class; the row's last program to
-   finish (an atomic counter of finished programs) lists those pages once each, with their
-   |score| scale from kmin/kmax. Should a slot read there ever miss an offer, the list
-   still holds distinct coded pages with their own scale: any seed gives a valid τ bound.
+   ``page_bounds``), and after it, the τ seed — per head, the best page by page_max − ε in
+   each residue class mod K — from a second launch of one program per row that reads
+   page_max and ε back and lists those pages once each, with their |score| scale from
+   kmin/kmax (no atomics: the same seed whatever order the programs ran in).
 2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
@@ -84,6 +83,11 @@ NUM_WARPS = 2
 CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
+# the τ seed: one program per row reads pass 1's page_max and ε in [G, rounds, K] tiles of
+# about SEED_TILE values (a separate launch: the atomic max per page and the finished-program
+# counter it replaced cost 166 µs of code_bounds' 296 at 128K on the H200)
+SEED_TILE = 4096
+SEED_WARPS = 4
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -171,31 +175,41 @@ def _scale_of(scale, scale_t, WORK: tl.constexpr):
 
 
 @triton.jit
-def _seed_offer(state, qrow, p, live, low, P, SLOTS: tl.constexpr):
-    """Offer the pages p [BLOCK_P] (code lower bound ``low``) to head ``qrow``'s seed slots:
-    page p competes in slot p mod SLOTS, and an atomic max keeps the best page of each slot.
-    Packed as (ordered float32 bound + 2^31) · 2^31 + (P − p): larger bound first, then the
-    lower page; every offer is > 0, the empty slot's value."""
-    key = _ordered(low.to(tl.float32), tl.int32, 32).to(tl.int64) + 2147483648
-    packed = (key << 31) | (P - p).to(tl.int64)
-    tl.atomic_max(state + qrow * SLOTS + p % SLOTS, packed, mask=live)
+def _seed_slots_of(page_max, eps, bh, coded, P, G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
+                   KP: tl.constexpr, ROUNDS: tl.constexpr):
+    """[GP, KP] int64: per query head of row ``bh`` and residue class r = p mod SLOTS, the best
+    coded page p < ``coded`` by its code lower bound page_max − ε (as float32), packed as
+    (ordered bound + 2^31) · 2^31 + (P − p): larger bound first, then the lower page; 0 for
+    an empty class (every page's value is > 0). Reads pass 1's outputs, ``ROUNDS`` pages of
+    each class at a time (pages p = (j + i)·SLOTS + r as a [GP, ROUNDS, KP] tile)."""
+    gi = tl.arange(0, GP)[:, None, None]
+    ii = tl.arange(0, ROUNDS)[None, :, None]
+    ri = tl.arange(0, KP)[None, None, :]
+    heads = (bh.to(tl.int64) * G + gi) * P
+    best = tl.zeros((GP, KP), tl.int64)
+    for j in range(0, tl.cdiv(coded, SLOTS), ROUNDS):
+        p = (j + ii) * SLOTS + ri
+        live = (gi < G) & (ri < SLOTS) & (p < coded)
+        low = (tl.load(page_max + heads + p, mask=live, other=0.0)
+               - tl.load(eps + heads + p, mask=live, other=0.0)).to(tl.float32)
+        key = _ordered(low, tl.int32, 32).to(tl.int64) + 2147483648
+        packed = tl.where(live, (key << 31) | (P - p).to(tl.int64), 0)
+        best = tl.maximum(best, tl.max(packed, axis=1))
+    return best
 
 
 @triton.jit
-def _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D,
+def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D,
                G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, BD: tl.constexpr,
                WORK: tl.constexpr):
-    """Run by the last program of row ``bh`` to finish: the slots' pages, each once, as a list
-    [G·SLOTS] (−1 padded) with its count, and per head the |score| scale of the listed pages,
-    scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (what ``page_scores`` calls absmax), from the
-    inputs. A page two heads chose appears once (it can only sit in the same slot of both).
-    The slots are read with atomics; should a read ever miss a late offer, the list still holds
-    distinct coded pages and the magnitude is theirs: any seed keeps τ_low a lower bound."""
+    """The seed of row ``bh`` from its slots ``packed`` [GP, KP] (``_seed_slots_of``): the
+    slots' pages, each once, as a list [G·SLOTS] (−1 padded) with its count, and per head the
+    |score| scale of the listed pages, scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (what
+    ``page_scores`` calls absmax). A page two heads chose appears once (it can only sit in the
+    same slot of both)."""
     gi = tl.arange(0, GP)
     ri = tl.arange(0, KP)
     ok = (gi < G)[:, None] & (ri < SLOTS)[None, :]
-    base = bh.to(tl.int64) * G * SLOTS
-    packed = tl.atomic_add(state + base + gi[:, None] * SLOTS + ri[None, :], tl.zeros((GP, KP), tl.int64), mask=ok)
     page = tl.where(ok & (packed > 0), P - (packed & 2147483647), -1)  # [GP, KP]
     dup = tl.zeros((GP, KP), tl.int1)
     for g in tl.static_range(G):  # the same page in the same slot of an earlier head
@@ -227,12 +241,12 @@ def _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w
 
 @triton.jit
 def _code_bounds_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages, state,
-    page_max, eps_out, s_hat_out, newest_max, newest_mag, seed_pages, seed_count, seed_mag,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
+    page_max, eps_out, s_hat_out, newest_max, newest_mag,
     scale, r, alibi_eps, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-    WITH_NEWEST: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr,
+    WITH_NEWEST: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -262,8 +276,6 @@ def _code_bounds_kernel(
             # pages without codes: no token can be chosen from them
             tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
             tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-            if SLOTS > 0:
-                _seed_offer(state, qrow, p, live, best - eps, P, SLOTS)
             if WITH_SCORES:
                 tok = tl.arange(0, S)
                 tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
@@ -272,13 +284,21 @@ def _code_bounds_kernel(
             out = (bh.to(tl.int64) * G + g) * P + p
             tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
             tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
-    if SLOTS > 0:
-        # the last program of the row to finish lists the seed (a counter after the slots)
-        tl.debug_barrier()  # every lane's offers are issued before the count says this program is done
-        done = tl.atomic_add(state + tl.num_programs(0).to(tl.int64) * G * SLOTS + bh, 1)
-        if done == tl.num_programs(1) - 1:
-            _seed_list(state, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, G, SLOTS, GP,
-                       KP, BD, WORK)
+
+
+@triton.jit
+def _seed_kernel(
+    q, k_min, k_max, seq_lens, scale_t, page_max, eps, seed_pages, seed_count, seed_mag, scale, H, P, D,
+    S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr,
+    GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr,
+):
+    """One program per (sequence, KV head) row: the τ seed from pass 1's page_max and ε."""
+    bh = tl.program_id(0)
+    length = tl.load(seq_lens + bh // H).to(tl.int32)
+    coded = tl.maximum(length - 1, 0) // S
+    packed = _seed_slots_of(page_max, eps, bh, coded, P, G, SLOTS, GP, KP, ROUNDS)
+    _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh, P, D,
+               G, SLOTS, GP, KP, BD, WORK)
 
 
 @triton.jit
@@ -465,19 +485,24 @@ def code_bounds(
     seed_pages = torch.empty((b, hkv, g * k) if k else (0,), dtype=torch.int32, device=q.device)
     seed_count = torch.empty((b, hkv) if k else (0,), dtype=torch.int32, device=q.device)
     seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
-    # the seed's slots (0: empty) and, after them, each row's count of finished programs
-    state = torch.zeros((b * hkv * (g * k + 1),) if k else (1,), dtype=torch.int64, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
+    scale_t = _scale_tensor(scale, work, page_max)
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
     wrap_triton(_code_bounds_kernel)[grid](
-        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max),
-        k_pages if with_newest else page_max, state, page_max, eps, s_hat if with_scores else page_max,
+        q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
+        k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
-        seed_pages if k else state, seed_count if k else state, seed_mag if k else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest, SLOTS=k,
-        GP=next_pow2(g), KP=next_pow2(max(k, 1)), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
+        BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
+    if k:
+        kp = next_pow2(k)
+        wrap_triton(_seed_kernel)[(b * hkv,)](
+            q, k_min, k_max, seq_lens, scale_t, page_max, eps, seed_pages, seed_count, seed_mag, scale, hkv, p, d,
+            S=s, G=g, BD=consts["BD"], WORK=consts["WORK"], SLOTS=k, GP=next_pow2(g), KP=kp,
+            ROUNDS=max(1, SEED_TILE // (next_pow2(g) * kp)), num_warps=SEED_WARPS,
+        )
     return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
