@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# What a device session runs, one phase per call (each fits the device tool's 10-minute limit):
+# What a device session runs; each phase fits the device tool's 10-minute limit, and one call
+# may run several (`gpu_session.sh verify topk`):
 #
-#   bash benchmarks/gpu_session.sh verify   # install; the gpu-marked tests; quest_select's launch sweep
+#   bash benchmarks/gpu_session.sh verify   # install; the gpu-marked tests and the other CUDA tests
+#   bash benchmarks/gpu_session.sh select   # quest_select's launch-constant sweep against the torch glue
 #   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
 #   bash benchmarks/gpu_session.sh shapes   # 32/32 heads, B = 16, bf16, 1M tokens
 #   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
@@ -14,14 +16,26 @@ out="${OUT:-benchmarks/results/raw-$(date +%F)}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"  # the benchmarks run from benchmarks/
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/pip.log" 2>&1
+# The tests compare against the `entmax` library, which the GPU machine lacks: carry its wheel
+# (`pip download --no-deps entmax -d .whl`, then `run(carry=[".whl"])`).
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >>"$out/pip.log" 2>&1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" \
     | tee "$out/versions.txt"
 bench() { (cd benchmarks && python3 "$@"); }
 
-case "${1:-verify}" in
+for phase in "${@:-verify}"; do
+case "$phase" in
 verify)
-    timeout 420 python3 -m pytest -q -m gpu -k "not every_swept_launch" -p no:cacheprovider 2>&1 \
-        | tail -25 | tee "$out/gpu-tests.txt"
+    timeout 240 python3 -m pytest -q -m gpu -k "not every_swept_launch" -p no:cacheprovider --durations=10 -rf 2>&1 \
+        | tail -30 | tee "$out/gpu-tests.txt"
+    # CUDA tests without the gpu marker: graph replay, generation, torch.func on CUDA, the soaks.
+    timeout 150 python3 -m pytest -q tests/test_compiled.py tests/test_compiled_generate.py tests/test_func.py \
+        -k "cuda or graph" -p no:cacheprovider --durations=5 -rf 2>&1 | tail -15 | tee "$out/cuda-tests.txt"
+    ;;
+select)
     timeout 150 python3 benchmarks/quest_select_gpu.py --contexts 8192,131072 2>&1 | tee "$out/quest-select.txt"
     ;;
 topk)
@@ -43,7 +57,8 @@ sparse)
     bench keycodes_gpu.py --contexts 65536,131072 2>&1 | tee "$out/keycodes.txt"
     ;;
 *)
-    echo "unknown phase $1 (verify, topk, shapes, sparse)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, sparse)" >&2
     exit 2
     ;;
 esac
+done
