@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
 #   bash benchmarks/gpu_session.sh shapes   # 32/32 heads, B = 16, bf16, 1M tokens
 #   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
+#   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
+#                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
 # a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
@@ -56,8 +58,30 @@ sparse)
         --out "$out/needles"
     bench keycodes_gpu.py --contexts 65536,131072 2>&1 | tee "$out/keycodes.txt"
     ;;
+quick)  # the TopK / Dense step at three contexts: a before/after check of a kernel change
+    timeout 120 bash -c "cd benchmarks && python3 decode.py --contexts 8192,32768,131072 --batches 1 --heads 32/8 \
+        --dtypes fp16 --alphas 1,1.5 --coverages 12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out '$out/quick'" \
+        2>&1 | grep -E "^\|" | tee "$out/quick.txt"
+    ;;
+changed)  # the gpu tests of the ops a session changed without the slow full run (~2–3 minutes)
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -rf --durations=5 \
+        "tests/test_quest_select.py::test_quest_select_on_the_gpu_equals_the_torch_composition" \
+        "tests/test_kernels_codes.py::test_code_scan_on_cuda_matches_the_reference" \
+        "tests/test_kernels_codes.py::test_exact_with_codes_graph_replay_no_sync_no_torch_scan" \
+        "tests/test_keycodes.py::test_exact_with_codes_on_cuda" \
+        tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or on_cuda or matches_the_reference or graph_replay_no_sync or specialisations" 2>&1 \
+        | tail -15 | tee "$out/changed-tests.txt"
+    ;;
+codes)
+    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072" 2>&1 | tail -6 \
+        | tee "$out/keycodes.txt"
+    ;;
+e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
+    timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
+        --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
+    ;;
 *)
-    echo "unknown phase $phase (verify, select, topk, shapes, sparse)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, e2e)" >&2
     exit 2
     ;;
 esac
