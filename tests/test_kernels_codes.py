@@ -69,6 +69,21 @@ def run_bounds(cache, q, scale, slopes, with_scores=True):
 # ---- pass 1: ŝ, ε and the per-page best ------------------------------------------------------
 
 
+def with_score_dot(cases):
+    """Each case with code_bounds' sum path and, unless the cache is float64 (which keeps the
+    sum path whatever ``SCORE_DOT`` says), its dot path: ``score_dot`` is the last value."""
+    return ([(*c, False) for c in cases]
+            + [pytest.param(*c, True, id="-".join(map(str, c)) + "-dot") for c in cases if c[0] != torch.float64])
+
+
+@pytest.fixture
+def score_dot_mode(monkeypatch):
+    """Sets ``code_scan.SCORE_DOT`` (a module constant read at launch) for one test."""
+    import entmaxkv.kernels.code_scan as cs
+
+    return lambda on: monkeypatch.setattr(cs, "SCORE_DOT", on)
+
+
 BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (3: padded heads), ALiBi
     (torch.float32, 4, 1, False), (torch.float32, 8, 4, True), (torch.float16, 4, 2, True),
     (torch.float16, 8, 3, False), (torch.bfloat16, 4, 3, True), (torch.bfloat16, 8, 1, False),
@@ -76,8 +91,9 @@ BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi", BOUNDS_CASES)
-def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
+@pytest.mark.parametrize("dtype,bits,group,alibi,score_dot", with_score_dot(BOUNDS_CASES))
+def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, score_dot, score_dot_mode, poison):
+    score_dot_mode(score_dot)
     seed = fresh_seed()
     hkv, d, page = 2, 24, 4
     lens = lengths(seed, 3, page)
@@ -102,14 +118,16 @@ def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
     assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
 
 
-@pytest.mark.parametrize("dtype,bits,kind", [
+@pytest.mark.parametrize("dtype,bits,kind,score_dot", with_score_dot([
     (torch.float16, 4, "outliers"), (torch.bfloat16, 8, "constant"), (torch.float32, 4, "huge_range"),
     (torch.float16, 8, "fp16_extremes"), (torch.float32, 8, "offset_tiny_spread"),
     (torch.float64, 4, "offset_tiny_spread"), (torch.bfloat16, 4, "outliers"),
-])
-def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
+]))
+def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind, score_dot, score_dot_mode):
     """|s − ŝ| <= ε with the op's own ŝ and ε, for the reference's scores and exact float64
-    ones (without ALiBi) — the certificate's premise, on keys that stress it."""
+    ones (without ALiBi) — the certificate's premise, on keys that stress it; for both
+    computations of ŝ's D-term sums (per-head ``tl.sum`` and the group's ``tl.dot``)."""
+    score_dot_mode(score_dot)
     seed = fresh_seed()
     hkv, d, page = 2, 16, 4
     lens = lengths(seed, 2, page)
