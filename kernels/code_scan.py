@@ -333,14 +333,15 @@ def _code_bounds_kernel(
             s_hat, eps = _group_scores(q, bh, p, length - 1, slopes, (bh % H) * G, scale_w, alibi_eps, code, d,
                                        kmin, step, radius, D, S, G, GN, BLOCK_P, BD, WORK, HAS_ALIBI)
             gi = tl.arange(0, GN)
-            out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GN]
+            # output cells (not `out`: the no-code branch below has a [BLOCK_P] one)
+            cell = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GN]
             best = tl.max(s_hat, axis=1)
             head = (gi < G)[None, :]
-            tl.store(page_max + out, tl.where(live[:, None], best, float("-inf")), mask=in_range[:, None] & head)
-            tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=in_range[:, None] & head)
+            tl.store(page_max + cell, tl.where(live[:, None], best, float("-inf")), mask=in_range[:, None] & head)
+            tl.store(eps_out + cell, tl.where(live[:, None], eps, 0.0), mask=in_range[:, None] & head)
             if WITH_SCORES:
                 tok = tl.arange(0, S)
-                tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
+                tl.store(s_hat_out + cell[:, None, :] * S + tok[None, :, None], s_hat,
                          mask=live[:, None, None] & head[:, None, :])
         else:
             for g in tl.static_range(G):
