@@ -18,18 +18,20 @@ With ``SCORE_DOT`` (float32 work) pass 1 computes the token sums of ŝ as a matr
 q_d·(step_pd·code_id) instead of (q_d·step_pd)·code_id, and the sum's order (the dot's
 accumulation, FMA or not) is the compiler's. The radius still covers it. Write u = eps/2,
 t_d = q_d·step_pd·code_id (exact) and a_d = |q_d|·M_pd. Either association rounds twice
-(the dot's FMA may fuse the second into the addition: one rounding fewer), so each computed
-term is t_d(1 + θ_2), |θ_2| <= γ_2 = 2u/(1 − 2u), with |t_d| <= 2(1 + u)²·a_d (code <=
-2^bits − 1, and step·(2^bits − 1) is kmax − kmin up to two roundings). Summing D terms in any binary tree adds at most D − 1 roundings to each path, so
-the computed Σ_d is off by <= γ_{D+1}·Σ_d |t_d|; adding q·kmin (its own D-term sum, <= γ_D·
-Σ a_d), then base + dot and ·scale (2 roundings on everything) keeps the total below
-γ_{D+3}·scale·Σ_d (|q_d·kmin_pd| + |t_d|) <= γ_{D+3}·3·scale·Σ_d a_d. γ_{D+3} =
-(D+3)u/(1 − (D+3)u) < (D+3)·eps/1.99 < γ = 2(D+2)·eps, so this is within the 3·γ·M
-already budgeted for "computing ŝ" in ``keycodes``' radius (the same bound the sum path's
-order needs). TF32 would not be: its products keep 10 mantissa bits (error ~2^-11·a_d per
-term, far above r·M), hence ``input_precision="ieee"``. ε is computed as before (per head,
-``tl.sum``). The float64 work dtype keeps the sum path (the dot is float32-only here: its
-fp64 lowering is neither needed nor measured).
+(an FMA in the dot fuses the second into the addition: one rounding fewer), so each
+computed term is t_d(1 + θ), |θ| <= γ_2 = 2u/(1 − 2u), and |t_d| <= 2(1 + u)²·a_d (code <=
+2^bits − 1; step·(2^bits − 1) is kmax − kmin up to two roundings). A sum of D terms in any
+binary tree adds at most D − 1 roundings to each term's path; q·kmin (D products, one
+rounding each, summed likewise), base + dot and ·scale add two more to every path. So the
+computed ŝ is off from the exact scale·(q·kmin + Σ_d t_d) by at most γ_{D+3}·scale·Σ_d
+(|q_d·kmin_pd| + |t_d|) <= γ_{D+3}·(3 + 5u)·scale·Σ_d a_d, and γ_{D+3}·(3 + 5u) =
+(D+3)u(3 + 5u)/(1 − (D+3)u) < 3·γ with γ = 2(D+2)·eps (any D < 2^20): within the 3·γ·M
+that ``keycodes``' radius budgets for computing ŝ (the same bound the sum path needs for
+its own order). TF32 would not be: its operands keep 10 mantissa bits (errors ~2^-11·a_d a
+term, far above r·M), hence ``input_precision="ieee"`` (a test checks the sm_90 PTX has
+no MMA/TF32). ε is computed as before (per head, ``tl.sum``). The float64 work dtype keeps
+the sum path (the dot is used for float32 work only: an fp64 dot is neither needed for
+speed nor measured).
 
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes

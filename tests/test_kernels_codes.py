@@ -72,8 +72,13 @@ def run_bounds(cache, q, scale, slopes, with_scores=True):
 def with_score_dot(cases):
     """Each case with code_bounds' sum path and, unless the cache is float64 (which keeps the
     sum path whatever ``SCORE_DOT`` says), its dot path: ``score_dot`` is the last value."""
-    return ([(*c, False) for c in cases]
-            + [pytest.param(*c, True, id="-".join(map(str, c)) + "-dot") for c in cases if c[0] != torch.float64])
+    return ([pytest.param(*c, False, id=case_id(c, False)) for c in cases]
+            + [pytest.param(*c, True, id=case_id(c, True)) for c in cases if c[0] != torch.float64])
+
+
+def case_id(case, score_dot: bool) -> str:
+    """A readable test id ending in -sum or -dot (``pytest -k dot`` selects the dot path)."""
+    return "-".join(str(x).removeprefix("torch.") for x in case) + ("-dot" if score_dot else "-sum")
 
 
 @pytest.fixture
@@ -224,7 +229,7 @@ SEED_CASES = [  # (dtype, bits, group, alibi, slots): every dtype, GQA 1/2/4 (3:
 
 
 @pytest.mark.parametrize("dtype,bits,group,alibi,slots,score_dot", with_score_dot(SEED_CASES[:4]) + [
-    (*c, False) for c in SEED_CASES[4:]])
+    pytest.param(*c, False, id=case_id(c, False)) for c in SEED_CASES[4:]])
 def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, score_dot,
                                                              score_dot_mode, poison):
     """``code_bounds(..., k_pages, slots)``: the seed is ``class_seed`` of the op's own
@@ -524,7 +529,9 @@ def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
     assert torch.equal(decoder.cache.k_codes, eager.k_codes)
 
 
-@pytest.mark.parametrize("with_info,score_dot", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("with_info,score_dot", [pytest.param(False, False, id="sum"),
+                                                  pytest.param(True, False, id="info-sum"),
+                                                  pytest.param(True, True, id="info-dot")])
 def test_kernel_step_overflow_rows_fall_back_to_every_page(with_info, score_dot, score_dot_mode):
     """On the kernel path ``code_candidates`` lists the attended pages itself: a row whose
     candidates overflow attends every full page (its last program rewrites the list), the
@@ -630,13 +637,14 @@ def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
 
 
 @pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d,score_dot", [
+    pytest.param(*c, id=case_id(c[:-1], c[-1])) for c in [
     (1, torch.float32, 4, 1, False, 16, False), (2, torch.float16, 8, 2, True, 16, False),
     (8, torch.bfloat16, 4, 4, True, 16, False), (2, torch.float32, 4, 2, False, 15, False),
     (8, torch.float64, 8, 1, True, 13, False), (4, torch.float16, 4, 4, False, 9, False),
     # the dot path: its BLOCK_P (raised to 16 token rows: 4 pages of 4), padded channels (9, 13, 15 < 16)
     (1, torch.float32, 4, 1, False, 16, True), (8, torch.bfloat16, 4, 4, True, 15, True),
     (4, torch.float16, 8, 3, True, 13, True), (16, torch.float32, 4, 2, False, 9, True),
-])
+]])
 def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, score_dot, monkeypatch,
                                                  poison):
     """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
