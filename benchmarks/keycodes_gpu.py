@@ -77,16 +77,20 @@ def score_dot_modes(args, op_args, bits, scale, row) -> None:
     set around the capture and restored), and the largest |page_max₀ − page_max₁| over coded
     pages, also as a ratio to ε's rounding part there."""
     modes = [bool(int(x)) for x in args.score_dot.split(",") if x.strip()]
-    default, best = code_scan.SCORE_DOT, {}
+    heads = [int(x) for x in args.score_dot_min_heads.split(",") if x.strip()]
+    default, default_heads, best = code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS, {}
     try:
         for mode in modes:
-            code_scan.SCORE_DOT = mode
-            best[mode] = torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False)[0]
-            graph = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False))
-            row[f"code_bounds_bare_dot{int(mode)}_us"] = time_us(graph.replay, args.reps, args.rounds)
-            del graph
+            for n in heads if mode else [default_heads]:  # the sum path has no head columns
+                code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS = mode, n
+                page_max = torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False)[0]
+                best.setdefault(mode, page_max)  # the dot's first head width is compared
+                graph = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False))
+                key = f"code_bounds_bare_dot{int(mode)}" + (f"_heads{n}" if mode and n != heads[0] else "")
+                row[key + "_us"] = time_us(graph.replay, args.reps, args.rounds)
+                del graph
     finally:
-        code_scan.SCORE_DOT = default
+        code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS = default, default_heads
     if len(best) == 2:
         q, _, k_min, k_max = op_args[:4]
         b, hkv, p, d = k_min.shape
@@ -174,6 +178,9 @@ def main() -> None:
     parser.add_argument("--max-candidates", type=int, default=512)
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--score-dot", default="0,1", help="code_bounds score modes to time bare (SCORE_DOT)")
+    parser.add_argument("--score-dot-min-heads", default="16",
+                        help="SCORE_DOT_MIN_HEADS values for the dot mode (e.g. 16,4: the first is compared "
+                             "and has the dot=1 column; the others are extra code_bounds_bare_dot1_heads<n>_us keys)")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
@@ -189,7 +196,7 @@ def main() -> None:
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
-                                 "SCORE_DOT", "SCORE_DOT_BLOCK_P", "SCORE_DOT_WARPS")}
+                                 "SCORE_DOT", "SCORE_DOT_BLOCK_P", "SCORE_DOT_WARPS", "SCORE_DOT_MIN_HEADS")}
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []
@@ -213,6 +220,8 @@ def main() -> None:
             f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} | "
             f"{r.get('code_bounds_bare_dot0_us', nan):.1f} | {r.get('code_bounds_bare_dot1_us', nan):.1f} | "
             f"{r.get('score_dot_page_max_diff', nan):.1e} ({r.get('score_dot_diff_over_tol', nan):.1e}) |"
+            + "".join(f" {k.removeprefix('code_bounds_bare_dot1_')[:-3]} {v:.1f} µs" for k, v in r.items()
+                      if k.startswith("code_bounds_bare_dot1_heads"))
             + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
             + (f" {r['error']}" if "error" in r else ""))
     (out / "keycodes_gpu.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")

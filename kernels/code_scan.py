@@ -70,8 +70,9 @@ every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion. With ``SCORE_DOT``
 (not yet timed on the GPU; off by default) those multiply-adds are one ``tl.dot`` per
-program over the group's heads padded to GN = max(16, next_pow2(G)) columns (G = 4: 4× the
-useful multiply-adds, but on the FMA pipes without the per-head cross-thread reductions),
+program over the group's heads padded to GN = max(SCORE_DOT_MIN_HEADS, next_pow2(G)) columns
+(16 and G = 4: 4× the useful multiply-adds, but on the FMA pipes without the per-head
+cross-thread reductions),
 ``SCORE_DOT_BLOCK_P`` pages / ``SCORE_DOT_WARPS`` warps a program.
 """
 
@@ -109,6 +110,11 @@ NUM_WARPS = 2
 SCORE_DOT = False
 SCORE_DOT_BLOCK_P = 4
 SCORE_DOT_WARPS = 4
+# the dot's head columns: GN = max(SCORE_DOT_MIN_HEADS, next_pow2(G)). 16 follows tl.dot's
+# documented minimum; Triton 3.7's NVIDIA backend accepts N >= 1 (only K >= 16) and compiles
+# GN = 4 for sm_90 to FMA code with a quarter of the multiply-adds of GN = 16 at G = 4 (not
+# yet run on the GPU: benchmarks/keycodes_gpu.py --score-dot-min-heads 4,16 times both)
+SCORE_DOT_MIN_HEADS = 16
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
@@ -592,7 +598,7 @@ def code_bounds(
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        SCORE_DOT=dot, GN=max(16, next_pow2(g)), BLOCK_P=block_p, num_warps=warps, **widths,
+        SCORE_DOT=dot, GN=max(SCORE_DOT_MIN_HEADS, next_pow2(g)), BLOCK_P=block_p, num_warps=warps, **widths,
     )
     if k:
         kp = next_pow2(k)

@@ -157,8 +157,9 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from entmaxkv.kernels.code_scan import _code_bounds_kernel as fn
+import sys
 const = dict(S=16, G=4, BW=64, BD=128, BLOCK_P=4, BITS=4, WORK=tl.float32, HAS_ALIBI=False, WITH_SCORES=False,
-             WITH_NEWEST=False, SCORE_DOT=True, GN=16)
+             WITH_NEWEST=False, SCORE_DOT=True, GN=int(sys.argv[1]))
 ptr = dict(codes="*u8", seq_lens="*i32", scale="fp32", r="fp32", alibi_eps="fp32", H="i32", P="i32", D="i32", W="i32")
 sig = {a: "constexpr" if a in const else ptr.get(a, "*fp32") for a in fn.arg_names}
 src = ASTSource(fn, sig, {(i,): const[a] for i, a in enumerate(fn.arg_names) if a in const})
@@ -166,7 +167,8 @@ print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_war
 """
 
 
-def test_score_dot_compiles_to_ieee_float32_fma_for_sm90():
+@pytest.mark.parametrize("heads", [16, 4])  # GN: padded to 16, and unpadded at G = 4
+def test_score_dot_compiles_to_ieee_float32_fma_for_sm90(heads):
     """The dot path's products and sums stay plain float32 on the GPU: its PTX for sm_90 (H200,
     D = 128, G = 4, 4 bits; compiled on the CPU) has fma.rn.f32 and no tensor-core MMA or
     TF32, which the interpreter (numpy matmul, input_precision ignored) cannot show."""
@@ -175,7 +177,7 @@ def test_score_dot_compiles_to_ieee_float32_fma_for_sm90():
     import sys
 
     env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, "-c", PTX_OF_THE_DOT_PATH], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-c", PTX_OF_THE_DOT_PATH, str(heads)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ptx = done.stdout
@@ -644,7 +646,7 @@ def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
     # the dot path: its BLOCK_P (raised to 16 token rows: 4 pages of 4), padded channels (9, 13, 15 < 16)
     (1, torch.float32, 4, 1, False, 16, True), (8, torch.bfloat16, 4, 4, True, 15, True),
     (4, torch.float16, 8, 3, True, 13, True), (16, torch.float32, 4, 2, False, 9, True),
-]])
+]] + [pytest.param(2, torch.float16, 4, 4, True, 16, "unpadded", id="unpadded-heads-dot")])  # GN = G = 4
 def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, score_dot, monkeypatch,
                                                  poison):
     """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
@@ -652,7 +654,8 @@ def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, al
     against the reference, as the tests above check them."""
     import entmaxkv.kernels.code_scan as cs
 
-    monkeypatch.setattr(cs, "SCORE_DOT", score_dot)
+    monkeypatch.setattr(cs, "SCORE_DOT", score_dot is not False)
+    monkeypatch.setattr(cs, "SCORE_DOT_MIN_HEADS", 1 if score_dot == "unpadded" else 16)  # GN = next_pow2(G)
     monkeypatch.setattr(cs, "SCORE_DOT_BLOCK_P" if score_dot else "BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
