@@ -71,9 +71,8 @@ Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats
 integer or and one subtraction (exact), not an int-to-float conversion. With ``SCORE_DOT``
 (not yet timed on the GPU; off by default) those multiply-adds are one ``tl.dot`` per
 program over the group's heads padded to GN = max(SCORE_DOT_MIN_HEADS, next_pow2(G)) columns
-(16 and G = 4: 4× the useful multiply-adds, but on the FMA pipes without the per-head
-cross-thread reductions),
-``SCORE_DOT_BLOCK_P`` pages / ``SCORE_DOT_WARPS`` warps a program.
+(16 at G = 4: 4× the useful multiply-adds, but on the FMA pipes without the per-head
+cross-thread reductions), ``SCORE_DOT_BLOCK_P`` pages / ``SCORE_DOT_WARPS`` warps a program.
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ NUM_WARPS = 2
 # cross-thread ``tl.sum`` per head) — float32 work only: a float64 cache keeps the sum path.
 # Off until the GPU has timed both (benchmarks/keycodes_gpu.py --score-dot 0,1). Its own
 # launch constants: the dot's rows are BLOCK_P·S tokens (>= 16), its columns the group's heads
-# padded to 16. Not yet tuned (guesses within the brief's 4–8 pages, 4 warps).
+# padded to GN (below). Not yet tuned (guesses within 4–8 pages, 4 warps).
 SCORE_DOT = False
 SCORE_DOT_BLOCK_P = 4
 SCORE_DOT_WARPS = 4
@@ -531,9 +530,10 @@ def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch
     return torch.full((1,), scale, dtype=torch.float64, device=dummy.device) if work == torch.float64 else dummy
 
 
-def _score_launch(consts: dict, work: torch.dtype, bits: int) -> tuple[bool, int, int]:
+def _score_launch(consts: dict, work: torch.dtype) -> tuple[bool, int, int]:
     """(dot, BLOCK_P, num_warps) of code_bounds: the dot path (``SCORE_DOT``) for float32 work
-    only, with at least 16 token rows a program (tl.dot's smallest M: 16 // S pages)."""
+    only, with at least 16 token rows a program (tl.dot's documented smallest M; S = 16 pages
+    always have them, smaller test pages take 16 // S pages)."""
     if not (SCORE_DOT and work == torch.float32):
         return False, BLOCK_P, NUM_WARPS
     return True, max(SCORE_DOT_BLOCK_P, next_pow2(-(-16 // consts["S"]))), SCORE_DOT_WARPS
@@ -589,7 +589,7 @@ def code_bounds(
     seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
-    dot, block_p, warps = _score_launch(consts, work, bits)
+    dot, block_p, warps = _score_launch(consts, work)
     widths = dict(consts, **_dot_widths(consts, dot))  # BW/BD: the dot path may pad them
     grid = (b * hkv, triton.cdiv(p, block_p) + (1 if with_newest else 0))
     wrap_triton(_code_bounds_kernel)[grid](
