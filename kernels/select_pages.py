@@ -113,8 +113,8 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
     counts are <= BLOCK < 2^FIELD (``search_radix``), so its packed sum has no carry between
     fields; a streamed row adds the unpacked counts (int32), so the row length is not bounded
     by the field."""
-    tl.static_assert((1 << FIELD) > BLOCK)  # a field holds a chunk's count, BLOCK included
-    tl.static_assert(3 * FIELD <= 63)  # three fields in a non-negative int64
+    tl.static_assert((1 << FIELD) > BLOCK, "a FIELD-bit field must hold a chunk's count (up to BLOCK)")
+    tl.static_assert(3 * FIELD <= 63, "three FIELD-bit fields must fit a non-negative int64")
     if ONE_CHUNK:
         return _unpacked(tl.sum(_packed_ge(u_all, c1, c2, c3, FIELD)), FIELD)
     n1 = 0
@@ -149,7 +149,7 @@ def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBIT
                 c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
                 t_bits = tl.where(c >= k, cand_bits, t_bits)
         else:
-            tl.static_assert(RADIX == 2)
+            tl.static_assert(RADIX == 2, "RADIX is 1 or 2")
             for i in range(0, NBITS, 2):
                 hi = one << (NBITS - 1 - i)
                 lo = one << (NBITS - 2 - i)

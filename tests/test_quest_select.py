@@ -167,6 +167,18 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
+@pytest.mark.parametrize("wide, group, layout", [(False, 2, "registers"), (True, 4, "registers"),
+                                                 (False, 1, "streamed")])
+def test_quest_select_with_the_1_bit_search(wide, group, layout, poison, monkeypatch):
+    """The tests above with ``select_pages.RADIX`` = 1 (they take the default, 2: two bits a
+    counting pass) on a few of their cases; tests/test_select_pages_radix.py holds the keys
+    that tell the two searches apart."""
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", 1)
+    test_quest_select_on_random_page_scores_with_ties(wide, group, layout, None, monkeypatch)
+    test_quest_select_equals_the_torch_composition(torch.float64 if wide else torch.float16, group, layout, None,
+                                                   monkeypatch)
+
+
 @pytest.mark.parametrize("dtype, group", [(torch.float32, 1), (torch.float16, 2), (torch.bfloat16, 4),
                                           (torch.float64, 2)])
 def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, poison):
