@@ -52,7 +52,8 @@ def search_radix(radix: int, block: int) -> tuple[int, int]:
     bits hold it and the fields cannot carry into each other. A streamed row unpacks every
     chunk's sum before adding it to int32 totals, so the row length P does not bound it. The
     three fields need 3·FIELD <= 63 bits (the int64 stays non-negative): blocks up to 2^20
-    lanes; a larger block (MAX_BLOCK raised that far) falls back to radix 1.
+    lanes, which is every block Triton builds (``tl.TRITON_MAX_TENSOR_NUMEL`` = 2^20 in Triton
+    3.7); a larger block would fall back to radix 1.
     """
     if radix not in (1, 2):
         raise ValueError(f"RADIX must be 1 or 2, got {radix!r}")

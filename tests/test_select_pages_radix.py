@@ -115,3 +115,16 @@ def test_full_chunks_at_a_threshold(radix, wide, streamed, poison, monkeypatch):
     boundaries = torch.tensor([1, 2, 3, 4, p // 2, p - 4, p - 3, p - 2, p - 1], dtype=torch.int32)
     counts = boundaries[torch.randint(0, len(boundaries), (4, 4), generator=g)]
     assert_stable_top(keys, counts, p, f"seed {seed} radix {radix} counts {counts.tolist()}")
+
+
+
+def test_every_block_triton_builds_takes_radix_2():
+    """The fallback to radix 1 is for blocks of more than 2^20 lanes, and Triton builds no
+    tensor that large (at most ``TRITON_MAX_TENSOR_NUMEL`` = 2^20 elements: a 2^21-lane block
+    is refused at launch). If a Triton release raises that limit, this fails and the fallback
+    needs a test that launches such a block."""
+    import triton.language as tl
+
+    largest = tl.TRITON_MAX_TENSOR_NUMEL
+    assert largest <= 2 ** 20, largest
+    assert search_radix(2, largest) == (2, largest.bit_length())
