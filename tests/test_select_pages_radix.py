@@ -54,7 +54,8 @@ def low_bit_keys(g, shape, dtype):
     """Normal floats that differ from a random base by 0–7 in their bit image (the last search
     pass decides them), some negated, a few −0.0 (a tie with +0.0, were there one)."""
     int_type = torch.int64 if dtype == torch.float64 else torch.int32
-    base = torch.randint(2 ** 20, 2 ** 21, shape[:-1] + (1,), generator=g).to(int_type) << (40 if dtype == torch.float64 else 8)
+    shift = 40 if dtype == torch.float64 else 8  # the base reaches the exponent field: normal floats
+    base = torch.randint(2 ** 20, 2 ** 21, shape[:-1] + (1,), generator=g).to(int_type) << shift
     x = (base + torch.randint(0, 8, shape, generator=g).to(int_type)).view(dtype)
     x = torch.where(torch.rand(shape, generator=g) < 0.25, -x, x)
     return torch.where(torch.rand(shape, generator=g) < 0.1, -0.0, x)
