@@ -114,9 +114,11 @@ def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
 # ---- select_pages -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("streamed", [False, True])
-def test_select_pages_equals_a_stable_sort(wide, streamed, poison, monkeypatch):
+def test_select_pages_equals_a_stable_sort(wide, streamed, radix, poison, monkeypatch):
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)  # bits the threshold search decides a pass
     if streamed:  # rows longer than a register block: the streamed bitwise search
         monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
     seed = fresh_seed()

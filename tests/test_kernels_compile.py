@@ -69,7 +69,9 @@ def record_code_scan(monkeypatch) -> None:
 def record_fused_topk() -> None:
     """TopK's coverage count (the budget one is in SELECTORS) with recent pages, every cache
     dtype, with and without ALiBi; and quest_select / select_pages on rows longer than a
-    register block (the streamed layout, reached at 16,384 pages on the GPU)."""
+    register block (the streamed layout, reached at 16,384 pages on the GPU) and within one,
+    with the threshold search at both radices (``select_pages.RADIX``: 2, the default the
+    steps above take, and 1, which benchmarks flip back to)."""
     from entmaxkv.kernels.quest_select import quest_select
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -78,15 +80,20 @@ def record_fused_topk() -> None:
         for slopes in (None, torch.full((2,), 0.1)):
             config = ekv.DecodeConfig(1.5, ekv.TopK(coverage=0.5, recent_pages=1), backend="triton")
             ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
-        mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
-        for dtype in (torch.float32, torch.float64):
-            x = torch.randn(1, 1, 2, 40, dtype=dtype)
-            lens = torch.tensor([40 * 16])
-            for budget in (-1, 3):
-                quest_select(x, x, x.abs(), x[..., 0], x[..., 0].abs(), lens, None, 16, 16, 1.5, budget, 0.25, 1, 1)
-            torch.ops.entmaxkv.select_pages(x[:, :, 0].contiguous(), torch.tensor([[3]], dtype=torch.int32), 40)
+    for radix in (2, 1):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+            for max_block in (16, 64):  # rows of 40 pages: streamed in 16-page blocks, or one block
+                mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", max_block)
+                mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", max_block)
+                for dtype in (torch.float32, torch.float64):
+                    x = torch.randn(1, 1, 2, 40, dtype=dtype)
+                    lens = torch.tensor([40 * 16])
+                    for budget in (-1, 3):
+                        quest_select(x, x, x.abs(), x[..., 0], x[..., 0].abs(), lens, None, 16, 16, 1.5, budget, 0.25,
+                                     1, 1)
+                    torch.ops.entmaxkv.select_pages(x[:, :, 0].contiguous(), torch.tensor([[3]], dtype=torch.int32),
+                                                    40)
 
 
 def record_gaussian_select() -> None:

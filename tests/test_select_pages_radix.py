@@ -1,0 +1,131 @@
+"""The threshold search at both radices (``select_pages.RADIX`` 1 and 2; under Triton's
+interpreter) against a stable descending sort, on keys that exercise what radix 2 adds.
+
+Radix 2 decides two bits a counting pass from three counts packed in one int64 (a FIELD-bit
+field each, FIELD = bit_length(BLOCK)) and must select exactly what radix 1 selects. The keys
+here are random bit patterns (every bit of the float's image decides somewhere, not only the
+exponent's), rows whose keys differ only in their lowest bits (the last pass), and rows where
+every lane of a chunk is at or above a candidate threshold: a chunk's count then equals
+BLOCK, the largest value a field must hold, and a streamed row's totals reach several
+BLOCKs (a field too narrow, or packed sums added across chunks, carries into the next
+count). The rows are exactly 16 keys (one 16-lane block: 5-bit fields) or 48 keys streamed
+in 16-key chunks, so the interpreter runs few programs.
+"""
+
+import pytest
+import torch
+
+from helpers import fresh_seed
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+from entmaxkv.kernels.select_pages import search_radix  # noqa: E402
+
+
+def use(monkeypatch, radix: int, streamed: bool) -> None:
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+    if streamed:  # 16-key chunks streamed from memory instead of one block in registers
+        monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
+
+
+def assert_stable_top(keys, counts, capacity, msg):
+    """select_pages(keys, counts, capacity) equals the first min(count, capacity) eligible
+    keys of a stable descending sort (ties to the lower page), listed in increasing order."""
+    pages, kept = torch.ops.entmaxkv.select_pages(keys.contiguous(), counts, capacity)
+    order = torch.argsort(keys, dim=-1, descending=True, stable=True)
+    for i in range(keys.shape[0]):
+        for j in range(keys.shape[1]):
+            eligible = [int(x) for x in order[i, j] if keys[i, j, x] > float("-inf")]
+            expect = sorted(eligible[: min(int(counts[i, j]), capacity)])
+            n = int(kept[i, j])
+            assert pages[i, j, :n].long().tolist() == expect, f"{msg} row ({i}, {j})"
+            assert bool((pages[i, j, n:] == -1).all()), f"{msg} row ({i}, {j})"
+
+
+def bit_pattern_keys(g, shape, dtype):
+    """Floats from uniformly random bit patterns (NaN patterns become −inf: not eligible)."""
+    bits = torch.randint(-2 ** 31, 2 ** 31, shape[:-1] + (shape[-1] * (2 if dtype == torch.float64 else 1),),
+                         generator=g, dtype=torch.int32)
+    x = bits.view(dtype)
+    return torch.where(x.isnan(), float("-inf"), x)
+
+
+def low_bit_keys(g, shape, dtype):
+    """Normal floats that differ from a random base by 0–7 in their bit image (the last search
+    pass decides them), some negated, a few −0.0 (a tie with +0.0, were there one)."""
+    int_type = torch.int64 if dtype == torch.float64 else torch.int32
+    shift = 40 if dtype == torch.float64 else 8  # the base reaches the exponent field: normal floats
+    base = torch.randint(2 ** 20, 2 ** 21, shape[:-1] + (1,), generator=g).to(int_type) << shift
+    x = (base + torch.randint(0, 8, shape, generator=g).to(int_type)).view(dtype)
+    x = torch.where(torch.rand(shape, generator=g) < 0.25, -x, x)
+    return torch.where(torch.rand(shape, generator=g) < 0.1, -0.0, x)
+
+
+def test_search_radix_fields_and_fallback():
+    assert search_radix(2, 16) == (2, 5)  # counts 0..16 need 5 bits
+    assert search_radix(2, 16384) == (2, 15)  # MAX_BLOCK
+    assert search_radix(2, 2 ** 20) == (2, 21)  # 3 · 21 = 63 bits: the largest block radix 2 takes
+    assert search_radix(2, 2 ** 21) == (1, 22)  # three 22-bit fields overflow an int64: radix 1
+    assert search_radix(1, 16) == (1, 5)
+    for bad in (0, 3, 4):
+        with pytest.raises(ValueError, match="RADIX"):
+            search_radix(bad, 16)
+
+
+@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_every_bit_of_the_key_decides(radix, wide, streamed, poison, monkeypatch):
+    use(monkeypatch, radix, streamed)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    p = 48 if streamed else 16
+    keys = torch.cat([bit_pattern_keys(g, (1, 3, p), dtype), low_bit_keys(g, (1, 3, p), dtype)], 0)
+    keys[0, 0, :3] = float("inf")  # forced pages
+    counts = torch.randint(1, p, (2, 3), generator=g, dtype=torch.int32)
+    counts[1, 0] = p - 1  # the threshold at the second-lowest key
+    assert_stable_top(keys, counts, p, f"seed {seed} radix {radix}")
+
+
+@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_full_chunks_at_a_threshold(radix, wide, streamed, poison, monkeypatch):
+    """Every lane of a chunk at or above the candidate thresholds the search tries below the
+    answer, and keys exactly at a candidate: per value v, rows of v repeated (all tie), of v
+    with three keys one step of the bit image above it, three below, or two above and three
+    below, with counts at and around those boundaries. The values' images end in each of the
+    bit pairs 01, 10 and 11 followed by zeros, so that some pass of the 2-bit search tries a
+    candidate t|01, t|10 or t|11 equal to v (1.125, 1.0 and 1.5 as float32; 1.25, 1.5 and 1.0
+    as float64): a count that misses keys equal to its candidate changes the answer."""
+    use(monkeypatch, radix, streamed)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    p = 48 if streamed else 16
+    value = torch.tensor([1.0, 1.125, 1.25, 1.5], dtype=dtype)[:, None, None]
+    up = torch.nextafter(value, torch.tensor(float("inf"), dtype=dtype))
+    down = torch.nextafter(value, torch.tensor(float("-inf"), dtype=dtype))
+    keys = value.expand(4, 4, p).clone()  # head 0: all tie
+    for i in range(4):
+        few = torch.randperm(p, generator=g)[:5]
+        keys[i, 1, few[:3]] = up[i, 0, 0]  # three keys one step above the rest
+        keys[i, 2, few[:3]] = down[i, 0, 0]  # three one step below
+        keys[i, 3, few[:2]], keys[i, 3, few[2:]] = up[i, 0, 0], down[i, 0, 0]  # two above, three below
+    boundaries = torch.tensor([1, 2, 3, 4, p // 2, p - 4, p - 3, p - 2, p - 1], dtype=torch.int32)
+    counts = boundaries[torch.randint(0, len(boundaries), (4, 4), generator=g)]
+    assert_stable_top(keys, counts, p, f"seed {seed} radix {radix} counts {counts.tolist()}")
+
+
+
+def test_every_block_triton_builds_takes_radix_2():
+    """The fallback to radix 1 is for blocks of more than 2^20 lanes, and Triton builds no
+    tensor that large (at most ``TRITON_MAX_TENSOR_NUMEL`` = 2^20 elements: a 2^21-lane block
+    is refused at launch). If a Triton release raises that limit, this fails and the fallback
+    needs a test that launches such a block."""
+    import triton.language as tl
+
+    largest = tl.TRITON_MAX_TENSOR_NUMEL
+    assert largest <= 2 ** 20, largest
+    assert search_radix(2, largest) == (2, largest.bit_length())
