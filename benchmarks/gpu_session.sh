@@ -72,9 +72,13 @@ changed)  # the gpu tests of the ops a session changed without the slow full run
         tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or on_cuda or matches_the_reference or graph_replay_no_sync or specialisations" 2>&1 \
         | tail -15 | tee "$out/changed-tests.txt"
     ;;
-codes)
-    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072" 2>&1 | tail -6 \
-        | tee "$out/keycodes.txt"
+codes)  # the key-code step (sum path) with the bare scan in both modes, then the whole step on the dot path
+    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \
+        | tail -4 | tee "$out/keycodes.txt"
+    timeout 90 bash -c "cd benchmarks && python3 -c \"import sys, runpy; import entmaxkv.kernels.code_scan as c; \
+c.SCORE_DOT, c.SCORE_DOT_MIN_HEADS = True, 4; sys.argv = ['keycodes_gpu.py', '--contexts', '131072', '--score-dot', \
+'1', '--score-dot-min-heads', '4', '--out', '$out/codes-dot']; runpy.run_path('keycodes_gpu.py', run_name='__main__')\"" \
+        2>&1 | tail -3 | tee -a "$out/keycodes.txt"
     ;;
 e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
     timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
