@@ -69,7 +69,7 @@ changed)  # the gpu tests of the ops a session changed without the slow full run
         "tests/test_kernels_codes.py::test_code_scan_on_cuda_matches_the_reference" \
         "tests/test_kernels_codes.py::test_exact_with_codes_graph_replay_no_sync_no_torch_scan" \
         "tests/test_keycodes.py::test_exact_with_codes_on_cuda" \
-        tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or on_cuda or matches_the_reference or graph_replay_no_sync or specialisations" 2>&1 \
+        tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or (code_scan_on_cuda and dtype0) or exact_with_codes_on_cuda or specialisations" 2>&1 \
         | tail -15 | tee "$out/changed-tests.txt"
     ;;
 codes)  # the key-code step (sum path) with the bare scan in both modes, then the whole step on the dot path
