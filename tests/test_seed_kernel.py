@@ -6,7 +6,9 @@ Here the kernel reads page_max and ε built to have what those cannot: several r
 (ROUNDS 1 and 2 on up to 8 pages a class), exact ties and float64 values that differ but
 round to the same float32 (the seed compares as float32, ties to the lower page), classes
 with no coded page, and rows with no coded page at all. Oracle: ``class_seed`` (sets of
-pages per row, each listed once, −1 padded, and the count).
+pages per row, each listed once, −1 padded, and the count). page_max and ε carry float64
+parts below float32's resolution, so page_max − ε must be rounded to float32 once, after the
+difference (rounding each term first changes some near-ties: caught in about 2 runs of 3).
 """
 
 import pytest
@@ -32,8 +34,10 @@ def crafted_bounds(seed: int, b: int, hkv: int, g: int, p: int, s: int, work: to
     level = torch.randint(0, 3, (b, hkv, g, p), generator=gen).double()
     page_max = level + 0.5
     if work == torch.float64:  # below float32's rounding of ~0.5..2.5: equal as float32
-        page_max = page_max + torch.randint(0, 3, (b, hkv, g, p), generator=gen).double() * 2.0 ** -30
+        page_max = page_max + torch.randint(0, 8, (b, hkv, g, p), generator=gen).double() * 2.0 ** -26
     eps = torch.where(torch.rand((b, hkv, g, p), generator=gen) < 0.5, 0.25, 0.0).double()
+    if work == torch.float64:  # ε off float32's grid: page_max − ε must be rounded once, not each term
+        eps = eps + torch.randint(0, 8, (b, hkv, g, p), generator=gen).double() * 2.0 ** -26
     dead = torch.arange(p)[None, None, None, :] >= coded[:, None, None, None]
     page_max = torch.where(dead, float("-inf"), page_max).to(work)
     eps = torch.where(dead, 0.0, eps).to(work)
@@ -44,6 +48,11 @@ def crafted_bounds(seed: int, b: int, hkv: int, g: int, p: int, s: int, work: to
 @pytest.mark.parametrize("work,group,slots", [(torch.float64, 2, 3), (torch.float32, 3, 4), (torch.float64, 1, 1)])
 def test_seed_kernel_equals_class_seed_on_ties_and_many_rounds(work, group, slots, rounds):
     seed = fresh_seed()
+    for trial in range(4):  # fresh draws: float32 near-ties decide a class only now and then
+        check_seed(seed + 7 * trial, work, group, slots, rounds)
+
+
+def check_seed(seed, work, group, slots, rounds):
     b, hkv, p, s, d = 4, 2, 23, 2, 4
     page_max, eps, lens, coded = crafted_bounds(seed, b, hkv, group, p, s, work)
     gen = torch.Generator().manual_seed(seed + 1)
