@@ -1,0 +1,47 @@
+"""``sparse_decode`` (TAU_EXACT, α = 1.5 and 2) takes the exact search from below, not the
+bisection behind it.
+
+The op's other tests compare outputs with the reference, which the bisection fallback passes
+too: they would not notice the fast path never being taken (the op launched with
+EXACT_ITERS = 0, ``found`` ignored, the search skipped). Here the bisection is given no
+steps (``bisection_steps`` patched to 0): its τ is then the midpoint of [zmax − 1, zmax − ε]
+followed by one exact-formula pass, wrong on most rows, so the outputs match the reference
+only if every row's τ came from ``_exact_from_below``. Fresh float64 scores (no exact ties,
+which may legitimately stall the search), ragged lengths, GQA, scores in registers and
+streamed (one row with more survivors than BLOCK_REGS).
+"""
+
+import random
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from helpers import fresh_seed, make_cache
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+import entmaxkv.kernels.sparse_decode as sd  # noqa: E402
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_exact_tau_needs_no_bisection(alpha, monkeypatch):
+    seed = fresh_seed()
+    rng = random.Random(seed)
+    lens = [300 + rng.randrange(17), 17 + rng.randrange(40)]  # 300+: more survivors than BLOCK_REGS
+    cache, _, _ = make_cache(seed, 2, 1, 16, 16, lens, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 2, 1, 16, generator=g, dtype=torch.float64) * (0.05 if alpha == 2.0 else 0.2)
+    newest = (cache.seq_lens - 1) // 16
+    pages = torch.full((2, 1, cache.num_pages), -1, dtype=torch.int32)
+    for i in range(2):
+        pages[i, 0, : int(newest[i])] = torch.arange(int(newest[i]), dtype=torch.int32)
+    count = newest.int()[:, None].contiguous()
+    want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
+    monkeypatch.setattr(sd, "bisection_steps", lambda work: 0)
+    for dense in (False, True):
+        out, tau = sd.sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                    cache.seq_lens, None, None, None, None, alpha, 0.3, dense, sd.TAU_EXACT, 0)
+        err = float((out - want[:, :, 0]).abs().max() / want.abs().max())
+        assert err < 1e-10, (seed, dense, err)
+        torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
