@@ -3,7 +3,6 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
 
     python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1, Hq=32/Hkv=8, D=128, fp16, α=1.5
     python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
-    python benchmarks/keycodes_gpu.py --contexts 131072 --score-dot 0,1   # code_bounds' two score paths
 
 Data ("needles", where Exact with codes reads little): per KV head a query direction u
 (each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
@@ -18,11 +17,7 @@ at long contexts; the row then says so).
 Per context: SDPA over the same K/V (graph), the whole ``decode_step`` (``GraphedDecodeStep``,
 eager kernels in one graph; ``--compiled``: the compiled step too), and the two scan ops alone
 (``code_bounds`` as the step calls it — with the newest page and the τ seed — and bare,
-``code_candidates``, each in a graph). ``--score-dot 0,1`` (the default) also times the bare
-``code_bounds`` once per ``code_scan.SCORE_DOT`` mode (0: per-head ``tl.sum``, 1: the group's
-IEEE ``tl.dot``; a column each, the rest of the run in the module's default mode) and prints
-how far the two modes' page_max lie apart, against the rounding part of ε (scale·|q|·r·M,
-what each may differ from the exact ŝ: a ratio well below 1 is agreement). Correctness: one eager step on the
+``code_candidates``, each in a graph). Correctness: one eager step on the
 Triton path against the torch path (``backend="torch"``) and dense entmax on the same cache,
 with the certificate, overflow, pages and candidates of the step. Writes keycodes_gpu.json
 and .md to --out ($OUT); measures only, asserts nothing.
@@ -44,7 +39,6 @@ import entmaxkv.kernels.code_scan as code_scan
 from entmaxkv.backend import build_step
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.exact_codes import code_candidates as exact_candidates
-from entmaxkv.kernels.code_scan import code_radius_factor
 from entmaxkv.synthetic import SyntheticStream, needle_inputs
 from decode import graph_of, run_meta  # benchmarks/ is on sys.path
 from gpu_check import time_replays as time_us  # the same CUDA-event median timing
@@ -70,38 +64,6 @@ def check_step(cache, q, k_new, v_new, config, row):
     row["candidates_med_max"] = [int(found.count.median()), int(found.count.max())]
     row["seed_pages_max"] = int(found.seed_pages.sum(-1).max())
     return step, found
-
-
-def score_dot_modes(args, op_args, bits, scale, row) -> None:
-    """The bare code_bounds in each ``--score-dot`` mode (its own graph, the module constant
-    set around the capture and restored), and the largest |page_max₀ − page_max₁| over coded
-    pages, also as a ratio to ε's rounding part there."""
-    modes = [bool(int(x)) for x in args.score_dot.split(",") if x.strip()]
-    heads = [int(x) for x in args.score_dot_min_heads.split(",") if x.strip()]
-    default, default_heads, best = code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS, {}
-    try:
-        for mode in modes:
-            for n in heads if mode else [default_heads]:  # the sum path has no head columns
-                code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS = mode, n
-                page_max = torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False)[0]
-                best.setdefault(mode, page_max)  # the dot's first head width is compared
-                graph = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*op_args, bits, scale, False))
-                key = f"code_bounds_bare_dot{int(mode)}" + (f"_heads{n}" if mode and n != heads[0] else "")
-                row[key + "_us"] = time_us(graph.replay, args.reps, args.rounds)
-                del graph
-    finally:
-        code_scan.SCORE_DOT, code_scan.SCORE_DOT_MIN_HEADS = default, default_heads
-    if len(best) == 2:
-        q, _, k_min, k_max = op_args[:4]
-        b, hkv, p, d = k_min.shape
-        mag = torch.maximum(k_min.float().abs(), k_max.float().abs()).double()
-        qa = q.double().abs().reshape(b, hkv, -1, d)
-        tol = torch.einsum("bhgd,bhpd->bhgp", qa, mag) * code_radius_factor(torch.float32, d) * scale
-        coded = torch.isfinite(best[False]) & torch.isfinite(best[True])
-        gap = (best[False].double() - best[True].double()).abs()
-        row["score_dot_page_max_diff"] = float(gap[coded].max()) if bool(coded.any()) else 0.0
-        row["score_dot_diff_over_tol"] = float((gap / tol)[coded].max()) if bool(coded.any()) else 0.0
-        row["score_dot_same_coded"] = bool(torch.equal(torch.isfinite(best[False]), torch.isfinite(best[True])))
 
 
 def bench(args, n, bits, bandwidth, log) -> dict:
@@ -142,7 +104,6 @@ def bench(args, n, bits, bandwidth, log) -> dict:
         g0 = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False))
         row["code_bounds_bare_us"] = time_us(g0.replay, args.reps, args.rounds)
         del g0
-        score_dot_modes(args, args_, bits, step.scale, row)
         g2 = graph_of(lambda: torch.ops.entmaxkv.code_candidates(*args_, page_max, eps, found.tau_low, bits,
                                                                  step.scale, alpha - 1, args.max_candidates))
         row["code_candidates_us"] = time_us(g2.replay, args.reps, args.rounds)
@@ -177,10 +138,6 @@ def main() -> None:
     parser.add_argument("--needles", type=int, default=16)
     parser.add_argument("--max-candidates", type=int, default=512)
     parser.add_argument("--compiled", action="store_true")
-    parser.add_argument("--score-dot", default="0,1", help="code_bounds score modes to time bare (SCORE_DOT)")
-    parser.add_argument("--score-dot-min-heads", default="16",
-                        help="SCORE_DOT_MIN_HEADS values for the dot mode (e.g. 16,4: the first is compared "
-                             "and has the dot=1 column; the others are extra code_bounds_bare_dot1_heads<n>_us keys)")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
@@ -195,8 +152,7 @@ def main() -> None:
 
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
-                                ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
-                                 "SCORE_DOT", "SCORE_DOT_BLOCK_P", "SCORE_DOT_WARPS", "SCORE_DOT_MIN_HEADS")}
+                                ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS")}
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []
@@ -207,8 +163,8 @@ def main() -> None:
     nan = float("nan")
     table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs (bare) | scan floor µs | code_candidates µs | "
              "pages read | candidates (med/max) | seed pages (max) | certified | overflow rows | max err vs torch path | "
-             "max err vs dense | bounds bare µs, sum (dot=0) | bounds bare µs, dot (dot=1) | page_max diff (÷ tol) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max err vs dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
@@ -217,11 +173,7 @@ def main() -> None:
             f"{r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "
             f"{r.get('candidates_med_max', '-')} | {r.get('seed_pages_max', '-')} | {r.get('certified', '-')} | "
             f"{r.get('overflow_rows', '-')} | "
-            f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} | "
-            f"{r.get('code_bounds_bare_dot0_us', nan):.1f} | {r.get('code_bounds_bare_dot1_us', nan):.1f} | "
-            f"{r.get('score_dot_page_max_diff', nan):.1e} ({r.get('score_dot_diff_over_tol', nan):.1e}) |"
-            + "".join(f" {k.removeprefix('code_bounds_bare_dot1_')[:-3]} {v:.1f} µs" for k, v in r.items()
-                      if k.startswith("code_bounds_bare_dot1_heads"))
+            f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} |"
             + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
             + (f" {r['error']}" if "error" in r else ""))
     (out / "keycodes_gpu.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")

@@ -13,26 +13,6 @@ differs from the torch reference, so ŝ and ε agree with it within the rounding
 dot product, and the certificate's argument holds unchanged: r·M covers the rounding of ŝ
 computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= ε_p here too.
 
-With ``SCORE_DOT`` (float32 work) pass 1 computes the token sums of ŝ as a matrix product,
-``tl.dot((step ⊙ code) [BLOCK_P·S, D], q^T [D, G], input_precision="ieee")``: each term is
-q_d·(step_pd·code_id) instead of (q_d·step_pd)·code_id, and the sum's order (the dot's
-accumulation, FMA or not) is the compiler's. The radius still covers it. Write u = eps/2,
-t_d = q_d·step_pd·code_id (exact) and a_d = |q_d|·M_pd. Either association rounds twice
-(an FMA in the dot fuses the second into the addition: one rounding fewer), so each
-computed term is t_d(1 + θ), |θ| <= γ_2 = 2u/(1 − 2u), and |t_d| <= 2(1 + u)²·a_d (code <=
-2^bits − 1; step·(2^bits − 1) is kmax − kmin up to two roundings). A sum of D terms in any
-binary tree adds at most D − 1 roundings to each term's path; q·kmin (D products, one
-rounding each, summed likewise), base + dot and ·scale add two more to every path. So the
-computed ŝ is off from the exact scale·(q·kmin + Σ_d t_d) by at most γ_{D+3}·scale·Σ_d
-(|q_d·kmin_pd| + |t_d|) <= γ_{D+3}·(3 + 5u)·scale·Σ_d a_d, and γ_{D+3}·(3 + 5u) =
-(D+3)u(3 + 5u)/(1 − (D+3)u) < 3·γ with γ = 2(D+2)·eps (any D < 2^20): within the 3·γ·M
-that ``keycodes``' radius budgets for computing ŝ (the same bound the sum path needs for
-its own order). TF32 would not be: its operands keep 10 mantissa bits (errors ~2^-11·a_d a
-term, far above r·M), hence ``input_precision="ieee"`` (a test checks the sm_90 PTX has
-no MMA/TF32). ε is computed as before (per head, ``tl.sum``). The float64 work dtype keeps
-the sum path (the dot is used for float32 work only: an fp64 dot is neither needed for
-speed nor measured).
-
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
@@ -68,11 +48,7 @@ the reaching pages (the others masked out: not read). Bytes per step: codes + km
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
 Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
-integer or and one subtraction (exact), not an int-to-float conversion. With ``SCORE_DOT``
-(not yet timed on the GPU; off by default) those multiply-adds are one ``tl.dot`` per
-program over the group's heads padded to GN = max(SCORE_DOT_MIN_HEADS, next_pow2(G)) columns
-(16 at G = 4: 4× the useful multiply-adds, but on the FMA pipes without the per-head
-cross-thread reductions), ``SCORE_DOT_BLOCK_P`` pages / ``SCORE_DOT_WARPS`` warps a program.
+integer or and one subtraction (exact), not an int-to-float conversion.
 """
 
 from __future__ import annotations
@@ -100,20 +76,6 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 # BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
 BLOCK_P = 2  # pages per code_bounds program
 NUM_WARPS = 2
-# code_bounds' token scores as a matrix product (the D-term sums of all G heads of the group
-# in one ``tl.dot`` in IEEE float32 on the FMA pipes, instead of a broadcast multiply and a
-# cross-thread ``tl.sum`` per head) — float32 work only: a float64 cache keeps the sum path.
-# Off until the GPU has timed both (benchmarks/keycodes_gpu.py --score-dot 0,1). Its own
-# launch constants: the dot's rows are BLOCK_P·S tokens (>= 16), its columns the group's heads
-# padded to GN (below). Not yet tuned (guesses within 4–8 pages, 4 warps).
-SCORE_DOT = False
-SCORE_DOT_BLOCK_P = 4
-SCORE_DOT_WARPS = 4
-# the dot's head columns: GN = max(SCORE_DOT_MIN_HEADS, next_pow2(G)). 16 follows tl.dot's
-# documented minimum; Triton 3.7's NVIDIA backend accepts N >= 1 (only K >= 16) and compiles
-# GN = 4 for sm_90 to FMA code with a quarter of the multiply-adds of GN = 16 at G = 4 (not
-# yet run on the GPU: benchmarks/keycodes_gpu.py --score-dot-min-heads 4,16 times both)
-SCORE_DOT_MIN_HEADS = 16
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
@@ -203,37 +165,6 @@ def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, km
 
 
 @triton.jit
-def _group_scores(q, bh, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, kmin, step, radius, D,
-                  S: tl.constexpr, G: tl.constexpr, GN: tl.constexpr, BLOCK_P: tl.constexpr, BD: tl.constexpr,
-                  WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """ŝ [BLOCK_P, S, GN] and ε [BLOCK_P, GN] of the G query heads of row ``bh`` (columns
-    g >= G: padding, q = 0) over the pages p, as ``_head_scores`` computes them per head
-    except the D-term sums of ŝ: one IEEE ``tl.dot`` [BLOCK_P·S, BD] × [BD, GN] of the
-    products step_pd·code_id with q_d (the module docstring says why the radius still
-    covers it). The per-page q·kmin and ε stay per head, in the same operations as before."""
-    gi = tl.arange(0, GN)
-    qrow = bh.to(tl.int64) * G + gi  # [GN]
-    qt = tl.load(q + qrow[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
-                 other=0.0).to(WORK)  # [BD, GN] = q^T of the group
-    # IEEE: plain float32 products and sums (no TF32, whose 10-bit products the radius does not cover)
-    prod = tl.reshape(code * step[:, None, :], (BLOCK_P * S, BD))
-    dot = tl.reshape(tl.dot(prod, qt, input_precision="ieee", out_dtype=WORK), (BLOCK_P, S, GN))
-    base = tl.zeros((BLOCK_P, GN), WORK)
-    eps = tl.zeros((BLOCK_P, GN), WORK)
-    for g in tl.static_range(G):  # per page, not per token: 1/S of the dot's work
-        qv = tl.load(q + (bh.to(tl.int64) * G + g) * D + d, mask=d < D, other=0.0).to(WORK)[None, :]
-        base = tl.where(gi[None, :] == g, tl.sum(qv * kmin, axis=1)[:, None], base)
-        eps = tl.where(gi[None, :] == g, (tl.sum(tl.abs(qv) * radius, axis=1) * scale)[:, None], eps)
-    s_hat = (base[:, None, :] + dot) * scale
-    if HAS_ALIBI:
-        slope = tl.load(slopes + hslot + gi, mask=gi < G, other=0.0).to(WORK)  # [GN]
-        tok = tl.arange(0, S)
-        s_hat += slope[None, None, :] * (p[:, None] * S + tok[None, :] - q_pos).to(WORK)[:, :, None]
-        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
-    return s_hat, eps
-
-
-@triton.jit
 def _scale_of(scale, scale_t, WORK: tl.constexpr):
     """The scale in the work dtype: float64 from a one-element tensor (kernels get float
     arguments as float32), float32 from the argument itself (no fill launched for it)."""
@@ -315,7 +246,7 @@ def _code_bounds_kernel(
     scale, r, alibi_eps, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-    WITH_NEWEST: tl.constexpr, SCORE_DOT: tl.constexpr, GN: tl.constexpr,
+    WITH_NEWEST: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -336,33 +267,18 @@ def _code_bounds_kernel(
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
         d = tl.arange(0, BD)
         kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-        if SCORE_DOT:  # every head of the group at once: one matrix product for the token sums
-            s_hat, eps = _group_scores(q, bh, p, length - 1, slopes, (bh % H) * G, scale_w, alibi_eps, code, d,
-                                       kmin, step, radius, D, S, G, GN, BLOCK_P, BD, WORK, HAS_ALIBI)
-            gi = tl.arange(0, GN)
-            # output cells (not `out`: the no-code branch below has a [BLOCK_P] one)
-            cell = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GN]
+        for g in tl.static_range(G):
+            qrow = bh.to(tl.int64) * G + g
+            s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                      code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+            out = qrow * P + p
             best = tl.max(s_hat, axis=1)
-            head = (gi < G)[None, :]
-            tl.store(page_max + cell, tl.where(live[:, None], best, float("-inf")), mask=in_range[:, None] & head)
-            tl.store(eps_out + cell, tl.where(live[:, None], eps, 0.0), mask=in_range[:, None] & head)
+            # pages without codes: no token can be chosen from them
+            tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+            tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
             if WITH_SCORES:
                 tok = tl.arange(0, S)
-                tl.store(s_hat_out + cell[:, None, :] * S + tok[None, :, None], s_hat,
-                         mask=live[:, None, None] & head[:, None, :])
-        else:
-            for g in tl.static_range(G):
-                qrow = bh.to(tl.int64) * G + g
-                s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                          code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-                out = qrow * P + p
-                best = tl.max(s_hat, axis=1)
-                # pages without codes: no token can be chosen from them
-                tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-                tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-                if WITH_SCORES:
-                    tok = tl.arange(0, S)
-                    tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+                tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
     else:  # no coded page in this block: one store per head
         for g in tl.static_range(G):
             out = (bh.to(tl.int64) * G + g) * P + p
@@ -530,24 +446,6 @@ def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch
     return torch.full((1,), scale, dtype=torch.float64, device=dummy.device) if work == torch.float64 else dummy
 
 
-def _score_launch(consts: dict, work: torch.dtype) -> tuple[bool, int, int]:
-    """(dot, BLOCK_P, num_warps) of code_bounds: the dot path (``SCORE_DOT``) for float32 work
-    only, with at least 16 token rows a program (tl.dot's documented smallest M; S = 16 pages
-    always have them, smaller test pages take 16 // S pages)."""
-    if not (SCORE_DOT and work == torch.float32):
-        return False, BLOCK_P, NUM_WARPS
-    return True, max(SCORE_DOT_BLOCK_P, next_pow2(-(-16 // consts["S"]))), SCORE_DOT_WARPS
-
-
-def _dot_widths(consts: dict, dot: bool) -> dict:
-    """The dot path's byte columns BW and channels BD: at least 16 channels (tl.dot's smallest
-    K; the extra byte columns are masked off, code 0); the sum path's otherwise."""
-    if not dot:
-        return {}
-    bw = max(consts["BW"], 8 if consts["BITS"] == 4 else 16)
-    return dict(BW=bw, BD=2 * bw if consts["BITS"] == 4 else bw)
-
-
 @triton_op("entmaxkv::code_bounds", mutates_args=())
 def code_bounds(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
@@ -589,16 +487,14 @@ def code_bounds(
     seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
-    dot, block_p, warps = _score_launch(consts, work)
-    widths = dict(consts, **_dot_widths(consts, dot))  # BW/BD: the dot path may pad them
-    grid = (b * hkv, triton.cdiv(p, block_p) + (1 if with_newest else 0))
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        SCORE_DOT=dot, GN=max(SCORE_DOT_MIN_HEADS, next_pow2(g)), BLOCK_P=block_p, num_warps=warps, **widths,
+        BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     if k:
         kp = next_pow2(k)

@@ -69,26 +69,6 @@ def run_bounds(cache, q, scale, slopes, with_scores=True):
 # ---- pass 1: ŝ, ε and the per-page best ------------------------------------------------------
 
 
-def with_score_dot(cases):
-    """Each case with code_bounds' sum path and, unless the cache is float64 (which keeps the
-    sum path whatever ``SCORE_DOT`` says), its dot path: ``score_dot`` is the last value."""
-    return ([pytest.param(*c, False, id=case_id(c, False)) for c in cases]
-            + [pytest.param(*c, True, id=case_id(c, True)) for c in cases if c[0] != torch.float64])
-
-
-def case_id(case, score_dot: bool) -> str:
-    """A readable test id ending in -sum or -dot (``pytest -k dot`` selects the dot path)."""
-    return "-".join(str(x).removeprefix("torch.") for x in case) + ("-dot" if score_dot else "-sum")
-
-
-@pytest.fixture
-def score_dot_mode(monkeypatch):
-    """Sets ``code_scan.SCORE_DOT`` (a module constant read at launch) for one test."""
-    import entmaxkv.kernels.code_scan as cs
-
-    return lambda on: monkeypatch.setattr(cs, "SCORE_DOT", on)
-
-
 BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (3: padded heads), ALiBi
     (torch.float32, 4, 1, False), (torch.float32, 8, 4, True), (torch.float16, 4, 2, True),
     (torch.float16, 8, 3, False), (torch.bfloat16, 4, 3, True), (torch.bfloat16, 8, 1, False),
@@ -96,9 +76,8 @@ BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,score_dot", with_score_dot(BOUNDS_CASES))
-def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, score_dot, score_dot_mode, poison):
-    score_dot_mode(score_dot)
+@pytest.mark.parametrize("dtype,bits,group,alibi", BOUNDS_CASES)
+def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
     seed = fresh_seed()
     hkv, d, page = 2, 24, 4
     lens = lengths(seed, 3, page)
@@ -123,16 +102,14 @@ def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, score_dot, s
     assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
 
 
-@pytest.mark.parametrize("dtype,bits,kind,score_dot", with_score_dot([
+@pytest.mark.parametrize("dtype,bits,kind", [
     (torch.float16, 4, "outliers"), (torch.bfloat16, 8, "constant"), (torch.float32, 4, "huge_range"),
     (torch.float16, 8, "fp16_extremes"), (torch.float32, 8, "offset_tiny_spread"),
     (torch.float64, 4, "offset_tiny_spread"), (torch.bfloat16, 4, "outliers"),
-]))
-def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind, score_dot, score_dot_mode):
+])
+def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
     """|s − ŝ| <= ε with the op's own ŝ and ε, for the reference's scores and exact float64
-    ones (without ALiBi) — the certificate's premise, on keys that stress it; for both
-    computations of ŝ's D-term sums (per-head ``tl.sum`` and the group's ``tl.dot``)."""
-    score_dot_mode(score_dot)
+    ones (without ALiBi) — the certificate's premise, on keys that stress it."""
     seed = fresh_seed()
     hkv, d, page = 2, 16, 4
     lens = lengths(seed, 2, page)
@@ -150,39 +127,6 @@ def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind, score_dot,
     for scores in (ref, exact):
         gap = (scores - s_hat.double()).abs() - radius
         assert bool((gap[tokens] <= 0).all()), (seed, kind, float(gap[tokens].max()))
-
-
-PTX_OF_THE_DOT_PATH = """
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from entmaxkv.kernels.code_scan import _code_bounds_kernel as fn
-import sys
-const = dict(S=16, G=4, BW=64, BD=128, BLOCK_P=4, BITS=4, WORK=tl.float32, HAS_ALIBI=False, WITH_SCORES=False,
-             WITH_NEWEST=False, SCORE_DOT=True, GN=int(sys.argv[1]))
-ptr = dict(codes="*u8", seq_lens="*i32", scale="fp32", r="fp32", alibi_eps="fp32", H="i32", P="i32", D="i32", W="i32")
-sig = {a: "constexpr" if a in const else ptr.get(a, "*fp32") for a in fn.arg_names}
-src = ASTSource(fn, sig, {(i,): const[a] for i, a in enumerate(fn.arg_names) if a in const})
-print(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"])
-"""
-
-
-@pytest.mark.parametrize("heads", [16, 4])  # GN: padded to 16, and unpadded at G = 4
-def test_score_dot_compiles_to_ieee_float32_fma_for_sm90(heads):
-    """The dot path's products and sums stay plain float32 on the GPU: its PTX for sm_90 (H200,
-    D = 128, G = 4, 4 bits; compiled on the CPU) has fma.rn.f32 and no tensor-core MMA or
-    TF32, which the interpreter (numpy matmul, input_precision ignored) cannot show."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, "-c", PTX_OF_THE_DOT_PATH, str(heads)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ptx = done.stdout
-    assert "fma.rn.f32" in ptx
-    assert "tf32" not in ptx and "mma" not in ptx, [line for line in ptx.splitlines() if "mma" in line][:3]
 
 
 # ---- pass 1's seed and newest page (what lets the step skip page_bounds and the seed selection) --
@@ -230,18 +174,14 @@ SEED_CASES = [  # (dtype, bits, group, alibi, slots): every dtype, GQA 1/2/4 (3:
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,slots,score_dot", with_score_dot(SEED_CASES[:4]) + [
-    pytest.param(*c, False, id=case_id(c, False)) for c in SEED_CASES[4:]])
-def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, score_dot,
-                                                             score_dot_mode, poison):
+@pytest.mark.parametrize("dtype,bits,group,alibi,slots", SEED_CASES)
+def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, poison):
     """``code_bounds(..., k_pages, slots)``: the seed is ``class_seed`` of the op's own
     page_max − ε (bit for bit: the same values), each page listed once, −1 padded; its
     magnitude is the pages' |score| scale; the newest page's best score and scale are
     ``newest_page``'s up to the rounding of a dot product."""
     from entmaxkv.exact_codes import class_seed
     from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
-
-    score_dot_mode(score_dot)
 
     seed = fresh_seed()
     hkv, d, page = 2, 16, 4
@@ -367,13 +307,11 @@ def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
     return count
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,alpha,score_dot", with_score_dot([
+@pytest.mark.parametrize("dtype,bits,group,alibi,alpha", [
     (torch.float32, 4, 1, False, 1.5), (torch.float16, 8, 2, True, 2.0), (torch.float64, 4, 4, False, 1.25),
     (torch.float32, 8, 2, False, 1.3), (torch.bfloat16, 4, 3, True, 1.5),
-]))
-def test_code_candidates_equal_the_reference(dtype, bits, group, alibi, alpha, score_dot, score_dot_mode, poison):
-    """Pass 2 on pass 1's bounds (either computation of ŝ: pass 2 skips pages by them)."""
-    score_dot_mode(score_dot)
+])
+def test_code_candidates_equal_the_reference(dtype, bits, group, alibi, alpha, poison):
     seed = fresh_seed()
     hkv, d, page = 2, 16, 4
     lens = lengths(seed, 3, page)
@@ -469,9 +407,7 @@ def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("alibi", [False, True])
-@pytest.mark.parametrize("score_dot", [False, True])
-def test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi, score_dot, score_dot_mode):
-    score_dot_mode(score_dot)  # the dot path compiled: a TF32 dot would fail the rounding tolerance here
+def test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi):
     stream, cache = cuda_cache(dtype, bits, seed=bits + 2 * alibi)
     q, kn, vn = stream.step()
     cache, _ = append_token(cache, kn, vn)
@@ -531,17 +467,13 @@ def test_exact_with_codes_graph_replay_no_sync_no_torch_scan(bits, monkeypatch):
     assert torch.equal(decoder.cache.k_codes, eager.k_codes)
 
 
-@pytest.mark.parametrize("with_info,score_dot", [pytest.param(False, False, id="sum"),
-                                                  pytest.param(True, False, id="info-sum"),
-                                                  pytest.param(True, True, id="info-dot")])
-def test_kernel_step_overflow_rows_fall_back_to_every_page(with_info, score_dot, score_dot_mode):
+@pytest.mark.parametrize("with_info", [False, True])
+def test_kernel_step_overflow_rows_fall_back_to_every_page(with_info):
     """On the kernel path ``code_candidates`` lists the attended pages itself: a row whose
     candidates overflow attends every full page (its last program rewrites the list), the
-    others their candidates' pages; the output equals dense entmax either way (and with pass
-    1's dot path)."""
+    others their candidates' pages; the output equals dense entmax either way."""
     from test_keycodes import coded_cache as float_cache, structured
 
-    score_dot_mode(score_dot)
     seed = fresh_seed()
     lens = [61, 47]
     stream, k, v = structured(seed % 10_000, lens, 2, 2, 16, torch.float32)
@@ -638,25 +570,17 @@ def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
     assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
 
 
-@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d,score_dot", [
-    pytest.param(*c, id=case_id(c[:-1], c[-1])) for c in [
-    (1, torch.float32, 4, 1, False, 16, False), (2, torch.float16, 8, 2, True, 16, False),
-    (8, torch.bfloat16, 4, 4, True, 16, False), (2, torch.float32, 4, 2, False, 15, False),
-    (8, torch.float64, 8, 1, True, 13, False), (4, torch.float16, 4, 4, False, 9, False),
-    # the dot path: its BLOCK_P (raised to 16 token rows: 4 pages of 4), padded channels (9, 13, 15 < 16)
-    (1, torch.float32, 4, 1, False, 16, True), (8, torch.bfloat16, 4, 4, True, 15, True),
-    (4, torch.float16, 8, 3, True, 13, True), (16, torch.float32, 4, 2, False, 9, True),
-]] + [pytest.param(2, torch.float16, 4, 4, True, 16, "unpadded", id="unpadded-heads-dot")])  # GN = G = 4
-def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, score_dot, monkeypatch,
-                                                 poison):
+@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d", [
+    (1, torch.float32, 4, 1, False, 16), (2, torch.float16, 8, 2, True, 16), (8, torch.bfloat16, 4, 4, True, 16),
+    (2, torch.float32, 4, 2, False, 15), (8, torch.float64, 8, 1, True, 13), (4, torch.float16, 4, 4, False, 9),
+])
+def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, monkeypatch, poison):
     """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
     dividing the page count P (and P not dividing them), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
     against the reference, as the tests above check them."""
     import entmaxkv.kernels.code_scan as cs
 
-    monkeypatch.setattr(cs, "SCORE_DOT", score_dot is not False)
-    monkeypatch.setattr(cs, "SCORE_DOT_MIN_HEADS", 1 if score_dot == "unpadded" else 16)  # GN = next_pow2(G)
-    monkeypatch.setattr(cs, "SCORE_DOT_BLOCK_P" if score_dot else "BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
     seed = fresh_seed()
@@ -786,17 +710,13 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4)])
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("score_dot", [False, True])
-def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, score_dot, monkeypatch):
+def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
     """The compiled kernels at launch constants ``tune_kernels.py`` sweeps (BLOCK_P, NUM_WARPS,
-    CANDIDATE_SPAN, CANDIDATE_BLOCK_P, CANDIDATE_WARPS; with ``score_dot`` the first two are
-    SCORE_DOT_BLOCK_P and SCORE_DOT_WARPS), D = 128, G = 4, ALiBi, against the reference: the
-    interpreter cannot see layout or register-allocation effects of a tile."""
+    CANDIDATE_SPAN, CANDIDATE_BLOCK_P, CANDIDATE_WARPS), D = 128, G = 4, ALiBi, against the
+    reference: the interpreter cannot see layout or register-allocation effects of a tile."""
     import entmaxkv.kernels.code_scan as cs
 
-    first = ("SCORE_DOT_BLOCK_P", "SCORE_DOT_WARPS") if score_dot else ("BLOCK_P", "NUM_WARPS")
-    monkeypatch.setattr(cs, "SCORE_DOT", score_dot)
-    for name, value in zip((*first, "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS"), launch):
+    for name, value in zip(("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS"), launch):
         monkeypatch.setattr(cs, name, value)
     stream, cache = cuda_cache(torch.float16, bits, seed=11 + bits)
     q, kn, vn = stream.step()

@@ -41,13 +41,10 @@ def _encode(value):
 def record_code_scan(monkeypatch) -> None:
     """Exact with key codes (the code_scan ops): 4 and 8 bits, every cache dtype (float64
     too: its exact-division branch), with and without ALiBi; the step's forms (seed, newest
-    page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low); with
-    code_bounds' token sums as a tl.dot (``SCORE_DOT``) and without (float64 keeps the sums)."""
+    page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low)."""
     from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
-    for dtype, score_dot in [(d, s) for d in (torch.float32, torch.float16, torch.bfloat16) for s in (False, True)] + [
-            (torch.float64, False)]:
-        monkeypatch.setattr("entmaxkv.kernels.code_scan.SCORE_DOT", score_dot)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         g = torch.Generator().manual_seed(1)
         k, v = (torch.randn(1, 1, 40, 16, generator=g).to(dtype) for _ in range(2))
         q, kn, vn = random_step(g, 1, 2, 1, 16, dtype)
