@@ -50,7 +50,10 @@ __all__ = ["quest_select", "float64_words"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
 CHUNK_WARPS = 4
-SELECT_WARPS = 8  # warps of the per-row selection program once its row block holds 2048 pages
+# warps of the per-row selection program once its row block holds 2048 pages: 16 measured
+# 50.5–51.0 µs at 128K on the H200 against 52.9–53.1 for 8 and 56.4 for 32 (two sessions'
+# sweeps of benchmarks/quest_select_gpu.py, 2026-11-29)
+SELECT_WARPS = 16
 
 
 def float64_words(x: float) -> tuple[int, int, int]:

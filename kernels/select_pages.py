@@ -20,8 +20,11 @@ writes the list. One program per row. Each counting pass is one block-wide reduc
   threshold and the pages selected are the same bit for bit.
 
 Both then run one more pass (the keys above the threshold, for the ties) and, before the
-search, one that counts the eligible keys. Which radix is faster on the GPU is **not yet
-measured** (``benchmarks/quest_select_gpu.py`` sweeps it); ``RADIX`` below is the default.
+search, one that counts the eligible keys. On the H200 (``benchmarks/quest_select_gpu.py``,
+TopK's ``quest_select``, B = 1, 32/8 heads, 2026-11-29) radix 2 is slower on long rows — 8,196
+pages at 128K: 58.8 µs against 53.1 (8 warps), 55.3 against 50.5 (16) — and barely faster on
+short ones (516 pages at 8K: 14.8 against 15.4): the int64 reduction and the packing cost
+about what the halved pass count saves. ``RADIX`` below is the default, 1.
 (A 4-bit radix select with ``tl.histogram`` — 8 passes instead of 32 — measured 2–3× slower
 on the H200: benchmarks/results/perf-log.md.)
 """
@@ -40,8 +43,8 @@ __all__ = ["select_pages", "search_radix"]  # the @triton.jit helpers are shared
 MAX_BLOCK = 16384  # a row up to this many pages stays in registers
 WIDE_WARPS = 8  # warps of a program whose row block holds 2048 pages or more
 # bits decided per counting pass of the threshold search, 1 or 2 (select_pages and quest_select
-# both read it at call time: flipping it here flips both)
-RADIX = 2
+# both read it at call time: flipping it here flips both); 1 measured faster on long rows (above)
+RADIX = 1
 
 
 def search_radix(radix: int, block: int) -> tuple[int, int]:
