@@ -286,6 +286,20 @@ def _shifted_sums(comp_s, base, total, z_reg, lin, x, BLOCK: tl.constexpr, IN_RE
 
 
 @triton.jit
+def _support_tau(cnt, s1, s2, KIND: tl.constexpr):
+    """The exact τ if the support is the ``cnt`` scores with sums s1 = Σz, s2 = Σz² (α = 2:
+    Σ (z − τ) = 1; α = 1.5: Σ (z − τ)² = 1, its smaller root), as the sort-based reference
+    computes it. Scores shifted by x give τ − x."""
+    k = tl.maximum(cnt, 1.0)
+    if KIND == 2:
+        return (s1 - 1.0) / k
+    else:
+        mean = s1 / k
+        ss = tl.maximum(s2 - k * mean * mean, 0.0)
+        return mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
+
+
+@triton.jit
 def _exact_from_below(comp_s, base, total, z_reg, lin, floor, zmax, ITERS: tl.constexpr, KIND: tl.constexpr,
                       BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
     """(τ, found) for α = 2 or 1.5 without bisection. From x = floor <= τ (the top token's
@@ -294,7 +308,9 @@ def _exact_from_below(comp_s, base, total, z_reg, lin, floor, zmax, ITERS: tl.co
     token with z <= τ, the formula — which counts its (z − τ)² or (z − τ) as if it had weight —
     would land at or above that z). Otherwise x moves up by a Newton step of
     f(x) = Σ [z − x]_+^(1/(α−1)) − 1 (convex, decreasing: the step stays <= τ; for α = 2 it is
-    Michelot's τ_S itself) and S shrinks. At most ITERS rounds (near-ties can stall it:
+    Michelot's τ_S itself) and S shrinks. The acceptance relies on x <= τ throughout (then the
+    tokens outside S carry no weight at τ); a start or a step above τ could accept a wrong τ_S.
+    At most ITERS rounds (near-ties can stall it:
     ``found`` is then False and the caller bisects)."""
     x = floor
     tau = floor
@@ -302,14 +318,10 @@ def _exact_from_below(comp_s, base, total, z_reg, lin, floor, zmax, ITERS: tl.co
     it = tl.full((), 0, tl.int32)
     while (it < ITERS) & (found == 0):
         cnt, s1, s2, zmin = _shifted_sums(comp_s, base, total, z_reg, lin, x, BLOCK, IN_REGS)
-        k = tl.maximum(cnt, 1.0)
+        tau = x + _support_tau(cnt, s1, s2, KIND)
         if KIND == 2:
-            tau = x + (s1 - 1.0) / k
             step = tau
         else:
-            mean = s1 / k
-            ss = tl.maximum(s2 - k * mean * mean, 0.0)
-            tau = x + mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
             step = x + (s2 - 1.0) / tl.maximum(2.0 * s1, 1e-300)
         found = (zmin > tau).to(tl.int32)
         x = tl.minimum(tl.maximum(step, x), zmax)
@@ -343,13 +355,7 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
             if KIND != 3:
                 # exact τ from the support found by bisection (as the sort-based reference)
                 cnt, s1, s2 = _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
-                k = tl.maximum(cnt, 1.0)
-                if KIND == 2:
-                    tau = (s1 - 1.0) / k
-                else:
-                    mean = s1 / k
-                    ss = tl.maximum(s2 - k * mean * mean, 0.0)
-                    tau = mean - tl.sqrt(tl.maximum((1.0 - ss) / k, 0.0))
+                tau = _support_tau(cnt, s1, s2, KIND)
     else:
         tau = given
         if TAU_MODE == 2:
