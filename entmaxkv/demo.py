@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
              else f"first difference at token {diverge if diverge is not None else n}.")
           + f" Dense decode {dense_rate:.1f} tokens/s.")
     print("On a CPU EntmaxKV decodes with the pure-torch reference, which scores every token whatever it "
-          "selects;\non a GPU the Triton ops read only the selected pages, and beat dense attention only at large\n"
-          "batch so far (README, Status).")
+          "selects;\non a GPU the Triton ops read only the selected pages, and so far beat dense attention at long\n"
+          "context only with a batch or many KV heads (README, Status).")
 
 
 if __name__ == "__main__":
