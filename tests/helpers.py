@@ -53,3 +53,11 @@ def assert_same_view(a, b):
 def fresh_seed() -> int:
     """A seed drawn afresh for every test run (tests print it when they fail)."""
     return random.SystemRandom().randrange(2 ** 31)
+
+
+def on_both_backends(cache, q, k, v, alpha, selector, alibi_slopes=None):
+    """The same step through the torch reference and the Triton ops, each on its own fork of
+    ``cache`` -> [(cache, out, info)] for ("torch", "triton")."""
+    return [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, selector, backend=b),
+                            alibi_slopes=alibi_slopes, with_info=True) for b in ("torch", "triton")]
+

@@ -16,7 +16,7 @@ from entmaxkv.conventions import pages_to_mask
 from entmaxkv.bounds import mean_scores, quest_bounds
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.state import append_token
-from helpers import fresh_seed, make_cache, random_step
+from helpers import fresh_seed, make_cache, on_both_backends, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -368,9 +368,7 @@ def test_decode_step_through_the_ops_equals_the_reference(alpha):
     for sel in SELECTORS:
         if alpha == 1.0 and not isinstance(sel, (ekv.Dense, ekv.TopK)):
             continue
-        runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, sel, backend=b), alibi_slopes=slopes,
-                                with_info=True) for b in ("torch", "triton")]
-        (c1, o1, i1), (c2, o2, i2) = runs
+        (c1, o1, i1), (c2, o2, i2) = on_both_backends(cache, q, k, v, alpha, sel, slopes)
         msg = f"{sel} seed {seed}"
         assert torch.equal(i1.page_mask, i2.page_mask), msg
         torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=msg)
@@ -436,9 +434,7 @@ def test_editing_the_top_pages_mask_in_place_is_refused():
     q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32)
     with pytest.raises(ValueError, match="in place"):
         ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, BestPlusFirstTwo(in_place=True), backend="triton"))
-    runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, BestPlusFirstTwo(), backend=b),
-                            with_info=True) for b in ("torch", "triton")]
-    (_, o1, i1), (_, o2, i2) = runs
+    (_, o1, i1), (_, o2, i2) = on_both_backends(cache, q, k, v, 1.5, BestPlusFirstTwo())
     assert torch.equal(i1.page_mask, i2.page_mask), f"page masks, seed {seed}"
     torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=f"outputs, seed {seed}")
 

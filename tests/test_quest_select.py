@@ -20,7 +20,7 @@ from entmaxkv.backend import KernelOps
 from entmaxkv.newest_page import candidate_page_mask, newest_page_magnitude, newest_page_mask, newest_page_scores
 from entmaxkv.reference import token_scores
 from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
-from helpers import fresh_seed, make_cache, random_step
+from helpers import fresh_seed, make_cache, on_both_backends, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -232,9 +232,7 @@ def test_topk_step_through_the_ops_selects_what_the_reference_selects(dtype, gro
     for i, sel in enumerate(TOPKS):  # each selector with another α, ALiBi on every other one
         alpha, alibi = (1.0, 1.5, 2.0)[i % 3], i % 2 == 1
         slopes = torch.rand(2 * group, generator=g).to(dtype) * 0.3 if alibi else None
-        runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, sel, backend=b), alibi_slopes=slopes,
-                                with_info=True) for b in ("torch", "triton")]
-        (_, o1, i1), (_, o2, i2) = runs
+        (_, o1, i1), (_, o2, i2) = on_both_backends(cache, q, k, v, alpha, sel, slopes)
         msg = f"{sel} α {alpha} alibi {alibi} seed {seed}"
         assert torch.equal(i1.page_mask, i2.page_mask), msg
         assert torch.equal(i1.num_tokens, i2.num_tokens), msg

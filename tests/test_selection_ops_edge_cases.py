@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from helpers import fresh_seed, make_cache, random_step
+from helpers import fresh_seed, make_cache, on_both_backends, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -70,9 +70,7 @@ def test_decode_step_with_a_group_of_three_equals_the_reference():
     for sel in (ekv.Gaussian(), ekv.Gaussian(tau_mode="fixed", recent_pages=1),
                 ekv.TopK(coverage=0.3, recent_pages=1)):
         for alibi in (None, slopes):
-            runs = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend=b), alibi_slopes=alibi,
-                                    with_info=True) for b in ("torch", "triton")]
-            (_, o1, i1), (_, o2, i2) = runs
+            (_, o1, i1), (_, o2, i2) = on_both_backends(cache, q, k, v, 1.5, sel, alibi)
             msg = f"{sel} alibi {alibi is not None} seed {seed}"
             assert torch.equal(i1.page_mask, i2.page_mask), msg
             torch.testing.assert_close(o2, o1, rtol=1e-9, atol=1e-9, msg=msg)
@@ -105,8 +103,7 @@ def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
                 ekv.Gaussian(sink_pages=huge, recent_pages=huge),
                 # counts that reach select_pages as an int32 tensor: 2^32 must not wrap to 0
                 ekv.Exact(initial_pages=2 ** 32, rounds=0), ekv.Exact(initial_pages=1, max_pages=2 ** 32)):
-        masks = [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend=b), with_info=True)[2]
-                 .page_mask for b in ("torch", "triton")]
+        masks = [info.page_mask for _, _, info in on_both_backends(cache, q, k, v, 1.5, sel)]
         assert torch.equal(*masks), f"{sel} seed {seed}"
     assert seen, "no kernel launch recorded"
     wide = sorted({(fn, name) for fn, name, value in seen if not -2 ** 31 <= value < 2 ** 31})
