@@ -61,7 +61,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.sparse_decode import bisection_steps
-from entmaxkv.kernels.select_pages import _ordered
+from entmaxkv.kernels.threshold_search import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
