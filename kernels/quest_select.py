@@ -42,7 +42,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import rounding_gamma
-from entmaxkv.kernels import select_pages as select_module  # its PROBES and RADIX, read at call time
+from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _pad, _take
 from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _threshold, search_radix
 
@@ -127,7 +127,7 @@ def _select_kernel(
     budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
-    COVERAGE: tl.constexpr,
+    COMPACT: tl.constexpr, COVERAGE: tl.constexpr,
     HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
 ):
     """One row's selection from its keys: count, threshold, page list, mask, score floor."""
@@ -163,12 +163,10 @@ def _select_kernel(
     ties_seen = 0
     out = pages + row * P
     heads = row * G * P  # this row's [G, P] block
-    for start in range(0, P, BLOCK):
-        idx = start + lanes
-        if ONE_CHUNK:
-            x = x_all
-        else:
-            x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
+    sub = tl.arange(0, COMPACT)  # keys re-read from memory, COMPACT at a time (``select_pages.COMPACT_BLOCK``)
+    for start in range(0, P, COMPACT):
+        idx = start + sub
+        x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
         take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
@@ -183,7 +181,7 @@ def _select_kernel(
             best = tl.where(gs == g, tl.maximum(best, tl.max(low, axis=0)), best)
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
-    _pad(out, lanes, k, P, BLOCK)
+    _pad(out, sub, k, P, COMPACT)
     tl.store(kept + row, k)
     top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
@@ -237,7 +235,8 @@ def quest_select(
         max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
         (2 * page_size + 4 * (head_dim + 2)) * eps, 2 * rounding_gamma(work, head_dim), hkv, p,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        RADIX=radix, FIELD=field, PROBES=select_module.PROBES, COVERAGE=budget_pages < 0,
+        RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
+        COMPACT=min(block, select_module.COMPACT_BLOCK), COVERAGE=budget_pages < 0,
         HAS_ALIBI=alibi_slopes is not None, **kinds,
         num_warps=SELECT_WARPS if block >= 2048 else 4,
     )

@@ -40,6 +40,11 @@ WIDE_WARPS = 8  # warps of a program whose row block holds 2048 pages or more
 # long rows, above).
 PROBES = 12
 RADIX = 1
+# keys a pass of the list writing takes (re-read from memory, after the search): the search
+# holds the row in registers, and writing the list from those registers too (its scans, masks
+# and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
+# thread at 16 warps, none at 8,192)
+COMPACT_BLOCK = 2048
 
 
 @triton.jit
@@ -66,7 +71,7 @@ def _pad(out, lanes, k, M, BLOCK: tl.constexpr):
 def _select_kernel(
     keys, counts, pages, kept, P, M,
     BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr,
-    FIELD: tl.constexpr, PROBES: tl.constexpr,
+    FIELD: tl.constexpr, PROBES: tl.constexpr, COMPACT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = keys + row * P
@@ -79,21 +84,20 @@ def _select_kernel(
     t, ties_wanted = _threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
                                 FIELD, PROBES)
 
+    # the list, COMPACT keys at a time re-read from memory (``COMPACT_BLOCK``)
     written = 0
     ties_seen = 0
     out = pages + row * M
-    for start in range(0, P, BLOCK):
-        idx = start + lanes
-        if ONE_CHUNK:
-            x = x_all
-        else:
-            x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
+    sub = tl.arange(0, COMPACT)
+    for start in range(0, P, COMPACT):
+        idx = start + sub
+        x = tl.load(base + idx, mask=idx < P, other=float("-inf"))
         take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < M))
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
-    _pad(out, lanes, k, M, BLOCK)
+    _pad(out, sub, k, M, COMPACT)
     tl.store(kept + row, k)
 
 
@@ -112,7 +116,7 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
     wrap_triton(_select_kernel)[(b * h,)](
         keys, counts, pages, kept, p, capacity,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        RADIX=radix, FIELD=field, PROBES=PROBES,
+        RADIX=radix, FIELD=field, PROBES=PROBES, COMPACT=min(block, COMPACT_BLOCK),
         num_warps=WIDE_WARPS if block >= 2048 else 4,
     )
     return pages, kept

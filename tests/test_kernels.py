@@ -119,6 +119,7 @@ def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
 @pytest.mark.parametrize("streamed", [False, True])
 def test_select_pages_equals_a_stable_sort(wide, streamed, search, poison, monkeypatch):
     use_search(monkeypatch, search)  # helpers.SEARCHES: the threshold search
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.COMPACT_BLOCK", 16)  # the list in 16-key passes
     if streamed:  # rows longer than a register block: the streamed bitwise search
         monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
     seed = fresh_seed()

@@ -82,8 +82,12 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
 
 def small_blocks(monkeypatch, layout: str) -> None:
     """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–14 pages,
-    so several programs share a row); ``streamed``: also a selection block of 8 pages, so the
-    selection streams its keys from memory instead of holding the row in registers."""
+    so several programs share a row), and the list is written 4 keys a pass while the search
+    holds the row in registers (as at 128K on the GPU: 2,048 of a 16,384-lane row); ``streamed``:
+    also a selection block of 8 pages, so the selection streams its keys from memory instead
+    of holding the row in registers."""
+    if layout == "chunked":
+        monkeypatch.setattr("entmaxkv.kernels.select_pages.COMPACT_BLOCK", 4)
     if layout in ("chunked", "streamed"):
         monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
     if layout == "streamed":
@@ -121,7 +125,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "streamed"])
+@pytest.mark.parametrize("layout", ["registers", "chunked", "streamed"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
