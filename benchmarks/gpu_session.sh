@@ -10,6 +10,7 @@
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
+#   variants                                # the TopK step with sparse_decode's constants flipped
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
 # a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
@@ -77,6 +78,11 @@ codes)  # the key-code step with the bare scan, with the newest page and with th
     timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \
         | tail -6 | tee "$out/keycodes.txt"
     ;;
+variants)  # the TopK step at α = 1.5 with sparse_decode's τ-kernel constants flipped
+    timeout 200 bash -c "cd benchmarks && python3 step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 --variants \
+'base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64;sparse_decode.ROWS_PER_ITER=128;sparse_decode.ROWS_PER_ITER=32;\
+sparse_decode.BLOCK_REGS=64;sparse_decode.PROGRAMS_PER_SM=1;sparse_decode.PROGRAMS_PER_SM=4'" 2>&1 | tee "$out/variants.txt"
+    ;;
 profile)  # where the step's time goes: per-kernel time of TopK at 8K and 128K, Exact with codes at 128K
     timeout 120 bash -c "cd benchmarks && python3 profile_step.py --contexts 8192,131072 --cases 1:TopK12.5,1.5:TopK12.5 \
         --top 10" 2>&1 | tee "$out/profile.txt" | tail -40
@@ -88,7 +94,7 @@ e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in 
         --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
     ;;
 *)
-    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, profile, e2e)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, profile, variants, e2e)" >&2
     exit 2
     ;;
 esac
