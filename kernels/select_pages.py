@@ -43,8 +43,9 @@ RADIX = 1
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks
 # and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
-# thread at 16 warps, none at 8,192)
-COMPACT_BLOCK = 2048
+# thread at 16 warps; none now). quest_select at 128K on the H200: 45.0 µs at 4,096, 46.1 at
+# 2,048, 53.0 at 1,024, 48.9 for the whole row (with PROBES = 12; 51.1 bitwise), 2026-11-29
+COMPACT_BLOCK = 4096
 
 
 @triton.jit
