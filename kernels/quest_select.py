@@ -171,14 +171,15 @@ def _select_kernel(
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
         tl.store(mask + row * P + idx, take == 1, mask=idx < P)
-        for g in tl.static_range(G):
-            mu = tl.load(means + heads + g * P + idx, mask=take == 1, other=0.0).to(WORK)
-            slack = tl.cast(slack_c, WORK) * tl.load(absmax + heads + g * P + idx, mask=take == 1, other=0.0).to(WORK)
-            if HAS_ALIBI:
-                slope = tl.abs(tl.load(slopes + (row % H) * G + g).to(WORK))
-                slack = slack + slope * (S - 1) / 2
-            low = tl.where(take == 1, mu - slack, float("-inf"))
-            best = tl.where(gs == g, tl.maximum(best, tl.max(low, axis=0)), best)
+        # every head of the group in one [G_PAD, COMPACT] tile: one reduction, not G
+        chosen = (gs[:, None] < G) & (take == 1)[None, :]
+        at = heads + gs[:, None] * P + idx[None, :]
+        mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
+        slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+        if HAS_ALIBI:
+            slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
+            slack = slack + (slope * (S - 1) / 2)[:, None]
+        best = tl.maximum(best, tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1))
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
     _pad(out, sub, k, P, COMPACT)
