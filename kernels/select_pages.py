@@ -13,11 +13,15 @@ one compaction pass writes the list. Each pass is a block-wide reduction, latenc
 number of passes is the cost.
 
 Measured on the H200 (``benchmarks/quest_select_gpu.py``, TopK's ``quest_select``, B = 1,
-32/8 heads, 2026-11-29), bitwise: radix 2 is slower on long rows — 8,196 pages at 128K: 58.8 µs
-against 53.1 (8 warps), 55.3 against 50.5 (16) — and barely faster on short ones (516 pages at
-8K: 14.8 against 15.4): the int64 reduction and the packing cost about what the halved pass
-count saves. (A 4-bit radix select with ``tl.histogram`` — 8 passes instead of 32 — measured
-2–3× slower: benchmarks/results/perf-log.md.) The interpolation search is not timed yet.
+32/8 heads, 2026-11-29). Bitwise, radix 2 is slower on long rows than radix 1 — 8,196 pages at
+128K: 58.8 µs against 53.1 (8 warps), 55.3 against 50.5 (16) — and barely faster on short ones
+(516 pages at 8K: 14.8 against 15.4): the int64 reduction and the packing cost about what the
+halved pass count saves. (A 4-bit radix select with ``tl.histogram`` — 8 passes instead of
+32 — measured 2–3× slower: benchmarks/results/perf-log.md.) The interpolation search takes
+11–18 passes on these rows instead of 35, yet saves only 2–3 µs (128K: 48.9 against 51.1;
+8K: 14.4 against 15.0): a pass costs ~0.25 µs, and the rest of the per-row program — one
+program on each of 8 SMs at B = 1, latency-bound (ncu: 25% occupancy, 9.2 cycles per issued
+instruction) — is the list, the mask and the score floor.
 """
 
 from __future__ import annotations
