@@ -19,10 +19,14 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
    only when asked (``with_scores``, for tests and diagnostics). On request, in the same
    launch: the newest page's best score and |score| scale (one more program per row, as
-   ``page_bounds``), and after it, the τ seed — per head, the best page by page_max − ε in
-   each residue class mod K — from a second launch of one program per row that reads
-   page_max and ε back and lists those pages once each, with their |score| scale from
-   kmin/kmax (no atomics: the same seed whatever order the programs ran in).
+   ``page_bounds``: the row's first, so it is dispatched before the code blocks rather than
+   after all of them), and after it, the τ seed — per head, the best page by page_max − ε
+   in each residue class mod K — from two more launches that read page_max and ε back:
+   (row, chunk) programs each reduce SEED_CHUNK pages to their best per (head, class),
+   packed so that the max of the chunks' results is the row's (larger bound first, then the
+   lower page), into a scratch; then one program per row takes that max and lists the
+   pages once each, with their |score| scale from kmin/kmax (no atomics: the same seed,
+   bit for bit, whatever order the programs ran in and however the row is chunked).
 2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
@@ -41,7 +45,14 @@ Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes o
 of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
 statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
 heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
-A block with no coded page costs one store per head. Pass 2: grid (B·Hkv, ceil(P / SPAN)).
+A block with no coded page costs one store per head. With the newest page the grid has one
+more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
+(B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
+[B·Hkv, chunks, G, K] int64 scratch. Not yet timed on the GPU in this form: before it, one
+program per row walked the whole row (8 programs at B = 1, Hkv = 8), and with the newest
+page's program last the step's code_bounds took 180 µs against 128 µs bare at 128K on the
+H200; ``benchmarks/keycodes_gpu.py`` times bare, newest, seed and both.
+Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
@@ -83,12 +94,14 @@ NUM_WARPS = 2
 CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
-# the τ seed, two launches after the scan (no atomics, no counter to zero-fill): grid (B·Hkv,
-# chunks) where a program reduces SEED_CHUNK pages' page_max and ε to its per-(head, class) best,
-# then one program per row that takes the max over its chunks and lists the seed. At 128K
-# (8196 pages a row) 512 pages make 17 chunks a row; the single program per row it replaces
-# walked all 8196 pages alone (8 programs on a 132-SM GPU). Both read [G, ROUNDS, K] tiles of
-# about SEED_TILE values (ROUNDS class rows of a chunk, or ROUNDS chunks' entries).
+# the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
+# SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
+# takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 512 pages make
+# 17 chunks a row; the single program per row it replaces walked all 8196 pages alone (8
+# programs on a 132-SM GPU). No atomics: an atomic max per page and a finished-program counter
+# cost 166 µs of code_bounds' 296 at 128K on the H200, and a counter needs a zero fill. Both
+# launches read [G, ROUNDS, K] tiles of about SEED_TILE values (ROUNDS class rows of a chunk,
+# or ROUNDS chunks' entries). Not tuned on the GPU yet (keycodes_gpu.py --seed-chunk).
 SEED_CHUNK = 512
 SEED_TILE = 4096
 SEED_WARPS = 4
@@ -344,6 +357,10 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
     rounds = max(1, SEED_TILE // (gp * kp))
+    # the class rows a chunk spans at most (aligned chunks: exactly; others: one more where a
+    # chunk starts inside a row): a smaller tile where it covers a whole chunk (any size is correct)
+    spans = SEED_CHUNK // slots if SEED_CHUNK % slots == 0 else triton.cdiv(SEED_CHUNK - 1, slots) + 1
+    chunk_rounds = min(rounds, next_pow2(spans))
     nch = triton.cdiv(p, SEED_CHUNK)
     best = torch.empty((b * hkv, nch, gp, kp), dtype=torch.int64, device=q.device)
     seed_pages = torch.empty((b, hkv, g * slots), dtype=torch.int32, device=q.device)
@@ -351,7 +368,7 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     seed_mag = torch.empty((b, hkv, g), dtype=page_max.dtype, device=q.device)
     wrap_triton(_seed_chunk_kernel)[(b * hkv, nch)](
         page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
-        S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds, num_warps=SEED_WARPS,
+        S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
     )
     wrap_triton(_seed_merge_kernel)[(b * hkv,)](
         q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, p, k_min.shape[-1], nch,
