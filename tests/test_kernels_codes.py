@@ -240,30 +240,35 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
 @pytest.mark.parametrize("block_p", [1, 2, 4])
 def test_code_bounds_runs_the_newest_page_in_each_rows_first_program(block_p, monkeypatch, poison):
     """The newest page's program is program 0 of its row (dispatched before the code blocks,
-    not after them), once per row, and every page block still runs after it (page_max equals
-    the bare launch's bit for bit, poisoned buffers). The interpreter calls the kernel's
-    ``_newest_page`` through the module's globals, so a wrapper there sees the program ids."""
+    not after them), once per row, and reads no codes; the code blocks are the bare launch's
+    shifted by one program, and page_max and ε equal the bare launch's bit for bit (poisoned
+    buffers: no block skipped). The interpreter calls the kernel's helpers through the
+    module's globals, so wrappers there see the program ids."""
     import triton.language as tl
 
     import entmaxkv.kernels.code_scan as cs
 
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
-    seen = []
-    newest_page = cs._newest_page
+    seen = {"newest": [], "codes": []}
 
-    def recording(*args, **kwargs):
-        seen.append((int(tl.program_id(0)), int(tl.program_id(1))))
-        return newest_page(*args, **kwargs)
+    def recording(name, helper):
+        def run(*args, **kwargs):
+            seen[name].append((int(tl.program_id(0)), int(tl.program_id(1))))
+            return helper(*args, **kwargs)
+        return run
 
-    monkeypatch.setattr(cs, "_newest_page", recording)
+    monkeypatch.setattr(cs, "_newest_page", recording("newest", cs._newest_page))
+    monkeypatch.setattr(cs, "_code_tile", recording("codes", cs._code_tile))
     seed = fresh_seed()
     cache, q, slopes, _ = coded_setup(seed, torch.float32, 4, 2, True)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 0.3, False)
     full = code_bounds(*args, cache.k_pages, 2)
-    rows = cache.batch * HKV
-    assert sorted(seen) == [(bh, 0) for bh in range(rows)], (seed, seen)
+    with_newest = set(seen["codes"])
+    seen["codes"].clear()
     bare = code_bounds(*args)
-    assert len(seen) == rows, seed  # the bare launch has no newest-page program
+    rows = cache.batch * HKV
+    assert sorted(seen["newest"]) == [(bh, 0) for bh in range(rows)], (seed, seen["newest"])  # bare: none
+    assert with_newest == {(bh, j + 1) for bh, j in seen["codes"]}, (seed, sorted(with_newest))
     assert torch.equal(full[0], bare[0]) and torch.equal(full[1], bare[1]), seed
 
 
