@@ -769,6 +769,35 @@ def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("chunk,slots", [(7, 8), (16, 8), (64, 5), (512, 8)])
+def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
+    """The compiled seed launches (``SEED_CHUNK`` pages a chunk: up to 28 chunks a row, chunks
+    not a multiple of K) give ``class_seed`` of the op's own page_max − ε, each page once;
+    the newest page's program (program 0) leaves page_max and ε equal to the bare launch's."""
+    import entmaxkv.kernels.code_scan as cs
+    from entmaxkv.exact_codes import class_seed
+
+    monkeypatch.setattr(cs, "SEED_CHUNK", chunk)
+    stream, cache = cuda_cache(torch.float16, 4, seed=chunk)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None, 4, 128 ** -0.5,
+            False)
+    page_max, eps, _, _, _, pages, count, _ = code_bounds(*args, cache.k_pages, slots)
+    bare = code_bounds(*args)
+    assert torch.equal(page_max, bare[0]) and torch.equal(eps, bare[1])
+    want = class_seed(page_max - eps, slots).cpu()
+    pages, count = pages.cpu(), count.cpu()
+    for i in range(cache.batch):
+        for j in range(cache.num_kv_heads):
+            listed = pages[i, j, :int(count[i, j])].tolist()
+            assert len(listed) == len(set(listed)), (i, j, listed)
+            assert set(listed) == set(x for x in want[i, j].tolist() if x >= 0), (i, j)
+            assert bool((pages[i, j, int(count[i, j]):] == -1).all()), (i, j)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("kind", ["random", "ties", "outliers"])
