@@ -48,10 +48,11 @@ heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per hea
 A block with no coded page costs one store per head. With the newest page the grid has one
 more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
 (B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
-[B·Hkv, chunks, G, K] int64 scratch. Not yet timed on the GPU in this form: before it, one
-program per row walked the whole row (8 programs at B = 1, Hkv = 8), and with the newest
-page's program last the step's code_bounds took 180 µs against 128 µs bare at 128K on the
-H200; ``benchmarks/keycodes_gpu.py`` times bare, newest, seed and both.
+[B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
+2026-11-29): bare 127.5 µs, with the newest page 148.7, with the seed 137.1, both (the step's
+call) 157.9 — it was 180 with the seed from one program per row and the newest page's program
+last. The newest page still costs ~21 µs inside this launch, although its program runs first
+and its specialisation has the bare scan's registers (168) and shared memory: not explained.
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
@@ -96,13 +97,15 @@ CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
-# takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 512 pages make
-# 17 chunks a row; the single program per row it replaces walked all 8196 pages alone (8
-# programs on a 132-SM GPU). No atomics: an atomic max per page and a finished-program counter
+# takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make
+# 33 chunks a row; the single program per row it replaces walked all 8196 pages alone (8
+# programs on a 132-SM GPU). Measured on the H200 (keycodes_gpu.py --seed-chunk, needle data,
+# 128K, 4 bits, 2026-11-29): the seed adds 9.6 µs to the bare scan at 256 pages a chunk, 14.0
+# at 512, 17.1 at 1,024 (the single program per row: ~35); the step 258 -> 233 µs. No atomics: an atomic max per page and a finished-program counter
 # cost 166 µs of code_bounds' 296 at 128K on the H200, and a counter needs a zero fill. Both
 # launches read [G, ROUNDS, K] tiles of about SEED_TILE values (ROUNDS class rows of a chunk,
-# or ROUNDS chunks' entries). Not tuned on the GPU yet (keycodes_gpu.py --seed-chunk).
-SEED_CHUNK = 512
+# or ROUNDS chunks' entries).
+SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
 
