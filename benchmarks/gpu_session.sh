@@ -65,13 +65,11 @@ quick)  # the TopK / Dense step at three contexts: a before/after check of a ker
         --dtypes fp16 --alphas 1,1.5 --coverages 12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out '$out/quick'" \
         2>&1 | grep -E "^\|" | tee "$out/quick.txt"
     ;;
-changed)  # the gpu tests of the ops a session changed without the slow full run (~2–3 minutes)
-    timeout 240 python3 -m pytest -q -p no:cacheprovider -rf --durations=5 \
-        "tests/test_quest_select.py::test_quest_select_on_the_gpu_equals_the_torch_composition" \
-        "tests/test_kernels_codes.py::test_code_scan_on_cuda_matches_the_reference" \
-        "tests/test_kernels_codes.py::test_exact_with_codes_graph_replay_no_sync_no_torch_scan" \
-        "tests/test_keycodes.py::test_exact_with_codes_on_cuda" \
-        tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or (code_scan_on_cuda and dtype0) or exact_with_codes_on_cuda or specialisations" 2>&1 \
+changed)  # the gpu tests of the ops this session changed, without the slow full run (~3 minutes)
+    timeout 300 python3 -m pytest -q -p no:cacheprovider -rf --durations=5 tests/test_quest_select.py \
+        tests/test_kernels_codes.py tests/test_keycodes.py tests/test_nan_inputs.py tests/test_ops_gpu.py \
+        -k "gpu_equals or graph_replay_no_sync or exact_with_codes_on_cuda or (nan and cuda) \
+or (4113 and dtype0) or (2047 and dtype1) or no_host_sync or graph_replay_equals or specialisations" 2>&1 \
         | tail -15 | tee "$out/changed-tests.txt"
     ;;
 codes)  # the key-code step with the bare scan, with the newest page and with the seed
