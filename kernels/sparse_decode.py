@@ -17,6 +17,14 @@ Two kernels, K read once, V read only where the weight is non-zero:
    by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
    tokens only and writes the output. For softmax it combines the partial sums.
 
+NaN in, NaN out, as dense entmax (``entmaxkv.reference``) and torch SDPA give: a NaN score
+(a NaN in the key or the query) fails every comparison, so the survivor test alone would drop
+it and return a finite output. The scores kernel therefore counts NaN scores per row and
+reports a split that saw one with a survivor count of −1; the τ kernel then writes NaN for
+that query head's output and τ. For softmax the online sums carry the NaN by arithmetic. Only
+what the step reads can be seen: a NaN key in a page the list does not hold, or a NaN value of
+a token outside the support (α > 1: V is read for the support only), leaves the output finite.
+
 Which non-support tokens survive depends on the order the splits run in; the support does not
 (every token above the final floor is always kept). The order of the gathered survivors, and
 so the pairing of float64 sums, may change from run to run: τ can differ in its last float64
@@ -120,6 +128,7 @@ def _scores_kernel(
         acc = tl.zeros((G_PAD, BLOCK_D), WORK)
     else:
         cnt = tl.zeros((G_PAD,), tl.int32)
+        nans = tl.zeros((G_PAD,), tl.int32)  # NaN scores seen: the survivor test below drops them
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
@@ -172,6 +181,9 @@ def _scores_kernel(
             if GIVEN_TAU:
                 floor = tl.minimum(floor, given)
             keep = (lin_w * s > floor[:, None]).to(tl.int32)
+            # A NaN score fails every comparison, so it would silently leave the support; count
+            # it instead (one compare per score, beside the dot product's D multiply-adds)
+            nans += tl.sum((s != s).to(tl.int32), axis=1)
             if tl.sum(keep) > 0:  # most chunks hold no survivor once the floor is high
                 at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
                 dst = out_row[:, None] * CAP + at
@@ -204,7 +216,8 @@ def _scores_kernel(
             tl.store(cand_s + dst, s, mask=keep == 1)
             tl.store(cand_i + dst, pos, mask=keep == 1)
             kept += tl.sum(keep, axis=1)
-        tl.store(cand_n + out_row, kept, mask=gmask)
+        # −1: this split scored a NaN, the row's output is NaN (the τ kernel checks the sign)
+        tl.store(cand_n + out_row, tl.where(nans > 0, -1, kept), mask=gmask)
 
 
 @triton.jit
@@ -422,6 +435,11 @@ def _tau_kernel(
         # of each split in one load, the rest (splits with more) split by split
         base = row * (NSPLIT + 1) * CAP
         n_split = tl.load(cand_n + row * (NSPLIT + 1) + splits, mask=smask, other=0)
+        # a split that scored a NaN (count −1) makes the row NaN: NaN in, NaN out, as dense
+        # entmax gives (the flag, not arithmetic: maximum() drops NaN on the GPU)
+        scored_nan = tl.min(n_split) < 0
+        nan_out = nan_out | scored_nan
+        n_split = tl.maximum(n_split, 0)
         slot = tl.arange(0, GATHER)
         src2 = base + splits[:, None] * CAP + slot[None, :]
         ok2 = slot[None, :] < n_split[:, None]
@@ -435,7 +453,7 @@ def _tau_kernel(
         r = tl.arange(0, BLOCK)
         if tl.max(n_split) > GATHER:
             for j in range(NSPLIT + 1):
-                n_j = tl.load(cand_n + row * (NSPLIT + 1) + j)
+                n_j = tl.maximum(tl.load(cand_n + row * (NSPLIT + 1) + j), 0)
                 for off in range(GATHER, n_j, BLOCK):
                     src1 = base + j * CAP + off + r
                     ok1 = off + r < n_j
@@ -475,7 +493,7 @@ def _tau_kernel(
             norm += p
         value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
         tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
-        tl.store(tau_out + row, tau)
+        tl.store(tau_out + row, tl.where(scored_nan, float("nan"), tau))
 
 
 @triton_op("entmaxkv::sparse_decode", mutates_args=())
@@ -507,6 +525,9 @@ def sparse_decode(
         scale: score scale; refine_iters: Newton steps for TAU_REFINED.
     Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
     over the attended tokens (TAU_EXACT), or the one used; for softmax the log-sum-exp.
+    A NaN score among the attended tokens makes that head's output and τ NaN, for every α; a
+    NaN in a page not attended cannot be seen, nor (α > 1) a NaN value of a token with zero
+    weight (its V is never read; the dense reference's matmul gives NaN there: 0·NaN).
     """
     b, hq, d = q.shape
     _, hkv, p, s, _ = k_pages.shape
