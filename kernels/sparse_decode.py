@@ -242,31 +242,6 @@ def _excess(comp_s, base, total, z_reg, lin, tau, inv_power, KIND: tl.constexpr,
 
 
 @triton.jit
-def _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
-    """(#{z > τ}, Σ z, Σ z²) over the survivors above τ (float64)."""
-    if IN_REGS:
-        sup = z_reg > tau
-        cnt = tl.sum(tl.where(sup, 1.0, 0.0))
-        s1 = tl.sum(tl.where(sup, z_reg, 0.0))
-        s2 = tl.sum(tl.where(sup, z_reg * z_reg, 0.0))
-    else:
-        r = tl.arange(0, BLOCK)
-        c_acc = tl.zeros((BLOCK,), tl.float64)
-        s1_acc = tl.zeros((BLOCK,), tl.float64)
-        s2_acc = tl.zeros((BLOCK,), tl.float64)
-        for off in range(0, total, BLOCK):
-            z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
-            sup = z > tau
-            c_acc += tl.where(sup, 1.0, 0.0)
-            s1_acc += tl.where(sup, z, 0.0)
-            s2_acc += tl.where(sup, z * z, 0.0)
-        cnt = tl.sum(c_acc)
-        s1 = tl.sum(s1_acc)
-        s2 = tl.sum(s2_acc)
-    return cnt, s1, s2
-
-
-@triton.jit
 def _add3_min(a0, a1, a2, a3, b0, b1, b2, b3):
     return a0 + b0, a1 + b1, a2 + b2, tl.minimum(a3, b3)
 
@@ -274,7 +249,8 @@ def _add3_min(a0, a1, a2, a3, b0, b1, b2, b3):
 @triton.jit
 def _shifted_sums(comp_s, base, total, z_reg, lin, x, BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
     """(#{z > x}, Σ (z − x), Σ (z − x)², min z) over the survivors above x (float64), in one
-    reduction (sums of the shifted u = z − x: no cancellation between large Σz² and x²)."""
+    reduction (sums of the shifted u = z − x: no cancellation between large Σz² and x²). The
+    search from below and the bisection's exact finish both use it."""
     if IN_REGS:
         sup = z_reg > x
         u = tl.where(sup, z_reg - x, 0.0)
@@ -366,9 +342,10 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
                 hi = tl.where(f_mid >= 0, hi, mid)
             tau = (lo + hi) / 2
             if KIND != 3:
-                # exact τ from the support found by bisection (as the sort-based reference)
-                cnt, s1, s2 = _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
-                tau = _support_tau(cnt, s1, s2, KIND)
+                # exact τ from the support found by bisection (as the sort-based reference),
+                # from sums shifted by the bisection's τ (the search's helper)
+                cnt, s1, s2, _zmin = _shifted_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
+                tau = tau + _support_tau(cnt, s1, s2, KIND)
     else:
         tau = given
         if TAU_MODE == 2:
