@@ -105,11 +105,14 @@ def listed_cache(seed):
 def test_sparse_decode_is_nan_where_the_list_reads_a_nan_key(alpha, device, poison):
     """The op with explicit page lists, every τ mode: the row whose list holds the NaN page is
     NaN (output and τ), the row whose NaN page is not listed is finite and equals the
-    reference over its list (the NaN cannot be seen); ``dense`` reads both NaN pages."""
+    reference over its list (the NaN cannot be seen); ``dense`` reads both NaN pages. A NaN
+    in one query head's q makes that head NaN, not the rest of its group."""
     seed = fresh_seed()
     cache, pages, count, with_newest = listed_cache(seed)
     g = torch.Generator().manual_seed(seed + 1)
     q = torch.randn(2, HKV * G, 1, D, generator=g)
+    nan_q = int(torch.randint(0, G, (1,), generator=g))  # a head of the clean group (1, KV head 0)
+    q[1, nan_q, 0, int(torch.randint(0, D, (1,), generator=g))] = float("nan")
     for dense in (False, True):
         if dense:
             want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
@@ -117,6 +120,7 @@ def test_sparse_decode_is_nan_where_the_list_reads_a_nan_key(alpha, device, pois
             want, want_tau = ekv.paged_decode(cache, q, with_newest, alpha, 0.3)
         nan_rows = torch.zeros(2, HKV * G, dtype=torch.bool)
         nan_rows[group_rows(0, 0)] = True
+        nan_rows[1, nan_q] = True
         if dense:
             nan_rows[group_rows(1, 1)] = True
         msg = f"seed {seed} α {alpha} dense {dense}"
