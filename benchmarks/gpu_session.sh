@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
+#   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
+#   variants                                # the TopK step with sparse_decode's constants flipped
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
 # a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
@@ -72,20 +74,27 @@ changed)  # the gpu tests of the ops a session changed without the slow full run
         tests/test_ops_gpu.py -k "(4113 and dtype0) or no_host_sync or graph_replay or gpu_equals or (code_scan_on_cuda and dtype0) or exact_with_codes_on_cuda or specialisations" 2>&1 \
         | tail -15 | tee "$out/changed-tests.txt"
     ;;
-codes)  # the key-code step (sum path) with the bare scan in both modes, then the whole step on the dot path
+codes)  # the key-code step with the bare scan, with the newest page and with the seed
     timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \
-        | tail -4 | tee "$out/keycodes.txt"
-    timeout 90 bash -c "cd benchmarks && python3 -c \"import sys, runpy; import entmaxkv.kernels.code_scan as c; \
-c.SCORE_DOT, c.SCORE_DOT_MIN_HEADS = True, 4; sys.argv = ['keycodes_gpu.py', '--contexts', '131072', '--score-dot', \
-'1', '--score-dot-min-heads', '4', '--out', '$out/codes-dot']; runpy.run_path('keycodes_gpu.py', run_name='__main__')\"" \
-        2>&1 | tail -3 | tee -a "$out/keycodes.txt"
+        | tail -6 | tee "$out/keycodes.txt"
+    ;;
+variants)  # the TopK step at α = 1.5 with sparse_decode's τ-kernel constants flipped
+    timeout 200 bash -c "cd benchmarks && python3 step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 --variants \
+'base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64;sparse_decode.ROWS_PER_ITER=128;sparse_decode.ROWS_PER_ITER=32;\
+sparse_decode.BLOCK_REGS=64;sparse_decode.PROGRAMS_PER_SM=1;sparse_decode.PROGRAMS_PER_SM=4'" 2>&1 | tee "$out/variants.txt"
+    ;;
+profile)  # where the step's time goes: per-kernel time of TopK at 8K and 128K, Exact with codes at 128K
+    timeout 120 bash -c "cd benchmarks && python3 profile_step.py --contexts 8192,131072 --cases 1:TopK12.5,1.5:TopK12.5 \
+        --top 10" 2>&1 | tee "$out/profile.txt" | tail -40
+    timeout 90 bash -c "cd benchmarks && python3 profile_step.py --contexts 131072 --cases 1.5:ExactCodes4 --data needles \
+        --top 10" 2>&1 | tee "$out/profile-codes.txt" | tail -16
     ;;
 e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
     timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
         --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
     ;;
 *)
-    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, e2e)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, profile, variants, e2e)" >&2
     exit 2
     ;;
 esac

@@ -3,6 +3,7 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
 
     python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1, Hq=32/Hkv=8, D=128, fp16, α=1.5
     python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
+    python benchmarks/keycodes_gpu.py --contexts 131072 --seed-chunk 1024   # the seed's chunk (code_scan.SEED_CHUNK)
 
 Data ("needles", where Exact with codes reads little): per KV head a query direction u
 (each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
@@ -15,9 +16,10 @@ K of about ``needles`` pages (and V where the weights are non-zero). ``--data st
 at long contexts; the row then says so).
 
 Per context: SDPA over the same K/V (graph), the whole ``decode_step`` (``GraphedDecodeStep``,
-eager kernels in one graph; ``--compiled``: the compiled step too), and the two scan ops alone
-(``code_bounds`` as the step calls it — with the newest page and the τ seed — and bare,
-``code_candidates``, each in a graph). Correctness: one eager step on the
+eager kernels in one graph; ``--compiled``: the compiled step too), and the two scan ops alone,
+each in a graph: ``code_bounds`` as the step calls it (with the newest page and the τ seed),
+bare, with the newest page only and with the seed only (what each part costs), and
+``code_candidates``. Correctness: one eager step on the
 Triton path against the torch path (``backend="torch"``) and dense entmax on the same cache,
 with the certificate, overflow, pages and candidates of the step. Writes keycodes_gpu.json
 and .md to --out ($OUT); measures only, asserts nothing.
@@ -96,14 +98,16 @@ def bench(args, n, bits, bandwidth, log) -> dict:
         c = step.cache
         args_ = (step.q[:, :, 0].contiguous(), c.k_codes, c.k_min, c.k_max, c.seq_lens, None)
         page_max, eps = torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False)[:2]
-        # as the step calls it (the newest page's program, the seed's atomics and list), and
-        # the bare scan: their difference is what the seed and the newest page cost in the scan
+        # as the step calls it (the newest page's program, the seed's chunk and merge launches),
+        # bare, and with each part alone: the differences are what the parts cost in the scan
         top = config.selector.top_tokens
         g1 = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False, c.k_pages, top))
         row["code_bounds_us"] = time_us(g1.replay, args.reps, args.rounds)
-        g0 = graph_of(lambda: torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False))
-        row["code_bounds_bare_us"] = time_us(g0.replay, args.reps, args.rounds)
-        del g0
+        for key, pages, slots in (("bare", None, 0), ("newest", c.k_pages, 0), ("seed", None, top)):
+            g0 = graph_of(lambda p=pages, k=slots: torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False,
+                                                                                  p, k))
+            row[f"code_bounds_{key}_us"] = time_us(g0.replay, args.reps, args.rounds)
+            del g0
         g2 = graph_of(lambda: torch.ops.entmaxkv.code_candidates(*args_, page_max, eps, found.tau_low, bits,
                                                                  step.scale, alpha - 1, args.max_candidates))
         row["code_candidates_us"] = time_us(g2.replay, args.reps, args.rounds)
@@ -137,11 +141,14 @@ def main() -> None:
     parser.add_argument("--data", choices=["needles", "stream"], default="needles")
     parser.add_argument("--needles", type=int, default=16)
     parser.add_argument("--max-candidates", type=int, default=512)
+    parser.add_argument("--seed-chunk", type=int, default=code_scan.SEED_CHUNK,
+                        help="pages a τ-seed program reduces (code_scan.SEED_CHUNK)")
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
     args = parser.parse_args()
+    code_scan.SEED_CHUNK = args.seed_chunk
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -152,7 +159,8 @@ def main() -> None:
 
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
-                                ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS")}
+                                ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
+                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS")}
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []
@@ -161,15 +169,16 @@ def main() -> None:
             rows.append(bench(args, n, bits, bandwidth, log))
             (out / "keycodes_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     nan = float("nan")
-    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs (bare) | scan floor µs | code_candidates µs | "
-             "pages read | candidates (med/max) | seed pages (max) | certified | overflow rows | max err vs torch path | "
-             "max err vs dense |",
+    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs (bare / +newest / +seed) | "
+             "scan floor µs | code_candidates µs | pages read | candidates (med/max) | seed pages (max) | certified | "
+             "overflow rows | max err vs torch path | max err vs dense |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
             f"| {r['context']} | {r['bits']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
-            f"{r.get('code_bounds_us', nan):.1f} ({r.get('code_bounds_bare_us', nan):.1f}) | "
+            f"{r.get('code_bounds_us', nan):.1f} ({r.get('code_bounds_bare_us', nan):.1f} / "
+            f"{r.get('code_bounds_newest_us', nan):.1f} / {r.get('code_bounds_seed_us', nan):.1f}) | "
             f"{r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "
             f"{r.get('candidates_med_max', '-')} | {r.get('seed_pages_max', '-')} | {r.get('certified', '-')} | "
             f"{r.get('overflow_rows', '-')} | "

@@ -19,10 +19,14 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
    only when asked (``with_scores``, for tests and diagnostics). On request, in the same
    launch: the newest page's best score and |score| scale (one more program per row, as
-   ``page_bounds``), and after it, the τ seed — per head, the best page by page_max − ε in
-   each residue class mod K — from a second launch of one program per row that reads
-   page_max and ε back and lists those pages once each, with their |score| scale from
-   kmin/kmax (no atomics: the same seed whatever order the programs ran in).
+   ``page_bounds``: the row's first, so it is dispatched before the code blocks rather than
+   after all of them), and after it, the τ seed — per head, the best page by page_max − ε
+   in each residue class mod K — from two more launches that read page_max and ε back:
+   (row, chunk) programs each reduce SEED_CHUNK pages to their best per (head, class),
+   packed so that the max of the chunks' results is the row's (larger bound first, then the
+   lower page), into a scratch; then one program per row takes that max and lists the
+   pages once each, with their |score| scale from kmin/kmax (no atomics: the same seed,
+   bit for bit, whatever order the programs ran in and however the row is chunked).
 2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
@@ -41,7 +45,14 @@ Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes o
 of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
 statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
 heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
-A block with no coded page costs one store per head. Pass 2: grid (B·Hkv, ceil(P / SPAN)).
+A block with no coded page costs one store per head. With the newest page the grid has one
+more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
+(B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
+[B·Hkv, chunks, G, K] int64 scratch. Not yet timed on the GPU in this form: before it, one
+program per row walked the whole row (8 programs at B = 1, Hkv = 8), and with the newest
+page's program last the step's code_bounds took 180 µs against 128 µs bare at 128K on the
+H200; ``benchmarks/keycodes_gpu.py`` times bare, newest, seed and both.
+Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
@@ -61,7 +72,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.sparse_decode import bisection_steps
-from entmaxkv.kernels.select_pages import _ordered
+from entmaxkv.kernels.threshold_search import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
 
@@ -83,9 +94,15 @@ NUM_WARPS = 2
 CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
-# the τ seed: one program per row reads pass 1's page_max and ε in [G, rounds, K] tiles of
-# about SEED_TILE values (a separate launch: the atomic max per page and the finished-program
-# counter it replaced cost 166 µs of code_bounds' 296 at 128K on the H200)
+# the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
+# SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
+# takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 512 pages make
+# 17 chunks a row; the single program per row it replaces walked all 8196 pages alone (8
+# programs on a 132-SM GPU). No atomics: an atomic max per page and a finished-program counter
+# cost 166 µs of code_bounds' 296 at 128K on the H200, and a counter needs a zero fill. Both
+# launches read [G, ROUNDS, K] tiles of about SEED_TILE values (ROUNDS class rows of a chunk,
+# or ROUNDS chunks' entries). Not tuned on the GPU yet (keycodes_gpu.py --seed-chunk).
+SEED_CHUNK = 512
 SEED_TILE = 4096
 SEED_WARPS = 4
 
@@ -175,21 +192,22 @@ def _scale_of(scale, scale_t, WORK: tl.constexpr):
 
 
 @triton.jit
-def _seed_slots_of(page_max, eps, bh, coded, P, G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
+def _seed_slots_of(page_max, eps, bh, lo, hi, P, G: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
                    KP: tl.constexpr, ROUNDS: tl.constexpr):
     """[GP, KP] int64: per query head of row ``bh`` and residue class r = p mod SLOTS, the best
-    coded page p < ``coded`` by its code lower bound page_max − ε (as float32), packed as
-    (ordered bound + 2^31) · 2^31 + (P − p): larger bound first, then the lower page; 0 for
-    an empty class (every page's value is > 0). Reads pass 1's outputs, ``ROUNDS`` pages of
-    each class at a time (pages p = (j + i)·SLOTS + r as a [GP, ROUNDS, KP] tile)."""
+    page p in [lo, hi) by its code lower bound page_max − ε (as float32), packed as
+    (ordered bound + 2^31) · 2^31 + (P − p): larger bound first, then the lower page — so the
+    max of two ranges' results is their union's, bit for bit; 0 for an empty class (every
+    page's value is > 0). Reads pass 1's outputs, ``ROUNDS`` pages of each class at a time
+    (pages p = (j + i)·SLOTS + r as a [GP, ROUNDS, KP] tile, from the class row holding lo)."""
     gi = tl.arange(0, GP)[:, None, None]
     ii = tl.arange(0, ROUNDS)[None, :, None]
     ri = tl.arange(0, KP)[None, None, :]
     heads = (bh.to(tl.int64) * G + gi) * P
     best = tl.zeros((GP, KP), tl.int64)
-    for j in range(0, tl.cdiv(coded, SLOTS), ROUNDS):
+    for j in range(lo // SLOTS, tl.cdiv(hi, SLOTS), ROUNDS):
         p = (j + ii) * SLOTS + ri
-        live = (gi < G) & (ri < SLOTS) & (p < coded)
+        live = (gi < G) & (ri < SLOTS) & (p >= lo) & (p < hi)
         low = (tl.load(page_max + heads + p, mask=live, other=0.0)
                - tl.load(eps + heads + p, mask=live, other=0.0)).to(tl.float32)
         key = _ordered(low, tl.int32, 32).to(tl.int64) + 2147483648
@@ -252,16 +270,21 @@ def _code_bounds_kernel(
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S  # full pages before the one holding the newest token
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    in_range = p < P
-    live = p < coded
-    page_row = bh.to(tl.int64) * P + p
     scale_w = _scale_of(scale, scale_t, WORK)
     if WITH_NEWEST:
-        if tl.program_id(1) == tl.num_programs(1) - 1:  # the extra program: the newest page's keys
+        # the extra program is the row's first, so that it is dispatched with the first code
+        # blocks rather than after all of them (its dependent loads would end the kernel)
+        if tl.program_id(1) == 0:
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
                          BD, WORK, HAS_ALIBI, False)
-    if tl.program_id(1) * BLOCK_P < coded:
+        block = tl.program_id(1) - 1  # −1: the newest page's program, which writes no page
+    else:
+        block = tl.program_id(1)
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    in_range = (p >= 0) & (p < P)
+    live = in_range & (p < coded)
+    page_row = bh.to(tl.int64) * P + p
+    if (block >= 0) & (block * BLOCK_P < coded):
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
@@ -287,18 +310,71 @@ def _code_bounds_kernel(
 
 
 @triton.jit
-def _seed_kernel(
-    q, k_min, k_max, seq_lens, scale_t, page_max, eps, seed_pages, seed_count, seed_mag, scale, H, P, D,
-    S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr,
-    GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr,
-):
-    """One program per (sequence, KV head) row: the τ seed from pass 1's page_max and ε."""
+def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr,
+                       SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr):
+    """Grid (B·Hkv, NCH): program (bh, c) writes best[bh, c] [GP, KP], ``_seed_slots_of`` over
+    the coded pages of chunk c, [c·CHUNK, (c+1)·CHUNK); 0 (empty) where it holds none — every
+    entry is written, so the merge reads no stale value."""
     bh = tl.program_id(0)
+    c = tl.program_id(1)
     length = tl.load(seq_lens + bh // H).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S
-    packed = _seed_slots_of(page_max, eps, bh, coded, P, G, SLOTS, GP, KP, ROUNDS)
+    lo = c * CHUNK
+    packed = _seed_slots_of(page_max, eps, bh, lo, tl.minimum(lo + CHUNK, coded), P, G, SLOTS, GP, KP, ROUNDS)
+    gi = tl.arange(0, GP)[:, None]
+    ri = tl.arange(0, KP)[None, :]
+    tl.store(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, packed)
+
+
+@triton.jit
+def _seed_merge_kernel(
+    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, P, D, NCH,
+    G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
+    KP: tl.constexpr, ROUNDS: tl.constexpr,
+):
+    """One program per (sequence, KV head) row: the max over the row's NCH chunk entries of
+    ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one
+    pass over all its pages would give it; then ``_seed_list``."""
+    bh = tl.program_id(0)
+    gi = tl.arange(0, GP)[:, None, None]
+    ci = tl.arange(0, ROUNDS)[None, :, None]
+    ri = tl.arange(0, KP)[None, None, :]
+    packed = tl.zeros((GP, KP), tl.int64)
+    for c0 in range(0, NCH, ROUNDS):
+        c = c0 + ci
+        entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
+        packed = tl.maximum(packed, tl.max(entry, axis=1))
     _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh, P, D,
                G, SLOTS, GP, KP, BD, WORK)
+
+
+def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,
+          page_max: torch.Tensor, eps: torch.Tensor, scale: float, slots: int, page_size: int, bd: int, work_tl,
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The τ seed of ``code_bounds`` from its page_max and ε [B, Hkv, G, P]: the chunk launch
+    into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
+    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G])."""
+    b, hkv, g, p = page_max.shape
+    gp, kp = next_pow2(g), next_pow2(slots)
+    rounds = max(1, SEED_TILE // (gp * kp))
+    # the class rows a chunk spans at most (aligned chunks: exactly; others: one more where a
+    # chunk starts inside a row): a smaller tile where it covers a whole chunk (any size is correct)
+    spans = SEED_CHUNK // slots if SEED_CHUNK % slots == 0 else triton.cdiv(SEED_CHUNK - 1, slots) + 1
+    chunk_rounds = min(rounds, next_pow2(spans))
+    nch = triton.cdiv(p, SEED_CHUNK)
+    best = torch.empty((b * hkv, nch, gp, kp), dtype=torch.int64, device=q.device)
+    seed_pages = torch.empty((b, hkv, g * slots), dtype=torch.int32, device=q.device)
+    seed_count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
+    seed_mag = torch.empty((b, hkv, g), dtype=page_max.dtype, device=q.device)
+    wrap_triton(_seed_chunk_kernel)[(b * hkv, nch)](
+        page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
+        S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
+    )
+    wrap_triton(_seed_merge_kernel)[(b * hkv,)](
+        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, p, k_min.shape[-1], nch,
+        G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds, num_warps=SEED_WARPS,
+    )
+    return seed_pages, seed_count, seed_mag
 
 
 @triton.jit
@@ -482,9 +558,10 @@ def code_bounds(
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
     k = max(int(seed_slots), 0)
-    seed_pages = torch.empty((b, hkv, g * k) if k else (0,), dtype=torch.int32, device=q.device)
-    seed_count = torch.empty((b, hkv) if k else (0,), dtype=torch.int32, device=q.device)
-    seed_mag = torch.empty((b, hkv, g) if k else (0,), dtype=work, device=q.device)
+    if not k:
+        seed_pages = torch.empty((0,), dtype=torch.int32, device=q.device)
+        seed_count = torch.empty((0,), dtype=torch.int32, device=q.device)
+        seed_mag = torch.empty((0,), dtype=work, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
@@ -497,12 +574,8 @@ def code_bounds(
         BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     if k:
-        kp = next_pow2(k)
-        wrap_triton(_seed_kernel)[(b * hkv,)](
-            q, k_min, k_max, seq_lens, scale_t, page_max, eps, seed_pages, seed_count, seed_mag, scale, hkv, p, d,
-            S=s, G=g, BD=consts["BD"], WORK=consts["WORK"], SLOTS=k, GP=next_pow2(g), KP=kp,
-            ROUNDS=max(1, SEED_TILE // (next_pow2(g) * kp)), num_warps=SEED_WARPS,
-        )
+        seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
+                                                 consts["BD"], consts["WORK"])
     return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 

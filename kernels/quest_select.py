@@ -25,8 +25,8 @@ Three launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's bes
 mean score per head, then the chunk's rank keys from the row's maxima — and one program per
 row for the rest (count, threshold, list, mask, floor), which holds the row's keys in
 registers up to ``MAX_BLOCK`` pages and streams them from memory beyond. The selection is
-``select_pages``' bitwise threshold search (its ``@triton.jit`` helpers), ``RADIX`` bits a
-counting pass (``select_pages.RADIX``, read at each call: the same switch as ``select_pages``').
+``select_pages``' threshold search (``threshold_search``), switched by ``select_pages.PROBES``
+and ``select_pages.RADIX``, read at each call: the same switches as ``select_pages``'.
 Bytes: upper and mean of the row's G heads once, the keys (4 B a page) twice, and mean and
 absmax of the selected pages — small next to ``page_bounds``.
 """
@@ -42,9 +42,9 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import rounding_gamma
-from entmaxkv.kernels import select_pages as select_module  # its RADIX, read at call time
-from entmaxkv.kernels.select_pages import (MAX_BLOCK, _count, _eligible_ordered, _pad, _take, _threshold,
-                                           search_radix)
+from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
+from entmaxkv.kernels.select_pages import MAX_BLOCK, _pad, _take
+from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _threshold, search_radix
 
 __all__ = ["quest_select", "float64_words"]
 
@@ -126,7 +126,8 @@ def _select_kernel(
     pages, kept, mask, floor,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
-    INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, COVERAGE: tl.constexpr,
+    INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
+    COMPACT: tl.constexpr, COVERAGE: tl.constexpr,
     HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
 ):
     """One row's selection from its keys: count, threshold, page list, mask, score floor."""
@@ -151,7 +152,8 @@ def _select_kernel(
     eligible_total = _count(base, lanes, n, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
                             ONE_CHUNK)
     k = tl.minimum(tl.minimum(want, eligible_total), P)
-    t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD)
+    t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
+                                PROBES)
 
     # the list, the mask, and each head's best selected mean score less its rounding slack
     # (the mean key's own rounding and two dot products'; with ALiBi the page-centre bias less
@@ -161,27 +163,26 @@ def _select_kernel(
     ties_seen = 0
     out = pages + row * P
     heads = row * G * P  # this row's [G, P] block
-    for start in range(0, P, BLOCK):
-        idx = start + lanes
-        if ONE_CHUNK:
-            x = x_all
-        else:
-            x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
+    sub = tl.arange(0, COMPACT)  # keys re-read from memory, COMPACT at a time (``select_pages.COMPACT_BLOCK``)
+    for start in range(0, P, COMPACT):
+        idx = start + sub
+        x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
         take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
         pos = written + tl.cumsum(take, axis=0) - take
         tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
         tl.store(mask + row * P + idx, take == 1, mask=idx < P)
-        for g in tl.static_range(G):
-            mu = tl.load(means + heads + g * P + idx, mask=take == 1, other=0.0).to(WORK)
-            slack = tl.cast(slack_c, WORK) * tl.load(absmax + heads + g * P + idx, mask=take == 1, other=0.0).to(WORK)
-            if HAS_ALIBI:
-                slope = tl.abs(tl.load(slopes + (row % H) * G + g).to(WORK))
-                slack = slack + slope * (S - 1) / 2
-            low = tl.where(take == 1, mu - slack, float("-inf"))
-            best = tl.where(gs == g, tl.maximum(best, tl.max(low, axis=0)), best)
+        # every head of the group in one [G_PAD, COMPACT] tile: one reduction, not G
+        chosen = (gs[:, None] < G) & (take == 1)[None, :]
+        at = heads + gs[:, None] * P + idx[None, :]
+        mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
+        slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+        if HAS_ALIBI:
+            slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
+            slack = slack + (slope * (S - 1) / 2)[:, None]
+        best = tl.maximum(best, tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1))
         written += tl.sum(take)
         ties_seen += tl.sum(tie)
-    _pad(out, lanes, k, P, BLOCK)
+    _pad(out, sub, k, P, COMPACT)
     tl.store(kept + row, k)
     top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
@@ -235,7 +236,9 @@ def quest_select(
         max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
         (2 * page_size + 4 * (head_dim + 2)) * eps, 2 * rounding_gamma(work, head_dim), hkv, p,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        RADIX=radix, FIELD=field, COVERAGE=budget_pages < 0, HAS_ALIBI=alibi_slopes is not None, **kinds,
+        RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
+        COMPACT=min(block, select_module.COMPACT_BLOCK), COVERAGE=budget_pages < 0,
+        HAS_ALIBI=alibi_slopes is not None, **kinds,
         num_warps=SELECT_WARPS if block >= 2048 else 4,
     )
     return pages, kept, mask, floor

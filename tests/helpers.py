@@ -61,3 +61,16 @@ def on_both_backends(cache, q, k, v, alpha, selector, alibi_slopes=None):
     return [ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, selector, backend=b),
                             alibi_slopes=alibi_slopes, with_info=True) for b in ("torch", "triton")]
 
+
+
+# The threshold searches of select_pages and quest_select (``select_pages.PROBES``, ``RADIX``):
+# the interpolation search (the default), the same with one probe (then bisection: the path its
+# worst case takes), and the bitwise search at both radices.
+SEARCHES = {"interpolate": (12, 1), "bisect": (1, 1), "radix1": (0, 1), "radix2": (0, 2)}
+
+
+def use_search(monkeypatch, search: str) -> None:
+    """Switch both ops to one of ``SEARCHES`` for the rest of the test."""
+    probes, radix = SEARCHES[search]
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.PROBES", probes)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)

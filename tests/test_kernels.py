@@ -16,7 +16,7 @@ from entmaxkv.conventions import pages_to_mask
 from entmaxkv.bounds import mean_scores, quest_bounds
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.state import append_token
-from helpers import fresh_seed, make_cache, on_both_backends, random_step
+from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -114,11 +114,12 @@ def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
 # ---- select_pages -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("streamed", [False, True])
-def test_select_pages_equals_a_stable_sort(wide, streamed, radix, poison, monkeypatch):
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)  # bits the threshold search decides a pass
+def test_select_pages_equals_a_stable_sort(wide, streamed, search, poison, monkeypatch):
+    use_search(monkeypatch, search)  # helpers.SEARCHES: the threshold search
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.COMPACT_BLOCK", 16)  # the list in 16-key passes
     if streamed:  # rows longer than a register block: the streamed bitwise search
         monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
     seed = fresh_seed()

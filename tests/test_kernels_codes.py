@@ -46,6 +46,23 @@ def coded_cache(seed, lens, hkv, d, page, bits, dtype, kind="random", capacity=N
     return ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
 
 
+HKV, PAGE = 2, 4  # the KV heads and page size of coded_setup's caches
+
+
+def coded_setup(seed, dtype, bits, group, alibi, d=16, batch=3, kind="random", q_scale=2.0, lens=None,
+                capacity=None):
+    """What the scan tests run on, drawn from ``seed``: a coded cache (``coded_cache``: HKV KV
+    heads, pages of PAGE tokens) over ``lens`` (default: ragged ``lengths`` of ``batch`` rows),
+    a query [B, HKV·group, 1, d] (N(0, q_scale²) in float64, then ``dtype``) and ALiBi slopes
+    [HKV·group] in [0, 0.2) or None -> (cache, q, slopes, g), g the generator for more draws."""
+    lens = lens if lens is not None else lengths(seed, batch, PAGE)
+    cache = coded_cache(seed, lens, HKV, d, PAGE, bits, dtype, kind, capacity)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(len(lens), HKV * group, 1, d, generator=g, dtype=torch.float64) * q_scale).to(dtype)
+    slopes = torch.rand(HKV * group, generator=g) * 0.2 if alibi else None
+    return cache, q, slopes, g
+
+
 def coded_pages(cache) -> torch.Tensor:
     """[B, 1, 1, P] bool: full pages other than the one holding the newest token."""
     page = torch.arange(cache.num_pages, device=cache.device)
@@ -79,12 +96,8 @@ BOUNDS_CASES = [  # (dtype, bits, group, alibi): each dtype and bit width, GQA (
 @pytest.mark.parametrize("dtype,bits,group,alibi", BOUNDS_CASES)
 def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
     seed = fresh_seed()
-    hkv, d, page = 2, 24, 4
-    lens = lengths(seed, 3, page)
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
-    g = torch.Generator().manual_seed(seed + 1)
-    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
-    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    d, page = 24, PAGE
+    cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi, d=d)
     scale = 0.3
     page_max, eps, s_hat = run_bounds(cache, q, scale, slopes)
     want_s, want_eps = code_scores(cache, q, scale, slopes)
@@ -111,11 +124,8 @@ def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
     """|s − ŝ| <= ε with the op's own ŝ and ε, for the reference's scores and exact float64
     ones (without ALiBi) — the certificate's premise, on keys that stress it."""
     seed = fresh_seed()
-    hkv, d, page = 2, 16, 4
-    lens = lengths(seed, 2, page)
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype, kind)
-    g = torch.Generator().manual_seed(seed + 2)
-    q = (torch.randn(2, 2 * hkv, 1, d, generator=g, dtype=torch.float64) * 3).to(dtype)
+    d, page = 16, PAGE
+    cache, q, _, _ = coded_setup(seed, dtype, bits, 2, False, d=d, batch=2, kind=kind, q_scale=3.0)
     scale = 1 / math.sqrt(d)
     _, eps, s_hat = run_bounds(cache, q, scale, None)
     from entmaxkv.reference import token_scores
@@ -168,28 +178,30 @@ def test_class_seed_equals_a_loop(slots):
         assert set(row[row >= 0].tolist()) == want[n], (seed, i, j, h)
 
 
-SEED_CASES = [  # (dtype, bits, group, alibi, slots): every dtype, GQA 1/2/4 (3: padded heads), P not a multiple
-    (torch.float32, 4, 1, False, 1), (torch.float16, 8, 2, True, 3), (torch.bfloat16, 4, 4, False, 2),
-    (torch.float64, 8, 3, True, 8), (torch.float32, 8, 4, True, 5), (torch.float16, 4, 2, False, 1),
+SEED_CASES = [  # (dtype, bits, group, alibi, slots, SEED_CHUNK): every dtype, GQA 1/2/4 (3: padded heads),
+    # P not a multiple; chunks of 2 or 3 pages (rows of 3 to 8 pages: up to 4 chunks, the last one
+    # ragged; fewer pages than classes: classes empty in some chunks) and the default (one chunk)
+    (torch.float32, 4, 1, False, 1, 2), (torch.float16, 8, 2, True, 3, 2), (torch.bfloat16, 4, 4, False, 2, 3),
+    (torch.float64, 8, 3, True, 8, 3), (torch.float32, 8, 4, True, 5, 2), (torch.float16, 4, 2, False, 1, 512),
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,slots", SEED_CASES)
-def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, poison):
+@pytest.mark.parametrize("dtype,bits,group,alibi,slots,chunk", SEED_CASES)
+def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, chunk, poison,
+                                                              monkeypatch):
     """``code_bounds(..., k_pages, slots)``: the seed is ``class_seed`` of the op's own
-    page_max − ε (bit for bit: the same values), each page listed once, −1 padded; its
-    magnitude is the pages' |score| scale; the newest page's best score and scale are
-    ``newest_page``'s up to the rounding of a dot product."""
+    page_max − ε (bit for bit: the same values), each page listed once, −1 padded, with rows
+    of several seed chunks (``SEED_CHUNK`` patched small); its magnitude is the pages' |score|
+    scale; the newest page's best score and scale are ``newest_page``'s up to the rounding of
+    a dot product."""
+    import entmaxkv.kernels.code_scan as cs
     from entmaxkv.exact_codes import class_seed
     from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
 
+    monkeypatch.setattr(cs, "SEED_CHUNK", chunk)
     seed = fresh_seed()
-    hkv, d, page = 2, 16, 4
-    lens = lengths(seed, 3, page)
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
-    g = torch.Generator().manual_seed(seed + 5)
-    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
-    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    hkv, d = HKV, 16
+    cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi, d=d)
     scale = 0.3
     out = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
                       cache.key_bits, scale, False, cache.k_pages, slots)
@@ -225,6 +237,41 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
     torch.testing.assert_close(newest_mag, want_mag.to(wdt), rtol=2 * gamma, atol=0, msg=str(seed))
 
 
+@pytest.mark.parametrize("block_p", [1, 2, 4])
+def test_code_bounds_runs_the_newest_page_in_each_rows_first_program(block_p, monkeypatch, poison):
+    """The newest page's program is program 0 of its row (dispatched before the code blocks,
+    not after them), once per row, and reads no codes; the code blocks are the bare launch's
+    shifted by one program, and page_max and ε equal the bare launch's bit for bit (poisoned
+    buffers: no block skipped). The interpreter calls the kernel's helpers through the
+    module's globals, so wrappers there see the program ids."""
+    import triton.language as tl
+
+    import entmaxkv.kernels.code_scan as cs
+
+    monkeypatch.setattr(cs, "BLOCK_P", block_p)
+    seen = {"newest": [], "codes": []}
+
+    def recording(name, helper):
+        def run(*args, **kwargs):
+            seen[name].append((int(tl.program_id(0)), int(tl.program_id(1))))
+            return helper(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(cs, "_newest_page", recording("newest", cs._newest_page))
+    monkeypatch.setattr(cs, "_code_tile", recording("codes", cs._code_tile))
+    seed = fresh_seed()
+    cache, q, slopes, _ = coded_setup(seed, torch.float32, 4, 2, True)
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 0.3, False)
+    full = code_bounds(*args, cache.k_pages, 2)
+    with_newest = set(seen["codes"])
+    seen["codes"].clear()
+    bare = code_bounds(*args)
+    rows = cache.batch * HKV
+    assert sorted(seen["newest"]) == [(bh, 0) for bh in range(rows)], (seed, seen["newest"])  # bare: none
+    assert with_newest == {(bh, j + 1) for bh, j in seen["codes"]}, (seed, sorted(with_newest))
+    assert torch.equal(full[0], bare[0]) and torch.equal(full[1], bare[1]), seed
+
+
 def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
     from entmaxkv.conventions import pages_to_mask
 
@@ -240,12 +287,7 @@ def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, a
     ``KernelOps._safe_tau`` does (the same float64 operations: equal to the last bits here;
     α = 1.3 and 1.25 add the bisection term), and selects with that bound."""
     seed = fresh_seed()
-    hkv, d, page = 2, 16, 4
-    lens = lengths(seed, 3, page)
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
-    g = torch.Generator().manual_seed(seed + 7)
-    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
-    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi)
     step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
     ops = step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
@@ -313,12 +355,8 @@ def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
 ])
 def test_code_candidates_equal_the_reference(dtype, bits, group, alibi, alpha, poison):
     seed = fresh_seed()
-    hkv, d, page = 2, 16, 4
-    lens = lengths(seed, 3, page)
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype)
-    g = torch.Generator().manual_seed(seed + 3)
-    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
-    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
+    page = PAGE
+    cache, q, slopes, g = coded_setup(seed, dtype, bits, group, alibi)
     # τ_low across the scores' range: some rows keep most tokens, some few or none
     s_hat, _ = code_scores(cache, q, 0.3, slopes)
     top = torch.where(coded_pages(cache).repeat_interleave(page, -1), s_hat, -1e9).amax(-1).double()
@@ -584,16 +622,13 @@ def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, al
     monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
     seed = fresh_seed()
-    hkv, page = 2, 4
+    page = PAGE
     lens = lengths(seed, 3, page)
     pages = max(lens) // page + 1  # several blocks, the last one partial
     while pages <= block_p or (block_p > 1 and pages % block_p == 0):
         pages += 1
-    cache = coded_cache(seed, lens, hkv, d, page, bits, dtype, capacity=pages * page)
+    cache, q, slopes, g = coded_setup(seed, dtype, bits, group, alibi, d=d, lens=lens, capacity=pages * page)
     assert cache.num_pages == pages, cache.num_pages
-    g = torch.Generator().manual_seed(seed + 5)
-    q = (torch.randn(3, hkv * group, 1, d, generator=g, dtype=torch.float64) * 2).to(dtype)
-    slopes = torch.rand(hkv * group, generator=g) * 0.2 if alibi else None
     assert_bounds_match_the_reference(cache, q, 0.3, slopes, seed)
     s_hat, _ = code_scores(cache, q, 0.3, slopes)
     top = torch.where(coded_pages(cache).repeat_interleave(page, -1), s_hat, -1e9).amax(-1).double()
@@ -730,6 +765,35 @@ def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
     tau_low = (0.5 * (top - 1.0)).contiguous()
     count = check_candidates(cache, q, scale, slopes, tau_low, 1.5, 10_000, launch)
     check_candidates(cache, q, scale, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), launch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("chunk,slots", [(7, 8), (16, 8), (64, 5), (512, 8)])
+def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
+    """The compiled seed launches (``SEED_CHUNK`` pages a chunk: up to 28 chunks a row, chunks
+    not a multiple of K) give ``class_seed`` of the op's own page_max − ε, each page once;
+    the newest page's program (program 0) leaves page_max and ε equal to the bare launch's."""
+    import entmaxkv.kernels.code_scan as cs
+    from entmaxkv.exact_codes import class_seed
+
+    monkeypatch.setattr(cs, "SEED_CHUNK", chunk)
+    stream, cache = cuda_cache(torch.float16, 4, seed=chunk)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None, 4, 128 ** -0.5,
+            False)
+    page_max, eps, _, _, _, pages, count, _ = code_bounds(*args, cache.k_pages, slots)
+    bare = code_bounds(*args)
+    assert torch.equal(page_max, bare[0]) and torch.equal(eps, bare[1])
+    want = class_seed(page_max - eps, slots).cpu()
+    pages, count = pages.cpu(), count.cpu()
+    for i in range(cache.batch):
+        for j in range(cache.num_kv_heads):
+            listed = pages[i, j, :int(count[i, j])].tolist()
+            assert len(listed) == len(set(listed)), (i, j, listed)
+            assert set(listed) == set(x for x in want[i, j].tolist() if x >= 0), (i, j)
+            assert bool((pages[i, j, int(count[i, j]):] == -1).all()), (i, j)
 
 
 @pytest.mark.gpu

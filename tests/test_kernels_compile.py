@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from helpers import make_cache, random_step
+from helpers import SEARCHES, make_cache, random_step, use_search
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -67,8 +67,8 @@ def record_fused_topk() -> None:
     """TopK's coverage count (the budget one is in SELECTORS) with recent pages, every cache
     dtype, with and without ALiBi; and quest_select / select_pages on rows longer than a
     register block (the streamed layout, reached at 16,384 pages on the GPU) and within one,
-    with the threshold search at both radices (``select_pages.RADIX``: 2, the default the
-    steps above take, and 1, which benchmarks flip back to)."""
+    with every threshold search (``helpers.SEARCHES``: the interpolation search, the default
+    the steps above take, and the bitwise one at both radices, which benchmarks flip to)."""
     from entmaxkv.kernels.quest_select import quest_select
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -77,9 +77,9 @@ def record_fused_topk() -> None:
         for slopes in (None, torch.full((2,), 0.1)):
             config = ekv.DecodeConfig(1.5, ekv.TopK(coverage=0.5, recent_pages=1), backend="triton")
             ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
-    for radix in (2, 1):
+    for search in SEARCHES:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+            use_search(mp, search)
             for max_block in (16, 64):  # rows of 40 pages: streamed in 16-page blocks, or one block
                 mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", max_block)
                 mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", max_block)

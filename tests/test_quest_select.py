@@ -20,7 +20,7 @@ from entmaxkv.backend import KernelOps
 from entmaxkv.newest_page import candidate_page_mask, newest_page_magnitude, newest_page_mask, newest_page_scores
 from entmaxkv.reference import token_scores
 from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
-from helpers import fresh_seed, make_cache, on_both_backends, random_step
+from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -82,8 +82,12 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
 
 def small_blocks(monkeypatch, layout: str) -> None:
     """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–14 pages,
-    so several programs share a row); ``streamed``: also a selection block of 8 pages, so the
-    selection streams its keys from memory instead of holding the row in registers."""
+    so several programs share a row), and the list is written 4 keys a pass while the search
+    holds the row in registers (as at 128K on the GPU: 2,048 of a 16,384-lane row); ``streamed``:
+    also a selection block of 8 pages, so the selection streams its keys from memory instead
+    of holding the row in registers."""
+    if layout == "chunked":
+        monkeypatch.setattr("entmaxkv.kernels.select_pages.COMPACT_BLOCK", 4)
     if layout in ("chunked", "streamed"):
         monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
     if layout == "streamed":
@@ -121,7 +125,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "streamed"])
+@pytest.mark.parametrize("layout", ["registers", "chunked", "streamed"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
@@ -167,14 +171,15 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
+@pytest.mark.parametrize("search", ["radix1", "radix2"])
 @pytest.mark.parametrize("wide, group, layout", [(False, 2, "registers"), (True, 4, "registers"),
                                                  (False, 1, "streamed")])
-def test_quest_select_with_the_1_bit_search(wide, group, layout, poison, monkeypatch):
-    """The tests above with ``select_pages.RADIX`` = 1 (they take the default, 2: two bits a
-    counting pass) on a few of their cases (streamed rows are slow under the interpreter: one
-    case, and tests/test_select_pages_radix.py streams both searches too, on the keys that
-    tell them apart)."""
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", 1)
+def test_quest_select_with_the_bitwise_search(search, wide, group, layout, poison, monkeypatch):
+    """The tests above with the bitwise threshold search (they take the default, the
+    interpolation search) on a few of their cases (streamed rows are slow under the
+    interpreter: one case, and tests/test_threshold_search.py streams every search too, on the
+    keys that tell them apart)."""
+    use_search(monkeypatch, search)
     test_quest_select_on_random_page_scores_with_ties(wide, group, layout, None, monkeypatch)
     if layout == "registers":
         test_quest_select_equals_the_torch_composition(torch.float64 if wide else torch.float16, group, layout, None,
@@ -282,13 +287,13 @@ def test_opcheck_the_fused_ops():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
 @pytest.mark.parametrize("pages", [8300, 20000])  # 128K tokens in registers; 320K: the streamed rows
-def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, radix, monkeypatch):
+def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
     the same device."""
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+    use_search(monkeypatch, search)
     seed = fresh_seed()
     g = torch.Generator(device="cuda").manual_seed(seed)
     b, hkv, group = 2, 8, 4

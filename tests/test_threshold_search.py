@@ -1,5 +1,11 @@
-"""The threshold search at both radices (``select_pages.RADIX`` 1 and 2; under Triton's
-interpreter) against a stable descending sort, on keys that exercise what radix 2 adds.
+"""The threshold searches of ``select_pages`` (``helpers.SEARCHES``: interpolation probes, then
+bisection, and the bitwise search at radix 1 and 2; under Triton's interpreter) against a
+stable descending sort, on keys that exercise what each adds.
+
+The interpolation search places probes by the keys' values (float64 arithmetic on the
+images' floats) and clamps them into its integer bracket: random bit patterns give it keys
+from subnormals to the largest finite floats, both signs (its worst case), and the extremes
+test below the ends of the float range, where a value model could overflow.
 
 Radix 2 decides two bits a counting pass from three counts packed in one int64 (a FIELD-bit
 field each, FIELD = bit_length(BLOCK)) and must select exactly what radix 1 selects. The keys
@@ -15,15 +21,15 @@ in 16-key chunks, so the interpreter runs few programs.
 import pytest
 import torch
 
-from helpers import fresh_seed
+from helpers import SEARCHES, fresh_seed, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels.select_pages import search_radix  # noqa: E402
+from entmaxkv.kernels.threshold_search import search_radix  # noqa: E402
 
 
-def use(monkeypatch, radix: int, streamed: bool) -> None:
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+def use(monkeypatch, search: str, streamed: bool) -> None:
+    use_search(monkeypatch, search)
     if streamed:  # 16-key chunks streamed from memory instead of one block in registers
         monkeypatch.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", 16)
 
@@ -72,11 +78,11 @@ def test_search_radix_fields_and_fallback():
             search_radix(bad, 16)
 
 
-@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("search", list(SEARCHES))
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("streamed", [False, True])
-def test_every_bit_of_the_key_decides(radix, wide, streamed, poison, monkeypatch):
-    use(monkeypatch, radix, streamed)
+def test_every_bit_of_the_key_decides(search, wide, streamed, poison, monkeypatch):
+    use(monkeypatch, search, streamed)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
@@ -85,13 +91,13 @@ def test_every_bit_of_the_key_decides(radix, wide, streamed, poison, monkeypatch
     keys[0, 0, :3] = float("inf")  # forced pages
     counts = torch.randint(1, p, (2, 3), generator=g, dtype=torch.int32)
     counts[1, 0] = p - 1  # the threshold at the second-lowest key
-    assert_stable_top(keys, counts, p, f"seed {seed} radix {radix}")
+    assert_stable_top(keys, counts, p, f"seed {seed} {search}")
 
 
-@pytest.mark.parametrize("radix", [1, 2], ids=["radix1", "radix2"])
+@pytest.mark.parametrize("search", list(SEARCHES))
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("streamed", [False, True])
-def test_full_chunks_at_a_threshold(radix, wide, streamed, poison, monkeypatch):
+def test_full_chunks_at_a_threshold(search, wide, streamed, poison, monkeypatch):
     """Every lane of a chunk at or above the candidate thresholds the search tries below the
     answer, and keys exactly at a candidate: per value v, rows of v repeated (all tie), of v
     with three keys one step of the bit image above it, three below, or two above and three
@@ -99,7 +105,7 @@ def test_full_chunks_at_a_threshold(radix, wide, streamed, poison, monkeypatch):
     bit pairs 01, 10 and 11 followed by zeros, so that some pass of the 2-bit search tries a
     candidate t|01, t|10 or t|11 equal to v (1.125, 1.0 and 1.5 as float32; 1.25, 1.5 and 1.0
     as float64): a count that misses keys equal to its candidate changes the answer."""
-    use(monkeypatch, radix, streamed)
+    use(monkeypatch, search, streamed)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
@@ -115,8 +121,41 @@ def test_full_chunks_at_a_threshold(radix, wide, streamed, poison, monkeypatch):
         keys[i, 3, few[:2]], keys[i, 3, few[2:]] = up[i, 0, 0], down[i, 0, 0]  # two above, three below
     boundaries = torch.tensor([1, 2, 3, 4, p // 2, p - 4, p - 3, p - 2, p - 1], dtype=torch.int32)
     counts = boundaries[torch.randint(0, len(boundaries), (4, 4), generator=g)]
-    assert_stable_top(keys, counts, p, f"seed {seed} radix {radix} counts {counts.tolist()}")
+    assert_stable_top(keys, counts, p, f"seed {seed} {search} counts {counts.tolist()}")
 
+
+
+@pytest.mark.parametrize("search", ["interpolate", "bisect"])
+@pytest.mark.parametrize("wide", [False, True])
+def test_interpolation_at_the_ends_of_the_float_range(search, wide, poison, monkeypatch):
+    """Rows whose finite keys sit at the largest finite floats of both signs, next to
+    subnormals and ±0.0 (the value model spans the whole range: its line must not overflow
+    into a probe outside the bracket), rows of one finite key among +inf and −inf keys (the
+    bracket is one integer wide: no probe at all), rows of one key repeated but one (a probe
+    can never count exactly k), and NaN keys (not eligible, like −inf), with counts at
+    k = 0, at the number of +inf keys, just past it, and at the second-lowest key."""
+    use(monkeypatch, search, False)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    info = torch.finfo(dtype)
+    inf = float("inf")
+    rows = [
+        [info.max, -info.max, info.tiny / 4, -info.tiny / 4, 0.0, -0.0, info.max / 3, -info.max, info.tiny,
+         1.0, -1.0, info.max, inf, inf, float("nan"), -inf],
+        [inf, -inf, 2.5, inf, -inf, inf, -inf, -inf, inf, -inf, -inf, -inf, -inf, -inf, inf, -inf],
+        [3.0] * 15 + [info.max],
+        [-info.max] * 15 + [-info.max / 2],
+    ]
+    keys = torch.tensor(rows, dtype=dtype)[:, None, :]
+    for row in range(4):
+        keys[row, 0] = keys[row, 0, torch.randperm(16, generator=g)]  # where the extremes sit
+    keys = keys.expand(4, 6, 16).clone()
+    n_inf = (keys == inf).sum(-1).to(torch.int32)
+    eligible = (keys > -inf).sum(-1).to(torch.int32)
+    counts = torch.stack([torch.zeros_like(n_inf), n_inf, n_inf + 1, eligible - 1, eligible - 2,
+                          torch.full_like(n_inf, 7)], -1)[:, 0, :]
+    assert_stable_top(keys, counts.clamp(min=0), 16, f"seed {seed} {search}")
 
 
 def test_every_block_triton_builds_takes_radix_2():

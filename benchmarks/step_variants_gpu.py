@@ -1,0 +1,96 @@
+"""One decode step with kernel module constants flipped: which launch constant moves the step.
+
+    python benchmarks/step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 \
+        --variants "base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64"
+
+Per context and α (B = 1, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, TopK 12.5% or
+``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
+median of replays) for each variant — ``;``-separated, each a ``,``-separated list of
+``module.CONSTANT=value`` assignments to ``entmaxkv.kernels.<module>`` (``base``: none) —
+next to SDPA, and the largest output difference from the base variant (a constant that
+changes results shows there). Measures only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.compiled import GraphedDecodeStep
+from entmaxkv.synthetic import SyntheticStream
+from decode import graph_of, loaded
+from gpu_check import time_replays
+
+SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "Dense": lambda: ekv.Dense()}
+
+
+def assignments(variant: str) -> list[tuple[object, str, object]]:
+    """``module.NAME=value,...`` -> [(module object, NAME, value)] (values as Python literals)."""
+    if variant.strip() in ("", "base"):
+        return []
+    out = []
+    for item in variant.split(","):
+        target, value = item.split("=")
+        module, name = target.strip().rsplit(".", 1)
+        mod = importlib.import_module(f"entmaxkv.kernels.{module}")
+        if not hasattr(mod, name):
+            raise SystemExit(f"entmaxkv.kernels.{module} has no {name}")
+        out.append((mod, name, eval(value)))  # noqa: S307 (a benchmark's own command line)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="8192,131072")
+    parser.add_argument("--alphas", default="1.5")
+    parser.add_argument("--selector", default="TopK12.5", choices=list(SELECTORS))
+    parser.add_argument("--variants", default="base")
+    parser.add_argument("--reps", type=int, default=50)
+    args = parser.parse_args()
+    variants = [v for v in args.variants.split(";")]
+    parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
+    b, hq, hkv, d = 1, 32, 8, 128
+    for n in (int(x) for x in args.contexts.split(",")):
+        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=torch.float16,
+                                 device="cuda")
+        k, v = stream.prompt(n)
+        q, k_new, v_new = stream.step()
+        sdpa = time_replays(graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, enable_gqa=True)).replay, args.reps, 5)
+        # every replay appends a token: room for the warm-ups and the timed replays of a variant
+        empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64 + 6 * args.reps,
+                                       dtype=torch.float16, device="cuda")
+        cache = ekv.prefill(empty, k, v, [n] * b)
+        del k, v
+        for alpha in (float(a) for a in args.alphas.split(",")):
+            config = ekv.DecodeConfig(alpha=alpha, selector=SELECTORS[args.selector]())
+            print(f"\n## {n} tokens, α = {alpha}, {args.selector}: SDPA {sdpa:.1f} µs")
+            first = None
+            for name, sets in zip(variants, parsed):
+                saved = [(mod, key, getattr(mod, key)) for mod, key, _ in sets]
+                try:
+                    for mod, key, value in sets:
+                        setattr(mod, key, value)
+                    decoder = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
+                                     q, k_new, v_new)
+                    us = time_replays(lambda: decoder.graph.replay(), args.reps, 5)
+                    decoder.graph.replay()
+                    out = decoder.out.double().clone()
+                    first = out if first is None else first
+                    diff = float((out - first).abs().max())
+                    print(f"  {name:<60} {us:8.1f} µs  ×SDPA {us / sdpa:5.2f}  max |Δout| vs first {diff:.1e}")
+                    del decoder
+                except Exception as err:  # a variant that fails to build or run: say so, go on
+                    print(f"  {name:<60} failed: {type(err).__name__}: {str(err)[:200]}")
+                finally:
+                    for mod, key, value in saved:
+                        setattr(mod, key, value)
+                torch.cuda.empty_cache()
+        del cache
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""The k-th largest key of a row without sorting: counting passes over an order-preserving
+integer image of the float keys, shared by ``select_pages`` and ``quest_select``.
+
+Each counting pass is one block-wide reduction (a ``tl.sum`` with barriers) over the row, which
+one program holds in registers (or streams from memory when it is longer than a register
+block). The passes depend on each other, so their number is the cost. Two searches:
+
+- **bitwise** (``_threshold`` with ``PROBES`` = 0): most significant bit first, ``RADIX`` bits a
+  pass — 32 passes for float32 keys, 64 for float64 at radix 1; radix 2 tests the three
+  candidates t|01, t|10, t|11 of the next two bits in one reduction (three 0/1 indicators
+  packed in one int64, ``FIELD``-bit fields) and keeps the largest whose count is >= k, which
+  is what two 1-bit passes decide. Both then count the keys above the threshold (the ties).
+- **interpolation** (``PROBES`` > 0): a bracket [lo, hi) of the integer image with
+  #{u >= lo} >= k > #{u >= hi}, from the smallest and largest finite key, narrowed by probes
+  placed where a linear model of the count between the ends puts the k-th key (regula falsi
+  in the keys' values, with the Illinois halving of a stale end), for at most ``PROBES``
+  probes, then by bisection of the integer bracket (at most NBITS more). It stops as soon as
+  a probe counts exactly k keys (those are the k largest: no tie at the boundary) or the
+  bracket holds one integer (the k-th key; the keys above it are the bracket end's count).
+  On smooth key distributions that is 7–15 passes instead of 34 (simulated on Quest rank
+  keys of random caches); the worst case is ``PROBES`` + NBITS + 3.
+
+Both give the same threshold and tie count, so the pages selected are the same bit for bit.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["search_radix"]  # and the @triton.jit helpers, imported by name
+
+
+def search_radix(radix: int, block: int) -> tuple[int, int]:
+    """``(RADIX, FIELD)`` launch constexprs of a threshold search over ``block``-lane chunks.
+
+    A radix-2 pass sums, over one chunk, three counts packed in one int64: each count is at
+    most ``block`` (lanes past the row are ineligible and count 0), so FIELD = bit_length(block)
+    bits hold it and the fields cannot carry into each other. A streamed row unpacks every
+    chunk's sum before adding it to int32 totals, so the row length P does not bound it. The
+    three fields need 3·FIELD <= 63 bits (the int64 stays non-negative): blocks up to 2^20
+    lanes, which is every block Triton builds (``tl.TRITON_MAX_TENSOR_NUMEL`` = 2^20 in Triton
+    3.7); a larger block would fall back to radix 1.
+    """
+    if radix not in (1, 2):
+        raise ValueError(f"RADIX must be 1 or 2, got {radix!r}")
+    field = int(block).bit_length()
+    return (radix if 3 * field <= 63 else 1), field
+
+
+@triton.jit
+def _ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
+    """Order-preserving map of floats to signed ints (−inf lowest, +inf highest): flip the
+    magnitude bits of negative floats. −0.0 becomes +0.0 first: they are equal keys (a tie)."""
+    bits = tl.where(x == 0, tl.zeros_like(x), x).to(INT, bitcast=True)
+    magnitude = (tl.full(bits.shape, 1, INT) << (NBITS - 1)) - 1
+    return bits ^ ((bits >> (NBITS - 1)) & magnitude)
+
+
+@triton.jit
+def _eligible_ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
+    """``_ordered(x)``, and the lowest integer for ineligible keys (−inf): below every
+    threshold the search tries (those are all > the lowest integer)."""
+    lowest = tl.full(x.shape, -(2 ** (NBITS - 1)), INT)
+    return tl.where(x > float("-inf"), _ordered(x, INT, NBITS), lowest)
+
+
+@triton.jit
+def _count(base, lanes, P, cand, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+           ONE_CHUNK: tl.constexpr):
+    """#{eligible u >= cand} over the row (from registers when the row is one chunk)."""
+    if ONE_CHUNK:
+        return tl.sum((u_all >= cand).to(tl.int32))
+    c = 0
+    for start in range(0, P, BLOCK):
+        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
+        c += tl.sum((_eligible_ordered(x, INT, NBITS) >= cand).to(tl.int32))
+    return c
+
+
+@triton.jit
+def _packed_ge(u, c1, c2, c3, FIELD: tl.constexpr):
+    """Per lane, the indicators u >= c1, c2, c3 as one int64 with a FIELD-bit field each (low
+    to high): summing it sums the three counts at once."""
+    return ((u >= c1).to(tl.int64) | ((u >= c2).to(tl.int64) << FIELD)
+            | ((u >= c3).to(tl.int64) << (2 * FIELD)))
+
+
+@triton.jit
+def _unpacked(total, FIELD: tl.constexpr):
+    """The three int32 counts of a sum of ``_packed_ge`` over at most 2^FIELD − 1 lanes."""
+    field_mask: tl.constexpr = (1 << FIELD) - 1
+    return ((total & field_mask).to(tl.int32), ((total >> FIELD) & field_mask).to(tl.int32),
+            ((total >> (2 * FIELD)) & field_mask).to(tl.int32))
+
+
+@triton.jit
+def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+            ONE_CHUNK: tl.constexpr, FIELD: tl.constexpr):
+    """(#{eligible u >= c1}, … >= c2, … >= c3) over the row, one reduction per chunk. A chunk's
+    counts are <= BLOCK < 2^FIELD (``search_radix``), so its packed sum has no carry between
+    fields; a streamed row adds the unpacked counts (int32), so the row length is not bounded
+    by the field."""
+    tl.static_assert((1 << FIELD) > BLOCK, "a FIELD-bit field must hold a chunk's count (up to BLOCK)")
+    tl.static_assert(3 * FIELD <= 63, "three FIELD-bit fields must fit a non-negative int64")
+    if ONE_CHUNK:
+        return _unpacked(tl.sum(_packed_ge(u_all, c1, c2, c3, FIELD)), FIELD)
+    n1 = 0
+    n2 = 0
+    n3 = 0
+    for start in range(0, P, BLOCK):
+        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
+        a1, a2, a3 = _unpacked(tl.sum(_packed_ge(_eligible_ordered(x, INT, NBITS), c1, c2, c3, FIELD)), FIELD)
+        n1 += a1
+        n2 += a2
+        n3 += a3
+    return n1, n2, n3
+
+
+@triton.jit
+def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
+               BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
+               PROBES: tl.constexpr):
+    """(t, ties_wanted): the k-th largest ordered key t of the row (k < the eligible keys; else
+    the lowest value), and how many keys equal to t the k largest include — by the bitwise
+    search (``PROBES`` = 0) or the interpolation search. Keys are read from ``base`` (P of
+    them) or, when ONE_CHUNK, from their images ``u_all`` in registers."""
+    if PROBES > 0:
+        return _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK,
+                                       PROBES)
+    else:
+        return _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
+                                  FIELD)
+
+
+@triton.jit
+def _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
+                       BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr):
+    """(t, ties_wanted): the k-th largest ordered key t of the row, and how many keys equal to
+    t the k largest include. t is the largest t with #{u >= t} >= k, built from the most
+    significant bit down, RADIX bits a pass (1 or 2; NBITS is even). Bits are set on the
+    unsigned image (u + 2^(N-1)); flipping the sign bit turns it back into the signed value
+    that the comparisons use. When every eligible page is taken there is nothing to search: t
+    is the lowest value."""
+    one = tl.full((), 1, INT)
+    sign = one << (NBITS - 1)
+    t_bits = tl.zeros((), INT)
+    above = k
+    if k < eligible_total:
+        if RADIX == 1:
+            for i in range(NBITS):
+                cand_bits = t_bits | (one << (NBITS - 1 - i))
+                c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+                t_bits = tl.where(c >= k, cand_bits, t_bits)
+        else:
+            tl.static_assert(RADIX == 2, "RADIX is 1 or 2")
+            for i in range(0, NBITS, 2):
+                hi = one << (NBITS - 1 - i)
+                lo = one << (NBITS - 2 - i)
+                # t|01 < t|10 < t|11, so n01 >= n10 >= n11: the largest candidate with a count
+                # >= k is the one the two 1-bit passes (bit hi, then bit lo) would reach
+                n01, n10, n11 = _count3(base, lanes, P, (t_bits | lo) ^ sign, (t_bits | hi) ^ sign,
+                                        (t_bits | hi | lo) ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK, FIELD)
+                t_bits = tl.where(n11 >= k, t_bits | hi | lo,
+                                  tl.where(n10 >= k, t_bits | hi, tl.where(n01 >= k, t_bits | lo, t_bits)))
+        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+    return t_bits ^ sign, k - above
+
+
+@triton.jit
+def _value_of(u, INT: tl.constexpr, NBITS: tl.constexpr):
+    """The key (as float64) whose ``_ordered`` image is the scalar u: the map is its own inverse."""
+    magnitude = (tl.full((), 1, INT) << (NBITS - 1)) - 1
+    bits = u ^ ((u >> (NBITS - 1)) & magnitude)
+    if NBITS == 32:
+        return bits.to(tl.float32, bitcast=True).to(tl.float64)
+    else:
+        return bits.to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                  ONE_CHUNK: tl.constexpr):
+    """(#{u = +inf}, smallest finite u, largest finite u) of the row's ordered keys; the ends
+    are the image of +inf and the lowest integer when no key is finite. Ineligible keys (−inf,
+    NaN) have the lowest integer (``_eligible_ordered``): they are neither."""
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    top = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
+    if ONE_CHUNK:
+        finite = (u_all > lowest) & (u_all < top)
+        n_inf = tl.sum((u_all == top).to(tl.int32))
+        small = tl.min(tl.where(finite, u_all, top))
+        large = tl.max(tl.where(finite, u_all, lowest))
+    else:
+        n_inf = 0
+        small = top
+        large = lowest
+        for start in range(0, P, BLOCK):
+            x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
+            u = _eligible_ordered(x, INT, NBITS)
+            finite = (u > lowest) & (u < top)
+            n_inf += tl.sum((u == top).to(tl.int32))
+            small = tl.minimum(small, tl.min(tl.where(finite, u, top)))
+            large = tl.maximum(large, tl.max(tl.where(finite, u, lowest)))
+    return n_inf, small, large
+
+
+@triton.jit
+def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
+                            BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr):
+    """``_threshold``'s (t, ties_wanted) by interpolation probes, then bisection (module
+    docstring). Invariant: lo < hi, #{u >= lo} >= k > #{u >= hi} = c_hi. The probe's value
+    is clamped into (lo, hi) as an integer, so any rounding of the model only slows it."""
+    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    t = lowest
+    ties = k
+    if k < eligible_total:  # else every eligible key is taken: nothing to search
+        n_inf, lo, hi = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+        if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
+            t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
+        else:  # n_inf < k < eligible: some finite key is the k-th, and hi + 1 cannot overflow
+            hi = hi + 1
+            kf = k.to(tl.float64)
+            c_lo = eligible_total.to(tl.float64)  # the model's counts at the ends (Illinois-weighted)
+            c_hi_model = n_inf.to(tl.float64)
+            c_hi = n_inf
+            side = tl.full((), 0, tl.int32)  # which end the last probe moved: 1 lo, −1 hi
+            probe = lo
+            done = tl.full((), 0, tl.int32)  # 1 once a probe counted exactly k
+            i = tl.full((), 0, tl.int32)
+            go = hi > lo + 1
+            while go:
+                # where a line through (lo, c_lo) and (hi − 1, c_hi) crosses k + ½; or the middle
+                f = (c_lo - kf - 0.5) / (c_lo - c_hi_model)
+                guess = _value_of(lo, INT, NBITS) * (1.0 - f) + _value_of(hi - 1, INT, NBITS) * f
+                middle = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+                probe = tl.where(i < PROBES, _ordered(guess.to(KEY), INT, NBITS), middle)
+                probe = tl.minimum(tl.maximum(probe, lo + 1), hi - 1)
+                c = _count(base, lanes, P, probe, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+                up = c >= k
+                c_f = c.to(tl.float64)
+                # Illinois: an end kept twice in a row has its model count halved toward k + ½
+                c_hi_model = tl.where(up, tl.where(side == 1, (c_hi_model + kf + 0.5) * 0.5, c_hi_model), c_f)
+                c_lo = tl.where(up, c_f, tl.where(side == -1, (c_lo + kf + 0.5) * 0.5, c_lo))
+                c_hi = tl.where(up, c_hi, c)
+                lo = tl.where(up, probe, lo)
+                hi = tl.where(up, hi, probe)
+                side = tl.where(up, 1, -1)
+                done = (c == k).to(tl.int32)
+                i += 1
+                go = (hi > lo + 1) & (done == 0)
+            # exactly k keys >= probe: take u > probe − 1, no ties; else the k-th key is lo
+            t = tl.where(done == 1, probe - 1, lo)
+            ties = tl.where(done == 1, 0, k - c_hi)
+    return t, ties
