@@ -17,6 +17,14 @@ Two kernels, K read once, V read only where the weight is non-zero:
    by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
    tokens only and writes the output. For softmax it combines the partial sums.
 
+NaN in, NaN out, as dense entmax (``entmaxkv.reference``) and torch SDPA give: a NaN score
+(a NaN in the key or the query) fails every comparison, so the survivor test alone would drop
+it and return a finite output. The scores kernel therefore counts NaN scores per row and
+reports a split that saw one with a survivor count of −1; the τ kernel then writes NaN for
+that query head's output and τ. For softmax the online sums carry the NaN by arithmetic. Only
+what the step reads can be seen: a NaN key in a page the list does not hold, or a NaN value of
+a token outside the support (α > 1: V is read for the support only), leaves the output finite.
+
 Which non-support tokens survive depends on the order the splits run in; the support does not
 (every token above the final floor is always kept). The order of the gathered survivors, and
 so the pairing of float64 sums, may change from run to run: τ can differ in its last float64
@@ -120,6 +128,7 @@ def _scores_kernel(
         acc = tl.zeros((G_PAD, BLOCK_D), WORK)
     else:
         cnt = tl.zeros((G_PAD,), tl.int32)
+        nans = tl.zeros((G_PAD,), tl.int32)  # NaN scores seen: the survivor test below drops them
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
@@ -172,6 +181,9 @@ def _scores_kernel(
             if GIVEN_TAU:
                 floor = tl.minimum(floor, given)
             keep = (lin_w * s > floor[:, None]).to(tl.int32)
+            # A NaN score fails every comparison, so it would silently leave the support; count
+            # it instead (one compare per score, beside the dot product's D multiply-adds)
+            nans += tl.sum((s != s).to(tl.int32), axis=1)
             if tl.sum(keep) > 0:  # most chunks hold no survivor once the floor is high
                 at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
                 dst = out_row[:, None] * CAP + at
@@ -204,7 +216,8 @@ def _scores_kernel(
             tl.store(cand_s + dst, s, mask=keep == 1)
             tl.store(cand_i + dst, pos, mask=keep == 1)
             kept += tl.sum(keep, axis=1)
-        tl.store(cand_n + out_row, kept, mask=gmask)
+        # −1: this split scored a NaN, the row's output is NaN (the τ kernel checks the sign)
+        tl.store(cand_n + out_row, tl.where(nans > 0, -1, kept), mask=gmask)
 
 
 @triton.jit
@@ -229,31 +242,6 @@ def _excess(comp_s, base, total, z_reg, lin, tau, inv_power, KIND: tl.constexpr,
 
 
 @triton.jit
-def _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
-    """(#{z > τ}, Σ z, Σ z²) over the survivors above τ (float64)."""
-    if IN_REGS:
-        sup = z_reg > tau
-        cnt = tl.sum(tl.where(sup, 1.0, 0.0))
-        s1 = tl.sum(tl.where(sup, z_reg, 0.0))
-        s2 = tl.sum(tl.where(sup, z_reg * z_reg, 0.0))
-    else:
-        r = tl.arange(0, BLOCK)
-        c_acc = tl.zeros((BLOCK,), tl.float64)
-        s1_acc = tl.zeros((BLOCK,), tl.float64)
-        s2_acc = tl.zeros((BLOCK,), tl.float64)
-        for off in range(0, total, BLOCK):
-            z = tl.load(comp_s + base + off + r, mask=off + r < total, other=float("-inf")).to(tl.float64) * lin
-            sup = z > tau
-            c_acc += tl.where(sup, 1.0, 0.0)
-            s1_acc += tl.where(sup, z, 0.0)
-            s2_acc += tl.where(sup, z * z, 0.0)
-        cnt = tl.sum(c_acc)
-        s1 = tl.sum(s1_acc)
-        s2 = tl.sum(s2_acc)
-    return cnt, s1, s2
-
-
-@triton.jit
 def _add3_min(a0, a1, a2, a3, b0, b1, b2, b3):
     return a0 + b0, a1 + b1, a2 + b2, tl.minimum(a3, b3)
 
@@ -261,7 +249,8 @@ def _add3_min(a0, a1, a2, a3, b0, b1, b2, b3):
 @triton.jit
 def _shifted_sums(comp_s, base, total, z_reg, lin, x, BLOCK: tl.constexpr, IN_REGS: tl.constexpr):
     """(#{z > x}, Σ (z − x), Σ (z − x)², min z) over the survivors above x (float64), in one
-    reduction (sums of the shifted u = z − x: no cancellation between large Σz² and x²)."""
+    reduction (sums of the shifted u = z − x: no cancellation between large Σz² and x²). The
+    search from below and the bisection's exact finish both use it."""
     if IN_REGS:
         sup = z_reg > x
         u = tl.where(sup, z_reg - x, 0.0)
@@ -353,9 +342,10 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
                 hi = tl.where(f_mid >= 0, hi, mid)
             tau = (lo + hi) / 2
             if KIND != 3:
-                # exact τ from the support found by bisection (as the sort-based reference)
-                cnt, s1, s2 = _support_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
-                tau = _support_tau(cnt, s1, s2, KIND)
+                # exact τ from the support found by bisection (as the sort-based reference),
+                # from sums shifted by the bisection's τ (the search's helper)
+                cnt, s1, s2, _zmin = _shifted_sums(comp_s, base, total, z_reg, lin, tau, BLOCK, IN_REGS)
+                tau = tau + _support_tau(cnt, s1, s2, KIND)
     else:
         tau = given
         if TAU_MODE == 2:
@@ -423,6 +413,11 @@ def _tau_kernel(
         # of a TopK step at α = 1.5 on the H200 whenever a split held more than one load)
         base = row * (NSPLIT + 1) * CAP
         n_split = tl.load(cand_n + row * (NSPLIT + 1) + splits, mask=smask, other=0)
+        # a split that scored a NaN (count −1) makes the row NaN: NaN in, NaN out, as dense
+        # entmax gives (the flag, not arithmetic: maximum() drops NaN on the GPU)
+        scored_nan = tl.min(n_split) < 0
+        nan_out = nan_out | scored_nan
+        n_split = tl.maximum(n_split, 0)
         total = 0
         for off in range(0, tl.max(n_split), GATHER):
             slot = off + tl.arange(0, GATHER)
@@ -466,7 +461,7 @@ def _tau_kernel(
             norm += p
         value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
         tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
-        tl.store(tau_out + row, tau)
+        tl.store(tau_out + row, tl.where(scored_nan, float("nan"), tau))
 
 
 @triton_op("entmaxkv::sparse_decode", mutates_args=())
@@ -498,6 +493,9 @@ def sparse_decode(
         scale: score scale; refine_iters: Newton steps for TAU_REFINED.
     Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
     over the attended tokens (TAU_EXACT), or the one used; for softmax the log-sum-exp.
+    A NaN score among the attended tokens makes that head's output and τ NaN, for every α; a
+    NaN in a page not attended cannot be seen, nor (α > 1) a NaN value of a token with zero
+    weight (its V is never read; the dense reference's matmul gives NaN there: 0·NaN).
     """
     b, hq, d = q.shape
     _, hkv, p, s, _ = k_pages.shape

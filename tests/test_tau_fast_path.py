@@ -9,6 +9,10 @@ followed by one exact-formula pass, wrong on most rows, so the outputs match the
 only if every row's τ came from ``_exact_from_below``. Fresh float64 scores (no exact ties,
 which may legitimately stall the search), ragged lengths, GQA, scores in registers and
 streamed (one row with more survivors than BLOCK_REGS).
+
+The fallback itself (bisection, then the exact formula over the support it found, summed with
+the search's ``_shifted_sums``) is checked the other way round: no search rounds, a bisection
+too short to reach 1e-12 alone.
 """
 
 import random
@@ -24,8 +28,9 @@ pytestmark = pytest.mark.interpreter
 import entmaxkv.kernels.sparse_decode as sd  # noqa: E402
 
 
-@pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_exact_tau_needs_no_bisection(alpha, monkeypatch):
+def case(alpha):
+    """Fresh float64 scores over two ragged rows (one with more survivors than BLOCK_REGS), the
+    page lists of all their full pages, and the dense reference's (out, τ)."""
     seed = fresh_seed()
     rng = random.Random(seed)
     lens = [300 + rng.randrange(17), 17 + rng.randrange(40)]  # 300+: more survivors than BLOCK_REGS
@@ -37,11 +42,33 @@ def test_exact_tau_needs_no_bisection(alpha, monkeypatch):
     for i in range(2):
         pages[i, 0, : int(newest[i])] = torch.arange(int(newest[i]), dtype=torch.int32)
     count = newest.int()[:, None].contiguous()
-    want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
-    monkeypatch.setattr(sd, "bisection_steps", lambda work: 0)
+    return seed, cache, q, pages, count, ekv.dense_decode(cache, q, alpha, 0.3)
+
+
+def assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau):
     for dense in (False, True):
         out, tau = sd.sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
                                     cache.seq_lens, None, None, None, None, alpha, 0.3, dense, sd.TAU_EXACT, 0)
         err = float((out - want[:, :, 0]).abs().max() / want.abs().max())
         assert err < 1e-10, (seed, dense, err)
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_exact_tau_needs_no_bisection(alpha, monkeypatch):
+    seed, cache, q, pages, count, (want, want_tau) = case(alpha)
+    monkeypatch.setattr(sd, "bisection_steps", lambda work: 0)
+    assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_the_bisection_fallback_finishes_with_the_exact_tau(alpha, monkeypatch):
+    """The other way round: the search given no rounds (``EXACT_ITERS`` = 0, as when it
+    stalls), so every row takes the bisection and its exact finish (the support above the
+    bisection's τ, then the exact formula over it). With 30 steps the bracket is ~1e-9 wide:
+    the support is right (no fresh score sits that close to τ) but the midpoint alone misses
+    the reference's τ by far more than the 1e-12 asked; only the finish reaches it."""
+    seed, cache, q, pages, count, (want, want_tau) = case(alpha)
+    monkeypatch.setattr(sd, "EXACT_ITERS", 0)
+    monkeypatch.setattr(sd, "bisection_steps", lambda work: 30)
+    assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau)
