@@ -329,7 +329,9 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
     if TAU_MODE == 0:
         found = tl.full((), 0, tl.int32)
         tau = floor
-        if KIND != 3:  # α = 1.5, 2: the exact support from below in a few rounds
+        # α = 1.5, 2: the exact support from below in a few rounds (no loop at all for 0 rounds:
+        # Triton 3.6 fails to compile the while loop with a bound of 0 for sm_90)
+        if (KIND != 3) and (EXACT_ITERS > 0):
             tau, found = _exact_from_below(comp_s, base, total, z_reg, lin, floor, zmax, EXACT_ITERS, KIND,
                                            BLOCK, IN_REGS)
         if found == 0:  # any α, or a stalled search: bisection

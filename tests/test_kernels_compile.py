@@ -108,6 +108,18 @@ def record_gaussian_select() -> None:
                                 16, 1.5, 0.0, 0.1, 0.0, False, 1, 0)
 
 
+def record_tau_without_search_rounds() -> None:
+    """sparse_decode's τ kernel with no rounds of the search from below (``EXACT_ITERS`` = 0, the
+    bisection alone: tests/test_tau_fast_path.py runs it). On the H200 the while loop bounded by
+    0 failed to compile (Triton 3.6, in TritonGPUCoalesce, at 33 splits; this CPU compile at the
+    interpreter's split count did not reproduce it), so the kernel leaves the loop out."""
+    cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, torch.float32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("entmaxkv.kernels.sparse_decode.EXACT_ITERS", 0)
+        ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     run = InterpretedFunction.run
@@ -138,6 +150,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_code_scan(monkeypatch)
     record_fused_topk()
     record_gaussian_select()
+    record_tau_without_search_rounds()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
