@@ -23,8 +23,9 @@ one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arg
 
 Three launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
 mean score per head, then the chunk's rank keys from the row's maxima — and one program per
-row for the rest (count, threshold, list, mask, floor), which holds the row's keys in
-registers up to ``MAX_BLOCK`` pages and streams them from memory beyond. The selection is
+row for the rest (count, threshold, list, mask, floor), whose threshold search holds the
+row's keys in registers up to ``MAX_BLOCK`` pages and streams them from memory beyond (the
+list, mask and floor re-read them ``select_pages.COMPACT_BLOCK`` at a time). The selection is
 ``select_pages``' threshold search (``threshold_search``), switched by ``select_pages.PROBES``
 and ``select_pages.RADIX``, read at each call: the same switches as ``select_pages``'.
 Bytes: upper and mean of the row's G heads once, the keys (4 B a page) twice, and mean and

@@ -3,7 +3,9 @@ integer image of the float keys, shared by ``select_pages`` and ``quest_select``
 
 Each counting pass is one block-wide reduction (a ``tl.sum`` with barriers) over the row, which
 one program holds in registers (or streams from memory when it is longer than a register
-block). The passes depend on each other, so their number is the cost. Two searches:
+block). The passes depend on each other. (On the H200 a pass costs only ~0.25 µs on a
+16,384-lane row: fewer passes saved 2–3 µs of the per-row program's ~45; ``select_pages``' docstring
+has the measurements.) Two searches:
 
 - **bitwise** (``_threshold`` with ``PROBES`` = 0): most significant bit first, ``RADIX`` bits a
   pass — 32 passes for float32 keys, 64 for float64 at radix 1; radix 2 tests the three
@@ -17,8 +19,8 @@ block). The passes depend on each other, so their number is the cost. Two search
   probes, then by bisection of the integer bracket (at most NBITS more). It stops as soon as
   a probe counts exactly k keys (those are the k largest: no tie at the boundary) or the
   bracket holds one integer (the k-th key; the keys above it are the bracket end's count).
-  On smooth key distributions that is 7–15 passes instead of 34 (simulated on Quest rank
-  keys of random caches); the worst case is ``PROBES`` + NBITS + 3.
+  On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
+  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4.
 
 Both give the same threshold and tie count, so the pages selected are the same bit for bit.
 """
