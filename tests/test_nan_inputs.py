@@ -194,3 +194,43 @@ def test_a_nan_value_shows_where_its_token_has_weight(alpha):
                 v_clean[b, h, 0, c] = 0.0
             want = ekv.decode_step(clean, q, k_new, v_clean, ekv.DecodeConfig(alpha, ekv.Dense(), backend="torch"))[1]
             close_where_finite(out, want, torch.ones_like(column), 2e-5, msg)
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: maximum() drops NaN there
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_a_nan_in_a_splits_first_chunk_is_not_forgotten_by_its_last(alpha, device, poison, monkeypatch):
+    """``dense`` over 10–12 full pages of 16 tokens, B = 2, Hkv = 2, two splits (patched: on
+    the GPU the occupancy rule gives about one 64-token chunk a split) of 5–6 pages, each
+    scored in two 64-token chunks. A NaN key in the first chunk of split 0 of row (0, 0)
+    and of split 1 of row (1, 1): the split's NaN flag must survive its later chunks, which
+    hold no NaN (a flag kept for the last chunk only misses it). Those groups' outputs and τ
+    are NaN; the other rows are finite and equal the reference."""
+    monkeypatch.setattr("entmaxkv.kernels.sparse_decode.num_splits", lambda *args: 2)
+    seed = fresh_seed()
+    rng = random.Random(seed)
+    lens = [S * rng.randrange(11, 13) + rng.choice([0, 1, 15]) for _ in range(2)]  # 10–12 full pages before the newest
+    cache, _, _ = make_cache(seed, 2, HKV, D, S, lens, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(2, HKV * G, 1, D, generator=g)
+    nan_rows = torch.zeros(2, HKV * G, dtype=torch.bool)
+    for b, h, split in ((0, 0, 0), (1, 1, 1)):
+        n = (lens[b] - 1) // S
+        per_split = -(-n // 2)  # as the scores kernel balances the 2 splits
+        assert per_split * S > 64, "the split must hold a second chunk"
+        page = split * per_split + rng.randrange(64 // S)  # a page of the split's first chunk
+        cache.k_pages[b, h, page, rng.randrange(S), rng.randrange(D)] = float("nan")
+        nan_rows[group_rows(b, h)] = True
+    want, _ = ekv.dense_decode(cache, q, alpha, 0.3)
+    msg = f"seed {seed} α {alpha} lens {lens}"
+    assert torch.equal(want[:, :, 0].isnan().all(-1), nan_rows), f"the reference: {msg}"
+    dev = torch.device(device)
+    empty = torch.full((2, HKV, 1), -1, dtype=torch.int32)
+    out, tau = sparse_decode(q[:, :, 0].contiguous().to(dev), cache.k_pages.to(dev), cache.v_pages.to(dev), None,
+                             empty.to(dev), torch.zeros(2, HKV, dtype=torch.int32, device=dev),
+                             cache.seq_lens.to(dev), None, None, None, None, alpha, 0.3, True, TAU_EXACT, 0)
+    out, tau = out.cpu(), tau.cpu()
+    assert torch.equal(out.isnan().all(-1), nan_rows), msg
+    assert not bool(out[~nan_rows].isnan().any()), msg
+    if alpha > 1.0:
+        assert torch.equal(tau.isnan(), nan_rows), msg
+    close_where_finite(out, want[:, :, 0], ~nan_rows, 2e-5, msg)

@@ -171,6 +171,22 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
+@pytest.mark.parametrize("layout", ["chunked", "streamed"])
+def test_quest_select_reads_no_key_past_the_candidates(layout, monkeypatch):
+    """As ``test_quest_select_on_random_page_scores_with_ties``, with torch.empty handing out
+    floats filled with 1e30 instead of NaN: the rank keys past the n candidates are never
+    written, and a read of them with a mask to P instead of n would see a finite key above
+    every real one (NaN, like −inf, is not eligible and hides such a read)."""
+    empty = torch.empty
+
+    def finite_poison(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(1e30) if t.dtype.is_floating_point else t.fill_(True if t.dtype == torch.bool else -7)
+
+    monkeypatch.setattr(torch, "empty", finite_poison)
+    test_quest_select_on_random_page_scores_with_ties(False, 2, layout, None, monkeypatch)
+
+
 @pytest.mark.parametrize("search", ["radix1", "radix2"])
 @pytest.mark.parametrize("wide, group, layout", [(False, 2, "registers"), (True, 4, "registers"),
                                                  (False, 1, "streamed")])

@@ -72,3 +72,28 @@ def test_the_bisection_fallback_finishes_with_the_exact_tau(alpha, monkeypatch):
     monkeypatch.setattr(sd, "EXACT_ITERS", 0)
     monkeypatch.setattr(sd, "bisection_steps", lambda work: 30)
     assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau)
+
+
+@pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
+def test_survivors_just_above_the_floor_keep_their_weight(alpha):
+    """One token per query head dominates: a few others score just above the floor
+    (α − 1)·max s − 1 (by δ < 1e-3 in z = (α − 1)·s), so τ sits within δ of the floor and they
+    carry small non-zero weights. Every filter on the way (the scores kernel's, its re-filter,
+    the τ kernel's gather) must keep them: a floor off by 1e-3 drops them and moves the output
+    by ~δ, far beyond the 1e-10 asked; ragged lengths, the rest of the tokens far below."""
+    seed, cache, q, pages, count, _ = case(alpha)
+    g = torch.Generator().manual_seed(seed + 3)
+    lin = alpha - 1.0
+    q = torch.zeros_like(q)
+    q[..., 0] = 1.0 / 0.3  # the score of a token is its key's channel 0 (scale 0.3)
+    k0 = torch.full(cache.k_pages.shape[:-1], -40.0, dtype=torch.float64)  # [B, 1, P, S]: far below
+    for i in range(2):
+        n = int(cache.seq_lens[i])
+        slots = torch.randperm(n, generator=g)[:7]
+        top = 3.0 + float(torch.rand((), generator=g, dtype=torch.float64))
+        delta = torch.rand(6, generator=g, dtype=torch.float64) * 1e-3
+        k0.view(2, 1, -1)[i, 0, slots[0]] = top
+        k0.view(2, 1, -1)[i, 0, slots[1:]] = top - (1.0 - delta) / lin  # z just above the floor
+    cache.k_pages[..., 0] = k0
+    want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
+    assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau)
