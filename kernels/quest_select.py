@@ -28,8 +28,9 @@ row's keys in registers up to ``MAX_BLOCK`` pages and streams them from memory b
 list, mask and floor re-read them ``select_pages.COMPACT_BLOCK`` at a time). The selection is
 ``select_pages``' threshold search (``threshold_search``), switched by ``select_pages.PROBES``
 and ``select_pages.RADIX``, read at each call: the same switches as ``select_pages``'.
-Bytes: upper and mean of the row's G heads once, the keys (4 B a page) twice, and mean and
-absmax of the selected pages — small next to ``page_bounds``.
+Bytes: upper and mean of the row's G heads once, the keys (4 B a page, 8 in float64 work)
+twice — once more a counting pass on streamed rows — and mean and absmax of the selected
+pages: small next to ``page_bounds``.
 """
 
 from __future__ import annotations

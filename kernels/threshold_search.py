@@ -22,7 +22,11 @@ has the measurements.) Two searches:
   On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
   arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4.
 
-Both give the same threshold and tie count, so the pages selected are the same bit for bit.
+Both select the same pages, bit for bit (``_take``: the keys above t, then the first
+``ties_wanted`` keys equal to t), though not always from the same (t, ties_wanted): the
+interpolation search's exact exit returns t = probe − 1, which need not be a key, with no
+ties; k <= #{+inf} returns the image of +inf with k ties; and when every eligible key is taken
+it returns the lowest value with ties_wanted = k where the bitwise search gives 0.
 """
 
 from __future__ import annotations
@@ -123,9 +127,11 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
 def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
                PROBES: tl.constexpr):
-    """(t, ties_wanted): the k-th largest ordered key t of the row (k < the eligible keys; else
-    the lowest value), and how many keys equal to t the k largest include — by the bitwise
-    search (``PROBES`` = 0) or the interpolation search. Keys are read from ``base`` (P of
+    """(t, ties_wanted) such that the keys above t and the first ``ties_wanted`` keys equal to
+    t are the row's k largest (the bitwise search: t the k-th largest key, or the lowest value
+    when every eligible key is taken; the interpolation search may return another such pair,
+    see the module docstring) — by the bitwise search (``PROBES`` = 0) or the interpolation
+    search. Keys are read from ``base`` (P of
     them) or, when ONE_CHUNK, from their images ``u_all`` in registers."""
     if PROBES > 0:
         return _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK,
