@@ -9,8 +9,8 @@ same call with keys −inf where the threshold fails and ``count`` = M.
 No sort: one program per row finds the k-th largest key by counting passes over an
 order-preserving integer image of the keys (``threshold_search``: a bitwise search, ``RADIX``
 bits a pass, or an interpolation search of at most ``PROBES`` probes before it bisects), then
-one compaction pass writes the list. Each pass is a block-wide reduction, latency-bound: the
-number of passes is the cost.
+one compaction pass writes the list. Each pass is a block-wide reduction; as measured below,
+their number is a small part of the per-row program's time.
 
 Measured on the H200 (``benchmarks/quest_select_gpu.py``, TopK's ``quest_select``, B = 1,
 32/8 heads, 2026-11-29). Bitwise, radix 2 is slower on long rows than radix 1 — 8,196 pages at
