@@ -8,8 +8,8 @@ TopK 12.5%): CUDA-graph time of ``page_bounds`` (page scores + the newest page),
 stream their keys from memory in the selection; SELECT_WARPS: warps of the per-row selection;
 CHUNK: pages a program of the row-parallel kernels; RADIX: bits the bitwise threshold search
 decides a counting pass, ``select_pages.RADIX``, 1 or 2; PROBES: interpolation probes of the
-threshold search, ``select_pages.PROBES``, 0 for the bitwise search; COMPACT: keys a pass of
-the list writing, ``select_pages.COMPACT_BLOCK``), and of the torch
+threshold search, ``select_pages.PROBES``, 0 for the bitwise search; LIST: pages a program of
+the list launch, ``quest_select.LIST_CHUNK``), and of the torch
 composition it replaced (rank key, forced pages, count, ``select_pages`` with the 1-bit search,
 mask, score floor: eager kernels in one graph). Also checks that every configuration selects
 the same pages and floor as that composition.
@@ -48,16 +48,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="8192,32768,131072")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--configs", default="16384:16:1024:1:0:16384,16384:16:1024:1:12:16384,"
-                                             "16384:16:1024:1:0:2048,16384:16:1024:1:12:2048,16384:16:1024:1:12:1024,"
-                                             "16384:16:1024:1:12:4096,16384:8:1024:1:12:2048,16384:32:1024:1:12:2048,"
-                                             "8192:16:1024:1:12:2048",
-                        help="MAX_BLOCK:SELECT_WARPS:CHUNK:RADIX:PROBES:COMPACT launch configurations of quest_select")
+    parser.add_argument("--configs", default="16384:16:1024:1:12:512,16384:16:1024:1:0:512,16384:16:1024:1:12:256,"
+                                             "16384:16:1024:1:12:1024,16384:16:1024:1:12:2048,16384:8:1024:1:12:512,"
+                                             "16384:32:1024:1:12:512,16384:4:1024:1:12:512,8192:16:1024:1:12:512",
+                        help="MAX_BLOCK:SELECT_WARPS:CHUNK:RADIX:PROBES:LIST launch configurations of quest_select")
     args = parser.parse_args()
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]
     for c in configs:
         if len(c) != 6 or c[3] not in (1, 2) or c[4] < 0:
-            parser.error(f"--configs takes MAX_BLOCK:SELECT_WARPS:CHUNK:RADIX:PROBES:COMPACT (RADIX 1 or 2), got {c}")
+            parser.error(f"--configs takes MAX_BLOCK:SELECT_WARPS:CHUNK:RADIX:PROBES:LIST (RADIX 1 or 2), got {c}")
     b = args.batch
     hq, hkv, d, alpha, coverage = 32, 8, 128, 1.5, 0.125
     for n in (int(x) for x in args.contexts.split(",")):
@@ -93,20 +92,20 @@ def main() -> None:
         replay, _ = graphed(bounds)
         print(f"\n## B = {b}, {n} tokens ({cache.num_pages} pages), TopK {coverage:.1%}, α = {alpha}")
         print(f"  page_bounds                      {time_replays(replay, 50, 5):8.1f} µs")
-        defaults = qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, sp.COMPACT_BLOCK
+        defaults = qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, qs.LIST_CHUNK
         sp.RADIX, sp.PROBES = 1, 0  # the reference selection: the 1-bit search (the glue's select_pages reads both)
         replay, (want_mask, want_floor) = graphed(glue)
         replay()
         print(f"  torch glue + select_pages (1-bit)   {time_replays(replay, 50, 5):8.1f} µs")
         for config in configs:
-            qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, sp.COMPACT_BLOCK = config
+            qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, qs.LIST_CHUNK = config
             replay, (_, _, mask, floor) = graphed(fused)
             replay()
             same = bool(torch.equal(mask, want_mask.expand_as(mask))) and bool(torch.equal(floor, want_floor))
             name = ":".join(map(str, config))
             print(f"  quest_select {name:>26} {time_replays(replay, 50, 5):8.1f} µs   "
                   f"same pages and floor as the glue: {same}")
-        qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, sp.COMPACT_BLOCK = defaults
+        qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, qs.LIST_CHUNK = defaults
         del cache, step, ops
         torch.cuda.empty_cache()
 

@@ -21,16 +21,21 @@ float argument reaches a kernel as float32 in eager launches (the count must be 
 one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arguments to
 32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
-Three launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
-mean score per head, then the chunk's rank keys from the row's maxima — and one program per
-row for the rest (count, threshold, list, mask, floor), whose threshold search holds the
-row's keys in registers up to ``MAX_BLOCK`` pages and streams them from memory beyond (the
-list, mask and floor re-read them ``select_pages.COMPACT_BLOCK`` at a time). The selection is
-``select_pages``' threshold search (``threshold_search``), switched by ``select_pages.PROBES``
-and ``select_pages.RADIX``, read at each call: the same switches as ``select_pages``'.
+Four launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
+mean score per head, then the chunk's rank keys from the row's maxima — then one program per
+row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
+switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
+switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
+pages and streams them from memory beyond; it also stores, per ``LIST_CHUNK``-page chunk, how
+many keys lie above the threshold and how many tie with it up to the chunk's end (one scan),
+and the floor's newest-page term. Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
+a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first
+``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
+head's best selected mean less its slack goes into the floor by an atomic max (the max of the
+same values in any order: the floor is the same bit for bit).
 Bytes: upper and mean of the row's G heads once, the keys (4 B a page, 8 in float64 work)
-twice — once more a counting pass on streamed rows — and mean and absmax of the selected
-pages: small next to ``page_bounds``.
+twice — once more a counting pass on streamed rows, and again to count per chunk — and mean
+and absmax of the selected pages: small next to ``page_bounds``.
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import rounding_gamma
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
-from entmaxkv.kernels.select_pages import MAX_BLOCK, _pad, _take
-from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _threshold, search_radix
+from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
+from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
 
 __all__ = ["quest_select", "float64_words"]
 
@@ -56,6 +61,11 @@ CHUNK_WARPS = 4
 # 50.5–51.0 µs at 128K on the H200 against 52.9–53.1 for 8 and 56.4 for 32 (two sessions'
 # sweeps of benchmarks/quest_select_gpu.py, 2026-11-29)
 SELECT_WARPS = 16
+# pages per program of the list launch (row, chunk): its slots of the list, the mask and the
+# floor's best selected means. 512 makes 17 chunks a row at 128K: 136 programs at B = 1, one
+# wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
+LIST_CHUNK = 512
+LIST_WARPS = 4
 
 
 def float64_words(x: float) -> tuple[int, int, int]:
@@ -123,20 +133,20 @@ def _keys_kernel(
 
 
 @triton.jit
-def _select_kernel(
-    keys, means, absmax, newest_max, newest_mag, seq_lens, slopes,
-    pages, kept, mask, floor,
-    budget, cov_hi, cov_mid, cov_lo, sink, recent, slack_c, two_gamma, H, P,
-    S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
+def _search_kernel(
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
+    G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
-    COMPACT: tl.constexpr, COVERAGE: tl.constexpr,
-    HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
+    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr,
 ):
-    """One row's selection from its keys: count, threshold, page list, mask, score floor."""
+    """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
+    to place their pages: the keys above the threshold and the ties with it up to the chunk's
+    end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term."""
+    tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     lanes = tl.arange(0, BLOCK)
-    gs = tl.arange(0, G_PAD)
     base = keys + row * P
     # forced pages: the first min(sink, n) and the last min(recent, n) candidates, once each
     first, last = tl.minimum(sink, n), tl.minimum(recent, n)
@@ -156,39 +166,78 @@ def _select_kernel(
     k = tl.minimum(tl.minimum(want, eligible_total), P)
     t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
                                 PROBES)
-
-    # the list, the mask, and each head's best selected mean score less its rounding slack
-    # (the mean key's own rounding and two dot products'; with ALiBi the page-centre bias less
-    # half a page of slope: a token may sit lower)
-    best = tl.full((G_PAD,), float("-inf"), WORK)
-    written = 0
-    ties_seen = 0
-    out = pages + row * P
-    heads = row * G * P  # this row's [G, P] block
-    sub = tl.arange(0, COMPACT)  # keys re-read from memory, COMPACT at a time (``select_pages.COMPACT_BLOCK``)
-    for start in range(0, P, COMPACT):
-        idx = start + sub
-        x = tl.load(base + idx, mask=idx < n, other=float("-inf"))
-        take, tie = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
-        pos = written + tl.cumsum(take, axis=0) - take
-        tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
-        tl.store(mask + row * P + idx, take == 1, mask=idx < P)
-        # every head of the group in one [G_PAD, COMPACT] tile: one reduction, not G
-        chosen = (gs[:, None] < G) & (take == 1)[None, :]
-        at = heads + gs[:, None] * P + idx[None, :]
-        mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
-        slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
-        if HAS_ALIBI:
-            slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
-            slack = slack + (slope * (S - 1) / 2)[:, None]
-        best = tl.maximum(best, tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1))
-        written += tl.sum(take)
-        ties_seen += tl.sum(tie)
-    _pad(out, sub, k, P, COMPACT)
     tl.store(kept + row, k)
+    tl.store(found + row * 2, t.to(tl.int64))
+    tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
+
+    # one scan a block of both counts, packed (ties << 16 | above: a block's counts are below
+    # 2^15); the lane ending chunk c stores the counts of chunks 0..c, plus earlier blocks'
+    above_carried = 0
+    ties_carried = 0
+    for start in range(0, P, BLOCK):  # once when ONE_CHUNK
+        if ONE_CHUNK:
+            x = x_all
+        else:
+            x = tl.load(base + start + lanes, mask=start + lanes < n, other=float("-inf"))
+        u = _ordered(x, INT, NBITS)
+        ok = x > float("-inf")
+        packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
+        upto = tl.cumsum(packed, axis=0)
+        end = start + lanes + 1
+        at = taken_before + (row * NLIST + end // LIST - 1) * 2
+        ends = (end % LIST == 0) & (end // LIST <= NLIST)
+        tl.store(at, above_carried + (upto & 0xFFFF), mask=ends)
+        tl.store(at + 1, ties_carried + (upto >> 16), mask=ends)
+        total = tl.sum(packed)
+        above_carried += total & 0xFFFF
+        ties_carried += total >> 16
+
+    # the floor's newest-page term; the list programs raise it to their best selected means
+    gs = tl.arange(0, G_PAD)
     top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
-    tl.store(floor + row * G + gs, tl.maximum(best, top - tl.cast(two_gamma, WORK) * mag), mask=gs < G)
+    tl.store(floor + row * G + gs, top - tl.cast(two_gamma, WORK) * mag, mask=gs < G)
+
+
+@triton.jit
+def _list_kernel(
+    keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
+    slack_c, H, P, NLIST,
+    S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
+    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
+):
+    """One chunk of a row: its pages' list slots, mask entries and −1 padding, and each head's
+    best selected mean score less its rounding slack, max-ed into the floor (the mean key's
+    own rounding and two dot products'; with ALiBi the page-centre bias less half a page of
+    slope: a token may sit lower)."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    idx = chunk * LIST + tl.arange(0, LIST)
+    t = tl.load(found + row * 2).to(INT)
+    ties_wanted = tl.load(found + row * 2 + 1).to(tl.int32)
+    at = taken_before + (row * NLIST + chunk - 1) * 2  # the counts of the chunks before this one
+    above = tl.load(at, mask=chunk > 0, other=0)
+    ties_seen = tl.load(at + 1, mask=chunk > 0, other=0)
+    x = tl.load(keys + row * P + idx, mask=idx < n, other=float("-inf"))
+    take, _ = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
+    pos = above + tl.minimum(ties_seen, ties_wanted) + tl.cumsum(take, axis=0) - take
+    out = pages + row * P
+    tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
+    tl.store(mask + row * P + idx, take == 1, mask=idx < P)
+    # list slots past the count, in this chunk's share of the slots
+    tl.store(out + idx, tl.full((LIST,), -1, tl.int32), mask=(idx >= tl.load(kept + row)) & (idx < P))
+    # every head of the group in one [G_PAD, LIST] tile: one reduction, not G
+    gs = tl.arange(0, G_PAD)
+    chosen = (gs[:, None] < G) & (take == 1)[None, :]
+    at = row * G * P + gs[:, None] * P + idx[None, :]
+    mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
+    slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+    if HAS_ALIBI:
+        slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
+        slack = slack + (slope * (S - 1) / 2)[:, None]
+    best = tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1)
+    tl.atomic_max(floor + row * G + gs, best, mask=(gs < G) & (best > float("-inf")))
 
 
 @triton_op("entmaxkv::quest_select", mutates_args=())
@@ -231,17 +280,24 @@ def quest_select(
         num_warps=CHUNK_WARPS)
     block = min(MAX_BLOCK, max(16, next_pow2(p)))
     radix, field = search_radix(select_module.RADIX, block)
-    eps = torch.finfo(work).eps
-    wrap_triton(_select_kernel)[(b * hkv,)](
-        keys, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
-        pages, kept, mask, floor,
+    list_pages = min(LIST_CHUNK, block)
+    lists = triton.cdiv(p, list_pages)
+    found = torch.empty((b, hkv, 2), dtype=torch.int64, device=upper.device)  # threshold, ties wanted
+    taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
+    wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
+    wrap_triton(_search_kernel)[(b * hkv,)](
+        keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
         max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
-        (2 * page_size + 4 * (head_dim + 2)) * eps, 2 * rounding_gamma(work, head_dim), hkv, p,
-        BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-        COMPACT=min(block, select_module.COMPACT_BLOCK), COVERAGE=budget_pages < 0,
-        HAS_ALIBI=alibi_slopes is not None, **kinds,
-        num_warps=SELECT_WARPS if block >= 2048 else 4,
+        2 * rounding_gamma(work, head_dim), hkv, p, lists,
+        BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES, LIST=list_pages,
+        COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
+    )
+    eps = torch.finfo(work).eps
+    wrap_triton(_list_kernel)[(b * hkv, lists)](
+        keys, means, absmax, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
+        kept, found, taken_before, pages, mask, floor,
+        (2 * page_size + 4 * (head_dim + 2)) * eps, hkv, p, lists,
+        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, **wide_ints, **kinds, num_warps=LIST_WARPS,
     )
     return pages, kept, mask, floor
 

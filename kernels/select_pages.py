@@ -47,8 +47,9 @@ RADIX = 1
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks
 # and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
-# thread at 16 warps; none now). quest_select at 128K on the H200: 45.0 µs at 4,096, 46.1 at
-# 2,048, 53.0 at 1,024, 48.9 for the whole row (with PROBES = 12; 51.1 bitwise), 2026-11-29
+# thread at 16 warps; none now). quest_select at 128K on the H200, when it still wrote its list
+# this way: 45.0 µs at 4,096, 46.1 at 2,048, 53.0 at 1,024, 48.9 for the whole row (with
+# PROBES = 12; 51.1 bitwise), 2026-11-29 (it now writes the list from (row, chunk) programs)
 COMPACT_BLOCK = 4096
 
 

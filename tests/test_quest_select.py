@@ -81,15 +81,14 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
 
 
 def small_blocks(monkeypatch, layout: str) -> None:
-    """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–14 pages,
-    so several programs share a row), and the list is written 4 keys a pass while the search
-    holds the row in registers (as at 128K on the GPU: 2,048 of a 16,384-lane row); ``streamed``:
-    also a selection block of 8 pages, so the selection streams its keys from memory instead
-    of holding the row in registers."""
-    if layout == "chunked":
-        monkeypatch.setattr("entmaxkv.kernels.select_pages.COMPACT_BLOCK", 4)
+    """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–37 pages,
+    so several programs share a row, the last one ragged) and so does the list launch, while the
+    search holds the row in registers (as at 128K on the GPU: 17 list chunks of a 16,384-lane
+    row); ``streamed``: also a selection block of 8 pages, so the search streams its keys from
+    memory instead of holding the row in registers, and counts per chunk block by block."""
     if layout in ("chunked", "streamed"):
         monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 4)
     if layout == "streamed":
         monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 8)
 
