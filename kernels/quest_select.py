@@ -27,7 +27,7 @@ row for the count and the threshold (``select_pages``' threshold search, ``thres
 switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
 pages and streams them from memory beyond; it also stores, per ``LIST_CHUNK``-page chunk, how
-many keys lie above the threshold and how many tie with it up to the chunk's end (one scan),
+many keys lie above the threshold and how many tie with it up to the chunk's end,
 and the floor's newest-page term. Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
 a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first
 ``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
@@ -57,10 +57,12 @@ __all__ = ["quest_select", "float64_words"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
 CHUNK_WARPS = 4
-# warps of the per-row selection program once its row block holds 2048 pages: 16 measured
-# 50.5–51.0 µs at 128K on the H200 against 52.9–53.1 for 8 and 56.4 for 32 (two sessions'
-# sweeps of benchmarks/quest_select_gpu.py, 2026-11-29)
-SELECT_WARPS = 16
+# warps of the per-row search program once its row block holds 2048 pages. At 128K (a
+# 16,384-lane block) on the H200, quest_select took 30.0 µs with 8 warps, 31.5 with 4, 31.9
+# with 16 and 35.2 with 32 (benchmarks/quest_select_gpu.py, 2026-11-29, session 7); ptxas
+# (sm_90a): 202 registers a thread at 8 warps and no spill, 128 and 24 B of spill at 16,
+# 255 and 428 B at 4
+SELECT_WARPS = 8
 # pages per program of the list launch (row, chunk): its slots of the list, the mask and the
 # floor's best selected means. 512 makes 17 chunks a row at 128K: 136 programs at B = 1, one
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
@@ -170,8 +172,10 @@ def _search_kernel(
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
 
-    # one scan a block of both counts, packed (ties << 16 | above: a block's counts are below
-    # 2^15); the lane ending chunk c stores the counts of chunks 0..c, plus earlier blocks'
+    # both counts of every chunk of a block at once, packed (ties << 16 | above: a block's
+    # counts are below 2^15): a [BLOCK // LIST, LIST] sum and a scan of its few chunk sums (a
+    # scan over the block's lanes took 6–10 µs of this program at 16,384 lanes on the H200);
+    # chunk c stores the counts of chunks 0..c, plus earlier blocks'
     above_carried = 0
     ties_carried = 0
     for start in range(0, P, BLOCK):  # once when ONE_CHUNK
@@ -182,12 +186,11 @@ def _search_kernel(
         u = _ordered(x, INT, NBITS)
         ok = x > float("-inf")
         packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
-        upto = tl.cumsum(packed, axis=0)
-        end = start + lanes + 1
-        at = taken_before + (row * NLIST + end // LIST - 1) * 2
-        ends = (end % LIST == 0) & (end // LIST <= NLIST)
-        tl.store(at, above_carried + (upto & 0xFFFF), mask=ends)
-        tl.store(at + 1, ties_carried + (upto >> 16), mask=ends)
+        upto = tl.cumsum(tl.sum(tl.reshape(packed, (BLOCK // LIST, LIST)), axis=1), axis=0)
+        chunk = start // LIST + tl.arange(0, BLOCK // LIST)
+        at = taken_before + (row * NLIST + chunk) * 2
+        tl.store(at, above_carried + (upto & 0xFFFF), mask=chunk < NLIST)
+        tl.store(at + 1, ties_carried + (upto >> 16), mask=chunk < NLIST)
         total = tl.sum(packed)
         above_carried += total & 0xFFFF
         ties_carried += total >> 16
