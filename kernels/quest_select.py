@@ -40,6 +40,7 @@ and absmax of the selected pages: small next to ``page_bounds``.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import torch
@@ -53,7 +54,7 @@ from entmaxkv.kernels import select_pages as select_module  # its switches, read
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
 from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
 
-__all__ = ["quest_select", "float64_words"]
+__all__ = ["quest_select", "float64_words", "list_capacity"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
 CHUNK_WARPS = 4
@@ -68,6 +69,19 @@ SELECT_WARPS = 8
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
 LIST_CHUNK = 512
 LIST_WARPS = 4
+
+
+def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int) -> int:
+    """The most pages a TopK selection can keep of a row of ``num_pages`` (P): the list's
+    length. It keeps max(count, forced) <= max(count, sink + recent) pages, and the count is
+    ``budget_pages``, or ceil(n·coverage − 1e-9) <= ceil(P·coverage) for n < P candidates
+    (float64 products are monotone in n). A list only as long as the selection can fill sizes
+    ``sparse_decode``'s splits by the pages it can hold: at 8K and 12.5% 65 pages make 17
+    splits a row rather than the 33 of a 516-page list (measured on the H200, TopK α = 1.5,
+    8K: 44.7 → 39.5 µs with splits of at least 32 pages; a Dense step at 8K lost 4.9 µs with
+    them, so the split count follows the list, not a rule of its own)."""
+    most = budget_pages if budget_pages >= 0 else math.ceil(num_pages * coverage)
+    return max(1, min(num_pages, max(most, sink_pages + recent_pages)))
 
 
 def float64_words(x: float) -> tuple[int, int, int]:
@@ -205,11 +219,11 @@ def _search_kernel(
 @triton.jit
 def _list_kernel(
     keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
-    slack_c, H, P, NLIST,
+    slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
 ):
-    """One chunk of a row: its pages' list slots, mask entries and −1 padding, and each head's
+    """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and each head's
     best selected mean score less its rounding slack, max-ed into the floor (the mean key's
     own rounding and two dot products'; with ALiBi the page-centre bias less half a page of
     slope: a token may sit lower)."""
@@ -225,11 +239,11 @@ def _list_kernel(
     x = tl.load(keys + row * P + idx, mask=idx < n, other=float("-inf"))
     take, _ = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
     pos = above + tl.minimum(ties_seen, ties_wanted) + tl.cumsum(take, axis=0) - take
-    out = pages + row * P
-    tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < P))
+    out = pages + row * M
+    tl.store(out + pos, idx.to(tl.int32), mask=(take == 1) & (pos < M))
     tl.store(mask + row * P + idx, take == 1, mask=idx < P)
     # list slots past the count, in this chunk's share of the slots
-    tl.store(out + idx, tl.full((LIST,), -1, tl.int32), mask=(idx >= tl.load(kept + row)) & (idx < P))
+    tl.store(out + idx, tl.full((LIST,), -1, tl.int32), mask=(idx >= tl.load(kept + row)) & (idx < M))
     # every head of the group in one [G_PAD, LIST] tile: one reduction, not G
     gs = tl.arange(0, G_PAD)
     chosen = (gs[:, None] < G) & (take == 1)[None, :]
@@ -249,8 +263,9 @@ def quest_select(
     newest_mag: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int,
     head_dim: int, alpha: float, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A TopK step's selection from its page scores -> ``(pages [B, Hkv, P] int32 (increasing,
-    −1 padded), count [B, Hkv] int32, mask [B, Hkv, P] bool, score_floor [B, Hkv, G])``.
+    """A TopK step's selection from its page scores -> ``(pages [B, Hkv, M] int32 (increasing,
+    −1 padded), count [B, Hkv] int32, mask [B, Hkv, P] bool, score_floor [B, Hkv, G])``, with
+    M = ``list_capacity(P, ...)`` the most pages the selection can keep.
 
     upper, means, absmax: [B, Hkv, G, P] work dtype (``page_bounds``; entries of pages that
     are not candidates are never read); newest_max, newest_mag: [B, Hkv, G] the newest page's
@@ -261,7 +276,8 @@ def quest_select(
     """
     b, hkv, g, p = upper.shape
     work = work_dtype_of(upper.dtype)
-    pages = torch.empty((b, hkv, p), dtype=torch.int32, device=upper.device)
+    m = list_capacity(p, budget_pages, coverage, sink_pages, recent_pages)
+    pages = torch.empty((b, hkv, m), dtype=torch.int32, device=upper.device)
     kept = torch.empty((b, hkv), dtype=torch.int32, device=upper.device)
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=upper.device)
     floor = torch.empty((b, hkv, g), dtype=work, device=upper.device)
@@ -299,7 +315,7 @@ def quest_select(
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, means, absmax, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
         kept, found, taken_before, pages, mask, floor,
-        (2 * page_size + 4 * (head_dim + 2)) * eps, hkv, p, lists,
+        (2 * page_size + 4 * (head_dim + 2)) * eps, hkv, p, m, lists,
         LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, **wide_ints, **kinds, num_warps=LIST_WARPS,
     )
     return pages, kept, mask, floor
@@ -309,7 +325,8 @@ def quest_select(
 def _(upper, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes, page_size, head_dim, alpha,
       budget_pages, coverage, sink_pages, recent_pages):
     b, hkv, g, p = upper.shape
-    return (upper.new_empty((b, hkv, p), dtype=torch.int32), upper.new_empty((b, hkv), dtype=torch.int32),
+    m = list_capacity(p, budget_pages, coverage, sink_pages, recent_pages)
+    return (upper.new_empty((b, hkv, m), dtype=torch.int32), upper.new_empty((b, hkv), dtype=torch.int32),
             upper.new_empty((b, hkv, p), dtype=torch.bool), upper.new_empty((b, hkv, g)))
 
 

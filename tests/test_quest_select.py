@@ -337,3 +337,17 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, mon
             n = int(count.max())
             assert torch.equal(torch.where(first[..., :n] == pages, -1, first[..., :n]).int(), pages_[..., :n]), msg
             assert torch.equal(floor, want_floor), msg
+
+
+def test_the_list_is_as_long_as_the_selection_can_keep():
+    """``list_capacity``: ceil(P·coverage) or the budget, at least the forced pages, at most P
+    and at least 1 (the list's length sizes ``sparse_decode``'s splits; too short a list drops
+    pages, which the tests above see as a list shorter than the mask)."""
+    from entmaxkv.kernels.quest_select import list_capacity
+
+    assert list_capacity(516, -1, 0.125, 1, 0) == 65  # ceil(64.5)
+    assert list_capacity(512, -1, 0.125, 0, 0) == 64  # exact: no page more
+    assert list_capacity(516, -1, 0.0, 2, 3) == 5  # the forced pages
+    assert list_capacity(516, 700, 0.0, 0, 0) == 516  # a budget past P keeps every page
+    assert list_capacity(516, 0, 0.0, 0, 0) == 1  # an empty list still has a slot
+    assert list_capacity(10, -1, 1.0, 0, 0) == 10
