@@ -77,9 +77,10 @@ def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages
     ``budget_pages``, or ceil(n·coverage − 1e-9) <= ceil(P·coverage) for n < P candidates
     (float64 products are monotone in n). A list only as long as the selection can fill sizes
     ``sparse_decode``'s splits by the pages it can hold: at 8K and 12.5% 65 pages make 17
-    splits a row rather than the 33 of a 516-page list (measured on the H200, TopK α = 1.5,
-    8K: 44.7 → 39.5 µs with splits of at least 32 pages; a Dense step at 8K lost 4.9 µs with
-    them, so the split count follows the list, not a rule of its own)."""
+    splits a row rather than the 33 of a 516-page list. On the H200 (B = 1, 32/8, fp16,
+    2026-11-29) the TopK α = 1.5 step at 8K went 45.1 → 39.0 µs, 32K and 128K unchanged; a
+    rule of at least 32 pages a split for every list did the same for TopK but cost a Dense
+    step at 8K 4.9 µs: the split count follows the list, not a rule of its own."""
     most = budget_pages if budget_pages >= 0 else math.ceil(num_pages * coverage)
     return max(1, min(num_pages, max(most, sink_pages + recent_pages)))
 
