@@ -75,7 +75,7 @@ from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.sparse_decode import bisection_steps
 from entmaxkv.kernels.threshold_search import _ordered
 
-__all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
+__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
 
 # Launch configurations, tuned on the H200 at 128K, 4 bits, 32/8 heads
 # (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
@@ -95,6 +95,9 @@ NUM_WARPS = 2
 CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
+# The tensor-core path of code_bounds (float32 work; the module docstring has its error bound).
+# False: the CUDA-core path for every dtype (benchmarks/keycodes_gpu.py times both).
+USE_DOT = True
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
 # takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make
@@ -108,6 +111,20 @@ CANDIDATE_WARPS = 2
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
+
+
+def uses_dot(work: torch.dtype, channels: int) -> bool:
+    """Whether ``code_bounds`` scores on tensor cores: ``USE_DOT`` for float32 work (float64 has
+    no tensor-core path and keeps the exact CUDA-core code) with a tile of >= 16 channels (the
+    dot's K)."""
+    return bool(USE_DOT) and work == torch.float32 and channels >= 16
+
+
+def dot_margins(bits: int) -> tuple[float, float]:
+    """(rel, abs) of the tensor-core path's extra ε, scale·(rel·Σ_d |q_d|·step_pd + D·abs·2^−k):
+    2^bits·2^−22 and 2^bits·2^−13, above (2^bits − 1) times the split's per-element residual
+    2^−22·|A| + 2^−13·2^−k (the module docstring). Powers of two: exact as float32 arguments."""
+    return 2.0 ** (bits - 22), 2.0 ** (bits - 13)
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -181,6 +198,68 @@ def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, km
         tok = tl.arange(0, S)
         s_hat += slope * (p[:, None] * S + tok[None, :] - q_pos).to(WORK)
         eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
+    return s_hat, eps
+
+
+@triton.jit
+def _as_half(code):
+    """int32 codes in [0, 255] -> the same integers in float16, exactly: 2^10 + c carries c in
+    the low mantissa bits (an or and one subtraction instead of a 1/4-rate conversion)."""
+    return (code | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+
+
+@triton.jit
+def _code_tile_half(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BITS: tl.constexpr):
+    """``_code_tile`` as float16 [BLOCK_P, S, BD], the tensor cores' operand (codes <= 255 are
+    exact in float16)."""
+    tok = tl.arange(0, S)
+    j = tl.arange(0, BW)
+    row = page_row[:, None] * S + tok[None, :]
+    mask = live[:, None, None] & (j < W)[None, None, :]
+    byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=mask, other=0).to(tl.int32)
+    if BITS == 8:
+        return _as_half(byte)
+    else:
+        return tl.reshape(tl.join(_as_half(byte & 15), _as_half(byte >> 4)), (BLOCK_P, S, 2 * BW))
+
+
+@triton.jit
+def _group_scores_dot(q, bh, p, q_pos, slopes, H, scale, alibi_eps, dot_rel, dot_abs, code, d, kmin, step, radius, D,
+                      S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, WORK: tl.constexpr,
+                      HAS_ALIBI: tl.constexpr):
+    """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
+    p, the Σ_d A_pgd·code_ptd part on tensor cores (``code``: float16 [BLOCK_P, S, BD]). Per
+    (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
+    [2^14, 2^15) (k clamped to [−126, 126]), split into A_hi = fp16(A·2^k) and
+    A_lo = fp16(A·2^k − A_hi), two float32-accumulated dots with the exact codes, unscaled by
+    2^−k. ε adds the split's residual, scale·(dot_rel·Σ_d |q_d|·step_pd + D·dot_abs·2^−k)
+    (``dot_margins``; the bound is in the module docstring). Heads past G are zero rows."""
+    gi = tl.arange(0, GP)
+    qrows = bh.to(tl.int64) * G + gi
+    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
+                 other=0.0).to(WORK)  # [BD, GP]: q transposed, the dot's right operand
+    base = tl.sum(kmin[:, :, None] * qt[None, :, :], axis=1)  # [BLOCK_P, GP] q·kmin on CUDA cores
+    a = step[:, :, None] * qt[None, :, :]  # [BLOCK_P, BD, GP] A = q·step, as the CUDA-core path
+    # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts the max in
+    # [2^14, 2^15); E in [1, 253] keeps 2^k and 2^−k normal float32 numbers
+    top = tl.max(tl.abs(a), axis=1).to(tl.int32, bitcast=True)
+    big = tl.minimum(tl.maximum(268 - ((top >> 23) & 255), 1), 253)
+    up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
+    down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
+    a = a * up[:, None, :]
+    hi = a.to(tl.float16)
+    lo = (a - hi.to(tl.float32)).to(tl.float16)  # a − hi is exact in float32
+    dot = tl.dot(code, hi, out_dtype=tl.float32) + tl.dot(code, lo, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
+    s_hat = (base[:, None, :] + dot * down[:, None, :]) * scale
+    spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
+    eps = (tl.sum(spread[:, :, None] * tl.abs(qt)[None, :, :], axis=1) + (D * tl.cast(dot_abs, WORK)) * down) * scale
+    if HAS_ALIBI:
+        slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(WORK)  # [GP]
+        tok = tl.arange(0, S)
+        pos = (p[:, None] * S + tok[None, :] - q_pos).to(WORK)  # [BLOCK_P, S]
+        s_hat += slope[None, None, :] * pos[:, :, None]
+        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
     return s_hat, eps
 
 
@@ -264,10 +343,10 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
-    scale, r, alibi_eps, H, P, D, W,
+    scale, r, alibi_eps, dot_rel, dot_abs, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-    WITH_NEWEST: tl.constexpr,
+    WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -287,7 +366,23 @@ def _code_bounds_kernel(
     in_range = (p >= 0) & (p < P)
     live = in_range & (p < coded)
     page_row = bh.to(tl.int64) * P + p
-    if (block >= 0) & (block * BLOCK_P < coded):
+    if USE_DOT & (block >= 0) & (block * BLOCK_P < coded):
+        # tensor cores: the G heads at once, ŝ as [BLOCK_P, S, GP]
+        d = tl.arange(0, BD)
+        code = _code_tile_half(codes, page_row, live, W, S, BW, BLOCK_P, BITS)
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, tl.cast(r, WORK), D, BITS, WORK)
+        s_hat, eps = _group_scores_dot(q, bh, p, length - 1, slopes, H, scale_w, alibi_eps, dot_rel, dot_abs, code,
+                                       d, kmin, step, radius, D, S, G, GP, WORK, HAS_ALIBI)
+        gi = tl.arange(0, GP)
+        out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
+        heads = in_range[:, None] & (gi < G)[None, :]
+        tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
+        tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
+        if WITH_SCORES:
+            tok = tl.arange(0, S)
+            tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
+                     mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
+    elif (block >= 0) & (block * BLOCK_P < coded):
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
@@ -572,9 +667,9 @@ def code_bounds(
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+        USE_DOT=uses_dot(work, consts["BD"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     if k:
         seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
