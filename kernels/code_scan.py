@@ -340,6 +340,29 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 
 
 @triton.jit
+def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
+                    dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
+                    G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p with tensor cores: page_max and ε of every
+    head of the group ([BLOCK_P, GP] stores), the token scores if WITH_SCORES."""
+    d = tl.arange(0, BD)
+    code = _code_tile_half(codes, page_row, live, W, S, BW, BLOCK_P, BITS)
+    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, tl.cast(r, WORK), D, BITS, WORK)
+    s_hat, eps = _group_scores_dot(q, bh, p, length - 1, slopes, H, scale_w, alibi_eps, dot_rel, dot_abs, code, d,
+                                   kmin, step, radius, D, S, G, GP, WORK, HAS_ALIBI)
+    gi = tl.arange(0, GP)
+    out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
+    heads = in_range[:, None] & (gi < G)[None, :]
+    tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
+    tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
+    if WITH_SCORES:
+        tok = tl.arange(0, S)
+        tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
+                 mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
+
+
+@triton.jit
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
@@ -366,22 +389,10 @@ def _code_bounds_kernel(
     in_range = (p >= 0) & (p < P)
     live = in_range & (p < coded)
     page_row = bh.to(tl.int64) * P + p
-    if USE_DOT & (block >= 0) & (block * BLOCK_P < coded):
-        # tensor cores: the G heads at once, ŝ as [BLOCK_P, S, GP]
-        d = tl.arange(0, BD)
-        code = _code_tile_half(codes, page_row, live, W, S, BW, BLOCK_P, BITS)
-        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, tl.cast(r, WORK), D, BITS, WORK)
-        s_hat, eps = _group_scores_dot(q, bh, p, length - 1, slopes, H, scale_w, alibi_eps, dot_rel, dot_abs, code,
-                                       d, kmin, step, radius, D, S, G, GP, WORK, HAS_ALIBI)
-        gi = tl.arange(0, GP)
-        out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
-        heads = in_range[:, None] & (gi < G)[None, :]
-        tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
-        tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
-        if WITH_SCORES:
-            tok = tl.arange(0, S)
-            tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
-                     mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
+    if USE_DOT & (block >= 0) & (block * BLOCK_P < coded):  # tensor cores: the G heads at once
+        _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
+                        dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW, BD, BLOCK_P,
+                        BITS, WORK, HAS_ALIBI, WITH_SCORES)
     elif (block >= 0) & (block * BLOCK_P < coded):
         r_w = tl.cast(r, WORK)
         # the pages' codes and statistics are read once and serve every head of the group
