@@ -13,6 +13,53 @@ differs from the torch reference, so ŝ and ε agree with it within the rounding
 dot product, and the certificate's argument holds unchanged: r·M covers the rounding of ŝ
 computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= ε_p here too.
 
+Tensor cores (``USE_DOT``: float32 work, tiles of >= 16 channels; float64 work keeps the
+CUDA-core code, which ``USE_DOT = False`` selects for every dtype). Per page p and head g the
+code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
+are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
+of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
+2^±k normal floats; the clamp only makes the max smaller), and x = A·2^k is split into
+x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
+accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). Two new
+errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
+
+1. The split's residual, bounded and added to ε. Per element |x − h − l| <= 2^−22·|x| + 2^−13,
+   h and l the float16 values the tensor core uses (the rounded ones, or 0 for a subnormal if
+   the hardware flushes them): x < 2^15 never overflows float16; if |x| >= 2^−14, h is
+   normal, |x − h| <= 2^−11·|x|, and l is within 2^−11·|x − h| of x − h (normal l) or
+   2^−14 (subnormal or flushed); if |x| < 2^−14, h + l is within 2^−14 + 2^−25 of x either
+   way (and x underflowing float32 costs 2^−150 more). Times the codes, unscaled:
+   Σ_d |A_gd − (h_d + l_d)·2^−k|·code_d <= L·(2^−22·Σ_d |A_gd| + D·2^−13·2^−k). ε adds
+   scale·(2^bits·2^−22·Σ_d |q_d|·step_pd + D·2^bits·2^−13·2^−k) (``dot_margins``): the factor
+   2^bits/L >= 16/15 also covers |A| = |q|·step's rounding, the term's own float32 rounding,
+   dot_hi's error on the absolute parts of |h| (below) and an underflowing 2^−k unscaling
+   (<= 2^−150). For 4 bits the term is ~8·10^−6 of ε's step/2 part: no candidate changes.
+   Mutations it catches in ``tests/test_code_dot.py``: fp16 A without lo, the term dropped.
+2. The tensor cores' float32 accumulation, covered by the existing r·M. Assumed of the
+   hardware (not a published specification of Hopper): products of float16 inputs are exact
+   (11 × 4 or 8 significant bits fit float32), and a K-term product sum into a float32
+   accumulator is within K·2^−22·Σ_k |a_k·b_k| of the exact sum: each addition off by at most
+   two float32 ulps of the running sum of magnitudes. That holds for round-to-nearest or
+   truncation in any order, and for blocks of n >= 2 products aligned to the block's largest
+   exponent with the low bits truncated ((n + 2) ulps a block, as Fasi, Higham, Mikaitis and
+   Pranesh 2021 measured on V100, T4 and A100). The ``gpu`` test of ``tests/test_code_dot.py``
+   checks the interval on the H200's tensor cores on adversarial inputs. Then, with
+   Σ_d |A_gd|·code_d <= L·(1 + u)·Σ_d |q_d|·step_pd <= 2(1 + 3u)·Σ_d |q_d|·M_pd
+   (L·step <= kmax − kmin <= 2M), ŝ's error besides (1), in units of u·Σ_d |q_d|·M_pd:
+   (D + 1) q·kmin (IEEE) + 2 A's product + 8D·(1 + 2^−10) dot_hi + 8D·2^−11 dot_lo + 2 the
+   hi + lo add + 3 adding q·kmin + 3 the scale, i.e. <= 9.02·D + 11 — and the CUDA-core
+   path's margin for ŝ's rounding is 3γ = 12(D + 2)·u (r = 8·eps + 6γ: 4·eps for the code's
+   rounding, γ for the reference's, 3γ for ŝ). 9.02·D + 11 <= 12·D + 24 for every D, so r
+   is unchanged and |s̃_i − ŝ_i| <= ε_p holds on this path too.
+
+Why A is split and not the codes' side (B = code·step in float16, one [G, D] x [D, BLOCK_P·S]
+dot over all the program's pages with q shared): B rounds each of S·D elements a page (4×
+the G·D of A at G = 4), q is not exact in float16 either (hi + lo on both sides: 3–4
+dots), and B needs float16's range per element. With A split the codes stay exact and the
+proof is the two items above; the dots are batched over the BLOCK_P pages, a [BLOCK_P, S, D]
+x [BLOCK_P, D, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
+(1, 1, 16) for 16-bit inputs), two of them: 2·D/16 mma a page.
+
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
@@ -43,8 +90,10 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
 of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
-statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
-heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
+statistics are read as contiguous rows), plus their kmin/kmax; the CUDA-core path loops over
+the G query heads of the KV group with broadcast-multiply and ``tl.sum`` reductions, the
+tensor-core path takes the G heads at once (float16 codes [BLOCK_P, S, D], two batched
+dots): per head and page one max over S tokens and one ε are written (no token scores).
 A block with no coded page costs one store per head. With the newest page the grid has one
 more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
 (B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
@@ -59,8 +108,10 @@ done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, th
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
-Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
-integer or and one subtraction (exact), not an int-to-float conversion.
+Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
+integer or and one subtraction (exact), not an int-to-float conversion. Tensor-core path:
+G·D products a page for A (and for q·kmin and ε, as before), codes to float16 by the same
+or-and-subtract (float16, packed two a register), 2·D/16 mma a page.
 """
 
 from __future__ import annotations
@@ -77,17 +128,20 @@ from entmaxkv.kernels.threshold_search import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
 
-# Launch configurations, tuned on the H200 at 128K, 4 bits, 32/8 heads
-# (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
-# code_bounds 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 (the old
-# default, chosen from register counts) 267, 1 / 8 620; code_candidates 19–32 µs in every
-# configuration on needle data (16 candidates a head). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
-# tile in registers and serves the G query heads of its KV group from it: small tiles, no
-# tl.dot (the scores must be rounded as plain float32 sums for the certificate's margin, see
-# the module docstring). Registers a thread at D = 128, 4 bits, G = 4 (ptxas, sm_90a):
-# BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
-BLOCK_P = 2  # pages per code_bounds program
-NUM_WARPS = 2
+# Launch configurations. code_bounds, CUDA-core path, tuned on the H200 at 128K, 4 bits, 32/8
+# heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
+# 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 267, 1 / 8 620;
+# code_candidates 19–32 µs in every configuration on needle data (16 candidates a head).
+# The tensor-core path (the default for float32 work) is not measured yet: 4 pages / 4 warps
+# chosen by reasoning — its 3-D dot puts one page per warp (M = 16 tokens), and ptxas (sm_90a,
+# D = 128, 4 bits, G = 4, the bare scan) gives per config: registers / SASS instructions a
+# page (one warp's straight-line code × warps / pages): 2 / 2 189 / 2088, 4 / 4 128 / 1928,
+# 8 / 8 114 / 2080, 4 / 2 218 / 1580; the CUDA-core path at 2 / 2: 168 / 3248 (shuffles of
+# the tl.sum reductions: 772 of them, against 40). 4 / 4 leaves 16 warps an SM at 128
+# registers, for the loads' latency; `benchmarks/keycodes_gpu.py` times both paths and
+# `tune_kernels.py` sweeps these two constants (the path USE_DOT picks uses them).
+BLOCK_P = 4  # pages per code_bounds program
+NUM_WARPS = 4
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
