@@ -56,9 +56,12 @@ Why A is split and not the codes' side (B = code·step in float16, one [G, D] x 
 dot over all the program's pages with q shared): B rounds each of S·D elements a page (4×
 the G·D of A at G = 4), q is not exact in float16 either (hi + lo on both sides: 3–4
 dots), and B needs float16's range per element. With A split the codes stay exact and the
-proof is the two items above; the dots are batched over the BLOCK_P pages, a [BLOCK_P, S, D]
-x [BLOCK_P, D, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
-(1, 1, 16) for 16-bit inputs), two of them: 2·D/16 mma a page.
+proof is the two items above; the dots are batched over the BLOCK_P pages, [BLOCK_P, S, K]
+x [BLOCK_P, K, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
+(1, 1, 16) for 16-bit inputs). 4 bits: K = D/2, one dot for the low nibbles (even channels)
+and one for the high ones (odd channels), chained in one accumulator (the same D-term sum,
+in another order; interleaving the nibbles into one [S, D] tile cost registers, 218 against
+137, for as many instructions); 8 bits: K = D. hi and lo: 2·D/16 mma a page.
 
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
@@ -132,16 +135,18 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins"
 # heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
 # 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 267, 1 / 8 620;
 # code_candidates 19–32 µs in every configuration on needle data (16 candidates a head).
-# The tensor-core path (the default for float32 work) is not measured yet: 4 pages / 4 warps
-# chosen by reasoning — its 3-D dot puts one page per warp (M = 16 tokens), and ptxas (sm_90a,
-# D = 128, 4 bits, G = 4, the bare scan) gives per config: registers / SASS instructions a
-# page (one warp's straight-line code × warps / pages): 2 / 2 189 / 2088, 4 / 4 128 / 1928,
-# 8 / 8 114 / 2080, 4 / 2 218 / 1580; the CUDA-core path at 2 / 2: 168 / 3248 (shuffles of
-# the tl.sum reductions: 772 of them, against 40). 4 / 4 leaves 16 warps an SM at 128
-# registers, for the loads' latency; `benchmarks/keycodes_gpu.py` times both paths and
-# `tune_kernels.py` sweeps these two constants (the path USE_DOT picks uses them).
+# The tensor-core path (the default for float32 work) is not measured yet: 4 pages / 2 warps
+# chosen from ptxas (sm_90a, D = 128, 4 bits, G = 4, the bare scan, compiled here with the
+# launcher's 16-byte alignment of pointers and of W and D): registers and SASS instructions a
+# page (one warp's straight-line code × warps / pages; a static count, slow paths included):
+# 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4 128 / 1476;
+# the CUDA-core path at its 2 / 2: 164 / 1416. So the dots do not cut the instruction count
+# much (the codes' unpacking to float16 and the operands' moves through shared memory take
+# what the FMAs gave back; 16 HMMA a page): what the path gains on the H200, if anything, is
+# for `benchmarks/keycodes_gpu.py` to say (it times both paths, the CUDA-core one at 2 / 2),
+# and `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
 BLOCK_P = 4  # pages per code_bounds program
-NUM_WARPS = 4
+NUM_WARPS = 2
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
@@ -167,11 +172,11 @@ SEED_TILE = 4096
 SEED_WARPS = 4
 
 
-def uses_dot(work: torch.dtype, channels: int) -> bool:
+def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
     """Whether ``code_bounds`` scores on tensor cores: ``USE_DOT`` for float32 work (float64 has
-    no tensor-core path and keeps the exact CUDA-core code) with a tile of >= 16 channels (the
-    dot's K)."""
-    return bool(USE_DOT) and work == torch.float32 and channels >= 16
+    no tensor-core path and keeps the exact CUDA-core code) when a dot's K, the tile's byte
+    columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits)."""
+    return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16
 
 
 def dot_margins(bits: int) -> tuple[float, float]:
@@ -263,58 +268,26 @@ def _as_half(code):
 
 
 @triton.jit
-def _code_tile_half(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BITS: tl.constexpr):
-    """``_code_tile`` as float16 [BLOCK_P, S, BD], the tensor cores' operand (codes <= 255 are
-    exact in float16)."""
-    tok = tl.arange(0, S)
-    j = tl.arange(0, BW)
-    row = page_row[:, None] * S + tok[None, :]
-    mask = live[:, None, None] & (j < W)[None, None, :]
-    byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=mask, other=0).to(tl.int32)
-    if BITS == 8:
-        return _as_half(byte)
-    else:
-        return tl.reshape(tl.join(_as_half(byte & 15), _as_half(byte >> 4)), (BLOCK_P, S, 2 * BW))
+def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr):
+    """For the channels d [n] of the pages: q·kmin and ε's sum Σ |q|·(radius + dot_rel·step)
+    [BLOCK_P, GP], A = q·step [BLOCK_P, n, GP] (the dot's right operand: q transposed) and
+    max |A| [BLOCK_P, GP]. Heads past G are zero."""
+    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
+                 other=0.0).to(WORK)  # [n, GP]
+    base = tl.sum(kmin[:, :, None] * qt[None, :, :], axis=1)
+    spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
+    eps = tl.sum(spread[:, :, None] * tl.abs(qt)[None, :, :], axis=1)
+    a = step[:, :, None] * qt[None, :, :]  # as the CUDA-core path's q·step
+    return base, eps, a, tl.max(tl.abs(a), axis=1)
 
 
 @triton.jit
-def _group_scores_dot(q, bh, p, q_pos, slopes, H, scale, alibi_eps, dot_rel, dot_abs, code, d, kmin, step, radius, D,
-                      S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, WORK: tl.constexpr,
-                      HAS_ALIBI: tl.constexpr):
-    """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
-    p, the Σ_d A_pgd·code_ptd part on tensor cores (``code``: float16 [BLOCK_P, S, BD]). Per
-    (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
-    [2^14, 2^15) (k clamped to [−126, 126]), split into A_hi = fp16(A·2^k) and
-    A_lo = fp16(A·2^k − A_hi), two float32-accumulated dots with the exact codes, unscaled by
-    2^−k. ε adds the split's residual, scale·(dot_rel·Σ_d |q_d|·step_pd + D·dot_abs·2^−k)
-    (``dot_margins``; the bound is in the module docstring). Heads past G are zero rows."""
-    gi = tl.arange(0, GP)
-    qrows = bh.to(tl.int64) * G + gi
-    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
-                 other=0.0).to(WORK)  # [BD, GP]: q transposed, the dot's right operand
-    base = tl.sum(kmin[:, :, None] * qt[None, :, :], axis=1)  # [BLOCK_P, GP] q·kmin on CUDA cores
-    a = step[:, :, None] * qt[None, :, :]  # [BLOCK_P, BD, GP] A = q·step, as the CUDA-core path
-    # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts the max in
-    # [2^14, 2^15); E in [1, 253] keeps 2^k and 2^−k normal float32 numbers
-    top = tl.max(tl.abs(a), axis=1).to(tl.int32, bitcast=True)
-    big = tl.minimum(tl.maximum(268 - ((top >> 23) & 255), 1), 253)
-    up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
-    down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
+def _split_half(a, up):
+    """A·2^k [BLOCK_P, n, GP] (``up`` = 2^k [BLOCK_P, GP]) as float16 hi + lo (a − hi is exact
+    in float32)."""
     a = a * up[:, None, :]
     hi = a.to(tl.float16)
-    lo = (a - hi.to(tl.float32)).to(tl.float16)  # a − hi is exact in float32
-    dot = tl.dot(code, hi, out_dtype=tl.float32) + tl.dot(code, lo, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
-    s_hat = (base[:, None, :] + dot * down[:, None, :]) * scale
-    spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
-    eps = (tl.sum(spread[:, :, None] * tl.abs(qt)[None, :, :], axis=1) + (D * tl.cast(dot_abs, WORK)) * down) * scale
-    if HAS_ALIBI:
-        slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(WORK)  # [GP]
-        tok = tl.arange(0, S)
-        pos = (p[:, None] * S + tok[None, :] - q_pos).to(WORK)  # [BLOCK_P, S]
-        s_hat += slope[None, None, :] * pos[:, :, None]
-        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
-    return s_hat, eps
+    return hi, (a - hi.to(tl.float32)).to(tl.float16)
 
 
 @triton.jit
@@ -398,20 +371,62 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
                     dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
                     G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
                     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
-    """``_code_bounds_kernel``'s work on the pages p with tensor cores: page_max and ε of every
-    head of the group ([BLOCK_P, GP] stores), the token scores if WITH_SCORES."""
-    d = tl.arange(0, BD)
-    code = _code_tile_half(codes, page_row, live, W, S, BW, BLOCK_P, BITS)
-    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, tl.cast(r, WORK), D, BITS, WORK)
-    s_hat, eps = _group_scores_dot(q, bh, p, length - 1, slopes, H, scale_w, alibi_eps, dot_rel, dot_abs, code, d,
-                                   kmin, step, radius, D, S, G, GP, WORK, HAS_ALIBI)
+    """``_code_bounds_kernel``'s work on the pages p with tensor cores, the G heads at once:
+    page_max and ε [BLOCK_P, GP] stores, the token scores ŝ [BLOCK_P, S, GP] if WITH_SCORES.
+
+    Per (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
+    [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo, float32-accumulated
+    dots with the exact float16 codes, unscaled by 2^−k; ε adds the split's residual,
+    scale·(dot_rel·Σ_d |q_d|·step_pd + D·dot_abs·2^−k) (``dot_margins``; the bound is in the
+    module docstring). 4 bits: the low and the high nibbles of the code bytes are two dots
+    over the even and the odd channels (no interleaving of the codes: the K order of a dot is
+    free), chained in one accumulator per part."""
     gi = tl.arange(0, GP)
+    qrows = bh.to(tl.int64) * G + gi
+    tok = tl.arange(0, S)
+    j = tl.arange(0, BW)
+    row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
+    byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=live[:, None, None] & (j < W)[None, None, :],
+                   other=0).to(tl.int32)
+    r_w = tl.cast(r, WORK)
+    if BITS == 8:
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, j, live, r_w, D, BITS, WORK)
+        base, eps, a, top = _channel_terms(q, qrows, gi, j, kmin, step, radius, dot_rel, D, G, WORK)
+    else:  # channel 2j in the low nibble of byte j, 2j + 1 in the high one
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, 2 * j, live, r_w, D, BITS, WORK)
+        base, eps, a, top = _channel_terms(q, qrows, gi, 2 * j, kmin, step, radius, dot_rel, D, G, WORK)
+        kmin2, step2, radius2 = _page_stats(k_min, k_max, page_row, 2 * j + 1, live, r_w, D, BITS, WORK)
+        base2, eps2, a2, top2 = _channel_terms(q, qrows, gi, 2 * j + 1, kmin2, step2, radius2, dot_rel, D, G, WORK)
+        base += base2
+        eps += eps2
+        top = tl.maximum(top, top2)
+    # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts the max in
+    # [2^14, 2^15); E in [1, 253] keeps 2^k and 2^−k normal float32 numbers
+    big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
+    up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
+    down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
+    hi, lo = _split_half(a, up)
+    if BITS == 8:
+        code = _as_half(byte)
+        dot_hi = tl.dot(code, hi, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
+        dot_lo = tl.dot(code, lo, out_dtype=tl.float32)
+    else:
+        hi2, lo2 = _split_half(a2, up)
+        low, high = _as_half(byte & 15), _as_half(byte >> 4)
+        dot_hi = tl.dot(high, hi2, tl.dot(low, hi, out_dtype=tl.float32), out_dtype=tl.float32)
+        dot_lo = tl.dot(high, lo2, tl.dot(low, lo, out_dtype=tl.float32), out_dtype=tl.float32)
+    s_hat = (base[:, None, :] + (dot_hi + dot_lo) * down[:, None, :]) * scale_w
+    eps = (eps + (D * tl.cast(dot_abs, WORK)) * down) * scale_w
+    if HAS_ALIBI:
+        slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(WORK)  # [GP]
+        pos = (p[:, None] * S + tok[None, :] - (length - 1)).to(WORK)  # [BLOCK_P, S]
+        s_hat += slope[None, None, :] * pos[:, :, None]
+        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
     out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
     heads = in_range[:, None] & (gi < G)[None, :]
     tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
     tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
     if WITH_SCORES:
-        tok = tl.arange(0, S)
         tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
                  mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
 
@@ -734,7 +749,7 @@ def code_bounds(
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        USE_DOT=uses_dot(work, consts["BD"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     if k:
         seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,

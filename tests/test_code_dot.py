@@ -18,7 +18,6 @@ import torch
 
 import entmaxkv as ekv
 from helpers import fresh_seed
-from test_keycodes import naive_scores
 from test_kernels_codes import (
     PAGE, assert_eps_matches, coded_pages, coded_setup, dot_extra, rounding_part, run_bounds)
 
@@ -38,12 +37,19 @@ def crafted_cache(keys: torch.Tensor, bits: int = 4) -> ekv.PagedKVCache:
     return ekv.prefill(empty, k.float(), torch.zeros_like(k).float(), [t + 1] * b)
 
 
+def float64_scores(cache, q, scale):
+    """[B, Hkv, G, P·S] scale·q·k in float64 from the stored keys (the slots of ŝ)."""
+    b, hq = q.shape[:2]
+    h = cache.num_kv_heads
+    keys = cache.k_pages.double().reshape(b, h, -1, cache.head_dim)
+    return torch.einsum("bhgd,bhnd->bhgn", q[:, :, 0].double().reshape(b, h, hq // h, -1), keys) * scale
+
+
 def check_interval(cache, q, scale, eps, s_hat, msg):
     """|s − ŝ| <= ε on every coded token, for the reference's scores and float64 ones."""
     tokens = coded_pages(cache).expand_as(eps).repeat_interleave(cache.page_size, -1)
     radius = eps.double().repeat_interleave(cache.page_size, -1)
-    exact = naive_scores(cache, q).reshape(s_hat.shape) * math.sqrt(cache.head_dim) * scale
-    for scores in (token_scores(cache, q, scale).double(), exact):
+    for scores in (token_scores(cache, q, scale).double(), float64_scores(cache, q, scale)):
         gap = (scores - s_hat.double()).abs() - radius
         assert bool((gap[tokens] <= 0).all()), (msg, float(gap[tokens].max()))
 
@@ -55,7 +61,7 @@ def test_midpoint_keys_need_the_lo_part():
     channel times the code (12 or 14), over 10× that margin. The hi + lo split keeps A exactly."""
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
-    b, h, group, d, pages = 2, 2, 2, 16, 3
+    b, h, group, d, pages = 2, 2, 2, 32, 3
     step = torch.pow(2.0, torch.randint(-4, 5, (b, h, pages, 1, d), generator=g).double())
     codes = torch.tensor([0.0, 15.0, 14.5, 12.5]).reshape(1, 1, 1, PAGE, 1)  # min, max, two midpoints
     keys = (codes * step + torch.randint(-3, 4, (b, h, pages, 1, d), generator=g) * step).reshape(b, h, -1, d)
@@ -63,14 +69,14 @@ def test_midpoint_keys_need_the_lo_part():
     q = (1 + 2.0**-11 - 2.0**-20) * torch.pow(2.0, torch.randint(-6, 7, (b, h * group, 1, d), generator=g).double())
     scale = 0.125
     page_max, eps, s_hat = run_bounds(cache, q.float(), scale, None)
-    assert code_scan.uses_dot(torch.float32, 16)
+    assert code_scan.uses_dot(torch.float32, d // 2)  # 4 bits: one dot per nibble, K = D/2
     check_interval(cache, q.float(), scale, eps, s_hat, seed)
     # the test can fail: on the midpoints |s − ŝ| is within 0.3% of ε (its rounding margin,
     # r·M + the extra term, <= 0.1%), while fp16 A alone would miss by >= 12·(2^-11 − 2^-20)·A
     # per channel (1.2% of step/2)
     tokens = coded_pages(cache).expand_as(eps).repeat_interleave(PAGE, -1)
     tokens &= (torch.arange(tokens.shape[-1]) % PAGE >= 2)  # the midpoint tokens
-    exact = naive_scores(cache, q.float()).reshape(s_hat.shape) * math.sqrt(d) * scale
+    exact = float64_scores(cache, q.float(), scale)
     radius = eps.double().repeat_interleave(PAGE, -1)
     slack = ((radius - (exact - s_hat.double()).abs()) / radius)[tokens]
     assert 0 <= float(slack.min()) and float(slack.max()) < 3e-3, (seed, float(slack.min()), float(slack.max()))
@@ -84,7 +90,7 @@ def test_eps_on_dyadic_inputs_is_exact(group):
     CUDA-core path) — dropping or changing that term breaks the equality."""
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
-    b, h, d, pages = 2, 2, 16, 3
+    b, h, d, pages = 2, 2, 32, 3
     j = torch.randint(-4, 5, (b, h, pages, 1, 1), generator=g).double()
     c = torch.randint(0, 16, (b, h, pages, PAGE, d), generator=g).double()
     c[:, :, :, 0], c[:, :, :, 1] = 0, 15  # every channel of every page spans the 16 codes
@@ -96,7 +102,7 @@ def test_eps_on_dyadic_inputs_is_exact(group):
     from entmaxkv.keycodes import code_scores
 
     want_s, want_eps = code_scores(cache, q, scale)
-    exact = naive_scores(cache, q).reshape(want_s.shape) * math.sqrt(d) * scale
+    exact = float64_scores(cache, q, scale)
     coded = coded_pages(cache).expand_as(want_eps)
     tokens = coded.repeat_interleave(PAGE, -1)
     for dot in (True, False):
@@ -121,7 +127,7 @@ def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind):
     within a head. The interval holds, ε is the reference's plus ``dot_extra``, ŝ within the
     rounding part of the reference's — and of the CUDA-core path's."""
     seed = fresh_seed()
-    group, d = 4, 16
+    group, d = 4, 32
     cache, q, _, g = coded_setup(seed, dtype, bits, group, False, d=d, batch=2, kind=kind, q_scale=1.0)
     heads = torch.tensor([1e-36, 1e-20, 1.0, 1e12], dtype=torch.float64).repeat(q.shape[1] // group)
     channels = torch.logspace(-6, 6, d, dtype=torch.float64)[torch.randperm(d, generator=g)]
@@ -190,8 +196,7 @@ def test_tensor_core_interval_holds_on_cuda(dtype, bits, kind):
     coded = coded_pages(cache).expand_as(eps)
     tokens = coded.repeat_interleave(16, -1)
     assert_eps_matches(eps, want_eps, cache, q, scale, coded, kind)
-    exact = (cache.keys().double() @ q[:, :, 0].double().reshape(b, h, group, d).transpose(-1, -2)) * scale
-    exact = torch.nn.functional.pad(exact.transpose(-1, -2), (0, s_hat.shape[-1] - exact.shape[-2]))
+    exact = float64_scores(cache, q, scale)
     radius = eps.double().repeat_interleave(16, -1)
     for scores in (token_scores(cache, q, scale).double(), exact):
         gap = (scores - s_hat.double()).abs() - radius

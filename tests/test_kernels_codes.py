@@ -86,9 +86,9 @@ def dot_extra(cache, q, scale):
     k in [−126, 126] (``code_scan.dot_margins``)."""
     wdt = torch.float64 if cache.dtype == torch.float64 else torch.float32
     d = cache.head_dim
-    bd = 2 * (1 << (-(-d // 2) - 1).bit_length()) if cache.key_bits == 4 else 1 << (d - 1).bit_length()
+    width = cache.k_codes.shape[-1]
     qg = q[:, :, 0].reshape(cache.batch, cache.num_kv_heads, -1, d).to(wdt)
-    if not uses_dot(wdt, bd):
+    if not uses_dot(wdt, 1 << (width - 1).bit_length()):  # the tile's byte columns
         return torch.zeros(qg.shape[:3] + (cache.num_pages,), dtype=torch.float64, device=q.device)
     step = code_steps(cache.k_min, cache.k_max, cache.key_bits)  # [B, Hkv, P, D] float32
     top = (qg[:, :, :, None, :] * step[:, :, None, :, :]).abs().amax(-1)  # [B, Hkv, G, P]
@@ -151,9 +151,10 @@ def test_code_bounds_equal_the_reference(dtype, bits, group, alibi, poison):
 ])
 def test_kernel_interval_holds_on_adversarial_keys(dtype, bits, kind):
     """|s − ŝ| <= ε with the op's own ŝ and ε, for the reference's scores and exact float64
-    ones (without ALiBi) — the certificate's premise, on keys that stress it."""
+    ones (without ALiBi) — the certificate's premise, on keys that stress it (D = 32: float32
+    work takes the tensor-core path, ``code_scan.uses_dot``)."""
     seed = fresh_seed()
-    d, page = 16, PAGE
+    d, page = 32, PAGE
     cache, q, _, _ = coded_setup(seed, dtype, bits, 2, False, d=d, batch=2, kind=kind, q_scale=3.0)
     scale = 1 / math.sqrt(d)
     _, eps, s_hat = run_bounds(cache, q, scale, None)
