@@ -81,7 +81,7 @@ in another order; interleaving the nibbles into one [S, D] tile cost registers, 
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
-   float64 like the reference. It appends them to a fixed-capacity list per (sequence, KV
+   float64 like the reference (ŝ and ε from the same path as pass 1's: ``USE_DOT``). It appends them to a fixed-capacity list per (sequence, KV
    head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    marks the pages holding a candidate and appends them to a page list (another counter).
@@ -367,12 +367,11 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 
 
 @triton.jit
-def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
-                    dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
-                    G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
-    """``_code_bounds_kernel``'s work on the pages p with tensor cores, the G heads at once:
-    page_max and ε [BLOCK_P, GP] stores, the token scores ŝ [BLOCK_P, S, GP] if WITH_SCORES.
+def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row, live, length,
+                H, D, W, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr,
+                BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
+    p (``live`` ones read; heads past G are zero), with tensor cores.
 
     Per (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
     [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo, float32-accumulated
@@ -422,6 +421,20 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
         pos = (p[:, None] * S + tok[None, :] - (length - 1)).to(WORK)  # [BLOCK_P, S]
         s_hat += slope[None, None, :] * pos[:, :, None]
         eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
+    return s_hat, eps
+
+
+@triton.jit
+def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
+                    dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
+                    G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p with tensor cores (``_dot_scores``), the G
+    heads at once: page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
+    s_hat, eps = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row,
+                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI)
+    gi = tl.arange(0, GP)
+    tok = tl.arange(0, S)
     out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
     heads = in_range[:, None] & (gi < G)[None, :]
     tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
@@ -460,7 +473,7 @@ def _code_bounds_kernel(
     page_row = bh.to(tl.int64) * P + p
     if USE_DOT & (block >= 0) & (block * BLOCK_P < coded):  # tensor cores: the G heads at once
         _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
-                        dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW, BD, BLOCK_P,
+                        dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW, BLOCK_P,
                         BITS, WORK, HAS_ALIBI, WITH_SCORES)
     elif (block >= 0) & (block * BLOCK_P < coded):
         r_w = tl.cast(r, WORK)
@@ -620,10 +633,10 @@ def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: 
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
     seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
-    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, H, P, D, W, C,
+    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    MARGIN: tl.constexpr, GP: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -649,16 +662,25 @@ def _code_candidates_kernel(
             n_page = tl.zeros((BLOCK_P,), tl.int32)
             if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
                 page_row = bh.to(tl.int64) * P + p
-                code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
-                d = tl.arange(0, BD)
-                kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
-                cand = tl.zeros((BLOCK_P, S), tl.int1)
-                for g in tl.static_range(G):
-                    qrow = bh.to(tl.int64) * G + g
-                    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-                    high = (s_hat + eps[:, None]).to(tl.float64)
-                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
+                if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
+                    s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
+                                                 dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
+                                                 BLOCK_P, BITS, WORK, HAS_ALIBI)
+                    high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
+                    gi = tl.arange(0, GP)
+                    reach = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
+                    cand = tl.max(reach.to(tl.int32), axis=2) > 0  # any head of the group
+                else:
+                    code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
+                    d = tl.arange(0, BD)
+                    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
+                    cand = tl.zeros((BLOCK_P, S), tl.int1)
+                    for g in tl.static_range(G):
+                        qrow = bh.to(tl.int64) * G + g
+                        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w,
+                                                  alibi_eps, code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+                        high = (s_hat + eps[:, None]).to(tl.float64)
+                        cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
                 cand = (cand & hit[:, None]).to(tl.int32)
                 n_page = tl.sum(cand, axis=1)
                 n = tl.sum(n_page, axis=0)
@@ -816,9 +838,9 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, scratch,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, hkv, p, d, w, capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), **consts,
+        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"]), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 
