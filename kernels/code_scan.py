@@ -445,6 +445,40 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
 
 
 @triton.jit
+def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, bh, p,
+                      page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
+                      BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
+                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head."""
+    r_w = tl.cast(r, WORK)
+    # the pages' codes and statistics are read once and serve every head of the group
+    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
+    d = tl.arange(0, BD)
+    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                  code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+        out = qrow * P + p
+        best = tl.max(s_hat, axis=1)
+        # pages without codes: no token can be chosen from them
+        tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+        tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+        if WITH_SCORES:
+            tok = tl.arange(0, S)
+            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+
+
+@triton.jit
+def _no_codes(page_max, eps_out, bh, p, in_range, P, G: tl.constexpr, BLOCK_P: tl.constexpr, WORK: tl.constexpr):
+    """A block with no coded page: −inf and 0, one store per head."""
+    for g in tl.static_range(G):
+        out = (bh.to(tl.int64) * G + g) * P + p
+        tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
+        tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+
+
+@triton.jit
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
@@ -471,33 +505,21 @@ def _code_bounds_kernel(
     in_range = (p >= 0) & (p < P)
     live = in_range & (p < coded)
     page_row = bh.to(tl.int64) * P + p
-    if USE_DOT & (block >= 0) & (block * BLOCK_P < coded):  # tensor cores: the G heads at once
-        _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
-                        dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW, BLOCK_P,
-                        BITS, WORK, HAS_ALIBI, WITH_SCORES)
-    elif (block >= 0) & (block * BLOCK_P < coded):
-        r_w = tl.cast(r, WORK)
-        # the pages' codes and statistics are read once and serve every head of the group
-        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
-        d = tl.arange(0, BD)
-        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-        for g in tl.static_range(G):
-            qrow = bh.to(tl.int64) * G + g
-            s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                      code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-            out = qrow * P + p
-            best = tl.max(s_hat, axis=1)
-            # pages without codes: no token can be chosen from them
-            tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-            tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-            if WITH_SCORES:
-                tok = tl.arange(0, S)
-                tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
-    else:  # no coded page in this block: one store per head
-        for g in tl.static_range(G):
-            out = (bh.to(tl.int64) * G + g) * P + p
-            tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
-            tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+    has_codes = (block >= 0) & (block * BLOCK_P < coded)
+    if USE_DOT:  # a static branch: the other path is not compiled
+        if has_codes:  # tensor cores: the G heads at once
+            _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
+                            dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
+                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES)
+        else:
+            _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
+    else:
+        if has_codes:
+            _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
+                              bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
+                              WORK, HAS_ALIBI, WITH_SCORES)
+        else:
+            _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
 
 @triton.jit
