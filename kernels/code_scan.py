@@ -13,8 +13,8 @@ differs from the torch reference, so ŝ and ε agree with it within the rounding
 dot product, and the certificate's argument holds unchanged: r·M covers the rounding of ŝ
 computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= ε_p here too.
 
-Tensor cores (``USE_DOT``: float32 work, tiles of >= 16 channels; float64 work keeps the
-CUDA-core code, which ``USE_DOT = False`` selects for every dtype). Per page p and head g the
+Tensor cores (``USE_DOT``: float32 work whose dots have K >= 16, ``uses_dot``; float64 work
+keeps the CUDA-core code, which ``USE_DOT = False`` selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
 of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
@@ -81,8 +81,8 @@ in another order; interleaving the nibbles into one [S, D] tile cost registers, 
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
-   float64 like the reference (ŝ and ε from the same path as pass 1's: ``USE_DOT``). It appends them to a fixed-capacity list per (sequence, KV
-   head) through an atomic counter (list order across programs is unspecified; the count
+   float64 like the reference (ŝ and ε by pass 1's path and formulas, ``USE_DOT``). It
+   appends them to a fixed-capacity list per (sequence, KV head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    marks the pages holding a candidate and appends them to a page list (another counter).
    When the count exceeds the capacity, the row's last program to finish lists and marks
@@ -95,8 +95,9 @@ Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes o
 of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
 statistics are read as contiguous rows), plus their kmin/kmax; the CUDA-core path loops over
 the G query heads of the KV group with broadcast-multiply and ``tl.sum`` reductions, the
-tensor-core path takes the G heads at once (float16 codes [BLOCK_P, S, D], two batched
-dots): per head and page one max over S tokens and one ε are written (no token scores).
+tensor-core path takes the G heads at once (4 bits: the low and high nibbles as two float16
+tiles [BLOCK_P, S, D/2], not interleaved; batched dots): per head and page one max over S
+tokens and one ε are written (no token scores).
 A block with no coded page costs one store per head. With the newest page the grid has one
 more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
 (B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
