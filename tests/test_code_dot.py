@@ -156,6 +156,34 @@ def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind):
     assert_eps_matches(eps, eps_cc, cache, q, scale, coded, seed)
 
 
+
+@pytest.mark.parametrize("dtype,bits,group,alibi", [(torch.float32, 4, 2, False), (torch.bfloat16, 8, 4, True)])
+def test_exact_step_on_the_dot_path_equals_dense_entmax(dtype, bits, group, alibi):
+    """``Exact`` through the kernel ops with the tensor-core path (D = 32: ``uses_dot``), on
+    structured keys over ragged lengths with page edges: the output equals dense entmax, every
+    row certified; with capacity 1 the overflowing rows are flagged and attend every page."""
+    from test_keycodes import coded_cache as float_cache, structured
+
+    seed = fresh_seed()
+    lens = [37, 16]  # ragged; the second row a whole number of pages before the step
+    stream, k, v = structured(seed % 10_000, lens, 2, group, 32, dtype)
+    cache = float_cache(k, v, lens, bits, dtype)
+    assert code_scan.uses_dot(torch.float32, cache.k_codes.shape[-1])
+    q, kn, vn = (x.to(dtype) for x in stream.step())
+    slopes = torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 if alibi else None
+    for capacity in (1, 10_000):
+        config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=capacity), backend="triton")
+        new, out, info = ekv.decode_step(cache.fork(), q, kn, vn, config, alibi_slopes=slopes, with_info=True)
+        dense, _ = ekv.dense_decode(new, q, 1.5, alibi_slopes=slopes)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out.double(), dense.double(), rtol=tol, atol=tol, msg=str(seed))
+        assert bool(info.certified.all()), seed
+        if capacity == 1:
+            over = info.overflow[:, ::group]
+            pages = new.live_page_mask().sum(-1)[:, None].expand_as(info.pages_per_kv_head)
+            assert torch.equal(info.pages_per_kv_head[over], pages[over]), seed
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
