@@ -4,6 +4,15 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
     python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1, Hq=32/Hkv=8, D=128, fp16, α=1.5
     python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
     python benchmarks/keycodes_gpu.py --contexts 131072 --seed-chunk 1024   # the seed's chunk (code_scan.SEED_CHUNK)
+    python benchmarks/keycodes_gpu.py --contexts 65536,131072 --paths dot,cores   # both scoring paths (the default)
+
+``--paths``: ``code_bounds`` scores on tensor cores (``dot``: ``code_scan.USE_DOT``, its
+BLOCK_P / NUM_WARPS) or on CUDA cores (``cores``: USE_DOT off, at ``--core-launch``, the
+pages / warps tuned for it on 2026-11-29); every row is measured once per path, with the
+same inputs. On the ``dot`` row, ``vs_cores``: on the step's cache and query, the largest
+|page_max_dot − page_max_cores| over ε, ε_dot / ε_cores (min, max; the dot path adds
+``dot_margins``' term, ~1e-5), and the two steps' outputs' largest difference (both must be
+certified and equal dense entmax).
 
 Data ("needles", where Exact with codes reads little): per KV head a query direction u
 (each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
@@ -46,9 +55,12 @@ from decode import graph_of, run_meta  # benchmarks/ is on sys.path
 from gpu_check import time_replays as time_us  # the same CUDA-event median timing
 
 
-def check_step(cache, q, k_new, v_new, config, row):
-    """One eager step on the Triton path vs. the torch path and dense entmax (float32 reference)."""
+def check_step(cache, q, k_new, v_new, config, row, outputs=None):
+    """One eager step on the Triton path vs. the torch path and dense entmax (float32 reference);
+    the step's output goes to ``outputs`` (a list) when given."""
     new, out, info = ekv.decode_step(cache.fork(), q, k_new, v_new, config, with_info=True)
+    if outputs is not None:
+        outputs.append(out)
     torch_cfg = ekv.DecodeConfig(config.alpha, config.selector, backend="torch")
     _, ref = ekv.decode_step(cache.fork(), q, k_new, v_new, torch_cfg)
     dense, _ = ekv.dense_decode(new, q, config.alpha)
@@ -68,9 +80,29 @@ def check_step(cache, q, k_new, v_new, config, row):
     return step, found
 
 
-def bench(args, n, bits, bandwidth, log) -> dict:
+def use_path(path: str, core_launch: tuple[int, int], defaults: tuple[int, int]) -> None:
+    """Switch ``code_bounds`` to tensor cores (``dot``, at the module's launch) or CUDA cores."""
+    code_scan.USE_DOT = path == "dot"
+    code_scan.BLOCK_P, code_scan.NUM_WARPS = defaults if path == "dot" else core_launch
+
+
+def compare_paths(args_, bits, scale, row, core_launch, defaults) -> None:
+    """page_max and ε of both paths on the same inputs (the dot row's ``vs_cores``)."""
+    use_path("cores", core_launch, defaults)
+    pm_c, eps_c = torch.ops.entmaxkv.code_bounds(*args_, bits, scale, False)[:2]
+    use_path("dot", core_launch, defaults)
+    pm_d, eps_d = torch.ops.entmaxkv.code_bounds(*args_, bits, scale, False)[:2]
+    coded = eps_c > 0
+    ratio = (eps_d[coded].double() / eps_c[coded].double())
+    row["vs_cores"] = dict(
+        page_max_diff_over_eps=float(((pm_d - pm_c).abs()[coded].double() / eps_c[coded].double()).max()),
+        eps_ratio_min_max=[float(ratio.min()), float(ratio.max())])
+
+
+def bench(args, n, bits, bandwidth, log, path="dot", outputs=None) -> dict:
     b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
-    row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data)
+    row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data,
+               path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS])
     if args.data == "needles":
         k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
                                               needles=args.needles, seed=n, dtype=dtype, device="cuda")
@@ -93,11 +125,14 @@ def bench(args, n, bits, bandwidth, log) -> dict:
     row["scan_floor_us"] = (row["code_MB"] + b * hkv * (n // cache.page_size) * 2 * d * 2 / 1e6) * 1e6 / bandwidth * 1e6
     config = ekv.DecodeConfig(alpha=alpha, selector=ekv.Exact(max_candidates=args.max_candidates))
     try:
-        step, found = check_step(cache, q, k_new, v_new, config, row)
+        step, found = check_step(cache, q, k_new, v_new, config, row, outputs)
         # the two scan ops alone, on the step's cache (τ_low from the step)
         c = step.cache
         args_ = (step.q[:, :, 0].contiguous(), c.k_codes, c.k_min, c.k_max, c.seq_lens, None)
         page_max, eps = torch.ops.entmaxkv.code_bounds(*args_, bits, step.scale, False)[:2]
+        if path == "dot":
+            defaults = code_scan.BLOCK_P, code_scan.NUM_WARPS
+            compare_paths(args_, bits, step.scale, row, args.core_launch, defaults)
         # as the step calls it (the newest page's program, the seed's chunk and merge launches),
         # bare, and with each part alone: the differences are what the parts cost in the scan
         top = config.selector.top_tokens
@@ -144,11 +179,15 @@ def main() -> None:
     parser.add_argument("--seed-chunk", type=int, default=code_scan.SEED_CHUNK,
                         help="pages a τ-seed program reduces (code_scan.SEED_CHUNK)")
     parser.add_argument("--compiled", action="store_true")
+    parser.add_argument("--paths", default="dot,cores", help="code_bounds scoring: dot (tensor cores), cores")
+    parser.add_argument("--core-launch", default="2,2", help="BLOCK_P,NUM_WARPS of the CUDA-core path")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
     args = parser.parse_args()
     code_scan.SEED_CHUNK = args.seed_chunk
+    args.core_launch = tuple(int(x) for x in args.core_launch.split(","))
+    defaults = code_scan.BLOCK_P, code_scan.NUM_WARPS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -160,23 +199,31 @@ def main() -> None:
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
-                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS")}
+                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT")}
+    meta["code_scan_launch"]["core_launch"] = list(args.core_launch)
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
     rows = []
     for bits in (int(x) for x in args.bits.split(",")):
         for n in (int(x) for x in args.contexts.split(",")):
-            rows.append(bench(args, n, bits, bandwidth, log))
+            outputs: list[torch.Tensor] = []
+            for path in args.paths.split(","):
+                use_path(path, args.core_launch, defaults)
+                rows.append(bench(args, n, bits, bandwidth, log, path, outputs))
+            use_path("dot", args.core_launch, defaults)
+            if len(outputs) == 2:  # the two paths' certified outputs (both equal dense entmax)
+                rows[-len(args.paths.split(","))]["out_diff_between_paths"] = float(
+                    (outputs[0].double() - outputs[1].double()).abs().max())
             (out / "keycodes_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     nan = float("nan")
-    table = ["| context | bits | SDPA µs | step µs | × SDPA | code_bounds µs (bare / +newest / +seed) | "
+    table = ["| context | bits | path (pages/warps) | SDPA µs | step µs | × SDPA | code_bounds µs (bare / +newest / +seed) | "
              "scan floor µs | code_candidates µs | pages read | candidates (med/max) | seed pages (max) | certified | "
              "overflow rows | max err vs torch path | max err vs dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
-            f"| {r['context']} | {r['bits']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
+            f"| {r['context']} | {r['bits']} | {r['path']} {r['launch']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
             f"{r.get('code_bounds_us', nan):.1f} ({r.get('code_bounds_bare_us', nan):.1f} / "
             f"{r.get('code_bounds_newest_us', nan):.1f} / {r.get('code_bounds_seed_us', nan):.1f}) | "
             f"{r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "
@@ -184,6 +231,8 @@ def main() -> None:
             f"{r.get('overflow_rows', '-')} | "
             f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} |"
             + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
+            + (f" vs_cores {json.dumps(r['vs_cores'])}" if "vs_cores" in r else "")
+            + (f" out_diff_between_paths {r['out_diff_between_paths']:.1e}" if "out_diff_between_paths" in r else "")
             + (f" {r['error']}" if "error" in r else ""))
     (out / "keycodes_gpu.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")
     (out / "keycodes_gpu.log").write_text("\n".join(lines))

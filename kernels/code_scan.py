@@ -13,6 +13,56 @@ differs from the torch reference, so ŝ and ε agree with it within the rounding
 dot product, and the certificate's argument holds unchanged: r·M covers the rounding of ŝ
 computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= ε_p here too.
 
+Tensor cores (``USE_DOT``: float32 work whose dots have K >= 16, ``uses_dot``; float64 work
+keeps the CUDA-core code, which ``USE_DOT = False`` selects for every dtype). Per page p and head g the
+code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
+are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
+of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
+2^±k normal floats; the clamp only makes the max smaller), and x = A·2^k is split into
+x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
+accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). Two new
+errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
+
+1. The split's residual, bounded and added to ε. Per element |x − h − l| <= 2^−22·|x| + 2^−13,
+   h and l the float16 values the tensor core uses (the rounded ones, or 0 for a subnormal if
+   the hardware flushes them): x < 2^15 never overflows float16; if |x| >= 2^−14, h is
+   normal, |x − h| <= 2^−11·|x|, and l is within 2^−11·|x − h| of x − h (normal l) or
+   2^−14 (subnormal or flushed); if |x| < 2^−14, h + l is within 2^−14 + 2^−25 of x either
+   way (and x underflowing float32 costs 2^−150 more). Times the codes, unscaled:
+   Σ_d |A_gd − (h_d + l_d)·2^−k|·code_d <= L·(2^−22·Σ_d |A_gd| + D·2^−13·2^−k). ε adds
+   scale·(2^bits·2^−22·Σ_d |q_d|·step_pd + D·2^bits·2^−13·2^−k) (``dot_margins``): the factor
+   2^bits/L >= 16/15 also covers |A| = |q|·step's rounding, the term's own float32 rounding,
+   dot_hi's error on the absolute parts of |h| (below) and an underflowing 2^−k unscaling
+   (<= 2^−150). For 4 bits the term is ~8·10^−6 of ε's step/2 part: no candidate changes.
+   Mutations it catches in ``tests/test_code_dot.py``: fp16 A without lo, the term dropped.
+2. The tensor cores' float32 accumulation, covered by the existing r·M. Assumed of the
+   hardware (not a published specification of Hopper): products of float16 inputs are exact
+   (11 × 4 or 8 significant bits fit float32), and a K-term product sum into a float32
+   accumulator is within K·2^−22·Σ_k |a_k·b_k| of the exact sum: each addition off by at most
+   two float32 ulps of the running sum of magnitudes. That holds for round-to-nearest or
+   truncation in any order, and for blocks of n >= 2 products aligned to the block's largest
+   exponent with the low bits truncated ((n + 2) ulps a block, as Fasi, Higham, Mikaitis and
+   Pranesh 2021 measured on V100, T4 and A100). The ``gpu`` test of ``tests/test_code_dot.py``
+   checks the interval on the H200's tensor cores on adversarial inputs. Then, with
+   Σ_d |A_gd|·code_d <= L·(1 + u)·Σ_d |q_d|·step_pd <= 2(1 + 3u)·Σ_d |q_d|·M_pd
+   (L·step <= kmax − kmin <= 2M), ŝ's error besides (1), in units of u·Σ_d |q_d|·M_pd:
+   (D + 1) q·kmin (IEEE) + 2 A's product + 8D·(1 + 2^−10) dot_hi + 8D·2^−11 dot_lo + 2 the
+   hi + lo add + 3 adding q·kmin + 3 the scale, i.e. <= 9.02·D + 11 — and the CUDA-core
+   path's margin for ŝ's rounding is 3γ = 12(D + 2)·u (r = 8·eps + 6γ: 4·eps for the code's
+   rounding, γ for the reference's, 3γ for ŝ). 9.02·D + 11 <= 12·D + 24 for every D, so r
+   is unchanged and |s̃_i − ŝ_i| <= ε_p holds on this path too.
+
+Why A is split and not the codes' side (B = code·step in float16, one [G, D] x [D, BLOCK_P·S]
+dot over all the program's pages with q shared): B rounds each of S·D elements a page (4×
+the G·D of A at G = 4), q is not exact in float16 either (hi + lo on both sides: 3–4
+dots), and B needs float16's range per element. With A split the codes stay exact and the
+proof is the two items above; the dots are batched over the BLOCK_P pages, [BLOCK_P, S, K]
+x [BLOCK_P, K, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
+(1, 1, 16) for 16-bit inputs). 4 bits: K = D/2, one dot for the low nibbles (even channels)
+and one for the high ones (odd channels), chained in one accumulator (the same D-term sum,
+in another order; interleaving the nibbles into one [S, D] tile cost registers, 218 against
+137, for as many instructions); 8 bits: K = D. hi and lo: 2·D/16 mma a page.
+
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
@@ -31,8 +81,8 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
    safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
-   float64 like the reference. It appends them to a fixed-capacity list per (sequence, KV
-   head) through an atomic counter (list order across programs is unspecified; the count
+   float64 like the reference (ŝ and ε by pass 1's path and formulas, ``USE_DOT``). It
+   appends them to a fixed-capacity list per (sequence, KV head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    marks the pages holding a candidate and appends them to a page list (another counter).
    When the count exceeds the capacity, the row's last program to finish lists and marks
@@ -43,8 +93,11 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
 of byte j become channels 2j and 2j+1 side by side in the same thread, so q and the
-statistics are read as contiguous rows), plus their kmin/kmax, and loops over the G query
-heads of the KV group with broadcast-multiply and ``tl.sum`` reductions: per head and page one max over S tokens and one ε are written (no token scores).
+statistics are read as contiguous rows), plus their kmin/kmax; the CUDA-core path loops over
+the G query heads of the KV group with broadcast-multiply and ``tl.sum`` reductions, the
+tensor-core path takes the G heads at once (4 bits: the low and high nibbles as two float16
+tiles [BLOCK_P, S, D/2], not interleaved; batched dots): per head and page one max over S
+tokens and one ε are written (no token scores).
 A block with no coded page costs one store per head. With the newest page the grid has one
 more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
 (B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
@@ -59,8 +112,10 @@ done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, th
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
-Work: G·D multiply-adds per token in float32 on CUDA cores; codes become floats by an
-integer or and one subtraction (exact), not an int-to-float conversion.
+Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
+integer or and one subtraction (exact), not an int-to-float conversion. Tensor-core path:
+G·D products a page for A (and for q·kmin and ε, as before), codes to float16 by the same
+or-and-subtract (float16, packed two a register), 2·D/16 mma a page.
 """
 
 from __future__ import annotations
@@ -75,18 +130,23 @@ from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.sparse_decode import bisection_steps
 from entmaxkv.kernels.threshold_search import _ordered
 
-__all__ = ["code_bounds", "code_candidates", "code_radius_factor"]
+__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
 
-# Launch configurations, tuned on the H200 at 128K, 4 bits, 32/8 heads
-# (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
-# code_bounds 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 (the old
-# default, chosen from register counts) 267, 1 / 8 620; code_candidates 19–32 µs in every
-# configuration on needle data (16 candidates a head). A code_bounds program holds BLOCK_P pages' codes as a [BLOCK_P, S, D]
-# tile in registers and serves the G query heads of its KV group from it: small tiles, no
-# tl.dot (the scores must be rounded as plain float32 sums for the certificate's margin, see
-# the module docstring). Registers a thread at D = 128, 4 bits, G = 4 (ptxas, sm_90a):
-# BLOCK_P 4 / 8 warps: 80, no spill (2 / 4 warps: 80; 4 / 4 warps: 168; 8 / 2 warps spills).
-BLOCK_P = 2  # pages per code_bounds program
+# Launch configurations. code_bounds, CUDA-core path, tuned on the H200 at 128K, 4 bits, 32/8
+# heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
+# 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 267, 1 / 8 620;
+# code_candidates 19–32 µs in every configuration on needle data (16 candidates a head).
+# The tensor-core path (the default for float32 work) is not measured yet: 4 pages / 2 warps
+# chosen from ptxas (sm_90a, D = 128, 4 bits, G = 4, the bare scan, compiled here with the
+# launcher's 16-byte alignment of pointers and of W and D): registers and SASS instructions a
+# page (one warp's straight-line code × warps / pages; a static count, slow paths included):
+# 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4 128 / 1476;
+# the CUDA-core path at its 2 / 2: 164 / 1416. So the dots do not cut the instruction count
+# much (the codes' unpacking to float16 and the operands' moves through shared memory take
+# what the FMAs gave back; 16 HMMA a page): what the path gains on the H200, if anything, is
+# for `benchmarks/keycodes_gpu.py` to say (it times both paths, the CUDA-core one at 2 / 2),
+# and `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
+BLOCK_P = 4  # pages per code_bounds program
 NUM_WARPS = 2
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
@@ -95,6 +155,9 @@ NUM_WARPS = 2
 CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
+# The tensor-core path of code_bounds (float32 work; the module docstring has its error bound).
+# False: the CUDA-core path for every dtype (benchmarks/keycodes_gpu.py times both).
+USE_DOT = True
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
 # takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make
@@ -108,6 +171,20 @@ CANDIDATE_WARPS = 2
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
+
+
+def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
+    """Whether ``code_bounds`` scores on tensor cores: ``USE_DOT`` for float32 work (float64 has
+    no tensor-core path and keeps the exact CUDA-core code) when a dot's K, the tile's byte
+    columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits)."""
+    return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16
+
+
+def dot_margins(bits: int) -> tuple[float, float]:
+    """(rel, abs) of the tensor-core path's extra ε, scale·(rel·Σ_d |q_d|·step_pd + D·abs·2^−k):
+    2^bits·2^−22 and 2^bits·2^−13, above (2^bits − 1) times the split's per-element residual
+    2^−22·|A| + 2^−13·2^−k (the module docstring). Powers of two: exact as float32 arguments."""
+    return 2.0 ** (bits - 22), 2.0 ** (bits - 13)
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -182,6 +259,36 @@ def _head_scores(q, qrow, p, q_pos, slopes, hslot, scale, alibi_eps, code, d, km
         s_hat += slope * (p[:, None] * S + tok[None, :] - q_pos).to(WORK)
         eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
     return s_hat, eps
+
+
+@triton.jit
+def _as_half(code):
+    """int32 codes in [0, 255] -> the same integers in float16, exactly: 2^10 + c carries c in
+    the low mantissa bits (an or and one subtraction instead of a 1/4-rate conversion)."""
+    return (code | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1024.0
+
+
+@triton.jit
+def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr):
+    """For the channels d [n] of the pages: q·kmin and ε's sum Σ |q|·(radius + dot_rel·step)
+    [BLOCK_P, GP], A = q·step [BLOCK_P, n, GP] (the dot's right operand: q transposed) and
+    max |A| [BLOCK_P, GP]. Heads past G are zero."""
+    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
+                 other=0.0).to(WORK)  # [n, GP]
+    base = tl.sum(kmin[:, :, None] * qt[None, :, :], axis=1)
+    spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
+    eps = tl.sum(spread[:, :, None] * tl.abs(qt)[None, :, :], axis=1)
+    a = step[:, :, None] * qt[None, :, :]  # as the CUDA-core path's q·step
+    return base, eps, a, tl.max(tl.abs(a), axis=1)
+
+
+@triton.jit
+def _split_half(a, up):
+    """A·2^k [BLOCK_P, n, GP] (``up`` = 2^k [BLOCK_P, GP]) as float16 hi + lo (a − hi is exact
+    in float32)."""
+    a = a * up[:, None, :]
+    hi = a.to(tl.float16)
+    return hi, (a - hi.to(tl.float32)).to(tl.float16)
 
 
 @triton.jit
@@ -261,13 +368,125 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 
 
 @triton.jit
+def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row, live, length,
+                H, D, W, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr,
+                BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
+    p (``live`` ones read; heads past G are zero), with tensor cores.
+
+    Per (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
+    [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo, float32-accumulated
+    dots with the exact float16 codes, unscaled by 2^−k; ε adds the split's residual,
+    scale·(dot_rel·Σ_d |q_d|·step_pd + D·dot_abs·2^−k) (``dot_margins``; the bound is in the
+    module docstring). 4 bits: the low and the high nibbles of the code bytes are two dots
+    over the even and the odd channels (no interleaving of the codes: the K order of a dot is
+    free), chained in one accumulator per part."""
+    gi = tl.arange(0, GP)
+    qrows = bh.to(tl.int64) * G + gi
+    tok = tl.arange(0, S)
+    j = tl.arange(0, BW)
+    row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
+    byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=live[:, None, None] & (j < W)[None, None, :],
+                   other=0).to(tl.int32)
+    r_w = tl.cast(r, WORK)
+    if BITS == 8:
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, j, live, r_w, D, BITS, WORK)
+        base, eps, a, top = _channel_terms(q, qrows, gi, j, kmin, step, radius, dot_rel, D, G, WORK)
+    else:  # channel 2j in the low nibble of byte j, 2j + 1 in the high one
+        kmin, step, radius = _page_stats(k_min, k_max, page_row, 2 * j, live, r_w, D, BITS, WORK)
+        base, eps, a, top = _channel_terms(q, qrows, gi, 2 * j, kmin, step, radius, dot_rel, D, G, WORK)
+        kmin2, step2, radius2 = _page_stats(k_min, k_max, page_row, 2 * j + 1, live, r_w, D, BITS, WORK)
+        base2, eps2, a2, top2 = _channel_terms(q, qrows, gi, 2 * j + 1, kmin2, step2, radius2, dot_rel, D, G, WORK)
+        base += base2
+        eps += eps2
+        top = tl.maximum(top, top2)
+    # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts the max in
+    # [2^14, 2^15); E in [1, 253] keeps 2^k and 2^−k normal float32 numbers
+    big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
+    up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
+    down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
+    hi, lo = _split_half(a, up)
+    if BITS == 8:
+        code = _as_half(byte)
+        dot_hi = tl.dot(code, hi, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
+        dot_lo = tl.dot(code, lo, out_dtype=tl.float32)
+    else:
+        hi2, lo2 = _split_half(a2, up)
+        low, high = _as_half(byte & 15), _as_half(byte >> 4)
+        dot_hi = tl.dot(high, hi2, tl.dot(low, hi, out_dtype=tl.float32), out_dtype=tl.float32)
+        dot_lo = tl.dot(high, lo2, tl.dot(low, lo, out_dtype=tl.float32), out_dtype=tl.float32)
+    s_hat = (base[:, None, :] + (dot_hi + dot_lo) * down[:, None, :]) * scale_w
+    eps = (eps + (D * tl.cast(dot_abs, WORK)) * down) * scale_w
+    if HAS_ALIBI:
+        slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(WORK)  # [GP]
+        pos = (p[:, None] * S + tok[None, :] - (length - 1)).to(WORK)  # [BLOCK_P, S]
+        s_hat += slope[None, None, :] * pos[:, :, None]
+        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, WORK)
+    return s_hat, eps
+
+
+@triton.jit
+def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
+                    dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
+                    G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p with tensor cores (``_dot_scores``), the G
+    heads at once: page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
+    s_hat, eps = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row,
+                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI)
+    gi = tl.arange(0, GP)
+    tok = tl.arange(0, S)
+    out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
+    heads = in_range[:, None] & (gi < G)[None, :]
+    tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
+    tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
+    if WITH_SCORES:
+        tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
+                 mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
+
+
+@triton.jit
+def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, bh, p,
+                      page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
+                      BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
+                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head."""
+    r_w = tl.cast(r, WORK)
+    # the pages' codes and statistics are read once and serve every head of the group
+    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
+    d = tl.arange(0, BD)
+    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
+    for g in tl.static_range(G):
+        qrow = bh.to(tl.int64) * G + g
+        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                                  code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+        out = qrow * P + p
+        best = tl.max(s_hat, axis=1)
+        # pages without codes: no token can be chosen from them
+        tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+        tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+        if WITH_SCORES:
+            tok = tl.arange(0, S)
+            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+
+
+@triton.jit
+def _no_codes(page_max, eps_out, bh, p, in_range, P, G: tl.constexpr, BLOCK_P: tl.constexpr, WORK: tl.constexpr):
+    """A block with no coded page: −inf and 0, one store per head."""
+    for g in tl.static_range(G):
+        out = (bh.to(tl.int64) * G + g) * P + p
+        tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
+        tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+
+
+@triton.jit
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
-    scale, r, alibi_eps, H, P, D, W,
+    scale, r, alibi_eps, dot_rel, dot_abs, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-    WITH_NEWEST: tl.constexpr,
+    WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -287,29 +506,21 @@ def _code_bounds_kernel(
     in_range = (p >= 0) & (p < P)
     live = in_range & (p < coded)
     page_row = bh.to(tl.int64) * P + p
-    if (block >= 0) & (block * BLOCK_P < coded):
-        r_w = tl.cast(r, WORK)
-        # the pages' codes and statistics are read once and serve every head of the group
-        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
-        d = tl.arange(0, BD)
-        kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-        for g in tl.static_range(G):
-            qrow = bh.to(tl.int64) * G + g
-            s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                      code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-            out = qrow * P + p
-            best = tl.max(s_hat, axis=1)
-            # pages without codes: no token can be chosen from them
-            tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-            tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-            if WITH_SCORES:
-                tok = tl.arange(0, S)
-                tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
-    else:  # no coded page in this block: one store per head
-        for g in tl.static_range(G):
-            out = (bh.to(tl.int64) * G + g) * P + p
-            tl.store(page_max + out, tl.full((BLOCK_P,), float("-inf"), WORK), mask=in_range)
-            tl.store(eps_out + out, tl.zeros((BLOCK_P,), WORK), mask=in_range)
+    has_codes = (block >= 0) & (block * BLOCK_P < coded)
+    if USE_DOT:  # a static branch: the other path is not compiled
+        if has_codes:  # tensor cores: the G heads at once
+            _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
+                            dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
+                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES)
+        else:
+            _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
+    else:
+        if has_codes:
+            _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
+                              bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
+                              WORK, HAS_ALIBI, WITH_SCORES)
+        else:
+            _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
 
 @triton.jit
@@ -445,10 +656,10 @@ def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: 
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
     seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
-    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, H, P, D, W, C,
+    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    MARGIN: tl.constexpr, GP: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -474,16 +685,25 @@ def _code_candidates_kernel(
             n_page = tl.zeros((BLOCK_P,), tl.int32)
             if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
                 page_row = bh.to(tl.int64) * P + p
-                code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
-                d = tl.arange(0, BD)
-                kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
-                cand = tl.zeros((BLOCK_P, S), tl.int1)
-                for g in tl.static_range(G):
-                    qrow = bh.to(tl.int64) * G + g
-                    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-                    high = (s_hat + eps[:, None]).to(tl.float64)
-                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
+                if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
+                    s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
+                                                 dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
+                                                 BLOCK_P, BITS, WORK, HAS_ALIBI)
+                    high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
+                    gi = tl.arange(0, GP)
+                    reach = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
+                    cand = tl.max(reach.to(tl.int32), axis=2) > 0  # any head of the group
+                else:
+                    code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
+                    d = tl.arange(0, BD)
+                    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
+                    cand = tl.zeros((BLOCK_P, S), tl.int1)
+                    for g in tl.static_range(G):
+                        qrow = bh.to(tl.int64) * G + g
+                        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w,
+                                                  alibi_eps, code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+                        high = (s_hat + eps[:, None]).to(tl.float64)
+                        cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
                 cand = (cand & hit[:, None]).to(tl.int32)
                 n_page = tl.sum(cand, axis=1)
                 n = tl.sum(n_page, axis=0)
@@ -572,9 +792,9 @@ def code_bounds(
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), hkv, p, d, w,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
     if k:
         seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
@@ -641,9 +861,9 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, scratch,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, hkv, p, d, w, capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), **consts,
+        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"]), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 

@@ -44,12 +44,15 @@ def record_code_scan(monkeypatch) -> None:
     page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low)."""
     from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    # D = 16: 8 bits take the tensor-core path of float32 work (code_scan.uses_dot), 4 bits the
+    # CUDA-core one; D = 32 (fp16 cache): the 4-bit tensor-core path (one dot per nibble)
+    for dtype, d in ((torch.float32, 16), (torch.float16, 16), (torch.bfloat16, 16), (torch.float64, 16),
+                     (torch.float16, 32)):
         g = torch.Generator().manual_seed(1)
-        k, v = (torch.randn(1, 1, 40, 16, generator=g).to(dtype) for _ in range(2))
-        q, kn, vn = random_step(g, 1, 2, 1, 16, dtype)
-        for bits in (4, 8):
-            empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=16, capacity=64, dtype=dtype,
+        k, v = (torch.randn(1, 1, 40, d, generator=g).to(dtype) for _ in range(2))
+        q, kn, vn = random_step(g, 1, 2, 1, d, dtype)
+        for bits in ((4, 8) if d == 16 else (4,)):
+            empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=64, dtype=dtype,
                                            key_bits=bits)
             cache = ekv.prefill(empty, k, v, [40])
             for alpha, slopes in ((1.5, None), (1.25, torch.full((2,), 0.1))):

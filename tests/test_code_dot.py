@@ -1,0 +1,238 @@
+"""The tensor-core path of ``code_bounds`` (``code_scan.USE_DOT``, float32 work) against its
+own error bound, the CUDA-core path and exact float64 scores.
+
+Under Triton's interpreter ``tl.dot`` is a numpy float32 matmul, not the tensor cores'
+accumulation, so these tests check the algebra and the bound's terms: the power-of-two
+scale and the fp16 hi + lo split of A = q·step, ε's extra term, |s − ŝ| <= ε on inputs
+built to need every term. The hardware's accumulation is tested by the ``gpu`` test at the
+end (skipped without CUDA). Mutations each test below catches: A rounded to fp16 without the
+lo part (``test_midpoint_keys_need_the_lo_part``, by over 10× ε's rounding margin), the extra
+ε term dropped or changed (``test_eps_on_dyadic_inputs_is_exact``: equality), a wrong scale
+exponent or unscaling (the dyadic test's exact ŝ; the per-head magnitudes test).
+"""
+
+import math
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from helpers import fresh_seed
+from test_kernels_codes import (
+    PAGE, assert_eps_matches, coded_pages, coded_setup, dot_extra, rounding_part, run_bounds)
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
+from entmaxkv.reference import token_scores  # noqa: E402
+
+
+def crafted_cache(keys: torch.Tensor, bits: int = 4) -> ekv.PagedKVCache:
+    """A float32 coded cache holding ``keys`` [B, Hkv, T, D] (T a multiple of PAGE) plus one
+    token, so that every page of ``keys`` is coded."""
+    b, h, t, d = keys.shape
+    k = torch.cat([keys, torch.zeros(b, h, 1, d, dtype=keys.dtype)], dim=2)
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=h, head_dim=d, capacity=t + PAGE, page_size=PAGE,
+                                   dtype=torch.float32, key_bits=bits)
+    return ekv.prefill(empty, k.float(), torch.zeros_like(k).float(), [t + 1] * b)
+
+
+def float64_scores(cache, q, scale):
+    """[B, Hkv, G, P·S] scale·q·k in float64 from the stored keys (the slots of ŝ)."""
+    b, hq = q.shape[:2]
+    h = cache.num_kv_heads
+    keys = cache.k_pages.double().reshape(b, h, -1, cache.head_dim)
+    return torch.einsum("bhgd,bhnd->bhgn", q[:, :, 0].double().reshape(b, h, hq // h, -1), keys) * scale
+
+
+def check_interval(cache, q, scale, eps, s_hat, msg):
+    """|s − ŝ| <= ε on every coded token, for the reference's scores and float64 ones."""
+    tokens = coded_pages(cache).expand_as(eps).repeat_interleave(cache.page_size, -1)
+    radius = eps.double().repeat_interleave(cache.page_size, -1)
+    for scores in (token_scores(cache, q, scale).double(), float64_scores(cache, q, scale)):
+        gap = (scores - s_hat.double()).abs() - radius
+        assert bool((gap[tokens] <= 0).all()), (msg, float(gap[tokens].max()))
+
+
+def test_midpoint_keys_need_the_lo_part():
+    """Keys exactly halfway between two codes (round half to even: the error is +step/2 in
+    every channel, where q > 0), and q_d = (1 + 2^-11 − 2^-20)·2^i: |s − ŝ| is ε less its
+    rounding margin, and A = q·step rounded to fp16 alone would lose 2^-11 − 2^-20 of A per
+    channel times the code (12 or 14), over 10× that margin. The hi + lo split keeps A exactly."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, h, group, d, pages = 2, 2, 2, 32, 3
+    step = torch.pow(2.0, torch.randint(-4, 5, (b, h, pages, 1, d), generator=g).double())
+    codes = torch.tensor([0.0, 15.0, 14.5, 12.5]).reshape(1, 1, 1, PAGE, 1)  # min, max, two midpoints
+    keys = (codes * step + torch.randint(-3, 4, (b, h, pages, 1, d), generator=g) * step).reshape(b, h, -1, d)
+    cache = crafted_cache(keys)
+    q = (1 + 2.0**-11 - 2.0**-20) * torch.pow(2.0, torch.randint(-6, 7, (b, h * group, 1, d), generator=g).double())
+    scale = 0.125
+    page_max, eps, s_hat = run_bounds(cache, q.float(), scale, None)
+    assert code_scan.uses_dot(torch.float32, d // 2)  # 4 bits: one dot per nibble, K = D/2
+    check_interval(cache, q.float(), scale, eps, s_hat, seed)
+    # the test can fail: on the midpoints |s − ŝ| is within 0.3% of ε (its rounding margin,
+    # r·M + the extra term, <= 0.1%), while fp16 A alone would miss by >= 12·(2^-11 − 2^-20)·A
+    # per channel (1.2% of step/2)
+    tokens = coded_pages(cache).expand_as(eps).repeat_interleave(PAGE, -1)
+    tokens &= (torch.arange(tokens.shape[-1]) % PAGE >= 2)  # the midpoint tokens
+    exact = float64_scores(cache, q.float(), scale)
+    radius = eps.double().repeat_interleave(PAGE, -1)
+    slack = ((radius - (exact - s_hat.double()).abs()) / radius)[tokens]
+    assert 0 <= float(slack.min()) and float(slack.max()) < 3e-3, (seed, float(slack.min()), float(slack.max()))
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_eps_on_dyadic_inputs_is_exact(group):
+    """Keys kmin + c·2^j (exact codes, no quantisation error), |q| a power of two per head,
+    scale 1/4: every sum either path computes is exact, so ŝ equals the float64 score and ε
+    equals the reference's ε plus the extra term of ``dot_margins`` exactly (0 on the
+    CUDA-core path) — dropping or changing that term breaks the equality."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, h, d, pages = 2, 2, 32, 3
+    j = torch.randint(-4, 5, (b, h, pages, 1, 1), generator=g).double()
+    c = torch.randint(0, 16, (b, h, pages, PAGE, d), generator=g).double()
+    c[:, :, :, 0], c[:, :, :, 1] = 0, 15  # every channel of every page spans the 16 codes
+    keys = ((c - 8) * torch.pow(2.0, j)).reshape(b, h, -1, d)
+    cache = crafted_cache(keys)
+    sign = torch.randint(0, 2, (b, h * group, 1, d), generator=g).double() * 2 - 1
+    q = (sign * torch.pow(2.0, torch.randint(-5, 6, (b, h * group, 1, 1), generator=g).double())).float()
+    scale = 0.25
+    from entmaxkv.keycodes import code_scores
+
+    want_s, want_eps = code_scores(cache, q, scale)
+    exact = float64_scores(cache, q, scale)
+    coded = coded_pages(cache).expand_as(want_eps)
+    tokens = coded.repeat_interleave(PAGE, -1)
+    for dot in (True, False):
+        code_scan.USE_DOT = dot
+        try:
+            page_max, eps, s_hat = run_bounds(cache, q, scale, None)
+        finally:
+            code_scan.USE_DOT = True
+        extra = dot_extra(cache, q, scale) if dot else torch.zeros_like(want_eps, dtype=torch.float64)
+        assert bool((extra[coded] > 0).all()) == dot
+        assert torch.equal(s_hat.double()[tokens], exact[tokens]), (seed, dot)
+        assert torch.equal(eps.double()[coded], want_eps.double()[coded] + extra[coded]), (seed, dot)
+
+
+@pytest.mark.parametrize("dtype,bits,kind", [
+    (torch.float32, 4, "huge_range"), (torch.float16, 8, "outliers"), (torch.bfloat16, 4, "fp16_extremes"),
+    (torch.float32, 8, "offset_tiny_spread"), (torch.float16, 4, "constant"),
+])
+def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind):
+    """Each head of a group its own power-of-two scale: query heads scaled by 1e-36 (max |A|
+    below 2^-113: the clamped exponent), 1e-20, 1, 1e12, with channels spanning 1e-6..1e6
+    within a head. The interval holds, ε is the reference's plus ``dot_extra``, ŝ within the
+    rounding part of the reference's — and of the CUDA-core path's."""
+    seed = fresh_seed()
+    group, d = 4, 32
+    cache, q, _, g = coded_setup(seed, dtype, bits, group, False, d=d, batch=2, kind=kind, q_scale=1.0)
+    heads = torch.tensor([1e-36, 1e-20, 1.0, 1e12], dtype=torch.float64).repeat(q.shape[1] // group)
+    channels = torch.logspace(-6, 6, d, dtype=torch.float64)[torch.randperm(d, generator=g)]
+    q = q.double() * heads[None, :, None, None] * channels
+    if kind in ("huge_range", "fp16_extremes"):  # keep scores finite in float32
+        q = q * 1e-6
+    q = q.float()  # float32 whatever the cache's dtype (fp16 cannot hold these magnitudes)
+    scale = 1 / math.sqrt(d)
+    from entmaxkv.keycodes import code_scores
+
+    page_max, eps, s_hat = run_bounds(cache, q, scale, None)
+    want_s, want_eps = code_scores(cache, q, scale)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(PAGE, -1)
+    assert_eps_matches(eps, want_eps, cache, q, scale, coded, seed)
+    tol = rounding_part(cache, q, scale).repeat_interleave(PAGE, -1)
+    assert bool(((s_hat.double() - want_s.double()).abs() - tol)[tokens].le(0).all()), seed
+    check_interval(cache, q, scale, eps, s_hat, seed)
+    code_scan.USE_DOT = False
+    try:
+        _, eps_cc, s_cc = run_bounds(cache, q, scale, None)
+    finally:
+        code_scan.USE_DOT = True
+    # both within the rounding part of the reference: within twice it of each other
+    assert bool(((s_hat.double() - s_cc.double()).abs() - 2 * tol)[tokens].le(0).all()), seed
+    assert_eps_matches(eps, eps_cc, cache, q, scale, coded, seed)
+
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi", [(torch.float32, 4, 2, False), (torch.bfloat16, 8, 4, True)])
+def test_exact_step_on_the_dot_path_equals_dense_entmax(dtype, bits, group, alibi):
+    """``Exact`` through the kernel ops with the tensor-core path (D = 32: ``uses_dot``), on
+    structured keys over ragged lengths with page edges: the output equals dense entmax, every
+    row certified; with capacity 1 the overflowing rows are flagged and attend every page."""
+    from test_keycodes import coded_cache as float_cache, structured
+
+    seed = fresh_seed()
+    lens = [23, 12]  # ragged; the second row a whole number of pages before the step
+    stream, k, v = structured(seed % 10_000, lens, 2, group, 32, dtype)
+    cache = float_cache(k, v, lens, bits, dtype)
+    assert code_scan.uses_dot(torch.float32, cache.k_codes.shape[-1])
+    q, kn, vn = (x.to(dtype) for x in stream.step())
+    slopes = torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 if alibi else None
+    for capacity in (1, 10_000):
+        config = ekv.DecodeConfig(1.5, ekv.Exact(top_tokens=2, max_candidates=capacity), backend="triton")
+        new, out, info = ekv.decode_step(cache.fork(), q, kn, vn, config, alibi_slopes=slopes, with_info=True)
+        dense, _ = ekv.dense_decode(new, q, 1.5, alibi_slopes=slopes)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out.double(), dense.double(), rtol=tol, atol=tol, msg=str(seed))
+        assert bool(info.certified.all()), seed
+        if capacity == 1:
+            over = info.overflow[:, ::group]
+            pages = new.live_page_mask().sum(-1)[:, None].expand_as(info.pages_per_kv_head)
+            assert torch.equal(info.pages_per_kv_head[over], pages[over]), seed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("kind", ["random", "outliers", "huge_range", "constant", "fp16_extremes",
+                                  "offset_tiny_spread", "midpoints"])
+def test_tensor_core_interval_holds_on_cuda(dtype, bits, kind):
+    """The tensor cores' own accumulation against the bound: |s − ŝ| <= ε from float64 scores
+    of the stored keys and from the reference's, D = 128, G = 4, on adversarial keys and query
+    heads of magnitude 1e-30 .. 1e8 with channels spanning 1e-4..1e4 (float32 q); ε is the reference's
+    plus ``dot_extra``, and the CUDA-core path (USE_DOT off) agrees within the rounding part."""
+    from test_keycodes import adversarial_keys
+    from entmaxkv.keycodes import code_scores
+
+    g = torch.Generator().manual_seed(bits * 31 + len(kind))
+    b, h, group, d, t = 2, 2, 4, 128, 16 * 40 + 5
+    if kind == "midpoints":  # every key halfway between two codes of a page spanning [0, 15·step]
+        step = torch.pow(2.0, torch.randint(-6, 3, (b, h, 41, 1, d), generator=g).double())
+        c = torch.randint(0, 15, (b, h, 41, 16, d), generator=g).double() + 0.5
+        c[:, :, :, 0], c[:, :, :, 1] = 0, 15
+        k = (c * step).reshape(b, h, -1, d)[:, :, :t]
+        if dtype != torch.float32:
+            k = k.clamp(max=6e4)
+    else:
+        k = adversarial_keys(kind, g, b, h, t, d)
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=h, head_dim=d, capacity=t + 16, page_size=16,
+                                   dtype=dtype, key_bits=bits, device="cuda")
+    cache = ekv.prefill(empty, k.to(dtype).cuda(), k.to(dtype).cuda(), [t, t - 37])
+    heads = torch.tensor([1e-30, 1e-3, 1.0, 1e8], dtype=torch.float64).repeat(h)
+    channels = torch.logspace(-4, 4, d, dtype=torch.float64)[torch.randperm(d, generator=g)]
+    q = torch.randn(b, h * group, 1, d, generator=g, dtype=torch.float64) * heads[None, :, None, None] * channels
+    if kind in ("outliers", "huge_range", "fp16_extremes"):
+        q = q * 1e-8  # float32 scores stay finite
+    q = q.float().cuda()
+    scale = d ** -0.5
+    page_max, eps, s_hat = run_bounds(cache, q, scale, None)
+    want_s, want_eps = code_scores(cache, q, scale)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(16, -1)
+    assert_eps_matches(eps, want_eps, cache, q, scale, coded, kind)
+    exact = float64_scores(cache, q, scale)
+    radius = eps.double().repeat_interleave(16, -1)
+    for scores in (token_scores(cache, q, scale).double(), exact):
+        gap = (scores - s_hat.double()).abs() - radius
+        assert bool((gap[tokens] <= 0).all()), (kind, float(gap[tokens].max()))
+    code_scan.USE_DOT = False
+    try:
+        _, eps_cc, s_cc = run_bounds(cache, q, scale, None)
+    finally:
+        code_scan.USE_DOT = True
+    tol = rounding_part(cache, q, scale).repeat_interleave(16, -1)
+    assert bool(((s_hat.double() - s_cc.double()).abs() - 2 * tol)[tokens].le(0).all()), kind
