@@ -21,6 +21,8 @@ from entmaxkv.kernels.quest_select import quest_select  # noqa: E402
 
 S = 16
 NARROW = [torch.float16, torch.bfloat16]
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
 
 
 def stored(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -46,14 +48,18 @@ def test_statistics_are_stored_in_the_cache_dtype(dtype):
     assert cache.to(torch.float16).k_mean.dtype == torch.float16
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", NARROW + [torch.float32])
-def test_ops_store_the_bits_torch_stores(dtype):
+def test_ops_store_the_bits_torch_stores(dtype, device):
     """append_token and page_statistics write the very bits of ``state.page_statistics``
-    (float64 sums of fp16 keys are exact in any order; the rounding is the same)."""
+    (float64 sums of fp16 keys are exact in any order; the rounding is the same). On CUDA too:
+    the compiled kernels' conversions must round to nearest even as torch does."""
     seed = fresh_seed()
     lens = [3 * S - 1, 2 * S - 1, S + 5]  # rows 0 and 1 complete a page on the append
     cache, _, _ = make_cache(seed, 3, 2, 24, S, lens, dtype=dtype, spread=3.0)
+    cache = cache.to(device=device)
     _, kn, vn = random_step(torch.Generator().manual_seed(seed), 3, 2, 2, 24, dtype)
+    kn, vn = kn.to(device), vn.to(device)
     want, _ = append_token(cache.fork(), kn, vn)
     got = cache.fork()
     torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean, got.k_std,
@@ -108,7 +114,7 @@ def test_means_round_to_nearest_even_on_both_paths(dtype):
     assert torch.equal(part.k_mean[0, 0, 0], want), part.k_mean[0, 0, 0]
 
 
-def _rounded_up_page(dtype: torch.dtype, subnormal: bool) -> tuple[ekv.PagedKVCache, torch.Tensor]:
+def _rounded_up_page(dtype: torch.dtype, subnormal: bool, device: str = "cpu") -> tuple[ekv.PagedKVCache, torch.Tensor]:
     """A cache of one full page and a newest page of one token, and a query [1, 1, 1, 4].
 
     The full page holds three kinds of tokens (5, 5 and 6 of them); kind j has the high value
@@ -129,42 +135,44 @@ def _rounded_up_page(dtype: torch.dtype, subnormal: bool) -> tuple[ekv.PagedKVCa
     k = tokens[None, None].to(dtype)
     assert torch.equal(k.double()[0, 0], tokens), "the keys are representable"
     v = torch.randn(k.shape, generator=torch.Generator().manual_seed(fresh_seed()), dtype=torch.float64).to(dtype)
-    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=4, capacity=2 * S, page_size=S, dtype=dtype)
-    cache = ekv.prefill(cache, k, v, [S + 1])
-    assert torch.equal(cache.k_mean[0, 0, 0, :3].double(), torch.full((3,), high, dtype=torch.float64)), \
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=4, capacity=2 * S, page_size=S, dtype=dtype,
+                                   device=device)
+    cache = ekv.prefill(cache, k.to(device), v.to(device), [S + 1])
+    assert torch.equal(cache.k_mean[0, 0, 0, :3].double().cpu(), torch.full((3,), high, dtype=torch.float64)), \
         "every channel's mean rounds up"
-    return cache, torch.ones(1, 1, 1, 4, dtype=dtype)
+    return cache, torch.ones(1, 1, 1, 4, dtype=dtype, device=device)
 
 
 def _best_attended(cache: ekv.PagedKVCache, q: torch.Tensor, scale: float) -> torch.Tensor:
     """[1, 1, 1] the best float64 score of the page and the newest token."""
-    keys = cache.keys()[0, 0, : S + 1].double()
-    return (keys @ q[0, 0, 0].double() * scale).max().reshape(1, 1, 1)
+    keys = cache.keys()[0, 0, : S + 1].double().cpu()
+    return (keys @ q[0, 0, 0].double().cpu() * scale).max().reshape(1, 1, 1)
 
 
 CASES = [(torch.float16, False), (torch.bfloat16, False), (torch.float32, False), (torch.float16, True)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype, subnormal", CASES)
-def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal):
+def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal, device):
     """``KernelOps.score_floor`` (every selector but TopK on the kernels) stays at or below the
     best attended score although the stored mean scores above every token of its page.
     Without the unit-roundoff term of ``mean_slack`` (fp16, bf16) or without ν (fp16 means
     below 2^-14) the floor lands above it."""
     scale = 0.5
-    cache, q = _rounded_up_page(dtype, subnormal)
+    cache, q = _rounded_up_page(dtype, subnormal, device)
     upper, absmax, means, _, newest_max, newest_mag, _ = page_bounds(
         q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None,
         cache.k_pages, S, scale, False)
     best = _best_attended(cache, q, scale)
     if dtype != torch.float32:  # the construction works: the mean score is above every token's
-        assert bool((means[..., 0].double() > best).all()), (means[..., 0], best)
-    mask = torch.zeros(1, 1, cache.num_pages, dtype=torch.bool)
+        assert bool((means[..., 0].double().cpu() > best).all()), (means[..., 0], best)
+    mask = torch.zeros(1, 1, cache.num_pages, dtype=torch.bool, device=device)
     mask[..., 0] = True
     ops = KernelOps(cache, q, 1.5, scale, None, upper, means, absmax, newest_max, newest_mag)
-    floor = ops.score_floor(mask)
-    assert bool((floor.double() <= best).all()), (floor, best)
-    assert bool((floor.double() > newest_max.double()).all()), "the page's mean, not the newest token, sets it"
+    floor = ops.score_floor(mask).double().cpu()
+    assert bool((floor <= best).all()), (floor, best)
+    assert bool((floor > newest_max.double().cpu()).all()), "the page's mean, not the newest token, sets it"
 
 
 @pytest.mark.parametrize("dtype, subnormal", CASES)
