@@ -136,7 +136,7 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             pages = info.page_mask.sum(-1).double()  # [B, Hkv]
             full = cache.seq_lens.double() / cache.page_size
             row["pages_read"] = float((pages / full[:, None]).mean())
-            stat_bytes = 2 * d * dtype.itemsize + (2 * d * 4 if isinstance(sel, ekv.Gaussian) else 0)
+            stat_bytes = 2 * d * dtype.itemsize + (2 * d * dtype.itemsize if isinstance(sel, ekv.Gaussian) else 0)
             floor_bytes = (cache.num_kv_heads * b * (n / cache.page_size) * (0 if name == "Dense" else stat_bytes)
                            + float(pages.sum()) * cache.page_size * 2 * d * dtype.itemsize)
             row["floor_us"] = floor_bytes / bandwidth * 1e6

@@ -112,7 +112,7 @@ def main() -> None:
                                                dtype=torch.float16, device="cuda"), k, v, [n])
     del k, v
     q2 = q[:, :, 0].contiguous()
-    stat_bytes = cache.k_min.numel() * 2 * 2 + cache.k_mean.numel() * 4
+    stat_bytes = (2 * cache.k_min.numel() + cache.k_mean.numel()) * cache.k_mean.element_size()  # min, max, mean
     for block_p in (8, 16, 32):
         for warps in (2, 4):
             ps.BLOCK_P, ps.NUM_WARPS = block_p, warps

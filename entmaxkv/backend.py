@@ -37,7 +37,7 @@ from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
-    from entmaxkv.kernels.page_scores import rounding_gamma
+    from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
 
 __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps"]
@@ -96,12 +96,13 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
 
 def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:
     """[B, Hkv, G, P] score std of every page under the Gaussian model (work dtype):
-    scale·sqrt(Σ_d q_d²·std_pd²), plus the ALiBi bias variance within a page."""
-    sdt = cache.k_std.dtype
-    qg = group_queries(q, cache.num_kv_heads).to(sdt)
-    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.square()) * scale ** 2
+    scale·sqrt(Σ_d q_d²·std_pd²), plus the ALiBi bias variance within a page. The stored std
+    (cache dtype) is converted exactly to the work dtype first, as ``page_scores`` does."""
+    wdt = work_dtype(cache.dtype)
+    qg = group_queries(q, cache.num_kv_heads).to(wdt)
+    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), cache.k_std.to(wdt).square()) * scale ** 2
     if alibi_slopes is not None:
-        slopes = alibi_slopes.to(sdt).reshape(1, cache.num_kv_heads, -1, 1)
+        slopes = alibi_slopes.to(wdt).reshape(1, cache.num_kv_heads, -1, 1)
         var = var + slopes.square() * (cache.page_size ** 2 - 1) / 12  # positions uniform in a page
     return var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()  # no infinite gradient at σ = 0
 
@@ -300,7 +301,9 @@ class KernelOps(PageSets):
     def score_floor(self, page_mask: Tensor) -> Tensor | None:
         """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key
         score of an attended full page (the mean key is a convex combination of the page's
-        keys) or the newest page's best score — less what rounding could have added to it.
+        keys) or the newest page's best score — less what rounding could have added to it:
+        ``mean_slack·absmax`` for a mean score (the mean's computation, its rounding to the
+        cache dtype, two dot products; derived in ``kernels.page_scores.mean_slack``).
         Lets the attention drop tokens that cannot be in the support from its first page on.
         None without page scores (the attention then filters from its running maximum)."""
         if self.newest_max is None:
@@ -310,9 +313,7 @@ class KernelOps(PageSets):
             return newest
         chosen = (page_mask & self.candidates)[:, :, None, :]
         d, s = self.cache.head_dim, self.cache.page_size
-        eps = torch.finfo(self.means.dtype).eps
-        # the mean key's own rounding (S terms) and the two dot products' (γ each)
-        slack = (2 * s + 4 * (d + 2)) * eps * self.absmax
+        slack = mean_slack(self.means.dtype, s, d) * self.absmax
         if self.alibi_slopes is not None:  # means carry the page-centre bias; a token may sit lower
             c = self.cache
             slack = slack + self.alibi_slopes.abs().reshape(1, c.num_kv_heads, -1, 1).to(slack.dtype) * (s - 1) / 2

@@ -56,18 +56,24 @@ def quest_bounds(
 
 
 def mean_scores(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None = None) -> Tensor:
-    """scale·q·mean_p (+ the page's mean ALiBi bias): [B, Hkv, G, P].
+    """scale·q·mean_p (+ the page's mean ALiBi bias): [B, Hkv, G, P] in the work dtype, as
+    ``page_scores`` computes it (the stored mean, cache dtype, converted exactly).
 
     The mean key is a convex combination of the page's keys, so some token of a full page
-    scores at least this much (up to rounding): a lower bound of the page maximum.
+    scores at least q·(exact mean): a lower bound of the page maximum *up to rounding*. The
+    stored mean is rounded to the cache dtype, which can lift this above every score of the
+    page by up to the dtype's unit roundoff times the page's |score| scale (2^-11 fp16, 2^-8
+    bf16): a use that needs a score some token attains subtracts
+    ``kernels.page_scores.mean_slack(...)·absmax`` (``KernelOps.score_floor``). Rankings use
+    it as it is.
     """
-    sdt = cache.k_mean.dtype
-    qg = group_queries(q, cache.num_kv_heads).to(sdt)
-    mu = torch.einsum("bhgd,bhpd->bhgp", qg, cache.k_mean) * scale
+    wdt = work_dtype(cache.dtype)
+    qg = group_queries(q, cache.num_kv_heads).to(wdt)
+    mu = torch.einsum("bhgd,bhpd->bhgp", qg, cache.k_mean.to(wdt)) * scale
     if alibi_slopes is not None:
         s = cache.page_size
-        centre = torch.arange(cache.num_pages, device=cache.device, dtype=sdt) * s + (s - 1) / 2
-        mu = mu + alibi_bias(alibi_slopes.to(sdt), centre, query_positions(cache).to(sdt), cache.num_kv_heads)
+        centre = torch.arange(cache.num_pages, device=cache.device, dtype=wdt) * s + (s - 1) / 2
+        mu = mu + alibi_bias(alibi_slopes.to(wdt), centre, query_positions(cache).to(wdt), cache.num_kv_heads)
     return mu
 
 

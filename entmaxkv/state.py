@@ -4,12 +4,20 @@ Layout (B batch, H KV heads, P = ceil(capacity / S) pages of S tokens, D head di
 
     k_pages, v_pages   [B, H, P, S, D]  cache dtype   one contiguous block per page
     k_min, k_max       [B, H, P, D]     cache dtype   exact extrema of each full page
-    k_mean, k_std      [B, H, P, D]     float32+      mean / population std of each full page
+    k_mean, k_std      [B, H, P, D]     cache dtype   mean / population std of each full page
     seq_lens           [B]              int64         tokens each sequence holds
     k_codes            [B, H, P, S, W]  uint8         optional (``key_bits``): key codes of each
                                                       full page, see ``keycodes``
 
 Statistics of a page are written once, when the page fills, and are final from then on.
+Mean and std are computed in float64 and rounded once to the cache dtype (through float32,
+round to nearest even: ``round_stat``), by the torch code here and by the Triton ops alike,
+so both store the same bits. Stored in the cache dtype they cost 2·2·D bytes a page and head
+(fp16/bf16) instead of 2·4·D: the statistics take 8·D bytes against 64·D of K+V at S = 16.
+An fp16 mean cannot overflow (it lies in [kmin, kmax]), nor can an fp16 std: the population
+std of values in [a, b] is at most (b − a)/2 <= 65504. Scores of a rounded mean are off by up
+to the stored dtype's unit roundoff times the page's |score| scale: ``bounds.mean_scores``
+says where that is covered.
 The last, partial page of a sequence is always attended in full, so its statistics are never
 read (their slots hold stale values until the page fills).
 
@@ -28,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-__all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for"]
+__all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for", "round_stat"]
 
 _TENSOR_FIELDS = ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std", "seq_lens")
 
@@ -39,8 +47,17 @@ def _tensor_fields(cache: "PagedKVCache") -> tuple[str, ...]:
 
 
 def stats_dtype_for(dtype: torch.dtype) -> torch.dtype:
-    """Mean/std are kept in float32, or float64 for a float64 cache."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """Mean/std are kept in the cache dtype (fp16/bf16 halve the bytes ``page_bounds`` reads
+    next to float32; a float64 cache keeps float64 statistics, the oracle's)."""
+    return dtype
+
+
+def round_stat(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float64 statistic rounded to ``dtype`` the way the Triton ops round it: to float32
+    first, then (fp16/bf16) to ``dtype``, each to nearest even. Two steps because a direct
+    float64 -> fp16 cast is not the same rounding everywhere (torch may go through float32,
+    numpy and the GPU do not); the double rounding costs at most one float32 ulp more."""
+    return x if dtype == torch.float64 else x.to(torch.float32).to(dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,12 +144,11 @@ class PagedKVCache:
         """A copy in another dtype and/or on another device (statistics are recomputed from the
         converted keys, so min/max stay exact). For references and tests, not the decode path."""
         dtype = dtype or self.dtype
-        sdt = stats_dtype_for(dtype)
         conv = {f: getattr(self, f).to(device=device, dtype=dtype) for f in ("k_pages", "v_pages")}
         stats = page_statistics(conv["k_pages"])
         full = self.full_page_mask().to(device=conv["k_pages"].device)[:, None, :, None]
         for f, new in zip(("k_min", "k_max", "k_mean", "k_std"), stats):
-            conv[f] = torch.where(full, new, torch.zeros_like(new)).to(sdt if f in ("k_mean", "k_std") else dtype)
+            conv[f] = torch.where(full, new, torch.zeros_like(new))
         if self.key_bits is not None:  # codes are relative to the (converted) min/max: recompute
             from entmaxkv.keycodes import encode_keys
 
@@ -247,13 +263,22 @@ pytree.register_pytree_node(
 
 
 def page_statistics(pages: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Statistics of whole pages. pages: [..., S, D] -> four [..., D] tensors
-    (min and max in the cache dtype, mean and population std in the stats dtype)."""
+    """Statistics of whole pages. pages: [..., S, D] -> four [..., D] tensors in the cache
+    dtype: min, max, mean and population std.
+
+    Mean and std are computed in float64 and rounded once (``round_stat``). The float64 sum of
+    S <= 8192 fp16 keys is exact in any order (every fp16 value is a multiple of 2^-24 below
+    2^16: partial sums are integers below 2^53 times 2^-24), so the kernels' sums, whatever
+    their order, give the mean bits this gives. bf16 and float32 keys sum exactly unless one
+    channel of a page spans some 40 (bf16) or 25 (float32) binades; then the last float64
+    bit, and very rarely a stored bit, may depend on the order. The std's float64 rounding
+    depends on the order too: a stored bit differs only within ~1e-16 of a rounding tie."""
+    s = pages.shape[-2]
+    wide = pages.to(torch.float64)
+    mean = wide.sum(dim=-2) / s  # sum, then one IEEE division: what the kernels do
+    std = ((wide - mean.unsqueeze(-2)).square().sum(dim=-2) / s).sqrt()
     sdt = stats_dtype_for(pages.dtype)
-    wide = pages.to(sdt)
-    mean = wide.mean(dim=-2)
-    std = (wide - mean.unsqueeze(-2)).square().mean(dim=-2).sqrt()
-    return pages.amin(dim=-2), pages.amax(dim=-2), mean, std
+    return pages.amin(dim=-2), pages.amax(dim=-2), round_stat(mean, sdt), round_stat(std, sdt)
 
 
 def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[int]) -> PagedKVCache:

@@ -4,7 +4,8 @@ codes; and each sequence's length after the step and whether the token fitted. O
 per (sequence, KV head).
 
 Bytes: the new K/V rows (2·D elements), plus one page of keys (S·D) read and four statistic
-rows written on the one step in S that fills a page (and S·W code bytes). A full sequence
+rows written (cache dtype; mean and std computed in float64 and rounded once, as in
+``page_stats``) on the one step in S that fills a page (and S·W code bytes). A full sequence
 (length == capacity) is left untouched; the caller reports it (``fits``).
 
 Codes follow ``keycodes.encode_keys`` bit for bit: step = (kmax − kmin) / (2^bits − 1) and
@@ -20,6 +21,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
+from entmaxkv.kernels.page_stats import round_stat
 
 __all__ = ["append_token"]
 
@@ -80,15 +82,15 @@ def _append_kernel(
             keys = tl.load(k_pages + block, mask=(rows[:, None] < S - 1) & dmask[None, :], other=0.0).to(WORK)
             # the new row comes from registers: this program's own store need not be visible yet
             keys = tl.where(rows[:, None] == S - 1, new_k.to(WORK)[None, :], keys)
-            lo, hi, mean, std = page_stats_of(keys, S)
+            lo, hi, mean, std = page_stats_of(keys.to(tl.float64), S)  # float64: see page_stats
             stat = (bh.to(tl.int64) * P + page) * D + d
-            tl.store(k_min + stat, lo.to(k_min.dtype.element_ty), mask=dmask)
-            tl.store(k_max + stat, hi.to(k_max.dtype.element_ty), mask=dmask)
-            tl.store(k_mean + stat, mean.to(k_mean.dtype.element_ty), mask=dmask)
-            tl.store(k_std + stat, std.to(k_std.dtype.element_ty), mask=dmask)
+            tl.store(k_min + stat, round_stat(lo, k_min.dtype.element_ty), mask=dmask)  # exact
+            tl.store(k_max + stat, round_stat(hi, k_max.dtype.element_ty), mask=dmask)
+            tl.store(k_mean + stat, round_stat(mean, k_mean.dtype.element_ty), mask=dmask)
+            tl.store(k_std + stat, round_stat(std, k_std.dtype.element_ty), mask=dmask)
             if BITS != 0:  # the page's codes, against its min/max as stored (exact conversions)
-                lo = lo.to(k_min.dtype.element_ty).to(WORK)
-                hi = hi.to(k_max.dtype.element_ty).to(WORK)
+                lo = round_stat(lo, k_min.dtype.element_ty).to(WORK)
+                hi = round_stat(hi, k_max.dtype.element_ty).to(WORK)
                 code = _page_codes(keys, lo, hi, d, D, BITS, WORK)
                 code_row = (bh.to(tl.int64) * P + page) * S + rows
                 if BITS == 8:
@@ -112,8 +114,8 @@ def append_token(
     (seq_lens < capacity), seq_lens elsewhere — what ``state.append_token`` returns, without
     three more launches of torch glue.
 
-    k_pages, v_pages: [B, Hkv, P, S, D] contiguous; k_min/k_max (cache dtype) and
-    k_mean/k_std (float32, float64 for a float64 cache): [B, Hkv, P, D]; seq_lens: [B] int64,
+    k_pages, v_pages: [B, Hkv, P, S, D] contiguous; k_min/k_max/k_mean/k_std: [B, Hkv, P, D]
+    in the cache dtype; seq_lens: [B] int64,
     the lengths *before* the append (not changed here). Rows with seq_lens[b] >= capacity are
     not touched; P = ceil(capacity / S). k_codes: optional [B, Hkv, P, S, W] uint8 key codes
     (``keycodes`` layout) for ``key_bits`` 4 or 8: a page the token completes gets its codes;

@@ -6,16 +6,26 @@ For a full page p and query head h (scores s = scale·q·k, work dtype float32 o
     upper[h, p]  = scale·(relu(q)·kmax_p + min(q, 0)·kmin_p) + γ·absmax[h, p]   (+ ALiBi max)
                    a *safe* upper bound of every score in the page (the Quest bound inflated
                    by the rounding error γ = 2(D+2)·eps of a D-term dot product);
-    absmax[h, p] = scale·|q|·max(|kmin_p|, |kmax_p|) >= |s| for every token of the page: the
-                   scale of the rounding error of any score computed in the page;
-    mean[h, p]   = scale·q·mean_p (+ ALiBi at the page centre): a score some token attains;
+    absmax[h, p] = scale·|q|·max(|kmin_p|, |kmax_p|, ν) >= |s| for every token of the page:
+                   the scale of the rounding error of any score computed in the page and of
+                   the stored mean's (ν, below);
+    mean[h, p]   = scale·q·mean_p (+ ALiBi at the page centre): a score some token attains,
+                   up to ``mean_slack(...)·absmax`` (the stored mean is rounded);
     sigma[h, p]  = scale·sqrt(Σ_d q_d²·std_pd²) (+ ALiBi spread): the Gaussian model's σ,
                    only when ``with_sigma``.
 
 Grid (B·Hkv, ceil(P / BLOCK_P)); programs past the last full page exit at once, so the work
 is proportional to the tokens held, not to the capacity. Entries of pages that are not full
 are not written (they are undefined: callers mask them).
-Bytes: kmin + kmax (+ mean + std) of the full pages, read once for the whole GQA group.
+Bytes: kmin + kmax + mean (+ std) of the full pages, read once for the whole GQA group, all in
+the cache dtype: 3·2·D bytes a page and KV head for fp16/bf16 (TopK), 4·2·D with the std.
+
+The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
+mean can exceed every score of the page, by at most (unit roundoff)·absmax, and every use of
+``mean`` as an attained score subtracts ``mean_slack(work, S, D)·absmax`` (the derivation is
+there). ν covers fp16 means in the subnormal range (|m| < 2^-14), where rounding is absolute
+(2^-25), not relative: ν = 2^-17 makes 2^-8·ν >= 2^-25. It is 0 for other dtypes (bf16 means
+below 2^-126 are float32 underflow, outside the rounding model everywhere in this library).
 
 ``entmaxkv::page_bounds`` is the same kernel with one more program per row that scores the
 slots of the page holding the newest token exactly (its statistics are not final) and
@@ -39,7 +49,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 
-__all__ = ["page_scores", "page_bounds", "rounding_gamma"]
+__all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
 
 BLOCK_P = 8  # pages per program (tuned on the H200: benchmarks/tune_kernels.py)
 NUM_WARPS = 2
@@ -51,13 +61,47 @@ def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
     return 2.0 * (head_dim + 2) * torch.finfo(dtype).eps
 
 
+# The unit roundoff of the stored mean for a float32-work cache: bf16's (2^-8), the coarsest
+# statistics dtype with float32 work (fp16: 2^-11; float32: no rounding beyond the compute's).
+# Ops that see only work-dtype page scores (``quest_select``) cannot tell fp16 from bf16, so
+# the slack takes the coarsest; a lower floor only lets a few more survivors through.
+MEAN_UNIT_ROUNDOFF = 2.0 ** -8
+
+
+def mean_slack(work: torch.dtype, page_size: int, head_dim: int) -> float:
+    """c such that ``mean[h, p] − c·absmax[h, p]`` is at most the computed score of some token
+    of full page p: what a score floor or an attained score L_h subtracts from a mean score.
+
+    With M_d = max(|kmin_d|, |kmax_d|) (absmax = scale·Σ_d |q_d|·max(M_d, ν)) and m the exact
+    mean (max_i q·k_i >= q·m: m is a convex combination of the keys):
+    - the mean computed (float64, rounded to float32; before: float32 sums) is within
+      S·eps·M_d of m per channel: ``2·S·eps`` covers it with room;
+    - rounding it to the cache dtype moves channel d by at most u·M_d, u the cache dtype's
+      unit roundoff (2^-11 fp16, 2^-8 bf16; 0 for float32/float64 caches): both roundings
+      are monotone and kmin_d, kmax_d are representable, so the stored mean stays in
+      [kmin_d, kmax_d]. Below fp16's normal range the error is 2^-25 at most, <= 2^-8·ν;
+    - the mean score and the attained token's score are D-term dot products, γ·absmax each
+      (γ = 2(D+2)·eps): ``4·(D+2)·eps``.
+    So c = (2S + 4(D+2))·eps + u, with u = 2^-8 for float32 work (bf16's, which covers fp16)
+    and 0 for float64 (a float64 cache keeps float64 statistics)."""
+    u = 0.0 if work == torch.float64 else MEAN_UNIT_ROUNDOFF
+    return (2 * page_size + 4 * (head_dim + 2)) * torch.finfo(work).eps + u
+
+
+def mean_floor(stats_dtype: torch.dtype) -> float:
+    """ν of ``absmax`` for a cache whose mean is stored in ``stats_dtype``: 2^-17 for fp16
+    (2^-8·ν covers the 2^-25 absolute rounding of a subnormal fp16 mean), 0 otherwise."""
+    return 2.0 ** -17 if stats_dtype == torch.float16 else 0.0
+
+
 @triton.jit
 def _page_scores_kernel(
     q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages,
     upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores,
-    scale, gamma, alibi_eps, H, P, D,
+    scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
+    HAS_NU: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
@@ -80,6 +124,7 @@ def _page_scores_kernel(
         kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
         kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
         kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
+        kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
         kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
@@ -91,6 +136,8 @@ def _page_scores_kernel(
             u = tl.sum(tl.maximum(qv, 0.0) * kmax + tl.minimum(qv, 0.0) * kmin, axis=1)
             mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
             u = u * scale_w + tl.cast(gamma, WORK) * mag
+            if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
             mu = tl.sum(qv * kmean, axis=1) * scale_w
             if WITH_SIGMA:
                 var = tl.sum(qv * qv * kvar, axis=1) * (scale_w * scale_w)
@@ -160,15 +207,17 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
+    nu = mean_floor(k_mean.dtype)
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
         upper, absmax, mean, sigma if with_sigma else upper, newest_max if with_newest else upper,
         newest_mag if with_newest else upper, newest_scores if with_newest else upper,
-        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, hkv, p, d,
+        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, nu, hkv, p, d,
         S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, num_warps=NUM_WARPS,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
+        num_warps=NUM_WARPS,
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
 
@@ -181,8 +230,8 @@ def page_scores(
     """Page statistics -> (upper, absmax, mean, sigma), each [B, Hkv, G, P] in the work dtype
     (sigma is [0] unless ``with_sigma``).
 
-    q: [B, Hq, D] contiguous, in the cache dtype, Hq = Hkv·G; page_size: S; k_min/k_max: [B, Hkv, P, D] cache dtype;
-    k_mean/k_std: [B, Hkv, P, D] float32 (float64); seq_lens: [B] int64 (the lengths *after*
+    q: [B, Hq, D] contiguous, in the cache dtype, Hq = Hkv·G; page_size: S;
+    k_min/k_max/k_mean/k_std: [B, Hkv, P, D] cache dtype; seq_lens: [B] int64 (the lengths *after*
     the step's append); alibi_slopes: optional [Hq] (bias slope·(position − newest position)).
     """
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, None, page_size, scale, with_sigma,

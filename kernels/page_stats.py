@@ -2,7 +2,11 @@
 
 Grid (B·Hkv, P): one program per page slot; slots that are not full pages of their sequence
 exit at once (prefill of a 128K prompt is one launch, not a Python loop over pages).
-Bytes: each full page's keys read once, four statistic rows written.
+Bytes: each full page's keys read once, four statistic rows written, all in the cache dtype.
+
+Mean and std are computed in float64 and rounded once to the cache dtype by ``round_stat``
+(through float32, to nearest even), as ``state.page_statistics`` does: fp16 keys sum exactly
+in float64 whatever the order, so the stored means are the torch code's bits.
 """
 
 from __future__ import annotations
@@ -14,13 +18,31 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
 
-__all__ = ["page_statistics"]
+__all__ = ["page_statistics", "round_stat"]
+
+
+@triton.jit
+def round_stat(x, OUT: tl.constexpr):
+    """A float64 statistic rounded to the cache dtype ``OUT`` as ``state.round_stat`` does: to
+    float32, then to fp16/bf16, each to nearest even. The bf16 step rounds the float32 bits
+    itself: Triton's CPU interpreter truncates float32 -> bf16 (``../shared/PLATFORM.md``);
+    what is left after it is exact, so the final cast is the same everywhere (the interpreter
+    also turns float64 -> bf16 into NaN: min/max, exact in any dtype, go through here too).
+    NaN passes through as NaN (its bits would otherwise carry into the sign: 0x7FFFFFFF + 0x7FFF)."""
+    if OUT == tl.float64:
+        return x
+    y = x.to(tl.float32)
+    if OUT == tl.bfloat16:
+        bits = y.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536  # to nearest even at bit 16
+        y = tl.where(y != y, y, bits.to(tl.float32, bitcast=True))
+    return y.to(OUT)
 
 
 @triton.jit
 def _page_stats_kernel(
     k_pages, k_min, k_max, k_mean, k_std, seq_lens, H, P, D,
-    S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr,
+    S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     page = tl.program_id(0)  # pages on the grid's x axis: y and z stop at 65,535 (a 1M-token cache has more pages)
     bh = tl.program_id(1)
@@ -31,12 +53,13 @@ def _page_stats_kernel(
         dmask = d < D
         row = bh.to(tl.int64) * P + page
         keys = tl.load(k_pages + row * S * D + rows[:, None] * D + d[None, :], mask=dmask[None, :], other=0.0)
-        lo, hi, mean, std = page_stats_of(keys.to(WORK), S)
+        # float64: min/max stay exact, mean/std are rounded once, below
+        lo, hi, mean, std = page_stats_of(keys.to(tl.float64), S)
         stat = row * D + d
-        tl.store(k_min + stat, lo.to(k_min.dtype.element_ty), mask=dmask)
-        tl.store(k_max + stat, hi.to(k_max.dtype.element_ty), mask=dmask)
-        tl.store(k_mean + stat, mean.to(k_mean.dtype.element_ty), mask=dmask)
-        tl.store(k_std + stat, std.to(k_std.dtype.element_ty), mask=dmask)
+        tl.store(k_min + stat, round_stat(lo, k_min.dtype.element_ty), mask=dmask)  # exact
+        tl.store(k_max + stat, round_stat(hi, k_max.dtype.element_ty), mask=dmask)
+        tl.store(k_mean + stat, round_stat(mean, k_mean.dtype.element_ty), mask=dmask)
+        tl.store(k_std + stat, round_stat(std, k_std.dtype.element_ty), mask=dmask)
 
 
 @triton_op("entmaxkv::page_statistics", mutates_args=("k_min", "k_max", "k_mean", "k_std"))
@@ -46,16 +69,15 @@ def page_statistics(
 ) -> None:
     """Write the statistics of every full page in place.
 
-    k_pages: [B, Hkv, P, S, D] contiguous; seq_lens: [B] int64; k_min/k_max (cache dtype) and
-    k_mean/k_std (float32, float64 for a float64 cache): [B, Hkv, P, D]. Page p of sequence b
-    is full when (p + 1)·S <= seq_lens[b]; other slots are not touched.
+    k_pages: [B, Hkv, P, S, D] contiguous; seq_lens: [B] int64; k_min/k_max/k_mean/k_std:
+    [B, Hkv, P, D] in the cache dtype. Page p of sequence b is full when (p + 1)·S <=
+    seq_lens[b]; other slots are not touched.
     """
     b, h, p, s, d = k_pages.shape
-    work = tl.float64 if k_pages.dtype == torch.float64 else tl.float32
     if b * h > 65535:
         raise ValueError(f"page_statistics: batch × KV heads must be at most 65,535 (a CUDA grid axis), got {b * h}")
     wrap_triton(_page_stats_kernel)[(p, b * h)](
-        k_pages, k_min, k_max, k_mean, k_std, seq_lens, h, p, d, S=s, BLOCK_D=next_pow2(d), WORK=work,
+        k_pages, k_min, k_max, k_mean, k_std, seq_lens, h, p, d, S=s, BLOCK_D=next_pow2(d),
     )
 
 
