@@ -69,11 +69,6 @@ SELECT_WARPS = 8
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
 LIST_CHUNK = 512
 LIST_WARPS = 4
-# the per-row search holds the row in BLOCK = next_pow2(P) lanes, or half or a quarter of them
-# when the row's candidates fit (0–2): its passes cost about their lanes, and a capacity just
-# past a power of two (131,136 tokens = 8,196 pages: 16,384 lanes) or a cache still filling
-# would otherwise pay for lanes that hold no candidate
-SEARCH_HALVINGS = 2
 
 
 def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int) -> int:
@@ -155,34 +150,31 @@ def _keys_kernel(
 
 
 @triton.jit
-def _chunk_counts(x, t, start, taken_before, row, NLIST, above_carried, ties_carried, BLOCK: tl.constexpr,
-                  LIST: tl.constexpr, INT: tl.constexpr, NBITS: tl.constexpr):
-    """Stores, for each ``LIST``-page chunk of the block of keys x that starts at page ``start``,
-    the keys above t and tied with t up to the chunk's end (plus the earlier blocks' carried
-    totals), and returns the new carried totals. Both counts at once, packed (ties << 16 |
-    above: a block's counts are below 2^15), by a [BLOCK // LIST, LIST] sum and a scan of its
-    few chunk sums (a scan over the block's lanes took 6–10 µs at 16,384 lanes on the H200)."""
+def _search_kernel(
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
+    G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
+    INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
+    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr,
+):
+    """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
+    to place their pages: the keys above the threshold and the ties with it up to the chunk's
+    end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term."""
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
-    u = _ordered(x, INT, NBITS)
-    ok = x > float("-inf")
-    packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
-    upto = tl.cumsum(tl.sum(tl.reshape(packed, (BLOCK // LIST, LIST)), axis=1), axis=0)
-    chunk = start // LIST + tl.arange(0, BLOCK // LIST)
-    at = taken_before + (row * NLIST + chunk) * 2
-    tl.store(at, above_carried + (upto & 0xFFFF), mask=chunk < NLIST)
-    tl.store(at + 1, ties_carried + (upto >> 16), mask=chunk < NLIST)
-    total = tl.sum(packed)
-    return above_carried + (total & 0xFFFF), ties_carried + (total >> 16)
-
-
-@triton.jit
-def _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK: tl.constexpr, NBITS: tl.constexpr,
-                INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
-                PROBES: tl.constexpr, LIST: tl.constexpr):
-    """The count k = min(want, eligible, P), the threshold (t, ties_wanted) and the per-chunk
-    counts of one row whose n candidates are held in BLOCK registers (ONE_CHUNK: n <= BLOCK)
-    or streamed BLOCK at a time from ``base``."""
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     lanes = tl.arange(0, BLOCK)
+    base = keys + row * P
+    # forced pages: the first min(sink, n) and the last min(recent, n) candidates, once each
+    first, last = tl.minimum(sink, n), tl.minimum(recent, n)
+    forced_total = first + last - tl.maximum(first - tl.maximum(n - recent, 0), 0)
+    if COVERAGE:  # ceil(n·coverage − 1e-9) in float64, as TopK computes it
+        coverage = _float64_of(cov_hi, cov_mid, cov_lo)
+        want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
+    else:
+        want = budget
+    want = tl.maximum(want, forced_total)
+
     # keys past n were never written: every read masks them to −inf (not eligible)
     x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the whole row if ONE_CHUNK
     u_all = _eligible_ordered(x_all, INT, NBITS)
@@ -194,64 +186,29 @@ def _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK: 
     tl.store(kept + row, k)
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
-    # chunks past the block hold no candidate: the list programs read no count of theirs
-    if ONE_CHUNK:
-        _chunk_counts(x_all, t, 0, taken_before, row, NLIST, 0, 0, BLOCK, LIST, INT, NBITS)
-    else:
-        above_carried = 0
-        ties_carried = 0
-        for start in range(0, P, BLOCK):
+
+    # both counts of every chunk of a block at once, packed (ties << 16 | above: a block's
+    # counts are below 2^15): a [BLOCK // LIST, LIST] sum and a scan of its few chunk sums (a
+    # scan over the block's lanes took 6–10 µs of this program at 16,384 lanes on the H200);
+    # chunk c stores the counts of chunks 0..c, plus earlier blocks'
+    above_carried = 0
+    ties_carried = 0
+    for start in range(0, P, BLOCK):  # once when ONE_CHUNK
+        if ONE_CHUNK:
+            x = x_all
+        else:
             x = tl.load(base + start + lanes, mask=start + lanes < n, other=float("-inf"))
-            above_carried, ties_carried = _chunk_counts(x, t, start, taken_before, row, NLIST, above_carried,
-                                                        ties_carried, BLOCK, LIST, INT, NBITS)
-
-
-@triton.jit
-def _search_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
-    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
-    G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
-    INT: tl.constexpr, ONE_CHUNK: tl.constexpr, HALVINGS: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
-    PROBES: tl.constexpr, LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr,
-):
-    """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
-    to place their pages: the keys above the threshold and the ties with it up to the chunk's
-    end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term. A row held
-    in registers is searched in the smallest of BLOCK, BLOCK/2 … BLOCK/2^HALVINGS lanes that
-    holds its n candidates (a pass costs about its lanes: the capacity's power of two is not
-    the candidates')."""
-    row = tl.program_id(0).to(tl.int64)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
-    base = keys + row * P
-    # forced pages: the first min(sink, n) and the last min(recent, n) candidates, once each
-    first, last = tl.minimum(sink, n), tl.minimum(recent, n)
-    forced_total = first + last - tl.maximum(first - tl.maximum(n - recent, 0), 0)
-    if COVERAGE:  # ceil(n·coverage − 1e-9) in float64, as TopK computes it
-        coverage = _float64_of(cov_hi, cov_mid, cov_lo)
-        want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
-    else:
-        want = budget
-    want = tl.maximum(want, forced_total)
-    if HALVINGS == 2:
-        if n <= BLOCK // 4:
-            _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK // 4, NBITS, INT, ONE_CHUNK,
-                        RADIX, FIELD, PROBES, LIST)
-        elif n <= BLOCK // 2:
-            _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK // 2, NBITS, INT, ONE_CHUNK,
-                        RADIX, FIELD, PROBES, LIST)
-        else:
-            _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK, NBITS, INT, ONE_CHUNK,
-                        RADIX, FIELD, PROBES, LIST)
-    elif HALVINGS == 1:
-        if n <= BLOCK // 2:
-            _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK // 2, NBITS, INT, ONE_CHUNK,
-                        RADIX, FIELD, PROBES, LIST)
-        else:
-            _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK, NBITS, INT, ONE_CHUNK,
-                        RADIX, FIELD, PROBES, LIST)
-    else:
-        _search_row(base, row, n, want, P, kept, found, taken_before, NLIST, BLOCK, NBITS, INT, ONE_CHUNK, RADIX,
-                    FIELD, PROBES, LIST)
+        u = _ordered(x, INT, NBITS)
+        ok = x > float("-inf")
+        packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
+        upto = tl.cumsum(tl.sum(tl.reshape(packed, (BLOCK // LIST, LIST)), axis=1), axis=0)
+        chunk = start // LIST + tl.arange(0, BLOCK // LIST)
+        at = taken_before + (row * NLIST + chunk) * 2
+        tl.store(at, above_carried + (upto & 0xFFFF), mask=chunk < NLIST)
+        tl.store(at + 1, ties_carried + (upto >> 16), mask=chunk < NLIST)
+        total = tl.sum(packed)
+        above_carried += total & 0xFFFF
+        ties_carried += total >> 16
 
     # the floor's newest-page term; the list programs raise it to their best selected means
     gs = tl.arange(0, G_PAD)
@@ -344,11 +301,6 @@ def quest_select(
     block = min(MAX_BLOCK, max(16, next_pow2(p)))
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
-    # a row in registers is searched in fewer lanes when its candidates fit (blocks >= 16 lanes
-    # and >= a list chunk, so that the chunk counts tile them)
-    halvings = 0
-    while p <= block and halvings < SEARCH_HALVINGS and block >> (halvings + 1) >= max(list_pages, 16):
-        halvings += 1
     lists = triton.cdiv(p, list_pages)
     found = torch.empty((b, hkv, 2), dtype=torch.int64, device=upper.device)  # threshold, ties wanted
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
@@ -357,8 +309,8 @@ def quest_select(
         keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
         max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
         2 * rounding_gamma(work, head_dim), hkv, p, lists,
-        BLOCK=block, ONE_CHUNK=p <= block, HALVINGS=halvings, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-        LIST=list_pages, COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
+        BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES, LIST=list_pages,
+        COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
     )
     eps = torch.finfo(work).eps
     wrap_triton(_list_kernel)[(b * hkv, lists)](

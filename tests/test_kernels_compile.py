@@ -69,8 +69,7 @@ def record_code_scan(monkeypatch) -> None:
 def record_fused_topk() -> None:
     """TopK's coverage count (the budget one is in SELECTORS) with recent pages, every cache
     dtype, with and without ALiBi; and quest_select / select_pages on rows longer than a
-    register block (the streamed layout, reached at 16,384 pages on the GPU) and within one
-    (searched in a half or a quarter of its block when the candidates fit: 16-page list chunks),
+    register block (the streamed layout, reached at 16,384 pages on the GPU) and within one,
     with every threshold search (``helpers.SEARCHES``: the interpolation search, the default
     the steps above take, and the bitwise one at both radices, which benchmarks flip to)."""
     from entmaxkv.kernels.quest_select import quest_select
@@ -87,7 +86,6 @@ def record_fused_topk() -> None:
             for max_block in (16, 64):  # rows of 40 pages: streamed in 16-page blocks, or one block
                 mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", max_block)
                 mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", max_block)
-                mp.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 16)
                 for dtype in (torch.float32, torch.float64):
                     x = torch.randn(1, 1, 2, 40, dtype=dtype)
                     lens = torch.tensor([40 * 16])
