@@ -49,7 +49,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
-from entmaxkv.kernels.page_scores import rounding_gamma
+from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
 from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
@@ -312,11 +312,10 @@ def quest_select(
         BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES, LIST=list_pages,
         COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
     )
-    eps = torch.finfo(work).eps
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, means, absmax, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
         kept, found, taken_before, pages, mask, floor,
-        (2 * page_size + 4 * (head_dim + 2)) * eps, hkv, p, m, lists,
+        mean_slack(work, page_size, head_dim), hkv, p, m, lists,
         LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, **wide_ints, **kinds, num_warps=LIST_WARPS,
     )
     return pages, kept, mask, floor

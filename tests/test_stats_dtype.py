@@ -176,14 +176,10 @@ def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal, device):
 
 
 @pytest.mark.parametrize("dtype, subnormal", CASES)
-def test_quest_select_floor_of_a_rounded_up_mean_is_reached(request, dtype, subnormal):
-    """The same floor from ``quest_select`` (a TopK step on the kernels). Its launcher's slack
-    (kernels/quest_select.py, not this branch's file) must become ``mean_slack(work, S, D)``:
-    until it does, the fp16/bf16 cases fail, and are marked so (strict: once the launcher
-    changes they pass, and the mark must go)."""
-    if dtype != torch.float32:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="quest_select's slack lacks mean_slack's "
-                                              "unit-roundoff term (the change is in the s7-means report)"))
+def test_quest_select_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal):
+    """The same floor from ``quest_select`` (a TopK step on the kernels), whose launcher takes
+    its slack from ``mean_slack(work, S, D)`` (without the unit-roundoff term the fp16/bf16
+    cases fail)."""
     scale = 0.5
     cache, q = _rounded_up_page(dtype, subnormal)
     upper, absmax, means, _, newest_max, newest_mag, _ = page_bounds(
