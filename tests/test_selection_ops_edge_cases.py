@@ -7,6 +7,13 @@ reach, each found by a mutation of the kernel that the existing tests let throug
   float memory holds +inf (a forced page): such a read keeps pages that are not candidates.
 - Query groups that are not a power of two (G = 3: SmolLM2's 9 query and 3 KV heads) pad the
   head axis (G_PAD = 4) in every kernel; the op tests drew groups 1, 2 and 4 only.
+- ``quest_select``'s list launch (session 7 review). Mutations the op tests let through, or
+  caught only by a heap-corruption abort: −1 padding up to P instead of M, the per-chunk count
+  store or the mask store without its bound (a row's stray writes land in the next row's
+  slots and are overwritten there under the interpreter; only the last row's show, in the
+  guards here); counting −inf keys among those above the threshold (seen only when a count
+  takes every eligible page and −inf keys precede eligible ones). ``list_capacity`` and the
+  fake were pinned by two hand-picked values and one opcheck case.
 """
 
 import dataclasses
