@@ -249,3 +249,39 @@ def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide
             assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
             assert bool((row[int(n):] == -1).all()), msg
         assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_quest_select_floor_takes_a_negative_zero_best(dtype, device):
+    """The list launch max-es each head's best selected mean − slack into the floor with
+    ``tl.atomic_max``, which Triton lowers for floats to integer atomics split by sign:
+    −0.0 must win over a negative floor, as torch.maximum has it. Triton 3.7 splits on the
+    sign bit; older releases split on ``val >= 0``, which sends −0.0 to the signed-int max,
+    where its bits (the lowest int) lose to every negative float. Here the only selected
+    page's mean is −0.0 with no slack (absmax 0, no ALiBi) and the newest-page term −1 − 2γ.
+    (Not yet run on the GPU's Triton 3.6: the lead runs the cuda case.)"""
+    from test_quest_select import torch_selection
+    import dataclasses
+
+    import entmaxkv as ekv
+
+    p = 8
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([p * S]))  # 7 candidates
+    upper = torch.ones(1, 1, 1, p, dtype=dtype)
+    upper[..., 0] = 10.0  # page 0 alone is selected (budget 1)
+    means = torch.full((1, 1, 1, p), -5.0, dtype=dtype)
+    means[..., 0] = -0.0
+    absmax = torch.ones_like(upper)
+    absmax[..., 0] = 0.0
+    newest_max = torch.full((1, 1, 1), -1.0, dtype=dtype)
+    newest_mag = torch.ones_like(newest_max)
+    q = torch.zeros(1, 1, 1, 16, dtype=dtype)
+    _, want_floor = torch_selection(cache, q, 1.5, None, upper, means, absmax, newest_max, newest_mag, 1, None, 0, 0)
+    assert want_floor.item() == 0.0 and str(want_floor.item()) == "-0.0"  # the torch floor is the best mean
+    args = [x.to(device) for x in (upper, means, absmax, newest_max, newest_mag, cache.seq_lens)]
+    pages, count, mask, floor = quest_select(*args, None, S, 16, 1.5, 1, 0.0, 0, 0)
+    assert pages.cpu().tolist() == [[[0]]] and count.item() == 1
+    assert floor.item() == 0.0, floor  # not the newest-page term −1 − 2γ
