@@ -136,17 +136,18 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins"
 # heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
 # 2 pages / 2 warps 128 µs, 4 / 4 131, 4 / 2 132, 8 / 8 139, 4 / 8 267, 1 / 8 620;
 # code_candidates 19–32 µs in every configuration on needle data (16 candidates a head).
-# The tensor-core path (the default for float32 work) is not measured yet: 4 pages / 2 warps
-# chosen from ptxas (sm_90a, D = 128, 4 bits, G = 4, the bare scan, compiled here with the
-# launcher's 16-byte alignment of pointers and of W and D): registers and SASS instructions a
-# page (one warp's straight-line code × warps / pages; a static count, slow paths included):
-# 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4 128 / 1476;
-# the CUDA-core path at its 2 / 2: 164 / 1416. So the dots do not cut the instruction count
-# much (the codes' unpacking to float16 and the operands' moves through shared memory take
-# what the FMAs gave back; 16 HMMA a page): what the path gains on the H200, if anything, is
-# for `benchmarks/keycodes_gpu.py` to say (it times both paths, the CUDA-core one at 2 / 2),
-# and `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
-BLOCK_P = 4  # pages per code_bounds program
+# The tensor-core path (``USE_DOT``), measured on the H200 at 128K (keycodes_gpu.py, needle
+# data, 4 bits, 2026-11-29, session 7) at 4 pages / 2 warps: code_bounds bare 151.4 µs against
+# the CUDA-core path's 128.0 at 2 / 2, the step 248.2 against 234.7 µs (the same certified
+# outputs). Its launch was chosen from ptxas (sm_90a, D = 128, 4 bits, G = 4, the bare scan,
+# compiled with the launcher's 16-byte alignment of pointers and of W and D): registers and
+# SASS instructions a page (one warp's straight-line code × warps / pages; a static count, slow
+# paths included): 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4
+# 128 / 1476; the CUDA-core path at its 2 / 2: 164 / 1416. The dots do not cut the instruction
+# count (the codes' unpacking to float16 and the operands' moves through shared memory take
+# what the FMAs gave back; 16 HMMA a page), and the H200 agrees: the CUDA-core path stays the
+# default; `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
+BLOCK_P = 2  # pages per code_bounds program
 NUM_WARPS = 2
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
@@ -156,8 +157,9 @@ CANDIDATE_SPAN = 16
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
 # The tensor-core path of code_bounds (float32 work; the module docstring has its error bound).
-# False: the CUDA-core path for every dtype (benchmarks/keycodes_gpu.py times both).
-USE_DOT = True
+# False, the default: the CUDA-core path for every dtype (slower on the H200, above;
+# benchmarks/keycodes_gpu.py times both).
+USE_DOT = False
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
 # takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make

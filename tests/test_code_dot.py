@@ -27,6 +27,12 @@ import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
 from entmaxkv.reference import token_scores  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def dot_path(monkeypatch):
+    """Every test here is of the tensor-core path, which is not the default (slower on the H200)."""
+    monkeypatch.setattr(code_scan, "USE_DOT", True)
+
+
 def crafted_cache(keys: torch.Tensor, bits: int = 4) -> ekv.PagedKVCache:
     """A float32 coded cache holding ``keys`` [B, Hkv, T, D] (T a multiple of PAGE) plus one
     token, so that every page of ``keys`` is coded."""

@@ -44,10 +44,12 @@ def record_code_scan(monkeypatch) -> None:
     page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low)."""
     from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
-    # D = 16: 8 bits take the tensor-core path of float32 work (code_scan.uses_dot), 4 bits the
-    # CUDA-core one; D = 32 (fp16 cache): the 4-bit tensor-core path (one dot per nibble)
-    for dtype, d in ((torch.float32, 16), (torch.float16, 16), (torch.bfloat16, 16), (torch.float64, 16),
-                     (torch.float16, 32)):
+    # the CUDA-core path (the default) for every dtype; with code_scan.USE_DOT, D = 16: 8 bits
+    # take the tensor-core path of float32 work (code_scan.uses_dot), 4 bits the CUDA-core one;
+    # D = 32 (fp16 cache): the 4-bit tensor-core path (one dot per nibble)
+    for dtype, d, dot in ((torch.float32, 16, False), (torch.float16, 16, False), (torch.bfloat16, 16, False),
+                          (torch.float64, 16, False), (torch.float32, 16, True), (torch.float16, 32, True)):
+        monkeypatch.setattr("entmaxkv.kernels.code_scan.USE_DOT", dot)
         g = torch.Generator().manual_seed(1)
         k, v = (torch.randn(1, 1, 40, d, generator=g).to(dtype) for _ in range(2))
         q, kn, vn = random_step(g, 1, 2, 1, d, dtype)
