@@ -65,12 +65,10 @@ quick)  # the TopK / Dense step at three contexts: a before/after check of a ker
         --dtypes fp16 --alphas 1,1.5 --coverages 12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out '$out/quick'" \
         2>&1 | grep -E "^\|" | tee "$out/quick.txt"
     ;;
-changed)  # the gpu tests of the ops this session changed, without the slow full run (~3 minutes)
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -rf --durations=5 tests/test_quest_select.py \
-        tests/test_kernels_codes.py tests/test_keycodes.py tests/test_nan_inputs.py tests/test_ops_gpu.py \
-        -k "gpu_equals or graph_replay_no_sync or exact_with_codes_on_cuda or (nan and cuda) \
-or (4113 and dtype0) or (2047 and dtype1) or no_host_sync or graph_replay_equals or specialisations" 2>&1 \
-        | tail -15 | tee "$out/changed-tests.txt"
+changed)  # the gpu tests of the ops this session changed, without the slow full run (~1 minute)
+    timeout 300 python3 -m pytest -q -p no:cacheprovider -rf --durations=5 -m gpu tests/test_stats_dtype.py \
+        tests/test_code_dot.py tests/test_kernel_edge_cases.py tests/test_quest_select.py \
+        tests/test_selection_ops_edge_cases.py 2>&1 | tail -15 | tee "$out/changed-tests.txt"
     ;;
 codes)  # the key-code step with the bare scan, with the newest page and with the seed
     timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \

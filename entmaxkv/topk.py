@@ -15,8 +15,8 @@ the largest amount by which it could beat what some head already attends. It is 
 ranking when the group has one head, it does not let a head with large raw scores drown the
 others, and key_p < -1 says the page is empty for every head of the group (for entmax) — up
 to rounding: the mean scores come from means stored in the cache dtype and may exceed every
-score of their page by ``kernels.page_scores.mean_slack·absmax`` (2^-11 to 2^-8 of the |score|
-scale). Only the ranking uses L_h, so it takes the mean scores as they are (as ``quest_select``
+score of their page by the mean's rounding (2^-11 of the |score| scale ``absmax`` for fp16,
+2^-8 for bf16), which ``kernels.page_scores.mean_slack·absmax`` covers. Only the ranking uses L_h, so it takes the mean scores as they are (as ``quest_select``
 does); what needs a score some token attains (the attention's score floor) subtracts the slack.
 """
 

@@ -42,6 +42,7 @@ A second op rather than new outputs of ``page_scores``: that op's four outputs a
 
 from __future__ import annotations
 
+import math
 import torch
 import triton
 import triton.language as tl
@@ -82,10 +83,17 @@ def mean_slack(work: torch.dtype, page_size: int, head_dim: int) -> float:
       [kmin_d, kmax_d]. Below fp16's normal range the error is 2^-25 at most, <= 2^-8·ν;
     - the mean score and the attained token's score are D-term dot products, γ·absmax each
       (γ = 2(D+2)·eps): ``4·(D+2)·eps``.
-    So c = (2S + 4(D+2))·eps + u, with u = 2^-8 for float32 work (bf16's, which covers fp16)
-    and 0 for float64 (a float64 cache keeps float64 statistics)."""
+    So c >= (2S + 4(D+2))·eps + u, with u = 2^-8 for float32 work (bf16's, which covers fp16)
+    and 0 for float64 (a float64 cache keeps float64 statistics), rounded up to a power of two:
+    then c·absmax is exact (above the subnormals), and mean − c·absmax rounds the same whether
+    it is one fused multiply-subtract (what the GPU compiles ``quest_select``'s floor to) or a
+    product and a difference (torch's ``KernelOps.score_floor``). With c itself the two differed
+    by one float32 ulp on the H200 at 128K (2026-11-29), where the torch composition is meant
+    to give the same floor bit for bit."""
     u = 0.0 if work == torch.float64 else MEAN_UNIT_ROUNDOFF
-    return (2 * page_size + 4 * (head_dim + 2)) * torch.finfo(work).eps + u
+    c = (2 * page_size + 4 * (head_dim + 2)) * torch.finfo(work).eps + u
+    mantissa, exponent = math.frexp(c)  # c = mantissa·2^exponent, mantissa in [0.5, 1)
+    return math.ldexp(1.0, exponent - 1 if mantissa == 0.5 else exponent)
 
 
 def mean_floor(stats_dtype: torch.dtype) -> float:
