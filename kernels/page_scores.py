@@ -43,6 +43,7 @@ A second op rather than new outputs of ``page_scores``: that op's four outputs a
 from __future__ import annotations
 
 import math
+
 import torch
 import triton
 import triton.language as tl
