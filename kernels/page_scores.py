@@ -110,7 +110,7 @@ def _page_scores_kernel(
     scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
-    HAS_NU: tl.constexpr,
+    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
@@ -133,8 +133,9 @@ def _page_scores_kernel(
         kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
         kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
         kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
-        kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
-        kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
+        if WITH_MEAN:
+            kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
+            kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
             kvar = kstd * kstd
@@ -145,9 +146,10 @@ def _page_scores_kernel(
             u = tl.sum(tl.maximum(qv, 0.0) * kmax + tl.minimum(qv, 0.0) * kmin, axis=1)
             mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
             u = u * scale_w + tl.cast(gamma, WORK) * mag
-            if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
-                mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
-            mu = tl.sum(qv * kmean, axis=1) * scale_w
+            if WITH_MEAN:
+                if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                    mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
+                mu = tl.sum(qv * kmean, axis=1) * scale_w
             if WITH_SIGMA:
                 var = tl.sum(qv * qv * kvar, axis=1) * (scale_w * scale_w)
             if HAS_ALIBI:
@@ -157,13 +159,15 @@ def _page_scores_kernel(
                 last = (p * S + S - 1 - qpos_t).to(WORK)
                 bias = tl.maximum(slope * first, slope * last)
                 u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-                mu += slope * (first + (S - 1) / 2)
+                if WITH_MEAN:
+                    mu += slope * (first + (S - 1) / 2)
                 if WITH_SIGMA:
                     var += slope * slope * ((S * S - 1) / 12)
             out = qrow * P + p
             tl.store(upper + out, u, mask=pmask)
-            tl.store(absmax + out, mag, mask=pmask)
-            tl.store(mean + out, mu, mask=pmask)
+            if WITH_MEAN:
+                tl.store(absmax + out, mag, mask=pmask)
+                tl.store(mean + out, mu, mask=pmask)
             if WITH_SIGMA:
                 tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
@@ -201,14 +205,14 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
 
 
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
-            with_newest):
+            with_newest, with_mean):
     b, hkv, p, d = k_min.shape
     g = q.shape[1] // hkv
     work = work_dtype_of(k_min.dtype)
     shape = (b, hkv, g, p)
     upper = torch.empty(shape, dtype=work, device=q.device)
-    absmax = torch.empty_like(upper)
-    mean = torch.empty_like(upper)
+    absmax = torch.empty(shape if with_mean else (0,), dtype=work, device=q.device)
+    mean = torch.empty_like(absmax)
     sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
@@ -220,12 +224,14 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
-        upper, absmax, mean, sigma if with_sigma else upper, newest_max if with_newest else upper,
+        upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,
+        newest_max if with_newest else upper,
         newest_mag if with_newest else upper, newest_scores if with_newest else upper,
         scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, nu, hkv, p, d,
         S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
+        WITH_MEAN=with_mean,
         num_warps=NUM_WARPS,
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
@@ -235,25 +241,28 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
 def page_scores(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int, scale: float, with_sigma: bool,
+    with_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Page statistics -> (upper, absmax, mean, sigma), each [B, Hkv, G, P] in the work dtype
-    (sigma is [0] unless ``with_sigma``).
+    (sigma is [0] unless ``with_sigma``; absmax and mean are [0] without ``with_mean``: the
+    mean is then not read, and upper costs two row sums a head instead of three or four).
 
     q: [B, Hq, D] contiguous, in the cache dtype, Hq = Hkv·G; page_size: S;
     k_min/k_max/k_mean/k_std: [B, Hkv, P, D] cache dtype; seq_lens: [B] int64 (the lengths *after*
     the step's append); alibi_slopes: optional [Hq] (bias slope·(position − newest position)).
     """
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, None, page_size, scale, with_sigma,
-                   False)[:4]
+                   False, with_mean)[:4]
 
 
 @page_scores.register_fake
-def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, with_sigma):
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, with_sigma, with_mean=True):
     b, hkv, p, _ = k_min.shape
     shape = (b, hkv, q.shape[1] // hkv, p)
     work = work_dtype_of(k_min.dtype)
     upper = q.new_empty(shape, dtype=work)
-    return upper, torch.empty_like(upper), torch.empty_like(upper), q.new_empty(shape if with_sigma else (0,), dtype=work)
+    means = q.new_empty(shape if with_mean else (0,), dtype=work)
+    return upper, means, torch.empty_like(means), q.new_empty(shape if with_sigma else (0,), dtype=work)
 
 
 register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension
@@ -263,7 +272,7 @@ register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batc
 def page_bounds(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, k_pages: torch.Tensor, page_size: int, scale: float,
-    with_sigma: bool,
+    with_sigma: bool, with_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] and
@@ -271,17 +280,18 @@ def page_bounds(
     what ``newest_page.newest_page_scores`` computes), work dtype, from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
     sequence's newest page is read). Other arguments as in ``page_scores``."""
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
-                   True)
+                   True, with_mean)
 
 
 @page_bounds.register_fake
-def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma):
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma, with_mean=True):
     b, hkv, p, _ = k_min.shape
     shape = (b, hkv, q.shape[1] // hkv, p)
     work = work_dtype_of(k_min.dtype)
     upper = q.new_empty(shape, dtype=work)
     newest = q.new_empty(shape[:3], dtype=work)
-    return (upper, torch.empty_like(upper), torch.empty_like(upper),
+    means = q.new_empty(shape if with_mean else (0,), dtype=work)
+    return (upper, means, torch.empty_like(means),
             q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest),
             q.new_empty((*shape[:3], page_size), dtype=work))
 
