@@ -14,7 +14,7 @@ Until 2026-11-29 the reference was a score each head attains (the best page-mean
 the newest page's best score); on real attention (SmolLM2-135M, every layer and head, 4K and
 8K tokens, α = 1 and 1.5, TopK 6.25% and 12.5%: ``benchmarks/topk_reference_real.py``)
 L_h = max_p U_hp keeps the median cosine to dense attention and lifts its 5th percentile
-in 6 of 8 settings (e.g. 0.73 -> 0.82 at 8K, α = 1.5, 6.25%; 0.88 -> 0.92 at 4K, α = 1,
+in 7 of 8 settings (e.g. 0.73 -> 0.82 at 8K, α = 1.5, 6.25%; 0.88 -> 0.92 at 4K, α = 1,
 12.5%), and it needs no page means: a TopK step at α = 1 (no survivor filter in the
 attention, so no score floor) reads no mean at all.
 """
