@@ -135,6 +135,7 @@ def compile_all(path: str, configs: list[tuple[int, int]], chunks: list[int]) ->
                     args = dict(args, BLOCK_P=["int", block_p])
                     if "CHUNK" in args:
                         args["CHUNK"] = ["int", chunk]
+                        args["VEC"] = ["int", min(8, chunk)]  # 16-byte loads of fp16/bf16
                     elif chunk:
                         continue  # the kernel has no chunked form
                     try:
