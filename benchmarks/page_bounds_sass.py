@@ -6,7 +6,7 @@ configuration — what an instruction-bound kernel's time follows, seen before d
     python benchmarks/page_bounds_sass.py --configs "8,2;16,2;32,4" --chunks 0,32
 
 Records one ``page_bounds`` launch (D = 128, S = 16, G = 4, TopK form: no σ) in fp16 (ν > 0)
-and bf16 under the interpreter, then compiles each (BLOCK_P, num_warps, CHUNK) specialisation
+and bf16, with the mean and without it (``-m``, α = 1's TopK step), under the interpreter, then compiles each (BLOCK_P, num_warps, CHUNK) specialisation
 in a subprocess without it, with the divisibility-by-16 hints a real launch gets (pointers;
 D and P at 128K), and counts the static SASS of one warp's code. "a page" = that count ×
 num_warps / BLOCK_P: what one page of one KV head costs the SMs' issue slots (every
@@ -44,7 +44,8 @@ ORDER = ["FFMA", "FADD/FMUL", "FMNMX", "SHFL", "CVT", "LDG", "STG", "LOP3", "SEL
 
 
 def record() -> dict:
-    """{dtype name: [module, name, {arg: [kind, value]}]}: one page_bounds launch per dtype."""
+    """{form: [module, name, {arg: [kind, value]}]}: one page_bounds launch per dtype, with and
+    without the mean (``-m``: α = 1's TopK step reads no mean)."""
     os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
     sys.path.insert(0, str(TESTS))
     import torch
@@ -64,12 +65,14 @@ def record() -> dict:
     InterpretedFunction.run = recording
     try:
         for dtype in (torch.float16, torch.bfloat16):
-            current[:] = [str(dtype).removeprefix("torch.")]
             k = torch.randn(1, 2, 33, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
             empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=2, head_dim=128, capacity=256, dtype=dtype)
             c = ekv.prefill(empty, k, k, [33])
             q = torch.randn(1, 8, 128).to(dtype)
-            page_bounds(q, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.1, False)
+            for with_mean in (True, False):
+                current[:] = [{torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype] + ("" if with_mean else "-m")]
+                page_bounds(q, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.1, False,
+                            with_mean)
     finally:
         InterpretedFunction.run = run
     return specs

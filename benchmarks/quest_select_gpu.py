@@ -84,7 +84,7 @@ def main() -> None:
         def glue():  # what TopK.select + KernelOps.score_floor ran before quest_select
             ops._candidates = None  # the candidate mask is built inside the graph, as in a step
             candidates = ops.candidates
-            key = rank_key(step.upper, step.means, ops.newest_max, candidates, alpha)
+            key = rank_key(step.upper, candidates, alpha)
             key = torch.where(forced_page_mask(cache, candidates, 1, 0), float("inf"), key)
             mask = ops.top_pages(key, quest_count(candidates, None, coverage))
             return mask, ops.score_floor(mask)

@@ -68,13 +68,14 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
                kernels: bool, needs_sigma: bool, needs_page_scores: bool = True,
-               needs_newest_scores: bool = True) -> Step:
+               needs_newest_scores: bool = True, needs_means: bool = True) -> Step:
     """Everything a selector may look at, computed by the chosen backend. Without
     ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities and the
     newest page's scores are None: no page statistic is read, nothing is computed ahead of
     the attention. Without ``needs_newest_scores`` (``TopK``) ``Step.newest_scores`` is None;
     on the kernels the step is then one ``page_bounds`` launch (the newest page's best score
-    and magnitude come from it)."""
+    and magnitude come from it). Without ``needs_means`` (``TopK`` at α = 1) ``Step.means``
+    is None and the kernels read no page mean (nor compute the |score| scale ``absmax``)."""
     if not needs_page_scores:
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels
                else ReferenceOps(cache, q, alpha, scale, alibi_slopes))
@@ -82,13 +83,15 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     if kernels:
         upper, absmax, means, sigma, newest_max, newest_mag, newest_scores = torch.ops.entmaxkv.page_bounds(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
-            alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma)
+            alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma, needs_means)
+        if not needs_means:
+            means = absmax = None
         ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag)
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
                     newest_scores if needs_newest_scores else None, ops)
     newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
     upper = quest_bounds(cache, q, scale, alibi_slopes)
-    means = mean_scores(cache, q, scale, alibi_slopes)
+    means = mean_scores(cache, q, scale, alibi_slopes) if needs_means else None
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
     ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes)
     return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest_scores, ops)
@@ -143,10 +146,9 @@ class ReferenceOps(PageSets):
         key = torch.where(self.candidates, key, torch.full_like(key, float("-inf")))  # candidates only
         return top_pages(key, count) | torch.isposinf(key)
 
-    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
-                        sink_pages: int, recent_pages: int) -> Tensor:
-        newest_max = newest_page_scores(self.cache, self.q, self.scale, self.alibi_slopes).amax(-1)
-        key = rank_key(upper, means, newest_max, self.candidates, self.alpha)
+    def quest_top_pages(self, upper: Tensor, means: Tensor | None, budget_pages: int | None,
+                        coverage: float | None, sink_pages: int, recent_pages: int) -> Tensor:
+        key = rank_key(upper, self.candidates, self.alpha)
         forced = forced_page_mask(self.cache, self.candidates, sink_pages, recent_pages)
         key = torch.where(forced, torch.full_like(key, float("inf")), key)
         count = quest_count(self.candidates, budget_pages, coverage)
@@ -231,12 +233,13 @@ class KernelOps(PageSets):
         pages, count = torch.ops.entmaxkv.select_pages(key.contiguous(), want, c.num_pages)
         return self._keep_list(pages_to_mask(pages, c.num_pages), pages, count, None)
 
-    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
-                        sink_pages: int, recent_pages: int) -> Tensor:
+    def quest_top_pages(self, upper: Tensor, means: Tensor | None, budget_pages: int | None,
+                        coverage: float | None, sink_pages: int, recent_pages: int) -> Tensor:
         # one kernel: rank key, forced pages, count, page list, mask and the attention's score floor
         c = self.cache
         pages, count, mask, floor = torch.ops.entmaxkv.quest_select(
-            upper.contiguous(), means.contiguous(), self.absmax, self.newest_max, self.newest_magnitude, c.seq_lens,
+            upper.contiguous(), None if means is None else means.contiguous(), self.absmax, self.newest_max,
+            self.newest_magnitude, c.seq_lens,
             self.alibi_slopes, c.page_size, c.head_dim, self.alpha, -1 if budget_pages is None else budget_pages,
             0.0 if coverage is None else float(coverage), sink_pages, recent_pages)
         return self._keep_list(mask, pages, count, floor)

@@ -37,11 +37,11 @@ class StepOps(Protocol):
         may keep data behind it (the kernel ops keep its page list and raise, in eager use, if
         the mask was changed)."""
 
-    def quest_top_pages(self, upper: Tensor, means: Tensor, budget_pages: int | None, coverage: float | None,
-                        sink_pages: int, recent_pages: int) -> Tensor:
+    def quest_top_pages(self, upper: Tensor, means: Tensor | None, budget_pages: int | None,
+                        coverage: float | None, sink_pages: int, recent_pages: int) -> Tensor:
         """[B, Hkv, P] bool: ``TopK``'s selection in one primitive (the kernel ops run it as
-        one kernel). Ranks candidates by ``topk.rank_key`` of ``upper``/``means`` [B, Hkv, G, P]
-        (L_h from the candidates' means and the newest page's best score), forces the first
+        one kernel). Ranks candidates by ``topk.rank_key`` of ``upper`` [B, Hkv, G, P]
+        (``means``, or None, only serves the attention's score floor), forces the first
         ``sink_pages`` and the ``recent_pages`` before the newest page, and keeps
         ``budget_pages`` pages or, when that is None, ceil(n·coverage − 1e-9) of each row's
         n candidates (``topk.quest_count``); forced pages are kept beyond that count. The same
@@ -152,6 +152,11 @@ class Selector:
         ``Step.means``, the newest page's scores); ``needs_page_scores`` unless a selector
         knows better for some caches."""
         return self.needs_page_scores
+
+    def reads_means(self, alpha: float) -> bool:
+        """Whether a step at ``alpha`` that computes page scores needs ``Step.means`` (and the
+        |score| scale the kernels compute with them): True unless a selector knows better."""
+        return True
 
     def check(self, alpha: float) -> None:
         """Raise ValueError if this selector cannot serve ``alpha``."""

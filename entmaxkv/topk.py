@@ -2,22 +2,21 @@
 
 GQA. The query heads of a group share one page set, so their per-head bounds must be combined
 into one ranking. Entmax weights depend on scores only through lin(α)·s - τ_h, and each head's
-τ_h sits just below that head's top score (τ_h >= lin(α)·max_i s_i - 1). So what decides whether
-a page can matter to head h is how far its bound U_hp reaches *relative to head h's top score*,
-in units of lin(α). We do not know the top score, but we know a score every head attains:
-L_h = max(best page-mean score, best score of the always-attended newest page) — a page's mean
-key is a convex combination of its keys, so some key scores at least the mean. A page is
-ranked by
+τ_h sits just below that head's top score. So what decides whether a page can matter to head h
+is how far its bound U_hp reaches relative to what head h can reach at all, in units of lin(α).
+Each head's reference is its best candidate bound, L_h = max_p U_hp, and a page is ranked by
 
-    key_p = max_h lin(α)·(U_hp - L_h),
+    key_p = max_h lin(α)·(U_hp - L_h)  (<= 0; 0 for each head's best page),
 
-the largest amount by which it could beat what some head already attends. It is the Quest
-ranking when the group has one head, it does not let a head with large raw scores drown the
-others, and key_p < -1 says the page is empty for every head of the group (for entmax) — up
-to rounding: the mean scores come from means stored in the cache dtype and may exceed every
-score of their page by the mean's rounding (2^-11 of the |score| scale ``absmax`` for fp16,
-2^-8 for bf16), which ``kernels.page_scores.mean_slack·absmax`` covers. Only the ranking uses L_h, so it takes the mean scores as they are (as ``quest_select``
-does); what needs a score some token attains (the attention's score floor) subtracts the slack.
+how close it comes to some head's best page. It is the Quest ranking when the group has one
+head, and it does not let a head with large raw scores (or loose bounds) drown the others.
+Until 2026-11-29 the reference was a score each head attains (the best page-mean score, or
+the newest page's best score); on real attention (SmolLM2-135M, every layer and head, 4K and
+8K tokens, α = 1 and 1.5, TopK 6.25% and 12.5%: ``benchmarks/topk_reference_real.py``)
+L_h = max_p U_hp keeps the median cosine to dense attention and lifts its 5th percentile
+in 7 of 8 settings (e.g. 0.73 -> 0.82 at 8K, α = 1.5, 6.25%; 0.88 -> 0.92 at 4K, α = 1,
+12.5%), and it needs no page means: a TopK step at α = 1 (no survivor filter in the
+attention, so no score floor) reads no mean at all.
 """
 
 from __future__ import annotations
@@ -35,21 +34,19 @@ from entmaxkv.validation import check_count
 __all__ = ["TopK", "rank_key", "group_rank_key", "top_pages", "forced_pages", "forced_page_mask", "quest_count"]
 
 
-def rank_key(upper: Tensor, means: Tensor, newest_max: Tensor, candidates: Tensor, alpha: float) -> Tensor:
+def rank_key(upper: Tensor, candidates: Tensor, alpha: float) -> Tensor:
     """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates).
 
-    upper, means: [B, Hkv, G, P] (``Step.upper``, ``Step.means``); newest_max: [B, Hkv, G] the
-    newest page's best score; candidates: [B, 1, P] bool."""
-    neg_inf = torch.full_like(means, float("-inf"))
-    attained_means = torch.where(candidates[:, :, None, :], means, neg_inf).amax(-1)
-    attained = torch.maximum(attained_means.to(upper.dtype), newest_max.to(upper.dtype))  # [B, Hkv, G]
-    key = (lin(alpha) * (upper - attained.unsqueeze(-1))).amax(2)
+    upper: [B, Hkv, G, P] (``Step.upper``); candidates: [B, 1, P] bool."""
+    on_candidates = torch.where(candidates[:, :, None, :], upper, torch.full_like(upper, float("-inf")))
+    reference = on_candidates.amax(-1, keepdim=True)  # [B, Hkv, G, 1] each head's best bound
+    key = (lin(alpha) * (upper - reference)).amax(2)
     return torch.where(candidates, key, torch.full_like(key, float("-inf")))
 
 
 def group_rank_key(step: Step) -> Tensor:
-    """``rank_key`` of a step (it needs ``Step.newest_scores``)."""
-    return rank_key(step.upper, step.means, step.newest_scores.amax(-1), step.candidates, step.alpha)
+    """``rank_key`` of a step."""
+    return rank_key(step.upper, step.candidates, step.alpha)
 
 
 def top_pages(key: Tensor, count: Tensor | int) -> Tensor:
@@ -114,6 +111,11 @@ class TopK(Selector):
         check_count("recent_pages", self.recent_pages)
 
     needs_newest_scores = False  # the backend's quest_top_pages finds the newest page's best score itself
+
+    def reads_means(self, alpha: float) -> bool:
+        # the rank reads bounds only; at α > 1 the attention filters its survivors from a score
+        # floor that the best selected mean raises (softmax has no such filter)
+        return alpha != 1.0
 
     def select(self, step: Step) -> Selection:
         budget = None if self.token_budget is None else self.token_budget // step.cache.page_size

@@ -113,7 +113,7 @@ def _page_scores_kernel(
     scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
-    HAS_NU: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr,
+    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
@@ -128,7 +128,7 @@ def _page_scores_kernel(
         if block * BLOCK_P < full:
             _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
                                 alibi_eps, nu, bh, block, H, P, D, length, full, S, G, BLOCK_P, BLOCK_D, CHUNK, VEC,
-                                WORK, HAS_ALIBI, WITH_SIGMA, HAS_NU)
+                                WORK, HAS_ALIBI, WITH_SIGMA, HAS_NU, WITH_MEAN)
     elif block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
         d = tl.arange(0, BLOCK_D)
@@ -141,8 +141,9 @@ def _page_scores_kernel(
         kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
         kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
         kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
-        kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
-        kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
+        if WITH_MEAN:
+            kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
+            kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
             kvar = kstd * kstd
@@ -153,9 +154,10 @@ def _page_scores_kernel(
             u = tl.sum(tl.maximum(qv, 0.0) * kmax + tl.minimum(qv, 0.0) * kmin, axis=1)
             mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
             u = u * scale_w + tl.cast(gamma, WORK) * mag
-            if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
-                mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
-            mu = tl.sum(qv * kmean, axis=1) * scale_w
+            if WITH_MEAN:
+                if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                    mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
+                mu = tl.sum(qv * kmean, axis=1) * scale_w
             if WITH_SIGMA:
                 var = tl.sum(qv * qv * kvar, axis=1) * (scale_w * scale_w)
             if HAS_ALIBI:
@@ -165,13 +167,15 @@ def _page_scores_kernel(
                 last = (p * S + S - 1 - qpos_t).to(WORK)
                 bias = tl.maximum(slope * first, slope * last)
                 u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-                mu += slope * (first + (S - 1) / 2)
+                if WITH_MEAN:
+                    mu += slope * (first + (S - 1) / 2)
                 if WITH_SIGMA:
                     var += slope * slope * ((S * S - 1) / 12)
             out = qrow * P + p
             tl.store(upper + out, u, mask=pmask)
-            tl.store(absmax + out, mag, mask=pmask)
-            tl.store(mean + out, mu, mask=pmask)
+            if WITH_MEAN:
+                tl.store(absmax + out, mag, mask=pmask)
+                tl.store(mean + out, mu, mask=pmask)
             if WITH_SIGMA:
                 tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
@@ -192,7 +196,8 @@ def _chunk_sum(acc, x, FIRST: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK: tl.con
 def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps, nu,
                         bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, WORK: tl.constexpr,
-                        HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, HAS_NU: tl.constexpr):
+                        HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, HAS_NU: tl.constexpr,
+                        WITH_MEAN: tl.constexpr):
     """``_page_scores_kernel``'s page block, CHUNK channels at a time.
 
     The whole-D tile spreads a page row over 16 threads (8 fp16 channels each), so every one of
@@ -219,9 +224,10 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
         # fp16/bf16 products are exact in float32: converting first loses nothing
         kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
         kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
-        kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
         kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
-        kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
+        if WITH_MEAN:
+            kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
+            kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
         if WITH_SIGMA:
             kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
             kvar = kstd * kstd
@@ -233,11 +239,14 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
             both = tl.join(tl.maximum(qv, 0.0) * kmax, tl.minimum(qv, 0.0) * kmin)
             new_u += (_chunk_sum(acc_u[g], both, start == 0, BLOCK_P, CHUNK, VEC),)
             new_mag += (_chunk_sum(acc_mag[g], tl.abs(qv) * kabs, start == 0, BLOCK_P, CHUNK, VEC),)
-            if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+            if WITH_MEAN and HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
                 new_nu += (_chunk_sum(acc_nu[g], tl.abs(qv) * kabs_mean, start == 0, BLOCK_P, CHUNK, VEC),)
             else:
                 new_nu += (zero,)
-            new_mu += (_chunk_sum(acc_mu[g], qv * kmean, start == 0, BLOCK_P, CHUNK, VEC),)
+            if WITH_MEAN:
+                new_mu += (_chunk_sum(acc_mu[g], qv * kmean, start == 0, BLOCK_P, CHUNK, VEC),)
+            else:
+                new_mu += (zero,)
             if WITH_SIGMA:
                 new_var += (_chunk_sum(acc_var[g], qv * qv * kvar, start == 0, BLOCK_P, CHUNK, VEC),)
             else:
@@ -247,9 +256,10 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
         qrow = (bh * G + g).to(tl.int64)
         mag = tl.sum(acc_mag[g], axis=1) * scale_w
         u = tl.sum(acc_u[g], axis=1) * scale_w + tl.cast(gamma, WORK) * mag
-        if HAS_NU:
-            mag = tl.sum(acc_nu[g], axis=1) * scale_w
-        mu = tl.sum(acc_mu[g], axis=1) * scale_w
+        if WITH_MEAN:
+            if HAS_NU:
+                mag = tl.sum(acc_nu[g], axis=1) * scale_w
+            mu = tl.sum(acc_mu[g], axis=1) * scale_w
         if WITH_SIGMA:
             var = tl.sum(acc_var[g], axis=1) * (scale_w * scale_w)
         if HAS_ALIBI:
@@ -259,13 +269,15 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
             last = (p * S + S - 1 - qpos_t).to(WORK)
             bias = tl.maximum(slope * first, slope * last)
             u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-            mu += slope * (first + (S - 1) / 2)
+            if WITH_MEAN:
+                mu += slope * (first + (S - 1) / 2)
             if WITH_SIGMA:
                 var += slope * slope * ((S * S - 1) / 12)
         out = qrow * P + p
         tl.store(upper + out, u, mask=pmask)
-        tl.store(absmax + out, mag, mask=pmask)
-        tl.store(mean + out, mu, mask=pmask)
+        if WITH_MEAN:
+            tl.store(absmax + out, mag, mask=pmask)
+            tl.store(mean + out, mu, mask=pmask)
         if WITH_SIGMA:
             tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
@@ -303,14 +315,14 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
 
 
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
-            with_newest):
+            with_newest, with_mean):
     b, hkv, p, d = k_min.shape
     g = q.shape[1] // hkv
     work = work_dtype_of(k_min.dtype)
     shape = (b, hkv, g, p)
     upper = torch.empty(shape, dtype=work, device=q.device)
-    absmax = torch.empty_like(upper)
-    mean = torch.empty_like(upper)
+    absmax = torch.empty(shape if with_mean else (0,), dtype=work, device=q.device)
+    mean = torch.empty_like(absmax)
     sigma = torch.empty(shape if with_sigma else (0,), dtype=work, device=q.device)
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
@@ -323,13 +335,14 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     chunk = min(CHUNK, next_pow2(d))
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
-        upper, absmax, mean, sigma if with_sigma else upper, newest_max if with_newest else upper,
+        upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,
+        newest_max if with_newest else upper,
         newest_mag if with_newest else upper, newest_scores if with_newest else upper,
         scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, nu, hkv, p, d,
         S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
-        CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), num_warps=NUM_WARPS,
+        WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), num_warps=NUM_WARPS,
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
 
@@ -338,25 +351,28 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
 def page_scores(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int, scale: float, with_sigma: bool,
+    with_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Page statistics -> (upper, absmax, mean, sigma), each [B, Hkv, G, P] in the work dtype
-    (sigma is [0] unless ``with_sigma``).
+    (sigma is [0] unless ``with_sigma``; absmax and mean are [0] without ``with_mean``: the
+    mean is then not read, and upper costs two row sums a head instead of three or four).
 
     q: [B, Hq, D] contiguous, in the cache dtype, Hq = Hkv·G; page_size: S;
     k_min/k_max/k_mean/k_std: [B, Hkv, P, D] cache dtype; seq_lens: [B] int64 (the lengths *after*
     the step's append); alibi_slopes: optional [Hq] (bias slope·(position − newest position)).
     """
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, None, page_size, scale, with_sigma,
-                   False)[:4]
+                   False, with_mean)[:4]
 
 
 @page_scores.register_fake
-def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, with_sigma):
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, page_size, scale, with_sigma, with_mean=True):
     b, hkv, p, _ = k_min.shape
     shape = (b, hkv, q.shape[1] // hkv, p)
     work = work_dtype_of(k_min.dtype)
     upper = q.new_empty(shape, dtype=work)
-    return upper, torch.empty_like(upper), torch.empty_like(upper), q.new_empty(shape if with_sigma else (0,), dtype=work)
+    means = q.new_empty(shape if with_mean else (0,), dtype=work)
+    return upper, means, torch.empty_like(means), q.new_empty(shape if with_sigma else (0,), dtype=work)
 
 
 register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension
@@ -366,7 +382,7 @@ register_batch_rule(page_scores, (0, 1, 2, 3, 4, 5))  # vmap folds into the batc
 def page_bounds(
     q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, k_mean: torch.Tensor, k_std: torch.Tensor,
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, k_pages: torch.Tensor, page_size: int, scale: float,
-    with_sigma: bool,
+    with_sigma: bool, with_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor]:
     """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] and
@@ -374,17 +390,18 @@ def page_bounds(
     what ``newest_page.newest_page_scores`` computes), work dtype, from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
     sequence's newest page is read). Other arguments as in ``page_scores``."""
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
-                   True)
+                   True, with_mean)
 
 
 @page_bounds.register_fake
-def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma):
+def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma, with_mean=True):
     b, hkv, p, _ = k_min.shape
     shape = (b, hkv, q.shape[1] // hkv, p)
     work = work_dtype_of(k_min.dtype)
     upper = q.new_empty(shape, dtype=work)
     newest = q.new_empty(shape[:3], dtype=work)
-    return (upper, torch.empty_like(upper), torch.empty_like(upper),
+    means = q.new_empty(shape if with_mean else (0,), dtype=work)
+    return (upper, means, torch.empty_like(means),
             q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest),
             q.new_empty((*shape[:3], page_size), dtype=work))
 

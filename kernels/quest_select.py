@@ -3,7 +3,7 @@
 Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, P]:
 
     candidates   full pages other than the newest one: p < n, n = (len − 1) // S
-    attained     L_h = max(best candidate mean-key score, the newest page's best score)
+    reference    L_h = the best candidate upper bound of head h, max_p U_hp
     key_p        max_h lin(α)·(U_hp − L_h) on candidates (−inf elsewhere); +inf on forced
                  pages: the first ``sink_pages`` and the ``recent_pages`` just before the newest
     count        ``budget_pages``, or ceil(n·coverage − 1e-9) computed in float64
@@ -11,7 +11,8 @@ Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, 
                  page index), as a page list (increasing, −1 padded), its length and a mask
     score floor  per head, max(best selected mean score − its rounding slack, newest page's
                  best score − 2γ·its magnitude): a score some attended token reaches, which
-                 ``sparse_decode`` filters its survivors from
+                 ``sparse_decode`` filters its survivors from (without means, α = 1's TopK
+                 step, which has no survivor filter: the newest page's term alone)
 
 The arithmetic is that of the torch composition it replaces (``topk.rank_key``,
 ``topk.forced_pages``, the count in ``TopK``, ``select_pages`` and ``KernelOps.score_floor``),
@@ -22,7 +23,7 @@ one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arg
 32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
 Four launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
-mean score per head, then the chunk's rank keys from the row's maxima — then one program per
+upper bound per head, then the chunk's rank keys from the row's maxima — then one program per
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
@@ -33,7 +34,7 @@ a chunk's pages go to the slots after the earlier chunks' (the keys above, then 
 ``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
 head's best selected mean less its slack goes into the floor by an atomic max (the max of the
 same values in any order: the floor is the same bit for bit).
-Bytes: upper and mean of the row's G heads once, the keys (4 B a page, 8 in float64 work)
+Bytes: upper of the row's G heads twice, the keys (4 B a page, 8 in float64 work)
 twice — once more a counting pass on streamed rows, and again to count per chunk — and mean
 and absmax of the selected pages: small next to ``page_bounds``.
 """
@@ -104,24 +105,24 @@ def _float64_of(high, middle, low):
 
 
 @triton.jit
-def _chunk_best_mean_kernel(
-    means, seq_lens, best, H, P, NCHUNK,
+def _chunk_best_upper_kernel(
+    upper, seq_lens, best, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, WORK: tl.constexpr,
 ):
-    """best[row, chunk, g] = the chunk's largest candidate mean score of head g (−inf if none)."""
+    """best[row, chunk, g] = the chunk's largest candidate upper bound of head g (−inf if none)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     idx = chunk * CHUNK + tl.arange(0, CHUNK)
     gs = tl.arange(0, G_PAD)
-    mu = tl.load(means + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & (idx[None, :] < n),
-                 other=float("-inf")).to(WORK)
-    tl.store(best + (row * NCHUNK + chunk) * G + gs, tl.max(mu, axis=1), mask=gs < G)
+    u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & (idx[None, :] < n),
+                other=float("-inf")).to(WORK)
+    tl.store(best + (row * NCHUNK + chunk) * G + gs, tl.max(u, axis=1), mask=gs < G)
 
 
 @triton.jit
 def _keys_kernel(
-    upper, newest_max, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
+    upper, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
     WORK: tl.constexpr,
 ):
@@ -133,11 +134,10 @@ def _keys_kernel(
     if chunk * CHUNK < n:
         gs = tl.arange(0, G_PAD)
         cs = tl.arange(0, NCHUNK_PAD)
-        # L_h: the best candidate mean score over the row's chunks, or the newest page's best score
+        # L_h: the best candidate upper bound of head h, over the row's chunks
         partial = tl.load(chunk_best + (row * NCHUNK + cs[None, :]) * G + gs[:, None],
                           mask=(gs[:, None] < G) & (cs[None, :] < NCHUNK), other=float("-inf"))
-        attained = tl.maximum(tl.max(partial, axis=1),
-                              tl.load(newest_max + row * G + gs, mask=gs < G, other=float("-inf")).to(WORK))
+        attained = tl.max(partial, axis=1)
         lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
         idx = chunk * CHUNK + tl.arange(0, CHUNK)
         cand = idx < n
@@ -222,12 +222,12 @@ def _list_kernel(
     keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
     slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
-    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, WORK: tl.constexpr,
+    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, WORK: tl.constexpr,
 ):
-    """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and each head's
-    best selected mean score less its rounding slack, max-ed into the floor (the mean key's
-    own rounding and two dot products'; with ALiBi the page-centre bias less half a page of
-    slope: a token may sit lower)."""
+    """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and (with
+    ``HAS_MEANS``) each head's best selected mean score less its rounding slack, max-ed into
+    the floor (the mean key's own rounding and two dot products'; with ALiBi the page-centre
+    bias less half a page of slope: a token may sit lower)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -245,22 +245,22 @@ def _list_kernel(
     tl.store(mask + row * P + idx, take == 1, mask=idx < P)
     # list slots past the count, in this chunk's share of the slots
     tl.store(out + idx, tl.full((LIST,), -1, tl.int32), mask=(idx >= tl.load(kept + row)) & (idx < M))
-    # every head of the group in one [G_PAD, LIST] tile: one reduction, not G
-    gs = tl.arange(0, G_PAD)
-    chosen = (gs[:, None] < G) & (take == 1)[None, :]
-    at = row * G * P + gs[:, None] * P + idx[None, :]
-    mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
-    slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
-    if HAS_ALIBI:
-        slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
-        slack = slack + (slope * (S - 1) / 2)[:, None]
-    best = tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1)
-    tl.atomic_max(floor + row * G + gs, best, mask=(gs < G) & (best > float("-inf")))
+    if HAS_MEANS:  # every head of the group in one [G_PAD, LIST] tile: one reduction, not G
+        gs = tl.arange(0, G_PAD)
+        chosen = (gs[:, None] < G) & (take == 1)[None, :]
+        at = row * G * P + gs[:, None] * P + idx[None, :]
+        mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
+        slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+        if HAS_ALIBI:
+            slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
+            slack = slack + (slope * (S - 1) / 2)[:, None]
+        best = tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1)
+        tl.atomic_max(floor + row * G + gs, best, mask=(gs < G) & (best > float("-inf")))
 
 
 @triton_op("entmaxkv::quest_select", mutates_args=())
 def quest_select(
-    upper: torch.Tensor, means: torch.Tensor, absmax: torch.Tensor, newest_max: torch.Tensor,
+    upper: torch.Tensor, means: torch.Tensor | None, absmax: torch.Tensor | None, newest_max: torch.Tensor,
     newest_mag: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int,
     head_dim: int, alpha: float, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -269,12 +269,15 @@ def quest_select(
     M = ``list_capacity(P, ...)`` the most pages the selection can keep.
 
     upper, means, absmax: [B, Hkv, G, P] work dtype (``page_bounds``; entries of pages that
-    are not candidates are never read); newest_max, newest_mag: [B, Hkv, G] the newest page's
+    are not candidates are never read); means and absmax only serve the score floor and may
+    both be None (the floor is then the newest page's term); newest_max, newest_mag: [B, Hkv, G] the newest page's
     best score and |score| scale; seq_lens: [B] int64 (after the append); alibi_slopes:
     optional [Hq]; page_size S and head_dim D of the cache; α in [1, 2]; ``budget_pages`` >= 0
     pages to keep, or −1 to keep ceil(n·coverage − 1e-9) of the n candidates; sink_pages,
     recent_pages >= 0. The score floor is in the work dtype, as ``sparse_decode`` takes it.
     """
+    if (means is None) != (absmax is None):
+        raise ValueError("quest_select: means and absmax [B, Hkv, G, P] are given together or both None")
     b, hkv, g, p = upper.shape
     work = work_dtype_of(upper.dtype)
     m = list_capacity(p, budget_pages, coverage, sink_pages, recent_pages)
@@ -292,10 +295,10 @@ def quest_select(
     keys = torch.empty((b, hkv, p), dtype=work, device=upper.device)
     chunks = triton.cdiv(p, CHUNK)
     chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
-    wrap_triton(_chunk_best_mean_kernel)[(b * hkv, chunks)](
-        means, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS)
+    wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
+        upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS)
     wrap_triton(_keys_kernel)[(b * hkv, chunks)](
-        upper, newest_max, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
+        upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
         sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
         num_warps=CHUNK_WARPS)
     block = min(MAX_BLOCK, max(16, next_pow2(p)))
@@ -313,10 +316,11 @@ def quest_select(
         COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
     )
     wrap_triton(_list_kernel)[(b * hkv, lists)](
-        keys, means, absmax, seq_lens, alibi_slopes if alibi_slopes is not None else upper,
-        kept, found, taken_before, pages, mask, floor,
+        keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
+        alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
-        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, **wide_ints, **kinds, num_warps=LIST_WARPS,
+        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, **wide_ints, **kinds,
+        num_warps=LIST_WARPS,
     )
     return pages, kept, mask, floor
 

@@ -3,7 +3,7 @@ the chunked one) against a float64 oracle written here from the definitions, wit
 rounding model's own tolerance (γ·absmax: a D-term dot product summed in any order), not a
 loose relative one. Head dims that are and are not multiples of the chunk (masked channels),
 several chunks, ragged rows over several programs (small BLOCK_P), groups of 1, 3 and 4,
-ALiBi and σ, and fp16 keys small enough for ν to set absmax.
+ALiBi and σ, fp16 keys small enough for ν to set absmax, and ``with_mean=False``.
 """
 
 import pytest
@@ -78,11 +78,16 @@ def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, gr
         assert bool((err[full] <= tol[full]).all()), f"{name} {msg}: {(err - tol)[full].max()}"
     if tiny:  # ν, not the keys, sets absmax somewhere: the test sees whether ν is applied
         assert bool((absmax[full] > mag[full] * (1 + 4 * gamma)).any()), msg
-    # page_bounds: the same page quantities, bit for bit (one kernel)
+    # page_bounds: the same page quantities, bit for bit (one kernel); without the mean (α = 1's
+    # TopK step) the same upper, and the mean (NaN here) is not read
     bounds = page_bounds(q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes,
                          cache.k_pages, S, SCALE, True)
     for x, y in zip(bounds[:4], got):
         assert torch.equal(x[full], y[full]), msg
+    lean = page_bounds(q, cache.k_min, cache.k_max, torch.full_like(cache.k_mean, float("nan")), cache.k_std,
+                       cache.seq_lens, slopes, cache.k_pages, S, SCALE, False, False)
+    assert torch.equal(lean[0][full], got[0][full]), msg
+    assert lean[1].numel() == 0 and lean[2].numel() == 0
 
 
 def test_chunk_larger_than_the_head_dim_is_clamped(monkeypatch):

@@ -71,9 +71,10 @@ def step_bounds(cache, q, slopes):
 
 def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, newest_mag, budget, coverage, sink,
                     recent):
-    """The torch composition the kernel replaces, on the same page scores: (mask, floor)."""
+    """The torch composition the kernel replaces, on the same page scores: (mask, floor)
+    (means and absmax None: the floor from the newest page alone)."""
     candidates = candidate_page_mask(cache)
-    key = rank_key(upper, means, newest_max, candidates, alpha)
+    key = rank_key(upper, candidates, alpha)
     key = torch.where(forced_page_mask(cache, candidates, sink, recent), float("inf"), key)
     mask = top_pages(key, quest_count(candidates, budget, coverage)) | torch.isposinf(key)
     ops = KernelOps(cache, q, alpha, 0.3, slopes, upper, means, absmax, newest_max, newest_mag)
@@ -129,9 +130,10 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
     """Page scores drawn directly (not from a cache): the newest page's best score is above
-    the best mean for some heads and below it for others, so each head's L_h matters, and
-    values on a coarse grid tie within and across heads. Entries of pages that are not
-    candidates are NaN: the kernel must not read them."""
+    the best mean for some heads and below it for others, so both floor terms matter, each
+    head's L_h differs, and values on a coarse grid tie within and across heads. Entries of
+    pages that are not candidates are NaN: the kernel must not read them. Some draws pass no
+    means (α = 1's TopK step): the floor is then the newest page's term."""
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -150,10 +152,13 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
         newest_mag = newest_max.abs() + 1
         off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
         upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (upper, means, absmax))
+        if rnd.random() < 0.3:
+            means = absmax = None
         alpha = rnd.choice([1.0, 1.5, 2.0, 4 / 3])
         sink, recent = rnd.choice([0, 1, 3]), rnd.choice([0, 1, 4])
         slopes = torch.rand(hkv * group, generator=g, dtype=dtype) if rnd.random() < 0.5 else None
-        msg = f"seed {seed} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent}"
+        msg = (f"seed {seed} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent} "
+               f"means {means is not None}")
         q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
         want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
                                                 newest_mag, budget, coverage, sink, recent)
@@ -239,6 +244,25 @@ def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, p
         assert not newest_max.isnan().any() and not newest_mag.isnan().any() and not newest_scores.isnan().any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_page_bounds_without_means_gives_the_same_bounds(dtype, poison):
+    """``with_mean=False`` (α = 1's TopK step) reads no mean: upper and the newest page's
+    quantities are those of the full launch bit for bit, absmax and mean are empty."""
+    seed = fresh_seed()
+    for alibi in (False, True):
+        cache, q, slopes = after_append(seed, 3, 2, 2, 24, dtype, alibi)
+        q3 = q[:, :, 0].contiguous()
+        args = (q3, cache.k_min, cache.k_max, torch.full_like(cache.k_mean, float("nan")), cache.k_std,
+                cache.seq_lens, slopes, cache.k_pages, S, 0.3, False)
+        lean = page_bounds(*args, False)
+        full = page_bounds(*args[:3], cache.k_mean, *args[4:], True)
+        pages = cache.full_page_mask()[:, None, None, :].expand_as(full[0])
+        assert torch.equal(lean[0][pages], full[0][pages]), f"seed {seed}"
+        assert lean[1].numel() == 0 and lean[2].numel() == 0
+        for x, y in zip(lean[4:], full[4:]):
+            assert torch.equal(x, y), f"seed {seed}"
+
+
 TOPKS = [ekv.TopK(token_budget=24), ekv.TopK(token_budget=0, sink_pages=2, recent_pages=3),
          ekv.TopK(coverage=0.125), ekv.TopK(coverage=0.3, sink_pages=0, recent_pages=2), ekv.TopK(coverage=1.0)]
 
@@ -298,6 +322,11 @@ def test_opcheck_the_fused_ops():
                               (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.25, True))
         torch.library.opcheck(torch.ops.entmaxkv.quest_select.default,
                               (out[0], out[2], out[1], out[4], out[5], c.seq_lens, None, 16, 16, 1.5, -1, 0.5, 1, 1))
+        torch.library.opcheck(torch.ops.entmaxkv.quest_select.default,
+                              (out[0], None, None, out[4], out[5], c.seq_lens, None, 16, 16, 1.0, -1, 0.5, 1, 1))
+        torch.library.opcheck(torch.ops.entmaxkv.page_bounds.default,
+                              (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.25, False,
+                               False))
 
 
 @pytest.mark.gpu
