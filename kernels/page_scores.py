@@ -20,6 +20,14 @@ are not written (they are undefined: callers mask them).
 Bytes: kmin + kmax + mean (+ std) of the full pages, read once for the whole GQA group, all in
 the cache dtype: 3·2·D bytes a page and KV head for fp16/bf16 (TopK), 4·2·D with the std.
 
+The kernel is instruction-bound, not byte-bound (at 128K the fp16 TopK form read ~1.6 TB/s of
+4.25 on the H200). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
+share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK > 0
+(``_page_block_chunked``), CHUNK channels at a time with 4 threads a row, sums kept inside each
+thread until one 2-round reduction at the end: 164 instead of 283 static sm_90a instructions a
+page for fp16 with the mean (bf16: 150 / 255), measured by ``benchmarks/page_bounds_sass.py``.
+Both sum the same D products in different orders, which γ and ``mean_slack`` allow.
+
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
 mean can exceed every score of the page, by at most (unit roundoff)·absmax, and every use of
 ``mean`` as an attained score subtracts ``mean_slack(work, S, D)·absmax`` (the derivation is

@@ -19,6 +19,8 @@ from entmaxkv.kernels.page_scores import mean_floor, page_bounds, page_scores, r
 
 S = 16
 SCALE = 0.3
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
 
 
 def oracle(cache, q, slopes, work):
@@ -45,11 +47,14 @@ def oracle(cache, q, slopes, work):
     return upper, mag, absmax, mean, var.sqrt()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk, block_p", [(0, 4), (8, 4), (16, 8), (32, 4)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
-def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, group, tiny, poison, monkeypatch):
+def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, group, tiny, device, poison, monkeypatch):
+    """On CUDA too: the compiled kernels (fused multiply-adds, another schedule) stay within
+    the same rounding model."""
     monkeypatch.setattr(module, "CHUNK", chunk)
     monkeypatch.setattr(module, "BLOCK_P", block_p)
     seed = fresh_seed()
@@ -61,7 +66,9 @@ def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, gr
     q = (torch.randn(2, hkv * group, d, generator=g, dtype=torch.float64) * 2).to(dtype)
     work = torch.float64 if dtype == torch.float64 else torch.float32
     slopes = (torch.rand(hkv * group, generator=g, dtype=torch.float64) * 0.2).to(work) if group != 1 else None
-    got = page_scores(q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes, S, SCALE, True)
+    ran = cache.to(device=device)
+    got = page_scores(q.to(device), ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens,
+                      None if slopes is None else slopes.to(device), S, SCALE, True)
     upper, mag, absmax, mean, sigma = oracle(cache, q, slopes, work)
     full = cache.full_page_mask()[:, None, None, :].expand_as(upper)
     eps = torch.finfo(work).eps
@@ -74,18 +81,19 @@ def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, gr
                                ("mean", got[2], mean, gamma * absmax + bias_err),
                                ("sigma", got[3], sigma, 4 * gamma * sigma)]:
         assert x.dtype == work, name
-        err = (x.double() - want).abs()
+        err = (x.double().cpu() - want).abs()
         assert bool((err[full] <= tol[full]).all()), f"{name} {msg}: {(err - tol)[full].max()}"
     if tiny:  # ν, not the keys, sets absmax somewhere: the test sees whether ν is applied
         assert bool((absmax[full] > mag[full] * (1 + 4 * gamma)).any()), msg
     # page_bounds: the same page quantities, bit for bit (one kernel); without the mean (α = 1's
     # TopK step) the same upper, and the mean (NaN here) is not read
-    bounds = page_bounds(q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, slopes,
-                         cache.k_pages, S, SCALE, True)
+    q, slopes, full = q.to(device), None if slopes is None else slopes.to(device), full.to(device)
+    bounds = page_bounds(q, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, slopes, ran.k_pages, S,
+                         SCALE, True)
     for x, y in zip(bounds[:4], got):
         assert torch.equal(x[full], y[full]), msg
-    lean = page_bounds(q, cache.k_min, cache.k_max, torch.full_like(cache.k_mean, float("nan")), cache.k_std,
-                       cache.seq_lens, slopes, cache.k_pages, S, SCALE, False, False)
+    lean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std, ran.seq_lens,
+                       slopes, ran.k_pages, S, SCALE, False, False)
     assert torch.equal(lean[0][full], got[0][full]), msg
     assert lean[1].numel() == 0 and lean[2].numel() == 0
 
