@@ -23,10 +23,11 @@ the cache dtype: 3·2·D bytes a page and KV head for fp16/bf16 (TopK), 4·2·D 
 The kernel is instruction-bound, not byte-bound (at 128K the fp16 TopK form read ~1.6 TB/s of
 4.25 on the H200). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
 share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK > 0
-(``_page_block_chunked``), CHUNK channels at a time with 4 threads a row, sums kept inside each
-thread until one 2-round reduction at the end: 164 instead of 283 static sm_90a instructions a
-page for fp16 with the mean (bf16: 150 / 255), measured by ``benchmarks/page_bounds_sass.py``.
-Both sum the same D products in different orders, which γ and ``mean_slack`` allow.
+(``_page_block_chunked``), CHUNK channels at a time with CHUNK/8 threads a row (fp16/bf16),
+sums kept inside each thread until one 2-round reduction at the end: 164 instead of 283
+static sm_90a instructions a page for fp16 with the mean (bf16: 150 / 255; without the mean
+110 / 192), measured by ``benchmarks/page_bounds_sass.py``, not yet timed. Both sum the same
+D products in different orders, which γ and ``mean_slack`` allow.
 
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
 mean can exceed every score of the page, by at most (unit roundoff)·absmax, and every use of
@@ -61,7 +62,7 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
 
-BLOCK_P = 32  # pages per program (CHUNK = 0: 8 was tuned on the H200 with benchmarks/tune_kernels.py)
+BLOCK_P = 32  # pages per program: by static count for CHUNK = 32, not yet timed (CHUNK = 0: 8, tuned on the H200)
 NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.
