@@ -20,6 +20,15 @@ are not written (they are undefined: callers mask them).
 Bytes: kmin + kmax + mean (+ std) of the full pages, read once for the whole GQA group, all in
 the cache dtype: 3·2·D bytes a page and KV head for fp16/bf16 (TopK), 4·2·D with the std.
 
+The kernel is instruction-bound, not byte-bound (at 128K the fp16 TopK form read ~1.6 TB/s of
+4.25 on the H200). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
+share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK > 0
+(``_page_block_chunked``), CHUNK channels at a time with CHUNK/8 threads a row (fp16/bf16),
+sums kept inside each thread until one 2-round reduction at the end: 164 instead of 283
+static sm_90a instructions a page for fp16 with the mean (bf16: 150 / 255; without the mean
+110 / 192), measured by ``benchmarks/page_bounds_sass.py``, not yet timed. Both sum the same
+D products in different orders, which γ and ``mean_slack`` allow.
+
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
 mean can exceed every score of the page, by at most (unit roundoff)·absmax, and every use of
 ``mean`` as an attained score subtracts ``mean_slack(work, S, D)·absmax`` (the derivation is
@@ -53,8 +62,11 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
 
-BLOCK_P = 8  # pages per program (tuned on the H200: benchmarks/tune_kernels.py)
+BLOCK_P = 32  # pages per program: by static count for CHUNK = 32, not yet timed (CHUNK = 0: 8, tuned on the H200)
 NUM_WARPS = 2
+# Channels a program takes at a time (0: the whole head dimension in one tile). See
+# ``_page_block_chunked``: the sums over D then run mostly inside each thread.
+CHUNK = 32
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -110,7 +122,7 @@ def _page_scores_kernel(
     scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
-    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr,
+    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr,
 ):
     bh = tl.program_id(0)
     block = tl.program_id(1)
@@ -121,7 +133,12 @@ def _page_scores_kernel(
         if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
-    if block * BLOCK_P < full:
+    if CHUNK > 0:
+        if block * BLOCK_P < full:
+            _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
+                                alibi_eps, nu, bh, block, H, P, D, length, full, S, G, BLOCK_P, BLOCK_D, CHUNK, VEC,
+                                WORK, HAS_ALIBI, WITH_SIGMA, HAS_NU, WITH_MEAN)
+    elif block * BLOCK_P < full:
         scale_w = tl.cast(scale, WORK)
         d = tl.arange(0, BLOCK_D)
         p = block * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -170,6 +187,108 @@ def _page_scores_kernel(
                 tl.store(mean + out, mu, mask=pmask)
             if WITH_SIGMA:
                 tl.store(sigma + out, tl.sqrt(var), mask=pmask)
+
+
+@triton.jit
+def _chunk_sum(acc, x, FIRST: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr):
+    """acc [BLOCK_P, CHUNK // VEC] + x summed over each thread's VEC channels (x: [BLOCK_P,
+    CHUNK], or [BLOCK_P, CHUNK, 2] for two products a channel): the VEC channels a thread loads
+    together, so the sum stays inside the thread (no shuffle) and compiles to one chain of fused
+    multiply-adds. ``FIRST``: acc is not read (the first chunk: no zeros to add)."""
+    s = tl.sum(tl.reshape(x, [BLOCK_P, CHUNK // VEC, x.numel // (BLOCK_P * (CHUNK // VEC))]), axis=2)
+    if FIRST:
+        return s
+    return acc + s
+
+
+@triton.jit
+def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps, nu,
+                        bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, WORK: tl.constexpr,
+                        HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, HAS_NU: tl.constexpr,
+                        WITH_MEAN: tl.constexpr):
+    """``_page_scores_kernel``'s page block, CHUNK channels at a time.
+
+    The whole-D tile spreads a page row over 16 threads (8 fp16 channels each), so every one of
+    the 4·G sums a page ends in 4 shuffle rounds. Here a [BLOCK_P, CHUNK] tile has CHUNK/VEC
+    threads a row: each sum adds a thread's VEC products in registers chunk by chunk into
+    [BLOCK_P, CHUNK/VEC] partial sums (one per thread and row), and only those are summed
+    across threads, once, at the end (log2(CHUNK/VEC) rounds). The same quantities in another
+    summation order: γ and ``mean_slack`` hold for any order of a D-term dot product."""
+    scale_w = tl.cast(scale, WORK)
+    c = tl.arange(0, CHUNK)
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < full
+    stat_row = (bh.to(tl.int64) * P + p) * D  # [BLOCK_P]
+    zero = tl.zeros([BLOCK_P, CHUNK // VEC], WORK)
+    acc_u, acc_mag, acc_nu, acc_mu, acc_var = (), (), (), (), ()  # one partial sum per query head
+    for g in tl.static_range(G):
+        acc_u, acc_mag, acc_nu, acc_mu, acc_var = acc_u + (zero,), acc_mag + (zero,), acc_nu + (zero,), \
+            acc_mu + (zero,), acc_var + (zero,)
+    for start in tl.static_range(0, BLOCK_D, CHUNK):
+        d = start + c
+        dmask = d < D
+        stat = stat_row[:, None] + d[None, :]
+        smask = pmask[:, None] & dmask[None, :]
+        # fp16/bf16 products are exact in float32: converting first loses nothing
+        kmin = tl.load(k_min + stat, mask=smask, other=0.0).to(WORK)
+        kmax = tl.load(k_max + stat, mask=smask, other=0.0).to(WORK)
+        kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax))
+        if WITH_MEAN:
+            kmean = tl.load(k_mean + stat, mask=smask, other=0.0).to(WORK)
+            kabs_mean = tl.maximum(kabs, tl.cast(nu, WORK))  # absmax's: also the stored mean's rounding scale
+        if WITH_SIGMA:
+            kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(WORK)
+            kvar = kstd * kstd
+        new_u, new_mag, new_nu, new_mu, new_var = (), (), (), (), ()
+        for g in tl.static_range(G):
+            # [1, CHUNK]: the tiles' own layout, broadcast over the rows in registers
+            qv = tl.load(q + (bh * G + g).to(tl.int64) * D + d[None, :], mask=dmask[None, :], other=0.0).to(WORK)
+            # relu(q)·kmax and min(q, 0)·kmin side by side: one chain of products for the sum
+            both = tl.join(tl.maximum(qv, 0.0) * kmax, tl.minimum(qv, 0.0) * kmin)
+            new_u += (_chunk_sum(acc_u[g], both, start == 0, BLOCK_P, CHUNK, VEC),)
+            new_mag += (_chunk_sum(acc_mag[g], tl.abs(qv) * kabs, start == 0, BLOCK_P, CHUNK, VEC),)
+            if WITH_MEAN and HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                new_nu += (_chunk_sum(acc_nu[g], tl.abs(qv) * kabs_mean, start == 0, BLOCK_P, CHUNK, VEC),)
+            else:
+                new_nu += (zero,)
+            if WITH_MEAN:
+                new_mu += (_chunk_sum(acc_mu[g], qv * kmean, start == 0, BLOCK_P, CHUNK, VEC),)
+            else:
+                new_mu += (zero,)
+            if WITH_SIGMA:
+                new_var += (_chunk_sum(acc_var[g], qv * qv * kvar, start == 0, BLOCK_P, CHUNK, VEC),)
+            else:
+                new_var += (zero,)
+        acc_u, acc_mag, acc_nu, acc_mu, acc_var = new_u, new_mag, new_nu, new_mu, new_var
+    for g in tl.static_range(G):
+        qrow = (bh * G + g).to(tl.int64)
+        mag = tl.sum(acc_mag[g], axis=1) * scale_w
+        u = tl.sum(acc_u[g], axis=1) * scale_w + tl.cast(gamma, WORK) * mag
+        if WITH_MEAN:
+            if HAS_NU:
+                mag = tl.sum(acc_nu[g], axis=1) * scale_w
+            mu = tl.sum(acc_mu[g], axis=1) * scale_w
+        if WITH_SIGMA:
+            var = tl.sum(acc_var[g], axis=1) * (scale_w * scale_w)
+        if HAS_ALIBI:
+            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+            qpos_t = length - 1
+            first = (p * S - qpos_t).to(WORK)
+            last = (p * S + S - 1 - qpos_t).to(WORK)
+            bias = tl.maximum(slope * first, slope * last)
+            u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
+            if WITH_MEAN:
+                mu += slope * (first + (S - 1) / 2)
+            if WITH_SIGMA:
+                var += slope * slope * ((S * S - 1) / 12)
+        out = qrow * P + p
+        tl.store(upper + out, u, mask=pmask)
+        if WITH_MEAN:
+            tl.store(absmax + out, mag, mask=pmask)
+            tl.store(mean + out, mu, mask=pmask)
+        if WITH_SIGMA:
+            tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
 
 @triton.jit
@@ -222,6 +341,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
     nu = mean_floor(k_mean.dtype)
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    chunk = min(CHUNK, next_pow2(d))
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
         upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,
@@ -231,8 +351,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
-        WITH_MEAN=with_mean,
-        num_warps=NUM_WARPS,
+        WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), num_warps=NUM_WARPS,
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
 

@@ -1,0 +1,111 @@
+"""``page_scores`` / ``page_bounds`` in both kernel forms (the whole-D tile, ``CHUNK = 0``, and
+the chunked one) against a float64 oracle written here from the definitions, with the
+rounding model's own tolerance (γ·absmax: a D-term dot product summed in any order), not a
+loose relative one. Head dims that are and are not multiples of the chunk (masked channels),
+several chunks, ragged rows over several programs (small BLOCK_P), groups of 1, 3 and 4,
+ALiBi and σ, fp16 keys small enough for ν to set absmax, and ``with_mean=False``.
+"""
+
+import pytest
+import torch
+
+from entmaxkv.reference import group_queries
+from helpers import fresh_seed, make_cache
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+from entmaxkv.kernels import page_scores as module  # noqa: E402
+from entmaxkv.kernels.page_scores import mean_floor, page_bounds, page_scores, rounding_gamma  # noqa: E402
+
+S = 16
+SCALE = 0.3
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
+
+
+def oracle(cache, q, slopes, work):
+    """float64 (upper, absmax, mean, sigma) [B, Hkv, G, P] from the definitions in the module
+    docstring (the statistics and q converted exactly; γ of the work dtype)."""
+    qg = group_queries(q.double()[:, :, None], cache.num_kv_heads)  # [B, Hkv, G, D]
+    kmin, kmax, kmean, kstd = (getattr(cache, f).double() for f in ("k_min", "k_max", "k_mean", "k_std"))
+    quest = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), kmax)
+             + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), kmin))
+    kabs = torch.maximum(kmin.abs(), kmax.abs())
+    mag = torch.einsum("bhgd,bhpd->bhgp", qg.abs(), kabs) * SCALE
+    absmax = torch.einsum("bhgd,bhpd->bhgp", qg.abs(), kabs.clamp_min(mean_floor(cache.dtype))) * SCALE
+    upper = quest * SCALE + rounding_gamma(work, cache.head_dim) * mag
+    mean = torch.einsum("bhgd,bhpd->bhgp", qg, kmean) * SCALE
+    var = torch.einsum("bhgd,bhpd->bhgp", qg.square(), kstd.square()) * SCALE ** 2
+    if slopes is not None:
+        slope = slopes.double().reshape(1, cache.num_kv_heads, -1, 1)
+        first = torch.arange(cache.num_pages, dtype=torch.float64) * S - (cache.seq_lens.double() - 1)[:, None]
+        first = first[:, None, None, :]
+        bias = torch.maximum(slope * first, slope * (first + S - 1))
+        upper = upper + bias
+        mean = mean + slope * (first + (S - 1) / 2)
+        var = var + slope.square() * (S * S - 1) / 12
+    return upper, mag, absmax, mean, var.sqrt()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("chunk, block_p", [(0, 4), (8, 4), (16, 8), (32, 4)])
+@pytest.mark.parametrize("dtype, d, group, tiny", [
+    (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
+    (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
+def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, group, tiny, device, poison, monkeypatch):
+    """On CUDA too: the compiled kernels (fused multiply-adds, another schedule) stay within
+    the same rounding model."""
+    monkeypatch.setattr(module, "CHUNK", chunk)
+    monkeypatch.setattr(module, "BLOCK_P", block_p)
+    seed = fresh_seed()
+    hkv = 2
+    lens = [S * 9 + 3, S * 5]  # 9 and 5 full pages: rows of several programs, the last ragged
+    spread = 2.0 ** -20 if tiny else 3.0  # tiny: fp16 subnormal keys, absmax set by ν
+    cache, _, _ = make_cache(seed, 2, hkv, d, S, lens, dtype=dtype, spread=spread)
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(2, hkv * group, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    slopes = (torch.rand(hkv * group, generator=g, dtype=torch.float64) * 0.2).to(work) if group != 1 else None
+    ran = cache.to(device=device)
+    got = page_scores(q.to(device), ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens,
+                      None if slopes is None else slopes.to(device), S, SCALE, True)
+    upper, mag, absmax, mean, sigma = oracle(cache, q, slopes, work)
+    full = cache.full_page_mask()[:, None, None, :].expand_as(upper)
+    eps = torch.finfo(work).eps
+    gamma = rounding_gamma(work, d)
+    bias_err = 0.0 if slopes is None else 8 * eps * float(slopes.abs().max()) * S * cache.num_pages
+    msg = f"seed {seed}"
+    # each result is a D-term dot product (any order) plus a few roundings: within γ·absmax
+    for name, x, want, tol in [("upper", got[0], upper, 2 * gamma * absmax + bias_err),
+                               ("absmax", got[1], absmax, gamma * absmax),
+                               ("mean", got[2], mean, gamma * absmax + bias_err),
+                               ("sigma", got[3], sigma, 4 * gamma * sigma)]:
+        assert x.dtype == work, name
+        err = (x.double().cpu() - want).abs()
+        assert bool((err[full] <= tol[full]).all()), f"{name} {msg}: {(err - tol)[full].max()}"
+    if tiny:  # ν, not the keys, sets absmax somewhere: the test sees whether ν is applied
+        assert bool((absmax[full] > mag[full] * (1 + 4 * gamma)).any()), msg
+    # page_bounds: the same page quantities, bit for bit (one kernel); without the mean (α = 1's
+    # TopK step) the same upper, and the mean (NaN here) is not read
+    q, slopes, full = q.to(device), None if slopes is None else slopes.to(device), full.to(device)
+    bounds = page_bounds(q, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, slopes, ran.k_pages, S,
+                         SCALE, True)
+    for x, y in zip(bounds[:4], got):
+        assert torch.equal(x[full], y[full]), msg
+    lean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std, ran.seq_lens,
+                       slopes, ran.k_pages, S, SCALE, False, False)
+    assert torch.equal(lean[0][full], got[0][full]), msg
+    assert lean[1].numel() == 0 and lean[2].numel() == 0
+
+
+def test_chunk_larger_than_the_head_dim_is_clamped(monkeypatch):
+    """CHUNK above the (padded) head dimension takes the whole of it in one chunk."""
+    monkeypatch.setattr(module, "CHUNK", 64)
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 1, 1, 8, S, [2 * S], dtype=torch.float16)
+    q = torch.randn(1, 2, 8, generator=torch.Generator().manual_seed(seed)).half()
+    got = page_scores(q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None, S, SCALE, False)
+    upper, _, absmax, mean, _ = oracle(cache, q, None, torch.float32)
+    gamma = rounding_gamma(torch.float32, 8)
+    for x, want in [(got[0], upper), (got[1], absmax), (got[2], mean)]:
+        assert bool(((x.double() - want).abs()[..., :2] <= 2 * gamma * absmax[..., :2]).all()), seed
