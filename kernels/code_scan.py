@@ -67,11 +67,13 @@ in another order; interleaving the nibbles into one [S, D] tile cost registers, 
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
-   only when asked (``with_scores``, for tests and diagnostics). On request, in the same
-   launch: the newest page's best score and |score| scale (one more program per row, as
-   ``page_bounds``: the row's first, so it is dispatched before the code blocks rather than
-   after all of them), and after it, the τ seed — per head, the best page by page_max − ε
+   only when asked (``with_scores``, for tests and diagnostics). On request: the newest
+   page's best score and |score| scale (``page_bounds``' ``_newest_page``: in the seed's
+   per-row programs below, or in a launch of one program per row without the seed; with
+   ``NEWEST_IN_SCAN`` one more program per row of this launch instead, the row's first), and
+   the τ seed — per head, the best page by page_max − ε
    in each residue class mod K — from two more launches that read page_max and ε back:
+
    (row, chunk) programs each reduce SEED_CHUNK pages to their best per (head, class),
    packed so that the max of the chunks' results is the row's (larger bound first, then the
    lower page), into a scratch; then one program per row takes that max and lists the
@@ -98,14 +100,16 @@ the G query heads of the KV group with broadcast-multiply and ``tl.sum`` reducti
 tensor-core path takes the G heads at once (4 bits: the low and high nibbles as two float16
 tiles [BLOCK_P, S, D/2], not interleaved; batched dots): per head and page one max over S
 tokens and one ε are written (no token scores).
-A block with no coded page costs one store per head. With the newest page the grid has one
-more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
-(B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
-[B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
-2026-11-29): bare 127.5 µs, with the newest page 148.7, with the seed 137.1, both (the step's
-call) 157.9 — it was 180 with the seed from one program per row and the newest page's program
-last. The newest page still costs ~21 µs inside this launch, although its program runs first
-and its specialisation has the bare scan's registers (168) and shared memory: not explained.
+A block with no coded page costs one store per head. With ``NEWEST_IN_SCAN`` and the newest
+page the grid has one more program per row, program 0. The seed: grid (B·Hkv, ceil(P /
+SEED_CHUNK)), then (B·Hkv,) (which also reads the newest page's S·D keys, unless
+``NEWEST_IN_SCAN``); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back
+a [B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
+2026-11-29, the newest page in the scan's launch): bare 127.5 µs, with the newest page 148.7,
+with the seed 137.1, both (the step's call) 157.9 — it was 180 with the seed from one program
+per row and the newest page's program last. The newest page cost ~21 µs inside the scan's
+launch, although its program ran first and its specialisation had the bare scan's registers
+(168) and shared memory: not explained; hence the default of taking it out (not yet timed).
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
@@ -173,6 +177,14 @@ USE_DOT = False
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
+# Where the newest page's best score and |score| scale are computed (``k_pages`` given). False,
+# the default: out of the scan's launch — in the seed's per-row merge program when the seed is
+# asked for (it reads nothing the newest page writes), else in a launch of its own, grid (B·Hkv,).
+# True: one more program per row in the scan's launch (program 0 of the row), the form measured
+# at ~21 µs of the 157.9 µs step call at 128K on the H200 (2026-11-29), for no known reason.
+# Both run the same ``_newest_page``; `python benchmarks/keycodes_gpu.py --contexts 131072 --paths
+# cores --variants "base;NEWEST_IN_SCAN=True"` times the two in one run.
+NEWEST_IN_SCAN = False
 
 
 def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
@@ -526,6 +538,17 @@ def _code_bounds_kernel(
 
 
 @triton.jit
+def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, H, P, D, S: tl.constexpr,
+                   G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Grid (B·Hkv,): the newest page's best score and |score| scale of row ``bh``
+    (``_newest_page``), when ``code_bounds`` runs no seed to carry it."""
+    bh = tl.program_id(0)
+    length = tl.load(seq_lens + bh // H).to(tl.int32)
+    _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H, P, D,
+                 length, S, G, S, BD, WORK, HAS_ALIBI, False)
+
+
+@triton.jit
 def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr,
                        SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr):
     """Grid (B·Hkv, NCH): program (bh, c) writes best[bh, c] [GP, KP], ``_seed_slots_of`` over
@@ -544,14 +567,20 @@ def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.co
 
 @triton.jit
 def _seed_merge_kernel(
-    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, P, D, NCH,
-    G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
-    KP: tl.constexpr, ROUNDS: tl.constexpr,
+    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens, slopes, k_pages, newest_max,
+    newest_mag, scale, H, P, D, NCH,
+    S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
+    KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     """One program per (sequence, KV head) row: the max over the row's NCH chunk entries of
     ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one
-    pass over all its pages would give it; then ``_seed_list``."""
+    pass over all its pages would give it; then ``_seed_list``. With ``WITH_NEWEST`` first the
+    row's newest page (``_newest_page``, as ``_newest_kernel``: the seed reads none of it)."""
     bh = tl.program_id(0)
+    if WITH_NEWEST:
+        length = tl.load(seq_lens + bh // H).to(tl.int32)
+        _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H,
+                     P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
     gi = tl.arange(0, GP)[:, None, None]
     ci = tl.arange(0, ROUNDS)[None, :, None]
     ri = tl.arange(0, KP)[None, None, :]
@@ -566,10 +595,12 @@ def _seed_merge_kernel(
 
 def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,
           page_max: torch.Tensor, eps: torch.Tensor, scale: float, slots: int, page_size: int, bd: int, work_tl,
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+          newest: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The τ seed of ``code_bounds`` from its page_max and ε [B, Hkv, G, P]: the chunk launch
     into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
-    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G])."""
+    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G]).
+    ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the merge's programs also
+    write the newest page's outputs."""
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
     rounds = max(1, SEED_TILE // (gp * kp))
@@ -586,9 +617,12 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
         page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
         S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
     )
+    slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
     wrap_triton(_seed_merge_kernel)[(b * hkv,)](
-        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, p, k_min.shape[-1], nch,
-        G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds, num_warps=SEED_WARPS,
+        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens,
+        slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, scale, hkv, p, k_min.shape[-1],
+        nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
+        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, num_warps=SEED_WARPS,
     )
     return seed_pages, seed_count, seed_mag
 
@@ -763,7 +797,7 @@ def code_bounds(
     eps: [B, Hkv, G, P] ε_p of coded pages, 0 elsewhere; s_hat: [B, Hkv, G, P·S] ŝ of the
     tokens of coded pages (other slots unwritten) if ``with_scores``, else [0].
     With ``k_pages`` ([B, Hkv, P, S, D], the cache's keys: only each sequence's newest page is
-    read, by one more program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
+    read, by one program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
     the newest page's best score and its |score| scale (``page_bounds``' outputs of the same
     names); else both [0].
     With ``seed_slots`` K > 0 also a τ seed chosen in the same pass (no selection over the
@@ -789,18 +823,24 @@ def code_bounds(
         seed_mag = torch.empty((0,), dtype=work, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
-    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
-        k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
-        newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
+        k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
+        newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
     )
-    if k:
+    newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
+    if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
         seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
-                                                 consts["BD"], consts["WORK"])
+                                                 consts["BD"], consts["WORK"], newest)
+    elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
+        wrap_triton(_newest_kernel)[(b * hkv,)](
+            q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, hkv, p, d, S=s, G=g,
+            BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS)
     return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
