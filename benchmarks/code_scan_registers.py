@@ -171,7 +171,8 @@ def compile_all(path: str, kernel: str | None, launches: list[tuple[int, int]] |
         for block_p, warps in launches or swept:
             args["BLOCK_P"] = ["int", block_p]
             got = compile_one(fn, args, warps, ptxas, nvdisasm, dump, f"{name}_p{block_p}_w{warps}")
-            line = f"{name} BLOCK_P={block_p} warps={warps}: {got['regs']} registers, {got['spills']} bytes spill stores"
+            line = (f"{name} BLOCK_P={block_p} warps={warps}: {got['regs']} registers, "
+                    f"{got['spills']} bytes spill stores")
             if sass:
                 ops = got["opcodes"]
                 per_page = warps / block_p

@@ -121,10 +121,10 @@ def compare_paths(args_, bits, scale, row, core_launch, defaults) -> None:
         eps_ratio_min_max=[float(ratio.min()), float(ratio.max())])
 
 
-def bench(args, n, bits, bandwidth, log, path="dot", outputs=None) -> dict:
+def bench(args, n, bits, bandwidth, log, path="dot", outputs=None, variant="base") -> dict:
     b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
     row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data,
-               path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS])
+               path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS], variant=variant)
     if args.data == "needles":
         k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
                                               needles=args.needles, seed=n, dtype=dtype, device="cuda")
@@ -224,7 +224,8 @@ def main() -> None:
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
-                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT", "NEWEST_IN_SCAN")}
+                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT", "NEWEST_IN_SCAN",
+                                 "WORD_CODES")}
     meta["code_scan_launch"]["core_launch"] = list(args.core_launch)
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
@@ -240,8 +241,7 @@ def main() -> None:
                     try:
                         for key, value in sets:
                             setattr(code_scan, key, value)
-                        rows.append(bench(args, n, bits, bandwidth, log, path, outputs))
-                        rows[-1]["variant"] = name
+                        rows.append(bench(args, n, bits, bandwidth, log, path, outputs, name))
                     finally:
                         for key, value in saved:
                             setattr(code_scan, key, value)
@@ -258,7 +258,7 @@ def main() -> None:
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
-            f"| {r['context']} | {r['bits']} | {r.get('variant', 'base')}, {r['path']} {r['launch']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
+            f"| {r['context']} | {r['bits']} | {r['variant']}, {r['path']} {r['launch']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
             f"{r.get('code_bounds_us', nan):.1f} ({r.get('code_bounds_bare_us', nan):.1f} / "
             f"{r.get('code_bounds_newest_us', nan):.1f} / {r.get('code_bounds_seed_us', nan):.1f}) | "
             f"{r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "

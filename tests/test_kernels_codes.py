@@ -818,7 +818,8 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4)])
+@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4),
+                                    (2, 1, 16, 1, 2), (1, 1, 16, 1, 1)])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
     """The compiled kernels at launch constants ``tune_kernels.py`` sweeps (BLOCK_P, NUM_WARPS,
