@@ -12,7 +12,8 @@ fp16) under the interpreter, then compiles each (BLOCK_P, num_warps) specialisat
 subprocess without it, as the GPU's launcher would: every pointer and every integer argument
 divisible by 16 marked so (``tt.divisibility``). Prints ptxas' registers and spill stores and,
 with ``--sass``, the static SASS count a page — the kernel's instructions (every path, slow ones
-included: the count is not a trace) × warps / pages — split by opcode class; 256 of them a page
+included: the count is not a trace) × warps / pages — split by opcode class, and the size of
+each loop's body (a loop of n trips executes its body n times, the static count holds it once); 256 of them a page
 are the G·S·D/32 warp-FMAs of the D-term dot products at G = 4 (irreducible on CUDA cores).
 ``--set NAME=value`` changes ``code_scan`` constants in both processes (e.g. a variant flag);
 ``--dump DIR`` writes each specialisation's SASS and TTGIR there. Measures only.
@@ -72,6 +73,23 @@ def sass_opcodes(sass: str) -> list[str]:
         m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)
         if m:
             out.append(m.group(1))
+    return out
+
+
+def loop_bodies(sass: str) -> list[int]:
+    """Instructions from each backward branch's target label to the branch (a loop's body as
+    laid out; the static count holds it once however often it runs)."""
+    labels, out, n = {}, [], 0
+    for line in sass.splitlines():
+        label = re.match(r"(\.L_x_\d+):", line.strip())
+        if label:
+            labels[label.group(1)] = n
+        elif re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
+            n += 1
+            target = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+            if target and target.group(1) in labels:
+                if n - labels[target.group(1)] > 1:  # not the trap after EXIT (a branch to itself)
+                    out.append(n - labels[target.group(1)])
     return out
 
 
@@ -151,7 +169,8 @@ def compile_one(fn, args: dict, warps: int, ptxas: str, nvdisasm: str, dump: str
         (Path(dump) / f"{label}.ttgir").write_text(kernel.asm["ttgir"])
     regs = re.findall(r"Used (\d+) registers", out)
     spills = re.findall(r"(\d+) bytes spill stores", out)
-    return dict(regs=regs[0] if regs else "?", spills=spills[0] if spills else "?", opcodes=sass_opcodes(sass))
+    return dict(regs=regs[0] if regs else "?", spills=spills[0] if spills else "?", opcodes=sass_opcodes(sass),
+                loops=loop_bodies(sass))
 
 
 def compile_all(path: str, kernel: str | None, launches: list[tuple[int, int]] | None, sass: bool,
@@ -177,6 +196,8 @@ def compile_all(path: str, kernel: str | None, launches: list[tuple[int, int]] |
                 ops = got["opcodes"]
                 per_page = warps / block_p
                 line += f", {len(ops)} SASS instructions, {len(ops) * per_page:.0f} a page"
+                if got["loops"]:  # e.g. UNROLL_HEADS=False: the head loop's body runs G times
+                    line += f" (loop bodies, a page: {[round(n * per_page) for n in got['loops']]})"
                 counts = collections.Counter(class_of(op) for op in ops)
                 line += "\n  by class, a page: " + ", ".join(
                     f"{c} {counts[c] * per_page:.0f}" for c in ORDER if counts[c])

@@ -201,6 +201,16 @@ NEWEST_IN_SCAN = False
 # One warp a program (NUM_WARPS = 1) holds two tokens of a page a thread and drops the
 # barriers: fewest instructions, but 254 registers (8 warps an SM): to be timed on the H200.
 WORD_CODES = True
+# code_bounds' CUDA-core head loop: True, unrolled (G copies of a head's ~190 instructions,
+# straight-line code); False, one copy run G times — the same instructions executed (within the
+# loop's few), a kernel about half the size: static SASS at 2 pages / 2 warps 1328 -> 768
+# instructions (2 / 1: 2008 -> 1128; code_scan_registers.py --set UNROLL_HEADS=False). Each
+# program runs its whole kernel once, so the size is what every program fetches: if the scan
+# is bound by instruction fetch (the ~21 µs that the newest-page branch cost, which all but one
+# program of a row skip — NEWEST_IN_SCAN — would fit that), the loop is faster. The loop body
+# is 191 instructions a page (2 / 1: 148): executed, ~1341 against 1328 (2 / 1: 1008 against
+# 1004). Not yet timed: keycodes_gpu.py --variants "base;UNROLL_HEADS=False".
+UNROLL_HEADS = True
 
 
 def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
@@ -522,28 +532,45 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
 
 
 @triton.jit
+def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length, H, P,
+                D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """Query head g of row bh over the pages p (codes and statistics given): page_max and ε
+    [BLOCK_P] stores, ŝ [BLOCK_P, S] if WITH_SCORES."""
+    qrow = bh.to(tl.int64) * G + g
+    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+    out = qrow * P + p
+    best = tl.max(s_hat, axis=1)
+    # pages without codes: no token can be chosen from them
+    tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+    tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+    if WITH_SCORES:
+        tok = tl.arange(0, S)
+        tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+
+
+@triton.jit
 def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23, bh, p,
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr):
-    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head."""
+                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr,
+                      UNROLL_HEADS: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head
+    (``UNROLL_HEADS``: G copies of the head's code; else one copy in a loop)."""
     r_w = tl.cast(r, WORK)
     # the pages' codes and statistics are read once and serve every head of the group
     code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
     d = tl.arange(0, BD)
     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-    for g in tl.static_range(G):
-        qrow = bh.to(tl.int64) * G + g
-        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                  code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-        out = qrow * P + p
-        best = tl.max(s_hat, axis=1)
-        # pages without codes: no token can be chosen from them
-        tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-        tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-        if WITH_SCORES:
-            tok = tl.arange(0, S)
-            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+    if UNROLL_HEADS:
+        for g in tl.static_range(G):
+            _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
+                        H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
+    else:
+        for g in range(G):
+            _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
+                        H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
 
 
 @triton.jit
@@ -563,6 +590,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
+    UNROLL_HEADS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -594,7 +622,7 @@ def _code_bounds_kernel(
         if has_codes:
             _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23,
                               bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
-                              WORK, HAS_ALIBI, WITH_SCORES, WORDS)
+                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
@@ -905,7 +933,7 @@ def code_bounds(
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, consts["BW"]), **consts,
+        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
