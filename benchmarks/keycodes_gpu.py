@@ -5,14 +5,22 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
     python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
     python benchmarks/keycodes_gpu.py --contexts 131072 --seed-chunk 1024   # the seed's chunk (code_scan.SEED_CHUNK)
     python benchmarks/keycodes_gpu.py --contexts 65536,131072 --paths dot,cores   # both scoring paths (the default)
+    python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;NEWEST_IN_SCAN=True"
+
+``--variants``: ``;``-separated, each a ``,``-separated list of ``code_scan`` constant
+assignments ``NAME=value`` (``base``: none), applied after ``--paths``' switch; every row is
+measured once per variant and path, with the same inputs, and the first row of a context
+gets ``out_diff_vs_first`` (the largest difference of the other rows' certified outputs from
+its own: all equal dense entmax, so a variant that breaks the step shows there and in
+``certified``).
 
 ``--paths``: ``code_bounds`` scores on tensor cores (``dot``: ``code_scan.USE_DOT``, its
 BLOCK_P / NUM_WARPS) or on CUDA cores (``cores``: USE_DOT off, at ``--core-launch``, the
 pages / warps tuned for it on 2026-11-29); every row is measured once per path, with the
 same inputs. On the ``dot`` row, ``vs_cores``: on the step's cache and query, the largest
 |page_max_dot − page_max_cores| over ε, ε_dot / ε_cores (min, max; the dot path adds
-``dot_margins``' term, ~1e-5), and the two steps' outputs' largest difference (both must be
-certified and equal dense entmax).
+``dot_margins``' term, ~1e-5); the steps' outputs' largest difference is the first row's
+``out_diff_vs_first`` (every row must be certified and equal dense entmax).
 
 Data ("needles", where Exact with codes reads little): per KV head a query direction u
 (each of the G query heads is u plus 30% noise); keys are noise N(0, 0.3²) — scores about
@@ -86,6 +94,20 @@ def use_path(path: str, core_launch: tuple[int, int], defaults: tuple[int, int])
     code_scan.BLOCK_P, code_scan.NUM_WARPS = defaults if path == "dot" else core_launch
 
 
+def variant_of(text: str) -> list[tuple[str, object]]:
+    """``NAME=value,...`` -> [(NAME, value)] of ``code_scan`` constants (values as Python literals);
+    ``base`` -> []. Fails on a name code_scan does not have (before any GPU work)."""
+    if text.strip() in ("", "base"):
+        return []
+    out = []
+    for item in text.split(","):
+        name, value = (x.strip() for x in item.split("="))
+        if not hasattr(code_scan, name):
+            raise SystemExit(f"entmaxkv.kernels.code_scan has no {name}")
+        out.append((name, eval(value)))  # noqa: S307 (a benchmark's own command line)
+    return out
+
+
 def compare_paths(args_, bits, scale, row, core_launch, defaults) -> None:
     """page_max and ε of both paths on the same inputs (the dot row's ``vs_cores``)."""
     use_path("cores", core_launch, defaults)
@@ -99,10 +121,10 @@ def compare_paths(args_, bits, scale, row, core_launch, defaults) -> None:
         eps_ratio_min_max=[float(ratio.min()), float(ratio.max())])
 
 
-def bench(args, n, bits, bandwidth, log, path="dot", outputs=None) -> dict:
+def bench(args, n, bits, bandwidth, log, path="dot", outputs=None, variant="base") -> dict:
     b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
     row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data,
-               path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS])
+               path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS], variant=variant)
     if args.data == "needles":
         k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
                                               needles=args.needles, seed=n, dtype=dtype, device="cuda")
@@ -181,12 +203,15 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--paths", default="dot,cores", help="code_bounds scoring: dot (tensor cores), cores")
     parser.add_argument("--core-launch", default="2,2", help="BLOCK_P,NUM_WARPS of the CUDA-core path")
+    parser.add_argument("--variants", default="base",
+                        help="';'-separated code_scan constant sets, e.g. 'base;NEWEST_IN_SCAN=True'")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))
     args = parser.parse_args()
     code_scan.SEED_CHUNK = args.seed_chunk
     args.core_launch = tuple(int(x) for x in args.core_launch.split(","))
+    variants = [(v.strip(), variant_of(v)) for v in args.variants.split(";")]
     defaults = code_scan.BLOCK_P, code_scan.NUM_WARPS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +224,8 @@ def main() -> None:
     meta = run_meta("keycodes_gpu.py")
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
-                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT")}
+                                 "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT", "NEWEST_IN_SCAN",
+                                 "WORD_CODES")}
     meta["code_scan_launch"]["core_launch"] = list(args.core_launch)
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))
@@ -207,23 +233,32 @@ def main() -> None:
     for bits in (int(x) for x in args.bits.split(",")):
         for n in (int(x) for x in args.contexts.split(",")):
             outputs: list[torch.Tensor] = []
-            for path in args.paths.split(","):
-                use_path(path, args.core_launch, defaults)
-                rows.append(bench(args, n, bits, bandwidth, log, path, outputs))
+            first = len(rows)
+            for name, sets in variants:
+                for path in args.paths.split(","):
+                    use_path(path, args.core_launch, defaults)
+                    saved = [(key, getattr(code_scan, key)) for key, _ in sets]
+                    try:
+                        for key, value in sets:
+                            setattr(code_scan, key, value)
+                        rows.append(bench(args, n, bits, bandwidth, log, path, outputs, name))
+                    finally:
+                        for key, value in saved:
+                            setattr(code_scan, key, value)
             use_path("dot", args.core_launch, defaults)
-            if len(outputs) == 2:  # the two paths' certified outputs (both equal dense entmax)
-                rows[-len(args.paths.split(","))]["out_diff_between_paths"] = float(
-                    (outputs[0].double() - outputs[1].double()).abs().max())
+            if len(outputs) >= 2:  # the rows' certified outputs (all equal dense entmax)
+                rows[first]["out_diff_vs_first"] = max(
+                    float((o.double() - outputs[0].double()).abs().max()) for o in outputs[1:])
             (out / "keycodes_gpu.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     nan = float("nan")
-    table = ["| context | bits | path (pages/warps) | SDPA µs | step µs | × SDPA | code_bounds µs (bare / +newest / +seed) | "
+    table = ["| context | bits | variant, path (pages/warps) | SDPA µs | step µs | × SDPA | code_bounds µs (bare / +newest / +seed) | "
              "scan floor µs | code_candidates µs | pages read | candidates (med/max) | seed pages (max) | certified | "
              "overflow rows | max err vs torch path | max err vs dense |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         step = r.get("step_us", nan)
         table.append(
-            f"| {r['context']} | {r['bits']} | {r['path']} {r['launch']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
+            f"| {r['context']} | {r['bits']} | {r['variant']}, {r['path']} {r['launch']} | {r['sdpa_us']:.1f} | {step:.1f} | {step / r['sdpa_us']:.2f} | "
             f"{r.get('code_bounds_us', nan):.1f} ({r.get('code_bounds_bare_us', nan):.1f} / "
             f"{r.get('code_bounds_newest_us', nan):.1f} / {r.get('code_bounds_seed_us', nan):.1f}) | "
             f"{r.get('scan_floor_us', nan):.1f} | {r.get('code_candidates_us', nan):.1f} | {r.get('pages_read', nan):.4f} | "
@@ -232,7 +267,7 @@ def main() -> None:
             f"{r.get('err_vs_torch_path', nan):.1e} | {r.get('err_vs_dense', nan):.1e} |"
             + (f" compiled {r['compiled_us']:.1f} µs" if "compiled_us" in r else "")
             + (f" vs_cores {json.dumps(r['vs_cores'])}" if "vs_cores" in r else "")
-            + (f" out_diff_between_paths {r['out_diff_between_paths']:.1e}" if "out_diff_between_paths" in r else "")
+            + (f" out_diff_vs_first {r['out_diff_vs_first']:.1e}" if "out_diff_vs_first" in r else "")
             + (f" {r['error']}" if "error" in r else ""))
     (out / "keycodes_gpu.md").write_text("\n".join([json.dumps(meta), ""] + table) + "\n")
     (out / "keycodes_gpu.log").write_text("\n".join(lines))

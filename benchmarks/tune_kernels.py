@@ -57,21 +57,22 @@ def sweep_code_scan(n: int, bits: int) -> None:
     floor_us = (cache.k_codes[:, :, :pages].numel() + hkv * pages * 128 * 2 * 2) / 4.25e12 * 1e6
     chosen = cs.BLOCK_P, cs.NUM_WARPS, cs.CANDIDATE_SPAN, cs.CANDIDATE_BLOCK_P, cs.CANDIDATE_WARPS
     first = None
-    for block_p in (1, 2, 4, 8):
-        for warps in (2, 4, 8):
-            cs.BLOCK_P, cs.NUM_WARPS = block_p, warps
-            # as the step calls it: the newest page's program and the τ seed (8 classes) included
-            fn = lambda: torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False, cache.k_pages, 8)
-            try:
-                page_max, eps = fn()[:2]
-                first = first or (page_max, eps)
-                diff = float((page_max - first[0]).abs().max()), float((eps - first[1]).abs().max())
-                us = time_replays(graphed(fn).replay, 50, 5)
-                print(f"code_bounds {bits}-bit BLOCK_P={block_p} warps={warps}: {us:8.1f} µs (byte floor "
-                      f"{floor_us:.1f} µs at 4.25 TB/s)  max |Δ| vs first config: page_max {diff[0]:.1e} "
-                      f"eps {diff[1]:.1e}", flush=True)
-            except Exception as err:
-                print(f"code_bounds BLOCK_P={block_p} warps={warps}: {type(err).__name__} {str(err)[:200]}")
+    # (1, 1) and (2, 1): one warp a program holds two tokens of a page a thread and needs no
+    # barriers (code_scan_registers.py --sass: the fewest SASS instructions a page, 2 / 1)
+    for block_p, warps in [(p, w) for p in (1, 2, 4, 8) for w in (2, 4, 8)] + [(1, 1), (2, 1)]:
+        cs.BLOCK_P, cs.NUM_WARPS = block_p, warps
+        # as the step calls it: the newest page's program and the τ seed (8 classes) included
+        fn = lambda: torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False, cache.k_pages, 8)
+        try:
+            page_max, eps = fn()[:2]
+            first = first or (page_max, eps)
+            diff = float((page_max - first[0]).abs().max()), float((eps - first[1]).abs().max())
+            us = time_replays(graphed(fn).replay, 50, 5)
+            print(f"code_bounds {bits}-bit BLOCK_P={block_p} warps={warps}: {us:8.1f} µs (byte floor "
+                  f"{floor_us:.1f} µs at 4.25 TB/s)  max |Δ| vs first config: page_max {diff[0]:.1e} "
+                  f"eps {diff[1]:.1e}", flush=True)
+        except Exception as err:
+            print(f"code_bounds BLOCK_P={block_p} warps={warps}: {type(err).__name__} {str(err)[:200]}")
     cs.BLOCK_P, cs.NUM_WARPS = chosen[:2]
     page_max, eps = torch.ops.entmaxkv.code_bounds(*args, bits, step.scale, False)[:2]
     counts = None

@@ -67,10 +67,11 @@ in another order; interleaving the nibbles into one [S, D] tile cost registers, 
    a KV group per program (a page's codes and statistics are read once per group). Writes
    per (head, page) the best ŝ and ε: page_max ± ε is the best token's lower / upper bound
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
-   only when asked (``with_scores``, for tests and diagnostics). On request, in the same
-   launch: the newest page's best score and |score| scale (one more program per row, as
-   ``page_bounds``: the row's first, so it is dispatched before the code blocks rather than
-   after all of them), and after it, the τ seed — per head, the best page by page_max − ε
+   only when asked (``with_scores``, for tests and diagnostics). On request: the newest
+   page's best score and |score| scale (``page_bounds``' ``_newest_page``: in the seed's
+   per-row programs below, or in a launch of one program per row without the seed; with
+   ``NEWEST_IN_SCAN`` one more program per row of this launch instead, the row's first), and
+   the τ seed — per head, the best page by page_max − ε
    in each residue class mod K — from two more launches that read page_max and ε back:
    (row, chunk) programs each reduce SEED_CHUNK pages to their best per (head, class),
    packed so that the max of the chunks' results is the row's (larger bound first, then the
@@ -98,14 +99,16 @@ the G query heads of the KV group with broadcast-multiply and ``tl.sum`` reducti
 tensor-core path takes the G heads at once (4 bits: the low and high nibbles as two float16
 tiles [BLOCK_P, S, D/2], not interleaved; batched dots): per head and page one max over S
 tokens and one ε are written (no token scores).
-A block with no coded page costs one store per head. With the newest page the grid has one
-more program per row, program 0. The seed: grid (B·Hkv, ceil(P / SEED_CHUNK)), then
-(B·Hkv,); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back a
-[B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
-2026-11-29): bare 127.5 µs, with the newest page 148.7, with the seed 137.1, both (the step's
-call) 157.9 — it was 180 with the seed from one program per row and the newest page's program
-last. The newest page still costs ~21 µs inside this launch, although its program runs first
-and its specialisation has the bare scan's registers (168) and shared memory: not explained.
+A block with no coded page costs one store per head. With ``NEWEST_IN_SCAN`` and the newest
+page the grid has one more program per row, program 0. The seed: grid (B·Hkv, ceil(P /
+SEED_CHUNK)), then (B·Hkv,) (which also reads the newest page's S·D keys, unless
+``NEWEST_IN_SCAN``); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back
+a [B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
+2026-11-29, the newest page in the scan's launch): bare 127.5 µs, with the newest page 148.7,
+with the seed 137.1, both (the step's call) 157.9 — it was 180 with the seed from one program
+per row and the newest page's program last. The newest page cost ~21 µs inside the scan's
+launch, although its program ran first and its specialisation had the bare scan's registers
+(168) and shared memory: not explained; hence the default of taking it out (not yet timed).
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
@@ -113,7 +116,8 @@ the reaching pages (the others masked out: not read). Bytes per step: codes + km
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
-integer or and one subtraction (exact), not an int-to-float conversion. Tensor-core path:
+integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
+words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
 G·D products a page for A (and for q·kmin and ε, as before), codes to float16 by the same
 or-and-subtract (float16, packed two a register), 2·D/16 mma a page.
 """
@@ -143,10 +147,10 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins"
 # compiled with the launcher's 16-byte alignment of pointers and of W and D): registers and
 # SASS instructions a page (one warp's straight-line code × warps / pages; a static count, slow
 # paths included): 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4
-# 128 / 1476; the CUDA-core path at its 2 / 2: 164 / 1416. The dots do not cut the instruction
-# count (the codes' unpacking to float16 and the operands' moves through shared memory take
-# what the FMAs gave back; 16 HMMA a page), and the H200 agrees: the CUDA-core path stays the
-# default; `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
+# 128 / 1476; the CUDA-core path at its 2 / 2: 164 / 1416 (byte codes; words: 1328, WORD_CODES).
+# The dots do not cut the instruction count (the codes' unpacking to float16 and the operands'
+# moves through shared memory take what the FMAs gave back; 16 HMMA a page), and the H200
+# agrees: the CUDA-core path stays the default; `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
 BLOCK_P = 2  # pages per code_bounds program
 NUM_WARPS = 2
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
@@ -173,6 +177,40 @@ USE_DOT = False
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
+# Where the newest page's best score and |score| scale are computed (``k_pages`` given). False,
+# the default: out of the scan's launch — in the seed's per-row merge program when the seed is
+# asked for (it reads nothing the newest page writes), else in a launch of its own, grid (B·Hkv,).
+# True: one more program per row in the scan's launch (program 0 of the row), the form measured
+# at ~21 µs of the 157.9 µs step call at 128K on the H200 (2026-11-29), for no known reason.
+# Both run the same ``_newest_page``; `python benchmarks/keycodes_gpu.py --contexts 131072 --paths
+# cores --variants "base;NEWEST_IN_SCAN=True"` times the two in one run.
+NEWEST_IN_SCAN = False
+# The CUDA-core scans (float32 work) read the code bytes as int32 words and take each code out
+# of its word in place (one LOP3 and one FADD a code, ``_word_tile``) instead of byte by byte
+# (a byte extract, a mask and a shift, the or, the FADD). The same codes: the same ŝ and ε, bit
+# for bit. False: the byte form. Static SASS instructions a page of code_bounds as the step
+# calls it (sm_90a, D = 128, G = 4, fp16, `python benchmarks/code_scan_registers.py --kernel
+# _code_bounds_kernel --sass --launch 2,2`, 2026-11-29; registers in brackets, no spills):
+#   4 bits, 2 pages / 2 warps: bytes 1416 (164), words 1328 (164) — LOP3/SHF/PRMT/SGXT 270 -> 166
+#   4 bits, 2 / 1: bytes 1096 (252), words 1004 (254); 1 / 1: bytes 1320 (124), words 1232 (125)
+#   8 bits, 2 / 2: bytes 1408 (128, 4 bytes spilled), words 1392 (128); 2 / 1: bytes 1060 (217),
+#   words 1040 (255)
+# Of the 1328 at 2 / 2: FFMA 308 (256 the dot products), FADD/FMUL/FMNMX 222 (64 the codes'
+# subtraction), LOP3/SHF 166 (64 the codes' or), IMAD/IADD3/LEA 140, LDS/STS 104 and BAR 63
+# (the per-head move of q·step into the code tile's layout and the cross-warp max), SHFL 64.
+# One warp a program (NUM_WARPS = 1) holds two tokens of a page a thread and drops the
+# barriers: fewest instructions, but 254 registers (8 warps an SM): to be timed on the H200.
+WORD_CODES = True
+# code_bounds' CUDA-core head loop: True, unrolled (G copies of a head's ~190 instructions,
+# straight-line code); False, one copy run G times — the same instructions executed (within the
+# loop's few), a kernel about half the size: static SASS at 2 pages / 2 warps 1328 -> 768
+# instructions (2 / 1: 2008 -> 1128; code_scan_registers.py --set UNROLL_HEADS=False). Each
+# program runs its whole kernel once, so the size is what every program fetches: if the scan
+# is bound by instruction fetch (the ~21 µs that the newest-page branch cost, which all but one
+# program of a row skip — NEWEST_IN_SCAN — would fit that), the loop is faster. The loop body
+# is 191 instructions a page (2 / 1: 148): executed, ~1341 against 1328 (2 / 1: 1008 against
+# 1004). Not yet timed: keycodes_gpu.py --variants "base;UNROLL_HEADS=False".
+UNROLL_HEADS = True
 
 
 def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
@@ -229,14 +267,60 @@ def _page_stats(k_min, k_max, page_row, d, live, r, D, BITS: tl.constexpr, WORK:
 
 
 @triton.jit
+def _field(w, f23, SHIFT: tl.constexpr, BITS: tl.constexpr):
+    """The code in bits [SHIFT, SHIFT + BITS) of the int32 words ``w`` as float32, exactly, for
+    SHIFT + BITS <= 23: or-ing the field, in place, into the bits of 2^(23 − SHIFT) gives
+    2^(23 − SHIFT) + code (its mantissa's unit there is 2^−SHIFT), and the subtraction of
+    2^(23 − SHIFT) is exact (Sterbenz). One LOP3 and one FADD a code: no shift to the low bits.
+    ``f23``: the bits of 2^23 (0x4B000000) as a runtime int32 — a constant would be folded into
+    the or's immediate, and the mask's and the or's two immediates cost two LOP3s; from a
+    register they are one."""
+    magic = f23 - (SHIFT << 23)  # the bits of 2^(23 − SHIFT)
+    field = w & (((1 << BITS) - 1) << SHIFT)
+    return (field | magic).to(tl.float32, bitcast=True) - magic.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+               BITS: tl.constexpr):
+    """``_code_tile`` of float32 work from the code bytes read as int32 words (W % 4 == 0 and
+    the codes 4-byte aligned: ``WORDS``): word m holds bytes 4m..4m+3, little-endian, i.e.
+    channels 8m + k at bits 4k (4 bits) or 4m + k at bits 8k (8 bits). Fields wholly below bit
+    23 are taken in place (``_field``); the rest after one shift of the word by 20 (4 bits) or
+    16 (8 bits). The fields are joined so that channel d lands at d, as ``_code_tile``'s."""
+    m = tl.arange(0, BW // 4)
+    words = tl.load(codes.to(tl.pointer_type(tl.int32)) + row[:, :, None] * (W // 4) + m[None, None, :],
+                    mask=live[:, None, None] & (m < W // 4)[None, None, :], other=0)
+    if BITS == 4:
+        top = words >> 20  # channels 8m + 5, 6, 7 at bits 0, 4, 8 (the sign bits are masked off)
+        c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
+        c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
+        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 0, 4)
+        c6, c7 = _field(top, f23, 4, 4), _field(top, f23, 8, 4)
+        # [..., i, j, l] = c_{4i + 2j + l}: row-major, channel 8m + k at 8m + k
+        tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
+        return tl.reshape(tile, (BLOCK_P, S, 2 * BW))
+    else:
+        top = words >> 16
+        c0, c1 = _field(words, f23, 0, 8), _field(words, f23, 8, 8)
+        c2, c3 = _field(top, f23, 0, 8), _field(top, f23, 8, 8)
+        tile = tl.join(tl.join(c0, c2), tl.join(c1, c3))  # [..., i, j] = c_{2i + j}
+        return tl.reshape(tile, (BLOCK_P, S, BW))
+
+
+@triton.jit
 def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
-               BITS: tl.constexpr, WORK: tl.constexpr):
+               BITS: tl.constexpr, WORK: tl.constexpr, WORDS: tl.constexpr = False, f23=0):
     """The codes of BLOCK_P pages as a work-dtype tile [BLOCK_P, S, BD], channel d at d (4 bits:
     BD = 2·BW, the low and high nibble of byte j side by side as channels 2j and 2j+1, kept in
-    the same thread; 8 bits: BD = BW). Masked pages (``live`` False) are not read: code 0."""
+    the same thread; 8 bits: BD = BW). Masked pages (``live`` False) are not read: code 0.
+    ``WORDS`` (float32 work only): the same values from int32 words (``_word_tile``; ``f23``
+    the bits of 2^23, ``_field``)."""
     tok = tl.arange(0, S)
-    j = tl.arange(0, BW)
     row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
+    if WORDS:
+        return _word_tile(codes, row, live, W, f23, S, BW, BLOCK_P, BITS)
+    j = tl.arange(0, BW)
     mask = live[:, None, None] & (j < W)[None, None, :]
     byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=mask, other=0).to(tl.int32)
     if BITS == 8:
@@ -448,28 +532,45 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
 
 
 @triton.jit
-def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, bh, p,
+def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length, H, P,
+                D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
+                HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """Query head g of row bh over the pages p (codes and statistics given): page_max and ε
+    [BLOCK_P] stores, ŝ [BLOCK_P, S] if WITH_SCORES."""
+    qrow = bh.to(tl.int64) * G + g
+    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
+                              code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+    out = qrow * P + p
+    best = tl.max(s_hat, axis=1)
+    # pages without codes: no token can be chosen from them
+    tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+    tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+    if WITH_SCORES:
+        tok = tl.arange(0, S)
+        tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+
+
+@triton.jit
+def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23, bh, p,
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
-    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head."""
+                      WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr,
+                      UNROLL_HEADS: tl.constexpr):
+    """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head
+    (``UNROLL_HEADS``: G copies of the head's code; else one copy in a loop)."""
     r_w = tl.cast(r, WORK)
     # the pages' codes and statistics are read once and serve every head of the group
-    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK)
+    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
     d = tl.arange(0, BD)
     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-    for g in tl.static_range(G):
-        qrow = bh.to(tl.int64) * G + g
-        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w, alibi_eps,
-                                  code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-        out = qrow * P + p
-        best = tl.max(s_hat, axis=1)
-        # pages without codes: no token can be chosen from them
-        tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-        tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-        if WITH_SCORES:
-            tok = tl.arange(0, S)
-            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+    if UNROLL_HEADS:
+        for g in tl.static_range(G):
+            _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
+                        H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
+    else:
+        for g in range(G):
+            _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
+                        H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
 
 
 @triton.jit
@@ -485,10 +586,11 @@ def _no_codes(page_max, eps_out, bh, p, in_range, P, G: tl.constexpr, BLOCK_P: t
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
-    scale, r, alibi_eps, dot_rel, dot_abs, H, P, D, W,
+    scale, r, alibi_eps, dot_rel, dot_abs, f23, H, P, D, W,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-    WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr,
+    WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
+    UNROLL_HEADS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -518,11 +620,22 @@ def _code_bounds_kernel(
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
     else:
         if has_codes:
-            _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
+            _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23,
                               bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
-                              WORK, HAS_ALIBI, WITH_SCORES)
+                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
+
+
+@triton.jit
+def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, H, P, D, S: tl.constexpr,
+                   G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """Grid (B·Hkv,): the newest page's best score and |score| scale of row ``bh``
+    (``_newest_page``), when ``code_bounds`` runs no seed to carry it."""
+    bh = tl.program_id(0)
+    length = tl.load(seq_lens + bh // H).to(tl.int32)
+    _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H, P, D,
+                 length, S, G, S, BD, WORK, HAS_ALIBI, False)
 
 
 @triton.jit
@@ -544,14 +657,20 @@ def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.co
 
 @triton.jit
 def _seed_merge_kernel(
-    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, P, D, NCH,
-    G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
-    KP: tl.constexpr, ROUNDS: tl.constexpr,
+    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens, slopes, k_pages, newest_max,
+    newest_mag, scale, H, P, D, NCH,
+    S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
+    KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
     """One program per (sequence, KV head) row: the max over the row's NCH chunk entries of
     ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one
-    pass over all its pages would give it; then ``_seed_list``."""
+    pass over all its pages would give it; then ``_seed_list``. With ``WITH_NEWEST`` first the
+    row's newest page (``_newest_page``, as ``_newest_kernel``: the seed reads none of it)."""
     bh = tl.program_id(0)
+    if WITH_NEWEST:
+        length = tl.load(seq_lens + bh // H).to(tl.int32)
+        _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H,
+                     P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
     gi = tl.arange(0, GP)[:, None, None]
     ci = tl.arange(0, ROUNDS)[None, :, None]
     ri = tl.arange(0, KP)[None, None, :]
@@ -566,10 +685,12 @@ def _seed_merge_kernel(
 
 def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,
           page_max: torch.Tensor, eps: torch.Tensor, scale: float, slots: int, page_size: int, bd: int, work_tl,
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+          newest: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The τ seed of ``code_bounds`` from its page_max and ε [B, Hkv, G, P]: the chunk launch
     into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
-    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G])."""
+    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G]).
+    ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the merge's programs also
+    write the newest page's outputs."""
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
     rounds = max(1, SEED_TILE // (gp * kp))
@@ -586,9 +707,12 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
         page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
         S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
     )
+    slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
     wrap_triton(_seed_merge_kernel)[(b * hkv,)](
-        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, scale, p, k_min.shape[-1], nch,
-        G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds, num_warps=SEED_WARPS,
+        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens,
+        slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, scale, hkv, p, k_min.shape[-1],
+        nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
+        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, num_warps=SEED_WARPS,
     )
     return seed_pages, seed_count, seed_mag
 
@@ -658,10 +782,10 @@ def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: 
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
     seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
-    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, H, P, D, W, C,
+    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -696,7 +820,7 @@ def _code_candidates_kernel(
                     reach = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
                     cand = tl.max(reach.to(tl.int32), axis=2) > 0  # any head of the group
                 else:
-                    code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK)
+                    code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
                     d = tl.arange(0, BD)
                     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
                     cand = tl.zeros((BLOCK_P, S), tl.int1)
@@ -728,6 +852,17 @@ def _code_candidates_kernel(
     done = tl.atomic_add(scratch + bh, 1)
     if done == tl.num_programs(1) - 1:
         _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, 1024)
+
+
+F23 = 0x4B000000  # the bits of 2^23, a kernel argument (``_field``)
+
+
+def _words(k_codes: torch.Tensor, work: torch.dtype, byte_columns: int) -> bool:
+    """Whether the CUDA-core scans read the codes as int32 words (``WORD_CODES``, ``_word_tile``):
+    float32 work off the tensor-core path, W % 4 == 0, and 4-byte aligned contiguous codes
+    (the allocator's alignment; a view must start on a multiple of 4 bytes)."""
+    return (bool(WORD_CODES) and work == torch.float32 and not uses_dot(work, byte_columns)
+            and k_codes.shape[-1] % 4 == 0 and k_codes.is_contiguous() and k_codes.storage_offset() % 4 == 0)
 
 
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
@@ -763,7 +898,7 @@ def code_bounds(
     eps: [B, Hkv, G, P] ε_p of coded pages, 0 elsewhere; s_hat: [B, Hkv, G, P·S] ŝ of the
     tokens of coded pages (other slots unwritten) if ``with_scores``, else [0].
     With ``k_pages`` ([B, Hkv, P, S, D], the cache's keys: only each sequence's newest page is
-    read, by one more program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
+    read, by one program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
     the newest page's best score and its |score| scale (``page_bounds``' outputs of the same
     names); else both [0].
     With ``seed_slots`` K > 0 also a τ seed chosen in the same pass (no selection over the
@@ -789,18 +924,25 @@ def code_bounds(
         seed_mag = torch.empty((0,), dtype=work, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
-    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
-        k_pages if with_newest else page_max, page_max, eps, s_hat if with_scores else page_max,
-        newest_max if with_newest else page_max, newest_mag if with_newest else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), hkv, p, d, w,
-        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=with_newest,
-        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS, **consts,
+        k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
+        newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
+        HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
+        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), **consts,
     )
-    if k:
+    newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
+    if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
         seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
-                                                 consts["BD"], consts["WORK"])
+                                                 consts["BD"], consts["WORK"], newest)
+    elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
+        wrap_triton(_newest_kernel)[(b * hkv,)](
+            q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, hkv, p, d, S=s, G=g,
+            BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS)
     return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
@@ -863,9 +1005,10 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, scratch,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), hkv, p, d, w, capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"]), **consts,
+        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"]), WORDS=_words(k_codes, work, consts["BW"]),
+        **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 

@@ -268,17 +268,22 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
 
 
 @pytest.mark.parametrize("block_p", [1, 2, 4])
-def test_code_bounds_runs_the_newest_page_in_each_rows_first_program(block_p, monkeypatch, poison):
-    """The newest page's program is program 0 of its row (dispatched before the code blocks,
-    not after them), once per row, and reads no codes; the code blocks are the bare launch's
-    shifted by one program, and page_max and ε equal the bare launch's bit for bit (poisoned
-    buffers: no block skipped). The interpreter calls the kernel's helpers through the
-    module's globals, so wrappers there see the program ids."""
+@pytest.mark.parametrize("in_scan", [False, True])
+def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeypatch, poison):
+    """The newest page runs once per row, and reads no codes. ``NEWEST_IN_SCAN``: in program 0
+    of its row in the scan's launch (dispatched before the code blocks, not after them), the
+    code blocks the bare launch's shifted by one program; else outside the scan (the seed's
+    merge, or its own launch without the seed), the code blocks exactly the bare launch's.
+    page_max and ε equal the bare launch's bit for bit (poisoned buffers: no block skipped),
+    and newest_max / newest_mag are the same bits in every form (one ``_newest_page``). The
+    interpreter calls the kernel's helpers through the module's globals, so wrappers there
+    see the program ids."""
     import triton.language as tl
 
     import entmaxkv.kernels.code_scan as cs
 
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
+    monkeypatch.setattr(cs, "NEWEST_IN_SCAN", in_scan)
     seen = {"newest": [], "codes": []}
 
     def recording(name, helper):
@@ -292,14 +297,27 @@ def test_code_bounds_runs_the_newest_page_in_each_rows_first_program(block_p, mo
     seed = fresh_seed()
     cache, q, slopes, _ = coded_setup(seed, torch.float32, 4, 2, True)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 0.3, False)
-    full = code_bounds(*args, cache.k_pages, 2)
-    with_newest = set(seen["codes"])
+    rows = cache.batch * HKV
+    outs, codes = [], []
+    for slots in (2, 0):  # with the seed (the step's call), then without
+        seen["newest"].clear()
+        seen["codes"].clear()
+        outs.append(code_bounds(*args, cache.k_pages, slots))
+        codes.append(set(seen["codes"]))
+        assert sorted(seen["newest"]) == [(bh, 0) for bh in range(rows)], (seed, slots, seen["newest"])
+    seen["newest"].clear()
     seen["codes"].clear()
     bare = code_bounds(*args)
-    rows = cache.batch * HKV
-    assert sorted(seen["newest"]) == [(bh, 0) for bh in range(rows)], (seed, seen["newest"])  # bare: none
-    assert with_newest == {(bh, j + 1) for bh, j in seen["codes"]}, (seed, sorted(with_newest))
-    assert torch.equal(full[0], bare[0]) and torch.equal(full[1], bare[1]), seed
+    assert seen["newest"] == [], seed
+    shift = 1 if in_scan else 0
+    for full, blocks in zip(outs, codes):
+        assert blocks == {(bh, j + shift) for bh, j in seen["codes"]}, (seed, sorted(blocks))
+        assert torch.equal(full[0], bare[0]) and torch.equal(full[1], bare[1]), seed
+    # one _newest_page, whichever program runs it: the same bits (and the other form's too)
+    monkeypatch.setattr(cs, "NEWEST_IN_SCAN", not in_scan)
+    other = code_bounds(*args, cache.k_pages, 0)
+    for a, b in ((outs[0], outs[1]), (outs[0], other)):
+        assert torch.equal(a[3], b[3]) and torch.equal(a[4], b[4]), seed
 
 
 def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
@@ -468,6 +486,35 @@ def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
     empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=n + slack, dtype=dtype,
                                    device="cuda", key_bits=bits)
     return stream, ekv.prefill(empty, k, v, lens)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_newest_page_on_cuda_is_the_same_bits_in_every_launch(dtype, alibi, monkeypatch):
+    """The compiled newest page (``_newest_page``) in the scan's launch (``NEWEST_IN_SCAN``), in
+    the seed's merge (other warps: ``SEED_WARPS``) and in its own launch: newest_max and
+    newest_mag bit for bit the same (on CPU the interpreter cannot see the layouts that set a
+    reduction's order); page_max and ε the bare launch's."""
+    import entmaxkv.kernels.code_scan as cs
+
+    stream, cache = cuda_cache(dtype, 4, seed=5)
+    q, kn, vn = stream.step()
+    cache, _ = append_token(cache, kn, vn)
+    slopes = torch.rand(16, device="cuda") * 0.01 if alibi else None
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 128 ** -0.5,
+            False)
+    bare = code_bounds(*args)
+    outs = []
+    for in_scan in (True, False):
+        monkeypatch.setattr(cs, "NEWEST_IN_SCAN", in_scan)
+        for slots in (8, 0):
+            out = code_bounds(*args, cache.k_pages, slots)
+            assert torch.equal(out[0], bare[0]) and torch.equal(out[1], bare[1]), (in_scan, slots)
+            outs.append(out[3:5])
+    for got in outs[1:]:
+        assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
 
 
 @pytest.mark.gpu
@@ -771,7 +818,8 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4)])
+@pytest.mark.parametrize("launch", [(1, 2, 8, 1, 2), (2, 4, 16, 2, 4), (4, 8, 32, 2, 4), (8, 4, 64, 4, 4),
+                                    (2, 1, 16, 1, 2), (1, 1, 16, 1, 1)])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
     """The compiled kernels at launch constants ``tune_kernels.py`` sweeps (BLOCK_P, NUM_WARPS,
