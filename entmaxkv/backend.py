@@ -74,7 +74,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     newest page's scores are None: no page statistic is read, nothing is computed ahead of
     the attention. Without ``needs_newest_scores`` (``TopK``) ``Step.newest_scores`` is None;
     on the kernels the step is then one ``page_bounds`` launch (the newest page's best score
-    and magnitude come from it). Without ``needs_means`` (``TopK`` at α = 1) ``Step.means``
+    and magnitude come from it). Without ``needs_means`` (``TopK``) ``Step.means``
     is None and the kernels read no page mean (nor compute the |score| scale ``absmax``)."""
     if not needs_page_scores:
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels

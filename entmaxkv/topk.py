@@ -15,8 +15,8 @@ the newest page's best score); on real attention (SmolLM2-135M, every layer and 
 8K tokens, α = 1 and 1.5, TopK 6.25% and 12.5%: ``benchmarks/topk_reference_real.py``)
 L_h = max_p U_hp keeps the median cosine to dense attention and lifts its 5th percentile
 in 7 of 8 settings (e.g. 0.73 -> 0.82 at 8K, α = 1.5, 6.25%; 0.88 -> 0.92 at 4K, α = 1,
-12.5%), and it needs no page means: a TopK step at α = 1 (no survivor filter in the
-attention, so no score floor) reads no mean at all.
+12.5%), and it needs no page means: a TopK step reads none (the attention's score floor comes
+from the newest page's best score alone).
 """
 
 from __future__ import annotations
@@ -113,9 +113,11 @@ class TopK(Selector):
     needs_newest_scores = False  # the backend's quest_top_pages finds the newest page's best score itself
 
     def reads_means(self, alpha: float) -> bool:
-        # the rank reads bounds only; at α > 1 the attention filters its survivors from a score
-        # floor that the best selected mean raises (softmax has no such filter)
-        return alpha != 1.0
+        # The rank reads bounds only. At α > 1 the attention filters its survivors from a score
+        # floor, which the best selected mean would raise above the newest page's best score;
+        # on the H200 reading the means cost more than that filter saves (α = 1.5, 128K: 105.9
+        # µs with them, 89.2 without; perf-log row 45), so a TopK step reads none.
+        return False
 
     def select(self, step: Step) -> Selection:
         budget = None if self.token_budget is None else self.token_budget // step.cache.page_size

@@ -11,8 +11,8 @@ Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, 
                  page index), as a page list (increasing, −1 padded), its length and a mask
     score floor  per head, max(best selected mean score − its rounding slack, newest page's
                  best score − 2γ·its magnitude): a score some attended token reaches, which
-                 ``sparse_decode`` filters its survivors from (without means, α = 1's TopK
-                 step, which has no survivor filter: the newest page's term alone)
+                 ``sparse_decode`` filters its survivors from (without means, as a TopK step
+                 calls it: the newest page's term alone)
 
 The arithmetic is that of the torch composition it replaces (``topk.rank_key``,
 ``topk.forced_pages``, the count in ``TopK``, ``select_pages`` and ``KernelOps.score_floor``),
