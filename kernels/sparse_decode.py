@@ -51,7 +51,11 @@ from entmaxkv.kernels.common import (
 __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
 
 TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
-TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
+TOKENS_PER_ITER = 64  # tokens scored per loop iteration for softmax (several pages at once)
+# for α > 1 (K only, no online softmax): on the H200 at 128K (B = 1, 32/8, fp16,
+# step_variants_gpu.py) Dense α = 1.5 took 161.7 µs with 128 against 186.5 with 64, TopK 12.5%
+# 103.0 against 104.5; softmax lost 5 µs with 128 (its V tile doubles too)
+ENTMAX_TOKENS_PER_ITER = 128
 SCORES_WARPS = 4  # warps of a scoring program
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
@@ -66,14 +70,21 @@ def bisection_steps(work: torch.dtype) -> int:
     return 60 if work == torch.float64 else 40
 
 
-def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device) -> int:
+def tokens_per_iter(entmax: bool) -> int:
+    """Tokens a scoring program scores per loop iteration: ``ENTMAX_TOKENS_PER_ITER`` for α > 1,
+    ``TOKENS_PER_ITER`` for softmax."""
+    return ENTMAX_TOKENS_PER_ITER if entmax else TOKENS_PER_ITER
+
+
+def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device,
+               entmax: bool = False) -> int:
     """Splits of the page list per (sequence, KV head): about ``PROGRAMS_PER_SM`` programs per
-    SM, never more than there are iterations of work in a full list."""
+    SM, never more than there are iterations of work in a full list (``tokens_per_iter``)."""
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sms = 4  # the interpreter: few programs keep CPU tests fast
-    pages_per_iter = max(1, TOKENS_PER_ITER // page_size)
+    pages_per_iter = max(1, tokens_per_iter(entmax) // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
     return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)))
 
@@ -510,10 +521,10 @@ def sparse_decode(
     work = work_dtype_of(k_pages.dtype)
     wtl = tl.float64 if work == torch.float64 else tl.float32
     capacity = p if dense else m
-    nsplit = num_splits(b, hkv, capacity, s, q.device)
+    entmax = kind != SOFTMAX
+    nsplit = num_splits(b, hkv, capacity, s, q.device, entmax)
     cap = max(triton.cdiv(capacity, nsplit), 1) * s  # survivors a split can hold
     rows = b * hq * (nsplit + 1)
-    entmax = kind != SOFTMAX
     cand_s = torch.empty((rows * cap if entmax else 1,), dtype=work, device=q.device)
     cand_i = torch.empty((rows * cap if entmax else 1,), dtype=torch.int32, device=q.device)
     cand_n = torch.empty((rows,), dtype=torch.int32, device=q.device)
@@ -536,7 +547,7 @@ def sparse_decode(
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
-        BLOCK_N=max(16, next_pow2(max(s, TOKENS_PER_ITER))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
+        BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS,
     )

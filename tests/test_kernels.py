@@ -291,7 +291,7 @@ def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
     cache, _, _ = make_cache(seed, 1, 1, d, s, [700 + random.Random(seed).randrange(40)], dtype=torch.float32)
     g = torch.Generator().manual_seed(seed + 1)
     newest = int((cache.seq_lens[0] - 1) // s)
-    nsplit = num_splits(1, 1, cache.num_pages, s, torch.device("cpu"))
+    nsplit = num_splits(1, 1, cache.num_pages, s, torch.device("cpu"), entmax=True)
     per_split = -(-newest // nsplit)
     q = torch.ones(1, hq, 1, d) + 0.1 * torch.randn(1, hq, 1, d, generator=g)
     k = cache.k_pages.clone()
