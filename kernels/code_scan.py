@@ -151,8 +151,11 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins"
 # The dots do not cut the instruction count (the codes' unpacking to float16 and the operands'
 # moves through shared memory take what the FMAs gave back; 16 HMMA a page), and the H200
 # agrees: the CUDA-core path stays the default; `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
+# Session 8 (keycodes_gpu.py, needle data, 128K, 4 bits, the newest page out of the scan,
+# 2026-11-29): 2 pages / 1 warp 112.7 µs as the step calls it (bare 101.9) against 136.4 (125.4)
+# at 2 / 2; the step 188.9 against 211.8 µs.
 BLOCK_P = 2  # pages per code_bounds program
-NUM_WARPS = 2
+NUM_WARPS = 1
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
