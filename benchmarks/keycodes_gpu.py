@@ -15,8 +15,8 @@ its own: all equal dense entmax, so a variant that breaks the step shows there a
 ``certified``).
 
 ``--paths``: ``code_bounds`` scores on tensor cores (``dot``: ``code_scan.USE_DOT``, its
-BLOCK_P / NUM_WARPS) or on CUDA cores (``cores``: USE_DOT off, at ``--core-launch``, the
-pages / warps tuned for it on 2026-11-29); every row is measured once per path, with the
+BLOCK_P / NUM_WARPS) or on CUDA cores (``cores``: USE_DOT off, at ``--core-launch``, by
+default ``code_scan``'s BLOCK_P / NUM_WARPS); every row is measured once per path, with the
 same inputs. On the ``dot`` row, ``vs_cores``: on the step's cache and query, the largest
 |page_max_dot − page_max_cores| over ε, ε_dot / ε_cores (min, max; the dot path adds
 ``dot_margins``' term, ~1e-5); the steps' outputs' largest difference is the first row's
@@ -202,7 +202,8 @@ def main() -> None:
                         help="pages a τ-seed program reduces (code_scan.SEED_CHUNK)")
     parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--paths", default="dot,cores", help="code_bounds scoring: dot (tensor cores), cores")
-    parser.add_argument("--core-launch", default="2,2", help="BLOCK_P,NUM_WARPS of the CUDA-core path")
+    parser.add_argument("--core-launch", default=f"{code_scan.BLOCK_P},{code_scan.NUM_WARPS}",
+                        help="BLOCK_P,NUM_WARPS of the CUDA-core path (default: code_scan's)")
     parser.add_argument("--variants", default="base",
                         help="';'-separated code_scan constant sets, e.g. 'base;NEWEST_IN_SCAN=True'")
     parser.add_argument("--reps", type=int, default=50)
