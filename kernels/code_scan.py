@@ -108,7 +108,7 @@ a [B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycod
 with the seed 137.1, both (the step's call) 157.9 — it was 180 with the seed from one program
 per row and the newest page's program last. The newest page cost ~21 µs inside the scan's
 launch, although its program ran first and its specialisation had the bare scan's registers
-(168) and shared memory: not explained; hence the default of taking it out (not yet timed).
+(168) and shared memory: not explained; out of the scan it costs ~4 µs (perf-log row 47).
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
@@ -186,7 +186,9 @@ SEED_WARPS = 4
 # True: one more program per row in the scan's launch (program 0 of the row), the form measured
 # at ~21 µs of the 157.9 µs step call at 128K on the H200 (2026-11-29), for no known reason.
 # Both run the same ``_newest_page``; `python benchmarks/keycodes_gpu.py --contexts 131072 --paths
-# cores --variants "base;NEWEST_IN_SCAN=True"` times the two in one run.
+# cores --variants "base;NEWEST_IN_SCAN=True"` times the two in one run. Timed on the H200
+# (session 8, perf-log row 47): code_bounds as the step calls it 158.4 -> 136.4 µs, the newest
+# page's part 21 -> 4 µs; the Exact-with-codes step 234.2 -> 211.8 µs.
 NEWEST_IN_SCAN = False
 # The CUDA-core scans (float32 work) read the code bytes as int32 words and take each code out
 # of its word in place (one LOP3 and one FADD a code, ``_word_tile``) instead of byte by byte
@@ -202,17 +204,18 @@ NEWEST_IN_SCAN = False
 # subtraction), LOP3/SHF 166 (64 the codes' or), IMAD/IADD3/LEA 140, LDS/STS 104 and BAR 63
 # (the per-head move of q·step into the code tile's layout and the cross-warp max), SHFL 64.
 # One warp a program (NUM_WARPS = 1) holds two tokens of a page a thread and drops the
-# barriers: fewest instructions, but 254 registers (8 warps an SM): to be timed on the H200.
+# barriers: fewest instructions, though 254 registers (8 warps an SM). On the H200 (session 8,
+# perf-log rows 47-48): the words -2 µs; one warp 136.4 -> 112.7 µs as the step calls it.
 WORD_CODES = True
 # code_bounds' CUDA-core head loop: True, unrolled (G copies of a head's ~190 instructions,
 # straight-line code); False, one copy run G times — the same instructions executed (within the
 # loop's few), a kernel about half the size: static SASS at 2 pages / 2 warps 1328 -> 768
 # instructions (2 / 1: 2008 -> 1128; code_scan_registers.py --set UNROLL_HEADS=False). Each
-# program runs its whole kernel once, so the size is what every program fetches: if the scan
-# is bound by instruction fetch (the ~21 µs that the newest-page branch cost, which all but one
-# program of a row skip — NEWEST_IN_SCAN — would fit that), the loop is faster. The loop body
+# program runs its whole kernel once, so the size is what every program fetches (the guess was
+# that instruction fetch binds the scan). The loop body
 # is 191 instructions a page (2 / 1: 148): executed, ~1341 against 1328 (2 / 1: 1008 against
-# 1004). Not yet timed: keycodes_gpu.py --variants "base;UNROLL_HEADS=False".
+# 1004). Timed on the H200 (session 8, perf-log row 48): +1.6 µs at 2 / 1, +25 at 2 / 2 — the
+# kernel's size is not what binds the scan; the unrolled form stays the default.
 UNROLL_HEADS = True
 
 
