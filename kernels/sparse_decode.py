@@ -51,11 +51,15 @@ from entmaxkv.kernels.common import (
 __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
 
 TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
-TOKENS_PER_ITER = 64  # tokens scored per loop iteration for softmax (several pages at once)
-# for α > 1 (K only, no online softmax): on the H200 at 128K (B = 1, 32/8, fp16,
-# step_variants_gpu.py) Dense α = 1.5 took 161.7 µs with 128 against 186.5 with 64, TopK 12.5%
-# 103.0 against 104.5; softmax lost 5 µs with 128 (its V tile doubles too)
+TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
+# α > 1 (K only, no online softmax) over a list of at least LONG_LIST_PAGES pages. On the H200
+# (B = 1, 32/8, fp16, α = 1.5, session 8): Dense 128K (8,193 pages) 161.7 µs with 128 against
+# 186.5 with 64, Dense 32K (2,049) 65.5 against 65.8; shorter lists lost with 128: Dense 8K
+# (513) 45.7 against 39.0, TopK 12.5% 32K (257) 55.1 against 48.8, 8K 41.1 against 38.7, 128K
+# (1,025) 87.4 against 89.2 (within the calls' noise); softmax lost 5 µs at 128K (its V tile
+# doubles too)
 ENTMAX_TOKENS_PER_ITER = 128
+LONG_LIST_PAGES = 2048
 SCORES_WARPS = 4  # warps of a scoring program
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
@@ -70,10 +74,10 @@ def bisection_steps(work: torch.dtype) -> int:
     return 60 if work == torch.float64 else 40
 
 
-def tokens_per_iter(entmax: bool) -> int:
-    """Tokens a scoring program scores per loop iteration: ``ENTMAX_TOKENS_PER_ITER`` for α > 1,
-    ``TOKENS_PER_ITER`` for softmax."""
-    return ENTMAX_TOKENS_PER_ITER if entmax else TOKENS_PER_ITER
+def tokens_per_iter(entmax: bool, list_pages: int) -> int:
+    """Tokens a scoring program scores per loop iteration: ``ENTMAX_TOKENS_PER_ITER`` for α > 1
+    over a list of at least ``LONG_LIST_PAGES`` pages, else ``TOKENS_PER_ITER``."""
+    return ENTMAX_TOKENS_PER_ITER if entmax and list_pages >= LONG_LIST_PAGES else TOKENS_PER_ITER
 
 
 def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device,
@@ -84,7 +88,7 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, de
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sms = 4  # the interpreter: few programs keep CPU tests fast
-    pages_per_iter = max(1, tokens_per_iter(entmax) // page_size)
+    pages_per_iter = max(1, tokens_per_iter(entmax, list_capacity) // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
     return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)))
 
@@ -547,7 +551,7 @@ def sparse_decode(
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
-        BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
+        BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS,
     )
