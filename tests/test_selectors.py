@@ -73,7 +73,6 @@ def test_quest_bound_is_never_below_the_true_page_maximum(lens, group, dtype, al
 def naive_topk_pages(cache, q, alpha, count, sink=0):
     """Naive group ranking of ``TopK``: for each (b, kv) the set of chosen full pages."""
     lin = alpha - 1 if alpha > 1 else 1.0
-    scores = naive_scores(cache, q)
     hq, hkv = q.shape[1], cache.num_kv_heads
     group = hq // hkv
     chosen = {}
@@ -81,15 +80,18 @@ def naive_topk_pages(cache, q, alpha, count, sink=0):
         newest = (n - 1) // PAGE
         cands = [p for p in range(n // PAGE) if p != newest]
         for kv in range(hkv):
+            upper = {}  # (head, page) -> the Quest bound; each head's reference is its best one
+            for h in range(kv * group, (kv + 1) * group):
+                qh = q[b, h, 0].double()
+                for p in cands:
+                    upper[h, p] = float(torch.maximum(qh * cache.k_min[b, kv, p].double(),
+                                                      qh * cache.k_max[b, kv, p].double()).sum()) / math.sqrt(q.shape[-1])
             keys = {}
             for p in cands:
                 best = -math.inf
                 for h in range(kv * group, (kv + 1) * group):
-                    qh = q[b, h, 0].double()
-                    u = torch.maximum(qh * cache.k_min[b, kv, p].double(), qh * cache.k_max[b, kv, p].double()).sum() / math.sqrt(q.shape[-1])
-                    means = [float(cache.k_mean[b, kv, r].double() @ qh) / math.sqrt(q.shape[-1]) for r in cands]
-                    newest_top = float(scores[b][h, newest * PAGE: n].max())
-                    best = max(best, lin * (float(u) - max(means + [newest_top])))
+                    reference = max(upper[h, r] for r in cands)
+                    best = max(best, lin * (upper[h, p] - reference))
                 keys[p] = math.inf if p < sink else best
             ranked = sorted(cands, key=lambda p: -keys[p])
             chosen[b, kv] = set(ranked[: count(len(cands))]) | {p for p in cands if p < sink}
