@@ -163,30 +163,15 @@ def _page_scores_kernel(
             u = tl.sum(tl.maximum(qv, 0.0) * kmax + tl.minimum(qv, 0.0) * kmin, axis=1)
             mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
             u = u * scale_w + tl.cast(gamma, WORK) * mag
+            mu, var = u, u  # placeholders: stored only WITH_MEAN / WITH_SIGMA
             if WITH_MEAN:
                 if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
                     mag = tl.sum(tl.abs(qv) * kabs_mean, axis=1) * scale_w
                 mu = tl.sum(qv * kmean, axis=1) * scale_w
             if WITH_SIGMA:
                 var = tl.sum(qv * qv * kvar, axis=1) * (scale_w * scale_w)
-            if HAS_ALIBI:
-                slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
-                qpos_t = length - 1
-                first = (p * S - qpos_t).to(WORK)
-                last = (p * S + S - 1 - qpos_t).to(WORK)
-                bias = tl.maximum(slope * first, slope * last)
-                u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-                if WITH_MEAN:
-                    mu += slope * (first + (S - 1) / 2)
-                if WITH_SIGMA:
-                    var += slope * slope * ((S * S - 1) / 12)
-            out = qrow * P + p
-            tl.store(upper + out, u, mask=pmask)
-            if WITH_MEAN:
-                tl.store(absmax + out, mag, mask=pmask)
-                tl.store(mean + out, mu, mask=pmask)
-            if WITH_SIGMA:
-                tl.store(sigma + out, tl.sqrt(var), mask=pmask)
+            _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow, p, pmask, length, alibi_eps,
+                        H, P, S, G, WORK, HAS_ALIBI, WITH_MEAN, WITH_SIGMA)
 
 
 @triton.jit
@@ -265,30 +250,43 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
         qrow = (bh * G + g).to(tl.int64)
         mag = tl.sum(acc_mag[g], axis=1) * scale_w
         u = tl.sum(acc_u[g], axis=1) * scale_w + tl.cast(gamma, WORK) * mag
+        mu, var = u, u  # placeholders: stored only WITH_MEAN / WITH_SIGMA
         if WITH_MEAN:
             if HAS_NU:
                 mag = tl.sum(acc_nu[g], axis=1) * scale_w
             mu = tl.sum(acc_mu[g], axis=1) * scale_w
         if WITH_SIGMA:
             var = tl.sum(acc_var[g], axis=1) * (scale_w * scale_w)
-        if HAS_ALIBI:
-            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
-            qpos_t = length - 1
-            first = (p * S - qpos_t).to(WORK)
-            last = (p * S + S - 1 - qpos_t).to(WORK)
-            bias = tl.maximum(slope * first, slope * last)
-            u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
-            if WITH_MEAN:
-                mu += slope * (first + (S - 1) / 2)
-            if WITH_SIGMA:
-                var += slope * slope * ((S * S - 1) / 12)
-        out = qrow * P + p
-        tl.store(upper + out, u, mask=pmask)
+        _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow, p, pmask, length, alibi_eps, H, P,
+                    S, G, WORK, HAS_ALIBI, WITH_MEAN, WITH_SIGMA)
+
+
+@triton.jit
+def _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow, p, pmask, length, alibi_eps, H, P,
+                S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                WITH_MEAN: tl.constexpr, WITH_SIGMA: tl.constexpr):
+    """Query head g's page quantities [BLOCK_P] of the pages p (``qrow`` = bh·G + g): with ALiBi
+    the page's largest bias on the upper bound (inflated by its rounding), the page-centre bias
+    on the mean and the positions' variance on σ²; then stored (absmax and mean only WITH_MEAN,
+    σ only WITH_SIGMA)."""
+    if HAS_ALIBI:
+        slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+        qpos_t = length - 1
+        first = (p * S - qpos_t).to(WORK)
+        last = (p * S + S - 1 - qpos_t).to(WORK)
+        bias = tl.maximum(slope * first, slope * last)
+        u += bias + tl.cast(alibi_eps, WORK) * tl.abs(bias)
         if WITH_MEAN:
-            tl.store(absmax + out, mag, mask=pmask)
-            tl.store(mean + out, mu, mask=pmask)
+            mu += slope * (first + (S - 1) / 2)
         if WITH_SIGMA:
-            tl.store(sigma + out, tl.sqrt(var), mask=pmask)
+            var += slope * slope * ((S * S - 1) / 12)
+    out = qrow * P + p
+    tl.store(upper + out, u, mask=pmask)
+    if WITH_MEAN:
+        tl.store(absmax + out, mag, mask=pmask)
+        tl.store(mean + out, mu, mask=pmask)
+    if WITH_SIGMA:
+        tl.store(sigma + out, tl.sqrt(var), mask=pmask)
 
 
 @triton.jit
