@@ -17,8 +17,9 @@ For a full page p and query head h (scores s = scale·q·k, work dtype float32 o
 Grid (B·Hkv, ceil(P / BLOCK_P)); programs past the last full page exit at once, so the work
 is proportional to the tokens held, not to the capacity. Entries of pages that are not full
 are not written (they are undefined: callers mask them).
-Bytes: kmin + kmax + mean (+ std) of the full pages, read once for the whole GQA group, all in
-the cache dtype: 3·2·D bytes a page and KV head for fp16/bf16 (TopK), 4·2·D with the std.
+Bytes: kmin + kmax (+ mean with ``with_mean``, + std with ``with_sigma``) of the full pages,
+read once for the whole GQA group, all in the cache dtype: 2·2·D bytes a page and KV head for
+fp16/bf16 (TopK, which reads no mean), 3·2·D with the mean, 4·2·D with the std too.
 
 The kernel is instruction-bound, not byte-bound (at 128K the fp16 TopK form read ~1.6 TB/s of
 4.25 on the H200). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
@@ -26,7 +27,9 @@ share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK >
 (``_page_block_chunked``), CHUNK channels at a time with CHUNK/8 threads a row (fp16/bf16),
 sums kept inside each thread until one 2-round reduction at the end: 164 instead of 283
 static sm_90a instructions a page for fp16 with the mean (bf16: 150 / 255; without the mean
-110 / 192), measured by ``benchmarks/page_bounds_sass.py``, not yet timed. Both sum the same
+110 / 192), measured by ``benchmarks/page_bounds_sass.py``; on the H200 the chunked form took
+the TopK step at 128K, α = 1 from 78.6 to 74.8 µs, and alone without the mean 11.9 µs
+(perf-log row 46). Both sum the same
 D products in different orders, which γ and ``mean_slack`` allow.
 
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
@@ -62,7 +65,9 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_o
 
 __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
 
-BLOCK_P = 32  # pages per program: by static count for CHUNK = 32, not yet timed (CHUNK = 0: 8, tuned on the H200)
+# pages per program and warps, CHUNK = 32 (CHUNK = 0: 8 / 2). On the H200 (TopK step, 32K and
+# 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2
+BLOCK_P = 32
 NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.

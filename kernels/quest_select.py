@@ -35,7 +35,7 @@ a chunk's pages go to the slots after the earlier chunks' (the keys above, then 
 head's best selected mean less its slack goes into the floor by an atomic max (the max of the
 same values in any order: the floor is the same bit for bit).
 Bytes: upper of the row's G heads twice, the keys (4 B a page, 8 in float64 work)
-twice — once more a counting pass on streamed rows, and again to count per chunk — and mean
+twice — once more a counting pass on streamed rows, and again to count per chunk — and (given) mean
 and absmax of the selected pages: small next to ``page_bounds``.
 """
 
