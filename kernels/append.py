@@ -22,6 +22,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
 from entmaxkv.kernels.page_stats import round_stat
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["append_token"]
 
@@ -58,8 +59,9 @@ def _page_codes(keys, lo, hi, d, D, BITS: tl.constexpr, WORK: tl.constexpr):
 def _append_kernel(
     k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, k_codes, new_lens, fits,
     capacity, H, P, D, W,
-    S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, BITS: tl.constexpr,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, BITS: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b)
@@ -134,7 +136,7 @@ def append_token(
         k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new,
         k_pages if k_codes is None else k_codes,  # never written without codes
         new_lens, fits, capacity, h, p, d, 0 if k_codes is None else k_codes.shape[-1],
-        S=s, BLOCK_D=max(2, next_pow2(d)), WORK=work, BITS=bits,
+        S=s, BLOCK_D=max(2, next_pow2(d)), WORK=work, BITS=bits, **pdl_kwargs(seq_lens, "append")
     )
     return new_lens, fits
 

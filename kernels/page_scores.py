@@ -62,6 +62,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
 
@@ -127,8 +128,9 @@ def _page_scores_kernel(
     scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
-    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr,
+    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     block = tl.program_id(1)
     b = bh // H
@@ -355,6 +357,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
         WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), num_warps=NUM_WARPS,
+        **pdl_kwargs(q, "page_scores"),
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
 

@@ -52,6 +52,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
 from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
 
@@ -108,8 +109,10 @@ def _float64_of(high, middle, low):
 def _chunk_best_upper_kernel(
     upper, seq_lens, best, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, WORK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """best[row, chunk, g] = the chunk's largest candidate upper bound of head g (−inf if none)."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -124,10 +127,11 @@ def _chunk_best_upper_kernel(
 def _keys_kernel(
     upper, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
-    WORK: tl.constexpr,
+    WORK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """The rank keys of one chunk of a row's pages, into ``keys`` (pages < n only: the
     selection reads no further)."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -155,11 +159,12 @@ def _search_kernel(
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
-    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr,
+    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
     end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term."""
+    pdl_enter(PDL)
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -222,12 +227,13 @@ def _list_kernel(
     keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
     slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
-    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, WORK: tl.constexpr,
+    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and (with
     ``HAS_MEANS``) each head's best selected mean score less its rounding slack, max-ed into
     the floor (the mean key's own rounding and two dot products'; with ALiBi the page-centre
     bias less half a page of slope: a token may sit lower)."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -296,11 +302,12 @@ def quest_select(
     chunks = triton.cdiv(p, CHUNK)
     chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
     wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
-        upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS)
+        upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS,
+        **pdl_kwargs(upper, "quest_select"))
     wrap_triton(_keys_kernel)[(b * hkv, chunks)](
         upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
         sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
-        num_warps=CHUNK_WARPS)
+        num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
     block = min(MAX_BLOCK, max(16, next_pow2(p)))
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
@@ -314,13 +321,14 @@ def quest_select(
         2 * rounding_gamma(work, head_dim), hkv, p, lists,
         BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES, LIST=list_pages,
         COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
+        **pdl_kwargs(upper, "quest_select"),
     )
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
         alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
         LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, **wide_ints, **kinds,
-        num_warps=LIST_WARPS,
+        num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
     )
     return pages, kept, mask, floor
 

@@ -47,6 +47,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import (
     SOFTMAX, alpha_kind, next_pow2, register_batch_rule, rho, rho_slope, work_dtype_of,
 )
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
 
@@ -100,8 +101,9 @@ def _scores_kernel(
     scale, lin, H, G, P, M, D, CAP,
     S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
-    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr,
+    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // H
@@ -389,8 +391,9 @@ def _tau_kernel(
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
-    PAGED: tl.constexpr, HAS_FITS: tl.constexpr,
+    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
     hq_total = H * G
     b = row // hq_total
@@ -553,7 +556,7 @@ def sparse_decode(
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS,
+        KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS, **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
@@ -566,7 +569,7 @@ def sparse_decode(
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
-        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None,
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau
 

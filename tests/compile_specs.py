@@ -22,10 +22,18 @@ DTYPES = {"fp16": tl.float16, "bf16": tl.bfloat16, "fp32": tl.float32, "fp64": t
 SCALARS = {"int": "i32", "float": "fp32", "bool": "i1"}
 
 
+def _default(param) -> list:
+    """[kind, value] of a parameter's default (a bool or an int constexpr)."""
+    value = param.default
+    return [type(value).__name__, value]
+
+
 def compile_spec(module: str, name: str, args: dict) -> None:
     fn = getattr(importlib.import_module(module), name)
     signature, constants = {}, {}
     for i, arg in enumerate(fn.arg_names):
+        if arg not in args:  # a constexpr left at its default by the launch
+            args = dict(args, **{arg: _default(fn.params[i])})
         kind, value = args[arg]
         if fn.params[i].is_constexpr:
             signature[arg] = "constexpr"

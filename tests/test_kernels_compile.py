@@ -127,11 +127,16 @@ def record_tau_without_search_rounds() -> None:
 
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
+    pdl_kernels: set[str] = set()
     run = InterpretedFunction.run
 
     def recording_run(self, *args, grid, warmup, **kwargs):
         bound = dict(zip(self.arg_names, args), **kwargs)
         args_ = {k: _encode(v) for k, v in bound.items()}
+        if "PDL" in self.arg_names and self.fn.__name__ not in pdl_kernels:  # a GPU launch form (kernels.pdl)
+            pdl_kernels.add(self.fn.__name__)
+            pdl_spec = dict(args_, PDL=["bool", True])
+            specs[json.dumps([self.fn.__name__, "PDL"])] = [self.fn.__module__, self.fn.__name__, pdl_spec]
         for native in ((False, True) if "NATIVE" in args_ else (None,)):
             spec = dict(args_)
             if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches

@@ -1,0 +1,68 @@
+"""Programmatic dependent launch (PDL, Hopper and later): a step's kernels overlap their
+launches with the tail of the kernel before them.
+
+Launched with ``launch_pdl``, a kernel may start while the kernel before it in the stream is
+still running: its programs begin once every program of the one before has started and
+signalled (``griddepcontrol.launch_dependents``) or exited. Every program of a PDL kernel
+therefore waits first (``griddepcontrol.wait``: the kernel before it has completed and its
+writes are visible) and only then reads or writes memory — unconditionally and before
+anything else, so that a kernel's completion still implies its predecessor's (a program that
+exited without waiting would break that chain for the kernel after it). Then it signals at
+once, so that the next kernel's programs can be placed as this kernel's last programs run.
+What overlaps is launch latency and program placement, never memory traffic.
+
+``PDL`` switches it (read at each launch; the environment variable ``ENTMAXKV_PDL=1`` sets it at
+import, e.g. to run the ``gpu`` tests with it); it applies only to eager launches on CUDA devices
+of compute capability >= 9 — not under the interpreter, and not while ``torch.compile``
+traces an op (Inductor launches user kernels with its own launch options; with PDL traced
+into a compiled step, its outputs differed from eager on the H200: ``torch.compile``d steps
+never use it).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+__all__ = ["PDL", "PDL_MODULES", "pdl_kwargs"]
+
+PDL = os.environ.get("ENTMAXKV_PDL", "0") == "1"
+# the kernel modules whose launches use it (space-separated, so that a benchmark variant can set it)
+PDL_MODULES = "append page_scores quest_select sparse_decode"
+
+
+@functools.lru_cache(maxsize=None)
+def _hopper_or_later(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """Whether an op runs under a tracer rather than on real data: Dynamo, or the FakeTensor /
+    functional tensors that torch.compile's later passes (AOT autograd, Inductor's lowering of a
+    ``triton_op``) call the op with — where ``torch.compiler.is_compiling()`` can be False."""
+    return torch.compiler.is_compiling() or type(t) is not torch.Tensor
+
+
+def pdl_kwargs(t: torch.Tensor, module: str) -> dict:
+    """The launch keywords of a PDL launch of a kernel of ``module`` on ``t``'s device ({} when
+    PDL does not apply): the kernel's ``PDL`` constexpr and Triton's ``launch_pdl``."""
+    if not PDL or module not in PDL_MODULES.split() or t.device.type != "cuda" or _traced(t):
+        return {}
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if not _hopper_or_later(index):
+        return {}
+    return {"PDL": True, "launch_pdl": True}
+
+
+@triton.jit
+def pdl_enter(PDL: tl.constexpr):
+    """A PDL kernel's first statement: wait for the kernel before it, then let the next one
+    launch. Nothing without ``PDL``."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()

@@ -1,0 +1,62 @@
+"""Programmatic dependent launch (``entmaxkv.kernels.pdl``): off the GPU it never applies; on
+an H200 a graph-replayed step whose kernels overlap their launches gives the same bits as the
+eager step launched without it, over steps that cross page edges, for every selector."""
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.kernels import pdl
+
+
+def test_pdl_never_applies_off_cuda_or_under_a_tracer(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(pdl, "PDL", True)
+    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {}
+    with FakeTensorMode():  # what torch.compile's passes call an op with: a CUDA tensor without data
+        fake = torch.empty(2, device="cuda")
+    assert fake.device.type == "cuda" and pdl.pdl_kwargs(fake, "append") == {}
+    monkeypatch.setattr(pdl, "PDL", False)
+    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pdl_kwargs_on_cuda(monkeypatch):
+    t = torch.zeros(2, device="cuda")
+    monkeypatch.setattr(pdl, "PDL", False)
+    assert pdl.pdl_kwargs(t, "append") == {}
+    monkeypatch.setattr(pdl, "PDL", True)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert pdl.pdl_kwargs(t, "append") == ({"PDL": True, "launch_pdl": True} if hopper else {})
+    assert pdl.pdl_kwargs(t, "no_such_module") == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("alpha,selector", [(1.0, ekv.TopK(coverage=0.125)), (1.5, ekv.TopK(coverage=0.125)),
+                                            (1.5, ekv.Dense()), (2.0, ekv.TopK(token_budget=256))],
+                         ids=["topk-a1", "topk-a1.5", "dense-a1.5", "topk-budget-a2"])
+def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector):
+    from entmaxkv.compiled import GraphedDecodeStep
+    from entmaxkv.synthetic import SyntheticStream
+
+    b, hq, hkv, d, n = 2, 16, 4, 128, 20000
+    stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=int(alpha * 10),
+                             dtype=torch.float16, device="cuda")
+    k, v = stream.prompt(n)
+    empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64, dtype=torch.float16,
+                                   device="cuda")
+    cache = ekv.prefill(empty, k, v, [n, n - 37])  # ragged: the rows cross page edges at different steps
+    config = ekv.DecodeConfig(alpha, selector)
+    monkeypatch.setattr(pdl, "PDL", True)
+    decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False)
+    monkeypatch.setattr(pdl, "PDL", False)
+    eager = cache.fork()
+    for _ in range(40):
+        q, kn, vn = stream.step()
+        got = decoder(q, kn, vn).clone()
+        eager, want = ekv.decode_step(eager, q, kn, vn, config)
+        assert torch.equal(got, want)
+    assert torch.equal(decoder.cache.seq_lens, eager.seq_lens)
