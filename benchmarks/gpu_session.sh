@@ -20,8 +20,9 @@ out="${OUT:-benchmarks/results/raw-$(date +%F)}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"  # the benchmarks run from benchmarks/
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$out/pip.log" 2>&1
-# The tests compare against the `entmax` library, which the GPU machine lacks: carry its wheel
-# (`pip download --no-deps entmax -d .whl`, then `run(carry=[".whl"])`).
+# The tests compare against the `entmax` library, which the GPU machine lacks: carry its wheel,
+# and pytest-xdist's for `verify` (`pip download --no-deps entmax pytest-xdist execnet -d .whl`,
+# then `run(carry=[".whl"])`).
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl >>"$out/pip.log" 2>&1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -33,7 +34,10 @@ bench() { (cd benchmarks && python3 "$@"); }
 for phase in "${@:-verify}"; do
 case "$phase" in
 verify)
-    timeout 240 python3 -m pytest -q -m gpu -k "not every_swept_launch" -p no:cacheprovider --durations=10 -rf 2>&1 \
+    # the whole gpu suite in ~2.5 minutes over 14 workers with pytest-xdist (carried as a wheel, below;
+    # serially it takes over 10): ENTMAXKV_PDL=1 in front runs it with kernels/pdl.py's launches
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 14")
+    timeout 330 python3 -m pytest -q -m gpu $workers -p no:cacheprovider --durations=10 -rf 2>&1 \
         | tail -30 | tee "$out/gpu-tests.txt"
     # CUDA tests without the gpu marker: graph replay, generation, torch.func on CUDA, the soaks.
     timeout 150 python3 -m pytest -q tests/test_compiled.py tests/test_compiled_generate.py tests/test_func.py \
