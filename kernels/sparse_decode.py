@@ -62,11 +62,6 @@ TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
 ENTMAX_TOKENS_PER_ITER = 128
 LONG_LIST_PAGES = 2048
 SCORES_WARPS = 4  # warps of a scoring program
-# The scoring loop's loads one iteration ahead: 0, none (the load of a tile, then its scores);
-# 1, K (the next tile's K load is issued before this tile's scores are computed: two tiles of
-# K in flight a program); 2, K and V (softmax; for α > 1 the same as 1: V is read by the τ
-# kernel). The same loads and arithmetic: the same bits. Not yet timed on the H200.
-PREFETCH = 0
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
@@ -100,40 +95,13 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, de
 
 
 @triton.jit
-def _tile_rows(j, t, bh, b, split, newest, last, length, pages, page_table, M, P, S: tl.constexpr,
-               NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr):
-    """The tokens of the scoring loop's tile at list slot j of a program's slice: their
-    positions, whether each is a token to score (in the slice's pages and below the length),
-    and their rows in the K/V storage [BLOCK_N]. A tile past the slice is all invalid (its
-    loads are masked: nothing is read)."""
-    slot = j + t  # token slot within this program's slice of the list
-    list_pos = slot // S
-    in_list = list_pos < last
-    if split == NSPLIT:
-        logical = tl.zeros_like(list_pos) + newest
-    elif DENSE:
-        logical = list_pos
-    else:
-        logical = tl.load(pages + bh.to(tl.int64) * M + list_pos, mask=in_list, other=0)
-    if PAGED:
-        phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
-    else:
-        phys = logical
-    pos = logical * S + slot % S
-    valid = in_list & (pos < length)
-    row = (bh.to(tl.int64) * P + phys) * S + slot % S
-    return pos, valid, row
-
-
-@triton.jit
 def _scores_kernel(
     q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     scale, lin, H, G, P, M, D, CAP,
     S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
-    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, PREFETCH: tl.constexpr = 0,
-    PDL: tl.constexpr = False,
+    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -184,35 +152,30 @@ def _scores_kernel(
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
-    if PREFETCH > 0:  # the first tile's rows, K (and V) ahead of the loop
-        pos_n, valid_n, row_n = _tile_rows(first * S, t, bh, b, split, newest, last, length, pages, page_table, M, P,
-                                           S, NSPLIT, DENSE, PAGED)
-        k_n = tl.load(k_pages + row_n[:, None] * D + d[None, :], mask=valid_n[:, None] & dmask[None, :], other=0.0)
-        if KIND == 0 and PREFETCH == 2:
-            v_n = tl.load(v_pages + row_n[:, None] * D + d[None, :], mask=valid_n[:, None] & dmask[None, :],
-                          other=0.0)
     for j in range(first * S, last * S, BLOCK_N):
         if KIND != 0:
             # Publish the maximum so far and take the other splits' (an attained score, so a
             # valid floor): survivors shrink to those near the global maximum. Issued before
             # the K load, whose latency hides the atomic's.
             shared = tl.atomic_max(run_max + qrow, m, mask=gmask)
-        if PREFETCH > 0:  # this tile was loaded an iteration ago; the next one's loads go out now
-            pos, valid, row, k = pos_n, valid_n, row_n, k_n
-            if KIND == 0 and PREFETCH == 2:
-                v = v_n
-            pos_n, valid_n, row_n = _tile_rows(j + BLOCK_N, t, bh, b, split, newest, last, length, pages, page_table,
-                                               M, P, S, NSPLIT, DENSE, PAGED)
-            k_n = tl.load(k_pages + row_n[:, None] * D + d[None, :], mask=valid_n[:, None] & dmask[None, :],
-                          other=0.0)
-            if KIND == 0 and PREFETCH == 2:
-                v_n = tl.load(v_pages + row_n[:, None] * D + d[None, :], mask=valid_n[:, None] & dmask[None, :],
-                              other=0.0)
+        slot = j + t  # token slot within this program's slice of the list
+        list_pos = slot // S
+        in_list = list_pos < last
+        if split == NSPLIT:
+            logical = tl.zeros_like(list_pos) + newest
+        elif DENSE:
+            logical = list_pos
         else:
-            pos, valid, row = _tile_rows(j, t, bh, b, split, newest, last, length, pages, page_table, M, P, S, NSPLIT,
-                                         DENSE, PAGED)
-            k = tl.load(k_pages + row[:, None] * D + d[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+            logical = tl.load(pages + bh.to(tl.int64) * M + list_pos, mask=in_list, other=0)
+        if PAGED:
+            phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
+        else:
+            phys = logical
+        pos = logical * S + slot % S
+        valid = in_list & (pos < length)
+        row = (bh.to(tl.int64) * P + phys) * S + slot % S
         kv_mask = valid[:, None] & dmask[None, :]
+        k = tl.load(k_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
         if not NATIVE:
             k = k.to(WORK)
         s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale_w
@@ -225,8 +188,7 @@ def _scores_kernel(
             safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - safe[:, None])
             shrink = tl.exp(m - safe)
-            if PREFETCH != 2:
-                v = tl.load(v_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
             if NATIVE:
                 pv = tl.dot(p.to(v.dtype), v, out_dtype=WORK)
             else:
@@ -594,8 +556,7 @@ def sparse_decode(
         S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, PREFETCH=PREFETCH, num_warps=SCORES_WARPS,
-        **pdl_kwargs(q, "sparse_decode")
+        KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS, **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
