@@ -52,13 +52,16 @@ def _traced(t: torch.Tensor) -> bool:
 
 
 def pdl_kwargs(t: torch.Tensor, module: str) -> dict:
-    """The launch keywords of a PDL launch of a kernel of ``module`` on ``t``'s device ({} when
-    PDL does not apply): the kernel's ``PDL`` constexpr and Triton's ``launch_pdl``."""
+    """The launch keywords of a kernel of ``module`` on ``t``'s device: the kernel's ``PDL``
+    constexpr, and Triton's ``launch_pdl`` where PDL applies. ``PDL`` is passed either way:
+    Inductor launches a user kernel only with every parameter given (a defaulted constexpr
+    left out fails a compiled step on the GPU: "launcher() missing 1 required positional
+    argument")."""
     if not PDL or module not in PDL_MODULES.split() or t.device.type != "cuda" or _traced(t):
-        return {}
+        return {"PDL": False}
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if not _hopper_or_later(index):
-        return {}
+        return {"PDL": False}
     return {"PDL": True, "launch_pdl": True}
 
 

@@ -13,12 +13,12 @@ def test_pdl_never_applies_off_cuda_or_under_a_tracer(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     monkeypatch.setattr(pdl, "PDL", True)
-    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {}
+    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {"PDL": False}
     with FakeTensorMode():  # what torch.compile's passes call an op with: a CUDA tensor without data
         fake = torch.empty(2, device="cuda")
-    assert fake.device.type == "cuda" and pdl.pdl_kwargs(fake, "append") == {}
+    assert fake.device.type == "cuda" and pdl.pdl_kwargs(fake, "append") == {"PDL": False}
     monkeypatch.setattr(pdl, "PDL", False)
-    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {}
+    assert pdl.pdl_kwargs(torch.zeros(2), "append") == {"PDL": False}
 
 
 @pytest.mark.gpu
@@ -26,11 +26,11 @@ def test_pdl_never_applies_off_cuda_or_under_a_tracer(monkeypatch):
 def test_pdl_kwargs_on_cuda(monkeypatch):
     t = torch.zeros(2, device="cuda")
     monkeypatch.setattr(pdl, "PDL", False)
-    assert pdl.pdl_kwargs(t, "append") == {}
+    assert pdl.pdl_kwargs(t, "append") == {"PDL": False}
     monkeypatch.setattr(pdl, "PDL", True)
     hopper = torch.cuda.get_device_capability()[0] >= 9
-    assert pdl.pdl_kwargs(t, "append") == ({"PDL": True, "launch_pdl": True} if hopper else {})
-    assert pdl.pdl_kwargs(t, "no_such_module") == {}
+    assert pdl.pdl_kwargs(t, "append") == ({"PDL": True, "launch_pdl": True} if hopper else {"PDL": False})
+    assert pdl.pdl_kwargs(t, "no_such_module") == {"PDL": False}
 
 
 @pytest.mark.gpu
