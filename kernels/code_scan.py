@@ -52,27 +52,6 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    rounding, γ for the reference's, 3γ for ŝ). 9.02·D + 11 <= 12·D + 24 for every D, so r
    is unchanged and |s̃_i − ŝ_i| <= ε_p holds on this path too.
 
-Decoded keys on tensor cores (``DEQUANT_DOT``, float16 caches and queries; ``uses_dequant``).
-The codes' side this time, but about each page's centre and with q as the shared operand:
-m_pd = kmin_pd + h·step'_pd (h = (2^bits − 1)/2, step' = (kmax − kmin)·fl(1/(2^bits − 1)),
-within 2^−22 of the encoding's step), x_id = fl16((code_id·step'_pd − fl(h·step'_pd))) with
-|x| <= h·step' <= 65504 (no overflow for any float16 cache), ŝ_i = scale·(q·m + q·x) — q·x one
-float32-accumulated dot [BLOCK_P·S, D] x [D, G] with q^T (float16 q is exact), q·m on CUDA
-cores. New errors per channel, against the decoded kmin + code·step: x's float32 steps and
-float16 rounding <= (2^−24 + 2^−12)·range·(1 + 2^−10) + 2^−25 (float16's subnormal half-step),
-step' against step <= 15·2^−23·step <= 2^−22·range, m's rounding <= 2^−23·M, and the dot's
-accumulation <= D·2^−22·Σ|q_d·x_d| <= D·2^−23·range·|q_d| (the hardware assumption of item 2
-above, checked by ``tests/test_code_dequant.py``'s ``gpu`` tests). For D <= 1024 their sum is
-below 2^−10·range + 2^−22·M + 2^−25, which ``dequant_radius`` adds to every channel's radius
-(so ε exceeds the CUDA-core path's by ~3% of its step/2 part at 4 bits, ~0.2% at 8 bits,
-whatever the channel's offset: decoding about kmin in float16 would cost 2^−11·M); q·m's own
-float32 rounding is the CUDA-core path's q·kmin's, inside r·M's 3γ. The static SASS count a
-page (sm_90a, 4 bits, D = 128, G = 4, fp16, `code_scan_registers.py --kernel
-_code_bounds_kernel --sass --launch 2,1 --set DEQUANT_DOT=True`, 2026-11-29): 880 at 2 pages /
-1 warp (150 registers), 2288 at 4 / 4, 2028 at 4 / 2 — against the CUDA-core path's 1004 at
-2 / 1; an IEEE division for the step instead of the product cost 1400 (its slow path in every
-thread that holds a channel: the code tile's layout holds each channel in 8 threads).
-
 Why A is split and not the codes' side (B = code·step in float16, one [G, D] x [D, BLOCK_P·S]
 dot over all the program's pages with q shared): B rounds each of S·D elements a page (4×
 the G·D of A at G = 4), q is not exact in float16 either (hi + lo on both sides: 3–4
@@ -155,8 +134,7 @@ from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.sparse_decode import bisection_steps
 from entmaxkv.kernels.threshold_search import _ordered
 
-__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dequant_radius", "dot_margins", "uses_dequant",
-           "uses_dot"]
+__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
 
 # Launch configurations. code_bounds, CUDA-core path, tuned on the H200 at 128K, 4 bits, 32/8
 # heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
@@ -189,16 +167,6 @@ CANDIDATE_WARPS = 2
 # False, the default: the CUDA-core path for every dtype (slower on the H200, above;
 # benchmarks/keycodes_gpu.py times both).
 USE_DOT = False
-# code_bounds on tensor cores for float16 caches (``_code_block_dequant``): each key decoded
-# about its page's centre, x = (code − h)·step in float16 (one FMA and half a conversion a
-# code), against q^T, which is float16 already and the same for every page — one
-# [BLOCK_P·S, D] x [D, G] dot and no per-page operand to build (what made ``USE_DOT`` lose);
-# q·centre on CUDA cores. ε's radius grows by 2^−10·(kmax − kmin) + 2^−22·M + 2^−25 a channel
-# (x's float16 rounding and the dot's float32 accumulation; the module docstring): about 3% of
-# the step/2 term at 4 bits, whatever the channel's offset. Not yet timed on the H200: False.
-DEQUANT_DOT = False
-DEQUANT_BLOCK_P = 2  # pages a program on that path (the fewest static SASS a page, above)
-DEQUANT_WARPS = 1
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
 # takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make
@@ -256,23 +224,6 @@ def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
     no tensor-core path and keeps the exact CUDA-core code) when a dot's K, the tile's byte
     columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits)."""
     return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16
-
-
-def uses_dequant(q: torch.Tensor, k_min: torch.Tensor, byte_columns: int) -> bool:
-    """Whether ``code_bounds`` scores decoded keys on tensor cores (``DEQUANT_DOT``): a float16
-    cache and float16 queries (q is then exact as a dot operand), D <= 1024, off the
-    ``USE_DOT`` path."""
-    return (bool(DEQUANT_DOT) and k_min.dtype == torch.float16 and q.dtype == torch.float16
-            and k_min.shape[-1] <= 1024 and not uses_dot(work_dtype_of(k_min.dtype), byte_columns))
-
-
-def dequant_radius(radius: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor) -> torch.Tensor:
-    """The per-element radius [..., D] of the ``DEQUANT_DOT`` path from ``keycodes.code_radius``'s
-    (float32): radius + 2^−10·(kmax − kmin) + 2^−22·M + 2^−25, M = max(|kmin|, |kmax|), in the
-    kernel's order of operations."""
-    lo, hi = k_min.float(), k_max.float()
-    top = torch.maximum(lo.abs(), hi.abs())
-    return radius + (2.0 ** -10 * (hi - lo) + (2.0 ** -22 * top + 2.0 ** -25))
 
 
 def dot_margins(bits: int) -> tuple[float, float]:
@@ -587,60 +538,6 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
 
 
 @triton.jit
-def _code_block_dequant(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23, bh,
-                        p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
-                        GP: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
-                        BITS: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr):
-    """``_code_bounds_kernel``'s work on the pages p on tensor cores, the G heads at once
-    (``DEQUANT_DOT``: float16 caches and queries). Each key is decoded about its page's centre
-    m = kmin + h·step (h = (2^bits − 1)/2): x = (code − h)·step in float16, |x| <= half the
-    range, and the G heads' scores come from one float32-accumulated dot [BLOCK_P·S, D] x
-    [D, GP] with q^T (float16, exact, the same for every page) plus q·m on CUDA cores:
-    ŝ = scale·(q·m + q·x). ε's radius grows by ``dequant_margin`` (the module docstring's
-    bound). page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
-    tl.static_assert(BD <= 1024, "the dequant margin covers the dot's accumulation for D <= 1024")
-    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, tl.float32, WORDS, f23)  # [BLOCK_P, S, BD]
-    d = tl.arange(0, BD)
-    mask = live[:, None] & (d < D)[None, :]
-    stat = page_row[:, None] * D + d[None, :]
-    kmin = tl.load(k_min + stat, mask=mask, other=0.0).to(tl.float32)
-    kmax = tl.load(k_max + stat, mask=mask, other=0.0).to(tl.float32)
-    # the encoding's step within 2 float32 ulps (a product, not an IEEE division: the margin
-    # covers c·|step' − step| <= 2^−22·range, and the division's slow path costs ~10
-    # instructions a channel in every thread that holds it)
-    step = (kmax - kmin) * (1.0 / (2**BITS - 1))
-    half = step * ((2**BITS - 1) / 2)  # h·step
-    centre = kmin + half
-    top = tl.maximum(tl.abs(kmin), tl.abs(kmax))  # M_pd
-    # ``_page_stats``' radius plus the margin: 2^−10·(kmax − kmin) + 2^−22·M + 2^−25
-    wide = ((step / 2 + tl.cast(r, tl.float32) * top)
-            + (0.0009765625 * (kmax - kmin) + (2.384185791015625e-07 * top + 2.9802322387695312e-08)))
-    # |x| <= h·step (+ rounding) <= 65504 for every float16 cache: no overflow
-    x = (code * step[:, None, :] - half[:, None, :]).to(tl.float16)
-    gi = tl.arange(0, GP)
-    qt = tl.load(q + (bh.to(tl.int64) * G + gi[None, :]) * D + d[:, None],
-                 mask=(d < D)[:, None] & (gi < G)[None, :], other=0.0)  # [BD, GP] float16: exact
-    acc = tl.dot(tl.reshape(x, (BLOCK_P * S, BD)), qt, out_dtype=tl.float32)  # [BLOCK_P·S, GP]
-    q32 = qt.to(tl.float32)
-    base = tl.sum(centre[:, :, None] * q32[None, :, :], axis=1)  # [BLOCK_P, GP]: q·m
-    s_hat = (base[:, None, :] + tl.reshape(acc, (BLOCK_P, S, GP))) * scale_w
-    eps = tl.sum(wide[:, :, None] * tl.abs(q32)[None, :, :], axis=1) * scale_w  # [BLOCK_P, GP]
-    tok = tl.arange(0, S)
-    if HAS_ALIBI:
-        slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(tl.float32)  # [GP]
-        pos = (p[:, None] * S + tok[None, :] - (length - 1)).to(tl.float32)  # [BLOCK_P, S]
-        s_hat += slope[None, None, :] * pos[:, :, None]
-        eps += tl.abs(slope)[None, :] * tl.cast(alibi_eps, tl.float32)
-    out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
-    heads = in_range[:, None] & (gi < G)[None, :]
-    tl.store(page_max + out, tl.where(live[:, None], tl.max(s_hat, axis=1), float("-inf")), mask=heads)
-    tl.store(eps_out + out, tl.where(live[:, None], eps, 0.0), mask=heads)
-    if WITH_SCORES:
-        tl.store(s_hat_out + out[:, None, :] * S + tok[None, :, None], s_hat,
-                 mask=(live[:, None] & (gi < G)[None, :])[:, None, :])
-
-
-@triton.jit
 def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length, H, P,
                 D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
                 HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
@@ -699,7 +596,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
-    UNROLL_HEADS: tl.constexpr, DEQUANT: tl.constexpr = False,
+    UNROLL_HEADS: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -725,13 +622,6 @@ def _code_bounds_kernel(
             _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
                             dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
                             BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES)
-        else:
-            _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
-    elif DEQUANT:  # float16 caches: decoded keys against q on tensor cores
-        if has_codes:
-            _code_block_dequant(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
-                                f23, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW, BD, BLOCK_P,
-                                BITS, HAS_ALIBI, WITH_SCORES, WORDS)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
     else:
@@ -1041,17 +931,15 @@ def code_bounds(
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
     in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
-    dequant = uses_dequant(q, k_min, consts["BW"])
-    block_p, warps = (DEQUANT_BLOCK_P, DEQUANT_WARPS) if dequant else (BLOCK_P, NUM_WARPS)
-    grid = (b * hkv, triton.cdiv(p, block_p) + (1 if in_scan else 0))
+    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
-        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=block_p, num_warps=warps,
-        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), DEQUANT=dequant, **consts,
+        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs

@@ -23,12 +23,6 @@ triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-# constexpr switches the CPU runs leave at their defaults, compiled once a kernel in their GPU
-# form: programmatic dependent launch (kernels/pdl.py); code_bounds' decoded-key tensor-core path
-# (code_scan.DEQUANT_DOT: float16 queries and caches)
-SWITCHES = {"PDL": (True, lambda args: True),
-            "DEQUANT": (True, lambda args: args.get("q") == ["tensor", "float16"])}
-
 SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=16), ekv.Gaussian(tau_mode="fixed"),
              ekv.Gaussian(tau_mode="corrected"), ekv.Exact(initial_pages=1, rounds=1)]
 
@@ -133,17 +127,16 @@ def record_tau_without_search_rounds() -> None:
 
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
-    switched: set[tuple[str, str]] = set()
+    pdl_kernels: set[str] = set()
     run = InterpretedFunction.run
 
     def recording_run(self, *args, grid, warmup, **kwargs):
         bound = dict(zip(self.arg_names, args), **kwargs)
         args_ = {k: _encode(v) for k, v in bound.items()}
-        for name, (value, applies) in SWITCHES.items():  # forms the CPU runs do not take, once a kernel
-            if name in self.arg_names and (self.fn.__name__, name) not in switched and applies(args_):
-                switched.add((self.fn.__name__, name))
-                spec = dict(args_, **{name: [type(value).__name__, value]})
-                specs[json.dumps([self.fn.__name__, name])] = [self.fn.__module__, self.fn.__name__, spec]
+        if "PDL" in self.arg_names and self.fn.__name__ not in pdl_kernels:  # a GPU launch form (kernels.pdl)
+            pdl_kernels.add(self.fn.__name__)
+            pdl_spec = dict(args_, PDL=["bool", True])
+            specs[json.dumps([self.fn.__name__, "PDL"])] = [self.fn.__module__, self.fn.__name__, pdl_spec]
         for native in ((False, True) if "NATIVE" in args_ else (None,)):
             spec = dict(args_)
             if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
