@@ -217,6 +217,7 @@ WORD_CODES = True
 # 1004). Timed on the H200 (session 8, perf-log row 48): +1.6 µs at 2 / 1, +25 at 2 / 2 — the
 # kernel's size is not what binds the scan; the unrolled form stays the default.
 UNROLL_HEADS = True
+THREAD_TOKENS = 1
 
 
 def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
@@ -288,7 +289,7 @@ def _field(w, f23, SHIFT: tl.constexpr, BITS: tl.constexpr):
 
 @triton.jit
 def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
-               BITS: tl.constexpr):
+               BITS: tl.constexpr, TOP: tl.constexpr = 20):
     """``_code_tile`` of float32 work from the code bytes read as int32 words (W % 4 == 0 and
     the codes 4-byte aligned: ``WORDS``): word m holds bytes 4m..4m+3, little-endian, i.e.
     channels 8m + k at bits 4k (4 bits) or 4m + k at bits 8k (8 bits). Fields wholly below bit
@@ -297,7 +298,27 @@ def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOC
     m = tl.arange(0, BW // 4)
     words = tl.load(codes.to(tl.pointer_type(tl.int32)) + row[:, :, None] * (W // 4) + m[None, None, :],
                     mask=live[:, None, None] & (m < W // 4)[None, None, :], other=0)
-    if BITS == 4:
+    return _word_fields(words, f23, S, BW // 4, BLOCK_P, BITS, TOP)
+
+
+@triton.jit
+def _word_fields(words, f23, S: tl.constexpr, NW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
+                 TOP: tl.constexpr = 20):
+    """The codes of the int32 words [BLOCK_P, S, NW] as float32 [BLOCK_P, S, 8·NW] (4 bits) or
+    [BLOCK_P, S, 4·NW] (8 bits), the code of word m's field k at 8m + k (4m + k): ``_word_tile``'s
+    unpacking of any run of whole words."""
+    if BITS == 4 and TOP == 12:
+        # channels 8m + 5, 6, 7 at bits 8, 12, 16 of the word shifted by 12: each field in place,
+        # one LOP3 (with TOP = 20, the field at bit 0 of the shifted word compiles to a bit-field
+        # extract, SHF + SGXT, before the or: one instruction more a word)
+        top = words >> 12
+        c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
+        c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
+        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 8, 4)
+        c6, c7 = _field(top, f23, 12, 4), _field(top, f23, 16, 4)
+        tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
+        return tl.reshape(tile, (BLOCK_P, S, 8 * NW))
+    elif BITS == 4:
         top = words >> 20  # channels 8m + 5, 6, 7 at bits 0, 4, 8 (the sign bits are masked off)
         c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
         c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
@@ -305,13 +326,13 @@ def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOC
         c6, c7 = _field(top, f23, 4, 4), _field(top, f23, 8, 4)
         # [..., i, j, l] = c_{4i + 2j + l}: row-major, channel 8m + k at 8m + k
         tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
-        return tl.reshape(tile, (BLOCK_P, S, 2 * BW))
+        return tl.reshape(tile, (BLOCK_P, S, 8 * NW))
     else:
         top = words >> 16
         c0, c1 = _field(words, f23, 0, 8), _field(words, f23, 8, 8)
         c2, c3 = _field(top, f23, 0, 8), _field(top, f23, 8, 8)
         tile = tl.join(tl.join(c0, c2), tl.join(c1, c3))  # [..., i, j] = c_{2i + j}
-        return tl.reshape(tile, (BLOCK_P, S, BW))
+        return tl.reshape(tile, (BLOCK_P, S, 4 * NW))
 
 
 @triton.jit
@@ -333,6 +354,37 @@ def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOC
         return _as_work(byte, WORK)
     else:
         return tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)), (BLOCK_P, S, 2 * BW))
+
+
+@triton.jit
+def _token_group(codes, page_row, live, W, f23, i0, NI: tl.constexpr, T: tl.constexpr, S: tl.constexpr,
+                 BW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr,
+                 WORDS: tl.constexpr):
+    """The codes of tokens j·T + i, j < S/T, i in [i0, i0 + NI), as [BLOCK_P, S/T, NI, BD]:
+    one load a token set (laid out as ``_code_tile``'s rows, channels across threads) and the
+    sets joined (a join adds an in-thread dimension), so that a thread holds NI tokens of one
+    page (``THREAD_TOKENS``)."""
+    if NI == 1:
+        tok = tl.arange(0, S // T) * T + i0
+        row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S/T] token rows of the code storage
+        if WORDS:
+            tile = _word_tile(codes, row, live, W, f23, S // T, BW, BLOCK_P, BITS, 12)
+        else:
+            j = tl.arange(0, BW)
+            byte = tl.load(codes + row[:, :, None] * W + j[None, None, :],
+                           mask=live[:, None, None] & (j < W)[None, None, :], other=0).to(tl.int32)
+            if BITS == 8:
+                tile = _as_work(byte, WORK)
+            else:
+                tile = tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)),
+                                  (BLOCK_P, S // T, 2 * BW))
+        return tl.reshape(tile, (BLOCK_P, S // T, 1, BW * 8 // BITS))
+    else:
+        first = _token_group(codes, page_row, live, W, f23, i0, NI // 2, T, S, BW, BLOCK_P, BITS, WORK, WORDS)
+        second = _token_group(codes, page_row, live, W, f23, i0 + NI // 2, NI // 2, T, S, BW, BLOCK_P, BITS, WORK,
+                              WORDS)
+        pair = tl.permute(tl.join(first, second), (0, 1, 4, 2, 3))  # [BLOCK_P, S/T, 2, NI/2, BD]
+        return tl.reshape(pair, (BLOCK_P, S // T, NI, BW * 8 // BITS))
 
 
 @triton.jit
@@ -561,12 +613,16 @@ def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_o
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
                       WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr,
-                      UNROLL_HEADS: tl.constexpr):
+                      UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1):
     """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head
     (``UNROLL_HEADS``: G copies of the head's code; else one copy in a loop)."""
     r_w = tl.cast(r, WORK)
     # the pages' codes and statistics are read once and serve every head of the group
-    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
+    if T > 1:  # T tokens of a page in each thread (token j·T + i at j·T + i)
+        code = tl.reshape(_token_group(codes, page_row, live, W, f23, 0, T, T, S, BW, BLOCK_P, BITS, WORK, WORDS),
+                          (BLOCK_P, S, BD))
+    else:
+        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
     d = tl.arange(0, BD)
     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
     if UNROLL_HEADS:
@@ -596,7 +652,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
-    UNROLL_HEADS: tl.constexpr,
+    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -628,7 +684,7 @@ def _code_bounds_kernel(
         if has_codes:
             _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23,
                               bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
-                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS)
+                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS, T)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
@@ -871,6 +927,12 @@ def _words(k_codes: torch.Tensor, work: torch.dtype, byte_columns: int) -> bool:
             and k_codes.shape[-1] % 4 == 0 and k_codes.is_contiguous() and k_codes.storage_offset() % 4 == 0)
 
 
+def _thread_tokens(page_size: int) -> int:
+    """``THREAD_TOKENS`` where it divides the page (else 1, today's form)."""
+    t = int(THREAD_TOKENS)
+    return t if t > 1 and page_size % t == 0 and t & (t - 1) == 0 else 1
+
+
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
     b, hkv, p, s, w = k_codes.shape
     d = k_min.shape[-1]
@@ -939,7 +1001,7 @@ def code_bounds(
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), **consts,
+        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs

@@ -2,7 +2,8 @@
 H200 with ``benchmarks/keycodes_gpu.py --variants``) against the reference, as the default
 form is in ``test_kernels_codes.py``: the head loop not unrolled (``UNROLL_HEADS = False``),
 the codes read byte by byte (``WORD_CODES = False``), the newest page in the scan's launch
-(``NEWEST_IN_SCAN = True``). Every variant must stay correct, not only the default.
+(``NEWEST_IN_SCAN = True``), T tokens of a page in each thread (``THREAD_TOKENS = T``). Every
+variant must stay correct, not only the default.
 """
 
 import pytest
@@ -16,7 +17,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
 
-VARIANTS = [("UNROLL_HEADS", False), ("WORD_CODES", False), ("NEWEST_IN_SCAN", True)]
+VARIANTS = [("UNROLL_HEADS", False), ("WORD_CODES", False), ("NEWEST_IN_SCAN", True), ("THREAD_TOKENS", 4)]
 
 
 @pytest.mark.parametrize("name,value", VARIANTS)
@@ -50,6 +51,69 @@ def test_head_loop_equals_the_unrolled_heads(bits, group, alibi, monkeypatch, po
     assert torch.equal(scores1[2][tokens], scores0[2][tokens]), seed
     for i in range(8):
         assert torch.equal(step1[i], step0[i]), (seed, i)
+
+
+@pytest.mark.parametrize("tokens", [2, 4])
+@pytest.mark.parametrize("case", BOUNDS_CASES)  # every dtype, 4 and 8 bits, GQA 1-4 (3: padded heads), ALiBi
+def test_thread_tokens_bounds_equal_the_reference(tokens, case, monkeypatch, poison):
+    """``THREAD_TOKENS``: ŝ, ε and page_max against the float64 reference (pages of 4 tokens:
+    T = 4 holds a whole page in a thread, T = 2 half of one), on the word and the byte paths."""
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", tokens)
+    codes_tests.test_code_bounds_equal_the_reference(*case, poison)
+
+
+@pytest.mark.parametrize("tokens,page,block_p,bits,group,alibi,dtype", [
+    (4, 16, 2, 4, 4, False, torch.float16), (2, 16, 4, 8, 1, True, torch.float32),
+    (4, 4, 1, 8, 2, True, torch.bfloat16), (8, 16, 2, 4, 3, False, torch.float64),
+])
+def test_thread_tokens_equal_the_default_form(tokens, page, block_p, bits, group, alibi, dtype, monkeypatch, poison):
+    """Under the interpreter the token-group tile holds the default tile's values at the same
+    places (token j·T + i at j·T + i), so page_max, ε and every coded token's ŝ equal the
+    default form's bit for bit — a token or channel put in the wrong place shows here; pages of
+    16 tokens (the benchmark's) and 4, ragged rows, a block not dividing the page count."""
+    seed = fresh_seed()
+    lens = codes_tests.lengths(seed, 3, page)
+    cache = codes_tests.coded_cache(seed, lens, 2, 24, page, bits, dtype, capacity=(max(lens) // page + 2) * page)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(3, 2 * group, 24, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(2 * group, generator=g) * 0.2 if alibi else None
+    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, bits, 0.3, True)
+    monkeypatch.setattr(code_scan, "BLOCK_P", block_p)
+    outs = []
+    for t in (1, tokens):
+        monkeypatch.setattr(code_scan, "THREAD_TOKENS", t)
+        outs.append(code_scan.code_bounds(*args))
+    coded = coded_pages(cache).expand_as(outs[0][0])
+    tokens_coded = coded.repeat_interleave(page, -1)
+    assert bool(coded.any()), seed
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), seed
+    assert torch.equal(outs[0][2][tokens_coded], outs[1][2][tokens_coded]), seed
+
+
+@pytest.mark.parametrize("tokens", [2, 4])
+def test_thread_tokens_on_any_page_block_and_head_dim(tokens, monkeypatch, poison):
+    """``THREAD_TOKENS`` with the launch-block and odd-head-dim cases of ``test_kernels_codes``
+    (blocks not dividing the page count, D = 15 and 9: a last byte with one channel)."""
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", tokens)
+    for case in [(2, torch.float32, 4, 2, False, 15), (4, torch.float16, 4, 4, False, 9),
+                 (8, torch.bfloat16, 4, 4, True, 16)]:
+        codes_tests.test_scan_ops_on_any_page_block_and_head_dim(*case, monkeypatch, poison)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("launch", [(2, 1), (4, 2), (2, 2), (8, 4)])
+@pytest.mark.parametrize("tokens", [2, 4])
+@pytest.mark.parametrize("dtype,bits,alibi", [(torch.float16, 4, False), (torch.float16, 8, True),
+                                              (torch.bfloat16, 4, True), (torch.float32, 4, False)])
+def test_thread_tokens_on_cuda_match_the_reference(launch, tokens, dtype, bits, alibi, monkeypatch):
+    """``THREAD_TOKENS`` compiled for the GPU at the launches the lead may time, against the
+    reference (``test_code_scan_on_cuda_matches_the_reference``: ŝ within the rounding part, ε,
+    page_max, the interval, both passes' candidates)."""
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", tokens)
+    monkeypatch.setattr(code_scan, "BLOCK_P", launch[0])
+    monkeypatch.setattr(code_scan, "NUM_WARPS", launch[1])
+    codes_tests.test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi)
 
 
 @pytest.mark.gpu
