@@ -609,6 +609,39 @@ def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh,
 
 
 @triton.jit
+def _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
+                      H, P, D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
+                      HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+    """``_head_block`` for the token-group tile (``THREAD_TOKENS``): the same ŝ, ε and page
+    best, with the page best taken before q·kmin and the scale where no token's own ŝ is needed
+    (no ALiBi, no scores): max_i fl(fl(base + dot_i)·scale) = fl(fl(base + max_i dot_i)·scale)
+    for scale >= 0 (min_i for scale < 0), rounding being monotone — bit for bit the max of the
+    tokens' ŝ, with no per-token add and multiply and no move of the token sums into the
+    statistics' layout."""
+    qrow = bh.to(tl.int64) * G + g
+    qv = tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK)[None, :]
+    base = tl.sum(qv * kmin, axis=1)
+    dot = tl.sum(code * (qv * step)[:, None, :], axis=2)
+    eps = tl.sum(tl.abs(qv) * radius, axis=1) * scale_w
+    out = qrow * P + p
+    if HAS_ALIBI or WITH_SCORES:
+        s_hat = (base[:, None] + dot) * scale_w
+        if HAS_ALIBI:
+            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+            tok = tl.arange(0, S)
+            s_hat += slope * (p[:, None] * S + tok[None, :] - (length - 1)).to(WORK)
+            eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
+        best = tl.max(s_hat, axis=1)
+        if WITH_SCORES:
+            tok = tl.arange(0, S)
+            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
+    else:
+        best = (base + tl.where(scale_w >= 0, tl.max(dot, axis=1), tl.min(dot, axis=1))) * scale_w
+    tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
+    tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
+
+
+@triton.jit
 def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23, bh, p,
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
@@ -625,7 +658,11 @@ def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_o
         code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
     d = tl.arange(0, BD)
     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-    if UNROLL_HEADS:
+    if T > 1:
+        for g in tl.static_range(G):
+            _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live,
+                              length, H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
+    elif UNROLL_HEADS:
         for g in tl.static_range(G):
             _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
                         H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)

@@ -62,32 +62,39 @@ def test_thread_tokens_bounds_equal_the_reference(tokens, case, monkeypatch, poi
     codes_tests.test_code_bounds_equal_the_reference(*case, poison)
 
 
-@pytest.mark.parametrize("tokens,page,block_p,bits,group,alibi,dtype", [
-    (4, 16, 2, 4, 4, False, torch.float16), (2, 16, 4, 8, 1, True, torch.float32),
-    (4, 4, 1, 8, 2, True, torch.bfloat16), (8, 16, 2, 4, 3, False, torch.float64),
+@pytest.mark.parametrize("tokens,page,block_p,bits,group,alibi,dtype,scale", [
+    (4, 16, 2, 4, 4, False, torch.float16, 0.3), (2, 16, 4, 8, 1, True, torch.float32, 0.3),
+    (4, 4, 1, 8, 2, True, torch.bfloat16, 0.3), (8, 16, 2, 4, 3, False, torch.float64, 0.3),
+    (4, 16, 2, 4, 2, False, torch.float32, -0.3), (2, 4, 2, 8, 4, False, torch.float16, 0.3),
 ])
-def test_thread_tokens_equal_the_default_form(tokens, page, block_p, bits, group, alibi, dtype, monkeypatch, poison):
+def test_thread_tokens_equal_the_default_form(tokens, page, block_p, bits, group, alibi, dtype, scale, monkeypatch,
+                                              poison):
     """Under the interpreter the token-group tile holds the default tile's values at the same
     places (token j·T + i at j·T + i), so page_max, ε and every coded token's ŝ equal the
     default form's bit for bit — a token or channel put in the wrong place shows here; pages of
-    16 tokens (the benchmark's) and 4, ragged rows, a block not dividing the page count."""
+    16 tokens (the benchmark's) and 4, ragged rows, a block not dividing the page count. Also
+    the step's call (no scores, no ALiBi: the page best taken before q·kmin and the scale;
+    a negative scale takes the min) against the call with scores, bit for bit."""
     seed = fresh_seed()
     lens = codes_tests.lengths(seed, 3, page)
     cache = codes_tests.coded_cache(seed, lens, 2, 24, page, bits, dtype, capacity=(max(lens) // page + 2) * page)
     g = torch.Generator().manual_seed(seed + 1)
     q = (torch.randn(3, 2 * group, 24, generator=g, dtype=torch.float64) * 2).to(dtype)
     slopes = torch.rand(2 * group, generator=g) * 0.2 if alibi else None
-    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, bits, 0.3, True)
+    args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, bits, scale)
     monkeypatch.setattr(code_scan, "BLOCK_P", block_p)
     outs = []
     for t in (1, tokens):
         monkeypatch.setattr(code_scan, "THREAD_TOKENS", t)
-        outs.append(code_scan.code_bounds(*args))
-    coded = coded_pages(cache).expand_as(outs[0][0])
+        outs.append((code_scan.code_bounds(*args, True), code_scan.code_bounds(*args, False)))
+    coded = coded_pages(cache).expand_as(outs[0][0][0])
     tokens_coded = coded.repeat_interleave(page, -1)
     assert bool(coded.any()), seed
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), seed
-    assert torch.equal(outs[0][2][tokens_coded], outs[1][2][tokens_coded]), seed
+    (base, base_step), (got, got_step) = outs
+    assert torch.equal(base[0], got[0]) and torch.equal(base[1], got[1]), seed
+    assert torch.equal(base[2][tokens_coded], got[2][tokens_coded]), seed
+    assert torch.equal(got_step[0], got[0]) and torch.equal(got_step[1], got[1]), seed
+    assert torch.equal(base_step[0], got_step[0]), seed
 
 
 @pytest.mark.parametrize("tokens", [2, 4])
