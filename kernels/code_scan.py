@@ -115,6 +115,15 @@ done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, th
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
+Token groups (``THREAD_TOKENS`` = T > 1, not the default until timed): the CUDA-core page block
+with T tokens of one page in each thread: the code tile is loaded as T token sets (tokens
+j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread receives per
+head — A = q·step of its page's channels, through shared memory — serves T tokens instead of
+tokens of two pages. Without ALiBi and scores a page's best is taken over the token sums
+before q·kmin and the scale are applied: max_i fl(fl(b + t_i)·s) = fl(fl(b + max_i t_i)·s)
+for s >= 0 (min for s < 0) because rounding is monotone, so page_max is bit for bit the max of
+the tokens' ŝ. The same formulas as the default form (only where each product is summed
+differs on the GPU); static SASS a page at 2 pages / 1 warp 1004 -> 924 (the constant's comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
@@ -217,6 +226,34 @@ WORD_CODES = True
 # 1004). Timed on the H200 (session 8, perf-log row 48): +1.6 µs at 2 / 1, +25 at 2 / 2 — the
 # kernel's size is not what binds the scan; the unrolled form stays the default.
 UNROLL_HEADS = True
+# code_bounds' CUDA-core page block with T tokens of a page in each thread (``_token_group``):
+# T token sets j·T + i loaded one by one and joined in the thread, so a thread holds T tokens of
+# ONE page × 32 channels (4 bits, D = 128; the default holds 2 tokens of each of 2 pages): A =
+# q·step reaches it through shared memory once for T tokens (LDS.128 a page 44 -> 16), and no
+# token sum is moved back into the statistics' layout (the page best is taken before q·kmin and
+# the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ); channels 8m + 5..7 after a
+# shift by 12 (one instruction a word less, ``_word_fields``). Same formulas; D-term sums in
+# the same per-thread order as the default under the interpreter (bit for bit there). 1: the
+# default form; 2, 4, 8 (dividing S). code_candidates does not use it (CANDIDATE_BLOCK_P = 1 leaves
+# no tokens to group). Static SASS a page of code_bounds as the step calls it (sm_90a, D = 128,
+# G = 4, fp16, 4 bits, `python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel
+# --sass --launch 2,1 --set THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
+#   T = 1 (default): 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
+#     4 / 4 1352 (168), 8 / 4 1228 (255, 160 spilled), 1 / 1 1232 (125)
+#   T = 2: 2 / 1 980 (248), 4 / 2 992 (252), 2 / 2 1240 (128), 4 / 4 1256 (128), 8 / 4 1012 (253)
+#   T = 4: 2 / 1 924 (217), 4 / 2 932 (218), 2 / 2 1304 (125), 4 / 4 1320 (127), 8 / 4 948 (219)
+#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 1036 (255)
+# Of T = 4's 924 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 163, LOP3/SHF 110, IMAD/IADD3 72, SHFL 52,
+# LDS/STS 16, control 66 (NOP 36). Per head and program ~140 instructions besides the 128 FFMA
+# of the dot: q's load and move (~16), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
+# q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
+# threads sharing a token (8 SHFL, 8 FADD), max/min over tokens, stores. Not yet timed on the
+# H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants
+# "base;THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2"`.
+# Tried and dropped (same day, same count): a whole token row in one thread (the code tile
+# joined from 16-byte chunks, every head's A through shared memory per token): 2 / 1 1032-1120,
+# 255 registers with spills — the 128 A values a head each token's thread reads cost what the
+# shuffles over D gave back.
 THREAD_TOKENS = 1
 
 
