@@ -115,15 +115,16 @@ done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, th
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
-Token groups (``THREAD_TOKENS`` = T > 1, not the default until timed): the CUDA-core page block
-with T tokens of one page in each thread: the code tile is loaded as T token sets (tokens
-j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread receives per
-head — A = q·step of its page's channels, through shared memory — serves T tokens instead of
-tokens of two pages. Without ALiBi and scores a page's best is taken over the token sums
-before q·kmin and the scale are applied: max_i fl(fl(b + t_i)·s) = fl(fl(b + max_i t_i)·s)
-for s >= 0 (min for s < 0) because rounding is monotone, so page_max is bit for bit the max of
-the tokens' ŝ. The same formulas as the default form (only where each product is summed
-differs on the GPU); static SASS a page at 2 pages / 1 warp 1004 -> 924 (the constant's comment).
+Token groups (``THREAD_TOKENS`` = T > 1, not the default until timed): the CUDA-core page
+block with T tokens of one page in each thread: the code tile is loaded as T token sets
+(tokens j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread
+receives per head — A = q·step of its page's channels, through shared memory — serves T
+tokens of one page instead of tokens of two pages. Without ALiBi and scores a page's best is
+taken over the token sums before q·kmin and the scale are applied: max_i fl(fl(b + t_i)·s) =
+fl(fl(b + max_i t_i)·s) for s >= 0 (min for s < 0, a separate specialisation) because
+rounding is monotone, so page_max is bit for bit the max of the tokens' ŝ. The same formulas
+as the default form (only where each product is summed differs on the GPU); static SASS a
+page at 2 pages / 1 warp 1004 -> 908 (the constant's comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
@@ -231,23 +232,25 @@ UNROLL_HEADS = True
 # ONE page × 32 channels (4 bits, D = 128; the default holds 2 tokens of each of 2 pages): A =
 # q·step reaches it through shared memory once for T tokens (LDS.128 a page 44 -> 16), and no
 # token sum is moved back into the statistics' layout (the page best is taken before q·kmin and
-# the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ); channels 8m + 5..7 after a
+# the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ; a negative scale, which
+# DecodeConfig refuses, compiles the min instead: ``NEG_SCALE``); channels 8m + 5..7 after a
 # shift by 12 (one instruction a word less, ``_word_fields``). Same formulas; D-term sums in
 # the same per-thread order as the default under the interpreter (bit for bit there). 1: the
-# default form; 2, 4, 8 (dividing S). code_candidates does not use it (CANDIDATE_BLOCK_P = 1 leaves
-# no tokens to group). Static SASS a page of code_bounds as the step calls it (sm_90a, D = 128,
-# G = 4, fp16, 4 bits, `python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel
-# --sass --launch 2,1 --set THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
+# default form; 2, 4, 8 (dividing S; else 1). code_candidates keeps the default form (its tile
+# of CANDIDATE_BLOCK_P = 1 page over 2 warps leaves no tokens to group). Static SASS a page of
+# code_bounds as the step calls it (sm_90a, D = 128, G = 4, fp16, 4 bits, `python
+# benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --sass --launch 2,1 --set
+# THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
 #   T = 1 (default): 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
 #     4 / 4 1352 (168), 8 / 4 1228 (255, 160 spilled), 1 / 1 1232 (125)
-#   T = 2: 2 / 1 980 (248), 4 / 2 992 (252), 2 / 2 1240 (128), 4 / 4 1256 (128), 8 / 4 1012 (253)
-#   T = 4: 2 / 1 924 (217), 4 / 2 932 (218), 2 / 2 1304 (125), 4 / 4 1320 (127), 8 / 4 948 (219)
-#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 1036 (255)
-# Of T = 4's 924 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 163, LOP3/SHF 110, IMAD/IADD3 72, SHFL 52,
-# LDS/STS 16, control 66 (NOP 36). Per head and program ~140 instructions besides the 128 FFMA
+#   T = 2: 2 / 1 952 (248), 4 / 2 964 (252), 2 / 2 1216 (128), 4 / 4 1232 (128), 8 / 4 984 (253)
+#   T = 4: 2 / 1 908 (214), 4 / 2 916 (218), 2 / 2 1280 (125), 4 / 4 1288 (127), 8 / 4 936 (219)
+#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 1008 (255)
+# Of T = 4's 908 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 153, LOP3/SHF 110, IMAD/IADD3 72, SHFL 48,
+# LDS/STS 16, control 64 (NOP 35). Per head and program ~130 instructions besides the 128 FFMA
 # of the dot: q's load and move (~16), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
 # q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
-# threads sharing a token (8 SHFL, 8 FADD), max/min over tokens, stores. Not yet timed on the
+# threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. Not yet timed on the
 # H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants
 # "base;THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2"`.
 # Tried and dropped (same day, same count): a whole token row in one thread (the code tile
@@ -648,7 +651,7 @@ def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh,
 @triton.jit
 def _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
                       H, P, D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
-                      HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+                      HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, NEG_SCALE: tl.constexpr):
     """``_head_block`` for the token-group tile (``THREAD_TOKENS``): the same ŝ, ε and page
     best, with the page best taken before q·kmin and the scale where no token's own ŝ is needed
     (no ALiBi, no scores): max_i fl(fl(base + dot_i)·scale) = fl(fl(base + max_i dot_i)·scale)
@@ -673,7 +676,10 @@ def _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_ep
             tok = tl.arange(0, S)
             tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
     else:
-        best = (base + tl.where(scale_w >= 0, tl.max(dot, axis=1), tl.min(dot, axis=1))) * scale_w
+        if NEG_SCALE:  # a negative scale reverses the order (never from DecodeConfig: scale > 0)
+            best = (base + tl.min(dot, axis=1)) * scale_w
+        else:
+            best = (base + tl.max(dot, axis=1)) * scale_w
     tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
     tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
 
@@ -683,7 +689,7 @@ def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_o
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
                       WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr,
-                      UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1):
+                      UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False):
     """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head
     (``UNROLL_HEADS``: G copies of the head's code; else one copy in a loop)."""
     r_w = tl.cast(r, WORK)
@@ -698,7 +704,8 @@ def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_o
     if T > 1:
         for g in tl.static_range(G):
             _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live,
-                              length, H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
+                              length, H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES,
+                              NEG_SCALE)
     elif UNROLL_HEADS:
         for g in tl.static_range(G):
             _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
@@ -726,7 +733,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
-    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1,
+    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -758,7 +765,7 @@ def _code_bounds_kernel(
         if has_codes:
             _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23,
                               bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
-                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS, T)
+                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS, T, NEG_SCALE)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
@@ -1075,7 +1082,8 @@ def code_bounds(
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s), **consts,
+        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
+        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs

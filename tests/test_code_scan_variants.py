@@ -62,6 +62,15 @@ def test_thread_tokens_bounds_equal_the_reference(tokens, case, monkeypatch, poi
     codes_tests.test_code_bounds_equal_the_reference(*case, poison)
 
 
+@pytest.mark.parametrize("case", [BOUNDS_CASES[i] for i in (1, 2)])  # float32 8 bits ALiBi, float16 4 bits
+def test_thread_tokens_with_byte_codes_equal_the_reference(case, monkeypatch, poison):
+    """``THREAD_TOKENS`` on the byte path of float32 work (``WORD_CODES = False``; float64
+    work takes it always, in the cases above)."""
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", 4)
+    monkeypatch.setattr(code_scan, "WORD_CODES", False)
+    codes_tests.test_code_bounds_equal_the_reference(*case, poison)
+
+
 @pytest.mark.parametrize("tokens,page,block_p,bits,group,alibi,dtype,scale", [
     (4, 16, 2, 4, 4, False, torch.float16, 0.3), (2, 16, 4, 8, 1, True, torch.float32, 0.3),
     (4, 4, 1, 8, 2, True, torch.bfloat16, 0.3), (8, 16, 2, 4, 3, False, torch.float64, 0.3),
@@ -107,6 +116,50 @@ def test_thread_tokens_on_any_page_block_and_head_dim(tokens, monkeypatch, poiso
         codes_tests.test_scan_ops_on_any_page_block_and_head_dim(*case, monkeypatch, poison)
 
 
+def test_thread_tokens_specialisations_compile_for_sm90(monkeypatch, tmp_path):
+    """The token-group form compiles for sm_90 (the interpreter never compiles): code_bounds'
+    specialisations of ``test_kernels_compile.record_code_scan`` (4 and 8 bits, every cache
+    dtype, ALiBi, scores, the step's form) at T = 4, and T = 2 with a negative scale, through
+    ``compile_specs.py`` without the interpreter (Triton's bundled ptxas; no GPU)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from test_kernels_compile import _encode, record_code_scan
+
+    specs: dict[str, list] = {}
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        bound = {k: _encode(v) for k, v in dict(zip(self.arg_names, args), **kwargs).items()}
+        if self.fn.__name__ == "_code_bounds_kernel" and bound["T"][1] > 1:
+            key = json.dumps([v if k.isupper() or v[0] == "tensor" else v[0] for k, v in sorted(bound.items())])
+            specs.setdefault(key, [self.fn.__module__, self.fn.__name__, bound])
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", 4)
+    record_code_scan(monkeypatch)
+    monkeypatch.setattr(code_scan, "THREAD_TOKENS", 2)  # and T = 2 with a negative scale, 4 and 8 bits
+    for bits in (4, 8):
+        cache, q, _, _ = coded_setup(0, torch.float16, bits, 2, False, d=16, lens=[40])
+        code_scan.code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
+                              bits, -0.25, False)
+    monkeypatch.undo()
+    assert any(s[2]["NEG_SCALE"][1] for s in specs.values()) and len(specs) >= 10, len(specs)
+    path = tmp_path / "specs.json"
+    path.write_text(json.dumps(list(specs.values())))
+    script = Path(__file__).with_name("compile_specs.py")
+    result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True,
+                            env=dict(os.environ, TRITON_INTERPRET="0"), timeout=1200)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "compiled for sm_90" in result.stdout
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("launch", [(2, 1), (4, 2), (2, 2), (8, 4)])
@@ -121,6 +174,13 @@ def test_thread_tokens_on_cuda_match_the_reference(launch, tokens, dtype, bits, 
     monkeypatch.setattr(code_scan, "BLOCK_P", launch[0])
     monkeypatch.setattr(code_scan, "NUM_WARPS", launch[1])
     codes_tests.test_code_scan_on_cuda_matches_the_reference(dtype, bits, alibi)
+    # the step's call (page best before q·kmin and the scale) equals the call with scores, bit for bit
+    stream, cache = codes_tests.cuda_cache(dtype, bits, seed=bits + 2 * alibi)
+    q, _, _ = stream.step()
+    slopes = torch.rand(16, device="cuda") * 0.01 if alibi else None
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, bits, 128 ** -0.5)
+    with_scores, step = code_scan.code_bounds(*args, True), code_scan.code_bounds(*args, False)
+    assert torch.equal(with_scores[0], step[0]) and torch.equal(with_scores[1], step[1])
 
 
 @pytest.mark.gpu
