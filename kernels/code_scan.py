@@ -251,8 +251,8 @@ UNROLL_HEADS = True
 # of the dot: q's load and move (~16), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
 # q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
 # threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. Not yet timed on the
-# H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants
-# "base;THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2"`.
+# H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;
+# THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2;THREAD_TOKENS=4,BLOCK_P=8,NUM_WARPS=4"`.
 # Tried and dropped (same day, same count): a whole token row in one thread (the code tile
 # joined from 16-byte chunks, every head's A through shared memory per token): 2 / 1 1032-1120,
 # 255 registers with spills — the 128 A values a head each token's thread reads cost what the
