@@ -124,7 +124,7 @@ taken over the token sums before q·kmin and the scale are applied: max_i fl(fl(
 fl(fl(b + max_i t_i)·s) for s >= 0 (min for s < 0, a separate specialisation) because
 rounding is monotone, so page_max is bit for bit the max of the tokens' ŝ. The same formulas
 as the default form (only where each product is summed differs on the GPU); static SASS a
-page at 2 pages / 1 warp 1004 -> 908 (the constant's comment).
+page at 2 pages / 1 warp 1004 -> 892 (the constant's comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
@@ -243,12 +243,13 @@ UNROLL_HEADS = True
 # THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
 #   T = 1 (default): 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
 #     4 / 4 1352 (168), 8 / 4 1228 (255, 160 spilled), 1 / 1 1232 (125)
-#   T = 2: 2 / 1 952 (248), 4 / 2 964 (252), 2 / 2 1216 (128), 4 / 4 1232 (128), 8 / 4 984 (253)
-#   T = 4: 2 / 1 908 (214), 4 / 2 916 (218), 2 / 2 1280 (125), 4 / 4 1288 (127), 8 / 4 936 (219)
-#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 1008 (255)
-# Of T = 4's 908 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 153, LOP3/SHF 110, IMAD/IADD3 72, SHFL 48,
-# LDS/STS 16, control 64 (NOP 35). Per head and program ~130 instructions besides the 128 FFMA
-# of the dot: q's load and move (~16), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
+#   T = 2: 2 / 1 936 (246), 4 / 2 956 (250), 2 / 2 1184 (128), 4 / 4 1184 (128), 8 / 4 956 (250)
+#   T = 4: 2 / 1 892 (212), 4 / 2 904 (216), 2 / 2 1248 (119), 4 / 4 1248 (119), 8 / 4 908 (217)
+#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 992 (255)
+# Of T = 4's 892 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 153, LOP3/SHF 108, IMAD/IADD3 72, SHFL 40,
+# LDS/STS 16, control 65 (NOP 36). Per head and program ~125 instructions besides the 128 FFMA
+# of the dot: q's load and conversion (~10; q is read as a [BLOCK_P, BD] tile in the statistics'
+# layout, no shuffles), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
 # q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
 # threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. Not yet timed on the
 # H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;
@@ -659,7 +660,10 @@ def _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_ep
     tokens' ŝ, with no per-token add and multiply and no move of the token sums into the
     statistics' layout."""
     qrow = bh.to(tl.int64) * G + g
-    qv = tl.load(q + qrow * D + d, mask=d < D, other=0.0).to(WORK)[None, :]
+    # q read as a [BLOCK_P, BD] tile (each page's row the same), in the statistics' own layout:
+    # a [BD] load would be moved there by shuffles
+    qv = tl.load(q + qrow * D + (0 * p)[:, None] + d[None, :], mask=(p >= 0)[:, None] & (d < D)[None, :],
+                 other=0.0).to(WORK)
     base = tl.sum(qv * kmin, axis=1)
     dot = tl.sum(code * (qv * step)[:, None, :], axis=2)
     eps = tl.sum(tl.abs(qv) * radius, axis=1) * scale_w
