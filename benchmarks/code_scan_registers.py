@@ -5,6 +5,7 @@ tune_kernels.py's code-scan sweep will run, seen before spending device time on 
     python benchmarks/code_scan_registers.py --bits 4                       # every swept launch
     python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,2 --sass
     python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,2 --set USE_DOT=True
+    python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,1 --sass --set THREAD_TOKENS=4
 
 Records one launch of ``code_bounds`` (the step's form: the newest page and the τ seed) and of
 ``code_candidates`` at the H200 benchmark's shape (B = 1, Hq/Hkv = 32/8, D = 128, S = 16,
