@@ -115,7 +115,7 @@ done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, th
 the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
-Token groups (``THREAD_TOKENS`` = T > 1, not the default until timed): the CUDA-core page
+Token groups (``THREAD_TOKENS`` = T > 1; T = 4 the default, timed on the H200): the CUDA-core page
 block with T tokens of one page in each thread: the code tile is loaded as T token sets
 (tokens j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread
 receives per head — A = q·step of its page's channels, through shared memory — serves T
@@ -123,8 +123,9 @@ tokens of one page instead of tokens of two pages. Without ALiBi and scores a pa
 taken over the token sums before q·kmin and the scale are applied: max_i fl(fl(b + t_i)·s) =
 fl(fl(b + max_i t_i)·s) for s >= 0 (min for s < 0, a separate specialisation) because
 rounding is monotone, so page_max is bit for bit the max of the tokens' ŝ. The same formulas
-as the default form (only where each product is summed differs on the GPU); static SASS a
-page at 2 pages / 1 warp 1004 -> 892 (the constant's comment).
+as the T = 1 form (only where each product is summed differs on the GPU); static SASS a
+page at 2 pages / 1 warp 1004 -> 892, code_bounds at 128K 113.9 -> 112.0 µs (the constant's
+comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
@@ -235,13 +236,14 @@ UNROLL_HEADS = True
 # the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ; a negative scale, which
 # DecodeConfig refuses, compiles the min instead: ``NEG_SCALE``); channels 8m + 5..7 after a
 # shift by 12 (one instruction a word less, ``_word_fields``). Same formulas; D-term sums in
-# the same per-thread order as the default under the interpreter (bit for bit there). 1: the
-# default form; 2, 4, 8 (dividing S; else 1). code_candidates keeps the default form (its tile
+# the same per-thread order as the T = 1 form under the interpreter (bit for bit there, and on
+# the H200 in the step's call). 1: one token set a thread (the form before); 2, 4, 8 (dividing S;
+# else 1). code_candidates keeps the default form (its tile
 # of CANDIDATE_BLOCK_P = 1 page over 2 warps leaves no tokens to group). Static SASS a page of
 # code_bounds as the step calls it (sm_90a, D = 128, G = 4, fp16, 4 bits, `python
 # benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --sass --launch 2,1 --set
 # THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
-#   T = 1 (default): 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
+#   T = 1: 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
 #     4 / 4 1352 (168), 8 / 4 1228 (255, 160 spilled), 1 / 1 1232 (125)
 #   T = 2: 2 / 1 936 (246), 4 / 2 956 (250), 2 / 2 1184 (128), 4 / 4 1184 (128), 8 / 4 956 (250)
 #   T = 4: 2 / 1 892 (212), 4 / 2 904 (216), 2 / 2 1248 (119), 4 / 4 1248 (119), 8 / 4 908 (217)
@@ -251,14 +253,16 @@ UNROLL_HEADS = True
 # of the dot: q's load and conversion (~10; q is read as a [BLOCK_P, BD] tile in the statistics'
 # layout, no shuffles), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
 # q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
-# threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. Not yet timed on the
-# H200: `python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;
-# THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2;THREAD_TOKENS=4,BLOCK_P=8,NUM_WARPS=4"`.
+# threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. On the H200 (session 9,
+# perf-log row 52; keycodes_gpu.py --contexts 131072 --paths cores --variants "base;
+# THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2", needle data, 4 bits): code_bounds as
+# the step calls it 113.9 -> 112.0 µs at 2 / 1 (bare 102.5 -> 100.8), the step 194.1 -> 192.1;
+# at 4 / 2 143.3 µs. T = 4 at 2 / 1 is the default; T = 1 (the form before) stays selectable.
 # Tried and dropped (same day, same count): a whole token row in one thread (the code tile
 # joined from 16-byte chunks, every head's A through shared memory per token): 2 / 1 1032-1120,
 # 255 registers with spills — the 128 A values a head each token's thread reads cost what the
 # shuffles over D gave back.
-THREAD_TOKENS = 1
+THREAD_TOKENS = 4
 
 
 def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
