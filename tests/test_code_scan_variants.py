@@ -2,8 +2,7 @@
 H200 with ``benchmarks/keycodes_gpu.py --variants``) against the reference, as the default
 form is in ``test_kernels_codes.py``: the head loop not unrolled (``UNROLL_HEADS = False``),
 the codes read byte by byte (``WORD_CODES = False``), the newest page in the scan's launch
-(``NEWEST_IN_SCAN = True``), T tokens of a page in each thread (``THREAD_TOKENS = T``; the
-default is 4, the form before it 1). Every
+(``NEWEST_IN_SCAN = True``), T tokens of a page in each thread (``THREAD_TOKENS = T``). Every
 variant must stay correct, not only the default.
 """
 
@@ -18,7 +17,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
 
-VARIANTS = [("UNROLL_HEADS", False), ("WORD_CODES", False), ("NEWEST_IN_SCAN", True), ("THREAD_TOKENS", 1)]
+VARIANTS = [("UNROLL_HEADS", False), ("WORD_CODES", False), ("NEWEST_IN_SCAN", True), ("THREAD_TOKENS", 4)]
 
 
 @pytest.mark.parametrize("name,value", VARIANTS)
