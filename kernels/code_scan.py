@@ -356,23 +356,16 @@ def _word_fields(words, f23, S: tl.constexpr, NW: tl.constexpr, BLOCK_P: tl.cons
     """The codes of the int32 words [BLOCK_P, S, NW] as float32 [BLOCK_P, S, 8·NW] (4 bits) or
     [BLOCK_P, S, 4·NW] (8 bits), the code of word m's field k at 8m + k (4m + k): ``_word_tile``'s
     unpacking of any run of whole words."""
-    if BITS == 4 and TOP == 12:
-        # channels 8m + 5, 6, 7 at bits 8, 12, 16 of the word shifted by 12: each field in place,
-        # one LOP3 (with TOP = 20, the field at bit 0 of the shifted word compiles to a bit-field
-        # extract, SHF + SGXT, before the or: one instruction more a word)
-        top = words >> 12
+    if BITS == 4:
+        # channels 8m + 5, 6, 7 (bits 20, 24, 28) taken from the word shifted by TOP, at bits
+        # 20 − TOP, 24 − TOP, 28 − TOP (the sign bits are masked off). TOP = 12: each field in
+        # place, one LOP3; TOP = 20: the field at bit 0 compiles to a bit-field extract, SHF +
+        # SGXT, before the or (one instruction more a word)
+        top = words >> TOP
         c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
         c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
-        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 8, 4)
-        c6, c7 = _field(top, f23, 12, 4), _field(top, f23, 16, 4)
-        tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
-        return tl.reshape(tile, (BLOCK_P, S, 8 * NW))
-    elif BITS == 4:
-        top = words >> 20  # channels 8m + 5, 6, 7 at bits 0, 4, 8 (the sign bits are masked off)
-        c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
-        c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
-        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 0, 4)
-        c6, c7 = _field(top, f23, 4, 4), _field(top, f23, 8, 4)
+        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 20 - TOP, 4)
+        c6, c7 = _field(top, f23, 24 - TOP, 4), _field(top, f23, 28 - TOP, 4)
         # [..., i, j, l] = c_{4i + 2j + l}: row-major, channel 8m + k at 8m + k
         tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
         return tl.reshape(tile, (BLOCK_P, S, 8 * NW))
