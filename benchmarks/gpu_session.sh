@@ -35,7 +35,7 @@ for phase in "${@:-verify}"; do
 case "$phase" in
 verify)
     # the whole gpu suite in ~2.5 minutes over 14 workers with pytest-xdist (carried as a wheel, below;
-    # serially it takes over 10): ENTMAXKV_PDL=1 in front runs it with kernels/pdl.py's launches
+    # serially it takes over 10): ENTMAXKV_PDL=0 in front runs it without kernels/pdl.py's launches
     workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n 14")
     timeout 330 python3 -m pytest -q -m gpu $workers -p no:cacheprovider --durations=10 -rf 2>&1 \
         | tail -30 | tee "$out/gpu-tests.txt"

@@ -236,8 +236,9 @@ UNROLL_HEADS = True
 # the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ; a negative scale, which
 # DecodeConfig refuses, compiles the min instead: ``NEG_SCALE``); channels 8m + 5..7 after a
 # shift by 12 (one instruction a word less, ``_word_fields``). Same formulas; D-term sums in
-# the same per-thread order as the T = 1 form under the interpreter (bit for bit there, and on
-# the H200 in the step's call). 1: one token set a thread (the form before); 2, 4, 8 (dividing S;
+# the same per-thread order as the T = 1 form under the interpreter (bit for bit there; on the
+# H200 the step's call equals the call with scores at the same T, and both are within rounding
+# of the reference). 1: one token set a thread (the form before); 2, 4, 8 (dividing S;
 # else 1). code_candidates keeps the default form (its tile
 # of CANDIDATE_BLOCK_P = 1 page over 2 warps leaves no tokens to group). Static SASS a page of
 # code_bounds as the step calls it (sm_90a, D = 128, G = 4, fp16, 4 bits, `python

@@ -34,7 +34,7 @@ __all__ = ["PDL", "PDL_MODULES", "pdl_kwargs"]
 PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # the kernel modules whose launches use it (space-separated, so that a benchmark variant can set
 # it). On the H200 (session 9, perf-log row 50; B = 1, 32/8, fp16, TopK 12.5%) the selection's
-# kernels gain 2-3 µs a step at 8K-128K (128K α = 1 74.2 -> 71.7 µs, α = 1.5 89.0 -> 86.2; 8K
+# kernels gain 1-3 µs a step at 8K-128K (128K α = 1 74.2 -> 71.7 µs, α = 1.5 89.0 -> 86.2; 8K
 # 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs: it stays out
 PDL_MODULES = "append page_scores quest_select"
 

@@ -164,8 +164,14 @@ def test_thread_tokens_specialisations_compile_for_sm90(monkeypatch, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("launch", [(2, 1), (4, 2), (2, 2), (8, 4)])
 @pytest.mark.parametrize("tokens", [2, 4])
-@pytest.mark.parametrize("dtype,bits,alibi", [(torch.float16, 4, False), (torch.float16, 8, True),
-                                              (torch.bfloat16, 4, True), (torch.float32, 4, False)])
+@pytest.mark.parametrize("dtype,bits,alibi", [
+    (torch.float16, 4, False), (torch.float16, 8, True), (torch.bfloat16, 4, True), (torch.float32, 4, False),
+    # why T > 1 is not the default: with THREAD_TOKENS = 4 as the default, the H200 gave a float32
+    # cache with ALiBi a page_max that is not bit for bit the max of the stored ŝ (session 9,
+    # call 5; both within the certificate's rounding allowance). Not run at these launches since.
+    pytest.param(torch.float32, 4, True, marks=pytest.mark.xfail(
+        reason="page_max vs stored ŝ differ in the last bits for float32 + ALiBi on the H200", strict=False)),
+])
 def test_thread_tokens_on_cuda_match_the_reference(launch, tokens, dtype, bits, alibi, monkeypatch):
     """``THREAD_TOKENS`` compiled for the GPU at the launches the lead may time, against the
     reference (``test_code_scan_on_cuda_matches_the_reference``: ŝ within the rounding part, ε,
