@@ -141,24 +141,11 @@ def record(bits: int, sets: list[str]) -> dict:
 
 def compile_one(fn, args: dict, warps: int, ptxas: str, nvdisasm: str, dump: str | None, label: str) -> dict:
     """ptxas' registers / spill stores and the SASS opcodes of one specialisation."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from compile_specs import compile_for_sm90
 
-    import compile_specs
-
-    signature, constants, attrs = {}, {}, {}
-    for i, arg in enumerate(fn.arg_names):
-        kind, value = args[arg]
-        if fn.params[i].is_constexpr:
-            signature[arg] = "constexpr"
-            constants[(i,)] = compile_specs.DTYPES[value] if kind == "tldtype" else value
-        else:
-            signature[arg] = "*" + compile_specs.POINTER[value] if kind == "tensor" else compile_specs.SCALARS[kind]
-            if kind == "tensor" or (kind == "int" and value % 16 == 0):  # the launcher's specialisation
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    kernel = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps})
+    # the launcher's specialisation: 16-byte aligned pointers, ints divisible by 16 marked so
+    kernel = compile_for_sm90(fn, args, warps, lambda arg, kind, value: kind == "tensor" or
+                              (kind == "int" and value % 16 == 0))
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         Path(ptx).write_text(kernel.asm["ptx"])

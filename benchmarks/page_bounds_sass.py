@@ -80,28 +80,12 @@ def record() -> dict:
 
 def sass_of(fn, args: dict, warps: int, tmp: str) -> tuple[str, str]:
     """(ptxas -v's report, SASS text) of one specialisation."""
-    import triton
     import triton.backends.nvidia as nvidia
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from compile_specs import compile_for_sm90
 
-    import compile_specs
-
-    signature, constants, attrs = {}, {}, {}
-    for i, arg in enumerate(fn.arg_names):
-        kind, value = args[arg]
-        if fn.params[i].is_constexpr:
-            signature[arg] = "constexpr"
-            constants[(i,)] = compile_specs.DTYPES[value] if kind == "tldtype" else value
-        elif kind == "tensor":
-            signature[arg] = "*" + compile_specs.POINTER[value]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
-        else:
-            signature[arg] = compile_specs.SCALARS[kind]
-            if kind == "int" and arg in ("D", "P"):  # 128 and 8192 at 128K: a real launch's hint
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    kernel = triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps})
+    # torch allocations are 16-byte aligned; D and P (128 and 8192 at 128K) get a real launch's hint
+    kernel = compile_for_sm90(fn, args, warps, lambda arg, kind, value: kind == "tensor" or
+                              (kind == "int" and arg in ("D", "P")))
     bindir = os.path.join(os.path.dirname(nvidia.__file__), "bin")
     ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
     open(ptx, "w").write(kernel.asm["ptx"])
