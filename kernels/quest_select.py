@@ -23,7 +23,12 @@ one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arg
 32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
 Four launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
-upper bound per head, then the chunk's rank keys from the row's maxima — then one program per
+upper bound per head, then the chunk's rank keys from the row's maxima — then the threshold
+(below), and the list. Rows of at most ``RANK_PAGES`` pages are *ranked*: a (row,
+page block) grid counts, for each key, the row's keys above it and at or above
+it — the k-th largest is the key with fewer than k above and at least k at or above — so the
+threshold costs no dependent passes, only n² comparisons spread over many programs; the list
+programs then count the keys before their chunk themselves. Longer rows take one program per
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
@@ -71,6 +76,16 @@ SELECT_WARPS = 8
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
 LIST_CHUNK = 512
 LIST_WARPS = 4
+# rows of at most RANK_PAGES pages skip the threshold search: every key is ranked against the
+# whole row (held as one tile of next_pow2(P) lanes) in one launch over (row, block) programs of
+# RANK_PAIRS // next_pow2(P) pages each (``_rank_kernel``). Its work grows as n² (n candidates a
+# row), the search's as its passes: the per-row search program is latency-bound (one program a
+# row, 6.1 µs at 8K and 7.7 µs at 32K on the H200, session 10). A first form that streamed the
+# row through 64-key tiles was bound by the latency of its loop's loads: −1 µs at 8K, +2 µs at
+# 16K, +8 µs at 32K against the search (session 10, call 3)
+RANK_PAGES = 2048
+RANK_PAIRS = 16384  # comparisons a rank program holds at once
+RANK_WARPS = 4
 
 
 def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int) -> int:
@@ -154,6 +169,79 @@ def _keys_kernel(
 
 
 @triton.jit
+def _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE: tl.constexpr):
+    """How many of the row's n candidates the selection keeps before the eligible ones cap it:
+    max(count, forced), the count ``budget`` or ceil(n·coverage − 1e-9) in float64 as TopK
+    computes it, the forced pages the first min(sink, n) and the last min(recent, n)
+    candidates, once each."""
+    first, last = tl.minimum(sink, n), tl.minimum(recent, n)
+    forced_total = first + last - tl.maximum(first - tl.maximum(n - recent, 0), 0)
+    if COVERAGE:
+        coverage = _float64_of(cov_hi, cov_mid, cov_lo)
+        want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
+    else:
+        want = budget
+    return tl.maximum(want, forced_total)
+
+
+@triton.jit
+def _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G: tl.constexpr, G_PAD: tl.constexpr,
+                  WORK: tl.constexpr):
+    """The floor's newest-page term, max − 2γ·magnitude a head; the list programs raise it to
+    their best selected means."""
+    gs = tl.arange(0, G_PAD)
+    top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
+    mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
+    tl.store(floor + row * G + gs, top - tl.cast(two_gamma, WORK) * mag, mask=gs < G)
+
+
+@triton.jit
+def _rank_kernel(
+    keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P,
+    G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr,
+    NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """``_search_kernel``'s (t, ties wanted) without a search, for a block of BLOCK of a row's
+    pages: each key u_i of the block is compared with every key of the row (ROW >= n lanes, one
+    tile), gt_i = #{u > u_i} and ge_i = #{u >= u_i}. The k-th largest key t is the key of any
+    eligible page with gt_i < k <= ge_i (at most k − 1 keys above it, at least k at or above
+    it), and the first k − gt_i of its ties are taken: the pages holding it store (t, k − gt_i),
+    the same pair from each. With k = 0 no page holds it and block 0 stores (the image of +inf,
+    0), which takes nothing. Block 0 also stores the count and the floor's newest-page term. The
+    list launch then counts, per chunk, the keys above t and the ties before it itself."""
+    pdl_enter(PDL)
+    tl.static_assert(ROW < 2**15, "a row's counts, shifted by 16, must stay a positive int32")
+    row = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    base = keys + row * P
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    idx = block * BLOCK + tl.arange(0, BLOCK)
+    u_i = _eligible_ordered(tl.load(base + idx, mask=idx < n, other=float("-inf")), INT, NBITS)
+    j = tl.arange(0, ROW)
+    u_j = _eligible_ordered(tl.load(base + j, mask=j < n, other=float("-inf")), INT, NBITS)
+    # both counts in one int32 sum (ge << 16 | gt): each is at most ROW < 2^15, so no carry
+    counts = tl.sum((u_j[None, :] > u_i[:, None]).to(tl.int32) + ((u_j[None, :] >= u_i[:, None]).to(tl.int32) << 16),
+                    axis=1)
+    gt = counts & 0xFFFF
+    ge = counts >> 16
+    want = _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE)
+    k = tl.minimum(tl.minimum(want, tl.sum((u_j > lowest).to(tl.int32))), P)
+    holds_t = (u_i > lowest) & (gt < k) & (ge >= k)
+    at = found + row * 2 + tl.zeros((BLOCK,), tl.int32)
+    tl.store(at, u_i.to(tl.int64), mask=holds_t)
+    tl.store(at + 1, (k - gt).to(tl.int64), mask=holds_t)
+    if block == 0:
+        tl.store(kept + row, k)
+        if k == 0:
+            none = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
+            tl.store(found + row * 2, none.to(tl.int64))
+            tl.store(found + row * 2 + 1, tl.zeros((), tl.int64))
+        _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G, G_PAD, WORK)
+
+
+@triton.jit
 def _search_kernel(
     keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
@@ -170,15 +258,7 @@ def _search_kernel(
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     lanes = tl.arange(0, BLOCK)
     base = keys + row * P
-    # forced pages: the first min(sink, n) and the last min(recent, n) candidates, once each
-    first, last = tl.minimum(sink, n), tl.minimum(recent, n)
-    forced_total = first + last - tl.maximum(first - tl.maximum(n - recent, 0), 0)
-    if COVERAGE:  # ceil(n·coverage − 1e-9) in float64, as TopK computes it
-        coverage = _float64_of(cov_hi, cov_mid, cov_lo)
-        want = tl.ceil(n.to(tl.float64) * coverage - tl.full((), 1e-9, tl.float64)).to(tl.int32)
-    else:
-        want = budget
-    want = tl.maximum(want, forced_total)
+    want = _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE)
 
     # keys past n were never written: every read masks them to −inf (not eligible)
     x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the whole row if ONE_CHUNK
@@ -215,11 +295,7 @@ def _search_kernel(
         above_carried += total & 0xFFFF
         ties_carried += total >> 16
 
-    # the floor's newest-page term; the list programs raise it to their best selected means
-    gs = tl.arange(0, G_PAD)
-    top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
-    mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
-    tl.store(floor + row * G + gs, top - tl.cast(two_gamma, WORK) * mag, mask=gs < G)
+    _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G, G_PAD, WORK)
 
 
 @triton.jit
@@ -227,7 +303,8 @@ def _list_kernel(
     keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
     slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
-    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
+    INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, COUNT_BEFORE: tl.constexpr, WORK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and (with
     ``HAS_MEANS``) each head's best selected mean score less its rounding slack, max-ed into
@@ -240,9 +317,19 @@ def _list_kernel(
     idx = chunk * LIST + tl.arange(0, LIST)
     t = tl.load(found + row * 2).to(INT)
     ties_wanted = tl.load(found + row * 2 + 1).to(tl.int32)
-    at = taken_before + (row * NLIST + chunk - 1) * 2  # the counts of the chunks before this one
-    above = tl.load(at, mask=chunk > 0, other=0)
-    ties_seen = tl.load(at + 1, mask=chunk > 0, other=0)
+    if COUNT_BEFORE:  # after ``_rank_kernel``: count the chunks before this one here
+        above = 0
+        ties_seen = 0
+        for start in range(0, chunk * LIST, LIST):
+            before = start + tl.arange(0, LIST)
+            xb = tl.load(keys + row * P + before, mask=before < n, other=float("-inf"))
+            ub = _ordered(xb, INT, NBITS)
+            above += tl.sum(((xb > float("-inf")) & (ub > t)).to(tl.int32))
+            ties_seen += tl.sum(((xb > float("-inf")) & (ub == t)).to(tl.int32))
+    else:  # the search's counts of the chunks before this one
+        at = taken_before + (row * NLIST + chunk - 1) * 2
+        above = tl.load(at, mask=chunk > 0, other=0)
+        ties_seen = tl.load(at + 1, mask=chunk > 0, other=0)
     x = tl.load(keys + row * P + idx, mask=idx < n, other=float("-inf"))
     take, _ = _take(x, t, ties_seen, ties_wanted, INT, NBITS)
     pos = above + tl.minimum(ties_seen, ties_wanted) + tl.cumsum(take, axis=0) - take
@@ -315,20 +402,32 @@ def quest_select(
     found = torch.empty((b, hkv, 2), dtype=torch.int64, device=upper.device)  # threshold, ties wanted
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
-    wrap_triton(_search_kernel)[(b * hkv,)](
-        keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
-        max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
-        2 * rounding_gamma(work, head_dim), hkv, p, lists,
-        BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES, LIST=list_pages,
-        COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=SELECT_WARPS if block >= 2048 else 4,
-        **pdl_kwargs(upper, "quest_select"),
-    )
+    ranked = p <= RANK_PAGES
+    if ranked:
+        row_lanes = max(16, next_pow2(p))
+        rank_block = max(1, min(64, RANK_PAIRS // row_lanes))
+        wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
+            keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+            max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
+            2 * rounding_gamma(work, head_dim), hkv, p,
+            BLOCK=rank_block, ROW=row_lanes, COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=RANK_WARPS,
+            **pdl_kwargs(upper, "quest_select"),
+        )
+    else:
+        wrap_triton(_search_kernel)[(b * hkv,)](
+            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
+            max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
+            2 * rounding_gamma(work, head_dim), hkv, p, lists,
+            BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
+            LIST=list_pages, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            num_warps=SELECT_WARPS if block >= 2048 else 4, **pdl_kwargs(upper, "quest_select"),
+        )
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
         alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
-        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, **wide_ints, **kinds,
-        num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
+        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, COUNT_BEFORE=ranked,
+        **wide_ints, **kinds, num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
     )
     return pages, kept, mask, floor
 

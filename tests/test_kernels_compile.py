@@ -70,10 +70,11 @@ def record_code_scan(monkeypatch) -> None:
 
 def record_fused_topk() -> None:
     """TopK's coverage count (the budget one is in SELECTORS) with recent pages, every cache
-    dtype, with and without ALiBi; and quest_select / select_pages on rows longer than a
-    register block (the streamed layout, reached at 16,384 pages on the GPU) and within one,
-    with every threshold search (``helpers.SEARCHES``: the interpolation search, the default
-    the steps above take, and the bitwise one at both radices, which benchmarks flip to)."""
+    dtype, with and without ALiBi (their rows are short: quest_select ranks them); and
+    quest_select / select_pages on rows longer than a register block (the streamed layout,
+    reached at 16,384 pages on the GPU) and within one, with every threshold search
+    (``helpers.SEARCHES``: the interpolation search, the default the steps above take, and the
+    bitwise one at both radices, which benchmarks flip to), and quest_select's ranking."""
     from entmaxkv.kernels.quest_select import quest_select
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -85,6 +86,7 @@ def record_fused_topk() -> None:
     for search in SEARCHES:
         with pytest.MonkeyPatch.context() as mp:
             use_search(mp, search)
+            mp.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)  # rows of 40 pages: search them
             for max_block in (16, 64):  # rows of 40 pages: streamed in 16-page blocks, or one block
                 mp.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", max_block)
                 mp.setattr("entmaxkv.kernels.select_pages.MAX_BLOCK", max_block)
@@ -96,6 +98,11 @@ def record_fused_topk() -> None:
                                      1, 1)
                     torch.ops.entmaxkv.select_pages(x[:, :, 0].contiguous(), torch.tensor([[3]], dtype=torch.int32),
                                                     40)
+    for dtype in (torch.float32, torch.float64):  # ranked rows
+        x = torch.randn(1, 1, 2, 40, dtype=dtype)
+        for budget in (-1, 3):
+            quest_select(x, x, x.abs(), x[..., 0], x[..., 0].abs(), torch.tensor([40 * 16]), None, 16, 16, 1.5, budget,
+                         0.25, 1, 1)
 
 
 def record_gaussian_select() -> None:

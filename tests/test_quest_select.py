@@ -82,22 +82,32 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
 
 
 def small_blocks(monkeypatch, layout: str) -> None:
-    """``chunked``: the row-parallel kernels take 4 pages a program (rows here hold 9–37 pages,
-    so several programs share a row, the last one ragged) and so does the list launch, while the
-    search holds the row in registers (as at 128K on the GPU: 17 list chunks of a 16,384-lane
-    row); ``streamed``: also a selection block of 8 pages, so the search streams its keys from
-    memory instead of holding the row in registers, and counts per chunk block by block."""
-    if layout in ("chunked", "streamed"):
+    """The threshold search (``registers``, ``chunked``, ``streamed``; rows here hold 9–37
+    pages, which the op would rank: ``RANK_PAGES`` 0 makes it search) or the ranking
+    (``ranked``). ``chunked``: the row-parallel kernels take 4 pages a program (so several
+    programs share a row, the last one ragged) and so does the list launch, while the search
+    holds the row in registers (as at 128K on the GPU: 17 list chunks of a 16,384-lane row);
+    ``streamed``: also a selection block of 8 pages, so the search streams its keys from memory
+    instead of holding the row in registers, and counts per chunk block by block; ``ranked``:
+    4 pages a rank program (256 comparisons over rows of up to 64 lanes: a ragged last block),
+    4 pages a list program (each counts the chunks before it itself)."""
+    if layout in ("chunked", "streamed", "ranked"):
         monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
         monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 4)
     if layout == "streamed":
         monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 8)
+    if layout == "ranked":
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAIRS", 256)
+    else:
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
 
 
 @pytest.mark.parametrize("dtype, group, layout", [
     (dtype, group, "registers") for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     for group in (1, 2, 4)] + [(torch.float32, 4, "chunked"), (torch.float16, 2, "chunked"),
-                               (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")])
+                               (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
+    + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
+                                                     (torch.float64, 2))])
 def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison, monkeypatch):
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
@@ -125,7 +135,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "chunked", "streamed"])
+@pytest.mark.parametrize("layout", ["registers", "chunked", "streamed", "ranked"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
@@ -175,7 +185,7 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
-@pytest.mark.parametrize("layout", ["chunked", "streamed"])
+@pytest.mark.parametrize("layout", ["chunked", "streamed", "ranked"])
 def test_quest_select_reads_no_key_past_the_candidates(layout, monkeypatch):
     """As ``test_quest_select_on_random_page_scores_with_ties``, with torch.empty handing out
     floats filled with 1e30 instead of NaN: the rank keys past the n candidates are never
@@ -332,7 +342,7 @@ def test_opcheck_the_fused_ops():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
-@pytest.mark.parametrize("pages", [8300, 20000])  # 128K tokens in registers; 320K: the streamed rows
+@pytest.mark.parametrize("pages", [2048, 8300, 20000])  # ranked (32K tokens); 128K in registers; 320K streamed
 def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
