@@ -1,5 +1,6 @@
 """Static SASS of ``sparse_decode``'s τ kernel for sm_90a, on a CPU (Triton's bundled ptxas and
-nvdisasm; no GPU), with each survivor gather (``sparse_decode.ROW_SCAN_GATHER`` False / True):
+nvdisasm; no GPU), with each form of its survivor gather (``sparse_decode.ROW_SCAN_GATHER`` and
+``GATHER_STORE_LAYOUT``, each off and on):
 registers, spills, instructions by opcode class, and the shared-memory traffic (STS / LDS / BAR)
 that a scan or a reshape through shared memory shows.
 
@@ -104,9 +105,10 @@ def compile_both(path: str, dump: str | None) -> None:
     for key, value in B1_32_8.items():
         args[key] = ["int", value]
     bindir = os.path.join(os.path.dirname(nvidia.__file__), "bin")
-    for row_scan in (False, True):
-        form = "row scan" if row_scan else "flat scan"
-        kernel = compile_for_sm90(fn, dict(args, ROW_SCAN_GATHER=["bool", row_scan]), 4,
+    for row_scan, store_layout in ((False, False), (True, False), (False, True), (True, True)):
+        form = ("row scan" if row_scan else "flat scan") + (" + store layout" if store_layout else "")
+        forms = dict(ROW_SCAN_GATHER=["bool", row_scan], GATHER_STORE_LAYOUT=["bool", store_layout])
+        kernel = compile_for_sm90(fn, dict(args, **forms), 4,
                                   lambda arg, kind, value: kind == "tensor" or (kind == "int" and value % 16 == 0))
         with tempfile.TemporaryDirectory() as tmp:
             ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
@@ -117,16 +119,16 @@ def compile_both(path: str, dump: str | None) -> None:
                                   check=True).stdout
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
-            tag = "row" if row_scan else "flat"
+            tag = ("row" if row_scan else "flat") + ("_store" if store_layout else "")
             (Path(dump) / f"tau_{tag}.sass").write_text(sass)
             (Path(dump) / f"tau_{tag}.ttgir").write_text(kernel.asm["ttgir"])
         regs = re.findall(r"Used (\d+) registers", report)
         spills = re.findall(r"(\d+) bytes spill stores", report)
         ops, loop = collections.Counter(opcodes(sass)), collections.Counter(gather_loop(sass))
-        print(f"{form:<9}: {regs[0] if regs else '?'} registers, {spills[0] if spills else '?'} bytes spill stores, "
+        print(f"{form:<24}: {regs[0] if regs else '?'} registers, {spills[0] if spills else '?'} bytes spill stores, "
               f"shared memory {kernel.metadata.shared} bytes, {sum(ops.values())} SASS instructions; "
               + ", ".join(f"{op} {ops[op]}" for op in SHOWN)
-              + f"\n           gather loop: {sum(loop.values())} instructions; "
+              + f"\n{'':<24}  gather loop: {sum(loop.values())} instructions; "
               + ", ".join(f"{op} {loop[op]}" for op in SHOWN), flush=True)
 
 

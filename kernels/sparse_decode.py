@@ -14,8 +14,9 @@ Two kernels, K read once, V read only where the weight is non-zero:
 2. ``_tau_kernel``, grid (B·Hq): gathers the survivors (GATHER slots of every split a load)
    and compacts those above the final floor into a dense scratch (``_compact``: ranks from a
    scan over the [splits, GATHER] tile flattened, or — ``ROW_SCAN_GATHER`` — from a scan
-   within each split's row plus one over the per-split counts, the tile held in the stores'
-   layout; either way load by load, split by split, slot by slot), solves τ on them in
+   within each split's row plus one over the per-split counts; with ``GATHER_STORE_LAYOUT``
+   the tile is loaded in the stores' layout; every form stores load by load, split by split,
+   slot by slot), solves τ on them in
    float64 — held in registers when they are few — by bisection with a fixed count, then the
    exact support formula for α = 1.5 and 2, or takes the τ given by a selector (optionally
    refined by safeguarded Newton steps), then reads V for the support tokens only and writes
@@ -70,12 +71,17 @@ ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
-# How the τ kernel compacts a gather load's survivors (``_compact``): False, one scan over the
-# [splits, GATHER] tile flattened (2,048 lanes at B = 1, 32/8); True, a scan within each split's
-# row plus one over the per-split counts (no reshape), the tile loaded in the layout the
-# compacting stores use (no layout conversions through shared memory). The same order, so
-# bitwise the same τ and output; read at call time. Not yet timed on the GPU
+# Two independent forms of the τ kernel's survivor gather, each off by default, read at call
+# time, neither timed on the GPU yet; every form stores the survivors in the same order, so τ
+# and the output are bitwise the same. ROW_SCAN_GATHER: ranks from a scan within each split's
+# row plus one over the per-split counts instead of one scan over the [splits, GATHER] tile
+# flattened (2,048 lanes at B = 1, 32/8; ``_compact``). GATHER_STORE_LAYOUT: the tile loaded in
+# the layout the compacting stores use, so the stores convert nothing through shared memory.
+# Static sm_90a SASS of the gather loop at B = 1, 32/8, α = 1.5, fp16 (instructions, STS / LDS /
+# BAR; benchmarks/tau_gather_sass.py): neither 833, 31 / 22 / 31; row scan 795, 31 / 22 / 35;
+# store layout 1,082, 18 / 18 / 5; both 985, 8 / 8 / 9
 ROW_SCAN_GATHER = False
+GATHER_STORE_LAYOUT = False
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
 
 
@@ -427,7 +433,8 @@ def _tau_kernel(
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
-    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, ROW_SCAN_GATHER: tl.constexpr = False, PDL: tl.constexpr = False,
+    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, ROW_SCAN_GATHER: tl.constexpr = False,
+    GATHER_STORE_LAYOUT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
@@ -482,13 +489,13 @@ def _tau_kernel(
             slot = off + tl.arange(0, GATHER)
             src2 = base + splits[:, None] * CAP + slot[None, :]
             ok2 = slot[None, :] < n_split[:, None]
-            if ROW_SCAN_GATHER:
+            if GATHER_STORE_LAYOUT:
                 # The stores below go to data-dependent ranks, so the compiler gives them one
                 # element a thread; offsets it sees as contiguous give these loads four a thread
                 # (scalar loads all the same: the mask varies slot by slot), and every store then
                 # converts its pointers, values and mask through shared memory. Offsets it cannot
                 # see as contiguous (masked-off lanes' offsets are never used) give the loads the
-                # stores' layout: sm_90 SASS of the loop body, STS / LDS / BAR 31 / 22 / 31 -> 8 / 8 / 9
+                # stores' layout
                 src2 = tl.where(ok2, src2, base)
             s2 = tl.load(cand_s + src2, mask=ok2, other=float("-inf"))
             pos2 = tl.load(cand_i + src2, mask=ok2, other=0)
@@ -611,7 +618,7 @@ def sparse_decode(
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
         KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, ROW_SCAN_GATHER=ROW_SCAN_GATHER,
-        **pdl_kwargs(q, "sparse_decode")
+        GATHER_STORE_LAYOUT=GATHER_STORE_LAYOUT, **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau
 

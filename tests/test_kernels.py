@@ -219,9 +219,10 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
 
 @pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float16), (1.5, torch.float32), (1.5, torch.float16),
                                          (2.0, torch.float32)])
-def test_sparse_decode_row_scan_gather_is_bitwise_the_flat_one(alpha, dtype, monkeypatch, poison):
-    """``ROW_SCAN_GATHER`` compacts the τ kernel's survivors in the same order as the flat scan:
-    the same τ and output bit for bit, both equal to the reference. Ragged lengths; a head of
+def test_sparse_decode_gather_forms_are_bitwise_the_same(alpha, dtype, monkeypatch, poison):
+    """Every form of the τ kernel's survivor gather (``ROW_SCAN_GATHER``, ``GATHER_STORE_LAYOUT``)
+    compacts the survivors in the same order as the default one: the same τ and output bit for
+    bit, all equal to the reference. Ragged lengths; a head of
     near-ties (every token survives: several GATHER loads a split, and more survivors than
     BLOCK_REGS in the longer sequence, so τ is solved from the streamed scratch) beside heads
     with a few survivors in some splits and none in others."""
@@ -244,16 +245,18 @@ def test_sparse_decode_row_scan_gather_is_bitwise_the_flat_one(alpha, dtype, mon
     want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
     for dense in (False, True):
         got = {}
-        for row_scan in (False, True):
-            monkeypatch.setattr(sd, "ROW_SCAN_GATHER", row_scan)
-            got[row_scan] = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                          cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
-        assert torch.equal(got[True][1], got[False][1]), (seed, dense)  # τ
-        assert torch.equal(got[True][0], got[False][0]), (seed, dense)  # output
-        out, tau = got[True]
-        err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
-        assert err < OUT_TOL[dtype], (seed, dense, err)
-        torch.testing.assert_close(tau, want_tau.reshape(2, 3), rtol=1e-5, atol=1e-5, msg=f"seed {seed} dense {dense}")
+        for form in ((False, False), (True, False), (False, True), (True, True)):
+            monkeypatch.setattr(sd, "ROW_SCAN_GATHER", form[0])
+            monkeypatch.setattr(sd, "GATHER_STORE_LAYOUT", form[1])
+            got[form] = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                      cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+        for form, (out, tau) in got.items():
+            assert torch.equal(tau, got[False, False][1]), (seed, dense, form)
+            assert torch.equal(out, got[False, False][0]), (seed, dense, form)
+            err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
+            assert err < OUT_TOL[dtype], (seed, dense, form, err)
+            torch.testing.assert_close(tau, want_tau.reshape(2, 3), rtol=1e-5, atol=1e-5,
+                                       msg=f"seed {seed} dense {dense} form {form}")
 
 
 @pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float32), (1.5, torch.float32), (2.0, torch.float64)])
