@@ -16,11 +16,11 @@ Two kernels, K read once, V read only where the weight is non-zero:
    scan over the [splits, GATHER] tile flattened, or — ``ROW_SCAN_GATHER`` — from a scan
    within each split's row plus one over the per-split counts; with ``GATHER_STORE_LAYOUT``
    the tile is loaded in the stores' layout; every form stores load by load, split by split,
-   slot by slot), solves τ on them in
-   float64 — held in registers when they are few — by bisection with a fixed count, then the
-   exact support formula for α = 1.5 and 2, or takes the τ given by a selector (optionally
-   refined by safeguarded Newton steps), then reads V for the support tokens only and writes
-   the output. For softmax it combines the partial sums.
+   slot by slot), solves τ on them in float64 — held in registers when they are few — by
+   bisection with a fixed count, then the exact support formula for α = 1.5 and 2, or takes
+   the τ given by a selector (optionally refined by safeguarded Newton steps), then reads V
+   for the support tokens only and writes the output. For softmax it combines the partial
+   sums.
 
 NaN in, NaN out, as dense entmax (``entmaxkv.reference``) and torch SDPA give: a NaN score
 (a NaN in the key or the query) fails every comparison, so the survivor test alone would drop
