@@ -11,16 +11,11 @@ Two kernels, K read once, V read only where the weight is non-zero:
    head, so m is soon close to the global maximum; at the end each split filters its
    survivors again against its final m. For softmax it runs the usual online softmax with V
    (flash decode) and writes per-split partial sums.
-2. ``_tau_kernel``, grid (B·Hq): gathers the survivors (GATHER slots of every split a load)
-   and compacts those above the final floor into a dense scratch (``_compact``: ranks from a
-   scan over the [splits, GATHER] tile flattened, or — ``ROW_SCAN_GATHER`` — from a scan
-   within each split's row plus one over the per-split counts; with ``GATHER_STORE_LAYOUT``
-   the tile is loaded in the stores' layout; every form stores load by load, split by split,
-   slot by slot), solves τ on them in float64 — held in registers when they are few — by
-   bisection with a fixed count, then the exact support formula for α = 1.5 and 2, or takes
-   the τ given by a selector (optionally refined by safeguarded Newton steps), then reads V
-   for the support tokens only and writes the output. For softmax it combines the partial
-   sums.
+2. ``_tau_kernel``, grid (B·Hq): gathers the survivors (a few slots of every split a load),
+   solves τ on them in float64 — held in registers when they are few — by bisection
+   with a fixed count, then the exact support formula for α = 1.5 and 2, or takes the τ given
+   by a selector (optionally refined by safeguarded Newton steps), then reads V for the support
+   tokens only and writes the output. For softmax it combines the partial sums.
 
 NaN in, NaN out, as dense entmax (``entmaxkv.reference``) and torch SDPA give: a NaN score
 (a NaN in the key or the query) fails every comparison, so the survivor test alone would drop
@@ -71,17 +66,6 @@ ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
-# Two independent forms of the τ kernel's survivor gather, each off by default, read at call
-# time, neither timed on the GPU yet; every form stores the survivors in the same order, so τ
-# and the output are bitwise the same. ROW_SCAN_GATHER: ranks from a scan within each split's
-# row plus one over the per-split counts instead of one scan over the [splits, GATHER] tile
-# flattened (2,048 lanes at B = 1, 32/8; ``_compact``). GATHER_STORE_LAYOUT: the tile loaded in
-# the layout the compacting stores use, so the stores convert nothing through shared memory.
-# Static sm_90a SASS of the gather loop at B = 1, 32/8, α = 1.5, fp16 (instructions, STS / LDS /
-# BAR; benchmarks/tau_gather_sass.py): neither 833, 31 / 22 / 31; row scan 795, 31 / 22 / 35;
-# store layout 1,082, 18 / 18 / 5; both 985, 8 / 8 / 9
-ROW_SCAN_GATHER = False
-GATHER_STORE_LAYOUT = False
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
 
 
@@ -400,32 +384,6 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
 
 
 @triton.jit
-def _compact(comp_s, comp_i, at0, s2, pos2, keep2, BLOCK_SPLIT: tl.constexpr, GATHER: tl.constexpr,
-             ROW_SCAN: tl.constexpr):
-    """Store the kept entries of one gather load — ``s2``, ``pos2``, ``keep2`` (int32 0/1):
-    [BLOCK_SPLIT, GATHER], a row per split — densely at ``comp_s``/``comp_i`` + ``at0`` in
-    row-major order (split, then slot); returns how many were kept (int32 scalar).
-
-    ``ROW_SCAN``: each entry's rank is its row's offset (an exclusive scan of the BLOCK_SPLIT
-    row counts) plus its rank within the row (a scan along axis 1 of the 2-D tile); else one
-    scan over the tile flattened to BLOCK_SPLIT·GATHER lanes. The same ranks either way."""
-    if ROW_SCAN:
-        per_row = tl.sum(keep2, axis=1)  # [BLOCK_SPLIT]
-        row_at = tl.cumsum(per_row, axis=0) - per_row
-        at = at0 + row_at[:, None] + tl.cumsum(keep2, axis=1) - keep2
-        tl.store(comp_s + at, s2, mask=keep2 == 1)
-        tl.store(comp_i + at, pos2, mask=keep2 == 1)
-        kept = tl.sum(per_row)
-    else:
-        keep = tl.reshape(keep2, (BLOCK_SPLIT * GATHER,))
-        at = at0 + tl.cumsum(keep, axis=0) - keep
-        tl.store(comp_s + at, tl.reshape(s2, (BLOCK_SPLIT * GATHER,)), mask=keep == 1)
-        tl.store(comp_i + at, tl.reshape(pos2, (BLOCK_SPLIT * GATHER,)), mask=keep == 1)
-        kept = tl.sum(keep)
-    return kept
-
-
-@triton.jit
 def _tau_kernel(
     v_pages, page_table, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     comp_s, comp_i, out, tau_out, fits,
@@ -433,8 +391,7 @@ def _tau_kernel(
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
-    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, ROW_SCAN_GATHER: tl.constexpr = False,
-    GATHER_STORE_LAYOUT: tl.constexpr = False, PDL: tl.constexpr = False,
+    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
@@ -489,18 +446,13 @@ def _tau_kernel(
             slot = off + tl.arange(0, GATHER)
             src2 = base + splits[:, None] * CAP + slot[None, :]
             ok2 = slot[None, :] < n_split[:, None]
-            if GATHER_STORE_LAYOUT:
-                # The stores below go to data-dependent ranks, so the compiler gives them one
-                # element a thread; offsets it sees as contiguous give these loads four a thread
-                # (scalar loads all the same: the mask varies slot by slot), and every store then
-                # converts its pointers, values and mask through shared memory. Offsets it cannot
-                # see as contiguous (masked-off lanes' offsets are never used) give the loads the
-                # stores' layout
-                src2 = tl.where(ok2, src2, base)
             s2 = tl.load(cand_s + src2, mask=ok2, other=float("-inf"))
             pos2 = tl.load(cand_i + src2, mask=ok2, other=0)
-            keep2 = (ok2 & (s2.to(tl.float64) * lin > floor)).to(tl.int32)
-            total += _compact(comp_s, comp_i, base + total, s2, pos2, keep2, BLOCK_SPLIT, GATHER, ROW_SCAN_GATHER)
+            keep2 = tl.reshape((ok2 & (s2.to(tl.float64) * lin > floor)).to(tl.int32), (BLOCK_SPLIT * GATHER,))
+            at2 = base + total + tl.cumsum(keep2, axis=0) - keep2
+            tl.store(comp_s + at2, tl.reshape(s2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+            tl.store(comp_i + at2, tl.reshape(pos2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+            total += tl.sum(keep2)
         r = tl.arange(0, BLOCK)
         tl.debug_barrier()  # the compacted survivors are visible to every lane
 
@@ -617,8 +569,7 @@ def sparse_decode(
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
-        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, ROW_SCAN_GATHER=ROW_SCAN_GATHER,
-        GATHER_STORE_LAYOUT=GATHER_STORE_LAYOUT, **pdl_kwargs(q, "sparse_decode")
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau
 

@@ -217,48 +217,6 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float16), (1.5, torch.float32), (1.5, torch.float16),
-                                         (2.0, torch.float32)])
-def test_sparse_decode_gather_forms_are_bitwise_the_same(alpha, dtype, monkeypatch, poison):
-    """Every form of the τ kernel's survivor gather (``ROW_SCAN_GATHER``, ``GATHER_STORE_LAYOUT``)
-    compacts the survivors in the same order as the default one: the same τ and output bit for
-    bit, all equal to the reference. Ragged lengths; a head of
-    near-ties (every token survives: several GATHER loads a split, and more survivors than
-    BLOCK_REGS in the longer sequence, so τ is solved from the streamed scratch) beside heads
-    with a few survivors in some splits and none in others."""
-    import entmaxkv.kernels.sparse_decode as sd
-
-    seed = fresh_seed()
-    r = random.Random(seed)
-    lens = [300 + r.randrange(17), 40 + r.randrange(17)]
-    cache, _, _ = make_cache(seed, 2, 1, 16, 16, lens, dtype=dtype, spread=2.0)
-    g = torch.Generator().manual_seed(seed + 1)
-    q = torch.randn(2, 3, 1, 16, generator=g, dtype=torch.float64)
-    q = (q * torch.tensor([1e-3, 1.0, 3.0], dtype=torch.float64).reshape(1, 3, 1, 1)).to(dtype)
-    z = (alpha - 1) * token_scores(cache.to(torch.float64), q.double(), 0.3, None)[0, 0, 0, : lens[0]]
-    assert int((z > z.max() - 1).sum()) > sd.BLOCK_REGS  # the streamed solve runs
-    newest = (cache.seq_lens - 1) // 16
-    pages = torch.full((2, 1, cache.num_pages), -1, dtype=torch.int32)
-    count = newest.int()[:, None].contiguous()
-    for i in range(2):
-        pages[i, 0, : int(newest[i])] = torch.randperm(int(newest[i]), generator=g).int()
-    want, want_tau = ekv.dense_decode(cache, q, alpha, 0.3)
-    for dense in (False, True):
-        got = {}
-        for form in ((False, False), (True, False), (False, True), (True, True)):
-            monkeypatch.setattr(sd, "ROW_SCAN_GATHER", form[0])
-            monkeypatch.setattr(sd, "GATHER_STORE_LAYOUT", form[1])
-            got[form] = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                      cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
-        for form, (out, tau) in got.items():
-            assert torch.equal(tau, got[False, False][1]), (seed, dense, form)
-            assert torch.equal(out, got[False, False][0]), (seed, dense, form)
-            err = float((out.double() - want[:, :, 0].double()).abs().max() / want.double().abs().max())
-            assert err < OUT_TOL[dtype], (seed, dense, form, err)
-            torch.testing.assert_close(tau, want_tau.reshape(2, 3), rtol=1e-5, atol=1e-5,
-                                       msg=f"seed {seed} dense {dense} form {form}")
-
-
 @pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float32), (1.5, torch.float32), (2.0, torch.float64)])
 def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha, dtype, poison):
     """Long lists (several iterations per split, so the shared running maximum is read while

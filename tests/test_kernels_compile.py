@@ -132,22 +132,6 @@ def record_tau_without_search_rounds() -> None:
         ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
 
 
-def record_gather_forms() -> None:
-    """sparse_decode's τ kernel with each other form of its survivor gather (``ROW_SCAN_GATHER``,
-    ``GATHER_STORE_LAYOUT``: off by default), at every α > 1 form (1.25: bisection; 1.5, 2: the
-    exact search), float32 and float16 caches."""
-    for row_scan, store_layout in ((True, False), (False, True), (True, True)):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("entmaxkv.kernels.sparse_decode.ROW_SCAN_GATHER", row_scan)
-            mp.setattr("entmaxkv.kernels.sparse_decode.GATHER_STORE_LAYOUT", store_layout)
-            for dtype in (torch.float32, torch.float16):
-                cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
-                q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
-                for alpha in (1.25, 1.5, 2.0):
-                    config = ekv.DecodeConfig(alpha, ekv.TopK(token_budget=16), backend="triton")
-                    ekv.decode_step(cache.fork(), q, k, v, config)
-
-
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     pdl_kernels: set[str] = set()
@@ -184,7 +168,6 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_fused_topk()
     record_gaussian_select()
     record_tau_without_search_rounds()
-    record_gather_forms()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
