@@ -80,11 +80,13 @@ LIST_WARPS = 4
 # whole row (held as one tile of next_pow2(P) lanes) in one launch over (row, block) programs of
 # RANK_PAIRS // next_pow2(P) pages each (``_rank_kernel``). Its work grows as n² (n candidates a
 # row), the search's as its passes: the per-row search program is latency-bound (one program a
-# row, 6.1 µs at 8K and 7.7 µs at 32K on the H200, session 10). A first form that streamed the
-# row through 64-key tiles was bound by the latency of its loop's loads: −1 µs at 8K, +2 µs at
-# 16K, +8 µs at 32K against the search (session 10, call 3)
-RANK_PAGES = 2048
-RANK_PAIRS = 16384  # comparisons a rank program holds at once
+# row: 6.1 µs at 8K on the H200). TopK 12.5% step (B = 1, 32/8, fp16, session 10 call 4): 8K
+# (516 pages) α = 1 27.8 → 25.1 µs, α = 1.5 35.6 → 32.9 with RANK_PAIRS 8192 (25.8 / 33.5 at
+# 16,384, 26.3 / 34.3 at 32,768); 16K (1,047 pages, a 2,048-lane row) 30.0 → 32.0 and 43.5 →
+# 45.7: slower, hence 1024; 32K ranked 33.5 → 59.6. A first form streaming the row through 64-key
+# tiles was bound by its loop's load latency (call 3: −1 µs at 8K, +2 at 16K, +8 at 32K)
+RANK_PAGES = 1024
+RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
 
 
