@@ -98,10 +98,11 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, de
 def _scores_kernel(
     q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-    scale, lin, H, G, P, M, D, CAP,
-    S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    scale, lin, H, G, P, M, CAP,
+    D: tl.constexpr, S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
-    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, PDL: tl.constexpr = False,
+    HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, WIDE: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -152,14 +153,29 @@ def _scores_kernel(
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
+    # this KV head's pages: P·S·D elements from here (``WIDE``: 2^31 or more, 64-bit offsets)
+    k_head = k_pages + bh.to(tl.int64) * P * S * D
+    v_head = v_pages + bh.to(tl.int64) * P * S * D
+    # a tile's tokens as (list position, offset in the page): with BLOCK_N a multiple of S a
+    # tile starts on a page, so both come from the tile's own lanes, divided unsigned (shifts
+    # for a power-of-two S) — not from each token slot by a signed division and remainder
+    ALIGNED: tl.constexpr = BLOCK_N % S == 0
+    if ALIGNED:
+        t_page = (t.to(tl.uint32) // S).to(tl.int32)
+        t_off = (t.to(tl.uint32) % S).to(tl.int32)
     for j in range(first * S, last * S, BLOCK_N):
         if KIND != 0:
             # Publish the maximum so far and take the other splits' (an attained score, so a
             # valid floor): survivors shrink to those near the global maximum. Issued before
             # the K load, whose latency hides the atomic's.
             shared = tl.atomic_max(run_max + qrow, m, mask=gmask)
-        slot = j + t  # token slot within this program's slice of the list
-        list_pos = slot // S
+        if ALIGNED:
+            list_pos = j // S + t_page
+            in_page = t_off
+        else:
+            slot = j + t  # token slot within this program's slice of the list
+            list_pos = slot // S
+            in_page = slot % S
         in_list = list_pos < last
         if split == NSPLIT:
             logical = tl.zeros_like(list_pos) + newest
@@ -171,11 +187,14 @@ def _scores_kernel(
             phys = tl.load(page_table + b.to(tl.int64) * P + logical, mask=in_list, other=0)
         else:
             phys = logical
-        pos = logical * S + slot % S
+        pos = logical * S + in_page
         valid = in_list & (pos < length)
-        row = (bh.to(tl.int64) * P + phys) * S + slot % S
+        if WIDE:
+            row = phys.to(tl.int64) * S + in_page
+        else:  # a token's row within its KV head's pages in 32 bits: one 64-bit add a load
+            row = phys * S + in_page
         kv_mask = valid[:, None] & dmask[None, :]
-        k = tl.load(k_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(k_head + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
         if not NATIVE:
             k = k.to(WORK)
         s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale_w
@@ -188,7 +207,7 @@ def _scores_kernel(
             safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - safe[:, None])
             shrink = tl.exp(m - safe)
-            v = tl.load(v_pages + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(v_head + row[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
             if NATIVE:
                 pv = tl.dot(p.to(v.dtype), v, out_dtype=WORK)
             else:
@@ -552,11 +571,12 @@ def sparse_decode(
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, d, cap,
-        S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
+        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap,
+        D=d, S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, num_warps=SCORES_WARPS, **pdl_kwargs(q, "sparse_decode")
+        KIND=kind, WORK=wtl, NATIVE=native, WIDE=p * s * d >= 2**31, num_warps=SCORES_WARPS,
+        **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
