@@ -62,6 +62,9 @@ TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
 ENTMAX_TOKENS_PER_ITER = 128
 LONG_LIST_PAGES = 2048
 SCORES_WARPS = 4  # warps of a scoring program
+# elements of one KV head's pages (P·S·D) from which the scoring kernel takes 64-bit row offsets
+# (``WIDE``; below it a row offset is a 32-bit int added to the head's base pointer)
+WIDE_OFFSETS = 2**31
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
@@ -153,7 +156,7 @@ def _scores_kernel(
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
-    # this KV head's pages: P·S·D elements from here (``WIDE``: 2^31 or more, 64-bit offsets)
+    # this KV head's pages: P·S·D elements from here (``WIDE``: 64-bit offsets, ``WIDE_OFFSETS``)
     k_head = k_pages + bh.to(tl.int64) * P * S * D
     v_head = v_pages + bh.to(tl.int64) * P * S * D
     # a tile's tokens as (list position, offset in the page): with BLOCK_N a multiple of S a
@@ -168,7 +171,7 @@ def _scores_kernel(
             # Publish the maximum so far and take the other splits' (an attained score, so a
             # valid floor): survivors shrink to those near the global maximum. Issued before
             # the K load, whose latency hides the atomic's.
-            shared = tl.atomic_max(run_max + qrow, m, mask=gmask)
+            shared = tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
         if ALIGNED:
             list_pos = j // S + t_page
             in_page = t_off
@@ -575,7 +578,7 @@ def sparse_decode(
         D=d, S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, WIDE=p * s * d >= 2**31, num_warps=SCORES_WARPS,
+        KIND=kind, WORK=wtl, NATIVE=native, WIDE=p * s * d >= WIDE_OFFSETS, num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)

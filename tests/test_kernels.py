@@ -278,6 +278,30 @@ def test_sparse_decode_follows_the_page_table(alpha, poison):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.5])
+def test_sparse_decode_64_bit_row_offsets_equal_the_32_bit_ones(alpha, poison, monkeypatch):
+    """The scoring kernel's 64-bit row offsets (``WIDE``, taken from 2^31 elements of a KV
+    head's pages: never reached by a CPU test's cache) on shuffled physical pages, with ALiBi:
+    bit for bit the 32-bit form's output and τ."""
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 16, [150 + random.Random(seed).randrange(17), 57], dtype=torch.float32,
+                             spread=2.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(2, 4, 16, generator=g)
+    slopes = torch.rand(4, generator=g) * 0.1
+    table = torch.stack([torch.randperm(cache.num_pages, generator=g) for _ in range(2)]).int().contiguous()
+    pages, count = random_lists(cache, seed, cache.num_pages)
+    for dense in (False, True):
+        args = (q, cache.k_pages, cache.v_pages, table, pages, count, cache.seq_lens, slopes, None, None, None, alpha,
+                0.3, dense, TAU_EXACT, 0)
+        want = sparse_decode(*args)
+        with monkeypatch.context() as wide:  # (the poison fixture's patches stay)
+            wide.setattr("entmaxkv.kernels.sparse_decode.WIDE_OFFSETS", 0)
+            got = sparse_decode(*args)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
+
+
 def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
     """Each split filters its survivors again against its final maximum, which is at least the
     best score of its own tokens: a split hands the τ kernel no more tokens than lie within

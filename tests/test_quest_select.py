@@ -342,7 +342,7 @@ def test_opcheck_the_fused_ops():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
-@pytest.mark.parametrize("pages", [2048, 8300, 20000])  # ranked (32K tokens); 128K in registers; 320K streamed
+@pytest.mark.parametrize("pages", [1000, 8300, 20000])  # ranked (16K tokens); 128K in registers; 320K streamed
 def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
