@@ -65,6 +65,9 @@ SCORES_WARPS = 4  # warps of a scoring program
 # elements of one KV head's pages (P·S·D) from which the scoring kernel takes 64-bit row offsets
 # (``WIDE``; below it a row offset is a 32-bit int added to the head's base pointer)
 WIDE_OFFSETS = 2**31
+# α > 1: the scoring loop works on the query heads' rows of a tile's scores only (their next
+# power of two, at least 2), not on the dot's 16 (``_first_rows``)
+FIRST_ROWS = True
 ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
@@ -98,11 +101,21 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, de
 
 
 @triton.jit
+def _first_rows(x, ALL: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
+    """The first ROWS rows of x [ALL, N] (exactly: each is added to zeros, which keeps NaN and
+    ±inf; −0.0 becomes +0.0, an equal score)."""
+    blocks = tl.reshape(x, [ALL // ROWS, ROWS, N])
+    first = (tl.arange(0, ALL // ROWS) == 0)[:, None, None]
+    return tl.sum(tl.where(first, blocks, 0.0), axis=0)
+
+
+@triton.jit
 def _scores_kernel(
     q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     scale, lin, H, G, P, M, CAP,
-    D: tl.constexpr, S: tl.constexpr, G_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, S: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
     HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, WIDE: tl.constexpr,
     PDL: tl.constexpr = False,
@@ -127,32 +140,36 @@ def _scores_kernel(
 
     scale_w = tl.cast(scale, WORK)
     lin_w = tl.cast(lin, WORK)
-    g = tl.arange(0, G_PAD)
     d = tl.arange(0, BLOCK_D)
     t = tl.arange(0, BLOCK_N)
-    gmask = g < G
     dmask = d < D
-    qrow = (bh * G + g).to(tl.int64)
-    qv = tl.load(q + qrow[:, None] * D + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
+    g_dot = tl.arange(0, G_PAD)  # the dot's rows: at least 16
+    qv = tl.load(q + (bh * G + g_dot).to(tl.int64)[:, None] * D + d[None, :],
+                 mask=(g_dot < G)[:, None] & dmask[None, :], other=0.0)
     if not NATIVE:
         qv = qv.to(WORK)
+    # the query heads' rows of everything after the dot: its first ROWS (``ROWS`` < G_PAD for
+    # α > 1, the dot's padding rows cut away once a tile; G_PAD for softmax)
+    g = tl.arange(0, ROWS)
+    gmask = g < G
+    qrow = (bh * G + g).to(tl.int64)
     if HAS_ALIBI:
         slope = tl.load(slopes + (bh % H) * G + g, mask=gmask, other=0.0).to(WORK)
-    out_row = qrow * (NSPLIT + 1) + split  # [G_PAD] rows of the per-split outputs
+    out_row = qrow * (NSPLIT + 1) + split  # [ROWS] rows of the per-split outputs
 
-    m = tl.full((G_PAD,), float("-inf"), WORK)
+    m = tl.full((ROWS,), float("-inf"), WORK)
     if HAS_FLOOR:  # a score some attended token reaches: filters survivors from the start
         if KIND != 0:
             m = tl.load(score_floor + qrow, mask=gmask, other=float("-inf")).to(WORK)
     if KIND == 0:
-        l_sum = tl.zeros((G_PAD,), WORK)
-        acc = tl.zeros((G_PAD, BLOCK_D), WORK)
+        l_sum = tl.zeros((ROWS,), WORK)
+        acc = tl.zeros((ROWS, BLOCK_D), WORK)
     else:
-        cnt = tl.zeros((G_PAD,), tl.int32)
+        cnt = tl.zeros((ROWS,), tl.int32)
         # NaN scores seen, per lane (the survivor test below drops them): or-ed elementwise each
         # chunk and reduced once at the end (a row sum a chunk cost ~9 µs of a dense α = 1.5
         # step at 128K on the H200)
-        nan_seen = tl.zeros((G_PAD, BLOCK_N), tl.int32)
+        nan_seen = tl.zeros((ROWS, BLOCK_N), tl.int32)
         if GIVEN_TAU:
             given = tl.load(tau_in + qrow, mask=gmask, other=float("inf")).to(WORK)
 
@@ -201,6 +218,8 @@ def _scores_kernel(
         if not NATIVE:
             k = k.to(WORK)
         s = tl.dot(qv, tl.trans(k), input_precision="ieee", out_dtype=WORK) * scale_w
+        if ROWS < G_PAD:
+            s = _first_rows(s, G_PAD, ROWS, BLOCK_N)
         if HAS_ALIBI:
             s += slope[:, None] * (pos - (length - 1)).to(WORK)[None, :]
         s = tl.where(valid[None, :] & gmask[:, None], s, float("-inf"))
@@ -245,7 +264,7 @@ def _scores_kernel(
         floor = lin_w * m - 1.0
         if GIVEN_TAU:
             floor = tl.minimum(floor, given)
-        kept = tl.zeros((G_PAD,), tl.int32)
+        kept = tl.zeros((ROWS,), tl.int32)
         tl.debug_barrier()  # the survivors other lanes stored above are visible
         for j in range(0, tl.max(cnt), BLOCK_N):
             src = out_row[:, None] * CAP + j + t[None, :]
@@ -570,12 +589,14 @@ def sparse_decode(
     floor_src = score_floor if score_floor is not None else part_m
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
+    dot_rows = max(16, next_pow2(g))  # tl.dot takes at least 16
     run_max = torch.full((b * hq if entmax else 1,), float("-inf"), dtype=work, device=q.device)
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
         scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap,
-        D=d, S=s, G_PAD=max(16, next_pow2(g)), BLOCK_D=max(16, next_pow2(d)),
+        D=d, S=s, G_PAD=dot_rows, ROWS=min(dot_rows, max(2, next_pow2(g))) if entmax and FIRST_ROWS else dot_rows,
+        BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=p * s * d >= WIDE_OFFSETS, num_warps=SCORES_WARPS,

@@ -278,6 +278,34 @@ def test_sparse_decode_follows_the_page_table(alpha, poison):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
 
 
+@pytest.mark.parametrize("alpha,dtype,group,alibi", [case for case in CASES if case[0] > 1])
+def test_sparse_decode_on_the_heads_rows_equals_the_dots_rows(alpha, dtype, group, alibi, poison, monkeypatch):
+    """α > 1 scoring on the query heads' rows of each tile (``FIRST_ROWS``: 2, 4 or 8 of the
+    dot's 16) against the scoring on all 16: bit for bit the same output and τ, page lists and
+    dense, with and without a score floor."""
+    seed = fresh_seed()
+    hkv, d, s = 2, 32, 16
+    lens = lengths(seed, 3)
+    cache, _, _ = make_cache(seed, 3, hkv, d, s, lens, dtype=dtype, spread=2.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(3, hkv * group, d, generator=g, dtype=torch.float64) * 2).to(dtype)
+    slopes = torch.rand(hkv * group, generator=g) * 0.1 if alibi else None
+    pages, count = random_lists(cache, seed, 4)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    floor = torch.full((3, hkv * group), -3.0, dtype=work)
+    for dense in (False, True):
+        for score_floor in (None, floor):
+            args = (q, cache.k_pages, cache.v_pages, None, pages, count, cache.seq_lens, slopes, None, score_floor,
+                    None, alpha, 0.3, dense, TAU_EXACT, 0)
+            got = sparse_decode(*args)
+            with monkeypatch.context() as all_rows:  # (the poison fixture's patches stay)
+                all_rows.setattr("entmaxkv.kernels.sparse_decode.FIRST_ROWS", False)
+                want = sparse_decode(*args)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True,
+                                           msg=f"seed {seed} dense {dense} floor {score_floor is not None}")
+
+
 @pytest.mark.parametrize("alpha", [1.0, 1.5])
 def test_sparse_decode_64_bit_row_offsets_equal_the_32_bit_ones(alpha, poison, monkeypatch):
     """The scoring kernel's 64-bit row offsets (``WIDE``, taken from 2^31 elements of a KV
