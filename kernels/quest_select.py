@@ -402,12 +402,13 @@ def quest_select(
     list_pages = min(LIST_CHUNK, block)
     lists = triton.cdiv(p, list_pages)
     found = torch.empty((b, hkv, 2), dtype=torch.int64, device=upper.device)  # threshold, ties wanted
+    # the search's per-chunk counts (a ranked row's list programs count for themselves)
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
     ranked = p <= RANK_PAGES
     if ranked:
         row_lanes = max(16, next_pow2(p))
-        rank_block = max(1, min(64, RANK_PAIRS // row_lanes))
+        rank_block = max(1, min(64, row_lanes, RANK_PAIRS // row_lanes))
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,

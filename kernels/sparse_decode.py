@@ -75,6 +75,12 @@ BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in re
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
 
 
+def needs_wide_offsets(pages: int, page_size: int, head_dim: int) -> bool:
+    """Whether the scoring kernel takes 64-bit row offsets: one KV head's pages hold P·S·D
+    elements, and a 32-bit offset reaches P·S·D − 1 at most, which fits below 2^31."""
+    return pages * page_size * head_dim >= WIDE_OFFSETS
+
+
 def bisection_steps(work: torch.dtype) -> int:
     """Bisection steps of the τ solve (its bracket is at most 1 wide, so for α other than 1,
     1.5 and 2 — no exact finish — τ is within 2^-(steps+1) of the root of its scores)."""
@@ -176,26 +182,19 @@ def _scores_kernel(
     # this KV head's pages: P·S·D elements from here (``WIDE``: 64-bit offsets, ``WIDE_OFFSETS``)
     k_head = k_pages + bh.to(tl.int64) * P * S * D
     v_head = v_pages + bh.to(tl.int64) * P * S * D
-    # a tile's tokens as (list position, offset in the page): with BLOCK_N a multiple of S a
-    # tile starts on a page, so both come from the tile's own lanes, divided unsigned (shifts
-    # for a power-of-two S) — not from each token slot by a signed division and remainder
-    ALIGNED: tl.constexpr = BLOCK_N % S == 0
-    if ALIGNED:
-        t_page = (t.to(tl.uint32) // S).to(tl.int32)
-        t_off = (t.to(tl.uint32) % S).to(tl.int32)
+    # a tile's tokens as (list position, offset in the page): S and BLOCK_N are powers of two
+    # and BLOCK_N >= S, so a tile starts on a page and both come from the tile's own lanes by
+    # shifts — not from each token slot by a signed division and remainder
+    tl.static_assert(BLOCK_N % S == 0, "a tile holds whole pages (S a power of two, BLOCK_N >= S)")
+    t_page = (t.to(tl.uint32) // S).to(tl.int32)
+    in_page = (t.to(tl.uint32) % S).to(tl.int32)
     for j in range(first * S, last * S, BLOCK_N):
         if KIND != 0:
             # Publish the maximum so far and take the other splits' (an attained score, so a
             # valid floor): survivors shrink to those near the global maximum. Issued before
             # the K load, whose latency hides the atomic's.
             shared = tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
-        if ALIGNED:
-            list_pos = j // S + t_page
-            in_page = t_off
-        else:
-            slot = j + t  # token slot within this program's slice of the list
-            list_pos = slot // S
-            in_page = slot % S
+        list_pos = j // S + t_page
         in_list = list_pos < last
         if split == NSPLIT:
             logical = tl.zeros_like(list_pos) + newest
@@ -563,6 +562,8 @@ def sparse_decode(
     """
     b, hq, d = q.shape
     _, hkv, p, s, _ = k_pages.shape
+    if s & (s - 1):
+        raise ValueError(f"sparse_decode: k_pages [B, Hkv, P, S, D] needs a page size S that is a power of two, got {s}")
     g = hq // hkv
     m = pages.shape[-1]
     kind = alpha_kind(alpha)
@@ -599,7 +600,7 @@ def sparse_decode(
         BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, WIDE=p * s * d >= WIDE_OFFSETS, num_warps=SCORES_WARPS,
+        KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)

@@ -165,6 +165,7 @@ CASES = [  # (alpha, dtype, group, alibi)
     (1.0, torch.float32, 4, False), (1.0, torch.float16, 1, True), (1.25, torch.float32, 2, True),
     (1.25, torch.bfloat16, 8, False), (1.5, torch.float16, 4, False), (1.5, torch.float32, 8, True),
     (1.5, torch.float64, 2, True), (2.0, torch.bfloat16, 2, True), (2.0, torch.float32, 1, False),
+    (1.5, torch.float32, 3, True),  # G = 3: query heads' rows padded to 4 (and the dot's to 16)
 ]
 
 
@@ -278,11 +279,12 @@ def test_sparse_decode_follows_the_page_table(alpha, poison):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
 
 
-@pytest.mark.parametrize("alpha,dtype,group,alibi", [case for case in CASES if case[0] > 1])
+@pytest.mark.parametrize("alpha,dtype,group,alibi", [case for case in CASES if case[0] > 1]
+                         + [(1.5, torch.float32, 3, True), (2.0, torch.float16, 16, False)])
 def test_sparse_decode_on_the_heads_rows_equals_the_dots_rows(alpha, dtype, group, alibi, poison, monkeypatch):
     """α > 1 scoring on the query heads' rows of each tile (``FIRST_ROWS``: 2, 4 or 8 of the
-    dot's 16) against the scoring on all 16: bit for bit the same output and τ, page lists and
-    dense, with and without a score floor."""
+    dot's 16; 4 for G = 3; none cut at G = 16) against the scoring on all 16: bit for bit the
+    same output and τ, page lists and dense, with and without a score floor."""
     seed = fresh_seed()
     hkv, d, s = 2, 32, 16
     lens = lengths(seed, 3)
@@ -328,6 +330,22 @@ def test_sparse_decode_64_bit_row_offsets_equal_the_32_bit_ones(alpha, poison, m
             got = sparse_decode(*args)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"seed {seed} dense {dense}")
+
+
+def test_sparse_decode_takes_64_bit_offsets_from_2_31_elements_a_head():
+    """A 32-bit row offset reaches P·S·D − 1: the last size without 64-bit offsets is 2^31
+    elements less one (the kernel's ``WIDE`` switch, which no CPU cache reaches)."""
+    from entmaxkv.kernels.sparse_decode import needs_wide_offsets
+
+    assert not needs_wide_offsets(2**20 - 1, 16, 128) and needs_wide_offsets(2**20, 16, 128)
+    assert not needs_wide_offsets(1, 1, 2**31 - 1) and needs_wide_offsets(1, 1, 2**31)
+
+
+def test_sparse_decode_refuses_a_page_size_that_is_not_a_power_of_two():
+    q, k = torch.zeros(1, 2, 16), torch.zeros(1, 1, 4, 12, 16)
+    with pytest.raises(ValueError, match="power of two"):
+        sparse_decode(q, k, k, None, torch.zeros(1, 1, 4, dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32),
+                      torch.tensor([40]), None, None, None, None, 1.5, 0.3, False, TAU_EXACT, 0)
 
 
 def test_sparse_decode_splits_keep_few_survivors(monkeypatch):

@@ -185,6 +185,32 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
+@pytest.mark.parametrize("top", [0, 17, 35, 38])
+def test_quest_select_ranks_keys_in_every_block(top, poison, monkeypatch):
+    """Ranked rows of 40 pages in 4-page rank blocks and 4-page list chunks, the best key at
+    page ``top`` (38: the last rank block holding a candidate, 39 is the newest page), budget 1
+    and 3: the selection is that page (and the next best), wherever its block is — a rank grid
+    one block short, or a block skipped, loses it. (Review of session 10: no other test put a
+    candidate in a row's last rank block.)"""
+    small_blocks(monkeypatch, "ranked")
+    p, group = 40, 2
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=16, capacity=p * S, page_size=S,
+                                   dtype=torch.float32)
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([p * S]))  # 39 candidates
+    upper = -torch.arange(p, dtype=torch.float32).expand(1, 1, group, p).contiguous()
+    upper[..., top] = 10.0
+    newest_max, newest_mag = torch.zeros(1, 1, group), torch.ones(1, 1, group)
+    q = torch.zeros(1, group, 1, 16)
+    for budget in (1, 3):
+        want_mask, want_floor = torch_selection(cache, q, 1.5, None, upper, None, None, newest_max, newest_mag,
+                                                budget, None, 0, 0)
+        pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S,
+                                                 16, 1.5, budget, 0.0, 0, 0)
+        assert torch.equal(mask, want_mask.expand_as(mask)) and bool(mask[0, 0, top]), (top, budget)
+        assert pages[0, 0, : int(count[0, 0])].tolist() == want_mask[0, 0].nonzero().flatten().tolist()
+        assert torch.equal(floor, want_floor)
+
+
 @pytest.mark.parametrize("layout", ["chunked", "streamed", "ranked"])
 def test_quest_select_reads_no_key_past_the_candidates(layout, monkeypatch):
     """As ``test_quest_select_on_random_page_scores_with_ties``, with torch.empty handing out
