@@ -8,8 +8,8 @@ Two kernels, K read once, V read only where the weight is non-zero:
    the support — z = (α−1)·s > (α−1)·m − 1 with m the running maximum score (τ >= (α−1)·max s − 1
    because the top token alone has mass >= 1) — and writes their scores and positions to a
    small per-split scratch. The splits share their maxima through one atomic max per query
-   head, so m is soon close to the global maximum; at the end each split filters its
-   survivors again against its final m. For softmax it runs the usual online softmax with V
+   head, so m is soon close to the global maximum; at the end each split takes the global
+   maximum once more and filters its survivors again against it. For softmax it runs the usual online softmax with V
    (flash decode) and writes per-split partial sums.
 2. ``_tau_kernel``, grid (B·Hq): gathers the survivors (a few slots of every split a load),
    solves τ on them in float64 — held in registers when they are few — by bisection
@@ -68,10 +68,21 @@ WIDE_OFFSETS = 2**31
 # α > 1: the scoring loop works on the query heads' rows of a tile's scores only (their next
 # power of two, at least 2), not on the dot's 16 (``_first_rows``)
 FIRST_ROWS = True
-ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel
+ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel (a streamed solve)
+# survivors whose V rows the τ kernel reads per iteration (the support: a few tokens a head on the
+# benchmark's data, so a 64-row float64 tile was mostly masked work)
+V_ROWS = 16
+# α > 1: before its final filter a scoring program takes the global running maximum once more
+# (one relaxed atomic): a split that finished before the others published theirs filtered its
+# survivors against its own maximum only, and on TopK lists whole splits survived it (the τ
+# kernel then gathered up to CAP slots of every split)
+FINAL_EXCHANGE = True
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
+# up to this many, in a register block this small (each round of the solve is a reduction over
+# the block: 32 lanes are one warp's; BLOCK_REGS: no small block)
+SMALL_REGS = 32
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
 
 
@@ -124,7 +135,7 @@ def _scores_kernel(
     BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
     HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, WIDE: tl.constexpr,
-    PDL: tl.constexpr = False,
+    FINAL_EXCHANGE: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -260,6 +271,9 @@ def _scores_kernel(
         # Early tokens passed a floor from a smaller running maximum: filter this split's
         # survivors again against its final maximum, in place (each chunk is read before
         # anything at or past it is written), so the τ kernel gathers only a few per split.
+        if FINAL_EXCHANGE:  # the other splits' maxima published meanwhile (attained scores)
+            shared = tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
+            m = tl.maximum(m, tl.where(gmask, shared, float("-inf")))
         floor = lin_w * m - 1.0
         if GIVEN_TAU:
             floor = tl.minimum(floor, given)
@@ -429,7 +443,8 @@ def _tau_kernel(
     comp_s, comp_i, out, tau_out, fits,
     alpha, H, G, P, D, CAP, refine_iters,
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, TAU_MODE: tl.constexpr,
+    BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, SMALL_REGS: tl.constexpr,
+    V_ROWS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
     PAGED: tl.constexpr, HAS_FITS: tl.constexpr, PDL: tl.constexpr = False,
 ):
@@ -489,14 +504,20 @@ def _tau_kernel(
             s2 = tl.load(cand_s + src2, mask=ok2, other=float("-inf"))
             pos2 = tl.load(cand_i + src2, mask=ok2, other=0)
             keep2 = tl.reshape((ok2 & (s2.to(tl.float64) * lin > floor)).to(tl.int32), (BLOCK_SPLIT * GATHER,))
-            at2 = base + total + tl.cumsum(keep2, axis=0) - keep2
-            tl.store(comp_s + at2, tl.reshape(s2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
-            tl.store(comp_i + at2, tl.reshape(pos2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
-            total += tl.sum(keep2)
-        r = tl.arange(0, BLOCK)
+            kept2 = tl.sum(keep2)
+            if kept2 > 0:  # most loads keep nothing: no scan, no stores
+                at2 = base + total + tl.cumsum(keep2, axis=0) - keep2
+                tl.store(comp_s + at2, tl.reshape(s2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+                tl.store(comp_i + at2, tl.reshape(pos2, (BLOCK_SPLIT * GATHER,)), mask=keep2 == 1)
+            total += kept2
         tl.debug_barrier()  # the compacted survivors are visible to every lane
 
-        if total <= BLOCK_REGS:  # the usual case: solve with the survivors held in registers
+        if total <= SMALL_REGS:  # the usual case: a few survivors, held in a small register block
+            rr = tl.arange(0, SMALL_REGS)
+            z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
+            tau = _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
+                             TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, True)
+        elif total <= BLOCK_REGS:  # held in registers
             rr = tl.arange(0, BLOCK_REGS)
             z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
             tau = _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
@@ -507,8 +528,9 @@ def _tau_kernel(
 
         # weights on the support, V read for those tokens only
         acc = tl.zeros((BLOCK_D,), tl.float64)
-        norm = tl.zeros((BLOCK,), tl.float64)
-        for off in range(0, total, BLOCK):
+        r = tl.arange(0, V_ROWS)
+        norm = tl.zeros((V_ROWS,), tl.float64)
+        for off in range(0, total, V_ROWS):
             ok = off + r < total
             z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
             live = ok & (z > tau)
@@ -600,7 +622,8 @@ def sparse_decode(
         BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
-        KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), num_warps=SCORES_WARPS,
+        KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
+        num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
@@ -612,7 +635,8 @@ def sparse_decode(
         comp_s, comp_i, out, tau, fits if fits is not None else seq_lens,
         alpha, hkv, g, p, d, cap, refine_iters,
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
-        GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
+        GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS,
+        TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
         KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, **pdl_kwargs(q, "sparse_decode")
     )

@@ -54,10 +54,15 @@ def assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
 
 
+@pytest.mark.parametrize("small_regs", [1, 64])
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
-def test_exact_tau_needs_no_bisection(alpha, monkeypatch):
+def test_exact_tau_needs_no_bisection(alpha, small_regs, monkeypatch):
+    """Every register form of the solve: the short row (at most 57 survivors) in the small
+    block (``SMALL_REGS`` = 64) or in the ``BLOCK_REGS`` one (``SMALL_REGS`` = 1), the long row
+    streamed."""
     seed, cache, q, pages, count, (want, want_tau) = case(alpha)
     monkeypatch.setattr(sd, "bisection_steps", lambda work: 0)
+    monkeypatch.setattr(sd, "SMALL_REGS", small_regs)
     assert_equals_the_reference(alpha, seed, cache, q, pages, count, want, want_tau)
 
 
