@@ -61,7 +61,7 @@ from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
 from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
 
-__all__ = ["quest_select", "float64_words", "list_capacity"]
+__all__ = ["quest_select", "float64_words", "list_capacity", "search_block"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
 CHUNK_WARPS = 4
@@ -85,9 +85,29 @@ LIST_WARPS = 4
 # 16,384, 26.3 / 34.3 at 32,768); 16K (1,047 pages, a 2,048-lane row) 30.0 → 32.0 and 43.5 →
 # 45.7: slower, hence 1024; 32K ranked 33.5 → 59.6. A first form streaming the row through 64-key
 # tiles was bound by its loop's load latency (call 3: −1 µs at 8K, +2 at 16K, +8 at 32K)
+# a searched row held as a power-of-two block and a small tail block (``search_block``), not one
+# block of next_pow2(P) lanes: a cache with room for a few more pages than a power of two (8,196
+# at 128K in the benchmark) made every counting pass twice as long
+TAIL_BLOCKS = True
 RANK_PAGES = 1024
 RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
+
+
+def search_block(num_pages: int) -> tuple[int, int]:
+    """(BLOCK, TAIL) lanes of the search program's row (``threshold_search``): a row of up to
+    ``MAX_BLOCK`` pages in registers, as the largest power of two below it and, for the rest, a
+    tail block of the next power of two (``TAIL_BLOCKS``) where that is fewer lanes than one
+    block of next_pow2(P) (8,196 pages: 8,192 + 16, not 16,384); longer rows stream MAX_BLOCK
+    lanes at a time (TAIL 0)."""
+    whole = max(16, next_pow2(num_pages))
+    if whole > MAX_BLOCK:
+        return MAX_BLOCK, 0
+    block = whole // 2
+    rest = num_pages - block
+    if not TAIL_BLOCKS or whole <= 16 or rest <= 0 or next_pow2(rest) >= block:
+        return whole, 0
+    return block, max(16, next_pow2(rest))
 
 
 def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int) -> int:
@@ -244,16 +264,39 @@ def _rank_kernel(
 
 
 @triton.jit
+def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT: tl.constexpr, NBITS: tl.constexpr,
+                  LANES: tl.constexpr, LIST: tl.constexpr):
+    """For the LANES keys x (whole LIST-key chunks from chunk ``first_chunk`` on; −inf: not
+    eligible), store per chunk the keys above t and the ties with t up to the chunk's end, after
+    ``above`` and ``ties`` carried from earlier lanes; return the carried counts past x. Both
+    counts of every chunk at once, packed (ties << 16 | above: LANES < 2^15) — a [LANES // LIST,
+    LIST] sum and a scan of its few chunk sums (a scan over a 16,384-lane block's lanes took
+    6–10 µs of the search program on the H200)."""
+    u = _ordered(x, INT, NBITS)
+    ok = x > float("-inf")
+    packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
+    upto = tl.cumsum(tl.sum(tl.reshape(packed, (LANES // LIST, LIST)), axis=1), axis=0)
+    chunk = first_chunk + tl.arange(0, LANES // LIST)
+    at = taken_before + (row * NLIST + chunk) * 2
+    tl.store(at, above + (upto & 0xFFFF), mask=chunk < NLIST)
+    tl.store(at + 1, ties + (upto >> 16), mask=chunk < NLIST)
+    total = tl.sum(packed)
+    return above + (total & 0xFFFF), ties + (total >> 16)
+
+
+@triton.jit
 def _search_kernel(
     keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
-    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
+    LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
-    end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term."""
+    end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term. ``TAIL`` > 0:
+    the row is held as BLOCK lanes and TAIL more (``threshold_search``'s tail block)."""
     pdl_enter(PDL)
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
@@ -265,37 +308,34 @@ def _search_kernel(
     # keys past n were never written: every read masks them to −inf (not eligible)
     x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the whole row if ONE_CHUNK
     u_all = _eligible_ordered(x_all, INT, NBITS)
+    if TAIL > 0:  # the row's last lanes, past BLOCK
+        tail = BLOCK + tl.arange(0, TAIL)
+        x_tail = tl.load(base + tail, mask=tail < n, other=float("-inf"))
+        u_tail = _eligible_ordered(x_tail, INT, NBITS)
+    else:
+        x_tail, u_tail = x_all, u_all  # not read
     eligible_total = _count(base, lanes, n, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
-                            ONE_CHUNK)
+                            ONE_CHUNK, u_tail, TAIL)
     k = tl.minimum(tl.minimum(want, eligible_total), P)
     t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
-                                PROBES)
+                                PROBES, u_tail, TAIL)
     tl.store(kept + row, k)
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
 
-    # both counts of every chunk of a block at once, packed (ties << 16 | above: a block's
-    # counts are below 2^15): a [BLOCK // LIST, LIST] sum and a scan of its few chunk sums (a
-    # scan over the block's lanes took 6–10 µs of this program at 16,384 lanes on the H200);
-    # chunk c stores the counts of chunks 0..c, plus earlier blocks'
-    above_carried = 0
-    ties_carried = 0
-    for start in range(0, P, BLOCK):  # once when ONE_CHUNK
-        if ONE_CHUNK:
-            x = x_all
-        else:
+    # per LIST-page chunk, the counts up to its end (chunk c: chunks 0..c)
+    if ONE_CHUNK:
+        above, ties = _chunk_counts(x_all, t, 0, 0, 0, taken_before, row, NLIST, INT, NBITS, BLOCK, LIST)
+        if TAIL > 0:  # the tail's chunks follow the block's (one partial chunk when TAIL < LIST)
+            _chunk_counts(x_tail, t, BLOCK // LIST, above, ties, taken_before, row, NLIST, INT, NBITS, TAIL,
+                          min(LIST, TAIL))
+    else:
+        above = 0
+        ties = 0
+        for start in range(0, P, BLOCK):
             x = tl.load(base + start + lanes, mask=start + lanes < n, other=float("-inf"))
-        u = _ordered(x, INT, NBITS)
-        ok = x > float("-inf")
-        packed = (ok & (u > t)).to(tl.int32) | ((ok & (u == t)).to(tl.int32) << 16)
-        upto = tl.cumsum(tl.sum(tl.reshape(packed, (BLOCK // LIST, LIST)), axis=1), axis=0)
-        chunk = start // LIST + tl.arange(0, BLOCK // LIST)
-        at = taken_before + (row * NLIST + chunk) * 2
-        tl.store(at, above_carried + (upto & 0xFFFF), mask=chunk < NLIST)
-        tl.store(at + 1, ties_carried + (upto >> 16), mask=chunk < NLIST)
-        total = tl.sum(packed)
-        above_carried += total & 0xFFFF
-        ties_carried += total >> 16
+            above, ties = _chunk_counts(x, t, start // LIST, above, ties, taken_before, row, NLIST, INT, NBITS, BLOCK,
+                                        LIST)
 
     _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G, G_PAD, WORK)
 
@@ -397,7 +437,7 @@ def quest_select(
         upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
         sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
         num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
-    block = min(MAX_BLOCK, max(16, next_pow2(p)))
+    block, tail = search_block(p)
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
     lists = triton.cdiv(p, list_pages)
@@ -421,8 +461,8 @@ def quest_select(
             keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p, lists,
-            BLOCK=block, ONE_CHUNK=p <= block, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-            LIST=list_pages, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
+            LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,
             num_warps=SELECT_WARPS if block >= 2048 else 4, **pdl_kwargs(upper, "quest_select"),
         )
     wrap_triton(_list_kernel)[(b * hkv, lists)](

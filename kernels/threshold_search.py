@@ -22,6 +22,11 @@ has the measurements.) Two searches:
   On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
   arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4.
 
+A row held in registers (``ONE_CHUNK``) is one power-of-two block of lanes, or — where the row
+is a few lanes longer than a power of two, as a cache with room for more tokens is — that block
+and a small power-of-two ``TAIL`` block for its last lanes: 8,196 pages take 8,192 + 16 lanes,
+not 16,384, and every counting pass half the work (``u_tail``; ``TAIL`` = 0: one block).
+
 Both select the same pages, bit for bit (``_take``: the keys above t, then the first
 ``ties_wanted`` keys equal to t), though not always from the same (t, ties_wanted): the
 interpolation search's exact exit returns t = probe − 1, which need not be a key, with no
@@ -73,10 +78,14 @@ def _eligible_ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
 
 @triton.jit
 def _count(base, lanes, P, cand, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
-           ONE_CHUNK: tl.constexpr):
-    """#{eligible u >= cand} over the row (from registers when the row is one chunk)."""
+           ONE_CHUNK: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
+    """#{eligible u >= cand} over the row (from registers when the row is one chunk: ``u_all``,
+    and with ``TAIL`` > 0 the row's last lanes ``u_tail``, see the module docstring)."""
     if ONE_CHUNK:
-        return tl.sum((u_all >= cand).to(tl.int32))
+        c = tl.sum((u_all >= cand).to(tl.int32))
+        if TAIL > 0:
+            c += tl.sum((u_tail >= cand).to(tl.int32))
+        return c
     c = 0
     for start in range(0, P, BLOCK):
         x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
@@ -102,7 +111,7 @@ def _unpacked(total, FIELD: tl.constexpr):
 
 @triton.jit
 def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
-            ONE_CHUNK: tl.constexpr, FIELD: tl.constexpr):
+            ONE_CHUNK: tl.constexpr, FIELD: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
     """(#{eligible u >= c1}, … >= c2, … >= c3) over the row, one reduction per chunk. A chunk's
     counts are <= BLOCK < 2^FIELD (``search_radix``), so its packed sum has no carry between
     fields; a streamed row adds the unpacked counts (int32), so the row length is not bounded
@@ -110,7 +119,11 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
     tl.static_assert((1 << FIELD) > BLOCK, "a FIELD-bit field must hold a chunk's count (up to BLOCK)")
     tl.static_assert(3 * FIELD <= 63, "three FIELD-bit fields must fit a non-negative int64")
     if ONE_CHUNK:
-        return _unpacked(tl.sum(_packed_ge(u_all, c1, c2, c3, FIELD)), FIELD)
+        n1, n2, n3 = _unpacked(tl.sum(_packed_ge(u_all, c1, c2, c3, FIELD)), FIELD)
+        if TAIL > 0:  # a tail's counts (<= TAIL <= BLOCK) unpacked on their own
+            t1, t2, t3 = _unpacked(tl.sum(_packed_ge(u_tail, c1, c2, c3, FIELD)), FIELD)
+            n1, n2, n3 = n1 + t1, n2 + t2, n3 + t3
+        return n1, n2, n3
     n1 = 0
     n2 = 0
     n3 = 0
@@ -126,7 +139,7 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
 @triton.jit
 def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
-               PROBES: tl.constexpr):
+               PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
     """(t, ties_wanted) such that the keys above t and the first ``ties_wanted`` keys equal to
     t are the row's k largest (the bitwise search: t the k-th largest key, or the lowest value
     when every eligible key is taken; the interpolation search may return another such pair,
@@ -135,15 +148,16 @@ def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBIT
     them) or, when ONE_CHUNK, from their images ``u_all`` in registers."""
     if PROBES > 0:
         return _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK,
-                                       PROBES)
+                                       PROBES, u_tail, TAIL)
     else:
         return _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
-                                  FIELD)
+                                  FIELD, u_tail, TAIL)
 
 
 @triton.jit
 def _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
-                       BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr):
+                       BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
+                       u_tail=None, TAIL: tl.constexpr = 0):
     """(t, ties_wanted): the k-th largest ordered key t of the row, and how many keys equal to
     t the k largest include. t is the largest t with #{u >= t} >= k, built from the most
     significant bit down, RADIX bits a pass (1 or 2; NBITS is even). Bits are set on the
@@ -158,7 +172,7 @@ def _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constex
         if RADIX == 1:
             for i in range(NBITS):
                 cand_bits = t_bits | (one << (NBITS - 1 - i))
-                c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+                c = _count(base, lanes, P, cand_bits ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
                 t_bits = tl.where(c >= k, cand_bits, t_bits)
         else:
             tl.static_assert(RADIX == 2, "RADIX is 1 or 2")
@@ -168,10 +182,11 @@ def _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constex
                 # t|01 < t|10 < t|11, so n01 >= n10 >= n11: the largest candidate with a count
                 # >= k is the one the two 1-bit passes (bit hi, then bit lo) would reach
                 n01, n10, n11 = _count3(base, lanes, P, (t_bits | lo) ^ sign, (t_bits | hi) ^ sign,
-                                        (t_bits | hi | lo) ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK, FIELD)
+                                        (t_bits | hi | lo) ^ sign, u_all, INT, NBITS, BLOCK, ONE_CHUNK, FIELD,
+                                        u_tail, TAIL)
                 t_bits = tl.where(n11 >= k, t_bits | hi | lo,
                                   tl.where(n10 >= k, t_bits | hi, tl.where(n01 >= k, t_bits | lo, t_bits)))
-        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+        above = _count(base, lanes, P, (t_bits ^ sign) + 1, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
     return t_bits ^ sign, k - above
 
 
@@ -188,7 +203,7 @@ def _value_of(u, INT: tl.constexpr, NBITS: tl.constexpr):
 
 @triton.jit
 def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
-                  ONE_CHUNK: tl.constexpr):
+                  ONE_CHUNK: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
     """(#{u = +inf}, smallest finite u, largest finite u) of the row's ordered keys; the ends
     are the image of +inf and the lowest integer when no key is finite. Ineligible keys (−inf,
     NaN) have the lowest integer (``_eligible_ordered``): they are neither."""
@@ -199,6 +214,11 @@ def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr,
         n_inf = tl.sum((u_all == top).to(tl.int32))
         small = tl.min(tl.where(finite, u_all, top))
         large = tl.max(tl.where(finite, u_all, lowest))
+        if TAIL > 0:
+            finite_t = (u_tail > lowest) & (u_tail < top)
+            n_inf += tl.sum((u_tail == top).to(tl.int32))
+            small = tl.minimum(small, tl.min(tl.where(finite_t, u_tail, top)))
+            large = tl.maximum(large, tl.max(tl.where(finite_t, u_tail, lowest)))
     else:
         n_inf = 0
         small = top
@@ -215,7 +235,8 @@ def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr,
 
 @triton.jit
 def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
-                            BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr):
+                            BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, u_tail=None,
+                            TAIL: tl.constexpr = 0):
     """``_threshold``'s (t, ties_wanted) by interpolation probes, then bisection (module
     docstring). Invariant: lo < hi, #{u >= lo} >= k > #{u >= hi} = c_hi. The probe's value
     is clamped into (lo, hi) as an integer, so any rounding of the model only slows it."""
@@ -224,7 +245,7 @@ def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.co
     t = lowest
     ties = k
     if k < eligible_total:  # else every eligible key is taken: nothing to search
-        n_inf, lo, hi = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+        n_inf, lo, hi = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
         if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
             t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
         else:  # n_inf < k < eligible: some finite key is the k-th, and hi + 1 cannot overflow
@@ -245,7 +266,7 @@ def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.co
                 middle = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
                 probe = tl.where(i < PROBES, _ordered(guess.to(KEY), INT, NBITS), middle)
                 probe = tl.minimum(tl.maximum(probe, lo + 1), hi - 1)
-                c = _count(base, lanes, P, probe, u_all, INT, NBITS, BLOCK, ONE_CHUNK)
+                c = _count(base, lanes, P, probe, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
                 up = c >= k
                 c_f = c.to(tl.float64)
                 # Illinois: an end kept twice in a row has its model count halved toward k + ½

@@ -90,7 +90,16 @@ def small_blocks(monkeypatch, layout: str) -> None:
     ``streamed``: also a selection block of 8 pages, so the search streams its keys from memory
     instead of holding the row in registers, and counts per chunk block by block; ``ranked``:
     4 pages a rank program (256 comparisons over rows of up to 64 lanes: a ragged last block),
-    4 pages a list program (each counts the chunks before it itself)."""
+    4 pages a list program (each counts the chunks before it itself). The searched rows of
+    9–37 pages are held as a power-of-two block and a tail block (``search_block``: 37 pages
+    as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
+    ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
+    off)."""
+    if layout == "one block":
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
+    if layout == "tail chunks":  # 2-page list chunks: the tail's 16 lanes are 8 of them, and on
+        # 37-page rows (the newest page the 37th) the tail chunks 16 and 17 both hold candidates
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 2)
     if layout in ("chunked", "streamed", "ranked"):
         monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
         monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 4)
@@ -105,6 +114,7 @@ def small_blocks(monkeypatch, layout: str) -> None:
 @pytest.mark.parametrize("dtype, group, layout", [
     (dtype, group, "registers") for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     for group in (1, 2, 4)] + [(torch.float32, 4, "chunked"), (torch.float16, 2, "chunked"),
+                               (torch.float32, 2, "one block"), (torch.float64, 4, "one block"),
                                (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
     + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
                                                      (torch.float64, 2))])
@@ -135,7 +145,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "chunked", "streamed", "ranked"])
+@pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
