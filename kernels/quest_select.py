@@ -218,11 +218,20 @@ def _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G: tl.constexpr
 
 
 @triton.jit
+def _gt_ge(u_i, u_j):
+    """Per key of u_i [BLOCK], the keys of u_j [R] above it and at or above it, as one packed
+    int32 sum (ge << 16 | gt: no carry while R < 2^15)."""
+    return tl.sum((u_j[None, :] > u_i[:, None]).to(tl.int32) + ((u_j[None, :] >= u_i[:, None]).to(tl.int32) << 16),
+                  axis=1)
+
+
+@triton.jit
 def _rank_kernel(
     keys, newest_max, newest_mag, seq_lens, kept, found, floor,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr,
-    NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
+    NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
+    PDL: tl.constexpr = False,
 ):
     """``_search_kernel``'s (t, ties wanted) without a search, for a block of BLOCK of a row's
     pages: each key u_i of the block is compared with every key of the row (ROW >= n lanes, one
@@ -231,9 +240,10 @@ def _rank_kernel(
     it), and the first k − gt_i of its ties are taken: the pages holding it store (t, k − gt_i),
     the same pair from each. With k = 0 no page holds it and block 0 stores (the image of +inf,
     0), which takes nothing. Block 0 also stores the count and the floor's newest-page term. The
-    list launch then counts, per chunk, the keys above t and the ties before it itself."""
+    list launch then counts, per chunk, the keys above t and the ties before it itself. With
+    ``TAIL`` > 0 the row is ROW lanes and TAIL more (``search_block``)."""
     pdl_enter(PDL)
-    tl.static_assert(ROW < 2**15, "a row's counts, shifted by 16, must stay a positive int32")
+    tl.static_assert(ROW + TAIL < 2**15, "a row's counts, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -244,12 +254,17 @@ def _rank_kernel(
     j = tl.arange(0, ROW)
     u_j = _eligible_ordered(tl.load(base + j, mask=j < n, other=float("-inf")), INT, NBITS)
     # both counts in one int32 sum (ge << 16 | gt): each is at most ROW < 2^15, so no carry
-    counts = tl.sum((u_j[None, :] > u_i[:, None]).to(tl.int32) + ((u_j[None, :] >= u_i[:, None]).to(tl.int32) << 16),
-                    axis=1)
+    counts = _gt_ge(u_i, u_j)
+    eligible = tl.sum((u_j > lowest).to(tl.int32))
+    if TAIL > 0:  # the row's last lanes, past ROW
+        jt = ROW + tl.arange(0, TAIL)
+        u_t = _eligible_ordered(tl.load(base + jt, mask=jt < n, other=float("-inf")), INT, NBITS)
+        counts += _gt_ge(u_i, u_t)
+        eligible += tl.sum((u_t > lowest).to(tl.int32))
     gt = counts & 0xFFFF
     ge = counts >> 16
     want = _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE)
-    k = tl.minimum(tl.minimum(want, tl.sum((u_j > lowest).to(tl.int32))), P)
+    k = tl.minimum(tl.minimum(want, eligible), P)
     holds_t = (u_i > lowest) & (gt < k) & (ge >= k)
     at = found + row * 2 + tl.zeros((BLOCK,), tl.int32)
     tl.store(at, u_i.to(tl.int64), mask=holds_t)
@@ -447,13 +462,15 @@ def quest_select(
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
     ranked = p <= RANK_PAGES
     if ranked:
-        row_lanes = max(16, next_pow2(p))
-        rank_block = max(1, min(64, row_lanes, RANK_PAIRS // row_lanes))
+        row_lanes, rank_tail = search_block(p)
+        pairs = max(1, RANK_PAIRS // (row_lanes + rank_tail))
+        rank_block = min(64, row_lanes, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p,
-            BLOCK=rank_block, ROW=row_lanes, COVERAGE=budget_pages < 0, **wide_ints, **kinds, num_warps=RANK_WARPS,
+            BLOCK=rank_block, ROW=row_lanes, TAIL=rank_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            num_warps=RANK_WARPS,
             **pdl_kwargs(upper, "quest_select"),
         )
     else:

@@ -89,12 +89,15 @@ def small_blocks(monkeypatch, layout: str) -> None:
     holds the row in registers (as at 128K on the GPU: 17 list chunks of a 16,384-lane row);
     ``streamed``: also a selection block of 8 pages, so the search streams its keys from memory
     instead of holding the row in registers, and counts per chunk block by block; ``ranked``:
-    4 pages a rank program (256 comparisons over rows of up to 64 lanes: a ragged last block),
+    4 pages a rank program (256 comparisons at most: 32 + 16 lanes a row, a ragged last block),
     4 pages a list program (each counts the chunks before it itself). The searched rows of
     9–37 pages are held as a power-of-two block and a tail block (``search_block``: 37 pages
     as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
-    off)."""
+    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes)."""
+    if layout == "ranked one block":
+        layout = "ranked"
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
     if layout == "one block":
         monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
     if layout == "tail chunks":  # 2-page list chunks: the tail's 16 lanes are 8 of them, and on
@@ -145,7 +148,8 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked"])
+@pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked",
+                                    "ranked one block"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
@@ -164,7 +168,9 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     # a row with 25 candidates: fl(25 · 0.56) = 14.000000000000002, so the count needs the − 1e-9
     lens = torch.tensor([rnd.randrange(1, p * S + 1), 25 * S + rnd.randrange(1, S + 1), p * S])
     cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
-    for budget, coverage in ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None)):
+    # (40, None): more pages than any row has, so the eligible count sets how many are kept
+    for budget, coverage in ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None),
+                             (40, None)):
         upper = (torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 4).round() / 2
         means = upper - (torch.rand(b, hkv, group, p, generator=g, dtype=dtype) * 6).round() / 2
         newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
