@@ -31,7 +31,7 @@ from entmaxkv.entmax import lin
 from entmaxkv.gaussian import gaussian_keep, solve_gaussian_tau
 from entmaxkv.newest_page import candidate_page_mask, newest_page_mask, newest_page_scores
 from entmaxkv.reference import attend, token_scores
-from entmaxkv.selection import Step
+from entmaxkv.selection import Step, live_pages
 from entmaxkv.state import PagedKVCache, append_token
 from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
@@ -163,6 +163,8 @@ class ReferenceOps(PageSets):
 
     def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if page_mask is None:  # all_pages without a mask
+            page_mask = live_pages(self.cache)
         tokens = self.cache.tokens_of(page_mask | self.newest)
         out, tau = attend(self.scores, self.cache.values(), tokens, self.alpha, tau, refine_iters)
         if fits is not None:
@@ -261,9 +263,9 @@ class KernelOps(PageSets):
         c = self.cache
         b = self.q.shape[0]
         floor = None
-        if all_pages:
-            pages = torch.zeros((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
-            count = pages[..., 0]
+        if all_pages:  # sparse_decode reads no list (dense=True): an empty one, no fill launched
+            pages = torch.empty((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
+            count = torch.empty((b, c.num_kv_heads), dtype=torch.int32, device=c.device)
         elif self._listed is not None and page_mask is self._listed[0]:
             pages, count, version, floor = self._listed[1:]  # the list holds candidates only
             if version is not None and page_mask._version != version:
@@ -314,6 +316,8 @@ class KernelOps(PageSets):
         newest = self._newest_floor()
         if self.means is None:
             return newest
+        if page_mask is None:  # all_pages without a mask
+            page_mask = live_pages(self.cache)
         chosen = (page_mask & self.candidates)[:, :, None, :]
         d, s = self.cache.head_dim, self.cache.page_size
         slack = mean_slack(self.means.dtype, s, d) * self.absmax

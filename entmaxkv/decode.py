@@ -99,7 +99,7 @@ def attend_cache(
     if not with_info:
         return out, None
 
-    page_mask = (selection.page_mask | step.newest) & cache.live_page_mask()[:, None, :]
+    page_mask = (selection.mask_of(cache) | step.newest) & cache.live_page_mask()[:, None, :]
     bound, certified = dropped_mass_bound(step, page_mask)
     if selection.certified is not None:  # the selector's proof (token-level bounds): nothing dropped
         certified = certified | selection.certified

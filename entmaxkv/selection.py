@@ -55,13 +55,14 @@ class StepOps(Protocol):
         ``recent_pages`` before the newest page forced (the kernel ops run it as one op). The
         same contract as ``top_pages``' mask: do not modify it in place."""
 
-    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+    def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Entmax attention over the tokens of ``page_mask`` [B, Hkv, P] plus the newest page
         (always attended, whether the mask holds it or not): ``(out [B, Hkv, G, D],
         tau [B, Hkv, G] float64)``; ``tau`` as in ``reference.attend``; ``all_pages``
-        promises the mask holds every live page; ``fits`` [B] bool (the append's): outputs of
-        sequences whose token did not fit are NaN."""
+        promises the mask holds every live page (and then it may be None: built only where it
+        is read); ``fits`` [B] bool (the append's): outputs of sequences whose token did not fit
+        are NaN."""
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``
@@ -117,10 +118,15 @@ class Step:
         return self.ops.candidates
 
 
+def live_pages(cache: PagedKVCache) -> Tensor:
+    """[B, Hkv, P] bool: every live page of ``cache`` (an expanded view of its [B, P] mask)."""
+    return cache.live_page_mask()[:, None, :].expand(cache.batch, cache.num_kv_heads, cache.num_pages)
+
+
 @dataclass(frozen=True)
 class Selection:
     """A selector's answer. page_mask: [B, Hkv, P] bool (the newest page is added by the
-    caller). tau: optional [B, Hkv, G] threshold to use instead of the exact τ over the
+    caller), or None with ``all_pages`` (``mask_of`` builds it where it is read). tau: optional [B, Hkv, G] threshold to use instead of the exact τ over the
     selected tokens (Gaussian ``fixed`` / ``corrected`` modes), refined by ``refine_iters``
     safeguarded Newton steps (see ``entmaxkv.refine``). all_pages: the selection is every
     live page (lets a backend skip building a page list). certified: optional [B, Hkv, G]
@@ -129,12 +135,20 @@ class Selection:
     certificate). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
     overflowed and that fell back to every page."""
 
-    page_mask: Tensor
+    page_mask: Tensor | None
     tau: Tensor | None = None
     refine_iters: int = 0
     all_pages: bool = False
     certified: Tensor | None = None
     overflow: Tensor | None = None
+
+    def __post_init__(self):
+        if self.page_mask is None and not self.all_pages:
+            raise ValueError("Selection: page_mask [B, Hkv, P] bool is required unless all_pages=True")
+
+    def mask_of(self, cache: PagedKVCache) -> Tensor:
+        """[B, Hkv, P] bool: the page mask, or every live page of ``cache`` when it is None."""
+        return self.page_mask if self.page_mask is not None else live_pages(cache)
 
 
 class Selector:
@@ -170,5 +184,6 @@ class Dense(Selector):
     needs_page_scores = False
 
     def select(self, step: Step) -> Selection:
-        c = step.cache
-        return Selection(c.live_page_mask()[:, None, :].expand(c.batch, c.num_kv_heads, c.num_pages), all_pages=True)
+        # no mask: the kernels attend every page without one, and building it cost a Dense step
+        # three small launches (arange, a product, a comparison: ~4 µs on the H200)
+        return Selection(None, all_pages=True)
