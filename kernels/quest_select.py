@@ -105,9 +105,10 @@ def search_block(num_pages: int) -> tuple[int, int]:
         return MAX_BLOCK, 0
     block = whole // 2
     rest = num_pages - block
-    if not TAIL_BLOCKS or whole <= 16 or rest <= 0 or next_pow2(rest) >= block:
+    tail = max(16, next_pow2(rest))  # a tile of at least 16 lanes, as the block
+    if not TAIL_BLOCKS or rest <= 0 or tail >= block:  # no fewer lanes than one block of whole
         return whole, 0
-    return block, max(16, next_pow2(rest))
+    return block, tail
 
 
 def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int) -> int:

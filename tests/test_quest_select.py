@@ -420,6 +420,21 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, mon
             assert torch.equal(floor, want_floor), msg
 
 
+@pytest.mark.parametrize("pages, want", [(1, (16, 0)), (16, (16, 0)), (17, (32, 0)), (31, (32, 0)), (33, (32, 16)),
+                                         (40, (32, 16)), (64, (64, 0)), (519, (512, 16)), (8192, (8192, 0)),
+                                         (8196, (8192, 16)), (8300, (8192, 128)), (12288, (8192, 4096)),
+                                         (12289, (16384, 0)), (16384, (16384, 0)), (16385, (16384, 0))])
+def test_search_block_holds_the_row_in_fewer_lanes(pages, want):
+    """(BLOCK, TAIL) of a row: a power-of-two block and a tail only where the two hold fewer
+    lanes than one block of next_pow2(P); together they cover the row (up to MAX_BLOCK, past
+    which the row streams in MAX_BLOCK-lane chunks)."""
+    from entmaxkv.kernels.quest_select import MAX_BLOCK, search_block
+
+    block, tail = search_block(pages)
+    assert (block, tail) == want
+    assert block + tail >= min(pages, MAX_BLOCK + 1) or block == MAX_BLOCK
+
+
 def test_the_list_is_as_long_as_the_selection_can_keep():
     """``list_capacity``: ceil(P·coverage) or the budget, at least the forced pages, at most P
     and at least 1 (the list's length sizes ``sparse_decode``'s splits; too short a list drops

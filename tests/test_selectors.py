@@ -576,3 +576,16 @@ def test_certificate_is_tight_on_constant_pages(alpha):
                         ratios.append(bound / dropped)
     assert ratios, "no step dropped mass: the test would check nothing"
     assert min(ratios) < 1.5, f"the certificate never came close to the true mass: {min(ratios)}"
+
+
+def test_a_selection_without_a_mask_is_every_live_page():
+    """``Dense`` answers with no mask (``all_pages``: the kernels attend every page without one);
+    ``mask_of`` builds it where it is read. Any other selection must carry its mask."""
+    cache = make_cache(0, 2, 2, 16, 16, [40, 17])[0]
+    selection = ekv.Dense().select(None)
+    assert selection.page_mask is None and selection.all_pages
+    mask = selection.mask_of(cache)
+    assert mask.shape == (2, 2, cache.num_pages)
+    assert mask.sum(-1).tolist() == [[3, 3], [2, 2]]  # ceil(40 / 16), ceil(17 / 16) live pages
+    with pytest.raises(ValueError, match="page_mask"):
+        ekv.selection.Selection(None)
