@@ -161,7 +161,7 @@ class ReferenceOps(PageSets):
         return gaussian_keep(self.candidates, forced, mu, sigma, upper, tau_hat, z, self.alpha, safety_margin_z,
                              excess_margin_fraction, outlier_margin)
 
-    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+    def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if page_mask is None:  # all_pages without a mask
             page_mask = live_pages(self.cache)
@@ -258,7 +258,7 @@ class KernelOps(PageSets):
             outlier_margin is not None, sink_pages, recent_pages)
         return self._keep_list(mask, pages, count, None), tau_floor
 
-    def attend(self, page_mask: Tensor, tau: Tensor | None = None, refine_iters: int = 0,
+    def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         c = self.cache
         b = self.q.shape[0]
@@ -303,7 +303,7 @@ class KernelOps(PageSets):
         return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0].contiguous(),
                                                exact_scores.contiguous(), self.alpha, iters, GAUSSIAN_EXPANSIONS)
 
-    def score_floor(self, page_mask: Tensor) -> Tensor | None:
+    def score_floor(self, page_mask: Tensor | None) -> Tensor | None:
         """[B, Hkv, G]: a score that some attended token reaches for sure — the best mean-key
         score of an attended full page (the mean key is a convex combination of the page's
         keys) or the newest page's best score — less what rounding could have added to it:

@@ -76,26 +76,28 @@ SELECT_WARPS = 8
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
 LIST_CHUNK = 512
 LIST_WARPS = 4
+# a row held as a power-of-two block and a small tail block (``search_block``), searched or
+# ranked, not one block of next_pow2(P) lanes: a cache with room for a few more pages than a
+# power of two (8,196 at 128K in the benchmark) made every counting pass twice as long
+TAIL_BLOCKS = True
 # rows of at most RANK_PAGES pages skip the threshold search: every key is ranked against the
-# whole row (held as one tile of next_pow2(P) lanes) in one launch over (row, block) programs of
-# RANK_PAIRS // next_pow2(P) pages each (``_rank_kernel``). Its work grows as n² (n candidates a
+# whole row (held in registers, ``search_block``'s lanes) in one launch over (row, block)
+# programs of a power of two <= RANK_PAIRS // lanes pages each (``_rank_kernel``). Its work grows as n² (n candidates a
 # row), the search's as its passes: the per-row search program is latency-bound (one program a
 # row: 6.1 µs at 8K on the H200). TopK 12.5% step (B = 1, 32/8, fp16, session 10 call 4): 8K
 # (516 pages) α = 1 27.8 → 25.1 µs, α = 1.5 35.6 → 32.9 with RANK_PAIRS 8192 (25.8 / 33.5 at
-# 16,384, 26.3 / 34.3 at 32,768); 16K (1,047 pages, a 2,048-lane row) 30.0 → 32.0 and 43.5 →
-# 45.7: slower, hence 1024; 32K ranked 33.5 → 59.6. A first form streaming the row through 64-key
-# tiles was bound by its loop's load latency (call 3: −1 µs at 8K, +2 at 16K, +8 at 32K)
-# a searched row held as a power-of-two block and a small tail block (``search_block``), not one
-# block of next_pow2(P) lanes: a cache with room for a few more pages than a power of two (8,196
-# at 128K in the benchmark) made every counting pass twice as long
-TAIL_BLOCKS = True
+# 16,384, 26.3 / 34.3 at 32,768); 16K (1,047 pages, then a 2,048-lane row; since session 11
+# 1,024 + 32 lanes, not re-measured ranked) 30.0 → 32.0 and 43.5 → 45.7: slower, hence 1024;
+# 32K ranked 33.5 → 59.6. A first form streaming the row through 64-key tiles was bound by its
+# loop's load latency (call 3: −1 µs at 8K, +2 at 16K, +8 at 32K)
 RANK_PAGES = 1024
 RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
 
 
 def search_block(num_pages: int) -> tuple[int, int]:
-    """(BLOCK, TAIL) lanes of the search program's row (``threshold_search``): a row of up to
+    """(BLOCK, TAIL) lanes of a row for the search program (``threshold_search``) and the rank
+    programs (``_rank_kernel``): a row of up to
     ``MAX_BLOCK`` pages in registers, as the largest power of two below it and, for the rest, a
     tail block of the next power of two (``TAIL_BLOCKS``) where that is fewer lanes than one
     block of next_pow2(P) (8,196 pages: 8,192 + 16, not 16,384); longer rows stream MAX_BLOCK
@@ -235,10 +237,10 @@ def _rank_kernel(
     PDL: tl.constexpr = False,
 ):
     """``_search_kernel``'s (t, ties wanted) without a search, for a block of BLOCK of a row's
-    pages: each key u_i of the block is compared with every key of the row (ROW >= n lanes, one
-    tile), gt_i = #{u > u_i} and ge_i = #{u >= u_i}. The k-th largest key t is the key of any
-    eligible page with gt_i < k <= ge_i (at most k − 1 keys above it, at least k at or above
-    it), and the first k − gt_i of its ties are taken: the pages holding it store (t, k − gt_i),
+    pages: each key u_i of the block is compared with every key of the row (ROW lanes, and TAIL
+    more: ROW + TAIL >= n), gt_i = #{u > u_i} and ge_i = #{u >= u_i}. The k-th largest key t
+    is the key of any eligible page with gt_i < k <= ge_i (at most k − 1 keys above it, at least
+    k at or above it), and the first k − gt_i of its ties are taken: the pages holding it store (t, k − gt_i),
     the same pair from each. With k = 0 no page holds it and block 0 stores (the image of +inf,
     0), which takes nothing. Block 0 also stores the count and the floor's newest-page term. The
     list launch then counts, per chunk, the keys above t and the ties before it itself. With
@@ -254,7 +256,7 @@ def _rank_kernel(
     u_i = _eligible_ordered(tl.load(base + idx, mask=idx < n, other=float("-inf")), INT, NBITS)
     j = tl.arange(0, ROW)
     u_j = _eligible_ordered(tl.load(base + j, mask=j < n, other=float("-inf")), INT, NBITS)
-    # both counts in one int32 sum (ge << 16 | gt): each is at most ROW < 2^15, so no carry
+    # both counts in one int32 sum (ge << 16 | gt): each is at most ROW + TAIL < 2^15, so no carry
     counts = _gt_ge(u_i, u_j)
     eligible = tl.sum((u_j > lowest).to(tl.int32))
     if TAIL > 0:  # the row's last lanes, past ROW
@@ -315,6 +317,8 @@ def _search_kernel(
     the row is held as BLOCK lanes and TAIL more (``threshold_search``'s tail block)."""
     pdl_enter(PDL)
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
+    tl.static_assert((TAIL == 0) or ONE_CHUNK, "a tail block only for a row held in registers")
+    tl.static_assert(TAIL <= BLOCK, "a tail no longer than the block (FIELD holds a block's counts)")
     row = tl.program_id(0).to(tl.int64)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     lanes = tl.arange(0, BLOCK)
@@ -322,7 +326,7 @@ def _search_kernel(
     want = _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE)
 
     # keys past n were never written: every read masks them to −inf (not eligible)
-    x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the whole row if ONE_CHUNK
+    x_all = tl.load(base + lanes, mask=lanes < n, other=float("-inf"))  # the row's block (all of it with TAIL)
     u_all = _eligible_ordered(x_all, INT, NBITS)
     if TAIL > 0:  # the row's last lanes, past BLOCK
         tail = BLOCK + tl.arange(0, TAIL)
@@ -463,14 +467,13 @@ def quest_select(
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
     ranked = p <= RANK_PAGES
     if ranked:
-        row_lanes, rank_tail = search_block(p)
-        pairs = max(1, RANK_PAIRS // (row_lanes + rank_tail))
-        rank_block = min(64, row_lanes, 1 << (pairs.bit_length() - 1))  # a power of two
+        pairs = max(1, RANK_PAIRS // (block + tail))
+        rank_block = min(64, block, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p,
-            BLOCK=rank_block, ROW=row_lanes, TAIL=rank_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            BLOCK=rank_block, ROW=block, TAIL=tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
             num_warps=RANK_WARPS,
             **pdl_kwargs(upper, "quest_select"),
         )

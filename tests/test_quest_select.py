@@ -364,6 +364,38 @@ def test_a_topk_step_on_the_kernels_dispatches_no_selector_glue():
         assert not glue & set(seen.names), sorted(glue & set(seen.names))
 
 
+def test_a_dense_step_on_the_kernels_builds_no_page_mask():
+    """A Dense step is the append and the attention: no live-page mask (arange, a product, a
+    comparison) and no zero-filled page list — the dense kernel reads neither. With a
+    certificate asked for, the mask is built where it is read, and the kernel ops' mean floor
+    over every page is the one over the live pages' mask."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from entmaxkv.backend import build_step
+    from entmaxkv.selection import live_pages
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(f"{func.namespace}::{func.overloadpacket.__name__}")
+            return func(*args, **(kwargs or {}))
+
+    cache, _, _ = make_cache(3, 2, 2, 16, S, [70, 41], dtype=torch.float16)
+    q, k, v = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16, torch.float16)
+    seen = Ops()
+    with seen:
+        ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
+    ours = [n for n in seen.names if n.startswith("entmaxkv::")]
+    assert ours == ["entmaxkv::append_token", "entmaxkv::sparse_decode"], ours
+    glue = {"aten::arange", "aten::lt", "aten::mul", "aten::zeros", "aten::zero_", "aten::expand"}
+    assert not glue & set(seen.names), sorted(glue & set(seen.names))
+    step = build_step(cache, q, 1.5, 0.25, None, kernels=True, needs_sigma=False)
+    assert torch.equal(step.ops.score_floor(None), step.ops.score_floor(live_pages(cache)))
+
+
 def test_opcheck_the_fused_ops():
     cache, _, _ = make_cache(1, 2, 2, 16, 16, [48, 48], capacity=48, dtype=torch.float32)
     q, _, _ = random_step(torch.Generator().manual_seed(1), 2, 4, 2, 16, torch.float32)
@@ -418,6 +450,43 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, mon
             n = int(count.max())
             assert torch.equal(torch.where(first[..., :n] == pages, -1, first[..., :n]).int(), pages_[..., :n]), msg
             assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
+@pytest.mark.parametrize("where", ["top", "bottom"])
+def test_quest_select_finds_keys_that_only_the_tail_holds(search, where, poison, monkeypatch):
+    """37-page rows held as 32 + 16 lanes, the extreme keys only in the tail: the best page
+    (budget 1: the threshold is the row's largest key), or the two worst (budget 35 of 36: the
+    threshold is the second smallest key). A search whose range or counts missed the tail would
+    bracket the wrong keys. Distinct keys, no forced pages."""
+    small_blocks(monkeypatch, "registers")
+    use_search(monkeypatch, search)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, hkv, group, p = 2, 2, 2, 37
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S,
+                                   dtype=torch.float32)
+    cache = dataclasses.replace(cache, seq_lens=torch.full((b,), p * S))  # 36 candidates a row
+    upper = torch.randn(b, hkv, group, p, generator=g)
+    if where == "top":
+        upper[..., 33] = upper.amax(-1) + 10.0
+        budget = 1
+    else:
+        upper[..., 34] = upper.amin(-1) - 10.0
+        upper[..., 35] = upper.amin(-1) - 20.0
+        budget = 35
+    newest_max = torch.randn(b, hkv, group, generator=g)
+    newest_mag = newest_max.abs() + 1
+    q = torch.zeros(b, hkv * group, 1, 16)
+    want_mask, want_floor = torch_selection(cache, q, 1.5, None, upper, None, None, newest_max, newest_mag, budget,
+                                            None, 0, 0)
+    pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
+                                             1.5, budget, 0.0, 0, 0)
+    msg = f"seed {seed} {where} {search}"
+    assert torch.equal(mask, want_mask.expand_as(mask)), msg
+    assert bool(mask[..., 33].all()) if where == "top" else not bool(mask[..., 35].any()), msg
+    assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+    assert torch.equal(floor, want_floor), msg
 
 
 @pytest.mark.parametrize("pages, want", [(1, (16, 0)), (16, (16, 0)), (17, (32, 0)), (31, (32, 0)), (33, (32, 16)),
