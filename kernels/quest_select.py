@@ -95,15 +95,16 @@ RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
 
 
-def search_block(num_pages: int) -> tuple[int, int]:
+def search_block(num_pages: int, streams: bool = True) -> tuple[int, int]:
     """(BLOCK, TAIL) lanes of a row for the search program (``threshold_search``) and the rank
     programs (``_rank_kernel``): a row of up to
     ``MAX_BLOCK`` pages in registers, as the largest power of two below it and, for the rest, a
     tail block of the next power of two (``TAIL_BLOCKS``) where that is fewer lanes than one
     block of next_pow2(P) (8,196 pages: 8,192 + 16, not 16,384); longer rows stream MAX_BLOCK
-    lanes at a time (TAIL 0)."""
+    lanes at a time (TAIL 0). ``streams`` False (a ranked row, always held whole): no
+    ``MAX_BLOCK`` cap."""
     whole = max(16, next_pow2(num_pages))
-    if whole > MAX_BLOCK:
+    if streams and whole > MAX_BLOCK:
         return MAX_BLOCK, 0
     block = whole // 2
     rest = num_pages - block
@@ -467,13 +468,14 @@ def quest_select(
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
     ranked = p <= RANK_PAGES
     if ranked:
-        pairs = max(1, RANK_PAIRS // (block + tail))
-        rank_block = min(64, block, 1 << (pairs.bit_length() - 1))  # a power of two
+        row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
+        pairs = max(1, RANK_PAIRS // (row + row_tail))
+        rank_block = min(64, row, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p,
-            BLOCK=rank_block, ROW=block, TAIL=tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            BLOCK=rank_block, ROW=row, TAIL=row_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
             num_warps=RANK_WARPS,
             **pdl_kwargs(upper, "quest_select"),
         )

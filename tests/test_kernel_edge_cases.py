@@ -183,12 +183,14 @@ def test_code_interval_holds_with_alibi(dtype, bits):
         assert bool((gap[tokens] <= 0).all()), (seed, name, float(gap[tokens].max()))
 
 
+@pytest.mark.parametrize("path", ["searched", "ranked"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("fill, selections", [  # (budget, coverage, sink, recent): budget −1 = coverage
     (float("inf"), ((-1, 1.0, 0, 0), (-1, 0.125, 1, 1))), (-1e30, ((2, 0.0, 0, 0),))])
-def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide, monkeypatch):
+def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide, path, monkeypatch):
     """Rows streamed through the keys buffer (37 pages in 16-page blocks, written by 16-page
-    chunk programs) must read back only keys this call stored there: every slot, non-candidate pages included (as −inf). The
+    chunk programs; ``ranked``: the same rows ranked, whole whatever MAX_BLOCK is) must read back
+    only keys this call stored there: every slot, non-candidate pages included (as −inf). The
     op's fresh buffers come filled with eligible keys — +inf (above every real key: a forced
     page's key) or −1e30 (finite and below every real key, as leftovers of an earlier step in
     a caching allocator could be) — so a slot the kernel leaves unwritten is counted and
@@ -227,6 +229,8 @@ def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide
         return t.fill_(True if t.dtype == torch.bool else -7)
 
     monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
+    if path == "searched":
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 16)
     for budget, coverage, sink, recent in selections:
         msg = f"seed {seed} fill {fill} budget {budget} coverage {coverage} sink {sink} recent {recent}"
