@@ -14,6 +14,7 @@ import random
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import entmaxkv as ekv
 from entmaxkv.backend import KernelOps
@@ -336,24 +337,25 @@ def test_topk_step_through_the_ops_selects_what_the_reference_selects(dtype, gro
         torch.testing.assert_close(o2, o1, rtol=tol, atol=tol, msg=msg)
 
 
+class DispatchedOps(TorchDispatchMode):
+    """The names of the ops dispatched inside it (``namespace::name``), in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(f"{func.namespace}::{func.overloadpacket.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
 def test_a_topk_step_on_the_kernels_dispatches_no_selector_glue():
     """The TopK step is the four ops plus the append's bookkeeping: no newest-page scoring,
     ranking, masks or floor in torch (their op names would show up here)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(f"{func.namespace}::{func.overloadpacket.__name__}")
-            return func(*args, **(kwargs or {}))
-
     cache, _, _ = make_cache(3, 2, 2, 16, S, [70, 41], dtype=torch.float16)
     q, k, v = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16, torch.float16)
     for sel in (ekv.TopK(coverage=0.125), ekv.TopK(token_budget=16, recent_pages=2)):
-        seen = Ops()
+        seen = DispatchedOps()
         with seen:
             ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend="triton"))
         ours = [n for n in seen.names if n.startswith("entmaxkv::")]
@@ -369,23 +371,12 @@ def test_a_dense_step_on_the_kernels_builds_no_page_mask():
     comparison) and no zero-filled page list — the dense kernel reads neither. With a
     certificate asked for, the mask is built where it is read, and the kernel ops' mean floor
     over every page is the one over the live pages' mask."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from entmaxkv.backend import build_step
     from entmaxkv.selection import live_pages
 
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(f"{func.namespace}::{func.overloadpacket.__name__}")
-            return func(*args, **(kwargs or {}))
-
     cache, _, _ = make_cache(3, 2, 2, 16, S, [70, 41], dtype=torch.float16)
     q, k, v = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16, torch.float16)
-    seen = Ops()
+    seen = DispatchedOps()
     with seen:
         ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
     ours = [n for n in seen.names if n.startswith("entmaxkv::")]
