@@ -39,6 +39,8 @@ lengths, so shapes are static between steps.
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -48,6 +50,7 @@ from entmaxkv.kernels.common import (
     SOFTMAX, alpha_kind, next_pow2, register_batch_rule, rho, rho_slope, work_dtype_of,
 )
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
+from entmaxkv.kernels.threshold_search import _ordered, _unordered
 
 __all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
 
@@ -77,6 +80,16 @@ V_ROWS = 16
 # survivors against its own maximum only, and on TopK lists whole splits survived it (the τ
 # kernel then gathered up to CAP slots of every split)
 FINAL_EXCHANGE = True
+# α > 1: how often a scoring program exchanges its running maximum inside its loop. An exchange
+# is an atomic whose result the next instructions wait for (Triton moves it to the other lanes
+# through shared memory at once): its round trip stalls the loop while the pipelined K loads
+# wait behind it. True: at the loop's iterations 0, 1, 2, 4, 8, ... (the floor rises most at
+# the start), plus the final exchange; False: every iteration.
+SPARSE_EXCHANGE = True
+# α > 1: the running maxima as order-preserving integer keys (``threshold_search._ordered``):
+# one integer atomic max an exchange. False: Triton's float atomic max, which is two atomics in
+# sequence (a signed max for non-negative values, an unsigned min for negative ones).
+KEYED_MAX = True
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
@@ -127,6 +140,33 @@ def _first_rows(x, ALL: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
+def _exchange_max(run_max, qrow, m, gmask, WORK: tl.constexpr, KEYED: tl.constexpr):
+    """Publish the running maxima m [ROWS] of the rows ``qrow`` and return the rows' shared
+    maxima before this one (attained scores, or −inf): one relaxed atomic max a row, on the
+    order-preserving integer keys of ``run_max`` (``KEYED``, ``run_max_init``) or on floats."""
+    if KEYED:
+        if WORK == tl.float64:
+            key = tl.atomic_max(run_max + qrow, _ordered(m, tl.int64, 64), mask=gmask, sem="relaxed")
+            return _unordered(key, tl.float64, 64)
+        else:
+            key = tl.atomic_max(run_max + qrow, _ordered(m, tl.int32, 32), mask=gmask, sem="relaxed")
+            return _unordered(key, tl.float32, 32)
+    else:
+        return tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
+
+
+def run_max_init(rows: int, work: torch.dtype, keyed: bool, device: torch.device) -> torch.Tensor:
+    """The scoring kernel's shared running maxima before any program: −inf, as a float of the work
+    dtype or (``keyed``) as its order-preserving integer key (``_exchange_max``)."""
+    if not keyed:
+        return torch.full((rows,), float("-inf"), dtype=work, device=device)
+    ints, code, nbits = (torch.int64, "q", 64) if work == torch.float64 else (torch.int32, "i", 32)
+    bits = struct.unpack("<" + code, struct.pack("<" + code.replace("q", "d").replace("i", "f"), float("-inf")))[0]
+    key = bits ^ ((bits >> (nbits - 1)) & ((1 << (nbits - 1)) - 1))  # _ordered's map (Python ints: no tensor)
+    return torch.full((rows,), key, dtype=ints, device=device)
+
+
+@triton.jit
 def _scores_kernel(
     q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
@@ -135,7 +175,8 @@ def _scores_kernel(
     BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
     HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, WIDE: tl.constexpr,
-    FINAL_EXCHANGE: tl.constexpr = False, PDL: tl.constexpr = False,
+    FINAL_EXCHANGE: tl.constexpr = False, SPARSE_EXCHANGE: tl.constexpr = False, KEYED_MAX: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -199,12 +240,17 @@ def _scores_kernel(
     tl.static_assert(BLOCK_N % S == 0, "a tile holds whole pages (S a power of two, BLOCK_N >= S)")
     t_page = (t.to(tl.uint32) // S).to(tl.int32)
     in_page = (t.to(tl.uint32) % S).to(tl.int32)
+    it = 0  # the loop's iteration
     for j in range(first * S, last * S, BLOCK_N):
         if KIND != 0:
             # Publish the maximum so far and take the other splits' (an attained score, so a
-            # valid floor): survivors shrink to those near the global maximum. Issued before
-            # the K load, whose latency hides the atomic's.
-            shared = tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
+            # valid floor): survivors shrink to those near the global maximum.
+            if SPARSE_EXCHANGE:  # at iterations 0, 1, 2, 4, 8, ... only
+                shared = m
+                if (it & (it - 1)) == 0:
+                    shared = _exchange_max(run_max, qrow, m, gmask, WORK, KEYED_MAX)
+            else:
+                shared = _exchange_max(run_max, qrow, m, gmask, WORK, KEYED_MAX)
         list_pos = j // S + t_page
         in_list = list_pos < last
         if split == NSPLIT:
@@ -262,6 +308,7 @@ def _scores_kernel(
                 tl.store(cand_i + dst, pos[None, :].to(tl.int32) + tl.zeros_like(keep), mask=keep == 1)
                 cnt += tl.sum(keep, axis=1)
         m = m_new
+        it += 1
 
     tl.store(part_m + out_row, m, mask=gmask)
     if KIND == 0:
@@ -272,7 +319,7 @@ def _scores_kernel(
         # survivors again against its final maximum, in place (each chunk is read before
         # anything at or past it is written), so the τ kernel gathers only a few per split.
         if FINAL_EXCHANGE:  # the other splits' maxima published meanwhile (attained scores)
-            shared = tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
+            shared = _exchange_max(run_max, qrow, m, gmask, WORK, KEYED_MAX)
             m = tl.maximum(m, tl.where(gmask, shared, float("-inf")))
         floor = lin_w * m - 1.0
         if GIVEN_TAU:
@@ -613,7 +660,7 @@ def sparse_decode(
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     dot_rows = max(16, next_pow2(g))  # tl.dot takes at least 16
-    run_max = torch.full((b * hq if entmax else 1,), float("-inf"), dtype=work, device=q.device)
+    run_max = run_max_init(b * hq if entmax else 1, work, bool(KEYED_MAX), q.device)
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
@@ -623,7 +670,7 @@ def sparse_decode(
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
-        num_warps=SCORES_WARPS,
+        SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)

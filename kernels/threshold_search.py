@@ -69,6 +69,14 @@ def _ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
 
 
 @triton.jit
+def _unordered(key, FLOAT: tl.constexpr, NBITS: tl.constexpr):
+    """The float of an ``_ordered`` key (the map flips the magnitude bits of negative keys, which
+    keeps the sign bit: it is its own inverse on the bits)."""
+    magnitude = (tl.full(key.shape, 1, key.dtype) << (NBITS - 1)) - 1
+    return (key ^ ((key >> (NBITS - 1)) & magnitude)).to(FLOAT, bitcast=True)
+
+
+@triton.jit
 def _eligible_ordered(x, INT: tl.constexpr, NBITS: tl.constexpr):
     """``_ordered(x)``, and the lowest integer for ineligible keys (−inf): below every
     threshold the search tries (those are all > the lowest integer)."""

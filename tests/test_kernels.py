@@ -308,6 +308,52 @@ def test_sparse_decode_on_the_heads_rows_equals_the_dots_rows(alpha, dtype, grou
                                            msg=f"seed {seed} dense {dense} floor {score_floor is not None}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dtype, poison, monkeypatch):
+    """The running maxima exchanged as integer keys (``KEYED_MAX``: int32 keys for float32 work,
+    int64 for float64) and only at iterations 0, 1, 2, 4, ... (``SPARSE_EXCHANGE``) against
+    Triton's float atomic max at every iteration: bit for bit the same output and τ (the
+    interpreter runs one program at a time, so each program reads the same shared maxima in
+    every form), on scores of both signs (negative maxima take the keys' flipped branch) and
+    with a score floor; and the keys' −inf start decodes to −inf."""
+    from entmaxkv.kernels.sparse_decode import run_max_init
+
+    for work, ints, nbits in ((torch.float32, torch.int32, 32), (torch.float64, torch.int64, 64)):
+        key = run_max_init(1, work, True, torch.device("cpu"))
+        bits = key ^ ((key >> (nbits - 1)) & ((1 << (nbits - 1)) - 1))
+        assert key.dtype == ints and bits.view(work).item() == float("-inf")
+    seed = fresh_seed()
+    r = random.Random(seed)
+    lens = [600 + r.randrange(40), 200 + r.randrange(40)]
+    cache, _, _ = make_cache(seed, 2, 2, 16, 16, lens, dtype=dtype, spread=2.0)
+    k_pages = cache.k_pages + 5.0  # keys around +5 in every channel: the op reads no statistics
+    g = torch.Generator().manual_seed(seed + 1)
+    q = torch.randn(2, 8, 16, generator=g, dtype=torch.float64)
+    q[:, :4] = -(1 + 0.2 * q[:, :4].abs())  # the first KV head's group: every score far below 0
+    q = q.to(dtype)
+    scores = token_scores(cache.to(torch.float64), q[:, :, None].double(), 0.3, None)  # the keys before the shift
+    shifted = scores + 0.3 * 5.0 * q.double().sum(-1).reshape(2, 2, 4, 1)
+    assert (shifted[:, 0].amax(-1) < -5).all() and (shifted.amax(-1) > -50).all(), seed  # the floor is one
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    pages, count = random_lists(cache, seed, cache.num_pages)
+    floor = torch.full((2, 8), -50.0, dtype=work)
+    for dense, score_floor in ((False, None), (True, None), (False, floor)):
+        args = (q, k_pages, cache.v_pages, None, pages, count, cache.seq_lens, None, None, score_floor, None, 1.5,
+                0.3, dense, TAU_EXACT, 0)
+        with monkeypatch.context() as every:  # (the poison fixture's patches stay)
+            every.setattr("entmaxkv.kernels.sparse_decode.SPARSE_EXCHANGE", False)
+            every.setattr("entmaxkv.kernels.sparse_decode.KEYED_MAX", False)
+            want = sparse_decode(*args)
+        for sparse, keyed in ((True, True), (True, False), (False, True)):
+            with monkeypatch.context() as form:
+                form.setattr("entmaxkv.kernels.sparse_decode.SPARSE_EXCHANGE", sparse)
+                form.setattr("entmaxkv.kernels.sparse_decode.KEYED_MAX", keyed)
+                got = sparse_decode(*args)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"seed {seed} dense {dense} sparse {sparse} "
+                                           f"keyed {keyed} floor {score_floor is not None}")
+
+
 @pytest.mark.parametrize("alpha", [1.0, 1.5])
 def test_sparse_decode_64_bit_row_offsets_equal_the_32_bit_ones(alpha, poison, monkeypatch):
     """The scoring kernel's 64-bit row offsets (``WIDE``, taken from 2^31 elements of a KV
