@@ -86,10 +86,11 @@ in another order; interleaving the nibbles into one [S, D] tile cost registers, 
    appends them to a fixed-capacity list per (sequence, KV head) through an atomic counter (list order across programs is unspecified; the count
    is exact, and nothing is written past the capacity: the caller flags count > capacity),
    marks the pages holding a candidate and appends them to a page list (another counter).
-   When the count exceeds the capacity, the row's last program to finish lists and marks
-   every coded page instead (``Exact``'s fallback): the attention needs no page selection.
-   Other rows' lists and lengths are what the atomic appends wrote: they depend on no
-   ordering between programs.
+   The row's last program to finish writes the row's counts and the lists' −1 padding, and
+   when the count exceeds the capacity it lists and marks every coded page instead
+   (``Exact``'s fallback): the attention needs no page selection. Other rows' lists and
+   lengths are what the atomic appends wrote: they depend on no ordering between programs.
+   One fill a call (the [3, B·Hkv] counters: candidates, pages, programs finished).
 
 Pass 1: grid (B·Hkv, ceil(P / BLOCK_P)). A program loads BLOCK_P pages' codes once as a
 [BLOCK_P, S, bytes] tile, unpacked in registers to [BLOCK_P, S, D] (4 bits: the two nibbles
@@ -111,8 +112,8 @@ launch, although its program ran first and its specialisation had the bare scan'
 (168) and shared memory: not explained; out of the scan it costs ~4 µs (perf-log row 47).
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
-done if none reaches τ_low; otherwise it rescans, in tiles of BLOCK_P pages, the codes of
-the reaching pages (the others masked out: not read). Bytes per step: codes + kmin/kmax of
+done if none reaches τ_low; otherwise it rescans the codes of the reaching pages only, in
+tiles of BLOCK_P of them (a loop over the reaching pages, not over the span). Bytes per step: codes + kmin/kmax of
 every coded page once (pass 1), then only candidate pages' again (pass 2), plus
 [B, Hkv, G, P] floats three times.
 Token groups (``THREAD_TOKENS`` = T > 1; not the default, see the constant): the CUDA-core page
@@ -142,6 +143,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
+from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.sparse_decode import bisection_steps
 from entmaxkv.kernels.threshold_search import _ordered
 
@@ -170,8 +172,13 @@ NUM_WARPS = 1
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
 # contexts most spans hold no candidate: one load per head and the program is done) and
 # rescans the codes of reaching pages in tiles of CANDIDATE_BLOCK_P pages. Registers as above:
-# 1 page / 4 warps: 112; 2 / 4: 226 (fewer programs fit an SM for the skip path).
-CANDIDATE_SPAN = 16
+# 1 page / 4 warps: 112; 2 / 4: 226 (fewer programs fit an SM for the skip path). Since the
+# loop runs over the reaching pages only (session 12), a longer span pays off; on the H200
+# (keycodes_gpu.py --contexts 65536,131072 --paths cores, needle data, 4 bits, `--variants
+# "base;CANDIDATE_SPAN=32;CANDIDATE_SPAN=128"`, 2026-11-30) code_candidates alone at 128K: 32
+# pages 17.5 µs, 64 15.2, 128 21.0 (64K: 15.5, 15.2, 19.5); before the one-fill change (call 3):
+# 16 23.4, 64 19.4, 128 23.0, 256 24.3; the loop over all the span's tiles at 16: 27.6 (session 11).
+CANDIDATE_SPAN = 64
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
 # The tensor-core path of code_bounds (float32 work; the module docstring has its error bound).
@@ -912,26 +919,38 @@ def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length,
 
 
 @triton.jit
-def _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, BLOCK: tl.constexpr):
-    """Run by the row's last program: if the candidates overflowed the capacity C, list and
-    mark every coded page in order instead (the fallback ``Exact`` attends). The other programs
-    have finished (their appends precede their count of finished programs); the count is read
-    with an atomic. Rows that did not overflow are left alone: their page list and its length
-    are what the atomic appends wrote, whatever the order the programs ran in."""
-    if tl.atomic_add(count + bh, 0) > C:
-        row = bh.to(tl.int64) * P
+def _finish_row(counters, count, index, page_mask, page_list, page_count, bh, rows, coded, P, C, BLOCK: tl.constexpr):
+    """Run by the row's last program (the others have finished: their appends precede their
+    count of finished programs, and the counters are read with atomics): the row's candidate
+    and page counts, and on a row whose candidates overflowed the capacity C every coded page,
+    listed in order and marked, instead (the fallback ``Exact`` attends); then the −1 padding of
+    the candidate list past its entries and of the page list past its pages. Rows that did not
+    overflow keep what the atomic appends wrote, whatever order the programs ran in."""
+    n = tl.atomic_add(counters + bh, 0)
+    row = bh.to(tl.int64) * P
+    if n > C:
         for start in range(0, coded, BLOCK):
             p = start + tl.arange(0, BLOCK)
             tl.store(page_list + row + p, p.to(tl.int32), mask=p < coded)
             tl.store(page_mask + row + p, tl.full((BLOCK,), 1, tl.int1), mask=p < coded)
-        tl.store(page_count + bh, coded)
+        pages = coded
+    else:
+        pages = tl.atomic_add(counters + rows + bh, 0)
+    tl.store(count + bh, n)
+    tl.store(page_count + bh, pages)
+    for start in range(tl.minimum(n, C), C, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        tl.store(index + bh.to(tl.int64) * C + i, tl.full((BLOCK,), -1, tl.int32), mask=i < C)
+    for start in range(pages, P, BLOCK):
+        p = start + tl.arange(0, BLOCK)
+        tl.store(page_list + row + p, tl.full((BLOCK,), -1, tl.int32), mask=p < P)
 
 
 @triton.jit
 def _code_candidates_kernel(
-    q, codes, k_min, k_max, seq_lens, slopes, scale_t, lin_t, page_max, eps_in, tau_in,
-    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, scratch,
-    scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23, H, P, D, W, C,
+    q, codes, k_min, k_max, seq_lens, slopes, scale_t, page_max, eps_in, tau_in,
+    seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, counters,
+    lin_high, lin_middle, lin_low, scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23, H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr,
@@ -940,7 +959,8 @@ def _code_candidates_kernel(
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     coded = tl.maximum(length - 1, 0) // S
-    c = tl.load(lin_t)  # float64 α − 1, as the reference multiplies
+    c = _float64_of(lin_high, lin_middle, lin_low)  # float64 α − 1, as the reference multiplies
+    rows = tl.num_programs(0)  # counters: [3, rows], candidates, pages and programs finished per row
     gi = tl.arange(0, GP)
     tau_low = tl.load(tau_in + bh.to(tl.int64) * G + gi, mask=gi < G, other=0.0)  # [GP] float64
     if MARGIN:  # τ over the seed -> a safe lower bound (every program of the row computes the same)
@@ -950,57 +970,61 @@ def _code_candidates_kernel(
             tl.store(tau_out + bh.to(tl.int64) * G + gi, tau_low, mask=gi < G)
     first_page = tl.program_id(1) * SPAN
     span = first_page + tl.arange(0, SPAN)
-    # the early skip: a program checks SPAN pages' bounds at once (most spans have no candidate)
-    if tl.max(_reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G, GP).to(tl.int32), axis=0) > 0:
+    # the span's pages whose pass-1 bounds reach τ_low (2·G floats a page: most spans have none),
+    # and each one's rank among them: the codes of only these pages are read, BLOCK_P at a time
+    reach = _reaching(page_max, eps_in, tau_low, c, bh, span, coded, P, G, GP).to(tl.int32)  # [SPAN]
+    n_reach = tl.sum(reach, axis=0)
+    holds = tl.zeros((SPAN,), tl.int32)  # the span's pages holding a candidate
+    if n_reach > 0:
         scale_w = _scale_of(scale, scale_t, WORK)
         r_w = tl.cast(r, WORK)
-        for t in range(SPAN // BLOCK_P):  # small tiles: only reaching blocks load codes
-            p = first_page + t * BLOCK_P + tl.arange(0, BLOCK_P)
-            hit = _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G, GP)  # a re-read of cached bounds
-            n_page = tl.zeros((BLOCK_P,), tl.int32)
-            if tl.max(hit.to(tl.int32), axis=0) > 0:  # rescan only the codes of pages that may hold one
-                page_row = bh.to(tl.int64) * P + p
-                if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
-                    s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
-                                                 dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
-                                                 BLOCK_P, BITS, WORK, HAS_ALIBI)
-                    high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
-                    gi = tl.arange(0, GP)
-                    reach = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
-                    cand = tl.max(reach.to(tl.int32), axis=2) > 0  # any head of the group
-                else:
-                    code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
-                    d = tl.arange(0, BD)
-                    kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
-                    cand = tl.zeros((BLOCK_P, S), tl.int1)
-                    for g in tl.static_range(G):
-                        qrow = bh.to(tl.int64) * G + g
-                        s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w,
-                                                  alibi_eps, code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
-                        high = (s_hat + eps[:, None]).to(tl.float64)
-                        cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
-                cand = (cand & hit[:, None]).to(tl.int32)
-                n_page = tl.sum(cand, axis=1)
-                n = tl.sum(n_page, axis=0)
-                if n > 0:
-                    first = tl.atomic_add(count + bh, n)
-                    # slots: the block's share of the list in page order, then token order within a page
-                    slot = first + (tl.cumsum(n_page, axis=0) - n_page)[:, None] + tl.cumsum(cand, axis=1) - cand
-                    tok = tl.arange(0, S)
-                    tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
-                             mask=(cand == 1) & (slot < C))
-                    # the pages holding a candidate, appended to the row's page list (the attention's)
-                    has = (n_page > 0).to(tl.int32)
-                    at = tl.atomic_add(page_count + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
-                    tl.store(page_list + bh.to(tl.int64) * P + at, p.to(tl.int32), mask=has == 1)
-            tl.store(page_mask + bh.to(tl.int64) * P + p, n_page > 0, mask=p < P)
-    else:
-        tl.store(page_mask + bh.to(tl.int64) * P + span, tl.zeros((SPAN,), tl.int1), mask=span < P)
+        rank = tl.cumsum(reach, axis=0) - reach
+        for t in range(0, n_reach, BLOCK_P):  # tiles of the reaching pages, in page order
+            want = t + tl.arange(0, BLOCK_P)
+            pick = (reach == 1)[None, :] & (rank[None, :] == want[:, None])  # [BLOCK_P, SPAN]: one page a row
+            p = tl.sum(tl.where(pick, span[None, :], 0), axis=1)
+            hit = want < n_reach
+            page_row = bh.to(tl.int64) * P + p
+            if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
+                s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
+                                             dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
+                                             BLOCK_P, BITS, WORK, HAS_ALIBI)
+                high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
+                gi = tl.arange(0, GP)
+                reach_g = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
+                cand = tl.max(reach_g.to(tl.int32), axis=2) > 0  # any head of the group
+            else:
+                code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
+                d = tl.arange(0, BD)
+                kmin, step, radius = _page_stats(k_min, k_max, page_row, d, hit, r_w, D, BITS, WORK)
+                cand = tl.zeros((BLOCK_P, S), tl.int1)
+                for g in tl.static_range(G):
+                    qrow = bh.to(tl.int64) * G + g
+                    s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w,
+                                              alibi_eps, code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
+                    high = (s_hat + eps[:, None]).to(tl.float64)
+                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
+            cand = (cand & hit[:, None]).to(tl.int32)
+            n_page = tl.sum(cand, axis=1)
+            holds += tl.sum(tl.where(pick & (n_page > 0)[:, None], 1, 0), axis=0)
+            n = tl.sum(n_page, axis=0)
+            if n > 0:
+                first = tl.atomic_add(counters + bh, n)
+                # slots: the tile's share of the list in page order, then token order within a page
+                slot = first + (tl.cumsum(n_page, axis=0) - n_page)[:, None] + tl.cumsum(cand, axis=1) - cand
+                tok = tl.arange(0, S)
+                tl.store(index + bh.to(tl.int64) * C + slot, (p[:, None] * S + tok[None, :]).to(tl.int32),
+                         mask=(cand == 1) & (slot < C))
+                # the pages holding a candidate, appended to the row's page list (the attention's)
+                has = (n_page > 0).to(tl.int32)
+                at = tl.atomic_add(counters + rows + bh, tl.sum(has, axis=0)) + tl.cumsum(has, axis=0) - has
+                tl.store(page_list + bh.to(tl.int64) * P + at, p.to(tl.int32), mask=has == 1)
+    tl.store(page_mask + bh.to(tl.int64) * P + span, holds > 0, mask=span < P)
     # the row's last program to finish: on an overflowed row, every coded page instead
     tl.debug_barrier()  # every lane's appends are issued before the count says this program is done
-    done = tl.atomic_add(scratch + bh, 1)
+    done = tl.atomic_add(counters + 2 * rows + bh, 1)
     if done == tl.num_programs(1) - 1:
-        _fall_back(count, page_mask, page_list, page_count, bh, coded, P, C, 1024)
+        _finish_row(counters, count, index, page_mask, page_list, page_count, bh, rows, coded, P, C, 1024)
 
 
 F23 = 0x4B000000  # the bits of 2^23, a kernel argument (``_field``)
@@ -1140,26 +1164,28 @@ def code_candidates(
     torch launches); tau_used: [B, Hkv, G] float64, that bound. Without them tau_used is [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
-    index = torch.full((b, hkv, capacity), -1, dtype=torch.int32, device=q.device)
-    count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)
+    # the lists, counts and padding are written by the kernel (the padding and the counts by
+    # each row's last program): one fill a call, the counters'
+    index = torch.empty((b, hkv, capacity), dtype=torch.int32, device=q.device)
+    count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
     page_mask = torch.empty((b, hkv, p), dtype=torch.bool, device=q.device)
     margin = seed_count is not None
     if margin and (seed_mag is None or newest_mag is None):
         raise ValueError("code_candidates: seed_count needs seed_mag and newest_mag [B, Hkv, G]")
     tau_used = torch.empty((b, hkv, g) if margin else (0,), dtype=torch.float64, device=q.device)
-    page_list = torch.full((b, hkv, p), -1, dtype=torch.int32, device=q.device)
-    page_count = torch.zeros((b, hkv), dtype=torch.int32, device=q.device)  # the appends' counter
-    scratch = torch.zeros((b * hkv,), dtype=torch.int32, device=q.device)  # programs finished per row
-    lin_t = torch.full((1,), lin, dtype=torch.float64, device=q.device)  # compared in float64: exact α − 1
+    page_list = torch.empty((b, hkv, p), dtype=torch.int32, device=q.device)
+    page_count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
+    # per row: the candidates' and the pages' append counters, and the programs finished
+    counters = torch.zeros((3, b * hkv), dtype=torch.int32, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
     # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
     bisect = 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
     wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
-        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), lin_t, page_max, eps,
+        q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
         tau_low, seed_count if margin else count, seed_mag if margin else page_max,
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
-        page_count, scratch,
+        page_count, counters, *float64_words(lin),  # compared in float64: exact α − 1
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
         4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
