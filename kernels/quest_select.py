@@ -28,8 +28,7 @@ upper bound per head, then the chunk's rank keys from the row's maxima — then 
 page block) grid counts, for each key, the row's keys above it and at or above
 it — the k-th largest is the key with fewer than k above and at least k at or above — so the
 threshold costs no dependent passes, only n² comparisons spread over many programs; the list
-programs then count the keys before their chunk themselves. A ranked row's rank programs
-compute the row's keys themselves from ``upper`` (``RANK_KEYS``): two launches in all. Longer rows take one program per
+programs then count the keys before their chunk themselves. Longer rows take one program per
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
@@ -94,10 +93,6 @@ TAIL_BLOCKS = True
 RANK_PAGES = 1024
 RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
-# a ranked row's keys computed by the rank launch's programs themselves (each from the row's
-# upper bounds: its G heads' L_h, then the keys launch's arithmetic), not by the chunk-maxima
-# and keys launches before it: two launches fewer for rows of up to RANK_PAGES pages (8K, 16K)
-RANK_KEYS = True
 
 
 def search_block(num_pages: int, streams: bool = True) -> tuple[int, int]:
@@ -170,21 +165,6 @@ def _chunk_best_upper_kernel(
 
 
 @triton.jit
-def _page_keys(upper, row, idx, n, P, attained, lin_w, sink, recent, G: tl.constexpr, G_PAD: tl.constexpr,
-               WORK: tl.constexpr):
-    """The rank keys of the pages ``idx`` of a row (−inf past its n candidates): max_h
-    lin·(U_hp − L_h) with ``attained`` [G_PAD] the heads' L_h, +inf on the forced pages."""
-    gs = tl.arange(0, G_PAD)
-    cand = idx < n
-    u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & cand[None, :],
-                other=float("-inf")).to(WORK)
-    # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
-    key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
-    forced = cand & ((idx < sink) | (idx >= n - recent))
-    return tl.where(cand, tl.where(forced, float("inf"), key), float("-inf"))
-
-
-@triton.jit
 def _keys_kernel(
     upper, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
@@ -205,8 +185,13 @@ def _keys_kernel(
         attained = tl.max(partial, axis=1)
         lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
         idx = chunk * CHUNK + tl.arange(0, CHUNK)
-        key = _page_keys(upper, row, idx, n, P, attained, lin_w, sink, recent, G, G_PAD, WORK)
-        tl.store(keys + row * P + idx, key, mask=idx < n)
+        cand = idx < n
+        u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & cand[None, :],
+                    other=float("-inf")).to(WORK)
+        # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
+        key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
+        forced = cand & ((idx < sink) | (idx >= n - recent))
+        tl.store(keys + row * P + idx, tl.where(forced, float("inf"), key), mask=cand)
 
 
 @triton.jit
@@ -246,11 +231,11 @@ def _gt_ge(u_i, u_j):
 
 @triton.jit
 def _rank_kernel(
-    keys, upper, newest_max, newest_mag, seq_lens, kept, found, floor,
-    budget, cov_hi, cov_mid, cov_lo, sink, recent, lin_hi, lin_mid, lin_lo, two_gamma, H, P,
+    keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr,
     NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
-    KEYS_FROM_UPPER: tl.constexpr = False, PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False,
 ):
     """``_search_kernel``'s (t, ties wanted) without a search, for a block of BLOCK of a row's
     pages: each key u_i of the block is compared with every key of the row (ROW lanes, and TAIL
@@ -260,10 +245,7 @@ def _rank_kernel(
     the same pair from each. With k = 0 no page holds it and block 0 stores (the image of +inf,
     0), which takes nothing. Block 0 also stores the count and the floor's newest-page term. The
     list launch then counts, per chunk, the keys above t and the ties before it itself. With
-    ``TAIL`` > 0 the row is ROW lanes and TAIL more (``search_block``). ``KEYS_FROM_UPPER``
-    (``RANK_KEYS``): the row's keys from ``upper`` in every program (L_h over the row, then
-    ``_page_keys``, the keys launch's arithmetic: the same keys bit for bit), each program storing
-    its block's for the list launch — no chunk-maxima and keys launches before this one."""
+    ``TAIL`` > 0 the row is ROW lanes and TAIL more (``search_block``)."""
     pdl_enter(PDL)
     tl.static_assert(ROW + TAIL < 2**15, "a row's counts, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
@@ -272,33 +254,15 @@ def _rank_kernel(
     base = keys + row * P
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     idx = block * BLOCK + tl.arange(0, BLOCK)
+    u_i = _eligible_ordered(tl.load(base + idx, mask=idx < n, other=float("-inf")), INT, NBITS)
     j = tl.arange(0, ROW)
-    jt = ROW + tl.arange(0, max(TAIL, 1))  # the row's last lanes, past ROW (TAIL > 0)
-    if KEYS_FROM_UPPER:
-        gs = tl.arange(0, G_PAD)
-        heads = gs[:, None] < G
-        attained = tl.max(tl.load(upper + (row * G + gs[:, None]) * P + j[None, :], mask=heads & (j < n)[None, :],
-                                  other=float("-inf")).to(WORK), axis=1)
-        if TAIL > 0:
-            attained = tl.maximum(attained, tl.max(tl.load(upper + (row * G + gs[:, None]) * P + jt[None, :],
-                                                           mask=heads & (jt < n)[None, :],
-                                                           other=float("-inf")).to(WORK), axis=1))
-        lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
-        x_i = _page_keys(upper, row, idx, n, P, attained, lin_w, sink, recent, G, G_PAD, WORK)
-        tl.store(base + idx, x_i, mask=idx < n)  # the list launch reads the keys
-        x_j = _page_keys(upper, row, j, n, P, attained, lin_w, sink, recent, G, G_PAD, WORK)
-        x_t = _page_keys(upper, row, jt, n, P, attained, lin_w, sink, recent, G, G_PAD, WORK)
-    else:
-        x_i = tl.load(base + idx, mask=idx < n, other=float("-inf"))
-        x_j = tl.load(base + j, mask=j < n, other=float("-inf"))
-        x_t = tl.load(base + jt, mask=jt < n, other=float("-inf"))
-    u_i = _eligible_ordered(x_i, INT, NBITS)
-    u_j = _eligible_ordered(x_j, INT, NBITS)
+    u_j = _eligible_ordered(tl.load(base + j, mask=j < n, other=float("-inf")), INT, NBITS)
     # both counts in one int32 sum (ge << 16 | gt): each is at most ROW + TAIL < 2^15, so no carry
     counts = _gt_ge(u_i, u_j)
     eligible = tl.sum((u_j > lowest).to(tl.int32))
-    if TAIL > 0:
-        u_t = _eligible_ordered(x_t, INT, NBITS)
+    if TAIL > 0:  # the row's last lanes, past ROW
+        jt = ROW + tl.arange(0, TAIL)
+        u_t = _eligible_ordered(tl.load(base + jt, mask=jt < n, other=float("-inf")), INT, NBITS)
         counts += _gt_ge(u_i, u_t)
         eligible += tl.sum((u_t > lowest).to(tl.int32))
     gt = counts & 0xFFFF
@@ -485,18 +449,15 @@ def quest_select(
     # keys, written chunk by chunk by many programs, read by one program per row (typed as
     # keys and aliasing no input, so that Inductor's mutation analysis sees no write to one)
     keys = torch.empty((b, hkv, p), dtype=work, device=upper.device)
-    lin_words = float64_words(alpha - 1.0 if alpha > 1.0 else 1.0)
-    ranked = p <= RANK_PAGES
-    keys_in_rank = ranked and RANK_KEYS  # the rank launch computes the keys itself
-    if not keys_in_rank:
-        chunks = triton.cdiv(p, CHUNK)
-        chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
-        wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
-            upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS,
-            **pdl_kwargs(upper, "quest_select"))
-        wrap_triton(_keys_kernel)[(b * hkv, chunks)](
-            upper, chunk_best, seq_lens, keys, *lin_words, sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK,
-            NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds, num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
+    chunks = triton.cdiv(p, CHUNK)
+    chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
+    wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
+        upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS,
+        **pdl_kwargs(upper, "quest_select"))
+    wrap_triton(_keys_kernel)[(b * hkv, chunks)](
+        upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
+        sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
+        num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
     block, tail = search_block(p)
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
@@ -505,16 +466,17 @@ def quest_select(
     # the search's per-chunk counts (a ranked row's list programs count for themselves)
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
+    ranked = p <= RANK_PAGES
     if ranked:
         row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
         pairs = max(1, RANK_PAIRS // (row + row_tail))
         rank_block = min(64, row, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
-            keys, upper, newest_max, newest_mag, seq_lens, kept, found, floor,
-            max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages, *lin_words,
+            keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+            max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p,
-            BLOCK=rank_block, ROW=row, TAIL=row_tail, COVERAGE=budget_pages < 0, KEYS_FROM_UPPER=keys_in_rank,
-            **wide_ints, **kinds, num_warps=RANK_WARPS,
+            BLOCK=rank_block, ROW=row, TAIL=row_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
+            num_warps=RANK_WARPS,
             **pdl_kwargs(upper, "quest_select"),
         )
     else:

@@ -95,12 +95,7 @@ def small_blocks(monkeypatch, layout: str) -> None:
     9–37 pages are held as a power-of-two block and a tail block (``search_block``: 37 pages
     as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
-    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes); ``ranked keys
-    launch``: as ``ranked`` with the keys from the chunk-maxima and keys launches, not from the
-    rank programs (``RANK_KEYS`` off)."""
-    if layout == "ranked keys launch":
-        layout = "ranked"
-        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_KEYS", False)
+    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes)."""
     if layout == "ranked one block":
         layout = "ranked"
         monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
@@ -126,8 +121,7 @@ def small_blocks(monkeypatch, layout: str) -> None:
                                (torch.float32, 2, "one block"), (torch.float64, 4, "one block"),
                                (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
     + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
-                                                     (torch.float64, 2))]
-    + [(torch.float32, 4, "ranked keys launch"), (torch.float64, 2, "ranked keys launch")])
+                                                     (torch.float64, 2))])
 def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison, monkeypatch):
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
@@ -156,7 +150,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 
 
 @pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked",
-                                    "ranked one block", "ranked keys launch"])
+                                    "ranked one block"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
