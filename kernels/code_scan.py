@@ -1150,7 +1150,7 @@ def code_candidates(
     lin·(ŝ + ε) > τ_low for some head of the group.
 
     Inputs as ``code_bounds`` plus its ``page_max`` and ``eps`` and tau_low: [B, Hkv, G]
-    float64; lin: α − 1; capacity: C. index: [B, Hkv, C] int32 token slots (p·S + j),
+    float64; lin: α − 1 >= 0; capacity: C. index: [B, Hkv, C] int32 token slots (p·S + j),
     unordered, −1 in unused entries; count: [B, Hkv] int32, candidates found (may exceed C:
     then only C are listed); page_mask: [B, Hkv, P] bool, the pages holding a candidate — on a
     row whose candidates overflowed (count > C) every coded page instead (``Exact``'s
@@ -1163,6 +1163,8 @@ def code_candidates(
     ``KernelOps._safe_tau`` itself (per-row arithmetic that would otherwise be ~20 small
     torch launches); tau_used: [B, Hkv, G] float64, that bound. Without them tau_used is [0].
     """
+    if not lin >= 0:
+        raise ValueError(f"code_candidates: lin = α − 1 must be >= 0, got {lin}")
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     # the lists, counts and padding are written by the kernel (the padding and the counts by
     # each row's last program): one fill a call, the counters'
@@ -1181,11 +1183,12 @@ def code_candidates(
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
     # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
     bisect = 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
-    wrap_triton(_code_candidates_kernel)[(b * hkv, triton.cdiv(p, span))](
+    # at least one program a row: its last one writes the counts and the lists (also with P = 0)
+    wrap_triton(_code_candidates_kernel)[(b * hkv, max(1, triton.cdiv(p, span)))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
         tau_low, seed_count if margin else count, seed_mag if margin else page_max,
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
-        page_count, counters, *float64_words(lin),  # compared in float64: exact α − 1
+        page_count, counters, *float64_words(lin + 0.0),  # compared in float64: exact α − 1 (−0.0 as +0.0)
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
         4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,

@@ -142,8 +142,10 @@ def _first_rows(x, ALL: tl.constexpr, ROWS: tl.constexpr, N: tl.constexpr):
 @triton.jit
 def _exchange_max(run_max, qrow, m, gmask, WORK: tl.constexpr, KEYED: tl.constexpr):
     """Publish the running maxima m [ROWS] of the rows ``qrow`` and return the rows' shared
-    maxima before this one (attained scores, or −inf): one relaxed atomic max a row, on the
-    order-preserving integer keys of ``run_max`` (``KEYED``, ``run_max_init``) or on floats."""
+    maxima before this one — each an attained score, a score floor given to the kernel (a score
+    some attended token reaches) or −inf; undefined on lanes ``gmask`` leaves out, which the
+    caller masks: one relaxed atomic max a row, on the order-preserving integer keys of
+    ``run_max`` (``KEYED``, ``run_max_init``) or on floats."""
     if KEYED:
         if WORK == tl.float64:
             key = tl.atomic_max(run_max + qrow, _ordered(m, tl.int64, 64), mask=gmask, sem="relaxed")

@@ -314,8 +314,9 @@ def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dty
     int64 for float64) and only at iterations 0, 1, 2, 4, ... (``SPARSE_EXCHANGE``) against
     Triton's float atomic max at every iteration: bit for bit the same output and τ (the
     interpreter runs one program at a time, so each program reads the same shared maxima in
-    every form), on scores of both signs (negative maxima take the keys' flipped branch) and
-    with a score floor; and the keys' −inf start decodes to −inf."""
+    every form), on scores of both signs (negative maxima take the keys' flipped branch), with a
+    score floor, with ALiBi and with a given τ, on lists long enough for about ten iterations a
+    split (iterations 3, 5, 6, 7, 9 exchange nothing); and the keys' −inf start decodes to −inf."""
     from entmaxkv.kernels.sparse_decode import run_max_init
 
     for work, ints, nbits in ((torch.float32, torch.int32, 32), (torch.float64, torch.int64, 64)):
@@ -324,7 +325,7 @@ def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dty
         assert key.dtype == ints and bits.view(work).item() == float("-inf")
     seed = fresh_seed()
     r = random.Random(seed)
-    lens = [600 + r.randrange(40), 200 + r.randrange(40)]
+    lens = [1200 + r.randrange(40), 200 + r.randrange(40)]
     cache, _, _ = make_cache(seed, 2, 2, 16, 16, lens, dtype=dtype, spread=2.0)
     k_pages = cache.k_pages + 5.0  # keys around +5 in every channel: the op reads no statistics
     g = torch.Generator().manual_seed(seed + 1)
@@ -337,13 +338,19 @@ def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dty
     work = torch.float64 if dtype == torch.float64 else torch.float32
     pages, count = random_lists(cache, seed, cache.num_pages)
     floor = torch.full((2, 8), -50.0, dtype=work)
-    for dense, score_floor in ((False, None), (True, None), (False, floor)):
-        args = (q, k_pages, cache.v_pages, None, pages, count, cache.seq_lens, None, None, score_floor, None, 1.5,
-                0.3, dense, TAU_EXACT, 0)
+    slopes = torch.rand(8, generator=g) * 0.01
+    given = None
+    for dense, score_floor, alibi, mode in ((False, None, None, TAU_EXACT), (True, None, None, TAU_EXACT),
+                                            (False, floor, None, TAU_EXACT), (False, None, slopes, TAU_EXACT),
+                                            (True, None, slopes, TAU_GIVEN)):
+        args = (q, k_pages, cache.v_pages, None, pages, count, cache.seq_lens, alibi,
+                given if mode == TAU_GIVEN else None, score_floor, None, 1.5, 0.3, dense, mode, 0)
         with monkeypatch.context() as every:  # (the poison fixture's patches stay)
             every.setattr("entmaxkv.kernels.sparse_decode.SPARSE_EXCHANGE", False)
             every.setattr("entmaxkv.kernels.sparse_decode.KEYED_MAX", False)
             want = sparse_decode(*args)
+        if alibi is not None and mode == TAU_EXACT and not dense:
+            given = torch.where(torch.arange(8) % 2 == 0, want[1] - 0.25, want[1])  # a τ at or below the exact one
         for sparse, keyed in ((True, True), (True, False), (False, True)):
             with monkeypatch.context() as form:
                 form.setattr("entmaxkv.kernels.sparse_decode.SPARSE_EXCHANGE", sparse)
@@ -351,7 +358,8 @@ def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dty
                 got = sparse_decode(*args)
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"seed {seed} dense {dense} sparse {sparse} "
-                                           f"keyed {keyed} floor {score_floor is not None}")
+                                           f"keyed {keyed} floor {score_floor is not None} "
+                                           f"alibi {alibi is not None} mode {mode}")
 
 
 @pytest.mark.parametrize("alpha", [1.0, 1.5])

@@ -390,10 +390,16 @@ def check_candidates(cache, q, scale, slopes, tau_low, alpha, capacity, seed):
                 assert torch.equal(page_mask[i, j], pages), (seed, i, j)
             else:  # overflow: the fallback, every coded page
                 assert torch.equal(page_mask[i, j], coded_pages(cache)[i, 0, 0].cpu()), (seed, i, j)
-            # the page list: the mask's pages, each once
-            in_list = page_list[i, j, :int(page_count[i, j])].tolist()
+            # the page list: the mask's pages, each once (on an overflowed row every coded page in
+            # order), then −1
+            used = int(page_count[i, j])
+            in_list = page_list[i, j, :used].tolist()
             assert len(in_list) == len(set(in_list)), (seed, i, j)
             assert set(in_list) == set(page_mask[i, j].nonzero().flatten().tolist()), (seed, i, j)
+            assert used == int(page_mask[i, j].sum()), (seed, i, j)
+            assert bool((page_list[i, j, used:] == -1).all()), (seed, i, j)
+            if n > capacity:
+                assert in_list == list(range(int(coded_pages(cache)[i, 0, 0].sum()))), (seed, i, j)
     return count
 
 
@@ -683,16 +689,20 @@ def assert_bounds_match_the_reference(cache, q, scale, slopes, seed):
     assert bool((page_max[~coded] == float("-inf")).all()) and bool((eps[~coded] == 0).all()), seed
 
 
-@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d", [
-    (1, torch.float32, 4, 1, False, 16), (2, torch.float16, 8, 2, True, 16), (8, torch.bfloat16, 4, 4, True, 16),
-    (2, torch.float32, 4, 2, False, 15), (8, torch.float64, 8, 1, True, 13), (4, torch.float16, 4, 4, False, 9),
+@pytest.mark.parametrize("block_p,dtype,bits,group,alibi,d,dot", [
+    (1, torch.float32, 4, 1, False, 16, False), (2, torch.float16, 8, 2, True, 16, False),
+    (8, torch.bfloat16, 4, 4, True, 16, False), (2, torch.float32, 4, 2, False, 15, False),
+    (8, torch.float64, 8, 1, True, 13, False), (4, torch.float16, 4, 4, False, 9, False),
+    (2, torch.float32, 4, 2, True, 32, True), (4, torch.float16, 8, 4, False, 32, True),
 ])
-def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, monkeypatch, poison):
+def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, alibi, d, dot, monkeypatch, poison):
     """Both passes with the launch blocks (``BLOCK_P``, the candidates' tile and span) not
-    dividing the page count P (and P not dividing them), odd head dims (4 bits: a last byte with one channel), GQA G = 1, 2, 4:
-    against the reference, as the tests above check them."""
+    dividing the page count P (and P not dividing them), odd head dims (4 bits: a last byte with
+    one channel), GQA G = 1, 2, 4, and the tensor-core path (``USE_DOT``: float32 work, D = 32)
+    of both passes: against the reference, as the tests above check them."""
     import entmaxkv.kernels.code_scan as cs
 
+    monkeypatch.setattr(cs, "USE_DOT", dot)
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial
@@ -710,6 +720,40 @@ def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, al
     tau_low = (0.5 * (top - torch.rand(top.shape, generator=g, dtype=torch.float64) * 3)).contiguous()
     count = check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, 10_000, seed)
     check_candidates(cache, q, 0.3, slopes, tau_low, 1.5, max(1, int(count.max()) // 2), seed)
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 10_000])
+def test_code_candidates_on_rows_without_coded_pages(capacity, poison):
+    """Rows whose every token is in the newest page (length <= S: no coded page) beside a row
+    with several, at capacities 0, 1 and more than every token: the empty rows count 0
+    candidates and 0 pages, with lists of −1 and no page marked (written by each row's last
+    program: the outputs come from ``torch.empty``, poisoned here)."""
+    seed = fresh_seed()
+    page = PAGE
+    lens = [page, 1, 5 * page + 3]
+    cache, q, slopes, g = coded_setup(seed, torch.float32, 4, 2, False, d=16, lens=lens, capacity=8 * page)
+    page_max, eps, _ = run_bounds(cache, q, 0.3, slopes, with_scores=False)
+    tau_low = torch.full((3, cache.num_kv_heads, 2), -1e9, dtype=torch.float64)  # every coded token a candidate
+    index, count, page_mask, _, page_list, page_count = code_candidates(
+        q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, page_max, eps,
+        tau_low, cache.key_bits, 0.3, 0.5, capacity)
+    for i in (0, 1):
+        assert (count[i] == 0).all() and (page_count[i] == 0).all(), seed
+        assert (index[i] == -1).all() and (page_list[i] == -1).all() and not page_mask[i].any(), seed
+    tokens = 5 * page  # the full row: 5 coded pages, every token a candidate
+    assert (count[2] == tokens).all(), seed
+    if capacity < tokens:  # overflow: every coded page, in order
+        assert (page_count[2] == 5).all() and (page_list[2, :, :5] == torch.arange(5)).all(), seed
+    assert (index[2, :, min(tokens, capacity):] == -1).all() and (page_list[2, :, 5:] == -1).all(), seed
+
+
+def test_code_candidates_refuses_a_negative_lin():
+    cache, q, slopes, _ = coded_setup(fresh_seed(), torch.float32, 4, 1, False, d=16)
+    page_max, eps, _ = run_bounds(cache, q, 0.3, slopes, with_scores=False)
+    tau_low = torch.zeros(cache.batch, cache.num_kv_heads, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="lin"):
+        code_candidates(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
+                        page_max, eps, tau_low, cache.key_bits, 0.3, -0.5, 4)
 
 
 def tie_keys(g, b, h, t, d):

@@ -25,7 +25,10 @@ from helpers import SEARCHES, fresh_seed, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels.threshold_search import search_radix  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from entmaxkv.kernels.threshold_search import _ordered, _unordered, search_radix  # noqa: E402
 
 
 def use(monkeypatch, search: str, streamed: bool) -> None:
@@ -168,3 +171,41 @@ def test_every_block_triton_builds_takes_radix_2():
     largest = tl.TRITON_MAX_TENSOR_NUMEL
     assert largest <= 2 ** 20, largest
     assert search_radix(2, largest) == (2, largest.bit_length())
+
+
+
+@triton.jit
+def _key_round_trip(x, back, best, N, INT: tl.constexpr, NBITS: tl.constexpr, FLOAT: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """back = _unordered(_ordered(x)); best = the integer atomic max of every lane's key."""
+    i = tl.arange(0, BLOCK)
+    key = _ordered(tl.load(x + i, mask=i < N, other=float("-inf")), INT, NBITS)
+    tl.store(back + i, _unordered(key, FLOAT, NBITS), mask=i < N)
+    tl.atomic_max(best + i * 0, key, mask=i < N)  # every lane into one slot
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_ordered_keys_keep_the_float_order_and_come_back(wide):
+    """``_ordered`` maps floats to integers of the same order (−0.0 and +0.0 to one key) and
+    ``_unordered`` maps a key back to its float: round trips, and an integer atomic max over the
+    keys (what ``sparse_decode``'s scoring programs exchange, ``KEYED_MAX``) decoding to the float
+    max, on ±0, ±inf, subnormals, the largest finite floats and random bit patterns of both signs
+    (and sets of negative floats only, whose keys take the flipped branch)."""
+    dtype, ints, nbits = (torch.float64, torch.int64, 64) if wide else (torch.float32, torch.int32, 32)
+    info = torch.finfo(dtype)
+    g = torch.Generator().manual_seed(fresh_seed())
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), info.tiny, -info.tiny, info.tiny / 4,
+                            -info.tiny / 4, info.max, -info.max, 1.0, -1.0], dtype=dtype)
+    drawn = torch.randint(-(2 ** (nbits - 1)), 2 ** (nbits - 1) - 1, (52,), generator=g, dtype=torch.int64)
+    drawn = drawn.to(ints).view(dtype)
+    drawn = drawn[~drawn.isnan()]
+    flip = (1 << (nbits - 1)) - 1
+    for x in (torch.cat([special, drawn]), -special.abs() - 1.0, drawn[drawn < 0]):
+        back = torch.empty_like(x)
+        best = torch.full((1,), -(2 ** (nbits - 1)), dtype=ints)  # below every key
+        _key_round_trip[(1,)](x, back, best, len(x), INT=tl.int64 if wide else tl.int32, NBITS=nbits,
+                              FLOAT=tl.float64 if wide else tl.float32, BLOCK=triton.next_power_of_2(len(x)))
+        assert torch.equal(back.view(ints), torch.where(x == 0, torch.zeros_like(x), x).view(ints))
+        key = int(best)
+        bits = torch.tensor([key ^ flip if key < 0 else key], dtype=torch.int64).to(ints)  # the map back, in torch
+        assert torch.equal(bits.view(dtype), x.max().reshape(1) + 0.0), (bits.view(dtype), x.max())
