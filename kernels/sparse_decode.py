@@ -487,6 +487,18 @@ def _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, r
 
 
 @triton.jit
+def _solve_in_registers(comp_s, base, total, lin, inv_power, floor, zmax, given, refine_iters,
+                        TAU_MODE: tl.constexpr, BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr,
+                        KIND: tl.constexpr, BLOCK: tl.constexpr, REGS: tl.constexpr):
+    """``_solve_tau`` on the ``total`` <= REGS compacted survivors held in a register block of
+    REGS lanes (z = lin·s in float64, −inf past the survivors)."""
+    rr = tl.arange(0, REGS)
+    z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
+    return _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
+                      TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, True)
+
+
+@triton.jit
 def _tau_kernel(
     v_pages, page_table, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     comp_s, comp_i, out, tau_out, fits,
@@ -562,15 +574,11 @@ def _tau_kernel(
         tl.debug_barrier()  # the compacted survivors are visible to every lane
 
         if total <= SMALL_REGS:  # the usual case: a few survivors, held in a small register block
-            rr = tl.arange(0, SMALL_REGS)
-            z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
-            tau = _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
-                             TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, True)
+            tau = _solve_in_registers(comp_s, base, total, lin, inv_power, floor, zmax, given, refine_iters,
+                                      TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, SMALL_REGS)
         elif total <= BLOCK_REGS:  # held in registers
-            rr = tl.arange(0, BLOCK_REGS)
-            z_reg = tl.load(comp_s + base + rr, mask=rr < total, other=float("-inf")).to(tl.float64) * lin
-            tau = _solve_tau(comp_s, base, total, z_reg, lin, inv_power, floor, zmax, given, refine_iters,
-                             TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, True)
+            tau = _solve_in_registers(comp_s, base, total, lin, inv_power, floor, zmax, given, refine_iters,
+                                      TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, BLOCK_REGS)
         else:
             tau = _solve_tau(comp_s, base, total, lin, lin, inv_power, floor, zmax, given, refine_iters,
                              TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, False)
