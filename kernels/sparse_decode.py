@@ -90,6 +90,11 @@ SPARSE_EXCHANGE = True
 # one integer atomic max an exchange. False: Triton's float atomic max, which is two atomics in
 # sequence (a signed max for non-negative values, an unsigned min for negative ones).
 KEYED_MAX = True
+# α > 1: whether a tile holds a survivor, decided from its rows' maxima (already reduced for the
+# running maximum: lin·max_i s_i > floor iff some lin·s_i > floor, rounding being monotone)
+# instead of a sum over the tile's [rows, tokens] keep flags (a reduction across the program's
+# warps every iteration). False: the sum.
+SKIP_BY_ROW_MAX = True
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
@@ -178,7 +183,7 @@ def _scores_kernel(
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
     HAS_FLOOR: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr, NATIVE: tl.constexpr, WIDE: tl.constexpr,
     FINAL_EXCHANGE: tl.constexpr = False, SPARSE_EXCHANGE: tl.constexpr = False, KEYED_MAX: tl.constexpr = False,
-    PDL: tl.constexpr = False,
+    SKIP_BY_ROW_MAX: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -281,7 +286,8 @@ def _scores_kernel(
         if HAS_ALIBI:
             s += slope[:, None] * (pos - (length - 1)).to(WORK)[None, :]
         s = tl.where(valid[None, :] & gmask[:, None], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
+        tile_max = tl.max(s, axis=1)
+        m_new = tl.maximum(m, tile_max)
         if KIND == 0:
             # online softmax; a row with no token yet keeps m = -inf and adds nothing
             safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -303,7 +309,11 @@ def _scores_kernel(
             # A NaN score fails every comparison, so it would silently leave the support; note
             # it instead (one compare per score, beside the dot product's D multiply-adds)
             nan_seen = nan_seen | (s != s).to(tl.int32)
-            if tl.sum(keep) > 0:  # most chunks hold no survivor once the floor is high
+            if SKIP_BY_ROW_MAX:  # a row's tile keeps a token iff it keeps the row's best (rounding is monotone)
+                any_kept = tl.max((lin_w * tile_max > floor).to(tl.int32), axis=0) > 0
+            else:
+                any_kept = tl.sum(keep) > 0
+            if any_kept:  # most chunks hold no survivor once the floor is high
                 at = cnt[:, None] + tl.cumsum(keep, axis=1) - keep
                 dst = out_row[:, None] * CAP + at
                 tl.store(cand_s + dst, s, mask=keep == 1)
@@ -680,7 +690,8 @@ def sparse_decode(
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
-        SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), num_warps=SCORES_WARPS,
+        SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
+        num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
