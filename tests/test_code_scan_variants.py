@@ -113,7 +113,7 @@ def test_thread_tokens_on_any_page_block_and_head_dim(tokens, monkeypatch, poiso
     monkeypatch.setattr(code_scan, "THREAD_TOKENS", tokens)
     for case in [(2, torch.float32, 4, 2, False, 15), (4, torch.float16, 4, 4, False, 9),
                  (8, torch.bfloat16, 4, 4, True, 16)]:
-        codes_tests.test_scan_ops_on_any_page_block_and_head_dim(*case, monkeypatch, poison)
+        codes_tests.test_scan_ops_on_any_page_block_and_head_dim(*case, False, monkeypatch, poison)  # CUDA cores
 
 
 def test_thread_tokens_specialisations_compile_for_sm90(monkeypatch, tmp_path):
