@@ -113,9 +113,9 @@ launch, although its program ran first and its specialisation had the bare scan'
 Pass 2: grid (B·Hkv, ceil(P / SPAN)).
 A program first reads only the pass-1 bounds of its SPAN pages (2·G floats a page) and is
 done if none reaches τ_low; otherwise it rescans the codes of the reaching pages only, in
-tiles of BLOCK_P of them (a loop over the reaching pages, not over the span). Bytes per step: codes + kmin/kmax of
-every coded page once (pass 1), then only candidate pages' again (pass 2), plus
-[B, Hkv, G, P] floats three times.
+tiles of BLOCK_P of them (a loop over the reaching pages, not over the span). Bytes per step:
+codes + kmin/kmax of every coded page once (pass 1), then only candidate pages' again (pass 2),
+plus [B, Hkv, G, P] floats three times.
 Token groups (``THREAD_TOKENS`` = T > 1; not the default, see the constant): the CUDA-core page
 block with T tokens of one page in each thread: the code tile is loaded as T token sets
 (tokens j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread
@@ -919,7 +919,8 @@ def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length,
 
 
 @triton.jit
-def _finish_row(counters, count, index, page_mask, page_list, page_count, bh, rows, coded, P, C, BLOCK: tl.constexpr):
+def _finish_row(counters, count, index, page_mask, page_list, page_count, bh, rows, coded, P, C,
+                BLOCK: tl.constexpr):
     """Run by the row's last program (the others have finished: their appends precede their
     count of finished programs, and the counters are read with atomics): the row's candidate
     and page counts, and on a row whose candidates overflowed the capacity C every coded page,
@@ -950,7 +951,8 @@ def _finish_row(counters, count, index, page_mask, page_list, page_count, bh, ro
 def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, page_max, eps_in, tau_in,
     seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, counters,
-    lin_high, lin_middle, lin_low, scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23, H, P, D, W, C,
+    lin_high, lin_middle, lin_low, scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23,
+    H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr,
