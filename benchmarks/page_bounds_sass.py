@@ -120,6 +120,8 @@ def compile_all(path: str, configs: list[tuple[int, int]], chunks: list[int]) ->
             for block_p, warps in configs:
                 for chunk in chunks:
                     args = dict(args, BLOCK_P=["int", block_p])
+                    if "DOT_F32" in args:  # recorded on the CPU; a GPU launch multiplies bf16 natively
+                        args["DOT_F32"] = ["bool", False]
                     if "CHUNK" in args:
                         args["CHUNK"] = ["int", chunk]
                         args["VEC"] = ["int", min(8, chunk)]  # 16-byte loads of fp16/bf16

@@ -64,7 +64,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
-__all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor"]
+__all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor", "uses_dot"]
 
 # pages per program and warps, CHUNK = 32 (CHUNK = 0: 8 / 2). On the H200 (TopK step, 32K and
 # 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2
@@ -73,6 +73,13 @@ NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.
 CHUNK = 32
+# The tensor-core form (``_page_block_dot``) for float16/bfloat16 statistics and queries
+# without σ: DOT_BLOCK_P pages a program, DOT_WARPS warps. ncu on the H200 (TopK step, 128K,
+# B = 1, 32/8, session 13): the chunked form ran 18.3 µs at 1.9 TB/s, issue-bound (IPC 2.46,
+# 110 SASS instructions a page: 45 FFMA, 20 FMNMX, 16 conversions) with 23% occupancy
+USE_DOT = True
+DOT_BLOCK_P = 64
+DOT_WARPS = 4
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -128,7 +135,8 @@ def _page_scores_kernel(
     scale, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
-    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, PDL: tl.constexpr = False,
+    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, DOT: tl.constexpr = False,
+    GD: tl.constexpr = 16, DOT_F32: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -140,7 +148,12 @@ def _page_scores_kernel(
         if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
-    if CHUNK > 0:
+    if DOT:
+        if block * BLOCK_P < full:
+            _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh,
+                            block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK, HAS_ALIBI, HAS_NU,
+                            WITH_MEAN, DOT_F32)
+    elif CHUNK > 0:
         if block * BLOCK_P < full:
             _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
                                 alibi_eps, nu, bh, block, H, P, D, length, full, S, G, BLOCK_P, BLOCK_D, CHUNK, VEC,
@@ -269,15 +282,79 @@ def _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, m
 
 
 @triton.jit
+def _dot(a, b, F32: tl.constexpr):
+    """a @ b accumulated in float32; ``F32``: float32 operands multiplied exactly (the
+    interpreter's stand-in for bfloat16 ones, whose products are exact in float32 too)."""
+    if F32:
+        return tl.dot(a, b, input_precision="ieee", out_dtype=tl.float32)
+    return tl.dot(a, b, out_dtype=tl.float32)
+
+
+@triton.jit
+def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh, block, H,
+                    P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr,
+                    BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_NU: tl.constexpr,
+                    WITH_MEAN: tl.constexpr, DOT_F32: tl.constexpr):
+    """``_page_scores_kernel``'s page block on tensor cores: the page statistics [BLOCK_P, D]
+    (float16 or bfloat16, as stored) times the group's queries [D, GD] (the same dtype, heads
+    past G zero) in float32-accumulated ``tl.dot``\ s — relu(q) with kmax, min(q, 0) with kmin,
+    |q| with max(|kmin|, |kmax|) (and with max(·, ν), and q with the mean) — with no
+    conversion of the statistics and no per-head loop. The inputs are exact (the
+    statistics are used as stored, q in its own dtype, max/abs/relu are exact) and their
+    products fit float32; only the accumulation's order and rounding differ from the other
+    forms. The launcher passes γ twice (2γ·absmax on ``upper``): the extra γ·absmax covers a
+    float32-accumulated D-term product sum within 2D·eps·Σ|a·b| of the exact one (the model
+    ``code_scan``'s tensor-core path documents), so ``upper`` here is at least the exact
+    Quest bound plus γ·absmax, what the other forms guarantee at worst. ``absmax`` and the
+    mean are D-term dot products as before, within γ·absmax (``mean_slack`` assumes that)."""
+    scale_w = tl.cast(scale, WORK)
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < full
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < D
+    heads = tl.arange(0, GD)
+    stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
+    smask = pmask[:, None] & dmask[None, :]
+    kmin = tl.load(k_min + stat, mask=smask, other=0.0)  # [BLOCK_P, BLOCK_D], the stored dtype
+    kmax = tl.load(k_max + stat, mask=smask, other=0.0)
+    qrows = (bh * G + heads).to(tl.int64)  # [GD]
+    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
+    if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
+        kmin, kmax, qt = kmin.to(tl.float32), kmax.to(tl.float32), qt.to(tl.float32)
+    # max, min and abs of stored values are stored values: the casts back (Triton computes a
+    # bfloat16 maximum in float32) change nothing
+    zero = tl.zeros_like(qt)
+    quest = _dot(kmax, tl.maximum(qt, zero).to(qt.dtype), DOT_F32) \
+        + _dot(kmin, tl.minimum(qt, zero).to(qt.dtype), DOT_F32)  # [BLOCK_P, GD]
+    kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(kmin.dtype)
+    qabs = tl.abs(qt).to(qt.dtype)
+    mag = _dot(kabs, qabs, DOT_F32) * scale_w
+    u = quest * scale_w + tl.cast(gamma, WORK) * mag
+    mu = u  # a placeholder: stored only WITH_MEAN
+    if WITH_MEAN:
+        kmean = tl.load(k_mean + stat, mask=smask, other=0.0)
+        if DOT_F32:
+            kmean = kmean.to(tl.float32)
+        if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+            mag = _dot(tl.maximum(kabs, tl.full(kabs.shape, nu, kabs.dtype)).to(kabs.dtype), qabs, DOT_F32) * scale_w
+        mu = _dot(kmean, qt, DOT_F32) * scale_w
+    # every head's [BLOCK_P] column at once: [BLOCK_P, 1] pages against [1, GD] heads
+    _store_head(upper, absmax, mean, upper, slopes, u, mag, mu, u, bh, heads[None, :], qrows[None, :], p[:, None],
+                pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI, WITH_MEAN,
+                False)
+
+
+@triton.jit
 def _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow, p, pmask, length, alibi_eps, H, P,
                 S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
                 WITH_MEAN: tl.constexpr, WITH_SIGMA: tl.constexpr):
-    """Query head g's page quantities [BLOCK_P] of the pages p (``qrow`` = bh·G + g): with ALiBi
+    """Query head g's page quantities [BLOCK_P] of the pages p (``qrow`` = bh·G + g; or, from
+    ``_page_block_dot``, g and qrow [1, GD] and p [BLOCK_P, 1]: every head at once): with ALiBi
     the page's largest bias on the upper bound (inflated by its rounding), the page-centre bias
     on the mean and the positions' variance on σ²; then stored (absmax and mean only WITH_MEAN,
     σ only WITH_SIGMA)."""
     if HAS_ALIBI:
-        slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+        slope = tl.load(slopes + (bh % H) * G + g, mask=g < G, other=0.0).to(WORK)  # g: a head or [1, GD] heads
         qpos_t = length - 1
         first = (p * S - qpos_t).to(WORK)
         last = (p * S + S - 1 - qpos_t).to(WORK)
@@ -318,7 +395,7 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
         qv = tl.load(q + qrow * D + d, mask=dmask, other=0.0).to(WORK)[None, :]
         s = tl.sum(qv * k, axis=1) * scale_w
         if HAS_ALIBI:
-            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
+            slope = tl.load(slopes + (bh % H) * G + g, mask=g < G, other=0.0).to(WORK)  # g: a head or [1, GD] heads
             s += slope * (pos - (length - 1)).to(WORK)
         mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
         s = tl.where(valid, s, float("-inf"))
@@ -326,6 +403,15 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
             tl.store(newest_scores + qrow * S + slot, s, mask=slot < S)
         tl.store(newest_max + qrow, tl.max(s, axis=0))
         tl.store(newest_mag + qrow, tl.max(tl.where(valid, mag, 0.0), axis=0))
+
+
+def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
+    """Whether the page statistics go through ``_page_block_dot`` (tensor cores): ``USE_DOT``,
+    float16 or bfloat16 statistics and queries of the same dtype (exact tensor-core inputs),
+    no σ (its q²·std² keeps the float32 forms) and a head dimension of at least 16 (``tl.dot``'s
+    smallest K)."""
+    return (bool(USE_DOT) and k_min.dtype in (torch.float16, torch.bfloat16) and q.dtype == k_min.dtype
+            and not with_sigma and k_min.shape[-1] >= 16)
 
 
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
@@ -345,18 +431,23 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         q, scale = q * scale, 1.0
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
     nu = mean_floor(k_mean.dtype)
-    grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if with_newest else 0))
+    dot = uses_dot(q, k_min, with_sigma)
+    block_p = DOT_BLOCK_P if dot else BLOCK_P
+    grid = (b * hkv, triton.cdiv(p, block_p) + (1 if with_newest else 0))
     chunk = min(CHUNK, next_pow2(d))
+    gamma = rounding_gamma(work, d) * (2 if dot else 1)  # ``_page_block_dot``: γ for the dots' accumulation
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
         upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,
         newest_max if with_newest else upper,
         newest_mag if with_newest else upper, newest_scores if with_newest else upper,
-        scale, rounding_gamma(work, d), 4 * torch.finfo(work).eps, nu, hkv, p, d,
-        S=page_size, G=g, BLOCK_P=BLOCK_P, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
+        scale, gamma, 4 * torch.finfo(work).eps, nu, hkv, p, d,
+        S=page_size, G=g, BLOCK_P=block_p, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
-        WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), num_warps=NUM_WARPS,
+        WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), DOT=dot,
+        GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16,
+        num_warps=DOT_WARPS if dot else NUM_WARPS,
         **pdl_kwargs(q, "page_scores"),
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores

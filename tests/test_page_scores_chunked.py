@@ -15,7 +15,7 @@ from helpers import fresh_seed, make_cache
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels import page_scores as module  # noqa: E402
-from entmaxkv.kernels.page_scores import mean_floor, page_bounds, page_scores, rounding_gamma  # noqa: E402
+from entmaxkv.kernels.page_scores import mean_floor, page_bounds, page_scores, rounding_gamma, uses_dot  # noqa: E402
 
 S = 16
 SCALE = 0.3
@@ -48,18 +48,25 @@ def oracle(cache, q, slopes, work):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("chunk, block_p", [(0, 4), (8, 4), (16, 8), (32, 4)])
+@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
-def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, group, tiny, device, poison, monkeypatch):
-    """On CUDA too: the compiled kernels (fused multiply-adds, another schedule) stay within
-    the same rounding model."""
-    monkeypatch.setattr(module, "CHUNK", chunk)
-    monkeypatch.setattr(module, "BLOCK_P", block_p)
+def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, group, tiny, device, poison, monkeypatch):
+    """On CUDA too: the compiled kernels (fused multiply-adds or tensor cores, another
+    schedule) stay within the same rounding model. ``form``: CHUNK of the CUDA-core forms, or
+    the tensor-core form (float16/bfloat16 without σ; float32/float64 keep the chunked form)."""
+    dot = form == "dot"
+    monkeypatch.setattr(module, "USE_DOT", dot)
+    monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
+    if not dot:
+        monkeypatch.setattr(module, "CHUNK", form)
     seed = fresh_seed()
     hkv = 2
-    lens = [S * 9 + 3, S * 5]  # 9 and 5 full pages: rows of several programs, the last ragged
+    # 9 and 5 full pages: rows of several programs, the last ragged (37 and 20 for the dot's
+    # 16-page programs)
+    lens = [S * 37 + 3, S * 20] if dot else [S * 9 + 3, S * 5]
+    with_sigma = not dot  # σ keeps the CUDA-core form
     spread = 2.0 ** -20 if tiny else 3.0  # tiny: fp16 subnormal keys, absmax set by ν
     cache, _, _ = make_cache(seed, 2, hkv, d, S, lens, dtype=dtype, spread=spread)
     g = torch.Generator().manual_seed(seed)
@@ -67,8 +74,9 @@ def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, gr
     work = torch.float64 if dtype == torch.float64 else torch.float32
     slopes = (torch.rand(hkv * group, generator=g, dtype=torch.float64) * 0.2).to(work) if group != 1 else None
     ran = cache.to(device=device)
+    assert uses_dot(q, cache.k_min, with_sigma) == (dot and dtype in (torch.float16, torch.bfloat16))
     got = page_scores(q.to(device), ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens,
-                      None if slopes is None else slopes.to(device), S, SCALE, True)
+                      None if slopes is None else slopes.to(device), S, SCALE, with_sigma)
     upper, mag, absmax, mean, sigma = oracle(cache, q, slopes, work)
     full = cache.full_page_mask()[:, None, None, :].expand_as(upper)
     eps = torch.finfo(work).eps
@@ -76,21 +84,24 @@ def test_page_scores_forms_equal_the_float64_oracle(chunk, block_p, dtype, d, gr
     bias_err = 0.0 if slopes is None else 8 * eps * float(slopes.abs().max()) * S * cache.num_pages
     msg = f"seed {seed}"
     # each result is a D-term dot product (any order) plus a few roundings: within γ·absmax
-    for name, x, want, tol in [("upper", got[0], upper, 2 * gamma * absmax + bias_err),
-                               ("absmax", got[1], absmax, gamma * absmax),
-                               ("mean", got[2], mean, gamma * absmax + bias_err),
-                               ("sigma", got[3], sigma, 4 * gamma * sigma)]:
+    checks = [("upper", got[0], upper, 2 * gamma * absmax + bias_err), ("absmax", got[1], absmax, gamma * absmax),
+              ("mean", got[2], mean, gamma * absmax + bias_err)]
+    if with_sigma:
+        checks.append(("sigma", got[3], sigma, 4 * gamma * sigma))
+    for name, x, want, tol in checks:
         assert x.dtype == work, name
         err = (x.double().cpu() - want).abs()
         assert bool((err[full] <= tol[full]).all()), f"{name} {msg}: {(err - tol)[full].max()}"
+    if uses_dot(q, cache.k_min, with_sigma):  # the dots' 2γ: at least the exact Quest bound plus γ·absmax
+        assert bool((got[0].double().cpu() >= upper - bias_err)[full].all()), msg
     if tiny:  # ν, not the keys, sets absmax somewhere: the test sees whether ν is applied
         assert bool((absmax[full] > mag[full] * (1 + 4 * gamma)).any()), msg
     # page_bounds: the same page quantities, bit for bit (one kernel); without the mean (α = 1's
     # TopK step) the same upper, and the mean (NaN here) is not read
     q, slopes, full = q.to(device), None if slopes is None else slopes.to(device), full.to(device)
     bounds = page_bounds(q, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, slopes, ran.k_pages, S,
-                         SCALE, True)
-    for x, y in zip(bounds[:4], got):
+                         SCALE, with_sigma)
+    for x, y in zip(bounds[:4] if with_sigma else bounds[:3], got):
         assert torch.equal(x[full], y[full]), msg
     lean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std, ran.seq_lens,
                        slopes, ran.k_pages, S, SCALE, False, False)
@@ -109,3 +120,34 @@ def test_chunk_larger_than_the_head_dim_is_clamped(monkeypatch):
     gamma = rounding_gamma(torch.float32, 8)
     for x, want in [(got[0], upper), (got[1], absmax), (got[2], mean)]:
         assert bool(((x.double() - want).abs()[..., :2] <= 2 * gamma * absmax[..., :2]).all()), seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_tensor_core_upper_covers_its_accumulation(dtype, device, monkeypatch):
+    """The tensor-core form's ``upper`` is at least the exact Quest bound plus γ·absmax (what
+    the CUDA-core forms guarantee at worst), on statistics built for cancellation: products of
+    both signs and magnitudes 2^-8..2^8 (exact in float32), so the float32-accumulated dots
+    are off by far more than an ulp of their result. Dropping the extra γ is caught here."""
+    monkeypatch.setattr(module, "USE_DOT", True)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, hkv, group, p, d = 1, 2, 4, 48, 128
+    span = 2.0 ** torch.randint(-8, 9, (b, hkv, p, d), generator=g).double()
+    kmin = (torch.randn(b, hkv, p, d, generator=g, dtype=torch.float64) * span).to(dtype)
+    kmax = torch.maximum(kmin, (torch.randn(b, hkv, p, d, generator=g, dtype=torch.float64) * span).to(dtype))
+    q = (torch.randn(b, hkv * group, d, generator=g, dtype=torch.float64)
+         * 2.0 ** torch.randint(-4, 5, (b, hkv * group, d), generator=g)).to(dtype)
+    lens = torch.tensor([p * S + 5])
+    assert uses_dot(q, kmin, False)
+    got = page_scores(q.to(device), kmin.to(device), kmax.to(device), kmin.to(device), kmin.to(device),
+                      lens.to(device), None, S, SCALE, False, False)[0].double().cpu()
+    qg = group_queries(q.double()[:, :, None], hkv)
+    quest = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), kmax.double())
+             + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), kmin.double())) * SCALE
+    mag = torch.einsum("bhgd,bhpd->bhgp", qg.abs(), torch.maximum(kmin.abs(), kmax.abs()).double()) * SCALE
+    gamma = rounding_gamma(torch.float32, d)
+    want = quest + gamma * mag
+    slack = 4 * torch.finfo(torch.float32).eps * (quest.abs() + gamma * mag)  # the last two roundings
+    assert bool((got >= want - slack).all()), f"seed {seed}: {(want - slack - got).max()}"
+    assert bool((got <= quest + 3 * gamma * mag).all()), f"seed {seed}"
