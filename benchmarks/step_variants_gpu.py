@@ -3,7 +3,7 @@
     python benchmarks/step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 \
         --variants "base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64"
 
-Per context and α (B = 1, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, TopK 12.5% or
+Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, TopK 12.5% or
 ``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
 median of replays) for each variant — ``;``-separated, each a ``,``-separated list of
 ``module.CONSTANT=value`` assignments to ``entmaxkv.kernels.<module>`` (``base``: none) —
@@ -49,10 +49,11 @@ def main() -> None:
     parser.add_argument("--selector", default="TopK12.5", choices=list(SELECTORS))
     parser.add_argument("--variants", default="base")
     parser.add_argument("--reps", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
-    b, hq, hkv, d = 1, 32, 8, 128
+    b, hq, hkv, d = args.batch, 32, 8, 128
     for n in (int(x) for x in args.contexts.split(",")):
         stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=torch.float16,
                                  device="cuda")

@@ -80,6 +80,11 @@ CHUNK = 32
 USE_DOT = True
 DOT_BLOCK_P = 64
 DOT_WARPS = 4
+# page blocks a program of the tensor-core form takes in turn, and the software pipeline's
+# stages over them (``tl.range``'s num_stages): the next blocks' statistics load while one
+# block's dots run
+DOT_ITERS = 1
+DOT_STAGES = 1
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -136,7 +141,8 @@ def _page_scores_kernel(
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
     HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, DOT: tl.constexpr = False,
-    GD: tl.constexpr = 16, DOT_F32: tl.constexpr = False, PDL: tl.constexpr = False,
+    GD: tl.constexpr = 16, DOT_F32: tl.constexpr = False, ITERS: tl.constexpr = 1, STAGES: tl.constexpr = 1,
+    PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -149,10 +155,10 @@ def _page_scores_kernel(
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
     if DOT:
-        if block * BLOCK_P < full:
+        if block * BLOCK_P * ITERS < full:
             _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh,
                             block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK, HAS_ALIBI, HAS_NU,
-                            WITH_MEAN, DOT_F32)
+                            WITH_MEAN, DOT_F32, ITERS, STAGES)
     elif CHUNK > 0:
         if block * BLOCK_P < full:
             _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
@@ -294,7 +300,7 @@ def _dot(a, b, F32: tl.constexpr):
 def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh, block, H,
                     P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr,
                     BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_NU: tl.constexpr,
-                    WITH_MEAN: tl.constexpr, DOT_F32: tl.constexpr):
+                    WITH_MEAN: tl.constexpr, DOT_F32: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr):
     """``_page_scores_kernel``'s page block on tensor cores: the page statistics [BLOCK_P, D]
     (float16 or bfloat16, as stored) times the group's queries [D, GD] (the same dtype, heads
     past G zero) in float32-accumulated ``tl.dot``\ s — relu(q) with kmax, min(q, 0) with kmin,
@@ -308,40 +314,45 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
     Quest bound plus γ·absmax, what the other forms guarantee at worst. ``absmax`` and the
     mean are D-term dot products as before, within γ·absmax (``mean_slack`` assumes that)."""
     scale_w = tl.cast(scale, WORK)
-    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = p < full
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
     heads = tl.arange(0, GD)
-    stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
-    smask = pmask[:, None] & dmask[None, :]
-    kmin = tl.load(k_min + stat, mask=smask, other=0.0)  # [BLOCK_P, BLOCK_D], the stored dtype
-    kmax = tl.load(k_max + stat, mask=smask, other=0.0)
     qrows = (bh * G + heads).to(tl.int64)  # [GD]
     qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
     if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
-        kmin, kmax, qt = kmin.to(tl.float32), kmax.to(tl.float32), qt.to(tl.float32)
+        qt = qt.to(tl.float32)
     # max, min and abs of stored values are stored values: the casts back (Triton computes a
     # bfloat16 maximum in float32) change nothing
     zero = tl.zeros_like(qt)
-    quest = _dot(kmax, tl.maximum(qt, zero).to(qt.dtype), DOT_F32) \
-        + _dot(kmin, tl.minimum(qt, zero).to(qt.dtype), DOT_F32)  # [BLOCK_P, GD]
-    kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(kmin.dtype)
+    q_pos = tl.maximum(qt, zero).to(qt.dtype)
+    q_neg = tl.minimum(qt, zero).to(qt.dtype)
     qabs = tl.abs(qt).to(qt.dtype)
-    mag = _dot(kabs, qabs, DOT_F32) * scale_w
-    u = quest * scale_w + tl.cast(gamma, WORK) * mag
-    mu = u  # a placeholder: stored only WITH_MEAN
-    if WITH_MEAN:
-        kmean = tl.load(k_mean + stat, mask=smask, other=0.0)
+    for i in tl.range(0, ITERS, num_stages=STAGES):
+        p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = p < full
+        stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
+        smask = pmask[:, None] & dmask[None, :]
+        kmin = tl.load(k_min + stat, mask=smask, other=0.0)  # [BLOCK_P, BLOCK_D], the stored dtype
+        kmax = tl.load(k_max + stat, mask=smask, other=0.0)
         if DOT_F32:
-            kmean = kmean.to(tl.float32)
-        if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
-            mag = _dot(tl.maximum(kabs, tl.full(kabs.shape, nu, kabs.dtype)).to(kabs.dtype), qabs, DOT_F32) * scale_w
-        mu = _dot(kmean, qt, DOT_F32) * scale_w
-    # every head's [BLOCK_P] column at once: [BLOCK_P, 1] pages against [1, GD] heads
-    _store_head(upper, absmax, mean, upper, slopes, u, mag, mu, u, bh, heads[None, :], qrows[None, :], p[:, None],
-                pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI, WITH_MEAN,
-                False)
+            kmin, kmax = kmin.to(tl.float32), kmax.to(tl.float32)
+        quest = _dot(kmax, q_pos, DOT_F32) + _dot(kmin, q_neg, DOT_F32)  # [BLOCK_P, GD]
+        kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(kmin.dtype)
+        mag = _dot(kabs, qabs, DOT_F32) * scale_w
+        u = quest * scale_w + tl.cast(gamma, WORK) * mag
+        mu = u  # a placeholder: stored only WITH_MEAN
+        if WITH_MEAN:
+            kmean = tl.load(k_mean + stat, mask=smask, other=0.0)
+            if DOT_F32:
+                kmean = kmean.to(tl.float32)
+            if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                kabs_nu = tl.maximum(kabs, tl.full(kabs.shape, nu, kabs.dtype)).to(kabs.dtype)
+                mag = _dot(kabs_nu, qabs, DOT_F32) * scale_w
+            mu = _dot(kmean, qt, DOT_F32) * scale_w
+        # every head's [BLOCK_P] column at once: [BLOCK_P, 1] pages against [1, GD] heads
+        _store_head(upper, absmax, mean, upper, slopes, u, mag, mu, u, bh, heads[None, :], qrows[None, :], p[:, None],
+                    pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI, WITH_MEAN,
+                    False)
 
 
 @triton.jit
@@ -433,7 +444,8 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     nu = mean_floor(k_mean.dtype)
     dot = uses_dot(q, k_min, with_sigma)
     block_p = DOT_BLOCK_P if dot else BLOCK_P
-    grid = (b * hkv, triton.cdiv(p, block_p) + (1 if with_newest else 0))
+    iters = DOT_ITERS if dot else 1
+    grid = (b * hkv, triton.cdiv(p, block_p * iters) + (1 if with_newest else 0))
     chunk = min(CHUNK, next_pow2(d))
     gamma = rounding_gamma(work, d) * (2 if dot else 1)  # ``_page_block_dot``: γ for the dots' accumulation
     wrap_triton(_page_scores_kernel)[grid](
@@ -446,7 +458,8 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
         WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), DOT=dot,
-        GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16,
+        GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16, ITERS=iters,
+        STAGES=DOT_STAGES if dot else 1,
         num_warps=DOT_WARPS if dot else NUM_WARPS,
         **pdl_kwargs(q, "page_scores"),
     )

@@ -48,16 +48,19 @@ def oracle(cache, q, slopes, work):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16)])
+@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
 def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, group, tiny, device, poison, monkeypatch):
     """On CUDA too: the compiled kernels (fused multiply-adds or tensor cores, another
     schedule) stay within the same rounding model. ``form``: CHUNK of the CUDA-core forms, or
-    the tensor-core form (float16/bfloat16 without σ; float32/float64 keep the chunked form)."""
-    dot = form == "dot"
+    the tensor-core form (float16/bfloat16 without σ; float32/float64 keep the chunked form),
+    one page block a program or two in turn (``dot2``: 37 pages, the second program's second
+    block past the row)."""
+    dot = form in ("dot", "dot2")
     monkeypatch.setattr(module, "USE_DOT", dot)
+    monkeypatch.setattr(module, "DOT_ITERS", 2 if form == "dot2" else 1)  # blocks a program takes in turn
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
     if not dot:
         monkeypatch.setattr(module, "CHUNK", form)
