@@ -21,8 +21,8 @@ Bytes: kmin + kmax (+ mean with ``with_mean``, + std with ``with_sigma``) of the
 read once for the whole GQA group, all in the cache dtype: 2·2·D bytes a page and KV head for
 fp16/bf16 (TopK, which reads no mean), 3·2·D with the mean, 4·2·D with the std too.
 
-The kernel is instruction-bound, not byte-bound (at 128K the fp16 TopK form read ~1.6 TB/s of
-4.25 on the H200). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
+The CUDA-core forms were taken for instruction-bound (at 128K the fp16 TopK form read ~1.6 TB/s
+of 4.25 on the H200; but see the tensor-core form below). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
 share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK > 0
 (``_page_block_chunked``), CHUNK channels at a time with CHUNK/8 threads a row (fp16/bf16),
 sums kept inside each thread until one 2-round reduction at the end: 164 instead of 283
@@ -31,6 +31,18 @@ static sm_90a instructions a page for fp16 with the mean (bf16: 150 / 255; witho
 the TopK step at 128K, α = 1 from 78.6 to 74.8 µs, and alone without the mean 11.9 µs
 (perf-log row 46). Both sum the same
 D products in different orders, which γ and ``mean_slack`` allow.
+
+The tensor-core form (``USE_DOT``, ``_page_block_dot``; float16/bfloat16 statistics and
+queries, no σ) multiplies the stored statistics [BLOCK_P, D] by the group's queries [D, G]
+in float32-accumulated dots: 40 static instructions a page without the mean instead of 110,
+56 with it instead of 164. Yet ncu on the H200 (TopK step, 128K, B = 1, 32/8; session 13)
+timed one block a program at 18.3 µs, as the chunked form: both read at ~1.9 TB/s, the
+chunked form at IPC 2.46, this one at 0.93 — the page block was not issue-bound but waiting
+on its loads (one-shot programs, 15 warps an SM). What moved it is a program taking
+``DOT_ITERS`` blocks in turn with their loads pipelined (``DOT_STAGES``): the TopK step at B =
+16, 64K, 250.8 → 211.5 µs (0.27× → 0.23× SDPA), at B = 1, 128K 65.1 → 62.9. The upper bound
+carries 2γ·absmax here: the extra γ covers the dots' float32 accumulation under the model
+``code_scan``'s tensor-core path documents (see ``_page_block_dot``).
 
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
 mean can exceed every score of the page, by at most (unit roundoff)·absmax, and every use of
@@ -64,7 +76,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
-__all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor", "uses_dot"]
+__all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor", "uses_dot", "dot_iters"]
 
 # pages per program and warps, CHUNK = 32 (CHUNK = 0: 8 / 2). On the H200 (TopK step, 32K and
 # 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2
@@ -74,17 +86,23 @@ NUM_WARPS = 2
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.
 CHUNK = 32
 # The tensor-core form (``_page_block_dot``) for float16/bfloat16 statistics and queries
-# without σ: DOT_BLOCK_P pages a program, DOT_WARPS warps. ncu on the H200 (TopK step, 128K,
-# B = 1, 32/8, session 13): the chunked form ran 18.3 µs at 1.9 TB/s, issue-bound (IPC 2.46,
-# 110 SASS instructions a page: 45 FFMA, 20 FMNMX, 16 conversions) with 23% occupancy
+# without σ: DOT_BLOCK_P pages a program, DOT_WARPS warps (static sm_90a SASS a page, fp16 with
+# the mean: 56 at 64 / 4, 54 at 128 / 4 with 100 B of spill, 92 at 64 / 8). ncu on the H200
+# (TopK step, 128K, B = 1, 32/8, session 13): the chunked form 18.3 µs at 1.9 TB/s, IPC 2.46,
+# 110 SASS instructions a page (45 FFMA, 20 FMNMX, 16 conversions), 23% occupancy; this form,
+# one block a program, 18.3 µs at 1.87 TB/s, IPC 0.93 (25% occupancy, set by shared memory)
 USE_DOT = True
 DOT_BLOCK_P = 64
 DOT_WARPS = 4
 # page blocks a program of the tensor-core form takes in turn, and the software pipeline's
-# stages over them (``tl.range``'s num_stages): the next blocks' statistics load while one
-# block's dots run
-DOT_ITERS = 1
-DOT_STAGES = 1
+# stages over them (``tl.range``'s num_stages: the next blocks' statistics load, by cp.async,
+# while one block's dots run), where the grid keeps at least one program an SM (``dot_iters``).
+# On the H200 (TopK step, step_variants_gpu.py, session 13 call 3; µs, the CUDA-core form /
+# one block a program / 4 blocks 3 stages): B = 16 32/8 64K α = 1.5 250.8 / 237.6 / 211.5
+# (8 blocks: 216.6); B = 1 128K α = 1 65.1 / 65.7 / 62.9 (2 stages 64.0; 32-page blocks, 8 in
+# turn 66.3); B = 1 32K 32.1 / 32.9 / 32.9, the same outputs
+DOT_ITERS = 4
+DOT_STAGES = 3
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -425,6 +443,14 @@ def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
             and not with_sigma and k_min.shape[-1] >= 16)
 
 
+def dot_iters(blocks: int, device: torch.device) -> int:
+    """Page blocks a tensor-core program takes in turn: ``DOT_ITERS`` where the ``blocks``
+    (rows × page blocks) still make a program for every SM, else 1 (at B = 1, 32/8 on the
+    H200: from 128K up). The interpreter counts one SM: its tests see the loop."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    return DOT_ITERS if blocks >= DOT_ITERS * sms else 1
+
+
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
             with_newest, with_mean):
     b, hkv, p, d = k_min.shape
@@ -444,7 +470,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     nu = mean_floor(k_mean.dtype)
     dot = uses_dot(q, k_min, with_sigma)
     block_p = DOT_BLOCK_P if dot else BLOCK_P
-    iters = DOT_ITERS if dot else 1
+    iters = dot_iters(b * hkv * triton.cdiv(p, block_p), q.device) if dot else 1
     grid = (b * hkv, triton.cdiv(p, block_p * iters) + (1 if with_newest else 0))
     chunk = min(CHUNK, next_pow2(d))
     gamma = rounding_gamma(work, d) * (2 if dot else 1)  # ``_page_block_dot``: γ for the dots' accumulation
