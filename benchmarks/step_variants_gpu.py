@@ -3,7 +3,8 @@
     python benchmarks/step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 \
         --variants "base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64"
 
-Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, TopK 12.5% or
+Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8 or ``--heads``, D = 128, fp16 or
+``--dtype``, ``SyntheticStream`` data, TopK 12.5% or
 ``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
 median of replays) for each variant — ``;``-separated, each a ``,``-separated list of
 ``module.CONSTANT=value`` assignments to ``entmaxkv.kernels.<module>`` (``base``: none) —
@@ -24,7 +25,9 @@ from entmaxkv.synthetic import SyntheticStream
 from decode import graph_of, loaded
 from gpu_check import time_replays
 
-SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "Dense": lambda: ekv.Dense()}
+SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
+             "Dense": lambda: ekv.Dense()}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def assignments(variant: str) -> list[tuple[object, str, object]]:
@@ -50,12 +53,15 @@ def main() -> None:
     parser.add_argument("--variants", default="base")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", default="32/8", help="Hq/Hkv")
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
-    b, hq, hkv, d = args.batch, 32, 8, 128
+    b, d, dtype = args.batch, 128, DTYPES[args.dtype]
+    hq, hkv = (int(x) for x in args.heads.split("/"))
     for n in (int(x) for x in args.contexts.split(",")):
-        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=torch.float16,
+        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
                                  device="cuda")
         k, v = stream.prompt(n)
         q, k_new, v_new = stream.step()
@@ -63,12 +69,13 @@ def main() -> None:
             q, k, v, enable_gqa=True)).replay, args.reps, 5)
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64 + 6 * args.reps,
-                                       dtype=torch.float16, device="cuda")
+                                       dtype=dtype, device="cuda")
         cache = ekv.prefill(empty, k, v, [n] * b)
         del k, v
         for alpha in (float(a) for a in args.alphas.split(",")):
             config = ekv.DecodeConfig(alpha=alpha, selector=SELECTORS[args.selector]())
-            print(f"\n## {n} tokens, α = {alpha}, {args.selector}: SDPA {sdpa:.1f} µs")
+            print(f"\n## {n} tokens, α = {alpha}, {args.selector}, B = {b}, {hq}/{hkv}, {args.dtype}: "
+                  f"SDPA {sdpa:.1f} µs")
             first = None
             for name, sets in zip(variants, parsed):
                 saved = [(mod, key, getattr(mod, key)) for mod, key, _ in sets]
