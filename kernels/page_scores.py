@@ -321,7 +321,7 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
                     WITH_MEAN: tl.constexpr, DOT_F32: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr):
     """``_page_scores_kernel``'s page block on tensor cores: the page statistics [BLOCK_P, D]
     (float16 or bfloat16, as stored) times the group's queries [D, GD] (the same dtype, heads
-    past G zero) in float32-accumulated ``tl.dot``\ s — relu(q) with kmax, min(q, 0) with kmin,
+    past G zero) in float32-accumulated ``tl.dot`` calls — relu(q) with kmax, min(q, 0) with kmin,
     |q| with max(|kmin|, |kmax|) (and with max(·, ν), and q with the mean) — with no
     conversion of the statistics and no per-head loop. The inputs are exact (the
     statistics are used as stored, q in its own dtype, max/abs/relu are exact) and their
