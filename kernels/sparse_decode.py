@@ -152,14 +152,13 @@ def _exchange_max(run_max, qrow, m, gmask, WORK: tl.constexpr, KEYED: tl.constex
     maxima before this one — each an attained score, a score floor given to the kernel (a score
     some attended token reaches) or −inf; undefined on lanes ``gmask`` leaves out, which the
     caller masks: one relaxed atomic max a row, on the order-preserving integer keys of
-    ``run_max`` (``KEYED``, ``run_max_init``) or on floats."""
+    ``run_max`` (``KEYED``, ``run_max_init``: int64 keys for float64 work, int32 for float32,
+    the pointer's own element type) or on floats."""
     if KEYED:
-        if WORK == tl.float64:
-            key = tl.atomic_max(run_max + qrow, _ordered(m, tl.int64, 64), mask=gmask, sem="relaxed")
-            return _unordered(key, tl.float64, 64)
-        else:
-            key = tl.atomic_max(run_max + qrow, _ordered(m, tl.int32, 32), mask=gmask, sem="relaxed")
-            return _unordered(key, tl.float32, 32)
+        KEY: tl.constexpr = run_max.dtype.element_ty
+        NBITS: tl.constexpr = KEY.primitive_bitwidth
+        key = tl.atomic_max(run_max + qrow, _ordered(m, KEY, NBITS), mask=gmask, sem="relaxed")
+        return _unordered(key, WORK, NBITS)
     else:
         return tl.atomic_max(run_max + qrow, m, mask=gmask, sem="relaxed")
 
@@ -169,8 +168,9 @@ def run_max_init(rows: int, work: torch.dtype, keyed: bool, device: torch.device
     dtype or (``keyed``) as its order-preserving integer key (``_exchange_max``)."""
     if not keyed:
         return torch.full((rows,), float("-inf"), dtype=work, device=device)
-    ints, code, nbits = (torch.int64, "q", 64) if work == torch.float64 else (torch.int32, "i", 32)
-    bits = struct.unpack("<" + code, struct.pack("<" + code.replace("q", "d").replace("i", "f"), float("-inf")))[0]
+    ints, int_format, float_format, nbits = (torch.int64, "<q", "<d", 64) if work == torch.float64 \
+        else (torch.int32, "<i", "<f", 32)
+    bits = struct.unpack(int_format, struct.pack(float_format, float("-inf")))[0]
     key = bits ^ ((bits >> (nbits - 1)) & ((1 << (nbits - 1)) - 1))  # _ordered's map (Python ints: no tensor)
     return torch.full((rows,), key, dtype=ints, device=device)
 
