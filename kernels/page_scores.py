@@ -41,7 +41,7 @@ chunked form at IPC 2.46, this one at 0.93 — the page block was not issue-boun
 on its loads (one-shot programs, 15 warps an SM). What moved it is a program taking
 ``DOT_ITERS`` blocks in turn with their loads pipelined (``DOT_STAGES``): the TopK step at B =
 16, 64K, 250.8 → 211.5 µs (0.27× → 0.23× SDPA), at B = 1, 128K 65.1 → 62.9. The upper bound
-carries 2γ·absmax here: the extra γ covers the dots' float32 accumulation under the model
+carries 3γ·absmax here: the extra 2γ covers the dots' float32 accumulation under the model
 ``code_scan``'s tensor-core path documents (see ``_page_block_dot``).
 
 The mean is stored in the cache dtype (``state.page_statistics``): mean_scores of a rounded
@@ -326,11 +326,15 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
     conversion of the statistics and no per-head loop. The inputs are exact (the
     statistics are used as stored, q in its own dtype, max/abs/relu are exact) and their
     products fit float32; only the accumulation's order and rounding differ from the other
-    forms. The launcher passes γ twice (2γ·absmax on ``upper``): the extra γ·absmax covers a
-    float32-accumulated D-term product sum within 2D·eps·Σ|a·b| of the exact one (the model
-    ``code_scan``'s tensor-core path documents), so ``upper`` here is at least the exact
-    Quest bound plus γ·absmax, what the other forms guarantee at worst. ``absmax`` and the
-    mean are D-term dot products as before, within γ·absmax (``mean_slack`` assumes that)."""
+    forms. The launcher passes 3γ (3γ·absmax on ``upper``). Under the model ``code_scan``'s
+    tensor-core path documents, a float32-accumulated K-term product sum is within
+    2K·eps·Σ|a·b| of the exact one (eps = 2^-23); Triton compiles the Quest bound's two dots
+    and their sum into one chain of 2D products (the second dot accumulates into the first),
+    so its error is at most 4D·eps·absmax/scale, and the extra 2γ = (4D + 8)·eps covers it and
+    the scaling: ``upper`` here is at least the exact Quest bound plus γ·absmax (the CUDA-core
+    forms guarantee the exact bound plus γ·absmax less their own D-term rounding). ``absmax``
+    and the mean are single D-term dots, within 2D·eps <= γ of theirs (``mean_slack`` assumes
+    γ). (Review of session 13: the first form's 2γ assumed two separate dots.)"""
     scale_w = tl.cast(scale, WORK)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
@@ -446,7 +450,10 @@ def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
 def dot_iters(blocks: int, device: torch.device) -> int:
     """Page blocks a tensor-core program takes in turn: ``DOT_ITERS`` where the ``blocks``
     (rows × page blocks) still make a program for every SM, else 1 (at B = 1, 32/8 on the
-    H200: from 128K up). The interpreter counts one SM: its tests see the loop."""
+    H200: from 128K up). The interpreter counts one SM: its tests see the loop. The blocks
+    are the cache's capacity (shapes are static; the lengths live on the device): a cache
+    preallocated far beyond what it holds gets the loop, and its filled pages then fall to
+    a quarter of the programs (a program takes consecutive blocks) — not measured."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     return DOT_ITERS if blocks >= DOT_ITERS * sms else 1
 
@@ -473,7 +480,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     iters = dot_iters(b * hkv * triton.cdiv(p, block_p), q.device) if dot else 1
     grid = (b * hkv, triton.cdiv(p, block_p * iters) + (1 if with_newest else 0))
     chunk = min(CHUNK, next_pow2(d))
-    gamma = rounding_gamma(work, d) * (2 if dot else 1)  # ``_page_block_dot``: γ for the dots' accumulation
+    gamma = rounding_gamma(work, d) * (3 if dot else 1)  # ``_page_block_dot``: 2γ for the dots' accumulation
     wrap_triton(_page_scores_kernel)[grid](
         q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages if with_newest else upper,
         upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,

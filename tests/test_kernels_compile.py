@@ -149,9 +149,12 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
             if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
                 spec["NATIVE"] = ["bool", native]
             # page_scores' tensor-core form multiplies bf16 natively on the GPU (float32 operands
-            # only under the interpreter): compile that form too
-            for form in [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True]
-                                  else []):
+            # only under the interpreter), and takes 4 blocks a program in a 3-stage loop where
+            # the grid is large: compile those forms too
+            forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
+            if spec.get("DOT") == ["bool", True]:
+                forms += [dict(f, ITERS=["int", 4], STAGES=["int", 3]) for f in forms]
+            for form in forms:
                 key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
                                                        for k, v in sorted(form.items())])
                 specs.setdefault(key, [self.fn.__module__, self.fn.__name__, form])
@@ -179,7 +182,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
               any(v == ["tensor", d] for v in s[2].values() for d in ("float16", "bfloat16"))]
     chosen = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1] is False] + native
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True] and s[2]["DOT_F32"] == ["bool", False]
-               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the GPU's bf16 tensor-core page scores"
+               and s[2]["ITERS"] == ["int", 4] and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
+        "the GPU's bf16 tensor-core page scores, looped"
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(chosen))
     env = dict(os.environ, TRITON_INTERPRET="0")
