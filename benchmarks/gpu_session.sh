@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
 #   bash benchmarks/gpu_session.sh shapes   # 32/32 heads, B = 16, bf16, 1M tokens
 #   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
+#   bash benchmarks/gpu_session.sh b16      # TopK at B = 16 (32/8 fp16 and bf16, 32/32; 12.5% and
+#                                           # 6.25%) by step_variants_gpu.py: no float32 reference run
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
@@ -58,6 +60,13 @@ shapes)
     bench decode.py --contexts 1048576 --batches 1 --heads 32/8 --dtypes fp16 --alphas 1.5 --coverages 3 \
         --selectors TopK --reps 10 --rounds 3 --out "$out/1m"
     ;;
+b16)
+    for spec in "--dtype fp16 --contexts 65536,131072" "--dtype bf16 --contexts 65536,131072" \
+        "--selector TopK6.25 --contexts 65536,131072" "--heads 32/32 --contexts 65536"; do
+        timeout 150 bash -c "cd benchmarks && python3 step_variants_gpu.py --batch 16 --alphas 1.5 --reps 10 $spec" \
+            2>&1 | grep -E "^##|µs" | tee -a "$out/b16.txt"
+    done
+    ;;
 sparse)
     bench decode.py --data needles --needles 4 --needle-run 16 --contexts 65536,131072 --batches 1 --heads 32/8 \
         --dtypes fp16 --alphas 1.5 --coverages 12.5 --selectors Gaussian,Exact --reps 20 --rounds 3 \
@@ -94,7 +103,7 @@ e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in 
         --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
     ;;
 *)
-    echo "unknown phase $phase (verify, select, topk, shapes, sparse, quick, changed, codes, profile, variants, e2e)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, b16, sparse, quick, changed, codes, profile, variants, e2e)" >&2
     exit 2
     ;;
 esac
