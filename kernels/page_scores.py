@@ -22,8 +22,9 @@ read once for the whole GQA group, all in the cache dtype: 2·2·D bytes a page 
 fp16/bf16 (TopK, which reads no mean), 3·2·D with the mean, 4·2·D with the std too.
 
 The CUDA-core forms were taken for instruction-bound (at 128K the fp16 TopK form read ~1.6 TB/s
-of 4.25 on the H200; but see the tensor-core form below). ``CHUNK`` picks the page block's form: 0, the whole-D tile, where 16 threads
-share a page row and each of the 4·G row sums ends in 4 shuffle rounds; CHUNK > 0
+of 4.25 on the H200; but see the tensor-core form below). ``CHUNK`` picks the page block's
+form: 0, the whole-D tile, where 16 threads share a page row and each of the 4·G row sums ends
+in 4 shuffle rounds; CHUNK > 0
 (``_page_block_chunked``), CHUNK channels at a time with CHUNK/8 threads a row (fp16/bf16),
 sums kept inside each thread until one 2-round reduction at the end: 164 instead of 283
 static sm_90a instructions a page for fp16 with the mean (bf16: 150 / 255; without the mean
@@ -428,7 +429,7 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
         qv = tl.load(q + qrow * D + d, mask=dmask, other=0.0).to(WORK)[None, :]
         s = tl.sum(qv * k, axis=1) * scale_w
         if HAS_ALIBI:
-            slope = tl.load(slopes + (bh % H) * G + g, mask=g < G, other=0.0).to(WORK)  # g: a head or [1, GD] heads
+            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
             s += slope * (pos - (length - 1)).to(WORK)
         mag = tl.sum(tl.abs(qv) * kabs, axis=1) * scale_w
         s = tl.where(valid, s, float("-inf"))

@@ -181,9 +181,9 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     native = [s for s in native if s[2].get("WORK", [0, "fp32"])[1] == "fp32" and
               any(v == ["tensor", d] for v in s[2].values() for d in ("float16", "bfloat16"))]
     chosen = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1] is False] + native
-    assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True] and s[2]["DOT_F32"] == ["bool", False]
-               and s[2]["ITERS"] == ["int", 4] and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
-        "the GPU's bf16 tensor-core page scores, looped"
+    assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
+               and s[2]["DOT_F32"] == ["bool", False] and s[2]["ITERS"] == ["int", 4]
+               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the GPU's bf16 tensor-core page scores, looped"
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(chosen))
     env = dict(os.environ, TRITON_INTERPRET="0")
