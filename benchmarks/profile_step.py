@@ -30,6 +30,7 @@ SELECTORS = {
     "Dense": lambda: ekv.Dense(),
     "TopK12.5": lambda: ekv.TopK(coverage=0.125),
     "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
+    "TopK3": lambda: ekv.TopK(coverage=0.03),
     "Gaussian": lambda: ekv.Gaussian(),
     "Exact": lambda: ekv.Exact(),
     "ExactCodes4": lambda: ekv.Exact(),
