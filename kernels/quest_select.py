@@ -310,7 +310,7 @@ def _search_kernel(
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
     LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
@@ -339,7 +339,7 @@ def _search_kernel(
                             ONE_CHUNK, u_tail, TAIL)
     k = tl.minimum(tl.minimum(want, eligible_total), P)
     t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
-                                PROBES, u_tail, TAIL)
+                                PROBES, u_tail, TAIL, SAMPLE, RUN)
     tl.store(kept + row, k)
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
@@ -485,6 +485,7 @@ def quest_select(
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
+            **select_module.search_sample(p <= block + tail),
             LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,
             num_warps=SELECT_WARPS if block >= 2048 else 4, **pdl_kwargs(upper, "quest_select"),
         )

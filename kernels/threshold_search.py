@@ -147,16 +147,19 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
 @triton.jit
 def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
-               PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
+               PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0, SAMPLE: tl.constexpr = 0,
+               RUN: tl.constexpr = 1):
     """(t, ties_wanted) such that the keys above t and the first ``ties_wanted`` keys equal to
     t are the row's k largest (the bitwise search: t the k-th largest key, or the lowest value
     when every eligible key is taken; the interpolation search may return another such pair,
     see the module docstring) — by the bitwise search (``PROBES`` = 0) or the interpolation
     search. Keys are read from ``base`` (P of
-    them) or, when ONE_CHUNK, from their images ``u_all`` in registers."""
+    them) or, when ONE_CHUNK, from their images ``u_all`` in registers. ``SAMPLE`` > 0 (a
+    streamed row, interpolation search): the bracket starts from a sample of SAMPLE keys in
+    runs of RUN (``_sampled_bracket``)."""
     if PROBES > 0:
         return _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK,
-                                       PROBES, u_tail, TAIL)
+                                       PROBES, u_tail, TAIL, SAMPLE, RUN, FIELD)
     else:
         return _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
                                   FIELD, u_tail, TAIL)
@@ -242,52 +245,128 @@ def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr,
 
 
 @triton.jit
+def _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
+                     BLOCK: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr, SAMPLE: tl.constexpr,
+                     RUN: tl.constexpr):
+    """A bracket [lo, hi) of a streamed row's integer images with #{u >= lo} = c_lo >= k >
+    #{u >= hi} = c_hi and fewer than k keys at +inf, from a sample: SAMPLE keys in runs of RUN
+    consecutive ones (a run shares memory sectors), the runs evenly spaced over the P keys.
+    With r = k·(sample eligible)/(row eligible) the sample rank the k-th key should have, hi is
+    just above the sample's (r − m)-th largest key and lo is its (r + m)-th, m = 3·sqrt(RUN·r)
+    + RUN (three standard deviations of the sample's count above the k-th key were each run's
+    keys all alike; the sample searches run in registers), then one streamed pass counts the
+    row at lo and hi. Returns (lo, hi, c_lo, c_hi, ok): ok 0 when the sample does not
+    reach both ranks or the counts do not confirm the bracket — the caller then brackets the
+    whole finite range, as without a sample. Whatever the sample, a confirmed bracket holds the
+    k-th key: it only saves passes."""
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    top = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
+    runs: tl.constexpr = SAMPLE // RUN
+    j = tl.arange(0, SAMPLE)
+    gap = tl.maximum(P // runs, RUN)  # runs never overlap; past P the lanes are masked
+    at = (j // RUN).to(tl.int64) * gap + j % RUN
+    u_s = _eligible_ordered(tl.load(base + at, mask=at < P, other=float("-inf")), INT, NBITS)
+    n_s = tl.sum((u_s > lowest).to(tl.int32))
+    r = k.to(tl.float64) * n_s.to(tl.float64) / eligible_total.to(tl.float64)
+    m = 3.0 * tl.sqrt(RUN * r) + RUN
+    rank_hi = tl.floor(r - m).to(tl.int32)  # sample ranks: hi's key above the k-th, lo's below it
+    rank_lo = tl.ceil(r + m).to(tl.int32)
+    lo = lowest + 1
+    hi = top
+    c_lo = eligible_total
+    c_hi = tl.full((), 0, tl.int32)
+    ok = (rank_hi >= 1) & (rank_lo < n_s)
+    if ok:
+        # #{sample > t_hi} <= rank_hi and #{sample >= t_lo} >= rank_lo (``_threshold``'s pair)
+        t_hi, _ = _interpolated_threshold(base, j, SAMPLE, u_s, rank_hi, n_s, INT, NBITS, SAMPLE, True, PROBES)
+        t_lo, _ = _interpolated_threshold(base, j, SAMPLE, u_s, rank_lo, n_s, INT, NBITS, SAMPLE, True, PROBES)
+        ok = t_hi < top  # t_lo <= t_hi: lo < hi
+        if ok:
+            lo = t_lo
+            hi = t_hi + 1
+            # (hi <= top: c_hi < k leaves fewer than k keys at +inf)
+            c_lo, c_hi, _ = _count3(base, lanes, P, lo, hi, hi, u_all, INT, NBITS, BLOCK, False, FIELD)
+            ok = (c_lo >= k) & (c_hi < k)
+    return lo, hi, c_lo, c_hi, ok
+
+
+@triton.jit
 def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                             BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, u_tail=None,
-                            TAIL: tl.constexpr = 0):
+                            TAIL: tl.constexpr = 0, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1,
+                            FIELD: tl.constexpr = 0):
     """``_threshold``'s (t, ties_wanted) by interpolation probes, then bisection (module
-    docstring). Invariant: lo < hi, #{u >= lo} >= k > #{u >= hi} = c_hi. The probe's value
-    is clamped into (lo, hi) as an integer, so any rounding of the model only slows it."""
+    docstring), from a bracket of the whole finite range or (``SAMPLE`` > 0, streamed rows) a
+    sampled one (``_sampled_bracket``) where the counts confirm it."""
     KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     t = lowest
     ties = k
     if k < eligible_total:  # else every eligible key is taken: nothing to search
-        n_inf, lo, hi = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
-        if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
-            t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
-        else:  # n_inf < k < eligible: some finite key is the k-th, and hi + 1 cannot overflow
-            hi = hi + 1
-            kf = k.to(tl.float64)
-            c_lo = eligible_total.to(tl.float64)  # the model's counts at the ends (Illinois-weighted)
-            c_hi_model = n_inf.to(tl.float64)
-            c_hi = n_inf
-            side = tl.full((), 0, tl.int32)  # which end the last probe moved: 1 lo, −1 hi
-            probe = lo
-            done = tl.full((), 0, tl.int32)  # 1 once a probe counted exactly k
-            i = tl.full((), 0, tl.int32)
-            go = hi > lo + 1
-            while go:
-                # where a line through (lo, c_lo) and (hi − 1, c_hi) crosses k + ½; or the middle
-                f = (c_lo - kf - 0.5) / (c_lo - c_hi_model)
-                guess = _value_of(lo, INT, NBITS) * (1.0 - f) + _value_of(hi - 1, INT, NBITS) * f
-                middle = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
-                probe = tl.where(i < PROBES, _ordered(guess.to(KEY), INT, NBITS), middle)
-                probe = tl.minimum(tl.maximum(probe, lo + 1), hi - 1)
-                c = _count(base, lanes, P, probe, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
-                up = c >= k
-                c_f = c.to(tl.float64)
-                # Illinois: an end kept twice in a row has its model count halved toward k + ½
-                c_hi_model = tl.where(up, tl.where(side == 1, (c_hi_model + kf + 0.5) * 0.5, c_hi_model), c_f)
-                c_lo = tl.where(up, c_f, tl.where(side == -1, (c_lo + kf + 0.5) * 0.5, c_lo))
-                c_hi = tl.where(up, c_hi, c)
-                lo = tl.where(up, probe, lo)
-                hi = tl.where(up, hi, probe)
-                side = tl.where(up, 1, -1)
-                done = (c == k).to(tl.int32)
-                i += 1
-                go = (hi > lo + 1) & (done == 0)
-            # exactly k keys >= probe: take u > probe − 1, no ties; else the k-th key is lo
-            t = tl.where(done == 1, probe - 1, lo)
-            ties = tl.where(done == 1, 0, k - c_hi)
+        lo = lowest
+        hi = lowest
+        c_lo = eligible_total
+        c_hi = tl.full((), 0, tl.int32)
+        ready = tl.full((), 0, tl.int32)  # 1: [lo, hi) brackets the k-th key, c_lo and c_hi its counts
+        if SAMPLE > 0:
+            tl.static_assert(not ONE_CHUNK, "a sampled bracket only for a streamed row")
+            lo, hi, c_lo, c_hi, ok = _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK,
+                                                      FIELD, PROBES, SAMPLE, RUN)
+            ready = ok.to(tl.int32)
+        if ready == 0:
+            n_inf, small, large = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
+            if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
+                t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
+            else:  # n_inf < k < eligible: some finite key is the k-th, and large + 1 cannot overflow
+                lo = small
+                hi = large + 1
+                c_lo = eligible_total
+                c_hi = n_inf
+                ready = tl.full((), 1, tl.int32)
+        if ready == 1:
+            t, ties = _bracketed_threshold(base, lanes, P, u_all, k, lo, hi, c_lo, c_hi, INT, NBITS, BLOCK,
+                                           ONE_CHUNK, PROBES, u_tail, TAIL)
+    return t, ties
+
+
+@triton.jit
+def _bracketed_threshold(base, lanes, P, u_all, k, lo, hi, c_lo, c_hi, INT: tl.constexpr, NBITS: tl.constexpr,
+                         BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, u_tail=None,
+                         TAIL: tl.constexpr = 0):
+    """``_interpolated_threshold``'s search in the bracket [lo, hi) of finite keys' images, with
+    #{u >= lo} = c_lo >= k > #{u >= hi} = c_hi. Invariant: lo < hi, #{u >= lo} >= k > #{u >=
+    hi} = c_hi. The probe's value is clamped into (lo, hi) as an integer, so any rounding of
+    the model only slows it."""
+    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
+    kf = k.to(tl.float64)
+    c_lo_model = c_lo.to(tl.float64)  # the model's counts at the ends (Illinois-weighted)
+    c_hi_model = c_hi.to(tl.float64)
+    side = tl.full((), 0, tl.int32)  # which end the last probe moved: 1 lo, −1 hi
+    probe = lo
+    done = tl.full((), 0, tl.int32)  # 1 once a probe counted exactly k
+    i = tl.full((), 0, tl.int32)
+    go = hi > lo + 1
+    while go:
+        # where a line through (lo, c_lo) and (hi − 1, c_hi) crosses k + ½; or the middle
+        f = (c_lo_model - kf - 0.5) / (c_lo_model - c_hi_model)
+        guess = _value_of(lo, INT, NBITS) * (1.0 - f) + _value_of(hi - 1, INT, NBITS) * f
+        middle = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        probe = tl.where(i < PROBES, _ordered(guess.to(KEY), INT, NBITS), middle)
+        probe = tl.minimum(tl.maximum(probe, lo + 1), hi - 1)
+        c = _count(base, lanes, P, probe, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
+        up = c >= k
+        c_f = c.to(tl.float64)
+        # Illinois: an end kept twice in a row has its model count halved toward k + ½
+        c_hi_model = tl.where(up, tl.where(side == 1, (c_hi_model + kf + 0.5) * 0.5, c_hi_model), c_f)
+        c_lo_model = tl.where(up, c_f, tl.where(side == -1, (c_lo_model + kf + 0.5) * 0.5, c_lo_model))
+        c_hi = tl.where(up, c_hi, c)
+        lo = tl.where(up, probe, lo)
+        hi = tl.where(up, hi, probe)
+        side = tl.where(up, 1, -1)
+        done = (c == k).to(tl.int32)
+        i += 1
+        go = (hi > lo + 1) & (done == 0)
+    # exactly k keys >= probe: take u > probe − 1, no ties; else the k-th key is lo
+    t = tl.where(done == 1, probe - 1, lo)
+    ties = tl.where(done == 1, 0, k - c_hi)
     return t, ties

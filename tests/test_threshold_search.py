@@ -209,3 +209,102 @@ def test_ordered_keys_keep_the_float_order_and_come_back(wide):
         key = int(best)
         bits = torch.tensor([key ^ flip if key < 0 else key], dtype=torch.int64).to(ints)  # the map back, in torch
         assert torch.equal(bits.view(dtype), x.max().reshape(1) + 0.0), (bits.view(dtype), x.max())
+
+
+def ordered_images(keys: torch.Tensor) -> torch.Tensor:
+    """``_ordered`` in torch (−0.0 as +0.0; NaN and −inf become the lowest integer, as
+    ``_eligible_ordered``): the integer images the searches count over."""
+    ints, nbits = (torch.int64, 64) if keys.dtype == torch.float64 else (torch.int32, 32)
+    bits = torch.where(keys == 0, torch.zeros_like(keys), keys).view(ints)
+    image = bits ^ ((bits >> (nbits - 1)) & ((1 << (nbits - 1)) - 1))
+    return torch.where(keys > float("-inf"), image, torch.full_like(image, -(2 ** (nbits - 1))))
+
+
+@triton.jit
+def _bracket_of(keys, ks, out, P, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                FIELD: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr):
+    """out[row] = _sampled_bracket's (lo, hi, c_lo, c_hi, ok) for the row's k (streamed: BLOCK-key
+    chunks), and the row's eligible count it takes, counted by ``_count``."""
+    from entmaxkv.kernels.threshold_search import _count, _sampled_bracket
+    row = tl.program_id(0).to(tl.int64)
+    base = keys + row * P
+    lanes = tl.arange(0, BLOCK)
+    unused = tl.zeros((BLOCK,), INT)
+    eligible = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), unused, INT, NBITS, BLOCK, False)
+    lo, hi, c_lo, c_hi, ok = _sampled_bracket(base, lanes, P, unused, tl.load(ks + row), eligible, INT, NBITS, BLOCK,
+                                              FIELD, 12, SAMPLE, RUN)
+    at = out + row * 5
+    tl.store(at, lo.to(tl.int64))
+    tl.store(at + 1, hi.to(tl.int64))
+    tl.store(at + 2, c_lo.to(tl.int64))
+    tl.store(at + 3, c_hi.to(tl.int64))
+    tl.store(at + 4, ok.to(tl.int64))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_a_confirmed_sampled_bracket_holds_the_kth_key(wide):
+    """``_sampled_bracket`` on streamed rows of 1,000 keys (16-key chunks, a 256-key sample in
+    runs of 2): whenever it reports a bracket, its counts are the row's counts at lo and hi and
+    c_lo >= k > c_hi with fewer than k keys at +inf — and on rows of smooth random keys (with
+    forced +inf keys and ineligible −inf ones) and k well inside the row it does report one,
+    so the selection tests below run the sampled path. Rows where the sample misleads must
+    fall back (ok 0) or
+    still bracket correctly: the top 110 keys past the last run's reach and the top keys
+    exactly where the runs read (the counts refute the sample's hi, then its lo), one value
+    repeated (a bracket of one integer, that value)."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype, ints, nbits = (torch.float64, tl.int64, 64) if wide else (torch.float32, tl.int32, 32)
+    p, rows = 1000, 8
+    keys = torch.randn(rows, p, generator=g, dtype=dtype) * 3
+    keys[:, :4] = float("inf")  # forced pages
+    keys[:, 500:540] = float("-inf")  # ineligible
+    keys[5, :4] = 0.0  # (no +inf in the sample: its ranks reach the counting pass)
+    keys[5, 890:] = 50 + torch.rand(110, generator=g, dtype=dtype)  # the top 110 where no run reads
+    keys[6] = 2.0  # one value: every probe counts all or nothing
+    keys[7, (torch.arange(p) % 7) < 2] += 20  # high exactly where the runs read (gap 7, runs of 2)
+    ks = torch.tensor([300, 150, 500, 700, 220, 100, 400, 330], dtype=torch.int32)
+    out = torch.full((rows, 5), -7, dtype=torch.int64)
+    _bracket_of[(rows,)](keys, ks, out, p, INT=ints, NBITS=nbits, BLOCK=16, FIELD=search_radix(1, 16)[1], SAMPLE=256,
+                         RUN=2)
+    images = ordered_images(keys)
+    top = ordered_images(torch.tensor([float("inf")], dtype=dtype))[0]
+    for row in range(rows):
+        lo, hi, c_lo, c_hi, ok = out[row].tolist()
+        k = int(ks[row])
+        if ok:
+            assert lo < hi, f"seed {seed} row {row}"
+            assert c_lo == int((images[row] >= lo).sum()) and c_hi == int((images[row] >= hi).sum()), \
+                f"seed {seed} row {row}: counts {c_lo}, {c_hi}"
+            assert c_lo >= k > c_hi and int((images[row] >= top).sum()) < k, f"seed {seed} row {row}"
+        else:
+            assert row >= 5, f"seed {seed}: the smooth row {row} (k = {k}) found no bracket"
+    assert out[:5, 4].tolist() == [1] * 5
+    assert out[5, 4] == 0  # the sample saw none of the top 110: its hi has more than k above it
+    assert out[7, 4] == 0  # the sample saw only the top keys: its lo has fewer than k above it
+    assert out[6, 4] == 1 and out[6, 1] == out[6, 0] + 1  # one value: a bracket of one integer, the k-th key
+
+
+@pytest.mark.parametrize("search", ["interpolate", "bisect"])
+@pytest.mark.parametrize("wide", [False, True])
+def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monkeypatch):
+    """select_pages on streamed rows of 600 keys (16-key chunks) with a 128-key sample in runs
+    of 2: smooth random keys and keys 80% of which tie (the sample brackets the k-th key;
+    the tie, a bracket of one integer: the ties wanted come from its count), low-bit keys and bit patterns
+    (ties and keys over the whole float range: it may not) and forced and ineligible pages,
+    with counts from 1 to the row's length."""
+    use(monkeypatch, search, True)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    p = 600
+    keys = torch.cat([torch.randn(1, 3, p, generator=g, dtype=dtype), low_bit_keys(g, (1, 3, p), dtype),
+                      bit_pattern_keys(g, (1, 3, p), dtype)], 0)
+    keys[0, 1, :5] = float("inf")
+    keys[0, 1, 100:160] = float("-inf")
+    keys[0, 2, torch.rand(p, generator=g) < 0.8] = 0.0  # 80% tie: the k-th key and both sample ranks among them
+    counts = torch.randint(1, p, (3, 3), generator=g, dtype=torch.int32)
+    counts[0] = torch.tensor([200, 333, 300], dtype=torch.int32)  # inside the first rows: sampled
+    assert_stable_top(keys, counts, p, f"seed {seed} {search}")
