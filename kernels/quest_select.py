@@ -30,9 +30,10 @@ it — the k-th largest is the key with fewer than k above and at least k at or 
 threshold costs no dependent passes, only n² comparisons spread over many programs; the list
 programs then count the keys before their chunk themselves. Longer rows take one program per
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
-switched by ``select_pages.PROBES`` and ``select_pages.RADIX``, read at each call: the same
+switched by ``select_pages.PROBES``, ``RADIX`` and ``SAMPLE``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
-pages and streams them from memory beyond; it also stores, per ``LIST_CHUNK``-page chunk, how
+pages and streams them from memory beyond (bracketing the search from a sample of the row
+first); it also stores, per ``LIST_CHUNK``-page chunk, how
 many keys lie above the threshold and how many tie with it up to the chunk's end,
 and the floor's newest-page term. Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
 a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first

@@ -47,11 +47,14 @@ RADIX = 1
 # A streamed row (longer than MAX_BLOCK, read from memory every counting pass) starts the
 # interpolation search from a bracket found on a sample of SAMPLE keys held in registers, in
 # runs of SAMPLE_RUN consecutive keys (``threshold_search._sampled_bracket``), confirmed by one
-# counting pass; 0: no sample. A streamed pass costs ~11 µs on the H200 (one program reading a
-# 65,540-page row at 1M tokens: the search took 290 µs of a 450 µs TopK 3% step, session 14);
-# passes over a sample in registers cost a fraction of a microsecond.
+# counting pass; 0: no sample. A streamed pass costs ~15 µs on the H200 (one program reading a
+# 65,540-page row at 1M tokens: the search took 290 µs of a 450 µs TopK 3% step in the profile,
+# session 14). The step at 1M (B = 1, 32/8, fp16, TopK 3%, α = 1 / 1.5; step_variants_gpu.py
+# --contexts 1048576 --selector TopK3, 2026-11-30): no sample 429.0 / 426.9 µs; 8,192 keys
+# in runs of 4 327.3 / 323.4, of 8 321.8 (α = 1.5), of 1 315.8 / 313.4; 4,096 of 1 317.3 /
+# 315.4; 2,048 of 1 340.4 / 338.8; 16,384 of 1 322.7 / 320.1 (the same outputs).
 SAMPLE = 8192
-SAMPLE_RUN = 4
+SAMPLE_RUN = 1
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks
 # and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
