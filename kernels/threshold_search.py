@@ -20,7 +20,8 @@ has the measurements.) Two searches:
   a probe counts exactly k keys (those are the k largest: no tie at the boundary) or the
   bracket holds one integer (the k-th key; the keys above it are the bracket end's count).
   On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
-  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4.
+  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4 (one more on a
+  streamed row whose sampled bracket the counts refute, below).
 
 A streamed row (longer than a register block: read from memory every pass, one program
 reading the whole row, ~15 µs a pass at 65,540 keys on the H200) starts the interpolation
@@ -259,14 +260,16 @@ def _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr
     """A bracket [lo, hi) of a streamed row's integer images with #{u >= lo} = c_lo >= k >
     #{u >= hi} = c_hi and fewer than k keys at +inf, from a sample: SAMPLE keys in runs of RUN
     consecutive ones (a run shares memory sectors), the runs evenly spaced over the P keys.
-    With r = k·(sample eligible)/(row eligible) the sample rank the k-th key should have, hi is
-    just above the sample's (r − m)-th largest key and lo is its (r + m)-th, m = 3·sqrt(RUN·r)
-    + RUN (three standard deviations of the sample's count above the k-th key were each run's
-    keys all alike; the sample searches run in registers), then one streamed pass counts the
-    row at lo and hi. Returns (lo, hi, c_lo, c_hi, ok): ok 0 when the sample does not
-    reach both ranks or the counts do not confirm the bracket — the caller then brackets the
-    whole finite range, as without a sample. Whatever the sample, a confirmed bracket holds the
-    k-th key: it only saves passes."""
+    With r = k·(sample eligible)/(row eligible) the sample rank the k-th key should have and
+    m = 3·sqrt(RUN·r) + RUN (three standard deviations of the sample's count above the k-th key
+    were each run's keys all alike), two searches of the sample in registers give t_hi and t_lo
+    with #{sample > t_hi} <= r − m and #{sample >= t_lo} >= r + m (``_threshold``'s pairs: at
+    or near those order statistics); hi = t_hi + 1, lo = t_lo, and one streamed pass counts
+    the row at both. Returns (lo, hi, c_lo, c_hi, ok): ok 0 when the sample does not reach both
+    ranks, when its (r − m)-th key is +inf (no counting pass then), or when the counts do not
+    confirm the bracket — the caller then brackets the whole finite range, as without a sample.
+    Whatever the sample, a confirmed bracket holds the k-th key; a refuted one costs one
+    streamed pass more than no sample."""
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     top = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
     runs: tl.constexpr = SAMPLE // RUN

@@ -289,10 +289,12 @@ def test_a_confirmed_sampled_bracket_holds_the_kth_key(wide):
 @pytest.mark.parametrize("wide", [False, True])
 def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monkeypatch):
     """select_pages on streamed rows of 600 keys (16-key chunks) with a 128-key sample in runs
-    of 2: smooth random keys and keys 80% of which tie (the sample brackets the k-th key;
-    the tie, a bracket of one integer: the ties wanted come from its count), low-bit keys and bit patterns
-    (ties and keys over the whole float range: it may not) and forced and ineligible pages,
-    with counts from 1 to the row's length."""
+    of 2: smooth random keys and keys 80% of which tie (rows like those the bracket test above
+    shows confirmed; the tie, a bracket of one integer: the ties wanted come from its count);
+    rows whose sample the counts refute — the top keys only where no run reads (gap 9, runs of 2
+    at 9i and 9i + 1) or only where the runs read — so the search must fall back to the whole
+    range; low-bit keys and bit patterns (ties, keys over the whole float range), forced and
+    ineligible pages, with counts from 1 to the row's length."""
     use(monkeypatch, search, True)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
@@ -300,11 +302,15 @@ def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monke
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
     p = 600
-    keys = torch.cat([torch.randn(1, 3, p, generator=g, dtype=dtype), low_bit_keys(g, (1, 3, p), dtype),
+    keys = torch.cat([torch.randn(2, 3, p, generator=g, dtype=dtype), low_bit_keys(g, (1, 3, p), dtype),
                       bit_pattern_keys(g, (1, 3, p), dtype)], 0)
+    read = (torch.arange(p) % 9) < 2  # the lanes the sample's runs read
+    keys[1, 0, ~read] += 50  # the top 466 where no run reads: the counts refute the sample's hi
+    keys[1, 1, read] += 50  # the top 134 exactly where the runs read: the counts refute its lo
     keys[0, 1, :5] = float("inf")
     keys[0, 1, 100:160] = float("-inf")
     keys[0, 2, torch.rand(p, generator=g) < 0.8] = 0.0  # 80% tie: the k-th key and both sample ranks among them
-    counts = torch.randint(1, p, (3, 3), generator=g, dtype=torch.int32)
+    counts = torch.randint(1, p, (4, 3), generator=g, dtype=torch.int32)
     counts[0] = torch.tensor([200, 333, 300], dtype=torch.int32)  # inside the first rows: sampled
+    counts[1, :2] = torch.tensor([300, 120], dtype=torch.int32)
     assert_stable_top(keys, counts, p, f"seed {seed} {search}")
