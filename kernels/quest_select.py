@@ -60,7 +60,7 @@ from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
-from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
+from entmaxkv.kernels.threshold_search import _eligible_ordered, _ordered, _row_threshold, search_radix
 
 __all__ = ["quest_select", "float64_words", "list_capacity", "search_block"]
 
@@ -306,12 +306,12 @@ def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT:
 
 @triton.jit
 def _search_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
     LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
-    PDL: tl.constexpr = False, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1,
+    PDL: tl.constexpr = False, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1, GATHER: tl.constexpr = 0,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
@@ -336,11 +336,9 @@ def _search_kernel(
         u_tail = _eligible_ordered(x_tail, INT, NBITS)
     else:
         x_tail, u_tail = x_all, u_all  # not read
-    eligible_total = _count(base, lanes, n, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
-                            ONE_CHUNK, u_tail, TAIL)
-    k = tl.minimum(tl.minimum(want, eligible_total), P)
-    t, ties_wanted = _threshold(base, lanes, n, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
-                                PROBES, u_tail, TAIL, SAMPLE, RUN)
+    t, ties_wanted, k = _row_threshold(base, lanes, n, u_all, tl.minimum(want, P), scratch + row * GATHER, INT,
+                                       NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD, PROBES, u_tail, TAIL, SAMPLE, RUN,
+                                       GATHER)
     tl.store(kept + row, k)
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
@@ -481,12 +479,13 @@ def quest_select(
             **pdl_kwargs(upper, "quest_select"),
         )
     else:
+        sample, scratch = select_module.search_sample(p <= block + tail, keys, b * hkv)
         wrap_triton(_search_kernel)[(b * hkv,)](
-            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor,
+            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-            **select_module.search_sample(p <= block + tail),
+            **sample,
             LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,
             num_warps=SELECT_WARPS if block >= 2048 else 4, **pdl_kwargs(upper, "quest_select"),
         )

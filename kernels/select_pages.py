@@ -32,7 +32,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
-from entmaxkv.kernels.threshold_search import _count, _eligible_ordered, _ordered, _threshold, search_radix
+from entmaxkv.kernels.threshold_search import _eligible_ordered, _ordered, _row_threshold, search_radix
 
 __all__ = ["select_pages", "search_radix", "search_sample"]  # the @triton.jit helpers are shared with quest_select
 
@@ -55,6 +55,13 @@ RADIX = 1
 # 315.4; 2,048 of 1 340.4 / 338.8; 16,384 of 1 322.7 / 320.1 (the same outputs).
 SAMPLE = 8192
 SAMPLE_RUN = 1
+# The pass that confirms a sampled bracket also copies the row's keys inside it to a scratch
+# row of GATHER keys; where they fit, the search runs on them in registers instead of
+# streaming the row every pass (a power of two; 0: no copy, the confirmed bracket's search
+# streams the row). The bracket holds ~6·sqrt(k·SAMPLE/P)·P/SAMPLE keys: ~750 at 1M, TopK 3%,
+# where the step took 255.9 µs against 314.2 with GATHER = 0 (H200, step_variants_gpu.py
+# --contexts 1048576 --selector TopK3 --alphas 1.5, 2026-11-30, the same outputs).
+GATHER = 4096
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks
 # and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
@@ -64,14 +71,20 @@ SAMPLE_RUN = 1
 COMPACT_BLOCK = 4096
 
 
-def search_sample(one_chunk: bool) -> dict:
-    """The search program's ``SAMPLE`` and ``RUN`` launch constexprs: a sample for a streamed
-    row searched by interpolation (``SAMPLE`` and ``PROBES`` read at each call), else none."""
+def search_sample(one_chunk: bool, keys: torch.Tensor, rows: int) -> tuple[dict, torch.Tensor]:
+    """The search program's ``SAMPLE``, ``RUN`` and ``GATHER`` launch constexprs and its scratch
+    rows ([rows, GATHER] of the keys' dtype, on their device): a sample for a streamed row
+    searched by interpolation (``SAMPLE``, ``PROBES`` and ``GATHER`` read at each call), else
+    none (the scratch is then one key, never written: a fresh tensor, so that no input of the
+    op is ever an argument a kernel may write)."""
     if one_chunk or PROBES <= 0 or SAMPLE <= 0:
-        return dict(SAMPLE=0, RUN=1)
+        return dict(SAMPLE=0, RUN=1, GATHER=0), torch.empty(1, dtype=keys.dtype, device=keys.device)
     if SAMPLE & (SAMPLE - 1) or SAMPLE % SAMPLE_RUN:
         raise ValueError(f"SAMPLE must be a power of two divisible by SAMPLE_RUN, got {SAMPLE}, {SAMPLE_RUN}")
-    return dict(SAMPLE=SAMPLE, RUN=SAMPLE_RUN)
+    if GATHER < 0 or GATHER & (GATHER - 1):
+        raise ValueError(f"GATHER must be 0 or a power of two, got {GATHER}")
+    scratch = torch.empty((rows, GATHER) if GATHER > 0 else (1,), dtype=keys.dtype, device=keys.device)
+    return dict(SAMPLE=SAMPLE, RUN=SAMPLE_RUN, GATHER=GATHER), scratch
 
 
 @triton.jit
@@ -96,21 +109,19 @@ def _pad(out, lanes, k, M, BLOCK: tl.constexpr):
 
 @triton.jit
 def _select_kernel(
-    keys, counts, pages, kept, P, M,
+    keys, counts, pages, kept, scratch, P, M,
     BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr,
     FIELD: tl.constexpr, PROBES: tl.constexpr, COMPACT: tl.constexpr, SAMPLE: tl.constexpr = 0,
-    RUN: tl.constexpr = 1,
+    RUN: tl.constexpr = 1, GATHER: tl.constexpr = 0,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = keys + row * P
     lanes = tl.arange(0, BLOCK)
     x_all = tl.load(base + lanes, mask=lanes < P, other=float("-inf"))  # the whole row if ONE_CHUNK
     u_all = _eligible_ordered(x_all, INT, NBITS)  # computed once: every counting pass reuses it
-    eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
-                            ONE_CHUNK)
-    k = tl.minimum(tl.minimum(tl.load(counts + row), eligible_total), M)
-    t, ties_wanted = _threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
-                                FIELD, PROBES, SAMPLE=SAMPLE, RUN=RUN)
+    want = tl.minimum(tl.load(counts + row), M)
+    t, ties_wanted, k = _row_threshold(base, lanes, P, u_all, want, scratch + row * GATHER, INT, NBITS, BLOCK,
+                                       ONE_CHUNK, RADIX, FIELD, PROBES, SAMPLE=SAMPLE, RUN=RUN, GATHER=GATHER)
 
     # the list, COMPACT keys at a time re-read from memory (``COMPACT_BLOCK``)
     written = 0
@@ -141,10 +152,11 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
     wide = keys.dtype == torch.float64
     block = min(MAX_BLOCK, max(16, next_pow2(max(p, capacity))))
     radix, field = search_radix(RADIX, block)
+    sample, scratch = search_sample(p <= block, keys, b * h)
     wrap_triton(_select_kernel)[(b * h,)](
-        keys, counts, pages, kept, p, capacity,
+        keys, counts, pages, kept, scratch, p, capacity,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
-        RADIX=radix, FIELD=field, PROBES=PROBES, COMPACT=min(block, COMPACT_BLOCK), **search_sample(p <= block),
+        RADIX=radix, FIELD=field, PROBES=PROBES, COMPACT=min(block, COMPACT_BLOCK), **sample,
         num_warps=WIDE_WARPS if block >= 2048 else 4,
     )
     return pages, kept

@@ -20,16 +20,21 @@ has the measurements.) Two searches:
   a probe counts exactly k keys (those are the k largest: no tie at the boundary) or the
   bracket holds one integer (the k-th key; the keys above it are the bracket end's count).
   On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
-  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4 (one more on a
+  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4 passes (one more on a
   streamed row whose sampled bracket the counts refute, below).
 
 A streamed row (longer than a register block: read from memory every pass, one program
-reading the whole row, ~15 µs a pass at 65,540 keys on the H200) starts the interpolation
-search from a sampled bracket (``SAMPLE`` > 0, ``_sampled_bracket``): the sample's order
-statistics a few standard deviations above and below where the k-th key should rank in it
-are searched in registers, one streamed pass counts the row at both, and where the counts
-confirm them they bracket the search (otherwise the whole finite range does, as without a
-sample). TopK 3% at 1M tokens (B = 1, 32/8, α = 1.5): the step 426.9 → 313.4 µs (session 14).
+reading the whole row, ~15 µs a pass at 65,540 keys on the H200) is searched from a sampled
+bracket (``SAMPLE`` > 0, ``_row_threshold`` → ``_sampled_threshold``): the sample's order
+statistics a few standard deviations above and below where the k-th key should rank in it are
+searched in registers, and one streamed pass counts the row's eligible keys and its keys at or
+above both, and copies the keys between them (~750 at 1M tokens, TopK 3%) to a scratch row of
+``GATHER`` keys. Where the counts confirm the bracket and those keys fit, the interpolation
+search runs on them in registers, no streamed pass more; a confirmed bracket with more keys
+between is searched on the streamed row; a refuted one falls back to the whole finite range,
+as without a sample. TopK 3% at 1M tokens (B = 1, 32/8, α = 1.5): the step 426.9 µs without a
+sample, 313.4 with it (the search streaming the row from the confirmed bracket), 255.9 with
+the keys between gathered (sessions 14, 15).
 
 A row held in registers (``ONE_CHUNK``) is one power-of-two block of lanes, or — where the row
 is a few lanes longer than a power of two, as a cache with room for more tokens is — that block
@@ -154,21 +159,42 @@ def _count3(base, lanes, P, c1, c2, c3, u_all, INT: tl.constexpr, NBITS: tl.cons
 
 
 @triton.jit
+def _row_threshold(base, lanes, P, u_all, want, scratch, INT: tl.constexpr, NBITS: tl.constexpr,
+                   BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
+                   PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0, SAMPLE: tl.constexpr = 0,
+                   RUN: tl.constexpr = 1, GATHER: tl.constexpr = 0):
+    """(t, ties_wanted, k) of a row: k = min(want, the row's eligible keys), and ``_threshold``'s
+    pair for that k. ``SAMPLE`` > 0 (a streamed row, interpolation search): through
+    ``_sampled_threshold``, whose one streamed pass counts the eligible keys with the sampled
+    bracket's ends (``scratch``: GATHER keys, see there); else a counting pass finds the
+    eligible keys first."""
+    if SAMPLE > 0:
+        tl.static_assert((not ONE_CHUNK) and PROBES > 0, "a sampled bracket only for a streamed row, searched by "
+                         "interpolation")
+        return _sampled_threshold(base, lanes, P, want, scratch, INT, NBITS, BLOCK, FIELD, PROBES, SAMPLE, RUN,
+                                  GATHER)
+    else:
+        eligible_total = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), u_all, INT, NBITS, BLOCK,
+                                ONE_CHUNK, u_tail, TAIL)
+        k = tl.minimum(want, eligible_total)
+        t, ties = _threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD,
+                             PROBES, u_tail, TAIL)
+        return t, ties, k
+
+
+@triton.jit
 def _threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr,
-               PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0, SAMPLE: tl.constexpr = 0,
-               RUN: tl.constexpr = 1):
+               PROBES: tl.constexpr, u_tail=None, TAIL: tl.constexpr = 0):
     """(t, ties_wanted) such that the keys above t and the first ``ties_wanted`` keys equal to
     t are the row's k largest (the bitwise search: t the k-th largest key, or the lowest value
     when every eligible key is taken; the interpolation search may return another such pair,
     see the module docstring) — by the bitwise search (``PROBES`` = 0) or the interpolation
-    search. Keys are read from ``base`` (P of
-    them) or, when ONE_CHUNK, from their images ``u_all`` in registers. ``SAMPLE`` > 0 (a
-    streamed row, interpolation search): the bracket starts from a sample of SAMPLE keys in
-    runs of RUN (``_sampled_bracket``)."""
+    search from the row's whole finite range. Keys are read from ``base`` (P of them) or, when
+    ONE_CHUNK, from their images ``u_all`` in registers."""
     if PROBES > 0:
         return _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK,
-                                       PROBES, u_tail, TAIL, SAMPLE, RUN, FIELD)
+                                       PROBES, u_tail, TAIL)
     else:
         return _bitwise_threshold(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK, ONE_CHUNK, RADIX,
                                   FIELD, u_tail, TAIL)
@@ -254,22 +280,21 @@ def _finite_range(base, lanes, P, u_all, INT: tl.constexpr, NBITS: tl.constexpr,
 
 
 @triton.jit
-def _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
-                     BLOCK: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr, SAMPLE: tl.constexpr,
-                     RUN: tl.constexpr):
-    """A bracket [lo, hi) of a streamed row's integer images with #{u >= lo} = c_lo >= k >
-    #{u >= hi} = c_hi and fewer than k keys at +inf, from a sample: SAMPLE keys in runs of RUN
-    consecutive ones (a run shares memory sectors), the runs evenly spaced over the P keys.
-    With r = k·(sample eligible)/(row eligible) the sample rank the k-th key should have and
-    m = 3·sqrt(RUN·r) + RUN (three standard deviations of the sample's count above the k-th key
-    were each run's keys all alike), two searches of the sample in registers give t_hi and t_lo
-    with #{sample > t_hi} <= r − m and #{sample >= t_lo} >= r + m (``_threshold``'s pairs: at
-    or near those order statistics); hi = t_hi + 1, lo = t_lo, and one streamed pass counts
-    the row at both. Returns (lo, hi, c_lo, c_hi, ok): ok 0 when the sample does not reach both
-    ranks, when its (r − m)-th key is +inf (no counting pass then), or when the counts do not
-    confirm the bracket — the caller then brackets the whole finite range, as without a sample.
-    Whatever the sample, a confirmed bracket holds the k-th key; a refuted one costs one
-    streamed pass more than no sample."""
+def _sampled_bracket(base, P, want, INT: tl.constexpr, NBITS: tl.constexpr, PROBES: tl.constexpr,
+                     SAMPLE: tl.constexpr, RUN: tl.constexpr):
+    """(lo, hi, usable): a bracket [lo, hi) of a streamed row's integer images that should hold
+    its k-th largest key, from a sample: SAMPLE keys in runs of RUN consecutive ones (a run
+    shares memory sectors), the runs evenly spaced over the P keys. The sample rank the k-th
+    key should have is r = k·(sample eligible)/(row eligible); with the row's eligible keys
+    estimated from the sample's share of the keys it read, r = min(want·(keys read)/P, sample
+    eligible). With m = 3·sqrt(RUN·r) + RUN (three standard deviations of the sample's count
+    above the k-th key were each run's keys all alike), two searches of the sample in registers
+    give t_hi and t_lo with #{sample > t_hi} <= r − m and #{sample >= t_lo} >= r + m
+    (``_threshold``'s pairs: at or near those order statistics); lo = t_lo, hi = t_hi + 1
+    (lo < hi). usable is 0 when the sample does not reach both ranks or its (r − m)-th key is
+    +inf; lo and hi are then the lowest eligible image and the image of +inf. Nothing here is
+    trusted: ``_gathering_count`` counts the row at lo and hi, and only counts that confirm the
+    bracket are used (``_sampled_threshold``)."""
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     top = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
     runs: tl.constexpr = SAMPLE // RUN
@@ -278,65 +303,118 @@ def _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr
     at = (j // RUN).to(tl.int64) * gap + j % RUN
     u_s = _eligible_ordered(tl.load(base + at, mask=at < P, other=float("-inf")), INT, NBITS)
     n_s = tl.sum((u_s > lowest).to(tl.int32))
-    r = k.to(tl.float64) * n_s.to(tl.float64) / eligible_total.to(tl.float64)
+    n_read = tl.sum((at < P).to(tl.int32))
+    r = tl.minimum(want.to(tl.float64) * n_read.to(tl.float64) / P, n_s.to(tl.float64))
     m = 3.0 * tl.sqrt(RUN * r) + RUN
     rank_hi = tl.floor(r - m).to(tl.int32)  # sample ranks: hi's key above the k-th, lo's below it
     rank_lo = tl.ceil(r + m).to(tl.int32)
     lo = lowest + 1
     hi = top
-    c_lo = eligible_total
-    c_hi = tl.full((), 0, tl.int32)
-    ok = (rank_hi >= 1) & (rank_lo < n_s)
-    if ok:
+    usable = (rank_hi >= 1) & (rank_lo < n_s)
+    if usable:
         # #{sample > t_hi} <= rank_hi and #{sample >= t_lo} >= rank_lo (``_threshold``'s pair)
         t_hi, _ = _interpolated_threshold(base, j, SAMPLE, u_s, rank_hi, n_s, INT, NBITS, SAMPLE, True, PROBES)
         t_lo, _ = _interpolated_threshold(base, j, SAMPLE, u_s, rank_lo, n_s, INT, NBITS, SAMPLE, True, PROBES)
-        ok = t_hi < top  # t_lo <= t_hi: lo < hi
-        if ok:
+        usable = t_hi < top  # t_lo <= t_hi: lo < hi
+        if usable:
             lo = t_lo
             hi = t_hi + 1
-            # (hi <= top: c_hi < k leaves fewer than k keys at +inf)
-            c_lo, c_hi, _ = _count3(base, lanes, P, lo, hi, hi, u_all, INT, NBITS, BLOCK, False, FIELD)
-            ok = (c_lo >= k) & (c_hi < k)
-    return lo, hi, c_lo, c_hi, ok
+    return lo, hi, usable
+
+
+@triton.jit
+def _gathering_count(base, lanes, P, lo, hi, gather, scratch, INT: tl.constexpr, NBITS: tl.constexpr,
+                     BLOCK: tl.constexpr, FIELD: tl.constexpr, GATHER: tl.constexpr):
+    """One streamed pass over the row: (#{u >= lo}, #{u >= hi}, #{eligible u}) (lo < hi), one
+    packed reduction a chunk; and, with ``GATHER`` > 0 where ``gather``, the keys with lo <= u <
+    hi copied in row order to scratch[0 : min(their count, GATHER)] (their count is the first
+    count less the second)."""
+    lowest_eligible = tl.full((), -(2 ** (NBITS - 1)) + 1, INT)
+    c_lo = 0
+    c_hi = 0
+    n = 0
+    for start in range(0, P, BLOCK):
+        x = tl.load(base + start + lanes, mask=start + lanes < P, other=float("-inf"))
+        u = _eligible_ordered(x, INT, NBITS)
+        a_lo, a_hi, a_n = _unpacked(tl.sum(_packed_ge(u, lo, hi, lowest_eligible, FIELD)), FIELD)
+        if GATHER > 0:
+            between = ((u >= lo) & (u < hi) & gather).to(tl.int32)
+            at = c_lo - c_hi + tl.cumsum(between, axis=0) - between  # the keys gathered before, then this chunk's
+            tl.store(scratch + at, x, mask=(between == 1) & (at < GATHER))
+        c_lo += a_lo
+        c_hi += a_hi
+        n += a_n
+    return c_lo, c_hi, n
+
+
+@triton.jit
+def _sampled_threshold(base, lanes, P, want, scratch, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                       FIELD: tl.constexpr, PROBES: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr,
+                       GATHER: tl.constexpr):
+    """``_row_threshold`` for a streamed row, by interpolation: a sampled bracket
+    (``_sampled_bracket``), then one streamed pass (``_gathering_count``) that counts the row's
+    eligible keys and the keys at or above both ends, and gathers the keys between the ends to
+    ``scratch`` (GATHER keys of the key dtype, a power of two; 0: none gathered). With k =
+    min(want, eligible): where the counts confirm the bracket (c_lo >= k > c_hi) and the keys
+    between number at most GATHER, the search runs in registers on those keys alone (the row's
+    count at a probe inside the bracket is c_hi plus theirs); a confirmed bracket with more keys
+    between is searched on the streamed row; otherwise (a sample that misleads, or none usable)
+    the whole finite range is (one more streamed pass finds it). Whatever the sample, the pair
+    is the row's: the sample only decides how many passes it takes."""
+    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    lo, hi, usable = _sampled_bracket(base, P, want, INT, NBITS, PROBES, SAMPLE, RUN)
+    c_lo, c_hi, eligible_total = _gathering_count(base, lanes, P, lo, hi, usable, scratch, INT, NBITS, BLOCK, FIELD,
+                                                  GATHER)
+    k = tl.minimum(want, eligible_total)
+    t = lowest
+    ties = k
+    if k < eligible_total:  # else every eligible key is taken: nothing to search
+        ready = (usable & (c_lo >= k) & (c_hi < k)).to(tl.int32)  # 1: [lo, hi) brackets the k-th key
+        between = c_lo - c_hi
+        in_registers = tl.zeros((), tl.int32)
+        if GATHER > 0:
+            in_registers = ((ready == 1) & (between <= GATHER)).to(tl.int32)
+            if in_registers == 1:
+                tl.debug_barrier()  # every thread's gathered keys are stored before any is read
+                g = tl.arange(0, GATHER)
+                x_g = tl.load(scratch + g, mask=g < between, other=float("-inf"), volatile=True)
+                t, ties = _bracketed_threshold(scratch, g, between, _eligible_ordered(x_g, INT, NBITS), k - c_hi, lo,
+                                               hi, between, tl.zeros((), tl.int32), INT, NBITS, GATHER, True, PROBES)
+        if in_registers == 0:
+            if ready == 0:
+                n_inf, small, large = _finite_range(base, lanes, P, lanes, INT, NBITS, BLOCK, False)
+                if k <= n_inf:  # the k largest are +inf keys, the first k of them
+                    t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
+                else:  # n_inf < k < eligible: some finite key is the k-th, and large + 1 cannot overflow
+                    lo = small
+                    hi = large + 1
+                    c_lo = eligible_total
+                    c_hi = n_inf
+                    ready = tl.full((), 1, tl.int32)
+            if ready == 1:
+                t, ties = _bracketed_threshold(base, lanes, P, lanes, k, lo, hi, c_lo, c_hi, INT, NBITS, BLOCK, False,
+                                               PROBES)
+    return t, ties, k
 
 
 @triton.jit
 def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                             BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, u_tail=None,
-                            TAIL: tl.constexpr = 0, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1,
-                            FIELD: tl.constexpr = 0):
+                            TAIL: tl.constexpr = 0):
     """``_threshold``'s (t, ties_wanted) by interpolation probes, then bisection (module
-    docstring), from a bracket of the whole finite range or (``SAMPLE`` > 0, streamed rows) a
-    sampled one (``_sampled_bracket``) where the counts confirm it."""
+    docstring), from a bracket of the row's whole finite range."""
     KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     t = lowest
     ties = k
     if k < eligible_total:  # else every eligible key is taken: nothing to search
-        lo = lowest
-        hi = lowest
-        c_lo = eligible_total
-        c_hi = tl.full((), 0, tl.int32)
-        ready = tl.full((), 0, tl.int32)  # 1: [lo, hi) brackets the k-th key, c_lo and c_hi its counts
-        if SAMPLE > 0:
-            tl.static_assert(not ONE_CHUNK, "a sampled bracket only for a streamed row")
-            lo, hi, c_lo, c_hi, ok = _sampled_bracket(base, lanes, P, u_all, k, eligible_total, INT, NBITS, BLOCK,
-                                                      FIELD, PROBES, SAMPLE, RUN)
-            ready = ok.to(tl.int32)
-        if ready == 0:
-            n_inf, small, large = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
-            if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
-                t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
-            else:  # n_inf < k < eligible: some finite key is the k-th, and large + 1 cannot overflow
-                lo = small
-                hi = large + 1
-                c_lo = eligible_total
-                c_hi = n_inf
-                ready = tl.full((), 1, tl.int32)
-        if ready == 1:
-            t, ties = _bracketed_threshold(base, lanes, P, u_all, k, lo, hi, c_lo, c_hi, INT, NBITS, BLOCK,
-                                           ONE_CHUNK, PROBES, u_tail, TAIL)
+        n_inf, small, large = _finite_range(base, lanes, P, u_all, INT, NBITS, BLOCK, ONE_CHUNK, u_tail, TAIL)
+        if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
+            t = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
+        else:  # n_inf < k < eligible: some finite key is the k-th, and large + 1 cannot overflow
+            t, ties = _bracketed_threshold(base, lanes, P, u_all, k, small, large + 1, eligible_total, n_inf, INT,
+                                           NBITS, BLOCK, ONE_CHUNK, PROBES, u_tail, TAIL)
     return t, ties
 
 

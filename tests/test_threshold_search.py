@@ -221,41 +221,46 @@ def ordered_images(keys: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _bracket_of(keys, ks, out, P, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
-                FIELD: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr):
-    """out[row] = _sampled_bracket's (lo, hi, c_lo, c_hi, ok) for the row's k (streamed: BLOCK-key
-    chunks), and the row's eligible count it takes, counted by ``_count``."""
-    from entmaxkv.kernels.threshold_search import _count, _sampled_bracket
+def _bracket_of(keys, wants, out, scratch, P, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                FIELD: tl.constexpr, SAMPLE: tl.constexpr, RUN: tl.constexpr, GATHER: tl.constexpr):
+    """out[row] = (lo, hi, usable) of ``_sampled_bracket`` for the row's wanted count, then
+    ``_gathering_count``'s (c_lo, c_hi, eligible) (streamed: BLOCK-key chunks; the keys between
+    to scratch[row]) and whether its counts confirm the bracket for k = min(want, eligible)."""
+    from entmaxkv.kernels.threshold_search import _gathering_count, _sampled_bracket
     row = tl.program_id(0).to(tl.int64)
     base = keys + row * P
-    lanes = tl.arange(0, BLOCK)
-    unused = tl.zeros((BLOCK,), INT)
-    eligible = _count(base, lanes, P, tl.full((), -(2 ** (NBITS - 1)) + 1, INT), unused, INT, NBITS, BLOCK, False)
-    lo, hi, c_lo, c_hi, ok = _sampled_bracket(base, lanes, P, unused, tl.load(ks + row), eligible, INT, NBITS, BLOCK,
-                                              FIELD, 12, SAMPLE, RUN)
-    at = out + row * 5
+    want = tl.load(wants + row)
+    lo, hi, usable = _sampled_bracket(base, P, want, INT, NBITS, 12, SAMPLE, RUN)
+    c_lo, c_hi, eligible = _gathering_count(base, tl.arange(0, BLOCK), P, lo, hi, usable, scratch + row * GATHER, INT,
+                                            NBITS, BLOCK, FIELD, GATHER)
+    k = tl.minimum(want, eligible)
+    ok = usable & (c_lo >= k) & (c_hi < k)
+    at = out + row * 7
     tl.store(at, lo.to(tl.int64))
     tl.store(at + 1, hi.to(tl.int64))
-    tl.store(at + 2, c_lo.to(tl.int64))
-    tl.store(at + 3, c_hi.to(tl.int64))
-    tl.store(at + 4, ok.to(tl.int64))
+    tl.store(at + 2, usable.to(tl.int64))
+    tl.store(at + 3, c_lo.to(tl.int64))
+    tl.store(at + 4, c_hi.to(tl.int64))
+    tl.store(at + 5, eligible.to(tl.int64))
+    tl.store(at + 6, ok.to(tl.int64))
 
 
 @pytest.mark.parametrize("wide", [False, True])
 def test_a_confirmed_sampled_bracket_holds_the_kth_key(wide):
-    """``_sampled_bracket`` on streamed rows of 1,000 keys (16-key chunks, a 256-key sample in
-    runs of 2): whenever it reports a bracket, its counts are the row's counts at lo and hi and
-    c_lo >= k > c_hi with fewer than k keys at +inf — and on rows of smooth random keys (with
-    forced +inf keys and ineligible −inf ones) and k well inside the row it does report one,
-    so the selection tests below run the sampled path. Rows where the sample misleads must
-    fall back (ok 0) or
-    still bracket correctly: the top 110 keys past the last run's reach and the top keys
-    exactly where the runs read (the counts refute the sample's hi, then its lo), one value
-    repeated (a bracket of one integer, that value)."""
+    """``_sampled_bracket`` and the pass that checks it (``_gathering_count``) on streamed rows of
+    1,000 keys (16-key chunks, a 256-key sample in runs of 2). The pass's counts are the row's
+    (at lo, at hi, eligible) on every row, and it gathers exactly the row's keys in [lo, hi), in
+    row order, up to GATHER of them (1,024, and 16: cut short), only where the bracket is
+    usable. Wherever the counts confirm the bracket, c_lo >= k > c_hi with fewer than k keys at
+    +inf — and on rows of smooth random keys (with forced +inf keys and ineligible −inf ones)
+    and k well inside the row they do, so the selection tests below run the sampled path.
+    Rows where the sample misleads must not confirm: the top 110 keys past the last run's
+    reach and the top keys exactly where the runs read (the counts refute the sample's hi, then
+    its lo); one value repeated gives a bracket of one integer, that value."""
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype, ints, nbits = (torch.float64, tl.int64, 64) if wide else (torch.float32, tl.int32, 32)
-    p, rows = 1000, 8
+    p, rows = 1000, 9
     keys = torch.randn(rows, p, generator=g, dtype=dtype) * 3
     keys[:, :4] = float("inf")  # forced pages
     keys[:, 500:540] = float("-inf")  # ineligible
@@ -263,33 +268,48 @@ def test_a_confirmed_sampled_bracket_holds_the_kth_key(wide):
     keys[5, 890:] = 50 + torch.rand(110, generator=g, dtype=dtype)  # the top 110 where no run reads
     keys[6] = 2.0  # one value: every probe counts all or nothing
     keys[7, (torch.arange(p) % 7) < 2] += 20  # high exactly where the runs read (gap 7, runs of 2)
-    ks = torch.tensor([300, 150, 500, 700, 220, 100, 400, 330], dtype=torch.int32)
-    out = torch.full((rows, 5), -7, dtype=torch.int64)
-    _bracket_of[(rows,)](keys, ks, out, p, INT=ints, NBITS=nbits, BLOCK=16, FIELD=search_radix(1, 16)[1], SAMPLE=256,
-                         RUN=2)
+    wants = torch.tensor([300, 150, 500, 700, 220, 100, 400, 330, 2000], dtype=torch.int32)  # the last: every key
     images = ordered_images(keys)
     top = ordered_images(torch.tensor([float("inf")], dtype=dtype))[0]
-    for row in range(rows):
-        lo, hi, c_lo, c_hi, ok = out[row].tolist()
-        k = int(ks[row])
-        if ok:
-            assert lo < hi, f"seed {seed} row {row}"
+    eligible = (keys > float("-inf")).sum(1)
+    for gather in (1024, 16):
+        out = torch.full((rows, 7), -7, dtype=torch.int64)
+        scratch = torch.full((rows, gather), float("nan"), dtype=dtype)
+        _bracket_of[(rows,)](keys, wants, out, scratch, p, INT=ints, NBITS=nbits, BLOCK=16,
+                             FIELD=search_radix(1, 16)[1], SAMPLE=256, RUN=2, GATHER=gather)
+        for row in range(rows):
+            lo, hi, usable, c_lo, c_hi, n, ok = out[row].tolist()
+            k = min(int(wants[row]), int(eligible[row]))
+            msg = f"seed {seed} row {row} GATHER {gather}"
+            assert n == int(eligible[row]), msg
             assert c_lo == int((images[row] >= lo).sum()) and c_hi == int((images[row] >= hi).sum()), \
-                f"seed {seed} row {row}: counts {c_lo}, {c_hi}"
-            assert c_lo >= k > c_hi and int((images[row] >= top).sum()) < k, f"seed {seed} row {row}"
-        else:
-            assert row >= 5, f"seed {seed}: the smooth row {row} (k = {k}) found no bracket"
-    assert out[:5, 4].tolist() == [1] * 5
-    assert out[5, 4] == 0  # the sample saw none of the top 110: its hi has more than k above it
-    assert out[7, 4] == 0  # the sample saw only the top keys: its lo has fewer than k above it
-    assert out[6, 4] == 1 and out[6, 1] == out[6, 0] + 1  # one value: a bracket of one integer, the k-th key
+                f"{msg}: counts {c_lo}, {c_hi}"
+            between = keys[row][(images[row] >= lo) & (images[row] < hi)][:gather]
+            if usable:
+                assert lo < hi, msg
+                assert torch.equal(scratch[row, : len(between)], between), msg
+                assert bool(scratch[row, len(between):].isnan().all()), msg
+            else:
+                assert bool(scratch[row].isnan().all()), msg  # nothing gathered
+            if ok:
+                assert c_lo >= k > c_hi and int((images[row] >= top).sum()) < k, msg
+            else:
+                assert row >= 5, f"{msg}: the smooth row (k = {k}) found no bracket"
+        assert out[:5, 6].tolist() == [1] * 5
+        assert out[5, 6] == 0  # the sample saw none of the top 110: its hi has more than k above it
+        assert out[7, 6] == 0  # the sample saw only the top keys: its lo has fewer than k above it
+        assert out[6, 6] == 1 and out[6, 1] == out[6, 0] + 1  # one value: a bracket of one integer, the k-th key
+        assert out[8, 2] == 0  # a wanted count past the row: the sample's rank is past its keys
 
 
-@pytest.mark.parametrize("search", ["interpolate", "bisect"])
+@pytest.mark.parametrize("search, gather", [("interpolate", 4096), ("interpolate", 16), ("interpolate", 0),
+                                            ("bisect", 4096)])
 @pytest.mark.parametrize("wide", [False, True])
-def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monkeypatch):
+def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, poison, monkeypatch):
     """select_pages on streamed rows of 600 keys (16-key chunks) with a 128-key sample in runs
-    of 2: smooth random keys and keys 80% of which tie (rows like those the bracket test above
+    of 2, its confirmed brackets searched on the keys between their ends (``GATHER`` 4,096),
+    on the streamed row because more keys lie between than fit (16), or because none are
+    gathered (0); the bitwise search takes no sample. Smooth random keys and keys 80% of which tie (rows like those the bracket test above
     shows confirmed; the tie, a bracket of one integer: the ties wanted come from its count);
     rows whose sample the counts refute — the top keys only where no run reads (gap 9, runs of 2
     at 9i and 9i + 1) or only where the runs read — so the search must fall back to the whole
@@ -298,6 +318,7 @@ def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monke
     use(monkeypatch, search, True)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
@@ -313,4 +334,4 @@ def test_sampled_streamed_rows_select_the_stable_top(search, wide, poison, monke
     counts = torch.randint(1, p, (4, 3), generator=g, dtype=torch.int32)
     counts[0] = torch.tensor([200, 333, 300], dtype=torch.int32)  # inside the first rows: sampled
     counts[1, :2] = torch.tensor([300, 120], dtype=torch.int32)
-    assert_stable_top(keys, counts, p, f"seed {seed} {search}")
+    assert_stable_top(keys, counts, p, f"seed {seed} {search} GATHER {gather}")
