@@ -22,7 +22,7 @@ float argument reaches a kernel as float32 in eager launches (the count must be 
 one), and one 64-bit int argument breaks torch 2.11's Inductor (it sizes int arguments to
 32 bits: "'int' object has no attribute 'xreplace'", seen on the H200).
 
-Four launches: two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
+Four launches (seven for streamed rows, below): two over a (row, ``CHUNK``-page chunk) grid — each chunk's best candidate
 upper bound per head, then the chunk's rank keys from the row's maxima — then the threshold
 (below), and the list. Rows of at most ``RANK_PAGES`` pages are *ranked*: a (row,
 page block) grid counts, for each key, the row's keys above it and at or above
@@ -32,16 +32,23 @@ programs then count the keys before their chunk themselves. Longer rows take one
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES``, ``RADIX`` and ``SAMPLE``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
-pages and streams them from memory beyond (bracketing the search from a sample of the row
-first); it also stores, per ``LIST_CHUNK``-page chunk, how
-many keys lie above the threshold and how many tie with it up to the chunk's end,
-and the floor's newest-page term. Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
+pages; it also stores, per ``LIST_CHUNK``-page chunk, how many keys lie above the threshold
+and how many tie with it up to the chunk's end, and the floor's newest-page term. A row
+longer than ``MAX_BLOCK`` pages (past ~256K tokens) with a sample (``select_pages.SAMPLE``)
+takes three launches more, so that no pass over it runs in one program: a program per row
+finds a sampled bracket of the threshold (``_bracket_kernel``), (row, ``COUNT_CHUNK``-page)
+programs count the row at its ends and gather the keys between them (``row_passes``), the
+search program searches those keys in registers (``threshold_search._threshold_in_bracket``;
+it streams the row only where the counts refute the sample or too many keys lie between), and
+(row, LIST_CHUNK) programs count each chunk at the threshold for the list programs, which sum
+the chunks before their own. 1M tokens, TopK 3%, B = 1 on the H200: the step 255.9 → 155.4
+µs (0.27× → 0.16× SDPA; session 15). Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
 a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first
 ``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
 head's best selected mean less its slack goes into the floor by an atomic max (the max of the
 same values in any order: the floor is the same bit for bit).
 Bytes: upper of the row's G heads twice, the keys (4 B a page, 8 in float64 work)
-twice — once more a counting pass on streamed rows, and again to count per chunk — and (given) mean
+twice — once more to count per chunk, and on streamed rows a sample and a counting pass more — and (given) mean
 and absmax of the selected pages: small next to ``page_bounds``.
 """
 
@@ -60,13 +67,17 @@ from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
-from entmaxkv.kernels.threshold_search import _eligible_ordered, _ordered, _row_threshold, search_radix
+from entmaxkv.kernels.row_passes import _bracket_counts_kernel, _chunk_counts_kernel
+from entmaxkv.kernels.threshold_search import (_eligible_ordered, _ordered, _row_threshold, _sampled_bracket,
+                                               _threshold_in_bracket, search_radix)
 
 __all__ = ["quest_select", "float64_words", "list_capacity", "search_block"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
 CHUNK_WARPS = 4
-# warps of the per-row search program once its row block holds 2048 pages. At 128K (a
+# warps of the per-row search program once its row block holds 2048 pages, and of a streamed
+# row's bracket program (1M TopK 3%, session 15: 155.4 µs at 8 warps, 155.7 at 4, 176.6 at 16;
+# SAMPLE 4,096). At 128K (a
 # 16,384-lane block) on the H200, quest_select took 30.0 µs with 8 warps, 31.5 with 4, 31.9
 # with 16 and 35.2 with 32 (benchmarks/quest_select_gpu.py, 2026-11-29, session 7); ptxas
 # (sm_90a): 202 registers a thread at 8 warps and no spill, 128 and 24 B of spill at 16,
@@ -77,6 +88,11 @@ SELECT_WARPS = 8
 # wave on 132 SMs (written by the per-row program, they were part of its ~45 µs at 128K)
 LIST_CHUNK = 512
 LIST_WARPS = 4
+# keys a program of a streamed row's counting pass at its sampled bracket takes (``row_passes``;
+# 1M TopK 3%: 155.2 µs at 1,024, 155.4 at 2,048; 171.7 / 176.6 at 1,024 / 2,048 and 173.1 at
+# 4,096 with the 16-warp, 8,192-key sample, session 15)
+COUNT_CHUNK = 2048
+COUNT_WARPS = 4
 # a row held as a power-of-two block and a small tail block (``search_block``), searched or
 # ranked, not one block of next_pow2(P) lanes: a cache with room for a few more pages than a
 # power of two (8,196 at 128K in the benchmark) made every counting pass twice as long
@@ -284,6 +300,28 @@ def _rank_kernel(
 
 
 @triton.jit
+def _bracket_kernel(
+    keys, seq_lens, bracket, totals, budget, cov_hi, cov_mid, cov_lo, sink, recent, H, P,
+    S: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr, PROBES: tl.constexpr, SAMPLE: tl.constexpr,
+    RUN: tl.constexpr, COVERAGE: tl.constexpr, PDL: tl.constexpr = False,
+):
+    """A streamed row's sampled bracket (``threshold_search._sampled_bracket``) and length n,
+    bracket[row] = (lo, hi, usable, n), and its totals zeroed, for the (row, chunk) programs
+    that count the row at the bracket's ends (``row_passes``)."""
+    pdl_enter(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    want = tl.minimum(_wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE), P)
+    lo, hi, usable = _sampled_bracket(keys + row * P, n, want, INT, NBITS, PROBES, SAMPLE, RUN)
+    at = bracket + row * 4
+    tl.store(at, lo.to(tl.int64))
+    tl.store(at + 1, hi.to(tl.int64))
+    tl.store(at + 2, usable.to(tl.int64))
+    tl.store(at + 3, n.to(tl.int64))
+    tl.store(totals + row * 4 + tl.arange(0, 4), tl.zeros((4,), tl.int32))
+
+
+@triton.jit
 def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT: tl.constexpr, NBITS: tl.constexpr,
                   LANES: tl.constexpr, LIST: tl.constexpr):
     """For the LANES keys x (whole LIST-key chunks from chunk ``first_chunk`` on; −inf: not
@@ -306,17 +344,21 @@ def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT:
 
 @triton.jit
 def _search_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch,
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch, bracket, totals,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
     LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
     PDL: tl.constexpr = False, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1, GATHER: tl.constexpr = 0,
+    COUNTED: tl.constexpr = False,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
     end (inclusive, [NLIST, 2] a row); the floor starts at the newest page's term. ``TAIL`` > 0:
-    the row is held as BLOCK lanes and TAIL more (``threshold_search``'s tail block)."""
+    the row is held as BLOCK lanes and TAIL more (``threshold_search``'s tail block). ``COUNTED``
+    (a streamed row): its sampled bracket and the row's counts at its ends are in ``bracket``
+    and ``totals`` (``_bracket_kernel``, ``row_passes``), and the per-chunk counts are left to
+    ``row_passes._chunk_counts_kernel``."""
     pdl_enter(PDL)
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
     tl.static_assert((TAIL == 0) or ONE_CHUNK, "a tail block only for a row held in registers")
@@ -336,9 +378,16 @@ def _search_kernel(
         u_tail = _eligible_ordered(x_tail, INT, NBITS)
     else:
         x_tail, u_tail = x_all, u_all  # not read
-    t, ties_wanted, k = _row_threshold(base, lanes, n, u_all, tl.minimum(want, P), scratch + row * GATHER, INT,
-                                       NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD, PROBES, u_tail, TAIL, SAMPLE, RUN,
-                                       GATHER)
+    if COUNTED:
+        at = bracket + row * 4
+        t, ties_wanted, k = _threshold_in_bracket(
+            base, lanes, n, tl.minimum(want, P), tl.load(at).to(INT), tl.load(at + 1).to(INT), tl.load(at + 2) != 0,
+            tl.load(totals + row * 4), tl.load(totals + row * 4 + 1), tl.load(totals + row * 4 + 2),
+            scratch + row * GATHER, INT, NBITS, BLOCK, PROBES, GATHER)
+    else:
+        t, ties_wanted, k = _row_threshold(base, lanes, n, u_all, tl.minimum(want, P), scratch + row * GATHER, INT,
+                                           NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD, PROBES, u_tail, TAIL, SAMPLE, RUN,
+                                           GATHER)
     tl.store(kept + row, k)
     tl.store(found + row * 2, t.to(tl.int64))
     tl.store(found + row * 2 + 1, ties_wanted.to(tl.int64))
@@ -349,7 +398,7 @@ def _search_kernel(
         if TAIL > 0:  # the tail's chunks follow the block's (one partial chunk when TAIL < LIST)
             _chunk_counts(x_tail, t, BLOCK // LIST, above, ties, taken_before, row, NLIST, INT, NBITS, TAIL,
                           min(LIST, TAIL))
-    else:
+    elif not COUNTED:
         above = 0
         ties = 0
         for start in range(0, P, BLOCK):
@@ -366,7 +415,7 @@ def _list_kernel(
     slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, COUNT_BEFORE: tl.constexpr, WORK: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, SUM_BEFORE: tl.constexpr = False, NLIST_PAD: tl.constexpr = 1,
 ):
     """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and (with
     ``HAS_MEANS``) each head's best selected mean score less its rounding slack, max-ed into
@@ -388,6 +437,11 @@ def _list_kernel(
             ub = _ordered(xb, INT, NBITS)
             above += tl.sum(((xb > float("-inf")) & (ub > t)).to(tl.int32))
             ties_seen += tl.sum(((xb > float("-inf")) & (ub == t)).to(tl.int32))
+    elif SUM_BEFORE:  # each chunk's own counts (``row_passes._chunk_counts_kernel``): the sums of those before
+        before = tl.arange(0, NLIST_PAD)
+        at = taken_before + (row * NLIST + before) * 2
+        above = tl.sum(tl.load(at, mask=before < chunk, other=0))
+        ties_seen = tl.sum(tl.load(at + 1, mask=before < chunk, other=0))
     else:  # the search's counts of the chunks before this one
         at = taken_before + (row * NLIST + chunk - 1) * 2
         above = tl.load(at, mask=chunk > 0, other=0)
@@ -466,6 +520,7 @@ def quest_select(
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
     ranked = p <= RANK_PAGES
+    counted = False
     if ranked:
         row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
         pairs = max(1, RANK_PAIRS // (row + row_tail))
@@ -480,20 +535,39 @@ def quest_select(
         )
     else:
         sample, scratch = select_module.search_sample(p <= block + tail, keys, b * hkv)
+        counted = sample["SAMPLE"] > 0  # a streamed row, counted by (row, chunk) programs (``row_passes``)
+        bracket = torch.empty((b, hkv, 4), dtype=torch.int64, device=upper.device)  # lo, hi, usable, n
+        totals = torch.empty((b, hkv, 4), dtype=torch.int32, device=upper.device)  # c_lo, c_hi, eligible, gathered
+        if counted:
+            wrap_triton(_bracket_kernel)[(b * hkv,)](
+                keys, seq_lens, bracket, totals, max(budget_pages, 0), *float64_words(coverage), sink_pages,
+                recent_pages, hkv, p, S=page_size, PROBES=select_module.PROBES, SAMPLE=sample["SAMPLE"],
+                RUN=sample["RUN"], COVERAGE=budget_pages < 0, **wide_ints, num_warps=SELECT_WARPS,
+                **pdl_kwargs(upper, "quest_select"))
+            wrap_triton(_bracket_counts_kernel)[(b * hkv, triton.cdiv(p, COUNT_CHUNK))](
+                keys, bracket, totals, scratch, p, CHUNK=COUNT_CHUNK, FIELD=int(COUNT_CHUNK).bit_length(),
+                GATHER=sample["GATHER"], **wide_ints, num_warps=COUNT_WARPS, **pdl_kwargs(upper, "quest_select"))
         wrap_triton(_search_kernel)[(b * hkv,)](
-            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch,
+            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch, bracket, totals,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-            **sample,
+            **sample, COUNTED=counted,
             LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,
-            num_warps=SELECT_WARPS if block >= 2048 else 4, **pdl_kwargs(upper, "quest_select"),
+            num_warps=(select_module.STREAMED_WARPS if p > block + tail and not counted
+                       else SELECT_WARPS if block >= 2048 else 4),
+            **pdl_kwargs(upper, "quest_select"),
         )
+        if counted:
+            wrap_triton(_chunk_counts_kernel)[(b * hkv, lists)](
+                keys, bracket, found, taken_before, p, lists, LIST=list_pages, **wide_ints, num_warps=LIST_WARPS,
+                **pdl_kwargs(upper, "quest_select"))
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
         alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
         LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, COUNT_BEFORE=ranked,
+        SUM_BEFORE=counted, NLIST_PAD=max(2, next_pow2(lists)) if counted else 1,
         **wide_ints, **kinds, num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
     )
     return pages, kept, mask, floor

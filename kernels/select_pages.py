@@ -52,16 +52,25 @@ RADIX = 1
 # session 14). The step at 1M (B = 1, 32/8, fp16, TopK 3%, α = 1 / 1.5; step_variants_gpu.py
 # --contexts 1048576 --selector TopK3, 2026-11-30): no sample 429.0 / 426.9 µs; 8,192 keys
 # in runs of 4 327.3 / 323.4, of 8 321.8 (α = 1.5), of 1 315.8 / 313.4; 4,096 of 1 317.3 /
-# 315.4; 2,048 of 1 340.4 / 338.8; 16,384 of 1 322.7 / 320.1 (the same outputs).
-SAMPLE = 8192
+# 315.4; 2,048 of 1 340.4 / 338.8; 16,384 of 1 322.7 / 320.1 (the same outputs). Since
+# quest_select counts streamed rows with (row, chunk) programs and searches the gathered keys
+# (below): 8,192 keys 167.1 µs, 4,096 155.4, 2,048 156.4 (α = 1.5, 8 warps, session 15).
+SAMPLE = 4096
 SAMPLE_RUN = 1
 # The pass that confirms a sampled bracket also copies the row's keys inside it to a scratch
 # row of GATHER keys; where they fit, the search runs on them in registers instead of
 # streaming the row every pass (a power of two; 0: no copy, the confirmed bracket's search
 # streams the row). The bracket holds ~6·sqrt(k·SAMPLE/P)·P/SAMPLE keys: ~750 at 1M, TopK 3%,
 # where the step took 255.9 µs against 314.2 with GATHER = 0 (H200, step_variants_gpu.py
-# --contexts 1048576 --selector TopK3 --alphas 1.5, 2026-11-30, the same outputs).
+# --contexts 1048576 --selector TopK3 --alphas 1.5, 2026-11-30, the same outputs; with
+# quest_select's (row, chunk) counting, 176.6 against 268.2).
 GATHER = 4096
+# warps of select_pages' program of a streamed row, which reads the whole row every counting
+# pass: bound by one SM's instruction issue and memory latency, more warps hide more of it. As
+# measured on quest_select when its streamed rows took the same one-program search: 1M TopK 3%
+# on the H200, 255.9 µs at 8 warps, 244.8 at 16 (2026-11-30). (quest_select now counts such
+# rows with (row, chunk) programs; its own search programs keep its SELECT_WARPS.)
+STREAMED_WARPS = 16
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks
 # and positions a [BLOCK] tensor each) made ptxas spill at 16,384 lanes (sm_90a: 272 bytes a
@@ -157,7 +166,7 @@ def select_pages(keys: torch.Tensor, counts: torch.Tensor, capacity: int) -> tup
         keys, counts, pages, kept, scratch, p, capacity,
         BLOCK=block, NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32, ONE_CHUNK=p <= block,
         RADIX=radix, FIELD=field, PROBES=PROBES, COMPACT=min(block, COMPACT_BLOCK), **sample,
-        num_warps=WIDE_WARPS if block >= 2048 else 4,
+        num_warps=STREAMED_WARPS if p > block else WIDE_WARPS if block >= 2048 else 4,
     )
     return pages, kept
 

@@ -34,7 +34,9 @@ search runs on them in registers, no streamed pass more; a confirmed bracket wit
 between is searched on the streamed row; a refuted one falls back to the whole finite range,
 as without a sample. TopK 3% at 1M tokens (B = 1, 32/8, α = 1.5): the step 426.9 µs without a
 sample, 313.4 with it (the search streaming the row from the confirmed bracket), 255.9 with
-the keys between gathered (sessions 14, 15).
+the keys between gathered (sessions 14, 15). ``quest_select`` runs the same steps in separate
+launches — the bracket, then the counting pass over (row, chunk) programs (``row_passes``),
+then ``_threshold_in_bracket`` — since one program's pass over a long row is slow: 155.4 µs.
 
 A row held in registers (``ONE_CHUNK``) is one power-of-two block of lanes, or — where the row
 is a few lanes longer than a power of two, as a cache with room for more tokens is — that block
@@ -304,7 +306,7 @@ def _sampled_bracket(base, P, want, INT: tl.constexpr, NBITS: tl.constexpr, PROB
     u_s = _eligible_ordered(tl.load(base + at, mask=at < P, other=float("-inf")), INT, NBITS)
     n_s = tl.sum((u_s > lowest).to(tl.int32))
     n_read = tl.sum((at < P).to(tl.int32))
-    r = tl.minimum(want.to(tl.float64) * n_read.to(tl.float64) / P, n_s.to(tl.float64))
+    r = tl.minimum(want.to(tl.float64) * n_read.to(tl.float64) / tl.maximum(P, 1), n_s.to(tl.float64))
     m = 3.0 * tl.sqrt(RUN * r) + RUN
     rank_hi = tl.floor(r - m).to(tl.int32)  # sample ranks: hi's key above the k-th, lo's below it
     rank_lo = tl.ceil(r + m).to(tl.int32)
@@ -354,18 +356,31 @@ def _sampled_threshold(base, lanes, P, want, scratch, INT: tl.constexpr, NBITS: 
     """``_row_threshold`` for a streamed row, by interpolation: a sampled bracket
     (``_sampled_bracket``), then one streamed pass (``_gathering_count``) that counts the row's
     eligible keys and the keys at or above both ends, and gathers the keys between the ends to
-    ``scratch`` (GATHER keys of the key dtype, a power of two; 0: none gathered). With k =
-    min(want, eligible): where the counts confirm the bracket (c_lo >= k > c_hi) and the keys
-    between number at most GATHER, the search runs in registers on those keys alone (the row's
-    count at a probe inside the bracket is c_hi plus theirs); a confirmed bracket with more keys
-    between is searched on the streamed row; otherwise (a sample that misleads, or none usable)
-    the whole finite range is (one more streamed pass finds it). Whatever the sample, the pair
-    is the row's: the sample only decides how many passes it takes."""
-    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
-    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
+    ``scratch`` (GATHER keys of the key dtype, a power of two; 0: none gathered), then the
+    search from those counts (``_threshold_in_bracket``)."""
     lo, hi, usable = _sampled_bracket(base, P, want, INT, NBITS, PROBES, SAMPLE, RUN)
     c_lo, c_hi, eligible_total = _gathering_count(base, lanes, P, lo, hi, usable, scratch, INT, NBITS, BLOCK, FIELD,
                                                   GATHER)
+    return _threshold_in_bracket(base, lanes, P, want, lo, hi, usable, c_lo, c_hi, eligible_total, scratch, INT, NBITS,
+                                 BLOCK, PROBES, GATHER)
+
+
+@triton.jit
+def _threshold_in_bracket(base, lanes, P, want, lo, hi, usable, c_lo, c_hi, eligible_total, scratch,
+                          INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr, PROBES: tl.constexpr,
+                          GATHER: tl.constexpr):
+    """(t, ties_wanted, k) of a streamed row from a sampled bracket [lo, hi) (``usable``) and
+    the row's counts: c_lo = #{u >= lo}, c_hi = #{u >= hi}, its eligible keys, and (GATHER > 0,
+    where usable) its c_lo − c_hi keys with lo <= u < hi in ``scratch``, as many as fit, in any
+    order. With k = min(want, eligible): where the counts confirm the bracket (c_lo >= k > c_hi)
+    and the keys between number at most GATHER, the search runs in registers on those keys
+    alone (the row's count at a probe inside the bracket is c_hi plus theirs); a confirmed
+    bracket with more keys between is searched on the streamed row; otherwise (a sample that
+    misleads, or none usable) the whole finite range is (one more streamed pass finds it).
+    Whatever the sample, the pair is the row's: the sample only decides how many passes it
+    takes."""
+    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
+    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     k = tl.minimum(want, eligible_total)
     t = lowest
     ties = k

@@ -244,6 +244,60 @@ def test_quest_select_reads_no_key_past_the_candidates(layout, monkeypatch):
     test_quest_select_on_random_page_scores_with_ties(False, 2, layout, None, monkeypatch)
 
 
+@pytest.mark.parametrize("gather", [4096, 16, 0])
+@pytest.mark.parametrize("wide", [False, True])
+def test_quest_select_on_sampled_streamed_rows(wide, gather, monkeypatch):
+    """Streamed rows of up to 699 candidates (64-page blocks) long enough for a sampled bracket
+    (128 keys in runs of 2), counted by (row, 64-page chunk) programs (``row_passes``), the keys
+    between the bracket's ends gathered (``GATHER`` 4,096), too many to gather (16: the search
+    streams the confirmed bracket) or none (0); counts whose sample rank misses the row's ends
+    (budget 3, coverage 0.99: no usable bracket), a row whose top keys lie only where no run of
+    the sample reads (the counts refute it), a short row (keys past its candidates are never
+    written: torch.empty hands out 1e30, as in the test above, and so does the gather's scratch,
+    where a read past the gathered keys would find it)."""
+    empty = torch.empty
+
+    def finite_poison(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(1e30) if t.dtype.is_floating_point else t.fill_(True if t.dtype == torch.bool else -7)
+
+    monkeypatch.setattr(torch, "empty", finite_poison)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 64)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 64)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.COUNT_CHUNK", 64)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    b, hkv, group, p = 2, 2, 2, 700
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([p * S, 300 * S + 3]))  # 699 and 300 candidates
+    read = (torch.arange(p) % 10) < 2  # where the sample's runs read a 699-candidate row (gap 10)
+    for budget, coverage, alpha in ((None, 0.3, 1.5), (150, None, 1.0), (3, None, 1.5), (None, 0.99, 2.0)):
+        upper = torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 3
+        upper[0, 1, :, ~read] += 40  # the top keys only where no run reads
+        upper[1, 0, :, :40] = 1.0  # exact ties
+        newest_max = torch.randn(b, hkv, group, generator=g, dtype=dtype)
+        newest_mag = newest_max.abs() + 1
+        off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
+        upper = upper.masked_fill(off, float("nan"))
+        msg = f"seed {seed} budget {budget} coverage {coverage} GATHER {gather}"
+        q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
+        want_mask, want_floor = torch_selection(cache, q, alpha, None, upper, None, None, newest_max, newest_mag,
+                                                budget, coverage, 1, 2)
+        pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
+                                                 alpha, -1 if budget is None else budget,
+                                                 0.0 if coverage is None else coverage, 1, 2)
+        assert torch.equal(mask, want_mask.expand_as(mask)), msg
+        assert torch.equal(floor, want_floor), msg
+        for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
+            assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
+            assert bool((row[int(n):] == -1).all()), msg
+
+
 @pytest.mark.parametrize("search", ["radix1", "radix2"])
 @pytest.mark.parametrize("wide, group, layout", [(False, 2, "registers"), (True, 4, "registers"),
                                                  (False, 1, "streamed")])
