@@ -42,7 +42,9 @@ search program searches those keys in registers (``threshold_search._threshold_i
 it streams the row only where the counts refute the sample or too many keys lie between), and
 (row, LIST_CHUNK) programs count each chunk at the threshold for the list programs, which sum
 the chunks before their own. 1M tokens, TopK 3%, B = 1 on the H200: the step 255.9 → 155.4
-µs (0.27× → 0.16× SDPA; session 15). Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
+µs (0.27× → 0.16× SDPA; session 15). Without a sample (``SAMPLE`` or ``PROBES`` 0) such a
+row's one search program streams it from memory for every counting pass and counts its
+chunks itself, as shorter rows' do in registers. Last a (row, ``LIST_CHUNK``-page chunk) grid writes the list:
 a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first
 ``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
 head's best selected mean less its slack goes into the floor by an atomic max (the max of the

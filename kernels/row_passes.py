@@ -9,7 +9,9 @@ before them stored, so here they run over (row, ``CHUNK``-key chunk) programs:
 
 - ``_bracket_counts_kernel``: a row's #{u >= lo}, #{u >= hi} and eligible keys at a sampled
   bracket [lo, hi) (``threshold_search._sampled_bracket``), by atomic adds to the row's int32
-  totals, which the bracket's program zeroed; and, where the bracket is usable, the keys with
+  totals, which the bracket's program zeroed (the fourth total counts the scratch slots taken:
+  every key between the ends where the bracket is usable, possibly more than GATHER; nothing
+  reads it after this kernel); and, where the bracket is usable, the keys with
   lo <= u < hi copied to the row's scratch of ``GATHER`` keys — each program takes its slots
   with one atomic add, so they land in no particular order (the search counts them, it does not
   need their order), the first ``GATHER`` taken slots only.
@@ -35,7 +37,7 @@ __all__ = []  # the @triton.jit kernels, launched by quest_select
 def _bracket_counts_kernel(keys, bracket, totals, scratch, P, CHUNK: tl.constexpr, NBITS: tl.constexpr,
                            INT: tl.constexpr, FIELD: tl.constexpr, GATHER: tl.constexpr, PDL: tl.constexpr = False):
     """One chunk's counts at the row's bracket ends added to totals[row] = (#{u >= lo}, #{u >=
-    hi}, eligible, keys gathered), and its keys in [lo, hi) gathered (module docstring)."""
+    hi}, eligible, scratch slots taken), and its keys in [lo, hi) gathered (module docstring)."""
     pdl_enter(PDL)
     tl.static_assert((1 << FIELD) > CHUNK, "a FIELD-bit field must hold a chunk's count")
     row = tl.program_id(0).to(tl.int64)

@@ -60,7 +60,8 @@ SAMPLE_RUN = 1
 # The pass that confirms a sampled bracket also copies the row's keys inside it to a scratch
 # row of GATHER keys; where they fit, the search runs on them in registers instead of
 # streaming the row every pass (a power of two; 0: no copy, the confirmed bracket's search
-# streams the row). The bracket holds ~6·sqrt(k·SAMPLE/P)·P/SAMPLE keys: ~750 at 1M, TopK 3%,
+# streams the row). The bracket holds ~6·sqrt(k·SAMPLE/P)·P/SAMPLE keys: ~1,100 at 1M, TopK 3%
+# (~750 with the 8,192-key sample of the figures here),
 # where the step took 255.9 µs against 314.2 with GATHER = 0 (H200, step_variants_gpu.py
 # --contexts 1048576 --selector TopK3 --alphas 1.5, 2026-11-30, the same outputs; with
 # quest_select's (row, chunk) counting, 176.6 against 268.2).
@@ -68,8 +69,9 @@ GATHER = 4096
 # warps of select_pages' program of a streamed row, which reads the whole row every counting
 # pass: bound by one SM's instruction issue and memory latency, more warps hide more of it. As
 # measured on quest_select when its streamed rows took the same one-program search: 1M TopK 3%
-# on the H200, 255.9 µs at 8 warps, 244.8 at 16 (2026-11-30). (quest_select now counts such
-# rows with (row, chunk) programs; its own search programs keep its SELECT_WARPS.)
+# on the H200, 255.9 µs at 8 warps, 244.8 at 16 (2026-11-30). quest_select's search program
+# takes it too where it searches a streamed row alone (no sample: SAMPLE or PROBES 0); with a
+# sample it counts such rows with (row, chunk) programs, and its programs take SELECT_WARPS.
 STREAMED_WARPS = 16
 # keys a pass of the list writing takes (re-read from memory, after the search): the search
 # holds the row in registers, and writing the list from those registers too (its scans, masks

@@ -20,15 +20,16 @@ has the measurements.) Two searches:
   a probe counts exactly k keys (those are the k largest: no tie at the boundary) or the
   bracket holds one integer (the k-th key; the keys above it are the bracket end's count).
   On the benchmark's rank keys that is 11–18 passes instead of 35 (simulated with the same
-  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4 passes (one more on a
-  streamed row whose sampled bracket the counts refute, below).
+  arithmetic at 8K and 128K); the worst case is ``PROBES`` + NBITS + 4 passes (as many on a
+  streamed row whose sampled bracket the counts refute, below: the pass that checks the
+  bracket also counts the eligible keys, the pass a row without a sample takes first).
 
 A streamed row (longer than a register block: read from memory every pass, one program
 reading the whole row, ~15 µs a pass at 65,540 keys on the H200) is searched from a sampled
 bracket (``SAMPLE`` > 0, ``_row_threshold`` → ``_sampled_threshold``): the sample's order
 statistics a few standard deviations above and below where the k-th key should rank in it are
 searched in registers, and one streamed pass counts the row's eligible keys and its keys at or
-above both, and copies the keys between them (~750 at 1M tokens, TopK 3%) to a scratch row of
+above both, and copies the keys between them (~1,100 at 1M tokens, TopK 3%) to a scratch row of
 ``GATHER`` keys. Where the counts confirm the bracket and those keys fit, the interpolation
 search runs on them in registers, no streamed pass more; a confirmed bracket with more keys
 between is searched on the streamed row; a refuted one falls back to the whole finite range,

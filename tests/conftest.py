@@ -29,14 +29,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _poison(monkeypatch, value: float) -> None:
+    """torch.empty / empty_like hand out floats filled with ``value``, True (bool) or −7 (ints)."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(value if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """torch.empty / empty_like hand out NaN-filled (floats), True (bool) or −7-filled (ints)
     memory, so that an element a kernel forgot to write cannot pass."""
-    empty, empty_like = torch.empty, torch.empty_like
+    _poison(monkeypatch, float("nan"))
 
-    def fill(t):
-        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else -7))
 
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+@pytest.fixture
+def finite_poison(monkeypatch):
+    """As ``poison`` with floats filled with 1e30: where a kernel reads past what was written
+    into keys it selects from, NaN (not eligible, like −inf) would hide the read, and a finite
+    key above every real one shows it."""
+    _poison(monkeypatch, 1e30)

@@ -229,39 +229,36 @@ def test_quest_select_ranks_keys_in_every_block(top, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", ["chunked", "streamed", "ranked"])
-def test_quest_select_reads_no_key_past_the_candidates(layout, monkeypatch):
+def test_quest_select_reads_no_key_past_the_candidates(layout, finite_poison, monkeypatch):
     """As ``test_quest_select_on_random_page_scores_with_ties``, with torch.empty handing out
     floats filled with 1e30 instead of NaN: the rank keys past the n candidates are never
     written, and a read of them with a mask to P instead of n would see a finite key above
     every real one (NaN, like −inf, is not eligible and hides such a read)."""
-    empty = torch.empty
-
-    def finite_poison(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(1e30) if t.dtype.is_floating_point else t.fill_(True if t.dtype == torch.bool else -7)
-
-    monkeypatch.setattr(torch, "empty", finite_poison)
     test_quest_select_on_random_page_scores_with_ties(False, 2, layout, None, monkeypatch)
 
 
 @pytest.mark.parametrize("gather", [4096, 16, 0])
 @pytest.mark.parametrize("wide", [False, True])
-def test_quest_select_on_sampled_streamed_rows(wide, gather, monkeypatch):
+def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monkeypatch):
     """Streamed rows of up to 699 candidates (64-page blocks) long enough for a sampled bracket
     (128 keys in runs of 2), counted by (row, 64-page chunk) programs (``row_passes``), the keys
     between the bracket's ends gathered (``GATHER`` 4,096), too many to gather (16: the search
     streams the confirmed bracket) or none (0); counts whose sample rank misses the row's ends
-    (budget 3, coverage 0.99: no usable bracket), a row whose top keys lie only where no run of
-    the sample reads (the counts refute it), a short row (keys past its candidates are never
-    written: torch.empty hands out 1e30, as in the test above, and so does the gather's scratch,
-    where a read past the gathered keys would find it)."""
-    empty = torch.empty
+    (budget 3, coverage 0.99: no usable bracket; budget 3 is also the forced pages' count, so
+    the k largest are the +inf keys), a row whose top keys lie only where no run of the sample
+    reads (the counts refute it), a short row, and rows of 2 and 0 candidates (keys past a row's
+    candidates are never written: torch.empty hands out 1e30, as in the test above, and so does
+    the gather's scratch, where a read past the gathered keys would find it). On the smooth
+    rows at coverage 0.3 the bracket is usable and, with GATHER 4,096, its keys fit: the fast
+    path is the one tested (the brackets are read from the op's allocations)."""
+    empty = torch.empty  # (finite_poison's)
+    allocated = []
 
-    def finite_poison(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(1e30) if t.dtype.is_floating_point else t.fill_(True if t.dtype == torch.bool else -7)
+    def recording_empty(*args, **kwargs):
+        allocated.append(empty(*args, **kwargs))
+        return allocated[-1]
 
-    monkeypatch.setattr(torch, "empty", finite_poison)
+    monkeypatch.setattr(torch, "empty", recording_empty)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.COUNT_CHUNK", 64)
@@ -272,9 +269,9 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, monkeypatch):
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
-    b, hkv, group, p = 2, 2, 2, 700
+    b, hkv, group, p = 4, 2, 2, 700
     cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
-    cache = dataclasses.replace(cache, seq_lens=torch.tensor([p * S, 300 * S + 3]))  # 699 and 300 candidates
+    cache = dataclasses.replace(cache, seq_lens=torch.tensor([p * S, 300 * S + 3, 2 * S + 1, S]))  # 699, 300, 2, 0
     read = (torch.arange(p) % 10) < 2  # where the sample's runs read a 699-candidate row (gap 10)
     for budget, coverage, alpha in ((None, 0.3, 1.5), (150, None, 1.0), (3, None, 1.5), (None, 0.99, 2.0)):
         upper = torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 3
@@ -288,9 +285,17 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, monkeypatch):
         q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
         want_mask, want_floor = torch_selection(cache, q, alpha, None, upper, None, None, newest_max, newest_mag,
                                                 budget, coverage, 1, 2)
+        allocated.clear()
         pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
                                                  alpha, -1 if budget is None else budget,
                                                  0.0 if coverage is None else coverage, 1, 2)
+        if coverage == 0.3:  # bracket rows (lo, hi, usable, n) and totals (c_lo, c_hi, eligible, slots)
+            bracket = next(t for t in allocated if t.dtype == torch.int64 and t.shape == (b, hkv, 4))
+            totals = next(t for t in allocated if t.dtype == torch.int32 and t.shape == (b, hkv, 4))
+            smooth = [(0, 0), (1, 1)]  # rows of 699 and 300 candidates without planted keys
+            assert all(int(bracket[i, j, 2]) == 1 for i, j in smooth), f"{msg}: {bracket[..., 2]}"
+            between = totals[..., 0] - totals[..., 1]
+            assert all(0 < int(between[i, j]) <= 4096 for i, j in smooth), f"{msg}: {between}"
         assert torch.equal(mask, want_mask.expand_as(mask)), msg
         assert torch.equal(floor, want_floor), msg
         for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
@@ -458,29 +463,49 @@ def test_opcheck_the_fused_ops():
                                False))
 
 
+def test_opcheck_quest_select_on_streamed_rows(monkeypatch):
+    """opcheck on rows the op counts with (row, chunk) programs (``row_passes``: a sampled
+    bracket, atomics into the op's own scratch tensors), as at 1M tokens."""
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.MAX_BLOCK", 16)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 16)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.COUNT_CHUNK", 16)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 32)
+    g = torch.Generator().manual_seed(fresh_seed())
+    b, hkv, group, p = 2, 2, 2, 100
+    upper = torch.randn(b, hkv, group, p, generator=g)
+    newest_max, newest_mag = torch.randn(b, hkv, group, generator=g), torch.ones(b, hkv, group)
+    seq_lens = torch.tensor([p * 16, 60 * 16 + 1])
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.quest_select.default,
+                              (upper, None, None, newest_max, newest_mag, seq_lens, None, 16, 16, 1.5, -1, 0.3, 1, 1))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
-@pytest.mark.parametrize("pages", [1000, 8300, 20000])  # ranked (16K tokens); 128K in registers; 320K streamed
-def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, monkeypatch):
+@pytest.mark.parametrize("pages, search, wide", [
+    (pages, search, False) for pages in (1000, 8300, 20000)  # ranked (16K tokens); 128K in registers; 320K streamed
+    for search in ("interpolate", "radix1", "radix2")] + [(20000, "interpolate", True)])
+def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wide, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
-    the same device."""
+    the same device; streamed rows (counted over (row, chunk) programs) in float64 too."""
     use_search(monkeypatch, search)
     seed = fresh_seed()
     g = torch.Generator(device="cuda").manual_seed(seed)
     b, hkv, group = 2, 8, 4
-    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=pages * 16, dtype=torch.float16,
+    dtype, work = (torch.float64, torch.float64) if wide else (torch.float16, torch.float32)
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=128, capacity=pages * 16, dtype=dtype,
                                    device="cuda")
     cache = dataclasses.replace(cache, seq_lens=torch.tensor([pages * 16 - 5, pages * 8], device="cuda"))
     shape = (b, hkv, group, pages)
-    upper = (torch.randn(shape, generator=g, device="cuda") * 8).round() / 4
-    means = upper - torch.rand(shape, generator=g, device="cuda") * 2
+    upper = (torch.randn(shape, generator=g, device="cuda", dtype=work) * 8).round() / 4
+    means = upper - torch.rand(shape, generator=g, device="cuda", dtype=work) * 2
     absmax = upper.abs() + 1
-    newest_max = torch.randn(shape[:3], generator=g, device="cuda") * 2
+    newest_max = torch.randn(shape[:3], generator=g, device="cuda", dtype=work) * 2
     newest_mag = newest_max.abs() + 1
-    slopes = torch.rand(hkv * group, generator=g, device="cuda") * 0.01
-    q = torch.zeros(b, hkv * group, 1, 128, device="cuda", dtype=torch.float16)
+    slopes = torch.rand(hkv * group, generator=g, device="cuda", dtype=work) * 0.01
+    q = torch.zeros(b, hkv * group, 1, 128, device="cuda", dtype=dtype)
     for budget, coverage, sink, recent in ((None, 0.125, 1, 4), (256, None, 2, 0), (None, 0.0625, 0, 0)):
         for alpha in (1.0, 1.5):
             want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,

@@ -302,10 +302,98 @@ def test_a_confirmed_sampled_bracket_holds_the_kth_key(wide):
         assert out[8, 2] == 0  # a wanted count past the row: the sample's rank is past its keys
 
 
+@triton.jit
+def _in_bracket_of(keys, scratch, args, out, P, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                   GATHER: tl.constexpr):
+    """out[row] = ``_threshold_in_bracket``'s (t, ties_wanted, k) for args[row] = (want, lo, hi,
+    usable, c_lo, c_hi, eligible), the row's keys streamed in BLOCK-key chunks and its scratch
+    row of GATHER keys."""
+    from entmaxkv.kernels.threshold_search import _threshold_in_bracket
+    row = tl.program_id(0).to(tl.int64)
+    a = args + row * 7
+    t, ties, k = _threshold_in_bracket(
+        keys + row * P, tl.arange(0, BLOCK), P, tl.load(a).to(tl.int32), tl.load(a + 1).to(INT),
+        tl.load(a + 2).to(INT), tl.load(a + 3) != 0, tl.load(a + 4).to(tl.int32), tl.load(a + 5).to(tl.int32),
+        tl.load(a + 6).to(tl.int32), scratch + row * GATHER, INT, NBITS, BLOCK, 12, GATHER)
+    tl.store(out + row * 3, t.to(tl.int64))
+    tl.store(out + row * 3 + 1, ties.to(tl.int64))
+    tl.store(out + row * 3 + 2, k.to(tl.int64))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_threshold_in_bracket_uses_gathered_keys_only_where_the_counts_allow(wide):
+    """``_threshold_in_bracket`` from given brackets and counts, on rows of 300 distinct keys
+    (3 at +inf, 20 at −inf), want 100. The scratch holds the keys between the bracket's ends
+    shuffled (on the GPU the (row, chunk) programs gather them in no particular order), then
+    1e30 up to GATHER = 32 slots. Its pair must select the row's 100 largest keys (or, k <=
+    the +inf keys, those first k):
+
+    - 32 keys between the ends, GATHER 32 (exactly full): searched in the scratch alone — the
+      row handed to the kernel is all −inf there, so a search that streamed it would fail;
+    - 33 between (one past GATHER): the row is streamed from the confirmed bracket, and the
+      scratch is all 1e30, so a search that used it would fail;
+    - a bracket the counts refute (c_lo < k), and none usable: the whole finite range is
+      searched, with the +inf keys counted above it (the fallback's c_hi);
+    - want 2, fewer than the +inf keys, on a refuted bracket: the first two of them; and one more
+      than the +inf keys with none usable, the row's 5 largest finite keys equal: the k-th key
+      is that value, the top of the finite range, and the ties wanted come from the count above
+      it, which only the fallback's c_hi gives (no probe counts fewer than k)."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype, ints, nbits = (torch.float64, tl.int64, 64) if wide else (torch.float32, tl.int32, 32)
+    p, want, gather, rows = 300, 100, 32, 6
+    row = torch.randn(p, generator=g, dtype=dtype)
+    where = torch.randperm(p, generator=g)
+    row[where[:3]] = float("inf")
+    row[where[3:23]] = float("-inf")
+    images = ordered_images(row)
+    eligible = int((row > float("-inf")).sum())
+    n_inf = int(torch.isposinf(row).sum())
+    order = images.sort(descending=True).values  # distinct keys: the k-th largest is order[k − 1]
+    lowest = -(2 ** (nbits - 1))
+    top = int(ordered_images(torch.tensor([float("inf")], dtype=dtype))[0])
+
+    def bracket(above, below):  # [lo, hi) from the (k + below)-th largest key to the (k − 1 − above)-th
+        lo, hi = int(order[want - 1 + below]), int(order[want - 2 - above]) + 1
+        return lo, hi, int((images >= lo).sum()), int((images >= hi).sum())
+
+    real = row.repeat(rows, 1)
+    real[5, (images < top) & (images >= int(order[n_inf + 4]))] = row[images == int(order[n_inf])]  # 5 tie at the top
+    keys = real.clone()
+    keys[0] = float("-inf")  # the fast path must not read the row
+    scratch = torch.full((rows, gather), 1e30, dtype=dtype)
+    args = torch.zeros(rows, 7, dtype=torch.int64)
+    lo, hi, c_lo, c_hi = bracket(15, 15)  # 32 between
+    between = row[(images >= lo) & (images < hi)]
+    assert len(between) == 32 == c_lo - c_hi
+    scratch[0] = between[torch.randperm(32, generator=g)]
+    args[0] = torch.tensor([want, lo, hi, 1, c_lo, c_hi, eligible])
+    lo, hi, c_lo, c_hi = bracket(15, 16)  # 33 between
+    assert c_lo - c_hi == 33
+    args[1] = torch.tensor([want, lo, hi, 1, c_lo, c_hi, eligible])
+    lo, hi, c_lo, c_hi = bracket(40, -10)  # the k-th key not inside: c_lo < k
+    assert c_lo < want
+    args[2] = torch.tensor([want, lo, hi, 1, c_lo, c_hi, eligible])
+    args[3] = torch.tensor([want, lowest + 1, top, 0, eligible, n_inf, eligible])  # no usable bracket
+    args[4] = torch.tensor([2, lo, hi, 1, c_lo, c_hi, eligible])
+    args[5] = torch.tensor([n_inf + 1, lowest + 1, top, 0, eligible, n_inf, eligible])  # one of the 5 ties
+    out = torch.full((rows, 3), -7, dtype=torch.int64)
+    _in_bracket_of[(rows,)](keys, scratch, args, out, p, INT=ints, NBITS=nbits, BLOCK=16, GATHER=gather)
+    for r in range(rows):
+        t, ties, k = out[r].tolist()
+        k_want = min(int(args[r, 0]), eligible)
+        real_images = ordered_images(real[r])
+        above = int((real_images > t).sum())
+        assert k == k_want, f"seed {seed} row {r}"
+        assert above == k - ties and 0 <= ties <= int((real_images == t).sum()), \
+            f"seed {seed} row {r}: t {t}, {ties} ties, {above} above"
+    assert out[4, 0] == top and out[4, 1] == 2, f"seed {seed}: the +inf keys"
+
+
 @pytest.mark.parametrize("search, gather", [("interpolate", 4096), ("interpolate", 16), ("interpolate", 0),
                                             ("bisect", 4096)])
 @pytest.mark.parametrize("wide", [False, True])
-def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, poison, monkeypatch):
+def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, finite_poison, monkeypatch):
     """select_pages on streamed rows of 600 keys (16-key chunks) with a 128-key sample in runs
     of 2, its confirmed brackets searched on the keys between their ends (``GATHER`` 4,096),
     on the streamed row because more keys lie between than fit (16), or because none are
@@ -314,7 +402,9 @@ def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, poiso
     rows whose sample the counts refute — the top keys only where no run reads (gap 9, runs of 2
     at 9i and 9i + 1) or only where the runs read — so the search must fall back to the whole
     range; low-bit keys and bit patterns (ties, keys over the whole float range), forced and
-    ineligible pages, with counts from 1 to the row's length."""
+    ineligible pages, with counts from 1 to the row's length. torch.empty hands out 1e30
+    (``finite_poison``): a read of the scratch past the keys gathered would find a key above
+    every real one."""
     use(monkeypatch, search, True)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
@@ -335,3 +425,39 @@ def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, poiso
     counts[0] = torch.tensor([200, 333, 300], dtype=torch.int32)  # inside the first rows: sampled
     counts[1, :2] = torch.tensor([300, 120], dtype=torch.int32)
     assert_stable_top(keys, counts, p, f"seed {seed} {search} GATHER {gather}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("gather", [4096, 64])
+@pytest.mark.parametrize("wide", [False, True])
+def test_sampled_streamed_rows_on_the_gpu_select_the_stable_top(wide, gather, monkeypatch):
+    """select_pages compiled for the GPU on rows of 40,000 keys (streamed past ``MAX_BLOCK``):
+    the search of the keys one program gathered and re-reads after a barrier (``GATHER``
+    4,096; 64: fewer than a bracket holds, the row is streamed), float32 and float64, smooth
+    keys, keys 80% tied, the top keys only where the sample's runs do not read, forced and
+    ineligible pages — the same pages as a stable descending sort. (The interpreter runs one
+    thread: the barrier between the scratch's writes and reads shows only here.)"""
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
+    seed = fresh_seed()
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    p = 40000
+    keys = torch.randn(2, 3, p, generator=g, device="cuda", dtype=dtype)
+    keys[0, 1, :7] = float("inf")
+    keys[0, 1, 100:400] = float("-inf")
+    keys[0, 2, torch.rand(p, generator=g, device="cuda") < 0.8] = 0.0
+    gap = p // 4096  # the sample's stride (SAMPLE 4,096 keys in runs of 1)
+    keys[1, 0, (torch.arange(p, device="cuda") % gap) != 0] += 50
+    counts = torch.tensor([[1200, 5000, 3000], [2000, 400, 39000]], dtype=torch.int32, device="cuda")
+    pages, kept = (t.cpu() for t in torch.ops.entmaxkv.select_pages(keys, counts, p))
+    keys = keys.cpu()
+    order = torch.argsort(keys, dim=-1, descending=True, stable=True)
+    for i in range(2):
+        for j in range(3):
+            o = order[i, j]
+            want = o[keys[i, j, o] > float("-inf")][: int(counts[i, j])].sort().values
+            n = int(kept[i, j])
+            assert n == len(want) and torch.equal(pages[i, j, :n].long(), want), f"seed {seed} row ({i}, {j})"
+            assert bool((pages[i, j, n:] == -1).all()), f"seed {seed} row ({i}, {j})"
+
