@@ -26,7 +26,7 @@ from decode import graph_of, loaded
 from gpu_check import time_replays
 
 SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
-             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense()}
+             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian()}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -36,7 +36,16 @@ __all__ = ["gaussian_tau", "moment_kind"]
 
 QUAD_NODES = 64
 QUAD_REACH = 10.0
-BLOCK_P = 128
+# pages a program's loop takes at once, and its warps: each program reads its row's pages once
+# per Newton step (float64 erfc and exp a page), one program a (sequence, query head) — 32 at
+# B = 1, 32/8 — so a step is bound by one program's latency. The Gaussian step at 128K on the
+# H200 (B = 1, 32/8, fp16; step_variants_gpu.py --contexts 131072 --selector Gaussian, α =
+# 1.5 / 2, 2026-11-30): 128 pages and 4 warps 755.8 / 835.2 µs, 512 and 4 681.3 / 740.8, 1,024
+# and 8 518.7 / 553.7, 2,048 and 16 491.7 / 522.4, 1,024 and 16 436.2 / 454.3 (the same outputs);
+# at α = 1.5, 64K / 128K: 1,024 and 16 287.5 / 436.9, 1,024 and 32 300.3 / 452.8, 512 and 16
+# 274.7 / 429.1 (not taken: the gpu tests ran on 1,024)
+BLOCK_P = 1024
+TAU_WARPS = 16
 
 
 def moment_kind(alpha: float) -> int:
@@ -264,7 +273,7 @@ def gaussian_tau(
     wrap_triton(_gaussian_tau_kernel)[(b * hkv * g,)](
         mu, sigma, candidates.to(torch.int8), exact_scores, lin, tau, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=min(BLOCK_P, max(16, next_pow2(p))), BLOCK_S=max(16, next_pow2(s)),
-        NODES=QUAD_NODES,
+        NODES=QUAD_NODES, num_warps=TAU_WARPS,
     )
     return tau
 
