@@ -74,3 +74,11 @@ def use_search(monkeypatch, search: str) -> None:
     probes, radix = SEARCHES[search]
     monkeypatch.setattr("entmaxkv.kernels.select_pages.PROBES", probes)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.RADIX", radix)
+
+
+def use_sample(monkeypatch, gather: int, sample: int = 128, run: int = 2) -> None:
+    """A streamed row's sampled bracket for the rest of the test (both ops): ``sample`` keys in
+    runs of ``run``, and ``gather`` keys of scratch for those inside it (``select_pages``)."""
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", sample)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", run)
+    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)

@@ -21,7 +21,7 @@ from entmaxkv.backend import KernelOps
 from entmaxkv.newest_page import candidate_page_mask, newest_page_magnitude, newest_page_mask, newest_page_scores
 from entmaxkv.reference import token_scores
 from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
-from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_search
+from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_sample, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -263,9 +263,7 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monk
     monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.COUNT_CHUNK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
+    use_sample(monkeypatch, gather)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32

@@ -21,7 +21,7 @@ in 16-key chunks, so the interpreter runs few programs.
 import pytest
 import torch
 
-from helpers import SEARCHES, fresh_seed, use_search
+from helpers import SEARCHES, fresh_seed, use_sample, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -406,9 +406,7 @@ def test_sampled_streamed_rows_select_the_stable_top(search, gather, wide, finit
     (``finite_poison``): a read of the scratch past the keys gathered would find a key above
     every real one."""
     use(monkeypatch, search, True)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", 128)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", 2)
-    monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
+    use_sample(monkeypatch, gather)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if wide else torch.float32
