@@ -42,13 +42,13 @@ KEY_BITS = {"ExactCodes4": 4, "ExactCodes8": 8}  # cases run on a cache with key
 def kernel_table(cache, q, k, v, config, steps: int = 5) -> tuple[list[tuple[str, float, int]], int]:
     from torch.profiler import ProfilerActivity, profile
 
-    c = cache.fork()
+    c = cache.fork()  # each step appends the same token past c's length (decode_step leaves c as it was)
     for _ in range(2):
-        ekv.decode_step(c.fork(), q, k, v, config)
+        ekv.decode_step(c, q, k, v, config)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            ekv.decode_step(c.fork(), q, k, v, config)
+            ekv.decode_step(c, q, k, v, config)
         torch.cuda.synchronize()
     total: dict[str, float] = collections.defaultdict(float)
     count: dict[str, int] = collections.defaultdict(int)
@@ -69,7 +69,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--compiled", action="store_true", help="also time the compiled step in a graph")
     parser.add_argument("--data", choices=["stream", "needles"], default="stream",
-                        help="SyntheticStream, or entmaxkv.synthetic.needle_inputs (16 high-scoring tokens a KV head)")
+                        help="SyntheticStream, or entmaxkv.synthetic.needle_inputs (--needles runs of --needle-run "
+                             "tokens a KV head)")
+    parser.add_argument("--needles", type=int, default=16, help="needle runs per KV head (--data needles)")
+    parser.add_argument("--needle-run", type=int, default=1,
+                        help="tokens per needle run (16: whole phrases, what the Gaussian page model can see)")
     args = parser.parse_args()
     hq, hkv = (int(x) for x in args.heads.split("/"))
     summary = []
@@ -78,7 +82,8 @@ def main() -> None:
             from entmaxkv.synthetic import needle_inputs
 
             k, v, q, k_new, v_new = needle_inputs(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128,
-                                                  context=n, needles=16, seed=n, dtype=torch.float16, device="cuda")
+                                                  context=n, needles=args.needles,
+                                                  run=args.needle_run, seed=n, dtype=torch.float16, device="cuda")
         else:
             stream = SyntheticStream(batch=args.batch, num_kv_heads=hkv, group=hq // hkv, head_dim=128, seed=n,
                                      dtype=torch.float16, device="cuda")

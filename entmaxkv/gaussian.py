@@ -277,10 +277,11 @@ class Gaussian(Selector):
     def select(self, step: Step) -> Selection:
         cache, alpha = step.cache, step.alpha
         c, size = lin(alpha), cache.page_size
-        mu, sigma = page_gaussians(step)
-        tau_hat = gaussian_tau_hat(step, mu, sigma, self.solver_iters)
+        # the page moments in the work dtype: the solver and the page rule read them in float64
+        # (a float64 copy here was three more launches and 2·8 bytes a page and query head)
+        tau_hat = gaussian_tau_hat(step, step.means, step.sigma, self.solver_iters)
 
-        z = _normal_quantile(self.max_quantile ** (1.0 / size), mu)
+        z = _normal_quantile(self.max_quantile ** (1.0 / size), tau_hat)
         keep, tau_floor = step.ops.gaussian_pages(
             step.means, step.sigma, step.upper, tau_hat, z, self.safety_margin_z,
             self.threshold_excess_margin_fraction, self.outlier_margin, self.sink_pages, self.recent_pages)
@@ -288,6 +289,7 @@ class Gaussian(Selector):
             return Selection(keep)
 
         kept = keep[:, :, None, :]
+        mu, sigma = page_gaussians(step)
         newest_top = step.newest_scores.double().amax(-1)
         tau = tau_hat
         if self.clamp_tau:

@@ -8,14 +8,17 @@ reference's bracket ([top − 1, top], doubled while F(hi) > 0, at most ``expans
 is found the same way but stops at the first F(hi) <= 0; inside it, safeguarded Newton steps
 on (F + 1)^(α−1) − 1 (convex, decreasing and nearly linear: a Newton step from the left does
 not pass the root, and α near 1 does not make it creep) replace the fixed bisection — 3–7
-passes over the pages in a simulation of this loop on random mixtures (α = 2 down to 1.01)
-instead of ``expansions`` + ``iters`` = 80, each pass
-over every page in float64 (erfc, exp). At most ``iters`` steps. The result agrees with the
-reference's bisection midpoint to rounding (within 4e-15 there). The moment
+passes in a simulation of this loop on random mixtures (α = 2 down to 1.01) instead of
+``expansions`` + ``iters`` = 80, each in float64 (erfc, exp). At most ``iters`` steps. The
+passes read only the pages that can matter: one pass over every candidate page finds the top
+score, a second copies to a scratch row the pages whose term at top − 1 (the lowest τ the
+solve evaluates) a float32 bound cannot show to be at most ``NEGLIGIBLE``. The result agrees with
+the reference's bisection midpoint to rounding (within 4e-15 there). The moment
 E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
 Fejér rule over [max(−a/s, −10), 10], its nodes and weights computed once per program from an
 arange (no table, nothing copied from the host).
-Bytes: μ, σ of every page and the newest page's scores, re-read from L2 on every iteration.
+Bytes: μ of every candidate page twice and σ once; the kept pages' (α−1)·μ, (α−1)·σ in float64
+(written once, re-read from L2 on every pass) and the newest page's scores.
 The normal cdf is the reference's 0.5·erfc(−d/√2), with an erfc of its own (``_erfc``: Triton
 has none, and libdevice's does not run in the interpreter): 0.5·(1 + erf(d/√2)) cancels in the
 far lower tail (d ≈ −4, wide pages), where it cost F ~1e-10 and moved the root by ~2e-10.
@@ -36,6 +39,22 @@ __all__ = ["gaussian_tau", "moment_kind"]
 
 QUAD_NODES = 64
 QUAD_REACH = 10.0
+# A page whose term n_p·E[ρ(...)] at the lowest τ the solve evaluates (top − 1) is provably at
+# most this (a bound, ``_gaussian_tau_kernel``) is left out of the bracket's and Newton's
+# passes: its term stays below it at every τ evaluated, so a row's left-out terms add at most
+# P·1e-30 to F — far below the rounding of F + 1 = 1 at the root (1.1e-16). Where few pages
+# stand above the rest the passes then read a few pages, not all. The τ kernel alone on the
+# H200 (benchmarks/gaussian_tau_gpu.py, 8,192 pages, 32/8, α = 1.5, 4 high pages a KV head
+# among noise pages; session 16): B = 1 68.3 µs with the erfc-based cut, 46.1 with this bound,
+# 156.7 keeping every page; B = 16 262.2 / 173.4 / 629.4. On noise alone every page is kept
+# (212.8 µs at B = 1: as before).
+NEGLIGIBLE = 1e-30
+# Pages a block of the solve's passes takes where the kept pages fit in one, and always for
+# the quadrature (α other than 2, 1.5, 4/3: a [block, 64-node] float64 tile). On the H200 (as
+# above, α = 1.25, B = 1): 64 9.4 ms on noise pages and 118 µs with 4 high pages; 16 11.0 ms,
+# 128 11.7 ms, 1,024 (the block session 15 gave every pass) 41.5 ms and 3.9 ms. For α = 1.5
+# 64 and 256 were alike (46.1 / 45.9 µs).
+SHORT_P = 64
 # pages a program's loop takes at once, and its warps: each program reads its row's pages once
 # per Newton step (float64 erfc and exp a page), one program a (sequence, query head) — 32 at
 # B = 1, 32/8 — so a step is bound by one program's latency. The Gaussian step at 128K on the
@@ -143,18 +162,20 @@ def _moment(a, s, power, nodes, weights, KIND: tl.constexpr):
 
 
 @triton.jit
-def _excess(mu, sigma, cand, exact, row, b, P, S, tau, lin, power, nodes, weights,
+def _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights,
             KIND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
-    """(F(τ), F'(τ)) for one (sequence, query head): F(τ) = Σ_p n_p·E[ρ(...)] + Σ_i ρ(...) − 1,
-    decreasing and convex in τ (ρ(x) = x_+^power, power >= 1)."""
+    """(F(τ), F'(τ)) for one (sequence, query head) over its kept pages (``kept_m``, ``kept_s``:
+    the row's scratch of (α−1)·μ and (α−1)·σ, ``n_kept`` entries) and the newest page's exact
+    scores: F(τ) = Σ_p n_p·E[ρ(...)] + Σ_i ρ(...) − 1, decreasing and convex in τ (ρ(x) =
+    x_+^power, power >= 1)."""
     lanes = tl.arange(0, BLOCK_P)
     total = tl.zeros((BLOCK_P,), tl.float64)
     slope = tl.zeros((BLOCK_P,), tl.float64)
-    for start in range(0, P, BLOCK_P):
+    for start in range(0, n_kept, BLOCK_P):
         p = start + lanes
-        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
-        m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
-        sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+        ok = p < n_kept
+        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
         value, rate = _moment(m - tau, sd, power, nodes, weights, KIND)
         total += tl.where(ok, S * value, 0.0)
         slope += tl.where(ok, S * rate, 0.0)
@@ -168,6 +189,24 @@ def _excess(mu, sigma, cand, exact, row, b, P, S, tau, lin, power, nodes, weight
 
 
 @triton.jit
+def _kept_excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights,
+                 KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``_excess`` over blocks of ``SHORT_P`` pages where the kept pages fit in one (a pass is
+    then one float64 erfc chain on few lanes) or the moment is a quadrature (its [block,
+    nodes] tile: 64 × 64 float64 a block, not 1,024 × 64), else of ``BLOCK_P``."""
+    if KIND == 0:
+        f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, SHORT_P,
+                           BLOCK_S)
+    elif n_kept <= SHORT_P:
+        f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, SHORT_P,
+                           BLOCK_S)
+    else:
+        f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, BLOCK_P,
+                           BLOCK_S)
+    return f, slope
+
+
+@triton.jit
 def _norm_step(f, slope, power):
     """Newton step on G = (F + 1)^(1/power) − 1 at a point with F = f, F' = slope < 0:
     −G/G' = power·(M − M^(1 − 1/power)) / (−F') with M = F + 1 (> 0; M^... via exp/log)."""
@@ -178,23 +217,42 @@ def _norm_step(f, slope, power):
 
 @triton.jit
 def _gaussian_tau_kernel(
-    mu, sigma, cand, exact, lin_ptr, tau_out, HQ, P, S, iters, expansions,
-    KIND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
+    mu, sigma, cand, exact, lin_ptr, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
+    KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
+    NEGLIGIBLE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
     b = row // HQ
     lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
     power = 1.0 / lin
-    # Fejér's first rule on [-1, 1] (as entmaxkv.gaussian.fejer_rule)
-    k = tl.arange(0, NODES).to(tl.float64)
-    theta = (2.0 * k + 1.0) * (3.141592653589793 / (2 * NODES))
-    acc = tl.zeros((NODES,), tl.float64)
-    for j in range(1, NODES // 2 + 1):
-        jj = j * 1.0
-        acc += tl.cos(2.0 * jj * theta) / (4.0 * jj * jj - 1.0)
-    nodes = tl.cos(theta)
-    weights = (2.0 / NODES) * (1.0 - 2.0 * acc)
+    if KIND == 0:  # Fejér's first rule on [-1, 1] (as entmaxkv.gaussian.fejer_rule)
+        k = tl.arange(0, NODES).to(tl.float64)
+        theta = (2.0 * k + 1.0) * (3.141592653589793 / (2 * NODES))
+        acc = tl.zeros((NODES,), tl.float64)
+        for j in range(1, NODES // 2 + 1):
+            jj = j * 1.0
+            acc += tl.cos(2.0 * jj * theta) / (4.0 * jj * jj - 1.0)
+        nodes = tl.cos(theta)
+        weights = (2.0 / NODES) * (1.0 - 2.0 * acc)
+    else:  # the closed forms read no rule (its 32 serial float64 cosines are not computed)
+        nodes = tl.zeros((NODES,), tl.float64)
+        weights = nodes
 
+    # The top score, then the pages that can matter, to the row's scratch. Every τ the solve
+    # evaluates is at least top − 1 (the bracket's low end; the expansions and the Newton steps
+    # only move right of it) and a page's term falls as τ rises, so a page whose term at
+    # top − 1 is at most NEGLIGIBLE never adds more to F than that. The test is a bound, in
+    # float32, not the term (its erfc, exps and divisions in float64 cost a pass as much as a
+    # Newton step's):
+    # with δ = −a/s > 0 (a = (α−1)·μ − τ, s = (α−1)·σ, p = 1/(α−1)), y^p·e^(−δy) <= (p/(eδ))^p
+    # for y >= 0 gives
+    #     n_p·E[(a + sZ)_+^p] = n_p·s^p·E[(Z − δ)_+^p] <= n_p·(p·s/(e·δ))^p·e^(−δ²/2),
+    # and a page is left out when the log of that is below log(NEGLIGIBLE) − 1 (the margin
+    # covers float32's rounding of terms below ~1e4 in magnitude, all a finite page can make
+    # near the cut). Pages with a NaN or infinite mean or σ stay (as in the reference, they
+    # make F NaN or infinite). (The top so far, in the same pass, would also give a valid cut,
+    # but a loose one until the pass reaches the top page: on the H200 the kernel took 103.6
+    # µs instead of 46.1 on the needle-like moments of ``NEGLIGIBLE``'s comment.)
     lanes = tl.arange(0, BLOCK_P)
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
     for start in range(0, P, BLOCK_P):
@@ -205,6 +263,28 @@ def _gaussian_tau_kernel(
     i = tl.arange(0, BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
     top_all = tl.maximum(tl.max(top), tl.max(z))
+    least = top_all - 1.0
+    kept_m = kept_mu + row * P
+    kept_s = kept_sigma + row * P
+    power32 = power.to(tl.float32)
+    log_cut = tl.log(NEGLIGIBLE / S) - 1.0
+    n_kept = 0
+    for start in range(0, P, BLOCK_P):
+        p = start + lanes
+        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+        m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+        sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+        a = (m - least).to(tl.float32)
+        s32 = sd.to(tl.float32)
+        delta = -a / s32
+        log_bound = power32 * tl.log(power32 * s32 / (2.718281828459045 * delta)) - 0.5 * delta * delta
+        negligible = (a < 0) & (a > float("-inf")) & (s32 < float("inf")) & (log_bound < log_cut)
+        keep = (ok & ~negligible).to(tl.int32)
+        at = n_kept + tl.cumsum(keep, axis=0) - keep
+        tl.store(kept_m + at, m, mask=keep == 1)
+        tl.store(kept_s + at, sd, mask=keep == 1)
+        n_kept += tl.sum(keep)
+    tl.debug_barrier()  # every thread's kept pages are stored before any is read
 
     # The bracket of the reference: [top − 1, top] (F(top − 1) >= 0: the top entry alone has
     # mass >= 1), doubled while F(hi) > 0 — stopping at the first F(hi) <= 0, after which the
@@ -212,14 +292,15 @@ def _gaussian_tau_kernel(
     lo = top_all - 1.0
     hi = top_all
     width = top_all * 0.0 + 1.0
-    f_hi, _ = _excess(mu, sigma, cand, exact, row, b, P, S, hi, lin, power, nodes, weights, KIND, BLOCK_P, BLOCK_S)
+    f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, BLOCK_P,
+                           SHORT_P, BLOCK_S)
     grown = 0
     while (f_hi > 0) & (grown < expansions):
         lo = hi
         hi = hi + width
         width = 2.0 * width
-        f_hi, _ = _excess(mu, sigma, cand, exact, row, b, P, S, hi, lin, power, nodes, weights, KIND, BLOCK_P,
-                          BLOCK_S)
+        f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, BLOCK_P,
+                               SHORT_P, BLOCK_S)
         grown += 1
     # Safeguarded Newton from the left end, on G(τ) = (F(τ) + 1)^(α−1) − 1 rather than on F:
     # F + 1 is the p-th power (p = 1/(α−1)) of an L_p norm of (s − τ)_+ over the pages'
@@ -232,15 +313,16 @@ def _gaussian_tau_kernel(
     # rounding), or after ``iters`` steps. With M = F + 1 >= 1 the step is
     # G/G' = p·(M − M^(1 − 1/p)) / F'.
     x = lo
-    fx, dx = _excess(mu, sigma, cand, exact, row, b, P, S, x, lin, power, nodes, weights, KIND, BLOCK_P, BLOCK_S)
+    fx, dx = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, x, power, lin, nodes, weights, KIND, BLOCK_P, SHORT_P,
+                          BLOCK_S)
     result = x
     done = fx <= 0  # F(lo) = 0: lo is the root
     steps = 0
     while (~done) & (steps < iters):
         newton = x + _norm_step(fx, dx, power)
         nxt = tl.where(newton < hi, newton, (x + hi) / 2)
-        f_next, d_next = _excess(mu, sigma, cand, exact, row, b, P, S, nxt, lin, power, nodes, weights, KIND,
-                                 BLOCK_P, BLOCK_S)
+        f_next, d_next = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, nxt, power, lin, nodes, weights, KIND,
+                                      BLOCK_P, SHORT_P, BLOCK_S)
         correction = _norm_step(f_next, d_next, power)  # signed: negative past the root
         tol = 4e-15 * tl.maximum(tl.abs(nxt), 1.0)
         done = (tl.abs(correction) <= tol) | (nxt - x <= tol)
@@ -270,10 +352,13 @@ def gaussian_tau(
     s = exact_scores.shape[-1]
     tau = torch.empty((b, hkv, g), dtype=torch.float64, device=mu.device)
     lin = torch.full((1,), alpha - 1.0, dtype=torch.float64, device=mu.device)  # a fill, not a copy
+    kept_mu = torch.empty((b * hkv * g, p), dtype=torch.float64, device=mu.device)  # scratch
+    kept_sigma = torch.empty_like(kept_mu)
     wrap_triton(_gaussian_tau_kernel)[(b * hkv * g,)](
-        mu, sigma, candidates.to(torch.int8), exact_scores, lin, tau, hkv * g, p, s, iters, expansions,
+        mu, sigma, candidates.to(torch.int8), exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters,
+        expansions,
         KIND=moment_kind(alpha), BLOCK_P=min(BLOCK_P, max(16, next_pow2(p))), BLOCK_S=max(16, next_pow2(s)),
-        NODES=QUAD_NODES, num_warps=TAU_WARPS,
+        SHORT_P=SHORT_P, NODES=QUAD_NODES, NEGLIGIBLE=NEGLIGIBLE, num_warps=TAU_WARPS,
     )
     return tau
 

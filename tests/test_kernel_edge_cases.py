@@ -289,3 +289,52 @@ def test_quest_select_floor_takes_a_negative_zero_best(dtype, device):
     pages, count, mask, floor = quest_select(*args, None, S, 16, 1.5, 1, 0.0, 0, 0)
     assert pages.cpu().tolist() == [[[0]]] and count.item() == 1
     assert floor.item() == 0.0, floor  # not the newest-page term −1 − 2γ
+
+
+@pytest.mark.parametrize("short", [4, 64])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short):
+    """The kernel's solve reads only the pages whose term at top − 1 (the lowest τ it
+    evaluates) is above ``NEGLIGIBLE``, copied to a scratch row; τ still equals the
+    reference's over every page. Pages sweep across the cut, over several loop blocks
+    (``BLOCK_P`` 16: the scratch offsets run across blocks; ``SHORT_P`` 4: the passes over
+    the kept pages take both block sizes, the quadrature several short blocks), in two rows: needles (a few pages
+    far above the rest: the root well above top − 1) and one exact score just above the pages
+    (the root just above top − 1, where the pages' terms there are about their terms at the
+    root: a cut of 1e-6, or a bound below the term, moves τ by more than rounding here)."""
+    import entmaxkv.kernels.gaussian_tau as module
+    from entmaxkv.gaussian import fejer_rule, gaussian_moment, lin
+
+    monkeypatch.setattr(module, "BLOCK_P", 16)
+    monkeypatch.setattr(module, "SHORT_P", short)
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    b, h, grp, p, s = 2, 1, 2, 100, 16
+    c = lin(alpha)
+    mu = torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) * -20 - 2.2  # a sweep across the cut
+    sigma = torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) * 0.5 + 0.05
+    candidates = torch.rand(b, p, generator=g) < 0.9
+    exact = torch.randn(b, h, grp, s, generator=g, dtype=torch.float64) - 5
+    exact[..., 7:] = float("-inf")
+    needles = torch.randint(0, p, (h, grp, 3), generator=g)  # row 0: needles
+    mu[0].scatter_(-1, needles, torch.rand(h, grp, 3, generator=g, dtype=torch.float64) * 2)
+    candidates[0, needles.flatten()] = True
+    # row 1: one exact score on top, (α−1)·score − 1 = 0, and pages whose means lie δ = 2 … 16 of
+    # their σ below that (the rest further down): the root is just above 0, where each page's
+    # term is about its term at 0 — a bound that left out pages with terms of 1e-10 moves τ
+    deltas = torch.tensor([2.0, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16], dtype=torch.float64)
+    at = torch.randperm(p, generator=g)[: len(deltas)]
+    mu[1] -= 6
+    mu[1, ..., at], sigma[1, ..., at] = -0.4 * deltas, 0.4
+    candidates[1, at] = True
+    exact[1] = float("-inf")
+    exact[1, ..., 0] = 1 / c
+    got, want = _gaussian_case(alpha, mu, sigma, candidates, exact)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"α {alpha} seed {seed}")
+
+    top = torch.maximum(torch.where(candidates[:, None, None], c * mu, float("-inf")).amax(-1),
+                        (c * exact).amax(-1))
+    term = s * gaussian_moment(c * mu - (top - 1)[..., None], c * sigma, alpha, fejer_rule(mu))
+    left_out = candidates[:, None, None] & (term <= module.NEGLIGIBLE)
+    above = candidates[:, None, None] & (term > 1e-9)
+    assert int(left_out.sum(-1).min()) >= p // 4 and int(above.sum(-1).min()) >= 2, f"seed {seed}"

@@ -1,0 +1,96 @@
+"""The Gaussian τ̂ kernel alone (``entmaxkv::gaussian_tau``), on page moments shaped like
+``needle_inputs``' (noise pages and a few high ones) or like noise only, against the reference
+solver: where its time goes (passes, Newton steps, launch shape).
+
+    python benchmarks/gaussian_tau_gpu.py --pages 8192 --batches 1,16 \\
+        --variants "base;iters=0;expansions=0;gaussian_tau.NEGLIGIBLE=-1.0;gaussian_tau.TAU_WARPS=4"
+
+A variant is ``;``-separated; each is ``,``-separated ``module.CONST=value`` (a constant of
+``entmaxkv.kernels.<module>``) or ``iters=N`` / ``expansions=N`` (the op's arguments). Times
+are CUDA-graph replays of the op (median of rounds); max |Δτ| is against the reference
+(``solve_gaussian_tau``, float64 on the GPU). Measures only; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import torch
+
+from entmaxkv.gaussian import solve_gaussian_tau
+from gpu_check import time_replays
+
+
+def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, seed: int):
+    """(mu, sigma [B, Hkv, G, P] float32, candidates [B, P] bool, exact [B, Hkv, G, 16]):
+    noise pages' score means ~N(0, 0.075²) and stds ~0.3 (keys N(0, 0.3²) at scale D^-1/2,
+    as needle_inputs'), ``needles`` pages a KV head at mean ~8, std ~0.3."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (batch, kv_heads, group, pages)
+    mu = 0.075 * torch.randn(shape, generator=g)
+    sigma = 0.3 + 0.02 * torch.randn(shape, generator=g)
+    for b in range(batch):
+        for h in range(kv_heads):
+            at = torch.randperm(pages - 1, generator=g)[:needles]
+            mu[b, h, :, at] = 8.0 + 0.2 * torch.randn(group, needles, generator=g)
+    candidates = torch.ones(batch, pages, dtype=torch.bool)
+    candidates[:, -1] = False  # the newest page
+    exact = 0.3 * torch.randn(batch, kv_heads, group, 16, generator=g)
+    exact[..., 9:] = float("-inf")
+    return tuple(x.cuda() for x in (mu, sigma, candidates, exact))
+
+
+def apply(variant: str) -> tuple[dict, list]:
+    """Set a variant's constants; return the op arguments it overrides and how to undo it."""
+    args, undo = {}, []
+    for item in filter(None, (x.strip() for x in variant.split(","))):
+        if item == "base":
+            continue
+        name, value = item.split("=")
+        if "." in name:
+            module_name, const = name.split(".")
+            module = importlib.import_module(f"entmaxkv.kernels.{module_name}")
+            undo.append((module, const, getattr(module, const)))
+            setattr(module, const, type(getattr(module, const))(float(value)))
+        else:
+            args[name] = int(value)
+    return args, undo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", default="8192")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--heads", default="32/8")
+    parser.add_argument("--alphas", default="1.5")
+    parser.add_argument("--needles", default="4,0", help="high pages a KV head; 0: noise only")
+    parser.add_argument("--variants", default="base")
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    hq, hkv = (int(x) for x in args.heads.split("/"))
+    for p in (int(x) for x in args.pages.split(",")):
+        for b in (int(x) for x in args.batches.split(",")):
+            for needles in (int(x) for x in args.needles.split(",")):
+                mu, sigma, cand, exact = moments(b, hkv, hq // hkv, p, needles, seed=p + b)
+                count = torch.where(cand[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
+                for alpha in (float(x) for x in args.alphas.split(",")):
+                    want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
+                    print(f"## P = {p}, B = {b}, {hq}/{hkv}, needles {needles}, α = {alpha}")
+                    for variant in args.variants.split(";"):
+                        over, undo = apply(variant)
+                        iters, expansions = over.get("iters", 50), over.get("expansions", 30)
+                        op = torch.ops.entmaxkv.gaussian_tau
+                        got = op(mu, sigma, cand, exact, alpha, iters, expansions)
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph):
+                            op(mu, sigma, cand, exact, alpha, iters, expansions)
+                        us = time_replays(graph.replay, args.reps, 5)
+                        err = (got - want).abs().max().item()
+                        print(f"  {variant:<56} {us:9.1f} µs  max |Δτ| {err:.1e}")
+                        for module, const, old in undo:
+                            setattr(module, const, old)
+
+
+if __name__ == "__main__":
+    main()
