@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, worst_over
-from entmaxkv.certificate import safe_tau_lower_bound
+from entmaxkv.certificate import pages_above, safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
 from entmaxkv.gaussian import gaussian_keep, solve_gaussian_tau
@@ -40,7 +40,8 @@ if importlib.util.find_spec("triton") is not None:
     from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
 
-__all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps"]
+__all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps",
+           "safe_tau_composition"]
 
 BACKENDS = ("auto", "torch", "triton")
 GAUSSIAN_EXPANSIONS = 30  # bracket expansions of the τ̂ solver (solve_gaussian_tau's default)
@@ -174,8 +175,11 @@ class ReferenceOps(PageSets):
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         if self._errors is None:  # per-token rounding bounds, once per step
             self._errors = score_rounding_errors(self.cache, self.q, self.scale, self.alibi_slopes)
-        tokens = self.cache.tokens_of(page_mask)
+        tokens = self.cache.tokens_of(page_mask | self.newest)
         return safe_tau_lower_bound(self.scores, tokens, self.alpha, worst_over(self._errors, tokens))
+
+    def pages_above(self, upper: Tensor, tau_low: Tensor) -> Tensor:
+        return pages_above(upper, tau_low, self.candidates, self.alpha)
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
                      iters: int) -> Tensor:
@@ -202,6 +206,9 @@ class KernelOps(PageSets):
         # top_pages / quest_top_pages: attend of that very mask reuses the list
         self._listed: tuple | None = None
         self._floor: Tensor | None = None  # the newest page's score floor, once computed
+        # the last pages_above mask and its pages' |score| scale [B, Hkv, G] and count [B, Hkv]:
+        # tau_lower_bound of that very mask takes them instead of reducing over the pages again
+        self._above: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -329,9 +336,25 @@ class KernelOps(PageSets):
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         _, tau = self.attend(page_mask)
+        if self._above is not None and page_mask is self._above[0]:
+            _, magnitude, count = self._above
+            return self._safe_tau(tau, magnitude, count)
         chosen = (page_mask & self.candidates)[:, :, None, :]
         magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
         return self._safe_tau(tau, magnitude, chosen[:, :, 0].sum(-1))
+
+    def pages_above(self, upper: Tensor, tau_low: Tensor) -> Tensor:
+        # one op: the mask, its page list and score floor (for attend), its pages' |score| scale
+        # and count (for tau_lower_bound), instead of ~30 small launches and a select_pages
+        c = self.cache
+        if self.means is None or self.newest_max is None:  # no page means or no newest page: the composition
+            return pages_above(upper, tau_low, self.candidates, self.alpha)
+        pages, count, mask, magnitude, floor = torch.ops.entmaxkv.pages_above(
+            upper.contiguous(), self.absmax, self.means, tau_low.to(torch.float64).contiguous(), self._newest_floor(),
+            c.seq_lens, self.alibi_slopes, c.page_size, self.alpha, mean_slack(self.means.dtype, c.page_size,
+                                                                               c.head_dim))
+        self._above = (mask, magnitude, count)
+        return self._keep_list(mask, pages, count, floor)
 
     def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:
         """``tau_lower_bound`` of a page list: pages [B, Hkv, M] int32, distinct full pages other
@@ -355,21 +378,37 @@ class KernelOps(PageSets):
     def _safe_tau(self, tau: Tensor, magnitude: Tensor, full_pages: Tensor) -> Tensor:
         """τ over ``full_pages`` [B, Hkv] full pages plus the newest one, lowered by what
         rounding could have moved it; magnitude [B, Hkv, G]: the |score| scale of the full
-        pages' tokens."""
-        c, a = self.cache, lin(self.alpha)
-        magnitude = torch.maximum(magnitude, self.newest_magnitude).double()
+        pages' tokens (``safe_tau_composition``, as one op)."""
+        c = self.cache
         wdt = work_dtype(c.dtype)
-        rounding = self.gamma * magnitude
-        if self.alibi_slopes is not None:
-            span = float(c.num_pages * c.page_size)
-            slopes = self.alibi_slopes.double().abs().reshape(1, c.num_kv_heads, -1)
-            rounding = rounding + 4 * torch.finfo(wdt).eps * slopes * span
-            magnitude = magnitude + slopes * span
-        newest_tokens = c.seq_lens - ((c.seq_lens - 1) // c.page_size) * c.page_size
-        n = (full_pages * c.page_size + newest_tokens[:, None]).double().unsqueeze(-1)
-        eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
-        # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
-        own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
-        if self.alpha not in (1.0, 1.5, 2.0):  # τ is a bisection midpoint, not an exact formula
-            own = own + 2.0 ** -bisection_steps(wdt)
-        return tau - a * rounding - own
+        extra = 0.0 if self.alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(wdt)
+        slopes = None if self.alibi_slopes is None else self.alibi_slopes.contiguous()
+        return torch.ops.entmaxkv.safe_tau(tau.contiguous(), magnitude.contiguous(), self.newest_magnitude.contiguous(),
+                                           full_pages.contiguous(), c.seq_lens, slopes, c.page_size, c.num_pages,
+                                           self.alpha, self.gamma, torch.finfo(wdt).eps, extra)
+
+
+def safe_tau_composition(cache: PagedKVCache, alpha: float, gamma: float, tau: Tensor, magnitude: Tensor,
+                         newest_magnitude: Tensor, full_pages: Tensor, alibi_slopes: Tensor | None) -> Tensor:
+    """[B, Hkv, G] float64: τ [B, Hkv, G] over ``full_pages`` [B, Hkv] full pages plus the
+    newest one, lowered by what rounding could have moved it on the kernel path; magnitude,
+    newest_magnitude [B, Hkv, G]: the |score| scale of the full pages' and the newest page's
+    tokens; γ the work dtype's dot-product rounding factor. The torch form of
+    ``entmaxkv::safe_tau`` (its oracle in the tests)."""
+    c, a = cache, lin(alpha)
+    magnitude = torch.maximum(magnitude, newest_magnitude).double()
+    wdt = work_dtype(c.dtype)
+    rounding = gamma * magnitude
+    if alibi_slopes is not None:
+        span = float(c.num_pages * c.page_size)
+        slopes = alibi_slopes.double().abs().reshape(1, c.num_kv_heads, -1)
+        rounding = rounding + 4 * torch.finfo(wdt).eps * slopes * span
+        magnitude = magnitude + slopes * span
+    newest_tokens = c.seq_lens - ((c.seq_lens - 1) // c.page_size) * c.page_size
+    n = (full_pages * c.page_size + newest_tokens[:, None]).double().unsqueeze(-1)
+    eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
+    # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
+    own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
+    if alpha not in (1.0, 1.5, 2.0):  # τ is a bisection midpoint, not an exact formula
+        own = own + 2.0 ** -bisection_steps(wdt)
+    return tau - a * rounding - own

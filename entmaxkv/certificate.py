@@ -31,7 +31,7 @@ from entmaxkv.entmax import entmax_threshold, lin, rho
 if TYPE_CHECKING:
     from entmaxkv.selection import Step
 
-__all__ = ["dropped_mass_bound", "safe_tau_lower_bound"]
+__all__ = ["dropped_mass_bound", "pages_above", "safe_tau_lower_bound"]
 
 
 def safe_tau_lower_bound(
@@ -48,6 +48,15 @@ def safe_tau_lower_bound(
     # τ is computed in float64 from float64 sums: its own error is tiny next to score rounding.
     own = 16 * n * torch.finfo(torch.float64).eps * (tau.abs() + lin(alpha) * s.nan_to_num(neginf=0).abs().amax(-1) + 1)
     return tau - lin(alpha) * rounding.double() - own
+
+
+def pages_above(upper: Tensor, tau_low: Tensor, candidates: Tensor, alpha: float) -> Tensor:
+    """[B, Hkv, P] bool: the candidate pages ([B, 1 or Hkv, P] bool) whose safe bound U
+    ([B, Hkv, G, P]) some query head could place above its τ lower bound tau_low ([B, Hkv, G]
+    float64): (α−1)·U_hp > τ_low_h for some h. Every other page holds only tokens of zero
+    weight (their scores s <= U_p give (α−1)·s − τ <= 0 at the true τ >= τ_low): ``Exact``'s
+    exclusion round (the kernel ops run it as one op, ``entmaxkv::pages_above``)."""
+    return (lin(alpha) * upper.double() > tau_low.unsqueeze(-1)).any(2) & candidates
 
 
 def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -84,12 +84,11 @@ class Exact(Selector):
     def select(self, step: Step) -> Selection:
         if self.use_codes and step.cache.key_bits is not None:
             return self._select_with_codes(step)
-        c = lin(step.alpha)
         key = group_rank_key(step)
         chosen = step.ops.top_pages(key, self.initial_pages)
         for _ in range(self.rounds):
-            tau_low = step.ops.tau_lower_bound(chosen | step.newest)  # [B, Hkv, G]
-            alive = (c * step.upper.double() > tau_low.unsqueeze(-1)).any(2) & step.candidates
+            tau_low = step.ops.tau_lower_bound(chosen)  # [B, Hkv, G], over the newest page too
+            alive = step.ops.pages_above(step.upper, tau_low)
             if self.max_pages is not None:
                 alive = step.ops.top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
             chosen = alive

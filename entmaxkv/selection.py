@@ -66,7 +66,14 @@ class StepOps(Protocol):
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         """[B, Hkv, G] float64: a lower bound of the exact τ over the tokens of ``page_mask``
-        (rounding included), hence of the dense τ."""
+        [B, Hkv, P] and the newest page (included whether the mask holds it or not; rounding
+        included), hence of the dense τ."""
+
+    def pages_above(self, upper: Tensor, tau_low: Tensor) -> Tensor:
+        """[B, Hkv, P] bool: the candidate pages whose safe bound ``upper`` [B, Hkv, G, P]
+        some query head could place above its τ lower bound ``tau_low`` [B, Hkv, G] float64
+        (``certificate.pages_above``): the pages an exclusion round keeps (the kernel ops run it
+        as one op). The same contract as ``top_pages``' mask: do not modify it in place."""
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
                      iters: int) -> Tensor:

@@ -11,6 +11,8 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
     gaussian_tau      the Gaussian page model's τ̂ (closed forms, Fejér quadrature otherwise)
     gaussian_select   the Gaussian selector's page rule (margins, kept pages, list) from τ̂
+    pages_above       Exact's exclusion round: pages a safe bound puts above τ's lower bound, listed
+    safe_tau          the kernel path's safe lower bound of τ from an attention's τ
     code_bounds       pass 1 over the key codes: best ŝ and ε per page and query head (+ τ seed, newest page)
     code_candidates   pass 2: tokens whose code bound reaches τ_low, as a fixed-capacity list (+ page list)
     entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
@@ -20,6 +22,6 @@ is the one place that decides whether a step runs these ops or the reference.
 """
 
 from entmaxkv.kernels import (  # noqa: F401
-    append, code_scan, gaussian_select, gaussian_tau, page_scores, page_stats, quest_select, select_pages, sparse_decode,
-    triton_entmax,
+    append, code_scan, exact_pages, gaussian_select, gaussian_tau, page_scores, page_stats, quest_select, safe_tau,
+    select_pages, sparse_decode, triton_entmax,
 )

@@ -1,0 +1,91 @@
+"""``entmaxkv::safe_tau``: the kernel path's safe lower bound of τ from an attention's τ, as one op.
+
+Per (sequence, query head), with τ the exact threshold ``sparse_decode`` computed over F full
+pages and the newest page (n = F·S + the newest page's tokens scores), a = α − 1, M the |score|
+scale of those tokens (the larger of the pages' and the newest page's), γ the rounding factor
+of a dot product, and with ALiBi slope m over a span of P·S positions:
+
+    rounding = γ·M (+ 4·eps_work·|m|·P·S),   M' = M (+ |m|·P·S)
+    own      = 16·n·eps64·(|τ| + a·M' + 1) + eps32·a·M' (+ 2^−steps where τ is a bisection midpoint)
+    τ_low    = τ − a·rounding − own
+
+— ``backend.safe_tau_composition``, the torch code it replaces in ``KernelOps`` (about twenty
+launches a bound, each of a few elements). In float64, in the composition's order of
+operations; the GPU may fuse a product into a sum (one rounding fewer), a difference of an ulp
+of τ, far inside ``own``'s room (16·n ulps). One program per (sequence, KV head) row.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.quest_select import _float64_of, float64_words
+
+__all__ = ["safe_tau"]
+
+
+@triton.jit
+def _safe_tau_kernel(
+    tau, magnitude, newest_magnitude, full_pages, seq_lens, slopes, out, H,
+    s_hi, s_mid, s_lo, a_hi, a_mid, a_lo, g_hi, g_mid, g_lo, e_hi, e_mid, e_lo, x_hi, x_mid, x_lo,
+    S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, HAS_ALIBI: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    gs = tl.arange(0, G_PAD)
+    live = gs < G
+    at = row * G + gs
+    span = _float64_of(s_hi, s_mid, s_lo)  # P·S positions
+    a = _float64_of(a_hi, a_mid, a_lo)
+    gamma = _float64_of(g_hi, g_mid, g_lo)
+    eps_work = _float64_of(e_hi, e_mid, e_lo)
+    extra = _float64_of(x_hi, x_mid, x_lo)
+    t = tl.load(tau + at, mask=live, other=0.0)
+    m = tl.maximum(tl.load(magnitude + at, mask=live, other=0.0), tl.load(newest_magnitude + at, mask=live, other=0.0),
+                   propagate_nan=tl.PropagateNan.ALL).to(tl.float64)  # NaN in, NaN out, as torch.maximum
+    rounding = gamma * m
+    if HAS_ALIBI:
+        slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=live, other=0.0).to(tl.float64))
+        rounding = rounding + 4 * eps_work * slope * span
+        m = m + slope * span
+    length = tl.load(seq_lens + row // H)
+    newest_tokens = length - ((length - 1) // S) * S
+    n = (tl.load(full_pages + row).to(tl.int64) * S + newest_tokens).to(tl.float64)
+    own = 16 * n * 2.220446049250313e-16 * (tl.abs(t) + a * m + 1) + 1.1920928955078125e-07 * a * m + extra
+    tl.store(out + at, t - a * rounding - own, mask=live)
+
+
+@triton_op("entmaxkv::safe_tau", mutates_args=())
+def safe_tau(
+    tau: torch.Tensor, magnitude: torch.Tensor, newest_magnitude: torch.Tensor, full_pages: torch.Tensor,
+    seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int, num_pages: int, alpha: float,
+    gamma: float, eps_work: float, extra: float,
+) -> torch.Tensor:
+    """τ_low [B, Hkv, G] float64 (module docstring).
+
+    tau: [B, Hkv, G] float64; magnitude, newest_magnitude: [B, Hkv, G] (work dtype);
+    full_pages: [B, Hkv] integer, the full pages τ was computed over; seq_lens: [B] int64;
+    alibi_slopes: optional [Hq]; page_size S, num_pages P (the ALiBi span is P·S); α in (1, 2];
+    gamma: the work dtype's dot-product rounding factor; eps_work: its machine epsilon; extra:
+    2^−steps where τ is a bisection midpoint (α not 1.5 or 2), else 0.
+    """
+    b, hkv, g = tau.shape
+    out = torch.empty_like(tau)
+    wrap_triton(_safe_tau_kernel)[(b * hkv,)](
+        tau, magnitude, newest_magnitude, full_pages, seq_lens, alibi_slopes if alibi_slopes is not None else tau,
+        out, hkv, *float64_words(float(num_pages * page_size)), *float64_words(alpha - 1.0), *float64_words(gamma),
+        *float64_words(eps_work), *float64_words(extra), S=page_size, G=g, G_PAD=max(2, next_pow2(g)),
+        HAS_ALIBI=alibi_slopes is not None, num_warps=1)
+    return out
+
+
+@safe_tau.register_fake
+def _(tau, magnitude, newest_magnitude, full_pages, seq_lens, alibi_slopes, page_size, num_pages, alpha, gamma,
+      eps_work, extra):
+    return torch.empty_like(tau)
+
+
+register_batch_rule(safe_tau, (0, 1, 2, 3, 4))  # vmap folds into the batch dimension

@@ -1,0 +1,134 @@
+"""The ``pages_above`` op (under Triton's interpreter) against ``certificate.pages_above``, the
+torch composition it replaces in ``Exact``'s exclusion rounds on the kernel path, and the
+|score| scale the next round's τ bound takes from it. Page bounds are drawn directly, with
+bounds exactly at a head's τ lower bound (not above it: kept only by another head) and NaN in
+the entries of pages that are not candidates (the op must not read them); rows hold no
+candidate, one, or many, over one chunk or several."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+import entmaxkv as ekv
+from entmaxkv.certificate import pages_above as torch_pages_above
+from entmaxkv.newest_page import candidate_page_mask
+from helpers import fresh_seed
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.interpreter
+from entmaxkv.kernels.exact_pages import pages_above  # noqa: E402
+from entmaxkv.kernels.page_scores import mean_slack  # noqa: E402
+
+S = 8
+
+
+def _case(seed: int, group: int, dtype: torch.dtype, alpha: float):
+    g = torch.Generator().manual_seed(seed)
+    rnd = random.Random(seed)
+    b, hkv, p = 4, 2, 37
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
+    lens = torch.tensor([rnd.randrange(1, S + 1), S + 1, rnd.randrange(2 * S, p * S + 1), p * S])  # 0, 1, n, all
+    cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
+    shape = (b, hkv, group, p)
+    upper = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
+    absmax = (upper.abs() + torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)).to(dtype)
+    means = (upper - absmax * torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)).to(dtype)
+    newest = (torch.randn(b, hkv, group, generator=g, dtype=torch.float64) * 2).to(dtype)
+    newest[1, 0] = float("-inf")  # no token in the newest page yet
+    slopes = torch.rand(hkv * group, generator=g, dtype=torch.float64).to(dtype) * 0.1 - 0.05
+    # τ lower bounds at the (α−1)-scaled bound of a random page of the head: that page sits
+    # exactly at τ (not above), the rest on either side
+    pick = torch.randint(0, p, (b, hkv, group, 1), generator=g)
+    tau_low = ((alpha - 1) * upper.double()).gather(-1, pick)[..., 0]
+    return cache, upper, absmax, means, newest, slopes, tau_low
+
+
+def _floor(mask, means, absmax, newest, slopes, slack):
+    """``KernelOps.score_floor``'s composition over the kept pages."""
+    room = slack * absmax
+    if slopes is not None:
+        room = room + slopes.abs().reshape(1, means.shape[1], -1, 1).to(room.dtype) * (S - 1) / 2
+    best = torch.where(mask[:, :, None, :], means - room, torch.full_like(means, float("-inf"))).amax(-1)
+    return torch.maximum(best, newest.to(best.dtype))
+
+
+@pytest.mark.parametrize("chunk", [1024, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_pages_above_equals_the_torch_composition(group, dtype, chunk, poison, monkeypatch):
+    monkeypatch.setattr("entmaxkv.kernels.exact_pages.CHUNK", chunk)  # 4: ten chunks a row
+    seed = fresh_seed()
+    slack = mean_slack(dtype, S, 16)
+    for alpha, alibi in ((1.5, False), (2.0, True), (1.25, False)):
+        cache, upper, absmax, means, newest, slopes, tau_low = _case(seed, group, dtype, alpha)
+        slopes = slopes if alibi else None
+        candidates = candidate_page_mask(cache)
+        off = ~candidates[:, :, None, :].expand_as(upper)
+        upper, absmax, means = (x.masked_fill(off, float("nan")) for x in (upper, absmax, means))
+        msg = f"seed {seed} α {alpha} ALiBi {alibi}"
+        want = torch_pages_above(upper, tau_low, candidates, alpha)
+        pages, count, mask, magnitude, floor = pages_above(upper, absmax, means, tau_low, newest, cache.seq_lens,
+                                                           slopes, S, alpha, slack)
+        assert torch.equal(mask, want), msg
+        assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
+        for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
+            assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
+            assert bool((row[int(n):] == -1).all()), msg
+        kept = mask[:, :, None, :].expand_as(absmax)
+        want_mag = torch.where(kept, absmax, torch.zeros_like(absmax)).amax(-1)
+        assert torch.equal(magnitude, want_mag), msg
+        assert torch.equal(floor, _floor(mask, means, absmax, newest, slopes, slack)), msg
+        assert not bool(mask[0].any()), "a row without candidates keeps nothing"
+        assert bool(mask.any()) and not bool(mask[2:].all()), f"{msg}: pages on both sides"
+
+
+def test_pages_above_keeps_everything_or_nothing_at_the_extremes(poison):
+    cache, upper, absmax, means, newest, _, tau_low = _case(fresh_seed(), 2, torch.float32, 1.5)
+    candidates = candidate_page_mask(cache)
+    args = (cache.seq_lens, None, S, 1.5, mean_slack(torch.float32, S, 16))
+    _, count, mask, magnitude, floor = pages_above(upper, absmax, means, torch.full_like(tau_low, -1e30), newest,
+                                                   *args)
+    assert torch.equal(mask, candidates.expand_as(mask))
+    _, count, mask, magnitude, floor = pages_above(upper, absmax, means, torch.full_like(tau_low, 1e30), newest,
+                                                   *args)
+    assert not bool(mask.any()) and not bool(count.any()) and not bool(magnitude.any())
+    assert torch.equal(floor, newest), "no page kept: the newest page's floor"
+    nan = torch.full_like(tau_low, float("nan"))  # a NaN bound compares false: no page kept
+    _, _, mask, _, _ = pages_above(upper, absmax, means, nan, newest, *args)
+    assert torch.equal(mask, torch_pages_above(upper, nan, candidates, 1.5)) and not bool(mask.any())
+
+
+def test_pages_above_opcheck():
+    """Fake tensor, schema and dispatch checks of the op's registration."""
+    cache, upper, absmax, means, newest, slopes, tau_low = _case(fresh_seed(), 2, torch.float32, 1.5)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        for alibi in (None, slopes):
+            torch.library.opcheck(torch.ops.entmaxkv.pages_above.default,
+                                  (upper, absmax, means, tau_low, newest, cache.seq_lens, alibi, S, 1.5, 2.0 ** -8))
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+@pytest.mark.parametrize("max_pages", [None, 3])
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_exact_on_the_ops_uses_the_rounds_op_and_equals_the_reference(rounds, max_pages, alibi):
+    """A page-box ``Exact`` step on the kernel path (its rounds through ``pages_above``, whose
+    score floor the attention then takes) selects the reference backend's pages and gives its
+    output and certificate."""
+    from helpers import make_cache, random_step
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 16, [70, 33], capacity=96, dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 16, torch.float32)
+    selector = ekv.Exact(initial_pages=1, rounds=rounds, max_pages=max_pages)
+    slopes = torch.tensor([0.02, -0.01, 0.005, 0.03]) if alibi else None
+    outs = {}
+    for backend in ("torch", "triton"):
+        config = ekv.DecodeConfig(1.5, selector, backend=backend)
+        _, outs[backend], info = ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes, with_info=True)
+        outs[backend + " pages"], outs[backend + " certified"] = info.page_mask, info.certified
+    msg = f"seed {seed}"
+    assert torch.equal(outs["torch pages"], outs["triton pages"]), msg
+    assert torch.equal(outs["torch certified"], outs["triton certified"]), msg
+    torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-5, atol=1e-5, msg=msg)
