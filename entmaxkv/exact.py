@@ -84,12 +84,14 @@ class Exact(Selector):
     def select(self, step: Step) -> Selection:
         if self.use_codes and step.cache.key_bits is not None:
             return self._select_with_codes(step)
-        key = group_rank_key(step)
-        chosen = step.ops.top_pages(key, self.initial_pages)
+        # the best ``initial_pages`` by ``TopK``'s group ranking (one op on the kernels, which also
+        # gives the attention its score floor)
+        chosen = step.ops.quest_top_pages(step.upper, step.means, self.initial_pages, None, 0, 0)
+        key = group_rank_key(step) if self.max_pages is not None else None
         for _ in range(self.rounds):
             tau_low = step.ops.tau_lower_bound(chosen)  # [B, Hkv, G], over the newest page too
             alive = step.ops.pages_above(step.upper, tau_low)
-            if self.max_pages is not None:
+            if key is not None:
                 alive = step.ops.top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
             chosen = alive
         return Selection(chosen)
