@@ -278,7 +278,8 @@ class Gaussian(Selector):
         cache, alpha = step.cache, step.alpha
         c, size = lin(alpha), cache.page_size
         # the page moments in the work dtype: the solver and the page rule read them in float64
-        # (a float64 copy here was three more launches and 2·8 bytes a page and query head)
+        # (float64 copies here were two more launches and 2·8 bytes a page and query head; the
+        # "fixed" and "corrected" modes still make them below, for their clamp)
         tau_hat = gaussian_tau_hat(step, step.means, step.sigma, self.solver_iters)
 
         z = _normal_quantile(self.max_quantile ** (1.0 / size), tau_hat)

@@ -301,7 +301,8 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
     the kept pages take both block sizes, the quadrature several short blocks), in two rows: needles (a few pages
     far above the rest: the root well above top − 1) and one exact score just above the pages
     (the root just above top − 1, where the pages' terms there are about their terms at the
-    root: a cut of 1e-6, or a bound below the term, moves τ by more than rounding here)."""
+    root: a cut of 1e-6 moves τ by more than the test's 1e-12 here; bounds below the term are
+    the next tests')."""
     import entmaxkv.kernels.gaussian_tau as module
     from entmaxkv.gaussian import fejer_rule, gaussian_moment, lin
 
@@ -338,3 +339,105 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
     left_out = candidates[:, None, None] & (term <= module.NEGLIGIBLE)
     above = candidates[:, None, None] & (term > 1e-9)
     assert int(left_out.sum(-1).min()) >= p // 4 and int(above.sum(-1).min()) >= 2, f"seed {seed}"
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05, 1.01])
+def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
+    """The kernel's own scratch (NaN-filled, read back): every candidate page whose term at
+    top − 1 (the reference's moment, float64) exceeds ``NEGLIGIBLE`` is in it — pages swept
+    within a few e-folds of the cut, σ of 0, −0, subnormal, tiny — and in needle rows the noise
+    pages are not (the cut leaves pages out at all). From an independent review."""
+    import math
+
+    import entmaxkv.kernels.gaussian_tau as module
+    from entmaxkv.gaussian import gaussian_moment
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    c, s, p = alpha - 1, 16, 90
+    power = 1 / c
+    delta = torch.rand(1, 1, 2, p, generator=g, dtype=torch.float64) * 12 + 0.3
+    folds = torch.rand(1, 1, 2, p, generator=g, dtype=torch.float64) * 8 - 4  # e-folds from the cut
+    log_s = (math.log(module.NEGLIGIBLE / s) + folds + delta * delta / 2) / power + torch.log(math.e * delta / power)
+    width = torch.exp(log_s.clamp(-700, 60))
+    mu, sigma = -delta * width / c, width / c
+    mu[..., 0, :8] = torch.linspace(-60, -5, 8, dtype=torch.float64) / c
+    sigma[..., 0, :8] = torch.tensor([0.0, -0.0, 5e-324, 1e-300, 1e-40, 0.3, 0.3, 0.3], dtype=torch.float64) / c
+    exact = torch.full((1, 1, 2, s), float("-inf"), dtype=torch.float64)
+    exact[..., 0] = 1 / c  # (α−1)·top = 1: top − 1 = 0
+    needle_mu = torch.randn(1, 1, 2, p, generator=g, dtype=torch.float64) * 0.075  # sequence 1: needles
+    needle_mu[..., :4] = 8.0 / c
+    needle_exact = torch.full_like(exact, float("-inf"))
+    needle_exact[..., :9] = 0.3
+    mu, exact = torch.cat([mu, needle_mu]), torch.cat([exact, needle_exact])
+    sigma = torch.cat([sigma, torch.full_like(needle_mu, 0.3)])
+    rows = 4
+    tau = torch.empty(2, 1, 2, dtype=torch.float64)
+    lin_t = torch.full((1,), c, dtype=torch.float64)
+    kept_mu = torch.full((rows, p), float("nan"), dtype=torch.float64)
+    kept_sigma = torch.full_like(kept_mu, float("nan"))
+    module._gaussian_tau_kernel[(rows,)](
+        mu, sigma, torch.ones(2, p, dtype=torch.int8), exact, lin_t, tau, kept_mu, kept_sigma, 2, p, s, 50, 30,
+        KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
+        NEGLIGIBLE=module.NEGLIGIBLE, num_warps=module.TAU_WARPS)
+    top = torch.maximum((c * mu).amax(-1), (c * exact).amax(-1))
+    term = (s * gaussian_moment(c * mu - (top - 1)[..., None], c * sigma, alpha)).reshape(rows, p)
+    scaled = (c * mu).reshape(rows, p)
+    for r in range(rows):
+        held = torch.isin(scaled[r], kept_mu[r][~kept_mu[r].isnan()])
+        missing = ~held & (term[r] > module.NEGLIGIBLE)
+        assert not bool(missing.any()), f"seed {seed} α {alpha} row {r}: {term[r][missing].tolist()}"
+    assert int((~kept_mu[2:].isnan()).sum(-1).max()) <= 4, f"seed {seed} α {alpha}: noise pages kept"
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05])
+def test_gaussian_tau_keeps_wide_pages_far_below_the_top(alpha):
+    """Pages δ = 8 … 25 of their σ below top − 1 but wide enough that their terms there are
+    1e-10 … 1e-6, the root just above top − 1: a bound that is not one (e^(−δ²) for
+    e^(−δ²/2), no power, a halved σ) leaves them out and moves τ by about their terms."""
+    import math
+
+    c, s, p = alpha - 1, 16, 40
+    power = 1 / c
+    deltas = torch.tensor([8.0, 12, 16, 20, 25], dtype=torch.float64)
+    targets = torch.tensor([1e-6, 1e-8, 1e-10, 1e-7, 1e-9], dtype=torch.float64)
+    # term ≈ S·s^p·φ(δ)·Γ(p + 1)/δ^(p + 1): the width for each target
+    log_phi = -0.5 * deltas ** 2 - 0.5 * math.log(2 * math.pi)
+    width = torch.exp((torch.log(targets / s) - log_phi - math.lgamma(power + 1) + (power + 1) * torch.log(deltas))
+                      / power)
+    mu = torch.full((1, 1, 1, p), -1e4 / c, dtype=torch.float64)
+    sigma = torch.full_like(mu, 0.1)
+    mu[..., : len(deltas)] = -deltas * width / c
+    sigma[..., : len(deltas)] = width / c
+    exact = torch.full((1, 1, 1, s), float("-inf"), dtype=torch.float64)
+    exact[..., 0] = 1 / c  # (α−1)·top = 1: top − 1 = 0
+    got, want = _gaussian_case(alpha, mu, sigma, torch.ones(1, p, dtype=torch.bool), exact)
+    assert bool(torch.isfinite(width).all() and torch.isfinite(want).all())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_keeps_pages_beyond_float32(alpha):
+    """A page whose (α−1)·μ − (top − 1) is below float32's range while σ is not (δ ≈ 3.3 in
+    float64, an enormous term) must stay (the float32 bound sees −inf there); a page with
+    μ = −inf stays too, as before the cut: its closed-form term is NaN (−inf·0), the
+    quadrature's 0."""
+    from entmaxkv.kernels.gaussian_tau import moment_kind
+
+    c, s = alpha - 1, 16
+    mu = torch.zeros(1, 1, 1, 8, dtype=torch.float64)
+    sigma = torch.full_like(mu, 0.1)
+    mu[..., 3], sigma[..., 3] = -1e39 / c, 3e38 / c
+    exact = torch.full((1, 1, 1, s), float("-inf"), dtype=torch.float64)
+    candidates = torch.ones(1, 8, dtype=torch.bool)
+    got, want = _gaussian_case(alpha, mu, sigma, candidates, exact)
+    assert bool(torch.isfinite(want).all())
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    mu[..., 3], sigma[..., 3] = float("-inf"), 0.1
+    got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+    if moment_kind(alpha):
+        assert bool(got.isnan().all())
+    else:
+        without = candidates.clone()
+        without[:, 3] = False
+        assert torch.equal(got, torch.ops.entmaxkv.gaussian_tau(mu, sigma, without, exact, alpha, 50, 30))
