@@ -206,9 +206,10 @@ class KernelOps(PageSets):
         # top_pages / quest_top_pages: attend of that very mask reuses the list
         self._listed: tuple | None = None
         self._floor: Tensor | None = None  # the newest page's score floor, once computed
-        # the last pages_above mask and its pages' |score| scale [B, Hkv, G] and count [B, Hkv]:
-        # tau_lower_bound of that very mask takes them instead of reducing over the pages again
-        self._above: tuple[Tensor, Tensor, Tensor] | None = None
+        # the last pages_above mask, its pages' |score| scale [B, Hkv, G] and count [B, Hkv], and
+        # the mask's version (eager only): tau_lower_bound of that very mask, unmodified, takes
+        # them instead of reducing over the pages again
+        self._above: tuple | None = None
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -337,7 +338,10 @@ class KernelOps(PageSets):
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         _, tau = self.attend(page_mask)
         if self._above is not None and page_mask is self._above[0]:
-            _, magnitude, count = self._above
+            _, magnitude, count, version = self._above
+            if version is not None and page_mask._version != version:
+                raise ValueError("a selector modified the mask returned by StepOps.pages_above in place; "
+                                 "build a new mask instead (mask = mask | other)")
             return self._safe_tau(tau, magnitude, count)
         chosen = (page_mask & self.candidates)[:, :, None, :]
         magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
@@ -353,7 +357,7 @@ class KernelOps(PageSets):
             upper.contiguous(), self.absmax, self.means, tau_low.to(torch.float64).contiguous(), self._newest_floor(),
             c.seq_lens, self.alibi_slopes, c.page_size, self.alpha, mean_slack(self.means.dtype, c.page_size,
                                                                                c.head_dim))
-        self._above = (mask, magnitude, count)
+        self._above = (mask, magnitude, count, None if torch.compiler.is_compiling() else mask._version)
         return self._keep_list(mask, pages, count, floor)
 
     def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:

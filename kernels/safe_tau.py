@@ -1,7 +1,8 @@
 """``entmaxkv::safe_tau``: the kernel path's safe lower bound of τ from an attention's τ, as one op.
 
 Per (sequence, query head), with τ the exact threshold ``sparse_decode`` computed over F full
-pages and the newest page (n = F·S + the newest page's tokens scores), a = α − 1, M the |score|
+pages and the newest page (n scores: F·S plus the newest page's tokens), a = α − 1 (1 for
+softmax, α = 1, where τ is the log-sum-exp: ``entmax.lin``), M the |score|
 scale of those tokens (the larger of the pages' and the newest page's), γ the rounding factor
 of a dot product, and with ALiBi slope m over a span of P·S positions:
 
@@ -68,7 +69,7 @@ def safe_tau(
 
     tau: [B, Hkv, G] float64; magnitude, newest_magnitude: [B, Hkv, G] (work dtype);
     full_pages: [B, Hkv] integer, the full pages τ was computed over; seq_lens: [B] int64;
-    alibi_slopes: optional [Hq]; page_size S, num_pages P (the ALiBi span is P·S); α in (1, 2];
+    alibi_slopes: optional [Hq]; page_size S, num_pages P (the ALiBi span is P·S); α in [1, 2];
     gamma: the work dtype's dot-product rounding factor; eps_work: its machine epsilon; extra:
     2^−steps where τ is a bisection midpoint (α not 1.5 or 2), else 0.
     """
@@ -76,7 +77,8 @@ def safe_tau(
     out = torch.empty_like(tau)
     wrap_triton(_safe_tau_kernel)[(b * hkv,)](
         tau, magnitude, newest_magnitude, full_pages, seq_lens, alibi_slopes if alibi_slopes is not None else tau,
-        out, hkv, *float64_words(float(num_pages * page_size)), *float64_words(alpha - 1.0), *float64_words(gamma),
+        out, hkv, *float64_words(float(num_pages * page_size)),
+        *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0), *float64_words(gamma),
         *float64_words(eps_work), *float64_words(extra), S=page_size, G=g, G_PAD=max(2, next_pow2(g)),
         HAS_ALIBI=alibi_slopes is not None, num_warps=1)
     return out

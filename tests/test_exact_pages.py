@@ -132,3 +132,73 @@ def test_exact_on_the_ops_uses_the_rounds_op_and_equals_the_reference(rounds, ma
     assert torch.equal(outs["torch pages"], outs["triton pages"]), msg
     assert torch.equal(outs["torch certified"], outs["triton certified"]), msg
     torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-5, atol=1e-5, msg=msg)
+
+
+def _step_after_append(seed, alibi, alpha, group=2):
+    """A kernel-path step (page bounds computed) after one append; from an independent review."""
+    from entmaxkv.backend import append, build_step
+    from helpers import make_cache, random_step
+
+    cache, _, _ = make_cache(seed, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32, spread=3.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 2 * group, 2, 16, torch.float32)
+    cache, _ = append(cache, k, v, True)
+    slopes = (torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 - 0.05) if alibi else None
+
+    def fresh():
+        return build_step(cache, q * 3, alpha, 0.25, slopes, kernels=True, needs_sigma=False)
+
+    return cache, fresh
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+@pytest.mark.parametrize("alpha", [1.5, 1.25])
+def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
+    """What ``KernelOps.pages_above`` remembers (|score| scale and count for
+    ``tau_lower_bound``; list and score floor for ``attend``) gives the bits a step that never
+    ran it computes for the same mask; another mask does not take it; a mask modified in place
+    after it raises."""
+    cache, fresh = _step_after_append(fresh_seed(), alibi, alpha)
+    step = fresh()
+    ops = step.ops
+    tau0 = ops.tau_lower_bound(ops.quest_top_pages(step.upper, step.means, 1, None, 0, 0))
+    mask = ops.pages_above(step.upper, tau0 - 0.5)
+    assert bool(mask.any()) and not bool(mask.all())
+    floor = ops._listed[4]
+    got = ops.tau_lower_bound(mask)
+    assert torch.equal(got, fresh().ops.tau_lower_bound(mask.clone()))
+    assert torch.equal(floor, fresh().ops.score_floor(mask.clone()))
+    other = mask & (torch.arange(cache.num_pages) % 2 == 0)
+    assert torch.equal(ops.tau_lower_bound(other), fresh().ops.tau_lower_bound(other.clone()))
+    mask[..., 0] = ~mask[..., 0]
+    with pytest.raises(ValueError, match="in place"):
+        ops.tau_lower_bound(mask)
+
+
+def test_reference_tau_lower_bound_includes_the_newest_page():
+    from entmaxkv.backend import build_step
+    from entmaxkv.newest_page import newest_page_mask
+    from helpers import make_cache, random_step
+
+    cache, _, _ = make_cache(3, 2, 2, 16, 8, [70, 41], capacity=96)
+    q, _, _ = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16)
+    step = build_step(cache, q, 1.5, 0.25, None, kernels=False, needs_sigma=False)
+    mask = torch.zeros(2, 2, cache.num_pages, dtype=torch.bool)
+    mask[..., 1] = True
+    assert torch.equal(step.ops.tau_lower_bound(mask), step.ops.tau_lower_bound(mask | newest_page_mask(cache)))
+
+
+@pytest.mark.parametrize("initial", [0, 1, 3, 50])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_exact_without_rounds_takes_the_group_ranking(initial, backend):
+    """Exact's initial pages (rounds = 0: its selection) are TopK's group ranking's best."""
+    from entmaxkv.backend import build_step
+    from entmaxkv.topk import group_rank_key, top_pages
+    from helpers import make_cache, random_step
+
+    cache, _, _ = make_cache(5, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32, spread=3.0)
+    q, k, v = random_step(torch.Generator().manual_seed(5), 2, 4, 2, 16, torch.float32)
+    config = ekv.DecodeConfig(1.5, ekv.Exact(initial_pages=initial, rounds=0), backend=backend)
+    new, _, info = ekv.decode_step(cache.fork(), q, k, v, config, with_info=True)
+    step = build_step(new, q, 1.5, 0.25, None, kernels=False, needs_sigma=False)
+    want = top_pages(torch.where(step.candidates, group_rank_key(step), float("-inf")), initial)
+    assert torch.equal(info.page_mask & step.candidates, want)

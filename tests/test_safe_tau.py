@@ -1,7 +1,8 @@
 """The ``safe_tau`` op (under Triton's interpreter) against ``backend.safe_tau_composition``,
 the torch code it replaces on the kernel path: the same float64 operations in the same order,
 so the same bits on the CPU; ragged lengths (a newest page of 1 token, a full one), full-page
-counts from 0 up, ALiBi or not, α with and without an exact τ formula, float32 and float64
+counts from 0 up, ALiBi or not, α with and without an exact τ formula and softmax (α = 1:
+the log-sum-exp, a = 1 — an independent review found a = 0 there), float32 and float64
 work, NaN in, NaN out."""
 
 import dataclasses
@@ -23,7 +24,7 @@ S = 8
 
 
 @pytest.mark.parametrize("alibi", [False, True])
-@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("group", [1, 4])
 def test_safe_tau_equals_the_torch_composition(group, dtype, alpha, alibi, poison):
