@@ -202,14 +202,12 @@ class KernelOps(PageSets):
         self.upper, self.means, self.absmax = upper, means, absmax
         self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
-        # the last (mask, pages, count, mask version or None, score floor or None) of
-        # top_pages / quest_top_pages: attend of that very mask reuses the list
+        # the last (mask, pages, count, mask version or None, score floor or None, |score|
+        # scale [B, Hkv, G] or None) of top_pages / quest_top_pages / gaussian_pages /
+        # pages_above: attend of that very mask, unmodified, reuses the list, and
+        # tau_lower_bound the scale (pages_above's) instead of reducing over the pages again
         self._listed: tuple | None = None
         self._floor: Tensor | None = None  # the newest page's score floor, once computed
-        # the last pages_above mask, its pages' |score| scale [B, Hkv, G] and count [B, Hkv], and
-        # the mask's version (eager only): tau_lower_bound of that very mask, unmodified, takes
-        # them instead of reducing over the pages again
-        self._above: tuple | None = None
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -219,11 +217,12 @@ class KernelOps(PageSets):
         counts = torch.full((c.batch, c.num_kv_heads), c.num_pages, dtype=torch.int32, device=c.device)
         return torch.ops.entmaxkv.select_pages(keys, counts, c.num_pages)
 
-    def _keep_list(self, mask: Tensor, pages: Tensor, count: Tensor, floor: Tensor | None) -> Tensor:
+    def _keep_list(self, mask: Tensor, pages: Tensor, count: Tensor, floor: Tensor | None,
+                   magnitude: Tensor | None = None) -> Tensor:
         # in eager use an in-place edit of the mask is caught by its version counter (dynamo
         # cannot read it: compiled steps trust the contract)
         version = None if torch.compiler.is_compiling() else mask._version
-        self._listed = (mask, pages, count, version, floor)
+        self._listed = (mask, pages, count, version, floor, magnitude)
         return mask
 
     def remember_list(self, mask: Tensor, pages: Tensor, count: Tensor) -> None:
@@ -275,10 +274,10 @@ class KernelOps(PageSets):
             pages = torch.empty((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = torch.empty((b, c.num_kv_heads), dtype=torch.int32, device=c.device)
         elif self._listed is not None and page_mask is self._listed[0]:
-            pages, count, version, floor = self._listed[1:]  # the list holds candidates only
+            pages, count, version, floor, _ = self._listed[1:]  # the list holds candidates only
             if version is not None and page_mask._version != version:
-                raise ValueError("a selector modified the mask returned by StepOps.top_pages in place; "
-                                 "build a new mask instead (mask = mask | other)")
+                raise ValueError("a selector modified a mask returned by StepOps (top_pages, pages_above, ...) "
+                                 "in place; build a new mask instead (mask = mask | other)")
         else:
             pages, count = self._list(page_mask)
         if floor is None:
@@ -336,13 +335,9 @@ class KernelOps(PageSets):
         return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
-        _, tau = self.attend(page_mask)
-        if self._above is not None and page_mask is self._above[0]:
-            _, magnitude, count, version = self._above
-            if version is not None and page_mask._version != version:
-                raise ValueError("a selector modified the mask returned by StepOps.pages_above in place; "
-                                 "build a new mask instead (mask = mask | other)")
-            return self._safe_tau(tau, magnitude, count)
+        _, tau = self.attend(page_mask)  # checks a remembered mask's version
+        if self._listed is not None and page_mask is self._listed[0] and self._listed[5] is not None:
+            return self._safe_tau(tau, self._listed[5], self._listed[2])
         chosen = (page_mask & self.candidates)[:, :, None, :]
         magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
         return self._safe_tau(tau, magnitude, chosen[:, :, 0].sum(-1))
@@ -357,8 +352,7 @@ class KernelOps(PageSets):
             upper.contiguous(), self.absmax, self.means, tau_low.to(torch.float64).contiguous(), self._newest_floor(),
             c.seq_lens, self.alibi_slopes, c.page_size, self.alpha, mean_slack(self.means.dtype, c.page_size,
                                                                                c.head_dim))
-        self._above = (mask, magnitude, count, None if torch.compiler.is_compiling() else mask._version)
-        return self._keep_list(mask, pages, count, floor)
+        return self._keep_list(mask, pages, count, floor, magnitude)
 
     def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:
         """``tau_lower_bound`` of a page list: pages [B, Hkv, M] int32, distinct full pages other

@@ -41,7 +41,7 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _keep_kernel(
+def _above_kernel(
     upper, absmax, means, slopes, tau_low, seq_lens, mask, kept, chunk_mag, chunk_floor, slack, c_hi, c_mid, c_lo,
     H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -122,7 +122,7 @@ def pages_above(
     magnitude = torch.empty((b, hkv, g), dtype=absmax.dtype, device=dev)
     floor = torch.empty((b, hkv, g), dtype=means.dtype, device=dev)
     shape = dict(G=g, G_PAD=max(2, next_pow2(g)), CHUNK=CHUNK)
-    wrap_triton(_keep_kernel)[(b * hkv, chunks)](
+    wrap_triton(_above_kernel)[(b * hkv, chunks)](
         upper, absmax, means, alibi_slopes if alibi_slopes is not None else means, tau_low, seq_lens, mask, kept,
         chunk_mag, chunk_floor, slack, *float64_words(alpha - 1.0), hkv, p, chunks, S=page_size, **shape,
         HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from entmaxkv.entmax import lin
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -78,7 +79,7 @@ def safe_tau(
     wrap_triton(_safe_tau_kernel)[(b * hkv,)](
         tau, magnitude, newest_magnitude, full_pages, seq_lens, alibi_slopes if alibi_slopes is not None else tau,
         out, hkv, *float64_words(float(num_pages * page_size)),
-        *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0), *float64_words(gamma),
+        *float64_words(lin(alpha)), *float64_words(gamma),
         *float64_words(eps_work), *float64_words(extra), S=page_size, G=g, G_PAD=max(2, next_pow2(g)),
         HAS_ALIBI=alibi_slopes is not None, num_warps=1)
     return out

@@ -1,5 +1,6 @@
 """Shared test set-up: random caches with ragged lengths and their plain token lists."""
 
+import dataclasses
 import random
 
 import torch
@@ -25,6 +26,17 @@ def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.
     keys = [k[b, :, : lens[b]].to(dtype).double() for b in range(batch)]
     values = [v[b, :, : lens[b]].to(dtype).double() for b in range(batch)]
     return cache, keys, values
+
+
+def lengths_only_cache(rnd: random.Random, pages: int, page_size: int, dtype: torch.dtype, kv_heads: int = 2):
+    """An empty cache of four sequences whose lengths alone are set — the newest page holding
+    its first tokens only, one full page and a token, a random length, every page full — for
+    ops that read nothing of a cache but its lengths (their page scores are drawn directly)."""
+    s = page_size
+    cache = ekv.PagedKVCache.empty(batch=4, num_kv_heads=kv_heads, head_dim=16, capacity=pages * s, page_size=s,
+                                   dtype=dtype)
+    lens = torch.tensor([rnd.randrange(1, s + 1), s + 1, rnd.randrange(2 * s, pages * s + 1), pages * s])
+    return dataclasses.replace(cache, seq_lens=lens)
 
 
 def random_step(g, batch, hq, hkv, d, dtype=torch.float64):

@@ -5,7 +5,6 @@ bounds exactly at a head's τ lower bound (not above it: kept only by another he
 the entries of pages that are not candidates (the op must not read them); rows hold no
 candidate, one, or many, over one chunk or several."""
 
-import dataclasses
 import random
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.certificate import pages_above as torch_pages_above
 from entmaxkv.newest_page import candidate_page_mask
-from helpers import fresh_seed
+from helpers import fresh_seed, lengths_only_cache
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -28,9 +27,7 @@ def _case(seed: int, group: int, dtype: torch.dtype, alpha: float):
     g = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
     b, hkv, p = 4, 2, 37
-    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
-    lens = torch.tensor([rnd.randrange(1, S + 1), S + 1, rnd.randrange(2 * S, p * S + 1), p * S])  # 0, 1, n, all
-    cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
+    cache = lengths_only_cache(rnd, p, S, dtype, hkv)
     shape = (b, hkv, group, p)
     upper = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
     absmax = (upper.abs() + torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)).to(dtype)

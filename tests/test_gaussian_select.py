@@ -3,17 +3,15 @@ the torch rule it replaces on the kernel path. Page scores are drawn directly; e
 pages that are not candidates are NaN (the op must not read them); rows hold no candidate,
 one, or many, over one chunk or several."""
 
-import dataclasses
 import random
 
 import pytest
 import torch
 
-import entmaxkv as ekv
 from entmaxkv.gaussian import _normal_quantile, gaussian_keep
 from entmaxkv.newest_page import candidate_page_mask
 from entmaxkv.topk import forced_page_mask
-from helpers import fresh_seed
+from helpers import fresh_seed, lengths_only_cache
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -26,9 +24,7 @@ def _case(seed: int, group: int, dtype: torch.dtype):
     g = torch.Generator().manual_seed(seed)
     rnd = random.Random(seed)
     b, hkv, p = 4, 2, 37
-    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
-    lens = torch.tensor([rnd.randrange(1, S + 1), S + 1, rnd.randrange(2 * S, p * S + 1), p * S])  # 0, 1, n, all
-    cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
+    cache = lengths_only_cache(rnd, p, S, dtype, hkv)
     shape = (b, hkv, group, p)
     mu = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype) * 2
     sigma = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
