@@ -74,13 +74,20 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_floor", "uses_dot", "dot_iters"]
 
 # pages per program and warps, CHUNK = 32 (CHUNK = 0: 8 / 2). On the H200 (TopK step, 32K and
-# 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2
+# 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2.
+# With σ (the Gaussian step, which never takes the tensor-core form; B = 16, 32/8, fp16, 128K,
+# needles; session 17 call 2) 2 warps 1,000.2 µs, 4 warps 934.2, CHUNK 16 at 2 warps 954.3,
+# 64-page blocks 1,163.4 (call 3, 64K: 538.7 at 2 warps, 515.0 at 4; call 5, 128K: 990.1 / 938.4),
+# the same outputs. Not taken: at 4 warps the gpu test of the forms against the float64 oracle
+# failed (calls 3 to 6) — σ's 4 warps beside the lean form's 2 gave another upper bound in its
+# last bits (the forms' bit-for-bit contract), and 4 warps for every form still broke a bit-for-
+# bit check on fp16 subnormal keys (d = 40, one head; within the tolerances, not investigated)
 BLOCK_P = 32
 NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See
@@ -104,6 +111,11 @@ DOT_WARPS = 4
 # turn 66.3); B = 1 32K 32.1 / 32.9 / 32.9, the same outputs
 DOT_ITERS = 4
 DOT_STAGES = 3
+# ... with the mean, three statistics a stage (48 KB of shared memory at 64-page blocks, D =
+# 128 fp16: 144 KB at 3 stages): two stages. On the H200 (Exact step, B = 16, 32/8, fp16, 64K, needles;
+# session 17 call 2): 3 stages 363.2 µs, 2 345.5, 4 362.1; 8 blocks in turn 357.7, 8 warps
+# 399.8, 32-page blocks 500.1 (128: past the shared memory); the same outputs
+DOT_STAGES_WITH_MEAN = 2
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -455,8 +467,7 @@ def dot_iters(blocks: int, device: torch.device) -> int:
     are the cache's capacity (shapes are static; the lengths live on the device): a cache
     preallocated far beyond what it holds gets the loop, and its filled pages then fall to
     a quarter of the programs (a program takes consecutive blocks) — not measured."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    return DOT_ITERS if blocks >= DOT_ITERS * sms else 1
+    return DOT_ITERS if blocks >= DOT_ITERS * multiprocessors(device) else 1
 
 
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
@@ -493,7 +504,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
         WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), DOT=dot,
         GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16, ITERS=iters,
-        STAGES=DOT_STAGES if dot else 1,
+        STAGES=(DOT_STAGES_WITH_MEAN if with_mean else DOT_STAGES) if dot else 1,
         num_warps=DOT_WARPS if dot else NUM_WARPS,
         **pdl_kwargs(q, "page_scores"),
     )
