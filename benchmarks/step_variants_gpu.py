@@ -4,8 +4,8 @@
         --variants "base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64"
 
 Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8 or ``--heads``, D = 128, fp16 or
-``--dtype``, ``SyntheticStream`` data, TopK 12.5% or
-``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
+``--dtype``, ``SyntheticStream`` data or ``--data needles`` (``needle_inputs``: ``--needles`` runs of
+``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
 median of replays) for each variant — ``;``-separated, each a ``,``-separated list of
 ``module.CONSTANT=value`` assignments to ``entmaxkv.kernels.<module>`` (``base``: none) —
 next to SDPA, and the largest output difference from the base variant (a constant that
@@ -21,12 +21,12 @@ import torch
 
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedDecodeStep
-from entmaxkv.synthetic import SyntheticStream
+from entmaxkv.synthetic import SyntheticStream, needle_inputs
 from decode import graph_of, loaded
 from gpu_check import time_replays
 
 SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
-             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian()}
+             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian(), "Exact": lambda: ekv.Exact()}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -55,16 +55,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", default="32/8", help="Hq/Hkv")
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    parser.add_argument("--data", choices=["stream", "needles"], default="stream")
+    parser.add_argument("--needles", type=int, default=4, help="needle runs per KV head (--data needles)")
+    parser.add_argument("--needle-run", type=int, default=16, help="tokens per needle run (--data needles)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
     b, d, dtype = args.batch, 128, DTYPES[args.dtype]
     hq, hkv = (int(x) for x in args.heads.split("/"))
     for n in (int(x) for x in args.contexts.split(",")):
-        stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
-                                 device="cuda")
-        k, v = stream.prompt(n)
-        q, k_new, v_new = stream.step()
+        if args.data == "needles":
+            k, v, q, k_new, v_new = needle_inputs(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, context=n,
+                                                  needles=args.needles, run=args.needle_run, seed=n, dtype=dtype,
+                                                  device="cuda")
+        else:
+            stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
+                                     device="cuda")
+            k, v = stream.prompt(n)
+            q, k_new, v_new = stream.step()
         sdpa = time_replays(graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, enable_gqa=True)).replay, args.reps, 5)
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
