@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -187,6 +188,19 @@ class ReferenceOps(PageSets):
         return solve_gaussian_tau(mu, sigma, count, exact_scores, self.alpha, iters=iters)
 
 
+class ListedMask(NamedTuple):
+    """What ``KernelOps`` remembers of the last mask an op built with its page list, so that
+    ``attend`` of that very mask, unmodified, reuses the list (and score floor), and
+    ``tau_lower_bound`` the |score| scale (``pages_above``'s), instead of computing them again."""
+
+    mask: Tensor  # [B, Hkv, P] bool
+    pages: Tensor  # [B, Hkv, M] int32, candidates only, −1 padded
+    count: Tensor  # [B, Hkv] int32
+    version: int | None  # the mask's version counter (None when compiling: dynamo cannot read it)
+    floor: Tensor | None  # [B, Hkv, G], the attention's score floor, or None: attend computes it
+    magnitude: Tensor | None  # [B, Hkv, G], the kept pages' |score| scale (pages_above), or None
+
+
 class KernelOps(PageSets):
     """The Triton ops' primitives. Page sets become page lists of static capacity P (the
     cache's page slots); only full pages other than the newest go into a list — the attention
@@ -202,11 +216,8 @@ class KernelOps(PageSets):
         self.upper, self.means, self.absmax = upper, means, absmax
         self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
-        # the last (mask, pages, count, mask version or None, score floor or None, |score|
-        # scale [B, Hkv, G] or None) of top_pages / quest_top_pages / gaussian_pages /
-        # pages_above: attend of that very mask, unmodified, reuses the list, and
-        # tau_lower_bound the scale (pages_above's) instead of reducing over the pages again
-        self._listed: tuple | None = None
+        # of top_pages / quest_top_pages / gaussian_pages / pages_above / remember_list
+        self._listed: ListedMask | None = None
         self._floor: Tensor | None = None  # the newest page's score floor, once computed
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,7 +233,7 @@ class KernelOps(PageSets):
         # in eager use an in-place edit of the mask is caught by its version counter (dynamo
         # cannot read it: compiled steps trust the contract)
         version = None if torch.compiler.is_compiling() else mask._version
-        self._listed = (mask, pages, count, version, floor, magnitude)
+        self._listed = ListedMask(mask, pages, count, version, floor, magnitude)
         return mask
 
     def remember_list(self, mask: Tensor, pages: Tensor, count: Tensor) -> None:
@@ -256,14 +267,20 @@ class KernelOps(PageSets):
     def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
                        sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
-        # one op: margins, kept pages and their list (about a hundred torch launches otherwise)
+        # one op: margins, kept pages, their list and the attention's score floor (about a
+        # hundred torch launches otherwise)
         c = self.cache
-        pages, count, mask, tau_floor = torch.ops.entmaxkv.gaussian_select(
-            mu.contiguous(), sigma.contiguous(), upper.contiguous(), tau_hat.to(torch.float64).contiguous(),
-            z.to(torch.float64), c.seq_lens, c.page_size, self.alpha, float(safety_margin_z),
-            float(excess_margin_fraction), 0.0 if outlier_margin is None else float(outlier_margin),
-            outlier_margin is not None, sink_pages, recent_pages)
-        return self._keep_list(mask, pages, count, None), tau_floor
+        mu, sigma, upper = mu.contiguous(), sigma.contiguous(), upper.contiguous()
+        scored = self.means is not None and self.newest_max is not None  # else attend finds its own floor
+        newest = self._newest_floor() if scored else torch.full(mu.shape[:3], float("-inf"), dtype=mu.dtype,
+                                                                   device=mu.device)
+        pages, count, mask, tau_floor, floor = torch.ops.entmaxkv.gaussian_select(
+            mu, sigma, upper, self.means if scored else mu, self.absmax if scored else mu,
+            tau_hat.to(torch.float64).contiguous(), z.to(torch.float64), newest, c.seq_lens, self.alibi_slopes,
+            c.page_size, self.alpha, float(safety_margin_z), float(excess_margin_fraction),
+            0.0 if outlier_margin is None else float(outlier_margin), outlier_margin is not None, sink_pages,
+            recent_pages, mean_slack(mu.dtype, c.page_size, c.head_dim))
+        return self._keep_list(mask, pages, count, floor if scored else None), tau_floor
 
     def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -273,9 +290,9 @@ class KernelOps(PageSets):
         if all_pages:  # sparse_decode reads no list (dense=True): an empty one, no fill launched
             pages = torch.empty((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = torch.empty((b, c.num_kv_heads), dtype=torch.int32, device=c.device)
-        elif self._listed is not None and page_mask is self._listed[0]:
-            pages, count, version, floor, _ = self._listed[1:]  # the list holds candidates only
-            if version is not None and page_mask._version != version:
+        elif self._listed is not None and page_mask is self._listed.mask:
+            pages, count, floor = self._listed.pages, self._listed.count, self._listed.floor
+            if self._listed.version is not None and page_mask._version != self._listed.version:
                 raise ValueError("a selector modified a mask returned by StepOps (top_pages, pages_above, ...) "
                                  "in place; build a new mask instead (mask = mask | other)")
         else:
@@ -336,8 +353,9 @@ class KernelOps(PageSets):
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
         _, tau = self.attend(page_mask)  # checks a remembered mask's version
-        if self._listed is not None and page_mask is self._listed[0] and self._listed[5] is not None:
-            return self._safe_tau(tau, self._listed[5], self._listed[2])
+        listed = self._listed
+        if listed is not None and page_mask is listed.mask and listed.magnitude is not None:
+            return self._safe_tau(tau, listed.magnitude, listed.count)
         chosen = (page_mask & self.candidates)[:, :, None, :]
         magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
         return self._safe_tau(tau, magnitude, chosen[:, :, 0].sum(-1))

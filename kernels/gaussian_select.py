@@ -14,12 +14,19 @@ pages' score means, stds and safe upper bounds (``page_bounds``, read in float64
 the outlier rule only with ``outlier_margin`` given) — ``gaussian.gaussian_keep``, which it
 replaces on the kernel path (~100 small torch launches), up to the order of the sums: the
 means are sums over chunks (the squared deviation by Chan's merge of chunk moments), so a
-page within rounding of its threshold may be decided the other way.
+page within rounding of its threshold may be decided the other way. And the attention's
+score floor of the kept pages, as ``pages_above`` gives it (m the page mean scores):
+
+    floor_h     = max(newest_h, max over kept pages of m_hp − slack·absmax_hp − alibi_h)
+
+(``KernelOps.score_floor``'s composition, ~6 launches over [B, Hkv, G, P], to the bit).
 
 Three launches, all over a (row, ``CHUNK``-page chunk) grid: each chunk's moments; each
-chunk's keep mask and kept count from the row's merged moments; each chunk's slice of the
-page list (increasing, −1 padded) at the offset of the chunks before it.
-Bytes: μ and σ of the row's G heads twice, U once; the mask twice.
+chunk's keep mask, kept count and per-head floor from the row's merged moments; each chunk's
+slice of the page list (increasing, −1 padded) at the offset of the chunks before it, and
+from chunk 0 the row's floor. Bytes: μ and σ of the row's G heads twice, U once, absmax of
+the kept pages; the mask twice. (``Gaussian`` passes the means as μ and m: the second read is
+of the kept pages only.)
 """
 
 from __future__ import annotations
@@ -66,12 +73,14 @@ def _moments_kernel(
 
 @triton.jit
 def _keep_kernel(
-    mu, sigma, upper, tau_hat, z_ptr, seq_lens, moments, mask, kept, tau_floor,
+    mu, sigma, upper, means, absmax, slopes, tau_hat, z_ptr, seq_lens, moments, mask, kept, tau_floor, chunk_floor,
+    slack,
     c_hi, c_mid, c_lo, sz_hi, sz_mid, sz_lo, ef_hi, ef_mid, ef_lo, om_hi, om_mid, om_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
-    OUTLIER: tl.constexpr,
+    OUTLIER: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
-    """The chunk's keep mask and kept count, from the row's moments (and, from chunk 0, τ_floor)."""
+    """The chunk's keep mask, kept count and per-head score floor of its kept pages (−inf where
+    none), from the row's moments (and, from chunk 0, τ_floor)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -113,6 +122,14 @@ def _keep_kernel(
     keep = cand & ((tl.max(reaches.to(tl.int32), axis=0) > 0) | forced)
     tl.store(mask + row * P + idx, keep, mask=idx < P)
     tl.store(kept + row * NCHUNK + chunk, tl.sum(keep.to(tl.int32)))
+    held = ok & keep[None, :]
+    room = slack * tl.load(absmax + pa, mask=held, other=0.0)  # exact: slack is a power of two
+    mean = tl.load(means + pa, mask=held, other=0.0)
+    if HAS_ALIBI:  # the mean carries the page-centre bias; a token may sit (S − 1)/2 positions lower
+        spread = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0)).to(room.dtype) * (S - 1) / 2
+        room = room + spread[:, None]
+    best = tl.max(tl.where(held, mean - room, float("-inf")), axis=1)
+    tl.store(chunk_floor + (row * NCHUNK + chunk) * G + gs, best, mask=gs < G)
 
 
 @triton.jit
@@ -138,20 +155,45 @@ def _list_kernel(
         tl.store(count + row, total)
 
 
+@triton.jit
+def _list_floor_kernel(
+    mask, kept, chunk_floor, newest_floor, pages, count, floor, P, NCHUNK,
+    G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
+):
+    """``_list_kernel``, and from chunk 0 the row's score floor."""
+    _list_kernel(mask, kept, pages, count, P, NCHUNK, CHUNK, NCHUNK_PAD)
+    if tl.program_id(1) == 0:
+        row = tl.program_id(0).to(tl.int64)
+        gs = tl.arange(0, G_PAD)
+        cs = tl.arange(0, NCHUNK_PAD)
+        at = (row * NCHUNK + cs[None, :]) * G + gs[:, None]
+        live = (gs[:, None] < G) & (cs[None, :] < NCHUNK)
+        pages_best = tl.max(tl.load(chunk_floor + at, mask=live, other=float("-inf")), axis=1)
+        newest = tl.load(newest_floor + row * G + gs, mask=gs < G, other=float("-inf"))
+        tl.store(floor + row * G + gs, tl.maximum(pages_best, newest.to(pages_best.dtype)), mask=gs < G)
+
+
 @triton_op("entmaxkv::gaussian_select", mutates_args=())
 def gaussian_select(
-    mu: torch.Tensor, sigma: torch.Tensor, upper: torch.Tensor, tau_hat: torch.Tensor, z: torch.Tensor,
-    seq_lens: torch.Tensor, page_size: int, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
-    outlier_margin: float, use_outlier: bool, sink_pages: int, recent_pages: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    mu: torch.Tensor, sigma: torch.Tensor, upper: torch.Tensor, means: torch.Tensor, absmax: torch.Tensor,
+    tau_hat: torch.Tensor, z: torch.Tensor, newest_floor: torch.Tensor, seq_lens: torch.Tensor,
+    alibi_slopes: torch.Tensor | None, page_size: int, alpha: float, safety_margin_z: float,
+    excess_margin_fraction: float, outlier_margin: float, use_outlier: bool, sink_pages: int, recent_pages: int,
+    slack: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``Gaussian``'s kept pages -> ``(pages [B, Hkv, P] int32 (increasing, −1 padded),
-    count [B, Hkv] int32, mask [B, Hkv, P] bool, tau_floor [B, Hkv, G] float64)``.
+    count [B, Hkv] int32, mask [B, Hkv, P] bool, tau_floor [B, Hkv, G] float64, floor [B, Hkv, G])``.
 
-    mu, sigma, upper: [B, Hkv, G, P] (``page_bounds``' mean, sigma and upper; entries of
-    pages that are not candidates are never read); tau_hat: [B, Hkv, G] float64 (the model's
-    τ̂); z: 0-d float64, the quantile of a page's estimated maximum; seq_lens: [B] int64
-    (after the append); α in (1, 2]; the margins as in ``Gaussian`` (``outlier_margin`` read
-    only with ``use_outlier``); sink_pages, recent_pages >= 0.
+    mu, sigma, upper: [B, Hkv, G, P] (the Gaussian model's page score means and stds, and
+    ``page_bounds``' upper); means, absmax: [B, Hkv, G, P] (``page_bounds``' mean and absmax,
+    for the floor: read for kept pages only) — all in the work dtype, entries of pages that are
+    not candidates never read; tau_hat: [B, Hkv, G]
+    float64 (the model's τ̂); z: 0-d float64, the quantile of a page's estimated maximum;
+    newest_floor: [B, Hkv, G] work dtype, the newest page's score floor; seq_lens: [B] int64
+    (after the append); alibi_slopes: optional [Hq]; α in (1, 2]; the margins as in
+    ``Gaussian`` (``outlier_margin`` read only with ``use_outlier``); sink_pages, recent_pages
+    >= 0; slack: ``mean_slack`` of the work dtype (a power of two). floor: ``KernelOps.score_floor``
+    of the kept pages (the module docstring).
     """
     b, hkv, g, p = mu.shape
     chunks = triton.cdiv(p, CHUNK)
@@ -162,6 +204,8 @@ def gaussian_select(
     count = torch.empty((b, hkv), dtype=torch.int32, device=dev)
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=dev)
     tau_floor = torch.empty((b, hkv, g), dtype=torch.float64, device=dev)
+    chunk_floor = torch.empty((b, hkv, chunks, g), dtype=means.dtype, device=dev)
+    floor = torch.empty((b, hkv, g), dtype=means.dtype, device=dev)
     # counts past P mean "all pages" (n < P): clamped, so that every int argument fits 32 bits
     # (torch 2.11's Inductor sizes kernel int arguments to 32 bits; see quest_select)
     sink_pages, recent_pages = min(sink_pages, p), min(recent_pages, p)
@@ -169,21 +213,25 @@ def gaussian_select(
     wrap_triton(_moments_kernel)[(b * hkv, chunks)](mu, sigma, seq_lens, moments, hkv, p, chunks, **shape,
                                                      num_warps=NUM_WARPS)
     wrap_triton(_keep_kernel)[(b * hkv, chunks)](
-        mu, sigma, upper, tau_hat, z, seq_lens, moments, mask, kept, tau_floor,
-        *float64_words(alpha - 1.0), *float64_words(safety_margin_z), *float64_words(excess_margin_fraction),
+        mu, sigma, upper, means, absmax, alibi_slopes if alibi_slopes is not None else mu, tau_hat, z, seq_lens,
+        moments, mask, kept, tau_floor, chunk_floor, slack, *float64_words(alpha - 1.0),
+        *float64_words(safety_margin_z), *float64_words(excess_margin_fraction),
         *float64_words(outlier_margin if use_outlier else 0.0), sink_pages, recent_pages, hkv, p, chunks,
-        **shape, NCHUNK_PAD=max(2, next_pow2(chunks)), OUTLIER=use_outlier, num_warps=NUM_WARPS)
-    wrap_triton(_list_kernel)[(b * hkv, chunks)](mask, kept, pages, count, p, chunks, CHUNK=CHUNK,
-                                                  NCHUNK_PAD=max(2, next_pow2(chunks)), num_warps=NUM_WARPS)
-    return pages, count, mask, tau_floor
+        **shape, NCHUNK_PAD=max(2, next_pow2(chunks)), OUTLIER=use_outlier, HAS_ALIBI=alibi_slopes is not None,
+        num_warps=NUM_WARPS)
+    wrap_triton(_list_floor_kernel)[(b * hkv, chunks)](
+        mask, kept, chunk_floor, newest_floor, pages, count, floor, p, chunks, G=g, G_PAD=max(2, next_pow2(g)),
+        CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), num_warps=NUM_WARPS)
+    return pages, count, mask, tau_floor, floor
 
 
 @gaussian_select.register_fake
-def _(mu, sigma, upper, tau_hat, z, seq_lens, page_size, alpha, safety_margin_z, excess_margin_fraction,
-      outlier_margin, use_outlier, sink_pages, recent_pages):
+def _(mu, sigma, upper, means, absmax, tau_hat, z, newest_floor, seq_lens, alibi_slopes, page_size, alpha,
+      safety_margin_z, excess_margin_fraction, outlier_margin, use_outlier, sink_pages, recent_pages, slack):
     b, hkv, g, p = mu.shape
     return (mu.new_empty((b, hkv, p), dtype=torch.int32), mu.new_empty((b, hkv), dtype=torch.int32),
-            mu.new_empty((b, hkv, p), dtype=torch.bool), mu.new_empty((b, hkv, g), dtype=torch.float64))
+            mu.new_empty((b, hkv, p), dtype=torch.bool), mu.new_empty((b, hkv, g), dtype=torch.float64),
+            means.new_empty((b, hkv, g)))
 
 
-register_batch_rule(gaussian_select, (0, 1, 2, 3, 5))  # vmap folds into the batch dimension
+register_batch_rule(gaussian_select, (0, 1, 2, 3, 4, 5, 7, 8))  # vmap folds into the batch dimension

@@ -116,6 +116,12 @@ DOT_STAGES = 3
 # session 17 call 2): 3 stages 363.2 µs, 2 345.5, 4 362.1; 8 blocks in turn 357.7, 8 warps
 # 399.8, 32-page blocks 500.1 (128: past the shared memory); the same outputs
 DOT_STAGES_WITH_MEAN = 2
+# σ (the Gaussian selector) on the tensor-core form too (``_page_block_dot``: q²·std² as a tf32x3
+# dot), not the CUDA-core σ form. Off: not yet run on a GPU (session 17 wrote it after its last
+# device call). The prediction: the Gaussian step at B = 16, 128K reads its four statistics at
+# the ~2.9 TB/s the form reaches with three (Exact's `page_scores` 275 µs), ~370 µs instead of
+# 545 (perf-log row 90)
+SIGMA_DOT = False
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -187,9 +193,9 @@ def _page_scores_kernel(
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
     if DOT:
         if block * BLOCK_P * ITERS < full:
-            _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh,
-                            block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK, HAS_ALIBI, HAS_NU,
-                            WITH_MEAN, DOT_F32, ITERS, STAGES)
+            _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
+                            alibi_eps, nu, bh, block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK,
+                            HAS_ALIBI, HAS_NU, WITH_MEAN, WITH_SIGMA, DOT_F32, ITERS, STAGES)
     elif CHUNK > 0:
         if block * BLOCK_P < full:
             _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
@@ -328,10 +334,11 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
-def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale, gamma, alibi_eps, nu, bh, block, H,
-                    P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_NU: tl.constexpr,
-                    WITH_MEAN: tl.constexpr, DOT_F32: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr):
+def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps, nu,
+                    bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                    HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, WITH_SIGMA: tl.constexpr, DOT_F32: tl.constexpr,
+                    ITERS: tl.constexpr, STAGES: tl.constexpr):
     """``_page_scores_kernel``'s page block on tensor cores: the page statistics [BLOCK_P, D]
     (float16 or bfloat16, as stored) times the group's queries [D, GD] (the same dtype, heads
     past G zero) in float32-accumulated ``tl.dot`` calls — relu(q) with kmax, min(q, 0) with kmin,
@@ -347,7 +354,14 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
     the scaling: ``upper`` here is at least the exact Quest bound plus γ·absmax (the CUDA-core
     forms guarantee the exact bound plus γ·absmax less their own D-term rounding). ``absmax``
     and the mean are single D-term dots, within 2D·eps <= γ of theirs (``mean_slack`` assumes
-    γ). (Review of session 13: the first form's 2γ assumed two separate dots.)"""
+    γ). (Review of session 13: the first form's 2γ assumed two separate dots.)
+
+    σ² (``WITH_SIGMA``, where ``SIGMA_DOT`` lets σ take this form) is std² [BLOCK_P, D] times
+    q² [D, GD], both float32 and exact (squares of 11- or 8-bit significands: at most 22 bits),
+    in a ``tf32x3`` dot: each operand splits exactly into a high and a low tf32 part (11 bits
+    each), and the dot drops only the low-low product (2^-22 of a term) before its float32
+    accumulation — σ² within (2D + 4)·eps·σ² under the model above, σ within (D + 2)·eps·σ =
+    γ/2·σ (the CUDA-core forms: γ·σ)."""
     scale_w = tl.cast(scale, WORK)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
@@ -362,6 +376,7 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
     q_pos = tl.maximum(qt, zero).to(qt.dtype)
     q_neg = tl.minimum(qt, zero).to(qt.dtype)
     qabs = tl.abs(qt).to(qt.dtype)
+    q_sq = qt.to(tl.float32) * qt.to(tl.float32)  # exact: an 11-bit significand squared
     for i in tl.range(0, ITERS, num_stages=STAGES):
         p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
         pmask = p < full
@@ -384,10 +399,14 @@ def _page_block_dot(q, k_min, k_max, k_mean, slopes, upper, absmax, mean, scale,
                 kabs_nu = tl.maximum(kabs, tl.full(kabs.shape, nu, kabs.dtype)).to(kabs.dtype)
                 mag = _dot(kabs_nu, qabs, DOT_F32) * scale_w
             mu = _dot(kmean, qt, DOT_F32) * scale_w
+        var = u  # a placeholder: stored only WITH_SIGMA
+        if WITH_SIGMA:
+            kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(tl.float32)
+            var = tl.dot(kstd * kstd, q_sq, input_precision="tf32x3", out_dtype=tl.float32) * (scale_w * scale_w)
         # every head's [BLOCK_P] column at once: [BLOCK_P, 1] pages against [1, GD] heads
-        _store_head(upper, absmax, mean, upper, slopes, u, mag, mu, u, bh, heads[None, :], qrows[None, :], p[:, None],
-                    pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI, WITH_MEAN,
-                    False)
+        _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, heads[None, :], qrows[None, :],
+                    p[:, None], pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI,
+                    WITH_MEAN, WITH_SIGMA)
 
 
 @triton.jit
@@ -454,10 +473,10 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
 def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
     """Whether the page statistics go through ``_page_block_dot`` (tensor cores): ``USE_DOT``,
     float16 or bfloat16 statistics and queries of the same dtype (exact tensor-core inputs),
-    no σ (its q²·std² keeps the float32 forms) and a head dimension of at least 16 (``tl.dot``'s
-    smallest K)."""
+    no σ unless ``SIGMA_DOT`` (q²·std² as a ``tf32x3`` dot) and a head dimension of at least 16
+    (``tl.dot``'s smallest K)."""
     return (bool(USE_DOT) and k_min.dtype in (torch.float16, torch.bfloat16) and q.dtype == k_min.dtype
-            and not with_sigma and k_min.shape[-1] >= 16)
+            and (not with_sigma or bool(SIGMA_DOT)) and k_min.shape[-1] >= 16)
 
 
 def dot_iters(blocks: int, device: torch.device) -> int:
@@ -504,7 +523,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
         WITH_MEAN=with_mean, CHUNK=chunk, VEC=min(16 // k_min.element_size(), max(chunk, 1)), DOT=dot,
         GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16, ITERS=iters,
-        STAGES=(DOT_STAGES_WITH_MEAN if with_mean else DOT_STAGES) if dot else 1,
+        STAGES=(DOT_STAGES_WITH_MEAN if with_mean or with_sigma else DOT_STAGES) if dot else 1,
         num_warps=DOT_WARPS if dot else NUM_WARPS,
         **pdl_kwargs(q, "page_scores"),
     )

@@ -29,14 +29,40 @@ def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.
 
 
 def lengths_only_cache(rnd: random.Random, pages: int, page_size: int, dtype: torch.dtype, kv_heads: int = 2):
-    """An empty cache of four sequences whose lengths alone are set — the newest page holding
-    its first tokens only, one full page and a token, a random length, every page full — for
-    ops that read nothing of a cache but its lengths (their page scores are drawn directly)."""
+    """An empty cache of four sequences (D = 16) whose lengths alone are set — 1 to S tokens
+    (no page before the newest), one full page and a token, a random length, every page full —
+    for ops that read nothing of a cache but its lengths (their page scores are drawn directly)."""
     s = page_size
     cache = ekv.PagedKVCache.empty(batch=4, num_kv_heads=kv_heads, head_dim=16, capacity=pages * s, page_size=s,
                                    dtype=dtype)
     lens = torch.tensor([rnd.randrange(1, s + 1), s + 1, rnd.randrange(2 * s, pages * s + 1), pages * s])
     return dataclasses.replace(cache, seq_lens=lens)
+
+
+def kept_pages_floor(mask, means, absmax, newest, slopes, slack, page_size):
+    """``KernelOps.score_floor``'s composition over the pages of ``mask`` [B, Hkv, P]: means,
+    absmax [B, Hkv, G, P], newest [B, Hkv, G], slopes [Hq] or None -> [B, Hkv, G]."""
+    room = slack * absmax
+    if slopes is not None:
+        room = room + slopes.abs().reshape(1, means.shape[1], -1, 1).to(room.dtype) * (page_size - 1) / 2
+    best = torch.where(mask[:, :, None, :], means - room, torch.full_like(means, float("-inf"))).amax(-1)
+    return torch.maximum(best, newest.to(best.dtype))
+
+
+def kernel_step_after_append(seed, alibi, alpha, group=2, needs_sigma=False):
+    """A kernel-path step (page bounds computed) after one append: (cache, fresh), where
+    ``fresh()`` builds the step anew (its ``KernelOps`` remembering nothing yet)."""
+    from entmaxkv.backend import append, build_step
+
+    cache, _, _ = make_cache(seed, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32, spread=3.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 2 * group, 2, 16, torch.float32)
+    cache, _ = append(cache, k, v, True)
+    slopes = (torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 - 0.05) if alibi else None
+
+    def fresh():
+        return build_step(cache, q * 3, alpha, 0.25, slopes, kernels=True, needs_sigma=needs_sigma)
+
+    return cache, fresh
 
 
 def random_step(g, batch, hq, hkv, d, dtype=torch.float64):

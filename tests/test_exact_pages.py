@@ -13,7 +13,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.certificate import pages_above as torch_pages_above
 from entmaxkv.newest_page import candidate_page_mask
-from helpers import fresh_seed, lengths_only_cache
+from helpers import fresh_seed, kept_pages_floor, kernel_step_after_append, lengths_only_cache
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -42,15 +42,6 @@ def _case(seed: int, group: int, dtype: torch.dtype, alpha: float):
     return cache, upper, absmax, means, newest, slopes, tau_low
 
 
-def _floor(mask, means, absmax, newest, slopes, slack):
-    """``KernelOps.score_floor``'s composition over the kept pages."""
-    room = slack * absmax
-    if slopes is not None:
-        room = room + slopes.abs().reshape(1, means.shape[1], -1, 1).to(room.dtype) * (S - 1) / 2
-    best = torch.where(mask[:, :, None, :], means - room, torch.full_like(means, float("-inf"))).amax(-1)
-    return torch.maximum(best, newest.to(best.dtype))
-
-
 @pytest.mark.parametrize("chunk", [1024, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("group", [1, 3, 4])
@@ -76,7 +67,7 @@ def test_pages_above_equals_the_torch_composition(group, dtype, chunk, poison, m
         kept = mask[:, :, None, :].expand_as(absmax)
         want_mag = torch.where(kept, absmax, torch.zeros_like(absmax)).amax(-1)
         assert torch.equal(magnitude, want_mag), msg
-        assert torch.equal(floor, _floor(mask, means, absmax, newest, slopes, slack)), msg
+        assert torch.equal(floor, kept_pages_floor(mask, means, absmax, newest, slopes, slack, S)), msg
         assert not bool(mask[0].any()), "a row without candidates keeps nothing"
         assert bool(mask.any()) and not bool(mask[2:].all()), f"{msg}: pages on both sides"
 
@@ -131,22 +122,6 @@ def test_exact_on_the_ops_uses_the_rounds_op_and_equals_the_reference(rounds, ma
     torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-5, atol=1e-5, msg=msg)
 
 
-def _step_after_append(seed, alibi, alpha, group=2):
-    """A kernel-path step (page bounds computed) after one append; from an independent review."""
-    from entmaxkv.backend import append, build_step
-    from helpers import make_cache, random_step
-
-    cache, _, _ = make_cache(seed, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32, spread=3.0)
-    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 2 * group, 2, 16, torch.float32)
-    cache, _ = append(cache, k, v, True)
-    slopes = (torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 - 0.05) if alibi else None
-
-    def fresh():
-        return build_step(cache, q * 3, alpha, 0.25, slopes, kernels=True, needs_sigma=False)
-
-    return cache, fresh
-
-
 @pytest.mark.parametrize("alibi", [False, True])
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
@@ -154,13 +129,13 @@ def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
     ``tau_lower_bound``; list and score floor for ``attend``) gives the bits a step that never
     ran it computes for the same mask; another mask does not take it; a mask modified in place
     after it raises."""
-    cache, fresh = _step_after_append(fresh_seed(), alibi, alpha)
+    cache, fresh = kernel_step_after_append(fresh_seed(), alibi, alpha)
     step = fresh()
     ops = step.ops
     tau0 = ops.tau_lower_bound(ops.quest_top_pages(step.upper, step.means, 1, None, 0, 0))
     mask = ops.pages_above(step.upper, tau0 - 0.5)
     assert bool(mask.any()) and not bool(mask.all())
-    floor = ops._listed[4]
+    floor = ops._listed.floor
     got = ops.tau_lower_bound(mask)
     assert torch.equal(got, fresh().ops.tau_lower_bound(mask.clone()))
     assert torch.equal(floor, fresh().ops.score_floor(mask.clone()))
@@ -169,6 +144,22 @@ def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
     mask[..., 0] = ~mask[..., 0]
     with pytest.raises(ValueError, match="in place"):
         ops.tau_lower_bound(mask)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 1.25])
+def test_tau_lower_bound_of_a_pages_above_mask_reads_no_page_scores(alpha):
+    """``tau_lower_bound`` of the mask ``pages_above`` returned takes the |score| scale the op
+    remembered (no reduction over the page scores: poisoned here), and of another mask reduces
+    (from an independent review: skipping the remembered scale otherwise went unnoticed)."""
+    cache, fresh = kernel_step_after_append(fresh_seed(), False, alpha)
+    step = fresh()
+    ops = step.ops
+    tau0 = ops.tau_lower_bound(ops.quest_top_pages(step.upper, step.means, 1, None, 0, 0))
+    mask = ops.pages_above(step.upper, tau0 - 0.5)
+    want = fresh().ops.tau_lower_bound(mask.clone())
+    ops.absmax = torch.full_like(ops.absmax, float("nan"))  # a reduction over the pages would read NaN
+    assert torch.equal(ops.tau_lower_bound(mask), want)
+    assert bool(ops.tau_lower_bound(mask.clone()).isnan().any())  # another mask does reduce
 
 
 def test_reference_tau_lower_bound_includes_the_newest_page():

@@ -1,7 +1,8 @@
 """The ``gaussian_select`` op (under Triton's interpreter) against ``gaussian.gaussian_keep``,
-the torch rule it replaces on the kernel path. Page scores are drawn directly; entries of
-pages that are not candidates are NaN (the op must not read them); rows hold no candidate,
-one, or many, over one chunk or several."""
+the torch rule it replaces on the kernel path, and its score floor against
+``KernelOps.score_floor``'s composition. Page scores are drawn directly; entries of pages that
+are not candidates are NaN (the op must not read them); rows hold no candidate, one, or many,
+over one chunk or several."""
 
 import random
 
@@ -11,11 +12,12 @@ import torch
 from entmaxkv.gaussian import _normal_quantile, gaussian_keep
 from entmaxkv.newest_page import candidate_page_mask
 from entmaxkv.topk import forced_page_mask
-from helpers import fresh_seed, lengths_only_cache
+from helpers import fresh_seed, kept_pages_floor, kernel_step_after_append, lengths_only_cache
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.gaussian_select import gaussian_select  # noqa: E402
+from entmaxkv.kernels.page_scores import mean_slack  # noqa: E402
 
 S = 8
 
@@ -30,7 +32,23 @@ def _case(seed: int, group: int, dtype: torch.dtype):
     sigma = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
     upper = mu + 3 * sigma + torch.rand(shape, generator=g, dtype=torch.float64).to(dtype) * 4
     tau_hat = torch.randn(b, hkv, group, generator=g, dtype=torch.float64) + 1.0
-    return cache, mu, sigma, upper, tau_hat, rnd
+    # the floor's inputs: page mean scores (other than μ: the op must read the right one),
+    # their |score| scale, the newest page's floor (−inf: no token yet) and ALiBi slopes
+    means = (mu + torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)).to(dtype)
+    absmax = (means.abs() + torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)).to(dtype)
+    newest = (torch.randn(b, hkv, group, generator=g, dtype=torch.float64) * 2).to(dtype)
+    newest[1, 0] = float("-inf")
+    slopes = torch.rand(hkv * group, generator=g, dtype=torch.float64).to(dtype) * 0.1 - 0.05
+    return cache, mu, sigma, upper, tau_hat, rnd, (means, absmax, newest, slopes)
+
+
+def _select(cache, mu, sigma, upper, tau_hat, z, alpha, safety, excess, outlier, sink, recent, floor_inputs,
+            alibi=False):
+    """The op with the margins as ``Gaussian`` takes them (``outlier`` None: no outlier rule)."""
+    means, absmax, newest, slopes = floor_inputs
+    return gaussian_select(mu, sigma, upper, means, absmax, tau_hat, z, newest, cache.seq_lens,
+                           slopes if alibi else None, S, alpha, safety, excess, 0.0 if outlier is None else outlier,
+                           outlier is not None, sink, recent, mean_slack(mu.dtype, S, 16))
 
 
 @pytest.mark.parametrize("chunk", [1024, 4])
@@ -39,27 +57,31 @@ def _case(seed: int, group: int, dtype: torch.dtype):
 def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monkeypatch):
     monkeypatch.setattr("entmaxkv.kernels.gaussian_select.CHUNK", chunk)  # 4: ten chunks a row
     seed = fresh_seed()
-    cache, mu, sigma, upper, tau_hat, rnd = _case(seed, group, dtype)
+    cache, mu, sigma, upper, tau_hat, rnd, (means, absmax, newest, slopes) = _case(seed, group, dtype)
     candidates = candidate_page_mask(cache)
     off = ~candidates[:, :, None, :].expand_as(mu)
-    mu, sigma, upper = (x.masked_fill(off, float("nan")) for x in (mu, sigma, upper))
+    mu, sigma, upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (mu, sigma, upper, means, absmax))
+    slack = mean_slack(dtype, S, 16)
     for _ in range(3):
         alpha = rnd.choice([1.5, 2.0, 4 / 3])
         z = _normal_quantile(rnd.choice([0.995, 0.5, 0.9]) ** (1 / S), mu.double())
         safety, excess = rnd.choice([0.0, 0.5]), rnd.choice([0.0, 0.1, 1.0])
         outlier = rnd.choice([None, 0.0, 1.0])
         sink, recent = rnd.choice([0, 1, 3]), rnd.choice([0, 2])
-        msg = f"seed {seed} α {alpha} z {float(z)} margins {safety} {excess} {outlier} sink {sink} recent {recent}"
+        alibi = rnd.choice([False, True])
+        msg = (f"seed {seed} α {alpha} z {float(z)} margins {safety} {excess} {outlier} sink {sink} recent {recent} "
+               f"ALiBi {alibi}")
         forced = forced_page_mask(cache, candidates, sink, recent)
         want, want_floor = gaussian_keep(candidates, forced, mu, sigma, upper, tau_hat, z, alpha, safety, excess,
                                          outlier)
-        pages, count, mask, floor = gaussian_select(mu, sigma, upper, tau_hat, z, cache.seq_lens, S, alpha, safety,
-                                                    excess, 0.0 if outlier is None else outlier, outlier is not None,
-                                                    sink, recent)
+        pages, count, mask, tau_floor, floor = _select(cache, mu, sigma, upper, tau_hat, z, alpha, safety, excess,
+                                                       outlier, sink, recent, (means, absmax, newest, slopes), alibi)
         # the means are summed in another order: τ_floor agrees to rounding, and a page decided
         # the other way must sit within rounding of its threshold (none has, so far)
-        torch.testing.assert_close(floor, want_floor, rtol=1e-12, atol=1e-12, msg=msg)
+        torch.testing.assert_close(tau_floor, want_floor, rtol=1e-12, atol=1e-12, msg=msg)
         assert torch.equal(mask, want), msg
+        want_floor = kept_pages_floor(mask, means, absmax, newest, slopes if alibi else None, slack, S)
+        assert torch.equal(floor, want_floor), msg
         assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
         for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
             assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
@@ -70,25 +92,55 @@ def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monk
 def test_gaussian_select_keeps_forced_pages_and_margins_matter(poison):
     """Hand-made rows: a huge τ̂ keeps only forced pages (and, with the outlier rule, pages
     whose bound reaches it); a τ̂ far below every page keeps every candidate."""
-    cache, mu, sigma, upper, tau_hat, _ = _case(fresh_seed(), 2, torch.float64)
+    cache, mu, sigma, upper, tau_hat, _, floor_inputs = _case(fresh_seed(), 2, torch.float64)
     z = _normal_quantile(0.995 ** (1 / S), mu)
     candidates = candidate_page_mask(cache)
     high = torch.full_like(tau_hat, 1e6)
-    _, _, mask, _ = gaussian_select(mu, sigma, upper, high, z, cache.seq_lens, S, 1.5, 0.0, 0.0, 0.0, False, 1, 2)
+    _, _, mask, _, _ = _select(cache, mu, sigma, upper, high, z, 1.5, 0.0, 0.0, None, 1, 2, floor_inputs)
     assert torch.equal(mask, forced_page_mask(cache, candidates, 1, 2).expand_as(mask))
     upper = upper.clone()
     upper[1, 0, 1, 0] = 3e6  # (α − 1)·U = 1.5e6 >= τ̂ + 1: the outlier rule keeps page 0 of row (1, 0)
-    _, _, mask, _ = gaussian_select(mu, sigma, upper, high, z, cache.seq_lens, S, 1.5, 0.0, 0.0, 1.0, True, 0, 0)
+    _, _, mask, _, floor = _select(cache, mu, sigma, upper, high, z, 1.5, 0.0, 0.0, 1.0, 0, 0, floor_inputs)
     assert mask.nonzero().tolist() == [[1, 0, 0]]
+    # no page kept elsewhere: the newest page's floor alone (−inf in row (1, 0) without it)
+    means, absmax, newest, _ = floor_inputs
+    assert torch.equal(floor[0], newest[0]) and torch.equal(floor[1, 1], newest[1, 1])
+    assert torch.equal(floor[2:], newest[2:])
+    assert torch.equal(floor[1, 0], means[1, 0, :, 0] - mean_slack(torch.float64, S, 16) * absmax[1, 0, :, 0])
     low = torch.full_like(tau_hat, -1e6)
-    _, _, mask, _ = gaussian_select(mu, sigma, upper, low, z, cache.seq_lens, S, 1.5, 0.0, 0.0, 0.0, False, 0, 0)
+    _, _, mask, _, _ = _select(cache, mu, sigma, upper, low, z, 1.5, 0.0, 0.0, None, 0, 0, floor_inputs)
     assert torch.equal(mask, candidates.expand_as(mask))
 
 
 def test_gaussian_select_opcheck():
     """Fake tensor, schema and dispatch checks of the op's registration."""
-    cache, mu, sigma, upper, tau_hat, _ = _case(fresh_seed(), 2, torch.float32)
+    cache, mu, sigma, upper, tau_hat, _, (means, absmax, newest, slopes) = _case(fresh_seed(), 2, torch.float32)
     z = _normal_quantile(0.995 ** (1 / S), tau_hat)
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
-        torch.library.opcheck(torch.ops.entmaxkv.gaussian_select.default,
-                              (mu, sigma, upper, tau_hat, z, cache.seq_lens, S, 1.5, 0.0, 0.1, 1.0, True, 1, 0))
+        for alibi in (None, slopes):
+            torch.library.opcheck(torch.ops.entmaxkv.gaussian_select.default,
+                                  (mu, sigma, upper, means, absmax, tau_hat, z, newest, cache.seq_lens, alibi, S, 1.5,
+                                   0.0, 0.1, 1.0, True, 1, 0, 2.0 ** -10))
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_gaussian_pages_floor_equals_a_fresh_steps(alibi):
+    """The score floor ``KernelOps.gaussian_pages`` remembers for ``attend`` is the bits
+    ``score_floor`` computes for the same mask in a step that never ran it, and the attention
+    over the mask gives the same output and τ."""
+    from entmaxkv.gaussian import gaussian_tau_hat
+
+    seed = fresh_seed()
+    cache, fresh = kernel_step_after_append(seed, alibi, 1.5, needs_sigma=True)
+    step = fresh()
+    tau_hat = gaussian_tau_hat(step, step.means, step.sigma)
+    z = _normal_quantile(0.995 ** (1 / cache.page_size), tau_hat)
+    mask, _ = step.ops.gaussian_pages(step.means, step.sigma, step.upper, tau_hat - 0.5, z, 1.0, 0.1, None, 0, 0)
+    msg = f"seed {seed}"
+    assert bool(mask.any()) and not bool(mask.all()), msg
+    other = fresh().ops
+    assert torch.equal(step.ops._listed.floor, other.score_floor(mask.clone())), msg
+    out, tau = step.ops.attend(mask)
+    want_out, want_tau = other.attend(mask.clone())
+    assert torch.equal(out, want_out) and torch.equal(tau, want_tau), msg
+

@@ -23,6 +23,8 @@ triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
+from entmaxkv.kernels import page_scores  # noqa: E402
+
 SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=16), ekv.Gaussian(tau_mode="fixed"),
              ekv.Gaussian(tau_mode="corrected"), ekv.Exact(initial_pages=1, rounds=1)]
 
@@ -36,6 +38,12 @@ def _encode(value):
         if isinstance(value, kind):
             return [kind.__name__, value]
     raise TypeError(f"cannot record a kernel argument of type {type(value).__name__}")
+
+
+def _dot_stages(spec: dict) -> int:
+    """The pipeline stages ``page_scores``' launcher gives a looped tensor-core form."""
+    more = spec["WITH_MEAN"] == ["bool", True] or spec["WITH_SIGMA"] == ["bool", True]
+    return page_scores.DOT_STAGES_WITH_MEAN if more else page_scores.DOT_STAGES
 
 
 def record_code_scan(monkeypatch) -> None:
@@ -116,8 +124,21 @@ def record_gaussian_select() -> None:
         for chunk in (1024, 16):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr("entmaxkv.kernels.gaussian_select.CHUNK", chunk)
-                gaussian_select(x, x.abs(), x, tau, torch.tensor(2.0, dtype=torch.float64), torch.tensor([40 * 16]),
-                                16, 1.5, 0.0, 0.1, 0.0, False, 1, 0)
+                gaussian_select(x, x.abs(), x, x, x.abs(), tau, torch.tensor(2.0, dtype=torch.float64), x[..., 0],
+                                torch.tensor([40 * 16]), None, 16, 1.5, 0.0, 0.1, 0.0, False, 1, 0, 2.0 ** -10)
+
+
+def record_sigma_dot() -> None:
+    """page_scores' tensor-core form with σ (``SIGMA_DOT``, off by default): the Gaussian step
+    on fp16 and bf16 caches, with and without ALiBi."""
+    for dtype in (torch.float16, torch.bfloat16):
+        cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
+        q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("entmaxkv.kernels.page_scores.SIGMA_DOT", True)
+            for slopes in (None, torch.full((2,), 0.1)):
+                config = ekv.DecodeConfig(1.5, ekv.Gaussian(), backend="triton")
+                ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
 
 
 def record_tau_without_search_rounds() -> None:
@@ -149,11 +170,11 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
             if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
                 spec["NATIVE"] = ["bool", native]
             # page_scores' tensor-core form multiplies bf16 natively on the GPU (float32 operands
-            # only under the interpreter), and takes 4 blocks a program in a 3-stage loop where
-            # the grid is large: compile those forms too
+            # only under the interpreter), and takes 4 blocks a program in a pipelined loop where
+            # the grid is large (its stages as the launcher picks them): compile those forms too
             forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
             if spec.get("DOT") == ["bool", True]:
-                forms += [dict(f, ITERS=["int", 4], STAGES=["int", 3]) for f in forms]
+                forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
             for form in forms:
                 key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
                                                        for k, v in sorted(form.items())])
@@ -174,6 +195,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_code_scan(monkeypatch)
     record_fused_topk()
     record_gaussian_select()
+    record_sigma_dot()
     record_tau_without_search_rounds()
     monkeypatch.undo()
 
@@ -182,8 +204,11 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
               any(v == ["tensor", d] for v in s[2].values() for d in ("float16", "bfloat16"))]
     chosen = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1] is False] + native
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
-               and s[2]["DOT_F32"] == ["bool", False] and s[2]["ITERS"] == ["int", 4]
-               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the GPU's bf16 tensor-core page scores, looped"
+               and s[2]["DOT_F32"] == ["bool", False] and s[2]["ITERS"] == ["int", page_scores.DOT_ITERS]
+               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
+        "the GPU's bf16 tensor-core page scores, looped"
+    assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
+               and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(chosen))
     env = dict(os.environ, TRITON_INTERPRET="0")

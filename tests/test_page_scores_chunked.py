@@ -48,7 +48,7 @@ def oracle(cache, q, slopes, work):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16)])
+@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16), ("dot_sigma", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
@@ -57,10 +57,12 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     schedule) stay within the same rounding model. ``form``: CHUNK of the CUDA-core forms, or
     the tensor-core form (float16/bfloat16 without σ; float32/float64 keep the chunked form),
     one page block a program or two in turn (``dot2``, on CUDA too, whatever the SM count:
-    70 pages make 3 programs, the last one's second block past the row)."""
-    dot = form in ("dot", "dot2")
+    70 pages make 3 programs, the last one's second block past the row), or two in turn with σ
+    on the tensor-core form too (``dot_sigma``: ``SIGMA_DOT``)."""
+    dot = form in ("dot", "dot2", "dot_sigma")
     monkeypatch.setattr(module, "USE_DOT", dot)
-    iters = 2 if form == "dot2" else 1  # page blocks a program takes in turn
+    monkeypatch.setattr(module, "SIGMA_DOT", form == "dot_sigma")
+    iters = 2 if form in ("dot2", "dot_sigma") else 1  # page blocks a program takes in turn
     monkeypatch.setattr(module, "dot_iters", lambda blocks, device: iters)
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
     if not dot:
@@ -70,7 +72,7 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     # 9 and 5 full pages: rows of several programs, the last ragged (70 and 20 for the dot's
     # 16-page programs)
     lens = [S * 70 + 3, S * 20] if dot else [S * 9 + 3, S * 5]
-    with_sigma = not dot  # σ keeps the CUDA-core form
+    with_sigma = not dot or form == "dot_sigma"  # σ keeps the CUDA-core form unless SIGMA_DOT
     spread = 2.0 ** -20 if tiny else 3.0  # tiny: fp16 subnormal keys, absmax set by ν
     cache, _, _ = make_cache(seed, 2, hkv, d, S, lens, dtype=dtype, spread=spread)
     g = torch.Generator().manual_seed(seed)
