@@ -4,12 +4,13 @@
         --variants "base;sparse_decode.EXACT_ITERS=0;sparse_decode.GATHER=64"
 
 Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8 or ``--heads``, D = 128, fp16 or
-``--dtype``, ``SyntheticStream`` data or ``--data needles`` (``needle_inputs``: ``--needles`` runs of
-``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the CUDA-graph time of the eager-kernel step (``GraphedDecodeStep``,
-median of replays) for each variant — ``;``-separated, each a ``,``-separated list of
-``module.CONSTANT=value`` assignments to ``entmaxkv.kernels.<module>`` (``base``: none) —
-next to SDPA, and the largest output difference from the base variant (a constant that
-changes results shows there). Measures only; asserts nothing.
+``--dtype``, ``SyntheticStream`` data or ``--data needles`` (``needle_inputs``: ``--needles``
+runs of ``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the CUDA-graph time
+of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each variant —
+``;``-separated, each a ``,``-separated list of ``module.CONSTANT=value`` assignments to
+``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
+difference from the base variant (a constant that changes results shows there). Measures
+only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from decode import graph_of, loaded
 from gpu_check import time_replays
 
 SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
-             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian(), "Exact": lambda: ekv.Exact()}
+             "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian(),
+             "Exact": lambda: ekv.Exact()}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
