@@ -12,6 +12,8 @@
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
+#   gaussian                                # the Gaussian ops' gpu tests, SIGMA_DOT and the τ kernel's shape
+#                                           # for many rows A/B at B = 16 on needles, the needles table
 #   variants                                # the TopK step with sparse_decode's constants flipped
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
@@ -98,12 +100,26 @@ profile)  # where the step's time goes: per-kernel time of TopK at 8K and 128K, 
     timeout 90 bash -c "cd benchmarks && python3 profile_step.py --contexts 131072 --cases 1.5:ExactCodes4 --data needles \
         --top 10" 2>&1 | tee "$out/profile-codes.txt" | tail -16
     ;;
+gaussian)  # session 17's open questions: the Gaussian ops' gpu tests (the floor from gaussian_select, the
+    # dot_sigma oracle form), then on needles at B = 16 the σ tensor-core form and the τ kernel's shape for
+    # many rows against the defaults in the same run, and the needles table with Exact at B = 1 and 16
+    timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -rf $(python3 -c "import xdist" 2>/dev/null && echo "-n 14") \
+        -k "gaussian or Gaussian or page_scores or page_bounds or ops_match or graph_replay" 2>&1 | tail -5 \
+        | tee "$out/gaussian-tests.txt"
+    timeout 200 bash -c "cd benchmarks && python3 step_variants_gpu.py --data needles --batch 16 --contexts 65536,131072 \
+        --selector Gaussian --reps 20 --variants 'base;page_scores.SIGMA_DOT=True;gaussian_tau.BLOCK_P=512,gaussian_tau.TAU_WARPS=8'" \
+        2>&1 | grep -E "^##|µs|failed" | tee "$out/gaussian-variants.txt"
+    bench decode.py --data needles --needles 4 --needle-run 16 --contexts 65536,131072 --batches 1,16 --heads 32/8 \
+        --dtypes fp16 --alphas 1.5 --coverages 12.5 --selectors TopK,Gaussian,Exact --reps 20 --rounds 3 \
+        --out "$out/needles"
+    ;;
 e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
     timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
         --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
     ;;
 *)
-    echo "unknown phase $phase (verify, select, topk, shapes, b16, sparse, quick, changed, codes, profile, variants, e2e)" >&2
+    echo "unknown phase $phase (verify, select, topk, shapes, b16, sparse, quick, changed, codes, profile, variants," \
+        "gaussian, e2e)" >&2
     exit 2
     ;;
 esac
