@@ -279,7 +279,7 @@ class KernelOps(PageSets):
             tau_hat.to(torch.float64).contiguous(), z.to(torch.float64), newest, c.seq_lens, self.alibi_slopes,
             c.page_size, self.alpha, float(safety_margin_z), float(excess_margin_fraction),
             0.0 if outlier_margin is None else float(outlier_margin), outlier_margin is not None, sink_pages,
-            recent_pages, mean_slack(mu.dtype, c.page_size, c.head_dim))
+            recent_pages, mean_slack((self.means if scored else mu).dtype, c.page_size, c.head_dim))
         return self._keep_list(mask, pages, count, floor if scored else None), tau_floor
 
     def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,

@@ -126,7 +126,10 @@ def _keep_kernel(
     room = slack * tl.load(absmax + pa, mask=held, other=0.0)  # exact: slack is a power of two
     mean = tl.load(means + pa, mask=held, other=0.0)
     if HAS_ALIBI:  # the mean carries the page-centre bias; a token may sit (S − 1)/2 positions lower
-        spread = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0)).to(room.dtype) * (S - 1) / 2
+        # · 0.5, not / 2: the same bits in IEEE arithmetic, and an exact multiply where the GPU
+        # compiles a division to an approximate one (div.full.f32)
+        slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0)).to(room.dtype)
+        spread = slope * (S - 1) * 0.5
         room = room + spread[:, None]
     best = tl.max(tl.where(held, mean - room, float("-inf")), axis=1)
     tl.store(chunk_floor + (row * NCHUNK + chunk) * G + gs, best, mask=gs < G)

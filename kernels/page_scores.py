@@ -357,11 +357,15 @@ def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean,
     γ). (Review of session 13: the first form's 2γ assumed two separate dots.)
 
     σ² (``WITH_SIGMA``, where ``SIGMA_DOT`` lets σ take this form) is std² [BLOCK_P, D] times
-    q² [D, GD], both float32 and exact (squares of 11- or 8-bit significands: at most 22 bits),
-    in a ``tf32x3`` dot: each operand splits exactly into a high and a low tf32 part (11 bits
-    each), and the dot drops only the low-low product (2^-22 of a term) before its float32
-    accumulation — σ² within (2D + 4)·eps·σ² under the model above, σ within (D + 2)·eps·σ =
-    γ/2·σ (the CUDA-core forms: γ·σ)."""
+    q² [D, GD], both float32 and exact (squares of 11- or 8-bit significands: at most 22 bits;
+    for bf16, within float32's range of squares, |x| in [2^-63, 2^64]), in a ``tf32x3`` dot:
+    each operand splits exactly into a high and a low tf32 part (11 bits each), and the dot
+    drops only the low-low products (2^-22 of a term). Its three D-term dots run as one chain
+    of 3D products (as the Quest bound's two run as one of 2D), so under the model above σ² is
+    within (6D + 4)·eps·σ² (in practice nearer 2D·eps: the low parts' dots are 2^-11 of the
+    sum), σ within (3D + 2)·eps·σ < 1.5·γ·σ (the CUDA-core forms: γ·σ; the test allows 4γ·σ,
+    which a one-pass ``tf32`` dot, ~2^-12·σ, exceeds at D = 24 and 128). The interpreter runs
+    every dot as a float32 matmul: only the GPU test can see the precision."""
     scale_w = tl.cast(scale, WORK)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D

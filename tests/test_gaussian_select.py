@@ -144,3 +144,48 @@ def test_gaussian_pages_floor_equals_a_fresh_steps(alibi):
     want_out, want_tau = other.attend(mask.clone())
     assert torch.equal(out, want_out) and torch.equal(tau, want_tau), msg
 
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_gaussian_pages_floor_with_float64_mu(alibi):
+    """A model μ in float64 (``StepOps.gaussian_pages`` does not fix its dtype): the floor's
+    slack is still the page means' (float32), as ``score_floor``'s (from an independent
+    review: the slack followed μ's dtype and the floor came out ~0.5 too high)."""
+    from entmaxkv.gaussian import gaussian_tau_hat
+
+    seed = fresh_seed()
+    cache, fresh = kernel_step_after_append(seed, alibi, 1.5, needs_sigma=True)
+    step = fresh()
+    mu, sigma = step.means.double(), step.sigma.double()
+    tau_hat = gaussian_tau_hat(step, mu, sigma)
+    z = _normal_quantile(0.995 ** (1 / cache.page_size), tau_hat)
+    mask, _ = step.ops.gaussian_pages(mu, sigma, step.upper.double(), tau_hat - 0.5, z, 1.0, 0.1, None, 0, 0)
+    assert bool(mask.any()), seed
+    assert torch.equal(step.ops._listed.floor, fresh().ops.score_floor(mask.clone())), f"seed {seed}"
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_gaussian_pages_without_page_means_leaves_the_floor_to_attend(alibi):
+    """A step without page means (a custom selector's μ): the op's floor is not taken, and
+    the attention finds its own, as a step that never ran the op (from an independent review)."""
+    from entmaxkv.backend import build_step
+
+    seed = fresh_seed()
+    cache, fresh = kernel_step_after_append(seed, alibi, 1.5, needs_sigma=True)
+    ref = fresh()
+
+    def lean():
+        return build_step(cache, ref.q, 1.5, ref.scale, ref.alibi_slopes, kernels=True, needs_sigma=True,
+                          needs_means=False)
+
+    step = lean()
+    assert step.means is None
+    mu = ref.upper + 10.0  # a model μ above every score
+    tau_hat = torch.full(mu.shape[:3], -1e3, dtype=torch.float64)
+    z = torch.tensor(2.0, dtype=torch.float64)
+    mask, _ = step.ops.gaussian_pages(mu, ref.sigma, ref.upper, tau_hat, z, 0.0, 0.0, None, 0, 0)
+    assert bool(mask.any()), seed
+    assert step.ops._listed.floor is None, seed
+    out, tau = step.ops.attend(mask)
+    want_out, want_tau = lean().ops.attend(mask.clone())
+    assert torch.equal(out, want_out) and torch.equal(tau, want_tau), f"seed {seed}"
+

@@ -48,7 +48,8 @@ def oracle(cache, q, slopes, work):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16), ("dot_sigma", 16)])
+@pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16),
+                                           ("dot_sigma", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
@@ -168,16 +169,20 @@ def test_the_tensor_core_upper_covers_its_accumulation(dtype, device, monkeypatc
 
 
 def test_the_tensor_core_form_only_where_its_dots_are_exact_and_compile(monkeypatch):
-    """``uses_dot``: float16/bfloat16 statistics with queries of the same dtype, no σ, and a
-    head dimension of at least 16 (``tl.dot``'s smallest K on the GPU; the interpreter would
-    run a smaller one, so only this guard keeps D < 16 off the form)."""
+    """``uses_dot``: float16/bfloat16 statistics with queries of the same dtype, no σ (unless
+    ``SIGMA_DOT``), and a head dimension of at least 16 (``tl.dot``'s smallest K on the GPU;
+    the interpreter would run a smaller one, so only this guard keeps D < 16 off the form)."""
     monkeypatch.setattr(module, "USE_DOT", True)
     stats = {d: torch.zeros(1, 1, 4, d, dtype=torch.float16) for d in (8, 15, 16, 24)}
     assert not uses_dot(torch.zeros(1, 2, 8, dtype=torch.float16), stats[8], False)
     assert not uses_dot(torch.zeros(1, 2, 15, dtype=torch.float16), stats[15], False)
     assert uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], False)
     assert uses_dot(torch.zeros(1, 2, 24, dtype=torch.bfloat16), stats[24].bfloat16(), False)
+    assert not module.SIGMA_DOT  # off by default (not yet run on a GPU)
     assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)  # σ
+    monkeypatch.setattr(module, "SIGMA_DOT", True)
+    assert uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)
+    monkeypatch.setattr(module, "SIGMA_DOT", False)
     assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float32), stats[16], False)  # q's dtype
     assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float32), stats[16].float(), False)
     monkeypatch.setattr(module, "USE_DOT", False)
