@@ -31,7 +31,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
-from entmaxkv.kernels.gaussian_select import _list_kernel
+from entmaxkv.kernels.gaussian_select import _list_kernel, _row_floor
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
 __all__ = ["pages_above"]
@@ -79,7 +79,7 @@ def _list_magnitude_kernel(
     mask, kept, chunk_mag, chunk_floor, newest_floor, pages, count, magnitude, floor, P, NCHUNK,
     G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
 ):
-    """``gaussian_select``'s list kernel, and from chunk 0 the row's magnitude and floor."""
+    """``gaussian_select``'s list kernel, and from chunk 0 the row's magnitude and (its ``_row_floor``) floor."""
     _list_kernel(mask, kept, pages, count, P, NCHUNK, CHUNK, NCHUNK_PAD)
     if tl.program_id(1) == 0:
         row = tl.program_id(0).to(tl.int64)
@@ -88,9 +88,7 @@ def _list_magnitude_kernel(
         live = (gs[:, None] < G) & (cs[None, :] < NCHUNK)
         at = (row * NCHUNK + cs[None, :]) * G + gs[:, None]
         tl.store(magnitude + row * G + gs, tl.max(tl.load(chunk_mag + at, mask=live, other=0.0), axis=1), mask=gs < G)
-        pages_best = tl.max(tl.load(chunk_floor + at, mask=live, other=float("-inf")), axis=1)
-        newest = tl.load(newest_floor + row * G + gs, mask=gs < G, other=float("-inf"))
-        tl.store(floor + row * G + gs, tl.maximum(pages_best, newest.to(pages_best.dtype)), mask=gs < G)
+        _row_floor(chunk_floor, newest_floor, floor, row, NCHUNK, G, G_PAD, NCHUNK_PAD)
 
 
 @triton_op("entmaxkv::pages_above", mutates_args=())

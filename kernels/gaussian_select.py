@@ -159,6 +159,19 @@ def _list_kernel(
 
 
 @triton.jit
+def _row_floor(chunk_floor, newest_floor, floor, row, NCHUNK, G: tl.constexpr, G_PAD: tl.constexpr,
+               NCHUNK_PAD: tl.constexpr):
+    """The row's score floor [G]: its chunks' best kept-page floors and the newest page's."""
+    gs = tl.arange(0, G_PAD)
+    cs = tl.arange(0, NCHUNK_PAD)
+    at = (row * NCHUNK + cs[None, :]) * G + gs[:, None]
+    live = (gs[:, None] < G) & (cs[None, :] < NCHUNK)
+    pages_best = tl.max(tl.load(chunk_floor + at, mask=live, other=float("-inf")), axis=1)
+    newest = tl.load(newest_floor + row * G + gs, mask=gs < G, other=float("-inf"))
+    tl.store(floor + row * G + gs, tl.maximum(pages_best, newest.to(pages_best.dtype)), mask=gs < G)
+
+
+@triton.jit
 def _list_floor_kernel(
     mask, kept, chunk_floor, newest_floor, pages, count, floor, P, NCHUNK,
     G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
@@ -166,14 +179,7 @@ def _list_floor_kernel(
     """``_list_kernel``, and from chunk 0 the row's score floor."""
     _list_kernel(mask, kept, pages, count, P, NCHUNK, CHUNK, NCHUNK_PAD)
     if tl.program_id(1) == 0:
-        row = tl.program_id(0).to(tl.int64)
-        gs = tl.arange(0, G_PAD)
-        cs = tl.arange(0, NCHUNK_PAD)
-        at = (row * NCHUNK + cs[None, :]) * G + gs[:, None]
-        live = (gs[:, None] < G) & (cs[None, :] < NCHUNK)
-        pages_best = tl.max(tl.load(chunk_floor + at, mask=live, other=float("-inf")), axis=1)
-        newest = tl.load(newest_floor + row * G + gs, mask=gs < G, other=float("-inf"))
-        tl.store(floor + row * G + gs, tl.maximum(pages_best, newest.to(pages_best.dtype)), mask=gs < G)
+        _row_floor(chunk_floor, newest_floor, floor, tl.program_id(0).to(tl.int64), NCHUNK, G, G_PAD, NCHUNK_PAD)
 
 
 @triton_op("entmaxkv::gaussian_select", mutates_args=())
