@@ -196,13 +196,12 @@ def gaussian_select(
     mu, sigma, upper: [B, Hkv, G, P] (the Gaussian model's page score means and stds, and
     ``page_bounds``' upper); means, absmax: [B, Hkv, G, P] (``page_bounds``' mean and absmax,
     for the floor: read for kept pages only) — all in the work dtype, entries of pages that are
-    not candidates never read; tau_hat: [B, Hkv, G]
-    float64 (the model's τ̂); z: 0-d float64, the quantile of a page's estimated maximum;
-    newest_floor: [B, Hkv, G] work dtype, the newest page's score floor; seq_lens: [B] int64
-    (after the append); alibi_slopes: optional [Hq]; α in (1, 2]; the margins as in
-    ``Gaussian`` (``outlier_margin`` read only with ``use_outlier``); sink_pages, recent_pages
-    >= 0; slack: ``mean_slack`` of the work dtype (a power of two). floor: ``KernelOps.score_floor``
-    of the kept pages (the module docstring).
+    not candidates never read; tau_hat: [B, Hkv, G] float64 (the model's τ̂); z: 0-d float64,
+    the quantile of a page's estimated maximum; newest_floor: [B, Hkv, G] work dtype, the
+    newest page's score floor; seq_lens: [B] int64 (after the append); alibi_slopes: optional
+    [Hq]; α in (1, 2]; the margins as in ``Gaussian`` (``outlier_margin`` read only with
+    ``use_outlier``); sink_pages, recent_pages >= 0; slack: ``mean_slack`` of the work dtype
+    (a power of two). floor: ``KernelOps.score_floor`` of the kept pages (the module docstring).
     """
     b, hkv, g, p = mu.shape
     chunks = triton.cdiv(p, CHUNK)

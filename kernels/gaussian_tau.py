@@ -64,10 +64,11 @@ SHORT_P = 64
 # at α = 1.5, 64K / 128K: 1,024 and 16 287.5 / 436.9, 1,024 and 32 300.3 / 452.8, 512 and 16
 # 274.7 / 429.1 (not taken: the gpu tests ran on 1,024). Where the rows fill the GPU (B = 16:
 # 512 programs), smaller programs were faster alone on needle moments, not on noise
-# (gaussian_tau_gpu.py, 8,192 pages, 4 high pages a KV head / noise only; session 17 call 1): 1,024 and 16 173.8 / 850.5 µs, 512 and 8
-# 111.0 / 861.0, 1,024 and 4 106.2 / 1,207.4; in the Gaussian step (needles, B = 16) 512 and 8
-# took 64K 538.6 → 515.0 µs (call 3, one run) but 128K 961.1 → 1,024.2 (calls 1 and 2, two
-# runs): not taken until a same-run A/B at 128K (perf-log row 87)
+# (gaussian_tau_gpu.py, 8,192 pages, 4 high pages a KV head / noise only; session 17 call 1):
+# 1,024 and 16 173.8 / 850.5 µs, 512 and 8 111.0 / 861.0, 1,024 and 4 106.2 / 1,207.4; in the
+# Gaussian step (needles, B = 16) 512 and 8 took 64K 538.6 → 515.0 µs (call 3, one run) but
+# 128K 961.1 → 1,024.2 (calls 1 and 2, two runs): not taken until a same-run A/B at 128K
+# (perf-log row 87)
 BLOCK_P = 1024
 TAU_WARPS = 16
 
