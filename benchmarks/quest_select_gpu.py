@@ -99,7 +99,7 @@ def main() -> None:
         print(f"  torch glue + select_pages (1-bit)   {time_replays(replay, 50, 5):8.1f} µs")
         for config in configs:
             qs.MAX_BLOCK, qs.SELECT_WARPS, qs.CHUNK, sp.RADIX, sp.PROBES, qs.LIST_CHUNK = config
-            replay, (_, _, mask, floor) = graphed(fused)
+            replay, (_, _, mask, floor, _) = graphed(fused)
             replay()
             same = bool(torch.equal(mask, want_mask.expand_as(mask))) and bool(torch.equal(floor, want_floor))
             name = ":".join(map(str, config))

@@ -255,14 +255,15 @@ class KernelOps(PageSets):
 
     def quest_top_pages(self, upper: Tensor, means: Tensor | None, budget_pages: int | None,
                         coverage: float | None, sink_pages: int, recent_pages: int) -> Tensor:
-        # one kernel: rank key, forced pages, count, page list, mask and the attention's score floor
+        # one op: rank key, forced pages, count, page list, mask, the attention's score floor and
+        # (with page means) the |score| scale of the pages' tokens for tau_lower_bound
         c = self.cache
-        pages, count, mask, floor = torch.ops.entmaxkv.quest_select(
+        pages, count, mask, floor, magnitude = torch.ops.entmaxkv.quest_select(
             upper.contiguous(), None if means is None else means.contiguous(), self.absmax, self.newest_max,
             self.newest_magnitude, c.seq_lens,
             self.alibi_slopes, c.page_size, c.head_dim, self.alpha, -1 if budget_pages is None else budget_pages,
             0.0 if coverage is None else float(coverage), sink_pages, recent_pages)
-        return self._keep_list(mask, pages, count, floor)
+        return self._keep_list(mask, pages, count, floor, None if means is None else magnitude)
 
     def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,

@@ -38,7 +38,12 @@ class Exact(Selector):
     ``info.certified`` is True.
 
     initial_pages: pages seeding τ, chosen by the group ranking of ``TopK``; default 8.
-    rounds: exclusion rounds (fixed, no data-dependent control flow); default 2.
+    rounds: exclusion rounds (fixed, no data-dependent control flow); ``None`` (default) means
+        1 without ``max_pages`` and 2 with it. Without a cap the first round's set is already
+        certified: a further round would attend that whole set to shrink the one the final
+        attention reads — more bytes read and launches for the same output. With a cap, rounds
+        shrink the set before the cap truncates it (a truncated set is certified only if what
+        it drops is excluded).
     max_pages: static cap on the full pages attended; ``None`` (default) means no cap, and
         then every step is certified — at the cost of reading whatever the bounds cannot
         exclude (on real attention page bounds are loose: see ../shared/FINDINGS.md).
@@ -57,7 +62,7 @@ class Exact(Selector):
     """
 
     initial_pages: int = 8
-    rounds: int = 2
+    rounds: int | None = None
     max_pages: int | None = None
     top_tokens: int = 8
     max_candidates: int = 512
@@ -65,12 +70,19 @@ class Exact(Selector):
 
     def __post_init__(self) -> None:
         check_count("initial_pages", self.initial_pages)
-        check_count("rounds", self.rounds)
+        check_count("rounds", self.rounds, allow_none=True)
         check_count("max_pages", self.max_pages, allow_none=True)
         check_count("top_tokens", self.top_tokens)
         check_count("max_candidates", self.max_candidates)
         if not isinstance(self.use_codes, bool):
             raise TypeError(f"use_codes must be a bool, got {type(self.use_codes).__name__}")
+
+    @property
+    def exclusion_rounds(self) -> int:
+        """``rounds`` as given, or its default: 1 without ``max_pages``, 2 with it."""
+        if self.rounds is not None:
+            return self.rounds
+        return 1 if self.max_pages is None else 2
 
     def check(self, alpha: float) -> None:
         if alpha <= 1.0:
@@ -88,7 +100,7 @@ class Exact(Selector):
         # gives the attention its score floor)
         chosen = step.ops.quest_top_pages(step.upper, step.means, self.initial_pages, None, 0, 0)
         key = group_rank_key(step) if self.max_pages is not None else None
-        for _ in range(self.rounds):
+        for _ in range(self.exclusion_rounds):
             tau_low = step.ops.tau_lower_bound(chosen)  # [B, Hkv, G], over the newest page too
             alive = step.ops.pages_above(step.upper, tau_low)
             if key is not None:

@@ -13,6 +13,9 @@ Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, 
                  best score − 2γ·its magnitude): a score some attended token reaches, which
                  ``sparse_decode`` filters its survivors from (without means, as a TopK step
                  calls it: the newest page's term alone)
+    magnitude    per head, the largest absmax of a selected page (0 without absmax): the
+                 |score| scale of the selection's tokens, which ``Exact``'s τ lower bound over
+                 its initial pages takes (``KernelOps.tau_lower_bound``)
 
 The arithmetic is that of the torch composition it replaces (``topk.rank_key``,
 ``topk.forced_pages``, the count in ``TopK``, ``select_pages`` and ``KernelOps.score_floor``),
@@ -48,7 +51,7 @@ chunks itself, as shorter rows' do in registers. Last a (row, ``LIST_CHUNK``-pag
 a chunk's pages go to the slots after the earlier chunks' (the keys above, then the first
 ``ties_wanted`` ties in page order), with its share of the −1 padding and the mask, and each
 head's best selected mean less its slack goes into the floor by an atomic max (the max of the
-same values in any order: the floor is the same bit for bit).
+same values in any order: the floor is the same bit for bit), its largest absmax into the magnitude.
 Bytes: upper of the row's G heads twice, the keys (4 B a page, 8 in float64 work)
 twice — once more to count per chunk, and on streamed rows a sample and a counting pass more — and (given) mean
 and absmax of the selected pages: small next to ``page_bounds``.
@@ -230,14 +233,16 @@ def _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE: tl.const
 
 
 @triton.jit
-def _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G: tl.constexpr, G_PAD: tl.constexpr,
+def _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G: tl.constexpr, G_PAD: tl.constexpr,
                   WORK: tl.constexpr):
-    """The floor's newest-page term, max − 2γ·magnitude a head; the list programs raise it to
-    their best selected means."""
+    """The floor's newest-page term, max − 2γ·magnitude a head, and the selected pages'
+    magnitude before any: 0; the list programs raise them to their best selected means and
+    largest absmax."""
     gs = tl.arange(0, G_PAD)
     top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     tl.store(floor + row * G + gs, top - tl.cast(two_gamma, WORK) * mag, mask=gs < G)
+    tl.store(magnitude + row * G + gs, tl.zeros((G_PAD,), WORK), mask=gs < G)
 
 
 @triton.jit
@@ -250,7 +255,7 @@ def _gt_ge(u_i, u_j):
 
 @triton.jit
 def _rank_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+    keys, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr,
     NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
@@ -298,7 +303,7 @@ def _rank_kernel(
             none = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
             tl.store(found + row * 2, none.to(tl.int64))
             tl.store(found + row * 2 + 1, tl.zeros((), tl.int64))
-        _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G, G_PAD, WORK)
+        _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
 
 
 @triton.jit
@@ -346,7 +351,7 @@ def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT:
 
 @triton.jit
 def _search_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch, bracket, totals,
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket, totals,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
@@ -408,12 +413,12 @@ def _search_kernel(
             above, ties = _chunk_counts(x, t, start // LIST, above, ties, taken_before, row, NLIST, INT, NBITS, BLOCK,
                                         LIST)
 
-    _newest_floor(newest_max, newest_mag, floor, two_gamma, row, G, G_PAD, WORK)
+    _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
 
 
 @triton.jit
 def _list_kernel(
-    keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor,
+    keys, means, absmax, seq_lens, slopes, kept, found, taken_before, pages, mask, floor, magnitude,
     slack_c, H, P, M, NLIST,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, LIST: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, HAS_ALIBI: tl.constexpr, HAS_MEANS: tl.constexpr, COUNT_BEFORE: tl.constexpr, WORK: tl.constexpr,
@@ -422,7 +427,8 @@ def _list_kernel(
     """One chunk of a row: its pages' list slots (of M), mask entries and −1 padding, and (with
     ``HAS_MEANS``) each head's best selected mean score less its rounding slack, max-ed into
     the floor (the mean key's own rounding and two dot products'; with ALiBi the page-centre
-    bias less half a page of slope: a token may sit lower)."""
+    bias less half a page of slope: a token may sit lower), and its largest selected absmax,
+    max-ed into the magnitude."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
@@ -461,12 +467,15 @@ def _list_kernel(
         chosen = (gs[:, None] < G) & (take == 1)[None, :]
         at = row * G * P + gs[:, None] * P + idx[None, :]
         mu = tl.load(means + at, mask=chosen, other=0.0).to(WORK)
-        slack = tl.cast(slack_c, WORK) * tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+        a = tl.load(absmax + at, mask=chosen, other=0.0).to(WORK)
+        slack = tl.cast(slack_c, WORK) * a
         if HAS_ALIBI:
             slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
             slack = slack + (slope * (S - 1) / 2)[:, None]
         best = tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1)
         tl.atomic_max(floor + row * G + gs, best, mask=(gs < G) & (best > float("-inf")))
+        # absmax >= 0, and 0 where nothing is chosen: the max of the same values in any order
+        tl.atomic_max(magnitude + row * G + gs, tl.max(a, axis=1), mask=gs < G)
 
 
 @triton_op("entmaxkv::quest_select", mutates_args=())
@@ -474,10 +483,12 @@ def quest_select(
     upper: torch.Tensor, means: torch.Tensor | None, absmax: torch.Tensor | None, newest_max: torch.Tensor,
     newest_mag: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, page_size: int,
     head_dim: int, alpha: float, budget_pages: int, coverage: float, sink_pages: int, recent_pages: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A TopK step's selection from its page scores -> ``(pages [B, Hkv, M] int32 (increasing,
-    −1 padded), count [B, Hkv] int32, mask [B, Hkv, P] bool, score_floor [B, Hkv, G])``, with
-    M = ``list_capacity(P, ...)`` the most pages the selection can keep.
+    −1 padded), count [B, Hkv] int32, mask [B, Hkv, P] bool, score_floor [B, Hkv, G],
+    magnitude [B, Hkv, G])``, with M = ``list_capacity(P, ...)`` the most pages the selection
+    can keep; magnitude: the largest absmax of a selected page per head (0 where none is, and
+    without absmax), the |score| scale of its tokens (``KernelOps.tau_lower_bound``).
 
     upper, means, absmax: [B, Hkv, G, P] work dtype (``page_bounds``; entries of pages that
     are not candidates are never read); means and absmax only serve the score floor and may
@@ -496,6 +507,7 @@ def quest_select(
     kept = torch.empty((b, hkv), dtype=torch.int32, device=upper.device)
     mask = torch.empty((b, hkv, p), dtype=torch.bool, device=upper.device)
     floor = torch.empty((b, hkv, g), dtype=work, device=upper.device)
+    magnitude = torch.empty((b, hkv, g), dtype=work, device=upper.device)
     wide = work == torch.float64
     # counts past P mean "all pages" (n < P): clamped, so that every int argument fits 32 bits
     # (Inductor sizes them so; a 64-bit one fails to compile, see above)
@@ -528,7 +540,7 @@ def quest_select(
         pairs = max(1, RANK_PAIRS // (row + row_tail))
         rank_block = min(64, row, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
-            keys, newest_max, newest_mag, seq_lens, kept, found, floor,
+            keys, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p,
             BLOCK=rank_block, ROW=row, TAIL=row_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
@@ -550,8 +562,8 @@ def quest_select(
                 keys, bracket, totals, scratch, p, CHUNK=COUNT_CHUNK, FIELD=int(COUNT_CHUNK).bit_length(),
                 GATHER=sample["GATHER"], **wide_ints, num_warps=COUNT_WARPS, **pdl_kwargs(upper, "quest_select"))
         wrap_triton(_search_kernel)[(b * hkv,)](
-            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, scratch, bracket, totals,
-            max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
+            keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket,
+            totals, max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             2 * rounding_gamma(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
             **sample, COUNTED=counted,
@@ -566,13 +578,13 @@ def quest_select(
                 **pdl_kwargs(upper, "quest_select"))
     wrap_triton(_list_kernel)[(b * hkv, lists)](
         keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
-        alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor,
+        alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor, magnitude,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
         LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, COUNT_BEFORE=ranked,
         SUM_BEFORE=counted, NLIST_PAD=max(2, next_pow2(lists)) if counted else 1,
         **wide_ints, **kinds, num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
     )
-    return pages, kept, mask, floor
+    return pages, kept, mask, floor, magnitude
 
 
 @quest_select.register_fake
@@ -581,7 +593,7 @@ def _(upper, means, absmax, newest_max, newest_mag, seq_lens, alibi_slopes, page
     b, hkv, g, p = upper.shape
     m = list_capacity(p, budget_pages, coverage, sink_pages, recent_pages)
     return (upper.new_empty((b, hkv, m), dtype=torch.int32), upper.new_empty((b, hkv), dtype=torch.int32),
-            upper.new_empty((b, hkv, p), dtype=torch.bool), upper.new_empty((b, hkv, g)))
+            upper.new_empty((b, hkv, p), dtype=torch.bool), upper.new_empty((b, hkv, g)), upper.new_empty((b, hkv, g)))
 
 
 register_batch_rule(quest_select, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension

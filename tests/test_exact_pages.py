@@ -147,15 +147,19 @@ def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
 
 
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
-def test_tau_lower_bound_of_a_pages_above_mask_reads_no_page_scores(alpha):
-    """``tau_lower_bound`` of the mask ``pages_above`` returned takes the |score| scale the op
-    remembered (no reduction over the page scores: poisoned here), and of another mask reduces
+@pytest.mark.parametrize("op", ["pages_above", "quest_top_pages"])
+def test_tau_lower_bound_of_an_ops_mask_reads_no_page_scores(op, alpha):
+    """``tau_lower_bound`` of the mask ``pages_above`` or ``quest_top_pages`` (``Exact``'s
+    initial pages) returned takes the |score| scale the op remembered (no reduction over the
+    page scores: poisoned here) and gives the bits of a reduction, and of another mask reduces
     (from an independent review: skipping the remembered scale otherwise went unnoticed)."""
     cache, fresh = kernel_step_after_append(fresh_seed(), False, alpha)
     step = fresh()
     ops = step.ops
-    tau0 = ops.tau_lower_bound(ops.quest_top_pages(step.upper, step.means, 1, None, 0, 0))
-    mask = ops.pages_above(step.upper, tau0 - 0.5)
+    mask = ops.quest_top_pages(step.upper, step.means, 3, None, 0, 0)
+    if op == "pages_above":
+        mask = ops.pages_above(step.upper, ops.tau_lower_bound(mask) - 0.5)
+    assert bool(mask.any()) and not bool(mask.all())
     want = fresh().ops.tau_lower_bound(mask.clone())
     ops.absmax = torch.full_like(ops.absmax, float("nan"))  # a reduction over the pages would read NaN
     assert torch.equal(ops.tau_lower_bound(mask), want)

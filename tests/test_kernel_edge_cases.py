@@ -46,7 +46,7 @@ def test_quest_select_score_floor_is_reached_by_an_attended_token(dtype, group):
         exact = exact.reshape(cache.batch, cache.num_kv_heads, group, -1)  # [B, Hkv, G, T]
         newest = newest_page_mask(cache)
         for budget, coverage, sink, recent in ((0, 0.0, 0, 0), (1, 0.0, 0, 0), (-1, 0.125, 0, 1), (2, 0.0, 1, 0)):
-            pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+            pages, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
                                                      slopes, S, 16, 1.5, budget, coverage, sink, recent)
             attended = (mask | newest).repeat_interleave(S, -1)[..., : exact.shape[-1]]
             attended = attended & cache.token_mask()[:, None, : exact.shape[-1]]
@@ -242,7 +242,7 @@ def test_quest_select_streamed_rows_read_no_stale_scratch(fill, selections, wide
             mp.setattr(torch, "empty", lambda *a, **k: filled(empty(*a, **k)))
             mp.setattr(torch, "empty_like", lambda *a, **k: filled(empty_like(*a, **k)))
             mp.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: filled(new_empty(self, *a, **k)))
-            pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, lens, None, S, 16,
+            pages, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, lens, None, S, 16,
                                                      1.5, budget, coverage, sink, recent)
         # if this fails, the op no longer allocates a scratch row through these calls: poison
         # whatever holds its streamed keys instead, or this test checks nothing
@@ -286,7 +286,7 @@ def test_quest_select_floor_takes_a_negative_zero_best(dtype, device):
     _, want_floor = torch_selection(cache, q, 1.5, None, upper, means, absmax, newest_max, newest_mag, 1, None, 0, 0)
     assert want_floor.item() == 0.0 and str(want_floor.item()) == "-0.0"  # the torch floor is the best mean
     args = [x.to(device) for x in (upper, means, absmax, newest_max, newest_mag, cache.seq_lens)]
-    pages, count, mask, floor = quest_select(*args, None, S, 16, 1.5, 1, 0.0, 0, 0)
+    pages, count, mask, floor, _ = quest_select(*args, None, S, 16, 1.5, 1, 0.0, 0, 0)
     assert pages.cpu().tolist() == [[[0]]] and count.item() == 1
     assert floor.item() == 0.0, floor  # not the newest-page term −1 − 2γ
 

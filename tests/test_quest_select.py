@@ -115,6 +115,12 @@ def small_blocks(monkeypatch, layout: str) -> None:
         monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
 
 
+def selected_magnitude(mask, absmax):
+    """[B, Hkv, G]: the largest absmax of a selected page per head, 0 where none is (what
+    ``KernelOps.tau_lower_bound`` composes for a mask it did not list)."""
+    return torch.where(mask[:, :, None, :], absmax, torch.zeros_like(absmax)).amax(-1)
+
+
 @pytest.mark.parametrize("dtype, group, layout", [
     (dtype, group, "registers") for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     for group in (1, 2, 4)] + [(torch.float32, 4, "chunked"), (torch.float16, 2, "chunked"),
@@ -136,10 +142,11 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             msg = f"seed {seed} alibi {alibi} α {alpha} budget {budget} coverage {coverage} sink {sink} recent {recent}"
             want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
                                                     newest_mag, budget, coverage, sink, recent)
-            pages, count, mask, floor = quest_select(
+            pages, count, mask, floor, magnitude = quest_select(
                 upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes, S, 16, alpha,
                 -1 if budget is None else budget, 0.0 if coverage is None else coverage, sink, recent)
             assert torch.equal(mask, want_mask.expand_as(mask)), msg
+            assert torch.equal(magnitude, selected_magnitude(mask, absmax)), msg
             assert torch.equal(count, want_mask.expand_as(mask).sum(-1).to(torch.int32)), msg
             for b in range(cache.batch):
                 for h in range(cache.num_kv_heads):
@@ -189,10 +196,15 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
         q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
         want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
                                                 newest_mag, budget, coverage, sink, recent)
-        pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes,
-                                                 S, 16, alpha, -1 if budget is None else budget,
-                                                 0.0 if coverage is None else coverage, sink, recent)
+        pages, count, mask, floor, magnitude = quest_select(upper, means, absmax, newest_max, newest_mag,
+                                                            cache.seq_lens, slopes, S, 16, alpha,
+                                                            -1 if budget is None else budget,
+                                                            0.0 if coverage is None else coverage, sink, recent)
         assert torch.equal(mask, want_mask.expand_as(mask)), msg
+        if means is None:  # no absmax: no magnitude either (it stays 0)
+            assert not magnitude.any(), msg
+        else:
+            assert torch.equal(magnitude, selected_magnitude(mask, absmax)), msg
         assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
         assert torch.equal(floor, want_floor), msg
         # the list is the mask's pages, increasing, then −1 (streamed: a list position and a tie
@@ -221,7 +233,7 @@ def test_quest_select_ranks_keys_in_every_block(top, poison, monkeypatch):
     for budget in (1, 3):
         want_mask, want_floor = torch_selection(cache, q, 1.5, None, upper, None, None, newest_max, newest_mag,
                                                 budget, None, 0, 0)
-        pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S,
+        pages, count, mask, floor, _ = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S,
                                                  16, 1.5, budget, 0.0, 0, 0)
         assert torch.equal(mask, want_mask.expand_as(mask)) and bool(mask[0, 0, top]), (top, budget)
         assert pages[0, 0, : int(count[0, 0])].tolist() == want_mask[0, 0].nonzero().flatten().tolist()
@@ -284,7 +296,7 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monk
         want_mask, want_floor = torch_selection(cache, q, alpha, None, upper, None, None, newest_max, newest_mag,
                                                 budget, coverage, 1, 2)
         allocated.clear()
-        pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
+        pages, count, mask, floor, _ = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
                                                  alpha, -1 if budget is None else budget,
                                                  0.0 if coverage is None else coverage, 1, 2)
         if coverage == 0.3:  # bracket rows (lo, hi, usable, n) and totals (c_lo, c_hi, eligible, slots)
@@ -508,7 +520,7 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wid
         for alpha in (1.0, 1.5):
             want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
                                                     newest_mag, budget, coverage, sink, recent)
-            pages_, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+            pages_, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
                                                       slopes, 16, 128, alpha, -1 if budget is None else budget,
                                                       0.0 if coverage is None else coverage, sink, recent)
             msg = f"seed {seed} budget {budget} coverage {coverage} α {alpha}"
@@ -548,7 +560,7 @@ def test_quest_select_finds_keys_that_only_the_tail_holds(search, where, poison,
     q = torch.zeros(b, hkv * group, 1, 16)
     want_mask, want_floor = torch_selection(cache, q, 1.5, None, upper, None, None, newest_max, newest_mag, budget,
                                             None, 0, 0)
-    pages, count, mask, floor = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
+    pages, count, mask, floor, _ = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
                                              1.5, budget, 0.0, 0, 0)
     msg = f"seed {seed} {where} {search}"
     assert torch.equal(mask, want_mask.expand_as(mask)), msg

@@ -220,7 +220,7 @@ def test_quest_select_ties_across_list_chunks(layout, poison, monkeypatch):
                                                                   recent)
         with monkeypatch.context() as mp:
             made = guarded_empty(mp)
-            pages, count, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+            pages, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
                                                      None, S, 16, 2.0, -1 if budget is None else budget,
                                                      0.0 if coverage is None else coverage, sink, recent)
         assert all(untouched(big, numel) for big, numel in made), msg

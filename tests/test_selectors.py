@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import entmaxkv as ekv
-from helpers import make_cache, random_step
+from helpers import fresh_seed, make_cache, random_step
 from naive import naive_entmax
 
 PAGE = 4
@@ -488,6 +488,47 @@ def test_exact_selector_reads_few_pages_when_bounds_allow_and_matches_fp16():
     assert info.certified.all()
     assert (out.double() - ref).norm() <= 1e-3 * ref.norm() + 1e-3
     assert info.num_pages.max() < 33, f"expected pruning on structured data, read {info.num_pages.tolist()} of 33"
+
+
+def test_exact_rounds_default_to_one_without_a_cap_and_two_with_one():
+    assert ekv.Exact().exclusion_rounds == 1
+    assert ekv.Exact(max_pages=4).exclusion_rounds == 2
+    assert ekv.Exact(rounds=3).exclusion_rounds == 3 and ekv.Exact(rounds=0, max_pages=4).exclusion_rounds == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_uncapped_exact_takes_one_round_and_a_second_only_adds_reads(backend, monkeypatch):
+    """Without a cap the first round's set is certified: the default step takes τ over the
+    seed pages once and attends that set, and its output is dense entmax's. A second round
+    takes τ over the same set (a whole attention on the kernels) to shrink the final one (a
+    subset): the same output, certified too."""
+    from entmaxkv.backend import KernelOps, ReferenceOps
+    from entmaxkv.synthetic import SyntheticStream
+    seed = fresh_seed()
+    stream = SyntheticStream(batch=2, num_kv_heads=2, group=2, head_dim=16, seed=seed, strength=1.5,
+                             spectrum_decay=1.0, dtype=torch.float32)
+    k, v = stream.prompt(400)
+    empty = ekv.PagedKVCache.empty(batch=2, num_kv_heads=2, head_dim=16, capacity=420, dtype=torch.float32)
+    cache = ekv.prefill(empty, k, v, [400, 333])
+    q, kn, vn = stream.step()
+    ops = KernelOps if backend == "triton" else ReferenceOps
+    rounds_run, original = [], ops.pages_above  # one call a round
+    monkeypatch.setattr(ops, "pages_above", lambda self, *a: rounds_run.append(1) or original(self, *a))
+    steps = {}
+    for rounds in (None, 2):
+        rounds_run.clear()
+        config = ekv.DecodeConfig(2.0, ekv.Exact(rounds=rounds), backend=backend)
+        new, out, info = ekv.decode_step(cache.fork(), q, kn, vn, config, with_info=True)
+        steps[rounds] = (len(rounds_run), out, info)
+    dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 2.0)
+    (n1, out1, info1), (n2, out2, info2) = steps[None], steps[2]
+    msg = f"seed {seed}"
+    assert (n1, n2) == (1, 2), msg
+    assert info1.certified.all() and info2.certified.all(), msg
+    assert not (info2.page_mask & ~info1.page_mask).any(), msg  # the second round's set is a subset
+    tolerance = 64 * torch.finfo(torch.float32).eps * new.values().abs().max().item()  # float32 sums
+    for out in (out1, out2):
+        assert (out.double() - dense).abs().max() <= tolerance, msg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -185,7 +185,7 @@ def test_quest_select_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal):
     upper, absmax, means, _, newest_max, newest_mag, _ = page_bounds(
         q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None,
         cache.k_pages, S, scale, False)
-    _, _, mask, floor = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, None, S, 4, 1.5,
+    _, _, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, None, S, 4, 1.5,
                                      1, 0.0, 0, 0)
     assert bool(mask[..., 0].all()), "the page is selected"
     assert bool((floor.double() <= _best_attended(cache, q, scale)).all()), floor
