@@ -117,10 +117,9 @@ DOT_STAGES = 3
 # 399.8, 32-page blocks 500.1 (128: past the shared memory); the same outputs
 DOT_STAGES_WITH_MEAN = 2
 # σ (the Gaussian selector) on the tensor-core form too (``_page_block_dot``: q²·std² as a tf32x3
-# dot), not the CUDA-core σ form. Off: not yet run on a GPU (session 17 wrote it after its last
-# device call). The prediction: the Gaussian step at B = 16, 128K reads its four statistics at
-# the ~2.9 TB/s the form reaches with three (Exact's `page_scores` 275 µs), ~370 µs instead of
-# 545 (perf-log row 90)
+# dot), not the CUDA-core σ form. Off: slower on the H200 (perf-log row 90, session 18 call 1; the
+# Gaussian step on needles at B = 16: 64K 526.1 → 674.0 µs, 128K 912.2 → 1,155.9; predicted
+# ~790 at 128K). Its oracle test passes on CUDA; kept as a tested form, not the default.
 SIGMA_DOT = False
 
 
