@@ -1,6 +1,6 @@
 """A long graph-replayed decode: no host sync, no new Triton specialisation, nothing drifts.
 
-    python benchmarks/soak.py                                   # H200: 64K, 10,000 steps, TopK and Dense
+    python benchmarks/soak.py                                   # H200: 64K, 10,000 steps, every selector
     python benchmarks/soak.py --context 4096 --steps 500        # a quick one
 
 Issue 13's soak target. Per selector (B = 1, Hq/Hkv = 32/8, D = 128, fp16, α = 1.5, inputs
@@ -34,7 +34,8 @@ from entmaxkv.synthetic import SyntheticStream
 sys.path.insert(0, str(Path(__file__).parent))
 from decode import run_meta  # noqa: E402  (the benchmarks' shared run metadata)
 
-SELECTORS = {"TopK 12.5%": ekv.TopK(coverage=0.125), "Dense": ekv.Dense()}
+SELECTORS = {"TopK 12.5%": ekv.TopK(coverage=0.125), "Dense": ekv.Dense(), "Gaussian": ekv.Gaussian(),
+             "Exact": ekv.Exact()}
 
 
 def soak(name: str, selector, args) -> dict:
