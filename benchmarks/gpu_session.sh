@@ -15,6 +15,7 @@
 #   gaussian                                # the Gaussian ops' gpu tests, SIGMA_DOT and the τ kernel's shape
 #                                           # for many rows A/B at B = 16 on needles, the needles table
 #   variants                                # the TopK step with sparse_decode's constants flipped
+#   soak                                    # 10,000 graph replays at 64K with every selector (soak.py)
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
 # a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
@@ -113,13 +114,16 @@ gaussian)  # session 17's open questions: the Gaussian ops' gpu tests (the floor
         --dtypes fp16 --alphas 1.5 --coverages 12.5 --selectors TopK,Gaussian,Exact --reps 20 --rounds 3 \
         --out "$out/needles"
     ;;
+soak)  # issue 13's soak: 10,000 graph replays at 64K a selector, no host sync, no new specialisation
+    timeout 300 python3 benchmarks/soak.py --out "$out/soak" 2>&1 | tail -8 | tee "$out/soak.txt"
+    ;;
 e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
     timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
         --no-compile --out "$out" 2>&1 | tail -6 | tee "$out/e2e.txt"
     ;;
 *)
     echo "unknown phase $phase (verify, select, topk, shapes, b16, sparse, quick, changed, codes, profile, variants," \
-        "gaussian, e2e)" >&2
+        "gaussian, soak, e2e)" >&2
     exit 2
     ;;
 esac

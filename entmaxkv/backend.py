@@ -198,7 +198,7 @@ class ListedMask(NamedTuple):
     count: Tensor  # [B, Hkv] int32
     version: int | None  # the mask's version counter (None when compiling: dynamo cannot read it)
     floor: Tensor | None  # [B, Hkv, G], the attention's score floor, or None: attend computes it
-    magnitude: Tensor | None  # [B, Hkv, G], the kept pages' |score| scale (pages_above), or None
+    magnitude: Tensor | None  # [B, Hkv, G], the kept pages' |score| scale (pages_above, quest_top_pages), or None
 
 
 class KernelOps(PageSets):
@@ -357,6 +357,9 @@ class KernelOps(PageSets):
         listed = self._listed
         if listed is not None and page_mask is listed.mask and listed.magnitude is not None:
             return self._safe_tau(tau, listed.magnitude, listed.count)
+        if self.absmax is None:  # no |score| scale: a bound without it would not be safe
+            raise ValueError("tau_lower_bound needs the page scores' |score| scale (absmax): build the step with "
+                             "page means (needs_means=True)")
         chosen = (page_mask & self.candidates)[:, :, None, :]
         magnitude = torch.where(chosen, self.absmax, torch.zeros_like(self.absmax)).amax(-1)
         return self._safe_tau(tau, magnitude, chosen[:, :, 0].sum(-1))

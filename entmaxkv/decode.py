@@ -101,7 +101,9 @@ def attend_cache(
 
     page_mask = (selection.mask_of(cache) | step.newest) & cache.live_page_mask()[:, None, :]
     bound, certified = dropped_mass_bound(step, page_mask)
-    if selection.certified is not None:  # the selector's proof (token-level bounds): nothing dropped
+    if selection.certified is True:  # the selector's proof for every row: nothing with weight dropped
+        certified, bound = torch.ones_like(certified), torch.zeros_like(bound)
+    elif selection.certified is not None:  # the selector's proof (token-level bounds) for some rows
         certified = certified | selection.certified
         bound = torch.where(selection.certified, torch.zeros_like(bound), bound)
     if selection.tau is not None:

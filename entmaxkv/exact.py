@@ -4,11 +4,15 @@
 so a page whose safe bound satisfies (α-1)·U_p <= τ_subset holds only zero-weight tokens.
 Rounds: compute a safe lower bound of τ over the current set C, then set C to every candidate
 page that bound cannot exclude (for any query head of the group). Excluded tokens have zero
-weight at τ_C, so dropping them leaves τ unchanged, and adding the rest can only raise it:
-τ never decreases from round to round and C never grows after the first round. Without a page
-cap the final set is certified by construction (every page outside it was excluded by a τ no
-larger than the final one); with ``max_pages`` the set is truncated to the best pages and the
-step reports whether the certificate still holds.
+weight at τ_C, so dropping them leaves τ unchanged, and adding the rest can only raise it: the
+exact τ over C never decreases from round to round. The safe bounds are lowered by a rounding
+margin that grows with the set's |score| scale and size, so they need not rise with it, and a
+later round can bring back a page an earlier one excluded. Without a page cap the last round's
+set is certified by construction — every page outside it was excluded by that round's bound, a
+safe lower bound of the true τ — and the selection says so (``info.certified``; the page-level
+re-check of the final set with its own bound can miss by the margin). With ``max_pages`` the
+set is truncated to the best pages and the step reports whether the page-level certificate
+still holds.
 
 With key codes in the cache (``PagedKVCache.empty(..., key_bits=4 or 8)``) the bounds are per
 token instead: see ``exact_codes``. There the attended pages are those holding a candidate
@@ -106,10 +110,15 @@ class Exact(Selector):
             if key is not None:
                 alive = step.ops.top_pages(torch.where(alive, key, torch.full_like(key, float("-inf"))), self.max_pages)
             chosen = alive
-        return Selection(chosen)
+        # Without a cap the exclusion is the proof: every page left out has (α−1)·U <= a safe
+        # lower bound of τ for each head of its group, so it holds no weight, and the set
+        # attended holds the support. (Re-checking the final set with its own τ bound, as the
+        # page-level certificate does, can fail: that bound's rounding margin grows with the
+        # set's |score| scale and size, and a page just below the first bound can sit above it.)
+        proven = self.max_pages is None and self.exclusion_rounds > 0
+        return Selection(chosen, certified=True if proven else None)
 
     def _select_with_codes(self, step: Step) -> Selection:
         found = code_candidates(step, self.top_tokens, self.max_candidates)
         # exact by the argument in exact_codes, and trivially so on the fallback rows
-        certified = torch.ones_like(found.tau_low, dtype=torch.bool)
-        return Selection(found.attended, certified=certified, overflow=found.overflow)
+        return Selection(found.attended, certified=True, overflow=found.overflow)

@@ -140,14 +140,15 @@ class Selection:
     live page (lets a backend skip building a page list). certified: optional [B, Hkv, G]
     bool, the selector's own proof that the exact τ over the pages gives dense entmax
     (``Exact`` with key codes, whose token-level bounds are finer than the page-level
-    certificate). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
-    overflowed and that fell back to every page."""
+    certificate), or True for every row (a proof by construction: no tensor, so a step that
+    asks for no info launches nothing for it). overflow: optional [B, Hkv] bool, rows whose
+    fixed-capacity candidate list overflowed and that fell back to every page."""
 
     page_mask: Tensor | None
     tau: Tensor | None = None
     refine_iters: int = 0
     all_pages: bool = False
-    certified: Tensor | None = None
+    certified: Tensor | bool | None = None
     overflow: Tensor | None = None
 
     def __post_init__(self):

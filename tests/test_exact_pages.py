@@ -151,19 +151,49 @@ def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
 def test_tau_lower_bound_of_an_ops_mask_reads_no_page_scores(op, alpha):
     """``tau_lower_bound`` of the mask ``pages_above`` or ``quest_top_pages`` (``Exact``'s
     initial pages) returned takes the |score| scale the op remembered (no reduction over the
-    page scores: poisoned here) and gives the bits of a reduction, and of another mask reduces
-    (from an independent review: skipping the remembered scale otherwise went unnoticed)."""
+    page scores: poisoned here) and gives the bits of a reduction over the same list and score
+    floor, and of another mask reduces (from an independent review: skipping the remembered
+    scale otherwise went unnoticed). The reduction runs on a fresh step that built the same
+    mask and forgot the scale: the score floor, and so the last bits of τ, are the op's own
+    (``quest_select``'s floor is not ``score_floor``'s)."""
     cache, fresh = kernel_step_after_append(fresh_seed(), False, alpha)
+
+    def build(ops, step):
+        mask = ops.quest_top_pages(step.upper, step.means, 3, None, 0, 0)
+        if op == "pages_above":
+            mask = ops.pages_above(step.upper, ops.tau_lower_bound(mask) - 0.5)
+        return mask
+
     step = fresh()
     ops = step.ops
-    mask = ops.quest_top_pages(step.upper, step.means, 3, None, 0, 0)
-    if op == "pages_above":
-        mask = ops.pages_above(step.upper, ops.tau_lower_bound(mask) - 0.5)
+    mask = build(ops, step)
     assert bool(mask.any()) and not bool(mask.all())
-    want = fresh().ops.tau_lower_bound(mask.clone())
+    forgetful = fresh()
+    same = build(forgetful.ops, forgetful)
+    assert torch.equal(same, mask)
+    forgetful.ops._listed = forgetful.ops._listed._replace(magnitude=None)
+    want = forgetful.ops.tau_lower_bound(same)
     ops.absmax = torch.full_like(ops.absmax, float("nan"))  # a reduction over the pages would read NaN
     assert torch.equal(ops.tau_lower_bound(mask), want)
     assert bool(ops.tau_lower_bound(mask.clone()).isnan().any())  # another mask does reduce
+
+
+def test_tau_lower_bound_without_page_means_raises():
+    """A step without page means has no |score| scale: ``tau_lower_bound`` of any mask —
+    ``quest_top_pages``' without means among them (its magnitude output is then 0, not a
+    scale) — raises instead of returning a bound that is not safe."""
+    from entmaxkv.backend import append, build_step
+    from helpers import make_cache, random_step
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 16, torch.float32)
+    cache, _ = append(cache, k, v, True)
+    step = build_step(cache, q, 1.5, 0.25, None, kernels=True, needs_sigma=False, needs_means=False)
+    assert step.means is None
+    for mask in (step.ops.quest_top_pages(step.upper, None, 3, None, 0, 0), torch.ones_like(step.ops.candidates)):
+        with pytest.raises(ValueError, match="absmax"):
+            step.ops.tau_lower_bound(mask)
 
 
 def test_reference_tau_lower_bound_includes_the_newest_page():

@@ -220,15 +220,16 @@ def test_quest_select_ties_across_list_chunks(layout, poison, monkeypatch):
                                                                   recent)
         with monkeypatch.context() as mp:
             made = guarded_empty(mp)
-            pages, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
-                                                     None, S, 16, 2.0, -1 if budget is None else budget,
-                                                     0.0 if coverage is None else coverage, sink, recent)
+            pages, count, mask, floor, magnitude = quest_select(
+                upper, means, absmax, newest_max, newest_mag, cache.seq_lens, None, S, 16, 2.0,
+                -1 if budget is None else budget, 0.0 if coverage is None else coverage, sink, recent)
         assert all(untouched(big, numel) for big, numel in made), msg
         m = list_capacity(p, -1 if budget is None else budget, 0.0 if coverage is None else coverage, sink, recent)
         assert pages.shape == (len(lens), 1, m), msg
         assert torch.equal(mask, want_mask), msg
         assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
         assert torch.equal(floor, want_floor), msg
+        assert torch.equal(magnitude, test_quest_select.selected_magnitude(mask, absmax)), msg
         for row, n, keep in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
             assert row[: int(n)].tolist() == keep.nonzero().flatten().tolist(), msg
             assert bool((row[int(n):] == -1).all()), msg
