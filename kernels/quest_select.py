@@ -31,10 +31,7 @@ upper bound per head, then the chunk's rank keys from the row's maxima — then 
 page block) grid counts, for each key, the row's keys above it and at or above
 it — the k-th largest is the key with fewer than k above and at least k at or above — so the
 threshold costs no dependent passes, only n² comparisons spread over many programs; the list
-programs then count the keys before their chunk themselves. A longer row whose page budget
-keeps at most ``TOPS_PAGES`` pages (``Exact``'s initial pages) is ranked from its chunks' tops:
-the keys programs also write their chunk's largest keys and one program a row ranks only those
-(``_tops_rank_kernel``; the list programs count as after ranking). Other longer rows take one program per
+programs then count the keys before their chunk themselves. Longer rows take one program per
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES``, ``RADIX`` and ``SAMPLE``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
@@ -118,14 +115,6 @@ TAIL_BLOCKS = True
 RANK_PAGES = 1024
 RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_WARPS = 4
-# a row longer than RANK_PAGES whose selection keeps at most TOPS_PAGES pages whatever its
-# length (a page budget, not a coverage: ``Exact``'s initial pages) skips the search too: each
-# keys program also writes its chunk's TOPS (next_pow2 of the most kept) largest keys, and one
-# program a row ranks those chunks × TOPS keys (``_tops_rank_kernel``). The k-th largest key
-# of the row is the k-th largest of them when k <= TOPS: a key of the row's top k has fewer
-# than k keys above it, so fewer than TOPS in its chunk. 0: always search
-TOPS_PAGES = 16
-TOPS_WARPS = 4
 
 
 def search_block(num_pages: int, streams: bool = True) -> tuple[int, int]:
@@ -198,60 +187,33 @@ def _chunk_best_upper_kernel(
 
 
 @triton.jit
-def _chunk_keys(upper, chunk_best, keys, lin_hi, lin_mid, lin_lo, sink, recent, row, chunk, n, P, NCHUNK,
-                G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
-                WORK: tl.constexpr):
-    """The rank keys of one chunk of a row's pages, stored for pages < n and returned [CHUNK]
-    (−inf past n)."""
-    gs = tl.arange(0, G_PAD)
-    cs = tl.arange(0, NCHUNK_PAD)
-    # L_h: the best candidate upper bound of head h, over the row's chunks
-    partial = tl.load(chunk_best + (row * NCHUNK + cs[None, :]) * G + gs[:, None],
-                      mask=(gs[:, None] < G) & (cs[None, :] < NCHUNK), other=float("-inf"))
-    attained = tl.max(partial, axis=1)
-    lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
-    idx = chunk * CHUNK + tl.arange(0, CHUNK)
-    cand = idx < n
-    u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & cand[None, :],
-                other=float("-inf")).to(WORK)
-    # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
-    key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
-    forced = cand & ((idx < sink) | (idx >= n - recent))
-    key = tl.where(forced, float("inf"), key)
-    tl.store(keys + row * P + idx, key, mask=cand)
-    return tl.where(cand, key, float("-inf"))
-
-
-@triton.jit
 def _keys_kernel(
-    upper, chunk_best, seq_lens, keys, tops, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
+    upper, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
-    WORK: tl.constexpr, TOPS: tl.constexpr = 0, NBITS: tl.constexpr = 32, INT: tl.constexpr = tl.int32,
-    PDL: tl.constexpr = False,
+    WORK: tl.constexpr, PDL: tl.constexpr = False,
 ):
     """The rank keys of one chunk of a row's pages, into ``keys`` (pages < n only: the
-    selection reads no further). ``TOPS`` > 0: also the chunk's TOPS largest keys as ordered
-    ints (``_eligible_ordered``; the lowest int past its eligible keys), in decreasing order,
-    into ``tops`` [rows, NCHUNK, TOPS] — for every chunk, those past n too."""
+    selection reads no further)."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
-    if TOPS > 0:
-        key = _chunk_keys(upper, chunk_best, keys, lin_hi, lin_mid, lin_lo, sink, recent, row, chunk, n, P, NCHUNK,
-                          G, G_PAD, CHUNK, NCHUNK_PAD, WORK)
-        u = _eligible_ordered(key, INT, NBITS)
-        lanes = tl.arange(0, CHUNK)
-        lowest = tl.full((CHUNK,), -(2 ** (NBITS - 1)), INT)
-        out = tops + (row * NCHUNK + chunk) * TOPS
-        for i in tl.static_range(TOPS):  # the largest left, then one lane holding it set aside
-            best = tl.max(u, axis=0)
-            tl.store(out + i, best)
-            first = tl.min(tl.where(u == best, lanes, CHUNK), axis=0)
-            u = tl.where(lanes == first, lowest, u)
-    elif chunk * CHUNK < n:
-        _chunk_keys(upper, chunk_best, keys, lin_hi, lin_mid, lin_lo, sink, recent, row, chunk, n, P, NCHUNK,
-                    G, G_PAD, CHUNK, NCHUNK_PAD, WORK)
+    if chunk * CHUNK < n:
+        gs = tl.arange(0, G_PAD)
+        cs = tl.arange(0, NCHUNK_PAD)
+        # L_h: the best candidate upper bound of head h, over the row's chunks
+        partial = tl.load(chunk_best + (row * NCHUNK + cs[None, :]) * G + gs[:, None],
+                          mask=(gs[:, None] < G) & (cs[None, :] < NCHUNK), other=float("-inf"))
+        attained = tl.max(partial, axis=1)
+        lin_w = _float64_of(lin_hi, lin_mid, lin_lo).to(WORK)
+        idx = chunk * CHUNK + tl.arange(0, CHUNK)
+        cand = idx < n
+        u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & cand[None, :],
+                    other=float("-inf")).to(WORK)
+        # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
+        key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
+        forced = cand & ((idx < sink) | (idx >= n - recent))
+        tl.store(keys + row * P + idx, tl.where(forced, float("inf"), key), mask=cand)
 
 
 @triton.jit
@@ -342,41 +304,6 @@ def _rank_kernel(
             tl.store(found + row * 2, none.to(tl.int64))
             tl.store(found + row * 2 + 1, tl.zeros((), tl.int64))
         _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
-
-
-@triton.jit
-def _tops_rank_kernel(
-    tops, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude, budget, sink, recent, two_gamma, H, P,
-    R, G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, ROW: tl.constexpr, BLOCK: tl.constexpr,
-    NBITS: tl.constexpr, INT: tl.constexpr, WORK: tl.constexpr, PDL: tl.constexpr = False,
-):
-    """``_rank_kernel``'s (count, t, ties wanted) for one row from its R = chunks × TOPS chunk
-    tops (``_keys_kernel``; ROW >= R lanes): the count k <= TOPS, and t the largest key with at
-    least k keys at or above it — the k-th largest of the tops, which is the row's (see
-    ``TOPS_PAGES``), as are the keys above it, all among the tops. Also the floor's newest-page
-    term."""
-    pdl_enter(PDL)
-    tl.static_assert(ROW < 2**31, "a row's counts are int32")
-    row = tl.program_id(0).to(tl.int64)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
-    base = tops + row * R
-    lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
-    j = tl.arange(0, ROW)
-    u_j = tl.load(base + j, mask=j < R, other=lowest)
-    eligible = tl.sum((u_j > lowest).to(tl.int32))
-    k = tl.minimum(tl.minimum(_wanted(n, budget, 0, 0, 0, sink, recent, False), eligible), P)
-    t = lowest
-    for start in range(0, ROW, BLOCK):  # BLOCK keys at a time against the whole row
-        i = start + tl.arange(0, BLOCK)
-        u_i = tl.load(base + i, mask=i < R, other=lowest)
-        ge = tl.sum((u_j[None, :] >= u_i[:, None]).to(tl.int32), axis=1)
-        t = tl.maximum(t, tl.max(tl.where((u_i > lowest) & (ge >= k), u_i, lowest), axis=0))
-    gt = tl.sum((u_j > t).to(tl.int32))
-    none = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
-    tl.store(kept + row, k)
-    tl.store(found + row * 2, tl.where(k > 0, t, none).to(tl.int64))
-    tl.store(found + row * 2 + 1, tl.where(k > 0, k - gt, 0).to(tl.int64))
-    _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
 
 
 @triton.jit
@@ -594,17 +521,10 @@ def quest_select(
     wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
         upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS,
         **pdl_kwargs(upper, "quest_select"))
-    wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
-    ranked = p <= RANK_PAGES
-    most = max(budget_pages, sink_pages + recent_pages)  # the most a page budget keeps, whatever n
-    by_tops = not ranked and budget_pages >= 0 and most <= TOPS_PAGES
-    top_keys = max(2, next_pow2(most)) if by_tops else 0
-    tops = torch.empty((b * hkv * chunks * top_keys,) if by_tops else (1,), dtype=torch.int64 if wide else torch.int32,
-                       device=upper.device)
     wrap_triton(_keys_kernel)[(b * hkv, chunks)](
-        upper, chunk_best, seq_lens, keys, tops, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
+        upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
         sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
-        TOPS=top_keys, **wide_ints, num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
+        num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
     block, tail = search_block(p)
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
@@ -612,16 +532,10 @@ def quest_select(
     found = torch.empty((b, hkv, 2), dtype=torch.int64, device=upper.device)  # threshold, ties wanted
     # the search's per-chunk counts (a ranked row's list programs count for themselves)
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
+    wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
+    ranked = p <= RANK_PAGES
     counted = False
-    if by_tops:
-        width = chunks * top_keys
-        row = max(16, next_pow2(width))
-        wrap_triton(_tops_rank_kernel)[(b * hkv,)](
-            tops, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude, budget_pages, sink_pages,
-            recent_pages, 2 * rounding_gamma(work, head_dim), hkv, p, width, ROW=row,
-            BLOCK=max(1, min(row, RANK_PAIRS // row)), **wide_ints, **kinds, num_warps=TOPS_WARPS,
-            **pdl_kwargs(upper, "quest_select"))
-    elif ranked:
+    if ranked:
         row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
         pairs = max(1, RANK_PAIRS // (row + row_tail))
         rank_block = min(64, row, 1 << (pairs.bit_length() - 1))  # a power of two
@@ -666,8 +580,7 @@ def quest_select(
         keys, upper if means is None else means, upper if absmax is None else absmax, seq_lens,
         alibi_slopes if alibi_slopes is not None else upper, kept, found, taken_before, pages, mask, floor, magnitude,
         mean_slack(work, page_size, head_dim), hkv, p, m, lists,
-        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None,
-        COUNT_BEFORE=ranked or by_tops,
+        LIST=list_pages, HAS_ALIBI=alibi_slopes is not None, HAS_MEANS=means is not None, COUNT_BEFORE=ranked,
         SUM_BEFORE=counted, NLIST_PAD=max(2, next_pow2(lists)) if counted else 1,
         **wide_ints, **kinds, num_warps=LIST_WARPS, **pdl_kwargs(upper, "quest_select")
     )

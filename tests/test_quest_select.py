@@ -95,17 +95,7 @@ def small_blocks(monkeypatch, layout: str) -> None:
     9–37 pages are held as a power-of-two block and a tail block (``search_block``: 37 pages
     as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
-    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes). The searched layouts
-    search whatever the budget; ``tops``: a page budget of at most ``TOPS_PAGES`` (16) takes
-    the chunk tops (``_tops_rank_kernel``) from 4-page chunks, ``tops one chunk`` from one
-    chunk a row (the others still search)."""
-    if layout.startswith("tops"):
-        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
-        monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 4)
-        if layout == "tops":
-            monkeypatch.setattr("entmaxkv.kernels.quest_select.CHUNK", 4)
-        return
-    monkeypatch.setattr("entmaxkv.kernels.quest_select.TOPS_PAGES", 0)
+    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes)."""
     if layout == "ranked one block":
         layout = "ranked"
         monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
@@ -137,8 +127,7 @@ def selected_magnitude(mask, absmax):
                                (torch.float32, 2, "one block"), (torch.float64, 4, "one block"),
                                (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
     + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
-                                                     (torch.float64, 2))]
-    + [(torch.float32, 4, "tops"), (torch.bfloat16, 2, "tops"), (torch.float64, 1, "tops one chunk")])
+                                                     (torch.float64, 2))])
 def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison, monkeypatch):
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
@@ -168,7 +157,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 
 
 @pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked",
-                                    "ranked one block", "tops", "tops one chunk"])
+                                    "ranked one block"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
@@ -225,15 +214,14 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
             assert bool((row[int(n):] == -1).all()), msg
 
 
-@pytest.mark.parametrize("layout", ["ranked", "tops"])
 @pytest.mark.parametrize("top", [0, 17, 35, 38])
-def test_quest_select_ranks_keys_in_every_block(top, layout, poison, monkeypatch):
+def test_quest_select_ranks_keys_in_every_block(top, poison, monkeypatch):
     """Ranked rows of 40 pages in 4-page rank blocks and 4-page list chunks, the best key at
     page ``top`` (38: the last rank block holding a candidate, 39 is the newest page), budget 1
     and 3: the selection is that page (and the next best), wherever its block is — a rank grid
     one block short, or a block skipped, loses it. (Review of session 10: no other test put a
-    candidate in a row's last rank block.) ``tops``: the same in 4-page chunks' tops."""
-    small_blocks(monkeypatch, layout)
+    candidate in a row's last rank block.)"""
+    small_blocks(monkeypatch, "ranked")
     p, group = 40, 2
     cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=16, capacity=p * S, page_size=S,
                                    dtype=torch.float32)
@@ -252,7 +240,7 @@ def test_quest_select_ranks_keys_in_every_block(top, layout, poison, monkeypatch
         assert torch.equal(floor, want_floor)
 
 
-@pytest.mark.parametrize("layout", ["chunked", "streamed", "ranked", "tops"])
+@pytest.mark.parametrize("layout", ["chunked", "streamed", "ranked"])
 def test_quest_select_reads_no_key_past_the_candidates(layout, finite_poison, monkeypatch):
     """As ``test_quest_select_on_random_page_scores_with_ties``, with torch.empty handing out
     floats filled with 1e30 instead of NaN: the rank keys past the n candidates are never
@@ -287,7 +275,6 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monk
     monkeypatch.setattr("entmaxkv.kernels.quest_select.LIST_CHUNK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.COUNT_CHUNK", 64)
     monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAGES", 0)
-    monkeypatch.setattr("entmaxkv.kernels.quest_select.TOPS_PAGES", 0)  # budget 3 searches too
     use_sample(monkeypatch, gather)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -303,21 +290,15 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monk
         newest_max = torch.randn(b, hkv, group, generator=g, dtype=dtype)
         newest_mag = newest_max.abs() + 1
         off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
-        means = absmax = None
-        if budget in (150, 3):  # with the floor's means and the magnitude's absmax too
-            means = upper - torch.rand(upper.shape, generator=g, dtype=dtype)
-            absmax = upper.abs() + torch.rand(upper.shape, generator=g, dtype=dtype)
-            means, absmax = (x.masked_fill(off, float("nan")) for x in (means, absmax))
         upper = upper.masked_fill(off, float("nan"))
         msg = f"seed {seed} budget {budget} coverage {coverage} GATHER {gather}"
         q = torch.zeros(b, hkv * group, 1, 16, dtype=dtype)
-        want_mask, want_floor = torch_selection(cache, q, alpha, None, upper, means, absmax, newest_max, newest_mag,
+        want_mask, want_floor = torch_selection(cache, q, alpha, None, upper, None, None, newest_max, newest_mag,
                                                 budget, coverage, 1, 2)
         allocated.clear()
-        pages, count, mask, floor, magnitude = quest_select(upper, means, absmax, newest_max, newest_mag,
-                                                            cache.seq_lens, None, S, 16, alpha,
-                                                            -1 if budget is None else budget,
-                                                            0.0 if coverage is None else coverage, 1, 2)
+        pages, count, mask, floor, _ = quest_select(upper, None, None, newest_max, newest_mag, cache.seq_lens, None, S, 16,
+                                                 alpha, -1 if budget is None else budget,
+                                                 0.0 if coverage is None else coverage, 1, 2)
         if coverage == 0.3:  # bracket rows (lo, hi, usable, n) and totals (c_lo, c_hi, eligible, slots)
             bracket = next(t for t in allocated if t.dtype == torch.int64 and t.shape == (b, hkv, 4))
             totals = next(t for t in allocated if t.dtype == torch.int32 and t.shape == (b, hkv, 4))
@@ -327,8 +308,6 @@ def test_quest_select_on_sampled_streamed_rows(wide, gather, finite_poison, monk
             assert all(0 < int(between[i, j]) <= 4096 for i, j in smooth), f"{msg}: {between}"
         assert torch.equal(mask, want_mask.expand_as(mask)), msg
         assert torch.equal(floor, want_floor), msg
-        if absmax is not None:
-            assert torch.equal(magnitude, selected_magnitude(mask, absmax)), msg
         for row, n, m in zip(pages.flatten(0, 1), count.flatten(), mask.flatten(0, 1)):
             assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
             assert bool((row[int(n):] == -1).all()), msg
@@ -537,15 +516,13 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wid
     newest_mag = newest_max.abs() + 1
     slopes = torch.rand(hkv * group, generator=g, device="cuda", dtype=work) * 0.01
     q = torch.zeros(b, hkv * group, 1, 128, device="cuda", dtype=dtype)
-    # budget 8: the chunk tops (``_tops_rank_kernel``), as Exact's initial pages take them
-    for budget, coverage, sink, recent in ((None, 0.125, 1, 4), (256, None, 2, 0), (None, 0.0625, 0, 0),
-                                           (8, None, 1, 2)):
+    for budget, coverage, sink, recent in ((None, 0.125, 1, 4), (256, None, 2, 0), (None, 0.0625, 0, 0)):
         for alpha in (1.0, 1.5):
             want_mask, want_floor = torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max,
                                                     newest_mag, budget, coverage, sink, recent)
-            pages_, count, mask, floor, magnitude = quest_select(
-                upper, means, absmax, newest_max, newest_mag, cache.seq_lens, slopes, 16, 128, alpha,
-                -1 if budget is None else budget, 0.0 if coverage is None else coverage, sink, recent)
+            pages_, count, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens,
+                                                      slopes, 16, 128, alpha, -1 if budget is None else budget,
+                                                      0.0 if coverage is None else coverage, sink, recent)
             msg = f"seed {seed} budget {budget} coverage {coverage} α {alpha}"
             assert torch.equal(mask, want_mask.expand_as(mask)), msg
             assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
@@ -553,7 +530,6 @@ def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wid
             n = int(count.max())
             assert torch.equal(torch.where(first[..., :n] == pages, -1, first[..., :n]).int(), pages_[..., :n]), msg
             assert torch.equal(floor, want_floor), msg
-            assert torch.equal(magnitude, selected_magnitude(mask, absmax)), msg
 
 
 @pytest.mark.parametrize("search", ["interpolate", "radix1", "radix2"])
