@@ -1,8 +1,9 @@
 """Exact with key codes on the GPU: the code-scan decode step against torch SDPA in the same
 run (CUDA-graph timing), with a correctness check against the torch path and dense entmax.
 
-    python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1, Hq=32/Hkv=8, D=128, fp16, α=1.5
+    python benchmarks/keycodes_gpu.py                 # 8K, 64K, 128K; B=1 (--batch), Hq=32/Hkv=8, D=128, fp16, α=1.5
     python benchmarks/keycodes_gpu.py --contexts 8192 --bits 4,8 --compiled
+    python benchmarks/keycodes_gpu.py --contexts 65536,131072 --batch 16 --paths cores   # B = 16
     python benchmarks/keycodes_gpu.py --contexts 131072 --seed-chunk 1024   # the seed's chunk (code_scan.SEED_CHUNK)
     python benchmarks/keycodes_gpu.py --contexts 65536,131072 --paths dot,cores   # both scoring paths (the default)
     python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;NEWEST_IN_SCAN=True"
@@ -124,7 +125,7 @@ def compare_paths(args_, bits, scale, row, core_launch, defaults) -> None:
 
 
 def bench(args, n, bits, bandwidth, log, path="dot", outputs=None, variant="base") -> dict:
-    b, hq, hkv, d, dtype, alpha = 1, args.hq, args.hkv, 128, torch.float16, args.alpha
+    b, hq, hkv, d, dtype, alpha = args.batch, args.hq, args.hkv, 128, torch.float16, args.alpha
     row = dict(context=n, bits=bits, batch=b, hq=hq, hkv=hkv, d=d, dtype="fp16", alpha=alpha, data=args.data,
                path=path, launch=[code_scan.BLOCK_P, code_scan.NUM_WARPS], variant=variant)
     if args.data == "needles":
@@ -194,6 +195,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="8192,65536,131072")
     parser.add_argument("--bits", default="4")
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--hq", type=int, default=32)
     parser.add_argument("--hkv", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=1.5)

@@ -68,7 +68,8 @@ def _above_kernel(
     m = tl.load(means + at, mask=ok & keep[None, :], other=0.0)
     room = slack * a  # exact: slack is a power of two
     if HAS_ALIBI:  # the mean carries the page-centre bias; a token may sit (S − 1)/2 positions lower
-        spread = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0)).to(a.dtype) * (S - 1) / 2
+        # · 0.5, not / 2: an exact multiply (gaussian_select's note)
+        spread = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0)).to(a.dtype) * (S - 1) * 0.5
         room = room + spread[:, None]
     best = tl.max(tl.where(ok & keep[None, :], m - room, float("-inf")), axis=1)
     tl.store(chunk_floor + (row * NCHUNK + chunk) * G + gs, best, mask=gs < G)

@@ -471,7 +471,7 @@ def _list_kernel(
         slack = tl.cast(slack_c, WORK) * a
         if HAS_ALIBI:
             slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=gs < G, other=0.0).to(WORK))
-            slack = slack + (slope * (S - 1) / 2)[:, None]
+            slack = slack + (slope * (S - 1) * 0.5)[:, None]  # · 0.5, not / 2 (gaussian_select's note)
         best = tl.max(tl.where(chosen, mu - slack, float("-inf")), axis=1)
         tl.atomic_max(floor + row * G + gs, best, mask=(gs < G) & (best > float("-inf")))
         # absmax >= 0, and 0 where nothing is chosen: the max of the same values in any order
