@@ -53,10 +53,12 @@ def safe_tau_lower_bound(
 def pages_above(upper: Tensor, tau_low: Tensor, candidates: Tensor, alpha: float) -> Tensor:
     """[B, Hkv, P] bool: the candidate pages ([B, 1 or Hkv, P] bool) whose safe bound U
     ([B, Hkv, G, P]) some query head could place above its τ lower bound tau_low ([B, Hkv, G]
-    float64): (α−1)·U_hp > τ_low_h for some h. Every other page holds only tokens of zero
+    float64): not (α−1)·U_hp <= τ_low_h for some h. Every other page holds only tokens of zero
     weight (their scores s <= U_p give (α−1)·s − τ <= 0 at the true τ >= τ_low): ``Exact``'s
-    exclusion round (the kernel ops run it as one op, ``entmaxkv::pages_above``)."""
-    return (lin(alpha) * upper.double() > tau_low.unsqueeze(-1)).any(2) & candidates
+    exclusion round (the kernel ops run it as one op, ``entmaxkv::pages_above``). A NaN bound
+    or τ_low excludes nothing (the comparison proves nothing): the step then attends the page
+    and its NaN reaches the output, as dense entmax's does."""
+    return (~(lin(alpha) * upper.double() <= tau_low.unsqueeze(-1))).any(2) & candidates
 
 
 def dropped_mass_bound(step: "Step", page_mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -44,13 +44,15 @@ class Exact(Selector):
     initial_pages: pages seeding τ, chosen by the group ranking of ``TopK``; default 8.
     rounds: exclusion rounds (fixed, no data-dependent control flow); ``None`` (default) means
         1 without ``max_pages`` and 2 with it. Without a cap the first round's set is already
-        certified: a further round would attend that whole set to shrink the one the final
-        attention reads — more bytes read and launches for the same output. With a cap, rounds
-        shrink the set before the cap truncates it (a truncated set is certified only if what
-        it drops is excluded).
+        certified: a further round would attend that whole set to select the one the final
+        attention reads again (from a τ bound over it) — more bytes read and launches for the
+        same output. With a cap, rounds narrow the set before the cap truncates it (a
+        truncated set is certified only if what it drops is excluded). 0: the seed pages
+        alone, certified only where the page-level check says so.
     max_pages: static cap on the full pages attended; ``None`` (default) means no cap, and
-        then every step is certified — at the cost of reading whatever the bounds cannot
-        exclude (on real attention page bounds are loose: see ../shared/FINDINGS.md).
+        then every step with at least one round is certified — at the cost of reading
+        whatever the bounds cannot exclude (on real attention page bounds are loose: see
+        ../shared/FINDINGS.md). A NaN bound excludes nothing: NaN keys reach the output.
     With key codes (``use_codes`` and a cache with ``key_bits``), the three options above are
     unused and these apply; every step is then certified:
     top_tokens: seed pages per query head: the pages split into ``top_tokens`` residue

@@ -59,7 +59,7 @@ def _above_kernel(
     c = _float64_of(c_hi, c_mid, c_lo)
     u = tl.load(upper + at, mask=ok, other=0.0).to(tl.float64)
     t = tl.load(tau_low + row * G + gs, mask=gs < G, other=0.0)
-    above = ok & (c * u > t[:, None])
+    above = ok & ~(c * u <= t[:, None])  # a NaN bound or τ_low excludes nothing (certificate.pages_above)
     keep = cand & (tl.max(above.to(tl.int32), axis=0) > 0)
     tl.store(mask + row * P + idx, keep, mask=idx < P)
     tl.store(kept + row * NCHUNK + chunk, tl.sum(keep.to(tl.int32)))

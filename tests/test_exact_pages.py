@@ -83,9 +83,15 @@ def test_pages_above_keeps_everything_or_nothing_at_the_extremes(poison):
                                                    *args)
     assert not bool(mask.any()) and not bool(count.any()) and not bool(magnitude.any())
     assert torch.equal(floor, newest), "no page kept: the newest page's floor"
-    nan = torch.full_like(tau_low, float("nan"))  # a NaN bound compares false: no page kept
+    nan = torch.full_like(tau_low, float("nan"))  # a NaN bound proves nothing: every page kept
     _, _, mask, _, _ = pages_above(upper, absmax, means, nan, newest, *args)
-    assert torch.equal(mask, torch_pages_above(upper, nan, candidates, 1.5)) and not bool(mask.any())
+    assert torch.equal(mask, torch_pages_above(upper, nan, candidates, 1.5))
+    assert torch.equal(mask, candidates.expand_as(mask))
+    nan_upper = upper.clone()
+    nan_upper[:, :, 0, 1] = float("nan")  # one head's bound of page 1: that page kept, whatever τ_low
+    _, _, mask, _, _ = pages_above(nan_upper, absmax, means, torch.full_like(tau_low, 1e30), newest, *args)
+    assert torch.equal(mask, torch_pages_above(nan_upper, torch.full_like(tau_low, 1e30), candidates, 1.5))
+    assert torch.equal(mask, candidates.expand_as(mask) & (torch.arange(mask.shape[-1]) == 1))
 
 
 def test_pages_above_opcheck():
