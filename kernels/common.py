@@ -79,11 +79,16 @@ def rho_slope(x, inv_power, KIND: tl.constexpr):
 
 @triton.jit
 def page_stats_of(keys, S: tl.constexpr):
-    """min, max, mean and population std over the S rows of a [S, D] block (work dtype)."""
+    """min, max, mean and population std over the S rows of a [S, D] block (work dtype). A NaN
+    in a column makes its min and max NaN, as torch's ``amin``/``amax`` (the reference's): a
+    reduction's min/max skips NaN, and a page's bounds must not hide a NaN key."""
     mean = tl.sum(keys, axis=0) / S
     centred = keys - mean[None, :]
     std = tl.sqrt(tl.sum(centred * centred, axis=0) / S)
-    return tl.min(keys, axis=0), tl.max(keys, axis=0), mean, std
+    has_nan = tl.max((keys != keys).to(tl.int32), axis=0) > 0
+    lo = tl.where(has_nan, float("nan"), tl.min(keys, axis=0))
+    hi = tl.where(has_nan, float("nan"), tl.max(keys, axis=0))
+    return lo, hi, mean, std
 
 
 def register_batch_rule(op, batch_args: tuple[int, ...]) -> None:

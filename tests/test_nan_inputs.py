@@ -234,3 +234,64 @@ def test_a_nan_in_a_splits_first_chunk_is_not_forgotten_by_its_last(alpha, devic
     if alpha > 1.0:
         assert torch.equal(tau.isnan(), nan_rows), msg
     close_where_finite(out, want[:, :, 0], ~nan_rows, 2e-5, msg)
+
+
+def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False):
+    """One KV head, D = 4, pages of 4: 32 prompt tokens, then 5 decode steps (``Dense``) whose
+    first key has a NaN in channel 2 (``seed``: the draws) — page 8 fills holding it, page 9 is the newest. Random
+    prompt keys, or (``unseeded``) page 0 scoring 20 and every other key far lower, page 8's
+    other channels included, so that page 8's finite bounds alone would exclude it. -> (cache,
+    q, generator)."""
+    d, s = 4, 4
+    g = torch.Generator().manual_seed(seed)
+    if unseeded:
+        k = torch.zeros(1, 1, 32, d)
+        k[0, 0, 0:4] = torch.tensor([5.0, 5.0, 0.0, 0.0])
+    else:
+        k = torch.randn(1, 1, 32, d, generator=g)
+    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s,
+                                   dtype=torch.float32, key_bits=key_bits)
+    cache = ekv.prefill(empty, k, torch.randn(1, 1, 32, d, generator=g), [32])
+    q = torch.tensor([2.0, 2.0, 0.0, 0.0]).reshape(1, 1, 1, d)
+    for i in range(5):
+        k_new = torch.tensor([-3.0, -3.0, 0.0, 0.0]).reshape(1, 1, 1, d) if unseeded else \
+            torch.randn(1, 1, 1, d, generator=g)
+        if i == 0:
+            k_new[..., 2] = float("nan")
+        cache, _ = ekv.decode_step(cache, q, k_new, torch.randn(1, 1, 1, d, generator=g),
+                                   ekv.DecodeConfig(1.5, ekv.Dense(), backend=backend))
+    return cache, q, g
+
+
+@pytest.mark.parametrize("key_bits", [None, 4])
+def test_a_nan_key_makes_its_pages_min_and_max_nan_on_both_backends(key_bits):
+    """The page a NaN key fills gets NaN min and max in that channel on the Triton ops as in the
+    torch reference (torch's amin/amax): a page's bounds must not hide a NaN key. Until session
+    19 the ops' min/max reductions skipped it, and page-box ``Exact`` could exclude the page by
+    its finite bounds and call the finite output certified."""
+    seed = fresh_seed()
+    (torch_cache, _, _), (ops_cache, _, _) = (cache_with_a_nan_key(b, seed, key_bits) for b in ("torch", "triton"))
+    for stat in ("k_min", "k_max"):
+        ref, got = getattr(torch_cache, stat)[0, 0, 8], getattr(ops_cache, stat)[0, 0, 8]
+        assert bool(ref[2].isnan()) and bool(got[2].isnan()), (stat, ref, got)
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("unseeded", [False, True])
+@pytest.mark.parametrize("rounds", [None, 2])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_exact_with_a_nan_key_gives_nan_as_dense_does(backend, rounds, unseeded):
+    """A NaN key in a full page makes dense entmax NaN. Its page's bounds (NaN min and max), or
+    the τ bound of a set holding it, are NaN, and a NaN comparison proves nothing: ``Exact``
+    attends the page and its output is NaN too — never a finite output called certified (from
+    an independent review: the exclusion dropped the page once the step stopped re-checking
+    its set; ``unseeded``: a page no seed holds, which its finite bounds excluded on the ops
+    while their min/max skipped NaN)."""
+    cache, q, g = cache_with_a_nan_key(backend, fresh_seed(), unseeded=unseeded)
+    d = q.shape[-1]
+    config = ekv.DecodeConfig(1.5, ekv.Exact(initial_pages=1 if unseeded else 8, rounds=rounds), backend=backend)
+    new, out, info = ekv.decode_step(cache, q, torch.zeros(1, 1, 1, d), torch.randn(1, 1, 1, d, generator=g), config,
+                                     with_info=True)
+    dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 1.5)
+    assert bool(dense.isnan().all())
+    assert bool(out.isnan().all()), (info.page_mask, out)

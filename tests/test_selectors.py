@@ -596,33 +596,6 @@ def test_exact_without_rounds_is_not_certified_when_it_drops_the_support(backend
     assert (out.double() - dense).abs().max() <= 1e-6
 
 
-@pytest.mark.parametrize("rounds", [None, 2])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_exact_with_a_nan_key_gives_nan_as_dense_does(backend, rounds):
-    """A NaN key in a full page (it reaches one through decode steps: prefill rejects NaN) makes
-    dense entmax NaN. Its page's bounds, or the τ bound of a set holding it, are NaN, and a NaN
-    comparison proves nothing: ``Exact`` attends the page and its output is NaN too — never a
-    finite output called certified (from an independent review: the exclusion dropped the
-    page once the step stopped re-checking its set)."""
-    d, s = 4, 4
-    g = torch.Generator().manual_seed(fresh_seed())
-    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s, dtype=torch.float32)
-    cache = ekv.prefill(empty, torch.randn(1, 1, 32, d, generator=g), torch.randn(1, 1, 32, d, generator=g), [32])
-    q = torch.tensor([2.0, 2.0, 0.0, 0.0]).reshape(1, 1, 1, d)
-    for i in range(5):  # page 8 fills holding the NaN key; page 9 is the newest
-        k_new = torch.randn(1, 1, 1, d, generator=g)
-        if i == 0:
-            k_new[..., 2] = float("nan")
-        cache, _ = ekv.decode_step(cache, q, k_new, torch.randn(1, 1, 1, d, generator=g),
-                                   ekv.DecodeConfig(1.5, ekv.Dense(), backend=backend))
-    config = ekv.DecodeConfig(1.5, ekv.Exact(rounds=rounds), backend=backend)
-    new, out, info = ekv.decode_step(cache, q, torch.randn(1, 1, 1, d, generator=g),
-                                     torch.randn(1, 1, 1, d, generator=g), config, with_info=True)
-    dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 1.5)
-    assert bool(dense.isnan().all())
-    assert bool(out.isnan().all()), (info.page_mask, out)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("alpha", [1.0, 1.3, 1.5, 2.0])
 def test_safe_tau_is_below_the_exact_tau_of_the_stored_keys(dtype, alpha):
