@@ -137,11 +137,11 @@ class Selection:
     [B, Hkv, G] threshold to use instead of the exact τ over the selected tokens (Gaussian
     ``fixed`` / ``corrected`` modes), refined by ``refine_iters`` safeguarded Newton steps (see
     ``entmaxkv.refine``). all_pages: the selection is every
-    live page (lets a backend skip building a page list). certified: optional [B, Hkv, G]
-    bool, the selector's own proof that the exact τ over the pages gives dense entmax
-    (``Exact`` with key codes, whose token-level bounds are finer than the page-level
-    certificate), or True for every row (a proof by construction: no tensor, so a step that
-    asks for no info launches nothing for it). overflow: optional [B, Hkv] bool, rows whose
+    live page (lets a backend skip building a page list). certified: the selector's own proof
+    that the exact τ over the pages gives dense entmax, finer than the page-level certificate:
+    an optional [B, Hkv, G] bool, or True for every row (``Exact`` without a cap and with key
+    codes: a proof by construction, no tensor, so a step that asks for no info launches nothing
+    for it). overflow: optional [B, Hkv] bool, rows whose
     fixed-capacity candidate list overflowed and that fell back to every page."""
 
     page_mask: Tensor | None
