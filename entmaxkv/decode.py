@@ -100,12 +100,15 @@ def attend_cache(
         return out, None
 
     page_mask = (selection.mask_of(cache) | step.newest) & cache.live_page_mask()[:, None, :]
-    bound, certified = dropped_mass_bound(step, page_mask)
     if selection.certified is True:  # the selector's proof for every row: nothing with weight dropped
-        certified, bound = torch.ones_like(certified), torch.zeros_like(bound)
-    elif selection.certified is not None:  # the selector's proof (token-level bounds) for some rows
-        certified = certified | selection.certified
-        bound = torch.where(selection.certified, torch.zeros_like(bound), bound)
+        rows = (b, cache.num_kv_heads, hq // cache.num_kv_heads)
+        certified = torch.ones(rows, dtype=torch.bool, device=q.device)
+        bound = torch.zeros(rows, dtype=torch.float64, device=q.device)
+    else:  # the page-level bound (another τ over the pages), and the selector's proof for some rows
+        bound, certified = dropped_mass_bound(step, page_mask)
+        if selection.certified is not None:
+            certified = certified | selection.certified
+            bound = torch.where(selection.certified, torch.zeros_like(bound), bound)
     if selection.tau is not None:
         certified = torch.zeros_like(certified)  # an estimated τ is not the exact one over the pages
     group = hq // cache.num_kv_heads
