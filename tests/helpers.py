@@ -120,3 +120,30 @@ def use_sample(monkeypatch, gather: int, sample: int = 128, run: int = 2) -> Non
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE", sample)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.SAMPLE_RUN", run)
     monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
+
+
+def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False):
+    """One KV head, D = 4, pages of 4: 32 prompt tokens, then 5 decode steps (``Dense``) whose
+    first key has a NaN in channel 2 (a step can append one: ``prefill`` rejects NaN) — page 8
+    fills holding it, page 9 is the newest. Random prompt keys drawn from ``seed``, or
+    (``unseeded``) page 0 scoring 20 and every other key far lower, page 8's other channels
+    included, so that page 8's finite bounds alone would exclude it. -> (cache, q, generator)."""
+    d, s = 4, 4
+    g = torch.Generator().manual_seed(seed)
+    if unseeded:
+        k = torch.zeros(1, 1, 32, d)
+        k[0, 0, 0:4] = torch.tensor([5.0, 5.0, 0.0, 0.0])
+    else:
+        k = torch.randn(1, 1, 32, d, generator=g)
+    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s,
+                                   dtype=torch.float32, key_bits=key_bits)
+    cache = ekv.prefill(empty, k, torch.randn(1, 1, 32, d, generator=g), [32])
+    q = torch.tensor([2.0, 2.0, 0.0, 0.0]).reshape(1, 1, 1, d)
+    for i in range(5):
+        k_new = torch.tensor([-3.0, -3.0, 0.0, 0.0]).reshape(1, 1, 1, d) if unseeded else \
+            torch.randn(1, 1, 1, d, generator=g)
+        if i == 0:
+            k_new[..., 2] = float("nan")
+        cache, _ = ekv.decode_step(cache, q, k_new, torch.randn(1, 1, 1, d, generator=g),
+                                   ekv.DecodeConfig(1.5, ekv.Dense(), backend=backend))
+    return cache, q, g

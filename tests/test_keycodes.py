@@ -18,7 +18,7 @@ from entmaxkv.keycodes import code_scores, code_width, decode_keys, encode_keys,
 from entmaxkv.reference import token_scores
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
-from helpers import random_step
+from helpers import cache_with_a_nan_key, random_step
 from naive import naive_decode
 
 PAGE = 4
@@ -247,18 +247,8 @@ def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend):
     """NaN in, NaN out: a NaN key in a full coded page makes dense entmax NaN, and ``Exact`` with
     codes must not return a finite output it calls certified. Today it does (strict xfail: the
     fix turns it into a failure until this marker goes)."""
-    d, s = 4, 4
-    g = torch.Generator().manual_seed(0)
-    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s,
-                                   dtype=torch.float32, key_bits=4)
-    cache = ekv.prefill(empty, torch.randn(1, 1, 32, d, generator=g), torch.randn(1, 1, 32, d, generator=g), [32])
-    q = torch.tensor([2.0, 2.0, 0.0, 0.0]).reshape(1, 1, 1, d)
-    for i in range(5):  # page 8 fills holding the NaN key (prefill rejects NaN)
-        k_new = torch.randn(1, 1, 1, d, generator=g)
-        if i == 0:
-            k_new[..., 2] = float("nan")
-        cache, _ = ekv.decode_step(cache, q, k_new, torch.randn(1, 1, 1, d, generator=g),
-                                   ekv.DecodeConfig(1.5, ekv.Dense(), backend=backend))
+    cache, q, g = cache_with_a_nan_key(backend, 0, key_bits=4)  # a fixed seed: the defect is reproduced there
+    d = q.shape[-1]
     new, out, info = ekv.decode_step(cache, q, torch.randn(1, 1, 1, d, generator=g),
                                      torch.randn(1, 1, 1, d, generator=g),
                                      ekv.DecodeConfig(1.5, ekv.Exact(), backend=backend), with_info=True)

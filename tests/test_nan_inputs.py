@@ -21,7 +21,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.reference import token_scores
 from entmaxkv.state import append_token
-from helpers import fresh_seed, make_cache, on_both_backends, random_step
+from helpers import cache_with_a_nan_key, fresh_seed, make_cache, on_both_backends, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -234,33 +234,6 @@ def test_a_nan_in_a_splits_first_chunk_is_not_forgotten_by_its_last(alpha, devic
     if alpha > 1.0:
         assert torch.equal(tau.isnan(), nan_rows), msg
     close_where_finite(out, want[:, :, 0], ~nan_rows, 2e-5, msg)
-
-
-def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False):
-    """One KV head, D = 4, pages of 4: 32 prompt tokens, then 5 decode steps (``Dense``) whose
-    first key has a NaN in channel 2 (``seed``: the draws) — page 8 fills holding it, page 9 is the newest. Random
-    prompt keys, or (``unseeded``) page 0 scoring 20 and every other key far lower, page 8's
-    other channels included, so that page 8's finite bounds alone would exclude it. -> (cache,
-    q, generator)."""
-    d, s = 4, 4
-    g = torch.Generator().manual_seed(seed)
-    if unseeded:
-        k = torch.zeros(1, 1, 32, d)
-        k[0, 0, 0:4] = torch.tensor([5.0, 5.0, 0.0, 0.0])
-    else:
-        k = torch.randn(1, 1, 32, d, generator=g)
-    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s,
-                                   dtype=torch.float32, key_bits=key_bits)
-    cache = ekv.prefill(empty, k, torch.randn(1, 1, 32, d, generator=g), [32])
-    q = torch.tensor([2.0, 2.0, 0.0, 0.0]).reshape(1, 1, 1, d)
-    for i in range(5):
-        k_new = torch.tensor([-3.0, -3.0, 0.0, 0.0]).reshape(1, 1, 1, d) if unseeded else \
-            torch.randn(1, 1, 1, d, generator=g)
-        if i == 0:
-            k_new[..., 2] = float("nan")
-        cache, _ = ekv.decode_step(cache, q, k_new, torch.randn(1, 1, 1, d, generator=g),
-                                   ekv.DecodeConfig(1.5, ekv.Dense(), backend=backend))
-    return cache, q, g
 
 
 @pytest.mark.parametrize("key_bits", [None, 4])
