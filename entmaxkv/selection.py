@@ -141,8 +141,8 @@ class Selection:
     that the exact τ over the pages gives dense entmax, finer than the page-level certificate:
     an optional [B, Hkv, G] bool, or True for every row (``Exact`` without a cap and with key
     codes: a proof by construction, no tensor, so a step that asks for no info launches nothing
-    for it). overflow: optional [B, Hkv] bool, rows whose
-    fixed-capacity candidate list overflowed and that fell back to every page."""
+    for it). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
+    overflowed and that fell back to every page."""
 
     page_mask: Tensor | None
     tau: Tensor | None = None
