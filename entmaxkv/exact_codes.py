@@ -126,11 +126,15 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     seed = class_seed(page_low, top_tokens)
     tau_low = step.ops.tau_lower_bound(pages_to_mask(seed, cache.num_pages) | step.newest)  # [B, Hkv, G]
 
-    reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N]
-    is_cand = reach > 0
+    reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N] (amax keeps a NaN)
+    # a token is dropped only when its bound provably stays at or below τ_low: a NaN bound (a NaN
+    # key's page statistics, or a NaN τ_low) keeps it, so NaN reaches the output as in dense entmax
+    is_cand = ~(reach <= 0)
     count = is_cand.sum(-1)
-    value, index = torch.where(is_cand, reach, torch.full_like(reach, float("-inf"))).topk(min(capacity, n), dim=-1)
-    index = torch.where(torch.isfinite(value), index, torch.full_like(index, -1))
+    inf = torch.full_like(reach, float("inf"))
+    rank = torch.where(reach.isnan(), inf, reach)  # a NaN bound ranks first: it must be attended
+    value, index = torch.where(is_cand, rank, -inf).topk(min(capacity, n), dim=-1)
+    index = torch.where(value > float("-inf"), index, torch.full_like(index, -1))
     page_index = torch.where(index >= 0, index // s, index)
     page_mask = pages_to_mask(page_index, cache.num_pages)
     overflow = count > capacity

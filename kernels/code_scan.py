@@ -889,7 +889,8 @@ def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr, GP
         qrow = bh.to(tl.int64) * G + g
         best = tl.load(page_max + qrow * P + p, mask=p < P, other=float("-inf"))
         spread = tl.load(eps_in + qrow * P + p, mask=p < P, other=0.0)
-        hit |= c * (best + spread).to(tl.float64) - _head_tau(tau_low, g, GP) > 0
+        # kept unless provably at or below τ_low: a NaN bound or τ_low (a NaN key) keeps the page
+        hit |= ~(c * (best + spread).to(tl.float64) - _head_tau(tau_low, g, GP) <= 0)
     return hit & (p < coded)
 
 
@@ -993,7 +994,7 @@ def _code_candidates_kernel(
                                              BLOCK_P, BITS, WORK, HAS_ALIBI)
                 high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
                 gi = tl.arange(0, GP)
-                reach_g = (c * high - tau_low[None, None, :] > 0) & (gi < G)[None, None, :]
+                reach_g = ~(c * high - tau_low[None, None, :] <= 0) & (gi < G)[None, None, :]  # NaN: kept
                 cand = tl.max(reach_g.to(tl.int32), axis=2) > 0  # any head of the group
             else:
                 code = _code_tile(codes, page_row, hit, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
@@ -1005,7 +1006,7 @@ def _code_candidates_kernel(
                     s_hat, eps = _head_scores(q, qrow, p, length - 1, slopes, (bh % H) * G + g, scale_w,
                                               alibi_eps, code, d, kmin, step, radius, D, S, WORK, HAS_ALIBI)
                     high = (s_hat + eps[:, None]).to(tl.float64)
-                    cand |= c * high - _head_tau(tau_low, g, GP) > 0  # any head of the group
+                    cand |= ~(c * high - _head_tau(tau_low, g, GP) <= 0)  # any head of the group; NaN: kept
             cand = (cand & hit[:, None]).to(tl.int32)
             n_page = tl.sum(cand, axis=1)
             holds += tl.sum(tl.where(pick & (n_page > 0)[:, None], 1, 0), axis=0)

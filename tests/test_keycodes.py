@@ -18,7 +18,7 @@ from entmaxkv.keycodes import code_scores, code_width, decode_keys, encode_keys,
 from entmaxkv.reference import token_scores
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
-from helpers import cache_with_a_nan_key, random_step
+from helpers import cache_with_a_nan_key, fresh_seed, random_step
 from naive import naive_decode
 
 PAGE = 4
@@ -240,21 +240,26 @@ def test_exact_with_codes_equals_dense_entmax(lens, group, alpha, bits, alibi, t
         assert torch.equal(info.page_mask[info.overflow[:, ::group]], every[info.overflow[:, ::group]])
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (session 19 review): the candidate tests drop a NaN key's "
-                   "token and the finite output is reported certified")
-@pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend):
-    """NaN in, NaN out: a NaN key in a full coded page makes dense entmax NaN, and ``Exact`` with
-    codes must not return a finite output it calls certified. Today it does (strict xfail: the
-    fix turns it into a failure until this marker goes)."""
-    cache, q, g = cache_with_a_nan_key(backend, 0, key_bits=4)  # a fixed seed: the defect is reproduced there
+@pytest.mark.parametrize("unseeded", [False, True])
+@pytest.mark.parametrize("backend,device,head_dim", [
+    ("torch", "cpu", 4), ("triton", "cpu", 4), ("triton", "cpu", 32),
+    pytest.param("triton", "cuda", 16, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device, head_dim, unseeded):
+    """NaN in, NaN out: a NaN key in a full coded page makes dense entmax NaN, and so is
+    ``Exact`` with codes — the page's bounds are NaN (its statistics are), and a NaN bound keeps
+    its tokens as candidates (the candidate tests and the scan's page test drop a token only when
+    its bound is provably at or below τ_low). ``unseeded``: the NaN page is far below the seed, so
+    that finite bounds alone would have excluded it."""
+    cache, q, g = cache_with_a_nan_key(backend, fresh_seed(), key_bits=4, unseeded=unseeded, device=device,
+                                       head_dim=head_dim)
     d = q.shape[-1]
-    new, out, info = ekv.decode_step(cache, q, torch.randn(1, 1, 1, d, generator=g),
-                                     torch.randn(1, 1, 1, d, generator=g),
+    new, out, info = ekv.decode_step(cache, q, torch.randn(1, 1, 1, d, generator=g).to(device),
+                                     torch.randn(1, 1, 1, d, generator=g).to(device),
                                      ekv.DecodeConfig(1.5, ekv.Exact(), backend=backend), with_info=True)
     dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 1.5)
     assert bool(dense.isnan().all())
-    assert bool(out.isnan().all()) or not bool(info.certified.any())
+    assert bool(out.isnan().all())
 
 
 def run_codes_step(seed, alpha, bits, selector, lens=(300, 217), group=2, d=16):
