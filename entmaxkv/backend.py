@@ -19,6 +19,7 @@ launches) that also gives the attention its score floor: an eager TopK step is a
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 from typing import NamedTuple
 
@@ -40,6 +41,8 @@ if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
     from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
+
+    sparse_decode_module = importlib.import_module("entmaxkv.kernels.sparse_decode")  # its TAU_ONLY, read per call
 
 __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps",
            "safe_tau_composition"]
@@ -284,7 +287,8 @@ class KernelOps(PageSets):
         return self._keep_list(mask, pages, count, floor if scored else None), tau_floor
 
     def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
-               all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               all_pages: bool = False, fits: Tensor | None = None, with_output: bool = True) -> tuple[Tensor, Tensor]:
+        """``StepOps.attend``; ``with_output=False``: τ alone (the output is [B, Hkv, G, 0], no V read)."""
         c = self.cache
         b = self.q.shape[0]
         floor = None
@@ -300,11 +304,11 @@ class KernelOps(PageSets):
             pages, count = self._list(page_mask)
         if floor is None:
             floor = self.score_floor(page_mask)
-        return self._attend_list(pages, count, floor, tau, refine_iters, all_pages, fits)
+        return self._attend_list(pages, count, floor, tau, refine_iters, all_pages, fits, with_output)
 
     def _attend_list(self, pages: Tensor, count: Tensor, floor: Tensor | None, tau: Tensor | None = None,
                      refine_iters: int = 0, all_pages: bool = False,
-                     fits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                     fits: Tensor | None = None, with_output: bool = True) -> tuple[Tensor, Tensor]:
         """``attend`` of a page list (``sparse_decode``'s [B, Hkv, M] int32 + count [B, Hkv])."""
         c = self.cache
         b, hq, d = self.q.shape
@@ -313,8 +317,9 @@ class KernelOps(PageSets):
         out, tau_used = torch.ops.entmaxkv.sparse_decode(
             self.q, c.k_pages, c.v_pages, None, pages, count, c.seq_lens, self.alibi_slopes, tau_in,
             None if floor is None else floor.reshape(b, hq).contiguous(), fits, self.alpha, self.scale, all_pages,
-            mode, refine_iters)
-        return out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, d), tau_used.reshape(b, c.num_kv_heads, -1)
+            mode, refine_iters, with_output)
+        return (out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, out.shape[-1]),
+                tau_used.reshape(b, c.num_kv_heads, -1))
 
     def adopt_newest_page(self, newest_max: Tensor, newest_magnitude: Tensor) -> None:
         """Take the newest page's best score and |score| scale [B, Hkv, G] from another op
@@ -353,7 +358,8 @@ class KernelOps(PageSets):
         return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
-        _, tau = self.attend(page_mask)  # checks a remembered mask's version
+        # τ alone: the attention reads no V (attend checks a remembered mask's version)
+        _, tau = self.attend(page_mask, with_output=not sparse_decode_module.TAU_ONLY)
         listed = self._listed
         if listed is not None and page_mask is listed.mask and listed.magnitude is not None:
             return self._safe_tau(tau, listed.magnitude, listed.count)
@@ -386,13 +392,15 @@ class KernelOps(PageSets):
     def seed_tau(self, pages: Tensor, count: Tensor) -> Tensor:
         """[B, Hkv, G] float64: the exact τ over a page list (as in ``tau_lower_bound_listed``)
         and the newest page, without the rounding margin (``code_candidates`` applies it)."""
-        return self._attend_list(pages, count, self._newest_floor())[1]
+        return self._attend_list(pages, count, self._newest_floor(),
+                                 with_output=not sparse_decode_module.TAU_ONLY)[1]
 
     def _newest_floor(self) -> Tensor:
         """[B, Hkv, G] the newest page's best score less what rounding could have added to it
         (computed once a step: the seed's and the final attention use it)."""
-        if self._floor is None:
-            self._floor = (self.newest_max - 2 * self.gamma * self.newest_magnitude).to(work_dtype(self.cache.dtype))
+        if self._floor is None:  # one launch (a multiply and a subtraction were two)
+            self._floor = torch.add(self.newest_max, self.newest_magnitude, alpha=-2 * self.gamma).to(
+                work_dtype(self.cache.dtype))
         return self._floor
 
     def _safe_tau(self, tau: Tensor, magnitude: Tensor, full_pages: Tensor) -> Tensor:

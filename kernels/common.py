@@ -99,10 +99,11 @@ def register_batch_rule(op, batch_args: tuple[int, ...]) -> None:
     unbatched tensor the op mutates cannot take batched writes, and vmap rejects that anyway).
     Batched tensors elsewhere (e.g. per-head ALiBi slopes) fall back to a loop over V."""
 
-    def rule(info, in_dims, *args):
+    def rule(info, in_dims, *args, **kwargs):
         size = info.batch_size
         if any(d is not None for i, d in enumerate(in_dims) if i not in batch_args):
-            rows = [op(*[a.select(d, j) if d is not None else a for a, d in zip(args, in_dims)]) for j in range(size)]
+            rows = [op(*[a.select(d, j) if d is not None else a for a, d in zip(args, in_dims)], **kwargs)
+                    for j in range(size)]
             if rows[0] is None:
                 return None, None
             if isinstance(rows[0], torch.Tensor):
@@ -114,11 +115,15 @@ def register_batch_rule(op, batch_args: tuple[int, ...]) -> None:
                 a = a.movedim(d, 0) if d is not None else a.unsqueeze(0).expand(size, *a.shape)
                 a = a.reshape(size * a.shape[1], *a.shape[2:])  # a view for contiguous batched inputs
             folded.append(a)
-        out = op(*folded)
+        out = op(*folded, **kwargs)
         if out is None:
             return None, None
+
+        def unfold(o):  # [V·B, ...] -> [V, B, ...] (B spelled out: an empty output has no -1 to infer)
+            return o.reshape(size, o.shape[0] // size, *o.shape[1:])
+
         if isinstance(out, torch.Tensor):
-            return out.reshape(size, -1, *out.shape[1:]), 0
-        return tuple(o.reshape(size, -1, *o.shape[1:]) for o in out), tuple(0 for _ in out)
+            return unfold(out), 0
+        return tuple(unfold(o) for o in out), tuple(0 for _ in out)
 
     op.register_vmap(rule)

@@ -104,6 +104,11 @@ BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in re
 # the block: 32 lanes are one warp's; BLOCK_REGS: no small block)
 SMALL_REGS = 32
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
+# A caller that needs τ only (``KernelOps``' τ lower bounds: ``Exact``'s seed, the key codes'
+# seed) asks ``sparse_decode`` for no output (``with_output=False``): the τ kernel then skips the
+# V reads of the support and the output store. False: such calls compute the output anyway
+# (and drop it), as before session 20 — for an A/B of the saving.
+TAU_ONLY = True
 
 
 def needs_wide_offsets(pages: int, page_size: int, head_dim: int) -> bool:
@@ -519,7 +524,7 @@ def _tau_kernel(
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, SMALL_REGS: tl.constexpr,
     V_ROWS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
-    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, PDL: tl.constexpr = False,
+    PAGED: tl.constexpr, HAS_FITS: tl.constexpr, WITH_OUTPUT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
@@ -540,13 +545,14 @@ def _tau_kernel(
         l_split = tl.load(part_l + row * (NSPLIT + 1) + splits, mask=smask, other=0.0).to(tl.float64)
         w = tl.where(m_split == float("-inf"), 0.0, tl.exp(m_split - m_all))
         total_l = tl.sum(l_split * w)
-        # every split's partial sum in one [splits, D] load (a loop of NSPLIT + 1 dependent
-        # loads cost ~13 µs at B = 1 on the H200: 33 splits)
-        part = tl.load(part_acc + (row * (NSPLIT + 1) + splits[:, None]) * D + d[None, :],
-                       mask=smask[:, None] & dmask[None, :], other=0.0).to(tl.float64)
-        acc = tl.sum(part * w[:, None], axis=0)
-        value = tl.where(nan_out, float("nan"), acc / total_l)
-        tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
+        if WITH_OUTPUT:
+            # every split's partial sum in one [splits, D] load (a loop of NSPLIT + 1 dependent
+            # loads cost ~13 µs at B = 1 on the H200: 33 splits)
+            part = tl.load(part_acc + (row * (NSPLIT + 1) + splits[:, None]) * D + d[None, :],
+                           mask=smask[:, None] & dmask[None, :], other=0.0).to(tl.float64)
+            acc = tl.sum(part * w[:, None], axis=0)
+            value = tl.where(nan_out, float("nan"), acc / total_l)
+            tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, m_all + tl.log(total_l))
     else:
         lin = tl.cast(alpha, tl.float64) - 1.0
@@ -595,26 +601,27 @@ def _tau_kernel(
             tau = _solve_tau(comp_s, base, total, lin, lin, inv_power, floor, zmax, given, refine_iters,
                              TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, False)
 
-        # weights on the support, V read for those tokens only
-        acc = tl.zeros((BLOCK_D,), tl.float64)
-        r = tl.arange(0, V_ROWS)
-        norm = tl.zeros((V_ROWS,), tl.float64)
-        for off in range(0, total, V_ROWS):
-            ok = off + r < total
-            z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
-            live = ok & (z > tau)
-            p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
-            pos = tl.load(comp_i + base + off + r, mask=live, other=0)
-            if PAGED:
-                phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
-            else:
-                phys = pos // S
-            vrow = (bh * P + phys) * S + pos % S
-            v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
-            acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
-            norm += p
-        value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
-        tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
+        if WITH_OUTPUT:  # weights on the support, V read for those tokens only
+            acc = tl.zeros((BLOCK_D,), tl.float64)
+            r = tl.arange(0, V_ROWS)
+            norm = tl.zeros((V_ROWS,), tl.float64)
+            for off in range(0, total, V_ROWS):
+                ok = off + r < total
+                z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
+                live = ok & (z > tau)
+                p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
+                pos = tl.load(comp_i + base + off + r, mask=live, other=0)
+                if PAGED:
+                    phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
+                else:
+                    phys = pos // S
+                vrow = (bh * P + phys) * S + pos % S
+                v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :],
+                            other=0.0)
+                acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
+                norm += p
+            value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
+            tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, tl.where(scored_nan, float("nan"), tau))
 
 
@@ -623,7 +630,7 @@ def sparse_decode(
     q: torch.Tensor, k_pages: torch.Tensor, v_pages: torch.Tensor, page_table: torch.Tensor | None,
     pages: torch.Tensor, n_pages: torch.Tensor, seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None,
     tau_in: torch.Tensor | None, score_floor: torch.Tensor | None, fits: torch.Tensor | None, alpha: float,
-    scale: float, dense: bool, tau_mode: int, refine_iters: int,
+    scale: float, dense: bool, tau_mode: int, refine_iters: int, with_output: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entmax attention of q over the listed pages plus the page holding the newest token.
 
@@ -645,6 +652,7 @@ def sparse_decode(
             ``fits``): rows of a sequence where it did not get NaN outputs.
         alpha in [1, 2] (rounded to float32 inside the kernels: exact for 1, 1.25, 1.5, 2);
         scale: score scale; refine_iters: Newton steps for TAU_REFINED.
+        with_output: False for τ alone — V is not read and ``out`` is [B, Hq, 0].
     Returns ``(out [B, Hq, D] in q's dtype, tau [B, Hq] float64)``; τ is the exact threshold
     over the attended tokens (TAU_EXACT), or the one used; for softmax the log-sum-exp.
     A NaN score among the attended tokens makes that head's output and τ NaN, for every α; a
@@ -696,7 +704,7 @@ def sparse_decode(
         num_warps=SCORES_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
-    out = torch.empty((b, hq, d), dtype=q.dtype, device=q.device)
+    out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
     comp_s = torch.empty_like(cand_s)
     comp_i = torch.empty_like(cand_i)
@@ -708,15 +716,17 @@ def sparse_decode(
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS,
         TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
-        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, **pdl_kwargs(q, "sparse_decode")
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output,
+        **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau
 
 
 @sparse_decode.register_fake
 def _(q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, alibi_slopes, tau_in, score_floor, fits, alpha,
-      scale, dense, tau_mode, refine_iters):
-    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float64)
+      scale, dense, tau_mode, refine_iters, with_output=True):
+    out = torch.empty_like(q) if with_output else q.new_empty((*q.shape[:2], 0))
+    return out, q.new_empty(q.shape[:2], dtype=torch.float64)
 
 
 register_batch_rule(sparse_decode, (0, 1, 2, 3, 4, 5, 6, 8, 9, 10))  # vmap folds into the batch dimension

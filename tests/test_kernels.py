@@ -192,6 +192,12 @@ def test_sparse_decode_equals_the_reference(alpha, dtype, group, alibi, poison):
         assert err < OUT_TOL[dtype], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau, rtol=1e-5 if dtype != torch.float64 else 1e-12, atol=1e-5,
                                    msg=f"seed {seed}")
+        # τ alone (the τ bounds' calls): no output, no V read, the same τ bit for bit
+        none, tau_only = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, table, pages, count,
+                                       cache.seq_lens, slopes, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0,
+                                       False)
+        assert none.shape == (3, hkv * group, 0)
+        torch.testing.assert_close(tau_only, tau, rtol=0, atol=0, equal_nan=True, msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("alpha", [1.25, 1.5, 2.0])
