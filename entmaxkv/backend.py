@@ -43,6 +43,7 @@ if importlib.util.find_spec("triton") is not None:
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
 
     sparse_decode_module = importlib.import_module("entmaxkv.kernels.sparse_decode")  # its TAU_ONLY, read per call
+    listed_tau_module = importlib.import_module("entmaxkv.kernels.listed_tau")  # LISTED_TAU, MAX_TOKENS
 
 __all__ = ["BACKENDS", "uses_kernels", "build_step", "append", "ReferenceOps", "KernelOps",
            "safe_tau_composition"]
@@ -202,6 +203,7 @@ class ListedMask(NamedTuple):
     version: int | None  # the mask's version counter (None when compiling: dynamo cannot read it)
     floor: Tensor | None  # [B, Hkv, G], the attention's score floor, or None: attend computes it
     magnitude: Tensor | None  # [B, Hkv, G], the kept pages' |score| scale (pages_above, quest_top_pages), or None
+    max_count: int | None = None  # a static bound on ``count`` (quest_top_pages with a page budget), or None
 
 
 class KernelOps(PageSets):
@@ -232,12 +234,23 @@ class KernelOps(PageSets):
         return torch.ops.entmaxkv.select_pages(keys, counts, c.num_pages)
 
     def _keep_list(self, mask: Tensor, pages: Tensor, count: Tensor, floor: Tensor | None,
-                   magnitude: Tensor | None = None) -> Tensor:
+                   magnitude: Tensor | None = None, max_count: int | None = None) -> Tensor:
         # in eager use an in-place edit of the mask is caught by its version counter (dynamo
         # cannot read it: compiled steps trust the contract)
         version = None if torch.compiler.is_compiling() else mask._version
-        self._listed = ListedMask(mask, pages, count, version, floor, magnitude)
+        self._listed = ListedMask(mask, pages, count, version, floor, magnitude, max_count)
         return mask
+
+    def _remembered(self, page_mask: Tensor | None) -> ListedMask | None:
+        """The remembered list of ``page_mask`` if it is that very mask, unmodified (an in-place
+        edit raises), else None."""
+        listed = self._listed
+        if listed is None or page_mask is not listed.mask:
+            return None
+        if listed.version is not None and page_mask._version != listed.version:
+            raise ValueError("a selector modified a mask returned by StepOps (top_pages, pages_above, ...) "
+                             "in place; build a new mask instead (mask = mask | other)")
+        return listed
 
     def remember_list(self, mask: Tensor, pages: Tensor, count: Tensor) -> None:
         """A selector that built the page list of ``mask`` itself ([B, Hkv, P] int32 full pages
@@ -266,7 +279,9 @@ class KernelOps(PageSets):
             self.newest_magnitude, c.seq_lens,
             self.alibi_slopes, c.page_size, c.head_dim, self.alpha, -1 if budget_pages is None else budget_pages,
             0.0 if coverage is None else float(coverage), sink_pages, recent_pages)
-        return self._keep_list(mask, pages, count, floor, None if means is None else magnitude)
+        # the list holds max(budget, forced) pages at most: a static bound for listed_tau
+        bound = None if budget_pages is None else max(budget_pages, sink_pages + recent_pages)
+        return self._keep_list(mask, pages, count, floor, None if means is None else magnitude, bound)
 
     def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
@@ -295,11 +310,8 @@ class KernelOps(PageSets):
         if all_pages:  # sparse_decode reads no list (dense=True): an empty one, no fill launched
             pages = torch.empty((b, c.num_kv_heads, 1), dtype=torch.int32, device=c.device)
             count = torch.empty((b, c.num_kv_heads), dtype=torch.int32, device=c.device)
-        elif self._listed is not None and page_mask is self._listed.mask:
-            pages, count, floor = self._listed.pages, self._listed.count, self._listed.floor
-            if self._listed.version is not None and page_mask._version != self._listed.version:
-                raise ValueError("a selector modified a mask returned by StepOps (top_pages, pages_above, ...) "
-                                 "in place; build a new mask instead (mask = mask | other)")
+        elif (listed := self._remembered(page_mask)) is not None:
+            pages, count, floor = listed.pages, listed.count, listed.floor
         else:
             pages, count = self._list(page_mask)
         if floor is None:
@@ -358,10 +370,16 @@ class KernelOps(PageSets):
         return torch.maximum(means, newest.to(means.dtype))
 
     def tau_lower_bound(self, page_mask: Tensor) -> Tensor:
-        # τ alone: the attention reads no V (attend checks a remembered mask's version)
+        listed = self._remembered(page_mask)
+        if listed is not None and self._listed_tau_fits(listed):
+            # a short list (Exact's initial pages): scores, τ and its margin in one launch
+            c = self.cache
+            return torch.ops.entmaxkv.listed_tau(
+                self.q, c.k_pages, listed.pages, listed.count, c.seq_lens, self.alibi_slopes, listed.magnitude,
+                self.newest_magnitude, self.alpha, self.scale, self.gamma, listed.max_count)
+        # τ alone: the attention reads no V
         _, tau = self.attend(page_mask, with_output=not sparse_decode_module.TAU_ONLY)
-        listed = self._listed
-        if listed is not None and page_mask is listed.mask and listed.magnitude is not None:
+        if listed is not None and listed.magnitude is not None:
             return self._safe_tau(tau, listed.magnitude, listed.count)
         if self.absmax is None:  # no |score| scale: a bound without it would not be safe
             raise ValueError("tau_lower_bound needs the page scores' |score| scale (absmax): build the step with "
@@ -381,6 +399,13 @@ class KernelOps(PageSets):
             c.seq_lens, self.alibi_slopes, c.page_size, self.alpha, mean_slack(self.means.dtype, c.page_size,
                                                                                c.head_dim))
         return self._keep_list(mask, pages, count, floor, magnitude)
+
+    def _listed_tau_fits(self, listed: ListedMask) -> bool:
+        """Whether ``listed_tau`` takes the list: on (``LISTED_TAU``), α > 1, the |score| scales
+        known, and a static bound on the count whose tokens fit its registers."""
+        return (bool(listed_tau_module.LISTED_TAU) and self.alpha > 1 and listed.magnitude is not None
+                and self.newest_magnitude is not None and listed.max_count is not None
+                and (listed.max_count + 1) * self.cache.page_size <= listed_tau_module.MAX_TOKENS)
 
     def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:
         """``tau_lower_bound`` of a page list: pages [B, Hkv, M] int32, distinct full pages other

@@ -13,6 +13,7 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     gaussian_select   the Gaussian selector's page rule (margins, kept pages, list) from τ̂
     pages_above       Exact's exclusion round: pages a safe bound puts above τ's lower bound, listed
     safe_tau          the kernel path's safe lower bound of τ from an attention's τ
+    listed_tau        the same over a short page list and the newest page, scores and τ included (one launch)
     code_bounds       pass 1 over the key codes: best ŝ and ε per page and query head (+ τ seed, newest page)
     code_candidates   pass 2: tokens whose code bound reaches τ_low, as a fixed-capacity list (+ page list)
     entmax_rows       dense α-entmax over the last dim (``triton_entmax``, the original path)
@@ -22,6 +23,6 @@ is the one place that decides whether a step runs these ops or the reference.
 """
 
 from entmaxkv.kernels import (  # noqa: F401
-    append, code_scan, exact_pages, gaussian_select, gaussian_tau, page_scores, page_stats, quest_select, safe_tau,
-    select_pages, sparse_decode, triton_entmax,
+    append, code_scan, exact_pages, gaussian_select, gaussian_tau, listed_tau, page_scores, page_stats, quest_select,
+    safe_tau, select_pages, sparse_decode, triton_entmax,
 )

@@ -31,6 +31,26 @@ __all__ = ["safe_tau"]
 
 
 @triton.jit
+def _lowered(t, pages_magnitude, newest_magnitude, slope, full_pages, length, a, gamma, eps_work, extra, span,
+             S: tl.constexpr, HAS_ALIBI: tl.constexpr):
+    """τ_low of the module docstring from τ ``t`` (float64) over ``full_pages`` full pages and the
+    newest page of a sequence of ``length`` tokens; the magnitudes in the work dtype, ``slope``
+    the ALiBi slope (read only with HAS_ALIBI); a, γ, eps_work, extra and the span as float64.
+    Elementwise: scalars or tensors of one shape (the heads of a row)."""
+    m = tl.maximum(pages_magnitude, newest_magnitude,
+                   propagate_nan=tl.PropagateNan.ALL).to(tl.float64)  # NaN in, NaN out, as torch.maximum
+    rounding = gamma * m
+    if HAS_ALIBI:
+        slope = tl.abs(slope.to(tl.float64))
+        rounding = rounding + 4 * eps_work * slope * span
+        m = m + slope * span
+    newest_tokens = length - ((length - 1) // S) * S
+    n = (full_pages.to(tl.int64) * S + newest_tokens).to(tl.float64)
+    own = 16 * n * 2.220446049250313e-16 * (tl.abs(t) + a * m + 1) + 1.1920928955078125e-07 * a * m + extra
+    return t - a * rounding - own
+
+
+@triton.jit
 def _safe_tau_kernel(
     tau, magnitude, newest_magnitude, full_pages, seq_lens, slopes, out, H,
     s_hi, s_mid, s_lo, a_hi, a_mid, a_lo, g_hi, g_mid, g_lo, e_hi, e_mid, e_lo, x_hi, x_mid, x_lo,
@@ -40,24 +60,15 @@ def _safe_tau_kernel(
     gs = tl.arange(0, G_PAD)
     live = gs < G
     at = row * G + gs
-    span = _float64_of(s_hi, s_mid, s_lo)  # P·S positions
-    a = _float64_of(a_hi, a_mid, a_lo)
-    gamma = _float64_of(g_hi, g_mid, g_lo)
-    eps_work = _float64_of(e_hi, e_mid, e_lo)
-    extra = _float64_of(x_hi, x_mid, x_lo)
-    t = tl.load(tau + at, mask=live, other=0.0)
-    m = tl.maximum(tl.load(magnitude + at, mask=live, other=0.0), tl.load(newest_magnitude + at, mask=live, other=0.0),
-                   propagate_nan=tl.PropagateNan.ALL).to(tl.float64)  # NaN in, NaN out, as torch.maximum
-    rounding = gamma * m
+    slope = tl.zeros((G_PAD,), tl.float64)
     if HAS_ALIBI:
-        slope = tl.abs(tl.load(slopes + (row % H) * G + gs, mask=live, other=0.0).to(tl.float64))
-        rounding = rounding + 4 * eps_work * slope * span
-        m = m + slope * span
-    length = tl.load(seq_lens + row // H)
-    newest_tokens = length - ((length - 1) // S) * S
-    n = (tl.load(full_pages + row).to(tl.int64) * S + newest_tokens).to(tl.float64)
-    own = 16 * n * 2.220446049250313e-16 * (tl.abs(t) + a * m + 1) + 1.1920928955078125e-07 * a * m + extra
-    tl.store(out + at, t - a * rounding - own, mask=live)
+        slope = tl.load(slopes + (row % H) * G + gs, mask=live, other=0.0).to(tl.float64)
+    low = _lowered(tl.load(tau + at, mask=live, other=0.0), tl.load(magnitude + at, mask=live, other=0.0),
+                   tl.load(newest_magnitude + at, mask=live, other=0.0), slope, tl.load(full_pages + row),
+                   tl.load(seq_lens + row // H), _float64_of(a_hi, a_mid, a_lo), _float64_of(g_hi, g_mid, g_lo),
+                   _float64_of(e_hi, e_mid, e_lo), _float64_of(x_hi, x_mid, x_lo),
+                   _float64_of(s_hi, s_mid, s_lo), S, HAS_ALIBI)  # the span: P·S positions
+    tl.store(out + at, low, mask=live)
 
 
 @triton_op("entmaxkv::safe_tau", mutates_args=())

@@ -154,14 +154,20 @@ def test_what_pages_above_remembers_equals_a_fresh_step(alpha, alibi):
 
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 @pytest.mark.parametrize("op", ["pages_above", "quest_top_pages"])
-def test_tau_lower_bound_of_an_ops_mask_reads_no_page_scores(op, alpha):
+def test_tau_lower_bound_of_an_ops_mask_reads_no_page_scores(op, alpha, monkeypatch):
     """``tau_lower_bound`` of the mask ``pages_above`` or ``quest_top_pages`` (``Exact``'s
     initial pages) returned takes the |score| scale the op remembered (no reduction over the
     page scores: poisoned here) and gives the bits of a reduction over the same list and score
     floor, and of another mask reduces (from an independent review: skipping the remembered
     scale otherwise went unnoticed). The reduction runs on a fresh step that built the same
     mask and forgot the scale: the score floor, and so the last bits of τ, are the op's own
-    (``quest_select``'s floor is not ``score_floor``'s)."""
+    (``quest_select``'s floor is not ``score_floor``'s). The bits compared are the attention's
+    and ``safe_tau``'s: ``listed_tau``, which bounds ``quest_top_pages``' short list in one
+    launch (its own summation order: ``test_listed_tau`` compares the two), is off for them, and
+    checked after to take the remembered scale too."""
+    import entmaxkv.kernels.listed_tau as listed_tau_module
+
+    monkeypatch.setattr(listed_tau_module, "LISTED_TAU", False)
     cache, fresh = kernel_step_after_append(fresh_seed(), False, alpha)
 
     def build(ops, step):
@@ -182,6 +188,9 @@ def test_tau_lower_bound_of_an_ops_mask_reads_no_page_scores(op, alpha):
     ops.absmax = torch.full_like(ops.absmax, float("nan"))  # a reduction over the pages would read NaN
     assert torch.equal(ops.tau_lower_bound(mask), want)
     assert bool(ops.tau_lower_bound(mask.clone()).isnan().any())  # another mask does reduce
+    if op == "quest_top_pages":  # listed_tau's bound: the remembered scale, no page score read
+        monkeypatch.setattr(listed_tau_module, "LISTED_TAU", True)
+        torch.testing.assert_close(ops.tau_lower_bound(mask), want, rtol=1e-5, atol=1e-5)
 
 
 def test_tau_lower_bound_without_page_means_raises():
