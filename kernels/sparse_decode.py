@@ -65,6 +65,7 @@ TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
 ENTMAX_TOKENS_PER_ITER = 128
 LONG_LIST_PAGES = 2048
 SCORES_WARPS = 4  # warps of a scoring program
+TAU_WARPS = 4  # warps of a τ program (one query head's gather, solve and V pass)
 # elements of one KV head's pages (P·S·D) from which the scoring kernel takes 64-bit row offsets
 # (``WIDE``; below it a row offset is a 32-bit int added to the head's base pointer)
 WIDE_OFFSETS = 2**31
@@ -716,7 +717,7 @@ def sparse_decode(
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS,
         TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
-        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output,
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output, num_warps=TAU_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau
