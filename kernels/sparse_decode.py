@@ -76,10 +76,6 @@ ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel (a s
 # survivors whose V rows the τ kernel reads per iteration (the support: a few tokens a head on the
 # benchmark's data, so a 64-row float64 tile was mostly masked work)
 V_ROWS = 16
-# up to this many survivors (a power of two >= V_ROWS) the τ kernel reads their V rows in one load
-# instead of a loop of V_ROWS a load (each iteration two dependent round trips: the compacted
-# positions, then V); V_SHOT = V_ROWS is the loop alone
-V_SHOT = 64
 # α > 1: before its final filter a scoring program takes the global running maximum once more
 # (one relaxed atomic): a split that finished before the others published theirs filtered its
 # survivors against its own maximum only, and on TopK lists whole splits survived it (the τ
@@ -521,34 +517,13 @@ def _solve_in_registers(comp_s, base, total, lin, inv_power, floor, zmax, given,
 
 
 @triton.jit
-def _weighted_values(comp_s, comp_i, v_pages, page_table, base, off, total, tau, lin, inv_power, b, bh, P, D, d, dmask,
-                     S: tl.constexpr, ROWS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
-                     PAGED: tl.constexpr):
-    """Σ_i p_i·v_i [BLOCK_D] and Σ_i p_i (float64) over the compacted survivors off … off + ROWS − 1
-    (below ``total``), p_i = ρ(z_i − τ): V rows read for the support only."""
-    r = off + tl.arange(0, ROWS)
-    ok = r < total
-    z = tl.load(comp_s + base + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
-    live = ok & (z > tau)
-    p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
-    pos = tl.load(comp_i + base + r, mask=live, other=0)
-    if PAGED:
-        phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
-    else:
-        phys = pos // S
-    vrow = (bh * P + phys) * S + pos % S
-    v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :], other=0.0)
-    return tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0), tl.sum(p)  # bf16 -> fp64 via fp32
-
-
-@triton.jit
 def _tau_kernel(
     v_pages, page_table, tau_in, cand_s, cand_i, cand_n, part_m, part_l, part_acc,
     comp_s, comp_i, out, tau_out, fits,
     alpha, H, G, P, D, CAP, refine_iters,
     S: tl.constexpr, NSPLIT: tl.constexpr, BLOCK_SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK: tl.constexpr, GATHER: tl.constexpr, BLOCK_REGS: tl.constexpr, SMALL_REGS: tl.constexpr,
-    V_ROWS: tl.constexpr, V_SHOT: tl.constexpr, TAU_MODE: tl.constexpr,
+    V_ROWS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
     PAGED: tl.constexpr, HAS_FITS: tl.constexpr, WITH_OUTPUT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
@@ -628,19 +603,25 @@ def _tau_kernel(
                              TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, False)
 
         if WITH_OUTPUT:  # weights on the support, V read for those tokens only
-            if total <= V_SHOT:  # a few survivors: their V rows in one load (one round trip, not a loop of two each)
-                acc, norm = _weighted_values(comp_s, comp_i, v_pages, page_table, base, 0, total, tau, lin, inv_power,
-                                             b, bh, P, D, d, dmask, S, V_SHOT, KIND, WORK, PAGED)
-            else:
-                acc = tl.zeros((BLOCK_D,), tl.float64)
-                norm = tl.zeros((), tl.float64)
-                for off in range(0, total, V_ROWS):
-                    part, part_norm = _weighted_values(comp_s, comp_i, v_pages, page_table, base, off, total, tau,
-                                                       lin, inv_power, b, bh, P, D, d, dmask, S, V_ROWS, KIND, WORK,
-                                                       PAGED)
-                    acc += part
-                    norm += part_norm
-            value = tl.where(nan_out, float("nan"), acc / norm)
+            acc = tl.zeros((BLOCK_D,), tl.float64)
+            r = tl.arange(0, V_ROWS)
+            norm = tl.zeros((V_ROWS,), tl.float64)
+            for off in range(0, total, V_ROWS):
+                ok = off + r < total
+                z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
+                live = ok & (z > tau)
+                p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
+                pos = tl.load(comp_i + base + off + r, mask=live, other=0)
+                if PAGED:
+                    phys = tl.load(page_table + b * P + pos // S, mask=live, other=0)
+                else:
+                    phys = pos // S
+                vrow = (bh * P + phys) * S + pos % S
+                v = tl.load(v_pages + vrow[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :],
+                            other=0.0)
+                acc += tl.sum(p[:, None] * v.to(WORK).to(tl.float64), axis=0)  # bf16 -> fp64 via fp32
+                norm += p
+            value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
             tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, tl.where(scored_nan, float("nan"), tau))
 
@@ -733,7 +714,7 @@ def sparse_decode(
         comp_s, comp_i, out, tau, fits if fits is not None else seq_lens,
         alpha, hkv, g, p, d, cap, refine_iters,
         S=s, NSPLIT=nsplit, BLOCK_SPLIT=next_pow2(nsplit + 1), BLOCK_D=next_pow2(d), BLOCK=ROWS_PER_ITER,
-        GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS, V_SHOT=V_SHOT,
+        GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS,
         TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
         KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output, num_warps=TAU_WARPS,
