@@ -152,3 +152,20 @@ def test_prefill_twice_on_one_storage_raises():
     ekv.decode_step(other, q, kn, vn)  # decoding from the empty value writes into its storage too
     with pytest.raises(ValueError, match="prefill needs fresh storage"):
         ekv.prefill(other, k, k, [6, 3])
+
+
+@pytest.mark.parametrize("page_size", [1, 4, 16])
+def test_candidate_and_newest_page_masks_follow_their_definitions(page_size):
+    """Candidates are the full pages before the newest token's page, p < (len − 1) // S (the mask
+    is built from page ends, (p + 1)·S < len, to save launches); the newest page is the one with
+    p == (len − 1) // S — none for an empty sequence — for every length up to the capacity."""
+    from entmaxkv.newest_page import candidate_page_mask, newest_page_mask
+
+    s = page_size
+    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=4, capacity=9 * s, page_size=s)
+    for length in range(0, 9 * s + 1):
+        cache = dataclasses.replace(empty, seq_lens=torch.tensor([length]))
+        page = torch.arange(cache.num_pages)
+        newest = (length - 1) // s  # −1 for an empty sequence
+        assert candidate_page_mask(cache)[0, 0].tolist() == (page < newest).tolist(), length
+        assert newest_page_mask(cache)[0, 0].tolist() == (page == newest).tolist(), length
