@@ -82,6 +82,10 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     on the kernels the step is then one ``page_bounds`` launch (the newest page's best score
     and magnitude come from it). Without ``needs_means`` (``TopK``) ``Step.means``
     is None and the kernels read no page mean (nor compute the |score| scale ``absmax``)."""
+    if kernels and alibi_slopes is not None:
+        # the ops index the slopes as a dense [Hq] vector (a strided view gave wrong outputs:
+        # found by a review in session 20); a no-op, no copy, for a contiguous one
+        alibi_slopes = alibi_slopes.contiguous()
     if not needs_page_scores:
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels
                else ReferenceOps(cache, q, alpha, scale, alibi_slopes))

@@ -125,6 +125,10 @@ def listed_tau(
     """
     b, hq, d = q.shape
     _, hkv, p, s, _ = k_pages.shape
+    # the kernel indexes them densely (no-ops, no copies, for the contiguous tensors KernelOps passes)
+    q, pages, n_pages, magnitude, newest_magnitude = (
+        t.contiguous() for t in (q, pages, n_pages, magnitude, newest_magnitude))
+    alibi_slopes = None if alibi_slopes is None else alibi_slopes.contiguous()
     kind = alpha_kind(alpha)
     if kind == SOFTMAX:
         raise ValueError(f"listed_tau: alpha must be in (1, 2], got {alpha}")

@@ -239,3 +239,20 @@ def test_exact_without_rounds_takes_the_group_ranking(initial, backend):
     step = build_step(new, q, 1.5, 0.25, None, kernels=False, needs_sigma=False)
     want = top_pages(torch.where(step.candidates, group_rank_key(step), float("-inf")), initial)
     assert torch.equal(info.page_mask & step.candidates, want)
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_the_newest_page_floor_leaves_room_for_the_attentions_rounding(alibi):
+    """``KernelOps._newest_floor`` (one launch: newest max − 2γ·magnitude) is a score the
+    attention provably computes for some newest-page token: at or below the exact float64 best
+    score less γ·magnitude (the computed score's own rounding is within γ/2 of it). A floor
+    with no slack or the slack added fails it."""
+    from entmaxkv.newest_page import newest_page_scores
+
+    cache, fresh = kernel_step_after_append(fresh_seed(), alibi, 1.5)
+    step = fresh()
+    ops = step.ops
+    slopes = None if step.alibi_slopes is None else step.alibi_slopes.double()
+    exact = newest_page_scores(cache.to(torch.float64), step.q.double(), step.scale, slopes).amax(-1)
+    floor = ops._newest_floor().double()
+    assert bool((floor <= exact - ops.gamma * ops.newest_magnitude.double()).all()), (floor, exact)

@@ -599,9 +599,10 @@ def test_opcheck_every_op():
                                torch.rand(2, 2, 2, c.num_pages, dtype=torch.float64),
                                torch.tensor([[True, False, True], [True, True, False]]),
                                torch.randn(2, 2, 2, 16, dtype=torch.float64), 1.5, 20, 5))
-        torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
-                              (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, None, 1.5,
-                               0.25, False, TAU_EXACT, 0))
+        for with_output in (True, False):  # τ alone: an empty output, which the fake must give too
+            torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
+                                  (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, None,
+                                   1.5, 0.25, False, TAU_EXACT, 0, with_output))
 
 
 def test_compiled_step_through_the_ops_equals_eager():
@@ -670,3 +671,45 @@ def test_kernel_tau_lower_bound_is_below_the_root_at_general_alpha():
     z = (alpha - 1) * s
     f = ((z - low[..., None]).clamp_min(0) ** (1 / (alpha - 1))).sum(-1) - 1  # >= 0 iff low <= τ
     assert bool((f >= 0).all()), f
+
+
+def test_vmap_of_an_op_takes_keyword_arguments():
+    """The ops' batch rule forwards keyword arguments, folded path and per-example loop alike:
+    ``sparse_decode(..., with_output=False)`` under vmap gives the loop's τ and an empty output
+    (``KernelOps`` passes it positionally; a caller may not)."""
+    seed = fresh_seed()
+    caches = [make_cache(seed + i, 2, 2, 16, 16, [70 + i, 41], capacity=96, dtype=torch.float32)[0] for i in range(2)]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 2, 4, 16, generator=g)
+    pages, count = random_lists(caches[0], seed, 3)
+    slopes = torch.rand(2, 4, generator=g) * 0.1  # batched: the per-example loop
+
+    def tau_only(q, k, v, lens, slopes=None):
+        return sparse_decode(q, k, v, None, pages, count, lens, slopes, None, None, None, 1.5, 0.3, False,
+                             TAU_EXACT, 0, with_output=False)
+
+    stack = [torch.stack([getattr(c, name) for c in caches]) for name in ("k_pages", "v_pages", "seq_lens")]
+    for use_slopes in (False, True):
+        extra = (slopes,) if use_slopes else ()
+        out, tau = torch.func.vmap(tau_only)(q, *stack, *extra)
+        assert out.shape == (2, 2, 4, 0), out.shape
+        for i, c in enumerate(caches):
+            _, want = tau_only(q[i], c.k_pages, c.v_pages, c.seq_lens, *(slopes[i],) if use_slopes else ())
+            torch.testing.assert_close(tau[i], want, rtol=0, atol=0, msg=f"seed {seed} slopes {use_slopes}")
+
+
+@pytest.mark.parametrize("selector", [ekv.Dense(), ekv.Exact(initial_pages=2)], ids=lambda s: type(s).__name__)
+def test_strided_alibi_slopes_on_the_ops_equal_contiguous_ones(selector):
+    """A strided view of slopes (every other entry of a longer vector) gives the step the
+    contiguous copy gives: the ops index slopes densely, so the step makes them contiguous
+    (from an independent review: the ops read the wrong slopes before)."""
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 16, [70, 41], capacity=96, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, n, 1, 16, generator=g) for n in (4, 2, 2))
+    wide = torch.rand(8, generator=g) * 0.5
+    config = ekv.DecodeConfig(1.5, selector, backend="triton")
+    _, got = ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=wide[::2])
+    _, want = ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=wide[::2].contiguous())
+    torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"seed {seed}")
+

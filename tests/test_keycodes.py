@@ -241,16 +241,22 @@ def test_exact_with_codes_equals_dense_entmax(lens, group, alpha, bits, alibi, t
 
 
 @pytest.mark.parametrize("unseeded", [False, True])
-@pytest.mark.parametrize("backend,device,head_dim", [
-    ("torch", "cpu", 4), ("triton", "cpu", 4), ("triton", "cpu", 32),
-    pytest.param("triton", "cuda", 16, marks=[pytest.mark.gpu, pytest.mark.skipif(
+@pytest.mark.parametrize("backend,device,head_dim,use_dot", [
+    ("torch", "cpu", 4, False), ("triton", "cpu", 4, False), ("triton", "cpu", 32, False),
+    ("triton", "cpu", 32, True),  # the tensor-core scan (off by default) and its candidate test
+    pytest.param("triton", "cuda", 16, False, marks=[pytest.mark.gpu, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs CUDA")])])
-def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device, head_dim, unseeded):
+def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device, head_dim, use_dot, unseeded,
+                                                                monkeypatch):
     """NaN in, NaN out: a NaN key in a full coded page makes dense entmax NaN, and so is
     ``Exact`` with codes — the page's bounds are NaN (its statistics are), and a NaN bound keeps
     its tokens as candidates (the candidate tests and the scan's page test drop a token only when
     its bound is provably at or below τ_low). ``unseeded``: the NaN page is far below the seed, so
     that finite bounds alone would have excluded it."""
+    if use_dot:
+        import entmaxkv.kernels.code_scan as code_scan
+
+        monkeypatch.setattr(code_scan, "USE_DOT", True)
     cache, q, g = cache_with_a_nan_key(backend, fresh_seed(), key_bits=4, unseeded=unseeded, device=device,
                                        head_dim=head_dim)
     d = q.shape[-1]
