@@ -177,6 +177,8 @@ def compile_all(path: str, kernel: str | None, launches: list[tuple[int, int]] |
         swept = [(p, w) for p in ((1, 2, 4, 8) if "bounds" in name else (1, 2, 4)) for w in (2, 4, 8)]
         for block_p, warps in launches or swept:
             args["BLOCK_P"] = ["int", block_p]
+            if "NATIVE" in args:  # the CUDA launch's form (the interpreter records False)
+                args["NATIVE"] = ["bool", True]
             got = compile_one(fn, args, warps, ptxas, nvdisasm, dump, f"{name}_p{block_p}_w{warps}")
             line = (f"{name} BLOCK_P={block_p} warps={warps}: {got['regs']} registers, "
                     f"{got['spills']} bytes spill stores")

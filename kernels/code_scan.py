@@ -60,8 +60,17 @@ proof is the two items above; the dots are batched over the BLOCK_P pages, [BLOC
 x [BLOCK_P, K, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
 (1, 1, 16) for 16-bit inputs). 4 bits: K = D/2, one dot for the low nibbles (even channels)
 and one for the high ones (odd channels), chained in one accumulator (the same D-term sum,
-in another order; interleaving the nibbles into one [S, D] tile cost registers, 218 against
-137, for as many instructions); 8 bits: K = D. hi and lo: 2·D/16 mma a page.
+in another order); 8 bits: K = D. hi and lo: 2·D/16 mma a page.
+Layout (what made this path faster than the CUDA-core one, session 21): q is read as a
+[G, BLOCK_P, D] tile (every page the same rows, heads outermost) and viewed as [BLOCK_P, G,
+D], so that a thread holds every head of its pages' channels; the statistics of all D
+channels are read at once, contiguously, in the matching [BLOCK_P, D] layout, so that the
+per-channel work (step's IEEE division, the radius) runs once a channel and not once per
+head thread, and A, q·kmin and ε's sum are formed there; hi and lo are split into even and
+odd channels afterwards (a reshape). On CUDA the code bytes become float16 by inline PTX
+(``_nibbles_half``: ten instructions for eight codes) and the statistics pass an opaque move
+(``_pinned``) before their broadcast over the heads. Static SASS a page (sm_90a, 4 bits,
+D = 128, G = 4, 2 pages / 1 warp): 1288 before, 712 after, against the CUDA-core path's 1004.
 
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
@@ -129,9 +138,10 @@ page at 2 pages / 1 warp 1004 -> 892, code_bounds at 128K 113.9 -> 112.0 µs (th
 comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
-words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path:
-G·D products a page for A (and for q·kmin and ε, as before), codes to float16 by the same
-or-and-subtract (float16, packed two a register), 2·D/16 mma a page.
+words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path
+(the default for float32 work): G·D products a page for A (and for q·kmin and ε, as before),
+codes to float16 by the same or-and-subtract (float16, packed two a register), 2·D/16 mma a
+page.
 """
 
 from __future__ import annotations
@@ -161,12 +171,20 @@ __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins"
 # SASS instructions a page (one warp's straight-line code × warps / pages; a static count, slow
 # paths included): 2 / 2 80 / 1584, 4 / 4 80 / 1712, 8 / 8 86 / 1960, 4 / 2 137 / 1348, 8 / 4
 # 128 / 1476; the CUDA-core path at its 2 / 2: 164 / 1416 (byte codes; words: 1328, WORD_CODES).
-# The dots do not cut the instruction count (the codes' unpacking to float16 and the operands'
-# moves through shared memory take what the FMAs gave back; 16 HMMA a page), and the H200
-# agrees: the CUDA-core path stays the default; `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
+# The dots did not cut the instruction count then (the codes' unpacking to float16 and the
+# operands' moves through shared memory took what the FMAs gave back; 16 HMMA a page): the
+# CUDA-core path stayed the default until session 21's layout (the module docstring; 712 SASS a
+# page at 2 / 1). `tune_kernels.py` sweeps these two constants for whichever path USE_DOT picks.
 # Session 8 (keycodes_gpu.py, needle data, 128K, 4 bits, the newest page out of the scan,
 # 2026-11-29): 2 pages / 1 warp 112.7 µs as the step calls it (bare 101.9) against 136.4 (125.4)
 # at 2 / 2; the step 188.9 against 211.8 µs.
+# Session 21 (keycodes_gpu.py --paths dot,cores, needle data, 4 bits, 2026-12-01), the tensor-core
+# path's new layout against the CUDA-core path, both at 2 pages / 1 warp: code_bounds bare at
+# 128K, B = 1: 78.3 µs against 102.1 (4 / 1: 97.8, 4 / 2: 81.0, 8 / 2: 100.1); B = 16 at 64K:
+# 614.4 against 853.0; the step 138.5 against 164.9 µs (B = 1, 128K) and 711.5 against 960.5
+# (B = 16, 64K), the same certified outputs. Call 4, the parts' A/B at 2 / 1 (128K, B = 1, bare):
+# pinned statistics 82.2 µs, without the pins 94.4 (the same SASS count), the nibbles as plain
+# Triton code 94.6 (852 SASS a page), the 12- or 10-instruction PTX the same time.
 BLOCK_P = 2  # pages per code_bounds program
 NUM_WARPS = 1
 # code_candidates: a program checks the pass-1 bounds of CANDIDATE_SPAN pages at once (at long
@@ -181,10 +199,14 @@ NUM_WARPS = 1
 CANDIDATE_SPAN = 64
 CANDIDATE_BLOCK_P = 1
 CANDIDATE_WARPS = 2
-# The tensor-core path of code_bounds (float32 work; the module docstring has its error bound).
-# False, the default: the CUDA-core path for every dtype (slower on the H200, above;
+# The tensor-core path of code_bounds and code_candidates (float32 work with dots of K >= 16,
+# ``uses_dot``; the module docstring has its error bound), the default since session 21 (faster
+# on the H200, above). False: the CUDA-core path for every dtype (float64 work always takes it;
 # benchmarks/keycodes_gpu.py times both).
-USE_DOT = False
+USE_DOT = True
+# On CUDA, the tensor-core path's inline-PTX forms (``_nibbles_half``, ``_pinned``); False: the
+# same values by plain Triton code (slower, session 21 call 4).
+NATIVE_CODES = True
 # the τ seed, two launches after the scan: grid (B·Hkv, chunks) where a program reduces
 # SEED_CHUNK pages' page_max and ε to its per-(head, class) best, then one program per row that
 # takes the max over its chunks and lists the seed. At 128K (8196 pages a row) 256 pages make
@@ -277,11 +299,14 @@ UNROLL_HEADS = True
 THREAD_TOKENS = 1
 
 
-def uses_dot(work: torch.dtype, byte_columns: int) -> bool:
+def uses_dot(work: torch.dtype, byte_columns: int, group: int) -> bool:
     """Whether ``code_bounds`` scores on tensor cores: ``USE_DOT`` for float32 work (float64 has
     no tensor-core path and keeps the exact CUDA-core code) when a dot's K, the tile's byte
-    columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits)."""
-    return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16
+    columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits), and
+    the KV group has G >= 2 query heads. G = 1 (a dot of N = 1) gave wrong scores on the H200
+    (ŝ off by 4–10 ε, Triton 3.6; right in the interpreter; session 21): MHA takes the
+    CUDA-core path."""
+    return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16 and group >= 2
 
 
 def dot_margins(bits: int) -> tuple[float, float]:
@@ -463,26 +488,70 @@ def _as_half(code):
 
 
 @triton.jit
+def _nibbles_half(byte, NATIVE: tl.constexpr):
+    """uint8 code bytes -> (byte & 15, byte >> 4) as float16, exactly. ``NATIVE`` (CUDA): four
+    bytes a register; one PRMT spreads a byte pair into the two halves of a register, and each
+    nibble is or-ed, in place, into a float16 whose mantissa's unit is 1 there: 2^10 + c for
+    the low nibble (bits 0-3), 2^6 + c for the high one (bits 4-7, units of 2^-4), and one
+    HSUB2 a pair takes the power of two off (exact). Ten instructions for eight codes."""
+    if NATIVE:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 p01, p23, t, lo, hi;
+            mov.b32 lo, 0x64006400;
+            mov.b32 hi, 0x54005400;
+            prmt.b32 p01, $4, 0, 0x4140;
+            prmt.b32 p23, $4, 0, 0x4342;
+            lop3.b32 t, p01, 0x000F000F, lo, 0xea;
+            sub.f16x2 $0, t, lo;
+            lop3.b32 t, p23, 0x000F000F, lo, 0xea;
+            sub.f16x2 $1, t, lo;
+            lop3.b32 t, p01, 0x00F000F0, hi, 0xea;
+            sub.f16x2 $2, t, hi;
+            lop3.b32 t, p23, 0x00F000F0, hi, 0xea;
+            sub.f16x2 $3, t, hi;
+            }""",
+            constraints="=r,=r,=r,=r,r", args=[byte], dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
+    else:
+        return (byte & 15).to(tl.float16), (byte >> 4).to(tl.float16)
+
+
+@triton.jit
+def _pinned(x, NATIVE: tl.constexpr):
+    """x (float32) through an opaque move on CUDA (``NATIVE``). The statistics pass through it
+    before their broadcast over the heads: the same static SASS count, but 82.2 against 94.4 µs
+    for the bare scan at 128K on the H200 (session 21, call 4) — it keeps the compiler from
+    moving their loads and arithmetic into the broadcast's schedule."""
+    if NATIVE:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=False, pack=1)
+    else:
+        return x
+
+
+@triton.jit
 def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr):
-    """For the channels d [n] of the pages: q·kmin and ε's sum Σ |q|·(radius + dot_rel·step)
-    [BLOCK_P, GP], A = q·step [BLOCK_P, n, GP] (the dot's right operand: q transposed) and
-    max |A| [BLOCK_P, GP]. Heads past G are zero."""
-    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=(d < D)[:, None] & (gi < G)[None, :],
-                 other=0.0).to(WORK)  # [n, GP]
-    base = tl.sum(kmin[:, :, None] * qt[None, :, :], axis=1)
+    """For the channels d [n] of the pages (kmin, step, radius [BLOCK_P, n]): q·kmin and ε's sum
+    Σ |q|·(radius + dot_rel·step) [BLOCK_P, GP], A = q·step [BLOCK_P, GP, n] and max |A|
+    [BLOCK_P, GP]. Heads past G are zero."""
+    # q read as a [GP, BLOCK_P, n] tile (every page the same rows; heads outermost, so that a
+    # thread holds every head of its pages and channels) and viewed as [BLOCK_P, GP, n]
+    qg = tl.load(q + qrows[:, None, None] * D + d[None, None, :] + 0 * kmin.to(tl.int32)[None, :, :],
+                 mask=(gi < G)[:, None, None] & (d < D)[None, None, :], other=0.0).to(WORK)
+    qg = tl.permute(qg, (1, 0, 2))
+    base = tl.sum(kmin[:, None, :] * qg, axis=2)
     spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
-    eps = tl.sum(spread[:, :, None] * tl.abs(qt)[None, :, :], axis=1)
-    a = step[:, :, None] * qt[None, :, :]  # as the CUDA-core path's q·step
-    return base, eps, a, tl.max(tl.abs(a), axis=1)
+    eps = tl.sum(spread[:, None, :] * tl.abs(qg), axis=2)
+    a = step[:, None, :] * qg  # as the CUDA-core path's q·step, [BLOCK_P, GP, n]
+    return base, eps, a, tl.max(tl.abs(a), axis=2)
 
 
 @triton.jit
 def _split_half(a, up):
-    """A·2^k [BLOCK_P, n, GP] (``up`` = 2^k [BLOCK_P, GP]) as float16 hi + lo (a − hi is exact
-    in float32)."""
-    a = a * up[:, None, :]
+    """A·2^k [BLOCK_P, GP, n] (``up`` = 2^k [BLOCK_P, GP]) as float16 hi + lo [BLOCK_P, n, GP]
+    (a − hi is exact in float32), the dot's right operand."""
+    a = a * up[:, :, None]
     hi = a.to(tl.float16)
-    return hi, (a - hi.to(tl.float32)).to(tl.float16)
+    return tl.permute(hi, (0, 2, 1)), tl.permute((a - hi.to(tl.float32)).to(tl.float16), (0, 2, 1))
 
 
 @triton.jit
@@ -564,7 +633,8 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 @triton.jit
 def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row, live, length,
                 H, D, W, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr,
-                BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+                BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                NATIVE: tl.constexpr = False):
     """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
     p (``live`` ones read; heads past G are zero), with tensor cores.
 
@@ -581,19 +651,13 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     j = tl.arange(0, BW)
     row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S] token rows of the code storage
     byte = tl.load(codes + row[:, :, None] * W + j[None, None, :], mask=live[:, None, None] & (j < W)[None, None, :],
-                   other=0).to(tl.int32)
+                   other=0)
     r_w = tl.cast(r, WORK)
-    if BITS == 8:
-        kmin, step, radius = _page_stats(k_min, k_max, page_row, j, live, r_w, D, BITS, WORK)
-        base, eps, a, top = _channel_terms(q, qrows, gi, j, kmin, step, radius, dot_rel, D, G, WORK)
-    else:  # channel 2j in the low nibble of byte j, 2j + 1 in the high one
-        kmin, step, radius = _page_stats(k_min, k_max, page_row, 2 * j, live, r_w, D, BITS, WORK)
-        base, eps, a, top = _channel_terms(q, qrows, gi, 2 * j, kmin, step, radius, dot_rel, D, G, WORK)
-        kmin2, step2, radius2 = _page_stats(k_min, k_max, page_row, 2 * j + 1, live, r_w, D, BITS, WORK)
-        base2, eps2, a2, top2 = _channel_terms(q, qrows, gi, 2 * j + 1, kmin2, step2, radius2, dot_rel, D, G, WORK)
-        base += base2
-        eps += eps2
-        top = tl.maximum(top, top2)
+    # every channel's statistics at once (contiguous loads), computed in their own layout
+    dd = tl.arange(0, BW * (8 // BITS))  # 4 bits: channel 2j in the low nibble of byte j, 2j + 1 in the high one
+    kmin, step, radius = _page_stats(k_min, k_max, page_row, dd, live, r_w, D, BITS, WORK)
+    kmin, step, radius = _pinned(kmin, NATIVE), _pinned(step, NATIVE), _pinned(radius, NATIVE)
+    base, eps, a, top = _channel_terms(q, qrows, gi, dd, kmin, step, radius, dot_rel, D, G, WORK)
     # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts the max in
     # [2^14, 2^15); E in [1, 253] keeps 2^k and 2^−k normal float32 numbers
     big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
@@ -601,12 +665,13 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
     hi, lo = _split_half(a, up)
     if BITS == 8:
-        code = _as_half(byte)
+        code = _as_half(byte.to(tl.int32))
         dot_hi = tl.dot(code, hi, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
         dot_lo = tl.dot(code, lo, out_dtype=tl.float32)
-    else:
-        hi2, lo2 = _split_half(a2, up)
-        low, high = _as_half(byte & 15), _as_half(byte >> 4)
+    else:  # channel 2j in the low nibble of byte j, 2j + 1 in the high one
+        hi, hi2 = tl.split(tl.reshape(hi, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
+        lo, lo2 = tl.split(tl.reshape(lo, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
+        low, high = _nibbles_half(byte, NATIVE)
         dot_hi = tl.dot(high, hi2, tl.dot(low, hi, out_dtype=tl.float32), out_dtype=tl.float32)
         dot_lo = tl.dot(high, lo2, tl.dot(low, lo, out_dtype=tl.float32), out_dtype=tl.float32)
     s_hat = (base[:, None, :] + (dot_hi + dot_lo) * down[:, None, :]) * scale_w
@@ -623,11 +688,12 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
 def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, dot_rel,
                     dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
                     G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
-                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr):
+                    BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
+                    NATIVE: tl.constexpr = False):
     """``_code_bounds_kernel``'s work on the pages p with tensor cores (``_dot_scores``), the G
     heads at once: page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
     s_hat, eps = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row,
-                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI)
+                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE)
     gi = tl.arange(0, GP)
     tok = tl.arange(0, S)
     out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
@@ -746,7 +812,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
-    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False,
+    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False, NATIVE: tl.constexpr = False,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -771,7 +837,7 @@ def _code_bounds_kernel(
         if has_codes:  # tensor cores: the G heads at once
             _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
                             dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
-                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES)
+                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES, NATIVE)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
     else:
@@ -956,7 +1022,7 @@ def _code_candidates_kernel(
     H, P, D, W, C,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr,
+    MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr, NATIVE: tl.constexpr = False,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -991,7 +1057,7 @@ def _code_candidates_kernel(
             if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
                 s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
                                              dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
-                                             BLOCK_P, BITS, WORK, HAS_ALIBI)
+                                             BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE)
                 high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
                 gi = tl.arange(0, GP)
                 reach_g = ~(c * high - tau_low[None, None, :] <= 0) & (gi < G)[None, None, :]  # NaN: kept
@@ -1033,11 +1099,11 @@ def _code_candidates_kernel(
 F23 = 0x4B000000  # the bits of 2^23, a kernel argument (``_field``)
 
 
-def _words(k_codes: torch.Tensor, work: torch.dtype, byte_columns: int) -> bool:
+def _words(k_codes: torch.Tensor, work: torch.dtype, byte_columns: int, group: int) -> bool:
     """Whether the CUDA-core scans read the codes as int32 words (``WORD_CODES``, ``_word_tile``):
     float32 work off the tensor-core path, W % 4 == 0, and 4-byte aligned contiguous codes
     (the allocator's alignment; a view must start on a multiple of 4 bytes)."""
-    return (bool(WORD_CODES) and work == torch.float32 and not uses_dot(work, byte_columns)
+    return (bool(WORD_CODES) and work == torch.float32 and not uses_dot(work, byte_columns, group)
             and k_codes.shape[-1] % 4 == 0 and k_codes.is_contiguous() and k_codes.storage_offset() % 4 == 0)
 
 
@@ -1114,9 +1180,9 @@ def code_bounds(
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
-        USE_DOT=uses_dot(work, consts["BW"]), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, consts["BW"]), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
-        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, **consts,
+        USE_DOT=uses_dot(work, consts["BW"], g), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        WORDS=_words(k_codes, work, consts["BW"], g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
+        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
@@ -1195,8 +1261,9 @@ def code_candidates(
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
         4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"]), WORDS=_words(k_codes, work, consts["BW"]),
-        **consts,
+        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"], g),
+        WORDS=_words(k_codes, work, consts["BW"], g),
+        NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 

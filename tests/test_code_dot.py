@@ -23,13 +23,17 @@ from test_kernels_codes import (
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
 from entmaxkv.reference import token_scores  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def dot_path(monkeypatch):
-    """Every test here is of the tensor-core path, which is not the default (slower on the H200)."""
+    """Every test here is of the tensor-core path (the default; set here so that the tests keep
+    testing it if the default changes)."""
     monkeypatch.setattr(code_scan, "USE_DOT", True)
 
 
@@ -75,7 +79,7 @@ def test_midpoint_keys_need_the_lo_part():
     q = (1 + 2.0**-11 - 2.0**-20) * torch.pow(2.0, torch.randint(-6, 7, (b, h * group, 1, d), generator=g).double())
     scale = 0.125
     page_max, eps, s_hat = run_bounds(cache, q.float(), scale, None)
-    assert code_scan.uses_dot(torch.float32, d // 2)  # 4 bits: one dot per nibble, K = D/2
+    assert code_scan.uses_dot(torch.float32, d // 2, group)  # 4 bits: one dot per nibble, K = D/2
     check_interval(cache, q.float(), scale, eps, s_hat, seed)
     # the test can fail: on the midpoints |s − ŝ| is within 0.3% of ε (its rounding margin,
     # r·M + the extra term, <= 0.1%), while fp16 A alone would miss by >= 12·(2^-11 − 2^-20)·A
@@ -117,8 +121,9 @@ def test_eps_on_dyadic_inputs_is_exact(group):
             page_max, eps, s_hat = run_bounds(cache, q, scale, None)
         finally:
             code_scan.USE_DOT = True
-        extra = dot_extra(cache, q, scale) if dot else torch.zeros_like(want_eps, dtype=torch.float64)
-        assert bool((extra[coded] > 0).all()) == dot
+        on_dot = dot and group >= 2  # G = 1 takes the CUDA-core path (``uses_dot``)
+        extra = dot_extra(cache, q, scale) if on_dot else torch.zeros_like(want_eps, dtype=torch.float64)
+        assert bool((extra[coded] > 0).all()) == on_dot
         assert torch.equal(s_hat.double()[tokens], exact[tokens]), (seed, dot)
         assert torch.equal(eps.double()[coded], want_eps.double()[coded] + extra[coded]), (seed, dot)
 
@@ -174,7 +179,7 @@ def test_exact_step_on_the_dot_path_equals_dense_entmax(dtype, bits, group, alib
     lens = [23, 12]  # ragged; the second row a whole number of pages before the step
     stream, k, v = structured(seed % 10_000, lens, 2, group, 32, dtype)
     cache = float_cache(k, v, lens, bits, dtype)
-    assert code_scan.uses_dot(torch.float32, cache.k_codes.shape[-1])
+    assert code_scan.uses_dot(torch.float32, cache.k_codes.shape[-1], group)
     q, kn, vn = (x.to(dtype) for x in stream.step())
     slopes = torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 if alibi else None
     for capacity in (1, 10_000):
@@ -242,3 +247,64 @@ def test_tensor_core_interval_holds_on_cuda(dtype, bits, kind):
         code_scan.USE_DOT = True
     tol = rounding_part(cache, q, scale).repeat_interleave(16, -1)
     assert bool(((s_hat.double() - s_cc.double()).abs() - 2 * tol)[tokens].le(0).all()), kind
+
+
+@triton.jit
+def _unpack_kernel(codes, low_out, high_out, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
+                   NATIVE: tl.constexpr):
+    """``_nibbles_half`` of a [BLOCK_P, S, BW] byte tile, both halves stored."""
+    at = (tl.arange(0, BLOCK_P)[:, None, None] * S + tl.arange(0, S)[None, :, None]) * BW + tl.arange(0, BW)[None, None, :]
+    low, high = code_scan._nibbles_half(tl.load(codes + at), NATIVE)
+    tl.store(low_out + at, low)
+    tl.store(high_out + at, high)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("native", [True, False])
+def test_nibble_unpack_on_cuda_equals_torch(native):
+    """``_nibbles_half``'s inline PTX (CUDA) and its plain form: every byte value at every
+    position of a 4-byte pack, in the scan's tile shape [BLOCK_P, S, BW]: (byte & 15, byte >> 4)
+    as float16, exactly. Mutations caught: a PRMT selector or a mask off by a byte or a nibble,
+    a wrong power of two for the high nibble."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    for block_p, s, bw in ((2, 16, 64), (4, 4, 16)):
+        codes = torch.randint(0, 256, (block_p, s, bw), generator=g, dtype=torch.uint8)
+        for shift in range(4):  # each byte value at each position of a 4-byte pack
+            codes.view(-1)[shift: shift + 1024: 4][:256] = torch.arange(256, dtype=torch.uint8)[: codes.numel() // 4]
+        codes = codes.cuda()
+        low = torch.full(codes.shape, float("nan"), dtype=torch.float16, device="cuda")
+        high = torch.full_like(low, float("nan"))
+        _unpack_kernel[(1,)](codes, low, high, S=s, BW=bw, BLOCK_P=block_p, NATIVE=native)
+        assert torch.equal(low, (codes & 15).half()) and torch.equal(high, (codes >> 4).half())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("group", [1, 2, 3, 8])
+@pytest.mark.parametrize("d", [64, 128])
+def test_every_group_size_agrees_with_the_cuda_core_path(group, d):
+    """The path ``code_bounds`` takes for each GQA group size (the tensor cores for G >= 2, the
+    CUDA cores for G = 1: ``uses_dot``) against the CUDA-core path on CUDA: page_max and ŝ
+    within 1e-4·ε (the two paths' roundings), ε no smaller. The tensor-core path at G = 1
+    was off by 4–10 ε on the H200 (session 21): dropping the gate fails this test."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    hkv, t = 2, 16 * 50 + 5
+    k = torch.randn(1, hkv, t, d, generator=g).half().cuda()
+    empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=hkv, head_dim=d, capacity=t + 16, dtype=torch.float16,
+                                   key_bits=4, device="cuda")
+    cache = ekv.prefill(empty, k, k, [t])
+    q = torch.randn(1, hkv * group, 1, d, generator=g).half().cuda()
+    assert code_scan.uses_dot(torch.float32, d // 2, group) == (group >= 2)
+    page_max, eps, s_hat = run_bounds(cache, q, d ** -0.5, None)
+    code_scan.USE_DOT = False
+    try:
+        pm_cc, eps_cc, s_cc = run_bounds(cache, q, d ** -0.5, None)
+    finally:
+        code_scan.USE_DOT = True
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(16, -1)
+    gap = ((page_max.double() - pm_cc.double()).abs() / eps_cc.double())[coded]
+    assert float(gap.max()) < 1e-4, (group, d, float(gap.max()))
+    assert float(((s_hat.double() - s_cc.double()).abs() / eps_cc.double().repeat_interleave(16, -1))[tokens].max()) < 1e-4
+    assert bool((eps.double() >= eps_cc.double() * (1 - 1e-6))[coded].all())

@@ -69,12 +69,14 @@ def test_word_tile_equals_torch_unpacking(bits, width, words):
 ])
 def test_scans_with_words_equal_the_byte_form(dtype, bits, group, alibi, d, monkeypatch, poison):
     """``code_bounds`` (ŝ of coded tokens, page_max, ε, the seed) and ``code_candidates`` with
-    ``WORD_CODES`` on and off: equal bit for bit (the same codes in the same order)."""
+    ``WORD_CODES`` on and off: equal bit for bit (the same codes in the same order). Words are
+    a form of the CUDA-core path (``USE_DOT`` off; the tensor-core path reads bytes)."""
+    monkeypatch.setattr(code_scan, "USE_DOT", False)
     seed = fresh_seed()
     cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi, d=d)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
     width = cache.k_codes.shape[-1]
-    assert code_scan._words(cache.k_codes, torch.float32, triton.next_power_of_2(width)) == (width % 4 == 0)
+    assert code_scan._words(cache.k_codes, torch.float32, triton.next_power_of_2(width), group) == (width % 4 == 0)
     outs = []
     for words in (True, False):
         monkeypatch.setattr(code_scan, "WORD_CODES", words)

@@ -52,7 +52,7 @@ def record_code_scan(monkeypatch) -> None:
     page, τ margin, page list) and the ops' plain ones (``with_scores``, a given τ_low)."""
     from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
-    # the CUDA-core path (the default) for every dtype; with code_scan.USE_DOT, D = 16: 8 bits
+    # USE_DOT off: the CUDA-core path for every dtype; on (the default), D = 16: 8 bits
     # take the tensor-core path of float32 work (code_scan.uses_dot), 4 bits the CUDA-core one;
     # D = 32 (fp16 cache): the 4-bit tensor-core path (one dot per nibble)
     for dtype, d, dot in ((torch.float32, 16, False), (torch.float16, 16, False), (torch.bfloat16, 16, False),
