@@ -40,7 +40,7 @@ from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
     from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
-    from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_steps
+    from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_gap
 
     sparse_decode_module = importlib.import_module("entmaxkv.kernels.sparse_decode")  # its TAU_ONLY, read per call
     listed_tau_module = importlib.import_module("entmaxkv.kernels.listed_tau")  # LISTED_TAU, MAX_TOKENS
@@ -438,11 +438,11 @@ class KernelOps(PageSets):
         pages' tokens (``safe_tau_composition``, as one op)."""
         c = self.cache
         wdt = work_dtype(c.dtype)
-        extra = 0.0 if self.alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(wdt)
         slopes = None if self.alibi_slopes is None else self.alibi_slopes.contiguous()
         return torch.ops.entmaxkv.safe_tau(tau.contiguous(), magnitude.contiguous(), self.newest_magnitude.contiguous(),
                                            full_pages.contiguous(), c.seq_lens, slopes, c.page_size, c.num_pages,
-                                           self.alpha, self.gamma, torch.finfo(wdt).eps, extra)
+                                           self.alpha, self.gamma, torch.finfo(wdt).eps,
+                                           bisection_gap(self.alpha, wdt))
 
 
 def safe_tau_composition(cache: PagedKVCache, alpha: float, gamma: float, tau: Tensor, magnitude: Tensor,
@@ -466,6 +466,5 @@ def safe_tau_composition(cache: PagedKVCache, alpha: float, gamma: float, tau: T
     eps64, eps32 = torch.finfo(torch.float64).eps, torch.finfo(torch.float32).eps
     # τ is solved in float64 on float32 scores; α − 1 enters the kernels rounded to float32
     own = 16 * n * eps64 * (tau.abs() + a * magnitude + 1) + eps32 * a * magnitude
-    if alpha not in (1.0, 1.5, 2.0):  # τ is a bisection midpoint, not an exact formula
-        own = own + 2.0 ** -bisection_steps(wdt)
+    own = own + bisection_gap(alpha, wdt)  # τ a bisection midpoint (α ∉ {1, 1.5, 2}), not an exact formula
     return tau - a * rounding - own

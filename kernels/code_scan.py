@@ -154,7 +154,7 @@ from torch.library import triton_op, wrap_triton
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
-from entmaxkv.kernels.sparse_decode import bisection_steps
+from entmaxkv.kernels.sparse_decode import bisection_gap
 from entmaxkv.kernels.threshold_search import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
@@ -1251,7 +1251,7 @@ def code_candidates(
     slopes = alibi_slopes if alibi_slopes is not None else page_max
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
     # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
-    bisect = 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
+    bisect = bisection_gap(alpha, work)
     # at least one program a row: its last one writes the counts and the lists (also with P = 0)
     wrap_triton(_code_candidates_kernel)[(b * hkv, max(1, triton.cdiv(p, span)))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,

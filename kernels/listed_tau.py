@@ -34,7 +34,7 @@ from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.safe_tau import _lowered
 from entmaxkv.kernels import sparse_decode as attention  # its EXACT_ITERS, read at each call
-from entmaxkv.kernels.sparse_decode import _solve_tau, bisection_steps
+from entmaxkv.kernels.sparse_decode import _solve_tau, bisection_gap, bisection_steps
 
 __all__ = ["listed_tau", "LISTED_TAU", "MAX_TOKENS"]
 
@@ -141,12 +141,11 @@ def listed_tau(
         q, scale = q * scale, 1.0
     out = torch.empty((b, hkv, hq // hkv), dtype=torch.float64, device=q.device)
     eps_work = torch.finfo(work).eps
-    extra = 0.0 if alpha in (1.5, 2.0) else 2.0 ** -bisection_steps(work)
     wrap_triton(_listed_tau_kernel)[(b * hq,)](
         q, k_pages, pages, n_pages, seq_lens, alibi_slopes if alibi_slopes is not None else magnitude, magnitude,
         newest_magnitude, out, scale, alpha, hkv, hq // hkv, p, pages.shape[-1],
         *float64_words(float(p * s)), *float64_words(lin(alpha)), *float64_words(gamma), *float64_words(eps_work),
-        *float64_words(extra),
+        *float64_words(bisection_gap(alpha, work)),
         D=d, S=s, T=tokens, MAX_PAGES=max_pages, BLOCK_D=max(CHUNK_D, next_pow2(d)), CHUNK=CHUNK_D, KIND=kind,
         WORK=tl.float64 if work == torch.float64 else tl.float32, HAS_ALIBI=alibi_slopes is not None,
         BISECT_ITERS=bisection_steps(work), EXACT_ITERS=attention.EXACT_ITERS, num_warps=WARPS,

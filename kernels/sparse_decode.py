@@ -52,7 +52,8 @@ from entmaxkv.kernels.common import (
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.threshold_search import _ordered, _unordered
 
-__all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps"]
+__all__ = ["sparse_decode", "TAU_EXACT", "TAU_GIVEN", "TAU_REFINED", "num_splits", "bisection_steps",
+           "bisection_gap"]
 
 TAU_EXACT, TAU_GIVEN, TAU_REFINED = 0, 1, 2
 TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
@@ -122,6 +123,12 @@ def bisection_steps(work: torch.dtype) -> int:
     """Bisection steps of the τ solve (its bracket is at most 1 wide, so for α other than 1,
     1.5 and 2 — no exact finish — τ is within 2^-(steps+1) of the root of its scores)."""
     return 60 if work == torch.float64 else 40
+
+
+def bisection_gap(alpha: float, work: torch.dtype) -> float:
+    """How far the τ solve's result may sit from the root of its scores beyond rounding: 0 for
+    α ∈ {1, 1.5, 2} (exact finishes), else 2^−steps of ``bisection_steps`` (a midpoint)."""
+    return 0.0 if alpha in (1.0, 1.5, 2.0) else 2.0 ** -bisection_steps(work)
 
 
 def tokens_per_iter(entmax: bool, list_pages: int) -> int:
