@@ -13,8 +13,10 @@ differs from the torch reference, so ŝ and ε agree with it within the rounding
 dot product, and the certificate's argument holds unchanged: r·M covers the rounding of ŝ
 computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= ε_p here too.
 
-Tensor cores (``USE_DOT``: float32 work whose dots have K >= 16, ``uses_dot``; float64 work
-keeps the CUDA-core code, which ``USE_DOT = False`` selects for every dtype). Per page p and head g the
+Tensor cores (``USE_DOT``, ``uses_dot``: float32 work whose dots' K terms are exactly the D
+channels, K >= 16, no zero padding — the accumulation bound below counts D terms — and GQA
+groups of G >= 2; float64 work, other head dims and MHA keep the CUDA-core code, which
+``USE_DOT = False`` selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
 of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
@@ -299,14 +301,19 @@ UNROLL_HEADS = True
 THREAD_TOKENS = 1
 
 
-def uses_dot(work: torch.dtype, byte_columns: int, group: int) -> bool:
-    """Whether ``code_bounds`` scores on tensor cores: ``USE_DOT`` for float32 work (float64 has
-    no tensor-core path and keeps the exact CUDA-core code) when a dot's K, the tile's byte
-    columns BW (4 bits: one dot per nibble), is >= 16: D > 16 (4 bits), D >= 16 (8 bits), and
-    the KV group has G >= 2 query heads. G = 1 (a dot of N = 1) gave wrong scores on the H200
-    (ŝ off by 4–10 ε, Triton 3.6; right in the interpreter; session 21): MHA takes the
-    CUDA-core path."""
-    return bool(USE_DOT) and work == torch.float32 and byte_columns >= 16 and group >= 2
+def uses_dot(work: torch.dtype, head_dim: int, bits: int, group: int) -> bool:
+    """Whether ``code_bounds`` and ``code_candidates`` score on tensor cores: ``USE_DOT`` for
+    float32 work (float64 has no tensor-core path and keeps the exact CUDA-core code) when
+    - the code bytes per token W = D·bits/8 are a power of two >= 16 (D = 32, 64, 128, 256 for
+      4 bits; 16 .. 256 for 8 bits): the dots' K terms are exactly the D channels, with no
+      zero-padded terms, which the accumulation bound of the module docstring (8·D·u) does not
+      count; other head dims (20, 80, 96, ...) take the CUDA-core path;
+    - the KV group has G >= 2 query heads: at G = 1 (a dot of N = 1) the tensor-core path gave
+      wrong scores on the H200 (ŝ off by 4–10 ε, Triton 3.6; right in the interpreter;
+      session 21), so MHA takes the CUDA-core path."""
+    width = head_dim * bits // 8
+    return (bool(USE_DOT) and work == torch.float32 and head_dim * bits == 8 * width and width >= 16
+            and width & (width - 1) == 0 and group >= 2)
 
 
 def dot_margins(bits: int) -> tuple[float, float]:
@@ -1099,11 +1106,11 @@ def _code_candidates_kernel(
 F23 = 0x4B000000  # the bits of 2^23, a kernel argument (``_field``)
 
 
-def _words(k_codes: torch.Tensor, work: torch.dtype, byte_columns: int, group: int) -> bool:
+def _words(k_codes: torch.Tensor, work: torch.dtype, head_dim: int, bits: int, group: int) -> bool:
     """Whether the CUDA-core scans read the codes as int32 words (``WORD_CODES``, ``_word_tile``):
     float32 work off the tensor-core path, W % 4 == 0, and 4-byte aligned contiguous codes
     (the allocator's alignment; a view must start on a multiple of 4 bytes)."""
-    return (bool(WORD_CODES) and work == torch.float32 and not uses_dot(work, byte_columns, group)
+    return (bool(WORD_CODES) and work == torch.float32 and not uses_dot(work, head_dim, bits, group)
             and k_codes.shape[-1] % 4 == 0 and k_codes.is_contiguous() and k_codes.storage_offset() % 4 == 0)
 
 
@@ -1180,8 +1187,8 @@ def code_bounds(
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
-        USE_DOT=uses_dot(work, consts["BW"], g), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, consts["BW"], g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
+        USE_DOT=uses_dot(work, d, bits, g), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
         NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
@@ -1261,8 +1268,8 @@ def code_candidates(
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
         4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, consts["BW"], g),
-        WORDS=_words(k_codes, work, consts["BW"], g),
+        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, d, bits, g),
+        WORDS=_words(k_codes, work, d, bits, g),
         NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count

@@ -79,7 +79,7 @@ def test_midpoint_keys_need_the_lo_part():
     q = (1 + 2.0**-11 - 2.0**-20) * torch.pow(2.0, torch.randint(-6, 7, (b, h * group, 1, d), generator=g).double())
     scale = 0.125
     page_max, eps, s_hat = run_bounds(cache, q.float(), scale, None)
-    assert code_scan.uses_dot(torch.float32, d // 2, group)  # 4 bits: one dot per nibble, K = D/2
+    assert code_scan.uses_dot(torch.float32, d, 4, group)  # 4 bits: one dot per nibble, K = D/2
     check_interval(cache, q.float(), scale, eps, s_hat, seed)
     # the test can fail: on the midpoints |s − ŝ| is within 0.3% of ε (its rounding margin,
     # r·M + the extra term, <= 0.1%), while fp16 A alone would miss by >= 12·(2^-11 − 2^-20)·A
@@ -179,7 +179,7 @@ def test_exact_step_on_the_dot_path_equals_dense_entmax(dtype, bits, group, alib
     lens = [23, 12]  # ragged; the second row a whole number of pages before the step
     stream, k, v = structured(seed % 10_000, lens, 2, group, 32, dtype)
     cache = float_cache(k, v, lens, bits, dtype)
-    assert code_scan.uses_dot(torch.float32, cache.k_codes.shape[-1], group)
+    assert code_scan.uses_dot(torch.float32, cache.head_dim, bits, group)
     q, kn, vn = (x.to(dtype) for x in stream.step())
     slopes = torch.rand(2 * group, generator=torch.Generator().manual_seed(seed)) * 0.1 if alibi else None
     for capacity in (1, 10_000):
@@ -249,6 +249,48 @@ def test_tensor_core_interval_holds_on_cuda(dtype, bits, kind):
     assert bool(((s_hat.double() - s_cc.double()).abs() - 2 * tol)[tokens].le(0).all()), kind
 
 
+def test_uses_dot_takes_the_tensor_cores_only_where_the_bound_holds():
+    """float32 work, W = D·bits/8 a power of two >= 16 (no zero-padded dot terms), G >= 2."""
+    f32, f64 = torch.float32, torch.float64
+    for d, bits in ((32, 4), (64, 4), (128, 4), (256, 4), (16, 8), (32, 8), (128, 8)):
+        assert code_scan.uses_dot(f32, d, bits, 2) and code_scan.uses_dot(f32, d, bits, 8), (d, bits)
+        assert not code_scan.uses_dot(f32, d, bits, 1), (d, bits)  # MHA: the N = 1 dot
+        assert not code_scan.uses_dot(f64, d, bits, 4), (d, bits)  # float64: CUDA cores always
+    for d, bits in ((16, 4), (24, 4), (31, 4), (63, 4), (80, 4), (96, 4), (8, 8), (20, 8), (80, 8), (96, 8)):
+        assert not code_scan.uses_dot(f32, d, bits, 4), (d, bits)  # padded or short dots
+
+
+@pytest.mark.parametrize("dtype,d,bits,group", [
+    (torch.float16, 32, 4, 2), (torch.float16, 32, 4, 1), (torch.bfloat16, 16, 8, 3), (torch.float32, 24, 4, 4),
+    (torch.float64, 32, 4, 2),
+])
+def test_both_scans_take_the_same_path(dtype, d, bits, group, monkeypatch):
+    """``code_candidates`` rescans with pass 1's formulas, so it must take the path
+    ``code_bounds`` took (their ε differ by ``dot_margins``' term, which the candidate tests'
+    rounding band would hide): the ``USE_DOT`` each kernel is launched with, recorded, equals
+    ``uses_dot`` for the shape. Mutation caught: either launcher computing the path from other
+    arguments (e.g. another group size)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    seen, run = {}, InterpretedFunction.run
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        bound = dict(zip(self.arg_names, args), **kwargs)
+        if "USE_DOT" in bound:
+            seen.setdefault(self.fn.__name__, set()).add(bool(bound["USE_DOT"]))
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording)
+    cache, q, slopes, _ = coded_setup(fresh_seed(), dtype, bits, group, False, d=d, batch=2)
+    args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
+    page_max, eps = code_scan.code_bounds(*args, bits, 0.3, False)[:2]
+    tau_low = torch.zeros(page_max.shape[:3], dtype=torch.float64)
+    code_scan.code_candidates(*args, page_max, eps, tau_low, bits, 0.3, 0.5, 64)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    want = code_scan.uses_dot(work, d, bits, group)
+    assert seen == {"_code_bounds_kernel": {want}, "_code_candidates_kernel": {want}}, (seen, want)
+
+
 @triton.jit
 def _unpack_kernel(codes, low_out, high_out, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
                    NATIVE: tl.constexpr):
@@ -295,7 +337,7 @@ def test_every_group_size_agrees_with_the_cuda_core_path(group, d):
                                    key_bits=4, device="cuda")
     cache = ekv.prefill(empty, k, k, [t])
     q = torch.randn(1, hkv * group, 1, d, generator=g).half().cuda()
-    assert code_scan.uses_dot(torch.float32, d // 2, group) == (group >= 2)
+    assert code_scan.uses_dot(torch.float32, d, 4, group) == (group >= 2)
     page_max, eps, s_hat = run_bounds(cache, q, d ** -0.5, None)
     code_scan.USE_DOT = False
     try:

@@ -76,7 +76,7 @@ def test_scans_with_words_equal_the_byte_form(dtype, bits, group, alibi, d, monk
     cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi, d=d)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
     width = cache.k_codes.shape[-1]
-    assert code_scan._words(cache.k_codes, torch.float32, triton.next_power_of_2(width), group) == (width % 4 == 0)
+    assert code_scan._words(cache.k_codes, torch.float32, d, bits, group) == (width % 4 == 0)
     outs = []
     for words in (True, False):
         monkeypatch.setattr(code_scan, "WORD_CODES", words)

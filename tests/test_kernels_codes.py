@@ -86,9 +86,8 @@ def dot_extra(cache, q, scale):
     k in [−126, 126] (``code_scan.dot_margins``)."""
     wdt = torch.float64 if cache.dtype == torch.float64 else torch.float32
     d = cache.head_dim
-    width = cache.k_codes.shape[-1]
     qg = q[:, :, 0].reshape(cache.batch, cache.num_kv_heads, -1, d).to(wdt)
-    if not uses_dot(wdt, 1 << (width - 1).bit_length(), qg.shape[2]):  # the tile's byte columns, G
+    if not uses_dot(wdt, d, cache.key_bits, qg.shape[2]):
         return torch.zeros(qg.shape[:3] + (cache.num_pages,), dtype=torch.float64, device=q.device)
     step = code_steps(cache.k_min, cache.k_max, cache.key_bits)  # [B, Hkv, P, D] float32
     top = (qg[:, :, :, None, :] * step[:, :, None, :, :]).abs().amax(-1)  # [B, Hkv, G, P]

@@ -54,14 +54,15 @@ def record_code_scan(monkeypatch) -> None:
 
     # USE_DOT off: the CUDA-core path for every dtype; on (the default), D = 16: 8 bits
     # take the tensor-core path of float32 work (code_scan.uses_dot), 4 bits the CUDA-core one;
-    # D = 32 (fp16 cache): the 4-bit tensor-core path (one dot per nibble)
+    # D = 32: both widths on tensor cores (4 bits: one dot per nibble), float16 and bfloat16
     for dtype, d, dot in ((torch.float32, 16, False), (torch.float16, 16, False), (torch.bfloat16, 16, False),
-                          (torch.float64, 16, False), (torch.float32, 16, True), (torch.float16, 32, True)):
+                          (torch.float64, 16, False), (torch.float32, 16, True), (torch.float16, 32, True),
+                          (torch.bfloat16, 32, True)):
         monkeypatch.setattr("entmaxkv.kernels.code_scan.USE_DOT", dot)
         g = torch.Generator().manual_seed(1)
         k, v = (torch.randn(1, 1, 40, d, generator=g).to(dtype) for _ in range(2))
         q, kn, vn = random_step(g, 1, 2, 1, d, dtype)
-        for bits in ((4, 8) if d == 16 else (4,)):
+        for bits in (4, 8):
             empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=64, dtype=dtype,
                                            key_bits=bits)
             cache = ekv.prefill(empty, k, v, [40])
@@ -200,7 +201,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
-    native = [s for s in native if s[2].get("WORK", [0, "fp32"])[1] == "fp32" and
+    native = [s for s in native if s[2].get("USE_DOT") == ["bool", True] or  # the code scans' inline PTX
+              s[2].get("WORK", [0, "fp32"])[1] == "fp32" and
               any(v == ["tensor", d] for v in s[2].values() for d in ("float16", "bfloat16"))]
     chosen = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1] is False] + native
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
@@ -209,6 +211,10 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
         "the GPU's bf16 tensor-core page scores, looped"
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
+    for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included
+        assert any(s[1] == "_code_bounds_kernel" and s[2].get("NATIVE") == ["bool", True]
+                   and s[2].get("BITS") == ["int", bits] and ["tensor", "bfloat16"] in s[2].values()
+                   for s in chosen), f"the tensor-core code scan's native form, {bits} bits"
     path = tmp_path / "specs.json"
     path.write_text(json.dumps(chosen))
     env = dict(os.environ, TRITON_INTERPRET="0")
