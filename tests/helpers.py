@@ -122,13 +122,14 @@ def use_sample(monkeypatch, gather: int, sample: int = 128, run: int = 2) -> Non
     monkeypatch.setattr("entmaxkv.kernels.select_pages.GATHER", gather)
 
 
-def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False, device="cpu", head_dim=4):
+def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False, device="cpu", head_dim=4, group=1):
     """One KV head, pages of 4: 32 prompt tokens, then 5 decode steps (``Dense``) whose first key
     has a NaN in channel 2 (a step can append one: ``prefill`` rejects NaN) — page 8 fills
     holding it, page 9 is the newest. q = (2, 2, 0, …). Random prompt keys drawn from ``seed``,
     or (``unseeded``) page 0 scoring 20 and every other key far lower, page 8's other channels
     included, so that page 8's finite bounds alone would exclude it. Tensors on ``device``
-    (float32, D = ``head_dim`` >= 4). -> (cache, q, generator); the generator draws on the CPU."""
+    (float32, D = ``head_dim`` >= 4); ``group`` query heads, each q. -> (cache, q, generator); the
+    generator draws on the CPU."""
     d, s = head_dim, 4
     g = torch.Generator().manual_seed(seed)
 
@@ -145,7 +146,7 @@ def cache_with_a_nan_key(backend, seed, key_bits=None, unseeded=False, device="c
     empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=48, page_size=s,
                                    dtype=torch.float32, key_bits=key_bits, device=device)
     cache = ekv.prefill(empty, k.to(device), torch.randn(1, 1, 32, d, generator=g).to(device), [32])
-    q = first_two(2.0).to(device)
+    q = first_two(2.0).expand(1, group, 1, d).contiguous().to(device)
     for i in range(5):
         k_new = first_two(-3.0) if unseeded else torch.randn(1, 1, 1, d, generator=g)
         if i == 0:

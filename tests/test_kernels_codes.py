@@ -702,6 +702,7 @@ def test_scan_ops_on_any_page_block_and_head_dim(block_p, dtype, bits, group, al
     import entmaxkv.kernels.code_scan as cs
 
     monkeypatch.setattr(cs, "USE_DOT", dot)
+    assert cs.uses_dot(torch.float32, d, bits, group) == dot  # the dot cases do take the tensor-core path
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_BLOCK_P", block_p)
     monkeypatch.setattr(cs, "CANDIDATE_SPAN", 2 * block_p)  # several spans of two tiles, the last one partial

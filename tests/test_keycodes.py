@@ -243,7 +243,7 @@ def test_exact_with_codes_equals_dense_entmax(lens, group, alpha, bits, alibi, t
 @pytest.mark.parametrize("unseeded", [False, True])
 @pytest.mark.parametrize("backend,device,head_dim,use_dot", [
     ("torch", "cpu", 4, False), ("triton", "cpu", 4, False), ("triton", "cpu", 32, False),
-    ("triton", "cpu", 32, True),  # the tensor-core scan (off by default) and its candidate test
+    ("triton", "cpu", 32, True),  # the tensor-core scan (G = 2: it needs G >= 2) and its candidate test
     pytest.param("triton", "cuda", 16, False, marks=[pytest.mark.gpu, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device, head_dim, use_dot, unseeded,
@@ -253,12 +253,13 @@ def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device,
     its tokens as candidates (the candidate tests and the scan's page test drop a token only when
     its bound is provably at or below τ_low). ``unseeded``: the NaN page is far below the seed, so
     that finite bounds alone would have excluded it."""
-    if use_dot:
-        import entmaxkv.kernels.code_scan as code_scan
+    import entmaxkv.kernels.code_scan as code_scan
 
-        monkeypatch.setattr(code_scan, "USE_DOT", True)
+    monkeypatch.setattr(code_scan, "USE_DOT", use_dot)
+    group = 2 if use_dot else 1
+    assert code_scan.uses_dot(torch.float32, head_dim, 4, group) == use_dot
     cache, q, g = cache_with_a_nan_key(backend, fresh_seed(), key_bits=4, unseeded=unseeded, device=device,
-                                       head_dim=head_dim)
+                                       head_dim=head_dim, group=group)
     d = q.shape[-1]
     new, out, info = ekv.decode_step(cache, q, torch.randn(1, 1, 1, d, generator=g).to(device),
                                      torch.randn(1, 1, 1, d, generator=g).to(device),
