@@ -15,14 +15,16 @@ computed in any order (the reference's and this one's), so |s̃_i − ŝ_i| <= �
 
 Tensor cores (``USE_DOT``, ``uses_dot``: float32 work whose dots' K terms are exactly the D
 channels, K >= 16, no zero padding — the accumulation bound below counts D terms — and GQA
-groups of G >= 2; float64 work, other head dims and MHA keep the CUDA-core code, which
-``USE_DOT = False`` selects for every dtype). Per page p and head g the
+groups of G >= 2, or MHA (G = 1, the head tile padded to two) with 4 bits; float64 work,
+other head dims and MHA with 8 bits keep the CUDA-core code, which ``USE_DOT = False``
+selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
 of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
 2^±k normal floats; the clamp only makes the max smaller), and x = A·2^k is split into
 x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
-accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). Two new
+accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). For 4 bits
+(``HI_ONLY``, ``splits_a``) x_hi alone: one dot, ŝ = scale·(q·kmin + dot_hi·2^−k). Two new
 errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
 
 1. The split's residual, bounded and added to ε. Per element |x − h − l| <= 2^−22·|x| + 2^−13,
@@ -36,7 +38,13 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    2^bits/L >= 16/15 also covers |A| = |q|·step's rounding, the term's own float32 rounding,
    dot_hi's error on the absolute parts of |h| (below) and an underflowing 2^−k unscaling
    (<= 2^−150). For 4 bits the term is ~8·10^−6 of ε's step/2 part: no candidate changes.
-   Mutations it catches in ``tests/test_code_dot.py``: fp16 A without lo, the term dropped.
+   Hi alone: per element |x − h| <= 2^−11·|x| + 2^−14 (h normal for |x| >= 2^−14; below,
+   h is within 2^−25 of x, or 0 if flushed), so ε adds scale·(2^bits·2^−11·Σ_d |q_d|·step_pd +
+   D·2^bits·2^−14·2^−k) (``dot_margins(bits, split=False)``), the same argument with its 16/15:
+   ~1.56% of ε for 4 bits (measured ε_dot / ε_cores 1.01556 on the H200), which buys one dot
+   pair a page instead of two; for 8 bits it would be 25%, so 8 bits keep the split.
+   Mutations ``tests/test_code_dot.py`` catches: fp16 A without lo in the split form, either
+   form's term dropped or changed (the midpoint and dyadic tests, each form).
 2. The tensor cores' float32 accumulation, covered by the existing r·M. Assumed of the
    hardware (not a published specification of Hopper): products of float16 inputs are exact
    (11 × 4 or 8 significant bits fit float32), and a K-term product sum into a float32
@@ -49,7 +57,8 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    Σ_d |A_gd|·code_d <= L·(1 + u)·Σ_d |q_d|·step_pd <= 2(1 + 3u)·Σ_d |q_d|·M_pd
    (L·step <= kmax − kmin <= 2M), ŝ's error besides (1), in units of u·Σ_d |q_d|·M_pd:
    (D + 1) q·kmin (IEEE) + 2 A's product + 8D·(1 + 2^−10) dot_hi + 8D·2^−11 dot_lo + 2 the
-   hi + lo add + 3 adding q·kmin + 3 the scale, i.e. <= 9.02·D + 11 — and the CUDA-core
+   hi + lo add (both absent for hi alone) + 3 adding q·kmin + 3 the scale, i.e. <= 9.02·D +
+   11 — and the CUDA-core
    path's margin for ŝ's rounding is 3γ = 12(D + 2)·u (r = 8·eps + 6γ: 4·eps for the code's
    rounding, γ for the reference's, 3γ for ŝ). 9.02·D + 11 <= 12·D + 24 for every D, so r
    is unchanged and |s̃_i − ŝ_i| <= ε_p holds on this path too.
@@ -62,7 +71,7 @@ proof is the two items above; the dots are batched over the BLOCK_P pages, [BLOC
 x [BLOCK_P, K, GP] ``tl.dot`` (M = 16 tokens, N = G padded by the compiler: min_dot_size is
 (1, 1, 16) for 16-bit inputs). 4 bits: K = D/2, one dot for the low nibbles (even channels)
 and one for the high ones (odd channels), chained in one accumulator (the same D-term sum,
-in another order); 8 bits: K = D. hi and lo: 2·D/16 mma a page.
+in another order); 8 bits: K = D. hi and lo: 2·D/16 mma a page; hi alone (4 bits): D/16.
 Layout (what made this path faster than the CUDA-core one, session 21): q is read as a
 [G, BLOCK_P, D] tile (every page the same rows, heads outermost) and viewed as [BLOCK_P, G,
 D], so that a thread holds every head of its pages' channels; the statistics of all D
@@ -72,7 +81,8 @@ head thread, and A, q·kmin and ε's sum are formed there; hi and lo are split i
 odd channels afterwards (a reshape). On CUDA the code bytes become float16 by inline PTX
 (``_nibbles_half``: ten instructions for eight codes) and the statistics pass an opaque move
 (``_pinned``) before their broadcast over the heads. Static SASS a page (sm_90a, 4 bits,
-D = 128, G = 4, 2 pages / 1 warp): 1288 before, 712 after, against the CUDA-core path's 1004.
+D = 128, G = 4, 2 pages / 1 warp): 1288 before, 712 after, against the CUDA-core path's 1004;
+628 with hi alone (86 registers, from 155; session 22).
 
 1. ``code_bounds``: one pass over the codes of every coded page, for all G query heads of
    a KV group per program (a page's codes and statistics are read once per group). Writes
@@ -143,7 +153,7 @@ integer or and one subtraction (exact), not an int-to-float conversion — in pl
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path
 (the default for float32 work): G·D products a page for A (and for q·kmin and ε, as before),
 codes to float16 by the same or-and-subtract (float16, packed two a register), 2·D/16 mma a
-page.
+page (D/16 with hi alone).
 """
 
 from __future__ import annotations
@@ -159,7 +169,7 @@ from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.sparse_decode import bisection_gap
 from entmaxkv.kernels.threshold_search import _ordered
 
-__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "uses_dot"]
+__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "splits_a", "uses_dot"]
 
 # Launch configurations. code_bounds, CUDA-core path, tuned on the H200 at 128K, 4 bits, 32/8
 # heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
@@ -308,19 +318,51 @@ def uses_dot(work: torch.dtype, head_dim: int, bits: int, group: int) -> bool:
       4 bits; 16 .. 256 for 8 bits): the dots' K terms are exactly the D channels, with no
       zero-padded terms, which the accumulation bound of the module docstring (8·D·u) does not
       count; other head dims (20, 80, 96, ...) take the CUDA-core path;
-    - the KV group has G >= 2 query heads: at G = 1 (a dot of N = 1) the tensor-core path gave
-      wrong scores on the H200 (ŝ off by 4–10 ε, Triton 3.6; right in the interpreter;
-      session 21), so MHA takes the CUDA-core path."""
+    - the KV group has G >= 2 query heads, or G = 1 (MHA) with ``PAD_SINGLE_HEAD`` where A is
+      not split (``splits_a``: 4 bits), its head tile padded to two (``_heads_padded``)."""
     width = head_dim * bits // 8
     return (bool(USE_DOT) and work == torch.float32 and head_dim * bits == 8 * width and width >= 16
-            and width & (width - 1) == 0 and group >= 2)
+            and width & (width - 1) == 0 and (group >= 2 or (bool(PAD_SINGLE_HEAD) and not splits_a(bits))))
 
 
-def dot_margins(bits: int) -> tuple[float, float]:
+# G = 1 on the tensor cores with the head tile padded to two (GP = 2, one head of zeros). At
+# GP = 1 the path gave wrong scores on the H200 (ŝ off by 4–10 ε, Triton 3.6; right in the
+# interpreter; session 21) while a lone N = 1 dot of the same shape is right there (session
+# 22, ``benchmarks/small_n_dot_gpu.py``): the composition at a size-1 head dim, avoided by the
+# padding (right on the H200: ``test_every_group_size_agrees_with_the_cuda_core_path``).
+# Measured at 128K, B = 1, 32/32, 4 bits, needles (session 22): the step 298.2 µs on the CUDA
+# cores, 338.8 padded with hi + lo, 252.1 padded with hi alone — so G = 1 takes the tensor
+# cores only where A is not split (``uses_dot``). False: MHA on the CUDA cores always.
+PAD_SINGLE_HEAD = True
+
+
+def _heads_padded(use_dot: bool, group: int) -> int:
+    """GP, the kernels' head tile: G to a power of two, and at least 2 on the tensor cores."""
+    return max(next_pow2(group), 2) if use_dot else next_pow2(group)
+
+
+# 4 bits: A·2^k as float16 hi alone, no lo part and no second pair of dots (``splits_a``). The
+# residual term of ε grows from 2^−18 to 2^−7 of Σ_d |q_d|·step_pd, ε's step/2 part being
+# 2^−1 of it: ε 1.56% wider (measured: ε_dot / ε_cores 1.01556). 8 bits keep hi + lo (2^−3
+# would be 25%). Measured on the H200, needles, 32/8, α = 1.5 (session 22, the same run):
+# the step at B = 1 64K / 128K 101.9 / 140.2 µs with hi + lo, 93.6 / 122.7 hi alone; at
+# B = 16 718.4 / 1351.9 -> 577.0 / 1056.3; the same candidates, outputs bit for bit equal.
+# False: hi + lo for every bit width.
+HI_ONLY = True
+
+
+def splits_a(bits: int) -> bool:
+    """Whether the tensor-core path splits A·2^k into float16 hi + lo (else hi alone)."""
+    return bits == 8 or not HI_ONLY
+
+
+def dot_margins(bits: int, split: bool = True) -> tuple[float, float]:
     """(rel, abs) of the tensor-core path's extra ε, scale·(rel·Σ_d |q_d|·step_pd + D·abs·2^−k):
-    2^bits·2^−22 and 2^bits·2^−13, above (2^bits − 1) times the split's per-element residual
-    2^−22·|A| + 2^−13·2^−k (the module docstring). Powers of two: exact as float32 arguments."""
-    return 2.0 ** (bits - 22), 2.0 ** (bits - 13)
+    split (hi + lo): 2^bits·2^−22 and 2^bits·2^−13, above (2^bits − 1) times the split's
+    per-element residual 2^−22·|A| + 2^−13·2^−k (the module docstring); hi alone: 2^bits·2^−11
+    and 2^bits·2^−14, above (2^bits − 1)·(2^−11·|A| + 2^−14·2^−k) (|x − fp16(x)| <= 2^−11·|x|
+    for |x| >= 2^−14, <= 2^−14 below, flushed or not). Powers of two: exact as float32 arguments."""
+    return (2.0 ** (bits - 22), 2.0 ** (bits - 13)) if split else (2.0 ** (bits - 11), 2.0 ** (bits - 14))
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -641,7 +683,7 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row, live, length,
                 H, D, W, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr,
                 BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                NATIVE: tl.constexpr = False):
+                NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True):
     """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
     p (``live`` ones read; heads past G are zero), with tensor cores.
 
@@ -670,18 +712,23 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
     up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
     down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
-    hi, lo = _split_half(a, up)
+    if SPLIT:
+        hi, lo = _split_half(a, up)
+    else:  # hi alone: ε's residual term is the wider one of ``dot_margins(bits, split=False)``
+        hi = tl.permute((a * up[:, :, None]).to(tl.float16), (0, 2, 1))
     if BITS == 8:
         code = _as_half(byte.to(tl.int32))
-        dot_hi = tl.dot(code, hi, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
-        dot_lo = tl.dot(code, lo, out_dtype=tl.float32)
+        part = tl.dot(code, hi, out_dtype=tl.float32)  # [BLOCK_P, S, GP]
+        if SPLIT:
+            part += tl.dot(code, lo, out_dtype=tl.float32)
     else:  # channel 2j in the low nibble of byte j, 2j + 1 in the high one
-        hi, hi2 = tl.split(tl.reshape(hi, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
-        lo, lo2 = tl.split(tl.reshape(lo, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
         low, high = _nibbles_half(byte, NATIVE)
-        dot_hi = tl.dot(high, hi2, tl.dot(low, hi, out_dtype=tl.float32), out_dtype=tl.float32)
-        dot_lo = tl.dot(high, lo2, tl.dot(low, lo, out_dtype=tl.float32), out_dtype=tl.float32)
-    s_hat = (base[:, None, :] + (dot_hi + dot_lo) * down[:, None, :]) * scale_w
+        hi, hi2 = tl.split(tl.reshape(hi, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
+        part = tl.dot(high, hi2, tl.dot(low, hi, out_dtype=tl.float32), out_dtype=tl.float32)
+        if SPLIT:
+            lo, lo2 = tl.split(tl.reshape(lo, (BLOCK_P, BW, 2, GP)).permute(0, 1, 3, 2))
+            part += tl.dot(high, lo2, tl.dot(low, lo, out_dtype=tl.float32), out_dtype=tl.float32)
+    s_hat = (base[:, None, :] + part * down[:, None, :]) * scale_w
     eps = (eps + (D * tl.cast(dot_abs, WORK)) * down) * scale_w
     if HAS_ALIBI:
         slope = tl.load(slopes + (bh % H) * G + gi, mask=gi < G, other=0.0).to(WORK)  # [GP]
@@ -696,11 +743,11 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
                     dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
                     G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
                     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-                    NATIVE: tl.constexpr = False):
+                    NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True):
     """``_code_bounds_kernel``'s work on the pages p with tensor cores (``_dot_scores``), the G
     heads at once: page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
     s_hat, eps = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row,
-                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE)
+                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT)
     gi = tl.arange(0, GP)
     tok = tl.arange(0, S)
     out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
@@ -820,6 +867,7 @@ def _code_bounds_kernel(
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
     UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False, NATIVE: tl.constexpr = False,
+    SPLIT: tl.constexpr = True,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -844,7 +892,7 @@ def _code_bounds_kernel(
         if has_codes:  # tensor cores: the G heads at once
             _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
                             dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
-                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES, NATIVE)
+                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES, NATIVE, SPLIT)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
     else:
@@ -1030,6 +1078,7 @@ def _code_candidates_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr, NATIVE: tl.constexpr = False,
+    SPLIT: tl.constexpr = True,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -1064,7 +1113,7 @@ def _code_candidates_kernel(
             if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
                 s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
                                              dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
-                                             BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE)
+                                             BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT)
                 high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
                 gi = tl.arange(0, GP)
                 reach_g = ~(c * high - tau_low[None, None, :] <= 0) & (gi < G)[None, None, :]  # NaN: kept
@@ -1181,15 +1230,17 @@ def code_bounds(
     scale_t = _scale_tensor(scale, work, page_max)
     in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
+    dot = uses_dot(work, d, bits, g)
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits), F23, hkv, p, d, w,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits, splits_a(bits)), F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
-        USE_DOT=uses_dot(work, d, bits, g), GP=next_pow2(g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        USE_DOT=dot, GP=_heads_padded(dot, g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
-        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
+        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES),
+        SPLIT=splits_a(bits), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
@@ -1259,6 +1310,7 @@ def code_candidates(
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
     # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
     bisect = bisection_gap(alpha, work)
+    dot = uses_dot(work, d, bits, g)
     # at least one program a row: its last one writes the counts and the lists (also with P = 0)
     wrap_triton(_code_candidates_kernel)[(b * hkv, max(1, triton.cdiv(p, span)))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
@@ -1266,11 +1318,12 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, counters, *float64_words(lin + 0.0),  # compared in float64: exact α − 1 (−0.0 as +0.0)
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits), F23, hkv, p, d, w, capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits, splits_a(bits)), F23, hkv, p, d, w,
+        capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=next_pow2(g), USE_DOT=uses_dot(work, d, bits, g),
+        MARGIN=margin, GP=_heads_padded(dot, g), USE_DOT=dot,
         WORDS=_words(k_codes, work, d, bits, g),
-        NATIVE=q.is_cuda and bool(NATIVE_CODES), **consts,
+        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=splits_a(bits), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 
