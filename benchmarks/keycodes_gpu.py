@@ -22,7 +22,7 @@ BLOCK_P / NUM_WARPS) or on CUDA cores (``cores``: USE_DOT off, at ``--core-launc
 default ``code_scan``'s BLOCK_P / NUM_WARPS); every row is measured once per path, with the
 same inputs. On the ``dot`` row, ``vs_cores``: on the step's cache and query, the largest
 |page_max_dot − page_max_cores| over ε, ε_dot / ε_cores (min, max; the dot path adds
-``dot_margins``' term, ~1e-5); the steps' outputs' largest difference is the first row's
+``dot_margins``' term: 1.0156 for 4 bits, A as float16 hi alone; 1.0001 for 8 bits, hi + lo); the steps' outputs' largest difference is the first row's
 ``out_diff_vs_first`` (every row must be certified and equal dense entmax).
 
 Data ("needles", where Exact with codes reads little): per KV head a query direction u

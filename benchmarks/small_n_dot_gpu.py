@@ -1,8 +1,9 @@
 """Does a batched ``tl.dot`` with a small N give the right products on this GPU? A standalone
 check of the shape behind session 21's finding: the key-code scan's tensor-core form, whose dot
 is [BLOCK_P, S, K] x [BLOCK_P, K, G] (fp16 in, fp32 out), was off by 4–10 ε at G = 1 on the
-H200 and right at G = 2, 3, 4, 8 (``benchmarks/results/decode-2026-12-01-s21.md``, call 6), so
-``code_scan.uses_dot`` sends G = 1 to the CUDA cores. This script takes the scan's shape alone —
+H200 and right at G = 2, 3, 4, 8 (``benchmarks/results/decode-2026-12-01-s21.md``, call 6).
+Session 22 ran it: every N = 1..16 right (``decode-2026-12-01-s22.md``, call 1), so the scan now
+pads its head tile to two at G = 1 (``code_scan._heads_padded``). This script takes the scan's shape alone —
 small exact integer codes against fp16 values, two dots chained in one accumulator, as the scan's
 low and high nibbles — and prints the largest error against a float64 matmul for each N, with
 the operands as the scan builds them (the right operand transposed from a [B, N, K] tile) and

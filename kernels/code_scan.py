@@ -37,14 +37,19 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    scale·(2^bits·2^−22·Σ_d |q_d|·step_pd + D·2^bits·2^−13·2^−k) (``dot_margins``): the factor
    2^bits/L >= 16/15 also covers |A| = |q|·step's rounding, the term's own float32 rounding,
    dot_hi's error on the absolute parts of |h| (below) and an underflowing 2^−k unscaling
-   (<= 2^−150). For 4 bits the term is ~8·10^−6 of ε's step/2 part: no candidate changes.
+   (<= 2^−150). The split's term is ~8·10^−6 of ε's step/2 part for 4 bits (2^−18 of
+   Σ_d |q_d|·step_pd) and ~1.2·10^−4 of ε for 8 bits (measured: ε_dot / ε_cores 1.00012–1.00015).
    Hi alone: per element |x − h| <= 2^−11·|x| + 2^−14 (h normal for |x| >= 2^−14; below,
    h is within 2^−25 of x, or 0 if flushed), so ε adds scale·(2^bits·2^−11·Σ_d |q_d|·step_pd +
    D·2^bits·2^−14·2^−k) (``dot_margins(bits, split=False)``), the same argument with its 16/15:
    ~1.56% of ε for 4 bits (measured ε_dot / ε_cores 1.01556 on the H200), which buys one dot
    pair a page instead of two; for 8 bits it would be 25%, so 8 bits keep the split.
    Mutations ``tests/test_code_dot.py`` catches: fp16 A without lo in the split form, either
-   form's term dropped or changed (the midpoint and dyadic tests, each form).
+   form's relative term dropped or made too small or too large (the midpoint test, each form),
+   the kernel adding a term other than ``dot_margins``' (the dyadic test's equality), the two
+   scans launched with different forms (``test_both_scans_take_the_same_path``). The absolute
+   term only matters where float16 subnormals are flushed, which the interpreter does not do:
+   nothing on the CPU fails if it is dropped.
 2. The tensor cores' float32 accumulation, covered by the existing r·M. Assumed of the
    hardware (not a published specification of Hopper): products of float16 inputs are exact
    (11 × 4 or 8 significant bits fit float32), and a K-term product sum into a float32
@@ -158,6 +163,8 @@ page (D/16 with hi alone).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -169,7 +176,8 @@ from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.sparse_decode import bisection_gap
 from entmaxkv.kernels.threshold_search import _ordered
 
-__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "splits_a", "uses_dot"]
+__all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "scoring_form", "splits_a",
+           "uses_dot"]
 
 # Launch configurations. code_bounds, CUDA-core path, tuned on the H200 at 128K, 4 bits, 32/8
 # heads (`python benchmarks/tune_kernels.py --context 131072 --codes-only --bits 4`, 2026-11-29):
@@ -363,6 +371,24 @@ def dot_margins(bits: int, split: bool = True) -> tuple[float, float]:
     and 2^bits·2^−14, above (2^bits − 1)·(2^−11·|A| + 2^−14·2^−k) (|x − fp16(x)| <= 2^−11·|x|
     for |x| >= 2^−14, <= 2^−14 below, flushed or not). Powers of two: exact as float32 arguments."""
     return (2.0 ** (bits - 22), 2.0 ** (bits - 13)) if split else (2.0 ** (bits - 11), 2.0 ** (bits - 14))
+
+
+class ScoringForm(NamedTuple):
+    """How both scans score a shape (``scoring_form``): the tensor cores or not, the head tile,
+    A split or hi alone, and the ε term (rel, abs) of ``dot_margins`` that goes with it."""
+
+    dot: bool
+    heads: int
+    split: bool
+    rel: float
+    abs: float
+
+
+def scoring_form(work: torch.dtype, head_dim: int, bits: int, group: int) -> ScoringForm:
+    """The one place ``code_bounds`` and ``code_candidates`` take their path from, so that pass
+    2 rescans with pass 1's formulas and ε (from this module's constants at call time)."""
+    dot, split = uses_dot(work, head_dim, bits, group), splits_a(bits)
+    return ScoringForm(dot, _heads_padded(dot, group), split, *dot_margins(bits, split))
 
 
 def code_radius_factor(dtype: torch.dtype, head_dim: int) -> float:
@@ -688,10 +714,10 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     p (``live`` ones read; heads past G are zero), with tensor cores.
 
     Per (page, head): A = q·step (float32), scaled by 2^k so that max_d |A·2^k| lies in
-    [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo, float32-accumulated
-    dots with the exact float16 codes, unscaled by 2^−k; ε adds the split's residual,
-    scale·(dot_rel·Σ_d |q_d|·step_pd + D·dot_abs·2^−k) (``dot_margins``; the bound is in the
-    module docstring). 4 bits: the low and the high nibbles of the code bytes are two dots
+    [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo (``SPLIT``) or rounded
+    to float16 alone (4 bits, ``splits_a``), float32-accumulated dots with the exact float16
+    codes, unscaled by 2^−k; ε adds that rounding's residual, scale·(dot_rel·Σ_d |q_d|·step_pd
+    + D·dot_abs·2^−k) (``dot_margins`` of the form; the bound is in the module docstring). 4 bits: the low and the high nibbles of the code bytes are two dots
     over the even and the odd channels (no interleaving of the codes: the K order of a dot is
     free), chained in one accumulator per part."""
     gi = tl.arange(0, GP)
@@ -1230,17 +1256,17 @@ def code_bounds(
     scale_t = _scale_tensor(scale, work, page_max)
     in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
-    dot = uses_dot(work, d, bits, g)
+    form = scoring_form(work, d, bits, g)
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), *dot_margins(bits, splits_a(bits)), F23, hkv, p, d, w,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, hkv, p, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
-        USE_DOT=dot, GP=_heads_padded(dot, g), BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
+        USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
         NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES),
-        SPLIT=splits_a(bits), **consts,
+        SPLIT=form.split, **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
@@ -1310,7 +1336,7 @@ def code_candidates(
     span = max(CANDIDATE_SPAN, CANDIDATE_BLOCK_P)
     # the margin's constants, each exact as a float32 kernel argument (an integer times a power of two)
     bisect = bisection_gap(alpha, work)
-    dot = uses_dot(work, d, bits, g)
+    form = scoring_form(work, d, bits, g)  # pass 1's
     # at least one program a row: its last one writes the counts and the lists (also with P = 0)
     wrap_triton(_code_candidates_kernel)[(b * hkv, max(1, triton.cdiv(p, span)))](
         q, k_codes, k_min, k_max, seq_lens, slopes, _scale_tensor(scale, work, page_max), page_max, eps,
@@ -1318,12 +1344,11 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, counters, *float64_words(lin + 0.0),  # compared in float64: exact α − 1 (−0.0 as +0.0)
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, *dot_margins(bits, splits_a(bits)), F23, hkv, p, d, w,
-        capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, form.rel, form.abs, F23, hkv, p, d, w, capacity,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
-        MARGIN=margin, GP=_heads_padded(dot, g), USE_DOT=dot,
+        MARGIN=margin, GP=form.heads, USE_DOT=form.dot,
         WORDS=_words(k_codes, work, d, bits, g),
-        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=splits_a(bits), **consts,
+        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=form.split, **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 

@@ -7,10 +7,14 @@ scale, A = q·step in float16 as hi + lo (8 bits; 4 bits with ``HI_ONLY`` off) o
 (4 bits), ε's extra term of each form, |s − ŝ| <= ε on inputs built to need every term. The
 hardware's accumulation is tested by the ``gpu`` tests at the end (skipped without CUDA).
 Mutations each test below catches: A rounded to fp16 without the lo part in the split form,
-or hi alone's term replaced by the split's (``test_midpoint_keys_fill_the_interval_of_either_form``,
-by over 10× ε's rounding margin), the extra ε term dropped or changed
-(``test_eps_on_dyadic_inputs_is_exact``: equality), a wrong scale exponent or unscaling (the
-dyadic test's exact ŝ; the per-head magnitudes test).
+or hi alone's relative term replaced by the split's or doubled
+(``test_midpoint_keys_fill_the_interval_of_either_form``, by over 10× ε's rounding margin), the
+kernel adding another term than ``dot_margins``' (``test_eps_on_dyadic_inputs_is_exact``:
+equality with ``dot_extra``, which reads ``dot_margins``), the two scans launched with
+different forms (``test_both_scans_take_the_same_path``), a wrong scale exponent or unscaling
+(the dyadic test's exact ŝ; the per-head magnitudes test). Not on the CPU: the absolute term
+(2^−k) matters only where float16 subnormals are flushed to zero, and the G = 1 padding only on
+the GPU (the ``gpu`` tests at the end fail without it on the H200: session 22, call 7).
 """
 
 import math
@@ -287,22 +291,27 @@ def test_uses_dot_takes_the_tensor_cores_only_where_the_bound_holds(monkeypatch)
 
 @pytest.mark.parametrize("dtype,d,bits,group", [
     (torch.float16, 32, 4, 2), (torch.float16, 32, 4, 1), (torch.bfloat16, 16, 8, 3), (torch.float32, 24, 4, 4),
-    (torch.float64, 32, 4, 2),
+    (torch.float64, 32, 4, 2), (torch.float32, 16, 8, 1),
 ])
-def test_both_scans_take_the_same_path(dtype, d, bits, group, monkeypatch):
-    """``code_candidates`` rescans with pass 1's formulas, so it must take the path
+@pytest.mark.parametrize("hi_only", [False, True])
+def test_both_scans_take_the_same_path(dtype, d, bits, group, hi_only, monkeypatch):
+    """``code_candidates`` rescans with pass 1's formulas, so it must take the path and form
     ``code_bounds`` took (their ε differ by ``dot_margins``' term, which the candidate tests'
-    rounding band would hide): the ``USE_DOT`` each kernel is launched with, recorded, equals
-    ``uses_dot`` for the shape. Mutation caught: either launcher computing the path from other
-    arguments (e.g. another group size)."""
+    rounding band would hide): what each kernel is launched with — ``USE_DOT``, the head tile
+    ``GP``, ``SPLIT`` and the term (``dot_rel``, ``dot_abs``), recorded — equals
+    ``scoring_form`` for the shape, whose head tile is at least 2 on the tensor cores. Mutations
+    caught: either launcher computing any of them from other arguments (another group size,
+    split margins with hi alone, an unpadded head tile at G = 1)."""
     from triton.runtime.interpreter import InterpretedFunction
 
+    monkeypatch.setattr(code_scan, "HI_ONLY", hi_only)
     seen, run = {}, InterpretedFunction.run
+    names = ("USE_DOT", "GP", "SPLIT", "dot_rel", "dot_abs")
 
     def recording(self, *args, grid, warmup, **kwargs):
         bound = dict(zip(self.arg_names, args), **kwargs)
         if "USE_DOT" in bound:
-            seen.setdefault(self.fn.__name__, set()).add(bool(bound["USE_DOT"]))
+            seen.setdefault(self.fn.__name__, set()).add(tuple(bound[n] for n in names))
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     monkeypatch.setattr(InterpretedFunction, "run", recording)
@@ -312,8 +321,14 @@ def test_both_scans_take_the_same_path(dtype, d, bits, group, monkeypatch):
     tau_low = torch.zeros(page_max.shape[:3], dtype=torch.float64)
     code_scan.code_candidates(*args, page_max, eps, tau_low, bits, 0.3, 0.5, 64)
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    want = code_scan.uses_dot(work, d, bits, group)
+    form = code_scan.scoring_form(work, d, bits, group)
+    want = (form.dot, form.heads, form.split, form.rel, form.abs)
     assert seen == {"_code_bounds_kernel": {want}, "_code_candidates_kernel": {want}}, (seen, want)
+    assert form.dot == code_scan.uses_dot(work, d, bits, group) and form.split == code_scan.splits_a(bits)
+    assert (form.rel, form.abs) == code_scan.dot_margins(bits, form.split)
+    assert form.heads == (max(2, triton.next_power_of_2(group)) if form.dot else triton.next_power_of_2(group))
+    assert form.dot == (dtype != torch.float64 and d * bits in (128, 256, 512, 1024, 2048)
+                        and (group >= 2 or (bits == 4 and hi_only))), form
 
 
 @triton.jit
@@ -382,3 +397,38 @@ def test_every_group_size_agrees_with_the_cuda_core_path(group, hi_only, d, monk
     gap = (s_hat.double() - s_cc.double()).abs() / allowed.repeat_interleave(16, -1)
     assert float(gap[tokens].max()) < 1, (group, d, float(gap[tokens].max()))
     assert bool((eps.double() >= eps_cc.double() * (1 - 1e-6))[coded].all())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("alibi", [False, True])
+def test_exact_with_codes_on_cuda_at_every_group_size_equals_dense(group, alibi):
+    """``Exact`` with 4-bit codes on CUDA at G = 1 (MHA: both scans on the padded tensor-core
+    path) and G = 2, D = 128, fp16, ragged lengths: ``code_candidates``' lists against the
+    reference's reach (``check_candidates``), and the whole step certified and equal to dense
+    entmax on the same cache (float64) within fp16 rounding; with capacity 1 the overflowing
+    rows are flagged. Session 21's unpadded G = 1 path gave certified outputs 1.6 away from
+    dense on the H200, which this catches."""
+    from test_kernels_codes import append_token, check_candidates, cuda_cache
+    from entmaxkv.keycodes import code_scores
+
+    stream, cache = cuda_cache(torch.float16, 4, hq=4 * group, hkv=4, seed=5 + group + 2 * alibi)
+    q, kn, vn = stream.step()
+    assert code_scan.scoring_form(torch.float32, 128, 4, group).dot
+    slopes = torch.rand(4 * group, device="cuda") * 0.01 if alibi else None
+    scale = 128 ** -0.5
+    after, _ = append_token(cache.fork(), kn, vn)
+    want_s, _ = code_scores(after, q, scale, slopes)
+    tokens = coded_pages(after).repeat_interleave(after.page_size, -1)
+    tau_low = (0.5 * (torch.where(tokens, want_s, -1e9).amax(-1).double() - 1.0)).contiguous()
+    check_candidates(after, q, scale, slopes, tau_low, 1.5, 10_000, (group, alibi))
+    for capacity in (1, 512):
+        config = ekv.DecodeConfig(1.5, ekv.Exact(max_candidates=capacity), backend="triton")
+        new, out, info = ekv.decode_step(cache.fork(), q, kn, vn, config, alibi_slopes=slopes, with_info=True)
+        dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 1.5,
+                                    alibi_slopes=None if slopes is None else slopes.double())
+        assert bool(info.certified.all()), (group, alibi, capacity)
+        torch.testing.assert_close(out.double(), dense, rtol=1e-2, atol=2e-3, msg=f"G={group} capacity={capacity}")
+        if capacity == 1:
+            assert bool(info.overflow.any()), "capacity 1 must overflow some row"

@@ -101,7 +101,7 @@ def dot_extra(cache, q, scale):
 def score_tolerance(cache, q, scale):
     """[B, Hkv, G, P] float64: how far the op's ŝ may be from the reference's — the rounding
     part, plus on the tensor-core path the error of its float16 A, which ``dot_extra`` bounds
-    (and adds to ε): 2^−18 of Σ_d |q_d|·step_pd with hi + lo, 2^−7 with hi alone."""
+    (and adds to ε): 2^bits·2^−22 of Σ_d |q_d|·step_pd with hi + lo, 2^bits·2^−11 with hi alone."""
     return rounding_part(cache, q, scale) + dot_extra(cache, q, scale)
 
 

@@ -243,7 +243,7 @@ def test_exact_with_codes_equals_dense_entmax(lens, group, alpha, bits, alibi, t
 @pytest.mark.parametrize("unseeded", [False, True])
 @pytest.mark.parametrize("backend,device,head_dim,use_dot", [
     ("torch", "cpu", 4, False), ("triton", "cpu", 4, False), ("triton", "cpu", 32, False),
-    ("triton", "cpu", 32, True),  # the tensor-core scan (G = 2: it needs G >= 2) and its candidate test
+    ("triton", "cpu", 32, True),  # the tensor-core scan (G = 2) and its candidate test
     pytest.param("triton", "cuda", 16, False, marks=[pytest.mark.gpu, pytest.mark.skipif(
         not torch.cuda.is_available(), reason="needs CUDA")])])
 def test_exact_with_codes_and_a_nan_key_gives_nan_as_dense_does(backend, device, head_dim, use_dot, unseeded,
