@@ -39,7 +39,7 @@ from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
-    from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
+    from entmaxkv.kernels.page_scores import mean_slack, newest_slack, rounding_gamma
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_gap
 
     sparse_decode_module = importlib.import_module("entmaxkv.kernels.sparse_decode")  # its TAU_ONLY, read per call
@@ -428,7 +428,8 @@ class KernelOps(PageSets):
         """[B, Hkv, G] the newest page's best score less what rounding could have added to it
         (computed once a step: the seed's and the final attention use it)."""
         if self._floor is None:  # one launch (a multiply and a subtraction were two)
-            self._floor = torch.add(self.newest_max, self.newest_magnitude, alpha=-2 * self.gamma).to(
+            slack = newest_slack(work_dtype(self.cache.dtype), self.cache.head_dim)  # 2γ, a power of two
+            self._floor = torch.add(self.newest_max, self.newest_magnitude, alpha=-slack).to(
                 work_dtype(self.cache.dtype))
         return self._floor
 

@@ -158,7 +158,23 @@ def mean_slack(work: torch.dtype, page_size: int, head_dim: int) -> float:
     by one float32 ulp on the H200 at 128K (2026-11-29), where the torch composition is meant
     to give the same floor bit for bit."""
     u = 0.0 if work == torch.float64 else MEAN_UNIT_ROUNDOFF
-    c = (2 * page_size + 4 * (head_dim + 2)) * torch.finfo(work).eps + u
+    return _power_of_two_above((2 * page_size + 4 * (head_dim + 2)) * torch.finfo(work).eps + u)
+
+
+def newest_slack(work: torch.dtype, head_dim: int) -> float:
+    """c such that ``newest_max − c·magnitude`` is a score the attention computes for some
+    newest-page token: 2γ (the best score's own rounding and the attention's, γ·magnitude
+    each) rounded up to a power of two, for the reason of ``mean_slack``: c·magnitude is then
+    exact, so the floor rounds the same as one fused multiply-subtract (``quest_select`` on the
+    GPU), a product and a difference (the interpreter), or ``torch.add(..., alpha=−c)`` (the
+    torch composition, fused on the CPU). With 2γ itself the CPU's torch and the interpreter
+    differed by one float32 ulp (CI, 2026-12-02, seed 904010017 of
+    ``test_quest_select_finds_keys_that_only_the_tail_holds``)."""
+    return _power_of_two_above(2 * rounding_gamma(work, head_dim))
+
+
+def _power_of_two_above(c: float) -> float:
+    """The least power of two >= c > 0."""
     mantissa, exponent = math.frexp(c)  # c = mantissa·2^exponent, mantissa in [0.5, 1)
     return math.ldexp(1.0, exponent - 1 if mantissa == 0.5 else exponent)
 

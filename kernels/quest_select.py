@@ -68,7 +68,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
-from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
+from entmaxkv.kernels.page_scores import mean_slack, newest_slack
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
@@ -235,7 +235,8 @@ def _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE: tl.const
 @triton.jit
 def _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G: tl.constexpr, G_PAD: tl.constexpr,
                   WORK: tl.constexpr):
-    """The floor's newest-page term, max − 2γ·magnitude a head, and the selected pages'
+    """The floor's newest-page term, max − c·magnitude a head (c = ``two_gamma``: 2γ rounded up
+    to a power of two, ``page_scores.newest_slack``), and the selected pages'
     magnitude before any: 0; the list programs raise them to their best selected means and
     largest absmax."""
     gs = tl.arange(0, G_PAD)
@@ -542,7 +543,7 @@ def quest_select(
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude,
             max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
-            2 * rounding_gamma(work, head_dim), hkv, p,
+            newest_slack(work, head_dim), hkv, p,
             BLOCK=rank_block, ROW=row, TAIL=row_tail, COVERAGE=budget_pages < 0, **wide_ints, **kinds,
             num_warps=RANK_WARPS,
             **pdl_kwargs(upper, "quest_select"),
@@ -564,7 +565,7 @@ def quest_select(
         wrap_triton(_search_kernel)[(b * hkv,)](
             keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket,
             totals, max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
-            2 * rounding_gamma(work, head_dim), hkv, p, lists,
+            newest_slack(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
             **sample, COUNTED=counted,
             LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,

@@ -25,7 +25,7 @@ from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_s
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels.page_scores import page_bounds, page_scores  # noqa: E402
+from entmaxkv.kernels.page_scores import newest_slack, page_bounds, page_scores, rounding_gamma  # noqa: E402
 from entmaxkv.kernels.quest_select import quest_select  # noqa: E402
 
 S = 8  # small pages: many pages per short sequence
@@ -567,6 +567,24 @@ def test_quest_select_finds_keys_that_only_the_tail_holds(search, where, poison,
     assert bool(mask[..., 33].all()) if where == "top" else not bool(mask[..., 35].any()), msg
     assert torch.equal(count, mask.sum(-1).to(torch.int32)), msg
     assert torch.equal(floor, want_floor), msg
+
+
+@pytest.mark.parametrize("head_dim", [16, 64, 128])
+def test_the_newest_floor_rounds_the_same_fused_or_not(head_dim):
+    """The floor's newest-page term max − c·magnitude is the same float32 whether computed as
+    one fused multiply-subtract (the GPU's ``quest_select``, torch's ``add(alpha=−c)`` on the
+    CPU) or as a product and a difference (the interpreter), because c = ``newest_slack`` is a
+    power of two, so c·magnitude is exact: which is what lets the ops' floor equal the torch
+    composition's bit for bit everywhere. With c = 2γ itself the two differ on these heads."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    n = 1 << 16
+    top = torch.randn(n, generator=g) * torch.pow(10.0, torch.rand(n, generator=g) * 5 - 5)  # 1e-5 .. 1
+    mag = top.abs() + torch.rand(n, generator=g) * 100  # c·magnitude of top's size: rounding shows
+    for c in (newest_slack(torch.float32, head_dim), 2 * rounding_gamma(torch.float32, head_dim)):
+        fused = (top.double() - c * mag.double()).float()  # one rounding (exact in float64 first)
+        apart = top - torch.tensor(c, dtype=torch.float32) * mag
+        same = torch.equal(fused, apart)
+        assert same == (c == newest_slack(torch.float32, head_dim)), (head_dim, c)
 
 
 @pytest.mark.parametrize("pages, want", [(1, (16, 0)), (16, (16, 0)), (17, (32, 0)), (31, (32, 0)), (33, (32, 16)),
