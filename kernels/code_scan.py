@@ -717,9 +717,10 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     [2^14, 2^15) (k clamped to [−126, 126]), split into float16 hi + lo (``SPLIT``) or rounded
     to float16 alone (4 bits, ``splits_a``), float32-accumulated dots with the exact float16
     codes, unscaled by 2^−k; ε adds that rounding's residual, scale·(dot_rel·Σ_d |q_d|·step_pd
-    + D·dot_abs·2^−k) (``dot_margins`` of the form; the bound is in the module docstring). 4 bits: the low and the high nibbles of the code bytes are two dots
-    over the even and the odd channels (no interleaving of the codes: the K order of a dot is
-    free), chained in one accumulator per part."""
+    + D·dot_abs·2^−k) (``dot_margins`` of the form; the bound is in the module docstring).
+    4 bits: the low and the high nibbles of the code bytes are two dots over the even and the
+    odd channels (no interleaving of the codes: the K order of a dot is free), chained in one
+    accumulator per part."""
     gi = tl.arange(0, GP)
     qrows = bh.to(tl.int64) * G + gi
     tok = tl.arange(0, S)
