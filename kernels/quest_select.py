@@ -233,16 +233,16 @@ def _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE: tl.const
 
 
 @triton.jit
-def _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G: tl.constexpr, G_PAD: tl.constexpr,
+def _newest_floor(newest_max, newest_mag, floor, magnitude, slack, row, G: tl.constexpr, G_PAD: tl.constexpr,
                   WORK: tl.constexpr):
-    """The floor's newest-page term, max − c·magnitude a head (c = ``two_gamma``: 2γ rounded up
-    to a power of two, ``page_scores.newest_slack``), and the selected pages'
+    """The floor's newest-page term, max − slack·magnitude a head (``page_scores.newest_slack``:
+    2γ rounded up to a power of two), and the selected pages'
     magnitude before any: 0; the list programs raise them to their best selected means and
     largest absmax."""
     gs = tl.arange(0, G_PAD)
     top = tl.load(newest_max + row * G + gs, mask=gs < G, other=0.0).to(WORK)
     mag = tl.load(newest_mag + row * G + gs, mask=gs < G, other=0.0).to(WORK)
-    tl.store(floor + row * G + gs, top - tl.cast(two_gamma, WORK) * mag, mask=gs < G)
+    tl.store(floor + row * G + gs, top - tl.cast(slack, WORK) * mag, mask=gs < G)
     tl.store(magnitude + row * G + gs, tl.zeros((G_PAD,), WORK), mask=gs < G)
 
 
@@ -257,7 +257,7 @@ def _gt_ge(u_i, u_j):
 @triton.jit
 def _rank_kernel(
     keys, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude,
-    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, slack, H, P,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr,
     NBITS: tl.constexpr, INT: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
     PDL: tl.constexpr = False,
@@ -304,7 +304,7 @@ def _rank_kernel(
             none = tl.full((), float("inf"), tl.float32 if NBITS == 32 else tl.float64).to(INT, bitcast=True)
             tl.store(found + row * 2, none.to(tl.int64))
             tl.store(found + row * 2 + 1, tl.zeros((), tl.int64))
-        _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
+        _newest_floor(newest_max, newest_mag, floor, magnitude, slack, row, G, G_PAD, WORK)
 
 
 @triton.jit
@@ -353,7 +353,7 @@ def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT:
 @triton.jit
 def _search_kernel(
     keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket, totals,
-    budget, cov_hi, cov_mid, cov_lo, sink, recent, two_gamma, H, P, NLIST,
+    budget, cov_hi, cov_mid, cov_lo, sink, recent, slack, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
     LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
@@ -414,7 +414,7 @@ def _search_kernel(
             above, ties = _chunk_counts(x, t, start // LIST, above, ties, taken_before, row, NLIST, INT, NBITS, BLOCK,
                                         LIST)
 
-    _newest_floor(newest_max, newest_mag, floor, magnitude, two_gamma, row, G, G_PAD, WORK)
+    _newest_floor(newest_max, newest_mag, floor, magnitude, slack, row, G, G_PAD, WORK)
 
 
 @triton.jit
