@@ -46,13 +46,19 @@ def code_width(head_dim: int, bits: int) -> int:
 
 
 def code_steps(kmin: Tensor, kmax: Tensor, bits: int) -> Tensor:
-    """[..., D] code step (kmax - kmin) / (2^bits - 1) in the work dtype (float32, float64 for a
-    float64 cache). Encoding and scoring both use exactly this tensor."""
+    """[..., D] code step (kmax - kmin)·fl(1/(2^bits - 1)) in the work dtype (float32, float64
+    for a float64 cache). Encoding and scoring both use exactly this tensor.
+
+    A multiplication by the reciprocal rounded to the work dtype, not the IEEE quotient: one
+    correctly rounded product, the same on every backend (torch on the CPU and CUDA, the
+    interpreter, the kernels' one FMUL — an IEEE division is ~9 instructions with a slow-path
+    branch there, in the scan's per-page work). Nothing needs the quotient: a code is exact for
+    any step s > 0 with (kmax − kmin)/s <= 2^bits − 1 + 1/2 (here it is within a few ulps of
+    2^bits − 1), so every key lies within s/2 of kmin + code·s up to the rounding r covers."""
     wdt = work_dtype(kmin.dtype)
     span = kmax.to(wdt) - kmin.to(wdt)
-    # a tensor divisor: on CUDA, torch divides by a Python scalar as a multiplication by its
-    # reciprocal, which is not the IEEE quotient the kernels (div_rn) and the CPU compute
-    return span / torch.full_like(span, float(2**bits - 1))
+    # a tensor factor: the reciprocal rounded once, to the work dtype, as the kernels' constant
+    return span * torch.full_like(span, 1.0 / (2**bits - 1))
 
 
 def encode_keys(pages: Tensor, kmin: Tensor, kmax: Tensor, bits: int) -> Tensor:

@@ -40,10 +40,7 @@ def _round_half_even(x):
 def _page_codes(keys, lo, hi, d, D, BITS: tl.constexpr, WORK: tl.constexpr):
     """int32 codes [S, BLOCK_D] of a page's keys (work dtype) against its min/max [BLOCK_D]."""
     levels = tl.full((), 2**BITS - 1, WORK)
-    if WORK == tl.float64:
-        step = (hi - lo) / levels  # IEEE in float64
-    else:
-        step = tl.math.div_rn(hi - lo, levels)  # IEEE, as torch (`/` is approximate on the GPU)
+    step = (hi - lo) * tl.full((), 1.0 / (2**BITS - 1), WORK)  # ``keycodes.code_steps``: one rounded product
     coded = (step > 0) & (d < D)
     diff = keys - lo[None, :]
     safe = tl.where(coded, step, 1.0)[None, :]

@@ -422,11 +422,7 @@ def _page_stats(k_min, k_max, page_row, d, live, r, D, BITS: tl.constexpr, WORK:
     stat = page_row[:, None] * D + d[None, :]
     kmin = tl.load(k_min + stat, mask=mask, other=0.0).to(WORK)
     kmax = tl.load(k_max + stat, mask=mask, other=0.0).to(WORK)
-    levels = tl.full((), 2**BITS - 1, WORK)
-    if WORK == tl.float64:
-        step = (kmax - kmin) / levels  # IEEE in float64
-    else:
-        step = tl.math.div_rn(kmax - kmin, levels)  # the encoding's step bit for bit (`/` is approximate)
+    step = (kmax - kmin) * tl.full((), 1.0 / (2**BITS - 1), WORK)  # the encoding's step (``code_steps``)
     return kmin, step, step / 2 + r * tl.maximum(tl.abs(kmin), tl.abs(kmax))
 
 
