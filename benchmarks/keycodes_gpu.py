@@ -48,6 +48,7 @@ and .md to --out ($OUT); measures only, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import time
@@ -97,17 +98,21 @@ def use_path(path: str, core_launch: tuple[int, int], defaults: tuple[int, int])
     code_scan.BLOCK_P, code_scan.NUM_WARPS = defaults if path == "dot" else core_launch
 
 
-def variant_of(text: str) -> list[tuple[str, object]]:
-    """``NAME=value,...`` -> [(NAME, value)] of ``code_scan`` constants (values as Python literals);
-    ``base`` -> []. Fails on a name code_scan does not have (before any GPU work)."""
+def variant_of(text: str) -> list[tuple[object, str, object]]:
+    """``NAME=value,...`` -> [(module, NAME, value)] of ``code_scan`` constants (values as Python
+    literals; ``module.NAME`` for another ``entmaxkv.kernels`` module, e.g.
+    ``pdl.PDL_MODULES='append code_scan'``); ``base`` -> []. Fails on a name the module does
+    not have (before any GPU work)."""
     if text.strip() in ("", "base"):
         return []
     out = []
     for item in text.split(","):
         name, value = (x.strip() for x in item.split("="))
-        if not hasattr(code_scan, name):
-            raise SystemExit(f"entmaxkv.kernels.code_scan has no {name}")
-        out.append((name, eval(value)))  # noqa: S307 (a benchmark's own command line)
+        module_name, _, name = name.rpartition(".")
+        module = importlib.import_module(f"entmaxkv.kernels.{module_name or 'code_scan'}")
+        if not hasattr(module, name):
+            raise SystemExit(f"{module.__name__} has no {name}")
+        out.append((module, name, eval(value)))  # noqa: S307 (a benchmark's own command line)
     return out
 
 
@@ -242,14 +247,14 @@ def main() -> None:
             for name, sets in variants:
                 for path in args.paths.split(","):
                     use_path(path, args.core_launch, defaults)
-                    saved = [(key, getattr(code_scan, key)) for key, _ in sets]
+                    saved = [(module, key, getattr(module, key)) for module, key, _ in sets]
                     try:
-                        for key, value in sets:
-                            setattr(code_scan, key, value)
+                        for module, key, value in sets:
+                            setattr(module, key, value)
                         rows.append(bench(args, n, bits, bandwidth, log, path, outputs, name))
                     finally:
-                        for key, value in saved:
-                            setattr(code_scan, key, value)
+                        for module, key, value in saved:
+                            setattr(module, key, value)
             use_path("dot", args.core_launch, defaults)
             if len(outputs) >= 2:  # the rows' certified outputs (all equal dense entmax)
                 rows[first]["out_diff_vs_first"] = max(

@@ -3,7 +3,7 @@
 A full page p stores, besides its keys, one code per key element relative to the page's own
 per-channel min and max (statistics the cache keeps anyway):
 
-    step_pd = (kmax_pd - kmin_pd) / (2^bits - 1)
+    step_pd = (kmax_pd - kmin_pd) · fl(1 / (2^bits - 1))   (one rounded product: ``code_steps``)
     code_id = round((k_id - kmin_pd) / step_pd)      in [0, 2^bits - 1]  (0 where step is 0)
     k̂_id   = kmin_pd + code_id · step_pd             |k_id - k̂_id| <= step_pd / 2 (+ rounding)
 

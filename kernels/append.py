@@ -8,9 +8,9 @@ rows written (cache dtype; mean and std computed in float64 and rounded once, as
 ``page_stats``) on the one step in S that fills a page (and S·W code bytes). A full sequence
 (length == capacity) is left untouched; the caller reports it (``fits``).
 
-Codes follow ``keycodes.encode_keys`` bit for bit: step = (kmax − kmin) / (2^bits − 1) and
-code = round_half_even((k − kmin) / step) clamped to [0, 2^bits − 1] (0 where step is 0),
-with the stored (cache-dtype) min/max in the work dtype and IEEE divisions, like torch.
+Codes follow ``keycodes.encode_keys`` bit for bit: step = (kmax − kmin)·fl(1/(2^bits − 1))
+and code = round_half_even((k − kmin) / step) clamped to [0, 2^bits − 1] (0 where step is 0),
+with the stored (cache-dtype) min/max in the work dtype and an IEEE division, like torch.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ behind certified-exact ``Exact`` (``entmaxkv.exact_codes``), without a token-sco
 Every token i of a coded page p (a full page other than the newest) has the score interval
 of ``entmaxkv.keycodes``, computed here from the same tensors with the same formulas:
 
-    step_pd = (kmax_pd − kmin_pd) / (2^bits − 1)                (IEEE division, as torch)
+    step_pd = (kmax_pd − kmin_pd)·fl(1/(2^bits − 1))           (one rounded product, as torch)
     ŝ_i     = scale · (q·kmin_p + Σ_d (q_d·step_pd)·code_id)  (+ slope·(i − newest position))
     ε_p     = scale · Σ_d |q_d|·(step_pd/2 + r·M_pd)          (+ 8·eps·|slope|·span)
 
@@ -81,7 +81,7 @@ Layout (what made this path faster than the CUDA-core one, session 21): q is rea
 [G, BLOCK_P, D] tile (every page the same rows, heads outermost) and viewed as [BLOCK_P, G,
 D], so that a thread holds every head of its pages' channels; the statistics of all D
 channels are read at once, contiguously, in the matching [BLOCK_P, D] layout, so that the
-per-channel work (step's IEEE division, the radius) runs once a channel and not once per
+per-channel work (step's product, the radius) runs once a channel and not once per
 head thread, and A, q·kmin and ε's sum are formed there; hi and lo are split into even and
 odd channels afterwards (a reshape). On CUDA the code bytes become float16 by inline PTX
 (``_nibbles_half``: ten instructions for eight codes) and the statistics pass an opaque move
@@ -172,6 +172,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.sparse_decode import bisection_gap
 from entmaxkv.kernels.threshold_search import _ordered
@@ -890,8 +891,9 @@ def _code_bounds_kernel(
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
     UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False, NATIVE: tl.constexpr = False,
-    SPLIT: tl.constexpr = True,
+    SPLIT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
@@ -929,9 +931,11 @@ def _code_bounds_kernel(
 
 @triton.jit
 def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, H, P, D, S: tl.constexpr,
-                   G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr):
+                   G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                   PDL: tl.constexpr = False):
     """Grid (B·Hkv,): the newest page's best score and |score| scale of row ``bh``
     (``_newest_page``), when ``code_bounds`` runs no seed to carry it."""
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     length = tl.load(seq_lens + bh // H).to(tl.int32)
     _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H, P, D,
@@ -940,10 +944,12 @@ def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag
 
 @triton.jit
 def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr,
-                       SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr):
+                       SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr,
+                       PDL: tl.constexpr = False):
     """Grid (B·Hkv, NCH): program (bh, c) writes best[bh, c] [GP, KP], ``_seed_slots_of`` over
     the coded pages of chunk c, [c·CHUNK, (c+1)·CHUNK); 0 (empty) where it holds none — every
     entry is written, so the merge reads no stale value."""
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     c = tl.program_id(1)
     length = tl.load(seq_lens + bh // H).to(tl.int32)
@@ -961,11 +967,13 @@ def _seed_merge_kernel(
     newest_mag, scale, H, P, D, NCH,
     S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
     KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """One program per (sequence, KV head) row: the max over the row's NCH chunk entries of
     ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one
     pass over all its pages would give it; then ``_seed_list``. With ``WITH_NEWEST`` first the
     row's newest page (``_newest_page``, as ``_newest_kernel``: the seed reads none of it)."""
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     if WITH_NEWEST:
         length = tl.load(seq_lens + bh // H).to(tl.int32)
@@ -1006,6 +1014,7 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     wrap_triton(_seed_chunk_kernel)[(b * hkv, nch)](
         page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
         S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
+        **pdl_kwargs(q, "code_scan"),
     )
     slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
     wrap_triton(_seed_merge_kernel)[(b * hkv,)](
@@ -1013,6 +1022,7 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
         slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, scale, hkv, p, k_min.shape[-1],
         nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
         WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, num_warps=SEED_WARPS,
+        **pdl_kwargs(q, "code_scan"),
     )
     return seed_pages, seed_count, seed_mag
 
@@ -1101,8 +1111,9 @@ def _code_candidates_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr, NATIVE: tl.constexpr = False,
-    SPLIT: tl.constexpr = True,
+    SPLIT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
@@ -1263,7 +1274,7 @@ def code_bounds(
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
         NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES),
-        SPLIT=form.split, **consts,
+        SPLIT=form.split, **pdl_kwargs(q, "code_scan"), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
@@ -1272,7 +1283,8 @@ def code_bounds(
     elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
         wrap_triton(_newest_kernel)[(b * hkv,)](
             q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, hkv, p, d, S=s, G=g,
-            BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS)
+            BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS,
+            **pdl_kwargs(q, "code_scan"))
     return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
 
 
@@ -1345,7 +1357,7 @@ def code_candidates(
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
         MARGIN=margin, GP=form.heads, USE_DOT=form.dot,
         WORDS=_words(k_codes, work, d, bits, g),
-        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=form.split, **consts,
+        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=form.split, **pdl_kwargs(q, "code_scan"), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count
 

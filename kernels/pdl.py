@@ -35,8 +35,10 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # the kernel modules whose launches use it (space-separated, so that a benchmark variant can set
 # it). On the H200 (session 9, perf-log row 50; B = 1, 32/8, fp16, TopK 12.5%) the selection's
 # kernels gain 1-3 µs a step at 8K-128K (128K α = 1 74.2 -> 71.7 µs, α = 1.5 89.0 -> 86.2; 8K
-# 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs: it stays out
-PDL_MODULES = "append page_scores quest_select"
+# 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs: it stays out.
+# The key-code scans (session 23, perf-log row 106; 128K, B = 1, 4 bits, needles): the Exact-with-
+# codes step 113.2 -> 110.8 µs
+PDL_MODULES = "append page_scores quest_select code_scan"
 
 
 @functools.lru_cache(maxsize=None)

@@ -932,8 +932,8 @@ def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("kind", ["random", "ties", "outliers"])
 def test_append_op_codes_on_cuda_equal_torch(dtype, bits, kind):
-    """The compiled append kernel's codes (IEEE divisions, round half to even) equal the torch
-    encoder's bit for bit on CUDA, D = 128, over 40 steps crossing page edges."""
+    """The compiled append kernel's codes (step's product, an IEEE division, round half to even)
+    equal the torch encoder's bit for bit on CUDA, D = 128, over 40 steps crossing page edges."""
     from entmaxkv.backend import append
 
     g = torch.Generator().manual_seed(bits + len(kind))

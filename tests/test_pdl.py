@@ -35,10 +35,13 @@ def test_pdl_kwargs_on_cuda(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("alpha,selector", [(1.0, ekv.TopK(coverage=0.125)), (1.5, ekv.TopK(coverage=0.125)),
-                                            (1.5, ekv.Dense()), (2.0, ekv.TopK(token_budget=256))],
-                         ids=["topk-a1", "topk-a1.5", "dense-a1.5", "topk-budget-a2"])
-def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector):
+@pytest.mark.parametrize("alpha,selector,bits", [(1.0, ekv.TopK(coverage=0.125), None),
+                                                 (1.5, ekv.TopK(coverage=0.125), None), (1.5, ekv.Dense(), None),
+                                                 (2.0, ekv.TopK(token_budget=256), None), (1.5, ekv.Exact(), 4),
+                                                 (2.0, ekv.Exact(), 8)],
+                         ids=["topk-a1", "topk-a1.5", "dense-a1.5", "topk-budget-a2", "exact-codes4-a1.5",
+                              "exact-codes8-a2"])
+def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits):
     from entmaxkv.compiled import GraphedDecodeStep
     from entmaxkv.synthetic import SyntheticStream
 
@@ -47,7 +50,7 @@ def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector
                              dtype=torch.float16, device="cuda")
     k, v = stream.prompt(n)
     empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64, dtype=torch.float16,
-                                   device="cuda")
+                                   device="cuda", key_bits=bits)
     cache = ekv.prefill(empty, k, v, [n, n - 37])  # ragged: the rows cross page edges at different steps
     config = ekv.DecodeConfig(alpha, selector)
     monkeypatch.setattr(pdl, "PDL", True)
