@@ -11,7 +11,8 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
         "base;THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2;THREAD_TOKENS=4,BLOCK_P=8,NUM_WARPS=4"
 
 ``--variants``: ``;``-separated, each a ``,``-separated list of ``code_scan`` constant
-assignments ``NAME=value`` (``base``: none), applied after ``--paths``' switch; every row is
+assignments ``NAME=value`` (``module.NAME=value`` for another ``entmaxkv.kernels`` module, e.g.
+``pdl.PDL_MODULES='append code_scan'``; ``base``: none), applied after ``--paths``' switch; every row is
 measured once per variant and path, with the same inputs, and the first row of a context
 gets ``out_diff_vs_first`` (the largest difference of the other rows' certified outputs from
 its own: all equal dense entmax, so a variant that breaks the step shows there and in
@@ -109,7 +110,10 @@ def variant_of(text: str) -> list[tuple[object, str, object]]:
     for item in text.split(","):
         name, value = (x.strip() for x in item.split("="))
         module_name, _, name = name.rpartition(".")
-        module = importlib.import_module(f"entmaxkv.kernels.{module_name or 'code_scan'}")
+        try:
+            module = importlib.import_module(f"entmaxkv.kernels.{module_name or 'code_scan'}")
+        except ModuleNotFoundError:
+            raise SystemExit(f"entmaxkv.kernels has no module {module_name}") from None
         if not hasattr(module, name):
             raise SystemExit(f"{module.__name__} has no {name}")
         out.append((module, name, eval(value)))  # noqa: S307 (a benchmark's own command line)
@@ -214,7 +218,8 @@ def main() -> None:
     parser.add_argument("--core-launch", default=f"{code_scan.BLOCK_P},{code_scan.NUM_WARPS}",
                         help="BLOCK_P,NUM_WARPS of the CUDA-core path (default: code_scan's)")
     parser.add_argument("--variants", default="base",
-                        help="';'-separated code_scan constant sets, e.g. 'base;NEWEST_IN_SCAN=True'")
+                        help="';'-separated code_scan constant sets (module.NAME for another "
+                             "entmaxkv.kernels module), e.g. 'base;NEWEST_IN_SCAN=True'")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=os.environ.get("OUT", "keycodes_gpu_out"))

@@ -59,8 +59,9 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    exponent with the low bits truncated ((n + 2) ulps a block, as Fasi, Higham, Mikaitis and
    Pranesh 2021 measured on V100, T4 and A100). The ``gpu`` test of ``tests/test_code_dot.py``
    checks the interval on the H200's tensor cores on adversarial inputs. Then, with
-   Σ_d |A_gd|·code_d <= L·(1 + u)·Σ_d |q_d|·step_pd <= 2(1 + 3u)·Σ_d |q_d|·M_pd
-   (L·step <= kmax − kmin <= 2M), ŝ's error besides (1), in units of u·Σ_d |q_d|·M_pd:
+   Σ_d |A_gd|·code_d <= L·(1 + u)·Σ_d |q_d|·step_pd <= 2(1 + 5u)·Σ_d |q_d|·M_pd
+   (L·step <= (1 + u)^3·(kmax − kmin) <= 2(1 + u)^3·M: the span's subtraction, fl(1/L) and the
+   product each round once), ŝ's error besides (1), in units of u·Σ_d |q_d|·M_pd:
    (D + 1) q·kmin (IEEE) + 2 A's product + 8D·(1 + 2^−10) dot_hi + 8D·2^−11 dot_lo + 2 the
    hi + lo add (both absent for hi alone) + 3 adding q·kmin + 3 the scale, i.e. <= 9.02·D +
    11 — and the CUDA-core

@@ -774,10 +774,31 @@ def tie_keys(g, b, h, t, d):
     return k
 
 
+def product_tie_keys(g, b, h, t, d, dtype, bits):
+    """Keys at exact half steps of ``code_steps``' step where it differs from the IEEE quotient
+    (kmax − kmin)/(2^bits − 1): every page spans [0, span] for a span of each channel drawn so
+    that fl(span·fl(1/L)) != fl(span/L) and the step's low bits are zero (so (j + 1/2)·step is
+    exact), keys (j + 1/2)·step with j < L. The codes are round-half-even ties under the
+    product step and not under the quotient: an encoder or a scan that divides differs."""
+    levels = 2**bits - 1
+    wdt = torch.float64 if dtype == torch.float64 else torch.float32
+    span = (torch.rand(100_000, generator=g, dtype=torch.float64) * 8 + 8).to(wdt)
+    step = span * torch.full_like(span, 1.0 / levels)
+    words = step.view(torch.int64 if wdt == torch.float64 else torch.int32)
+    free = 6 if bits == 4 else 10  # zero low bits: (2j + 1)·step fits the mantissa
+    ok = (step != span / torch.full_like(span, float(levels))) & ((words & ((1 << free) - 1)) == 0)
+    assert int(ok.sum()) >= d
+    span, step = span[ok][:d].double(), step[ok][:d].double()
+    k = (torch.randint(0, levels, (b, h, t, d), generator=g).double() + 0.5) * step
+    k[:, :, 0::4], k[:, :, 1::4] = 0.0, span  # every page of 4 spans [0, span] in each channel
+    return k
+
+
 @pytest.mark.parametrize("dtype,bits,kind,d", [
     (torch.float32, 4, "ties", 16), (torch.float16, 4, "outliers", 15), (torch.bfloat16, 8, "constant", 16),
     (torch.float16, 8, "fp16_extremes", 9), (torch.float64, 4, "huge_range", 16), (torch.float32, 8, "random", 8),
     (torch.bfloat16, 4, "offset_tiny_spread", 13), (torch.float64, 8, "ties", 16),
+    (torch.float32, 4, "product_ties", 16), (torch.float32, 8, "product_ties", 16), (torch.float64, 4, "product_ties", 16),
 ])
 def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits, kind, d):
     """Decode steps on the kernel path (codes written by the ``append_token`` op) and on the
@@ -791,7 +812,8 @@ def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits
     lens = [3, 6, 12]  # complete a page at the first, third, ... step; the last row fills up
     capacity = 20
     t = max(lens)
-    make = tie_keys if kind == "ties" else lambda *a: adversarial_keys(kind, *a)
+    make = {"ties": tie_keys, "product_ties": lambda *a: product_tie_keys(*a, dtype, bits)}.get(
+        kind, lambda *a: adversarial_keys(kind, *a))
     k = make(g, 3, hkv, t + steps, d)
     v = torch.randn(3, hkv, t, d, generator=g, dtype=torch.float64)
     empty = ekv.PagedKVCache.empty(batch=3, num_kv_heads=hkv, head_dim=d, capacity=capacity, page_size=page,
@@ -816,6 +838,29 @@ def test_append_op_writes_the_codes_of_completed_pages_as_torch_does(dtype, bits
     want = encode_keys(ker.k_pages, ker.k_min, ker.k_max, bits)
     assert torch.equal(ker.k_codes[full], want[full]), seed
     assert bool((ker.k_codes[~full] == 0xA5).all()), seed  # nothing written outside completed pages
+
+
+@pytest.mark.parametrize("dtype,bits", [(torch.float32, 4), (torch.float32, 8), (torch.float64, 4)])
+def test_scan_scores_with_the_encoders_step_bit_for_bit(dtype, bits):
+    """On ``product_tie_keys`` (the product step and the quotient differ in every channel) a
+    one-hot query makes ŝ one product kmin + code·step, exact in both: ``code_bounds``' ŝ
+    equals ``keycodes.code_scores``' bit for bit only if the scan computes the encoder's step
+    (a scan that divides, or uses another constant, differs). D = 16, 4 bits: the CUDA-core
+    path (the tensor-core one rounds A to float16)."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    d, page, n = 16, 4, 12
+    k = product_tie_keys(g, 1, 1, n, d, dtype, bits)
+    cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=16, page_size=page, dtype=dtype,
+                                   key_bits=bits)
+    cache = ekv.prefill(cache, k.to(dtype), torch.zeros_like(k).to(dtype), [n])
+    coded = 2 * page  # pages 0 and 1 (page 2 holds the newest token)
+    for c in range(d):
+        q = torch.zeros(1, 1, 1, d, dtype=dtype)
+        q[..., c] = 1.0
+        s_hat = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
+                            bits, 1.0, True)[2]
+        want = code_scores(cache, q, 1.0)[0]
+        assert torch.equal(s_hat[..., :coded], want[..., :coded]), c
 
 
 def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):

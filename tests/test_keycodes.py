@@ -92,7 +92,7 @@ def test_pack_unpack_and_reconstruction_error(bits, d):
     assert codes.dtype == torch.uint8 and codes.shape == (3, PAGE, code_width(d, bits))
     c = unpack_codes(codes, bits, d)
     assert c.shape == (3, PAGE, d) and int(c.max()) <= 2**bits - 1
-    step = (kmax - kmin) / (2**bits - 1)
+    step = (kmax - kmin) * (1.0 / (2**bits - 1))  # code_steps: the reciprocal rounded once (float64 here)
     err = (decode_keys(codes, kmin, kmax, bits) - pages).abs()
     assert (err <= step.unsqueeze(-2) / 2 * (1 + 1e-12)).all()
     assert (c.amin(-2) == 0).all() and (c.amax(-2) == 2**bits - 1).all()  # extremes map to the ends

@@ -63,3 +63,36 @@ def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector
         eager, want = ekv.decode_step(eager, q, kn, vn, config)
         assert torch.equal(got, want)
     assert torch.equal(decoder.cache.seq_lens, eager.seq_lens)
+
+
+def test_every_kernel_launched_with_pdl_waits_first():
+    """Every kernel a launch gives ``pdl_kwargs`` starts with ``pdl_enter(PDL)`` (before any
+    memory access): a PDL kernel that read or wrote before waiting would race with the kernel
+    before it, which a GPU test sees only if the race happens to bite. Read from the source:
+    each ``wrap_triton(kernel)[grid](..., **pdl_kwargs(...))`` in ``kernels/``."""
+    import ast
+    from pathlib import Path
+
+    import entmaxkv.kernels as kernels
+
+    trees = {path.name: ast.parse(path.read_text()) for path in sorted(Path(kernels.__file__).parent.glob("*.py"))}
+    defs = {f.name: f for tree in trees.values() for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+    launched = []
+    for name_of_file, tree in trees.items():
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            pdl_launch = any(k.arg is None and isinstance(k.value, ast.Call) and getattr(k.value.func, "id", "")
+                             == "pdl_kwargs" for k in call.keywords)
+            if not pdl_launch:
+                continue
+            target = call.func  # wrap_triton(kernel)[grid]
+            assert isinstance(target, ast.Subscript) and getattr(target.value.func, "id", "") == "wrap_triton", (
+                name_of_file, call.lineno)
+            name = target.value.args[0].id
+            body = [s for s in defs[name].body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+            first = body[0]
+            assert (isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+                    and getattr(first.value.func, "id", "") == "pdl_enter"
+                    and [getattr(a, "id", None) for a in first.value.args] == ["PDL"]), (name_of_file, name)
+            launched.append(name)
+    # the modules of PDL_MODULES (and listed_tau, sparse_decode: switchable) all launch this way
+    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel"} <= set(launched)
