@@ -845,8 +845,8 @@ def test_scan_scores_with_the_encoders_step_bit_for_bit(dtype, bits):
     """On ``product_tie_keys`` (the product step and the quotient differ in every channel) a
     one-hot query makes ŝ one product kmin + code·step, exact in both: ``code_bounds``' ŝ
     equals ``keycodes.code_scores``' bit for bit only if the scan computes the encoder's step
-    (a scan that divides, or uses another constant, differs). D = 16, 4 bits: the CUDA-core
-    path (the tensor-core one rounds A to float16)."""
+    (a scan that divides, or uses another constant, differs). D = 16 and one query head a KV
+    head take the CUDA-core path at each of these bit widths (the tensor-core one rounds A)."""
     g = torch.Generator().manual_seed(fresh_seed())
     d, page, n = 16, 4, 12
     k = product_tie_keys(g, 1, 1, n, d, dtype, bits)
