@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
+from entmaxkv.kernels.common import code_step, next_pow2, page_stats_of, register_batch_rule
 from entmaxkv.kernels.page_stats import round_stat
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
@@ -40,7 +40,7 @@ def _round_half_even(x):
 def _page_codes(keys, lo, hi, d, D, BITS: tl.constexpr, WORK: tl.constexpr):
     """int32 codes [S, BLOCK_D] of a page's keys (work dtype) against its min/max [BLOCK_D]."""
     levels = tl.full((), 2**BITS - 1, WORK)
-    step = (hi - lo) * tl.full((), 1.0 / (2**BITS - 1), WORK)  # ``keycodes.code_steps``: one rounded product
+    step = code_step(lo, hi, BITS, WORK)
     coded = (step > 0) & (d < D)
     diff = keys - lo[None, :]
     safe = tl.where(coded, step, 1.0)[None, :]

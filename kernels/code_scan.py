@@ -171,7 +171,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.common import code_step, next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
@@ -424,7 +424,7 @@ def _page_stats(k_min, k_max, page_row, d, live, r, D, BITS: tl.constexpr, WORK:
     stat = page_row[:, None] * D + d[None, :]
     kmin = tl.load(k_min + stat, mask=mask, other=0.0).to(WORK)
     kmax = tl.load(k_max + stat, mask=mask, other=0.0).to(WORK)
-    step = (kmax - kmin) * tl.full((), 1.0 / (2**BITS - 1), WORK)  # the encoding's step (``code_steps``)
+    step = code_step(kmin, kmax, BITS, WORK)  # the encoding's step
     return kmin, step, step / 2 + r * tl.maximum(tl.abs(kmin), tl.abs(kmax))
 
 

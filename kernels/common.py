@@ -78,6 +78,13 @@ def rho_slope(x, inv_power, KIND: tl.constexpr):
 
 
 @triton.jit
+def code_step(kmin, kmax, BITS: tl.constexpr, WORK: tl.constexpr):
+    """The key-code step (kmax − kmin)·fl(1/(2^bits − 1)) in the work dtype, one rounded
+    product: ``keycodes.code_steps`` bit for bit (the encoder's and both scans' one definition)."""
+    return (kmax - kmin) * tl.full((), 1.0 / (2**BITS - 1), WORK)
+
+
+@triton.jit
 def page_stats_of(keys, S: tl.constexpr):
     """min, max, mean and population std over the S rows of a [S, D] block (work dtype). A NaN
     in a column makes its min and max NaN, as torch's ``amin``/``amax`` (the reference's): a
