@@ -89,6 +89,18 @@ FINAL_EXCHANGE = True
 # With KEYED_MAX, on the H200 (perf-log row 71): −1 to −2.3 µs a step (Dense α = 1.5 128K
 # 101.7 → 99.4 µs) — the atomics' latency was mostly hidden by the SM's other warps.
 SPARSE_EXCHANGE = True
+# α > 1 with ``SPARSE_EXCHANGE``: which programs exchange at iteration 0 too. That atomic
+# publishes the program's starting maximum (−inf, or the score floor every split of the row
+# shares) and reads the other programs'; the next instructions wait for it. For a program of
+# the first wave (the ``PROGRAMS_PER_SM`` programs an SM the split count is sized for) it
+# reads what programs that started with it hold — their starting maxima, nothing to filter
+# with — so it skips it: the first exchange is at iteration 1, after its first tile's maximum
+# (an atomic round trip less in its chain; on a short list — one tile a split, as in
+# ``Exact``'s attention and seed — the final exchange is its only one). A program past the
+# first wave (B = 16: two waves) starts after others have published tiles' maxima: it
+# exchanges first, and filters its first tile with them. True: every program exchanges at
+# iteration 0, as before session 24.
+EXCHANGE_AT_START = False
 # α > 1: the running maxima as order-preserving integer keys (``threshold_search._ordered``):
 # one integer atomic max an exchange. False: Triton's float atomic max, which is two atomics in
 # sequence (a signed max for non-negative values, an unsigned min for negative ones).
@@ -137,17 +149,27 @@ def tokens_per_iter(entmax: bool, list_pages: int) -> int:
     return ENTMAX_TOKENS_PER_ITER if entmax and list_pages >= LONG_LIST_PAGES else TOKENS_PER_ITER
 
 
+def _sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device; 4 for the interpreter (few programs keep CPU tests fast)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
 def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device,
                entmax: bool = False) -> int:
     """Splits of the page list per (sequence, KV head): about ``PROGRAMS_PER_SM`` programs per
     SM, never more than there are iterations of work in a full list (``tokens_per_iter``)."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 4  # the interpreter: few programs keep CPU tests fast
+    sms = _sm_count(device)
     pages_per_iter = max(1, tokens_per_iter(entmax, list_capacity) // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
     return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)))
+
+
+def first_wave(device: torch.device) -> int:
+    """Programs in the scoring kernel's first wave, as ``num_splits`` sizes it: ``PROGRAMS_PER_SM``
+    an SM (``EXCHANGE_AT_START``)."""
+    return PROGRAMS_PER_SM * _sm_count(device)
 
 
 @triton.jit
@@ -192,7 +214,7 @@ def run_max_init(rows: int, work: torch.dtype, keyed: bool, device: torch.device
 def _scores_kernel(
     q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_in, score_floor, run_max,
     cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-    scale, lin, H, G, P, M, CAP,
+    scale, lin, H, G, P, M, CAP, wave,
     D: tl.constexpr, S: tl.constexpr, G_PAD: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NSPLIT: tl.constexpr, DENSE: tl.constexpr, PAGED: tl.constexpr, HAS_ALIBI: tl.constexpr, GIVEN_TAU: tl.constexpr,
@@ -203,6 +225,9 @@ def _scores_kernel(
     pdl_enter(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
+    # past the first wave (programs are dispatched in linear order, axis 0 fastest): exchange at
+    # iteration 0 too (``EXCHANGE_AT_START``; wave is 0 when every program does)
+    late = split * tl.num_programs(0) + bh >= wave
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
     newest = (length - 1) // S
@@ -267,9 +292,9 @@ def _scores_kernel(
         if KIND != 0:
             # Publish the maximum so far and take the other splits' (an attained score, so a
             # valid floor): survivors shrink to those near the global maximum.
-            if SPARSE_EXCHANGE:  # at iterations 0, 1, 2, 4, 8, ... only
+            if SPARSE_EXCHANGE:  # at iterations 1, 2, 4, 8, ... only (and 0 past the first wave)
                 shared = m
-                if (it & (it - 1)) == 0:
+                if ((it & (it - 1)) == 0) & ((it > 0) | late):
                     shared = _exchange_max(run_max, qrow, m, gmask, WORK, KEYED_MAX)
             else:
                 shared = _exchange_max(run_max, qrow, m, gmask, WORK, KEYED_MAX)
@@ -702,7 +727,7 @@ def sparse_decode(
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap,
+        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap, 0 if EXCHANGE_AT_START else first_wave(q.device),
         D=d, S=s, G_PAD=dot_rows, ROWS=min(dot_rows, max(2, next_pow2(g))) if entmax and FIRST_ROWS else dot_rows,
         BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,

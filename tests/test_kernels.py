@@ -317,7 +317,8 @@ def test_sparse_decode_on_the_heads_rows_equals_the_dots_rows(alpha, dtype, grou
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dtype, poison, monkeypatch):
     """The running maxima exchanged as integer keys (``KEYED_MAX``: int32 keys for float32 work,
-    int64 for float64) and only at iterations 0, 1, 2, 4, ... (``SPARSE_EXCHANGE``) against
+    int64 for float64) and only at iterations 1, 2, 4, ... (``SPARSE_EXCHANGE``; and 0 with
+    ``EXCHANGE_AT_START``) against
     Triton's float atomic max at every iteration, and a tile's survivors decided from its
     rows' maxima (``SKIP_BY_ROW_MAX``) against the sum of its keep flags: bit for bit the same
     output and τ (the interpreter runs one program at a time, so each program reads the same
@@ -359,16 +360,18 @@ def test_sparse_decode_exchange_forms_equal_the_float_atomic_every_iteration(dty
             want = sparse_decode(*args)
         if alibi is not None and mode == TAU_EXACT and not dense:
             given = torch.where(torch.arange(8) % 2 == 0, want[1] - 0.25, want[1])  # a τ at or below the exact one
-        for sparse, keyed, skip in ((True, True, True), (True, False, False), (False, True, False),
-                                    (False, False, True)):
+        for sparse, keyed, skip, start in ((True, True, True, False), (True, True, True, True),
+                                           (True, False, False, False), (False, True, False, False),
+                                           (False, False, True, False)):
             with monkeypatch.context() as form:
                 form.setattr("entmaxkv.kernels.sparse_decode.SPARSE_EXCHANGE", sparse)
                 form.setattr("entmaxkv.kernels.sparse_decode.KEYED_MAX", keyed)
                 form.setattr("entmaxkv.kernels.sparse_decode.SKIP_BY_ROW_MAX", skip)
+                form.setattr("entmaxkv.kernels.sparse_decode.EXCHANGE_AT_START", start)
                 got = sparse_decode(*args)
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=0, atol=0, msg=f"seed {seed} dense {dense} sparse {sparse} "
-                                           f"keyed {keyed} skip {skip} floor {score_floor is not None} "
+                                           f"keyed {keyed} skip {skip} start {start} floor {score_floor is not None} "
                                            f"alibi {alibi is not None} mode {mode}")
 
 

@@ -60,7 +60,7 @@ def test_ops_match_the_reference_on_the_same_pages(dtype, alpha, b, hq, hkv, n):
 @pytest.mark.parametrize("sel", [ekv.Dense(), ekv.TopK(coverage=0.125)], ids=["Dense", "TopK"])
 def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, monkeypatch):
     """``sparse_decode``'s exchange of running maxima between its scoring programs in the four
-    forms (every iteration or at iterations 0, 1, 2, 4, …: ``SPARSE_EXCHANGE``; float atomics
+    forms (every iteration or at iterations 1, 2, 4, …: ``SPARSE_EXCHANGE``; float atomics
     or integer keys: ``KEYED_MAX``), where programs really run at once (the interpreter runs one
     at a time): the same output within fp16 rounding and τ within float64 rounding of the
     survivors' order, each equal to the reference over the pages the step attended."""
