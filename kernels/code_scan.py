@@ -887,7 +887,7 @@ def _no_codes(page_max, eps_out, bh, p, in_range, P, G: tl.constexpr, BLOCK_P: t
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
     page_max, eps_out, s_hat_out, newest_max, newest_mag,
-    scale, r, alibi_eps, dot_rel, dot_abs, f23, H, P, D, W,
+    scale, r, alibi_eps, dot_rel, dot_abs, f23, P, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
@@ -970,26 +970,29 @@ def _seed_merge_kernel(
     KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    """One program per (sequence, KV head) row: the max over the row's NCH chunk entries of
-    ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one
-    pass over all its pages would give it; then ``_seed_list``. With ``WITH_NEWEST`` first the
-    row's newest page (``_newest_page``, as ``_newest_kernel``: the seed reads none of it)."""
+    """Grid (B·Hkv, 1 + WITH_NEWEST). Program (bh, 0): the max over row bh's NCH chunk
+    entries of ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed,
+    as one pass over all its pages would give it; then ``_seed_list``. Program (bh, 1), with
+    ``WITH_NEWEST``: the row's newest page (``_newest_page``, as ``_newest_kernel``: the seed
+    reads none of it) — its own program, so that its chain of loads runs beside the merge's
+    instead of before it."""
     pdl_enter(PDL)
     bh = tl.program_id(0)
-    if WITH_NEWEST:
+    if tl.program_id(1) == 1:  # launched only WITH_NEWEST
         length = tl.load(seq_lens + bh // H).to(tl.int32)
         _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H,
                      P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
-    gi = tl.arange(0, GP)[:, None, None]
-    ci = tl.arange(0, ROUNDS)[None, :, None]
-    ri = tl.arange(0, KP)[None, None, :]
-    packed = tl.zeros((GP, KP), tl.int64)
-    for c0 in range(0, NCH, ROUNDS):
-        c = c0 + ci
-        entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
-        packed = tl.maximum(packed, tl.max(entry, axis=1))
-    _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh, P, D,
-               G, SLOTS, GP, KP, BD, WORK)
+    else:
+        gi = tl.arange(0, GP)[:, None, None]
+        ci = tl.arange(0, ROUNDS)[None, :, None]
+        ri = tl.arange(0, KP)[None, None, :]
+        packed = tl.zeros((GP, KP), tl.int64)
+        for c0 in range(0, NCH, ROUNDS):
+            c = c0 + ci
+            entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
+            packed = tl.maximum(packed, tl.max(entry, axis=1))
+        _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh, P,
+                   D, G, SLOTS, GP, KP, BD, WORK)
 
 
 def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,
@@ -1018,7 +1021,7 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
         **pdl_kwargs(q, "code_scan"),
     )
     slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
-    wrap_triton(_seed_merge_kernel)[(b * hkv,)](
+    wrap_triton(_seed_merge_kernel)[(b * hkv, 1 + (newest is not None))](
         q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens,
         slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, scale, hkv, p, k_min.shape[-1],
         nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
@@ -1108,7 +1111,7 @@ def _code_candidates_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, page_max, eps_in, tau_in,
     seed_count, seed_mag, newest_mag, index, count, page_mask, tau_out, page_list, page_count, counters,
     lin_high, lin_middle, lin_low, scale, r, alibi_eps, gamma, alibi_round, span_f, bisect, dot_rel, dot_abs, f23,
-    H, P, D, W, C,
+    P, D, W, C, H: tl.constexpr,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr, NATIVE: tl.constexpr = False,
@@ -1266,11 +1269,16 @@ def code_bounds(
     in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
     form = scoring_form(work, d, bits, g)
+    # Hkv, D and W as constants (one specialisation a model, as G and BD already are): the row's
+    # sequence bh // Hkv and the statistics' and codes' row offsets compile to shifts and
+    # immediates — 520 -> 480 static SASS a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp;
+    # ``benchmarks/code_scan_registers.py``). ``code_candidates`` takes Hkv alone as a constant
+    # (with D and W too its loop grew: 1,728 -> 1,832 a page).
     wrap_triton(_code_bounds_kernel)[grid](
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, hkv, p, d, w,
+        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, p, hkv, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
@@ -1354,7 +1362,7 @@ def code_candidates(
         newest_mag if margin else page_max, index, count, page_mask, tau_used if margin else tau_low, page_list,
         page_count, counters, *float64_words(lin + 0.0),  # compared in float64: exact α − 1 (−0.0 as +0.0)
         scale, code_radius_factor(work, d), _alibi_eps(work, p, s), rounding_gamma(work, d),
-        4 * torch.finfo(work).eps, float(p * s), bisect, form.rel, form.abs, F23, hkv, p, d, w, capacity,
+        4 * torch.finfo(work).eps, float(p * s), bisect, form.rel, form.abs, F23, p, d, w, capacity, hkv,
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
         MARGIN=margin, GP=form.heads, USE_DOT=form.dot,
         WORDS=_words(k_codes, work, d, bits, g),
