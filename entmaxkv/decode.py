@@ -119,7 +119,7 @@ def attend_cache(
     # tokens attended: full pages hold S each, the newest page what its sequence holds of it
     newest_tokens = cache.seq_lens - ((cache.seq_lens - 1) // cache.page_size) * cache.page_size
     num_tokens = (page_mask & ~step.newest).sum(-1) * cache.page_size + newest_tokens[:, None]
-    overflow = selection.overflow
+    overflow = selection.overflowed()
     if overflow is None:
         overflow = torch.zeros(b, cache.num_kv_heads, dtype=torch.bool, device=q.device)
     info = DecodeInfo(

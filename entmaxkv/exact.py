@@ -125,4 +125,5 @@ class Exact(Selector):
     def _select_with_codes(self, step: Step) -> Selection:
         found = code_candidates(step, self.top_tokens, self.max_candidates)
         # exact by the argument in exact_codes, and trivially so on the fallback rows
-        return Selection(found.attended, certified=True, overflow=found.overflow)
+        return Selection(found.attended, certified=True, candidate_count=found.found_count,
+                         candidate_capacity=self.max_candidates)

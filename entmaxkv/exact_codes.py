@@ -66,7 +66,8 @@ class CodeCandidates:
     index: [B, Hkv, C] int64 candidate token slots (position p·S + j), -1 in unused entries
         (reference: ranked by reach; kernels: increasing);
     count: [B, Hkv] int64 candidates found (may exceed C);
-    overflow: [B, Hkv] bool, count > C (the list is then incomplete: do not use it alone);
+    overflow (property): [B, Hkv] bool, count > C (the list is then incomplete: do not use
+        it alone), computed when read (a step reads it only for its info);
     tau_low: [B, Hkv, G] float64, the τ lower bound that decided the candidates;
     page_mask: [B, Hkv, P] bool, pages holding a listed candidate (kernels: any candidate,
         and every coded page on an overflowed row);
@@ -83,7 +84,7 @@ class CodeCandidates:
 
     found_index: Tensor  # the list as found: int64 ranked (reference), or int32 unordered (kernels)
     found_count: Tensor  # int64 (reference) or int32 (kernels)
-    overflow: Tensor
+    capacity: int
     tau_low: Tensor
     page_mask: Tensor
     seed_list: Tensor
@@ -106,6 +107,10 @@ class CodeCandidates:
     @property
     def count(self) -> Tensor:
         return self.found_count.long()
+
+    @property
+    def overflow(self) -> Tensor:
+        return self.found_count > self.capacity
 
 
 def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidates:
@@ -141,7 +146,7 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     return CodeCandidates(
         found_index=index,
         found_count=count,
-        overflow=overflow,
+        capacity=capacity,
         tau_low=tau_low,
         page_mask=page_mask,
         seed_list=seed,
@@ -193,7 +198,7 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     return CodeCandidates(
         found_index=index,
         found_count=count,
-        overflow=count > capacity,
+        capacity=capacity,
         tau_low=tau_low,
         page_mask=page_mask,
         seed_list=seed,

@@ -142,7 +142,10 @@ class Selection:
     an optional [B, Hkv, G] bool, or True for every row (``Exact`` without a cap and with key
     codes: a proof by construction, no tensor, so a step that asks for no info launches nothing
     for it). overflow: optional [B, Hkv] bool, rows whose fixed-capacity candidate list
-    overflowed and that fell back to every page."""
+    overflowed and that fell back to every page; or, instead, candidate_count [B, Hkv] (the
+    candidates found) and candidate_capacity (the list's capacity), from which
+    ``overflowed`` derives it where it is read — a step that asks for no info launches
+    nothing for it."""
 
     page_mask: Tensor | None
     tau: Tensor | None = None
@@ -150,10 +153,18 @@ class Selection:
     all_pages: bool = False
     certified: Tensor | bool | None = None
     overflow: Tensor | None = None
+    candidate_count: Tensor | None = None
+    candidate_capacity: int | None = None
 
     def __post_init__(self):
         if self.page_mask is None and not self.all_pages:
             raise ValueError("Selection: page_mask [B, Hkv, P] bool is required unless all_pages=True")
+
+    def overflowed(self) -> Tensor | None:
+        """[B, Hkv] bool rows whose candidate list overflowed, or None when nothing says."""
+        if self.overflow is not None or self.candidate_count is None:
+            return self.overflow
+        return self.candidate_count > self.candidate_capacity
 
     def mask_of(self, cache: PagedKVCache) -> Tensor:
         """[B, Hkv, P] bool: the page mask, or every live page of ``cache`` when it is None."""

@@ -695,3 +695,18 @@ def test_a_selection_without_a_mask_is_every_live_page():
     assert mask.sum(-1).tolist() == [[3, 3], [2, 2]]  # ceil(40 / 16), ceil(17 / 16) live pages
     with pytest.raises(ValueError, match="page_mask"):
         ekv.selection.Selection(None)
+
+
+def test_a_selection_derives_overflow_from_its_candidate_count_where_it_is_read():
+    """``Exact`` with key codes hands over its candidate count and capacity, not an overflow
+    tensor: ``overflowed`` compares them when the step's info reads it (a step without info
+    launches nothing for it); an explicit ``overflow`` wins; neither gives None."""
+    mask = torch.ones(2, 3, 4, dtype=torch.bool)
+    count = torch.tensor([[0, 7, 8], [9, 100, 3]], dtype=torch.int32)
+    lazy = ekv.selection.Selection(mask, candidate_count=count, candidate_capacity=8)
+    assert lazy.overflow is None
+    assert lazy.overflowed().tolist() == [[False, False, False], [True, True, False]]
+    given = torch.zeros(2, 3, dtype=torch.bool)
+    assert ekv.selection.Selection(mask, overflow=given, candidate_count=count, candidate_capacity=8).overflowed() \
+        is given
+    assert ekv.selection.Selection(mask).overflowed() is None
