@@ -126,4 +126,4 @@ class Exact(Selector):
         found = code_candidates(step, self.top_tokens, self.max_candidates)
         # exact by the argument in exact_codes, and trivially so on the fallback rows
         return Selection(found.attended, certified=True, candidate_count=found.found_count,
-                         candidate_capacity=self.max_candidates)
+                         candidate_capacity=found.capacity)
