@@ -243,8 +243,9 @@ SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
 # Where the newest page's best score and |score| scale are computed (``k_pages`` given). False,
-# the default: out of the scan's launch — in the seed's per-row merge program when the seed is
-# asked for (it reads nothing the newest page writes), else in a launch of its own, grid (B·Hkv,).
+# the default: out of the scan's launch — in the seed merge's launch, a program a row beside the
+# row's merge, when the seed is asked for (the merge reads nothing the newest page writes), else
+# in a launch of its own, grid (B·Hkv,).
 # True: one more program per row in the scan's launch (program 0 of the row), the form measured
 # at ~21 µs of the 157.9 µs step call at 128K on the H200 (2026-11-29), for no known reason.
 # Both run the same ``_newest_page``; `python benchmarks/keycodes_gpu.py --contexts 131072 --paths
@@ -978,21 +979,35 @@ def _seed_merge_kernel(
     instead of before it."""
     pdl_enter(PDL)
     bh = tl.program_id(0)
-    if tl.program_id(1) == 1:  # launched only WITH_NEWEST
-        length = tl.load(seq_lens + bh // H).to(tl.int32)
-        _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H,
-                     P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
+    scale_w = _scale_of(scale, scale_t, WORK)
+    if WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
+        if tl.program_id(1) == 1:
+            length = tl.load(seq_lens + bh // H).to(tl.int32)
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
+                         BD, WORK, HAS_ALIBI, False)
+        else:
+            _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD, WORK,
+                       SLOTS, GP, KP, ROUNDS)
     else:
-        gi = tl.arange(0, GP)[:, None, None]
-        ci = tl.arange(0, ROUNDS)[None, :, None]
-        ri = tl.arange(0, KP)[None, None, :]
-        packed = tl.zeros((GP, KP), tl.int64)
-        for c0 in range(0, NCH, ROUNDS):
-            c = c0 + ci
-            entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
-            packed = tl.maximum(packed, tl.max(entry, axis=1))
-        _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh, P,
-                   D, G, SLOTS, GP, KP, BD, WORK)
+        _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD, WORK, SLOTS,
+                   GP, KP, ROUNDS)
+
+
+@triton.jit
+def _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G: tl.constexpr,
+               BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr,
+               ROUNDS: tl.constexpr):
+    """Row bh's seed: the max over its NCH chunk entries of ``_seed_chunk_kernel`` (``ROUNDS``
+    chunks at a time), then ``_seed_list``."""
+    gi = tl.arange(0, GP)[:, None, None]
+    ci = tl.arange(0, ROUNDS)[None, :, None]
+    ri = tl.arange(0, KP)[None, None, :]
+    packed = tl.zeros((GP, KP), tl.int64)
+    for c0 in range(0, NCH, ROUNDS):
+        c = c0 + ci
+        entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
+        packed = tl.maximum(packed, tl.max(entry, axis=1))
+    _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, G, SLOTS, GP, KP, BD, WORK)
 
 
 def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,

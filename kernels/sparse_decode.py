@@ -84,8 +84,9 @@ V_ROWS = 16
 FINAL_EXCHANGE = True
 # α > 1: how often a scoring program exchanges its running maximum inside its loop. An exchange
 # is an atomic whose result the next instructions wait for (Triton moves it to the other lanes
-# through shared memory at once, with barriers). True: at the loop's iterations 0, 1, 2, 4, 8,
-# ... (the floor rises most at the start), plus the final exchange; False: every iteration.
+# through shared memory at once, with barriers). True: at the loop's iterations 1, 2, 4, 8, ...
+# (the floor rises most at the start; 0 too past the first wave: ``EXCHANGE_AT_START``), plus
+# the final exchange; False: every iteration.
 # With KEYED_MAX, on the H200 (perf-log row 71): −1 to −2.3 µs a step (Dense α = 1.5 128K
 # 101.7 → 99.4 µs) — the atomics' latency was mostly hidden by the SM's other warps.
 SPARSE_EXCHANGE = True

@@ -291,7 +291,7 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
 
     monkeypatch.setattr(cs, "BLOCK_P", block_p)
     monkeypatch.setattr(cs, "NEWEST_IN_SCAN", in_scan)
-    seen = {"newest": [], "codes": []}
+    seen = {"newest": [], "codes": [], "merge": []}
 
     def recording(name, helper):
         def run(*args, **kwargs):
@@ -301,18 +301,21 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
 
     monkeypatch.setattr(cs, "_newest_page", recording("newest", cs._newest_page))
     monkeypatch.setattr(cs, "_code_tile", recording("codes", cs._code_tile))
+    monkeypatch.setattr(cs, "_seed_list", recording("merge", cs._seed_list))
     seed = fresh_seed()
     cache, q, slopes, _ = coded_setup(seed, torch.float32, 4, 2, True)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 0.3, False)
     rows = cache.batch * HKV
     outs, codes = [], []
     for slots in (2, 0):  # with the seed (the step's call), then without
-        seen["newest"].clear()
-        seen["codes"].clear()
+        for runs in seen.values():
+            runs.clear()
         outs.append(code_bounds(*args, cache.k_pages, slots))
         codes.append(set(seen["codes"]))
         program = 1 if slots and not in_scan else 0  # the merge's second program a row; else the first
         assert sorted(seen["newest"]) == [(bh, program) for bh in range(rows)], (seed, slots, seen["newest"])
+        # the seed's list once a row, by the merge's first program (none without the seed)
+        assert sorted(seen["merge"]) == ([(bh, 0) for bh in range(rows)] if slots else []), (seed, seen["merge"])
     seen["newest"].clear()
     seen["codes"].clear()
     bare = code_bounds(*args)

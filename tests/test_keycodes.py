@@ -318,6 +318,9 @@ def test_candidate_list_is_fixed_capacity_and_padded():
     listed = (found.index >= 0).sum(-1)
     assert torch.equal(listed, found.count.clamp_max(40))
     assert torch.equal(found.overflow, found.count > 40)
+    # a row holding exactly its capacity is complete: not an overflow
+    full = code_candidates(step, 8, int(found.count[0, 0]))
+    assert not bool(full.overflow[0, 0]) and torch.equal(full.overflow, full.count > full.capacity)
 
 
 def test_exact_without_codes_is_unchanged_and_use_codes_false_ignores_them():

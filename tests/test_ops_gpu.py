@@ -59,9 +59,10 @@ def test_ops_match_the_reference_on_the_same_pages(dtype, alpha, b, hq, hkv, n):
 
 @pytest.mark.parametrize("sel", [ekv.Dense(), ekv.TopK(coverage=0.125)], ids=["Dense", "TopK"])
 def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, monkeypatch):
-    """``sparse_decode``'s exchange of running maxima between its scoring programs in the four
-    forms (every iteration or at iterations 1, 2, 4, …: ``SPARSE_EXCHANGE``; float atomics
-    or integer keys: ``KEYED_MAX``), where programs really run at once (the interpreter runs one
+    """``sparse_decode``'s exchange of running maxima between its scoring programs in five
+    forms (every iteration or at iterations 1, 2, 4, …: ``SPARSE_EXCHANGE``, and 0 for every
+    program or only past the first wave: ``EXCHANGE_AT_START``; float atomics or integer keys:
+    ``KEYED_MAX``), where programs really run at once (the interpreter runs one
     at a time): the same output within fp16 rounding and τ within float64 rounding of the
     survivors' order, each equal to the reference over the pages the step attended."""
     import entmaxkv.kernels.sparse_decode as sd
@@ -71,19 +72,20 @@ def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, monkeyp
         q, k, v = stream.step()
         config = ekv.DecodeConfig(1.5, sel)
         got = {}
-        for sparse in (False, True):
-            for keyed in (False, True):
-                monkeypatch.setattr(sd, "SPARSE_EXCHANGE", sparse)
-                monkeypatch.setattr(sd, "KEYED_MAX", keyed)
-                new, out, info = ekv.decode_step(cache.fork(), q, k, v, config, with_info=True)
-                lists = torch.where(info.page_mask, torch.arange(new.num_pages, device="cuda"), -1)
-                want, tau = ekv.paged_decode(new, q, lists, 1.5, None)
-                assert rel(out, want) < TOL[torch.float16], (seed, sparse, keyed, rel(out, want))
-                got[sparse, keyed] = out, info.tau
-        base_out, base_tau = got[False, False]
-        for (sparse, keyed), (out, tau) in got.items():
-            assert rel(out, base_out) < 1e-3, (seed, sparse, keyed, rel(out, base_out))
-            torch.testing.assert_close(tau, base_tau, rtol=1e-9, atol=1e-9, msg=f"seed {seed} {sparse} {keyed}")
+        for sparse, keyed, start in ((False, False, False), (False, True, False), (True, False, False),
+                                     (True, True, False), (True, True, True)):
+            monkeypatch.setattr(sd, "SPARSE_EXCHANGE", sparse)
+            monkeypatch.setattr(sd, "KEYED_MAX", keyed)
+            monkeypatch.setattr(sd, "EXCHANGE_AT_START", start)
+            new, out, info = ekv.decode_step(cache.fork(), q, k, v, config, with_info=True)
+            lists = torch.where(info.page_mask, torch.arange(new.num_pages, device="cuda"), -1)
+            want, tau = ekv.paged_decode(new, q, lists, 1.5, None)
+            assert rel(out, want) < TOL[torch.float16], (seed, sparse, keyed, start, rel(out, want))
+            got[sparse, keyed, start] = out, info.tau
+        base_out, base_tau = got[False, False, False]
+        for form, (out, tau) in got.items():
+            assert rel(out, base_out) < 1e-3, (seed, form, rel(out, base_out))
+            torch.testing.assert_close(tau, base_tau, rtol=1e-9, atol=1e-9, msg=f"seed {seed} {form}")
 
 
 def test_long_context_topk_and_dense():
