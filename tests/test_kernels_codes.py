@@ -873,8 +873,9 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
     never called) and the candidate list is ordered only when read: a step dispatches no sort.
     Without ``with_info`` it reads no page statistics (no ``page_bounds``: ``code_bounds``
     gives the seed, its magnitude and the newest page) and runs no ``select_pages`` (the scan
-    ops list the seed and the attended pages). The step still equals the torch path's, and
-    the codes are the torch encoder's."""
+    ops list the seed and the attended pages), and compares no candidate count with the list's
+    capacity (the overflow flag is computed where the info reads it: ``Selection.overflowed``).
+    The step still equals the torch path's, and the codes are the torch encoder's."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import entmaxkv.keycodes as keycodes
@@ -916,6 +917,7 @@ def test_kernel_step_encodes_no_page_in_torch_and_sorts_nothing(monkeypatch):
         assert not any(name.startswith("aten.sort") for name in ops.seen), sorted(ops.seen)
         assert "entmaxkv.page_bounds.default" not in ops.seen, sorted(ops.seen)
         assert "entmaxkv.select_pages.default" not in ops.seen, sorted(ops.seen)
+        assert not any(name.startswith("aten.gt") for name in ops.seen), sorted(ops.seen)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
     assert torch.equal(cache.k_codes, ref.k_codes), seed
 
