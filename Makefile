@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	touch $(STAMP)
 
 # Without a GPU, Triton kernels run in its interpreter (set before any kernel is defined).
+# The tests spread over every core (pytest-xdist); serially they take about 90 minutes on CI's two.
 test: $(STAMP)
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(PY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')} \
-		$(PY) -m pytest -q
+		$(PY) -m pytest -q -n auto
 
 # The HF integration's tests again under the oldest transformers the `models` extra allows
 # (5.17, the GPU machine's), laid over the pinned environment (only transformers and the
@@ -37,7 +38,7 @@ $(OLDEST_TRANSFORMERS)/.installed: $(STAMP)
 test-oldest-transformers: $(OLDEST_TRANSFORMERS)/.installed
 	PYTHONPATH=$(OLDEST_TRANSFORMERS) $(PY) -c 'import transformers as t; assert t.__version__ == "5.17.0", t.__version__'
 	PYTHONPATH=$(OLDEST_TRANSFORMERS) HF_HUB_OFFLINE=1 TRITON_INTERPRET=$${TRITON_INTERPRET:-1} \
-		$(PY) -m pytest -q tests/test_hf_tiny.py tests/test_hf_layers.py tests/test_hf_smollm2.py
+		$(PY) -m pytest -q -n auto tests/test_hf_tiny.py tests/test_hf_layers.py tests/test_hf_smollm2.py
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m entmaxkv.demo
