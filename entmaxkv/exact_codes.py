@@ -7,34 +7,40 @@ With key codes (``keycodes``) every token i of a full page has a score interval
 2. seed: for each query head and each residue class r of the pages mod ``top_tokens``, the
    page whose best token is best by ŝ - ε (``class_seed``: the head's best page is always
    among them, and the scan can keep these with one atomic max per page instead of a
-   selection over all pages afterwards; the group's union), plus the newest page; τ_low = a
-   safe lower bound of τ over the seed's exact scores (``Step.ops.tau_lower_bound``, either
-   backend), so τ_low <= τ̃(seed);
+   selection over all pages afterwards); τ_low = a safe lower bound of the entmax threshold
+   of the values z = the head's own seed pages' code lower bounds max_i (ŝ_i − ε) and the
+   newest page's exact scores (``seed_tau_bound``). No key of the seed is read: each value is
+   at most some distinct token's score s̃ (the best token of a page has s̃ >= ŝ − ε), and τ
+   rises with every score and with every token added, so τ_low <= τ̃(all tokens);
 3. candidates: tokens with lin(α)·(ŝ + ε) > τ_low for some head of the group;
 4. the attended set A = candidates + the newest page; exact τ over A;
 5. output from A's support.
 
-Why A gives dense entmax exactly. A seed token outside A has lin·s̃ <= τ_low <= τ̃(seed): zero
-weight at τ̃(seed), so dropping it leaves that τ unchanged, τ̃(seed ∩ A) = τ̃(seed) >= τ_low,
-and adding tokens never lowers τ: τ̃(A) >= τ_low. Every token outside A has
-lin·s̃ <= lin·(ŝ + ε) <= τ_low <= τ̃(A): zero weight at τ̃(A), so τ over all tokens is τ̃(A)
-and the outputs agree. The seed need not be attended.
+Why A gives dense entmax exactly. Every token outside A has lin·s̃ <= lin·(ŝ + ε) <= τ_low <=
+τ̃(all): zero weight at the dense τ, so the dense τ is also the root over A alone — τ̃(A) =
+τ̃(all) — and the outputs agree. The seed need not be attended.
+
+Before session 25 the seed's τ was over the seed pages' exact scores (K of up to G·top_tokens
+pages read, and one more attention launch pair a step); on SmolLM2 real attention
+(``benchmarks/keycodes_real.py``) the lower bounds give about 1.7× the candidates (4-bit,
+α = 1.5: 25 / 85 / 268 tokens a KV head, median / p90 / max, against 15 / 46 / 140), still
+a few hundred at most and fewer bytes than the seed's keys were.
 
 Static shapes: candidates go to a fixed-capacity list of ``capacity`` token slots per
 (sequence, KV head), padded with -1, ranked by how far they can reach above τ_low. A row with
 more candidates than that overflows: the caller must fall back to a correct path (every page)
 and say so — the list is never silently truncated. This is the shape a kernel mirrors: one
 pass over page-major codes with a per-page step vector, a τ bound from a small seed, and a
-compaction into a fixed-size list. (The seed is whole pages because selectors speak pages:
-``StepOps`` bounds τ over a page set. A token-level seed would read less K.)
+compaction into a fixed-size list. (A page of the seed contributes one value, its best
+token's lower bound.)
 
 Two implementations of steps 1-3, chosen by the step's backend: on the reference
 (``ReferenceOps``) the torch scan below (``keycodes.code_scores``: every code unpacked, token
 scores [B, Hkv, G, N] in memory); on the kernels (``KernelOps``) the ops of
-``entmaxkv.kernels.code_scan``: pass 1 keeps each page's best ŝ and ε per head and, in the
-same launch, the seed (atomic max per class; the row's last program lists it, each page
-once, with the |score| scale of its pages and the newest page's best score and scale, so
-the step reads no ``page_scores``), and pass 2 rescans only the pages whose best upper
+``entmaxkv.kernels.code_scan``: pass 1 keeps each page's best ŝ and ε per head, the seed's two
+small launches list it (each page once, with the |score| scale of its pages), score the newest
+page (its best score and scale, so the step reads no ``page_scores``) and solve the seed's τ
+from the lower bounds, and pass 2 rescans only the pages whose best upper
 bound reaches τ_low (lowering the seed's τ to it itself), appending candidates to the list
 with an atomic counter and their pages to the attention's page list (every page on an
 overflowed row). Both give the same seed, τ_low and candidate set up to the rounding of ŝ
@@ -51,8 +57,9 @@ import torch
 from torch import Tensor
 
 from entmaxkv.backend import KernelOps
+from entmaxkv.bounds import score_rounding_errors, worst_over
 from entmaxkv.conventions import pages_to_mask
-from entmaxkv.entmax import lin
+from entmaxkv.entmax import entmax_threshold, lin
 from entmaxkv.keycodes import code_scores
 from entmaxkv.selection import Step
 
@@ -129,7 +136,7 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
     n = low.shape[-1]
     page_low = low.reshape(*low.shape[:3], cache.num_pages, s).amax(-1)  # [B, Hkv, G, P]
     seed = class_seed(page_low, top_tokens)
-    tau_low = step.ops.tau_lower_bound(pages_to_mask(seed, cache.num_pages) | step.newest)  # [B, Hkv, G]
+    tau_low = seed_tau_bound(step, page_low, seed, top_tokens)  # [B, Hkv, G]
 
     reach = (c * high.double() - tau_low.unsqueeze(-1)).amax(2)  # [B, Hkv, N] (amax keeps a NaN)
     # a token is dropped only when its bound provably stays at or below τ_low: a NaN bound (a NaN
@@ -152,6 +159,39 @@ def code_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandidate
         seed_list=seed,
         attended=torch.where(overflow[..., None], step.candidates.expand_as(page_mask), page_mask),
     )
+
+
+def seed_tau_bound(step: Step, page_low: Tensor, seed: Tensor, slots: int) -> Tensor:
+    """Step 2's τ_low on the reference ([B, Hkv, G] float64, in units of (α−1)·score): for each
+    query head, the entmax threshold of the values z = the code lower bounds ``page_low``
+    [B, Hkv, G, P] (fl(ŝ − ε) of each page's best token, the work dtype) of its own ``slots``
+    seed pages (``class_seed``'s [B, Hkv, G·slots], −1 for none) and the newest page's scores,
+    lowered by what rounding could have moved it. No key is read for the seed.
+
+    Why it is below the dense τ: each value is at most the score of a distinct token (a page's
+    best token has s̃ >= ŝ − ε), τ rises with every score and with every token added. The
+    margin: a page_low may sit above ŝ − ε by its subtraction's rounding (<= eps·|z| of the work
+    dtype), a newest score off the exact one by ``score_rounding_errors``; τ's own float64 error
+    as in ``certificate.safe_tau_lower_bound``."""
+    cache, alpha = step.cache, step.alpha
+    b, hkv, g, p = page_low.shape
+    own = seed.reshape(b, hkv, g, slots)
+    neg_inf = torch.tensor(float("-inf"), dtype=page_low.dtype, device=page_low.device)
+    low = torch.where(own >= 0, page_low.gather(-1, own.clamp_min(0)), neg_inf)  # [B, Hkv, G, slots]
+    newest = cache.tokens_of(step.newest)[:, :, None, :]  # [B, 1 or Hkv, 1, N]
+    scores = step.ops.scores  # the reference's token scores [B, Hkv, G, N]
+    fresh = torch.where(newest, scores, neg_inf.to(scores.dtype))
+    z = torch.cat([low.double(), fresh.double()], -1)
+    tau = entmax_threshold(z, alpha, dim=-1)
+    finite = z.isfinite()
+    size = z.abs().where(finite, torch.zeros_like(z))
+    slot_round = torch.finfo(page_low.dtype).eps * size[..., :slots].amax(-1)
+    errors = score_rounding_errors(cache, step.q, step.scale, step.alibi_slopes)
+    rounding = torch.maximum(slot_round, worst_over(errors, newest[:, :, 0].expand(-1, hkv, -1)).double())
+    n = finite.sum(-1).clamp_min(1).double()
+    c = lin(alpha)
+    own_error = 16 * n * torch.finfo(torch.float64).eps * (tau.abs() + c * size.amax(-1) + 1)
+    return tau - c * rounding - own_error
 
 
 def class_seed(page_low: Tensor, slots: int) -> Tensor:
@@ -185,11 +225,12 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     (the overflow fallback included), so the attention needs no ``select_pages``."""
     cache, ops = step.cache, step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)  # q: [B, Hq, D]
-    page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag = torch.ops.entmaxkv.code_bounds(
-        *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens)
+    # the seed's τ [B, Hkv, G] from its code lower bounds and the newest page's scores (no key of
+    # the seed read: ``seed_tau_bound`` is the reference)
+    page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag, tau_seed = torch.ops.entmaxkv.code_bounds(
+        *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens, step.alpha)
     ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
-    tau_seed = ops.seed_tau(seed, seed_count)  # exact τ over the seed and the newest page [B, Hkv, G]
-    # the op lowers τ to KernelOps.tau_lower_bound_listed's safe bound itself (no torch arithmetic)
+    # the op lowers τ by KernelOps.tau_lower_bound_listed's margin itself (no torch arithmetic)
     index, count, page_mask, tau_low, page_list, page_count = torch.ops.entmaxkv.code_candidates(
         *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,
         ops.newest_magnitude, step.alpha)

@@ -171,11 +171,11 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import code_step, next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.common import alpha_kind, code_step, next_pow2, register_batch_rule, rho, work_dtype_of
 from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
-from entmaxkv.kernels.sparse_decode import bisection_gap
+from entmaxkv.kernels.sparse_decode import _add3_min, _support_tau, bisection_gap
 from entmaxkv.kernels.threshold_search import _ordered
 
 __all__ = ["code_bounds", "code_candidates", "code_radius_factor", "dot_margins", "scoring_form", "splits_a",
@@ -242,6 +242,12 @@ NATIVE_CODES = True
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
+# The seed's τ (``_seed_tau``): for α = 1.5 and 2, SEED_TAU_ROUNDS rounds of the exact support
+# searched from below (``sparse_decode``'s search: each round one reduction, usually done in 1-3);
+# for other α, SEED_TAU_STEPS bisection steps over [z_max − 1, z_max] keeping the lower end.
+# Either stops at a valid lower bound of that τ (bisection: within 2^−30 of it after 30 steps).
+SEED_TAU_ROUNDS = 4
+SEED_TAU_STEPS = 30
 # Where the newest page's best score and |score| scale are computed (``k_pages`` given). False,
 # the default: out of the scan's launch — in the seed merge's launch, a program a row beside the
 # row's merge, when the seed is asked for (the merge reads nothing the newest page writes), else
@@ -966,21 +972,33 @@ def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.co
 @triton.jit
 def _seed_merge_kernel(
     q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens, slopes, k_pages, newest_max,
-    newest_mag, scale, H, P, D, NCH,
+    newest_mag, newest_s, page_max, eps, seed_tau, scale, alpha, H, P, D, NCH,
     S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
     KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    WITH_TAU: tl.constexpr = False, KIND: tl.constexpr = 1, STEPS: tl.constexpr = 30, TAU_ROUNDS: tl.constexpr = 4,
     PDL: tl.constexpr = False,
 ):
-    """Grid (B·Hkv, 1 + WITH_NEWEST). Program (bh, 0): the max over row bh's NCH chunk
-    entries of ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed,
-    as one pass over all its pages would give it; then ``_seed_list``. Program (bh, 1), with
-    ``WITH_NEWEST``: the row's newest page (``_newest_page``, as ``_newest_kernel``: the seed
-    reads none of it) — its own program, so that its chain of loads runs beside the merge's
-    instead of before it."""
+    """Grid (B·Hkv, 1 + (WITH_NEWEST and not WITH_TAU)). Program (bh, 0): the max over row bh's
+    NCH chunk entries of ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's
+    packed seed, as one pass over all its pages would give it; then ``_seed_list``.
+    ``WITH_TAU``: the same program also scores the newest page (``_newest_page``, its slot
+    scores into ``newest_s``) and then solves the seed's τ (``_seed_tau``), which needs both.
+    Else program (bh, 1), with ``WITH_NEWEST``: the row's newest page alone — its own program,
+    so that its chain of loads runs beside the merge's instead of before it."""
     pdl_enter(PDL)
     bh = tl.program_id(0)
     scale_w = _scale_of(scale, scale_t, WORK)
-    if WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
+    if WITH_TAU:  # a static branch: one program a row
+        if WITH_NEWEST:
+            length = tl.load(seq_lens + bh // H).to(tl.int32)
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_s, scale_w, bh, H, P, D, length, S, G, S,
+                         BD, WORK, HAS_ALIBI, True)
+        packed = _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD,
+                            WORK, SLOTS, GP, KP, ROUNDS)
+        tl.debug_barrier()  # the newest page's scores other lanes stored are visible
+        _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S, G, GP, KP, SLOTS, WITH_NEWEST, KIND,
+                  STEPS, TAU_ROUNDS)
+    elif WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
         if tl.program_id(1) == 1:
             length = tl.load(seq_lens + bh // H).to(tl.int32)
             _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
@@ -998,7 +1016,7 @@ def _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w,
                BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr,
                ROUNDS: tl.constexpr):
     """Row bh's seed: the max over its NCH chunk entries of ``_seed_chunk_kernel`` (``ROUNDS``
-    chunks at a time), then ``_seed_list``."""
+    chunks at a time), then ``_seed_list``. Returns the packed slots [GP, KP]."""
     gi = tl.arange(0, GP)[:, None, None]
     ci = tl.arange(0, ROUNDS)[None, :, None]
     ri = tl.arange(0, KP)[None, None, :]
@@ -1008,16 +1026,95 @@ def _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w,
         entry = tl.load(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, mask=c < NCH, other=0)
         packed = tl.maximum(packed, tl.max(entry, axis=1))
     _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, G, SLOTS, GP, KP, BD, WORK)
+    return packed
+
+
+@triton.jit
+def _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S: tl.constexpr, G: tl.constexpr,
+              GP: tl.constexpr, KP: tl.constexpr, SLOTS: tl.constexpr, WITH_NEWEST: tl.constexpr, KIND: tl.constexpr,
+              STEPS: tl.constexpr, ROUNDS: tl.constexpr):
+    """Row bh's seed τ [G] (float64, in units of z = (α−1)·s, as ``sparse_decode``'s τ): for
+    each query head, a lower bound of the entmax threshold of the values z of its own slots'
+    pages — the code lower bound of each page's best token, page_max − ε (in the work dtype, as
+    ``exact_codes`` takes it) — and (``WITH_NEWEST``) of its newest page's scores (``newest_s``
+    [Hq·S] of the row). Each value is at most (up to rounding) some distinct token's score, so
+    this τ is at most the τ of those tokens' scores (τ rises with every score) and so at most
+    the dense τ; ``code_candidates`` lowers it by the rounding margin (γ·M with M at least the
+    listed pages' |score| scale, which bounds |page_max − ε| up to ε's small radius, plus τ's
+    own error with an absolute term: it covers the subtraction's rounding, <= eps·|z|).
+    α = 1.5 and 2 (``ROUNDS``): from x = z_max − 1 <= τ, the exact support search from below
+    of ``sparse_decode._exact_from_below`` on every head at once (the support formula over
+    {z > x}, accepted when its smallest value is above the result; else a Newton step of the
+    convex f(x) = Σ ρ(z − x) − 1 from below); a head not settled after ``ROUNDS`` keeps its
+    last x (<= τ). Other α: bisection on f from [z_max − 1, z_max] (f >= 0 at z_max − 1: the
+    top value alone gives 1), ``STEPS`` times, keeping the lower end (f >= 0 there)."""
+    gi = tl.arange(0, GP)
+    ri = tl.arange(0, KP)
+    lin = tl.cast(alpha, tl.float64) - 1.0  # as sparse_decode: α as a float32 argument, then α − 1
+    inv_power = 1.0 / lin
+    ok = (gi < G)[:, None] & (ri < SLOTS)[None, :] & (packed > 0)
+    page = tl.where(ok, P - (packed & 2147483647), 0)
+    at = (bh.to(tl.int64) * G + gi)[:, None] * P + page
+    low = tl.load(page_max + at, mask=ok, other=0.0) - tl.load(eps + at, mask=ok, other=0.0)
+    z = tl.where(ok, low.to(tl.float64) * lin, float("-inf"))  # [GP, KP]
+    top = tl.max(z, axis=1)
+    if WITH_NEWEST:
+        si = tl.arange(0, S)
+        fresh = tl.load(newest_s + (bh.to(tl.int64) * G + gi)[:, None] * S + si[None, :], mask=(gi < G)[:, None],
+                        other=float("-inf")).to(tl.float64) * lin  # [GP, S], −inf past the length
+        top = tl.maximum(top, tl.max(fresh, axis=1))
+    if KIND == 3:
+        lo = top - 1.0
+        hi = top
+        for _ in tl.static_range(STEPS):
+            mid = (lo + hi) * 0.5
+            f = tl.sum(rho(z - mid[:, None], inv_power, KIND), axis=1)
+            if WITH_NEWEST:
+                f += tl.sum(rho(fresh - mid[:, None], inv_power, KIND), axis=1)
+            lo = tl.where(f >= 1.0, mid, lo)
+            hi = tl.where(f >= 1.0, hi, mid)
+        tau = lo
+    else:
+        x = top - 1.0
+        tau = x
+        found = gi < 0  # [GP] False
+        for _ in tl.static_range(ROUNDS):
+            cnt, s1, s2, zmin = _sums_above(z, x)
+            if WITH_NEWEST:
+                c2, t1, t2, m2 = _sums_above(fresh, x)
+                cnt, s1, s2, zmin = cnt + c2, s1 + t1, s2 + t2, tl.minimum(zmin, m2)
+            settled = x + _support_tau(cnt, s1, s2, KIND)
+            if KIND == 2:
+                step = settled
+            else:
+                step = x + (s2 - 1.0) / tl.maximum(2.0 * s1, 1e-300)
+            newly = (zmin > settled) & ~found
+            tau = tl.where(newly, settled, tau)
+            found = found | newly
+            x = tl.where(found, x, tl.minimum(tl.maximum(step, x), top))
+        tau = tl.where(found, tau, x)
+    tl.store(seed_tau + bh.to(tl.int64) * G + gi, tau, mask=gi < G)
+
+
+@triton.jit
+def _sums_above(z, x):
+    """Per row of z [R, N] (float64): (#{z > x}, Σ (z − x), Σ (z − x)², min z) over the values
+    above x [R] — ``sparse_decode._shifted_sums`` on a tile of rows."""
+    sup = z > x[:, None]
+    u = tl.where(sup, z - x[:, None], 0.0)
+    return tl.reduce((tl.where(sup, 1.0, 0.0), u, u * u, tl.where(sup, z, float("inf"))), 1, _add3_min)
 
 
 def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor, scale_t: torch.Tensor,
           page_max: torch.Tensor, eps: torch.Tensor, scale: float, slots: int, page_size: int, bd: int, work_tl,
-          newest: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+          newest: tuple | None = None, alpha: float = 0.0
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The τ seed of ``code_bounds`` from its page_max and ε [B, Hkv, G, P]: the chunk launch
     into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
-    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G]).
+    (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G],
+    seed_tau [B, Hkv, G] float64 for α > 1, else [0]).
     ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the merge's programs also
-    write the newest page's outputs."""
+    write the newest page's outputs (and with α > 1 its scores enter the seed's τ)."""
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
     rounds = max(1, SEED_TILE // (gp * kp))
@@ -1030,20 +1127,26 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     seed_pages = torch.empty((b, hkv, g * slots), dtype=torch.int32, device=q.device)
     seed_count = torch.empty((b, hkv), dtype=torch.int32, device=q.device)
     seed_mag = torch.empty((b, hkv, g), dtype=page_max.dtype, device=q.device)
+    with_tau = alpha > 1.0
+    seed_tau = torch.empty((b, hkv, g) if with_tau else (0,), dtype=torch.float64, device=q.device)
+    newest_s = torch.empty((b * hkv * g * page_size if with_tau and newest is not None else 1,), dtype=page_max.dtype,
+                           device=q.device)
     wrap_triton(_seed_chunk_kernel)[(b * hkv, nch)](
         page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
         S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
         **pdl_kwargs(q, "code_scan"),
     )
     slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
-    wrap_triton(_seed_merge_kernel)[(b * hkv, 1 + (newest is not None))](
+    wrap_triton(_seed_merge_kernel)[(b * hkv, 1 + (newest is not None and not with_tau))](
         q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens,
-        slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, scale, hkv, p, k_min.shape[-1],
+        slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, newest_s, page_max, eps,
+        seed_tau if with_tau else seed_mag, scale, alpha if with_tau else 2.0, hkv, p, k_min.shape[-1],
         nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
-        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, num_warps=SEED_WARPS,
+        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, WITH_TAU=with_tau,
+        KIND=alpha_kind(alpha) if with_tau else 1, STEPS=SEED_TAU_STEPS, TAU_ROUNDS=SEED_TAU_ROUNDS, num_warps=SEED_WARPS,
         **pdl_kwargs(q, "code_scan"),
     )
-    return seed_pages, seed_count, seed_mag
+    return seed_pages, seed_count, seed_mag, seed_tau
 
 
 @triton.jit
@@ -1243,10 +1346,11 @@ def _scale_tensor(scale: float, work: torch.dtype, dummy: torch.Tensor) -> torch
 def code_bounds(
     q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, bits: int, scale: float, with_scores: bool,
-    k_pages: torch.Tensor | None = None, seed_slots: int = 0,
+    k_pages: torch.Tensor | None = None, seed_slots: int = 0, alpha: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
-    """Pass 1: ``(page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag)``.
+           torch.Tensor, torch.Tensor]:
+    """Pass 1: ``(page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag,
+    seed_tau)``.
 
     q: [B, Hq, D] contiguous (Hq = Hkv·G); k_codes: [B, Hkv, P, S, W] uint8 (``keycodes``
     layout for ``bits`` 4 or 8); k_min/k_max: [B, Hkv, P, D] in the cache dtype; seq_lens: [B]
@@ -1266,6 +1370,12 @@ def code_bounds(
     seed_mag: [B, Hkv, G] work dtype, max over the listed pages of
     scale·Σ_d |q_d|·max(|kmin_pd|, |kmax_pd|) (0 if none): the |score| scale of their tokens
     (``page_scores``' absmax). Else the three are [0].
+    With a seed and ``alpha`` > 1 also seed_tau: [B, Hkv, G] float64, a lower bound of the entmax
+    threshold (in units of (α−1)·score, as ``sparse_decode``'s τ) of the code lower bounds
+    page_max − ε of each head's own K seed pages and (with ``k_pages``) of its newest page's
+    scores: no key is read for it (``_seed_tau``; the rounding margin is ``code_candidates``');
+    the newest page is then scored in the merge's program, whatever ``NEWEST_IN_SCAN`` says.
+    Else [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
     page_max = torch.empty((b, hkv, g, p), dtype=work, device=q.device)
@@ -1275,13 +1385,17 @@ def code_bounds(
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
     k = max(int(seed_slots), 0)
+    if alpha > 1.0 and not k:
+        raise ValueError(f"code_bounds: alpha (the seed's τ) needs seed_slots > 0, got {seed_slots}")
     if not k:
         seed_pages = torch.empty((0,), dtype=torch.int32, device=q.device)
         seed_count = torch.empty((0,), dtype=torch.int32, device=q.device)
         seed_mag = torch.empty((0,), dtype=work, device=q.device)
+        seed_tau = torch.empty((0,), dtype=torch.float64, device=q.device)
     slopes = alibi_slopes if alibi_slopes is not None else page_max  # never read without ALiBi
     scale_t = _scale_tensor(scale, work, page_max)
-    in_scan = with_newest and bool(NEWEST_IN_SCAN)  # the newest page as the scan's program 0 of each row
+    # the newest page as the scan's program 0 of each row (not when the seed's τ needs its scores)
+    in_scan = with_newest and bool(NEWEST_IN_SCAN) and not (k and alpha > 1.0)
     grid = (b * hkv, triton.cdiv(p, BLOCK_P) + (1 if in_scan else 0))
     form = scoring_form(work, d, bits, g)
     # Hkv, D and W as constants (one specialisation a model, as G and BD already are): the row's
@@ -1302,18 +1416,19 @@ def code_bounds(
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
-        seed_pages, seed_count, seed_mag = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k, s,
-                                                 consts["BD"], consts["WORK"], newest)
+        seed_pages, seed_count, seed_mag, seed_tau = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k,
+                                                           s, consts["BD"], consts["WORK"], newest, alpha)
     elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
         wrap_triton(_newest_kernel)[(b * hkv,)](
             q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, hkv, p, d, S=s, G=g,
             BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS,
             **pdl_kwargs(q, "code_scan"))
-    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag
+    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag, seed_tau
 
 
 @code_bounds.register_fake
-def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores, k_pages=None, seed_slots=0):
+def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores, k_pages=None, seed_slots=0,
+      alpha=0.0):
     b, hkv, p, s, _ = k_codes.shape
     g = q.shape[1] // hkv
     k = max(int(seed_slots), 0)
@@ -1322,7 +1437,8 @@ def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores
     newest = q.new_empty((b, hkv, g) if k_pages is not None else (0,), dtype=work)
     return (page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work),
             newest, torch.empty_like(newest), q.new_empty((b, hkv, g * k) if k else (0,), dtype=torch.int32),
-            q.new_empty((b, hkv) if k else (0,), dtype=torch.int32), q.new_empty((b, hkv, g) if k else (0,), dtype=work))
+            q.new_empty((b, hkv) if k else (0,), dtype=torch.int32), q.new_empty((b, hkv, g) if k else (0,), dtype=work),
+            q.new_empty((b, hkv, g) if k and alpha > 1.0 else (0,), dtype=torch.float64))
 
 
 @triton_op("entmaxkv::code_candidates", mutates_args=())

@@ -20,6 +20,20 @@ def naive_entmax(scores: torch.Tensor, alpha: float, iters: int = 200) -> torch.
     return p / p.sum()
 
 
+def naive_threshold(z: torch.Tensor, power: float, iters: int = 200) -> torch.Tensor:
+    """[...] float64: the root τ of Σ_i [z_i − τ]_+^power = 1 over the last dimension of z
+    (−inf values carry no weight; −inf where every value is), by bisection from
+    [max z − 1, max z]; the lower end, so at most the root."""
+    z = z.double()
+    top = z.amax(-1)
+    lo, hi = top - 1, top
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        total = (z - mid[..., None]).clamp_min(0).pow(power).nan_to_num(0.0).sum(-1)
+        lo, hi = torch.where(total >= 1, mid, lo), torch.where(total >= 1, hi, mid)
+    return lo
+
+
 def naive_decode(keys, values, q, alpha, scale=None, slopes=None):
     """Attention of one sequence. keys, values: [Hkv, L, D] (all tokens, the new one last);
     q: [Hq, D]; slopes: [Hq] or None. Returns [Hq, D] float64."""

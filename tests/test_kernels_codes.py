@@ -19,9 +19,11 @@ import entmaxkv as ekv
 from entmaxkv.backend import build_step
 from entmaxkv.exact_codes import code_candidates as reference_candidates
 from entmaxkv.keycodes import code_radius, code_scores, code_steps, encode_keys
+from entmaxkv.newest_page import newest_page_scores
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
 from helpers import fresh_seed
+from naive import naive_threshold
 from test_keycodes import adversarial_keys, naive_scores
 
 pytest.importorskip("triton")
@@ -222,17 +224,20 @@ SEED_CASES = [  # (dtype, bits, group, alibi, slots, SEED_CHUNK): every dtype, G
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,slots,chunk", SEED_CASES)
-def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, chunk, poison,
+@pytest.mark.parametrize("dtype,bits,group,alibi,slots,chunk,alpha",
+                         [case + (alpha,) for case, alpha in zip(SEED_CASES, [1.5, 2.0, 1.25, 1.5, 2.0, 1.3])])
+def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, chunk, alpha, poison,
                                                               monkeypatch):
-    """``code_bounds(..., k_pages, slots)``: the seed is ``class_seed`` of the op's own
+    """``code_bounds(..., k_pages, slots, alpha)``: the seed is ``class_seed`` of the op's own
     page_max − ε (bit for bit: the same values), each page listed once, −1 padded, with rows
     of several seed chunks (``SEED_CHUNK`` patched small); its magnitude is the pages' |score|
     scale; the newest page's best score and scale are ``newest_page``'s up to the rounding of
-    a dot product."""
+    a dot product; the seed's τ is the entmax threshold of each head's own slots' page_max − ε
+    and its newest page's scores (float64 oracle), within the bisection's 2^−30 below it and
+    the newest scores' rounding."""
     import entmaxkv.kernels.code_scan as cs
     from entmaxkv.exact_codes import class_seed
-    from entmaxkv.newest_page import newest_page_magnitude, newest_page_scores
+    from entmaxkv.newest_page import newest_page_magnitude
 
     monkeypatch.setattr(cs, "SEED_CHUNK", chunk)
     seed = fresh_seed()
@@ -240,8 +245,8 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
     cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi, d=d)
     scale = 0.3
     out = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
-                      cache.key_bits, scale, False, cache.k_pages, slots)
-    page_max, eps, _, newest_max, newest_mag, pages, count, mag = out
+                      cache.key_bits, scale, False, cache.k_pages, slots, alpha)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag, seed_tau = out
     want = class_seed(page_max - eps, slots)  # [B, Hkv, G·K], a page once per head that chose it
     wdt = eps.dtype
     kabs = torch.maximum(cache.k_min.double().abs(), cache.k_max.double().abs())
@@ -271,6 +276,27 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
     fin = torch.isfinite(want_max)
     assert bool(((newest_max - want_max)[fin].abs() <= 2 * gamma * want_mag[fin] + 1e-30).all()), seed
     torch.testing.assert_close(newest_mag, want_mag.to(wdt), rtol=2 * gamma, atol=0, msg=str(seed))
+    check_seed_tau(cache, q, scale, slopes, page_max, eps, want, want_mag, seed_tau, slots, alpha, gamma, seed)
+
+
+def check_seed_tau(cache, q, scale, slopes, page_max, eps, seed_list, newest_mag, seed_tau, slots, alpha, gamma, info):
+    """``code_bounds``' seed τ [B, Hkv, G] is the entmax threshold (float64 oracle) of each
+    head's own slots' page_max − ε (its row of the class seed ``seed_list``) and its newest
+    page's scores: never above it beyond the newest scores' rounding (2γ·their |score| scale),
+    never below it by more than the bisection's 2^−29 (other α; 1.5 and 2 search the exact
+    support)."""
+    b, hkv, group = seed_tau.shape
+    own = seed_list.to(page_max.device).reshape(b, hkv, group, slots)
+    low = torch.where(own >= 0, (page_max - eps).gather(-1, own.clamp_min(0)), float("-inf")).double()
+    fresh = newest_page_scores(cache, q, scale, slopes).double()
+    lin = float(torch.tensor(alpha, dtype=torch.float32)) - 1  # α reaches the kernel as a float32
+    oracle = naive_threshold(lin * torch.cat([low, fresh], -1).cpu(), 1 / lin)
+    slack = lin * 2 * gamma * newest_mag.double().cpu() + 1e-12 * (1 + oracle.abs())
+    tau = seed_tau.cpu()
+    assert tau.dtype == torch.float64
+    assert bool((tau <= oracle + slack).all()), (info, tau - oracle)
+    assert bool((tau >= oracle - 2.0**-29 - slack).all()), (info, tau - oracle)
+
 
 
 @pytest.mark.parametrize("block_p", [1, 2, 4])
@@ -350,7 +376,8 @@ def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, a
     step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
     ops = step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
-    page_max, eps, _, newest_max, newest_mag, pages, count, mag = code_bounds(*args, bits, 0.3, False, cache.k_pages, 3)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag = code_bounds(*args, bits, 0.3, False, cache.k_pages,
+                                                                              3)[:8]
     ops.adopt_newest_page(newest_max, newest_mag)
     tau = ops.seed_tau(pages, count)
     index, n, page_mask, got, _, _ = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count, mag,
@@ -954,8 +981,9 @@ def test_code_scan_on_cuda_at_every_swept_launch(launch, bits, monkeypatch):
 @pytest.mark.parametrize("chunk,slots", [(7, 8), (16, 8), (64, 5), (512, 8)])
 def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
     """The compiled seed launches (``SEED_CHUNK`` pages a chunk: up to 28 chunks a row, chunks
-    not a multiple of K) give ``class_seed`` of the op's own page_max − ε, each page once;
-    the newest page's program (program 0) leaves page_max and ε equal to the bare launch's."""
+    not a multiple of K) give ``class_seed`` of the op's own page_max − ε, each page once, and
+    the seed's τ of those bounds and the newest page (``check_seed_tau``); the newest page's
+    program (program 0) leaves page_max and ε equal to the bare launch's."""
     import entmaxkv.kernels.code_scan as cs
     from entmaxkv.exact_codes import class_seed
 
@@ -965,10 +993,12 @@ def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
     cache, _ = append_token(cache, kn, vn)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None, 4, 128 ** -0.5,
             False)
-    page_max, eps, _, _, _, pages, count, _ = code_bounds(*args, cache.k_pages, slots)
+    page_max, eps, _, _, newest_mag, pages, count, _, tau = code_bounds(*args, cache.k_pages, slots, 1.5)
     bare = code_bounds(*args)
     assert torch.equal(page_max, bare[0]) and torch.equal(eps, bare[1])
     want = class_seed(page_max - eps, slots).cpu()
+    gamma = 2 * (cache.head_dim + 2) * torch.finfo(torch.float32).eps
+    check_seed_tau(cache, q, 128 ** -0.5, None, page_max, eps, want, newest_mag, tau, slots, 1.5, gamma, chunk)
     pages, count = pages.cpu(), count.cpu()
     for i in range(cache.batch):
         for j in range(cache.num_kv_heads):

@@ -14,12 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import entmaxkv as ekv
+from entmaxkv.backend import build_step
+from entmaxkv.exact_codes import code_candidates
 from entmaxkv.keycodes import code_scores, code_width, decode_keys, encode_keys, unpack_codes
 from entmaxkv.reference import token_scores
 from entmaxkv.state import append_token
 from entmaxkv.synthetic import SyntheticStream
 from helpers import cache_with_a_nan_key, fresh_seed, random_step
-from naive import naive_decode
+from naive import naive_decode, naive_threshold
 
 PAGE = 4
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -202,6 +204,33 @@ def structured(seed, lens, hkv, group, d, dtype):
     return stream, k, v
 
 
+@given(lens=st.lists(st.integers(1, 60), min_size=1, max_size=2), group=st.sampled_from([1, 2]),
+       bits=st.sampled_from([4, 8]), dtype=st.sampled_from(DTYPES),
+       kind=st.sampled_from(["random", "outliers", "constant", "huge_range", "fp16_extremes", "offset_tiny_spread"]),
+       alpha=st.sampled_from([1.25, 1.5, 2.0]), alibi=st.booleans(), top_tokens=st.sampled_from([1, 2, 8]),
+       seed=st.integers(0, 2**31 - 1))
+def test_seed_tau_from_code_lower_bounds_is_below_the_dense_tau(lens, group, bits, dtype, kind, alpha, alibi,
+                                                                top_tokens, seed):
+    """Step 2's τ_low — from the seed pages' code lower bounds and the newest page's scores, no
+    key of the seed read — is at most the dense τ over the reference scores, on adversarial
+    keys in every dtype (a bound from ŝ or ŝ + ε instead of ŝ − ε, another head's slots, or a
+    margin of the wrong sign fail it)."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, d = len(lens), max(lens), 8
+    k = adversarial_keys(kind, g, b, 2, t, d)
+    cache = coded_cache(k, torch.randn(b, 2, t, d, generator=g, dtype=torch.float64), lens, bits, dtype)
+    q = (torch.randn(b, 2 * group, 1, d, generator=g, dtype=torch.float64) * 3).to(dtype)
+    slopes = torch.rand(2 * group, generator=g, dtype=torch.float64).to(torch.float32) if alibi else None
+    scale = 1 / math.sqrt(d)
+    step = build_step(cache, q, alpha, scale, slopes, kernels=False, needs_sigma=False)
+    found = code_candidates(step, top_tokens, 512)
+    scores = token_scores(cache, q, scale, slopes).reshape(b, 2, group, -1).double()
+    live = cache.token_mask()[:, None, None, :]
+    z = (alpha - 1) * torch.where(live, scores, float("-inf"))
+    dense = naive_threshold(z, 1 / (alpha - 1))
+    assert bool((found.tau_low <= dense).all()), (found.tau_low - dense).max()
+
+
 @given(lens=st.lists(st.integers(1, 70), min_size=1, max_size=3), group=st.sampled_from([1, 2]),
        alpha=st.sampled_from([1.25, 1.5, 2.0]), bits=st.sampled_from([4, 8]), alibi=st.booleans(),
        top_tokens=st.sampled_from([1, 4, 64]), max_candidates=st.sampled_from([0, 3, 512]),
@@ -281,15 +310,19 @@ def run_codes_step(seed, alpha, bits, selector, lens=(300, 217), group=2, d=16):
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0])
 def test_codes_exclude_more_pages_than_page_boxes(alpha):
-    """Not vacuous: on keys shaped like real attention the codes attend at most half the pages
-    page-box Exact attends (seen: 0.15-0.45 of them), with the same (dense) output."""
+    """Not vacuous: on keys shaped like real attention the codes attend at most 0.6 of the pages
+    page-box Exact attends, with the same (dense) output. Seen: 0.51-0.57 at α = 1.5 and
+    0.25-0.29 at α = 2 (seeds 3-6). Until session 25 the bound was half (seen 0.15-0.45): the
+    seed's τ then came from the seed pages' exact scores, whose keys were read on top of the
+    attended pages (54-59 pages here); from the code lower bounds it reads none, and the looser
+    τ adds candidates (at seed 3, α = 1.5: 135 pages read in all before, 110 now)."""
     new, out, info, dense = run_codes_step(3, alpha, 4, ekv.Exact())
     torch.testing.assert_close(out, dense, rtol=0, atol=1e-9)
     assert info.certified.all() and not info.overflow.any()
     _, boxed_out, boxed, _ = run_codes_step(3, alpha, 4, ekv.Exact(use_codes=False))
     torch.testing.assert_close(boxed_out, dense, rtol=0, atol=1e-9)
     assert (info.pages_per_kv_head <= boxed.pages_per_kv_head).all()
-    assert info.pages_per_kv_head.sum() <= 0.5 * boxed.pages_per_kv_head.sum()
+    assert info.pages_per_kv_head.sum() <= 0.6 * boxed.pages_per_kv_head.sum()
 
 
 def test_overflow_rows_fall_back_to_every_page_and_are_flagged():

@@ -28,6 +28,7 @@ import triton.language as tl  # noqa: E402
 
 import entmaxkv.kernels.code_scan as code_scan  # noqa: E402
 from entmaxkv.exact_codes import class_seed  # noqa: E402
+from naive import naive_threshold  # noqa: E402
 
 B, HKV, P, S, D = 4, 2, 23, 2, 4
 
@@ -73,9 +74,9 @@ def poison_scratch(monkeypatch):
     monkeypatch.setattr(torch, "empty", poisoned)
 
 
-def run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, seed):
+def run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, seed, alpha=0.0):
     """``code_scan._seed`` with SEED_CHUNK = chunk and SEED_TILE giving ROUNDS = rounds ->
-    (pages, count, mag)."""
+    (pages, count, mag, tau) (tau [0] unless alpha > 1)."""
     work = page_max.dtype
     gp, kp = 1 << (group - 1).bit_length(), 1 << (slots - 1).bit_length()
     monkeypatch.setattr(code_scan, "SEED_CHUNK", chunk)
@@ -87,7 +88,7 @@ def run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, seed
     k_max = torch.rand(b, hkv, P, D, generator=gen, dtype=work)
     scale_t = torch.full((1,), 0.5, dtype=torch.float64)
     return code_scan._seed(q, k_min, k_max, lens, scale_t, page_max, eps, 0.5, slots, S, D,
-                           tl.float64 if work == torch.float64 else tl.float32)
+                           tl.float64 if work == torch.float64 else tl.float32, alpha=alpha)
 
 
 def assert_seed_is_class_seed(pages, count, page_max, eps, slots, info):
@@ -117,8 +118,17 @@ def test_seed_equals_class_seed_on_ties_many_chunks_and_rounds(work, group, slot
     for trial in range(4):  # fresh draws: float32 near-ties decide a class only now and then
         s = seed + 7 * trial
         page_max, eps, lens, coded = crafted_bounds(s, B, HKV, group, P, S, work)
-        pages, count, _ = run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, s)
+        alpha = (1.5, 2.0, 1.25)[trial % 3]  # the seed's τ (no newest page) on the same inputs
+        pages, count, _, tau = run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, s, alpha)
         assert_seed_is_class_seed(pages, count, page_max, eps, slots, (s, coded.tolist()))
+        # τ of each head's own class seed's lower bounds: the oracle's root, at most 2^−29 below
+        own = class_seed(page_max - eps, slots).reshape(*page_max.shape[:3], slots)
+        z = (alpha - 1) * torch.where(own >= 0, (page_max - eps).gather(-1, own.clamp_min(0)), float("-inf")).double()
+        want = naive_threshold(z, 1 / (alpha - 1))
+        rows = own.amax(-1) >= 0  # a head with no coded page has no value: τ = −inf
+        assert bool(torch.isneginf(tau[~rows]).all()), s
+        gap = (want - tau)[rows]
+        assert bool(((gap >= -1e-12 * (1 + want[rows].abs())) & (gap <= 2.0**-29)).all()), (s, gap)
 
 
 @pytest.mark.parametrize("work,group,slots,chunk", CASES[:4])
@@ -152,7 +162,7 @@ def test_seed_ties_across_chunks_go_to_the_lower_page_and_the_last_chunk_counts(
     page_max, eps = dead_past_coded(page_max, eps, coded, work)
     lens = coded * S + 1
     for rounds in (1, 2):
-        pages, count, _ = run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, seed)
+        pages, count, _, _ = run_seed(monkeypatch, page_max, eps, lens, group, slots, chunk, rounds, seed)
         assert_seed_is_class_seed(pages, count, page_max, eps, slots, (seed, rounds))
         listed = [set(pages[i, 0, :int(count[i, 0])].tolist()) for i in range(b)]
         assert listed[0] == set(range(min(slots, P))), (seed, listed[0])  # ties: the lowest page of each class
