@@ -13,7 +13,8 @@ What it measures, per layer × query head at the last position of a real English
 Bytes model (per KV head, fp16 K and V, D channels, N tokens, pages of S):
   dense            N·D·2·2
   codes            N·D·bits/8 (all full pages) + page min/max 2·D·2 per page
-                   + K of the seed pages (exact scores for τ_low) + K of the candidates
+                   + K of the candidates (the seed's τ_low comes from the codes' lower
+                   bounds: no key of the seed is read, since session 25)
                    + K and V of the newest page + V of the support tokens of the group;
                    an overflowed row reads everything (dense) plus its codes
   page boxes       min/max of every page + K and V of the attended pages
@@ -184,10 +185,9 @@ def measure_layer(q, k, v, scale, alpha, dtype):
         config = ekv.DecodeConfig(alpha=alpha, selector=sel, scale=scale)
         out, info = attend_cache(cache, q.to(dtype), config)
         full_tokens = (pages - 1) * PAGE  # full pages other than the newest are coded
-        seed = found.seed_pages.sum(-1).flatten() * PAGE  # tokens whose K is read exactly for τ_low
         cand = found.count.flatten()
         over = found.overflow.flatten()
-        read = (full_tokens * d * bits / 8 + stats_bytes + seed * d * 2 + cand * d * 2
+        read = (full_tokens * d * bits / 8 + stats_bytes + cand * d * 2
                 + PAGE * d * 4 + group_support.flatten() * d * 2)
         read = torch.where(over, torch.full_like(read, dense_bytes + full_tokens * d * bits / 8), read)
         result[f"codes{bits}"] = {
