@@ -103,8 +103,7 @@ def patched(counter: Counter):
         cls.run = counted
         undo.append((cls, "run", run))
     for owner, attr, section in ((decode, "append", "append"), (exact, "code_candidates", "code_candidates"),
-                                 (KernelOps, "tau_lower_bound", "tau_lower_bound"),
-                                 (KernelOps, "tau_lower_bound_listed", "tau_lower_bound")):
+                                 (KernelOps, "tau_lower_bound", "tau_lower_bound")):
         fn = getattr(owner, attr)
         setattr(owner, attr, in_section(counter, section, fn))
         undo.append((owner, attr, fn))

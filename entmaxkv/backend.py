@@ -411,19 +411,6 @@ class KernelOps(PageSets):
                 and self.newest_magnitude is not None and listed.max_count is not None
                 and (listed.max_count + 1) * self.cache.page_size <= listed_tau_module.MAX_TOKENS)
 
-    def tau_lower_bound_listed(self, pages: Tensor, count: Tensor, magnitude: Tensor) -> Tensor:
-        """``tau_lower_bound`` of a page list: pages [B, Hkv, M] int32, distinct full pages other
-        than the newest (entries past ``count`` [B, Hkv] unused); magnitude [B, Hkv, G], the
-        |score| scale of their tokens (``page_scores``' absmax, maxed over the list). Needs
-        the newest page's scores (``page_bounds`` or ``adopt_newest_page``)."""
-        return self._safe_tau(self.seed_tau(pages, count), magnitude, count)
-
-    def seed_tau(self, pages: Tensor, count: Tensor) -> Tensor:
-        """[B, Hkv, G] float64: the exact τ over a page list (as in ``tau_lower_bound_listed``)
-        and the newest page, without the rounding margin (``code_candidates`` applies it)."""
-        return self._attend_list(pages, count, self._newest_floor(),
-                                 with_output=not sparse_decode_module.TAU_ONLY)[1]
-
     def _newest_floor(self) -> Tensor:
         """[B, Hkv, G] the newest page's best score less what rounding could have added to it
         (computed once a step: the seed's and the final attention use it)."""

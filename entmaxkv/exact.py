@@ -60,10 +60,10 @@ class Exact(Selector):
     top_tokens: seed pages per query head: the pages split into ``top_tokens`` residue
         classes (page mod top_tokens), and from each the page whose best token is best by its
         code lower bound (``exact_codes.class_seed``: the head's best page is always one;
-        the scan keeps them without a selection over the pages). Their exact scores seed the
-        τ lower bound; default 8 (on SmolLM2 real attention the top 4, 8, 16, 64 pages gave
-        the same candidates within 10%, measured before the class seed; more reads more
-        seed pages).
+        the scan keeps them without a selection over the pages). Their code lower bounds (one
+        value a page, its best token's) and the newest page's scores seed the τ lower bound;
+        no key of theirs is read. Default 8 (on SmolLM2 real attention, 8 and 32 classes gave
+        the same candidate counts within 10%, session 25).
     max_candidates: static capacity of the candidate token list per (sequence, KV head);
         default 512. A row with more candidates attends every page and sets ``info.overflow``.
     use_codes: use the cache's key codes when it has them; default True.

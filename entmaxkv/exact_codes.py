@@ -43,8 +43,11 @@ page (its best score and scale, so the step reads no ``page_scores``) and solve 
 from the lower bounds, and pass 2 rescans only the pages whose best upper
 bound reaches τ_low (lowering the seed's τ to it itself), appending candidates to the list
 with an atomic counter and their pages to the attention's page list (every page on an
-overflowed row). Both give the same seed, τ_low and candidate set up to the rounding of ŝ
-(the sums' order differs); the kernel list is in increasing token order once read, and its
+overflowed row). Both give the same seed and candidate set up to the rounding of ŝ (the
+sums' order differs), and τ_low within the two margins' difference (the reference's margin
+is per value, the kernels' per |score| scale; the kernels' τ search stops within float64
+rounding of the root on every input simulated, ``code_scan.SEED_TAU_ROUNDS``, and at a lower
+bound whatever happens); the kernel list is in increasing token order once read, and its
 page mask holds every candidate's page (the reference's: the listed ones); on overflowed
 rows the kernel mask is every coded page (the fallback both attend).
 """
@@ -80,8 +83,8 @@ class CodeCandidates:
         and every coded page on an overflowed row);
     attended: [B, Hkv, P] bool, what ``Exact`` attends: the candidates' pages, every full page
         (other than the newest) on an overflowed row (the fallback);
-    seed_pages (property): [B, Hkv, P] bool, the full pages whose exact scores gave τ_low (the
-        newest page came on top); seed_list: the same as [B, Hkv, M] page indices, −1 for
+    seed_pages (property): [B, Hkv, P] bool, the full pages whose code lower bounds gave τ_low
+        (each head its own; the newest page's scores came on top); seed_list: the same as [B, Hkv, M] page indices, −1 for
         none (the kernels list each page once; the reference may repeat one).
 
     ``index`` and ``count`` are views computed when read: a decode step reads only
@@ -230,7 +233,7 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag, tau_seed = torch.ops.entmaxkv.code_bounds(
         *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens, step.alpha)
     ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
-    # the op lowers τ by KernelOps.tau_lower_bound_listed's margin itself (no torch arithmetic)
+    # the op lowers τ by KernelOps._safe_tau's margin itself (no torch arithmetic)
     index, count, page_mask, tau_low, page_list, page_count = torch.ops.entmaxkv.code_candidates(
         *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,
         ops.newest_magnitude, step.alpha)

@@ -96,17 +96,18 @@ D = 128, G = 4, 2 pages / 1 warp): 1288 before, 712 after, against the CUDA-core
    (max_i (ŝ_i ± ε) = max_i ŝ_i ± ε: rounding is monotone). The token scores are written
    only when asked (``with_scores``, for tests and diagnostics). On request: the newest
    page's best score and |score| scale (``page_bounds``' ``_newest_page``: in the seed's
-   per-row programs below, or in a launch of one program per row without the seed; with
-   ``NEWEST_IN_SCAN`` one more program per row of this launch instead, the row's first), and
-   the τ seed — per head, the best page by page_max − ε
+   chunk launch, its first program a row, or in a launch of one program per row without the
+   seed; with ``NEWEST_IN_SCAN`` one more program per row of this launch instead, the row's
+   first, unless the seed's τ needs the newest page's scores), the τ seed — per head, the best
+   page by page_max − ε
    in each residue class mod K — from two more launches that read page_max and ε back:
    (row, chunk) programs each reduce SEED_CHUNK pages to their best per (head, class),
    packed so that the max of the chunks' results is the row's (larger bound first, then the
    lower page), into a scratch; then one program per row takes that max and lists the
    pages once each, with their |score| scale from kmin/kmax (no atomics: the same seed,
    bit for bit, whatever order the programs ran in and however the row is chunked).
-2. ``code_candidates``: given τ_low per head (or the seed's exact τ, which it lowers to the
-   safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
+2. ``code_candidates``: given τ_low per head (or the seed's τ from ``code_bounds``, which it
+   lowers to the safe bound of ``KernelOps._safe_tau`` itself), a second pass that first checks each page's
    best upper bound against τ_low and rescans the codes of only the pages that can hold a
    candidate — tokens with lin·(ŝ + ε) > τ_low for some head of the group, compared in
    float64 like the reference (ŝ and ε by pass 1's path and formulas, ``USE_DOT``). It
@@ -129,8 +130,8 @@ tiles [BLOCK_P, S, D/2], not interleaved; batched dots): per head and page one m
 tokens and one ε are written (no token scores).
 A block with no coded page costs one store per head. With ``NEWEST_IN_SCAN`` and the newest
 page the grid has one more program per row, program 0. The seed: grid (B·Hkv, ceil(P /
-SEED_CHUNK)), then (B·Hkv,) (which also reads the newest page's S·D keys, unless
-``NEWEST_IN_SCAN``); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back
+SEED_CHUNK) + 1) (the + 1, program 0 of a row, reads the newest page's S·D keys, unless
+``NEWEST_IN_SCAN``), then (B·Hkv,) (the merge, the list and the seed's τ); it reads page_max and ε ([B, Hkv, G, P] twice) and writes and reads back
 a [B·Hkv, chunks, G, K] int64 scratch. On the H200 at 128K (``benchmarks/keycodes_gpu.py``,
 2026-11-29, the newest page in the scan's launch): bare 127.5 µs, with the newest page 148.7,
 with the seed 137.1, both (the step's call) 157.9 — it was 180 with the seed from one program
@@ -243,14 +244,17 @@ SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
 # The seed's τ (``_seed_tau``): for α = 1.5 and 2, SEED_TAU_ROUNDS rounds of the exact support
-# searched from below (``sparse_decode``'s search: each round one reduction, usually done in 1-3);
-# for other α, SEED_TAU_STEPS bisection steps over [z_max − 1, z_max] keeping the lower end.
-# Either stops at a valid lower bound of that τ (bisection: within 2^−30 of it after 30 steps).
-SEED_TAU_ROUNDS = 4
+# searched from below (``sparse_decode``'s search: each round one reduction); for other α,
+# SEED_TAU_STEPS bisection steps over [z_max − 1, z_max] keeping the lower end. Either stops at
+# a valid lower bound of that τ (bisection: within 2^−30 of it after 30 steps). Rounds needed,
+# simulated on 24 values (8 slots and 16 newest) drawn 20,000 times each from normal, uniform
+# and wide uniform distributions (``sum(... >= ...)`` acceptance): after 4 rounds 0.1-16% of
+# the heads were not settled (τ up to 7e-3 low), after 6 none; 8 leaves room.
+SEED_TAU_ROUNDS = 8
 SEED_TAU_STEPS = 30
 # Where the newest page's best score and |score| scale are computed (``k_pages`` given). False,
-# the default: out of the scan's launch — in the seed merge's launch, a program a row beside the
-# row's merge, when the seed is asked for (the merge reads nothing the newest page writes), else
+# the default: out of the scan's launch — in the seed's chunk launch, its first program a row,
+# when the seed is asked for (the merge after it reads the page's scores for the seed's τ), else
 # in a launch of its own, grid (B·Hkv,).
 # True: one more program per row in the scan's launch (program 0 of the row), the form measured
 # at ~21 µs of the 157.9 µs step call at 128K on the H200 (2026-11-29), for no known reason.
@@ -951,64 +955,56 @@ def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag
 
 
 @triton.jit
-def _seed_chunk_kernel(page_max, eps, seq_lens, best, H, P, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr,
-                       SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr,
+def _seed_chunk_kernel(page_max, eps, seq_lens, best, q, k_pages, slopes, scale_t, newest_max, newest_mag, newest_s,
+                       scale, H, P, D, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr, SLOTS: tl.constexpr,
+                       GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr, BD: tl.constexpr = 16,
+                       WORK: tl.constexpr = tl.float32, WITH_NEWEST: tl.constexpr = False,
+                       HAS_ALIBI: tl.constexpr = False, STORE_SCORES: tl.constexpr = False,
                        PDL: tl.constexpr = False):
-    """Grid (B·Hkv, NCH): program (bh, c) writes best[bh, c] [GP, KP], ``_seed_slots_of`` over
-    the coded pages of chunk c, [c·CHUNK, (c+1)·CHUNK); 0 (empty) where it holds none — every
-    entry is written, so the merge reads no stale value."""
+    """Grid (B·Hkv, NCH + WITH_NEWEST): program (bh, c) writes best[bh, c] [GP, KP],
+    ``_seed_slots_of`` over the coded pages of chunk c, [c·CHUNK, (c+1)·CHUNK); 0 (empty) where
+    it holds none — every entry is written, so the merge reads no stale value. ``WITH_NEWEST``:
+    program (bh, 0) scores the row's newest page instead (``_newest_page``; with
+    ``STORE_SCORES`` its slot scores into ``newest_s`` for the seed's τ), chunk c is program
+    c + 1 — dispatched first, so that its chain of loads runs beside the chunks'."""
     pdl_enter(PDL)
     bh = tl.program_id(0)
     c = tl.program_id(1)
     length = tl.load(seq_lens + bh // H).to(tl.int32)
-    coded = tl.maximum(length - 1, 0) // S
-    lo = c * CHUNK
-    packed = _seed_slots_of(page_max, eps, bh, lo, tl.minimum(lo + CHUNK, coded), P, G, SLOTS, GP, KP, ROUNDS)
-    gi = tl.arange(0, GP)[:, None]
-    ri = tl.arange(0, KP)[None, :]
-    tl.store(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, packed)
+    if WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
+        c -= 1
+        if c < 0:
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_s, _scale_of(scale, scale_t, WORK), bh, H,
+                         P, D, length, S, G, S, BD, WORK, HAS_ALIBI, STORE_SCORES)
+    if c >= 0:
+        coded = tl.maximum(length - 1, 0) // S
+        lo = c * CHUNK
+        packed = _seed_slots_of(page_max, eps, bh, lo, tl.minimum(lo + CHUNK, coded), P, G, SLOTS, GP, KP, ROUNDS)
+        gi = tl.arange(0, GP)[:, None]
+        ri = tl.arange(0, KP)[None, :]
+        tl.store(best + ((bh.to(tl.int64) * NCH + c) * GP + gi) * KP + ri, packed)
 
 
 @triton.jit
 def _seed_merge_kernel(
-    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens, slopes, k_pages, newest_max,
-    newest_mag, newest_s, page_max, eps, seed_tau, scale, alpha, H, P, D, NCH,
+    q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, newest_s, page_max, eps, seed_tau, scale, alpha,
+    P, D, NCH,
     S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
-    KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr, HAS_ALIBI: tl.constexpr,
-    WITH_TAU: tl.constexpr = False, KIND: tl.constexpr = 1, STEPS: tl.constexpr = 30, TAU_ROUNDS: tl.constexpr = 4,
-    PDL: tl.constexpr = False,
+    KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr = False, WITH_TAU: tl.constexpr = False,
+    KIND: tl.constexpr = 1, STEPS: tl.constexpr = 30, TAU_ROUNDS: tl.constexpr = 4, PDL: tl.constexpr = False,
 ):
-    """Grid (B·Hkv, 1 + (WITH_NEWEST and not WITH_TAU)). Program (bh, 0): the max over row bh's
-    NCH chunk entries of ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's
-    packed seed, as one pass over all its pages would give it; then ``_seed_list``.
-    ``WITH_TAU``: the same program also scores the newest page (``_newest_page``, its slot
-    scores into ``newest_s``) and then solves the seed's τ (``_seed_tau``), which needs both.
-    Else program (bh, 1), with ``WITH_NEWEST``: the row's newest page alone — its own program,
-    so that its chain of loads runs beside the merge's instead of before it."""
+    """Grid (B·Hkv,). Program bh: the max over row bh's NCH chunk entries of
+    ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one pass
+    over all its pages would give it; then ``_seed_list``; with ``WITH_TAU`` the seed's τ
+    (``_seed_tau``: of the slots' lower bounds and, ``WITH_NEWEST``, of the newest page's
+    scores the chunk launch stored in ``newest_s``)."""
     pdl_enter(PDL)
     bh = tl.program_id(0)
-    scale_w = _scale_of(scale, scale_t, WORK)
-    if WITH_TAU:  # a static branch: one program a row
-        if WITH_NEWEST:
-            length = tl.load(seq_lens + bh // H).to(tl.int32)
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_s, scale_w, bh, H, P, D, length, S, G, S,
-                         BD, WORK, HAS_ALIBI, True)
-        packed = _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD,
-                            WORK, SLOTS, GP, KP, ROUNDS)
-        tl.debug_barrier()  # the newest page's scores other lanes stored are visible
+    packed = _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, _scale_of(scale, scale_t, WORK), bh,
+                        P, D, NCH, G, BD, WORK, SLOTS, GP, KP, ROUNDS)
+    if WITH_TAU:  # a static branch
         _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S, G, GP, KP, SLOTS, WITH_NEWEST, KIND,
                   STEPS, TAU_ROUNDS)
-    elif WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
-        if tl.program_id(1) == 1:
-            length = tl.load(seq_lens + bh // H).to(tl.int32)
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
-                         BD, WORK, HAS_ALIBI, False)
-        else:
-            _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD, WORK,
-                       SLOTS, GP, KP, ROUNDS)
-    else:
-        _merge_row(q, k_min, k_max, best, seed_pages, seed_count, seed_mag, scale_w, bh, P, D, NCH, G, BD, WORK, SLOTS,
-                   GP, KP, ROUNDS)
 
 
 @triton.jit
@@ -1044,7 +1040,7 @@ def _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S: tl.con
     own error with an absolute term: it covers the subtraction's rounding, <= eps·|z|).
     α = 1.5 and 2 (``ROUNDS``): from x = z_max − 1 <= τ, the exact support search from below
     of ``sparse_decode._exact_from_below`` on every head at once (the support formula over
-    {z > x}, accepted when its smallest value is above the result; else a Newton step of the
+    {z > x}, accepted when its smallest value is at or above the result; else a Newton step of the
     convex f(x) = Σ ρ(z − x) − 1 from below); a head not settled after ``ROUNDS`` keeps its
     last x (<= τ). Other α: bisection on f from [z_max − 1, z_max] (f >= 0 at z_max − 1: the
     top value alone gives 1), ``STEPS`` times, keeping the lower end (f >= 0 there)."""
@@ -1088,7 +1084,10 @@ def _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S: tl.con
                 step = settled
             else:
                 step = x + (s2 - 1.0) / tl.maximum(2.0 * s1, 1e-300)
-            newly = (zmin > settled) & ~found
+            # settled when every value of the set is at or above the formula's result t: then
+            # Σ_S ρ(z − t) = 1, f(t) >= 0 with every other value, so t <= τ (t = τ when the set
+            # holds the support; >= also settles values sitting exactly at τ)
+            newly = (zmin >= settled) & ~found
             tau = tl.where(newly, settled, tau)
             found = found | newly
             x = tl.where(found, x, tl.minimum(tl.maximum(step, x), top))
@@ -1113,8 +1112,9 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
     (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G],
     seed_tau [B, Hkv, G] float64 for α > 1, else [0]).
-    ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the merge's programs also
-    write the newest page's outputs (and with α > 1 its scores enter the seed's τ)."""
+    ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the chunk launch's first
+    program a row also writes the newest page's outputs (and with α > 1 its scores, which
+    enter the seed's τ)."""
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
     rounds = max(1, SEED_TILE // (gp * kp))
@@ -1131,20 +1131,20 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     seed_tau = torch.empty((b, hkv, g) if with_tau else (0,), dtype=torch.float64, device=q.device)
     newest_s = torch.empty((b * hkv * g * page_size if with_tau and newest is not None else 1,), dtype=page_max.dtype,
                            device=q.device)
-    wrap_triton(_seed_chunk_kernel)[(b * hkv, nch)](
-        page_max, eps, seq_lens, best, hkv, p, nch, SEED_CHUNK,
-        S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, num_warps=SEED_WARPS,
-        **pdl_kwargs(q, "code_scan"),
-    )
     slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
-    wrap_triton(_seed_merge_kernel)[(b * hkv, 1 + (newest is not None and not with_tau))](
-        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, seq_lens,
-        slopes if slopes is not None else page_max, k_pages, newest_max, newest_mag, newest_s, page_max, eps,
-        seed_tau if with_tau else seed_mag, scale, alpha if with_tau else 2.0, hkv, p, k_min.shape[-1],
-        nch, S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
-        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, WITH_TAU=with_tau,
-        KIND=alpha_kind(alpha) if with_tau else 1, STEPS=SEED_TAU_STEPS, TAU_ROUNDS=SEED_TAU_ROUNDS, num_warps=SEED_WARPS,
-        **pdl_kwargs(q, "code_scan"),
+    wrap_triton(_seed_chunk_kernel)[(b * hkv, nch + (newest is not None))](
+        page_max, eps, seq_lens, best, q, k_pages, slopes if slopes is not None else page_max, scale_t, newest_max,
+        newest_mag, newest_s, scale, hkv, p, k_min.shape[-1], nch, SEED_CHUNK,
+        S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, BD=bd, WORK=work_tl,
+        WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, STORE_SCORES=with_tau and newest is not None,
+        num_warps=SEED_WARPS, **pdl_kwargs(q, "code_scan"),
+    )
+    wrap_triton(_seed_merge_kernel)[(b * hkv,)](
+        q, k_min, k_max, scale_t, best, seed_pages, seed_count, seed_mag, newest_s, page_max, eps,
+        seed_tau if with_tau else seed_mag, scale, alpha if with_tau else 2.0, p, k_min.shape[-1], nch,
+        S=page_size, G=g, BD=bd, WORK=work_tl, SLOTS=slots, GP=gp, KP=kp, ROUNDS=rounds,
+        WITH_NEWEST=newest is not None, WITH_TAU=with_tau, KIND=alpha_kind(alpha) if with_tau else 1,
+        STEPS=SEED_TAU_STEPS, TAU_ROUNDS=SEED_TAU_ROUNDS, num_warps=SEED_WARPS, **pdl_kwargs(q, "code_scan"),
     )
     return seed_pages, seed_count, seed_mag, seed_tau
 
@@ -1173,10 +1173,13 @@ def _reaching(page_max, eps_in, tau_low, c, bh, p, coded, P, G: tl.constexpr, GP
 @triton.jit
 def _tau_margin(tau, seed_count, seed_mag, newest_mag, slopes, c, bh, H, length, gamma, alibi_round, span, bisect,
                 S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, HAS_ALIBI: tl.constexpr):
-    """[GP] ``KernelOps._safe_tau`` of the group's τ over the seed pages and the newest page
-    (``tau`` [GP] float64), in the same float64 operations: lowered by (α−1)·γ·M for the
-    scores' rounding (M: the largest |score| scale of the attended tokens, ALiBi added) and by
-    τ's own error, 16·n·eps64·(|τ| + (α−1)·M + 1) + eps32·(α−1)·M (+ the bisection's)."""
+    """[GP] ``KernelOps._safe_tau`` of the group's seed τ (``tau`` [GP] float64, ``code_bounds``'
+    over the seed pages' lower bounds and the newest page), in the same float64 operations:
+    lowered by (α−1)·γ·M for the values' rounding (M: the largest |score| scale of the seed
+    pages' and the newest page's tokens, ALiBi added: it bounds |page_max − ε| too, up to ε's
+    small radius, so it covers that subtraction's rounding, <= eps32·|page_max − ε|, many
+    times over) and by τ's own error, 16·n·eps64·(|τ| + (α−1)·M + 1) + eps32·(α−1)·M (+ the
+    bisection's; n = seed_count·S + the newest page's tokens is at least the values used)."""
     gi = tl.arange(0, GP)
     row = bh.to(tl.int64) * G + gi
     gm = gi < G
@@ -1374,7 +1377,7 @@ def code_bounds(
     threshold (in units of (α−1)·score, as ``sparse_decode``'s τ) of the code lower bounds
     page_max − ε of each head's own K seed pages and (with ``k_pages``) of its newest page's
     scores: no key is read for it (``_seed_tau``; the rounding margin is ``code_candidates``');
-    the newest page is then scored in the merge's program, whatever ``NEWEST_IN_SCAN`` says.
+    the newest page is then scored in the seed's chunk launch, whatever ``NEWEST_IN_SCAN`` says.
     Else [0].
     """
     b, hkv, p, s, w, d, g, work, consts = _launch_args(q, k_codes, k_min, bits)
@@ -1415,7 +1418,7 @@ def code_bounds(
         SPLIT=form.split, **pdl_kwargs(q, "code_scan"), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
-    if k:  # the newest page, if asked for and not in the scan, in the merge's per-row programs
+    if k:  # the newest page, if asked for and not in the scan, in the seed's chunk launch
         seed_pages, seed_count, seed_mag, seed_tau = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k,
                                                            s, consts["BD"], consts["WORK"], newest, alpha)
     elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
@@ -1460,8 +1463,8 @@ def code_candidates(
     (unordered, −1 padded), page_count: [B, Hkv] int32.
     With ``seed_count`` ([B, Hkv] int32), ``seed_mag`` and ``newest_mag`` ([B, Hkv, G], as
     ``code_bounds`` gives them; newest_mag may come from ``page_bounds``) and ``alpha``,
-    ``tau_low`` is instead the exact τ over the seed's pages and the newest page (as
-    ``sparse_decode`` computes it), and the op lowers it to the safe bound of
+    ``tau_low`` is instead ``code_bounds``' seed τ (of the seed pages' code lower bounds and
+    the newest page's scores), and the op lowers it to the safe bound of
     ``KernelOps._safe_tau`` itself (per-row arithmetic that would otherwise be ~20 small
     torch launches); tau_used: [B, Hkv, G] float64, that bound. Without them tau_used is [0].
     """

@@ -119,8 +119,7 @@ BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in re
 # the block: 32 lanes are one warp's; BLOCK_REGS: no small block)
 SMALL_REGS = 32
 EXACT_ITERS = 16  # rounds of the exact α = 1.5 / 2 search before it falls back to bisection
-# A caller that needs τ only (``KernelOps``' τ lower bounds: ``Exact``'s seed, the key codes'
-# seed) asks ``sparse_decode`` for no output (``with_output=False``): the τ kernel then skips the
+# A caller that needs τ only (``KernelOps``' τ lower bounds: page-box ``Exact``'s seed) asks ``sparse_decode`` for no output (``with_output=False``): the τ kernel then skips the
 # V reads of the support and the output store. False: such calls compute the output anyway
 # (and drop it), as before session 20 — for an A/B of the saving.
 TAU_ONLY = True

@@ -11,7 +11,7 @@ import torch
 
 import test_kernels_codes as codes_tests  # its tests run here under each variant (not collected twice)
 from helpers import fresh_seed
-from test_kernels_codes import BOUNDS_CASES, SEED_CASES, coded_pages, coded_setup
+from test_kernels_codes import BOUNDS_CASES, SEED_TAU_CASES, coded_pages, coded_setup
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -28,7 +28,7 @@ def test_variant_bounds_equal_the_reference(name, value, case, monkeypatch, pois
 
 
 @pytest.mark.parametrize("name,value", VARIANTS)
-@pytest.mark.parametrize("case", [SEED_CASES[i] for i in (1, 2)])  # ALiBi with GQA 2; GQA 4, several chunks
+@pytest.mark.parametrize("case", [SEED_TAU_CASES[i] for i in (1, 2)])  # ALiBi with GQA 2; GQA 4, several chunks
 def test_variant_seed_and_newest_page_equal_the_reference(name, value, case, monkeypatch, poison):
     monkeypatch.setattr(code_scan, name, value)
     codes_tests.test_code_bounds_seed_and_newest_page_equal_the_reference(*case, poison, monkeypatch)

@@ -224,8 +224,11 @@ SEED_CASES = [  # (dtype, bits, group, alibi, slots, SEED_CHUNK): every dtype, G
 ]
 
 
-@pytest.mark.parametrize("dtype,bits,group,alibi,slots,chunk,alpha",
-                         [case + (alpha,) for case, alpha in zip(SEED_CASES, [1.5, 2.0, 1.25, 1.5, 2.0, 1.3])])
+# the same cases with the α of the seed's τ
+SEED_TAU_CASES = [case + (alpha,) for case, alpha in zip(SEED_CASES, [1.5, 2.0, 1.25, 1.5, 2.0, 1.3])]
+
+
+@pytest.mark.parametrize("dtype,bits,group,alibi,slots,chunk,alpha", SEED_TAU_CASES)
 def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group, alibi, slots, chunk, alpha, poison,
                                                               monkeypatch):
     """``code_bounds(..., k_pages, slots, alpha)``: the seed is ``class_seed`` of the op's own
@@ -302,11 +305,11 @@ def check_seed_tau(cache, q, scale, slopes, page_max, eps, seed_list, newest_mag
 @pytest.mark.parametrize("block_p", [1, 2, 4])
 @pytest.mark.parametrize("in_scan", [False, True])
 def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeypatch, poison):
-    """The newest page runs once per row, and reads no codes. ``NEWEST_IN_SCAN``: in program 0
-    of its row in the scan's launch (dispatched before the code blocks, not after them), the
-    code blocks the bare launch's shifted by one program; else outside the scan (the seed's
-    merge, in a program of its own beside the row's merge, or its own launch without the
-    seed), the code blocks exactly the bare launch's.
+    """The newest page runs once per row, in its program 0, and reads no codes.
+    ``NEWEST_IN_SCAN``: in the scan's launch (dispatched before the code blocks, not after
+    them), the code blocks the bare launch's shifted by one program; else — and always when
+    the seed's τ (``alpha``) needs its scores — outside the scan (the seed's chunk launch, or
+    its own launch without the seed), the code blocks exactly the bare launch's.
     page_max and ε equal the bare launch's bit for bit (poisoned buffers: no block skipped),
     and newest_max / newest_mag are the same bits in every form (one ``_newest_page``). The
     interpreter calls the kernel's helpers through the module's globals, so wrappers there
@@ -332,28 +335,27 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
     cache, q, slopes, _ = coded_setup(seed, torch.float32, 4, 2, True)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes, 4, 0.3, False)
     rows = cache.batch * HKV
-    outs, codes = [], []
-    for slots in (2, 0):  # with the seed (the step's call), then without
+    outs, codes, shifts = [], [], []
+    for slots, alpha in ((2, 1.5), (2, 0.0), (0, 0.0)):  # the step's call, the seed without τ, no seed
         for runs in seen.values():
             runs.clear()
-        outs.append(code_bounds(*args, cache.k_pages, slots))
+        outs.append(code_bounds(*args, cache.k_pages, slots, alpha))
         codes.append(set(seen["codes"]))
-        program = 1 if slots and not in_scan else 0  # the merge's second program a row; else the first
-        assert sorted(seen["newest"]) == [(bh, program) for bh in range(rows)], (seed, slots, seen["newest"])
-        # the seed's list once a row, by the merge's first program (none without the seed)
+        shifts.append(1 if in_scan and not alpha else 0)
+        assert sorted(seen["newest"]) == [(bh, 0) for bh in range(rows)], (seed, slots, seen["newest"])
+        # the seed's list once a row, by the merge (none without the seed)
         assert sorted(seen["merge"]) == ([(bh, 0) for bh in range(rows)] if slots else []), (seed, seen["merge"])
     seen["newest"].clear()
     seen["codes"].clear()
     bare = code_bounds(*args)
     assert seen["newest"] == [], seed
-    shift = 1 if in_scan else 0
-    for full, blocks in zip(outs, codes):
+    for full, blocks, shift in zip(outs, codes, shifts):
         assert blocks == {(bh, j + shift) for bh, j in seen["codes"]}, (seed, sorted(blocks))
         assert torch.equal(full[0], bare[0]) and torch.equal(full[1], bare[1]), seed
     # one _newest_page, whichever program runs it: the same bits (and the other form's too)
     monkeypatch.setattr(cs, "NEWEST_IN_SCAN", not in_scan)
     other = code_bounds(*args, cache.k_pages, 0)
-    for a, b in ((outs[0], outs[1]), (outs[0], other)):
+    for a, b in ((outs[0], outs[1]), (outs[0], outs[2]), (outs[0], other)):
         assert torch.equal(a[3], b[3]) and torch.equal(a[4], b[4]), seed
 
 
@@ -368,18 +370,17 @@ def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
     (torch.float32, 8, 3, False, 1.25),
 ])
 def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, alibi, alpha, poison):
-    """With the seed's count and magnitudes, ``code_candidates`` lowers the seed's τ exactly as
-    ``KernelOps._safe_tau`` does (the same float64 operations: equal to the last bits here;
-    α = 1.3 and 1.25 add the bisection term), and selects with that bound."""
+    """With the seed's count and magnitudes, ``code_candidates`` lowers the seed's τ (``code_bounds``'
+    own) exactly as ``KernelOps._safe_tau`` does (the same float64 operations: equal to the last
+    bits here; α = 1.3 and 1.25 add the bisection term), and selects with that bound."""
     seed = fresh_seed()
     cache, q, slopes, _ = coded_setup(seed, dtype, bits, group, alibi)
     step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
     ops = step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
-    page_max, eps, _, newest_max, newest_mag, pages, count, mag = code_bounds(*args, bits, 0.3, False, cache.k_pages,
-                                                                              3)[:8]
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag, tau = code_bounds(*args, bits, 0.3, False,
+                                                                                   cache.k_pages, 3, alpha)
     ops.adopt_newest_page(newest_max, newest_mag)
-    tau = ops.seed_tau(pages, count)
     index, n, page_mask, got, _, _ = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count, mag,
                                                 newest_mag, alpha)
     want = ops._safe_tau(tau, mag, count)

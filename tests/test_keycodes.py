@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import entmaxkv as ekv
 from entmaxkv.backend import build_step
-from entmaxkv.exact_codes import code_candidates
+from entmaxkv.exact_codes import class_seed, code_candidates
 from entmaxkv.keycodes import code_scores, code_width, decode_keys, encode_keys, unpack_codes
 from entmaxkv.reference import token_scores
 from entmaxkv.state import append_token
@@ -213,8 +213,9 @@ def test_seed_tau_from_code_lower_bounds_is_below_the_dense_tau(lens, group, bit
                                                                 top_tokens, seed):
     """Step 2's τ_low — from the seed pages' code lower bounds and the newest page's scores, no
     key of the seed read — is at most the dense τ over the reference scores, on adversarial
-    keys in every dtype (a bound from ŝ or ŝ + ε instead of ŝ − ε, another head's slots, or a
-    margin of the wrong sign fail it)."""
+    keys in every dtype (a bound from ŝ or ŝ + ε instead of ŝ − ε, or a margin of the wrong
+    sign fail it), and it is the threshold of exactly those values less a small margin (each
+    head's own seed pages, the newest page's scores: dropping either fails it)."""
     g = torch.Generator().manual_seed(seed)
     b, t, d = len(lens), max(lens), 8
     k = adversarial_keys(kind, g, b, 2, t, d)
@@ -229,6 +230,20 @@ def test_seed_tau_from_code_lower_bounds_is_below_the_dense_tau(lens, group, bit
     z = (alpha - 1) * torch.where(live, scores, float("-inf"))
     dense = naive_threshold(z, 1 / (alpha - 1))
     assert bool((found.tau_low <= dense).all()), (found.tau_low - dense).max()
+    # the values: each head's own class seed of max_i (ŝ_i − ε) per coded page, and the newest page
+    s_hat, eps = code_scores(cache, q, scale, slopes)
+    page = cache.page_size
+    coded = cache.tokens_of(step.candidates)[:, :, None, :]
+    low = torch.where(coded, s_hat - eps.repeat_interleave(page, -1), float("-inf"))
+    page_low = low.reshape(b, 2, group, -1, page).amax(-1)
+    own = class_seed(page_low, top_tokens).reshape(b, 2, group, top_tokens)
+    values = torch.where(own >= 0, page_low.gather(-1, own.clamp_min(0)), float("-inf")).double()
+    fresh = torch.where(cache.tokens_of(step.newest)[:, :, None, :], scores, float("-inf"))
+    z_seed = (alpha - 1) * torch.cat([values, fresh], -1)
+    want = naive_threshold(z_seed, 1 / (alpha - 1))
+    size = z_seed.nan_to_num(neginf=0.0).abs().amax(-1)
+    assert bool((found.tau_low <= want).all()), (found.tau_low - want).max()
+    assert bool((found.tau_low >= want - 1e-4 * (1 + size)).all()), (want - found.tau_low).max()
 
 
 @given(lens=st.lists(st.integers(1, 70), min_size=1, max_size=3), group=st.sampled_from([1, 2]),
@@ -338,7 +353,6 @@ def test_overflow_rows_fall_back_to_every_page_and_are_flagged():
 
 
 def test_candidate_list_is_fixed_capacity_and_padded():
-    from entmaxkv.exact_codes import code_candidates
     from entmaxkv.backend import build_step
 
     stream, k, v = structured(5, [120, 64], 2, 2, 16, torch.float64)

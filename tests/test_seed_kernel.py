@@ -131,6 +131,35 @@ def test_seed_equals_class_seed_on_ties_many_chunks_and_rounds(work, group, slot
         assert bool(((gap >= -1e-12 * (1 + want[rows].abs())) & (gap <= 2.0**-29)).all()), (s, gap)
 
 
+@pytest.mark.parametrize("alpha", [1.5, 2.0])
+def test_seed_tau_is_a_lower_bound_after_any_number_of_rounds(alpha, monkeypatch, poison_scratch):
+    """The exact support search of the seed's τ (α = 1.5 and 2) stops at a lower bound whatever
+    its round count: with 1 or 2 rounds (``SEED_TAU_ROUNDS`` patched) many heads are not
+    settled and keep their last Newton point — never above the root (a head that returned its
+    last support formula instead could sit above it) and never below the floor z_max − 1; with
+    the default rounds every head reaches the root (within float64 rounding)."""
+    seed = fresh_seed()
+    gen = torch.Generator().manual_seed(seed)
+    group, slots = 3, 8
+    lens = torch.full((B,), P * S + 1)  # every page coded: a class's value is its best page's
+    page_max = torch.rand(B, HKV, group, P, generator=gen, dtype=torch.float64) * 2.0
+    eps = torch.rand(B, HKV, group, P, generator=gen, dtype=torch.float64) * 0.1
+    own = class_seed(page_max - eps, slots).reshape(B, HKV, group, slots)
+    z = (alpha - 1) * (page_max - eps).gather(-1, own)
+    want = naive_threshold(z, 1 / (alpha - 1))
+    unsettled, default = 0, code_scan.SEED_TAU_ROUNDS
+    for rounds in (1, 2, default):
+        monkeypatch.setattr(code_scan, "SEED_TAU_ROUNDS", rounds)
+        tau = run_seed(monkeypatch, page_max, eps, lens, group, slots, 512, 1, seed, alpha)[3]
+        assert bool((tau <= want + 1e-12 * (1 + want.abs())).all()), (seed, rounds, (tau - want).max())
+        assert bool((tau >= z.amax(-1) - 1).all()), (seed, rounds)
+        if rounds < default:
+            unsettled += int((tau < want - 1e-9).sum())
+        else:
+            assert bool(((want - tau).abs() <= 1e-12 * (1 + want.abs())).all()), (seed, (want - tau).abs().max())
+    assert unsettled > 0, seed  # the few-round runs did leave heads short of the root
+
+
 @pytest.mark.parametrize("work,group,slots,chunk", CASES[:4])
 def test_seed_ties_across_chunks_go_to_the_lower_page_and_the_last_chunk_counts(work, group, slots, chunk,
                                                                                 monkeypatch, poison_scratch):
