@@ -39,7 +39,7 @@ from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
 if importlib.util.find_spec("triton") is not None:
     import entmaxkv.kernels  # noqa: F401  (registers torch.ops.entmaxkv.*)
-    from entmaxkv.kernels.page_scores import mean_slack, newest_slack, rounding_gamma
+    from entmaxkv.kernels.page_scores import mean_slack, rounding_gamma
     from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, bisection_gap
 
     sparse_decode_module = importlib.import_module("entmaxkv.kernels.sparse_decode")  # its TAU_ONLY, read per call
@@ -91,12 +91,14 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
                else ReferenceOps(cache, q, alpha, scale, alibi_slopes))
         return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, None, ops)
     if kernels:
-        upper, absmax, means, sigma, newest_max, newest_mag, newest_scores = torch.ops.entmaxkv.page_bounds(
+        bounds = torch.ops.entmaxkv.page_bounds(
             q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
             alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma, needs_means)
+        upper, absmax, means, sigma, newest_max, newest_mag, newest_scores, newest_floor = bounds
         if not needs_means:
             means = absmax = None
-        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag)
+        ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag,
+                        newest_floor)
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
                     newest_scores if needs_newest_scores else None, ops)
     newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
@@ -213,12 +215,13 @@ class ListedMask(NamedTuple):
 class KernelOps(PageSets):
     """The Triton ops' primitives. Page sets become page lists of static capacity P (the
     cache's page slots); only full pages other than the newest go into a list — the attention
-    op always adds the newest page itself. ``upper`` … ``newest_magnitude`` are ``page_bounds``'
+    op always adds the newest page itself. ``upper`` … ``newest_floor`` are ``page_bounds``'
     outputs (None for a step without page scores)."""
 
     def __init__(self, cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None,
                  upper: Tensor | None = None, means: Tensor | None = None, absmax: Tensor | None = None,
-                 newest_max: Tensor | None = None, newest_magnitude: Tensor | None = None):
+                 newest_max: Tensor | None = None, newest_magnitude: Tensor | None = None,
+                 newest_floor: Tensor | None = None):
         super().__init__(cache)
         self.alpha, self.scale, self.alibi_slopes = alpha, scale, alibi_slopes
         self.q = q[:, :, 0].contiguous()
@@ -227,7 +230,7 @@ class KernelOps(PageSets):
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
         # of top_pages / quest_top_pages / gaussian_pages / pages_above / remember_list
         self._listed: ListedMask | None = None
-        self._floor: Tensor | None = None  # the newest page's score floor, once computed
+        self._floor = newest_floor  # the newest page's score floor, with newest_max
 
     def _list(self, page_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Page mask -> (pages [B, Hkv, P] int32 padded with −1, count [B, Hkv] int32)."""
@@ -337,12 +340,12 @@ class KernelOps(PageSets):
         return (out.reshape(b, c.num_kv_heads, hq // c.num_kv_heads, out.shape[-1]),
                 tau_used.reshape(b, c.num_kv_heads, -1))
 
-    def adopt_newest_page(self, newest_max: Tensor, newest_magnitude: Tensor) -> None:
-        """Take the newest page's best score and |score| scale [B, Hkv, G] from another op
-        (``code_bounds``) when this step did not run ``page_bounds``: the score floor and the
-        τ bounds use them."""
+    def adopt_newest_page(self, newest_max: Tensor, newest_magnitude: Tensor, newest_floor: Tensor) -> None:
+        """Take the newest page's best score, |score| scale and score floor [B, Hkv, G] from
+        another op (``code_bounds``) when this step did not run ``page_bounds``: the score floor
+        and the τ bounds use them."""
         if self.newest_max is None:
-            self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
+            self.newest_max, self.newest_magnitude, self._floor = newest_max, newest_magnitude, newest_floor
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
                      iters: int) -> Tensor:
@@ -413,11 +416,8 @@ class KernelOps(PageSets):
 
     def _newest_floor(self) -> Tensor:
         """[B, Hkv, G] the newest page's best score less what rounding could have added to it
-        (computed once a step: the seed's and the final attention use it)."""
-        if self._floor is None:  # one launch (a multiply and a subtraction were two)
-            slack = newest_slack(work_dtype(self.cache.dtype), self.cache.head_dim)  # 2γ, a power of two
-            self._floor = torch.add(self.newest_max, self.newest_magnitude, alpha=-slack).to(
-                work_dtype(self.cache.dtype))
+        (``newest_max − newest_slack·newest_magnitude``: written by the op that scored the newest
+        page, ``page_bounds`` or ``code_bounds``, beside its other outputs — no launch of its own)."""
         return self._floor
 
     def _safe_tau(self, tau: Tensor, magnitude: Tensor, full_pages: Tensor) -> Tensor:

@@ -230,9 +230,10 @@ def _kernel_candidates(step: Step, top_tokens: int, capacity: int) -> CodeCandid
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, step.alibi_slopes)  # q: [B, Hq, D]
     # the seed's τ [B, Hkv, G] from its code lower bounds and the newest page's scores (no key of
     # the seed read: ``seed_tau_bound`` is the reference)
-    page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag, tau_seed = torch.ops.entmaxkv.code_bounds(
-        *args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens, step.alpha)
-    ops.adopt_newest_page(newest_max, newest_mag)  # what page_bounds would have given (if the step skipped it)
+    page_max, eps, _, newest_max, newest_mag, seed, seed_count, seed_mag, tau_seed, newest_floor = \
+        torch.ops.entmaxkv.code_bounds(*args, cache.key_bits, step.scale, False, cache.k_pages, top_tokens, step.alpha)
+    # what page_bounds would have given (if the step skipped it)
+    ops.adopt_newest_page(newest_max, newest_mag, newest_floor)
     # the op lowers τ by KernelOps._safe_tau's margin itself (no torch arithmetic)
     index, count, page_mask, tau_low, page_list, page_count = torch.ops.entmaxkv.code_candidates(
         *args, page_max, eps, tau_seed, cache.key_bits, step.scale, lin(step.alpha), capacity, seed_count, seed_mag,

@@ -173,7 +173,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import alpha_kind, code_step, next_pow2, register_batch_rule, rho, work_dtype_of
-from entmaxkv.kernels.page_scores import _newest_page, rounding_gamma
+from entmaxkv.kernels.page_scores import _newest_page, newest_slack, rounding_gamma
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 from entmaxkv.kernels.sparse_decode import _add3_min, _support_tau, bisection_gap
@@ -243,8 +243,9 @@ NATIVE_CODES = True
 SEED_CHUNK = 256
 SEED_TILE = 4096
 SEED_WARPS = 4
-# The seed's τ (``_seed_tau``): for α = 1.5 and 2, SEED_TAU_ROUNDS rounds of the exact support
-# searched from below (``sparse_decode``'s search: each round one reduction); for other α,
+# The seed's τ (``_seed_tau``): for α = 1.5 and 2, at most SEED_TAU_ROUNDS rounds of the exact
+# support searched from below (``sparse_decode``'s search: each round one reduction; the loop
+# ends when every head of the row has settled); for other α,
 # SEED_TAU_STEPS bisection steps over [z_max − 1, z_max] keeping the lower end. Either stops at
 # a valid lower bound of that τ (bisection: within 2^−30 of it after 30 steps). Rounds needed,
 # simulated on 24 values (8 slots and 16 newest) drawn 20,000 times each from normal, uniform
@@ -897,8 +898,8 @@ def _no_codes(page_max, eps_out, bh, p, in_range, P, G: tl.constexpr, BLOCK_P: t
 @triton.jit
 def _code_bounds_kernel(
     q, codes, k_min, k_max, seq_lens, slopes, scale_t, k_pages,
-    page_max, eps_out, s_hat_out, newest_max, newest_mag,
-    scale, r, alibi_eps, dot_rel, dot_abs, f23, P, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
+    page_max, eps_out, s_hat_out, newest_max, newest_mag, newest_floor,
+    scale, slack, r, alibi_eps, dot_rel, dot_abs, f23, P, H: tl.constexpr, D: tl.constexpr, W: tl.constexpr,
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
@@ -915,8 +916,8 @@ def _code_bounds_kernel(
         # the extra program is the row's first, so that it is dispatched with the first code
         # blocks rather than after all of them (its dependent loads would end the kernel)
         if tl.program_id(1) == 0:
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, scale_w, bh, H, P, D, length, S, G, S,
-                         BD, WORK, HAS_ALIBI, False)
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, newest_floor, scale_w, slack, bh, H,
+                         P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
         block = tl.program_id(1) - 1  # −1: the newest page's program, which writes no page
     else:
         block = tl.program_id(1)
@@ -942,7 +943,8 @@ def _code_bounds_kernel(
 
 
 @triton.jit
-def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, H, P, D, S: tl.constexpr,
+def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, newest_floor, scale, slack, H, P, D,
+                   S: tl.constexpr,
                    G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
                    PDL: tl.constexpr = False):
     """Grid (B·Hkv,): the newest page's best score and |score| scale of row ``bh``
@@ -950,13 +952,13 @@ def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag
     pdl_enter(PDL)
     bh = tl.program_id(0)
     length = tl.load(seq_lens + bh // H).to(tl.int32)
-    _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, _scale_of(scale, scale_t, WORK), bh, H, P, D,
-                 length, S, G, S, BD, WORK, HAS_ALIBI, False)
+    _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_max, newest_floor, _scale_of(scale, scale_t, WORK),
+                 slack, bh, H, P, D, length, S, G, S, BD, WORK, HAS_ALIBI, False)
 
 
 @triton.jit
 def _seed_chunk_kernel(page_max, eps, seq_lens, best, q, k_pages, slopes, scale_t, newest_max, newest_mag, newest_s,
-                       scale, H, P, D, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr, SLOTS: tl.constexpr,
+                       newest_floor, scale, slack, H, P, D, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr, SLOTS: tl.constexpr,
                        GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr, BD: tl.constexpr = 16,
                        WORK: tl.constexpr = tl.float32, WITH_NEWEST: tl.constexpr = False,
                        HAS_ALIBI: tl.constexpr = False, STORE_SCORES: tl.constexpr = False,
@@ -974,7 +976,8 @@ def _seed_chunk_kernel(page_max, eps, seq_lens, best, q, k_pages, slopes, scale_
     if WITH_NEWEST:  # a static branch: without it no newest-page code is compiled
         c -= 1
         if c < 0:
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_s, _scale_of(scale, scale_t, WORK), bh, H,
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_s, newest_floor,
+                         _scale_of(scale, scale_t, WORK), slack, bh, H,
                          P, D, length, S, G, S, BD, WORK, HAS_ALIBI, STORE_SCORES)
     if c >= 0:
         coded = tl.maximum(length - 1, 0) // S
@@ -991,7 +994,8 @@ def _seed_merge_kernel(
     P, D, NCH,
     S: tl.constexpr, G: tl.constexpr, BD: tl.constexpr, WORK: tl.constexpr, SLOTS: tl.constexpr, GP: tl.constexpr,
     KP: tl.constexpr, ROUNDS: tl.constexpr, WITH_NEWEST: tl.constexpr = False, WITH_TAU: tl.constexpr = False,
-    KIND: tl.constexpr = 1, STEPS: tl.constexpr = 30, TAU_ROUNDS: tl.constexpr = 4, PDL: tl.constexpr = False,
+    KIND: tl.constexpr = 1, STEPS: tl.constexpr = SEED_TAU_STEPS, TAU_ROUNDS: tl.constexpr = SEED_TAU_ROUNDS,
+    PDL: tl.constexpr = False,
 ):
     """Grid (B·Hkv,). Program bh: the max over row bh's NCH chunk entries of
     ``_seed_chunk_kernel`` (``ROUNDS`` chunks at a time) is the row's packed seed, as one pass
@@ -1041,9 +1045,10 @@ def _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S: tl.con
     α = 1.5 and 2 (``ROUNDS``): from x = z_max − 1 <= τ, the exact support search from below
     of ``sparse_decode._exact_from_below`` on every head at once (the support formula over
     {z > x}, accepted when its smallest value is at or above the result; else a Newton step of the
-    convex f(x) = Σ ρ(z − x) − 1 from below); a head not settled after ``ROUNDS`` keeps its
-    last x (<= τ). Other α: bisection on f from [z_max − 1, z_max] (f >= 0 at z_max − 1: the
-    top value alone gives 1), ``STEPS`` times, keeping the lower end (f >= 0 there)."""
+    convex f(x) = Σ ρ(z − x) − 1 from below), rounds until every head has settled; a head not
+    settled after ``ROUNDS`` keeps its last x (<= τ). Other α: bisection on f from
+    [z_max − 1, z_max] (f >= 0 at z_max − 1: the top value alone gives 1), ``STEPS`` times,
+    keeping the lower end (f >= 0 there)."""
     gi = tl.arange(0, GP)
     ri = tl.arange(0, KP)
     lin = tl.cast(alpha, tl.float64) - 1.0  # as sparse_decode: α as a float32 argument, then α − 1
@@ -1073,8 +1078,10 @@ def _seed_tau(packed, page_max, eps, newest_s, seed_tau, alpha, bh, P, S: tl.con
     else:
         x = top - 1.0
         tau = x
-        found = gi < 0  # [GP] False
-        for _ in tl.static_range(ROUNDS):
+        found = gi >= G  # [GP]: the padding heads count as settled
+        it = tl.full((), 0, tl.int32)
+        while (it < ROUNDS) & (tl.min(found.to(tl.int32), axis=0) == 0):  # until every head settled
+            it += 1
             cnt, s1, s2, zmin = _sums_above(z, x)
             if WITH_NEWEST:
                 c2, t1, t2, m2 = _sums_above(fresh, x)
@@ -1112,8 +1119,8 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     into a scratch [B·Hkv, NCH, GP, KP] int64, then the per-row merge and list ->
     (seed_pages [B, Hkv, G·K] int32, seed_count [B, Hkv] int32, seed_mag [B, Hkv, G],
     seed_tau [B, Hkv, G] float64 for α > 1, else [0]).
-    ``newest``: (slopes or None, k_pages, newest_max, newest_mag) — the chunk launch's first
-    program a row also writes the newest page's outputs (and with α > 1 its scores, which
+    ``newest``: (slopes or None, k_pages, newest_max, newest_mag, newest_floor) — the chunk
+    launch's first program a row also writes the newest page's outputs (and with α > 1 its scores, which
     enter the seed's τ)."""
     b, hkv, g, p = page_max.shape
     gp, kp = next_pow2(g), next_pow2(slots)
@@ -1131,10 +1138,11 @@ def _seed(q: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor, seq_lens: t
     seed_tau = torch.empty((b, hkv, g) if with_tau else (0,), dtype=torch.float64, device=q.device)
     newest_s = torch.empty((b * hkv * g * page_size if with_tau and newest is not None else 1,), dtype=page_max.dtype,
                            device=q.device)
-    slopes, k_pages, newest_max, newest_mag = newest if newest is not None else (None, page_max, page_max, page_max)
+    slopes, k_pages, newest_max, newest_mag, newest_floor = newest if newest is not None else (None,) + (page_max,) * 4
     wrap_triton(_seed_chunk_kernel)[(b * hkv, nch + (newest is not None))](
         page_max, eps, seq_lens, best, q, k_pages, slopes if slopes is not None else page_max, scale_t, newest_max,
-        newest_mag, newest_s, scale, hkv, p, k_min.shape[-1], nch, SEED_CHUNK,
+        newest_mag, newest_s, newest_floor, scale, newest_slack(page_max.dtype, k_min.shape[-1]), hkv, p,
+        k_min.shape[-1], nch, SEED_CHUNK,
         S=page_size, G=g, SLOTS=slots, GP=gp, KP=kp, ROUNDS=chunk_rounds, BD=bd, WORK=work_tl,
         WITH_NEWEST=newest is not None, HAS_ALIBI=slopes is not None, STORE_SCORES=with_tau and newest is not None,
         num_warps=SEED_WARPS, **pdl_kwargs(q, "code_scan"),
@@ -1351,9 +1359,9 @@ def code_bounds(
     alibi_slopes: torch.Tensor | None, bits: int, scale: float, with_scores: bool,
     k_pages: torch.Tensor | None = None, seed_slots: int = 0, alpha: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
+           torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 1: ``(page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag,
-    seed_tau)``.
+    seed_tau, newest_floor)``.
 
     q: [B, Hq, D] contiguous (Hq = Hkv·G); k_codes: [B, Hkv, P, S, W] uint8 (``keycodes``
     layout for ``bits`` 4 or 8); k_min/k_max: [B, Hkv, P, D] in the cache dtype; seq_lens: [B]
@@ -1362,9 +1370,10 @@ def code_bounds(
     eps: [B, Hkv, G, P] ε_p of coded pages, 0 elsewhere; s_hat: [B, Hkv, G, P·S] ŝ of the
     tokens of coded pages (other slots unwritten) if ``with_scores``, else [0].
     With ``k_pages`` ([B, Hkv, P, S, D], the cache's keys: only each sequence's newest page is
-    read, by one program per row) also newest_max / newest_mag [B, Hkv, G] work dtype:
-    the newest page's best score and its |score| scale (``page_bounds``' outputs of the same
-    names); else both [0].
+    read, by one program per row) also newest_max / newest_mag / newest_floor [B, Hkv, G] work
+    dtype: the newest page's best score, its |score| scale and the score floor
+    newest_max − ``newest_slack``·newest_mag (``page_bounds``' outputs of the same names); else
+    all three [0].
     With ``seed_slots`` K > 0 also a τ seed chosen in the same pass (no selection over the
     pages afterwards): for each query head and each residue class r of the pages mod K, the
     coded page with the largest code lower bound page_max − ε (compared as float32; ties to
@@ -1387,6 +1396,8 @@ def code_bounds(
     with_newest = k_pages is not None
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
+    newest_floor = torch.empty_like(newest_max)
+    slack = newest_slack(work, d)
     k = max(int(seed_slots), 0)
     if alpha > 1.0 and not k:
         raise ValueError(f"code_bounds: alpha (the seed's τ) needs seed_slots > 0, got {seed_slots}")
@@ -1410,23 +1421,24 @@ def code_bounds(
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
-        scale, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, p, hkv, d, w,
+        newest_floor if in_scan else page_max, scale, slack, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, p, hkv, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
         NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES),
         SPLIT=form.split, **pdl_kwargs(q, "code_scan"), **consts,
     )
-    newest = (alibi_slopes, k_pages, newest_max, newest_mag) if with_newest and not in_scan else None
+    newest = (alibi_slopes, k_pages, newest_max, newest_mag, newest_floor) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the seed's chunk launch
         seed_pages, seed_count, seed_mag, seed_tau = _seed(q, k_min, k_max, seq_lens, scale_t, page_max, eps, scale, k,
                                                            s, consts["BD"], consts["WORK"], newest, alpha)
     elif newest is not None:  # else in a launch of its own, at the scan's warps (the same layout)
         wrap_triton(_newest_kernel)[(b * hkv,)](
-            q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, scale, hkv, p, d, S=s, G=g,
+            q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag, newest_floor, scale, slack, hkv, p, d, S=s,
+            G=g,
             BD=consts["BD"], WORK=consts["WORK"], HAS_ALIBI=alibi_slopes is not None, num_warps=NUM_WARPS,
             **pdl_kwargs(q, "code_scan"))
-    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag, seed_tau
+    return page_max, eps, s_hat, newest_max, newest_mag, seed_pages, seed_count, seed_mag, seed_tau, newest_floor
 
 
 @code_bounds.register_fake
@@ -1441,7 +1453,7 @@ def _(q, k_codes, k_min, k_max, seq_lens, alibi_slopes, bits, scale, with_scores
     return (page_max, torch.empty_like(page_max), q.new_empty((b, hkv, g, p * s) if with_scores else (0,), dtype=work),
             newest, torch.empty_like(newest), q.new_empty((b, hkv, g * k) if k else (0,), dtype=torch.int32),
             q.new_empty((b, hkv) if k else (0,), dtype=torch.int32), q.new_empty((b, hkv, g) if k else (0,), dtype=work),
-            q.new_empty((b, hkv, g) if k and alpha > 1.0 else (0,), dtype=torch.float64))
+            q.new_empty((b, hkv, g) if k and alpha > 1.0 else (0,), dtype=torch.float64), torch.empty_like(newest))
 
 
 @triton_op("entmaxkv::code_candidates", mutates_args=())

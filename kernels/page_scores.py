@@ -59,6 +59,8 @@ writes, per query head, their best score and their |score| scale:
     newest_max[h] = max over the newest page's tokens of s (ALiBi included; −inf if none),
     newest_mag[h] = max over those tokens of scale·|q|·|k| (0 if none),
     newest_scores[h, i] = the score of slot i of that page (−inf past the length),
+    newest_floor[h] = newest_max[h] − newest_slack·newest_mag[h] (a score the attention computes
+                      for some newest-page token: the score floor, without a torch launch),
 
 what a TopK step needs of that page (``newest_page.newest_page_scores(...).amax(-1)`` and
 ``newest_page_magnitude``, up to the order of the dot products' sums), without torch glue.
@@ -188,8 +190,8 @@ def mean_floor(stats_dtype: torch.dtype) -> float:
 @triton.jit
 def _page_scores_kernel(
     q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages,
-    upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores,
-    scale, gamma, alibi_eps, nu, H, P, D,
+    upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores, newest_floor,
+    scale, slack, gamma, alibi_eps, nu, H, P, D,
     S: tl.constexpr, G: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
     HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, DOT: tl.constexpr = False,
@@ -204,7 +206,8 @@ def _page_scores_kernel(
     full = length // S
     if WITH_NEWEST:
         if block == tl.num_programs(1) - 1:  # the extra program: the newest page, token by token
-            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length, S, G,
+            _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, newest_floor, scale, slack, bh, H,
+                         P, D, length, S, G,
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
     if DOT:
         if block * BLOCK_P * ITERS < full:
@@ -458,12 +461,14 @@ def _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow
 
 
 @triton.jit
-def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scale, bh, H, P, D, length,
-                 S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, newest_floor, scale, slack, bh, H, P, D,
+                 length, S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                  WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_SCORES: tl.constexpr):
-    """The newest page's best score and |score| scale per query head of row bh, and with
-    ``STORE_SCORES`` its slot scores (−inf past the length) (scores as ``sparse_decode`` and
-    the reference compute them: a D-term dot product, scaled)."""
+    """The newest page's best score and |score| scale per query head of row bh, the score
+    floor best − slack·scale (``newest_slack``: a power of two, so one rounding, as
+    ``KernelOps._newest_floor`` computes it with torch), and with ``STORE_SCORES`` its slot
+    scores (−inf past the length) (scores as ``sparse_decode`` and the reference compute them:
+    a D-term dot product, scaled)."""
     scale_w = tl.cast(scale, WORK)
     page = tl.maximum(length - 1, 0) // S
     slot = tl.arange(0, BLOCK_S)
@@ -485,8 +490,11 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, scal
         s = tl.where(valid, s, float("-inf"))
         if STORE_SCORES:
             tl.store(newest_scores + qrow * S + slot, s, mask=slot < S)
-        tl.store(newest_max + qrow, tl.max(s, axis=0))
-        tl.store(newest_mag + qrow, tl.max(tl.where(valid, mag, 0.0), axis=0))
+        best = tl.max(s, axis=0)
+        size = tl.max(tl.where(valid, mag, 0.0), axis=0)
+        tl.store(newest_max + qrow, best)
+        tl.store(newest_mag + qrow, size)
+        tl.store(newest_floor + qrow, best - size * slack)
 
 
 def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
@@ -521,6 +529,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     newest_max = torch.empty((b, hkv, g) if with_newest else (0,), dtype=work, device=q.device)
     newest_mag = torch.empty_like(newest_max)
     newest_scores = torch.empty((b, hkv, g, page_size) if with_newest else (0,), dtype=work, device=q.device)
+    newest_floor = torch.empty_like(newest_max)
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     slopes = alibi_slopes if alibi_slopes is not None else upper  # never read without ALiBi
@@ -536,7 +545,8 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         upper, absmax if with_mean else upper, mean if with_mean else upper, sigma if with_sigma else upper,
         newest_max if with_newest else upper,
         newest_mag if with_newest else upper, newest_scores if with_newest else upper,
-        scale, gamma, 4 * torch.finfo(work).eps, nu, hkv, p, d,
+        newest_floor if with_newest else upper, scale, newest_slack(work, d), gamma, 4 * torch.finfo(work).eps, nu,
+        hkv, p, d,
         S=page_size, G=g, BLOCK_P=block_p, BLOCK_D=next_pow2(d), BLOCK_S=next_pow2(page_size),
         WORK=tl.float64 if work == torch.float64 else tl.float32,
         HAS_ALIBI=alibi_slopes is not None, WITH_SIGMA=with_sigma, WITH_NEWEST=with_newest, HAS_NU=nu > 0,
@@ -546,7 +556,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         num_warps=DOT_WARPS if dot else NUM_WARPS,
         **pdl_kwargs(q, "page_scores"),
     )
-    return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores
+    return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores, newest_floor
 
 
 @triton_op("entmaxkv::page_scores", mutates_args=())
@@ -586,11 +596,13 @@ def page_bounds(
     seq_lens: torch.Tensor, alibi_slopes: torch.Tensor | None, k_pages: torch.Tensor, page_size: int, scale: float,
     with_sigma: bool, with_mean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor]:
-    """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G] and
+           torch.Tensor, torch.Tensor]:
+    """``page_scores``' four outputs plus ``(newest_max, newest_mag)`` [B, Hkv, G],
     ``newest_scores`` [B, Hkv, G, S] (the newest page's slot scores, −inf past the length;
-    what ``newest_page.newest_page_scores`` computes), work dtype, from the same launch. k_pages: [B, Hkv, P, S, D] contiguous, the cache's keys (only each
-    sequence's newest page is read). Other arguments as in ``page_scores``."""
+    what ``newest_page.newest_page_scores`` computes) and ``newest_floor`` [B, Hkv, G]
+    (newest_max − ``newest_slack``·newest_mag), work dtype, from the same launch. k_pages:
+    [B, Hkv, P, S, D] contiguous, the cache's keys (only each sequence's newest page is read).
+    Other arguments as in ``page_scores``."""
     return _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
                    True, with_mean)
 
@@ -605,7 +617,7 @@ def _(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size
     means = q.new_empty(shape if with_mean else (0,), dtype=work)
     return (upper, means, torch.empty_like(means),
             q.new_empty(shape if with_sigma else (0,), dtype=work), newest, torch.empty_like(newest),
-            q.new_empty((*shape[:3], page_size), dtype=work))
+            q.new_empty((*shape[:3], page_size), dtype=work), torch.empty_like(newest))
 
 
 register_batch_rule(page_bounds, (0, 1, 2, 3, 4, 5, 7))

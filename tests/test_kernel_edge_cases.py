@@ -41,7 +41,7 @@ def test_quest_select_score_floor_is_reached_by_an_attended_token(dtype, group):
     for alibi in (False, True):
         # statistics that describe the keys (no copied ties): the floor's argument needs them
         cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi, ties=False)
-        upper, absmax, means, _, newest_max, newest_mag, _ = step_bounds(cache, q, slopes)
+        upper, absmax, means, _, newest_max, newest_mag, _, _ = step_bounds(cache, q, slopes)
         exact = token_scores(cache.to(torch.float64), q.double(), 0.3, None if slopes is None else slopes.double())
         exact = exact.reshape(cache.batch, cache.num_kv_heads, group, -1)  # [B, Hkv, G, T]
         newest = newest_page_mask(cache)

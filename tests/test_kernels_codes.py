@@ -30,6 +30,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.code_scan import (  # noqa: E402
     code_bounds, code_candidates, code_radius_factor, dot_margins, splits_a, uses_dot)
+from entmaxkv.kernels.page_scores import newest_slack  # noqa: E402
 
 def lengths(seed: int, batch: int, page_size: int) -> list[int]:
     """Ragged lengths landing 0/1/S−1/S/S+1 tokens into a page (some with no coded page)."""
@@ -249,7 +250,7 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
     scale = 0.3
     out = code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes,
                       cache.key_bits, scale, False, cache.k_pages, slots, alpha)
-    page_max, eps, _, newest_max, newest_mag, pages, count, mag, seed_tau = out
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag, seed_tau, newest_floor = out
     want = class_seed(page_max - eps, slots)  # [B, Hkv, G·K], a page once per head that chose it
     wdt = eps.dtype
     kabs = torch.maximum(cache.k_min.double().abs(), cache.k_max.double().abs())
@@ -279,6 +280,8 @@ def test_code_bounds_seed_and_newest_page_equal_the_reference(dtype, bits, group
     fin = torch.isfinite(want_max)
     assert bool(((newest_max - want_max)[fin].abs() <= 2 * gamma * want_mag[fin] + 1e-30).all()), seed
     torch.testing.assert_close(newest_mag, want_mag.to(wdt), rtol=2 * gamma, atol=0, msg=str(seed))
+    floor = torch.add(newest_max, newest_mag, alpha=-newest_slack(wdt, d))  # KernelOps' torch floor, to the bit
+    torch.testing.assert_close(newest_floor, floor, rtol=0, atol=0, msg=str(seed))
     check_seed_tau(cache, q, scale, slopes, page_max, eps, want, want_mag, seed_tau, slots, alpha, gamma, seed)
 
 
@@ -311,7 +314,7 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
     the seed's τ (``alpha``) needs its scores — outside the scan (the seed's chunk launch, or
     its own launch without the seed), the code blocks exactly the bare launch's.
     page_max and ε equal the bare launch's bit for bit (poisoned buffers: no block skipped),
-    and newest_max / newest_mag are the same bits in every form (one ``_newest_page``). The
+    and newest_max / newest_mag / newest_floor are the same bits in every form (one ``_newest_page``). The
     interpreter calls the kernel's helpers through the module's globals, so wrappers there
     see the program ids."""
     import triton.language as tl
@@ -356,7 +359,7 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
     monkeypatch.setattr(cs, "NEWEST_IN_SCAN", not in_scan)
     other = code_bounds(*args, cache.k_pages, 0)
     for a, b in ((outs[0], outs[1]), (outs[0], outs[2]), (outs[0], other)):
-        assert torch.equal(a[3], b[3]) and torch.equal(a[4], b[4]), seed
+        assert torch.equal(a[3], b[3]) and torch.equal(a[4], b[4]) and torch.equal(a[9], b[9]), seed
 
 
 def pages_to_mask_of(pages: torch.Tensor, num_pages: int) -> torch.Tensor:
@@ -378,11 +381,11 @@ def test_code_candidates_margin_equals_the_torch_tau_bound(dtype, bits, group, a
     step = build_step(cache, q, alpha, 0.3, slopes, kernels=True, needs_sigma=False, needs_page_scores=False)
     ops = step.ops
     args = (ops.q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
-    page_max, eps, _, newest_max, newest_mag, pages, count, mag, tau = code_bounds(*args, bits, 0.3, False,
-                                                                                   cache.k_pages, 3, alpha)
-    ops.adopt_newest_page(newest_max, newest_mag)
-    index, n, page_mask, got, _, _ = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count, mag,
-                                                newest_mag, alpha)
+    page_max, eps, _, newest_max, newest_mag, pages, count, mag, tau, floor = code_bounds(*args, bits, 0.3, False,
+                                                                                          cache.k_pages, 3, alpha)
+    ops.adopt_newest_page(newest_max, newest_mag, floor)
+    index, n, page_mask, got, _, _ = code_candidates(*args, page_max, eps, tau, bits, 0.3, alpha - 1, 10_000, count,
+                                                     mag, newest_mag, alpha)
     want = ops._safe_tau(tau, mag, count)
     torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-300, msg=str(seed))
     assert bool((got < tau).all()), seed
@@ -542,8 +545,8 @@ def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
 @pytest.mark.parametrize("alibi", [False, True])
 def test_newest_page_on_cuda_is_the_same_bits_in_every_launch(dtype, alibi, monkeypatch):
     """The compiled newest page (``_newest_page``) in the scan's launch (``NEWEST_IN_SCAN``), in
-    the seed's merge (other warps: ``SEED_WARPS``) and in its own launch: newest_max and
-    newest_mag bit for bit the same (on CPU the interpreter cannot see the layouts that set a
+    the seed's merge (other warps: ``SEED_WARPS``) and in its own launch: newest_max,
+    newest_mag and newest_floor bit for bit the same (on CPU the interpreter cannot see the layouts that set a
     reduction's order); page_max and ε the bare launch's."""
     import entmaxkv.kernels.code_scan as cs
 
@@ -560,9 +563,9 @@ def test_newest_page_on_cuda_is_the_same_bits_in_every_launch(dtype, alibi, monk
         for slots in (8, 0):
             out = code_bounds(*args, cache.k_pages, slots)
             assert torch.equal(out[0], bare[0]) and torch.equal(out[1], bare[1]), (in_scan, slots)
-            outs.append(out[3:5])
+            outs.append((out[3], out[4], out[9]))
     for got in outs[1:]:
-        assert torch.equal(got[0], outs[0][0]) and torch.equal(got[1], outs[0][1])
+        assert all(torch.equal(x, y) for x, y in zip(got, outs[0]))
 
 
 @pytest.mark.gpu
@@ -994,7 +997,7 @@ def test_code_bounds_seed_on_cuda_over_chunks(chunk, slots, monkeypatch):
     cache, _ = append_token(cache, kn, vn)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None, 4, 128 ** -0.5,
             False)
-    page_max, eps, _, _, newest_mag, pages, count, _, tau = code_bounds(*args, cache.k_pages, slots, 1.5)
+    page_max, eps, _, _, newest_mag, pages, count, _, tau, _ = code_bounds(*args, cache.k_pages, slots, 1.5)
     bare = code_bounds(*args)
     assert torch.equal(page_max, bare[0]) and torch.equal(eps, bare[1])
     want = class_seed(page_max - eps, slots).cpu()

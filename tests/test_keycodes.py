@@ -364,8 +364,6 @@ def test_overflow_rows_fall_back_to_every_page_and_are_flagged():
 
 
 def test_candidate_list_is_fixed_capacity_and_padded():
-    from entmaxkv.backend import build_step
-
     stream, k, v = structured(5, [120, 64], 2, 2, 16, torch.float64)
     cache = coded_cache(k, v, [120, 64], 4, torch.float64)
     q, kn, vn = (x.double() for x in stream.step())

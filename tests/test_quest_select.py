@@ -78,7 +78,8 @@ def torch_selection(cache, q, alpha, slopes, upper, means, absmax, newest_max, n
     key = rank_key(upper, candidates, alpha)
     key = torch.where(forced_page_mask(cache, candidates, sink, recent), float("inf"), key)
     mask = top_pages(key, quest_count(candidates, budget, coverage)) | torch.isposinf(key)
-    ops = KernelOps(cache, q, alpha, 0.3, slopes, upper, means, absmax, newest_max, newest_mag)
+    newest_floor = torch.add(newest_max, newest_mag, alpha=-newest_slack(newest_max.dtype, cache.head_dim))
+    ops = KernelOps(cache, q, alpha, 0.3, slopes, upper, means, absmax, newest_max, newest_mag, newest_floor)
     return mask, ops.score_floor(mask)
 
 
@@ -134,7 +135,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
     rnd = random.Random(seed)
     for alibi in (False, True):
         cache, q, slopes = after_append(seed, 3, 2, group, 16, dtype, alibi)
-        upper, absmax, means, _, newest_max, newest_mag, _ = step_bounds(cache, q, slopes)
+        upper, absmax, means, _, newest_max, newest_mag, _, _ = step_bounds(cache, q, slopes)
         for alpha in rnd.sample([1.0, 1.5, 4 / 3, 2.0], 2):
             budget = rnd.choice([None, 0, 1, 3, 100])
             coverage = rnd.choice([0.125, 0.3, 1.0, 1 / 3]) if budget is None else None
@@ -342,7 +343,10 @@ def test_page_bounds_newest_page_quantities_equal_the_torch_ones(dtype, group, p
         full = cache.full_page_mask()[:, None, None, :].expand_as(want[0])
         for x, y in zip(got[:4], want):  # the same kernel: the page quantities are unchanged, bit for bit
             assert torch.equal(x[full], y[full]), f"seed {seed}"
-        newest_max, newest_mag, newest_scores = got[4:]
+        newest_max, newest_mag, newest_scores, newest_floor = got[4:]
+        # the score floor, written beside them: what KernelOps computed with torch, to the bit
+        floor = torch.add(newest_max, newest_mag, alpha=-newest_slack(newest_max.dtype, 24))
+        torch.testing.assert_close(newest_floor, floor, rtol=0, atol=0, msg=f"seed {seed}")
         torch_scores = newest_page_scores(cache, q, 0.3, slopes)
         torch_max = torch_scores.amax(-1)
         torch_mag = newest_page_magnitude(cache, q, 0.3)

@@ -161,7 +161,7 @@ def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal, device):
     below 2^-14) the floor lands above it."""
     scale = 0.5
     cache, q = _rounded_up_page(dtype, subnormal, device)
-    upper, absmax, means, _, newest_max, newest_mag, _ = page_bounds(
+    upper, absmax, means, _, newest_max, newest_mag, _, newest_floor = page_bounds(
         q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None,
         cache.k_pages, S, scale, False)
     best = _best_attended(cache, q, scale)
@@ -169,7 +169,7 @@ def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal, device):
         assert bool((means[..., 0].double().cpu() > best).all()), (means[..., 0], best)
     mask = torch.zeros(1, 1, cache.num_pages, dtype=torch.bool, device=device)
     mask[..., 0] = True
-    ops = KernelOps(cache, q, 1.5, scale, None, upper, means, absmax, newest_max, newest_mag)
+    ops = KernelOps(cache, q, 1.5, scale, None, upper, means, absmax, newest_max, newest_mag, newest_floor)
     floor = ops.score_floor(mask).double().cpu()
     assert bool((floor <= best).all()), (floor, best)
     assert bool((floor > newest_max.double().cpu()).all()), "the page's mean, not the newest token, sets it"
@@ -182,7 +182,7 @@ def test_quest_select_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal):
     cases fail)."""
     scale = 0.5
     cache, q = _rounded_up_page(dtype, subnormal)
-    upper, absmax, means, _, newest_max, newest_mag, _ = page_bounds(
+    upper, absmax, means, _, newest_max, newest_mag, _, _ = page_bounds(
         q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None,
         cache.k_pages, S, scale, False)
     _, _, mask, floor, _ = quest_select(upper, means, absmax, newest_max, newest_mag, cache.seq_lens, None, S, 4, 1.5,
