@@ -226,6 +226,9 @@ class KernelOps(PageSets):
         self.alpha, self.scale, self.alibi_slopes = alpha, scale, alibi_slopes
         self.q = q[:, :, 0].contiguous()
         self.upper, self.means, self.absmax = upper, means, absmax
+        if (newest_max is None) != (newest_floor is None):
+            raise ValueError("KernelOps: newest_max and newest_floor ([B, Hkv, G], page_bounds' outputs) "
+                             "come together or not at all")
         self.newest_max, self.newest_magnitude = newest_max, newest_magnitude
         self.gamma = rounding_gamma(work_dtype(cache.dtype), cache.head_dim)
         # of top_pages / quest_top_pages / gaussian_pages / pages_above / remember_list

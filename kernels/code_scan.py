@@ -958,8 +958,8 @@ def _newest_kernel(q, k_pages, seq_lens, slopes, scale_t, newest_max, newest_mag
 
 @triton.jit
 def _seed_chunk_kernel(page_max, eps, seq_lens, best, q, k_pages, slopes, scale_t, newest_max, newest_mag, newest_s,
-                       newest_floor, scale, slack, H, P, D, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr, SLOTS: tl.constexpr,
-                       GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr, BD: tl.constexpr = 16,
+                       newest_floor, scale, slack, H, P, D, NCH, CHUNK, S: tl.constexpr, G: tl.constexpr,
+                       SLOTS: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr, ROUNDS: tl.constexpr, BD: tl.constexpr = 16,
                        WORK: tl.constexpr = tl.float32, WITH_NEWEST: tl.constexpr = False,
                        HAS_ALIBI: tl.constexpr = False, STORE_SCORES: tl.constexpr = False,
                        PDL: tl.constexpr = False):
@@ -1421,7 +1421,8 @@ def code_bounds(
         q, k_codes, k_min, k_max, seq_lens, slopes, scale_t,
         k_pages if in_scan else page_max, page_max, eps, s_hat if with_scores else page_max,
         newest_max if in_scan else page_max, newest_mag if in_scan else page_max,
-        newest_floor if in_scan else page_max, scale, slack, code_radius_factor(work, d), _alibi_eps(work, p, s), form.rel, form.abs, F23, p, hkv, d, w,
+        newest_floor if in_scan else page_max, scale, slack, code_radius_factor(work, d), _alibi_eps(work, p, s),
+        form.rel, form.abs, F23, p, hkv, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),

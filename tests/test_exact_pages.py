@@ -243,8 +243,8 @@ def test_exact_without_rounds_takes_the_group_ranking(initial, backend):
 
 @pytest.mark.parametrize("alibi", [False, True])
 def test_the_newest_page_floor_leaves_room_for_the_attentions_rounding(alibi):
-    """``KernelOps._newest_floor`` (one launch: newest max − c·magnitude, c = 2γ rounded up to
-    a power of two) is a score the
+    """``KernelOps._newest_floor`` (``page_bounds``' output: newest max − c·magnitude, c = 2γ
+    rounded up to a power of two) is a score the
     attention provably computes for some newest-page token: at or below the exact float64 best
     score less γ·magnitude (the computed score's own rounding is within γ/2 of it). A floor
     with no slack or the slack added fails it."""

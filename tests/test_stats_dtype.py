@@ -170,6 +170,8 @@ def test_score_floor_of_a_rounded_up_mean_is_reached(dtype, subnormal, device):
     mask = torch.zeros(1, 1, cache.num_pages, dtype=torch.bool, device=device)
     mask[..., 0] = True
     ops = KernelOps(cache, q, 1.5, scale, None, upper, means, absmax, newest_max, newest_mag, newest_floor)
+    with pytest.raises(ValueError, match="newest_floor"):  # never a step whose floor is silently missing
+        KernelOps(cache, q, 1.5, scale, None, upper, means, absmax, newest_max, newest_mag)
     floor = ops.score_floor(mask).double().cpu()
     assert bool((floor <= best).all()), (floor, best)
     assert bool((floor > newest_max.double().cpu()).all()), "the page's mean, not the newest token, sets it"
