@@ -465,8 +465,8 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, newe
                  length, S: tl.constexpr, G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
                  WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, STORE_SCORES: tl.constexpr):
     """The newest page's best score and |score| scale per query head of row bh, the score
-    floor best − slack·scale (``newest_slack``: a power of two, so one rounding, as
-    ``KernelOps._newest_floor`` computes it with torch), and with ``STORE_SCORES`` its slot
+    floor best − slack·scale (``newest_slack``: a power of two, so one rounding, the bits of
+    ``torch.add(best, scale, alpha=−slack)``), and with ``STORE_SCORES`` its slot
     scores (−inf past the length) (scores as ``sparse_decode`` and the reference compute them:
     a D-term dot product, scaled)."""
     scale_w = tl.cast(scale, WORK)

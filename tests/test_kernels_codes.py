@@ -314,8 +314,8 @@ def test_code_bounds_runs_the_newest_page_once_per_row(block_p, in_scan, monkeyp
     the seed's τ (``alpha``) needs its scores — outside the scan (the seed's chunk launch, or
     its own launch without the seed), the code blocks exactly the bare launch's.
     page_max and ε equal the bare launch's bit for bit (poisoned buffers: no block skipped),
-    and newest_max / newest_mag / newest_floor are the same bits in every form (one ``_newest_page``). The
-    interpreter calls the kernel's helpers through the module's globals, so wrappers there
+    and newest_max / newest_mag / newest_floor are the same bits in every form (one
+    ``_newest_page``). The interpreter calls the kernel's helpers through the module's globals, so wrappers there
     see the program ids."""
     import triton.language as tl
 
@@ -546,8 +546,8 @@ def cuda_cache(dtype, bits, b=2, hq=16, hkv=4, n=3000, seed=0, slack=64):
 def test_newest_page_on_cuda_is_the_same_bits_in_every_launch(dtype, alibi, monkeypatch):
     """The compiled newest page (``_newest_page``) in the scan's launch (``NEWEST_IN_SCAN``), in
     the seed's merge (other warps: ``SEED_WARPS``) and in its own launch: newest_max,
-    newest_mag and newest_floor bit for bit the same (on CPU the interpreter cannot see the layouts that set a
-    reduction's order); page_max and ε the bare launch's."""
+    newest_mag and newest_floor bit for bit the same (on CPU the interpreter cannot see the
+    layouts that set a reduction's order); page_max and ε the bare launch's."""
     import entmaxkv.kernels.code_scan as cs
 
     stream, cache = cuda_cache(dtype, 4, seed=5)
