@@ -5,10 +5,15 @@
 #   bash benchmarks/gpu_session.sh verify   # install; the gpu-marked tests and the other CUDA tests
 #   bash benchmarks/gpu_session.sh select   # quest_select's launch-constant sweep against the torch glue
 #   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
-#   bash benchmarks/gpu_session.sh shapes   # 32/32 heads, B = 16, bf16, 1M tokens
+#   bash benchmarks/gpu_session.sh shapes   # the README table's other B = 1 rows: bf16, 32/32 heads,
+#                                           # Dense α = 2, 1M tokens (~6 minutes)
 #   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
+#                                           # (B = 1 by decode.py, B = 16 by step_variants_gpu.py)
 #   bash benchmarks/gpu_session.sh b16      # TopK at B = 16 (32/8 fp16 and bf16, 32/32; 12.5% and
-#                                           # 6.25%) by step_variants_gpu.py: no float32 reference run
+#                                           # 6.25%) and Dense by step_variants_gpu.py: no float32 reference run
+#
+# The README's status table: `verify topk`, `shapes b16`, `sparse codes`, `soak`, one call each
+# (session 28 ran these commands from its own scripts, kept in benchmarks/results/raw-2026-12-03-s28/).
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
@@ -56,16 +61,19 @@ topk)
         --alphas 1,1.5 --coverages 6.25,12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out "$out/topk"
     ;;
 shapes)
-    bench decode.py --contexts 16384,65536,131072 --batches 1 --heads 32/32 --dtypes fp16 --alphas 1.5 \
-        --coverages 6.25,12.5 --selectors TopK --reps 20 --rounds 3 --out "$out/mha"
-    bench decode.py --contexts 65536,131072 --batches 16 --heads 32/8,32/32 --dtypes fp16,bf16 --alphas 1.5 \
-        --coverages 12.5 --selectors TopK --reps 10 --rounds 3 --max-gib 100 --out "$out/b16"
-    bench decode.py --contexts 1048576 --batches 1 --heads 32/8 --dtypes fp16 --alphas 1.5 --coverages 3 \
-        --selectors TopK --reps 10 --rounds 3 --out "$out/1m"
+    bench decode.py --contexts 8192,16384,65536,131072 --batches 1 --heads 32/8 --dtypes bf16 --alphas 1,1.5 \
+        --coverages 6.25,12.5 --selectors Dense,TopK --reps 30 --rounds 3 --out "$out/bf16" 2>&1 | grep -E "^\|"
+    bench decode.py --contexts 8192,16384,65536,131072 --batches 1 --heads 32/32 --dtypes fp16 --alphas 1.5 \
+        --coverages 6.25,12.5 --selectors Dense,TopK --reps 20 --rounds 3 --out "$out/mha" 2>&1 | grep -E "^\|"
+    bench decode.py --contexts 8192,32768,131072 --batches 1 --heads 32/8 --dtypes fp16 --alphas 2 \
+        --selectors Dense --reps 30 --rounds 3 --out "$out/dense-a2" 2>&1 | grep -E "^\|"
+    bench decode.py --contexts 1048576 --batches 1 --heads 32/8 --dtypes fp16 --alphas 1,1.5 --coverages 3 \
+        --selectors TopK --reps 10 --rounds 3 --out "$out/1m" 2>&1 | grep -E "^\|"
     ;;
 b16)
     for spec in "--dtype fp16 --contexts 65536,131072" "--dtype bf16 --contexts 65536,131072" \
-        "--selector TopK6.25 --contexts 65536,131072" "--heads 32/32 --contexts 65536"; do
+        "--selector TopK6.25 --contexts 65536,131072" "--heads 32/32 --contexts 65536" \
+        "--selector Dense --contexts 65536,131072"; do
         timeout 150 bash -c "cd benchmarks && python3 step_variants_gpu.py --batch 16 --alphas 1.5 --reps 10 $spec" \
             2>&1 | grep -E "^##|µs" | tee -a "$out/b16.txt"
     done
@@ -74,6 +82,10 @@ sparse)
     bench decode.py --data needles --needles 4 --needle-run 16 --contexts 65536,131072 --batches 1 --heads 32/8 \
         --dtypes fp16 --alphas 1.5 --coverages 12.5 --selectors Gaussian,Exact --reps 20 --rounds 3 \
         --out "$out/needles"
+    for selector in Exact Gaussian; do
+        timeout 150 bash -c "cd benchmarks && python3 step_variants_gpu.py --data needles --batch 16 \
+            --contexts 65536,131072 --selector $selector --reps 10" 2>&1 | grep -E "^##|µs" | tee -a "$out/needles-b16.txt"
+    done
     bench keycodes_gpu.py --contexts 65536,131072 2>&1 | tee "$out/keycodes.txt"
     ;;
 quick)  # the TopK / Dense step at three contexts: a before/after check of a kernel change
@@ -86,9 +98,13 @@ changed)  # the gpu tests of the ops this session changed, without the slow full
         tests/test_code_dot.py tests/test_kernel_edge_cases.py tests/test_quest_select.py \
         tests/test_selection_ops_edge_cases.py 2>&1 | tail -15 | tee "$out/changed-tests.txt"
     ;;
-codes)  # the key-code step with the bare scan, with the newest page and with the seed
+codes)  # the key-code step with the bare scan, with the newest page and with the seed: B = 1, B = 16, MHA
     timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \
         | tail -6 | tee "$out/keycodes.txt"
+    timeout 200 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 131072 --batch 16 --reps 8 \
+        --rounds 3 --out '$out/codes-b16'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-b16.txt"
+    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 65536,131072 --hkv 32 \
+        --reps 20 --rounds 3 --out '$out/codes-mha'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-mha.txt"
     ;;
 variants)  # the TopK step at α = 1.5 with sparse_decode's τ-kernel constants flipped
     timeout 200 bash -c "cd benchmarks && python3 step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 --variants \
