@@ -7,13 +7,10 @@
 #   bash benchmarks/gpu_session.sh topk     # issue 13's table: B = 1, 32/8, fp16, 8K-128K, Dense and TopK
 #   bash benchmarks/gpu_session.sh shapes   # the README table's other B = 1 rows: bf16, 32/32 heads,
 #                                           # Dense α = 2, 1M tokens (~6 minutes)
-#   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact, Exact with 4-bit codes
-#                                           # (B = 1 by decode.py, B = 16 by step_variants_gpu.py)
+#   bash benchmarks/gpu_session.sh sparse   # needle inputs: Gaussian, Exact (B = 1 by decode.py, B = 16
+#                                           # by step_variants_gpu.py), Exact with 4-bit codes (B = 1, 16, MHA)
 #   bash benchmarks/gpu_session.sh b16      # TopK at B = 16 (32/8 fp16 and bf16, 32/32; 12.5% and
 #                                           # 6.25%) and Dense by step_variants_gpu.py: no float32 reference run
-#
-# The README's status table: `verify topk`, `shapes b16`, `sparse codes`, `soak`, one call each
-# (session 28 ran these commands from its own scripts, kept in benchmarks/results/raw-2026-12-03-s28/).
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
@@ -21,6 +18,10 @@
 #                                           # for many rows A/B at B = 16 on needles, the needles table
 #   variants                                # the TopK step with sparse_decode's constants flipped
 #   soak                                    # 10,000 graph replays at 64K with every selector (soak.py)
+#
+# The README's status table: `verify topk`, `shapes`, `b16 soak`, `sparse`, one call each, 5–8
+# minutes a call (session 28 ran the same commands from its own scripts, kept in
+# benchmarks/results/raw-2026-12-03-s28/).
 #
 # Logs and raw json go to $OUT (or benchmarks/results/raw-<date>/ without it); each phase prints
 # a short table last. Copy what you quote into benchmarks/results/ with date, GPU and versions.
@@ -87,6 +88,10 @@ sparse)
             --contexts 65536,131072 --selector $selector --reps 10" 2>&1 | grep -E "^##|µs" | tee -a "$out/needles-b16.txt"
     done
     bench keycodes_gpu.py --contexts 65536,131072 2>&1 | tee "$out/keycodes.txt"
+    timeout 200 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 131072 --batch 16 --reps 8 \
+        --rounds 3 --out '$out/codes-b16'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-b16.txt"
+    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 65536,131072 --hkv 32 \
+        --reps 20 --rounds 3 --out '$out/codes-mha'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-mha.txt"
     ;;
 quick)  # the TopK / Dense step at three contexts: a before/after check of a kernel change
     timeout 120 bash -c "cd benchmarks && python3 decode.py --contexts 8192,32768,131072 --batches 1 --heads 32/8 \
@@ -98,13 +103,9 @@ changed)  # the gpu tests of the ops this session changed, without the slow full
         tests/test_code_dot.py tests/test_kernel_edge_cases.py tests/test_quest_select.py \
         tests/test_selection_ops_edge_cases.py 2>&1 | tail -15 | tee "$out/changed-tests.txt"
     ;;
-codes)  # the key-code step with the bare scan, with the newest page and with the seed: B = 1, B = 16, MHA
+codes)  # the key-code step with the bare scan, with the newest page and with the seed
     timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --contexts 65536,131072 --out '$out/codes'" 2>&1 \
         | tail -6 | tee "$out/keycodes.txt"
-    timeout 200 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 131072 --batch 16 --reps 8 \
-        --rounds 3 --out '$out/codes-b16'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-b16.txt"
-    timeout 120 bash -c "cd benchmarks && python3 keycodes_gpu.py --paths dot --contexts 65536,131072 --hkv 32 \
-        --reps 20 --rounds 3 --out '$out/codes-mha'" 2>&1 | grep -E "^\|" | tee "$out/keycodes-mha.txt"
     ;;
 variants)  # the TopK step at α = 1.5 with sparse_decode's τ-kernel constants flipped
     timeout 200 bash -c "cd benchmarks && python3 step_variants_gpu.py --contexts 8192,131072 --alphas 1.5 --variants \
