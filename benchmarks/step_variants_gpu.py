@@ -9,8 +9,9 @@ runs of ``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the C
 of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each variant —
 ``;``-separated, each a ``,``-separated list of ``module.CONSTANT=value`` assignments to
 ``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
-difference from the base variant (a constant that changes results shows there). Measures
-only; asserts nothing.
+difference from the base variant (a constant that changes results shows there). ``--room``
+gives the cache more free slots past the context (the page count P sets some launch shapes:
+``quest_select``'s rank blocks, for one). Measures only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--data", choices=["stream", "needles"], default="stream")
     parser.add_argument("--needles", type=int, default=4, help="needle runs per KV head (--data needles)")
     parser.add_argument("--needle-run", type=int, default=16, help="tokens per needle run (--data needles)")
+    parser.add_argument("--room", type=int, default=0,
+                        help="free token slots past the context (at least the replays' 64 + 6·reps; "
+                             "profile_step.py's caches have 2048): the page count P sets some launch shapes")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
@@ -78,7 +82,8 @@ def main() -> None:
         sdpa = time_replays(graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, enable_gqa=True)).replay, args.reps, 5)
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
-        empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64 + 6 * args.reps,
+        empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
+                                       capacity=n + max(args.room, 64 + 6 * args.reps),
                                        dtype=dtype, device="cuda")
         cache = ekv.prefill(empty, k, v, [n] * b)
         del k, v
