@@ -104,7 +104,8 @@ COUNT_WARPS = 4
 TAIL_BLOCKS = True
 # rows of at most RANK_PAGES pages skip the threshold search: every key is ranked against the
 # whole row (held in registers, ``search_block``'s lanes) in one launch over (row, block)
-# programs of a power of two <= RANK_PAIRS // lanes pages each (``_rank_kernel``). Its work grows as n² (n candidates a
+# programs of a power of two <= RANK_PAIRS // lanes pages each (``_rank_kernel``; RANK_PAIRS_MANY_ROWS
+# // lanes with many rows). Its work grows as n² (n candidates a
 # row), the search's as its passes: the per-row search program is latency-bound (one program a
 # row: 6.1 µs at 8K on the H200). TopK 12.5% step (B = 1, 32/8, fp16, session 10 call 4): 8K
 # (516 pages) α = 1 27.8 → 25.1 µs, α = 1.5 35.6 → 32.9 with RANK_PAIRS 8192 (25.8 / 33.5 at
@@ -114,6 +115,13 @@ TAIL_BLOCKS = True
 # loop's load latency (call 3: −1 µs at 8K, +2 at 16K, +8 at 32K)
 RANK_PAGES = 1024
 RANK_PAIRS = 8192  # comparisons a rank program holds at once
+# ... and with at least MANY_ROWS rows (B·Hkv), where the rows' programs fill the GPU anyway:
+# fewer, longer rank blocks, so fewer programs load the row's keys. TopK 12.5% α = 1.5 at 8K on
+# the H200 (session 30, perf-log row 128, same-run A/B): B = 16 (128 rows) 85.0 → 76.3 µs,
+# MHA B = 1 (32 rows) 35.4 → 33.8, B = 4 (32 rows) 37.5–38.0 → 36.3–36.6, also with 2,048
+# free cache slots; B = 1 GQA (8 rows) was 0.5–1.7 µs slower at 32,768 pairs, so it keeps 8,192
+RANK_PAIRS_MANY_ROWS = 32768
+MANY_ROWS = 32
 RANK_WARPS = 4
 
 
@@ -538,7 +546,7 @@ def quest_select(
     counted = False
     if ranked:
         row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
-        pairs = max(1, RANK_PAIRS // (row + row_tail))
+        pairs = max(1, (RANK_PAIRS_MANY_ROWS if b * hkv >= MANY_ROWS else RANK_PAIRS) // (row + row_tail))
         rank_block = min(64, row, 1 << (pairs.bit_length() - 1))  # a power of two
         wrap_triton(_rank_kernel)[(b * hkv, triton.cdiv(p, rank_block))](
             keys, newest_max, newest_mag, seq_lens, kept, found, floor, magnitude,

@@ -96,7 +96,12 @@ def small_blocks(monkeypatch, layout: str) -> None:
     9–37 pages are held as a power-of-two block and a tail block (``search_block``: 37 pages
     as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
-    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes)."""
+    off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes); ``ranked, many rows``: as
+    ``ranked`` with the rank blocks of a launch with many rows (8 pages a program)."""
+    if layout == "ranked, many rows":  # the rank blocks of many rows (``MANY_ROWS``): 8 pages
+        layout = "ranked"
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.MANY_ROWS", 1)
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.RANK_PAIRS_MANY_ROWS", 512)
     if layout == "ranked one block":
         layout = "ranked"
         monkeypatch.setattr("entmaxkv.kernels.quest_select.TAIL_BLOCKS", False)
@@ -128,7 +133,8 @@ def selected_magnitude(mask, absmax):
                                (torch.float32, 2, "one block"), (torch.float64, 4, "one block"),
                                (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
     + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
-                                                     (torch.float64, 2))])
+                                                     (torch.float64, 2))]
+    + [(torch.float32, 2, "ranked, many rows")])
 def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison, monkeypatch):
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
@@ -158,7 +164,7 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 
 
 @pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked",
-                                    "ranked one block"])
+                                    "ranked one block", "ranked, many rows"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
