@@ -93,7 +93,7 @@ SPARSE_EXCHANGE = True
 # α > 1 with ``SPARSE_EXCHANGE``: which programs exchange at iteration 0 too. That atomic
 # publishes the program's starting maximum (−inf, or the score floor every split of the row
 # shares) and reads the other programs'; the next instructions wait for it. For a program of
-# the first wave (the ``PROGRAMS_PER_SM`` programs an SM the split count is sized for) it
+# the first wave (the programs an SM the split count is sized for, ``scoring_shape``) it
 # reads what programs that started with it hold — their starting maxima, nothing to filter
 # with — so it skips it: the first exchange is at iteration 1, after its first tile's maximum
 # (an atomic round trip less in its chain; on a short list — one tile a split, as in
@@ -113,6 +113,19 @@ KEYED_MAX = True
 # 99.6 → 95.5 µs, α = 2 32K 39.0 → 38.1, TopK α = 1.5 128K 66.8 → 66.1; the same outputs.
 SKIP_BY_ROW_MAX = True
 PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
+# ... and with at least MANY_ROWS rows (B·Hkv) over a budgeted list — at least
+# MANY_ROWS_LIST_PAGES pages, at most half the cache's (TopK's: its lists are full) —
+# smaller programs, more of them an SM (``scoring_shape``). On the H200, TopK α = 1.5
+# (perf-log row 129, same-run A/B): 32/32 B = 1 128K 139.1–140.7 → 118.6–119.9 µs, 64K
+# 85.0–85.6 → 77.8–78.7; 32/8 B = 4 128K 142.9–146.0 → 130.1–130.8; B = 16 128K 373.5–386.5
+# → 362.4–364.7. Not taken where it lost: dense passes (Dense B = 16 64K 674–711 → 828–831
+# µs); lists of any page, which a mask fills with few (Gaussian and page-box Exact on needles,
+# B = 16: +4.5 to +7.2 µs); short lists (B = 16 16K, 128 pages: +1.7 µs; 32K, 256 pages: level);
+# 8 rows (32/8 B = 1, perf-log row 111: 64.2 → 64.8 µs at 128K).
+MANY_ROWS = 32
+MANY_ROWS_LIST_PAGES = 512
+PROGRAMS_PER_SM_MANY_ROWS = 4
+SCORES_WARPS_MANY_ROWS = 2
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
 # up to this many, in a register block this small (each round of the solve is a reduction over
@@ -156,20 +169,33 @@ def _sm_count(device: torch.device) -> int:
     return 4
 
 
-def num_splits(batch: int, kv_heads: int, list_capacity: int, page_size: int, device: torch.device,
-               entmax: bool = False) -> int:
-    """Splits of the page list per (sequence, KV head): about ``PROGRAMS_PER_SM`` programs per
-    SM, never more than there are iterations of work in a full list (``tokens_per_iter``)."""
+def scoring_shape(rows: int, list_capacity: int, num_pages: int) -> tuple[int, int]:
+    """(programs an SM, warps a program) of the scoring kernel for ``rows`` = B·Hkv rows over a
+    list of ``list_capacity`` pages of a cache of ``num_pages`` (a dense pass: ``num_pages``):
+    ``PROGRAMS_PER_SM_MANY_ROWS`` programs of ``SCORES_WARPS_MANY_ROWS`` warps for many rows
+    over a long budgeted list (``MANY_ROWS_LIST_PAGES`` <= capacity <= ``num_pages`` / 2), else
+    ``PROGRAMS_PER_SM`` of ``SCORES_WARPS``."""
+    if rows >= MANY_ROWS and MANY_ROWS_LIST_PAGES <= list_capacity <= num_pages // 2:
+        return PROGRAMS_PER_SM_MANY_ROWS, SCORES_WARPS_MANY_ROWS
+    return PROGRAMS_PER_SM, SCORES_WARPS
+
+
+def num_splits(batch: int, kv_heads: int, list_capacity: int, num_pages: int, page_size: int,
+               device: torch.device, entmax: bool = False) -> int:
+    """Splits of the page list per (sequence, KV head): about the programs an SM of
+    ``scoring_shape``, never more than there are iterations of work in a full list
+    (``tokens_per_iter``)."""
     sms = _sm_count(device)
+    per_sm, _ = scoring_shape(batch * kv_heads, list_capacity, num_pages)
     pages_per_iter = max(1, tokens_per_iter(entmax, list_capacity) // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
-    return max(1, min(most, triton.cdiv(PROGRAMS_PER_SM * sms, batch * kv_heads)))
+    return max(1, min(most, triton.cdiv(per_sm * sms, batch * kv_heads)))
 
 
-def first_wave(device: torch.device) -> int:
-    """Programs in the scoring kernel's first wave, as ``num_splits`` sizes it: ``PROGRAMS_PER_SM``
-    an SM (``EXCHANGE_AT_START``)."""
-    return PROGRAMS_PER_SM * _sm_count(device)
+def first_wave(device: torch.device, rows: int, list_capacity: int, num_pages: int) -> int:
+    """Programs in the scoring kernel's first wave, as ``num_splits`` sizes it: the programs an
+    SM of ``scoring_shape`` (``EXCHANGE_AT_START``)."""
+    return scoring_shape(rows, list_capacity, num_pages)[0] * _sm_count(device)
 
 
 @triton.jit
@@ -703,7 +729,8 @@ def sparse_decode(
     wtl = tl.float64 if work == torch.float64 else tl.float32
     capacity = p if dense else m
     entmax = kind != SOFTMAX
-    nsplit = num_splits(b, hkv, capacity, s, q.device, entmax)
+    nsplit = num_splits(b, hkv, capacity, p, s, q.device, entmax)
+    wave = first_wave(q.device, b * hkv, capacity, p)
     cap = max(triton.cdiv(capacity, nsplit), 1) * s  # survivors a split can hold
     rows = b * hq * (nsplit + 1)
     cand_s = torch.empty((rows * cap if entmax else 1,), dtype=work, device=q.device)
@@ -727,14 +754,14 @@ def sparse_decode(
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
         cand_s, cand_i, cand_n, part_m, part_l, part_acc,
-        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap, 0 if EXCHANGE_AT_START else first_wave(q.device),
+        scale, alpha - 1.0 if entmax else 1.0, hkv, g, p, m, cap, 0 if EXCHANGE_AT_START else wave,
         D=d, S=s, G_PAD=dot_rows, ROWS=min(dot_rows, max(2, next_pow2(g))) if entmax and FIRST_ROWS else dot_rows,
         BLOCK_D=max(16, next_pow2(d)),
         BLOCK_N=max(16, next_pow2(max(s, tokens_per_iter(entmax, capacity)))), NSPLIT=nsplit, DENSE=dense, PAGED=paged,
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
         SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
-        num_warps=SCORES_WARPS,
+        num_warps=scoring_shape(b * hkv, capacity, p)[1],
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)

@@ -224,12 +224,22 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
-@pytest.mark.parametrize("alpha,dtype", [(1.25, torch.float32), (1.5, torch.float32), (2.0, torch.float64)])
-def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha, dtype, poison):
+@pytest.mark.parametrize("alpha,dtype,many_rows", [(1.25, torch.float32, False), (1.5, torch.float32, False),
+                                                    (2.0, torch.float64, False), (1.5, torch.float32, True),
+                                                    (2.0, torch.float64, True)])
+def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha, dtype, many_rows, poison,
+                                                                          monkeypatch):
     """Long lists (several iterations per split, so the shared running maximum is read while
     scoring) and query heads of one group on very different score scales: a maximum shared
     with the wrong row, or a floor above the true one, drops support tokens. With and
-    without a score floor (published before the first chunk)."""
+    without a score floor (published before the first chunk). ``many_rows``: the launch shape
+    of many rows over a long list (``scoring_shape``: twice the splits, and a first wave of
+    twice the programs, which decides which programs exchange their maximum first)."""
+    from entmaxkv.kernels import sparse_decode as module
+
+    if many_rows:  # every launch, the dense pass's too (the rule itself is tested below)
+        monkeypatch.setattr(module, "scoring_shape", lambda rows, capacity, num_pages: (
+            module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS))
     seed = fresh_seed()
     r = random.Random(seed)
     lens = [700 + r.randrange(40)]
@@ -415,6 +425,34 @@ def test_sparse_decode_refuses_a_page_size_that_is_not_a_power_of_two():
                       torch.tensor([40]), None, None, None, None, 1.5, 0.3, False, TAU_EXACT, 0)
 
 
+def test_sparse_decode_takes_the_many_rows_shape_only_for_many_rows_over_long_lists(monkeypatch):
+    """``scoring_shape``: smaller, more programs for at least MANY_ROWS rows over a budgeted
+    list of at least MANY_ROWS_LIST_PAGES pages; not for fewer rows, shorter lists, a list of
+    more than half the cache's pages (a mask's, of any page) or a dense pass (where it measured
+    slower), and ``num_splits`` and ``first_wave`` follow it."""
+    from entmaxkv.kernels import sparse_decode as module
+
+    rows, long = module.MANY_ROWS, module.MANY_ROWS_LIST_PAGES
+    many = (module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS)
+    few = (module.PROGRAMS_PER_SM, module.SCORES_WARPS)
+    assert many != few
+    pages = 8 * long  # TopK 12.5%'s list of a cache of 8·long pages
+    assert module.scoring_shape(rows, long, pages) == many
+    assert module.scoring_shape(rows, long, 2 * long) == many
+    assert module.scoring_shape(rows - 1, long, pages) == few
+    assert module.scoring_shape(rows, long - 1, pages) == few
+    assert module.scoring_shape(rows, long, 2 * long - 1) == few  # more than half the pages
+    assert module.scoring_shape(rows, pages, pages) == few  # a dense pass
+    cpu = torch.device("cpu")
+    assert module.first_wave(cpu, rows, long, pages) == many[0] * 4  # the interpreter's 4 SMs
+    assert module.first_wave(cpu, rows, pages, pages) == few[0] * 4
+    # the split count is a row's share of the programs (4 SMs' worth): with "many" at 2 rows,
+    # 2 rows of a 512-page list take 4·4/2 = 8 splits, 4·2/2 = 4 in a dense pass
+    monkeypatch.setattr(module, "MANY_ROWS", 2)
+    for num_pages, per_sm in ((pages, many[0]), (long, few[0])):
+        assert module.num_splits(2, 1, long, num_pages, 16, cpu, True) == per_sm * 4 // 2
+
+
 def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
     """Each split filters its survivors again against its final maximum, which is at least the
     best score of its own tokens: a split hands the τ kernel no more tokens than lie within
@@ -428,7 +466,7 @@ def test_sparse_decode_splits_keep_few_survivors(monkeypatch):
     cache, _, _ = make_cache(seed, 1, 1, d, s, [700 + random.Random(seed).randrange(40)], dtype=torch.float32)
     g = torch.Generator().manual_seed(seed + 1)
     newest = int((cache.seq_lens[0] - 1) // s)
-    nsplit = num_splits(1, 1, cache.num_pages, s, torch.device("cpu"), entmax=True)
+    nsplit = num_splits(1, 1, cache.num_pages, cache.num_pages, s, torch.device("cpu"), entmax=True)
     per_split = -(-newest // nsplit)
     q = torch.ones(1, hq, 1, d) + 0.1 * torch.randn(1, hq, 1, d, generator=g)
     k = cache.k_pages.clone()

@@ -57,16 +57,22 @@ def test_ops_match_the_reference_on_the_same_pages(dtype, alpha, b, hq, hkv, n):
             assert bool(info.certified.all())
 
 
+@pytest.mark.parametrize("many_rows", [False, True], ids=["shape", "many-rows shape"])
 @pytest.mark.parametrize("sel", [ekv.Dense(), ekv.TopK(coverage=0.125)], ids=["Dense", "TopK"])
-def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, monkeypatch):
+def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, many_rows, monkeypatch):
     """``sparse_decode``'s exchange of running maxima between its scoring programs in five
     forms (every iteration or at iterations 1, 2, 4, …: ``SPARSE_EXCHANGE``, and 0 for every
     program or only past the first wave: ``EXCHANGE_AT_START``; float atomics or integer keys:
     ``KEYED_MAX``), where programs really run at once (the interpreter runs one
     at a time): the same output within fp16 rounding and τ within float64 rounding of the
-    survivors' order, each equal to the reference over the pages the step attended."""
+    survivors' order, each equal to the reference over the pages the step attended.
+    ``many_rows``: every launch in the many-rows shape (``scoring_shape``: more, smaller
+    programs; a larger first wave)."""
     import entmaxkv.kernels.sparse_decode as sd
 
+    if many_rows:  # every launch, the dense pass's too
+        monkeypatch.setattr(sd, "scoring_shape", lambda rows, capacity, num_pages: (
+            sd.PROGRAMS_PER_SM_MANY_ROWS, sd.SCORES_WARPS_MANY_ROWS))
     for seed in range(3):
         stream, cache = prefilled(torch.float16, 2, 32, 8, 20_000, seed=seed)
         q, k, v = stream.step()
@@ -88,8 +94,11 @@ def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, monkeyp
             torch.testing.assert_close(tau, base_tau, rtol=1e-9, atol=1e-9, msg=f"seed {seed} {form}")
 
 
-def test_long_context_topk_and_dense():
-    stream, cache = prefilled(torch.float16, 1, 32, 8, 131072, seed=5)
+@pytest.mark.parametrize("b,hq,hkv,n", [(1, 32, 8, 131072), (4, 32, 8, 65536), (1, 32, 32, 65536)])
+def test_long_context_topk_and_dense(b, hq, hkv, n):
+    """Long lists; 32 rows (B = 4 with 32/8 heads, B = 1 with 32/32) take ``sparse_decode``'s
+    many-rows shape for TopK's 512-page lists."""
+    stream, cache = prefilled(torch.float16, b, hq, hkv, n, seed=5)
     q, k, v = stream.step()
     for sel in (ekv.Dense(), ekv.TopK(coverage=0.125)):
         _, out = ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel))
