@@ -14,8 +14,9 @@ the trade can be priced before it is built:
 - ``count pass``: the same, plus what one pass of a distributed threshold search adds — each
   program counts its keys at or above a probe, adds its count to the pass's slot, meets the
   others, and reads the total (from which every program derives the same next probe).
-- ``launch``: a CUDA graph of ``ITERS`` launches of a one-program kernel that does nothing
-  (the launch boundary a phase costs today, without programmatic dependent launch).
+- ``launch``: a CUDA graph of ``ITERS`` launches of a kernel that does nothing, with one
+  program and with one program an SM: the cadence of back-to-back launches, without
+  programmatic dependent launch (the drain and ramp-up of dependent real kernels is not in it).
 
 Measures only; asserts nothing except that the barrier counted every arrival.
 """

@@ -65,7 +65,7 @@ TOKENS_PER_ITER = 64  # tokens scored per loop iteration (several pages at once)
 # doubles too)
 ENTMAX_TOKENS_PER_ITER = 128
 LONG_LIST_PAGES = 2048
-SCORES_WARPS = 4  # warps of a scoring program
+SCORES_WARPS = 4  # warps of a scoring program (the default shape: ``scoring_shape``)
 TAU_WARPS = 4  # warps of a τ program (one query head's gather, solve and V pass)
 # elements of one KV head's pages (P·S·D) from which the scoring kernel takes 64-bit row offsets
 # (``WIDE``; below it a row offset is a 32-bit int added to the head's base pointer)
@@ -112,16 +112,19 @@ KEYED_MAX = True
 # warps every iteration). False: the sum. On the H200 (perf-log row 75): Dense α = 1.5 128K
 # 99.6 → 95.5 µs, α = 2 32K 39.0 → 38.1, TopK α = 1.5 128K 66.8 → 66.1; the same outputs.
 SKIP_BY_ROW_MAX = True
-PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream)
-# ... and with at least MANY_ROWS rows (B·Hkv) over a budgeted list — at least
-# MANY_ROWS_LIST_PAGES pages, at most half the cache's (TopK's: its lists are full) —
-# smaller programs, more of them an SM (``scoring_shape``). On the H200, TopK α = 1.5
-# (perf-log row 129, same-run A/B): 32/32 B = 1 128K 139.1–140.7 → 118.6–119.9 µs, 64K
-# 85.0–85.6 → 77.8–78.7; 32/8 B = 4 128K 142.9–146.0 → 130.1–130.8; B = 16 128K 373.5–386.5
-# → 362.4–364.7. Not taken where it lost: dense passes (Dense B = 16 64K 674–711 → 828–831
-# µs); lists of any page, which a mask fills with few (Gaussian and page-box Exact on needles,
-# B = 16: +4.5 to +7.2 µs); short lists (B = 16 16K, 128 pages: +1.7 µs; 32K, 256 pages: level);
-# 8 rows (32/8 B = 1, perf-log row 111: 64.2 → 64.8 µs at 128K).
+PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V stream; the default shape)
+# ... and with at least MANY_ROWS rows (B·Hkv) over a budgeted list — a list capacity of at
+# least MANY_ROWS_LIST_PAGES pages and at most half the cache's page count (TopK's list, sized
+# by its budget; a mask's list may hold every page) — smaller programs, more of them an SM
+# (``scoring_shape``). On the H200, TopK α = 1.5 on caches sized to the context (perf-log row
+# 129, same-run A/B): 32/32 B = 1 128K 139.1–140.7 → 118.6–119.9 µs, 64K 85.0–85.6 → 77.8–78.7;
+# 32/8 B = 4 128K 142.9–146.0 → 130.1–130.8; B = 16 128K 373.5–386.5 → 362.8–364.7. Not taken
+# where it lost: dense passes (Dense B = 16 64K 674–711 → 828–831 µs); lists of any page, which
+# a mask fills with few (Gaussian and page-box Exact on needles, B = 16: +4.2 to +7.2 µs); lists
+# of 128 pages (B = 16 16K: +1.7 to +1.9 µs; 256 pages: level, or 2.3–2.5 µs faster; 512 is a
+# conservative bound). Fewer rows: only 8 measured (32/8 B = 1, perf-log row 111: 64.2 → 64.8
+# µs at 128K, within noise); between 8 and 32 not measured. Not measured either: a cache with
+# much room past its sequences, whose TopK lists are long in capacity but short in use.
 MANY_ROWS = 32
 MANY_ROWS_LIST_PAGES = 512
 PROGRAMS_PER_SM_MANY_ROWS = 4
@@ -182,9 +185,9 @@ def scoring_shape(rows: int, list_capacity: int, num_pages: int) -> tuple[int, i
 
 def num_splits(batch: int, kv_heads: int, list_capacity: int, num_pages: int, page_size: int,
                device: torch.device, entmax: bool = False) -> int:
-    """Splits of the page list per (sequence, KV head): about the programs an SM of
-    ``scoring_shape``, never more than there are iterations of work in a full list
-    (``tokens_per_iter``)."""
+    """Splits of the page list per (sequence, KV head): ``scoring_shape``'s programs an SM times
+    the SMs, shared among the B·Hkv rows, never more than there are iterations of work in a
+    full list (``tokens_per_iter``)."""
     sms = _sm_count(device)
     per_sm, _ = scoring_shape(batch * kv_heads, list_capacity, num_pages)
     pages_per_iter = max(1, tokens_per_iter(entmax, list_capacity) // page_size)
