@@ -2,6 +2,7 @@
 `e2e_speed.py`'s random-weight data, with its per-kernel times.
 
     cd benchmarks && python e2e_data_gpu.py --contexts 8192,131072
+    cd benchmarks && python e2e_data_gpu.py --variants "base;sparse_decode.V_SUPPORT_FIRST=True"
     TRITON_INTERPRET=1 python e2e_data_gpu.py --dry --contexts 2048   # the inputs and steps on the CPU
 
 Per context and data (B = 1, Hq/Hkv = 32/8, D = 128, bf16):
@@ -12,7 +13,8 @@ Per context and data (B = 1, Hq/Hkv = 32/8, D = 128, bf16):
   RMSNorm, RoPE at the context's position). Its scores are close to iid N(0, 1.26²);
 - ``model_x3``: the same with q scaled by 3 (peaked scores).
 
-For each ``--cases`` entry (``α:selector``), it reports the CUDA-graph time of the eager-kernel
+For each ``--cases`` entry (``α:selector``) and ``--variants`` entry (kernel module constants
+flipped, as in `step_variants_gpu.py`), it reports the CUDA-graph time of the eager-kernel
 step (``GraphedDecodeStep``, median of replays, as `decode.py`) and `profile_step.py`'s
 per-kernel table. Per data it also prints the survivors of a dense pass at α: the largest
 number, over query heads, of tokens within 1/(α − 1) of the head's best score. Those are the
@@ -72,14 +74,42 @@ def survivors(k: torch.Tensor, q: torch.Tensor, alpha: float) -> int:
     return int((s > s.amax(-1, keepdim=True) - 1 / (alpha - 1)).sum(-1).max())
 
 
+def measure(cache, q, k_new, v_new, config, label: str, args, n: int, data: str) -> list[str]:
+    """One case: run the step once (``--dry``), or time its graph and profile its kernels; the
+    summary row."""
+    if args.dry:
+        ekv.decode_step(cache.fork(), q, k_new, v_new, config)
+        print(f"  {label}: ran")
+        return []
+    from decode import loaded
+    from gpu_check import time_replays
+    from profile_step import kernel_table
+
+    from entmaxkv.compiled import GraphedDecodeStep
+    rows, launches = kernel_table(cache, q, k_new, v_new, config)
+    step = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=HQ, compile=False), q, k_new, v_new)
+    us = time_replays(step.graph.replay, args.reps, 5)
+    del step
+    print(f"## {label}: graph step {us:.1f} µs, {launches} launches")
+    for kernel, t, count in rows[:10]:
+        print(f"   {t:8.1f} µs ×{count} {kernel}")
+    tau = sum(t for kernel, t, _ in rows if "_tau_kernel" in kernel)
+    scores = sum(t for kernel, t, _ in rows if "_scores_kernel" in kernel)
+    return [f"| {n} | {data} | {label} | {us:.1f} | {tau:.1f} | {scores:.1f} |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="8192,131072")
     parser.add_argument("--data", default="stream,model,model_x3")
     parser.add_argument("--cases", default="1.5:TopK,1:TopK,1.5:Dense", help="α:selector, comma-separated")
+    parser.add_argument("--variants", default="base", help="as step_variants_gpu.py's: ';'-separated")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--dry", action="store_true", help="CPU: build the inputs and run each step once")
     args = parser.parse_args()
+    from step_variants_gpu import assignments
+
+    variants = [(name, assignments(name)) for name in args.variants.split(";")]  # fail on a typo first
     device = "cpu" if args.dry else "cuda"
     dtype = torch.float32 if args.dry else torch.bfloat16
     summary = []
@@ -96,30 +126,20 @@ def main() -> None:
             for case in args.cases.split(","):
                 alpha, name = case.split(":")
                 config = ekv.DecodeConfig(alpha=float(alpha), selector=SELECTORS[name]())
-                if args.dry:
-                    ekv.decode_step(cache.fork(), q, k_new, v_new, config)
-                    print(f"  {case}: ran")
-                    continue
-                from decode import loaded
-                from gpu_check import time_replays
-                from profile_step import kernel_table
-
-                from entmaxkv.compiled import GraphedDecodeStep
-                rows, launches = kernel_table(cache, q, k_new, v_new, config)
-                step = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=HQ, compile=False), q, k_new, v_new)
-                us = time_replays(step.graph.replay, args.reps, 5)
-                del step
-                print(f"## {case}: graph step {us:.1f} µs, {launches} launches")
-                for kernel, t, count in rows[:10]:
-                    print(f"   {t:8.1f} µs ×{count} {kernel}")
-                tau = sum(t for kernel, t, _ in rows if "_tau_kernel" in kernel)
-                scores = sum(t for kernel, t, _ in rows if "_scores_kernel" in kernel)
-                summary.append(f"| {n} | {data} | {case} | {us:.1f} | {tau:.1f} | {scores:.1f} |")
+                for variant, sets in variants:
+                    saved = [(mod, key, getattr(mod, key)) for mod, key, _ in sets]
+                    try:
+                        for mod, key, value in sets:
+                            setattr(mod, key, value)
+                        summary.extend(measure(cache, q, k_new, v_new, config, f"{case} {variant}", args, n, data))
+                    finally:
+                        for mod, key, value in saved:
+                            setattr(mod, key, value)
             del cache
             if device == "cuda":
                 torch.cuda.empty_cache()
     if summary:
-        print("\n| context | data | α:selector | step µs | τ kernel µs | scoring µs |\n|---|---|---|---|---|---|")
+        print("\n| context | data | α:selector variant | step µs | τ kernel µs | scoring µs |\n|---|---|---|---|---|---|")
         print("\n".join(summary))
 
 

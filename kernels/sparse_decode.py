@@ -77,6 +77,15 @@ ROWS_PER_ITER = 64  # survivors handled per loop iteration in the τ kernel (a s
 # survivors whose V rows the τ kernel reads per iteration (the support: a few tokens a head on the
 # benchmark's data, so a 64-row float64 tile was mostly masked work)
 V_ROWS = 16
+# α > 1: the τ kernel's V pass over the support only. With more than V_ROWS survivors, a pass
+# of SUPPORT_BLOCK survivors a load first moves the tokens above τ to the front of the row's
+# scratch, so the V loop reads ceil(support / V_ROWS) tiles, not ceil(survivors / V_ROWS).
+# Flat scores keep hundreds of survivors a head of which tens have weight (e2e_speed.py's
+# random-weight model: 313–549 in the worst head at 128K under TopK, on the CPU;
+# `e2e-speed-2026-12-03-8k-32k-128k.md`). Off until measured on the GPU (perf-log, session 31:
+# predicted −5 µs at 8K and −20 to −30 at 128K on that data, nothing at ≤ V_ROWS survivors).
+V_SUPPORT_FIRST = False
+SUPPORT_BLOCK = 128
 # α > 1: before its final filter a scoring program takes the global running maximum once more
 # (one relaxed atomic): a split that finished before the others published theirs filtered its
 # survivors against its own maximum only, and on TopK lists whole splits survived it (the τ
@@ -587,6 +596,7 @@ def _tau_kernel(
     V_ROWS: tl.constexpr, TAU_MODE: tl.constexpr,
     BISECT_ITERS: tl.constexpr, EXACT_ITERS: tl.constexpr, KIND: tl.constexpr, WORK: tl.constexpr,
     PAGED: tl.constexpr, HAS_FITS: tl.constexpr, WITH_OUTPUT: tl.constexpr = True, PDL: tl.constexpr = False,
+    SUPPORT_FIRST: tl.constexpr = False, SUPPORT_BLOCK: tl.constexpr = 128,
 ):
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + hq
@@ -664,11 +674,15 @@ def _tau_kernel(
                              TAU_MODE, BISECT_ITERS, EXACT_ITERS, KIND, BLOCK, False)
 
         if WITH_OUTPUT:  # weights on the support, V read for those tokens only
+            walk = total  # survivors the V loop reads: all, or the support moved to the front
+            if SUPPORT_FIRST:
+                if total > V_ROWS:
+                    walk = _support_to_front(comp_s, comp_i, base, total, lin, tau, SUPPORT_BLOCK)
             acc = tl.zeros((BLOCK_D,), tl.float64)
             r = tl.arange(0, V_ROWS)
             norm = tl.zeros((V_ROWS,), tl.float64)
-            for off in range(0, total, V_ROWS):
-                ok = off + r < total
+            for off in range(0, walk, V_ROWS):
+                ok = off + r < walk
                 z = tl.load(comp_s + base + off + r, mask=ok, other=float("-inf")).to(tl.float64) * lin
                 live = ok & (z > tau)
                 p = tl.where(live, rho(z - tau, inv_power, KIND), 0.0)
@@ -685,6 +699,28 @@ def _tau_kernel(
             value = tl.where(nan_out, float("nan"), acc / tl.sum(norm))
             tl.store(out + row * D + d, value.to(WORK).to(out.dtype.element_ty), mask=dmask)
         tl.store(tau_out + row, tl.where(scored_nan, float("nan"), tau))
+
+
+@triton.jit
+def _support_to_front(comp_s, comp_i, base, total, lin, tau, BLOCK: tl.constexpr):
+    """Move a row's survivors whose weight is non-zero (lin·s > τ) to the front of its scratch
+    (comp_s / comp_i from ``base``), in order, BLOCK survivors a load; returns how many. In
+    place: a block's tokens go to slots below its own end (every lane has read the block
+    before any writes), and later blocks are read from slots above it."""
+    kept = 0
+    for off in range(0, total, BLOCK):
+        slot = off + tl.arange(0, BLOCK)
+        ok = slot < total
+        s = tl.load(comp_s + base + slot, mask=ok, other=float("-inf"))
+        pos = tl.load(comp_i + base + slot, mask=ok, other=0)
+        keep = (ok & (s.to(tl.float64) * lin > tau)).to(tl.int32)
+        at = base + kept + tl.cumsum(keep, axis=0) - keep
+        tl.debug_barrier()  # the block is read by every lane before any lane writes over it
+        tl.store(comp_s + at, s, mask=keep == 1)
+        tl.store(comp_i + at, pos, mask=keep == 1)
+        kept += tl.sum(keep)
+    tl.debug_barrier()  # the moved tokens are visible to every lane
+    return kept
 
 
 @triton_op("entmaxkv::sparse_decode", mutates_args=())
@@ -779,7 +815,8 @@ def sparse_decode(
         GATHER=GATHER, BLOCK_REGS=BLOCK_REGS, SMALL_REGS=max(SMALL_REGS, 1), V_ROWS=V_ROWS,
         TAU_MODE=tau_mode if entmax else 0, BISECT_ITERS=bisection_steps(work),
         EXACT_ITERS=EXACT_ITERS,
-        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output, num_warps=TAU_WARPS,
+        KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output,
+        SUPPORT_FIRST=bool(V_SUPPORT_FIRST), SUPPORT_BLOCK=SUPPORT_BLOCK, num_warps=TAU_WARPS,
         **pdl_kwargs(q, "sparse_decode")
     )
     return out, tau

@@ -5,6 +5,7 @@ page edges, and poisons the buffers the ops allocate (NaN / −7) so that an ele
 forgot to write cannot pass.
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -222,6 +223,47 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
         err = float((out.double() - want[:, :, 0]).abs().max() / want.abs().max())
         assert err < OUT_TOL[torch.float32], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("support_first", [False, True], ids=["V pass over survivors", "support first"])
+@pytest.mark.parametrize("alpha,dtype", [(1.5, torch.float32), (2.0, torch.float64), (1.25, torch.bfloat16)])
+def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, monkeypatch):
+    """Flat scores (iid normal, as a random-weight model's): many tokens within
+    1/(α − 1) of the best score survive the scoring kernel's filter, few of them have weight,
+    and the support is scattered among the survivors. ``support_first``: the τ kernel moves the
+    support to the front of its scratch before its V pass (``V_SUPPORT_FIRST``), in blocks of
+    16 survivors (several blocks a row, moved in place), and reads V for those only."""
+    from entmaxkv.kernels import sparse_decode as module
+
+    monkeypatch.setattr(module, "V_SUPPORT_FIRST", support_first)
+    monkeypatch.setattr(module, "SUPPORT_BLOCK", 16)
+    seed = fresh_seed()
+    r = random.Random(seed)
+    lens = [600 + r.randrange(60), 200 + r.randrange(40)]
+    cache, _, _ = make_cache(seed, 2, 2, 32, 16, lens, dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    k = torch.randn(cache.k_pages.shape, generator=g, dtype=torch.float64)
+    cache = dataclasses.replace(cache, k_pages=k.to(dtype))
+    spread = 0.5 / (alpha - 1)  # scores' std: (α − 1)·s has std 0.5, so ~16% of tokens survive
+    q = (torch.randn(2, 4, 1, 32, generator=g, dtype=torch.float64) * spread / (0.3 * 32 ** 0.5)).to(dtype)
+    newest = (cache.seq_lens - 1) // 16
+    pages = torch.full((2, 2, cache.num_pages), -1, dtype=torch.int32)
+    for i in range(2):
+        pages[i, :, : int(newest[i])] = torch.arange(int(newest[i]), dtype=torch.int32)
+    count = newest.int()[:, None].expand(2, 2).contiguous()
+    want, want_tau = ekv.dense_decode(cache.to(torch.float64), q.double(), alpha, 0.3)
+    scores = token_scores(cache.to(torch.float64), q.double(), 0.3, None)  # [B, Hkv, G, T]
+    z = (alpha - 1) * scores
+    survivors = (z > z.amax(-1, keepdim=True) - 1).sum(-1)
+    support = (z > want_tau.reshape(2, 2, 2, 1)).sum(-1)
+    assert int(survivors.max()) > 3 * 16 and bool((support < survivors).all()), (seed, survivors, support)
+    for dense in (False, True):
+        out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                 cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+        err = float((out.double() - want[:, :, 0]).abs().max() / want.abs().max())
+        assert err < OUT_TOL[dtype], (seed, dense, err)
+        torch.testing.assert_close(tau, want_tau.reshape(2, 4), rtol=1e-5 if dtype != torch.float64 else 1e-10,
+                                   atol=1e-5 if dtype != torch.float64 else 1e-10, msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("alpha,dtype,many_rows", [(1.25, torch.float32, False), (1.5, torch.float32, False),

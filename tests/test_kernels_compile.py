@@ -154,6 +154,17 @@ def record_tau_without_search_rounds() -> None:
         ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
 
 
+def record_tau_support_first() -> None:
+    """sparse_decode's τ kernel moving the support to the front before its V pass
+    (``V_SUPPORT_FIRST``, off by default until measured on the GPU), every cache dtype."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
+        q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("entmaxkv.kernels.sparse_decode.V_SUPPORT_FIRST", True)
+            ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     pdl_kernels: set[str] = set()
@@ -198,6 +209,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_gaussian_select()
     record_sigma_dot()
     record_tau_without_search_rounds()
+    record_tau_support_first()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
@@ -211,6 +223,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
         "the GPU's bf16 tensor-core page scores, looped"
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
+    assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]
+               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's support-first V pass"
     for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included
         assert any(s[1] == "_code_bounds_kernel" and s[2].get("NATIVE") == ["bool", True]
                    and s[2].get("BITS") == ["int", bits] and ["tensor", "bfloat16"] in s[2].values()
