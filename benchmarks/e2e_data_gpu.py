@@ -2,7 +2,7 @@
 `e2e_speed.py`'s random-weight data, with its per-kernel times.
 
     cd benchmarks && python e2e_data_gpu.py --contexts 8192,131072
-    cd benchmarks && python e2e_data_gpu.py --variants "base;sparse_decode.V_SUPPORT_FIRST=True"
+    cd benchmarks && python e2e_data_gpu.py --variants "base;sparse_decode.V_SUPPORT_FIRST=True;base"
     TRITON_INTERPRET=1 python e2e_data_gpu.py --dry --contexts 2048   # the inputs and steps on the CPU
 
 Per context and data (B = 1, Hq/Hkv = 32/8, D = 128, bf16):
@@ -16,9 +16,11 @@ Per context and data (B = 1, Hq/Hkv = 32/8, D = 128, bf16):
 For each ``--cases`` entry (``α:selector``) and ``--variants`` entry (kernel module constants
 flipped, as in `step_variants_gpu.py`), it reports the CUDA-graph time of the eager-kernel
 step (``GraphedDecodeStep``, median of replays, as `decode.py`) and `profile_step.py`'s
-per-kernel table. Per data it also prints the survivors of a dense pass at α: the largest
-number, over query heads, of tokens within 1/(α − 1) of the head's best score. Those are the
-tokens `sparse_decode`'s τ kernel gathers and loops over.
+per-kernel table, and the largest difference of the step's output from the first variant's
+(a variant that breaks the step shows there). Per data it also prints the survivors of a
+dense pass at α = 1.5: the largest number, over query heads, of tokens within 1/(α − 1) of
+the head's best score over the whole cache. These are what Dense's τ kernel gathers; TopK's
+are those among its selected pages.
 
 Session 31 (CPU only, `raw-2026-12-03-s31/e2e-cpu/`): a worst head has 141 such tokens at
 8K and 313–549 at 128K under TopK 12.5% on the model's data, against 5–9 on the stream's. This
@@ -74,7 +76,7 @@ def survivors(k: torch.Tensor, q: torch.Tensor, alpha: float) -> int:
     return int((s > s.amax(-1, keepdim=True) - 1 / (alpha - 1)).sum(-1).max())
 
 
-def measure(cache, q, k_new, v_new, config, label: str, args, n: int, data: str) -> list[str]:
+def measure(cache, q, k_new, v_new, config, label: str, args, n: int, data: str, first: dict) -> list[str]:
     """One case: run the step once (``--dry``), or time its graph and profile its kernels; the
     summary row."""
     if args.dry:
@@ -89,13 +91,17 @@ def measure(cache, q, k_new, v_new, config, label: str, args, n: int, data: str)
     rows, launches = kernel_table(cache, q, k_new, v_new, config)
     step = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=HQ, compile=False), q, k_new, v_new)
     us = time_replays(step.graph.replay, args.reps, 5)
+    step.graph.replay()
+    out = step.out.double().clone()
+    key = (n, data, label.split(" ")[0])  # the case: its first variant is the reference
+    diff = float((out - first.setdefault(key, out)).abs().max())
     del step
-    print(f"## {label}: graph step {us:.1f} µs, {launches} launches")
+    print(f"## {label}: graph step {us:.1f} µs, {launches} launches, max |Δout| vs the first variant {diff:.1e}")
     for kernel, t, count in rows[:10]:
         print(f"   {t:8.1f} µs ×{count} {kernel}")
     tau = sum(t for kernel, t, _ in rows if "_tau_kernel" in kernel)
     scores = sum(t for kernel, t, _ in rows if "_scores_kernel" in kernel)
-    return [f"| {n} | {data} | {label} | {us:.1f} | {tau:.1f} | {scores:.1f} |"]
+    return [f"| {n} | {data} | {label} | {us:.1f} | {tau:.1f} | {scores:.1f} | {diff:.1e} |"]
 
 
 def main() -> None:
@@ -112,7 +118,7 @@ def main() -> None:
     variants = [(name, assignments(name)) for name in args.variants.split(";")]  # fail on a typo first
     device = "cpu" if args.dry else "cuda"
     dtype = torch.float32 if args.dry else torch.bfloat16
-    summary = []
+    summary, first = [], {}
     for n in (int(c) for c in args.contexts.split(",")):
         for data in args.data.split(","):
             k, v, q, k_new, v_new = (stream_data(n, device, dtype) if data == "stream"
@@ -131,7 +137,8 @@ def main() -> None:
                     try:
                         for mod, key, value in sets:
                             setattr(mod, key, value)
-                        summary.extend(measure(cache, q, k_new, v_new, config, f"{case} {variant}", args, n, data))
+                        summary.extend(measure(cache, q, k_new, v_new, config, f"{case} {variant}", args, n, data,
+                                               first))
                     finally:
                         for mod, key, value in saved:
                             setattr(mod, key, value)
@@ -139,7 +146,7 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
     if summary:
-        print("\n| context | data | α:selector variant | step µs | τ kernel µs | scoring µs |\n|---|---|---|---|---|---|")
+        print("\n| context | data | α:selector variant | step µs | τ kernel µs | scoring µs | max |Δout| |\n|---|---|---|---|---|---|---|")
         print("\n".join(summary))
 
 

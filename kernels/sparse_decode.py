@@ -83,7 +83,8 @@ V_ROWS = 16
 # Flat scores keep hundreds of survivors a head of which tens have weight (e2e_speed.py's
 # random-weight model: 313–549 in the worst head at 128K under TopK, on the CPU;
 # `e2e-speed-2026-12-03-8k-32k-128k.md`). Off until measured on the GPU (perf-log, session 31:
-# predicted −5 µs at 8K and −20 to −30 at 128K on that data, nothing at ≤ V_ROWS survivors).
+# predicted −5 µs a step at 8K and −20 to −30 at 128K on that data; nothing at ≤ V_ROWS
+# survivors; a row of 17–64 survivors that are mostly support may lose the move's pass).
 V_SUPPORT_FIRST = False
 SUPPORT_BLOCK = 128
 # α > 1: before its final filter a scoring program takes the global running maximum once more

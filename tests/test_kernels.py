@@ -23,6 +23,9 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.page_scores import page_scores  # noqa: E402
 from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, sparse_decode  # noqa: E402
+from entmaxkv.kernels.sparse_decode import _support_to_front  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # float32 accumulation on the same inputs; bf16/fp16 outputs are rounded once (1 ulp)
@@ -225,6 +228,32 @@ def test_sparse_decode_with_many_survivors(alpha, poison):
         torch.testing.assert_close(tau, want_tau.reshape(2, 2), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
+@triton.jit
+def _support_to_front_kernel(comp_s, comp_i, kept_out, base, total, lin, tau, BLOCK: tl.constexpr):
+    tl.store(kept_out, _support_to_front(comp_s, comp_i, base, total, lin, tau, BLOCK))
+
+
+@pytest.mark.parametrize("block", [16, 128])
+def test_support_to_front_moves_the_support_in_order(block):
+    """``_support_to_front`` (the τ kernel's ``V_SUPPORT_FIRST``): the survivors with lin·s > τ
+    end up first in the row's scratch, in their order, with their positions, and their count is
+    returned — over several blocks a row, from a row offset, with the support scattered."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    base, total, lin = 7, 3 * block + 5, 0.5
+    scores = torch.randn(base + total + 3, generator=g)
+    positions = torch.randperm(base + total + 3, generator=g).int()
+    tau = float(torch.quantile(scores[base:base + total].double() * lin, 0.8))
+    comp_s, comp_i, kept = scores.clone(), positions.clone(), torch.full((1,), -1, dtype=torch.int32)
+    _support_to_front_kernel[(1,)](comp_s, comp_i, kept, base, total, lin, tau, BLOCK=block)
+    live = scores[base:base + total].double() * lin > tau
+    n = int(live.sum())
+    assert 0 < n < total and int(kept) == n, (seed, int(kept), n)
+    assert torch.equal(comp_s[base:base + n], scores[base:base + total][live]), seed
+    assert torch.equal(comp_i[base:base + n], positions[base:base + total][live]), seed
+    assert torch.equal(comp_s[:base], scores[:base]) and torch.equal(comp_i[:base], positions[:base]), seed
+
+
 @pytest.mark.parametrize("support_first", [False, True], ids=["V pass over survivors", "support first"])
 @pytest.mark.parametrize("alpha,dtype", [(1.5, torch.float32), (2.0, torch.float64), (1.25, torch.bfloat16)])
 def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, monkeypatch):
@@ -264,6 +293,12 @@ def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, mon
         assert err < OUT_TOL[dtype], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau.reshape(2, 4), rtol=1e-5 if dtype != torch.float64 else 1e-10,
                                    atol=1e-5 if dtype != torch.float64 else 1e-10, msg=f"seed {seed}")
+    # τ given (the exact one): the same support, weights and output
+    given_out, _ = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
+                                 cache.seq_lens, None, want_tau.reshape(2, 4).contiguous(), None, None, alpha, 0.3,
+                                 False, TAU_GIVEN, 0)
+    err = float((given_out.double() - want[:, :, 0]).abs().max() / want.abs().max())
+    assert err < OUT_TOL[dtype], (seed, "given", err)
 
 
 @pytest.mark.parametrize("alpha,dtype,many_rows", [(1.25, torch.float32, False), (1.5, torch.float32, False),
