@@ -285,7 +285,9 @@ def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, mon
     z = (alpha - 1) * scores
     survivors = (z > z.amax(-1, keepdim=True) - 1).sum(-1)
     support = (z > want_tau.reshape(2, 2, 2, 1)).sum(-1)
-    assert int(survivors.max()) > 3 * 16 and bool((support < survivors).all()), (seed, survivors, support)
+    # several V tiles and move blocks in a row, and heads whose support is a strict subset of
+    # their survivors (a head with few survivors may keep them all)
+    assert int(survivors.max()) > 3 * 16 and int((support < survivors).sum()) >= 4, (seed, survivors, support)
     for dense in (False, True):
         out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
                                  cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
