@@ -81,11 +81,12 @@ V_ROWS = 16
 # of SUPPORT_BLOCK survivors a load first moves the tokens above τ to the front of the row's
 # scratch, so the V loop reads ceil(support / V_ROWS) tiles, not ceil(survivors / V_ROWS).
 # Flat scores keep hundreds of survivors a head of which tens have weight (e2e_speed.py's
-# random-weight model: 313–549 in the worst head at 128K under TopK, on the CPU;
-# `e2e-speed-2026-12-03-8k-32k-128k.md`). Off until measured on the GPU (perf-log, session 31:
-# predicted −5 µs a step at 8K and −20 to −30 at 128K on that data; nothing at ≤ V_ROWS
-# survivors; a row of 17–64 survivors that are mostly support may lose the move's pass).
-V_SUPPORT_FIRST = False
+# random-weight model: 313–549 in the worst head at 128K under TopK, on the CPU). On the H200
+# (perf-log row 131; B = 1, 32/8, bf16, α = 1.5, e2e_data_gpu.py) the step on that model's data:
+# TopK 12.5% 8K 41–42 → 32–33 µs, 128K 98 → 72; Dense 8K 56 → 39, 128K 168 → 112; within noise
+# on q × 3 (peaked) and at B = 16 on SyntheticStream, ~1 µs slower on it at B = 1, 128K TopK
+# (63–65 → 65–66; a move only past 32 survivors did not remove that, so it is not the move)
+V_SUPPORT_FIRST = True
 SUPPORT_BLOCK = 128
 # α > 1: before its final filter a scoring program takes the global running maximum once more
 # (one relaxed atomic): a split that finished before the others published theirs filtered its

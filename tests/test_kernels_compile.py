@@ -154,14 +154,14 @@ def record_tau_without_search_rounds() -> None:
         ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
 
 
-def record_tau_support_first() -> None:
-    """sparse_decode's τ kernel moving the support to the front before its V pass
-    (``V_SUPPORT_FIRST``, off by default until measured on the GPU), every cache dtype."""
+def record_tau_without_support_first() -> None:
+    """sparse_decode's τ kernel without the move of the support to the front before its V pass
+    (``V_SUPPORT_FIRST`` off; on by default), every cache dtype."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
         q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("entmaxkv.kernels.sparse_decode.V_SUPPORT_FIRST", True)
+            mp.setattr("entmaxkv.kernels.sparse_decode.V_SUPPORT_FIRST", False)
             ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
 
 
@@ -209,7 +209,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_gaussian_select()
     record_sigma_dot()
     record_tau_without_search_rounds()
-    record_tau_support_first()
+    record_tau_without_support_first()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
