@@ -165,6 +165,17 @@ def record_tau_without_support_first() -> None:
             ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, ekv.Dense(), backend="triton"))
 
 
+def record_page_box_upper() -> None:
+    """page_box_upper (8-bit page boxes on int8 tensor cores), fp16 and bf16 queries."""
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+    from entmaxkv.page_box import box_codes
+
+    for dtype in (torch.float16, torch.bfloat16):
+        cache, _, _ = make_cache(0, 1, 1, 32, 16, [40], dtype=dtype)
+        q = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
+        page_box_upper(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, 16, 0.3)
+
+
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     specs: dict[str, list] = {}
     pdl_kernels: set[str] = set()
@@ -187,6 +198,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
             forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
             if spec.get("DOT") == ["bool", True]:
                 forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
+            if self.fn.__name__ == "_page_box_upper_kernel":  # the GPU's pipelined loop at long rows
+                forms += [dict(spec, ITERS=["int", page_scores.DOT_ITERS])]
             for form in forms:
                 key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
                                                        for k, v in sorted(form.items())])
@@ -210,6 +223,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_sigma_dot()
     record_tau_without_search_rounds()
     record_tau_without_support_first()
+    record_page_box_upper()
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]
@@ -223,6 +237,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
         "the GPU's bf16 tensor-core page scores, looped"
     assert any(s[1] == "_page_scores_kernel" and s[2].get("DOT") == ["bool", True]
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
+    assert any(s[1] == "_page_box_upper_kernel" and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
+        "page upper bounds from 8-bit boxes"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's support-first V pass"
     for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included

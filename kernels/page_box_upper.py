@@ -1,0 +1,134 @@
+"""``entmaxkv::page_box_upper``: TopK's page upper bounds from 8-bit page boxes, on integer
+tensor cores (``entmaxkv.page_box`` has the definitions and the float64 reference).
+
+Why: at B = 16 ``page_bounds`` reads the fp16 min/max at the roofline (3.8–3.95 TB/s on the
+H200, perf-log row 132), so only fewer bytes make it faster. A box is 2·D + 8 bytes a page and
+KV head instead of 4·D. Row 132's box went through the fp16 tensor-core form and paid a
+conversion of every code between the shared-memory stage and the dots (1.4–2.0 TB/s). Here
+the query is quantized instead (to int8 codes and a power-of-two step a head, in registers,
+once a program) and the codes enter ``tl.dot`` as stored: int8 × int8 -> int32 (wgmma
+m64n16k32.s32.s8.s8 on sm_90, its loads staged by cp.async: checked offline), exact. The
+query's rounding is covered by l1/2 (the Lipschitz term), so the bound stays safe.
+
+Grid (B·Hkv, ceil(P / (BLOCK_P·ITERS))); programs past the last full page exit. Entries of
+pages that are not full are not written. Not yet used by a step and not yet timed on a GPU
+(perf-log row 133: the prediction).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.page_scores import DOT_BLOCK_P, DOT_STAGES, DOT_WARPS, dot_iters, rounding_gamma
+
+__all__ = ["page_box_upper"]
+
+
+@triton.jit
+def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, upper, attn_scale, slack, H, P, D,
+                           S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr,
+                           BLOCK_D: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr):
+    bh = tl.program_id(0)
+    block = tl.program_id(1)
+    full = tl.load(seq_lens + bh // H).to(tl.int32) // S
+    if block * BLOCK_P * ITERS < full:
+        d = tl.arange(0, BLOCK_D)
+        dmask = d < D
+        heads = tl.arange(0, GD)
+        hmask = heads < G
+        qrows = (bh * G + heads).to(tl.int64)
+        qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & hmask[None, :], other=0.0)
+        qt = qt.to(tl.float32)  # [BLOCK_D, GD], exact
+        # each head's step: the smallest power of two with 127·t >= max |q| (1 for q = 0)
+        m = tl.max(tl.abs(qt), axis=0)  # [GD]
+        e = tl.ceil(tl.log2(tl.maximum(m, 1e-30) / 127.0)).to(tl.int32)  # a guess, within one
+        e = tl.where(127.0 * _pow2(e) < m, e + 1, e)
+        e = tl.where(127.0 * _pow2(e - 1) >= m, e - 1, e)
+        e = tl.where(m > 0, e, 0)
+        t = _pow2(e)
+        codes = tl.floor(qt * _pow2(-e)[None, :] + 0.5)  # q·2^-e exact: q's significand shifted
+        q_pos = tl.maximum(codes, 0.0).to(tl.int8)
+        q_neg = tl.minimum(codes, 0.0).to(tl.int8)
+        scale_w = tl.cast(attn_scale, tl.float32)
+        for i in tl.range(0, ITERS, num_stages=STAGES):
+            p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+            pmask = p < full
+            stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
+            smask = pmask[:, None] & dmask[None, :]
+            cmin = tl.load(code_min + stat, mask=smask, other=0)  # [BLOCK_P, BLOCK_D] int8, as stored
+            cmax = tl.load(code_max + stat, mask=smask, other=0)
+            integer = tl.dot(cmax, q_pos, out_dtype=tl.int32) + tl.dot(cmin, q_neg, out_dtype=tl.int32)
+            page = bh.to(tl.int64) * P + p
+            s = tl.load(box_scale + page, mask=pmask, other=0.0)[:, None]
+            l1 = tl.load(box_l1 + page, mask=pmask, other=0.0)[:, None]
+            step = s * t[None, :] * scale_w  # [BLOCK_P, GD]: t a power of two, one rounding
+            v = (integer.to(tl.float32) + 0.5 * l1) * step  # the sum exact (< 2^24), one rounding
+            mag = (128.0 * l1) * step
+            u = v + tl.cast(slack, tl.float32) * mag
+            out = qrows[None, :] * P + p[:, None]
+            tl.store(upper + out, u, mask=pmask[:, None] & hmask[None, :])
+
+
+@triton.jit
+def _pow2(e):
+    """2^e in float32, exactly, for integer e in [-126, 127] (built from its exponent bits)."""
+    return ((tl.minimum(tl.maximum(e, -126), 127) + 127) << 23).to(tl.float32, bitcast=True)
+
+
+def _check(q, code_min, code_max, box_scale, box_l1, seq_lens) -> None:
+    if q.dim() != 3 or code_min.dim() != 4:
+        raise ValueError(f"q must be [B, Hq, D] and code_min [B, Hkv, P, D], got {tuple(q.shape)} and "
+                         f"{tuple(code_min.shape)}")
+    b, hkv, p, d = code_min.shape
+    if code_min.dtype != torch.int8 or code_max.dtype != torch.int8 or code_max.shape != code_min.shape:
+        raise TypeError(f"code_min and code_max must be int8 [B, Hkv, P, D] = {tuple(code_min.shape)}, got "
+                        f"{code_min.dtype} and {code_max.dtype} {tuple(code_max.shape)}")
+    for name, x in (("box_scale", box_scale), ("box_l1", box_l1)):
+        if x.dtype != torch.float32 or tuple(x.shape) != (b, hkv, p):
+            raise ValueError(f"{name} must be float32 [B, Hkv, P] = {(b, hkv, p)}, got {x.dtype} {tuple(x.shape)}")
+    if q.shape[0] != b or q.shape[2] != d or q.shape[1] % hkv or q.dtype not in (torch.float16, torch.bfloat16,
+                                                                                   torch.float32):
+        raise ValueError(f"q must be float16/bfloat16/float32 [B, Hkv·G, D] with B = {b}, D = {d}, got {q.dtype} "
+                         f"{tuple(q.shape)}")
+    if d < 32 or d % 32:
+        raise ValueError(f"the head dimension must be a multiple of 32 (int8 tensor cores' K), got {d}")
+    if tuple(seq_lens.shape) != (b,):
+        raise ValueError(f"seq_lens must be [B] = ({b},), got {tuple(seq_lens.shape)}")
+
+
+@triton_op("entmaxkv::page_box_upper", mutates_args=())
+def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor, box_scale: torch.Tensor,
+                   box_l1: torch.Tensor, seq_lens: torch.Tensor, page_size: int, scale: float) -> torch.Tensor:
+    """upper [B, Hkv, G, P] float32: a safe upper bound of every score scale·q·k of each full
+    page (entries of other pages undefined), ``entmaxkv.page_box.box_upper``'s, within 4·eps·mag.
+
+    q: [B, Hq, D] contiguous (fp16, bf16 or float32; Hq = Hkv·G); code_min / code_max: [B, Hkv,
+    P, D] int8 and box_scale / box_l1: [B, Hkv, P] float32, from ``page_box.box_codes``;
+    seq_lens: [B] int64 (a page is full when (page + 1)·S <= length); D a multiple of 32.
+    """
+    _check(q, code_min, code_max, box_scale, box_l1, seq_lens)
+    b, hkv, p, d = code_min.shape
+    g = q.shape[1] // hkv
+    upper = torch.empty((b, hkv, g, p), dtype=torch.float32, device=q.device)
+    iters = dot_iters(b * hkv * triton.cdiv(p, DOT_BLOCK_P), q.device)
+    grid = (b * hkv, triton.cdiv(p, DOT_BLOCK_P * iters))
+    wrap_triton(_page_box_upper_kernel)[grid](
+        q, code_min, code_max, box_scale, box_l1, seq_lens, upper, scale,
+        rounding_gamma(torch.float32, d) + 4 * 2.0 ** -23, hkv, p, d,
+        S=page_size, G=g, GD=max(16, next_pow2(g)), BLOCK_P=DOT_BLOCK_P, BLOCK_D=next_pow2(d), ITERS=iters,
+        STAGES=DOT_STAGES, num_warps=DOT_WARPS,
+    )
+    return upper
+
+
+@page_box_upper.register_fake
+def _(q, code_min, code_max, box_scale, box_l1, seq_lens, page_size, scale):
+    b, hkv, p, _ = code_min.shape
+    return q.new_empty((b, hkv, q.shape[1] // hkv, p), dtype=torch.float32)
+
+
+register_batch_rule(page_box_upper, (0, 1, 2, 3, 4, 5))

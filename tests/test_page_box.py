@@ -1,0 +1,209 @@
+"""8-bit page boxes (``entmaxkv.page_box``) and ``entmaxkv::page_box_upper``: the codes round
+every page's key range outward, the query codes round to within half a step, the float64
+bound is above every score of its page and above the exact range's Quest bound, and the
+kernel (int8 tensor cores) equals it within the 4·eps·mag its float32 scaling allows.
+"""
+
+import pytest
+import torch
+
+from entmaxkv.conventions import group_queries
+from entmaxkv.page_box import CODE_MAX, box_codes, box_upper, query_codes
+from helpers import fresh_seed, make_cache
+
+S = 16
+SCALE = 0.3
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_GPU)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_box_codes_round_outward_on_the_smallest_scale(dtype):
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(3, 7, S, 24, generator=g, dtype=torch.float64)
+    keys = keys * torch.logspace(-4, 3, 7, dtype=torch.float64)[None, :, None, None]  # pages of every scale
+    keys[0, 0] = 0.0  # an all-zero page
+    keys[0, 1, :, 0] = 127 * 0.25  # a = 127·scale exactly (in every dtype): codes of 127
+    keys[0, 1, :, 1:] = keys[0, 1, :, 1:].clamp(-1, 1)
+    keys = keys.to(dtype)
+    k_min, k_max = keys.amin(-2), keys.amax(-2)
+    code_min, code_max, scale, l1 = box_codes(k_min, k_max)
+    assert code_min.dtype == code_max.dtype == torch.int8 and scale.dtype == l1.dtype == torch.float32
+    assert scale.shape == l1.shape == k_min.shape[:-1]
+    s = scale.double()[..., None]
+    lo, hi = code_min.double() * s, code_max.double() * s
+    msg = f"seed {seed}"
+    assert bool((lo <= k_min.double()).all()) and bool((hi >= k_max.double()).all()), msg
+    assert bool((k_min.double() - lo < s).all()) and bool((hi - k_max.double() < s).all()), msg  # the tightest codes
+    assert int(code_min.min()) >= -CODE_MAX and int(code_max.max()) <= CODE_MAX, msg
+    a = torch.maximum(k_min.double().abs(), k_max.double().abs()).amax(-1)
+    below = torch.nextafter(scale, torch.zeros_like(scale)).double()
+    live = a > 0
+    assert bool((CODE_MAX * scale.double() >= a).all()) and bool((CODE_MAX * below[live] < a[live]).all()), msg
+    assert torch.equal(l1.double(), torch.maximum(code_min.double().abs(), code_max.double().abs()).sum(-1))
+    assert float(scale[0, 0]) == 1.0 and float(l1[0, 0]) == 0.0
+    assert int(code_max[0, 1, 0]) == CODE_MAX == int(code_min[0, 1, 0])
+
+
+def test_box_codes_reject_bad_ranges():
+    lo = torch.zeros(2, 3, 8)
+    with pytest.raises(ValueError, match="share a shape"):
+        box_codes(lo, torch.zeros(2, 3, 9))
+    with pytest.raises(ValueError, match="k_min <= k_max"):
+        box_codes(lo + 1, lo)
+    with pytest.raises(ValueError, match="finite"):
+        box_codes(lo, lo + float("inf"))
+
+
+def test_query_codes_are_within_half_a_step_on_the_smallest_power_of_two():
+    seed = fresh_seed()
+    q = torch.randn(4, 6, 40, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    q = (q * torch.logspace(-3, 3, 6, dtype=torch.float64)[None, :, None]).half()
+    q[0, 0] = 0.0
+    codes, t = query_codes(q)
+    x = q.double()
+    assert codes.dtype == torch.int8 and int(codes.abs().max()) <= CODE_MAX
+    assert bool(((x - codes.double() * t[..., None]).abs() <= t[..., None] / 2).all()), seed
+    m = x.abs().amax(-1)
+    assert bool((torch.frexp(t)[0] == 0.5).all()) and bool((CODE_MAX * t >= m).all())
+    assert bool((CODE_MAX * t[m > 0] / 2 < m[m > 0]).all()) and float(t[0, 0]) == 1.0
+
+
+def _inputs(seed, dtype, d, group, lens, spread=3.0, capacity=None):
+    cache, _, _ = make_cache(seed, 2, 2, d, S, lens, capacity=capacity, dtype=dtype, spread=spread)
+    q = (torch.randn(2, 2 * group, d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64) * 2
+         ).to(dtype)
+    return cache, q, box_codes(cache.k_min, cache.k_max)
+
+
+def _page_best_scores(cache, q, group):
+    """[B, Hkv, G, P] float64: each page's best score scale·q·k over its S slots."""
+    qg = group_queries(q.double()[:, :, None], cache.num_kv_heads)
+    return torch.einsum("bhgd,bhpsd->bhgps", qg, cache.k_pages.double()).amax(-1) * SCALE
+
+
+@pytest.mark.parametrize("dtype, d, group", [(torch.float16, 128, 4), (torch.bfloat16, 64, 3),
+                                             (torch.float32, 32, 1)])
+def test_box_upper_is_above_every_score_and_the_exact_quest_bound(dtype, d, group):
+    from entmaxkv.kernels.page_scores import rounding_gamma
+
+    seed = fresh_seed()
+    cache, q, box = _inputs(seed, dtype, d, group, [S * 9 + 5, S * 4])
+    upper, mag = box_upper(q, *box, SCALE, rounding_gamma(torch.float32, d))
+    full = cache.full_page_mask()[:, None, None, :].expand_as(upper)
+    gamma = rounding_gamma(torch.float32, d)
+    best = _page_best_scores(cache, q, group)
+    assert bool((upper >= best + gamma * mag)[full].all()), seed
+    qg = group_queries(q.double()[:, :, None], 2)
+    exact = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), cache.k_max.double())
+             + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), cache.k_min.double())) * SCALE
+    assert bool((upper >= exact)[full].all()), seed
+    # |score| <= mag for every token of the page
+    kabs = cache.k_pages.double().abs().amax(-2)  # [B, Hkv, P, D]
+    assert bool((torch.einsum("bhgd,bhpd->bhgp", qg.abs(), kabs) * SCALE <= mag)[full].all()), seed
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("iters", [1, 2])
+@pytest.mark.parametrize("dtype, d, group", [(torch.float16, 128, 4), (torch.bfloat16, 64, 3),
+                                             (torch.float32, 32, 1)])
+def test_page_box_upper_equals_the_float64_bound(dtype, d, group, iters, device, poison, monkeypatch):
+    """Ragged rows over several programs (16-page blocks, one or two a program, the last past
+    the row), a partial last page, an all-zero head of q; within 4·eps·mag of the float64
+    bound, so above every score of the page."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels import page_box_upper as module
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+    from entmaxkv.kernels.page_scores import rounding_gamma
+
+    monkeypatch.setattr(module, "DOT_BLOCK_P", 16)
+    monkeypatch.setattr(module, "dot_iters", lambda blocks, device: iters)
+    seed = fresh_seed()
+    cache, q, box = _inputs(seed, dtype, d, group, [S * 37 + 5, S * 20])
+    q[1, 0] = 0.0
+    got = page_box_upper(q.to(device), *(x.to(device) for x in box), cache.seq_lens.to(device), S, SCALE)
+    assert got.dtype == torch.float32 and got.shape == (2, 2, group, cache.num_pages)
+    got = got.double().cpu()
+    want, mag = box_upper(q, *box, SCALE, rounding_gamma(torch.float32, d))
+    full = cache.full_page_mask()[:, None, None, :].expand_as(want)
+    msg = f"seed {seed}"
+    assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[full].all()), msg
+    gamma = rounding_gamma(torch.float32, d)
+    assert bool((got >= _page_best_scores(cache, q, group) + gamma * mag)[full].all()), msg
+
+
+@pytest.mark.interpreter
+def test_page_box_upper_checks_its_arguments():
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+
+    cache, q, (cmin, cmax, scale, l1) = _inputs(fresh_seed(), torch.float16, 32, 2, [S * 3, S * 2])
+    lens = cache.seq_lens
+    with pytest.raises(TypeError, match="int8"):
+        page_box_upper(q, cache.k_min, cache.k_max, scale, l1, lens, S, SCALE)
+    with pytest.raises(ValueError, match="box_scale must be float32"):
+        page_box_upper(q, cmin, cmax, scale[:, :1], l1, lens, S, SCALE)
+    with pytest.raises(ValueError, match="box_l1 must be float32"):
+        page_box_upper(q, cmin, cmax, scale, l1.double(), lens, S, SCALE)
+    with pytest.raises(ValueError, match="q must be"):
+        page_box_upper(q[:, :, :16], cmin, cmax, scale, l1, lens, S, SCALE)
+    with pytest.raises(ValueError, match="seq_lens"):
+        page_box_upper(q, cmin, cmax, scale, l1, lens[:1], S, SCALE)
+    c16, _, s16, l16 = box_codes(cache.k_min[..., :16], cache.k_max[..., :16])
+    with pytest.raises(ValueError, match="multiple of 32"):
+        page_box_upper(q[..., :16].contiguous(), c16, c16, s16, l16, lens, S, SCALE)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_query_rounding_term_is_needed(device):
+    """Constructed, not random: one page whose tokens are one key, exactly on its box's codes
+    (the box adds nothing), and a query whose every channel lies 0.46 of a step above its code
+    on the side that raises the score. Without the l1/2 term the bound falls below the page's
+    score; with it, the float64 bound and the kernel's are above it."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+    from entmaxkv.kernels.page_scores import rounding_gamma
+    from entmaxkv.state import PagedKVCache, prefill
+
+    d = 32
+    sign = torch.tensor([1.0, -1.0] * (d // 2), dtype=torch.float64)
+    key = sign * (CODE_MAX - 3 * torch.arange(d, dtype=torch.float64)) * 2.0 ** -5  # scale 2^-5, codes exact
+    k = key.expand(1, 1, S + 1, d).to(torch.float32)  # one full page, one token on the next
+    cache = prefill(PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=2 * S, dtype=torch.float32),
+                    k, k, [S + 1])
+    box = box_codes(cache.k_min, cache.k_max)
+    s = box[2].double()[0, 0, 0]
+    assert torch.equal(box[1].double()[0, 0, 0] * s, key)  # the box is the key itself
+    t = 2.0 ** -4
+    q = (sign * (torch.arange(40, 40 + d, dtype=torch.float64) + 0.46) * t).to(torch.float32)[None, None]  # [1, 1, D]
+    codes, step = query_codes(q)
+    assert float(step) == t
+    score = float((q.double()[0, 0] * key).sum()) * SCALE
+    gamma = rounding_gamma(torch.float32, d)
+    upper, mag = box_upper(q, *box, SCALE, gamma)
+    without = float(upper[0, 0, 0, 0]) - SCALE * float(s) * t * float(box[3][0, 0, 0]) / 2
+    assert without < score < float(upper[0, 0, 0, 0]) - gamma * float(mag[0, 0, 0, 0])
+    got = page_box_upper(q.to(device), *(x.to(device) for x in box), cache.seq_lens.to(device), S, SCALE)
+    assert float(got[0, 0, 0, 0]) >= score + gamma * float(mag[0, 0, 0, 0])
+
+
+@pytest.mark.interpreter
+def test_page_box_upper_opcheck_and_vmap():
+    """The op's fake, schema and autograd registration (opcheck; lengths fill whole pages: other
+    pages' entries are not written), and vmap folded into its batch: equal to a loop."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_box_upper import page_box_upper  # noqa: F401 (registers the op)
+
+    seed = fresh_seed()
+    cache, q, box = _inputs(seed, torch.float16, 32, 2, [S * 3, S * 3], capacity=S * 3)
+    args = (q, *box, cache.seq_lens, S, SCALE)
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.page_box_upper.default, args)
+    stacked = [torch.stack([x, x.flip(0)]) for x in (q, *box, cache.seq_lens)]  # V = 2 batches
+    got = torch.func.vmap(lambda *t: torch.ops.entmaxkv.page_box_upper(*t, S, SCALE))(*stacked)
+    for i in range(2):
+        want = torch.ops.entmaxkv.page_box_upper(*(x[i] for x in stacked), S, SCALE)
+        assert torch.equal(got[i], want), f"seed {seed}"
