@@ -2,7 +2,7 @@
 `e2e_speed.py`'s random-weight data, with its per-kernel times.
 
     cd benchmarks && python e2e_data_gpu.py --contexts 8192,131072
-    cd benchmarks && python e2e_data_gpu.py --variants "base;sparse_decode.V_SUPPORT_FIRST=True;base"
+    cd benchmarks && python e2e_data_gpu.py --variants "sparse_decode.V_SUPPORT_FIRST=False;base"
     TRITON_INTERPRET=1 python e2e_data_gpu.py --dry --contexts 2048   # the inputs and steps on the CPU
 
 Per context and data (B = 1, Hq/Hkv = 32/8, D = 128, bf16):

@@ -62,33 +62,54 @@ def quest_top_pages_with(rule: str):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def install(rule: str):
+        original = ReferenceOps.quest_top_pages
+        ReferenceOps.quest_top_pages = quest_top_pages_with(rule)
+        return lambda: setattr(ReferenceOps, "quest_top_pages", original)
+
+    compare_rankings(__doc__, "L_h", [(rule, lambda rule=rule: install(rule)) for rule in RULES])
+
+
+def compare_rankings(doc: str, column: str, variants) -> None:
+    """A real-model TopK comparison's main: per context (one captured forward), α, coverage and
+    ``variants`` entry — (label, install), where ``install()`` puts a ranking in place and
+    returns its undo — a ``topk_row``, as a table."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--alphas", type=float, nargs="+", default=[1.0, 1.5])
     parser.add_argument("--coverages", type=float, nargs="+", default=[0.0625, 0.125])
     args = parser.parse_args()
     model, tok = load_smollm2()
-    print("| context | α | TopK | L_h | cosine median | p5 | min | heads < 0.9 | recall |")
+    print(f"| context | α | TopK | {column} | cosine median | p5 | min | heads < 0.9 | recall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for context in args.contexts:
         layers = capture(model, corpus(tok, context))
         for alpha in args.alphas:
             for coverage in args.coverages:
-                for rule in RULES:
-                    ReferenceOps.quest_top_pages = quest_top_pages_with(rule)
-                    cosine, recall = [], []
-                    for q, k, v in layers:
-                        cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=3, head_dim=64, capacity=context,
-                                                       dtype=torch.float64)
-                        cache = ekv.prefill(cache, k[:, :, :-1].double(), v[:, :, :-1].double(), [context - 1])
-                        config = ekv.DecodeConfig(alpha=alpha, selector=ekv.TopK(coverage=coverage), scale=0.125)
-                        _, _, d = diagnose(cache, q.double(), k[:, :, -1:].double(), v[:, :, -1:].double(), config)
-                        cosine += d.cosine[0].tolist()
-                        recall += d.support_recall[0].tolist()
-                    cosine.sort()
-                    print(f"| {context} | {alpha:g} | {coverage:.2%} | {rule} | {statistics.median(cosine):.5f} | "
-                          f"{cosine[len(cosine) // 20]:.4f} | {cosine[0]:.3f} | {sum(c < 0.9 for c in cosine)} | "
-                          f"{statistics.mean(recall):.4f} |", flush=True)
+                for label, install in variants:
+                    undo = install()
+                    try:
+                        print(topk_row(layers, context, alpha, coverage, label), flush=True)
+                    finally:
+                        undo()
+
+
+def topk_row(layers, context: int, alpha: float, coverage: float, label: str) -> str:
+    """One table row: TopK's last-position step of every captured layer (float64 reference
+    path) diagnosed against dense; cosine median, 5th percentile, min, heads below 0.9, and the
+    mean support recall over the heads."""
+    cosine, recall = [], []
+    for q, k, v in layers:
+        cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=3, head_dim=64, capacity=context, dtype=torch.float64)
+        cache = ekv.prefill(cache, k[:, :, :-1].double(), v[:, :, :-1].double(), [context - 1])
+        config = ekv.DecodeConfig(alpha=alpha, selector=ekv.TopK(coverage=coverage), scale=0.125)
+        _, _, d = diagnose(cache, q.double(), k[:, :, -1:].double(), v[:, :, -1:].double(), config)
+        cosine += d.cosine[0].tolist()
+        recall += d.support_recall[0].tolist()
+    cosine.sort()
+    return (f"| {context} | {alpha:g} | {coverage:.2%} | {label} | {statistics.median(cosine):.5f} | "
+            f"{cosine[len(cosine) // 20]:.4f} | {cosine[0]:.3f} | {sum(c < 0.9 for c in cosine)} | "
+            f"{statistics.mean(recall):.4f} |")
 
 
 if __name__ == "__main__":

@@ -83,9 +83,11 @@ V_ROWS = 16
 # Flat scores keep hundreds of survivors a head of which tens have weight (e2e_speed.py's
 # random-weight model: 313–549 in the worst head at 128K under TopK, on the CPU). On the H200
 # (perf-log row 131; B = 1, 32/8, bf16, α = 1.5, e2e_data_gpu.py) the step on that model's data:
-# TopK 12.5% 8K 41–42 → 32–33 µs, 128K 98 → 72; Dense 8K 56 → 39, 128K 168 → 112; within noise
-# on q × 3 (peaked) and at B = 16 on SyntheticStream, ~1 µs slower on it at B = 1, 128K TopK
-# (63–65 → 65–66; a move only past 32 survivors did not remove that, so it is not the move)
+# TopK 12.5% 8K 41–42 → 32–33 µs, 128K 98 → 72; Dense 8K 56 → 39, 128K 168 → 112; ~1 µs faster
+# on q × 3 (peaked) at 128K. On SyntheticStream (at most 11 survivors a head: the move never
+# runs) level at 8K, for Dense and at B = 16, ~1 µs slower at B = 1 128K TopK (63–65 → 65–66):
+# the compiled form's cost, not the move's (offline, the τ kernel with it spills a little:
+# 96 registers and 28 B of spill stores against 111 and none; perf-log, session 32)
 V_SUPPORT_FIRST = True
 SUPPORT_BLOCK = 128
 # α > 1: before its final filter a scoring program takes the global running maximum once more

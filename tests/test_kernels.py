@@ -254,18 +254,24 @@ def test_support_to_front_moves_the_support_in_order(block):
     assert torch.equal(comp_s[:base], scores[:base]) and torch.equal(comp_i[:base], positions[:base]), seed
 
 
+_ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("device,block", [("cpu", 16), pytest.param("cuda", 16, marks=_ON_GPU),
+                                          pytest.param("cuda", 128, marks=_ON_GPU)])
 @pytest.mark.parametrize("support_first", [False, True], ids=["V pass over survivors", "support first"])
 @pytest.mark.parametrize("alpha,dtype", [(1.5, torch.float32), (2.0, torch.float64), (1.25, torch.bfloat16)])
-def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, monkeypatch):
+def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, device, block, poison, monkeypatch):
     """Flat scores (iid normal, as a random-weight model's): many tokens within
     1/(α − 1) of the best score survive the scoring kernel's filter, few of them have weight,
     and the support is scattered among the survivors. ``support_first``: the τ kernel moves the
-    support to the front of its scratch before its V pass (``V_SUPPORT_FIRST``), in blocks of
-    16 survivors (several blocks a row, moved in place), and reads V for those only."""
+    support to the front of its scratch before its V pass (``V_SUPPORT_FIRST``, the default), in
+    blocks of ``block`` survivors (16: several blocks a row, moved in place; on the GPU also the
+    default 128, where its barriers run for real), and reads V for those only."""
     from entmaxkv.kernels import sparse_decode as module
 
     monkeypatch.setattr(module, "V_SUPPORT_FIRST", support_first)
-    monkeypatch.setattr(module, "SUPPORT_BLOCK", 16)
+    monkeypatch.setattr(module, "SUPPORT_BLOCK", block)
     seed = fresh_seed()
     r = random.Random(seed)
     lens = [600 + r.randrange(60), 200 + r.randrange(40)]
@@ -288,18 +294,22 @@ def test_sparse_decode_with_flat_scores(alpha, dtype, support_first, poison, mon
     # several V tiles and move blocks in a row, and heads whose support is a strict subset of
     # their survivors (a head with few survivors may keep them all)
     assert int(survivors.max()) > 3 * 16 and int((support < survivors).sum()) >= 4, (seed, survivors, support)
+    q1, kp, vp, lens_d = (x.to(device) for x in (q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages,
+                                                 cache.seq_lens))
+    pages, count = pages.to(device), count.to(device)
     for dense in (False, True):
-        out, tau = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                 cache.seq_lens, None, None, None, None, alpha, 0.3, dense, TAU_EXACT, 0)
+        out, tau = sparse_decode(q1, kp, vp, None, pages, count, lens_d, None, None, None, None, alpha, 0.3, dense,
+                                 TAU_EXACT, 0)
+        out, tau = out.cpu(), tau.cpu()
         err = float((out.double() - want[:, :, 0]).abs().max() / want.abs().max())
         assert err < OUT_TOL[dtype], (seed, dense, err)
         torch.testing.assert_close(tau, want_tau.reshape(2, 4), rtol=1e-5 if dtype != torch.float64 else 1e-10,
                                    atol=1e-5 if dtype != torch.float64 else 1e-10, msg=f"seed {seed}")
     # τ given (the exact one): the same support, weights and output
-    given_out, _ = sparse_decode(q[:, :, 0].contiguous(), cache.k_pages, cache.v_pages, None, pages, count,
-                                 cache.seq_lens, None, want_tau.reshape(2, 4).contiguous(), None, None, alpha, 0.3,
-                                 False, TAU_GIVEN, 0)
-    err = float((given_out.double() - want[:, :, 0]).abs().max() / want.abs().max())
+    given_out, _ = sparse_decode(q1, kp, vp, None, pages, count, lens_d, None,
+                                 want_tau.reshape(2, 4).contiguous().to(device), None, None, alpha, 0.3, False,
+                                 TAU_GIVEN, 0)
+    err = float((given_out.double().cpu() - want[:, :, 0]).abs().max() / want.abs().max())
     assert err < OUT_TOL[dtype], (seed, "given", err)
 
 

@@ -239,6 +239,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
     assert any(s[1] == "_page_box_upper_kernel" and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
         "page upper bounds from 8-bit boxes"
+    assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", False]
+               and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's V pass over every survivor"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's support-first V pass"
     for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included
