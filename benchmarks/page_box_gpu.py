@@ -10,6 +10,12 @@ Per context and batch (Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, o
 - (GPU) ``page_scores`` without the mean (TopK's form: the fp16 min/max on tensor cores) and
   ``page_box_upper`` alone (``triton.testing.do_bench_cudagraph``), each with the bandwidth on
   the bytes it reads (4·D against 2·D + 8 a page and KV head);
+- (GPU) the TopK step (``GraphedDecodeStep``, median of replays, as ``step_variants_gpu.py``)
+  for each ``--selectors`` entry, as it runs and with its ``page_bounds`` call replaced by
+  ``page_box_upper`` on the prefilled pages' boxes plus ``newest_page_bounds`` (two launches,
+  as a step on a cache that stored boxes would make them). The cache does not store boxes yet,
+  so pages that fill during the replays keep their prefill-time boxes (timing only); the step
+  then ranks pages by the box's bounds, so its output is not compared;
 - the choice: TopK's rank keys (``topk.rank_key``) from the exact range's float64 Quest bound
   and from the box's bound, and the share of the pages each coverage picks from the exact
   keys that the box's keys also pick, and the dense α = 1.5 entmax weight on each choice's pages
@@ -22,6 +28,7 @@ Measures only; asserts nothing. Perf-log row 133 has the prediction this is to t
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 
@@ -32,6 +39,8 @@ from entmaxkv.synthetic import SyntheticStream
 from entmaxkv.topk import rank_key
 
 SCALE = 128 ** -0.5
+SELECTORS = {"TopK12.5": lambda: __import__("entmaxkv").TopK(coverage=0.125),
+             "TopK6.25": lambda: __import__("entmaxkv").TopK(coverage=0.0625)}
 
 
 def choice(cache, q, box, coverages) -> str:
@@ -74,6 +83,49 @@ def page_mass(cache, q) -> torch.Tensor:
     return out
 
 
+class BoxedStep:
+    """While active, the step's ``page_bounds`` calls on statistics of ``shape`` without σ or the
+    mean (TopK's) run as ``page_box_upper`` on ``box`` plus ``newest_page_bounds``."""
+
+    def __init__(self, shape, box):
+        self.shape, self.box = tuple(shape), box
+        self.real = torch.ops.entmaxkv.page_bounds
+
+    def __call__(self, q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages, s, scale, with_sigma, with_mean):
+        if tuple(k_min.shape) != self.shape or with_sigma or with_mean or slopes is not None:
+            return self.real(q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages, s, scale, with_sigma, with_mean)
+        upper = torch.ops.entmaxkv.page_box_upper(q, *self.box, seq_lens, s, scale)
+        empty = upper.new_empty(0)
+        return (upper, empty, empty, empty, *torch.ops.entmaxkv.newest_page_bounds(q, k_pages, seq_lens, None, scale))
+
+    def __enter__(self):
+        setattr(torch.ops.entmaxkv, "page_bounds", self)
+        return self
+
+    def __exit__(self, *exc):
+        setattr(torch.ops.entmaxkv, "page_bounds", self.real)
+
+
+def step_times(cache, q, k_new, v_new, box, selectors: list[str], reps: int, sdpa: float) -> str:
+    import entmaxkv as ekv
+    from decode import loaded
+    from entmaxkv.compiled import GraphedDecodeStep
+    from gpu_check import time_replays
+
+    lines = []
+    for sel in selectors:
+        config = ekv.DecodeConfig(alpha=1.5, selector=SELECTORS[sel]())
+        for form in ("min/max", "8-bit box", "min/max", "8-bit box"):
+            with BoxedStep(cache.k_min.shape, box) if form != "min/max" else contextlib.nullcontext():
+                step = GraphedDecodeStep(cache.fork(), config, num_q_heads=q.shape[1], compile=False)
+            decoder = loaded(step, q, k_new, v_new)
+            us = time_replays(decoder.graph.replay, reps, 5)
+            lines.append(f"  step {sel} α = 1.5, {form:<10} {us:8.1f} µs  ×SDPA {us / sdpa:5.3f}")
+            del decoder, step
+            torch.cuda.empty_cache()
+    return "\n".join(lines)
+
+
 def kernel_alone(cache, q, box, n: int, b: int) -> str:
     import triton
 
@@ -99,6 +151,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--coverages", default="0.125,0.0625")
     parser.add_argument("--cpu", action="store_true", help="the choice only, on the CPU")
+    parser.add_argument("--selectors", default="TopK6.25,TopK12.5", help="the steps timed (GPU)")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--no-step", action="store_true", help="no step timing")
     parser.add_argument("--data", choices=["stream", "model"], default="stream",
                         help="SyntheticStream, or e2e_data_gpu.py's random-weight model data (B = 1 only)")
     args = parser.parse_args()
@@ -110,18 +165,29 @@ def main() -> None:
                 stream = SyntheticStream(batch=b, num_kv_heads=hkv, group=hq // hkv, head_dim=d, seed=n, dtype=dtype,
                                          device=device)
                 k, v = stream.prompt(n)
-                q, _, _ = stream.step()
+                q, k_new, v_new = stream.step()
             else:  # e2e_speed.py's random-weight layer (flat scores), B = 1
                 from e2e_data_gpu import model_data
 
-                k, v, q, _, _ = model_data(n, device, dtype)
-            cache = prefill(PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 16, dtype=dtype,
-                                               device=device), k, v, [n] * b)
+                k, v, q, k_new, v_new = model_data(n, device, dtype)
+            sdpa = 0.0
+            if not args.cpu:
+                from decode import graph_of
+                from gpu_check import time_replays
+
+                sdpa = time_replays(graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, enable_gqa=True)).replay, args.reps, 5)
+            # every graph replay appends a token: room for the warm-ups and the timed replays
+            cache = prefill(PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + 64 + 6 * args.reps,
+                                               dtype=dtype, device=device), k, v, [n] * b)
             del k, v
             box = box_codes(cache.k_min, cache.k_max)
-            print(f"\n## {n} tokens, B = {b}, {hq}/{hkv}, fp16", flush=True)
+            print(f"\n## {n} tokens, B = {b}, {hq}/{hkv}, fp16" + (f": SDPA {sdpa:.1f} µs" if sdpa else ""), flush=True)
             if not args.cpu:
                 print(kernel_alone(cache, q, box, n, b), flush=True)
+                if not args.no_step:
+                    print(step_times(cache, q, k_new, v_new, box, args.selectors.split(","), args.reps, sdpa),
+                          flush=True)
             print("  " + choice(cache, q[:, :, 0], box, [float(c) for c in args.coverages.split(",")]), flush=True)
             del cache
             if device == "cuda":

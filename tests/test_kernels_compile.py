@@ -166,7 +166,8 @@ def record_tau_without_support_first() -> None:
 
 
 def record_page_box_upper() -> None:
-    """page_box_upper (8-bit page boxes on int8 tensor cores), fp16 and bf16 queries."""
+    """page_box_upper (8-bit page boxes on int8 tensor cores) and newest_page_bounds, fp16 and bf16."""
+    from entmaxkv.kernels.newest_page import newest_page_bounds
     from entmaxkv.kernels.page_box_upper import page_box_upper
     from entmaxkv.page_box import box_codes
 
@@ -174,6 +175,7 @@ def record_page_box_upper() -> None:
         cache, _, _ = make_cache(0, 1, 1, 32, 16, [40], dtype=dtype)
         q = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
         page_box_upper(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, 16, 0.3)
+        newest_page_bounds(q, cache.k_pages, cache.seq_lens, None, 0.3)
 
 
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
@@ -239,6 +241,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
     assert any(s[1] == "_page_box_upper_kernel" and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
         "page upper bounds from 8-bit boxes"
+    assert any(s[1] == "_newest_page_kernel" for s in chosen), "the newest page's bounds alone"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", False]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's V pass over every survivor"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]

@@ -207,3 +207,31 @@ def test_page_box_upper_opcheck_and_vmap():
     for i in range(2):
         want = torch.ops.entmaxkv.page_box_upper(*(x[i] for x in stacked), S, SCALE)
         assert torch.equal(got[i], want), f"seed {seed}"
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, alibi", [(torch.float16, False), (torch.bfloat16, True), (torch.float64, True)])
+def test_newest_page_bounds_equal_page_bounds_newest_outputs(dtype, alibi, device, poison):
+    """The newest page's best score, |score| scale, slot scores and floor, bit for bit those of
+    ``page_bounds`` (one program a row of the same code); lengths on and past a page edge."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.newest_page import newest_page_bounds
+    from entmaxkv.kernels.page_scores import page_bounds
+
+    seed = fresh_seed()
+    cache, q, _ = _inputs(seed, dtype, 32, 3, [S * 5, S * 2 + 7])
+    slopes = (torch.rand(6, generator=torch.Generator().manual_seed(seed)) * 0.2).to(
+        torch.float64 if dtype == torch.float64 else torch.float32).to(device) if alibi else None
+    ran = cache.to(device=device)
+    qd = q.to(device)
+    want = page_bounds(qd, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, slopes, ran.k_pages, S, SCALE,
+                       False, False)[4:]
+    got = newest_page_bounds(qd, ran.k_pages, ran.seq_lens, slopes, SCALE)
+    for x, y in zip(got, want):
+        assert x.shape == y.shape and torch.equal(x, y), f"seed {seed}"
+    with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+        torch.library.opcheck(torch.ops.entmaxkv.newest_page_bounds.default,
+                              (qd, ran.k_pages, ran.seq_lens, slopes, SCALE))
+    with pytest.raises(ValueError, match="q must be"):
+        newest_page_bounds(qd[:, :5], ran.k_pages, ran.seq_lens, slopes, SCALE)
