@@ -13,7 +13,8 @@ Per context and batch (Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, o
 - (GPU) the TopK step (``GraphedDecodeStep``, median of replays, as ``step_variants_gpu.py``)
   for each ``--selectors`` entry, as it runs and with its ``page_bounds`` call replaced by
   ``page_box_upper`` on the prefilled pages' boxes plus ``newest_page_bounds`` (two launches,
-  as a step on a cache that stored boxes would make them). The cache does not store boxes yet,
+  both under programmatic dependent launch as ``page_bounds`` is, as a step on a cache that
+  stored boxes would make them). The cache does not store boxes yet,
   so pages that fill during the replays keep their prefill-time boxes (timing only); the step
   then ranks pages by the box's bounds, so its output is not compared;
 - the choice: TopK's rank keys (``topk.rank_key``) from the exact range's float64 Quest bound

@@ -9,18 +9,21 @@ A page's box (one KV head, full page, per channel d):
     l1 = Σ_d max(|code_min_d|, |code_max_d|)                                    (an integer <= 127·D)
 
 so code_min·scale <= kmin and code_max·scale >= kmax: 2·D + 8 bytes a page instead of 2·2·D.
-A query head's codes: step t = the smallest power of two with 127·t >= max_d |q_d| (1 if q = 0),
-q_code_d = floor(q_d / t + 1/2), |q_d − q_code_d·t| <= t/2. Since x -> max(x·lo, x·hi) is
+A query head's codes: step t = the smallest power of two, at least 2^-126, with 127·t >= max_d
+|q_d| (1 if q = 0), q_code_d = floor(q_d / t + 1/2), |q_d − q_code_d·t| <= t/2. Since x -> max(x·lo, x·hi) is
 max(|lo|, |hi|)-Lipschitz, every score of the page satisfies
 
     q·k <= Σ_d max(q_d·lo_d, q_d·hi_d)
         <= scale·t·(I + l1 / 2),   I = Σ_d relu(q_code_d)·code_max_d + min(q_code_d, 0)·code_min_d,
 
-and |q·k| <= mag = 128·t·scale·l1. I is an exact int8 × int8 -> int32 sum (|I| <= 2·127²·D),
-so the kernel runs it on integer tensor cores straight from the stored codes, with no
-conversion; I + l1/2 is exact in float32 (< 2^24 for D <= 512). ``box_upper`` adds
-(γ + 4·eps)·mag: γ (``rounding_gamma``) covers the attention's own rounding of a score, as every
-page bound here does, and 4·eps the kernel's two roundings of the scaled sum and its last add.
+and |q·k| <= mag = 128·t·scale·l1. I is an exact int8 × int8 -> int32 sum (|I| <= 127·l1 <=
+127²·D), so the kernel runs it on integer tensor cores straight from the stored codes, with no
+conversion; I + l1/2 is a half-integer below 2^23 for D <= 512, exact in float32. ``box_upper``
+adds (γ + 4·eps)·mag: γ (``rounding_gamma``) covers the attention's own rounding of a score, as
+every page bound here does, and 4·eps the kernel's float32 roundings — attn_scale's cast, the
+step scale·t·attn_scale (t a power of two), adding the slack term to I + l1/2 and the one
+product: within 2·eps·mag in all. Outside that model: steps below 2^-126 (keys and queries so
+small that scale·t·attn_scale is subnormal), where the kernel's products round absolutely.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def query_codes(q: Tensor) -> tuple[Tensor, Tensor]:
     t = torch.ldexp(torch.ones_like(m), e)
     t = torch.where(CODE_MAX * t < m, 2 * t, t)
     t = torch.where(CODE_MAX * (t / 2) >= m, t / 2, t)
-    t = torch.where(m > 0, t, torch.ones_like(t))
+    t = torch.where(m > 0, t.clamp_min(2.0 ** -126), torch.ones_like(t))
     return torch.floor(x / t[..., None] + 0.5).to(torch.int8), t
 
 

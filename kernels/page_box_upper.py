@@ -24,14 +24,19 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
 from entmaxkv.kernels.page_scores import DOT_BLOCK_P, DOT_STAGES, DOT_WARPS, dot_iters, rounding_gamma
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["page_box_upper"]
+
+MIN_STEP = tl.constexpr(2.0 ** -126)  # the smallest query step, a normal float32 (``page_box.query_codes``)
 
 
 @triton.jit
 def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, upper, attn_scale, slack, H, P, D,
                            S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr,
-                           BLOCK_D: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr):
+                           BLOCK_D: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr,
+                           PDL: tl.constexpr = False):
+    pdl_enter(PDL)
     bh = tl.program_id(0)
     block = tl.program_id(1)
     full = tl.load(seq_lens + bh // H).to(tl.int32) // S
@@ -43,20 +48,22 @@ def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, u
         qrows = (bh * G + heads).to(tl.int64)
         qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & hmask[None, :], other=0.0)
         qt = qt.to(tl.float32)  # [BLOCK_D, GD], exact
-        # each head's step: the smallest power of two with 127·t >= max |q| (1 for q = 0)
+        # each head's step: the smallest power of two >= 2^-126 with 127·t >= max |q| (1 for q = 0)
         m = tl.max(tl.abs(qt), axis=0)  # [GD]
-        e = tl.ceil(tl.log2(tl.maximum(m, 1e-30) / 127.0)).to(tl.int32)  # a guess, within one
+        e = tl.ceil(tl.log2(tl.maximum(m, 127.0 * MIN_STEP) / 127.0)).to(tl.int32)  # a guess, within one
         e = tl.where(127.0 * _pow2(e) < m, e + 1, e)
-        e = tl.where(127.0 * _pow2(e - 1) >= m, e - 1, e)
+        e = tl.where((e > -126) & (127.0 * _pow2(e - 1) >= m), e - 1, e)
         e = tl.where(m > 0, e, 0)
         t = _pow2(e)
-        codes = tl.floor(qt * _pow2(-e)[None, :] + 0.5)  # q·2^-e exact: q's significand shifted
+        x = qt * _pow2(-e)[None, :]  # exact: q's significand shifted (|x| <= 127)
+        r = tl.floor(x)
+        codes = r + tl.where(x - r >= 0.5, 1.0, 0.0)  # half up, as floor(x + 1/2) in exact arithmetic
         q_pos = tl.maximum(codes, 0.0).to(tl.int8)
         q_neg = tl.minimum(codes, 0.0).to(tl.int8)
         scale_w = tl.cast(attn_scale, tl.float32)
         for i in tl.range(0, ITERS, num_stages=STAGES):
             p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
-            pmask = p < full
+            pmask = (p < full) & (p < P)
             stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
             smask = pmask[:, None] & dmask[None, :]
             cmin = tl.load(code_min + stat, mask=smask, other=0)  # [BLOCK_P, BLOCK_D] int8, as stored
@@ -65,10 +72,10 @@ def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, u
             page = bh.to(tl.int64) * P + p
             s = tl.load(box_scale + page, mask=pmask, other=0.0)[:, None]
             l1 = tl.load(box_l1 + page, mask=pmask, other=0.0)[:, None]
-            step = s * t[None, :] * scale_w  # [BLOCK_P, GD]: t a power of two, one rounding
-            v = (integer.to(tl.float32) + 0.5 * l1) * step  # the sum exact (< 2^24), one rounding
-            mag = (128.0 * l1) * step
-            u = v + tl.cast(slack, tl.float32) * mag
+            step = s * t[None, :] * scale_w  # [BLOCK_P, GD]: t a power of two, so one rounding (and scale's cast)
+            # (I + l1/2 + slack·128·l1)·step: I + l1/2 exact (a half-integer below 2^23), then
+            # two roundings (< 2·eps·mag with step's); one product, never inf − inf
+            u = (integer.to(tl.float32) + 0.5 * l1 + tl.cast(slack, tl.float32) * (128.0 * l1)) * step
             out = qrows[None, :] * P + p[:, None]
             tl.store(upper + out, u, mask=pmask[:, None] & hmask[None, :])
 
@@ -94,8 +101,13 @@ def _check(q, code_min, code_max, box_scale, box_l1, seq_lens) -> None:
                                                                                    torch.float32):
         raise ValueError(f"q must be float16/bfloat16/float32 [B, Hkv·G, D] with B = {b}, D = {d}, got {q.dtype} "
                          f"{tuple(q.shape)}")
-    if d < 32 or d % 32:
-        raise ValueError(f"the head dimension must be a multiple of 32 (int8 tensor cores' K), got {d}")
+    if not 32 <= d <= 512:
+        raise ValueError(f"the head dimension must be in [32, 512] (int8 tensor cores' K; I + l1/2 exact in "
+                         f"float32), got {d}")
+    for name, x in (("q", q), ("code_min", code_min), ("code_max", code_max), ("box_scale", box_scale),
+                    ("box_l1", box_l1)):
+        if not x.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
     if tuple(seq_lens.shape) != (b,):
         raise ValueError(f"seq_lens must be [B] = ({b},), got {tuple(seq_lens.shape)}")
 
@@ -108,7 +120,7 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
 
     q: [B, Hq, D] contiguous (fp16, bf16 or float32; Hq = Hkv·G); code_min / code_max: [B, Hkv,
     P, D] int8 and box_scale / box_l1: [B, Hkv, P] float32, from ``page_box.box_codes``;
-    seq_lens: [B] int64 (a page is full when (page + 1)·S <= length); D a multiple of 32.
+    seq_lens: [B] int64 (a page is full when (page + 1)·S <= length); 32 <= D <= 512.
     """
     _check(q, code_min, code_max, box_scale, box_l1, seq_lens)
     b, hkv, p, d = code_min.shape
@@ -120,7 +132,7 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
         q, code_min, code_max, box_scale, box_l1, seq_lens, upper, scale,
         rounding_gamma(torch.float32, d) + 4 * 2.0 ** -23, hkv, p, d,
         S=page_size, G=g, GD=max(16, next_pow2(g)), BLOCK_P=DOT_BLOCK_P, BLOCK_D=next_pow2(d), ITERS=iters,
-        STAGES=DOT_STAGES, num_warps=DOT_WARPS,
+        STAGES=DOT_STAGES, num_warps=DOT_WARPS, **pdl_kwargs(q, "page_scores"),  # in page_bounds' place
     )
     return upper
 

@@ -108,7 +108,7 @@ def test_box_upper_is_above_every_score_and_the_exact_quest_bound(dtype, d, grou
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("iters", [1, 2])
 @pytest.mark.parametrize("dtype, d, group", [(torch.float16, 128, 4), (torch.bfloat16, 64, 3),
-                                             (torch.float32, 32, 1)])
+                                             (torch.float32, 48, 1)])
 def test_page_box_upper_equals_the_float64_bound(dtype, d, group, iters, device, poison, monkeypatch):
     """Ragged rows over several programs (16-page blocks, one or two a program, the last past
     the row), a partial last page, an all-zero head of q; within 4·eps·mag of the float64
@@ -132,6 +132,41 @@ def test_page_box_upper_equals_the_float64_bound(dtype, d, group, iters, device,
     assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[full].all()), msg
     gamma = rounding_gamma(torch.float32, d)
     assert bool((got >= _page_best_scores(cache, q, group) + gamma * mag)[full].all()), msg
+    if device == "cpu":  # pages that are not full are not written (poison: NaN)
+        assert bool(got[~full].isnan().all()), msg
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("device", DEVICES)
+def test_page_box_upper_query_steps_and_codes_at_their_edges(device):
+    """Constructed float32 query heads where the kernel's step and codes could part from the
+    reference's: max |q| just above, at and just below 127·2^-3 (steps 2^-2, 2^-3, 2^-3; the
+    kernel's log2 guess is corrected either way), a head of 1e-33 (a normal float32 with a tiny
+    step), one of 1e-37 (below 127·2^-126: the step stays 2^-126), an fp16 subnormal, and a
+    channel at 0.5 − 2^-25 steps (half up must not round it up). A different step or code shows
+    as a gap far beyond 4·eps·mag."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+    from entmaxkv.kernels.page_scores import rounding_gamma
+
+    d = 32
+    cache, _, box = _inputs(fresh_seed(), torch.float32, d, 4, [S * 3, S * 2])
+    eps32 = 2.0 ** -23
+    tops = [127 * 2.0 ** -3 * (1 + 2 * eps32), 127 * 2.0 ** -3, 127 * 2.0 ** -3 * (1 - eps32), 1e-33, 1e-37,
+            float(torch.tensor(2.0 ** -20, dtype=torch.float16)), 1.0, 3.0]
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(2, 8, d, generator=g, dtype=torch.float64) * 2 - 1
+    q = q / q.abs().amax(-1, keepdim=True) * 0.9 * torch.tensor(tops, dtype=torch.float64)[None, :, None]
+    q[:, :, 0] = torch.tensor(tops, dtype=torch.float64)
+    q[:, 6, 1] = (0.5 - 2.0 ** -25) * 2.0 ** -6  # head 6: max 1.0, step 2^-6
+    q = q.float()
+    codes, t = query_codes(q)
+    assert t[0, :3].tolist() == [2.0 ** -2, 2.0 ** -3, 2.0 ** -3] and float(t[0, 4]) == 2.0 ** -126
+    assert int(codes[0, 6, 1]) == 0
+    got = page_box_upper(q.to(device), *(x.to(device) for x in box), cache.seq_lens.to(device), S, SCALE).double().cpu()
+    want, mag = box_upper(q, *box, SCALE, rounding_gamma(torch.float32, d))
+    full = cache.full_page_mask()[:, None, None, :].expand_as(want)
+    assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[full].all())
 
 
 @pytest.mark.interpreter
@@ -152,7 +187,7 @@ def test_page_box_upper_checks_its_arguments():
     with pytest.raises(ValueError, match="seq_lens"):
         page_box_upper(q, cmin, cmax, scale, l1, lens[:1], S, SCALE)
     c16, _, s16, l16 = box_codes(cache.k_min[..., :16], cache.k_max[..., :16])
-    with pytest.raises(ValueError, match="multiple of 32"):
+    with pytest.raises(ValueError, match=r"in \[32, 512\]"):
         page_box_upper(q[..., :16].contiguous(), c16, c16, s16, l16, lens, S, SCALE)
 
 
@@ -235,3 +270,10 @@ def test_newest_page_bounds_equal_page_bounds_newest_outputs(dtype, alibi, devic
                               (qd, ran.k_pages, ran.seq_lens, slopes, SCALE))
     with pytest.raises(ValueError, match="q must be"):
         newest_page_bounds(qd[:, :5], ran.k_pages, ran.seq_lens, slopes, SCALE)
+    with pytest.raises(ValueError, match="seq_lens"):
+        newest_page_bounds(qd, ran.k_pages, ran.seq_lens[:1], slopes, SCALE)
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        newest_page_bounds(qd, ran.k_pages, ran.seq_lens, torch.zeros(5, device=device), SCALE)
+    with pytest.raises(ValueError, match="one dtype"):
+        newest_page_bounds(qd.double() if dtype != torch.float64 else qd.float(), ran.k_pages, ran.seq_lens, slopes,
+                           SCALE)
