@@ -152,7 +152,8 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
     if summary:
-        print("\n| context | data | α:selector variant | step µs | τ kernel µs | scoring µs | max |Δout| |\n|---|---|---|---|---|---|---|")
+        print("\n| context | data | α:selector variant | step µs | τ kernel µs | scoring µs | max |Δout| |")
+        print("|---|---|---|---|---|---|---|")
         print("\n".join(summary))
 
 

@@ -40,8 +40,6 @@ from entmaxkv.synthetic import SyntheticStream
 from entmaxkv.topk import rank_key
 
 SCALE = 128 ** -0.5
-SELECTORS = {"TopK12.5": lambda: __import__("entmaxkv").TopK(coverage=0.125),
-             "TopK6.25": lambda: __import__("entmaxkv").TopK(coverage=0.0625)}
 
 
 def choice(cache, q, box, coverages) -> str:
@@ -56,7 +54,7 @@ def choice(cache, q, box, coverages) -> str:
     parts = [f"box − exact: mean {float((boxed - exact)[full[:, :, None].expand_as(exact)].mean()):.3f}, "
              f"exact bounds' std {float(exact[full[:, :, None].expand_as(exact)].std()):.3f}"]
     keys = [rank_key(u, full, 1.5) for u in (exact, boxed)]
-    mass = page_mass(cache, q)  # [B, Hkv, G, P]
+    mass = page_mass(cache, qg)  # [B, Hkv, G, P]
     for coverage in coverages:
         k = max(1, int(coverage * pages))
         picked = [key.topk(k, dim=-1).indices for key in keys]
@@ -69,12 +67,11 @@ def choice(cache, q, box, coverages) -> str:
     return "; ".join(parts)
 
 
-def page_mass(cache, q) -> torch.Tensor:
+def page_mass(cache, qg) -> torch.Tensor:
     """[B, Hkv, G, P] float64: dense α = 1.5 entmax weight of each full page (the newest page's
-    tokens left out), each query head's."""
+    tokens left out), each query head's; qg: [B, Hkv, G, D] float64 grouped queries."""
     from entmaxkv.entmax import entmax_with_threshold
 
-    qg = group_queries(q.double()[:, :, None], cache.num_kv_heads)
     b, h, p, s, d = cache.k_pages.shape
     full = int(cache.full_page_mask().sum(-1).min())
     scores = torch.einsum("bhgd,bhtd->bhgt", qg, cache.k_pages[:, :, :full].double().reshape(b, h, full * s, d))
@@ -112,6 +109,7 @@ def step_times(cache, q, k_new, v_new, box, selectors: list[str], reps: int, sdp
     from decode import loaded
     from entmaxkv.compiled import GraphedDecodeStep
     from gpu_check import time_replays
+    from step_variants_gpu import SELECTORS
 
     lines = []
     for sel in selectors:
@@ -183,7 +181,8 @@ def main() -> None:
                                                dtype=dtype, device=device), k, v, [n] * b)
             del k, v
             box = box_codes(cache.k_min, cache.k_max)
-            print(f"\n## {n} tokens, B = {b}, {hq}/{hkv}, fp16" + (f": SDPA {sdpa:.1f} µs" if sdpa else ""), flush=True)
+            print(f"\n## {n} tokens, B = {b}, {hq}/{hkv}, fp16" + (f": SDPA {sdpa:.1f} µs" if sdpa else ""),
+                  flush=True)
             if not args.cpu:
                 print(kernel_alone(cache, q, box, n, b), flush=True)
                 if not args.no_step:

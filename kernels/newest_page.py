@@ -57,8 +57,8 @@ def newest_page_bounds(q: torch.Tensor, k_pages: torch.Tensor, seq_lens: torch.T
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     wrap_triton(_newest_page_kernel)[(b * hkv,)](
-        q, k_pages, alibi_slopes.contiguous() if alibi_slopes is not None else newest_max, seq_lens, newest_max, newest_mag,
-        newest_scores, newest_floor, scale, newest_slack(work, d), hkv, p, d,
+        q, k_pages, alibi_slopes.contiguous() if alibi_slopes is not None else newest_max, seq_lens, newest_max,
+        newest_mag, newest_scores, newest_floor, scale, newest_slack(work, d), hkv, p, d,
         S=s, G=g, BLOCK_S=next_pow2(s), BLOCK_D=next_pow2(d),
         WORK=tl.float64 if work == torch.float64 else tl.float32, HAS_ALIBI=alibi_slopes is not None,
         num_warps=DOT_WARPS if uses_dot(q, k_pages, False) else NUM_WARPS,  # page_bounds' launch: its layouts
