@@ -116,14 +116,17 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
     sdpa = time_us(sdpa_graph.replay, reps, rounds)
     del sdpa_graph
     capacity = n + 8 + (reps * (rounds + 1) + 16) * (1 + args.compiled)
-    cache = ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity,
-                                               dtype=dtype, device="cuda"), k, v, [n] * b)
+    caches = {boxes: ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity,
+                                                        dtype=dtype, device="cuda", page_boxes=boxes), k, v, [n] * b)
+              for boxes in ((False, True) if args.page_boxes else (False,))}
     del k, v
-    ref_cache = None
     base = dict(batch=b, hq=hq, hkv=hkv, d=d, context=n, dtype=dtype_name, alpha=alpha, sdpa_us=sdpa, data=args.data)
-    for name, sel in selectors(alpha, args.coverages).items():
+    cases = [(name, sel, False) for name, sel in selectors(alpha, args.coverages).items()]
+    cases += [(f"{name} box", sel, True) for name, sel, _ in cases if args.page_boxes and isinstance(sel, ekv.TopK)]
+    for name, sel, boxes in cases:
         if args.selectors and name.split(" ")[0] not in args.selectors:
             continue
+        cache = caches[boxes]
         config = ekv.DecodeConfig(alpha=alpha, selector=sel)
         row = dict(base, selector=name)
         try:
@@ -137,6 +140,8 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             full = cache.seq_lens.double() / cache.page_size
             row["pages_read"] = float((pages / full[:, None]).mean())
             stat_bytes = 2 * d * dtype.itemsize + (2 * d * dtype.itemsize if isinstance(sel, ekv.Gaussian) else 0)
+            if boxes:  # the 8-bit box: codes, scale and l1
+                stat_bytes = 2 * d + 8
             floor_bytes = (cache.num_kv_heads * b * (n / cache.page_size) * (0 if name == "Dense" else stat_bytes)
                            + float(pages.sum()) * cache.page_size * 2 * d * dtype.itemsize)
             row["floor_us"] = floor_bytes / bandwidth * 1e6
@@ -176,6 +181,8 @@ def main() -> None:
                                                                   "what the Gaussian page model can see)")
     parser.add_argument("--selectors", default="", help="comma-separated kinds to run (Dense,TopK,Gaussian,Exact); "
                                                         "default all")
+    parser.add_argument("--page-boxes", action="store_true",
+                        help="also time every TopK on a cache with 8-bit page boxes (rows named '... box')")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-gib", type=float, default=40.0, help="skip cases whose K/V exceed this")

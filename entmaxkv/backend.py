@@ -26,15 +26,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from entmaxkv.bounds import mean_scores, quest_bounds, score_rounding_errors, worst_over
+from entmaxkv.bounds import _gamma, mean_scores, quest_bounds, score_rounding_errors, worst_over
 from entmaxkv.certificate import pages_above, safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
 from entmaxkv.gaussian import gaussian_keep, solve_gaussian_tau
+from entmaxkv.page_box import box_upper
 from entmaxkv.newest_page import candidate_page_mask, newest_page_mask, newest_page_scores
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.selection import Step, live_pages
-from entmaxkv.state import PagedKVCache, append_token
+from entmaxkv.state import PagedKVCache, append_token, boxes_of
 from entmaxkv.topk import forced_page_mask, quest_count, rank_key, top_pages
 
 if importlib.util.find_spec("triton") is not None:
@@ -64,24 +65,31 @@ def append(cache: PagedKVCache, k_new: Tensor, v_new: Tensor, kernels: bool) -> 
     """``state.append_token`` through the ``append_token`` op or the reference."""
     if not kernels:
         return append_token(cache, k_new, v_new)
-    # a completed page's statistics and key codes (if the cache keeps them) are written by the op
+    # a completed page's statistics, key codes and box (if the cache keeps them) are written by the op;
+    # it reads k_new / v_new as dense [B, Hkv, 1, D] rows (a strided view, e.g. k[:, :, -1:], is copied)
     new_lens, fits = torch.ops.entmaxkv.append_token(cache.k_pages, cache.v_pages, cache.k_min, cache.k_max,
-                                                     cache.k_mean, cache.k_std, cache.seq_lens, k_new, v_new,
-                                                     cache.capacity, cache.k_codes, cache.key_bits or 0)
+                                                     cache.k_mean, cache.k_std, cache.seq_lens, k_new.contiguous(),
+                                                     v_new.contiguous(),
+                                                     cache.capacity, cache.k_codes, cache.key_bits or 0,
+                                                     *boxes_of(cache))
     host = None if cache.host_max_len is None else cache.host_max_len + 1
     return dataclasses.replace(cache, seq_lens=new_lens, host_max_len=host), fits
 
 
 def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi_slopes: Tensor | None, *,
                kernels: bool, needs_sigma: bool, needs_page_scores: bool = True,
-               needs_newest_scores: bool = True, needs_means: bool = True) -> Step:
+               needs_newest_scores: bool = True, needs_means: bool = True, box_bound: bool = False) -> Step:
     """Everything a selector may look at, computed by the chosen backend. Without
     ``needs_page_scores`` (``Dense`` without a certificate) the page-level quantities and the
     newest page's scores are None: no page statistic is read, nothing is computed ahead of
     the attention. Without ``needs_newest_scores`` (``TopK``) ``Step.newest_scores`` is None;
     on the kernels the step is then one ``page_bounds`` launch (the newest page's best score
     and magnitude come from it). Without ``needs_means`` (``TopK``) ``Step.means``
-    is None and the kernels read no page mean (nor compute the |score| scale ``absmax``)."""
+    is None and the kernels read no page mean (nor compute the |score| scale ``absmax``).
+
+    With ``box_bound`` (``TopK``), on a cache with page boxes and without ALiBi, ``Step.upper``
+    is the 8-bit box's bound (``page_box``), on both backends; on the kernels a step without
+    σ and means is then ``page_box_upper`` plus ``newest_page_bounds``, and reads no min/max."""
     if kernels and alibi_slopes is not None:
         # the ops index the slopes as a dense [Hq] vector (a strided view gave wrong outputs:
         # found by a review in session 20); a no-op, no copy, for a contiguous one
@@ -90,11 +98,20 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
         ops = (KernelOps(cache, q, alpha, scale, alibi_slopes) if kernels
                else ReferenceOps(cache, q, alpha, scale, alibi_slopes))
         return Step(cache, q, alpha, scale, alibi_slopes, None, None, None, None, ops)
+    boxed = box_bound and cache.page_boxes and alibi_slopes is None
     if kernels:
-        bounds = torch.ops.entmaxkv.page_bounds(
-            q[:, :, 0].contiguous(), cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
-            alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma, needs_means)
+        q_rows = q[:, :, 0].contiguous()
+        if boxed and not needs_sigma and not needs_means:  # the box alone: no min/max read
+            bounds = (None,) * 4 + torch.ops.entmaxkv.newest_page_bounds(q_rows, cache.k_pages, cache.seq_lens, None,
+                                                                          scale)
+        else:
+            bounds = torch.ops.entmaxkv.page_bounds(
+                q_rows, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
+                alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma, needs_means)
         upper, absmax, means, sigma, newest_max, newest_mag, newest_scores, newest_floor = bounds
+        if boxed:
+            upper = torch.ops.entmaxkv.page_box_upper(q_rows, *boxes_of(cache), cache.seq_lens, cache.page_size,
+                                                      scale).to(newest_max.dtype)
         if not needs_means:
             means = absmax = None
         ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag,
@@ -102,11 +119,19 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
         return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma if needs_sigma else None,
                     newest_scores if needs_newest_scores else None, ops)
     newest_scores = newest_page_scores(cache, q, scale, alibi_slopes) if needs_newest_scores else None
-    upper = quest_bounds(cache, q, scale, alibi_slopes)
+    upper = box_bounds(cache, q, scale) if boxed else quest_bounds(cache, q, scale, alibi_slopes)
     means = mean_scores(cache, q, scale, alibi_slopes) if needs_means else None
     sigma = page_sigma(cache, q, scale, alibi_slopes) if needs_sigma else None
     ops = ReferenceOps(cache, q, alpha, scale, alibi_slopes)
     return Step(cache, q, alpha, scale, alibi_slopes, upper, means, sigma, newest_scores, ops)
+
+
+def box_bounds(cache: PagedKVCache, q: Tensor, scale: float) -> Tensor:
+    """[B, Hkv, G, P] in the work dtype: the 8-bit box bound of every page (``page_box.box_upper``,
+    float64, with the work dtype's γ), the reference of ``page_box_upper``."""
+    wdt = work_dtype(cache.dtype)
+    upper, _ = box_upper(q[:, :, 0], *boxes_of(cache), scale, _gamma(wdt, cache.head_dim))
+    return upper.to(wdt)
 
 
 def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:

@@ -90,7 +90,8 @@ def attend_cache(
     step = build_step(cache, q, alpha, scale, alibi_slopes, kernels=kernels, needs_sigma=config.selector.needs_sigma,
                       needs_page_scores=config.selector.reads_page_scores(cache) or with_info,
                       needs_newest_scores=config.selector.needs_newest_scores,
-                      needs_means=config.selector.reads_means(alpha) or with_info)
+                      needs_means=config.selector.reads_means(alpha) or with_info,
+                      box_bound=config.selector.ranks_by_box)
     selection = config.selector.select(step)
     out, tau = step.ops.attend(selection.page_mask, selection.tau, selection.refine_iters, selection.all_pages,
                                fits)  # NaN where the token did not fit

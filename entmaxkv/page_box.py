@@ -1,6 +1,7 @@
 """8-bit page boxes and the Quest bound on them in integer arithmetic: the float64 reference of
-``entmaxkv::page_box_upper`` (``kernels/page_box_upper.py``). Not stored by the cache yet:
-this is the form perf-log row 133 proposes, not yet timed on a GPU.
+``entmaxkv::page_box_upper`` (``kernels/page_box_upper.py``). A cache made with
+``page_boxes=True`` stores every full page's box (``encode_boxes``; written with the page's
+statistics) and ``TopK`` ranks its pages by ``box_upper`` (perf-log rows 133–134).
 
 A page's box (one KV head, full page, per channel d):
 
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from entmaxkv.conventions import group_queries
 
-__all__ = ["box_codes", "query_codes", "box_upper", "CODE_MAX"]
+__all__ = ["box_codes", "encode_boxes", "query_codes", "box_upper", "CODE_MAX"]
 
 CODE_MAX = 127
 F32_EPS = 2.0 ** -23
@@ -41,23 +42,42 @@ F32_EPS = 2.0 ** -23
 
 def box_codes(k_min: Tensor, k_max: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """[..., P, D] page minima and maxima (any float dtype) -> (code_min, code_max [..., P, D]
-    int8, scale [..., P] float32, l1 [..., P] float32), the box above."""
+    int8, scale [..., P] float32, l1 [..., P] float32), the box above; checks its input
+    (a host sync: ``encode_boxes`` is the same without)."""
     if k_min.shape != k_max.shape or k_min.dim() < 2:
         raise ValueError(f"k_min and k_max must share a shape [..., P, D], got {tuple(k_min.shape)} and "
                          f"{tuple(k_max.shape)}")
     lo, hi = k_min.double(), k_max.double()
     if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()) or bool((lo > hi).any()):
         raise ValueError("k_min and k_max must be finite with k_min <= k_max")
+    return encode_boxes(k_min, k_max)
+
+
+def encode_boxes(k_min: Tensor, k_max: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``box_codes`` without checks or host syncs: what the cache stores when a page fills (the
+    kernels' ``page_box_of`` writes the same bits). A page with a non-finite min or max, or
+    whose a/127 overflows float32 (float64 keys beyond 4.3e40), gets the vacuous box: codes
+    ∓127 and scale +inf, so that every bound of it is +inf."""
+    lo, hi = k_min.double(), k_max.double()
+    finite = (torch.isfinite(lo) & torch.isfinite(hi)).all(-1)  # [..., P]
+    lo = torch.where(finite[..., None], lo, torch.zeros_like(lo))
+    hi = torch.where(finite[..., None], hi, torch.zeros_like(hi))
     a = torch.maximum(lo.abs(), hi.abs()).amax(-1)  # [..., P]
-    scale = (a / CODE_MAX).to(torch.float32)
+    scale = (a / CODE_MAX).to(torch.float32)  # two roundings, each to nearest: floor or ceil of a/127 in float32
     scale = torch.where(CODE_MAX * scale.double() < a, torch.nextafter(scale, torch.full_like(scale, float("inf"))),
-                        scale)  # the division rounded down: the next float32 up
+                        scale)  # rounded down: the next float32 up
     scale = torch.where(a > 0, scale, torch.ones_like(scale))
-    s = scale.double()[..., None]
-    code_min = torch.floor(lo / s)
-    code_min = torch.where(code_min * s > lo, code_min - 1, code_min).clamp_min(-CODE_MAX)  # exact products
+    vacuous = ~finite | torch.isinf(scale)
+    s = torch.where(vacuous, torch.ones_like(scale), scale).double()[..., None]
+    code_min = torch.floor(lo / s)  # the quotient's rounding corrected both ways: products are exact
+    code_min = torch.where(code_min * s > lo, code_min - 1, code_min)
+    code_min = torch.where((code_min + 1) * s <= lo, code_min + 1, code_min).clamp_min(-CODE_MAX)
     code_max = torch.ceil(hi / s)
-    code_max = torch.where(code_max * s < hi, code_max + 1, code_max).clamp_max(CODE_MAX)
+    code_max = torch.where(code_max * s < hi, code_max + 1, code_max)
+    code_max = torch.where((code_max - 1) * s >= hi, code_max - 1, code_max).clamp_max(CODE_MAX)
+    code_min = torch.where(vacuous[..., None], -CODE_MAX, code_min)
+    code_max = torch.where(vacuous[..., None], CODE_MAX, code_max)
+    scale = torch.where(vacuous, float("inf"), scale)
     l1 = torch.maximum(code_min.abs(), code_max.abs()).sum(-1)
     return code_min.to(torch.int8), code_max.to(torch.int8), scale, l1.to(torch.float32)
 

@@ -177,6 +177,7 @@ class Selector:
     needs_sigma = False  # whether ``Step.sigma`` must be computed
     needs_page_scores = True  # whether ``Step.upper`` / ``Step.means`` must be computed
     needs_newest_scores = True  # whether ``Step.newest_scores`` must be computed (with page scores)
+    ranks_by_box = False  # whether ``Step.upper`` is the 8-bit box's bound on a cache with page boxes
 
     def select(self, step: Step) -> Selection:
         raise NotImplementedError

@@ -8,6 +8,8 @@ Layout (B batch, H KV heads, P = ceil(capacity / S) pages of S tokens, D head di
     seq_lens           [B]              int64         tokens each sequence holds
     k_codes            [B, H, P, S, W]  uint8         optional (``key_bits``): key codes of each
                                                       full page, see ``keycodes``
+    box_min, box_max   [B, H, P, D]     int8          optional (``page_boxes``): each full page's
+    box_scale, box_l1  [B, H, P]        float32       8-bit box, see ``page_box``
 
 Statistics of a page are written once, when the page fills, and are final from then on.
 Mean and std are computed in float64 and rounded once to the cache dtype (through float32,
@@ -36,14 +38,20 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
-__all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for", "round_stat"]
+__all__ = ["PagedKVCache", "prefill", "append_token", "stats_dtype_for", "round_stat", "boxes_of", "BOX_FIELDS"]
 
 _TENSOR_FIELDS = ("k_pages", "v_pages", "k_min", "k_max", "k_mean", "k_std", "seq_lens")
+BOX_FIELDS = ("box_min", "box_max", "box_scale", "box_l1")
 
 
 def _tensor_fields(cache: "PagedKVCache") -> tuple[str, ...]:
-    """The tensor leaves of ``cache``: ``k_codes`` only when the cache has key codes."""
-    return _TENSOR_FIELDS + (("k_codes",) if cache.key_bits is not None else ())
+    """The tensor leaves of ``cache``: ``k_codes`` only when the cache has key codes, the box
+    fields only when it has page boxes."""
+    return _optional_fields(cache.key_bits, cache.page_boxes)
+
+
+def _optional_fields(key_bits: int | None, page_boxes: bool) -> tuple[str, ...]:
+    return _TENSOR_FIELDS + (("k_codes",) if key_bits is not None else ()) + (BOX_FIELDS if page_boxes else ())
 
 
 def stats_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -88,6 +96,11 @@ class PagedKVCache:
     host_max_len: int | None = 0
     k_codes: Tensor | None = None
     key_bits: int | None = None
+    box_min: Tensor | None = None
+    box_max: Tensor | None = None
+    box_scale: Tensor | None = None
+    box_l1: Tensor | None = None
+    page_boxes: bool = False
 
     # ---- construction -------------------------------------------------------------------
 
@@ -102,12 +115,18 @@ class PagedKVCache:
         dtype: torch.dtype = torch.float16,
         device: torch.device | str = "cpu",
         key_bits: int | None = None,
+        page_boxes: bool = False,
     ) -> "PagedKVCache":
         """Allocate storage for ``capacity`` tokens per sequence; every sequence is empty.
 
         key_bits: 4 or 8 also keeps low-precision key codes of every full page (written when a
             page fills and by prefill) for token-level score bounds (``keycodes``, used by
             ``Exact``); costs +12.5% (4 bits) or +25% (8 bits) of K+V memory. ``None``: no codes.
+        page_boxes: True also keeps an 8-bit box of every full page's key range (written when a
+            page fills and by prefill): ``TopK`` then ranks pages by the box's bound on integer
+            tensor cores, reading 2·D + 8 bytes a page and head instead of the fp16 min/max's
+            4·D (``page_box``); costs 2·D + 8 bytes a page and head, +3.3% of K+V memory at
+            D = 128, S = 16. Needs 32 <= head_dim <= 512.
         """
         from entmaxkv.keycodes import KEY_BITS, code_width
         from entmaxkv.validation import check_empty_args
@@ -115,6 +134,11 @@ class PagedKVCache:
         check_empty_args(batch, num_kv_heads, head_dim, capacity, page_size, dtype)
         if key_bits is not None and (isinstance(key_bits, bool) or key_bits not in KEY_BITS):
             raise ValueError(f"key_bits must be None, 4 or 8, got {key_bits!r}")
+        if not isinstance(page_boxes, bool):
+            raise TypeError(f"page_boxes must be a bool, got {page_boxes!r}")
+        if page_boxes and not 32 <= head_dim <= 512:
+            raise ValueError(f"page_boxes needs 32 <= head_dim <= 512 (the box bound's int8 tensor cores), got "
+                             f"head_dim={head_dim}")
         pages = -(-capacity // page_size)
         pages_shape = (batch, num_kv_heads, pages, page_size, head_dim)
         stats_shape = (batch, num_kv_heads, pages, head_dim)
@@ -133,6 +157,7 @@ class PagedKVCache:
             k_codes=None if key_bits is None else torch.zeros(
                 (*pages_shape[:-1], code_width(head_dim, key_bits)), dtype=torch.uint8, device=device),
             key_bits=key_bits,
+            **(_empty_boxes(stats_shape, device) if page_boxes else {}),
         )
 
     def fork(self) -> "PagedKVCache":
@@ -154,6 +179,12 @@ class PagedKVCache:
 
             codes = encode_keys(conv["k_pages"], conv["k_min"], conv["k_max"], self.key_bits)
             conv["k_codes"] = torch.where(full[..., None], codes, torch.zeros_like(codes))
+        if self.page_boxes:  # from the converted min/max (the same box when the conversion is exact)
+            from entmaxkv.page_box import encode_boxes
+
+            for f, new in zip(BOX_FIELDS, encode_boxes(conv["k_min"], conv["k_max"])):
+                keep = full if new.dim() == 4 else full[..., 0]
+                conv[f] = torch.where(keep, new, torch.zeros_like(new))
         return dataclasses.replace(self, seq_lens=self.seq_lens.to(device=device, copy=True), **conv)
 
     def with_capacity(self, capacity: int) -> "PagedKVCache":
@@ -163,7 +194,7 @@ class PagedKVCache:
             raise ValueError(f"capacity can only grow: {capacity} < current {self.capacity}")
         bigger = PagedKVCache.empty(batch=self.batch, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                     capacity=capacity, page_size=self.page_size, dtype=self.dtype, device=self.device,
-                                    key_bits=self.key_bits)
+                                    key_bits=self.key_bits, page_boxes=self.page_boxes)
         pages = self.num_pages
         for f in (f for f in _tensor_fields(self) if f != "seq_lens"):
             getattr(bigger, f)[:, :, :pages].copy_(getattr(self, f))
@@ -233,16 +264,24 @@ class PagedKVCache:
         return page[None, :] * self.page_size < self.seq_lens[:, None]
 
 
+def _empty_boxes(stats_shape: tuple, device) -> dict[str, Tensor]:
+    """Zeroed box storage for pages of ``stats_shape`` [B, H, P, D] (``PagedKVCache.empty``)."""
+    return dict(box_min=torch.zeros(stats_shape, dtype=torch.int8, device=device),
+                box_max=torch.zeros(stats_shape, dtype=torch.int8, device=device),
+                box_scale=torch.zeros(stats_shape[:-1], dtype=torch.float32, device=device),
+                box_l1=torch.zeros(stats_shape[:-1], dtype=torch.float32, device=device), page_boxes=True)
+
+
 def _flatten(cache: PagedKVCache):
     children = [getattr(cache, f) for f in _tensor_fields(cache)]
-    return children, (cache.page_size, cache.capacity, cache.host_max_len, cache.key_bits)
+    return children, (cache.page_size, cache.capacity, cache.host_max_len, cache.key_bits, cache.page_boxes)
 
 
 def _unflatten(children, context) -> PagedKVCache:
-    page_size, capacity, host_max_len, key_bits = context
-    fields = dict(zip(_TENSOR_FIELDS + ("k_codes",), children))
+    page_size, capacity, host_max_len, key_bits, page_boxes = context
+    fields = dict(zip(_optional_fields(key_bits, page_boxes), children))
     return PagedKVCache(**fields, page_size=page_size, capacity=capacity, host_max_len=host_max_len,
-                        key_bits=key_bits)
+                        key_bits=key_bits, page_boxes=page_boxes)
 
 
 def _flatten_with_keys(cache: PagedKVCache):
@@ -323,14 +362,16 @@ def prefill(cache: PagedKVCache, k: Tensor, v: Tensor, seq_lens: Tensor | list[i
 
     full = (torch.arange(pages, device=cache.device)[None, :] < (seq_lens // s)[:, None])[:, None, :, None]
     if cache.device.type == "cuda" and cache.dtype != torch.float64:
-        # the page_statistics op (entmaxkv.kernels): every full page in one launch
+        # the page_statistics op (entmaxkv.kernels): every full page in one launch, boxes included
         torch.ops.entmaxkv.page_statistics(cache.k_pages, seq_lens, cache.k_min, cache.k_max, cache.k_mean,
-                                           cache.k_std)
+                                           cache.k_std, *boxes_of(cache))
     else:
         new_stats = page_statistics(cache.k_pages[:, :, :pages])
         for field, new in zip(("k_min", "k_max", "k_mean", "k_std"), new_stats):
             slot = getattr(cache, field)[:, :, :pages]
             slot.copy_(torch.where(full, new, slot))
+        if cache.page_boxes:
+            _write_boxes(cache, (slice(None), slice(None), slice(0, pages)), full[..., 0])
     if cache.key_bits is not None:
         _write_codes(cache, (slice(None), slice(None), slice(0, pages)), full[..., None])
 
@@ -371,6 +412,8 @@ def append_token(cache: PagedKVCache, k_new: Tensor, v_new: Tensor) -> tuple[Pag
         store = getattr(cache, field)
         old = store[rows, :, page]
         store[rows, :, page] = torch.where(completes[:, None, None], new, old)
+    if cache.page_boxes:
+        _write_boxes(cache, (rows, slice(None), page), completes[:, None])
     if cache.key_bits is not None:
         write_completed_page_codes(cache, lens, fits)
 
@@ -398,3 +441,20 @@ def _write_codes(cache: PagedKVCache, index: tuple, write: Tensor) -> None:
     codes = encode_keys(cache.k_pages[index], kmin, kmax, cache.key_bits)
     old = cache.k_codes[index]
     cache.k_codes[index] = torch.where(write, codes, old)
+
+
+def boxes_of(cache: PagedKVCache) -> tuple:
+    """The cache's four box tensors (``BOX_FIELDS``), or four Nones without page boxes: the
+    ops' optional arguments."""
+    return tuple(getattr(cache, f) for f in BOX_FIELDS) if cache.page_boxes else (None,) * 4
+
+
+def _write_boxes(cache: PagedKVCache, index: tuple, write: Tensor) -> None:
+    """The boxes of the pages at ``index`` (of k_min, [..., D]) from their stored min/max, where
+    ``write`` (broadcastable to [...]) holds; keep the rest. No host sync."""
+    from entmaxkv.page_box import encode_boxes
+
+    for field, new in zip(BOX_FIELDS, encode_boxes(cache.k_min[index], cache.k_max[index])):
+        store = getattr(cache, field)
+        old = store[index]
+        store[index] = torch.where(write[..., None] if new.dim() > write.dim() else write, new, old)

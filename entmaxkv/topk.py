@@ -84,6 +84,10 @@ def quest_count(candidates: Tensor, budget_pages: int | None, coverage: float | 
 class TopK(Selector):
     """Keep the best full pages by the Quest bound, plus the newest page.
 
+    On a cache with page boxes (``PagedKVCache.empty(..., page_boxes=True)``) and without ALiBi
+    the bound is the 8-bit box's (``page_box``): a little looser than the exact key range's
+    (the ranking on SmolLM2's attention: ``benchmarks/page_box_real.py``), half the bytes.
+
     Exactly one of:
         token_budget: attend at most ``token_budget // page_size`` full pages (the newest,
             possibly partial page comes on top);
@@ -111,6 +115,7 @@ class TopK(Selector):
         check_count("recent_pages", self.recent_pages)
 
     needs_newest_scores = False  # the backend's quest_top_pages finds the newest page's best score itself
+    ranks_by_box = True  # on a cache with page boxes (and without ALiBi): half the bytes of the min/max
 
     def reads_means(self, alpha: float) -> bool:
         # The rank reads bounds only. At α > 1 the attention filters its survivors from a score

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "register_batch_rule",
+__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "page_box_of", "store_box", "register_batch_rule",
            "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
 
 SOFTMAX, ALPHA_15, ALPHA_2, ALPHA_ANY = 0, 1, 2, 3
@@ -96,6 +96,48 @@ def page_stats_of(keys, S: tl.constexpr):
     lo = tl.where(has_nan, float("nan"), tl.min(keys, axis=0))
     hi = tl.where(has_nan, float("nan"), tl.max(keys, axis=0))
     return lo, hi, mean, std
+
+
+@triton.jit
+def page_box_of(lo, hi, dmask):
+    """``page_box.encode_boxes`` of one page, the same bits: its min/max lo, hi [BLOCK_D]
+    float64 (channels outside ``dmask`` ignored) -> (code_min, code_max [BLOCK_D] int8, scale,
+    l1 float32). The float32 scale is a/127 rounded twice to nearest (floor or ceil of it in
+    float32), then moved up one ulp if 127·scale < a (exact in float64); the codes are floor /
+    ceil of lo/scale, hi/scale with the quotient's rounding corrected both ways by exact
+    products. A non-finite page, or one whose scale overflows, gets the vacuous box."""
+    inf = float("inf")
+    finite = (lo == lo) & (hi == hi) & (tl.abs(lo) < inf) & (tl.abs(hi) < inf)
+    bad = tl.max(tl.where(dmask & ~finite, 1, 0), axis=0) > 0
+    lo = tl.where(dmask & finite, lo, 0.0)
+    hi = tl.where(dmask & finite, hi, 0.0)
+    a = tl.max(tl.maximum(tl.abs(lo), tl.abs(hi)), axis=0)
+    s32 = (a / 127.0).to(tl.float32)
+    up = (s32.to(tl.int32, bitcast=True) + 1).to(tl.float32, bitcast=True)  # the next float32 up (s32 >= 0)
+    s32 = tl.where(127.0 * s32.to(tl.float64) < a, up, s32)
+    s32 = tl.where(a > 0, s32, 1.0)
+    vacuous = bad | (s32 == inf)
+    s = tl.where(vacuous, 1.0, s32).to(tl.float64)
+    cmin = tl.floor(lo / s)
+    cmin = tl.where(cmin * s > lo, cmin - 1.0, cmin)
+    cmin = tl.maximum(tl.where((cmin + 1.0) * s <= lo, cmin + 1.0, cmin), -127.0)
+    cmax = tl.ceil(hi / s)
+    cmax = tl.where(cmax * s < hi, cmax + 1.0, cmax)
+    cmax = tl.minimum(tl.where((cmax - 1.0) * s >= hi, cmax - 1.0, cmax), 127.0)
+    cmin = tl.where(vacuous, -127.0, cmin)
+    cmax = tl.where(vacuous, 127.0, cmax)
+    l1 = tl.sum(tl.where(dmask, tl.maximum(tl.abs(cmin), tl.abs(cmax)), 0.0), axis=0)
+    return cmin.to(tl.int8), cmax.to(tl.int8), tl.where(vacuous, inf, s32), l1.to(tl.float32)
+
+
+@triton.jit
+def store_box(lo, hi, d, dmask, row, box_min, box_max, box_scale, box_l1, D):
+    """Write ``page_box_of(lo, hi)`` at page ``row`` (int64, of [B·Hkv·P]) of the cache's boxes."""
+    cmin, cmax, scale, l1 = page_box_of(lo, hi, dmask)
+    tl.store(box_min + row * D + d, cmin, mask=dmask)
+    tl.store(box_max + row * D + d, cmax, mask=dmask)
+    tl.store(box_scale + row, scale)
+    tl.store(box_l1 + row, l1)
 
 
 def register_batch_rule(op, batch_args: tuple[int, ...]) -> None:

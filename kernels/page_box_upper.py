@@ -11,8 +11,9 @@ m64n16k32.s32.s8.s8 on sm_90, its loads staged by cp.async: checked offline), ex
 query's rounding is covered by l1/2 (the Lipschitz term), so the bound stays safe.
 
 Grid (B·Hkv, ceil(P / (BLOCK_P·ITERS))); programs past the last full page exit. Entries of
-pages that are not full are not written. Not yet used by a step and not yet timed on a GPU
-(perf-log row 133: the prediction).
+pages that are not full are not written. A TopK step on a cache with page boxes
+(``PagedKVCache.empty(..., page_boxes=True)``) runs it in ``page_bounds``' place, beside
+``newest_page_bounds`` (perf-log rows 133–134).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, u
         hmask = heads < G
         qrows = (bh * G + heads).to(tl.int64)
         qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & hmask[None, :], other=0.0)
-        qt = qt.to(tl.float32)  # [BLOCK_D, GD], exact
+        qt = qt.to(tl.float32)  # [BLOCK_D, GD], exact (float64 q: rounded, see page_box_upper)
         # each head's step: the smallest power of two >= 2^-126 with 127·t >= max |q| (1 for q = 0)
         m = tl.max(tl.abs(qt), axis=0)  # [GD]
         e = tl.ceil(tl.log2(tl.maximum(m, 127.0 * MIN_STEP) / 127.0)).to(tl.int32)  # a guess, within one
@@ -98,8 +99,8 @@ def _check(q, code_min, code_max, box_scale, box_l1, seq_lens) -> None:
         if x.dtype != torch.float32 or tuple(x.shape) != (b, hkv, p):
             raise ValueError(f"{name} must be float32 [B, Hkv, P] = {(b, hkv, p)}, got {x.dtype} {tuple(x.shape)}")
     if q.shape[0] != b or q.shape[2] != d or q.shape[1] % hkv or q.dtype not in (torch.float16, torch.bfloat16,
-                                                                                   torch.float32):
-        raise ValueError(f"q must be float16/bfloat16/float32 [B, Hkv·G, D] with B = {b}, D = {d}, got {q.dtype} "
+                                                                                   torch.float32, torch.float64):
+        raise ValueError(f"q must be a float [B, Hkv·G, D] tensor with B = {b}, D = {d}, got {q.dtype} "
                          f"{tuple(q.shape)}")
     if not 32 <= d <= 512:
         raise ValueError(f"the head dimension must be in [32, 512] (int8 tensor cores' K; I + l1/2 exact in "
@@ -118,9 +119,14 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     """upper [B, Hkv, G, P] float32: a safe upper bound of every score scale·q·k of each full
     page (entries of other pages undefined), ``entmaxkv.page_box.box_upper``'s, within 4·eps·mag.
 
-    q: [B, Hq, D] contiguous (fp16, bf16 or float32; Hq = Hkv·G); code_min / code_max: [B, Hkv,
+    q: [B, Hq, D] contiguous (fp16, bf16, float32 or float64; Hq = Hkv·G); code_min / code_max: [B, Hkv,
     P, D] int8 and box_scale / box_l1: [B, Hkv, P] float32, from ``page_box.box_codes``;
     seq_lens: [B] int64 (a page is full when (page + 1)·S <= length); 32 <= D <= 512.
+
+    γ is the work dtype's (``rounding_gamma``: float64 for float64 q, float32 otherwise), as in
+    the attention that scores the tokens. A float64 q is rounded to float32 before it is
+    quantized: that moves q_d by up to 2^-24·|q_d| <= 2^-24·127·t, at most (127/128)·2^-24·mag
+    over the page, inside the 2·eps·mag of the slack that the float32 roundings leave.
     """
     _check(q, code_min, code_max, box_scale, box_l1, seq_lens)
     b, hkv, p, d = code_min.shape
@@ -130,7 +136,7 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     grid = (b * hkv, triton.cdiv(p, DOT_BLOCK_P * iters))
     wrap_triton(_page_box_upper_kernel)[grid](
         q, code_min, code_max, box_scale, box_l1, seq_lens, upper, scale,
-        rounding_gamma(torch.float32, d) + 4 * 2.0 ** -23, hkv, p, d,
+        rounding_gamma(torch.float64 if q.dtype == torch.float64 else torch.float32, d) + 4 * 2.0 ** -23, hkv, p, d,
         S=page_size, G=g, GD=max(16, next_pow2(g)), BLOCK_P=DOT_BLOCK_P, BLOCK_D=next_pow2(d), ITERS=iters,
         STAGES=DOT_STAGES, num_warps=DOT_WARPS, **pdl_kwargs(q, "page_scores"),  # in page_bounds' place
     )

@@ -16,9 +16,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule
+from entmaxkv.kernels.common import next_pow2, page_stats_of, register_batch_rule, store_box
 
-__all__ = ["page_statistics", "round_stat"]
+__all__ = ["page_statistics", "round_stat", "check_boxes"]
 
 
 @triton.jit
@@ -41,8 +41,8 @@ def round_stat(x, OUT: tl.constexpr):
 
 @triton.jit
 def _page_stats_kernel(
-    k_pages, k_min, k_max, k_mean, k_std, seq_lens, H, P, D,
-    S: tl.constexpr, BLOCK_D: tl.constexpr,
+    k_pages, k_min, k_max, k_mean, k_std, box_min, box_max, box_scale, box_l1, seq_lens, H, P, D,
+    S: tl.constexpr, BLOCK_D: tl.constexpr, BOXES: tl.constexpr,
 ):
     page = tl.program_id(0)  # pages on the grid's x axis: y and z stop at 65,535 (a 1M-token cache has more pages)
     bh = tl.program_id(1)
@@ -60,30 +60,55 @@ def _page_stats_kernel(
         tl.store(k_max + stat, round_stat(hi, k_max.dtype.element_ty), mask=dmask)
         tl.store(k_mean + stat, round_stat(mean, k_mean.dtype.element_ty), mask=dmask)
         tl.store(k_std + stat, round_stat(std, k_std.dtype.element_ty), mask=dmask)
+        if BOXES:  # the page's 8-bit box (page_box.encode_boxes), from its exact min/max
+            store_box(lo, hi, d, dmask, row, box_min, box_max, box_scale, box_l1, D)
 
 
-@triton_op("entmaxkv::page_statistics", mutates_args=("k_min", "k_max", "k_mean", "k_std"))
+@triton_op("entmaxkv::page_statistics",
+           mutates_args=("k_min", "k_max", "k_mean", "k_std", "box_min", "box_max", "box_scale", "box_l1"))
 def page_statistics(
     k_pages: torch.Tensor, seq_lens: torch.Tensor, k_min: torch.Tensor, k_max: torch.Tensor,
-    k_mean: torch.Tensor, k_std: torch.Tensor,
+    k_mean: torch.Tensor, k_std: torch.Tensor, box_min: torch.Tensor | None, box_max: torch.Tensor | None,
+    box_scale: torch.Tensor | None, box_l1: torch.Tensor | None,
 ) -> None:
-    """Write the statistics of every full page in place.
+    """Write the statistics (and, with them, the 8-bit boxes) of every full page in place.
 
     k_pages: [B, Hkv, P, S, D] contiguous; seq_lens: [B] int64; k_min/k_max/k_mean/k_std:
-    [B, Hkv, P, D] in the cache dtype. Page p of sequence b is full when (p + 1)·S <=
-    seq_lens[b]; other slots are not touched.
+    [B, Hkv, P, D] in the cache dtype. box_min, box_max: optional [B, Hkv, P, D] int8 and
+    box_scale, box_l1: [B, Hkv, P] float32 (``page_box.encode_boxes``'s bits), all four None
+    without boxes (required arguments: see ``append_token``). Page p of sequence b is full when
+    (p + 1)·S <= seq_lens[b]; other slots are not touched.
     """
+    boxes = check_boxes(k_pages, box_min, box_max, box_scale, box_l1)
     b, h, p, s, d = k_pages.shape
     if b * h > 65535:
         raise ValueError(f"page_statistics: batch × KV heads must be at most 65,535 (a CUDA grid axis), got {b * h}")
     wrap_triton(_page_stats_kernel)[(p, b * h)](
-        k_pages, k_min, k_max, k_mean, k_std, seq_lens, h, p, d, S=s, BLOCK_D=next_pow2(d),
+        k_pages, k_min, k_max, k_mean, k_std, *(boxes or (k_min,) * 4), seq_lens, h, p, d, S=s,
+        BLOCK_D=next_pow2(d), BOXES=boxes is not None,
     )
 
 
+def check_boxes(k_pages: torch.Tensor, box_min: torch.Tensor | None, box_max: torch.Tensor | None,
+                box_scale: torch.Tensor | None, box_l1: torch.Tensor | None) -> tuple | None:
+    """The four box tensors of a cache with ``k_pages`` [B, Hkv, P, S, D], checked (int8 [B,
+    Hkv, P, D] codes, float32 [B, Hkv, P] scale and l1, contiguous), or None when all are None."""
+    boxes = (box_min, box_max, box_scale, box_l1)
+    if all(x is None for x in boxes):
+        return None
+    b, h, p, _, d = k_pages.shape
+    want = {"box_min": (torch.int8, (b, h, p, d)), "box_max": (torch.int8, (b, h, p, d)),
+            "box_scale": (torch.float32, (b, h, p)), "box_l1": (torch.float32, (b, h, p))}
+    for (name, (dtype, shape)), x in zip(want.items(), boxes):
+        if x is None or x.dtype != dtype or tuple(x.shape) != shape or not x.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {dtype} tensor of shape {shape} (or all four boxes None), "
+                             f"got {None if x is None else (x.dtype, tuple(x.shape))}")
+    return boxes
+
+
 @page_statistics.register_fake
-def _(k_pages, seq_lens, k_min, k_max, k_mean, k_std):
+def _(k_pages, seq_lens, k_min, k_max, k_mean, k_std, box_min, box_max, box_scale, box_l1):
     return None
 
 
-register_batch_rule(page_statistics, (0, 1, 2, 3, 4, 5))  # vmap folds into the batch dimension
+register_batch_rule(page_statistics, (0, 1, 2, 3, 4, 5, 6, 7, 8, 9))  # vmap folds into the batch dimension

@@ -8,7 +8,7 @@ import torch
 import entmaxkv as ekv
 
 
-def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.float64, spread=1.0):
+def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.float64, spread=1.0, page_boxes=False):
     """A prefilled cache plus the plain per-sequence token lists it should hold.
     Returns (cache, keys, values) with keys[b]/values[b]: [Hkv, len_b, D]."""
     g = torch.Generator().manual_seed(seed)
@@ -21,7 +21,7 @@ def make_cache(seed, batch, hkv, d, page_size, lens, capacity=None, dtype=torch.
     pad = pos >= torch.tensor(lens)[:, None, None, None]
     k, v = k.masked_fill(pad, float("nan")), v.masked_fill(pad, float("nan"))
     cache = ekv.PagedKVCache.empty(batch=batch, num_kv_heads=hkv, head_dim=d, capacity=capacity,
-                                   page_size=page_size, dtype=dtype)
+                                   page_size=page_size, dtype=dtype, page_boxes=page_boxes)
     cache = ekv.prefill(cache, k.to(dtype), v.to(dtype), lens)
     keys = [k[b, :, : lens[b]].to(dtype).double() for b in range(batch)]
     values = [v[b, :, : lens[b]].to(dtype).double() for b in range(batch)]

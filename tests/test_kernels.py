@@ -55,7 +55,8 @@ def test_append_op_equals_the_reference(dtype):
     want, want_fits = append_token(cache.fork(), k_new, v_new)
     got = cache.fork()
     new_lens, fits = torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean,
-                                                     got.k_std, got.seq_lens, k_new, v_new, got.capacity, None, 0)
+                                                     got.k_std, got.seq_lens, k_new, v_new, got.capacity, None, 0,
+                                                     None, None, None, None)
     assert torch.equal(new_lens, want.seq_lens) and torch.equal(fits, want_fits), seed
     assert torch.equal(got.seq_lens, cache.seq_lens), "the lengths given are not changed"
     assert torch.equal(got.k_pages, want.k_pages) and torch.equal(got.v_pages, want.v_pages), seed
@@ -69,6 +70,25 @@ def test_append_op_equals_the_reference(dtype):
     assert want_fits.tolist() == [True, False, True, True]
 
 
+def test_decode_step_takes_strided_new_keys_and_values():
+    """k_new / v_new as views of a longer tensor (k[:, :, -1:]: not contiguous) are appended as
+    the reference appends them (the op read them as dense rows before session 33: wrong rows)."""
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 3, 2, 32, 16, [31, 16, 40], dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(3, 4, 1, 32, generator=g)
+    kv = torch.randn(2, 3, 2, 5, 32, generator=g)
+    k_new, v_new = kv[0, :, :, -1:], kv[1, :, :, 2:3]
+    assert not k_new.is_contiguous() and not v_new.is_contiguous()
+    (c1, o1), (c2, o2) = [ekv.decode_step(cache.fork(), q, k_new, v_new,
+                                          ekv.DecodeConfig(1.5, ekv.TopK(token_budget=16), backend=backend))
+                          for backend in ("torch", "triton")]
+    assert torch.equal(c1.k_pages[0, :, 1, 15], kv[0, 0, :, -1]), seed
+    for f in ("k_pages", "v_pages", "k_min", "k_max"):
+        assert torch.equal(getattr(c2, f), getattr(c1, f)), (f, seed)
+    torch.testing.assert_close(o2, o1, rtol=2e-5, atol=2e-5, msg=f"seed {seed}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_page_statistics_op_equals_prefill(dtype):
     seed = fresh_seed()
@@ -77,7 +97,7 @@ def test_page_statistics_op_equals_prefill(dtype):
     got = cache.fork()
     for f in ("k_min", "k_max", "k_mean", "k_std"):
         getattr(got, f).fill_(float("nan"))
-    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std)
+    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std, None, None, None, None)
     full = cache.full_page_mask()[:, None, :, None].expand_as(cache.k_min)
     for f in ("k_min", "k_max"):
         assert torch.equal(getattr(got, f)[full], getattr(cache, f)[full]), (f, seed)
@@ -762,9 +782,9 @@ def test_opcheck_every_op():
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         torch.library.opcheck(torch.ops.entmaxkv.append_token.default,
                               (c.k_pages, c.v_pages, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens - 1, k, v,
-                               c.capacity, None, 0))
+                               c.capacity, None, 0, None, None, None, None))
         torch.library.opcheck(torch.ops.entmaxkv.page_statistics.default,
-                              (c.k_pages, c.seq_lens, c.k_min, c.k_max, c.k_mean, c.k_std))
+                              (c.k_pages, c.seq_lens, c.k_min, c.k_max, c.k_mean, c.k_std, None, None, None, None))
         torch.library.opcheck(torch.ops.entmaxkv.page_scores.default,
                               (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, 16, 0.25, True))
         torch.library.opcheck(torch.ops.entmaxkv.select_pages.default,

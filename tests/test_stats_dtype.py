@@ -40,7 +40,7 @@ def test_statistics_are_stored_in_the_cache_dtype(dtype):
     kernel_cache = cache.fork()
     torch.ops.entmaxkv.append_token(kernel_cache.k_pages, kernel_cache.v_pages, kernel_cache.k_min,
                                     kernel_cache.k_max, kernel_cache.k_mean, kernel_cache.k_std,
-                                    kernel_cache.seq_lens, kn, vn, kernel_cache.capacity, None, 0)
+                                    kernel_cache.seq_lens, kn, vn, kernel_cache.capacity, None, 0, None, None, None, None)
     caches = [cache, append_token(cache.fork(), kn, vn)[0], kernel_cache, cache.with_capacity(cache.capacity + S), cache.fork(),
               cache.to(torch.float64).to(dtype)]
     for c in caches:
@@ -63,7 +63,7 @@ def test_ops_store_the_bits_torch_stores(dtype, device):
     want, _ = append_token(cache.fork(), kn, vn)
     got = cache.fork()
     torch.ops.entmaxkv.append_token(got.k_pages, got.v_pages, got.k_min, got.k_max, got.k_mean, got.k_std,
-                                    got.seq_lens, kn, vn, got.capacity, None, 0)
+                                    got.seq_lens, kn, vn, got.capacity, None, 0, None, None, None, None)
     full = want.full_page_mask()[:, None, :, None].expand_as(want.k_mean)
     for f in ("k_min", "k_max", "k_mean", "k_std"):
         assert torch.equal(getattr(got, f)[full], getattr(want, f)[full]), (f, seed)
@@ -71,7 +71,7 @@ def test_ops_store_the_bits_torch_stores(dtype, device):
     for f in ("k_min", "k_max", "k_mean", "k_std"):
         getattr(again, f).fill_(float("nan"))
     torch.ops.entmaxkv.page_statistics(again.k_pages, want.seq_lens, again.k_min, again.k_max, again.k_mean,
-                                       again.k_std)
+                                       again.k_std, None, None, None, None)
     for f in ("k_min", "k_max", "k_mean", "k_std"):
         assert torch.equal(getattr(again, f)[full], getattr(want, f)[full]), (f, seed)
 
@@ -102,7 +102,7 @@ def test_means_round_to_nearest_even_on_both_paths(dtype):
     assert torch.equal(cache.k_mean[0, 0, 0], want), cache.k_mean[0, 0, 0]
     got = cache.fork()
     got.k_mean.fill_(float("nan"))
-    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std)
+    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std, None, None, None, None)
     assert torch.equal(got.k_mean[0, 0, 0], want), got.k_mean[0, 0, 0]
     # the append op, completing the page with its last token
     part = ekv.prefill(ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=4, capacity=2 * S, page_size=S,
@@ -110,7 +110,7 @@ def test_means_round_to_nearest_even_on_both_paths(dtype):
                        [S - 1])
     torch.ops.entmaxkv.append_token(part.k_pages, part.v_pages, part.k_min, part.k_max, part.k_mean, part.k_std,
                                     part.seq_lens, k[:, :, S - 1:], torch.zeros_like(k[:, :, S - 1:]), part.capacity,
-                                    None, 0)
+                                    None, 0, None, None, None, None)
     assert torch.equal(part.k_mean[0, 0, 0], want), part.k_mean[0, 0, 0]
 
 
