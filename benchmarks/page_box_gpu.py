@@ -12,11 +12,11 @@ Per context and batch (Hq/Hkv = 32/8, D = 128, fp16, ``SyntheticStream`` data, o
   the bytes it reads (4·D against 2·D + 8 a page and KV head);
 - (GPU) the TopK step (``GraphedDecodeStep``, median of replays, as ``step_variants_gpu.py``)
   for each ``--selectors`` entry, as it runs and with its ``page_bounds`` call replaced by
-  ``page_box_upper`` on the prefilled pages' boxes plus ``newest_page_bounds`` (two launches,
-  both under programmatic dependent launch as ``page_bounds`` is, as a step on a cache that
-  stored boxes would make them). The cache does not store boxes yet,
-  so pages that fill during the replays keep their prefill-time boxes (timing only); the step
-  then ranks pages by the box's bounds, so its output is not compared;
+  ``box_bounds`` on the prefilled pages' boxes (one launch, under programmatic dependent launch
+  as ``page_bounds`` is). The timed cache stores no boxes (a boxed cache's step is timed by
+  ``decode.py --page-boxes``), so pages that fill during the replays keep their prefill-time
+  boxes (timing only); the step then ranks pages by the box's bounds, so its output is not
+  compared;
 - the choice: TopK's rank keys (``topk.rank_key``) from the exact range's float64 Quest bound
   and from the box's bound, and the share of the pages each coverage picks from the exact
   keys that the box's keys also pick, and the dense α = 1.5 entmax weight on each choice's pages
@@ -83,7 +83,7 @@ def page_mass(cache, qg) -> torch.Tensor:
 
 class BoxedStep:
     """While active, the step's ``page_bounds`` calls on statistics of ``shape`` without σ or the
-    mean (TopK's) run as ``page_box_upper`` on ``box`` plus ``newest_page_bounds``."""
+    mean (TopK's) run as ``box_bounds`` on ``box`` (one launch)."""
 
     def __init__(self, shape, box):
         self.shape, self.box = tuple(shape), box
@@ -92,9 +92,9 @@ class BoxedStep:
     def __call__(self, q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages, s, scale, with_sigma, with_mean):
         if tuple(k_min.shape) != self.shape or with_sigma or with_mean or slopes is not None:
             return self.real(q, k_min, k_max, k_mean, k_std, seq_lens, slopes, k_pages, s, scale, with_sigma, with_mean)
-        upper = torch.ops.entmaxkv.page_box_upper(q, *self.box, seq_lens, s, scale)
+        upper, *newest = torch.ops.entmaxkv.box_bounds(q, *self.box, seq_lens, k_pages, scale)
         empty = upper.new_empty(0)
-        return (upper, empty, empty, empty, *torch.ops.entmaxkv.newest_page_bounds(q, k_pages, seq_lens, None, scale))
+        return (upper, empty, empty, empty, *newest)
 
     def __enter__(self):
         setattr(torch.ops.entmaxkv, "page_bounds", self)

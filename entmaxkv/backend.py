@@ -89,7 +89,7 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
 
     With ``box_bound`` (``TopK``), on a cache with page boxes and without ALiBi, ``Step.upper``
     is the 8-bit box's bound (``page_box``), on both backends; on the kernels a step without
-    σ and means is then ``page_box_upper`` plus ``newest_page_bounds``, and reads no min/max."""
+    σ and means is then one ``box_bounds`` launch, which reads no min/max."""
     if kernels and alibi_slopes is not None:
         # the ops index the slopes as a dense [Hq] vector (a strided view gave wrong outputs:
         # found by a review in session 20); a no-op, no copy, for a contiguous one
@@ -101,17 +101,18 @@ def build_step(cache: PagedKVCache, q: Tensor, alpha: float, scale: float, alibi
     boxed = box_bound and cache.page_boxes and alibi_slopes is None
     if kernels:
         q_rows = q[:, :, 0].contiguous()
-        if boxed and not needs_sigma and not needs_means:  # the box alone: no min/max read
-            bounds = (None,) * 4 + torch.ops.entmaxkv.newest_page_bounds(q_rows, cache.k_pages, cache.seq_lens, None,
-                                                                          scale)
+        if boxed and not needs_sigma and not needs_means:  # one launch, the box alone: no min/max read
+            page_upper, *newest = torch.ops.entmaxkv.box_bounds(q_rows, *boxes_of(cache), cache.seq_lens,
+                                                                 cache.k_pages, scale)
+            bounds = (page_upper.to(newest[0].dtype), None, None, None, *newest)
         else:
             bounds = torch.ops.entmaxkv.page_bounds(
                 q_rows, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens,
                 alibi_slopes, cache.k_pages, cache.page_size, scale, needs_sigma, needs_means)
+            if boxed:  # the step's bound is the box's; page_bounds gives the means σ and absmax
+                bounds = (torch.ops.entmaxkv.page_box_upper(q_rows, *boxes_of(cache), cache.seq_lens, cache.page_size,
+                                                            scale).to(bounds[0].dtype), *bounds[1:])
         upper, absmax, means, sigma, newest_max, newest_mag, newest_scores, newest_floor = bounds
-        if boxed:
-            upper = torch.ops.entmaxkv.page_box_upper(q_rows, *boxes_of(cache), cache.seq_lens, cache.page_size,
-                                                      scale).to(newest_max.dtype)
         if not needs_means:
             means = absmax = None
         ops = KernelOps(cache, q, alpha, scale, alibi_slopes, upper, means, absmax, newest_max, newest_mag,

@@ -6,9 +6,8 @@ Importing this package registers ``torch.ops.entmaxkv.*``:
     page_statistics   statistics of every full page of a prompt (prefill), one launch
     page_scores       per-page safe score bound, |score| scale, mean-key score, Gaussian σ
     page_bounds       the same, plus the newest page's best score and |score| scale (one launch)
-    newest_page_bounds  page_bounds' newest-page outputs alone, one program a row
-    page_box_upper    TopK's page bound from 8-bit page boxes on int8 tensor cores (not used by a
-                      step yet: the cache does not store boxes; to be timed, perf-log row 133)
+    page_box_upper    TopK's page bound from 8-bit page boxes on int8 tensor cores
+    box_bounds        the same plus page_bounds' newest-page outputs, one launch (TopK on a boxed cache)
     quest_select      a TopK step's whole selection: rank key, forced pages, count, list, floor
     select_pages      top-k / threshold page selection into a fixed-capacity page list
     sparse_decode     entmax attention over a page list (K read once, V only on the support)
@@ -26,6 +25,6 @@ is the one place that decides whether a step runs these ops or the reference.
 """
 
 from entmaxkv.kernels import (  # noqa: F401
-    append, code_scan, exact_pages, gaussian_select, gaussian_tau, listed_tau, newest_page, page_box_upper, page_scores,
+    append, box_bounds, code_scan, exact_pages, gaussian_select, gaussian_tau, listed_tau, page_box_upper, page_scores,
     page_stats, quest_select, safe_tau, select_pages, sparse_decode, triton_entmax,
 )

@@ -12,8 +12,8 @@ query's rounding is covered by l1/2 (the Lipschitz term), so the bound stays saf
 
 Grid (B·Hkv, ceil(P / (BLOCK_P·ITERS))); programs past the last full page exit. Entries of
 pages that are not full are not written. A TopK step on a cache with page boxes
-(``PagedKVCache.empty(..., page_boxes=True)``) runs it in ``page_bounds``' place, beside
-``newest_page_bounds`` (perf-log rows 133–134).
+(``PagedKVCache.empty(..., page_boxes=True)``) runs its device code (``box_block``) in
+``box_bounds``, in ``page_bounds``' place (perf-log rows 133–134).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from entmaxkv.kernels.common import next_pow2, register_batch_rule
 from entmaxkv.kernels.page_scores import DOT_BLOCK_P, DOT_STAGES, DOT_WARPS, dot_iters, rounding_gamma
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
-__all__ = ["page_box_upper"]
+__all__ = ["page_box_upper", "box_block", "box_slack", "check_box_args"]
 
 MIN_STEP = tl.constexpr(2.0 ** -126)  # the smallest query step, a normal float32 (``page_box.query_codes``)
 
@@ -39,8 +39,17 @@ def _page_box_upper_kernel(q, code_min, code_max, box_scale, box_l1, seq_lens, u
                            PDL: tl.constexpr = False):
     pdl_enter(PDL)
     bh = tl.program_id(0)
-    block = tl.program_id(1)
     full = tl.load(seq_lens + bh // H).to(tl.int32) // S
+    box_block(q, code_min, code_max, box_scale, box_l1, upper, attn_scale, slack, bh, tl.program_id(1), full, P, D,
+              G, GD, BLOCK_P, BLOCK_D, ITERS, STAGES)
+
+
+@triton.jit
+def box_block(q, code_min, code_max, box_scale, box_l1, upper, attn_scale, slack, bh, block, full, P, D,
+              G: tl.constexpr, GD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, ITERS: tl.constexpr,
+              STAGES: tl.constexpr):
+    """The bounds of row ``bh``'s pages [block·BLOCK_P·ITERS, ...) below ``full`` (one program's
+    share; also ``box_bounds``' page programs)."""
     if block * BLOCK_P * ITERS < full:
         d = tl.arange(0, BLOCK_D)
         dmask = d < D
@@ -87,7 +96,7 @@ def _pow2(e):
     return ((tl.minimum(tl.maximum(e, -126), 127) + 127) << 23).to(tl.float32, bitcast=True)
 
 
-def _check(q, code_min, code_max, box_scale, box_l1, seq_lens) -> None:
+def check_box_args(q, code_min, code_max, box_scale, box_l1, seq_lens) -> None:
     if q.dim() != 3 or code_min.dim() != 4:
         raise ValueError(f"q must be [B, Hq, D] and code_min [B, Hkv, P, D], got {tuple(q.shape)} and "
                          f"{tuple(code_min.shape)}")
@@ -128,7 +137,7 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     quantized: that moves q_d by up to 2^-24·|q_d| <= 2^-24·127·t, at most (127/128)·2^-24·mag
     over the page, inside the 2·eps·mag of the slack that the float32 roundings leave.
     """
-    _check(q, code_min, code_max, box_scale, box_l1, seq_lens)
+    check_box_args(q, code_min, code_max, box_scale, box_l1, seq_lens)
     b, hkv, p, d = code_min.shape
     g = q.shape[1] // hkv
     upper = torch.empty((b, hkv, g, p), dtype=torch.float32, device=q.device)
@@ -136,11 +145,17 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     grid = (b * hkv, triton.cdiv(p, DOT_BLOCK_P * iters))
     wrap_triton(_page_box_upper_kernel)[grid](
         q, code_min, code_max, box_scale, box_l1, seq_lens, upper, scale,
-        rounding_gamma(torch.float64 if q.dtype == torch.float64 else torch.float32, d) + 4 * 2.0 ** -23, hkv, p, d,
+        box_slack(q.dtype, d), hkv, p, d,
         S=page_size, G=g, GD=max(16, next_pow2(g)), BLOCK_P=DOT_BLOCK_P, BLOCK_D=next_pow2(d), ITERS=iters,
         STAGES=DOT_STAGES, num_warps=DOT_WARPS, **pdl_kwargs(q, "page_scores"),  # in page_bounds' place
     )
     return upper
+
+
+def box_slack(q_dtype: torch.dtype, head_dim: int) -> float:
+    """γ + 4·eps: γ of the work dtype (float64 for float64 q, float32 otherwise), 4·eps the
+    kernel's float32 roundings (``page_box``)."""
+    return rounding_gamma(torch.float64 if q_dtype == torch.float64 else torch.float32, head_dim) + 4 * 2.0 ** -23
 
 
 @page_box_upper.register_fake

@@ -166,8 +166,8 @@ def record_tau_without_support_first() -> None:
 
 
 def record_page_box_upper() -> None:
-    """page_box_upper (8-bit page boxes on int8 tensor cores) and newest_page_bounds, fp16 and bf16."""
-    from entmaxkv.kernels.newest_page import newest_page_bounds
+    """page_box_upper (8-bit page boxes on int8 tensor cores) and box_bounds, fp16 and bf16."""
+    from entmaxkv.kernels.box_bounds import box_bounds
     from entmaxkv.kernels.page_box_upper import page_box_upper
     from entmaxkv.page_box import box_codes
 
@@ -175,7 +175,7 @@ def record_page_box_upper() -> None:
         cache, _, _ = make_cache(0, 1, 1, 32, 16, [40], dtype=dtype)
         q = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)).to(dtype)
         page_box_upper(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, 16, 0.3)
-        newest_page_bounds(q, cache.k_pages, cache.seq_lens, None, 0.3)
+        box_bounds(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, cache.k_pages, 0.3)
 
 
 def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
@@ -200,7 +200,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
             forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
             if spec.get("DOT") == ["bool", True]:
                 forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
-            if self.fn.__name__ == "_page_box_upper_kernel":  # the GPU's pipelined loop at long rows
+            if self.fn.__name__ in ("_page_box_upper_kernel", "_box_bounds_kernel"):  # the GPU's loop at long rows
                 forms += [dict(spec, ITERS=["int", page_scores.DOT_ITERS])]
             for form in forms:
                 key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
@@ -241,7 +241,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                and s[2]["WITH_SIGMA"] == ["bool", True] for s in chosen), "σ on the tensor-core form"
     assert any(s[1] == "_page_box_upper_kernel" and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
         "page upper bounds from 8-bit boxes"
-    assert any(s[1] == "_newest_page_kernel" for s in chosen), "the newest page's bounds alone"
+    assert any(s[1] == "_box_bounds_kernel" and ["tensor", "bfloat16"] in s[2].values() for s in chosen), \
+        "box bounds and the newest page, one launch"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", False]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's V pass over every survivor"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]

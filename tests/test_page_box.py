@@ -246,34 +246,36 @@ def test_page_box_upper_opcheck_and_vmap():
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype, alibi", [(torch.float16, False), (torch.bfloat16, True), (torch.float64, True)])
-def test_newest_page_bounds_equal_page_bounds_newest_outputs(dtype, alibi, device, poison):
-    """The newest page's best score, |score| scale, slot scores and floor, bit for bit those of
-    ``page_bounds`` (one program a row of the same code); lengths on and past a page edge."""
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_box_bounds_equal_page_box_upper_and_page_bounds_newest_outputs(dtype, device, poison):
+    """One launch: the box bounds of ``page_box_upper`` and the newest page's best score,
+    |score| scale, slot scores and floor of ``page_bounds``, bit for bit (the same code);
+    lengths on and past a page edge."""
     pytest.importorskip("triton")
-    from entmaxkv.kernels.newest_page import newest_page_bounds
+    from entmaxkv.kernels.box_bounds import box_bounds
+    from entmaxkv.kernels.page_box_upper import page_box_upper
     from entmaxkv.kernels.page_scores import page_bounds
 
     seed = fresh_seed()
-    cache, q, _ = _inputs(seed, dtype, 32, 3, [S * 5, S * 2 + 7])
-    slopes = (torch.rand(6, generator=torch.Generator().manual_seed(seed)) * 0.2).to(
-        torch.float64 if dtype == torch.float64 else torch.float32).to(device) if alibi else None
+    cache, q, box = _inputs(seed, dtype, 32, 3, [S * 5, S * 2 + 7])
     ran = cache.to(device=device)
-    qd = q.to(device)
-    want = page_bounds(qd, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, slopes, ran.k_pages, S, SCALE,
+    qd, box = q.to(device), tuple(x.to(device) for x in box)
+    want = page_bounds(qd, ran.k_min, ran.k_max, ran.k_mean, ran.k_std, ran.seq_lens, None, ran.k_pages, S, SCALE,
                        False, False)[4:]
-    got = newest_page_bounds(qd, ran.k_pages, ran.seq_lens, slopes, SCALE)
-    for x, y in zip(got, want):
+    got = box_bounds(qd, *box, ran.seq_lens, ran.k_pages, SCALE)
+    full = cache.full_page_mask()[:, None, None, :].expand_as(got[0]).to(device)
+    assert torch.equal(got[0][full], page_box_upper(qd, *box, ran.seq_lens, S, SCALE)[full]), f"seed {seed}"
+    for x, y in zip(got[1:], want):
         assert x.shape == y.shape and torch.equal(x, y), f"seed {seed}"
+    whole, _, whole_box = _inputs(seed, dtype, 32, 3, [S * 3, S * 3], capacity=S * 3)  # every entry written
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
-        torch.library.opcheck(torch.ops.entmaxkv.newest_page_bounds.default,
-                              (qd, ran.k_pages, ran.seq_lens, slopes, SCALE))
+        torch.library.opcheck(torch.ops.entmaxkv.box_bounds.default,
+                              (q, *whole_box, whole.seq_lens, whole.k_pages, SCALE))
     with pytest.raises(ValueError, match="q must be"):
-        newest_page_bounds(qd[:, :5], ran.k_pages, ran.seq_lens, slopes, SCALE)
+        box_bounds(qd[:, :5], *box, ran.seq_lens, ran.k_pages, SCALE)
     with pytest.raises(ValueError, match="seq_lens"):
-        newest_page_bounds(qd, ran.k_pages, ran.seq_lens[:1], slopes, SCALE)
-    with pytest.raises(ValueError, match="alibi_slopes"):
-        newest_page_bounds(qd, ran.k_pages, ran.seq_lens, torch.zeros(5, device=device), SCALE)
-    with pytest.raises(ValueError, match="one dtype"):
-        newest_page_bounds(qd.double() if dtype != torch.float64 else qd.float(), ran.k_pages, ran.seq_lens, slopes,
-                           SCALE)
+        box_bounds(qd, *box, ran.seq_lens[:1], ran.k_pages, SCALE)
+    with pytest.raises(ValueError, match="k_pages must be"):
+        box_bounds(qd, *box, ran.seq_lens, ran.k_pages[:, :1].contiguous(), SCALE)
+    with pytest.raises(ValueError, match="q's dtype"):
+        box_bounds(qd.double() if dtype != torch.float64 else qd.float(), *box, ran.seq_lens, ran.k_pages, SCALE)
