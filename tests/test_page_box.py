@@ -270,7 +270,7 @@ def test_box_bounds_equal_page_box_upper_and_page_bounds_newest_outputs(dtype, d
     whole, _, whole_box = _inputs(seed, dtype, 32, 3, [S * 3, S * 3], capacity=S * 3)  # every entry written
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         torch.library.opcheck(torch.ops.entmaxkv.box_bounds.default,
-                              (q, *whole_box, whole.seq_lens, whole.k_pages, SCALE))
+                              tuple(x.to(device) for x in (q, *whole_box, whole.seq_lens, whole.k_pages)) + (SCALE,))
     with pytest.raises(ValueError, match="q must be"):
         box_bounds(qd[:, :5], *box, ran.seq_lens, ran.k_pages, SCALE)
     with pytest.raises(ValueError, match="seq_lens"):

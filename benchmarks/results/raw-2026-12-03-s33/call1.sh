@@ -1,0 +1,2 @@
+source .scratch/setup.sh
+bash benchmarks/gpu_session.sh box 2>&1 | tail -60
