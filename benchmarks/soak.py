@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from decode import run_meta  # noqa: E402  (the benchmarks' shared run metadata)
 
 SELECTORS = {"TopK 12.5%": ekv.TopK(coverage=0.125), "Dense": ekv.Dense(), "Gaussian": ekv.Gaussian(),
-             "Exact": ekv.Exact()}
+             "Exact": ekv.Exact(), "TopK 6.25% box": ekv.TopK(coverage=0.0625)}  # "... box": a cache with page boxes
 
 
 def soak(name: str, selector, args) -> dict:
@@ -45,7 +45,8 @@ def soak(name: str, selector, args) -> dict:
     k, v = stream.prompt(n)
     total = args.steps + args.eager_steps + 8
     cache = ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=n + total,
-                                               dtype=torch.float16, device="cuda"), k, v, [n])
+                                               dtype=torch.float16, device="cuda", page_boxes=name.endswith(" box")),
+                        k, v, [n])
     del k, v
     # the inputs of every replayed step, made up front (no generator work inside the soak)
     steps = [stream.step() for _ in range(min(args.steps, args.distinct_inputs))]
