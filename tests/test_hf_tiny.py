@@ -135,6 +135,31 @@ def test_functional_step_matches_hf(model, selector):
     assert torch.equal(tokens, out[:, ids.shape[1]:])
 
 
+def test_cache_options_reach_every_layer():
+    """``page_boxes`` / ``key_bits`` through ``hf.generate`` and ``hf.prefill``: every layer's
+    cache keeps boxes (each full page's, ``encode_boxes``' bits) and codes, and the functional
+    loop from the boxed prefill reproduces the boxed ``generate`` token for token."""
+    from entmaxkv.page_box import encode_boxes
+    from entmaxkv.state import BOX_FIELDS
+
+    model = tiny_llama(head_dim=32)
+    ids = prompt(11, 100)  # 6 full pages: the sink page and one more ranked page a step
+    config = ekv.DecodeConfig(alpha=1.5, selector=ekv.TopK(token_budget=32))
+    out, cache = hf.generate(model, ids, config, max_new_tokens=12, do_sample=False, page_boxes=True, key_bits=4)
+    for state in cache.states():
+        assert state.page_boxes and state.key_bits == 4
+        full = state.full_page_mask()[:, None, :].expand(state.batch, state.num_kv_heads, -1)
+        for f, want in zip(BOX_FIELDS, encode_boxes(state.k_min, state.k_max)):
+            assert torch.equal(getattr(state, f)[full], want[full]), f
+    logits, cache = hf.prefill(model, ids, config, capacity=ids.shape[1] + 12, page_boxes=True)
+    params, spec = params_from_hf(model)
+    step = llama_step(spec, ekv.DecodeConfig(alpha=1.5, selector=config.selector, scale=spec.head_dim ** -0.5))
+    states = cache.states()
+    assert all(s.page_boxes for s in states)
+    tokens, _ = generate(step, params, states, logits[:, -1].argmax(-1), states[0].seq_lens.clone(), 12)
+    assert torch.equal(tokens, out[:, ids.shape[1]:])
+
+
 def test_functional_step_compiles_fullgraph(model):
     """The token step (model + sampling) compiles with fullgraph=True: no host sync, no graph
     break (aot_eager keeps CI fast; the inductor/CUDA-graph path is benchmarks/e2e_speed.py)."""

@@ -54,13 +54,15 @@ def cache_kwarg(model) -> str:
 
 def generate(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConfig], *, max_new_tokens: int,
              attention_mask: Tensor | None = None, page_size: int = 16, record_info: bool = False,
-             dense_layers: int = 0, **generate_kwargs) -> tuple[object, EntmaxKVCache]:
+             dense_layers: int = 0, key_bits: int | None = None, page_boxes: bool = False,
+             **generate_kwargs) -> tuple[object, EntmaxKVCache]:
     """``model.generate`` decoding through EntmaxKV with ``config``.
 
     Args:
         input_ids: [B, T] prompt ids, left-padded when ragged (then pass ``attention_mask``).
         config: α, selector (and scale; ``None`` takes the model's), or one config per layer.
         dense_layers: layers below this index decode with ``Dense()`` (see ``hf.layers``).
+        key_bits, page_boxes: the cache options (``PagedKVCache.empty``; ``EntmaxKVCache``).
         record_info: keep each decode step's ``DecodeInfo`` per layer (``cache.layers[i].infos``).
         generate_kwargs: passed to ``model.generate`` (``do_sample``, ``streamer``, ...).
     Returns ``(output, cache)``: ``output`` is what ``model.generate`` returns (the sequences
@@ -74,7 +76,8 @@ def generate(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeCon
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
     cache = EntmaxKVCache(model.config, input_ids.shape[1] + max_new_tokens, config, page_size=page_size,
-                          record_info=record_info, dense_layers=dense_layers)
+                          record_info=record_info, dense_layers=dense_layers, key_bits=key_bits,
+                          page_boxes=page_boxes)
     with attention(model):
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                              **{cache_kwarg(model): cache}, **generate_kwargs)
@@ -83,16 +86,18 @@ def generate(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeCon
 
 def prefill(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConfig], *, capacity: int,
             attention_mask: Tensor | None = None, page_size: int = 16,
-            dense_layers: int = 0) -> tuple[Tensor, EntmaxKVCache]:
+            dense_layers: int = 0, key_bits: int | None = None,
+            page_boxes: bool = False) -> tuple[Tensor, EntmaxKVCache]:
     """One forward over the prompt into a fresh ``EntmaxKVCache`` of ``capacity`` tokens.
 
-    ``config`` and ``dense_layers`` as in ``generate``; they decide how later steps through the
+    ``config``, ``dense_layers``, ``key_bits`` and ``page_boxes`` as in ``generate``; they decide how later steps through the
     returned cache decode (the prompt itself always attends densely). Note that
     ``entmaxkv.compiled.llama.llama_step`` takes one config for every layer.
     Returns ``(logits [B, T, vocab], cache)``; ``cache.states()`` hands the per-layer
     ``PagedKVCache``s to the functional step (``entmaxkv.compiled.llama``).
     """
-    cache = EntmaxKVCache(model.config, capacity, config, page_size=page_size, dense_layers=dense_layers)
+    cache = EntmaxKVCache(model.config, capacity, config, page_size=page_size, dense_layers=dense_layers,
+                          key_bits=key_bits, page_boxes=page_boxes)
     with attention(model):
         out = model(input_ids, attention_mask=attention_mask, use_cache=True, **{cache_kwarg(model): cache})
     return out.logits, cache

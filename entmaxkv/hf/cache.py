@@ -50,9 +50,10 @@ class EntmaxKVLayer(_cache_utils.CacheLayerMixin):
     is_compileable = False
 
     def __init__(self, layer_idx: int, capacity: int, page_size: int, config: DecodeConfig,
-                 record_info: bool):
+                 record_info: bool, key_bits: int | None = None, page_boxes: bool = False):
         super().__init__()
         self.layer_idx, self.capacity, self.page_size = layer_idx, capacity, page_size
+        self.key_bits, self.page_boxes = key_bits, page_boxes
         self.config, self.record_info = config, record_info
         self.length = 0
         self.state: PagedKVCache | None = None
@@ -62,7 +63,8 @@ class EntmaxKVLayer(_cache_utils.CacheLayerMixin):
         b, h, _, d = key_states.shape
         self.state = PagedKVCache.empty(batch=b, num_kv_heads=h, head_dim=d, capacity=self.capacity,
                                         page_size=self.page_size, dtype=key_states.dtype,
-                                        device=key_states.device)
+                                        device=key_states.device, key_bits=self.key_bits,
+                                        page_boxes=self.page_boxes)
         self.is_initialized = True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -123,13 +125,16 @@ class EntmaxKVCache(_cache_utils.Cache):
             certificate pass; for diagnostics and the demo).
         dense_layers: layers below this index decode with ``Dense()`` (``hf.layers``: Quest
             keeps the first two layers dense); 0 keeps ``config``'s selector everywhere.
+        key_bits, page_boxes: every layer's ``PagedKVCache`` options (``PagedKVCache.empty``):
+            key codes for ``Exact``, 8-bit page boxes for ``TopK``.
     """
 
     def __init__(self, model_config, capacity: int, config: DecodeConfig | Sequence[DecodeConfig], *,
-                 page_size: int = 16, record_info: bool = False, dense_layers: int = 0):
+                 page_size: int = 16, record_info: bool = False, dense_layers: int = 0,
+                 key_bits: int | None = None, page_boxes: bool = False):
         n = model_config.get_text_config(decoder=True).num_hidden_layers
         configs = layer_configs(config, n, dense_layers)
-        super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info)
+        super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info, key_bits, page_boxes)
                                  for i, c in enumerate(configs)])
 
     def states(self) -> list[PagedKVCache]:
