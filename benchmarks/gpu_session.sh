@@ -14,8 +14,8 @@
 #   quick / changed / codes / e2e           # short forms for a last call: 3-context TopK/Dense table,
 #                                           # the changed ops' gpu tests, the key-code step, issue 10's e2e
 #   profile                                 # per-kernel time of TopK (8K, 128K) and Exact with codes (128K)
-#   box                                     # page_box_upper's gpu tests and its time against the fp16 page
-#                                           # bounds (perf-log row 133), the τ kernel's flat-scores gpu tests
+#   box                                     # the page boxes' gpu tests, page_box_upper against the fp16 page
+#                                           # bounds, the boxed TopK step against the min/max one (rows 133–134)
 #   gaussian                                # the Gaussian ops' gpu tests, SIGMA_DOT and the τ kernel's shape
 #                                           # for many rows A/B at B = 16 on needles, the needles table
 #   variants                                # the TopK step with sparse_decode's constants flipped
@@ -136,12 +136,15 @@ gaussian)  # session 17's open questions: the Gaussian ops' gpu tests (the floor
 soak)  # issue 13's soak: 10,000 graph replays at 64K a selector, no host sync, no new specialisation
     timeout 300 python3 benchmarks/soak.py --out "$out/soak" 2>&1 | tail -8 | tee "$out/soak.txt"
     ;;
-box)  # perf-log row 133: page_box_upper's gpu tests, then the kernel alone against the fp16 page bounds
-    # (B = 1 and 16, 64K and 128K) and TopK's choice on the boxes; the flat-scores tests of the τ kernel's move
+box)  # perf-log rows 133–134: the page boxes' gpu tests, the kernel alone against the fp16 page bounds,
+    # then the TopK step on a boxed cache against the min/max step in one run (decode.py --page-boxes)
     timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rf $(python3 -c "import xdist" 2>/dev/null && echo "-n 8") \
-        tests/test_page_box.py tests/test_kernels.py -k "page_box or flat_scores" 2>&1 | tail -5 | tee "$out/box-tests.txt"
-    timeout 300 bash -c "cd benchmarks && python3 page_box_gpu.py --contexts 65536,131072 --batches 16,1" 2>&1 \
-        | tee "$out/page-box.txt" | grep -E "^##|µs|kept"
+        tests/test_page_box.py tests/test_page_box_cache.py 2>&1 | tail -5 | tee "$out/box-tests.txt"
+    timeout 150 bash -c "cd benchmarks && python3 page_box_gpu.py --no-step --contexts 65536,131072 --batches 16,1" \
+        2>&1 | tee "$out/page-box.txt" | grep -E "^##|µs|kept"
+    timeout 250 python3 benchmarks/decode.py --page-boxes --dtypes fp16 --alphas 1.5 --coverages 6.25,12.5 \
+        --selectors TopK --reps 20 --rounds 3 --contexts 32768,65536,131072 --batches 1,16 --heads 32/8 \
+        --out "$out/decode-box" 2>&1 | grep "^| "
     ;;
 e2e)  # issue 10's end-to-end table (8B shape, random weights, eager kernels in one graph a token)
     timeout 200 python3 benchmarks/e2e_speed.py --contexts 8192 32768 131072 --variants none sdpa topk topk1 dense \
