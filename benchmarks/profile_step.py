@@ -7,7 +7,8 @@ next to the graph-replayed step and SDPA on the same shapes.
 ``ExactCodes4`` / ``ExactCodes8`` are ``Exact()`` on a cache with 4- / 8-bit key codes (the
 code-scan ops); ``--data needles`` gives them keys where few tokens are candidates
 (``entmaxkv.synthetic.needle_inputs``; on the default ``SyntheticStream`` data candidates may overflow
-at long contexts, and those rows then attend every page).
+at long contexts, and those rows then attend every page). ``TopK12.5box`` / ``TopK6.25box`` run
+on a cache with 8-bit page boxes (``page_boxes=True``).
 
 Prints, per case, the kernels sorted by total time (µs per step) and launches per step.
 Measures only; asserts nothing.
@@ -35,8 +36,15 @@ SELECTORS = {
     "Exact": lambda: ekv.Exact(),
     "ExactCodes4": lambda: ekv.Exact(),
     "ExactCodes8": lambda: ekv.Exact(),
+    "TopK12.5box": lambda: ekv.TopK(coverage=0.125),
+    "TopK6.25box": lambda: ekv.TopK(coverage=0.0625),
 }
 KEY_BITS = {"ExactCodes4": 4, "ExactCodes8": 8}  # cases run on a cache with key codes
+
+
+def cache_options(name: str) -> tuple:
+    """(key_bits, page_boxes) of a case's cache: ``...box`` cases run on a cache with page boxes."""
+    return KEY_BITS.get(name), name.endswith("box")
 
 
 def kernel_table(cache, q, k, v, config, steps: int = 5) -> tuple[list[tuple[str, float, int]], int]:
@@ -95,15 +103,15 @@ def main() -> None:
             torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
         sdpa = time_replays(graph.replay, 50, 5)
         caches = {}
-        for bits in {KEY_BITS.get(case.split(":")[1]) for case in args.cases.split(",")}:
-            caches[bits] = ekv.prefill(ekv.PagedKVCache.empty(batch=args.batch, num_kv_heads=hkv, head_dim=128,
-                                                              capacity=n + 2048, dtype=torch.float16, device="cuda",
-                                                              key_bits=bits), k, v, [n] * args.batch)
+        for bits, boxes in {cache_options(case.split(":")[1]) for case in args.cases.split(",")}:
+            caches[bits, boxes] = ekv.prefill(ekv.PagedKVCache.empty(
+                batch=args.batch, num_kv_heads=hkv, head_dim=128, capacity=n + 2048, dtype=torch.float16,
+                device="cuda", key_bits=bits, page_boxes=boxes), k, v, [n] * args.batch)
         del k, v
         for case in args.cases.split(","):
             alpha, name = case.split(":")
             config = ekv.DecodeConfig(alpha=float(alpha), selector=SELECTORS[name]())
-            cache = caches[KEY_BITS.get(name)]
+            cache = caches[cache_options(name)]
             rows, launches = kernel_table(cache, q, k_new, v_new, config)
             step = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False), q, k_new, v_new)
             us = time_replays(step.graph.replay, 50, 5)
