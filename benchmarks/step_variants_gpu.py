@@ -11,7 +11,8 @@ of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each var
 ``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
 difference from the base variant (a constant that changes results shows there). ``--room``
 gives the cache more free slots past the context (the page count P sets some launch shapes:
-``quest_select``'s rank blocks, for one). Measures only; asserts nothing.
+``quest_select``'s rank blocks, for one); ``--page-boxes`` makes it a cache with page boxes.
+Measures only; asserts nothing.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--room", type=int, default=0,
                         help="free token slots past the context (at least the replays' 64 + 6·reps; "
                              "profile_step.py's caches have 2048): the page count P sets some launch shapes")
+    parser.add_argument("--page-boxes", action="store_true", help="a cache with 8-bit page boxes (TopK ranks by them)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
@@ -84,7 +86,7 @@ def main() -> None:
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
                                        capacity=n + max(args.room, 64 + 6 * args.reps),
-                                       dtype=dtype, device="cuda")
+                                       dtype=dtype, device="cuda", page_boxes=args.page_boxes)
         cache = ekv.prefill(empty, k, v, [n] * b)
         del k, v
         for alpha in (float(a) for a in args.alphas.split(",")):
