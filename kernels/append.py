@@ -154,4 +154,5 @@ def _(k_pages, v_pages, k_min, k_max, k_mean, k_std, seq_lens, k_new, v_new, cap
     return torch.empty_like(seq_lens), seq_lens.new_empty(seq_lens.shape, dtype=torch.bool)
 
 
-register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 13, 14, 15))  # vmap folds into the batch dimension
+# vmap folds into the batch dimension (the cache's tensors, the new K/V, the codes, the boxes)
+register_batch_rule(append_token, (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 13, 14, 15))

@@ -19,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "page_box_of", "store_box", "register_batch_rule",
+__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "page_box_of", "store_box",
+           "register_batch_rule",
            "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
 
 SOFTMAX, ALPHA_15, ALPHA_2, ALPHA_ANY = 0, 1, 2, 3

@@ -97,7 +97,8 @@ def test_page_statistics_op_equals_prefill(dtype):
     got = cache.fork()
     for f in ("k_min", "k_max", "k_mean", "k_std"):
         getattr(got, f).fill_(float("nan"))
-    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std, None, None, None, None)
+    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std,
+                                       None, None, None, None)
     full = cache.full_page_mask()[:, None, :, None].expand_as(cache.k_min)
     for f in ("k_min", "k_max"):
         assert torch.equal(getattr(got, f)[full], getattr(cache, f)[full]), (f, seed)

@@ -40,7 +40,8 @@ def test_statistics_are_stored_in_the_cache_dtype(dtype):
     kernel_cache = cache.fork()
     torch.ops.entmaxkv.append_token(kernel_cache.k_pages, kernel_cache.v_pages, kernel_cache.k_min,
                                     kernel_cache.k_max, kernel_cache.k_mean, kernel_cache.k_std,
-                                    kernel_cache.seq_lens, kn, vn, kernel_cache.capacity, None, 0, None, None, None, None)
+                                    kernel_cache.seq_lens, kn, vn, kernel_cache.capacity, None, 0,
+                                    None, None, None, None)
     caches = [cache, append_token(cache.fork(), kn, vn)[0], kernel_cache, cache.with_capacity(cache.capacity + S), cache.fork(),
               cache.to(torch.float64).to(dtype)]
     for c in caches:
@@ -102,7 +103,8 @@ def test_means_round_to_nearest_even_on_both_paths(dtype):
     assert torch.equal(cache.k_mean[0, 0, 0], want), cache.k_mean[0, 0, 0]
     got = cache.fork()
     got.k_mean.fill_(float("nan"))
-    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std, None, None, None, None)
+    torch.ops.entmaxkv.page_statistics(got.k_pages, got.seq_lens, got.k_min, got.k_max, got.k_mean, got.k_std,
+                                       None, None, None, None)
     assert torch.equal(got.k_mean[0, 0, 0], want), got.k_mean[0, 0, 0]
     # the append op, completing the page with its last token
     part = ekv.prefill(ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=4, capacity=2 * S, page_size=S,

@@ -90,8 +90,9 @@ def prefill(model, input_ids: Tensor, config: DecodeConfig | Sequence[DecodeConf
             page_boxes: bool = False) -> tuple[Tensor, EntmaxKVCache]:
     """One forward over the prompt into a fresh ``EntmaxKVCache`` of ``capacity`` tokens.
 
-    ``config``, ``dense_layers``, ``key_bits`` and ``page_boxes`` as in ``generate``; they decide how later steps through the
-    returned cache decode (the prompt itself always attends densely). Note that
+    ``config``, ``dense_layers``, ``key_bits`` and ``page_boxes`` as in ``generate``; they decide
+    how later steps through the returned cache decode (the prompt itself always attends
+    densely). Note that
     ``entmaxkv.compiled.llama.llama_step`` takes one config for every layer.
     Returns ``(logits [B, T, vocab], cache)``; ``cache.states()`` hands the per-layer
     ``PagedKVCache``s to the functional step (``entmaxkv.compiled.llama``).
