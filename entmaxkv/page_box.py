@@ -25,6 +25,8 @@ every page bound here does, and 4·eps the kernel's float32 roundings — attn_s
 step scale·t·attn_scale (t a power of two), adding the slack term to I + l1/2 and the one
 product: within 2·eps·mag in all. Outside that model: steps below 2^-126 (keys and queries so
 small that scale·t·attn_scale is subnormal), where the kernel's products round absolutely.
+At the other end the bound is +inf (vacuous): a query head not finite in float32, a step that
+overflows it (``box_upper``).
 """
 
 from __future__ import annotations
@@ -97,13 +99,21 @@ def query_codes(q: Tensor) -> tuple[Tensor, Tensor]:
 def box_upper(q: Tensor, code_min: Tensor, code_max: Tensor, scale: Tensor, l1: Tensor, attn_scale: float,
               gamma: float) -> tuple[Tensor, Tensor]:
     """float64 (upper, mag) [B, Hkv, G, P]: the safe bound above plus (gamma + 4·eps)·mag, and
-    mag. q: [B, Hq, D]; codes [B, Hkv, P, D]; scale, l1 [B, Hkv, P]."""
-    qc, t = query_codes(q)  # [B, Hq, D], [B, Hq]
+    mag. q: [B, Hq, D]; codes [B, Hkv, P, D]; scale, l1 [B, Hkv, P].
+
+    Vacuous (upper and mag +inf), as in the kernel, which works in float32: a query head with
+    an entry that is not finite in float32 (inf, NaN, or a float64 beyond 3.4e38), and a page
+    whose step scale·t·attn_scale overflows float32 (a vacuous box's scale is +inf)."""
+    finite = torch.isfinite(q.float()).all(-1)  # [B, Hq]
+    qc, t = query_codes(torch.where(finite[..., None], q, torch.zeros_like(q)))  # [B, Hq, D], [B, Hq]
     hkv = code_min.shape[1]
     qg = group_queries(qc.double()[:, :, None], hkv)  # [B, Hkv, G, D]
     tg = t.reshape(t.shape[0], hkv, -1, 1)
     integer = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), code_max.double())
                + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), code_min.double()))
-    s = scale.double()[:, :, None, :] * tg * attn_scale
+    step32 = scale[:, :, None, :] * tg.float() * torch.tensor(attn_scale, dtype=torch.float32)  # the kernel's
+    vacuous = ~finite.reshape(tg.shape) | ~torch.isfinite(step32)
+    s = torch.where(vacuous, 1.0, scale.double()[:, :, None, :] * tg * attn_scale)
     mag = 128 * s * l1.double()[:, :, None, :]
-    return s * (integer + l1.double()[:, :, None, :] / 2) + (gamma + 4 * F32_EPS) * mag, mag
+    upper = s * (integer + l1.double()[:, :, None, :] / 2) + (gamma + 4 * F32_EPS) * mag
+    return upper.masked_fill(vacuous, float("inf")), mag.masked_fill(vacuous, float("inf"))

@@ -58,6 +58,10 @@ def box_block(q, code_min, code_max, box_scale, box_l1, upper, attn_scale, slack
         qrows = (bh * G + heads).to(tl.int64)
         qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & hmask[None, :], other=0.0)
         qt = qt.to(tl.float32)  # [BLOCK_D, GD], exact (float64 q: rounded, see page_box_upper)
+        # a head with an entry that is not finite in float32 (inf, NaN, float64 beyond 3.4e38)
+        # gets the vacuous bound +inf; its q is zeroed so that its step and codes stay defined
+        finite = tl.sum((tl.abs(qt) < float("inf")).to(tl.int32), axis=0) == BLOCK_D  # [GD]
+        qt = tl.where(finite[None, :], qt, 0.0)
         # each head's step: the smallest power of two >= 2^-126 with 127·t >= max |q| (1 for q = 0)
         m = tl.max(tl.abs(qt), axis=0)  # [GD]
         e = tl.ceil(tl.log2(tl.maximum(m, 127.0 * MIN_STEP) / 127.0)).to(tl.int32)  # a guess, within one
@@ -86,6 +90,9 @@ def box_block(q, code_min, code_max, box_scale, box_l1, upper, attn_scale, slack
             # (I + l1/2 + slack·128·l1)·step: I + l1/2 exact (a half-integer below 2^23), then
             # two roundings (< 2·eps·mag with step's); one product, never inf − inf
             u = (integer.to(tl.float32) + 0.5 * l1 + tl.cast(slack, tl.float32) * (128.0 * l1)) * step
+            # a step that overflows float32 (a vacuous page's scale +inf, or keys and queries
+            # whose scores pass float32's range): +inf, never −inf or NaN
+            u = tl.where(finite[None, :] & (step < float("inf")), u, float("inf"))
             out = qrows[None, :] * P + p[:, None]
             tl.store(upper + out, u, mask=pmask[:, None] & hmask[None, :])
 
@@ -135,7 +142,9 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     γ is the work dtype's (``rounding_gamma``: float64 for float64 q, float32 otherwise), as in
     the attention that scores the tokens. A float64 q is rounded to float32 before it is
     quantized: that moves q_d by up to 2^-24·|q_d| <= 2^-24·127·t, at most (127/128)·2^-24·mag
-    over the page, inside the 2·eps·mag of the slack that the float32 roundings leave.
+    over the page, inside the 2·eps·mag of the slack that the float32 roundings leave. A head
+    with an entry that is not finite in float32 (inf, NaN, a float64 beyond 3.4e38), and a page
+    whose step scale·t·scale overflows float32, get +inf: vacuous, never unsafe.
     """
     check_box_args(q, code_min, code_max, box_scale, box_l1, seq_lens)
     b, hkv, p, d = code_min.shape

@@ -108,11 +108,14 @@ def test_box_upper_is_above_every_score_and_the_exact_quest_bound(dtype, d, grou
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("iters", [1, 2])
 @pytest.mark.parametrize("dtype, d, group", [(torch.float16, 128, 4), (torch.bfloat16, 64, 3),
-                                             (torch.float32, 48, 1)])
+                                             (torch.float32, 48, 1), (torch.float64, 64, 2)])
 def test_page_box_upper_equals_the_float64_bound(dtype, d, group, iters, device, poison, monkeypatch):
     """Ragged rows over several programs (16-page blocks, one or two a program, the last past
     the row), a partial last page, an all-zero head of q; within 4·eps·mag of the float64
-    bound, so above every score of the page."""
+    bound, so above every score of the page. γ is the work dtype's: float64's for float64 q
+    (whose values are float32's here: the kernel quantizes q in float32, and a float64 q a
+    rounding from a half-step could take another code; ``test_page_box_upper_is_vacuous_...``
+    checks unrounded float64 q for safety)."""
     pytest.importorskip("triton")
     from entmaxkv.kernels import page_box_upper as module
     from entmaxkv.kernels.page_box_upper import page_box_upper
@@ -123,14 +126,15 @@ def test_page_box_upper_equals_the_float64_bound(dtype, d, group, iters, device,
     seed = fresh_seed()
     cache, q, box = _inputs(seed, dtype, d, group, [S * 37 + 5, S * 20])
     q[1, 0] = 0.0
+    q = q.float().to(dtype)
+    gamma = rounding_gamma(torch.float64 if dtype == torch.float64 else torch.float32, d)
     got = page_box_upper(q.to(device), *(x.to(device) for x in box), cache.seq_lens.to(device), S, SCALE)
     assert got.dtype == torch.float32 and got.shape == (2, 2, group, cache.num_pages)
     got = got.double().cpu()
-    want, mag = box_upper(q, *box, SCALE, rounding_gamma(torch.float32, d))
+    want, mag = box_upper(q, *box, SCALE, gamma)
     full = cache.full_page_mask()[:, None, None, :].expand_as(want)
     msg = f"seed {seed}"
     assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[full].all()), msg
-    gamma = rounding_gamma(torch.float32, d)
     assert bool((got >= _page_best_scores(cache, q, group) + gamma * mag)[full].all()), msg
     if device == "cpu":  # pages that are not full are not written (poison: NaN)
         assert bool(got[~full].isnan().all()), msg
@@ -167,6 +171,53 @@ def test_page_box_upper_query_steps_and_codes_at_their_edges(device):
     want, mag = box_upper(q, *box, SCALE, rounding_gamma(torch.float32, d))
     full = cache.full_page_mask()[:, None, None, :].expand_as(want)
     assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[full].all())
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("device", DEVICES)
+def test_page_box_upper_is_vacuous_past_float32_and_safe_for_float64_queries(device):
+    """The kernel works in float32. Query heads with an entry that is not finite there (a
+    float64 1e39 or −1e39, inf, NaN) and pages whose step scale·t·attn_scale overflows it (keys
+    at −1e30 against queries at 1e30 or 3e38, where the float32 product would be −inf) get +inf,
+    never −inf or NaN, as in the float64 bound; unrounded float64 heads get a bound above the
+    exact Quest bound; other entries within 4·eps·mag of the float64 bound."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_box_upper import page_box_upper
+    from entmaxkv.kernels.page_scores import rounding_gamma
+
+    seed, d = fresh_seed(), 32
+    g = torch.Generator().manual_seed(seed)
+    k_min = -torch.rand(1, 2, 3, d, generator=g, dtype=torch.float64) * 3
+    k_max = k_min + torch.rand(1, 2, 3, d, generator=g, dtype=torch.float64)
+    k_min[:, :, 1] = k_max[:, :, 1] = -1e30  # page 1: one key at -1e30 (its box scale ~2^93)
+    k_min[:, :, 2] *= 1e-3
+    k_max[:, :, 2] *= 1e-3
+    box = box_codes(k_min, k_max)
+    lens = torch.tensor([3 * S])
+    q = torch.randn(1, 8, d, generator=g, dtype=torch.float64)  # heads 0 and 4: unrounded float64
+    q[0, 1, 3] = 1e39
+    q[0, 2, 5] = float("inf")
+    q[0, 3, 7] = float("nan")
+    q[0, 5] = 1e30
+    q[0, 6] = q[0, 6] / q[0, 6].abs().max() * 3e38  # finite in float32, step 2^122
+    q[0, 7, 0] = -1e39
+    gamma = rounding_gamma(torch.float64, d)
+    want, mag = box_upper(q, *box, SCALE, gamma)  # [1, 2, 4, 3]
+    vacuous = torch.zeros(1, 2, 4, 3, dtype=torch.bool)
+    vacuous[0, 0, 1:4] = True  # heads 1-3: not finite in float32
+    vacuous[0, 1, 3] = True  # head 7
+    vacuous[0, 1, 1:3, 1] = True  # heads 5, 6 against page 1: the step overflows
+    assert torch.equal(want.isinf(), vacuous) and bool((want[vacuous] > 0).all()), seed
+    got = page_box_upper(q.to(device), *(x.to(device) for x in box), lens.to(device), S, SCALE).double().cpu()
+    assert torch.equal(got.isinf(), vacuous) and bool((got[vacuous] > 0).all()) and not got.isnan().any(), seed
+    qg = group_queries(q[:, :, None], 2)
+    exact = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), k_max)
+             + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), k_min)) * SCALE
+    unrounded = torch.zeros_like(vacuous)
+    unrounded[0, :, 0] = True  # heads 0 and 4
+    assert bool((got[unrounded] >= exact[unrounded]).all()), seed
+    rest = ~vacuous & ~unrounded
+    assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[rest].all()), seed
 
 
 @pytest.mark.interpreter
