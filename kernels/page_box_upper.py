@@ -29,6 +29,7 @@ from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 
 __all__ = ["page_box_upper", "box_block", "box_slack", "check_box_args"]
 
+FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
 MIN_STEP = tl.constexpr(2.0 ** -126)  # the smallest query step, a normal float32 (``page_box.query_codes``)
 
 
@@ -91,8 +92,9 @@ def box_block(q, code_min, code_max, box_scale, box_l1, upper, attn_scale, slack
             # two roundings (< 2·eps·mag with step's); one product, never inf − inf
             u = (integer.to(tl.float32) + 0.5 * l1 + tl.cast(slack, tl.float32) * (128.0 * l1)) * step
             # a step that overflows float32 (a vacuous page's scale +inf, or keys and queries
-            # whose scores pass float32's range): +inf, never −inf or NaN
-            u = tl.where(finite[None, :] & (step < float("inf")), u, float("inf"))
+            # whose scores pass float32's range): +inf, never −inf or NaN; a bound below
+            # −3.4e38 (a finite step, a product past float32) is −3.4e38, still above it
+            u = tl.where(finite[None, :] & (step < float("inf")), tl.maximum(u, -FLOAT32_MAX), float("inf"))
             out = qrows[None, :] * P + p[:, None]
             tl.store(upper + out, u, mask=pmask[:, None] & hmask[None, :])
 
@@ -144,7 +146,8 @@ def page_box_upper(q: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tens
     quantized: that moves q_d by up to 2^-24·|q_d| <= 2^-24·127·t, at most (127/128)·2^-24·mag
     over the page, inside the 2·eps·mag of the slack that the float32 roundings leave. A head
     with an entry that is not finite in float32 (inf, NaN, a float64 beyond 3.4e38), and a page
-    whose step scale·t·scale overflows float32, get +inf: vacuous, never unsafe.
+    whose step scale·t·scale overflows float32, get +inf: vacuous, never unsafe. A bound past
+    float32's range is +inf above it and −3.4e38 (float32's lowest, still above the bound) below.
     """
     check_box_args(q, code_min, code_max, box_scale, box_l1, seq_lens)
     b, hkv, p, d = code_min.shape

@@ -26,6 +26,9 @@ def test_box_codes_round_outward_on_the_smallest_scale(dtype):
     keys[0, 0] = 0.0  # an all-zero page
     keys[0, 1, :, 0] = 127 * 0.25  # a = 127·scale exactly (in every dtype): codes of 127
     keys[0, 1, :, 1:] = keys[0, 1, :, 1:].clamp(-1, 1)
+    if dtype == torch.float64:  # ±5e-324 next to 1000 (scale ~7.9): the quotients underflow to ∓0, whose
+        keys[1, 2, :, 0] = 1000.0  # floor and ceil (0) must be corrected outward to ∓1
+        keys[1, 2, :, 1], keys[1, 2, :, 2] = -5e-324, 5e-324
     keys = keys.to(dtype)
     k_min, k_max = keys.amin(-2), keys.amax(-2)
     code_min, code_max, scale, l1 = box_codes(k_min, k_max)
@@ -35,7 +38,8 @@ def test_box_codes_round_outward_on_the_smallest_scale(dtype):
     lo, hi = code_min.double() * s, code_max.double() * s
     msg = f"seed {seed}"
     assert bool((lo <= k_min.double()).all()) and bool((hi >= k_max.double()).all()), msg
-    assert bool((k_min.double() - lo < s).all()) and bool((hi - k_max.double() < s).all()), msg  # the tightest codes
+    # the tightest codes (products of a code and a float32 scale: exact in float64)
+    assert bool((lo + s > k_min.double()).all()) and bool((hi - s < k_max.double()).all()), msg
     assert int(code_min.min()) >= -CODE_MAX and int(code_max.max()) <= CODE_MAX, msg
     a = torch.maximum(k_min.double().abs(), k_max.double().abs()).amax(-1)
     below = torch.nextafter(scale, torch.zeros_like(scale)).double()
@@ -44,6 +48,8 @@ def test_box_codes_round_outward_on_the_smallest_scale(dtype):
     assert torch.equal(l1.double(), torch.maximum(code_min.double().abs(), code_max.double().abs()).sum(-1))
     assert float(scale[0, 0]) == 1.0 and float(l1[0, 0]) == 0.0
     assert int(code_max[0, 1, 0]) == CODE_MAX == int(code_min[0, 1, 0])
+    if dtype == torch.float64:
+        assert code_min[1, 2, 1:3].tolist() == [-1, 0] and code_max[1, 2, 1:3].tolist() == [0, 1], msg
 
 
 def test_box_codes_reject_bad_ranges():
@@ -180,7 +186,8 @@ def test_page_box_upper_is_vacuous_past_float32_and_safe_for_float64_queries(dev
     float64 1e39 or −1e39, inf, NaN) and pages whose step scale·t·attn_scale overflows it (keys
     at −1e30 against queries at 1e30 or 3e38, where the float32 product would be −inf) get +inf,
     never −inf or NaN, as in the float64 bound; unrounded float64 heads get a bound above the
-    exact Quest bound; other entries within 4·eps·mag of the float64 bound."""
+    exact Quest bound; other entries within 4·eps·mag of the float64 bound, or +inf / float32's
+    lowest where that bound is past float32's range (a finite step: queries at 3e38)."""
     pytest.importorskip("triton")
     from entmaxkv.kernels.page_box_upper import page_box_upper
     from entmaxkv.kernels.page_scores import rounding_gamma
@@ -192,6 +199,8 @@ def test_page_box_upper_is_vacuous_past_float32_and_safe_for_float64_queries(dev
     k_min[:, :, 1] = k_max[:, :, 1] = -1e30  # page 1: one key at -1e30 (its box scale ~2^93)
     k_min[:, :, 2] *= 1e-3
     k_max[:, :, 2] *= 1e-3
+    k_min[0, 1, 0], k_max[0, 1, 0] = -4, -3  # KV head 1 (query heads 4-7): negative keys on page 0,
+    k_min[0, 1, 2], k_max[0, 1, 2] = 3, 4  # positive on page 2
     box = box_codes(k_min, k_max)
     lens = torch.tensor([3 * S])
     q = torch.randn(1, 8, d, generator=g, dtype=torch.float64)  # heads 0 and 4: unrounded float64
@@ -199,7 +208,7 @@ def test_page_box_upper_is_vacuous_past_float32_and_safe_for_float64_queries(dev
     q[0, 2, 5] = float("inf")
     q[0, 3, 7] = float("nan")
     q[0, 5] = 1e30
-    q[0, 6] = q[0, 6] / q[0, 6].abs().max() * 3e38  # finite in float32, step 2^122
+    q[0, 6] = (q[0, 6].abs() / q[0, 6].abs().max() + 1) * 1.5e38  # step 2^121; bound ±4e39 on pages 0, 2
     q[0, 7, 0] = -1e39
     gamma = rounding_gamma(torch.float64, d)
     want, mag = box_upper(q, *box, SCALE, gamma)  # [1, 2, 4, 3]
@@ -209,14 +218,19 @@ def test_page_box_upper_is_vacuous_past_float32_and_safe_for_float64_queries(dev
     vacuous[0, 1, 1:3, 1] = True  # heads 5, 6 against page 1: the step overflows
     assert torch.equal(want.isinf(), vacuous) and bool((want[vacuous] > 0).all()), seed
     got = page_box_upper(q.to(device), *(x.to(device) for x in box), lens.to(device), S, SCALE).double().cpu()
-    assert torch.equal(got.isinf(), vacuous) and bool((got[vacuous] > 0).all()) and not got.isnan().any(), seed
+    # The bound of head 6 is past float32's range on pages 0 (below) and 2 (above): the kernel
+    # gives float32's lowest below it (never −inf) and +inf above it.
+    edge = torch.finfo(torch.float32).max
+    assert want[0, 1, 2, 0] < -edge and edge < want[0, 1, 2, 2] < float("inf"), seed
+    assert torch.equal(got.isinf(), vacuous | (want > edge)) and bool((got[got.isinf()] > 0).all()), seed
+    assert got[0, 1, 2, 0] == -edge and not got.isnan().any(), seed
     qg = group_queries(q[:, :, None], 2)
     exact = (torch.einsum("bhgd,bhpd->bhgp", qg.clamp_min(0), k_max)
              + torch.einsum("bhgd,bhpd->bhgp", qg.clamp_max(0), k_min)) * SCALE
     unrounded = torch.zeros_like(vacuous)
     unrounded[0, :, 0] = True  # heads 0 and 4
     assert bool((got[unrounded] >= exact[unrounded]).all()), seed
-    rest = ~vacuous & ~unrounded
+    rest = ~vacuous & ~unrounded & (want.abs() < edge)
     assert bool(((got - want).abs() <= 4 * 2.0 ** -23 * mag)[rest].all()), seed
 
 
