@@ -128,17 +128,11 @@ class PagedKVCache:
             4·D (``page_box``); costs 2·D + 8 bytes a page and head, +3.3% of K+V memory at
             D = 128, S = 16. Needs 32 <= head_dim <= 512.
         """
-        from entmaxkv.keycodes import KEY_BITS, code_width
-        from entmaxkv.validation import check_empty_args
+        from entmaxkv.keycodes import code_width
+        from entmaxkv.validation import check_cache_options, check_empty_args
 
         check_empty_args(batch, num_kv_heads, head_dim, capacity, page_size, dtype)
-        if key_bits is not None and (isinstance(key_bits, bool) or key_bits not in KEY_BITS):
-            raise ValueError(f"key_bits must be None, 4 or 8, got {key_bits!r}")
-        if not isinstance(page_boxes, bool):
-            raise TypeError(f"page_boxes must be a bool, got {page_boxes!r}")
-        if page_boxes and not 32 <= head_dim <= 512:
-            raise ValueError(f"page_boxes needs 32 <= head_dim <= 512 (the box bound's int8 tensor cores), got "
-                             f"head_dim={head_dim}")
+        check_cache_options(key_bits, page_boxes, head_dim)
         pages = -(-capacity // page_size)
         pages_shape = (batch, num_kv_heads, pages, page_size, head_dim)
         stats_shape = (batch, num_kv_heads, pages, head_dim)

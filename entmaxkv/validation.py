@@ -11,8 +11,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_empty_args", "check_prefill", "check_decode", "check_query", "check_alpha", "check_count",
-           "check_real", "check_config"]
+__all__ = ["check_empty_args", "check_cache_options", "check_prefill", "check_decode", "check_query", "check_alpha",
+           "check_count", "check_real", "check_config"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -65,6 +65,20 @@ def check_empty_args(batch, num_kv_heads, head_dim, capacity, page_size, dtype) 
         raise ValueError(f"page_size must be a power of two, got {page_size}")
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype}")
+
+
+def check_cache_options(key_bits, page_boxes, head_dim: int | None) -> None:
+    """``PagedKVCache.empty``'s ``key_bits`` (None, 4 or 8) and ``page_boxes`` (a bool; boxes need
+    32 <= head_dim <= 512, checked when ``head_dim`` is known)."""
+    from entmaxkv.keycodes import KEY_BITS
+
+    if key_bits is not None and (isinstance(key_bits, bool) or key_bits not in KEY_BITS):
+        raise ValueError(f"key_bits must be None, 4 or 8, got {key_bits!r}")
+    if not isinstance(page_boxes, bool):
+        raise TypeError(f"page_boxes must be a bool, got {page_boxes!r}")
+    if page_boxes and head_dim is not None and not 32 <= head_dim <= 512:
+        raise ValueError(f"page_boxes needs 32 <= head_dim <= 512 (the box bound's int8 tensor cores), got "
+                         f"head_dim={head_dim}")
 
 
 def _tensor(name: str, x: object) -> Tensor:

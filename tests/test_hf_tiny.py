@@ -160,6 +160,26 @@ def test_cache_options_reach_every_layer():
     assert torch.equal(tokens, out[:, ids.shape[1]:])
 
 
+def test_cache_options_are_checked_before_the_first_forward():
+    """Bad ``key_bits`` / ``page_boxes`` fail when the cache is made (``EntmaxKVCache``,
+    ``hf.generate``, ``hf.prefill``), naming the option, not deep inside the first forward."""
+    from entmaxkv.hf.cache import EntmaxKVCache
+
+    model = tiny_llama(head_dim=16)
+    ids = prompt(11, 20)
+    config = ekv.DecodeConfig(alpha=1.5, selector=ekv.TopK(token_budget=32))
+    for options, error, match in (({"key_bits": 3}, ValueError, "key_bits must be None, 4 or 8"),
+                                  ({"key_bits": True}, ValueError, "key_bits"),
+                                  ({"page_boxes": 1}, TypeError, "page_boxes must be a bool"),
+                                  ({"page_boxes": True}, ValueError, "head_dim=16")):
+        with pytest.raises(error, match=match):
+            EntmaxKVCache(model.config, 64, config, **options)
+        with pytest.raises(error, match=match):
+            hf.generate(model, ids, config, max_new_tokens=2, **options)
+        with pytest.raises(error, match=match):
+            hf.prefill(model, ids, config, capacity=64, **options)
+
+
 def test_functional_step_compiles_fullgraph(model):
     """The token step (model + sampling) compiles with fullgraph=True: no host sync, no graph
     break (aot_eager keeps CI fast; the inductor/CUDA-graph path is benchmarks/e2e_speed.py)."""

@@ -20,6 +20,7 @@ from entmaxkv.config import DecodeConfig, DecodeInfo
 from entmaxkv.hf._extra import require
 from entmaxkv.hf.layers import layer_configs
 from entmaxkv.state import PagedKVCache
+from entmaxkv.validation import check_cache_options
 
 _cache_utils = require("transformers").cache_utils
 
@@ -132,7 +133,10 @@ class EntmaxKVCache(_cache_utils.Cache):
     def __init__(self, model_config, capacity: int, config: DecodeConfig | Sequence[DecodeConfig], *,
                  page_size: int = 16, record_info: bool = False, dense_layers: int = 0,
                  key_bits: int | None = None, page_boxes: bool = False):
-        n = model_config.get_text_config(decoder=True).num_hidden_layers
+        text = model_config.get_text_config(decoder=True)
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        check_cache_options(key_bits, page_boxes, head_dim)  # now, not at the first forward
+        n = text.num_hidden_layers
         configs = layer_configs(config, n, dense_layers)
         super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info, key_bits, page_boxes)
                                  for i, c in enumerate(configs)])
