@@ -31,9 +31,10 @@ def _lengths(seed: int, batch: int) -> list[int]:
 
 
 def _assert_boxes_of_full_pages(cache, msg):
-    """Every full page's box is encode_boxes of its stored min/max, bit for bit."""
+    """Every full page's box is encode_boxes of its stored min/max, bit for bit (by name: a
+    reordered ``BOX_FIELDS`` is seen)."""
     full = cache.full_page_mask()[:, None, :].expand(cache.batch, cache.num_kv_heads, -1)
-    for f, want in zip(BOX_FIELDS, encode_boxes(cache.k_min, cache.k_max)):
+    for f, want in zip(("box_min", "box_max", "box_scale", "box_l1"), encode_boxes(cache.k_min, cache.k_max)):
         got = getattr(cache, f)
         assert torch.equal(got[full], want[full]), (f, msg)
 
@@ -118,26 +119,36 @@ def test_append_writes_the_box_of_the_page_it_completes(backend, dtype):
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
 def test_non_finite_and_huge_pages_get_the_vacuous_box(backend):
     """A page with an inf key, one with a NaN key, one of float64 keys past 127 × float32's
-    largest value: codes ∓127, scale +inf, a bound of +inf; an ordinary page beside them."""
+    largest value: codes ∓127, scale +inf, a bound of +inf; beside them an ordinary page, one
+    whose keys are 1000 in channel 0 and ±5e-324 (float64 subnormals) elsewhere (codes −1/0 and
+    0/1 there), and an all-zero one (scale 1, codes and l1 0). D = 48: not a power of two."""
     from entmaxkv.backend import append
 
-    d = 32
-    cache = ekv.PagedKVCache.empty(batch=4, num_kv_heads=1, head_dim=d, capacity=2 * S, dtype=torch.float64,
+    d, b = 48, 6
+    cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=1, head_dim=d, capacity=2 * S, dtype=torch.float64,
                                    page_boxes=True)
-    k = torch.randn(4, 1, S, d, dtype=torch.float64)
+    k = torch.randn(b, 1, S, d, dtype=torch.float64)
     k[0, 0, S - 1, 5] = float("inf")  # in the appended token: prefill refuses non-finite keys
     k[1, 0, S - 1, 0] = float("nan")
     k[2, 0, 2, 9] = -1e300
-    cache = ekv.prefill(cache, k[:, :, :S - 1], k[:, :, :S - 1], [S - 1] * 4)
+    tiny = torch.tensor(5e-324, dtype=torch.float64)
+    k[4] = torch.where(torch.arange(S)[:, None] % 2 == 0, tiny, -tiny)
+    k[4, 0, :, 0] = 1000.0
+    k[5] = 0.0
+    cache = ekv.prefill(cache, k[:, :, :S - 1], k[:, :, :S - 1], [S - 1] * b)
     last = k[:, :, S - 1:]  # a strided view: the op copies it (tests/test_kernels.py)
     new, _ = append(cache, last, last, backend == "triton")
     code_min, code_max, scale, l1 = (getattr(new, f)[:, 0, 0] for f in BOX_FIELDS)
-    assert torch.isinf(scale[:3]).all() and bool(torch.isfinite(scale[3]))
+    assert torch.isinf(scale[:3]).all() and bool(torch.isfinite(scale[3:]).all())
     assert bool((code_min[:3] == -CODE_MAX).all()) and bool((code_max[:3] == CODE_MAX).all())
     assert torch.equal(l1[:3], torch.full((3,), float(CODE_MAX * d)))
-    q = torch.randn(4, 1, d, dtype=torch.float64)
+    assert code_min[4, 1:].tolist() == [-1] * (d - 1) and code_max[4, 1:].tolist() == [1] * (d - 1)
+    assert code_max[4, 0] == CODE_MAX and l1[4] == CODE_MAX + d - 1  # code_min 126 or 127: a floor
+    assert scale[5] == 1 and not code_min[5].any() and not code_max[5].any() and l1[5] == 0
+    q = torch.randn(b, 1, d, dtype=torch.float64)
     upper, _ = box_upper(q, *boxes_of(new), 0.2, 1e-12)
-    assert bool(torch.isposinf(upper[:3, 0, 0, 0]).all()) and bool(torch.isfinite(upper[3, 0, 0, 0]))
+    assert bool(torch.isposinf(upper[:3, 0, 0, 0]).all()) and bool(torch.isfinite(upper[3:, 0, 0, 0]).all())
+    assert upper[5, 0, 0, 0] == 0, "an all-zero page's scores are all 0"
     _assert_boxes_of_full_pages(new, backend)
 
 
@@ -177,6 +188,10 @@ def test_fork_to_capacity_and_pytree_keep_the_boxes():
     assert torch.equal(bigger.box_min[:, :, :cache.num_pages], cache.box_min)
     wide = cache.to(torch.float64)  # exact conversion: the same boxes
     assert all(torch.equal(getattr(wide, f), getattr(cache, f)) for f in BOX_FIELDS)
+    lossy = wide.to(torch.float32)
+    lossy = dataclasses.replace(lossy, k_pages=lossy.k_pages * 1.001).to(torch.float16)  # min/max change
+    _assert_boxes_of_full_pages(lossy, f"lossy to(), seed {seed}")  # recomputed, not carried over
+    assert not torch.equal(lossy.box_scale, cache.box_scale)
 
 
 # ---- the TopK step on a boxed cache ----------------------------------------------------------
@@ -243,6 +258,39 @@ def test_topk_ranks_by_the_box_and_the_kernels_read_no_min_max(backend, monkeypa
         plain = build_step(c, q, 1.5, 0.2, alibi, kernels=kernels, needs_sigma=False, needs_newest_scores=False,
                            needs_means=False, box_bound=True)
         torch.testing.assert_close(plain.upper[full], quest_bounds(cache, q, 0.2, alibi)[full], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("with_info", [False, True])
+def test_decode_step_ranks_a_boxed_cache_by_the_box(backend, with_info, monkeypatch):
+    """Through ``decode_step``: a ``TopK`` step on a boxed cache is built with the box bound
+    (the kernels: one ``box_bounds`` launch without info; ``page_bounds`` for the means and
+    ``page_box_upper`` for the bound with it), ``Exact`` with the exact range's bound."""
+    pytest.importorskip("triton")
+    import entmaxkv.decode
+    from entmaxkv.kernels.page_scores import rounding_gamma
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 32, S, [S * 6 + 3, S * 5], dtype=torch.float32, spread=2.0,
+                             page_boxes=True)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 32, torch.float32)
+    steps = []
+
+    def recording(*args, **kwargs):
+        steps.append(build_step(*args, **kwargs))
+        return steps[-1]
+
+    monkeypatch.setattr(entmaxkv.decode, "build_step", recording)
+    for selector, boxed in ((ekv.TopK(token_budget=32), True), (ekv.Exact(), False)):
+        config = ekv.DecodeConfig(1.5, selector, scale=0.2, backend=backend)
+        new = ekv.decode_step(cache.fork(), q, k, v, config, with_info=with_info)[0]
+        step = steps[-1]
+        full = new.full_page_mask()[:, None, None, :].expand(2, 2, 2, -1)
+        want = (box_upper(q[:, :, 0], *boxes_of(new), 0.2, rounding_gamma(torch.float32, 32))[0] if boxed
+                else quest_bounds(new, q, 0.2))
+        torch.testing.assert_close(step.upper.double()[full], want.double()[full], rtol=1e-6, atol=1e-6,
+                                   msg=f"{selector} seed {seed}")
 
 
 @pytest.mark.interpreter
