@@ -142,6 +142,8 @@ MANY_ROWS = 32
 MANY_ROWS_LIST_PAGES = 512
 PROGRAMS_PER_SM_MANY_ROWS = 4
 SCORES_WARPS_MANY_ROWS = 2
+# software-pipeline stages of the scoring loop's K loads (None: Triton's default)
+SCORES_STAGES = None
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
 # up to this many, in a register block this small (each round of the solve is a reduction over
@@ -805,6 +807,7 @@ def sparse_decode(
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
         SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
         num_warps=scoring_shape(b * hkv, capacity, p)[1],
+        **({} if SCORES_STAGES is None else {"num_stages": SCORES_STAGES}),
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)

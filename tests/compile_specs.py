@@ -28,7 +28,7 @@ def _default(param) -> list:
     return [type(value).__name__, value]
 
 
-def compile_for_sm90(fn, args: dict, num_warps: int = 4, aligned=lambda arg, kind, value: False):
+def compile_for_sm90(fn, args: dict, num_warps: int = 4, aligned=lambda arg, kind, value: False, **extra):
     """The recorded specialisation ``args`` ({arg: [kind, value]}; constexprs left out take their
     defaults) of the @triton.jit ``fn``, compiled for sm_90 at ``num_warps``. ``aligned(arg,
     kind, value)``: which pointer and int arguments get the launcher's 16-divisibility hint (a
@@ -44,7 +44,7 @@ def compile_for_sm90(fn, args: dict, num_warps: int = 4, aligned=lambda arg, kin
         if aligned(arg, kind, value):
             attrs[(i,)] = [["tt.divisibility", 16]]
     return triton.compile(ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps, **extra})
 
 
 def compile_spec(module: str, name: str, args: dict) -> None:
