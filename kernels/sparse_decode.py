@@ -134,16 +134,27 @@ PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V st
 # 32/8 B = 4 128K 142.9–146.0 → 130.1–130.8; B = 16 128K 373.5–386.5 → 362.8–364.7. Not taken
 # where it lost: dense passes (Dense B = 16 64K 674–711 → 828–831 µs); lists of any page, which
 # a mask fills with few (Gaussian and page-box Exact on needles, B = 16: +4.2 to +7.2 µs); lists
-# of 128 pages (B = 16 16K: +1.7 to +1.9 µs; 256 pages: level, or 2.3–2.5 µs faster; 512 is a
-# conservative bound). Fewer rows: only 8 measured (32/8 B = 1, perf-log row 111: 64.2 → 64.8
-# µs at 128K, within noise); between 8 and 32 not measured. Not measured either: a cache with
-# much room past its sequences, whose TopK lists are long in capacity but short in use.
+# of 128 pages (B = 16 16K: +1.7 to +1.9 µs; 256 pages: level, or 2.3–2.5 µs faster; 512 was a
+# conservative bound, 256 since session 36, below). Fewer rows: only 8 measured (32/8 B = 1,
+# perf-log row 111: 64.2 → 64.8 µs at 128K, within noise); between 8 and 32 not measured. Not
+# measured either: a cache with much room past its sequences, whose TopK lists are long in
+# capacity but short in use.
+# Session 36 (perf-log row 136, same-run A/B, 32/8 fp16 B = 16 unless said): the many-rows
+# shape from 256-page lists, 5 programs an SM, 2 software-pipeline stages (Triton's default is
+# 3): TopK 6.25% boxed 128K 235.2/227.0 → 214.9/216.8 µs, 64K 140.9/139.4 → 131.5/131.3;
+# TopK 12.5% boxed 128K 323.7/309.3 → 288.2/289.3, 32K 119.8/116.8 → 112.0/112.1; TopK 6.25%
+# without boxes 128K 297.0/284.1 → 273.8/273.0; B = 4 128K 93.1/92.2 → 90.5/90.0; outputs
+# bit-identical; 32/32 B = 16 128K 756.9 → 682.5/684.7 (the stages). Slower: 32/32 B = 16 64K
+# (512 rows, whose 256-page lists now take this shape) 362.0/361.4/378.7 → 371.2–391.3 µs.
+# 2 stages for every launch was level where the default shape stays (B = 16 32K and 16K,
+# B = 1 128K and 32K), so the stages go with the many-rows shape only. Session 34: 6
+# programs an SM, or 4 stages, were slower.
 MANY_ROWS = 32
-MANY_ROWS_LIST_PAGES = 512
-PROGRAMS_PER_SM_MANY_ROWS = 4
+MANY_ROWS_LIST_PAGES = 256
+PROGRAMS_PER_SM_MANY_ROWS = 5
 SCORES_WARPS_MANY_ROWS = 2
-# software-pipeline stages of the scoring loop's K loads (None: Triton's default)
-SCORES_STAGES = None
+SCORES_STAGES_MANY_ROWS = 2
+SCORES_STAGES = None  # software-pipeline stages of the default shape's loop (None: Triton's default)
 GATHER = 32  # survivors of every split gathered a load by the τ kernel
 BLOCK_REGS = 256  # up to this many survivors, τ is solved with them held in registers
 # up to this many, in a register block this small (each round of the solve is a reduction over
@@ -187,15 +198,15 @@ def _sm_count(device: torch.device) -> int:
     return 4
 
 
-def scoring_shape(rows: int, list_capacity: int, num_pages: int) -> tuple[int, int]:
-    """(programs an SM, warps a program) of the scoring kernel for ``rows`` = B·Hkv rows over a
-    list of ``list_capacity`` pages of a cache of ``num_pages`` (a dense pass: ``num_pages``):
-    ``PROGRAMS_PER_SM_MANY_ROWS`` programs of ``SCORES_WARPS_MANY_ROWS`` warps for many rows
-    over a long budgeted list (``MANY_ROWS_LIST_PAGES`` <= capacity <= ``num_pages`` / 2), else
-    ``PROGRAMS_PER_SM`` of ``SCORES_WARPS``."""
+def scoring_shape(rows: int, list_capacity: int, num_pages: int) -> tuple[int, int, int | None]:
+    """(programs an SM, warps a program, pipeline stages or None for Triton's default) of the
+    scoring kernel for ``rows`` = B·Hkv rows over a list of ``list_capacity`` pages of a cache
+    of ``num_pages`` (a dense pass: ``num_pages``): the ``*_MANY_ROWS`` shape for many rows over
+    a long budgeted list (``MANY_ROWS_LIST_PAGES`` <= capacity <= ``num_pages`` / 2), else
+    ``PROGRAMS_PER_SM`` of ``SCORES_WARPS`` at ``SCORES_STAGES``."""
     if rows >= MANY_ROWS and MANY_ROWS_LIST_PAGES <= list_capacity <= num_pages // 2:
-        return PROGRAMS_PER_SM_MANY_ROWS, SCORES_WARPS_MANY_ROWS
-    return PROGRAMS_PER_SM, SCORES_WARPS
+        return PROGRAMS_PER_SM_MANY_ROWS, SCORES_WARPS_MANY_ROWS, SCORES_STAGES_MANY_ROWS
+    return PROGRAMS_PER_SM, SCORES_WARPS, SCORES_STAGES
 
 
 def num_splits(batch: int, kv_heads: int, list_capacity: int, num_pages: int, page_size: int,
@@ -204,7 +215,7 @@ def num_splits(batch: int, kv_heads: int, list_capacity: int, num_pages: int, pa
     the SMs, shared among the B·Hkv rows, never more than there are iterations of work in a
     full list (``tokens_per_iter``)."""
     sms = _sm_count(device)
-    per_sm, _ = scoring_shape(batch * kv_heads, list_capacity, num_pages)
+    per_sm = scoring_shape(batch * kv_heads, list_capacity, num_pages)[0]
     pages_per_iter = max(1, tokens_per_iter(entmax, list_capacity) // page_size)
     most = max(1, triton.cdiv(list_capacity, pages_per_iter))
     return max(1, min(most, triton.cdiv(per_sm * sms, batch * kv_heads)))
@@ -776,6 +787,7 @@ def sparse_decode(
     entmax = kind != SOFTMAX
     nsplit = num_splits(b, hkv, capacity, p, s, q.device, entmax)
     wave = first_wave(q.device, b * hkv, capacity, p)
+    _, warps, stages = scoring_shape(b * hkv, capacity, p)
     cap = max(triton.cdiv(capacity, nsplit), 1) * s  # survivors a split can hold
     rows = b * hq * (nsplit + 1)
     cand_s = torch.empty((rows * cap if entmax else 1,), dtype=work, device=q.device)
@@ -806,8 +818,7 @@ def sparse_decode(
         HAS_ALIBI=alibi_slopes is not None, GIVEN_TAU=given and entmax, HAS_FLOOR=score_floor is not None,
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
         SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
-        num_warps=scoring_shape(b * hkv, capacity, p)[1],
-        **({} if SCORES_STAGES is None else {"num_stages": SCORES_STAGES}),
+        num_warps=warps, **({} if stages is None else {"num_stages": stages}),
         **pdl_kwargs(q, "sparse_decode")
     )
     out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)

@@ -349,7 +349,7 @@ def test_sparse_decode_shares_maxima_between_splits_and_keeps_heads_apart(alpha,
 
     if many_rows:  # every launch, the dense pass's too (the rule itself is tested below)
         monkeypatch.setattr(module, "scoring_shape", lambda rows, capacity, num_pages: (
-            module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS))
+            module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS, module.SCORES_STAGES_MANY_ROWS))
     seed = fresh_seed()
     r = random.Random(seed)
     lens = [700 + r.randrange(40)]
@@ -543,8 +543,8 @@ def test_sparse_decode_takes_the_many_rows_shape_only_for_many_rows_over_long_li
     from entmaxkv.kernels import sparse_decode as module
 
     rows, long = module.MANY_ROWS, module.MANY_ROWS_LIST_PAGES
-    many = (module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS)
-    few = (module.PROGRAMS_PER_SM, module.SCORES_WARPS)
+    many = (module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS, module.SCORES_STAGES_MANY_ROWS)
+    few = (module.PROGRAMS_PER_SM, module.SCORES_WARPS, module.SCORES_STAGES)
     assert many != few
     pages = 8 * long  # TopK 12.5%'s list of a cache of 8·long pages
     assert module.scoring_shape(rows, long, pages) == many
@@ -557,7 +557,8 @@ def test_sparse_decode_takes_the_many_rows_shape_only_for_many_rows_over_long_li
     assert module.first_wave(cpu, rows, long, pages) == many[0] * 4  # the interpreter's 4 SMs
     assert module.first_wave(cpu, rows, pages, pages) == few[0] * 4
     # the split count is a row's share of the programs (4 SMs' worth): with "many" at 2 rows,
-    # 2 rows of a 512-page list take 4·4/2 = 8 splits, 4·2/2 = 4 when the list may hold every page
+    # 2 rows of a long list take per_sm·4/2 splits of the many-rows shape (5·4/2 = 10), of the
+    # default (2·4/2 = 4) when the list may hold every page
     monkeypatch.setattr(module, "MANY_ROWS", 2)
     for num_pages, per_sm in ((pages, many[0]), (long, few[0])):
         assert module.num_splits(2, 1, long, num_pages, 16, cpu, True) == per_sm * 4 // 2
@@ -565,12 +566,13 @@ def test_sparse_decode_takes_the_many_rows_shape_only_for_many_rows_over_long_li
 
 def test_sparse_decode_launches_the_shape_its_rule_picks(monkeypatch):
     """The op itself hands the scoring launch what ``scoring_shape`` picks for its list: the
-    warps, the split count (and the grid it sets) and the first wave, for a budgeted list, a
+    warps and stages, the split count (and the grid it sets) and the first wave, for a budgeted list, a
     list of any page (capacity P) and a dense pass (the rule's arguments at the call site)."""
     from entmaxkv.kernels import sparse_decode as module
 
     monkeypatch.setattr(module, "MANY_ROWS", 2)
     monkeypatch.setattr(module, "MANY_ROWS_LIST_PAGES", 4)
+    monkeypatch.setattr(module, "PROGRAMS_PER_SM_MANY_ROWS", 3)  # 3·4/2 splits: below a 32-page list's cap of 8
     monkeypatch.setattr(module, "EXCHANGE_AT_START", False)
     seen = []
     real = module.wrap_triton
@@ -583,7 +585,8 @@ def test_sparse_decode_launches_the_shape_its_rule_picks(monkeypatch):
             def __getitem__(self, grid):
                 def run(*args, **kwargs):
                     if kernel is module._scores_kernel:
-                        seen.append((grid, kwargs["num_warps"], kwargs["NSPLIT"], args[wave_at]))
+                        seen.append((grid, kwargs["num_warps"], kwargs.get("num_stages"), kwargs["NSPLIT"],
+                                     args[wave_at]))
                     return launcher[grid](*args, **kwargs)
                 return run
         return Launch()
@@ -593,17 +596,18 @@ def test_sparse_decode_launches_the_shape_its_rule_picks(monkeypatch):
     cache, _, _ = make_cache(seed, 1, 2, 16, 16, [1100], dtype=torch.float32)
     p = cache.num_pages  # 69 full pages and the newest: a 32-page list is at most half of them
     q = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(seed))
-    many = (module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS)
-    few = (module.PROGRAMS_PER_SM, module.SCORES_WARPS)
-    for capacity, dense, (per_sm, warps) in ((32, False, many), (p, False, few), (32, True, few)):
+    many = (module.PROGRAMS_PER_SM_MANY_ROWS, module.SCORES_WARPS_MANY_ROWS, module.SCORES_STAGES_MANY_ROWS)
+    few = (module.PROGRAMS_PER_SM, module.SCORES_WARPS, module.SCORES_STAGES)
+    assert many[2] is not None and few[2] is None  # Triton's default: the launch passes no num_stages
+    for capacity, dense, (per_sm, warps, stages) in ((32, False, many), (p, False, few), (32, True, few)):
         pages = torch.full((1, 2, capacity), -1, dtype=torch.int32)
         pages[..., :32] = torch.arange(32, dtype=torch.int32)
         count = torch.full((1, 2), 32, dtype=torch.int32)
         seen.clear()
         module.sparse_decode(q, cache.k_pages, cache.v_pages, None, pages, count, cache.seq_lens, None, None, None,
                              None, 1.5, 0.3, dense, module.TAU_EXACT, 0)
-        (grid, got_warps, nsplit, wave), = seen
-        assert got_warps == warps, (capacity, dense)
+        (grid, got_warps, got_stages, nsplit, wave), = seen
+        assert (got_warps, got_stages) == (warps, stages), (capacity, dense)
         assert nsplit == per_sm * 4 // 2 and tuple(grid) == (2, nsplit + 1), (capacity, dense)  # 4 SMs, 2 rows
         assert wave == per_sm * 4, (capacity, dense)
 

@@ -72,7 +72,7 @@ def test_the_scoring_exchange_forms_agree_under_concurrent_programs(sel, many_ro
 
     if many_rows:  # every launch, the dense pass's too
         monkeypatch.setattr(sd, "scoring_shape", lambda rows, capacity, num_pages: (
-            sd.PROGRAMS_PER_SM_MANY_ROWS, sd.SCORES_WARPS_MANY_ROWS))
+            sd.PROGRAMS_PER_SM_MANY_ROWS, sd.SCORES_WARPS_MANY_ROWS, sd.SCORES_STAGES_MANY_ROWS))
     for seed in range(3):
         stream, cache = prefilled(torch.float16, 2, 32, 8, 20_000, seed=seed)
         q, k, v = stream.step()
