@@ -31,16 +31,27 @@ from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.state import PagedKVCache
 from entmaxkv.validation import check_count
 
-__all__ = ["TopK", "rank_key", "group_rank_key", "top_pages", "forced_pages", "forced_page_mask", "quest_count"]
+__all__ = ["TopK", "rank_key", "group_rank_key", "top_pages", "forced_pages", "forced_page_mask", "quest_count",
+           "VACUOUS_KEY"]
+
+VACUOUS_KEY = 3.4028234663852886e38  # float32's largest: the rank key of a page with a +inf bound
 
 
 def rank_key(upper: Tensor, candidates: Tensor, alpha: float) -> Tensor:
     """[B, Hkv, P] ranking key of each candidate page (-inf for pages that are not candidates).
 
-    upper: [B, Hkv, G, P] (``Step.upper``); candidates: [B, 1, P] bool."""
-    on_candidates = torch.where(candidates[:, :, None, :], upper, torch.full_like(upper, float("-inf")))
-    reference = on_candidates.amax(-1, keepdim=True)  # [B, Hkv, G, 1] each head's best bound
+    upper: [B, Hkv, G, P] (``Step.upper``); candidates: [B, 1, P] bool.
+
+    A bound of +inf is vacuous (a page box of non-finite keys, or past float32's range): the
+    page could hold any score, so it ranks first — key ``VACUOUS_KEY``, above every finite
+    key (those are <= 0), below the forced pages' +inf, so that it still counts against the
+    budget — and each head's reference is its best *finite* bound (one +inf would otherwise
+    make every other key −inf and the row select nothing)."""
+    finite = candidates[:, :, None, :] & (upper < float("inf"))
+    on_candidates = torch.where(finite, upper, torch.full_like(upper, float("-inf")))
+    reference = on_candidates.amax(-1, keepdim=True)  # [B, Hkv, G, 1] each head's best finite bound
     key = (lin(alpha) * (upper - reference)).amax(2)
+    key = torch.where(key == float("inf"), torch.full_like(key, VACUOUS_KEY), key)
     return torch.where(candidates, key, torch.full_like(key, float("-inf")))
 
 

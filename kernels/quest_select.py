@@ -3,9 +3,10 @@
 Per (sequence, KV head) row, from ``page_bounds``' per-head page quantities [G, P]:
 
     candidates   full pages other than the newest one: p < n, n = (len − 1) // S
-    reference    L_h = the best candidate upper bound of head h, max_p U_hp
+    reference    L_h = the best finite candidate upper bound of head h, max_p U_hp
     key_p        max_h lin(α)·(U_hp − L_h) on candidates (−inf elsewhere); +inf on forced
-                 pages: the first ``sink_pages`` and the ``recent_pages`` just before the newest
+                 pages: the first ``sink_pages`` and the ``recent_pages`` just before the newest;
+                 float32's largest (``topk.VACUOUS_KEY``) where some U_hp is +inf (vacuous)
     count        ``budget_pages``, or ceil(n·coverage − 1e-9) computed in float64
     selection    the max(count, forced) candidates with the largest keys (ties to the lower
                  page index), as a page list (increasing, −1 padded), its length and a mask
@@ -79,6 +80,7 @@ from entmaxkv.kernels.threshold_search import (_eligible_ordered, _ordered, _row
 __all__ = ["quest_select", "float64_words", "list_capacity", "search_block"]
 
 CHUNK = 1024  # pages per program of the two row-parallel kernels (mean maxima, keys)
+VACUOUS_KEY = tl.constexpr(3.4028234663852886e38)  # ``topk.VACUOUS_KEY``: a page with a +inf bound
 CHUNK_WARPS = 4
 # warps of the per-row search program once its row block holds 2048 pages, and of a streamed
 # row's bracket program (1M TopK 3%, session 15: 155.4 µs at 8 warps, 155.7 at 4, 176.6 at 16;
@@ -182,7 +184,8 @@ def _chunk_best_upper_kernel(
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, WORK: tl.constexpr,
     PDL: tl.constexpr = False,
 ):
-    """best[row, chunk, g] = the chunk's largest candidate upper bound of head g (−inf if none)."""
+    """best[row, chunk, g] = the chunk's largest finite candidate upper bound of head g (−inf if
+    none)."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
@@ -191,6 +194,7 @@ def _chunk_best_upper_kernel(
     gs = tl.arange(0, G_PAD)
     u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & (idx[None, :] < n),
                 other=float("-inf")).to(WORK)
+    u = tl.where(u < float("inf"), u, float("-inf"))  # finite bounds only: +inf is vacuous (``topk.rank_key``)
     tl.store(best + (row * NCHUNK + chunk) * G + gs, tl.max(u, axis=1), mask=gs < G)
 
 
@@ -220,6 +224,7 @@ def _keys_kernel(
                     other=float("-inf")).to(WORK)
         # max_h lin·(U_hp − L_h): padded heads give −inf (a padded L_h is −inf too: keep them out)
         key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
+        key = tl.where(key == float("inf"), VACUOUS_KEY, key)  # a vacuous bound: first, within the budget
         forced = cand & ((idx < sink) | (idx >= n - recent))
         tl.store(keys + row * P + idx, tl.where(forced, float("inf"), key), mask=cand)
 

@@ -294,6 +294,49 @@ def test_decode_step_ranks_a_boxed_cache_by_the_box(backend, with_info, monkeypa
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_topk_ranks_pages_with_a_vacuous_box_first_within_the_budget(backend):
+    """A page box of float64 keys at 1e300 is vacuous (bound +inf): TopK ranks such pages
+    first (lowest index first), below the forced pages and within the budget, and ranks the
+    others as if the vacuous pages were not there (each head's reference is its best finite
+    bound: one +inf used to make every other key −inf, and the row selected nothing)."""
+    pytest.importorskip("triton")
+    from entmaxkv.kernels.page_scores import rounding_gamma
+    from entmaxkv.topk import VACUOUS_KEY, rank_key
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    n, d = S * 7 + 3, 32  # full pages 0-6, the newest page 7
+    k, v = (torch.randn(1, 2, n, d, generator=g, dtype=torch.float64) for _ in range(2))
+    q, k_new, v_new = (torch.randn(1, h, 1, d, generator=g, dtype=torch.float64) for h in (4, 2, 2))
+    for vacuous, topk, want in (([1, 2, 3, 5], ekv.TopK(token_budget=3 * S, sink_pages=0, recent_pages=1), {1, 2, 6}),
+                                ([2], ekv.TopK(token_budget=3 * S, sink_pages=0), None)):
+        kv = k.clone()
+        for p in vacuous:
+            kv[:, :, p * S:(p + 1) * S] *= 1e300
+        empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=2, head_dim=d, capacity=n + S, dtype=torch.float64,
+                                       page_boxes=True)
+        cache = ekv.prefill(empty, kv, v, [n])
+        config = ekv.DecodeConfig(1.5, topk, scale=0.2, backend=backend)
+        new, _, info = ekv.decode_step(cache, q, k_new, v_new, config, with_info=True)
+        upper, _ = box_upper(q[:, :, 0], *boxes_of(new), 0.2, rounding_gamma(torch.float64, d))
+        candidates = (torch.arange(new.num_pages) < 7)[None, None]
+        assert bool(upper[..., vacuous].isposinf().all()) and bool(upper[..., :7].isfinite().sum() > 0)
+        assert (rank_key(upper, candidates, 1.5)[..., vacuous] == VACUOUS_KEY).all()
+        if want is None:  # the vacuous page, then the best two by the keys of the finite pages alone
+            finite = candidates & ~torch.isin(torch.arange(new.num_pages), torch.tensor(vacuous))
+            key = rank_key(upper, finite, 1.5)
+            best = torch.argsort(key, dim=-1, descending=True, stable=True)[..., :2]  # [1, 2, 2]
+            want = [set(vacuous) | set(best[0, h].tolist()) for h in range(2)]
+        else:
+            want = [want, want]
+        for h in range(2):
+            got = set(torch.nonzero(info.page_mask[0, h, :7]).flatten().tolist())
+            assert got == want[h], (backend, vacuous, h, f"seed {seed}")
+            assert bool(info.page_mask[0, h, 7]), "the newest page"
+
+
+@pytest.mark.interpreter
 def test_vmap_of_a_topk_step_on_a_boxed_cache_equals_a_loop():
     pytest.importorskip("triton")
     seed = fresh_seed()
