@@ -132,7 +132,8 @@ def box_bounds(cache: PagedKVCache, q: Tensor, scale: float) -> Tensor:
     float64, with the work dtype's γ), the reference of ``page_box_upper``."""
     wdt = work_dtype(cache.dtype)
     upper, _ = box_upper(q[:, :, 0], *boxes_of(cache), scale, _gamma(wdt, cache.head_dim))
-    return upper.to(wdt)
+    # past the work dtype's range: +inf above, its lowest below (never −inf), as the kernel
+    return upper.clamp_min(torch.finfo(wdt).min).to(wdt)
 
 
 def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tensor | None) -> Tensor:

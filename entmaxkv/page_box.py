@@ -26,7 +26,9 @@ step scale·t·attn_scale (t a power of two), adding the slack term to I + l1/2 
 product: within 2·eps·mag in all. Outside that model: steps below 2^-126 (keys and queries so
 small that scale·t·attn_scale is subnormal), where the kernel's products round absolutely.
 At the other end the bound is +inf (vacuous): a query head not finite in float32, a step that
-overflows it (``box_upper``).
+overflows it (``box_upper``). The kernel's float32 bound is +inf where this float64 one is past
+float32's largest value and float32's lowest where it is below its lowest; ``TopK`` ranks a
+page with a +inf bound first (``topk.rank_key``).
 """
 
 from __future__ import annotations
