@@ -163,6 +163,7 @@ def test_cache_options_reach_every_layer():
 def test_cache_options_are_checked_before_the_first_forward():
     """Bad ``key_bits`` / ``page_boxes`` fail when the cache is made (``EntmaxKVCache``,
     ``hf.generate``, ``hf.prefill``), naming the option, not deep inside the first forward."""
+    import transformers
     from entmaxkv.hf.cache import EntmaxKVCache
 
     model = tiny_llama(head_dim=16)
@@ -178,6 +179,14 @@ def test_cache_options_are_checked_before_the_first_forward():
             hf.generate(model, ids, config, max_new_tokens=2, **options)
         with pytest.raises(error, match=match):
             hf.prefill(model, ids, config, capacity=64, **options)
+    # the config's own head_dim, not hidden_size / heads: 32 here (64 / 4 = 16 would be refused)
+    wide = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    assert EntmaxKVCache(wide, 64, config, page_boxes=True).layers[0] is not None
+    with pytest.raises(ValueError, match="head_dim=16"):
+        EntmaxKVCache(transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+                      64, config, page_boxes=True)
 
 
 def test_functional_step_compiles_fullgraph(model):

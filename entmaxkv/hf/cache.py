@@ -113,6 +113,16 @@ class EntmaxKVLayer(_cache_utils.CacheLayerMixin):
         self.length, self.state, self.infos, self.is_initialized = 0, None, [], False
 
 
+def _head_dim(text_config) -> int | None:
+    """The attention's head dimension: ``head_dim`` where the config sets it (it may differ
+    from hidden_size / heads), else hidden_size // num_attention_heads; None if neither is known."""
+    explicit = getattr(text_config, "head_dim", None)
+    if explicit:
+        return int(explicit)
+    hidden, heads = getattr(text_config, "hidden_size", None), getattr(text_config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
+
+
 class EntmaxKVCache(_cache_utils.Cache):
     """A transformers cache for decoder-only models, one ``EntmaxKVLayer`` per layer.
 
@@ -134,8 +144,8 @@ class EntmaxKVCache(_cache_utils.Cache):
                  page_size: int = 16, record_info: bool = False, dense_layers: int = 0,
                  key_bits: int | None = None, page_boxes: bool = False):
         text = model_config.get_text_config(decoder=True)
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        check_cache_options(key_bits, page_boxes, head_dim)  # now, not at the first forward
+        # checked now, not at the first forward (head_dim: only page boxes constrain it)
+        check_cache_options(key_bits, page_boxes, _head_dim(text) if page_boxes is True else None)
         n = text.num_hidden_layers
         configs = layer_configs(config, n, dense_layers)
         super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info, key_bits, page_boxes)
