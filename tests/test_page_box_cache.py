@@ -302,8 +302,10 @@ def test_topk_ranks_pages_with_a_vacuous_box_first_within_the_budget(backend):
     bound: one +inf used to make every other key −inf, and the row selected nothing)."""
     pytest.importorskip("triton")
     from entmaxkv.kernels.page_scores import rounding_gamma
+    from entmaxkv.kernels import quest_select
     from entmaxkv.topk import VACUOUS_KEY, rank_key
 
+    assert quest_select.VACUOUS_KEY.value == VACUOUS_KEY  # the kernel's copy of the constant
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     n, d = S * 7 + 3, 32  # full pages 0-6, the newest page 7
