@@ -74,8 +74,8 @@ from entmaxkv.kernels import select_pages as select_module  # its switches, read
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.select_pages import MAX_BLOCK, _take
 from entmaxkv.kernels.row_passes import _bracket_counts_kernel, _chunk_counts_kernel
-from entmaxkv.kernels.threshold_search import (_eligible_ordered, _ordered, _row_threshold, _sampled_bracket,
-                                               _threshold_in_bracket, search_radix)
+from entmaxkv.kernels.threshold_search import (_eligible_ordered, _histogram_bin, _histogram_threshold, _ordered,
+                                               _row_threshold, _sampled_bracket, _threshold_in_bracket, search_radix)
 
 __all__ = ["quest_select", "float64_words", "list_capacity", "search_block"]
 
@@ -125,6 +125,14 @@ RANK_PAIRS = 8192  # comparisons a rank program holds at once
 RANK_PAIRS_MANY_ROWS = 32768
 MANY_ROWS = 32
 RANK_WARPS = 4
+# a searched row held in registers starts its interpolation search from a histogram of its keys'
+# top HIST_BITS bits (``threshold_search._histogram_threshold``), counted by the (row, chunk)
+# programs that compute the keys (``_keys_kernel``, atomic adds) into a histogram that the chunk
+# maxima launch zeroes: the bin of the k-th key is the bracket, so the passes that count the
+# eligible keys, find the finite range and narrow it down to a bin are not run (0: no histogram).
+# Prediction (session 38): B = 1 128K TopK 6.25% 25 → ~10 passes a row, the search program
+# 17.2 → ~10 µs of the step's ~49
+HIST_BITS = 12
 
 
 def search_block(num_pages: int, streams: bool = True) -> tuple[int, int]:
@@ -180,15 +188,20 @@ def _float64_of(high, middle, low):
 
 @triton.jit
 def _chunk_best_upper_kernel(
-    upper, seq_lens, best, H, P, NCHUNK,
+    upper, seq_lens, best, hist, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, WORK: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, HIST_BITS: tl.constexpr = 0,
 ):
     """best[row, chunk, g] = the chunk's largest finite candidate upper bound of head g (−inf if
-    none)."""
+    none); with ``HIST_BITS`` > 0 the row's key histogram hist[row] zeroed (by its chunk 0), for
+    ``_keys_kernel`` to count into."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
+    if HIST_BITS > 0:
+        if chunk == 0:
+            bins = tl.arange(0, 1 << HIST_BITS)
+            tl.store(hist + row * (1 << HIST_BITS) + bins, tl.zeros((1 << HIST_BITS,), tl.int32))
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
     idx = chunk * CHUNK + tl.arange(0, CHUNK)
     gs = tl.arange(0, G_PAD)
@@ -200,12 +213,14 @@ def _chunk_best_upper_kernel(
 
 @triton.jit
 def _keys_kernel(
-    upper, chunk_best, seq_lens, keys, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
+    upper, chunk_best, seq_lens, keys, hist, lin_hi, lin_mid, lin_lo, sink, recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
-    WORK: tl.constexpr, PDL: tl.constexpr = False,
+    WORK: tl.constexpr, PDL: tl.constexpr = False, HIST_BITS: tl.constexpr = 0,
 ):
     """The rank keys of one chunk of a row's pages, into ``keys`` (pages < n only: the
-    selection reads no further)."""
+    selection reads no further); with ``HIST_BITS`` > 0 each eligible key also counted into its
+    bin of the row's histogram hist[row] (``threshold_search._histogram_bin``, atomic adds:
+    the counts are the same in any order), which the search starts from."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
@@ -226,7 +241,15 @@ def _keys_kernel(
         key = tl.max(tl.where(gs[:, None] < G, (u - attained[:, None]) * lin_w, float("-inf")), axis=0)
         key = tl.where(key == float("inf"), VACUOUS_KEY, key)  # a vacuous bound: first, within the budget
         forced = cand & ((idx < sink) | (idx >= n - recent))
-        tl.store(keys + row * P + idx, tl.where(forced, float("inf"), key), mask=cand)
+        key = tl.where(forced, float("inf"), key)
+        tl.store(keys + row * P + idx, key, mask=cand)
+        if HIST_BITS > 0:
+            NBITS: tl.constexpr = 64 if WORK == tl.float64 else 32
+            INT: tl.constexpr = tl.int64 if WORK == tl.float64 else tl.int32
+            u = _eligible_ordered(key, INT, NBITS)
+            eligible = cand & (u > -(2 ** (NBITS - 1)))
+            at = hist + row * (1 << HIST_BITS) + _histogram_bin(u, NBITS, HIST_BITS)
+            tl.atomic_add(at, tl.full((CHUNK,), 1, tl.int32), mask=eligible, sem="relaxed")
 
 
 @triton.jit
@@ -365,13 +388,13 @@ def _chunk_counts(x, t, first_chunk, above, ties, taken_before, row, NLIST, INT:
 
 @triton.jit
 def _search_kernel(
-    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket, totals,
+    keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket, totals, hist,
     budget, cov_hi, cov_mid, cov_lo, sink, recent, slack, H, P, NLIST,
     G: tl.constexpr, G_PAD: tl.constexpr, S: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr,
     INT: tl.constexpr, ONE_CHUNK: tl.constexpr, RADIX: tl.constexpr, FIELD: tl.constexpr, PROBES: tl.constexpr,
     LIST: tl.constexpr, COVERAGE: tl.constexpr, WORK: tl.constexpr, TAIL: tl.constexpr = 0,
     PDL: tl.constexpr = False, SAMPLE: tl.constexpr = 0, RUN: tl.constexpr = 1, GATHER: tl.constexpr = 0,
-    COUNTED: tl.constexpr = False,
+    COUNTED: tl.constexpr = False, HIST_BITS: tl.constexpr = 0,
 ):
     """One row's count and threshold, and per ``LIST``-page chunk what the list programs need
     to place their pages: the keys above the threshold and the ties with it up to the chunk's
@@ -379,7 +402,9 @@ def _search_kernel(
     the row is held as BLOCK lanes and TAIL more (``threshold_search``'s tail block). ``COUNTED``
     (a streamed row): its sampled bracket and the row's counts at its ends are in ``bracket``
     and ``totals`` (``_bracket_kernel``, ``row_passes``), and the per-chunk counts are left to
-    ``row_passes._chunk_counts_kernel``."""
+    ``row_passes._chunk_counts_kernel``. ``HIST_BITS`` > 0 (a row in registers, the
+    interpolation search): the search starts from the row's key histogram in ``hist``
+    (``_keys_kernel``; ``threshold_search._histogram_threshold``)."""
     pdl_enter(PDL)
     tl.static_assert(BLOCK < 2**15, "a block's tie count, shifted by 16, must stay a positive int32")
     tl.static_assert((TAIL == 0) or ONE_CHUNK, "a tail block only for a row held in registers")
@@ -405,6 +430,11 @@ def _search_kernel(
             base, lanes, n, tl.minimum(want, P), tl.load(at).to(INT), tl.load(at + 1).to(INT), tl.load(at + 2) != 0,
             tl.load(totals + row * 4), tl.load(totals + row * 4 + 1), tl.load(totals + row * 4 + 2),
             scratch + row * GATHER, INT, NBITS, BLOCK, PROBES, GATHER)
+    elif HIST_BITS > 0:
+        tl.static_assert(ONE_CHUNK and PROBES > 0, "a histogram for a row in registers, searched by interpolation")
+        t, ties_wanted, k = _histogram_threshold(base, lanes, n, u_all, tl.minimum(want, P),
+                                                 hist + row * (1 << HIST_BITS), INT, NBITS, BLOCK, ONE_CHUNK, PROBES,
+                                                 HIST_BITS, u_tail, TAIL)
     else:
         t, ties_wanted, k = _row_threshold(base, lanes, n, u_all, tl.minimum(want, P), scratch + row * GATHER, INT,
                                            NBITS, BLOCK, ONE_CHUNK, RADIX, FIELD, PROBES, u_tail, TAIL, SAMPLE, RUN,
@@ -532,14 +562,21 @@ def quest_select(
     keys = torch.empty((b, hkv, p), dtype=work, device=upper.device)
     chunks = triton.cdiv(p, CHUNK)
     chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
-    wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
-        upper, seq_lens, chunk_best, hkv, p, chunks, CHUNK=CHUNK, **kinds, num_warps=CHUNK_WARPS,
-        **pdl_kwargs(upper, "quest_select"))
-    wrap_triton(_keys_kernel)[(b * hkv, chunks)](
-        upper, chunk_best, seq_lens, keys, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
-        sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
-        num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
     block, tail = search_block(p)
+    ranked = p <= RANK_PAGES
+    # the key histogram the search starts from: searched rows held in registers (``HIST_BITS``)
+    hist_bits = HIST_BITS if not ranked and p <= block + tail and select_module.PROBES > 0 else 0
+    if hist_bits not in (0, 12, 14):  # at least a float64 key's sign and exponent (``_histogram_bin``)
+        raise ValueError(f"HIST_BITS must be 0, 12 or 14, got {hist_bits}")
+    # a fresh tensor either way (one element when unused): no input of the op is a kernel's output
+    hist = torch.empty((b * hkv, 1 << hist_bits) if hist_bits else (1,), dtype=torch.int32, device=upper.device)
+    wrap_triton(_chunk_best_upper_kernel)[(b * hkv, chunks)](
+        upper, seq_lens, chunk_best, hist, hkv, p, chunks, CHUNK=CHUNK, **kinds, HIST_BITS=hist_bits,
+        num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
+    wrap_triton(_keys_kernel)[(b * hkv, chunks)](
+        upper, chunk_best, seq_lens, keys, hist, *float64_words(alpha - 1.0 if alpha > 1.0 else 1.0),
+        sink_pages, recent_pages, hkv, p, chunks, CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), **kinds,
+        HIST_BITS=hist_bits, num_warps=CHUNK_WARPS, **pdl_kwargs(upper, "quest_select"))
     radix, field = search_radix(select_module.RADIX, block)
     list_pages = min(LIST_CHUNK, block)
     lists = triton.cdiv(p, list_pages)
@@ -547,7 +584,6 @@ def quest_select(
     # the search's per-chunk counts (a ranked row's list programs count for themselves)
     taken_before = torch.empty((b, hkv, lists, 2), dtype=torch.int32, device=upper.device)
     wide_ints = dict(NBITS=64 if wide else 32, INT=tl.int64 if wide else tl.int32)
-    ranked = p <= RANK_PAGES
     counted = False
     if ranked:
         row, row_tail = search_block(p, streams=False)  # the whole row, whatever MAX_BLOCK
@@ -577,10 +613,10 @@ def quest_select(
                 GATHER=sample["GATHER"], **wide_ints, num_warps=COUNT_WARPS, **pdl_kwargs(upper, "quest_select"))
         wrap_triton(_search_kernel)[(b * hkv,)](
             keys, newest_max, newest_mag, seq_lens, kept, found, taken_before, floor, magnitude, scratch, bracket,
-            totals, max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
+            totals, hist, max(budget_pages, 0), *float64_words(coverage), sink_pages, recent_pages,
             newest_slack(work, head_dim), hkv, p, lists,
             BLOCK=block, ONE_CHUNK=p <= block + tail, RADIX=radix, FIELD=field, PROBES=select_module.PROBES,
-            **sample, COUNTED=counted,
+            **sample, COUNTED=counted, HIST_BITS=hist_bits,
             LIST=list_pages, COVERAGE=budget_pages < 0, TAIL=tail, **wide_ints, **kinds,
             num_warps=(select_module.STREAMED_WARPS if p > block + tail and not counted
                        else SELECT_WARPS if block >= 2048 else 4),

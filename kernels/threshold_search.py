@@ -416,6 +416,68 @@ def _threshold_in_bracket(base, lanes, P, want, lo, hi, usable, c_lo, c_hi, elig
 
 
 @triton.jit
+def _histogram_bin(u, NBITS: tl.constexpr, HIST_BITS: tl.constexpr):
+    """The bin of ordered images u (``_ordered``) in a histogram of 2^HIST_BITS bins: their top
+    HIST_BITS bits, read as an unsigned int (int32), so that the bins keep the keys' order. For
+    float32 keys and 12 bits a bin is the sign, the exponent and three mantissa bits (an eighth
+    of a binade). With at least the sign and exponent bits (HIST_BITS >= 9 for float32 keys, 12
+    for float64) the bin of +inf holds no finite key (its image's low NBITS − HIST_BITS bits
+    are 0), only +inf and NaN images; ``_histogram_threshold`` relies on that."""
+    return ((u >> (NBITS - HIST_BITS)) + (1 << (HIST_BITS - 1))).to(tl.int32)
+
+
+@triton.jit
+def _histogram_threshold(base, lanes, P, u_all, want, hist, INT: tl.constexpr, NBITS: tl.constexpr,
+                         BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, HIST_BITS: tl.constexpr,
+                         u_tail=None, TAIL: tl.constexpr = 0):
+    """``_row_threshold``'s (t, ties_wanted, k) by the interpolation search, from a histogram of
+    the row's eligible keys: hist[b] (2^HIST_BITS int32) counts the eligible keys of bin b
+    (``_histogram_bin``; the programs that wrote the keys counted them). The histogram gives the
+    eligible count, and the bin that holds the k-th largest key is the bracket: lo its lowest
+    image, hi the next bin's, with both counts from the histogram. That replaces the counting
+    pass for the eligible keys, the pass for the finite range and the passes that narrow the
+    whole range to a bin. The bins are scanned in two levels (2^(HIST_BITS // 2) rows of bins,
+    then the bins of one row): reductions and short scans, no scan over 2^HIST_BITS lanes."""
+    ROWS: tl.constexpr = 1 << (HIST_BITS // 2)
+    COLS: tl.constexpr = 1 << (HIST_BITS - HIST_BITS // 2)
+    SHIFT: tl.constexpr = NBITS - HIST_BITS
+    HALF: tl.constexpr = 1 << (HIST_BITS - 1)
+    KEY: tl.constexpr = tl.float32 if NBITS == 32 else tl.float64
+    tl.static_assert(SHIFT <= (23 if NBITS == 32 else 52), "the bins must split at +inf: sign and exponent bits "
+                     "at least (HIST_BITS >= 9 for float32 keys, 12 for float64)")
+    r = tl.arange(0, ROWS)
+    c = tl.arange(0, COLS)
+    bins = r[:, None] * COLS + c[None, :]
+    h = tl.load(hist + bins)  # [ROWS, COLS]: bin r·COLS + c
+    per_row = tl.sum(h, axis=1)
+    eligible_total = tl.sum(per_row)
+    k = tl.minimum(want, eligible_total)
+    top = tl.full((), float("inf"), KEY).to(INT, bitcast=True)
+    inf_bin = _histogram_bin(top, NBITS, HIST_BITS)
+    n_inf = tl.sum(tl.sum(tl.where(bins >= inf_bin, h, 0), axis=1))  # the +inf keys (NaN is not counted)
+    t = tl.full((), -(2 ** (NBITS - 1)), INT)
+    ties = k
+    if k < eligible_total:  # else every eligible key is taken: nothing to search
+        if k <= n_inf:  # the k largest are +inf keys (k = 0: none), the first k of them
+            t = top
+        else:  # n_inf < k < eligible: the k-th key is finite, in a bin below +inf's
+            row_ge = eligible_total - tl.cumsum(per_row, axis=0) + per_row  # keys in rows r.. of bins
+            r_k = tl.sum((row_ge >= k).to(tl.int32)) - 1  # the last row with >= k keys at or above it
+            in_row = tl.sum(tl.where(r[:, None] == r_k, h, 0), axis=0)  # [COLS]: row r_k's bins
+            above = tl.sum(tl.where(r == r_k, row_ge - per_row, 0))  # keys in the rows above r_k
+            col_ge = above + tl.sum(in_row) - tl.cumsum(in_row, axis=0) + in_row  # keys in bins (r_k, c)..
+            c_k = tl.sum((col_ge >= k).to(tl.int32)) - 1
+            c_lo = tl.sum(tl.where(c == c_k, col_ge, 0))  # #{u >= lo} >= k
+            c_hi = c_lo - tl.sum(tl.where(c == c_k, in_row, 0))  # #{u >= hi} < k
+            b = r_k * COLS + c_k
+            lo = (b - HALF).to(INT) << SHIFT
+            hi = (b + 1 - HALF).to(INT) << SHIFT  # b < inf_bin <= 2^HIST_BITS − 1: no overflow
+            t, ties = _bracketed_threshold(base, lanes, P, u_all, k, lo, hi, c_lo, c_hi, INT, NBITS, BLOCK,
+                                           ONE_CHUNK, PROBES, u_tail, TAIL)
+    return t, ties, k
+
+
+@triton.jit
 def _interpolated_threshold(base, lanes, P, u_all, k, eligible_total, INT: tl.constexpr, NBITS: tl.constexpr,
                             BLOCK: tl.constexpr, ONE_CHUNK: tl.constexpr, PROBES: tl.constexpr, u_tail=None,
                             TAIL: tl.constexpr = 0):

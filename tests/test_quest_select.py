@@ -27,6 +27,7 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
 from entmaxkv.kernels.page_scores import newest_slack, page_bounds, page_scores, rounding_gamma  # noqa: E402
 from entmaxkv.kernels.quest_select import quest_select  # noqa: E402
+from entmaxkv.kernels import quest_select as quest_select_module  # noqa: E402  (its switches)
 
 S = 8  # small pages: many pages per short sequence
 
@@ -97,7 +98,14 @@ def small_blocks(monkeypatch, layout: str) -> None:
     as 32 + 16 lanes, the tail one partial list chunk in ``registers``, four in ``chunked``);
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
     off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes); ``ranked, many rows``: as
-    ``ranked`` with the rank blocks of a launch with many rows (8 pages a program)."""
+    ``ranked`` with the rank blocks of a launch with many rows (8 pages a program);
+    ``registers, other start``: as ``registers`` with the search's other start (``HIST_BITS``
+    12 ⇄ 0: from the keys' histogram, or from counting passes over the whole row), so both
+    stay tested whichever is the default."""
+    if layout == "registers, other start":
+        layout = "registers"
+        other = 12 if quest_select_module.HIST_BITS == 0 else 0
+        monkeypatch.setattr("entmaxkv.kernels.quest_select.HIST_BITS", other)
     if layout == "ranked, many rows":  # the rank blocks of many rows (``MANY_ROWS``): 8 pages
         layout = "ranked"
         monkeypatch.setattr("entmaxkv.kernels.quest_select.MANY_ROWS", 1)
@@ -131,6 +139,8 @@ def selected_magnitude(mask, absmax):
     (dtype, group, "registers") for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     for group in (1, 2, 4)] + [(torch.float32, 4, "chunked"), (torch.float16, 2, "chunked"),
                                (torch.float32, 2, "one block"), (torch.float64, 4, "one block"),
+                               (torch.float32, 4, "registers, other start"),
+                               (torch.float64, 2, "registers, other start"),
                                (torch.float32, 4, "streamed"), (torch.float64, 1, "streamed")]
     + [(dtype, group, "ranked") for dtype, group in ((torch.float32, 4), (torch.float16, 2), (torch.bfloat16, 1),
                                                      (torch.float64, 2))]
@@ -163,16 +173,18 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
-@pytest.mark.parametrize("layout", ["registers", "one block", "tail chunks", "chunked", "streamed", "ranked",
-                                    "ranked one block", "ranked, many rows"])
+@pytest.mark.parametrize("layout", ["registers", "registers, other start", "one block", "tail chunks", "chunked",
+                                    "streamed", "ranked", "ranked one block", "ranked, many rows"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
     """Page scores drawn directly (not from a cache): the newest page's best score is above
     the best mean for some heads and below it for others, so both floor terms matter, each
     head's L_h differs, and values on a coarse grid tie within and across heads. Entries of
-    pages that are not candidates are NaN: the kernel must not read them. Some draws pass no
-    means (α = 1's TopK step): the floor is then the newest page's term."""
+    pages that are not candidates are NaN: the kernel must not read them. Some draws give a few
+    pages −inf bounds on every head: their keys are −inf, not eligible (where the budget exceeds
+    the eligible keys, their count bounds the selection). Some draws pass no means (α = 1's TopK
+    step): the floor is then the newest page's term."""
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -191,6 +203,8 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
         newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
         absmax = upper.abs() + torch.rand(b, hkv, group, p, generator=g, dtype=dtype)
         newest_mag = newest_max.abs() + 1
+        if rnd.random() < 0.5:  # pages no head can score on (bounds −inf): keys −inf, not eligible
+            upper[:, :, :, torch.randperm(p, generator=g)[:3]] = float("-inf")
         off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
         upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (upper, means, absmax))
         if rnd.random() < 0.3:
@@ -505,11 +519,12 @@ def test_opcheck_quest_select_on_streamed_rows(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("pages, search, wide", [
     (pages, search, False) for pages in (1000, 8300, 20000)  # ranked (16K tokens); 128K in registers; 320K streamed
-    for search in ("interpolate", "radix1", "radix2")] + [(20000, "interpolate", True)])
+    for search in ("interpolate", "radix1", "radix2")] + [(pages, "interpolate", True) for pages in (8300, 20000)])
 def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wide, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
-    the same device; streamed rows (counted over (row, chunk) programs) in float64 too."""
+    the same device; rows in registers (searched from the keys' histogram) and streamed rows
+    (counted over (row, chunk) programs) in float64 too."""
     use_search(monkeypatch, search)
     seed = fresh_seed()
     g = torch.Generator(device="cuda").manual_seed(seed)

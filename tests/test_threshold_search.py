@@ -459,3 +459,89 @@ def test_sampled_streamed_rows_on_the_gpu_select_the_stable_top(wide, gather, mo
             assert n == len(want) and torch.equal(pages[i, j, :n].long(), want), f"seed {seed} row ({i}, {j})"
             assert bool((pages[i, j, n:] == -1).all()), f"seed {seed} row ({i}, {j})"
 
+
+
+@triton.jit
+def _histogram_search(keys, wants, hist, out, P, INT: tl.constexpr, NBITS: tl.constexpr, BLOCK: tl.constexpr,
+                      HIST_BITS: tl.constexpr, PROBES: tl.constexpr):
+    """out[row] = (t, ties_wanted, k) of ``_histogram_threshold`` on a row of BLOCK lanes (P
+    keys), its histogram counted here first, as ``quest_select``'s keys programs count it
+    (the interpreter runs the program's atomic adds before its loads: no barrier needed)."""
+    from entmaxkv.kernels.threshold_search import _eligible_ordered, _histogram_bin, _histogram_threshold
+    row = tl.program_id(0).to(tl.int64)
+    base = keys + row * P
+    lanes = tl.arange(0, BLOCK)
+    u = _eligible_ordered(tl.load(base + lanes, mask=lanes < P, other=float("-inf")), INT, NBITS)
+    h = hist + row * (1 << HIST_BITS)
+    eligible = (lanes < P) & (u > -(2 ** (NBITS - 1)))
+    tl.atomic_add(h + _histogram_bin(u, NBITS, HIST_BITS), tl.full((BLOCK,), 1, tl.int32), mask=eligible)
+    t, ties, k = _histogram_threshold(base, lanes, P, u, tl.load(wants + row), h, INT, NBITS, BLOCK, True, PROBES,
+                                      HIST_BITS)
+    tl.store(out + row * 3, t.to(tl.int64))
+    tl.store(out + row * 3 + 1, ties.to(tl.int64))
+    tl.store(out + row * 3 + 2, k.to(tl.int64))
+
+
+def bin_edge_keys(dtype, hist_bits: int) -> torch.Tensor:
+    """Two rows of 16 keys on both sides of histogram bin edges, for bins of positive and
+    negative keys: the lowest image of a bin and the highest of the bin below (one step of the
+    bit image apart) — the 16 keys of 4 edges, and the 8 keys of 2 edges twice each (ties at the
+    top of a bin: a search that never counts above it takes its ties from the bracket's count
+    at hi, the histogram's)."""
+    ints, nbits = (torch.int64, 64) if dtype == torch.float64 else (torch.int32, 32)
+    shift = nbits - hist_bits
+    one = torch.tensor([1.0], dtype=dtype).view(ints)
+    edges = [one + (b << shift) for b in (1, 2, 3, 5)]  # bins above 1.0: float32's third mantissa bit, float64's exponent
+    x = torch.cat([e - d for e in edges for d in (0, 1)]).view(dtype)
+    return torch.stack([torch.cat([x, -x]), torch.cat([x[:4], -x[:4]]).repeat_interleave(2)])
+
+
+@pytest.mark.parametrize("hist_bits", [12, 14])
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_histogram_bracket_holds_the_kth_key(hist_bits, wide, poison):
+    """``_histogram_threshold`` (the search ``quest_select`` runs on rows held in registers) selects
+    a stable descending sort's first k keys: on the extreme rows of
+    ``test_interpolation_at_the_ends_of_the_float_range`` (largest finite floats, subnormals,
+    ±0.0, one finite key among infinities, NaN; the k-th key then in the first or last finite
+    bin, or +inf's), random bit patterns, keys that differ in their lowest bits (all in one
+    bin), and keys on both sides of bin edges (``bin_edge_keys``: a bin's first image is its
+    bracket's lo, an off-by-one there moves a key across it), each row with every want from 0
+    to past its eligible keys. Checked in integers: (t, ties) take the keys whose image is above
+    t and the first ``ties`` equal to it; k is min(want, eligible keys)."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if wide else torch.float32
+    info = torch.finfo(dtype)
+    inf, p = float("inf"), 16
+    special = torch.tensor([
+        [info.max, -info.max, info.tiny / 4, -info.tiny / 4, 0.0, -0.0, info.max / 3, -info.max, info.tiny,
+         1.0, -1.0, info.max, inf, inf, float("nan"), -inf],
+        [inf, -inf, 2.5, inf, -inf, inf, -inf, -inf, inf, -inf, -inf, -inf, -inf, -inf, inf, -inf],
+        [3.0] * 15 + [info.max],
+        [-info.max] * 15 + [-info.max / 2],
+    ], dtype=dtype)
+    keys = torch.cat([special, bit_pattern_keys(g, (2, p), dtype), low_bit_keys(g, (2, p), dtype),
+                      bin_edge_keys(dtype, hist_bits)])
+    keys = keys[:, torch.randperm(p, generator=g)]  # where the extremes sit
+    keys = keys.repeat_interleave(p + 2, 0)  # each row with every want, 0 .. p + 1
+    rows = len(keys)
+    images = ordered_images(keys)
+    lowest = -(2 ** (63 if wide else 31))
+    eligible = (images > lowest).sum(-1)
+    wants = torch.arange(p + 2, dtype=torch.int32).repeat(rows // (p + 2))
+    out = torch.empty((rows, 3), dtype=torch.int64)
+    hist = torch.zeros((rows, 1 << hist_bits), dtype=torch.int32)
+    _histogram_search[(rows,)](keys.contiguous(), wants, hist, out, p, INT=tl.int64 if wide else tl.int32,
+                               NBITS=64 if wide else 32, BLOCK=p, HIST_BITS=hist_bits, PROBES=12)
+    order = torch.argsort(keys, dim=-1, descending=True, stable=True)
+    for i in range(rows):
+        msg = f"seed {seed} row {i} want {int(wants[i])} keys {keys[i].tolist()}"
+        k = min(int(wants[i]), int(eligible[i]))
+        t, ties, got_k = (int(v) for v in out[i])
+        assert got_k == k, msg
+        ok = images[i] > lowest
+        tie = ok & (images[i] == t)
+        take = (ok & (images[i] > t)) | (tie & (torch.cumsum(tie.long(), 0) - tie.long() < ties))
+        expect = torch.zeros(p, dtype=torch.bool)
+        expect[[int(x) for x in order[i] if ok[x]][:k]] = True
+        assert torch.equal(take, expect), msg
