@@ -36,7 +36,8 @@ programs then count the keys before their chunk themselves. Longer rows take one
 row for the count and the threshold (``select_pages``' threshold search, ``threshold_search``,
 switched by ``select_pages.PROBES``, ``RADIX`` and ``SAMPLE``, read at each call: the same
 switches as ``select_pages``'), which holds the row's keys in registers up to ``MAX_BLOCK``
-pages; it also stores, per ``LIST_CHUNK``-page chunk, how many keys lie above the threshold
+pages (with ``HIST_BITS`` > 0 such a row's search starts from a histogram of its keys, which the
+keys launch counts: the bin of the k-th key is its first bracket); it also stores, per ``LIST_CHUNK``-page chunk, how many keys lie above the threshold
 and how many tie with it up to the chunk's end, and the floor's newest-page term. A row
 longer than ``MAX_BLOCK`` pages (past ~256K tokens) with a sample (``select_pages.SAMPLE``)
 takes three launches more, so that no pass over it runs in one program: a program per row
@@ -131,8 +132,9 @@ RANK_WARPS = 4
 # maxima launch zeroes: the bin of the k-th key is the bracket, so the passes that count the
 # eligible keys, find the finite range and narrow it down to a bin are not run (0: no histogram).
 # Prediction (session 38): B = 1 128K TopK 6.25% 25 → ~10 passes a row, the search program
-# 17.2 → ~10 µs of the step's ~49
-HIST_BITS = 12
+# 17.2 → ~10 µs of the step's ~49. Off by default until measured on the GPU (session 39 got no
+# device); CPU-tested both ways (``test_quest_select``'s "registers, other start")
+HIST_BITS = 0
 
 
 def search_block(num_pages: int, streams: bool = True) -> tuple[int, int]:

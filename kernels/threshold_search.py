@@ -43,6 +43,10 @@ A row held in registers (``ONE_CHUNK``) is one power-of-two block of lanes, or â
 is a few lanes longer than a power of two, as a cache with room for more tokens is â€” that block
 and a small power-of-two ``TAIL`` block for its last lanes: 8,196 pages take 8,192 + 16 lanes,
 not 16,384, and every counting pass half the work (``u_tail``; ``TAIL`` = 0: one block).
+Such a row's interpolation search can also start from a histogram of its keys' top bits that
+the programs writing the keys counted (``_histogram_threshold``, ``quest_select.HIST_BITS``):
+the histogram gives the eligible count and the bin of the k-th key, which is the first bracket,
+so no pass counts the row's eligible keys or its finite range.
 
 Both select the same pages, bit for bit (``_take``: the keys above t, then the first
 ``ties_wanted`` keys equal to t), though not always from the same (t, ties_wanted): the

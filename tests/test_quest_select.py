@@ -520,12 +520,14 @@ def test_opcheck_quest_select_on_streamed_rows(monkeypatch):
 @pytest.mark.parametrize("pages, search, wide", [
     (pages, search, False) for pages in (1000, 8300, 20000)  # ranked (16K tokens); 128K in registers; 320K streamed
     for search in ("interpolate", "radix1", "radix2")] + [(pages, "interpolate", True) for pages in (8300, 20000)])
-def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wide, monkeypatch):
+@pytest.mark.parametrize("hist_bits", [0, 12])
+def test_quest_select_on_the_gpu_equals_the_torch_composition(pages, search, wide, hist_bits, monkeypatch):
     """The compiled kernel (both row layouts, both threshold searches) on long rows of drawn
     page scores, and a real TopK step's page_bounds / quest_select against the torch code on
-    the same device; rows in registers (searched from the keys' histogram) and streamed rows
-    (counted over (row, chunk) programs) in float64 too."""
+    the same device; rows in registers (their search started from the keys' histogram or
+    not: ``hist_bits``) and streamed rows (counted over (row, chunk) programs) in float64 too."""
     use_search(monkeypatch, search)
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.HIST_BITS", hist_bits)
     seed = fresh_seed()
     g = torch.Generator(device="cuda").manual_seed(seed)
     b, hkv, group = 2, 8, 4
