@@ -68,7 +68,9 @@ def params_from_hf(model) -> tuple[dict, LlamaSpec]:
     params = {"embed": base.embed_tokens.weight, "layers": [layer(b) for b in base.layers],
               "norm": base.norm.weight, "lm_head": model.lm_head.weight,
               "inv_freq": base.rotary_emb.inv_freq}
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    from entmaxkv.hf.layers import head_dim_of  # the model is a transformers one: the extra is installed
+
+    head_dim = head_dim_of(cfg)
     spec = LlamaSpec(num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
                      num_kv_heads=cfg.num_key_value_heads, head_dim=head_dim, hidden=cfg.hidden_size,
                      vocab=params["lm_head"].shape[0], rms_eps=float(cfg.rms_norm_eps),

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from entmaxkv.config import DecodeConfig, DecodeInfo
 from entmaxkv.hf._extra import require
-from entmaxkv.hf.layers import layer_configs
+from entmaxkv.hf.layers import head_dim_of, layer_configs
 from entmaxkv.state import PagedKVCache
 from entmaxkv.validation import check_cache_options
 
@@ -113,16 +113,6 @@ class EntmaxKVLayer(_cache_utils.CacheLayerMixin):
         self.length, self.state, self.infos, self.is_initialized = 0, None, [], False
 
 
-def _head_dim(text_config) -> int | None:
-    """The attention's head dimension: ``head_dim`` where the config sets it (it may differ
-    from hidden_size / heads), else hidden_size // num_attention_heads; None if neither is known."""
-    explicit = getattr(text_config, "head_dim", None)
-    if explicit:
-        return int(explicit)
-    hidden, heads = getattr(text_config, "hidden_size", None), getattr(text_config, "num_attention_heads", None)
-    return hidden // heads if hidden and heads else None
-
-
 class EntmaxKVCache(_cache_utils.Cache):
     """A transformers cache for decoder-only models, one ``EntmaxKVLayer`` per layer.
 
@@ -145,7 +135,7 @@ class EntmaxKVCache(_cache_utils.Cache):
                  key_bits: int | None = None, page_boxes: bool = False):
         text = model_config.get_text_config(decoder=True)
         # checked now, not at the first forward (head_dim: only page boxes constrain it)
-        check_cache_options(key_bits, page_boxes, _head_dim(text) if page_boxes is True else None)
+        check_cache_options(key_bits, page_boxes, head_dim_of(text) if page_boxes is True else None)
         n = text.num_hidden_layers
         configs = layer_configs(config, n, dense_layers)
         super().__init__(layers=[EntmaxKVLayer(i, capacity, page_size, c, record_info, key_bits, page_boxes)

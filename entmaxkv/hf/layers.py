@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from entmaxkv.config import DecodeConfig
 from entmaxkv.selection import Dense
 
-__all__ = ["layer_configs"]
+__all__ = ["head_dim_of", "layer_configs"]
 
 
 def layer_configs(config: DecodeConfig | Sequence[DecodeConfig], num_layers: int,
@@ -47,3 +47,13 @@ def layer_configs(config: DecodeConfig | Sequence[DecodeConfig], num_layers: int
     if not 0 <= dense_layers <= num_layers:
         raise ValueError(f"dense_layers must be in [0, {num_layers}] (the model's layers), got {dense_layers}")
     return [dataclasses.replace(c, selector=Dense()) if i < dense_layers else c for i, c in enumerate(configs)]
+
+
+def head_dim_of(text_config) -> int | None:
+    """The attention's head dimension: ``head_dim`` where the config sets it (it may differ
+    from hidden_size / heads), else hidden_size // num_attention_heads; None if neither is known."""
+    explicit = getattr(text_config, "head_dim", None)
+    if explicit:
+        return int(explicit)
+    hidden, heads = getattr(text_config, "hidden_size", None), getattr(text_config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
