@@ -25,10 +25,22 @@ from entmaxkv.state import PagedKVCache
 __all__ = ["StepDiagnostics", "diagnose", "page_gaussianity", "format_mass_bound"]
 
 
-def format_mass_bound(bound: float) -> str:
+def format_mass_bound(bound: float | Tensor) -> str:
     """How to print a dropped-mass bound: a mass is at most 1, so a bound >= 1 says nothing and
-    prints as "no bound"; otherwise in scientific notation."""
+    prints as "no bound"; otherwise in scientific notation. A tensor of bounds (as
+    ``info.dropped_mass_bound``, [B, Hq]) prints as nested lists of those::
+
+        format_mass_bound(torch.tensor([[2.5e-3, 1.0]]))  # '[[2.50e-03, no bound]]'
+    """
+    if isinstance(bound, Tensor):
+        return _format_nested(bound.detach().cpu().tolist())
     return "no bound" if bound >= 1 else f"{bound:.2e}"
+
+
+def _format_nested(bounds) -> str:
+    if isinstance(bounds, list):
+        return "[" + ", ".join(_format_nested(b) for b in bounds) + "]"
+    return format_mass_bound(bounds)
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,8 @@ def entmax_with_threshold(x: Tensor, alpha: float = 1.5, dim: int = -1) -> tuple
     float64 x); tau has ``dim`` removed. Gradients through both are analytic (module docstring).
     """
     check_alpha(alpha)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     z = x.movedim(dim, -1).to(_work_dtype(x))
     p, tau = EntmaxFunction.apply(z, float(alpha))
     return p.movedim(-1, dim), tau

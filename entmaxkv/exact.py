@@ -39,8 +39,8 @@ __all__ = ["Exact"]
 @dataclass(frozen=True)
 class Exact(Selector):
     """Certified-exact entmax (α > 1): the output equals dense entmax up to rounding whenever
-    ``info.certified`` is True (one known exception: with key codes a NaN key's token can be
-    dropped and the step still certified — ``tests/test_keycodes.py``'s strict xfail).
+    ``info.certified`` is True (with a NaN key that the step reads, the output is NaN, as
+    dense entmax's is: README, Conventions).
 
     initial_pages: pages seeding τ, chosen by the group ranking of ``TopK``; default 8.
     rounds: exclusion rounds (fixed, no data-dependent control flow); ``None`` (default) means
@@ -56,7 +56,8 @@ class Exact(Selector):
         ../shared/FINDINGS.md). A NaN bound excludes nothing, so without a cap NaN keys reach
         the output; with one, the cap's ranking can drop a NaN page (not certified then).
     With key codes (``use_codes`` and a cache with ``key_bits``), the three options above are
-    unused and these apply; every step is then certified (but for the NaN defect above):
+    unused and these apply; every step is then certified (a token whose code bound is NaN
+    stays a candidate, so a NaN key gives NaN):
     top_tokens: seed pages per query head: the pages split into ``top_tokens`` residue
         classes (page mod top_tokens), and from each the page whose best token is best by its
         code lower bound (``exact_codes.class_seed``: the head's best page is always one;

@@ -70,8 +70,9 @@ def round_stat(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 @dataclass(frozen=True, eq=False)
 class PagedKVCache:
-    """Frozen paged KV cache. Tensor fields are pytree leaves; ``page_size``, ``capacity``
-    and ``host_max_len`` are static metadata.
+    """Frozen paged KV cache. Tensor fields are pytree leaves (the key codes and page boxes
+    only when the cache has them); ``page_size``, ``capacity``, ``host_max_len``,
+    ``key_bits`` and ``page_boxes`` are static metadata.
 
     ``host_max_len`` is an upper bound of ``seq_lens`` known on the host, kept in eager use so
     that overflowing ``capacity`` raises before anything is written, without reading device
@@ -125,8 +126,8 @@ class PagedKVCache:
         page_boxes: True also keeps an 8-bit box of every full page's key range (written when a
             page fills and by prefill): ``TopK`` then ranks pages by the box's bound on integer
             tensor cores, reading 2·D + 8 bytes a page and head instead of the fp16 min/max's
-            4·D (``page_box``); costs 2·D + 8 bytes a page and head, +3.3% of K+V memory at
-            D = 128, S = 16. Needs 32 <= head_dim <= 512.
+            4·D (``page_box``); costs 2·D + 8 bytes a page and head, +3.2% of fp16/bf16 K+V memory
+            at D = 128, S = 16. Needs 32 <= head_dim <= 512.
         """
         from entmaxkv.keycodes import code_width
         from entmaxkv.validation import check_cache_options, check_empty_args

@@ -72,7 +72,7 @@ def check_cache_options(key_bits, page_boxes, head_dim: int | None) -> None:
     32 <= head_dim <= 512, checked when ``head_dim`` is known)."""
     from entmaxkv.keycodes import KEY_BITS
 
-    if key_bits is not None and (isinstance(key_bits, bool) or key_bits not in KEY_BITS):
+    if key_bits is not None and (type(key_bits) is not int or key_bits not in KEY_BITS):  # not True, not 4.0
         raise ValueError(f"key_bits must be None, 4 or 8, got {key_bits!r}")
     if not isinstance(page_boxes, bool):
         raise TypeError(f"page_boxes must be a bool, got {page_boxes!r}")

@@ -59,6 +59,9 @@ def test_diagnostics_agree_with_independent_oracles(selector):
 def test_mass_bounds_of_one_or_more_print_as_no_bound():
     assert format_mass_bound(1.0) == "no bound" and format_mass_bound(3e4) == "no bound"
     assert format_mass_bound(0.0) == "0.00e+00" and format_mass_bound(2.5e-3) == "2.50e-03"
+    # a step's [B, Hq] bounds, and a 0-d tensor
+    assert format_mass_bound(torch.tensor([[2.5e-3, 1.0], [0.0, 3e4]])) == "[[2.50e-03, no bound], [0.00e+00, no bound]]"
+    assert format_mass_bound(torch.tensor(2.5e-3, dtype=torch.float64)) == "2.50e-03"
 
 
 def test_page_gaussianity_tells_gaussian_pages_from_others():

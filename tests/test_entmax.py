@@ -83,6 +83,13 @@ def test_alpha_of_wrong_type_is_a_type_error():
         ekv.entmax(torch.zeros(3), alpha=torch.tensor(1.5))
 
 
+@pytest.mark.parametrize("x", [torch.arange(4), torch.tensor([True, False]), [0.0, 1.0]])
+def test_non_float_input_is_a_type_error(x):
+    for f in (ekv.entmax, ekv.entmax_threshold):
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            f(x, alpha=1.5)
+
+
 # ---- shift invariance (issue 7, item 4) --------------------------------------------------------
 
 LOW_ATOL = {torch.float64: 1e-10, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}

@@ -101,8 +101,9 @@ def test_pack_unpack_and_reconstruction_error(bits, d):
 
 
 def test_key_bits_validation_and_memory():
-    with pytest.raises(ValueError, match="key_bits"):
-        ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=8, capacity=8, key_bits=3)
+    for bad in (3, 4.0, True, "4"):
+        with pytest.raises(ValueError, match="key_bits must be None, 4 or 8"):
+            ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=8, capacity=8, key_bits=bad)
     cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=2, head_dim=64, capacity=64, key_bits=4)
     kv_bytes = 2 * cache.k_pages.numel() * cache.k_pages.element_size()
     assert cache.k_codes.numel() == kv_bytes // 8  # +12.5% of K+V for fp16 keys
