@@ -99,11 +99,12 @@ def small_blocks(monkeypatch, layout: str) -> None:
     ``one block``: as ``registers`` with one block of next_pow2(P) lanes (``TAIL_BLOCKS``
     off), and ``ranked one block`` as ``ranked`` so (rows of 64 lanes); ``ranked, many rows``: as
     ``ranked`` with the rank blocks of a launch with many rows (8 pages a program);
-    ``registers, other start``: as ``registers`` with the search's other start (``HIST_BITS``
+    ``registers, other start`` (``chunked, other start``): as ``registers`` (``chunked``: ten
+    keys programs count into a row's histogram) with the search's other start (``HIST_BITS``
     12 ⇄ 0: from the keys' histogram, or from counting passes over the whole row), so both
     stay tested whichever is the default."""
-    if layout == "registers, other start":
-        layout = "registers"
+    if layout.endswith(", other start"):
+        layout = layout.removesuffix(", other start")
         other = 12 if quest_select_module.HIST_BITS == 0 else 0
         monkeypatch.setattr("entmaxkv.kernels.quest_select.HIST_BITS", other)
     if layout == "ranked, many rows":  # the rank blocks of many rows (``MANY_ROWS``): 8 pages
@@ -174,7 +175,8 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 
 
 @pytest.mark.parametrize("layout", ["registers", "registers, other start", "one block", "tail chunks", "chunked",
-                                    "streamed", "ranked", "ranked one block", "ranked, many rows"])
+                                    "chunked, other start", "streamed", "ranked", "ranked one block",
+                                    "ranked, many rows"])
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
@@ -183,8 +185,9 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     head's L_h differs, and values on a coarse grid tie within and across heads. Entries of
     pages that are not candidates are NaN: the kernel must not read them. Some draws give a few
     pages −inf bounds on every head: their keys are −inf, not eligible (where the budget exceeds
-    the eligible keys, their count bounds the selection). Some draws pass no means (α = 1's TopK
-    step): the floor is then the newest page's term."""
+    the eligible keys, their count bounds the selection). Some give a few pages a +inf bound on
+    one head (vacuous: the key is float32's largest, ranked first but not forced). Some draws
+    pass no means (α = 1's TopK step): the floor is then the newest page's term."""
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -205,6 +208,8 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
         newest_mag = newest_max.abs() + 1
         if rnd.random() < 0.5:  # pages no head can score on (bounds −inf): keys −inf, not eligible
             upper[:, :, :, torch.randperm(p, generator=g)[:3]] = float("-inf")
+        if rnd.random() < 0.5:  # vacuous bounds (+inf) on one head of a few pages of each row
+            upper[:, :, rnd.randrange(group), torch.randperm(p, generator=g)[:rnd.randrange(1, 4)]] = float("inf")
         off = ~candidate_page_mask(cache)[:, :, None, :].expand_as(upper)
         upper, means, absmax = (x.masked_fill(off, float("nan")) for x in (upper, means, absmax))
         if rnd.random() < 0.3:
@@ -641,3 +646,12 @@ def test_the_list_is_as_long_as_the_selection_can_keep():
     assert list_capacity(516, 700, 0.0, 0, 0) == 516  # a budget past P keeps every page
     assert list_capacity(516, 0, 0.0, 0, 0) == 1  # an empty list still has a slot
     assert list_capacity(10, -1, 1.0, 0, 0) == 10
+
+
+@pytest.mark.parametrize("pages", [4, 2000])  # a ranked row, and a searched one
+def test_an_unsupported_histogram_width_is_a_value_error_on_every_row_length(pages, monkeypatch):
+    monkeypatch.setattr("entmaxkv.kernels.quest_select.HIST_BITS", 13)
+    upper = torch.zeros(1, 1, 1, pages)
+    newest = torch.zeros(1, 1, 1)
+    with pytest.raises(ValueError, match="HIST_BITS must be 0, 12 or 14, got 13"):
+        quest_select(upper, None, None, newest, newest, torch.tensor([S * pages]), None, S, 16, 1.5, 2, 0.0, 0, 0)

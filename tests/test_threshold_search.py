@@ -496,6 +496,17 @@ def bin_edge_keys(dtype, hist_bits: int) -> torch.Tensor:
     return torch.stack([torch.cat([x, -x]), torch.cat([x[:4], -x[:4]]).repeat_interleave(2)])
 
 
+def first_column_keys(dtype, hist_bits: int) -> torch.Tensor:
+    """One row of 16 positive keys, each the lowest image of a bin in column 0 of its row of
+    bins (``_histogram_threshold`` scans 2^(HIST_BITS // 2) rows of bins, then one row's
+    columns): the k-th key's column is then 0 for every k, where a column count off by one
+    moves the bracket to another row's bins."""
+    ints, nbits = (torch.int64, 64) if dtype == torch.float64 else (torch.int32, 32)
+    cols, half = 1 << (hist_bits - hist_bits // 2), 1 << (hist_bits - 1)
+    rows = torch.arange(half // cols + 8, half // cols + 24, dtype=ints)  # positive bins, below +inf's
+    return ((rows * cols - half) << (nbits - hist_bits)).view(dtype)[None, :]
+
+
 @pytest.mark.parametrize("hist_bits", [12, 14])
 @pytest.mark.parametrize("wide", [False, True])
 def test_the_histogram_bracket_holds_the_kth_key(hist_bits, wide, poison):
@@ -504,8 +515,9 @@ def test_the_histogram_bracket_holds_the_kth_key(hist_bits, wide, poison):
     ``test_interpolation_at_the_ends_of_the_float_range`` (largest finite floats, subnormals,
     ±0.0, one finite key among infinities, NaN; the k-th key then in the first or last finite
     bin, or +inf's), random bit patterns, keys that differ in their lowest bits (all in one
-    bin), and keys on both sides of bin edges (``bin_edge_keys``: a bin's first image is its
-    bracket's lo, an off-by-one there moves a key across it), each row with every want from 0
+    bin), keys on both sides of bin edges (``bin_edge_keys``: a bin's first image is its
+    bracket's lo, an off-by-one there moves a key across it) and in the first column of rows of
+    bins (``first_column_keys``), each row with every want from 0
     to past its eligible keys. Checked in integers: (t, ties) take the keys whose image is above
     t and the first ``ties`` equal to it; k is min(want, eligible keys)."""
     seed = fresh_seed()
@@ -521,7 +533,7 @@ def test_the_histogram_bracket_holds_the_kth_key(hist_bits, wide, poison):
         [-info.max] * 15 + [-info.max / 2],
     ], dtype=dtype)
     keys = torch.cat([special, bit_pattern_keys(g, (2, p), dtype), low_bit_keys(g, (2, p), dtype),
-                      bin_edge_keys(dtype, hist_bits)])
+                      bin_edge_keys(dtype, hist_bits), first_column_keys(dtype, hist_bits)])
     keys = keys[:, torch.randperm(p, generator=g)]  # where the extremes sit
     keys = keys.repeat_interleave(p + 2, 0)  # each row with every want, 0 .. p + 1
     rows = len(keys)
