@@ -566,9 +566,9 @@ def quest_select(
     chunk_best = torch.empty((b, hkv, chunks, g), dtype=work, device=upper.device)
     block, tail = search_block(p)
     ranked = p <= RANK_PAGES
-    # the key histogram the search starts from: searched rows held in registers (``HIST_BITS``)
     if HIST_BITS not in (0, 12, 14):  # at least a float64 key's sign and exponent (``_histogram_bin``)
         raise ValueError(f"HIST_BITS must be 0, 12 or 14, got {HIST_BITS}")
+    # the key histogram the search starts from: searched rows held in registers (``HIST_BITS``)
     hist_bits = HIST_BITS if not ranked and p <= block + tail and select_module.PROBES > 0 else 0
     # a fresh tensor either way (one element when unused): no input of the op is a kernel's output
     hist = torch.empty((b * hkv, 1 << hist_bits) if hist_bits else (1,), dtype=torch.int32, device=upper.device)

@@ -1,4 +1,4 @@
-source benchmarks/results/raw-2026-12-05-s40/setup.sh
+source benchmarks/results/raw-2026-12-05-s39/setup.sh  # the same set-up as session 39's call
 # session 40 call 1: s39's call cut to fit one call of a short budget — the histogram-started
 # search (quest_select.HIST_BITS, off by default): GPU tests, same-process A/B, one profile
 timeout 150 python3 -m pytest -q -p no:cacheprovider -n 8 -m gpu tests/test_threshold_search.py tests/test_quest_select.py 2>&1 | tail -3 | tee "$OUT/tests.txt"
