@@ -9,6 +9,11 @@ if not torch.cuda.is_available():
 
 from hypothesis import settings  # noqa: E402
 
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import fast_interpreter  # noqa: E402
+
+    fast_interpreter.install()  # helpers inside kernels reuse the launch's patch of triton.language
+
 settings.register_profile("ci", max_examples=100, deadline=None)
 settings.register_profile("dev", max_examples=15, deadline=None)
 # HYPOTHESIS_PROFILE picks the profile explicitly (.ci/run sets "ci"); without it, the CI

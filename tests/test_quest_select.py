@@ -174,6 +174,12 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
             assert torch.equal(floor, want_floor), msg
 
 
+# (budget, coverage) of the random-ties test. (None, 0.56): a row with 25 candidates,
+# fl(25 · 0.56) = 14.000000000000002, so the count needs the − 1e-9; (40, None): more pages than
+# any row has, so the eligible count sets how many are kept.
+RANDOM_TIES_SETTINGS = ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None), (40, None))
+
+
 @pytest.mark.parametrize("layout", ["registers", "registers, other start", "one block", "tail chunks", "chunked",
                                     "chunked, other start", "streamed", "ranked", "ranked one block",
                                     "ranked, many rows"])
@@ -187,7 +193,10 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     pages −inf bounds on every head: their keys are −inf, not eligible (where the budget exceeds
     the eligible keys, their count bounds the selection). Some give a few pages a +inf bound on
     one head (vacuous: the key is float32's largest, ranked first but not forced). Some draws
-    pass no means (α = 1's TopK step): the floor is then the newest page's term."""
+    pass no means (α = 1's TopK step): the floor is then the newest page's term. Each case
+    runs two of the seven (budget, coverage) settings, case i (of a layout's six) settings i
+    and i − 1, so that every layout meets all seven (a launch costs seconds in the
+    interpreter)."""
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -195,12 +204,10 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     dtype = torch.float64 if wide else torch.float32
     b, hkv, p = 3, 2, 37
     cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
-    # a row with 25 candidates: fl(25 · 0.56) = 14.000000000000002, so the count needs the − 1e-9
     lens = torch.tensor([rnd.randrange(1, p * S + 1), 25 * S + rnd.randrange(1, S + 1), p * S])
     cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
-    # (40, None): more pages than any row has, so the eligible count sets how many are kept
-    for budget, coverage in ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None),
-                             (40, None)):
+    case = 2 * (1, 2, 4).index(group) + wide
+    for budget, coverage in (RANDOM_TIES_SETTINGS[case], RANDOM_TIES_SETTINGS[case - 1]):
         upper = (torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 4).round() / 2
         means = upper - (torch.rand(b, hkv, group, p, generator=g, dtype=dtype) * 6).round() / 2
         newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
