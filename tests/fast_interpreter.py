@@ -8,8 +8,10 @@ walk again, though the launch's patch is still in place; it patches nothing new 
 member is no longer a builtin) and drops its scope unrestored. Kernels that call helpers in
 their loops (the threshold searches, the list builders) spend ~40% of their interpreted time in
 it. ``install()`` makes a nested call skip the walk when a launch in progress has patched every
-language module the helper's globals name, and is a no-op on an interpreter without these
-internals (another Triton version: its tests then run at the old speed, the same tests).
+language module the helper's globals name (``tl``, ``tl.core``: a helper of ``tl.standard``
+such as ``tl.sum`` names ``core``, patched by the first such call of the launch), and is a no-op on an interpreter without these
+internals or of another Triton minor version than the 3.7 it was read against (its tests then
+run at the old speed, the same tests).
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ def install() -> bool:
     """Wrap the interpreter's launch (``GridExecutor.__call__``) and ``_patch_lang``; True if
     they were wrapped."""
     try:
+        import triton
         import triton.language as tl
         from triton.runtime import interpreter
     except ImportError:
+        return False
+    if not triton.__version__.startswith("3.7."):  # read against 3.7.1's interpreter (requirements-ci.txt)
         return False
     patch_lang = getattr(interpreter, "_patch_lang", None)
     scope_type = getattr(interpreter, "_LangPatchScope", None)
@@ -37,11 +42,12 @@ def install() -> bool:
         return frozenset(id(v) for v in fn.__globals__.values() if any(v is m for m in languages))
 
     def reuse_the_launch_patch(fn):
-        if launches and launches[-1] is not None and modules_of(fn) <= launches[-1]:
+        named = modules_of(fn)  # none named: the interpreter's own assertion must still fire
+        if named and launches and launches[-1] is not None and named <= launches[-1]:
             return scope_type()  # an empty scope: nothing patched, nothing to restore
         scope = patch_lang(fn)
-        if launches and launches[-1] is None:  # the launch's own patch
-            launches[-1] = modules_of(fn)
+        if launches:  # the launch's own patch, or a helper's, dropped unrestored until the launch ends
+            launches[-1] = (launches[-1] or frozenset()) | named
         return scope
 
     def tracked_launch(self, *args, **kwargs):

@@ -180,12 +180,14 @@ def test_quest_select_equals_the_torch_composition(dtype, group, layout, poison,
 RANDOM_TIES_SETTINGS = ((None, 0.56), (None, 0.125), (None, 1 / 3), (0, None), (2, None), (5, None), (40, None))
 
 
-@pytest.mark.parametrize("layout", ["registers", "registers, other start", "one block", "tail chunks", "chunked",
-                                    "chunked, other start", "streamed", "ranked", "ranked one block",
-                                    "ranked, many rows"])
+RANDOM_TIES_LAYOUTS = ("registers", "registers, other start", "one block", "tail chunks", "chunked",
+                       "chunked, other start", "streamed", "ranked", "ranked one block", "ranked, many rows")
+
+
+@pytest.mark.parametrize("layout", RANDOM_TIES_LAYOUTS)
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("group", [1, 2, 4])
-def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch):
+def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poison, monkeypatch, settings=None):
     """Page scores drawn directly (not from a cache): the newest page's best score is above
     the best mean for some heads and below it for others, so both floor terms matter, each
     head's L_h differs, and values on a coarse grid tie within and across heads. Entries of
@@ -194,9 +196,10 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     the eligible keys, their count bounds the selection). Some give a few pages a +inf bound on
     one head (vacuous: the key is float32's largest, ranked first but not forced). Some draws
     pass no means (α = 1's TopK step): the floor is then the newest page's term. Each case
-    runs two of the seven (budget, coverage) settings, case i (of a layout's six) settings i
-    and i − 1 (case 0: settings 0 and 6), so that every layout meets all seven (a launch costs seconds in the
-    interpreter)."""
+    runs two of the seven (budget, coverage) settings (a launch costs seconds in the
+    interpreter): case i of a layout's six, shifted by the layout's index o, settings i + o and
+    i + o − 1 (mod 7), so that every layout meets all seven and every (group, dtype) case meets
+    each setting in some layout. ``settings`` (callers): run these instead."""
     small_blocks(monkeypatch, layout)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -206,8 +209,11 @@ def test_quest_select_on_random_page_scores_with_ties(wide, group, layout, poiso
     cache = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=16, capacity=p * S, page_size=S, dtype=dtype)
     lens = torch.tensor([rnd.randrange(1, p * S + 1), 25 * S + rnd.randrange(1, S + 1), p * S])
     cache = dataclasses.replace(cache, seq_lens=lens)  # only the lengths are read
-    case = 2 * {1: 0, 2: 1, 4: 2}.get(group, rnd.randrange(3)) + wide  # other groups (3): a random pair
-    for budget, coverage in (RANDOM_TIES_SETTINGS[case], RANDOM_TIES_SETTINGS[case - 1]):
+    case = (2 * {1: 0, 2: 1, 4: 2}.get(group, rnd.randrange(3)) + wide  # other groups (3): a random pair
+            + RANDOM_TIES_LAYOUTS.index(layout))
+    if settings is None:
+        settings = (RANDOM_TIES_SETTINGS[case % 7], RANDOM_TIES_SETTINGS[(case - 1) % 7])
+    for budget, coverage in settings:
         upper = (torch.randn(b, hkv, group, p, generator=g, dtype=dtype) * 4).round() / 2
         means = upper - (torch.rand(b, hkv, group, p, generator=g, dtype=dtype) * 6).round() / 2
         newest_max = (torch.randn(b, hkv, group, generator=g, dtype=dtype) * 4).round() / 2
@@ -355,7 +361,8 @@ def test_quest_select_with_the_bitwise_search(search, wide, group, layout, poiso
     interpreter: one case, and tests/test_threshold_search.py streams every search too, on the
     keys that tell them apart)."""
     use_search(monkeypatch, search)
-    test_quest_select_on_random_page_scores_with_ties(wide, group, layout, None, monkeypatch)
+    every = RANDOM_TIES_SETTINGS if layout == "registers" else None  # a registers launch is ~3 s
+    test_quest_select_on_random_page_scores_with_ties(wide, group, layout, None, monkeypatch, every)
     if layout == "registers":
         test_quest_select_equals_the_torch_composition(torch.float64 if wide else torch.float16, group, layout, None,
                                                        monkeypatch)
