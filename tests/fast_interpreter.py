@@ -7,11 +7,11 @@ call of a ``@triton.jit`` helper inside the kernel (``InterpretedFunction.__call
 walk again, though the launch's patch is still in place; it patches nothing new (a patched
 member is no longer a builtin) and drops its scope unrestored. Kernels that call helpers in
 their loops (the threshold searches, the list builders) spend ~40% of their interpreted time in
-it. ``install()`` makes a nested call skip the walk when a launch in progress has patched every
-language module the helper's globals name (``tl``, ``tl.core``: a helper of ``tl.standard``
-such as ``tl.sum`` names ``core``, patched by the first such call of the launch), and is a no-op on an interpreter without these
-internals or of another Triton minor version than the 3.7 it was read against (its tests then
-run at the old speed, the same tests).
+it. ``install()`` makes a nested call skip the walk when the launch in progress has patched
+every language module the helper's globals name (``tl``, ``tl.core``: a helper of
+``tl.standard`` such as ``tl.sum`` names ``core``, patched by the first such call of the
+launch). It is a no-op on an interpreter without these internals or of another Triton minor
+version than the 3.7 it was read against (its tests then run at the old speed, the same tests).
 """
 
 from __future__ import annotations
