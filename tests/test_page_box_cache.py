@@ -15,6 +15,7 @@ from torch.utils import _pytree as pytree
 import entmaxkv as ekv
 from entmaxkv.backend import build_step
 from entmaxkv.bounds import quest_bounds
+from entmaxkv.conventions import group_queries
 from entmaxkv.page_box import CODE_MAX, box_upper, encode_boxes
 from entmaxkv.state import BOX_FIELDS, append_token, boxes_of
 from helpers import fresh_seed, make_cache, on_both_backends, random_step
@@ -224,6 +225,14 @@ def test_topk_on_a_boxed_cache_equals_the_reference(alpha, dtype):
             assert torch.equal(plain, out), (backend, msg)
 
 
+def _magnitude(cache, q):
+    """[B, Hkv, G, P] float64 Σ_d |q_d|·max(|k_min_d|, |k_max_d|): the scale of a Quest bound's
+    rounding error."""
+    qg = group_queries(q.double(), cache.num_kv_heads)
+    big = torch.maximum(cache.k_min.double().abs(), cache.k_max.double().abs())
+    return torch.einsum("bhgd,bhpd->bhgp", qg.abs(), big)
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_topk_ranks_by_the_box_and_the_kernels_read_no_min_max(backend, monkeypatch):
@@ -257,7 +266,14 @@ def test_topk_ranks_by_the_box_and_the_kernels_read_no_min_max(backend, monkeypa
                                           box_l1=None), None), (cache, slopes)):
         plain = build_step(c, q, 1.5, 0.2, alibi, kernels=kernels, needs_sigma=False, needs_newest_scores=False,
                            needs_means=False, box_bound=True)
-        torch.testing.assert_close(plain.upper[full], quest_bounds(cache, q, 0.2, alibi)[full], rtol=1e-6, atol=1e-6)
+        ref = quest_bounds(cache, q, 0.2, alibi)
+        # Two float32 evaluations of one bound differ by the rounding of its sums, which scales
+        # with Σ|q|·max(|k_min|, |k_max|), not with the bound (its terms cancel), plus ulps of the
+        # ALiBi bias. Measured: ≤ 2.3 eps·that over 60 seeds; a quarter of γ (17 eps) still sees
+        # a kernel that drops the γ slack (68 eps).
+        tol = rounding_gamma(torch.float32, 32) / 4 * _magnitude(cache, q) * 0.2 + 1e-6 * ref.abs()
+        err = (plain.upper.double() - ref.double()).abs()
+        assert bool((err[full] <= tol[full]).all()), (seed, alibi is None, float((err - tol)[full].max()))
 
 
 @pytest.mark.interpreter
