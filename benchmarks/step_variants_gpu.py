@@ -9,7 +9,9 @@ runs of ``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the C
 of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each variant —
 ``;``-separated, each a ``,``-separated list of ``module.CONSTANT=value`` assignments to
 ``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
-difference from the base variant (a constant that changes results shows there). ``--room``
+difference from the base variant (a constant that changes results shows there). ``--layers N`` times
+the steps (and SDPA) in turn over N caches of their own storage, as a model's layers run: with
+1 (the default) a replay finds the bytes the last one read in L2 when they fit. ``--room``
 gives the cache more free slots past the context (the page count P sets some launch shapes:
 ``quest_select``'s rank blocks, for one); ``--page-boxes`` makes it a cache with page boxes.
 Measures only; asserts nothing.
@@ -66,6 +68,10 @@ def main() -> None:
                         help="free token slots past the context (at least the replays' 64 + 6·reps; "
                              "profile_step.py's caches have 2048): the page count P sets some launch shapes")
     parser.add_argument("--page-boxes", action="store_true", help="a cache with 8-bit page boxes (TopK ranks by them)")
+    parser.add_argument("--layers", type=int, default=1,
+                        help="time each step (and SDPA) in turn over this many caches of their own storage, as "
+                             "a model's layers run, and report the time a step: with 1 every replay reads the "
+                             "last one's bytes, which stay in L2 when they fit (50 MB on the H100 and H200)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(";")]
     parsed = [assignments(v) for v in variants]  # fail on a typo before any GPU work
@@ -81,8 +87,11 @@ def main() -> None:
                                      device="cuda")
             k, v = stream.prompt(n)
             q, k_new, v_new = stream.step()
-        sdpa = time_replays(graph_of(lambda: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, enable_gqa=True)).replay, args.reps, 5)
+        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(args.layers - 1)]
+        sdpa_graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, enable_gqa=True)) for k, v in kvs]
+        sdpa = time_replays(lambda: [g.replay() for g in sdpa_graphs], args.reps, 5) / args.layers
+        del kvs, sdpa_graphs
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
                                        capacity=n + max(args.room, 64 + 6 * args.reps),
@@ -99,15 +108,16 @@ def main() -> None:
                 try:
                     for mod, key, value in sets:
                         setattr(mod, key, value)
-                    decoder = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
-                                     q, k_new, v_new)
-                    us = time_replays(lambda: decoder.graph.replay(), args.reps, 5)
+                    decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
+                                       q, k_new, v_new) for _ in range(args.layers)]
+                    us = time_replays(lambda: [d.graph.replay() for d in decoders], args.reps, 5) / args.layers
+                    decoder = decoders[0]
                     decoder.graph.replay()
                     out = decoder.out.double().clone()
                     first = out if first is None else first
                     diff = float((out - first).abs().max())
                     print(f"  {name:<60} {us:8.1f} µs  ×SDPA {us / sdpa:5.2f}  max |Δout| vs first {diff:.1e}")
-                    del decoder
+                    del decoder, decoders
                 except Exception as err:  # a variant that fails to build or run: say so, go on
                     print(f"  {name:<60} failed: {type(err).__name__}: {str(err)[:200]}")
                 finally:
