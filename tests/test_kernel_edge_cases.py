@@ -317,8 +317,11 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
     candidates = torch.rand(b, p, generator=g) < 0.9
     exact = torch.randn(b, h, grp, s, generator=g, dtype=torch.float64) - 5
     exact[..., 7:] = float("-inf")
-    needles = torch.randint(0, p, (h, grp, 3), generator=g)  # row 0: needles
-    mu[0].scatter_(-1, needles, torch.rand(h, grp, 3, generator=g, dtype=torch.float64) * 2)
+    # row 0: three needles on distinct pages, each within reach of the top (μ in [1, 2): at
+    # α <= 2, c·μ >= top − 1 for every needle, so each keeps a term far above 1e-9; drawn with
+    # repeats and μ in [0, 2) two needles could fall out of reach: 24 of 20,000 seeds at α = 2)
+    needles = torch.stack([torch.randperm(p, generator=g)[:3] for _ in range(h * grp)]).reshape(h, grp, 3)
+    mu[0].scatter_(-1, needles, 1 + torch.rand(h, grp, 3, generator=g, dtype=torch.float64))
     candidates[0, needles.flatten()] = True
     # row 1: one exact score on top, (α−1)·score − 1 = 0, and pages whose means lie δ = 2 … 16 of
     # their σ below that (the rest further down): the root is just above 0, where each page's
