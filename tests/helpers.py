@@ -93,6 +93,27 @@ def fresh_seed() -> int:
     return random.SystemRandom().randrange(2 ** 31)
 
 
+def output_rounding_scale(cache, q, alpha: float, scale: float) -> torch.Tensor:
+    """[B, Hq] float64: the scale of a float32 decode output's rounding error, for ``q``
+    [B, Hq, 1, D] over every token of ``cache`` (no ALiBi): (2·M·Σ_i g_i + 1)·max|v|. M is the
+    head's largest scale·Σ_d |q_d·k_d|: a float32 score is off by a few eps of that, not of
+    the score, whose terms cancel. g_i = p_i^(2−α) over the float64 weights p: entmax's
+    Jacobian is diag(g) − g·gᵀ/Σg, so a score error Δ moves the weights by at most 2·Δ·Σg
+    (L1), and the output by that times max|v|. The 1 is the float32 sums of p·v and the
+    output's own rounding. Times eps, a tolerance that grows with what sets the error."""
+    from entmaxkv.conventions import group_queries
+    from entmaxkv.reference import token_scores
+
+    wide = cache.to(torch.float64)
+    live = wide.token_mask()[:, None, :, None]  # [B, 1, N, 1]
+    p = ekv.entmax(token_scores(wide, q.double(), scale), alpha=alpha)  # [B, Hkv, G, N]
+    g = torch.where(p > 0, p.pow(2 - alpha), torch.zeros_like(p)).sum(-1)  # [B, Hkv, G]
+    keys = torch.where(live, wide.keys().abs(), torch.zeros_like(wide.keys()))
+    m = torch.einsum("bhgd,bhnd->bhgn", group_queries(q.double().abs(), cache.num_kv_heads), keys).amax(-1) * scale
+    vmax = torch.where(live, wide.values().abs(), torch.zeros_like(wide.values())).amax((-2, -1))  # [B, Hkv]
+    return ((2 * m * g + 1) * vmax[:, :, None]).reshape(q.shape[0], -1)
+
+
 def on_both_backends(cache, q, k, v, alpha, selector, alibi_slopes=None):
     """The same step through the torch reference and the Triton ops, each on its own fork of
     ``cache`` -> [(cache, out, info)] for ("torch", "triton")."""

@@ -16,7 +16,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.kernels.page_scores import rounding_gamma
 from entmaxkv.reference import token_scores
-from helpers import fresh_seed, make_cache
+from helpers import fresh_seed, make_cache, output_rounding_scale
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -215,5 +215,11 @@ def test_exact_takes_it_for_its_initial_pages_and_equals_dense(poison):
         torch.ops.entmaxkv.listed_tau = original
     assert calls == [3], (calls, f"seed {seed}")  # once, with the initial pages' bound, and only when on
     dense, _ = ekv.dense_decode(new.to(torch.float64), q.double(), 1.5)
+    # float32 scores round by a few eps of Σ|q·k|, not of the output (a fixed 2e-6 reached 0.75
+    # of itself in 40 seeds): eps times helpers.output_rounding_scale, of which the kernel's error
+    # measured <= 0.17 (40 seeds) and torch float32's <= 0.09 (300); a support token of weight
+    # w left out moves the output by ~w·|v − out|, seen from w ~ 1e-5 (the scale is 1e-5–2e-5)
+    tol = torch.finfo(torch.float32).eps * output_rounding_scale(new, q, 1.5, D ** -0.5)
     for out in outs:
-        torch.testing.assert_close(out.double(), dense, rtol=0, atol=2e-6, msg=f"seed {seed}")
+        err = (out.double() - dense).abs().amax(-1)[:, :, 0]  # [B, Hq]
+        assert bool((err <= tol).all()), (f"seed {seed}", float((err / tol).max()))
