@@ -38,7 +38,7 @@ import triton.language as tl
 
 S = 16  # tokens a page
 SUPPORT_ROWS = 16  # V rows a query head reads in phase 3
-LAUNCH_SHAPES = ((1, 4), (2, 4), (1, 8), (2, 8))  # (programs an SM, warps) tried; the fastest counts
+LAUNCH_SHAPES = ((2, 4), (4, 4), (8, 4), (2, 8), (4, 8))  # (programs an SM, warps) tried; the fastest counts
 SPIN_LIMIT = 1 << 16  # polls before a barrier gives up (a grid not all resident must not hang the GPU)
 
 
@@ -64,20 +64,25 @@ def _barrier(counter, failed, n, SPIN: tl.constexpr):
 
 @triton.jit
 def _phase_boxes(boxes, part1, words, pid, n, BLOCK: tl.constexpr):
-    """Program pid's share of the box words, xor-reduced into part1[pid]."""
-    per = tl.cdiv(tl.cdiv(words, n), BLOCK) * BLOCK
-    start = pid * per
+    """Program pid's blocks of the box words (blocks pid, pid + n, ...: the host sizes BLOCK so
+    that most programs take one, all its loads in flight at once), xor-reduced into part1[pid]."""
     r = tl.arange(0, BLOCK)
     acc = tl.zeros((BLOCK,), tl.int32)
-    for off in range(start, tl.minimum(start + per, words), BLOCK):
+    for blk in range(pid, tl.cdiv(words, BLOCK), n):
+        off = blk * BLOCK
         acc ^= tl.load(boxes + off + r, mask=off + r < words, other=0)
     tl.store(part1 + pid, tl.reduce(acc, 0, _xor))
 
 
 @triton.jit
-def _phase_keys(k_words, pages, part2, items, M, P, pid, n, PAGE_WORDS: tl.constexpr, PPI: tl.constexpr):
-    """Program pid's attended pages (items pid·PPI, (pid + n)·PPI, ...: item = row·M + j, page
-    pages[item]), every K word of each, xor-reduced into part2[pid]."""
+def _phase_keys(k_words, pages, part1, seen1, part2, items, M, P, pid, n, PAGE_WORDS: tl.constexpr,
+                PPI: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Every program's phase-1 result (the row threshold's dependency; its xor to seen1[pid]),
+    then program pid's attended pages (items pid·PPI … pid·PPI + PPI − 1, then n·PPI on:
+    item = row·M + j, page pages[item]; the host sizes PPI so that most programs take one
+    pass, every page index in one load), every K word of each, xor-reduced into part2[pid]."""
+    p = tl.arange(0, BLOCK_N)
+    tl.store(seen1 + pid, tl.reduce(tl.load(part1 + p, mask=p < n, other=0), 0, _xor))
     w = tl.arange(0, PAGE_WORDS)
     j = tl.arange(0, PPI)
     acc = tl.zeros((PPI, PAGE_WORDS), tl.int32)
@@ -105,7 +110,7 @@ def _phase_support(v_words, support, part2, out, n, head, ROW_WORDS: tl.constexp
 
 
 @triton.jit
-def _persistent_kernel(boxes, k_words, v_words, pages, support, part1, part2, out, counter, failed,
+def _persistent_kernel(boxes, k_words, v_words, pages, support, part1, seen1, part2, out, counter, failed,
                        words, items, M, P, heads,
                        BLOCK: tl.constexpr, PAGE_WORDS: tl.constexpr, PPI: tl.constexpr, ROW_WORDS: tl.constexpr,
                        R: tl.constexpr, BLOCK_N: tl.constexpr, SPIN: tl.constexpr):
@@ -113,7 +118,7 @@ def _persistent_kernel(boxes, k_words, v_words, pages, support, part1, part2, ou
     n = tl.num_programs(0)
     _phase_boxes(boxes, part1, words, pid, n, BLOCK)
     _barrier(counter, failed, n, SPIN)  # the row's threshold is known past here
-    _phase_keys(k_words, pages, part2, items, M, P, pid, n, PAGE_WORDS, PPI)
+    _phase_keys(k_words, pages, part1, seen1, part2, items, M, P, pid, n, PAGE_WORDS, PPI, BLOCK_N)
     _barrier(counter, failed, n, SPIN)  # τ is known past here
     for head in range(pid, heads, n):  # one program a query head (heads > n: some take several)
         _phase_support(v_words, support, part2, out, n, head, ROW_WORDS, R, BLOCK_N)
@@ -125,8 +130,10 @@ def _boxes_kernel(boxes, part1, words, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _keys_kernel(k_words, pages, part2, items, M, P, PAGE_WORDS: tl.constexpr, PPI: tl.constexpr):
-    _phase_keys(k_words, pages, part2, items, M, P, tl.program_id(0), tl.num_programs(0), PAGE_WORDS, PPI)
+def _keys_kernel(k_words, pages, part1, seen1, part2, items, M, P, PAGE_WORDS: tl.constexpr, PPI: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    _phase_keys(k_words, pages, part1, seen1, part2, items, M, P, tl.program_id(0), tl.num_programs(0), PAGE_WORDS,
+                PPI, BLOCK_N)
 
 
 @triton.jit
@@ -143,12 +150,11 @@ def xor_all(x: torch.Tensor) -> int:
 class Skeleton:
     """The inputs of one shape and the launches of both forms over them."""
 
-    def __init__(self, b, hq, hkv, d, context, coverage, device, block=2048, ppi=2):
-        g = torch.Generator(device=device).manual_seed(context + b)
+    def __init__(self, b, hq, hkv, d, context, coverage, device, seed=0):
+        g = torch.Generator(device=device).manual_seed(context + b + 1000 * seed)
         self.P = context // S
         self.M = max(1, round(coverage * self.P))
         self.heads = b * hq
-        self.block, self.ppi = block, ppi
 
         def words(n):
             return torch.randint(-2 ** 31, 2 ** 31 - 1, (n,), generator=g, dtype=torch.int32, device=device)
@@ -170,16 +176,28 @@ class Skeleton:
         self.failed = torch.zeros(1, dtype=torch.int32, device=device)
         self.launch_shape(1, 4)
 
-    def launch_shape(self, programs: int, warps: int) -> None:
-        """n programs of ``warps`` warps for the next launches (their partial results sized so)."""
+    def launch_shape(self, programs: int, warps: int, max_block: int = 8192, max_ppi: int = 8) -> None:
+        """n programs of ``warps`` warps for the next launches: each program's share of the box
+        words in one block (up to ``max_block`` words) and of the attended pages in one pass (up
+        to ``max_ppi`` pages), so that its loads are in flight together. The barrier's counter
+        restarts at 0: it must be a multiple of n when a launch starts."""
         self.n, self.warps = programs, warps
-        self.part1 = torch.zeros(programs, dtype=torch.int32, device=self.out.device)
-        self.part2 = torch.zeros(programs, dtype=torch.int32, device=self.out.device)
+        self.block = min(max_block, max(16, triton.next_power_of_2(triton.cdiv(self.boxes.numel(), programs))))
+        self.ppi = min(max_ppi, triton.next_power_of_2(triton.cdiv(self.items, programs)))
+        device = self.out.device
+        self.part1, self.seen1, self.part2 = (torch.zeros(programs, dtype=torch.int32, device=device)
+                                              for _ in range(3))
+        self.counter.zero_()
+
+    def poison(self) -> None:
+        """Sentinels in every output, so that a check sees only what the next launch wrote."""
+        for x in (self.part1, self.seen1, self.part2, self.out):
+            x.fill_(0x5A5A5A5A)
 
     def persistent(self):
         _persistent_kernel[(self.n,)](
-            self.boxes, self.k_words, self.v_words, self.pages, self.support, self.part1, self.part2, self.out,
-            self.counter, self.failed, self.boxes.numel(), self.items, self.M, self.P, self.heads,
+            self.boxes, self.k_words, self.v_words, self.pages, self.support, self.part1, self.seen1, self.part2,
+            self.out, self.counter, self.failed, self.boxes.numel(), self.items, self.M, self.P, self.heads,
             BLOCK=self.block, PAGE_WORDS=self.page_words, PPI=self.ppi, ROW_WORDS=self.row_words,
             R=SUPPORT_ROWS, BLOCK_N=triton.next_power_of_2(self.n), SPIN=SPIN_LIMIT, num_warps=self.warps)
 
@@ -187,8 +205,9 @@ class Skeleton:
         _boxes_kernel[(self.n,)](self.boxes, self.part1, self.boxes.numel(), BLOCK=self.block, num_warps=self.warps)
 
     def phase2(self):
-        _keys_kernel[(self.n,)](self.k_words, self.pages, self.part2, self.items, self.M, self.P,
-                                PAGE_WORDS=self.page_words, PPI=self.ppi, num_warps=self.warps)
+        _keys_kernel[(self.n,)](self.k_words, self.pages, self.part1, self.seen1, self.part2, self.items, self.M,
+                                self.P, PAGE_WORDS=self.page_words, PPI=self.ppi,
+                                BLOCK_N=triton.next_power_of_2(self.n), num_warps=self.warps)
 
     def phase3(self):
         _support_kernel[(self.heads,)](self.v_words, self.support, self.part2, self.out, self.n,
@@ -213,10 +232,12 @@ class Skeleton:
         return self._expected
 
     def check(self) -> None:
-        """The programs' xors equal the host's over the same words: every word was read."""
-        assert int(self.failed.item()) == 0, "a grid barrier gave up: the programs were not all resident"
+        """The programs' xors equal the host's over the same words (every word was read, by the
+        last launch: ``poison`` first), and every program of phase 2 saw every phase-1 result."""
+        assert int(self.failed.item()) == 0, "a grid barrier gave up"
         boxes, attended, support = self.expected()
         assert xor_all(self.part1) == boxes, "phase 1 read other words"
+        assert set(self.seen1.cpu().tolist()) == {int(np.int32(boxes))}, "phase 2 started before phase 1 ended"
         assert xor_all(self.part2) == attended, "phase 2 read other words"
         got = self.out.cpu().tolist()
         for h in range(self.heads):
@@ -224,17 +245,26 @@ class Skeleton:
 
 
 def smoke() -> None:
-    """CPU (TRITON_INTERPRET=1): one program (a barrier of one passes at once), tiny shapes,
-    both forms checked."""
-    sk = Skeleton(2, 4, 2, 32, 160, 0.3, "cpu", block=64, ppi=2)
+    """CPU (TRITON_INTERPRET=1), tiny shapes: one kernel with one program (a barrier of one
+    passes at once; the interpreter runs programs one after another), three launches with 1,
+    3 and 5 programs (work split across programs, several blocks and passes a program)."""
+    sk = Skeleton(2, 4, 2, 32, 160, 0.3, "cpu")
+    sk.poison()
     sk.persistent()
     sk.check()
-    sk.out.zero_()
-    sk.part1.zero_()
-    sk.part2.zero_()
-    sk.launches()
-    sk.check()
+    for n, max_block, max_ppi in ((1, 64, 2), (3, 16, 1), (5, 8, 2), (3, 8192, 8)):
+        sk.launch_shape(n, 1, max_block, max_ppi)
+        sk.poison()
+        sk.launches()
+        sk.check()
     print("smoke: checksums agree in both forms")
+
+
+def layers_for(bytes_per_layer: int, at_least: int) -> int:
+    """Layers read in turn so that they hold at least 3× the L2 (none of a layer's bytes is
+    still there when its turn comes again), and at least ``at_least``."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(at_least, triton.cdiv(3 * l2, bytes_per_layer))
 
 
 def main() -> None:
@@ -247,9 +277,10 @@ def main() -> None:
     ap.add_argument("--contexts", default="8192,32768,65536,131072")
     ap.add_argument("--cases", default="1:32:8:6.25,1:32:8:12.5,16:32:8:6.25",
                     help="B:Hq:Hkv:coverage%% …")
-    ap.add_argument("--layers", type=int, default=1,
-                    help="run the skeleton (and SDPA) in turn over this many copies of the data, as a model's "
-                         "layers run (with 1 a replay finds the last one's bytes in L2 when they fit)")
+    ap.add_argument("--layers", type=int, default=0,
+                    help="read the skeleton's data (and SDPA's) in turn over at least this many copies, as a "
+                         "model's layers run; always enough copies to hold 3x the L2 (0: just that), so no "
+                         "replay finds its bytes still in L2")
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
@@ -265,56 +296,65 @@ def main() -> None:
         b, hq, hkv, cov = case.split(":")
         b, hq, hkv, cov = int(b), int(hq), int(hkv), float(cov) / 100
         for context in map(int, args.contexts.split(",")):
-            if 2 * b * hkv * context * 128 * 2 * 2 * args.layers > 48 * 1024 ** 3:  # SDPA's K/V and the skeleton's
+            if 2 * b * hkv * context * 128 * 2 * 2 * max(args.layers, 1) > 48 * 1024 ** 3:  # SDPA's K/V, the skeleton's
                 print(f"{case} {context}: skipped (over 48 GiB)")
                 continue
             g = torch.Generator(device="cuda").manual_seed(context)
             q = torch.randn(b, hq, 1, 128, device="cuda", dtype=torch.float16, generator=g)
+            sdpa_layers = layers_for(2 * b * hkv * context * 128 * 2, args.layers)
             kvs = [(torch.randn(b, hkv, context, 128, device="cuda", dtype=torch.float16, generator=g),
                     torch.randn(b, hkv, context, 128, device="cuda", dtype=torch.float16, generator=g))
-                   for _ in range(args.layers)]
+                   for _ in range(sdpa_layers)]
             graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, enable_gqa=True)) for k, v in kvs]
-            sdpa = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / args.layers
+            sdpa = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / sdpa_layers
             del q, kvs, graphs
             best = {}
-            sks = [Skeleton(b, hq, hkv, 128, context, cov, "cuda") for _ in range(args.layers)]
+            first = Skeleton(b, hq, hkv, 128, context, cov, "cuda")
+            layers = layers_for(first.bytes, args.layers)
+            sks = [first] + [Skeleton(b, hq, hkv, 128, context, cov, "cuda", seed=i) for i in range(1, layers)]
             for per_sm, warps in LAUNCH_SHAPES:
                 for sk in sks:
                     sk.launch_shape(per_sm * sms, warps)
                 for form, name in (("one kernel", "persistent"), ("3 launches", "launches"),
                                    ("phase 1", "phase1"), ("phase 2", "phase2")):
                     fns = [getattr(sk, name) for sk in sks]
-                    if form in ("one kernel", "3 launches"):  # checked once, before any timing
+                    checked = form in ("one kernel", "3 launches")
+                    if checked:  # checked once before any timing, and after the replays
                         try:
                             for sk, fn in zip(sks, fns):
+                                sk.poison()
                                 fn()
                                 sk.check()
                         except AssertionError as err:  # e.g. a grid whose programs were not all resident
                             print(f"{case} {context} {per_sm}/SM x {warps} warps, {form}: {err}", flush=True)
                             for sk in sks:
                                 sk.failed.zero_()
+                                sk.counter.zero_()
                             continue
                     graphs = [graph_of(fn) for fn in fns]
-                    us = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / args.layers
+                    for sk in sks:
+                        sk.poison()
+                    us = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / layers
                     del graphs
-                    if form in ("one kernel", "3 launches"):
+                    if checked:
                         for sk in sks:
-                            sk.check()  # and after the replays
+                            sk.check()
                     if us < best.get(form, (float("inf"),))[0]:
                         best[form] = (us, per_sm, warps)
-            floor_bytes = sks[0].bytes
-            del sks
+            floor_bytes = first.bytes
+            del sks, first
             torch.cuda.empty_cache()
             fastest = min(best["one kernel"][0], best["3 launches"][0])
-            rows.append(dict(b=b, hq=hq, hkv=hkv, coverage=cov, context=context, layers=args.layers, sdpa_us=sdpa,
+            rows.append(dict(b=b, hq=hq, hkv=hkv, coverage=cov, context=context, layers=layers,
+                             sdpa_layers=sdpa_layers, sdpa_us=sdpa,
                              bytes=floor_bytes, byte_floor_us=floor_bytes / bandwidth * 1e6,
                              **{f"{k}_us": v[0] for k, v in best.items()},
                              **{f"{k}_shape": f"{v[1]}/SM x {v[2]} warps" for k, v in best.items()},
                              floor_us=fastest, floor_ratio=fastest / sdpa))
             print(rows[-1], flush=True)
     print(f"\n{meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, copy {meta['copy_bandwidth_TBps']:.2f} "
-          f"TB/s, {args.layers} layer(s) in turn\n")
+          f"TB/s, each row's data read in turn over enough layers to hold 3x the L2\n")
     print("| B | Hq/Hkv | coverage | context | SDPA µs | bytes MB | byte floor µs | phase 1 | phase 2 | one kernel "
           "| 3 launches | floor × SDPA |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
