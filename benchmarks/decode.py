@@ -152,6 +152,9 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             floor_bytes = (cache.num_kv_heads * b * (n / cache.page_size) * (0 if name == "Dense" else stat_bytes)
                            + float(pages.sum()) * cache.page_size * 2 * d * dtype.itemsize)
             row["floor_us"] = floor_bytes / bandwidth * 1e6
+            # what the layers read in turn, in L2 sizes: below ~3 a replay still finds part of its
+            # bytes in L2 (the step's time is then optimistic against a model's)
+            row["layers_over_l2"] = args.layers * floor_bytes / torch.cuda.get_device_properties(0).L2_cache_size
             row["launches"] = launches_per_step(cache, q, k_new, v_new, config)
             decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False), q, k_new,
                                v_new) for _ in range(args.layers)]
@@ -195,7 +198,8 @@ def main() -> None:
                         help="time each step (and SDPA) in turn over this many caches of their own storage, as a "
                              "model's layers run: with 1 a replay finds the bytes the last one read in L2 (50 MB "
                              "on the H100 and H200) when they fit, which flatters SDPA at 8K-16K and a sparse "
-                             "step at B = 1 (session 43)")
+                             "step at B = 1 (session 43). Choose N so that N x the step's bytes is >= ~3x L2: "
+                             "each row's layers_over_l2 says what it was")
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-gib", type=float, default=40.0, help="skip cases whose K/V exceed this")

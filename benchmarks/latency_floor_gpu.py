@@ -1,5 +1,5 @@
-"""The latency floor of a sparse decode step: the fastest a step with a TopK step's data
-dependencies can be, whatever its kernels compute.
+"""Toward the latency floor of a sparse decode step: how fast a skeleton with a TopK step's
+data dependencies, and nothing else, runs.
 
     python benchmarks/latency_floor_gpu.py                        # the H200/H100 table
     TRITON_INTERPRET=1 python benchmarks/latency_floor_gpu.py --smoke   # CPU: the checksums only
@@ -17,10 +17,16 @@ checksum, checked against the host's, so the reads cannot be skipped), in two fo
   barriers (a release add on a counter, acquire polls until every program arrived);
 - ``3 launches``: one kernel a phase, back to back in a CUDA graph.
 
-Whichever is faster is a lower bound of any step with these dependencies on this GPU (a real
-step adds the append, the computation and the selection's own passes). Next to it: torch
-SDPA on the same shapes in the same run, the byte floor (bytes / measured copy bandwidth)
-and each phase alone. Timing: CUDA graphs, median of rounds of replays (``gpu_check``).
+The faster form estimates the floor of any step with these dependencies on this GPU: a
+real step adds the append, the computation and the selection's own passes. It is an estimate
+from above, because a better-tuned skeleton would be faster still. For that reason each
+program issues its share of a phase as one set of loads, and several launch shapes are tried.
+Each row's data is read in turn over enough copies (layers) to hold 3× the L2, so that no
+replay finds its bytes still in L2. Session 43's first form waited on its loads one after
+another, and a barrier-counter bug dropped its fastest shape: see
+``results/decode-2026-12-06-s43.md``. Next to it: torch SDPA on the same shapes in the same
+run (also over layers), the byte floor (bytes / measured copy bandwidth) and each phase
+alone. Timing: CUDA graphs, median of rounds of replays (``gpu_check``).
 The bytes: phase 1 B·Hkv·P·2·D (int8 box codes), phase 2 B·Hkv·M·S·D·2 (K of the M
 attended pages, fp16), phase 3 B·Hq·R·D·2 (V of R support rows a query head; R = 16).
 Measures only; asserts the checksums.
