@@ -149,8 +149,12 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             stat_bytes = 2 * d * dtype.itemsize + (2 * d * dtype.itemsize if isinstance(sel, ekv.Gaussian) else 0)
             if boxes:  # the 8-bit box: codes, scale and l1
                 stat_bytes = 2 * d + 8
+            # the selected pages' K, and their V for softmax only: for α > 1 the kernels read V for
+            # the support alone (a few rows a head; not counted). Until session 43 V was counted
+            # for every α, which overstated the α > 1 steps' achieved bandwidth (~1.5×)
+            kv = 2 if alpha == 1 else 1
             floor_bytes = (cache.num_kv_heads * b * (n / cache.page_size) * (0 if name == "Dense" else stat_bytes)
-                           + float(pages.sum()) * cache.page_size * 2 * d * dtype.itemsize)
+                           + float(pages.sum()) * cache.page_size * kv * d * dtype.itemsize)
             row["floor_us"] = floor_bytes / bandwidth * 1e6
             # what the layers read in turn, in L2 sizes: below ~3 a replay still finds part of its
             # bytes in L2 (the step's time is then optimistic against a model's)
