@@ -16,8 +16,8 @@ K/V) / measured device copy bandwidth. Inputs come from ``entmaxkv.synthetic.Syn
 Gaussian and Exact can select few pages). ``--layers N`` times every step and SDPA in turn over
 N caches of their own storage, as a model's layers run: with 1 (the default, and every table
 before session 43) a replay finds in L2 (50 MB) what the last one read, when it fits — SDPA's
-K/V at 8K (12.7 against 21 µs on the H100) and a sparse step's bytes at B = 1 up to 128K (2–6
-µs). Writes JSON and markdown to --out and draws
+K/V at 8K (12.7 against 21 µs on the H100) and a sparse step's bytes at B = 1 up to 128K (up to
+6 µs); N × the step's bytes should be at least ~3× L2 (each row's ``layers_over_l2``). Writes JSON and markdown to --out and draws
 latency vs. context as PNG; measures only, asserts nothing.
 """
 
@@ -83,6 +83,23 @@ def graph_of(fn):
     return graph
 
 
+def in_turn_us(replays, reps: int, rounds: int) -> float:
+    """Microseconds a call of each of ``replays`` (callables, e.g. graphs' ``replay``) takes when
+    they run in turn, as a model's layers do: a median over rounds (``time_us``) of running them
+    all, divided by their number. Each reads storage of its own, so with enough of them none
+    finds its bytes still in L2."""
+    return time_us(lambda: [replay() for replay in replays], reps, rounds) / len(replays)
+
+
+def sdpa_in_turn_us(q, k, v, layers: int, reps: int, rounds: int) -> float:
+    """``in_turn_us`` of SDPA decode of q over (k, v) and ``layers`` − 1 copies of them (the
+    inputs' own storage is the first layer), each captured in a graph."""
+    kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(layers - 1)]
+    graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+              for k, v in kvs]
+    return in_turn_us([g.replay for g in graphs], reps, rounds)
+
+
 def loaded(decoder: GraphedDecodeStep, q, k_new, v_new) -> GraphedDecodeStep:
     """The decoder with the stream's step in its input buffers: replays then time real
     queries (the buffers start as zeros: q = 0 ties every score, entmax's worst case)."""
@@ -116,11 +133,7 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
                                  device="cuda")
         k, v = stream.prompt(n)
         q, k_new, v_new = stream.step()
-    kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(args.layers - 1)]  # each "layer" its own storage
-    sdpa_graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, enable_gqa=True)) for k, v in kvs]
-    sdpa = time_us(lambda: [g.replay() for g in sdpa_graphs], reps, rounds) / args.layers
-    del sdpa_graphs, kvs
+    sdpa = sdpa_in_turn_us(q, k, v, args.layers, reps, rounds)
     capacity = n + 8 + (reps * (rounds + 1) + 16) * (1 + args.compiled)
     caches = {boxes: ekv.prefill(ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d, capacity=capacity,
                                                         dtype=dtype, device="cuda", page_boxes=boxes), k, v, [n] * b)
@@ -162,7 +175,7 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             row["launches"] = launches_per_step(cache, q, k_new, v_new, config)
             decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False), q, k_new,
                                v_new) for _ in range(args.layers)]
-            row["step_us"] = time_us(lambda: [d.graph.replay() for d in decoders], reps, rounds) / args.layers
+            row["step_us"] = in_turn_us([d.graph.replay for d in decoders], reps, rounds)
             del decoders
             if args.compiled:
                 t0 = time.perf_counter()

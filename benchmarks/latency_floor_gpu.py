@@ -275,8 +275,7 @@ def layers_for(bytes_per_layer: int, at_least: int) -> int:
 
 def main() -> None:
     sys.path.insert(0, "benchmarks")
-    from decode import copy_bandwidth, graph_of, run_meta
-    from gpu_check import time_replays
+    from decode import graph_of, in_turn_us, run_meta, sdpa_in_turn_us
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
@@ -307,14 +306,11 @@ def main() -> None:
                 continue
             g = torch.Generator(device="cuda").manual_seed(context)
             q = torch.randn(b, hq, 1, 128, device="cuda", dtype=torch.float16, generator=g)
-            sdpa_layers = layers_for(2 * b * hkv * context * 128 * 2, args.layers)
-            kvs = [(torch.randn(b, hkv, context, 128, device="cuda", dtype=torch.float16, generator=g),
-                    torch.randn(b, hkv, context, 128, device="cuda", dtype=torch.float16, generator=g))
-                   for _ in range(sdpa_layers)]
-            graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, enable_gqa=True)) for k, v in kvs]
-            sdpa = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / sdpa_layers
-            del q, kvs, graphs
+            k = torch.randn(b, hkv, context, 128, device="cuda", dtype=torch.float16, generator=g)
+            v = torch.randn_like(k)
+            sdpa_layers = layers_for(2 * k.numel() * k.element_size(), args.layers)
+            sdpa = sdpa_in_turn_us(q, k, v, sdpa_layers, args.reps, args.rounds)
+            del q, k, v
             best = {}
             first = Skeleton(b, hq, hkv, 128, context, cov, "cuda")
             layers = layers_for(first.bytes, args.layers)
@@ -341,7 +337,7 @@ def main() -> None:
                     graphs = [graph_of(fn) for fn in fns]
                     for sk in sks:
                         sk.poison()
-                    us = time_replays(lambda: [g.replay() for g in graphs], args.reps, args.rounds) / layers
+                    us = in_turn_us([g.replay for g in graphs], args.reps, args.rounds)
                     del graphs
                     if checked:
                         for sk in sks:

@@ -27,8 +27,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.synthetic import SyntheticStream, needle_inputs
-from decode import graph_of, loaded
-from gpu_check import time_replays
+from decode import in_turn_us, loaded, sdpa_in_turn_us
 
 SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
              "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian(),
@@ -89,11 +88,7 @@ def main() -> None:
                                      device="cuda")
             k, v = stream.prompt(n)
             q, k_new, v_new = stream.step()
-        kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(args.layers - 1)]
-        sdpa_graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, enable_gqa=True)) for k, v in kvs]
-        sdpa = time_replays(lambda: [g.replay() for g in sdpa_graphs], args.reps, 5) / args.layers
-        del kvs, sdpa_graphs
+        sdpa = sdpa_in_turn_us(q, k, v, args.layers, args.reps, 5)
         # every replay appends a token: room for the warm-ups and the timed replays of a variant
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
                                        capacity=n + max(args.room, 64 + 6 * args.reps),
@@ -112,7 +107,7 @@ def main() -> None:
                         setattr(mod, key, value)
                     decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
                                        q, k_new, v_new) for _ in range(args.layers)]
-                    us = time_replays(lambda: [d.graph.replay() for d in decoders], args.reps, 5) / args.layers
+                    us = in_turn_us([d.graph.replay for d in decoders], args.reps, 5)
                     decoder = decoders[0]
                     decoder.graph.replay()
                     out = decoder.out.double().clone()
