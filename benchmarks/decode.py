@@ -14,10 +14,11 @@ K/V) / measured device copy bandwidth. Inputs come from ``entmaxkv.synthetic.Syn
 (sink, heavy hitters, outlier channels, recency), or with ``--data needles`` from
 ``entmaxkv.synthetic.needle_inputs`` (noise keys and a few needles: the inputs on which
 Gaussian and Exact can select few pages). ``--layers N`` times every step and SDPA in turn over
-N caches of their own storage, as a model's layers run: with 1 (the default, and every table
-before session 43) a replay finds in L2 (50 MB) what the last one read, when it fits — SDPA's
-K/V at 8K (12.7 against 21 µs on the H100) and a sparse step's bytes at B = 1 up to 128K (up to
-6 µs); N × the step's bytes should be at least ~3× L2 (each row's ``layers_over_l2``). Writes JSON and markdown to --out and draws
+N caches of their own storage, all N captured in one CUDA graph, as a model's layers run: with 1
+(the default, and every table before session 43) a replay finds in L2 (50 MB) what the last one
+read, when it fits — SDPA's K/V at 8K (13.3 against 18.5 µs on the H100) and a sparse step's
+bytes at B = 1 up to 128K; N × the step's bytes should be at least ~3× L2 (each row's
+``layers_over_l2``). Writes JSON and markdown to --out and draws
 latency vs. context as PNG; measures only, asserts nothing.
 """
 
@@ -83,21 +84,31 @@ def graph_of(fn):
     return graph
 
 
-def in_turn_us(replays, reps: int, rounds: int) -> float:
-    """Microseconds a call of each of ``replays`` (callables, e.g. graphs' ``replay``) takes when
-    they run in turn, as a model's layers do: a median over rounds (``time_us``) of running them
-    all, divided by their number. Each reads storage of its own, so with enough of them none
-    finds its bytes still in L2."""
-    return time_us(lambda: [replay() for replay in replays], reps, rounds) / len(replays)
+def in_turn_us(calls, reps: int, rounds: int) -> float:
+    """Microseconds each of ``calls`` (callables that launch kernels: a layer's step, SDPA over a
+    layer's cache) takes when they run in turn, as a model's layers do: all of them captured in
+    one CUDA graph, a median over rounds (``time_us``) of its replays, divided by their number.
+    Each reads storage of its own, so with enough of them none finds its bytes still in L2. (One
+    graph, not a graph a layer replayed in turn: session 44 measured that form's time a layer
+    growing with the number of graphs — SDPA at 8K 12.7 / 20.9 / 45.0 µs with 1 / 4 / 64 —
+    more than L2 explains.)"""
+    return time_us(graph_of(lambda: [call() for call in calls]).replay, reps, rounds) / len(calls)
 
 
 def sdpa_in_turn_us(q, k, v, layers: int, reps: int, rounds: int) -> float:
     """``in_turn_us`` of SDPA decode of q over (k, v) and ``layers`` − 1 copies of them (the
-    inputs' own storage is the first layer), each captured in a graph."""
+    inputs' own storage is the first layer)."""
     kvs = [(k, v)] + [(k.clone(), v.clone()) for _ in range(layers - 1)]
-    graphs = [graph_of(lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-              for k, v in kvs]
-    return in_turn_us([g.replay for g in graphs], reps, rounds)
+    return in_turn_us([lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+                       for k, v in kvs], reps, rounds)
+
+
+def steps_in_turn_us(cache, q, k_new, v_new, config, layers: int, reps: int, rounds: int) -> float:
+    """``in_turn_us`` of the eager-kernel decode step on ``layers`` forks of the cache (each with
+    storage of its own), the same query and new token for each: every replay appends at the
+    same slot past the forks' lengths, so the context stays as prefilled."""
+    caches = [cache.fork() for _ in range(layers)]
+    return in_turn_us([lambda c=c: ekv.decode_step(c, q, k_new, v_new, config) for c in caches], reps, rounds)
 
 
 def loaded(decoder: GraphedDecodeStep, q, k_new, v_new) -> GraphedDecodeStep:
@@ -173,10 +184,7 @@ def bench_case(args, b, hq, hkv, d, n, dtype_name, alpha, bandwidth, rows, log):
             # bytes in L2 (the step's time is then optimistic against a model's)
             row["layers_over_l2"] = args.layers * floor_bytes / torch.cuda.get_device_properties(0).L2_cache_size
             row["launches"] = launches_per_step(cache, q, k_new, v_new, config)
-            decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False), q, k_new,
-                               v_new) for _ in range(args.layers)]
-            row["step_us"] = in_turn_us([d.graph.replay for d in decoders], reps, rounds)
-            del decoders
+            row["step_us"] = steps_in_turn_us(cache, q, k_new, v_new, config, args.layers, reps, rounds)
             if args.compiled:
                 t0 = time.perf_counter()
                 decoder = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=True), q, k_new, v_new)

@@ -21,8 +21,10 @@ The faster form estimates the floor of any step with these dependencies on this 
 real step adds the append, the computation and the selection's own passes. It is an estimate
 from above, because a better-tuned skeleton would be faster still. For that reason each
 program issues its share of a phase as one set of loads, and several launch shapes are tried.
-Each row's data is read in turn over enough copies (layers) to hold 3× the L2, so that no
-replay finds its bytes still in L2. Session 43's first form waited on its loads one after
+Each row's data is read in turn over enough copies (layers) to hold 3× the L2, all of them
+captured in one CUDA graph (``decode.in_turn_us``), so that no replay finds its bytes still in
+L2. Measured on the H100 (session 44, ``results/decode-2026-12-06-s44.md``): B = 1 32/8 TopK
+6.25% 7.5 / 9.9 / 13.1 / 19.1 µs at 8K / 32K / 64K / 128K. Session 43's first form waited on its loads one after
 another, and a barrier-counter bug dropped its fastest shape: see
 ``results/decode-2026-12-06-s43.md``. Next to it: torch SDPA on the same shapes in the same
 run (also over layers), the byte floor (bytes / measured copy bandwidth) and each phase
@@ -275,7 +277,7 @@ def layers_for(bytes_per_layer: int, at_least: int) -> int:
 
 def main() -> None:
     sys.path.insert(0, "benchmarks")
-    from decode import graph_of, in_turn_us, run_meta, sdpa_in_turn_us
+    from decode import in_turn_us, run_meta, sdpa_in_turn_us
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
@@ -334,11 +336,9 @@ def main() -> None:
                                 sk.failed.zero_()
                                 sk.counter.zero_()
                             continue
-                    graphs = [graph_of(fn) for fn in fns]
                     for sk in sks:
                         sk.poison()
-                    us = in_turn_us([g.replay for g in graphs], args.reps, args.rounds)
-                    del graphs
+                    us = in_turn_us(fns, args.reps, args.rounds)
                     if checked:
                         for sk in sks:
                             sk.check()

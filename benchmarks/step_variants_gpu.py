@@ -10,7 +10,7 @@ of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each var
 ``;``-separated, each a ``,``-separated list of ``module.CONSTANT=value`` assignments to
 ``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
 difference from the base variant (a constant that changes results shows there). ``--layers N`` times
-the steps (and SDPA) in turn over N caches of their own storage, as a model's layers run: with
+the steps (and SDPA) in turn over N caches of their own storage, in one CUDA graph, as a model's layers run: with
 1 (the default) a replay finds the bytes the last one read in L2 when they fit. ``--room``
 gives the cache more free slots past the context (the page count P sets some launch shapes:
 ``quest_select``'s rank blocks, for one); ``--page-boxes`` makes it a cache with page boxes.
@@ -27,7 +27,7 @@ import torch
 import entmaxkv as ekv
 from entmaxkv.compiled import GraphedDecodeStep
 from entmaxkv.synthetic import SyntheticStream, needle_inputs
-from decode import in_turn_us, loaded, sdpa_in_turn_us
+from decode import loaded, sdpa_in_turn_us, steps_in_turn_us
 
 SELECTORS = {"TopK12.5": lambda: ekv.TopK(coverage=0.125), "TopK6.25": lambda: ekv.TopK(coverage=0.0625),
              "TopK3": lambda: ekv.TopK(coverage=0.03), "Dense": lambda: ekv.Dense(), "Gaussian": lambda: ekv.Gaussian(),
@@ -105,16 +105,15 @@ def main() -> None:
                 try:
                     for mod, key, value in sets:
                         setattr(mod, key, value)
-                    decoders = [loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
-                                       q, k_new, v_new) for _ in range(args.layers)]
-                    us = in_turn_us([d.graph.replay for d in decoders], args.reps, 5)
-                    decoder = decoders[0]
+                    us = steps_in_turn_us(cache, q, k_new, v_new, config, args.layers, args.reps, 5)
+                    decoder = loaded(GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False),
+                                     q, k_new, v_new)
                     decoder.graph.replay()
                     out = decoder.out.double().clone()
                     first = out if first is None else first
                     diff = float((out - first).abs().max())
                     print(f"  {name:<60} {us:8.1f} µs  ×SDPA {us / sdpa:5.2f}  max |Δout| vs first {diff:.1e}")
-                    del decoder, decoders
+                    del decoder
                 except Exception as err:  # a variant that fails to build or run: say so, go on
                     print(f"  {name:<60} failed: {type(err).__name__}: {str(err)[:200]}")
                 finally:
