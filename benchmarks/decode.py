@@ -6,9 +6,9 @@ reference.
     python benchmarks/decode.py                    # the full matrix (several calls)
     python benchmarks/decode.py --contexts 4096,32768 --batches 1,8 --dtypes fp16,bf16 ...
 
-A step is the whole of ``decode_step`` (append + page scores + select + τ + attend), captured
-with ``GraphedDecodeStep`` (eager kernels in one CUDA graph; ``--compiled`` also times the
-``torch.compile``d step in a graph). SDPA is ``scaled_dot_product_attention`` over the same
+A step is the whole of ``decode_step`` (append + page scores + select + τ + attend), its eager
+kernels captured in one CUDA graph with the other layers' steps (``steps_in_turn_us``;
+``--compiled`` also times the ``torch.compile``d step in a graph, one layer). SDPA is ``scaled_dot_product_attention`` over the same
 K/V (q_len 1, GQA), captured in a graph. The byte floor is (page statistics read + selected
 K/V) / measured device copy bandwidth. Inputs come from ``entmaxkv.synthetic.SyntheticStream``
 (sink, heavy hitters, outlier channels, recency), or with ``--data needles`` from
@@ -84,15 +84,20 @@ def graph_of(fn):
     return graph
 
 
-def in_turn_us(calls, reps: int, rounds: int) -> float:
+def in_turn_us(calls, reps: int, rounds: int, after_capture=None) -> float:
     """Microseconds each of ``calls`` (callables that launch kernels: a layer's step, SDPA over a
     layer's cache) takes when they run in turn, as a model's layers do: all of them captured in
     one CUDA graph, a median over rounds (``time_us``) of its replays, divided by their number.
-    Each reads storage of its own, so with enough of them none finds its bytes still in L2. (One
-    graph, not a graph a layer replayed in turn: session 44 measured that form's time a layer
-    growing with the number of graphs — SDPA at 8K 12.7 / 20.9 / 45.0 µs with 1 / 4 / 64 —
-    more than L2 explains.)"""
-    return time_us(graph_of(lambda: [call() for call in calls]).replay, reps, rounds) / len(calls)
+    Each reads storage of its own, so with enough of them none finds its bytes still in L2.
+    ``after_capture`` runs once the graph is captured, before the timed replays (e.g. to poison
+    outputs that a check after them reads). One graph, not a graph a layer replayed in turn:
+    that form's time a layer grew with the number of graphs, more than L2 explains (SDPA at 8K
+    on the H100: 12.7 / 20.9 µs with 1 / 4 graphs in session 43, 45.0 with 64 in session 44;
+    one graph: 13.3 / 18.8 / 18.5 with 1 / 4 / 48 layers)."""
+    graph = graph_of(lambda: [call() for call in calls])
+    if after_capture is not None:
+        after_capture()
+    return time_us(graph.replay, reps, rounds) / len(calls)
 
 
 def sdpa_in_turn_us(q, k, v, layers: int, reps: int, rounds: int) -> float:
@@ -106,7 +111,9 @@ def sdpa_in_turn_us(q, k, v, layers: int, reps: int, rounds: int) -> float:
 def steps_in_turn_us(cache, q, k_new, v_new, config, layers: int, reps: int, rounds: int) -> float:
     """``in_turn_us`` of the eager-kernel decode step on ``layers`` forks of the cache (each with
     storage of its own), the same query and new token for each: every replay appends at the
-    same slot past the forks' lengths, so the context stays as prefilled."""
+    same slot past the forks' lengths, so the context stays as prefilled. (So a timed step never
+    fills a page and writes its statistics or box, as one step in S does in a real decode: a
+    small bias in the step's favour.)"""
     caches = [cache.fork() for _ in range(layers)]
     return in_turn_us([lambda c=c: ekv.decode_step(c, q, k_new, v_new, config) for c in caches], reps, rounds)
 

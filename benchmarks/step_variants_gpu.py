@@ -6,7 +6,8 @@
 Per context and α (B = 1 or ``--batch``, Hq/Hkv = 32/8 or ``--heads``, D = 128, fp16 or
 ``--dtype``, ``SyntheticStream`` data or ``--data needles`` (``needle_inputs``: ``--needles``
 runs of ``--needle-run`` tokens a KV head), TopK 12.5% or ``--selector``): the CUDA-graph time
-of the eager-kernel step (``GraphedDecodeStep``, median of replays) for each variant —
+of the eager-kernel step (``decode.steps_in_turn_us``: captured in one graph with ``--layers``
+− 1 more layers', median of replays) for each variant —
 ``;``-separated, each a ``,``-separated list of ``module.CONSTANT=value`` assignments to
 ``entmaxkv.kernels.<module>`` (``base``: none) — next to SDPA, and the largest output
 difference from the base variant (a constant that changes results shows there). ``--layers N`` times
@@ -89,7 +90,8 @@ def main() -> None:
             k, v = stream.prompt(n)
             q, k_new, v_new = stream.step()
         sdpa = sdpa_in_turn_us(q, k, v, args.layers, args.reps, 5)
-        # every replay appends a token: room for the warm-ups and the timed replays of a variant
+        # room past the context: the replays append at one slot past it (``steps_in_turn_us``), the
+        # output check's decoder one token
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
                                        capacity=n + max(args.room, 64 + 6 * args.reps),
                                        dtype=dtype, device="cuda", page_boxes=args.page_boxes)
