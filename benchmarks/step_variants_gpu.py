@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--needles", type=int, default=4, help="needle runs per KV head (--data needles)")
     parser.add_argument("--needle-run", type=int, default=16, help="tokens per needle run (--data needles)")
     parser.add_argument("--room", type=int, default=0,
-                        help="free token slots past the context (at least the replays' 64 + 6·reps; "
-                             "profile_step.py's caches have 2048): the page count P sets some launch shapes")
+                        help="free token slots past the context (at least 64 + 6·reps, the room earlier sessions' "
+                             "replays needed; profile_step.py's caches have 2048): the page count P sets some "
+                             "launch shapes")
     parser.add_argument("--page-boxes", action="store_true", help="a cache with 8-bit page boxes (TopK ranks by them)")
     parser.add_argument("--layers", type=int, default=1,
                         help="time each step (and SDPA) in turn over this many caches of their own storage, as "
@@ -90,8 +91,10 @@ def main() -> None:
             k, v = stream.prompt(n)
             q, k_new, v_new = stream.step()
         sdpa = sdpa_in_turn_us(q, k, v, args.layers, args.reps, 5)
-        # room past the context: the replays append at one slot past it (``steps_in_turn_us``), the
-        # output check's decoder one token
+        # the timed replays append at one slot past the context (``steps_in_turn_us``), the output
+        # check's decoder one token; the room stays 64 + 6·reps (what replays that each appended a
+        # token needed until session 44) so that the page count P, which sets some launch shapes,
+        # stays that of earlier sessions' runs
         empty = ekv.PagedKVCache.empty(batch=b, num_kv_heads=hkv, head_dim=d,
                                        capacity=n + max(args.room, 64 + 6 * args.reps),
                                        dtype=dtype, device="cuda", page_boxes=args.page_boxes)
