@@ -1,5 +1,6 @@
 """``entmaxkv::gaussian_tau``: the Gaussian page model's threshold τ̂, one program per
-(sequence, query head), in float64.
+(sequence, query head), in float64 — one kernel, or two (the kept pages, then the solve:
+``splits``) where the rows fill the GPU.
 
 Solves F(τ) = Σ_p n_p·E[ρ((α−1)·S_p − τ)] + Σ_i ρ((α−1)·s_i − τ) − 1 = 0 with
 S_p ~ N(μ_p, σ_p²) over the candidate pages and s_i the newest page's exact scores: the root
@@ -33,9 +34,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule
 
-__all__ = ["gaussian_tau", "moment_kind"]
+__all__ = ["gaussian_tau", "moment_kind", "splits"]
 
 QUAD_NODES = 64
 QUAD_REACH = 10.0
@@ -71,6 +72,29 @@ SHORT_P = 64
 # (perf-log row 87)
 BLOCK_P = 1024
 TAU_WARPS = 16
+# pages a block of the solve's passes takes where the kept pages do not fit in ``SHORT_P``
+# (None: ``BLOCK_P``, the pre-passes' block): a measurement switch for the float64 moment's
+# register tile apart from the pre-passes' float32 one (session 46)
+SOLVE_P = None
+# The split form (``splits``): where the rows (B·Hq) give every SM a program, the kept pages
+# and the solve run as two kernels. The one kernel holds the solve's float64 moment (erfc, two
+# exps) in every program: 128 registers a thread at 16 warps (ptxas for sm_90a, with spills),
+# so one program an SM, and at B = 16, 32/8 (512 rows) four waves of the whole row's latency.
+# Apart, the kept pages' kernel (float32 tests and a compaction) holds few registers, and the
+# solve's (over the few kept pages of a row where few matter) runs at ``SOLVE_WARPS`` warps,
+# several programs an SM: predicted (session 46, perf-log row 150) one wave of each. The same
+# arithmetic in the same order where a row keeps at most ``SHORT_P`` pages; else the solve's
+# blocks are ``SPLIT_SOLVE_P`` pages (another order of the same sums). Off until measured on the GPU.
+SPLIT = False
+KEEP_WARPS = 16
+SOLVE_WARPS = 4
+SPLIT_SOLVE_P = 128
+
+
+def splits(rows: int, device: torch.device) -> bool:
+    """Whether τ̂ runs as two kernels (``SPLIT``): where the rows make at least one program an
+    SM (the interpreter counts one SM: its tests see the split unless they patch this)."""
+    return bool(SPLIT) and rows >= multiprocessors(device)
 
 
 def moment_kind(alpha: float) -> int:
@@ -196,10 +220,10 @@ def _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weigh
 
 @triton.jit
 def _kept_excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights,
-                 KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+                 KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
     """``_excess`` over blocks of ``SHORT_P`` pages where the kept pages fit in one (a pass is
     then one float64 erfc chain on few lanes) or the moment is a quadrature (its [block,
-    nodes] tile: 64 × 64 float64 a block, not 1,024 × 64), else of ``BLOCK_P``."""
+    nodes] tile: 64 × 64 float64 a block, not 1,024 × 64), else of ``SOLVE_P``."""
     if KIND == 0:
         f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, SHORT_P,
                            BLOCK_S)
@@ -207,7 +231,7 @@ def _kept_excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, 
         f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, SHORT_P,
                            BLOCK_S)
     else:
-        f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, BLOCK_P,
+        f, slope = _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights, KIND, SOLVE_P,
                            BLOCK_S)
     return f, slope
 
@@ -222,16 +246,11 @@ def _norm_step(f, slope, power):
 
 
 @triton.jit
-def _gaussian_tau_kernel(
-    mu, sigma, cand, exact, lin_ptr, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
-    KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
-    NEGLIGIBLE: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # b·Hq + h
-    b = row // HQ
-    lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
-    power = 1.0 / lin
-    if KIND == 0:  # Fejér's first rule on [-1, 1] (as entmaxkv.gaussian.fejer_rule)
+def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
+    """Fejér's first rule on [−1, 1] (as ``entmaxkv.gaussian.fejer_rule``): (nodes, weights)
+    [NODES] float64, or zeros for the closed forms (their 32 serial float64 cosines are not
+    computed)."""
+    if KIND == 0:
         k = tl.arange(0, NODES).to(tl.float64)
         theta = (2.0 * k + 1.0) * (3.141592653589793 / (2 * NODES))
         acc = tl.zeros((NODES,), tl.float64)
@@ -240,10 +259,19 @@ def _gaussian_tau_kernel(
             acc += tl.cos(2.0 * jj * theta) / (4.0 * jj * jj - 1.0)
         nodes = tl.cos(theta)
         weights = (2.0 / NODES) * (1.0 - 2.0 * acc)
-    else:  # the closed forms read no rule (its 32 serial float64 cosines are not computed)
+    else:
         nodes = tl.zeros((NODES,), tl.float64)
         weights = nodes
+    return nodes, weights
 
+
+@triton.jit
+def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, BLOCK_P: tl.constexpr,
+                BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+    """One (sequence, query head) row's top score top_all (float64: the largest (α−1)·μ of
+    its candidate pages and (α−1)·s of the newest page's scores) and the pages that can
+    matter, their (α−1)·μ and (α−1)·σ written in page order to the row's scratch:
+    (top_all, n_kept)."""
     # The top score, then the pages that can matter, to the row's scratch. Every τ the solve
     # evaluates is at least top − 1 (the bracket's low end; the expansions and the Newton steps
     # only move right of it) and a page's term falls as τ rises, so a page whose term at
@@ -274,7 +302,7 @@ def _gaussian_tau_kernel(
     least = top_all - 1.0
     kept_m = kept_mu + row * P
     kept_s = kept_sigma + row * P
-    power32 = power.to(tl.float32)
+    power32 = (1.0 / lin).to(tl.float32)
     log_cut = tl.log(NEGLIGIBLE / S) - 1.0
     n_kept = 0
     for start in range(0, P, BLOCK_P):
@@ -292,22 +320,28 @@ def _gaussian_tau_kernel(
         tl.store(kept_m + at, m, mask=keep == 1)
         tl.store(kept_s + at, sd, mask=keep == 1)
         n_kept += tl.sum(keep)
-    tl.debug_barrier()  # every thread's kept pages are stored before any is read
+    return top_all, n_kept
 
+
+@triton.jit
+def _solve(kept_m, kept_s, n_kept, top_all, exact, row, S, iters, expansions, lin, nodes, weights,
+           KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """τ̂ of one row from its kept pages (``_keep_pages``) and the newest page's scores."""
+    power = 1.0 / lin
     # The bracket of the reference: [top − 1, top] (F(top − 1) >= 0: the top entry alone has
     # mass >= 1), doubled while F(hi) > 0 — stopping at the first F(hi) <= 0, after which the
     # reference's remaining expansions change nothing.
     lo = top_all - 1.0
     hi = top_all
     width = top_all * 0.0 + 1.0
-    f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, BLOCK_P,
+    f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, SOLVE_P,
                            SHORT_P, BLOCK_S)
     grown = 0
     while (f_hi > 0) & (grown < expansions):
         lo = hi
         hi = hi + width
         width = 2.0 * width
-        f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, BLOCK_P,
+        f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, SOLVE_P,
                                SHORT_P, BLOCK_S)
         grown += 1
     # Safeguarded Newton from the left end, on G(τ) = (F(τ) + 1)^(α−1) − 1 rather than on F:
@@ -321,7 +355,7 @@ def _gaussian_tau_kernel(
     # rounding), or after ``iters`` steps. With M = F + 1 >= 1 the step is
     # G/G' = p·(M − M^(1 − 1/p)) / F'.
     x = lo
-    fx, dx = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, x, power, lin, nodes, weights, KIND, BLOCK_P, SHORT_P,
+    fx, dx = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, x, power, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
                           BLOCK_S)
     result = x
     done = fx <= 0  # F(lo) = 0: lo is the root
@@ -330,7 +364,7 @@ def _gaussian_tau_kernel(
         newton = x + _norm_step(fx, dx, power)
         nxt = tl.where(newton < hi, newton, (x + hi) / 2)
         f_next, d_next = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, nxt, power, lin, nodes, weights, KIND,
-                                      BLOCK_P, SHORT_P, BLOCK_S)
+                                      SOLVE_P, SHORT_P, BLOCK_S)
         correction = _norm_step(f_next, d_next, power)  # signed: negative past the root
         tol = 4e-15 * tl.maximum(tl.abs(nxt), 1.0)
         done = (tl.abs(correction) <= tol) | (nxt - x <= tol)
@@ -341,6 +375,48 @@ def _gaussian_tau_kernel(
         fx = tl.where(ahead, f_next, fx)
         dx = tl.where(ahead, d_next, dx)
         steps += 1
+    return result
+
+
+@triton.jit
+def _gaussian_tau_kernel(
+    mu, sigma, cand, exact, lin_ptr, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
+    KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
+    NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr,
+):
+    """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
+    row = tl.program_id(0).to(tl.int64)  # b·Hq + h
+    lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
+    nodes, weights = _quadrature_rule(KIND, NODES)
+    top_all, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, row // HQ, P, S, BLOCK_P,
+                                  BLOCK_S, NEGLIGIBLE)
+    tl.debug_barrier()  # every thread's kept pages are stored before any is read
+    result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, exact, row, S, iters, expansions, lin,
+                    nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+    tl.store(tau_out + row, result)
+
+
+@triton.jit
+def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_ptr, kept_mu, kept_sigma, counts, tops, HQ, P, S,
+                          BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+    """The split form's first kernel: a row's kept pages, their count and its top score."""
+    row = tl.program_id(0).to(tl.int64)
+    top_all, n_kept = _keep_pages(mu, sigma, cand, exact, tl.load(lin_ptr), kept_mu, kept_sigma, row, row // HQ, P,
+                                  S, BLOCK_P, BLOCK_S, NEGLIGIBLE)
+    tl.store(counts + row, n_kept)
+    tl.store(tops + row, top_all)
+
+
+@triton.jit
+def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts, tops, P, S, iters, expansions,
+                           KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
+                           NODES: tl.constexpr):
+    """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
+    row = tl.program_id(0).to(tl.int64)
+    lin = tl.load(lin_ptr)
+    nodes, weights = _quadrature_rule(KIND, NODES)
+    result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row), exact, row,
+                    S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
     tl.store(tau_out + row, result)
 
 
@@ -364,11 +440,23 @@ def gaussian_tau(
     lin = torch.full((1,), alpha - 1.0, dtype=torch.float64, device=mu.device)  # a fill, not a copy
     kept_mu = torch.empty((b * hkv * g, p), dtype=torch.float64, device=mu.device)  # scratch
     kept_sigma = torch.empty_like(kept_mu)
-    wrap_triton(_gaussian_tau_kernel)[(b * hkv * g,)](
-        mu, sigma, candidates.to(torch.int8), exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters,
-        expansions,
-        KIND=moment_kind(alpha), BLOCK_P=min(BLOCK_P, max(16, next_pow2(p))), BLOCK_S=max(16, next_pow2(s)),
-        SHORT_P=SHORT_P, NODES=QUAD_NODES, NEGLIGIBLE=NEGLIGIBLE, num_warps=TAU_WARPS,
+    rows, cand = b * hkv * g, candidates.to(torch.int8)
+    block_p, block_s = min(BLOCK_P, max(16, next_pow2(p))), max(16, next_pow2(s))
+    if splits(rows, mu.device):
+        counts = torch.empty(rows, dtype=torch.int32, device=mu.device)
+        tops = torch.empty(rows, dtype=torch.float64, device=mu.device)
+        wrap_triton(_gaussian_keep_kernel)[(rows,)](
+            mu, sigma, cand, exact_scores, lin, kept_mu, kept_sigma, counts, tops, hkv * g, p, s,
+            BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, num_warps=KEEP_WARPS)
+        wrap_triton(_gaussian_solve_kernel)[(rows,)](
+            exact_scores, lin, tau, kept_mu, kept_sigma, counts, tops, p, s, iters, expansions,
+            KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
+            BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
+        return tau
+    wrap_triton(_gaussian_tau_kernel)[(rows,)](
+        mu, sigma, cand, exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
+        KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
+        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(SOLVE_P or BLOCK_P, max(16, next_pow2(p))), num_warps=TAU_WARPS,
     )
     return tau
 

@@ -816,10 +816,18 @@ def test_compiled_step_through_the_ops_equals_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("form", ["fused", "split", "split_long"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
-def test_gaussian_tau_op_equals_the_reference_solver(alpha):
+def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
+    """Both launch forms (one kernel; the kept pages and the solve apart, ``splits``), and the
+    split solve's blocks of ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P``."""
     from entmaxkv.gaussian import solve_gaussian_tau
+    from entmaxkv.kernels import gaussian_tau as module
 
+    monkeypatch.setattr(module, "SPLIT", form != "fused")
+    if form == "split_long":
+        monkeypatch.setattr(module, "SHORT_P", 4)
+        monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 2, 2, 2, 37, 16

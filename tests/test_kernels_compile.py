@@ -142,6 +142,19 @@ def record_sigma_dot() -> None:
                 ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
 
 
+def record_gaussian_tau_forms() -> None:
+    """gaussian_tau's two forms (``gaussian_tau.splits``: one kernel where the rows leave SMs
+    idle, the kept pages and the solve apart where they fill the GPU), for the closed-form and
+    quadrature moments."""
+    cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=torch.float32)
+    q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, torch.float32)
+    for split in (False, True):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("entmaxkv.kernels.gaussian_tau.splits", lambda rows, device: split)
+            for alpha in (1.5, 1.25):
+                ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, ekv.Gaussian(), backend="triton"))
+
+
 def record_tau_without_search_rounds() -> None:
     """sparse_decode's τ kernel with no rounds of the search from below (``EXACT_ITERS`` = 0, the
     bisection alone: tests/test_tau_fast_path.py runs it). On the H200 the while loop bounded by
@@ -223,6 +236,7 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_fused_topk()
     record_gaussian_select()
     record_sigma_dot()
+    record_gaussian_tau_forms()
     record_tau_without_search_rounds()
     record_tau_without_support_first()
     record_page_box_upper()
@@ -247,6 +261,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's V pass over every survivor"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's support-first V pass"
+    for name in ("_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel"):  # both τ̂ forms
+        assert any(s[1] == name for s in chosen), name
     for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included
         assert any(s[1] == "_code_bounds_kernel" and s[2].get("NATIVE") == ["bool", True]
                    and s[2].get("BITS") == ["int", bits] and ["tensor", "bfloat16"] in s[2].values()

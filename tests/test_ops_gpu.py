@@ -232,3 +232,29 @@ def test_no_new_triton_specialisations_after_warm_up():
     for decoder, (c, _) in zip(decoders, eager):
         assert torch.equal(decoder.cache.seq_lens, lens + replays)
         assert torch.equal(c.seq_lens, lens + 2 + eager_steps)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 1.25])
+@pytest.mark.parametrize("needles", [True, False], ids=["few pages kept", "every page kept"])
+def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, monkeypatch):
+    """gaussian_tau's one-kernel and split forms (``gaussian_tau.splits``) as the GPU compiles
+    them, at rows that fill the SMs (B·Hq = 512), against the float64 reference solver: where
+    a row keeps a few pages (the solve's short blocks) and where it keeps every page
+    (``SPLIT_SOLVE_P``-page blocks)."""
+    from entmaxkv.gaussian import solve_gaussian_tau
+    from entmaxkv.kernels import gaussian_tau as module
+
+    g = torch.Generator(device="cuda").manual_seed(46)
+    b, hkv, grp, p = 16, 8, 4, 700
+    mu = torch.randn(b, hkv, grp, p, device="cuda", generator=g) * 0.1
+    sigma = 0.3 + 0.05 * torch.rand(b, hkv, grp, p, device="cuda", generator=g)
+    if needles:  # a few high pages a row, as needle_inputs' (the rest cut as negligible)
+        mu[..., ::97] += 8.0
+    candidates = torch.rand(b, p, device="cuda", generator=g) < 0.9
+    exact = torch.randn(b, hkv, grp, 16, device="cuda", generator=g) * 0.3
+    count = torch.where(candidates[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
+    want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
+    for split in (False, True):
+        monkeypatch.setattr(module, "splits", lambda rows, device: split)
+        got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"split {split}")

@@ -49,7 +49,7 @@ def oracle(cache, q, slopes, work):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16),
-                                           ("dot_sigma", 16)])
+                                           ("dot_sigma", 16), ("dot_sigma_tf32", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
@@ -59,11 +59,15 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     the tensor-core form (float16/bfloat16 without σ; float32/float64 keep the chunked form),
     one page block a program or two in turn (``dot2``, on CUDA too, whatever the SM count:
     70 pages make 3 programs, the last one's second block past the row), or two in turn with σ
-    on the tensor-core form too (``dot_sigma``: ``SIGMA_DOT``)."""
-    dot = form in ("dot", "dot2", "dot_sigma")
+    on the tensor-core form too (``dot_sigma``: ``SIGMA_DOT``, a ``tf32x3`` dot; ``dot_sigma_tf32``:
+    ``SIGMA_ONE_PASS`` too, one ``tf32`` dot, whose σ carries tf32's input rounding: within
+    2^-10·σ more, ``_page_block_dot``; the interpreter's float32 dots cannot show it)."""
+    sigma_dot = form in ("dot_sigma", "dot_sigma_tf32")
+    dot = form in ("dot", "dot2") or sigma_dot
     monkeypatch.setattr(module, "USE_DOT", dot)
-    monkeypatch.setattr(module, "SIGMA_DOT", form == "dot_sigma")
-    iters = 2 if form in ("dot2", "dot_sigma") else 1  # page blocks a program takes in turn
+    monkeypatch.setattr(module, "SIGMA_DOT", sigma_dot)
+    monkeypatch.setattr(module, "SIGMA_ONE_PASS", form == "dot_sigma_tf32")
+    iters = 2 if form == "dot2" or sigma_dot else 1  # page blocks a program takes in turn
     monkeypatch.setattr(module, "dot_iters", lambda blocks, device: iters)
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
     if not dot:
@@ -73,7 +77,7 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     # 9 and 5 full pages: rows of several programs, the last ragged (70 and 20 for the dot's
     # 16-page programs)
     lens = [S * 70 + 3, S * 20] if dot else [S * 9 + 3, S * 5]
-    with_sigma = not dot or form == "dot_sigma"  # σ keeps the CUDA-core form unless SIGMA_DOT
+    with_sigma = not dot or sigma_dot  # σ keeps the CUDA-core form unless SIGMA_DOT
     spread = 2.0 ** -20 if tiny else 3.0  # tiny: fp16 subnormal keys, absmax set by ν
     cache, _, _ = make_cache(seed, 2, hkv, d, S, lens, dtype=dtype, spread=spread)
     g = torch.Generator().manual_seed(seed)
@@ -98,7 +102,8 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     checks = [("upper", got[0], upper, 2 * gamma * absmax + bias_err), ("absmax", got[1], absmax, gamma * absmax),
               ("mean", got[2], mean, gamma * absmax + bias_err)]
     if with_sigma:
-        checks.append(("sigma", got[3], sigma, 4 * gamma * sigma))
+        tf32 = 2.0 ** -10 if on_dot and form == "dot_sigma_tf32" else 0.0  # the operands' tf32 rounding
+        checks.append(("sigma", got[3], sigma, (4 * gamma + tf32) * sigma))
     for name, x, want, tol in checks:
         assert x.dtype == work, name
         err = (x.double().cpu() - want).abs()
