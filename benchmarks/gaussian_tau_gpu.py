@@ -14,6 +14,7 @@ are CUDA-graph replays of the op (median of rounds); max |Δτ| is against the r
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 
 import torch
@@ -52,7 +53,7 @@ def apply(variant: str) -> tuple[dict, list]:
             module_name, const = name.split(".")
             module = importlib.import_module(f"entmaxkv.kernels.{module_name}")
             undo.append((module, const, getattr(module, const)))
-            setattr(module, const, type(getattr(module, const))(float(value)))
+            setattr(module, const, ast.literal_eval(value))  # True, 4, 1e-30, None
         else:
             args[name] = int(value)
     return args, undo

@@ -72,23 +72,23 @@ SHORT_P = 64
 # (perf-log row 87)
 BLOCK_P = 1024
 TAU_WARPS = 16
-# pages a block of the solve's passes takes where the kept pages do not fit in ``SHORT_P``
-# (None: ``BLOCK_P``, the pre-passes' block): a measurement switch for the float64 moment's
-# register tile apart from the pre-passes' float32 one (session 46)
-SOLVE_P = None
 # The split form (``splits``): where the rows (B·Hq) give every SM a program, the kept pages
-# and the solve run as two kernels. The one kernel holds the solve's float64 moment (erfc, two
-# exps) in every program: 128 registers a thread at 16 warps (ptxas for sm_90a, with spills),
-# so one program an SM, and at B = 16, 32/8 (512 rows) four waves of the whole row's latency.
-# Apart, the kept pages' kernel (float32 tests and a compaction) holds few registers, and the
-# solve's (over the few kept pages of a row where few matter) runs at ``SOLVE_WARPS`` warps,
-# several programs an SM: predicted (session 46, perf-log row 150) one wave of each. The same
-# arithmetic in the same order where a row keeps at most ``SHORT_P`` pages; else the solve's
-# blocks are ``SPLIT_SOLVE_P`` pages (another order of the same sums). Off until measured on the GPU.
-SPLIT = False
+# and the solve run as two kernels, ``KEEP_WARPS`` and ``SOLVE_WARPS`` warps, the solve's
+# blocks ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P`` (the same arithmetic
+# as the one kernel at these values). The one kernel holds the solve's float64 moment in every
+# program — 128 registers a thread at 16 warps (ptxas for sm_90a, with spills), one program
+# an SM — so at B = 16, 32/8 (512 rows) the kept pages' passes also run in four waves; alone
+# (53 registers) they fit two programs an SM. On the H200 (session 46, perf-log row 150;
+# ``benchmarks/results/raw-2026-12-06-s46``): the kernel alone on 8,192 needle-like pages,
+# B = 16, 173.2 → 79.9 µs (67.9 with 4-warp kept-pages programs; τ̂ the same); the Gaussian
+# step on needle inputs, B = 16, where rows keep many pages, 516.5 → 498.8 µs at 64K and
+# 910.4 → 874.8 at 128K with these values (the same outputs) — but 585.1 / 1,143.5 with a
+# 4-warp solve of 128-page blocks (the prediction's form: one wave of narrow programs loses
+# where the solve's float64 passes, not the kept pages' waves, take the time).
+SPLIT = True
 KEEP_WARPS = 16
-SOLVE_WARPS = 4
-SPLIT_SOLVE_P = 128
+SOLVE_WARPS = 16
+SPLIT_SOLVE_P = 1024
 
 
 def splits(rows: int, device: torch.device) -> bool:
@@ -456,7 +456,7 @@ def gaussian_tau(
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
-        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(SOLVE_P or BLOCK_P, max(16, next_pow2(p))), num_warps=TAU_WARPS,
+        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=block_p, num_warps=TAU_WARPS,
     )
     return tau
 

@@ -123,10 +123,12 @@ DOT_STAGES_WITH_MEAN = 2
 # Gaussian step on needles at B = 16: 64K 526.1 → 674.0 µs, 128K 912.2 → 1,155.9; predicted
 # ~790 at 128K). Its oracle test passes on CUDA; kept as a tested form, not the default.
 SIGMA_DOT = False
-# where SIGMA_DOT is on, σ² as one "tf32" dot (True) instead of "tf32x3" (float32 to rounding, the
-# tested form): σ² then carries tf32's input rounding (~2^-11 relative a factor), which no test
-# bounds against the reference — a measurement switch (perf-log row 149: the Gaussian step at
-# B = 16 on needles 3–8% faster than the default, 0.32x SDPA at 128K on the H100; not adopted)
+# where SIGMA_DOT is on, σ² as one "tf32" dot (True) instead of "tf32x3" (float32 to rounding):
+# σ² then carries tf32's input rounding, within (1 + 2^-10)² − 1 of its nonnegative terms, so σ
+# within 2^-10·σ more (the oracle test's ``dot_sigma_tf32`` form; it passed on the H200 in
+# session 46). Off: at B = 16 on needles the Gaussian step was 3–8% faster on the H100 (perf-log
+# row 149) and 2–4.5% on the H200 (row 150's call 5), but B = 1, where SIGMA_DOT changes the
+# statistics pass's launch shape, is not measured
 SIGMA_ONE_PASS = False
 
 
@@ -386,9 +388,12 @@ def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean,
     drops only the low-low products (2^-22 of a term). Its three D-term dots run as one chain
     of 3D products (as the Quest bound's two run as one of 2D), so under the model above σ² is
     within (6D + 4)·eps·σ² (in practice nearer 2D·eps: the low parts' dots are 2^-11 of the
-    sum), σ within (3D + 2)·eps·σ < 1.5·γ·σ (the CUDA-core forms: γ·σ; the test allows 4γ·σ,
-    which a one-pass ``tf32`` dot, ~2^-12·σ, exceeds at D = 24 and 128). The interpreter runs
-    every dot as a float32 matmul: only the GPU test can see the precision."""
+    sum), σ within (3D + 2)·eps·σ < 1.5·γ·σ (the CUDA-core forms: γ·σ; the test allows 4γ·σ).
+    ``SIGMA_ONE_PASS``: one ``tf32`` dot; each operand loses at most 2^-10 of itself (tf32
+    keeps 10 fraction bits, rounded or truncated), every term is nonnegative, so σ² is within
+    a factor (1 ± 2^-10)² of the sum above and σ within 2^-10·σ + 2^-21·σ of it, which the
+    test's 4γ·σ more than covers past the 2^-10 it adds. The interpreter runs every dot as a
+    float32 matmul: only the GPU test can see the precision."""
     scale_w = tl.cast(scale, WORK)
     d = tl.arange(0, BLOCK_D)
     dmask = d < D
