@@ -6,14 +6,15 @@ Solves F(τ) = Σ_p n_p·E[ρ((α−1)·S_p − τ)] + Σ_i ρ((α−1)·s_i −
 S_p ~ N(μ_p, σ_p²) over the candidate pages and s_i the newest page's exact scores: the root
 that ``entmaxkv.gaussian.solve_gaussian_tau`` (the reference) brackets and bisects. The
 reference's bracket ([top − 1, top], doubled while F(hi) > 0, at most ``expansions`` times)
-is found the same way but stops at the first F(hi) <= 0; inside it, safeguarded Newton steps
+is found the same way, from a low end at least as high (``_keep_pages``: a page's mean bounds
+F from below by Jensen's inequality), but stops at the first F(hi) <= 0; inside it, safeguarded Newton steps
 on (F + 1)^(α−1) − 1 (convex, decreasing and nearly linear: a Newton step from the left does
 not pass the root, and α near 1 does not make it creep) replace the fixed bisection — 3–7
 passes in a simulation of this loop on random mixtures (α = 2 down to 1.01) instead of
 ``expansions`` + ``iters`` = 80, each in float64 (erfc, exp). At most ``iters`` steps. The
 passes read only the pages that can matter: one pass over every candidate page finds the top
-score, a second copies to a scratch row the pages whose term at top − 1 (the lowest τ the
-solve evaluates) a float32 bound cannot show to be at most ``NEGLIGIBLE``. The result agrees with
+score and the low end, a second copies to a scratch row the pages whose term at the low end
+(the lowest τ the solve evaluates) a float32 bound cannot show to be at most ``NEGLIGIBLE``. The result agrees with
 the reference's bisection midpoint to rounding (within 4e-15 there). The moment
 E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
 Fejér rule over [max(−a/s, −10), 10], its nodes and weights computed once per program from an
@@ -40,7 +41,7 @@ __all__ = ["gaussian_tau", "moment_kind", "splits"]
 
 QUAD_NODES = 64
 QUAD_REACH = 10.0
-# A page whose term n_p·E[ρ(...)] at the lowest τ the solve evaluates (top − 1) is provably at
+# A page whose term n_p·E[ρ(...)] at the lowest τ the solve evaluates (the low end) is provably at
 # most this (a bound, ``_gaussian_tau_kernel``) is left out of the bracket's and Newton's
 # passes: its term stays below it at every τ evaluated, so a row's left-out terms add at most
 # P·1e-30 to F — far below the rounding of F + 1 = 1 at the root (1.1e-16). Where few pages
@@ -269,13 +270,22 @@ def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
 def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, BLOCK_P: tl.constexpr,
                 BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
     """One (sequence, query head) row's top score top_all (float64: the largest (α−1)·μ of
-    its candidate pages and (α−1)·s of the newest page's scores) and the pages that can
-    matter, their (α−1)·μ and (α−1)·σ written in page order to the row's scratch:
-    (top_all, n_kept)."""
-    # The top score, then the pages that can matter, to the row's scratch. Every τ the solve
-    # evaluates is at least top − 1 (the bracket's low end; the expansions and the Newton steps
-    # only move right of it) and a page's term falls as τ rises, so a page whose term at
-    # top − 1 is at most NEGLIGIBLE never adds more to F than that. The test is a bound, in
+    its candidate pages and (α−1)·s of the newest page's scores), the solve's low end
+    ``least`` and the pages that can matter, their (α−1)·μ and (α−1)·σ written in page order
+    to the row's scratch: (top_all, least, n_kept)."""
+    # The top score, the low end, then the pages that can matter, to the row's scratch. The
+    # low end is a τ with F(τ) >= 0, so the root is at or above it: F counts every entry's
+    # term, each nonnegative, so F(τ) >= term − 1 for any one entry. A newest-page score s
+    # gives ρ((α−1)·s − τ) >= 1 at τ = (α−1)·s − 1 (the reference's bracket end, top − 1); a
+    # candidate page of mean μ gives, by Jensen's inequality (x ↦ x_+^p is convex for p =
+    # 1/(α−1) >= 1), n_p·E[ρ((α−1)·S_p − τ)] >= n_p·((α−1)·μ − τ)_+^p = 1 at τ = (α−1)·μ −
+    # n_p^(−(α−1)), n_p = S tokens — a quarter below the page's (α−1)·μ at α = 1.5, not a whole
+    # unit. ``least`` is the larger of the two from the top entries (session 46: on needle
+    # inputs a row whose top is a page, with top − 1 as the low end, kept every noise page —
+    # 4,095 of 4,096 on one row at 64K — where this keeps at most 8). Every τ the solve
+    # evaluates is at least ``least`` (the expansions and the Newton steps only move right of
+    # it) and a page's term falls as τ rises, so a page whose term at
+    # ``least`` is at most NEGLIGIBLE never adds more to F than that. The test is a bound, in
     # float32, not the term (its erfc, exps and divisions in float64 cost a pass as much as a
     # Newton step's):
     # with δ = −a/s > 0 (a = (α−1)·μ − τ, s = (α−1)·σ, p = 1/(α−1)), y^p·e^(−δy) <= (p/(eδ))^p
@@ -298,8 +308,9 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
                                        float("-inf")))
     i = tl.arange(0, BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
-    top_all = tl.maximum(tl.max(top), tl.max(z))
-    least = top_all - 1.0
+    top_page, top_exact = tl.max(top), tl.max(z)
+    top_all = tl.maximum(top_page, top_exact)
+    least = tl.maximum(top_page - tl.exp(-lin * tl.log(lin * 0.0 + S)), top_exact - 1.0)
     kept_m = kept_mu + row * P
     kept_s = kept_sigma + row * P
     power32 = (1.0 / lin).to(tl.float32)
@@ -320,18 +331,20 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
         tl.store(kept_m + at, m, mask=keep == 1)
         tl.store(kept_s + at, sd, mask=keep == 1)
         n_kept += tl.sum(keep)
-    return top_all, n_kept
+    return top_all, least, n_kept
 
 
 @triton.jit
-def _solve(kept_m, kept_s, n_kept, top_all, exact, row, S, iters, expansions, lin, nodes, weights,
+def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansions, lin, nodes, weights,
            KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
-    """τ̂ of one row from its kept pages (``_keep_pages``) and the newest page's scores."""
+    """τ̂ of one row from its kept pages (``_keep_pages``: its top and low end ``least``) and
+    the newest page's scores."""
     power = 1.0 / lin
-    # The bracket of the reference: [top − 1, top] (F(top − 1) >= 0: the top entry alone has
-    # mass >= 1), doubled while F(hi) > 0 — stopping at the first F(hi) <= 0, after which the
-    # reference's remaining expansions change nothing.
-    lo = top_all - 1.0
+    # The bracket: [least, top] (F(least) >= 0: ``_keep_pages``; the reference's is [top − 1,
+    # top], no narrower, with the same root), doubled while F(hi) > 0 as the reference's —
+    # stopping at the first F(hi) <= 0, after which the reference's remaining expansions
+    # change nothing.
+    lo = least
     hi = top_all
     width = top_all * 0.0 + 1.0
     f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, SOLVE_P,
@@ -388,35 +401,37 @@ def _gaussian_tau_kernel(
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
     lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
     nodes, weights = _quadrature_rule(KIND, NODES)
-    top_all, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, row // HQ, P, S, BLOCK_P,
-                                  BLOCK_S, NEGLIGIBLE)
+    top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, row // HQ, P, S,
+                                         BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.debug_barrier()  # every thread's kept pages are stored before any is read
-    result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, exact, row, S, iters, expansions, lin,
-                    nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+    result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, least, exact, row, S, iters,
+                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
     tl.store(tau_out + row, result)
 
 
 @triton.jit
-def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_ptr, kept_mu, kept_sigma, counts, tops, HQ, P, S,
+def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_ptr, kept_mu, kept_sigma, counts, tops, lows, HQ, P, S,
                           BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
-    """The split form's first kernel: a row's kept pages, their count and its top score."""
+    """The split form's first kernel: a row's kept pages, their count, its top and low end."""
     row = tl.program_id(0).to(tl.int64)
-    top_all, n_kept = _keep_pages(mu, sigma, cand, exact, tl.load(lin_ptr), kept_mu, kept_sigma, row, row // HQ, P,
-                                  S, BLOCK_P, BLOCK_S, NEGLIGIBLE)
+    top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, tl.load(lin_ptr), kept_mu, kept_sigma, row,
+                                         row // HQ, P, S, BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.store(counts + row, n_kept)
     tl.store(tops + row, top_all)
+    tl.store(lows + row, least)
 
 
 @triton.jit
-def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts, tops, P, S, iters, expansions,
+def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S, iters, expansions,
                            KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
                            NODES: tl.constexpr):
     """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
     row = tl.program_id(0).to(tl.int64)
     lin = tl.load(lin_ptr)
     nodes, weights = _quadrature_rule(KIND, NODES)
-    result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row), exact, row,
-                    S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+    result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row),
+                    tl.load(lows + row), exact, row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
+                    BLOCK_S)
     tl.store(tau_out + row, result)
 
 
@@ -445,11 +460,12 @@ def gaussian_tau(
     if splits(rows, mu.device):
         counts = torch.empty(rows, dtype=torch.int32, device=mu.device)
         tops = torch.empty(rows, dtype=torch.float64, device=mu.device)
+        lows = torch.empty_like(tops)
         wrap_triton(_gaussian_keep_kernel)[(rows,)](
-            mu, sigma, cand, exact_scores, lin, kept_mu, kept_sigma, counts, tops, hkv * g, p, s,
+            mu, sigma, cand, exact_scores, lin, kept_mu, kept_sigma, counts, tops, lows, hkv * g, p, s,
             BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, num_warps=KEEP_WARPS)
         wrap_triton(_gaussian_solve_kernel)[(rows,)](
-            exact_scores, lin, tau, kept_mu, kept_sigma, counts, tops, p, s, iters, expansions,
+            exact_scores, lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
             BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
         return tau

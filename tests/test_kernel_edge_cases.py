@@ -347,7 +347,9 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05, 1.01])
 def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
     """The kernel's own scratch (NaN-filled, read back): every candidate page whose term at
-    top − 1 (the reference's moment, float64) exceeds ``NEGLIGIBLE`` is in it — pages swept
+    the solve's low end (top − 1 where the top is a newest-page score; a page's (α−1)·μ less
+    S^−(α−1) where it is a page: ``_keep_pages``) — the reference's moment, float64 — exceeds
+    ``NEGLIGIBLE`` is in it — pages swept
     within a few e-folds of the cut, σ of 0, −0, subnormal, tiny — and in needle rows the noise
     pages are not (the cut leaves pages out at all). From an independent review."""
     import math
@@ -383,8 +385,8 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
         mu, sigma, torch.ones(2, p, dtype=torch.int8), exact, lin_t, tau, kept_mu, kept_sigma, 2, p, s, 50, 30,
         KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
         NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, num_warps=module.TAU_WARPS)
-    top = torch.maximum((c * mu).amax(-1), (c * exact).amax(-1))
-    term = (s * gaussian_moment(c * mu - (top - 1)[..., None], c * sigma, alpha)).reshape(rows, p)
+    least = torch.maximum((c * mu).amax(-1) - s ** -c, (c * exact).amax(-1) - 1)  # the solve's low end
+    term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)
     for r in range(rows):
         held = torch.isin(scaled[r], kept_mu[r][~kept_mu[r].isnan()])
