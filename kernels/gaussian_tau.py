@@ -42,7 +42,7 @@ __all__ = ["gaussian_tau", "moment_kind", "splits"]
 QUAD_NODES = 64
 QUAD_REACH = 10.0
 # A page whose term n_p·E[ρ(...)] at the lowest τ the solve evaluates (the low end) is provably at
-# most this (a bound, ``_gaussian_tau_kernel``) is left out of the bracket's and Newton's
+# most this (a bound, ``_keep_pages``) is left out of the bracket's and Newton's
 # passes: its term stays below it at every τ evaluated, so a row's left-out terms add at most
 # P·1e-30 to F — far below the rounding of F + 1 = 1 at the root (1.1e-16). Where few pages
 # stand above the rest the passes then read a few pages, not all. The τ kernel alone on the
@@ -279,8 +279,8 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
     # gives ρ((α−1)·s − τ) >= 1 at τ = (α−1)·s − 1 (the reference's bracket end, top − 1); a
     # candidate page of mean μ gives, by Jensen's inequality (x ↦ x_+^p is convex for p =
     # 1/(α−1) >= 1), n_p·E[ρ((α−1)·S_p − τ)] >= n_p·((α−1)·μ − τ)_+^p = 1 at τ = (α−1)·μ −
-    # n_p^(−(α−1)), n_p = S tokens — a quarter below the page's (α−1)·μ at α = 1.5, not a whole
-    # unit. ``least`` is the larger of the two from the top entries (session 46: on needle
+    # n_p^(−(α−1)), n_p = S tokens — a quarter below the page's (α−1)·μ at α = 1.5 and S = 16, not a
+    # whole unit. ``least`` is the larger of the two from the top entries (session 46: on needle
     # inputs a row whose top is a page, with top − 1 as the low end, kept every noise page —
     # 4,095 of 4,096 on one row at 64K — where this keeps at most 8). Every τ the solve
     # evaluates is at least ``least`` (the expansions and the Newton steps only move right of
@@ -447,7 +447,8 @@ def gaussian_tau(
     page-size tokens, S = exact_scores.shape[-1]); exact_scores: [B, Hkv, G, S] the newest
     page's exact scores (−inf = absent); alpha in (1, 2]; iters, expansions: fixed counts.
     Allocates a float64 scratch of 2·B·Hq·P elements for the kept pages' moments (33 MB at
-    1M tokens, 32 query heads; only the kept pages' entries are written).
+    1M tokens, 32 query heads; only the kept pages' entries are written), and in the split
+    form three B·Hq rows more (the kept count, the top and the low end).
     """
     b, hkv, g, p = mu.shape
     s = exact_scores.shape[-1]

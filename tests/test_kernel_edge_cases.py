@@ -64,8 +64,18 @@ def _gaussian_case(alpha, mu, sigma, candidates, exact, iters=50, expansions=30)
     return got, want
 
 
+@pytest.fixture(params=["fused", "split"])
+def tau_form(request, monkeypatch):
+    """gaussian_tau's two launch forms (``gaussian_tau.splits``): the interpreter's one SM
+    would otherwise take the split form only, and B = 1 on the GPU runs the fused one."""
+    import entmaxkv.kernels.gaussian_tau as module
+
+    monkeypatch.setattr(module, "splits", lambda rows, device: request.param == "split")
+    return request.param
+
+
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05])
-def test_gaussian_tau_edge_cases_equal_the_reference(alpha):
+def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
     """Degenerate pages (σ = 0) holding the top score, exact scores only, pages only, all rows
     masked, and a root far above the top (wide pages: the bracket must expand)."""
     seed = fresh_seed()
@@ -95,7 +105,7 @@ ON_THE_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not
 
 
 @pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: compiled, libdevice exp and division
-def test_gaussian_tau_root_far_in_the_lower_tail_equals_the_reference(device):
+def test_gaussian_tau_root_far_in_the_lower_tail_equals_the_reference(device, tau_form):
     """Wide pages put the root in the far lower tail (d ≈ −4): a cdf of 0.5·(1 + erf(d/√2))
     (the kernel's until 2026-11-29) lost ~1e-10 of F to cancellation and moved the root by
     2e-10; the kernel's own erfc keeps it to rounding."""
@@ -139,7 +149,7 @@ def test_gaussian_tau_erfc_is_accurate_to_a_few_ulps(device):
 
 
 @pytest.mark.parametrize("alpha, s", [(1.01, 100.0), (1.05, 1000.0)])
-def test_gaussian_tau_alpha_near_one_wide_page_equals_the_reference(alpha, s):
+def test_gaussian_tau_alpha_near_one_wide_page_equals_the_reference(alpha, s, tau_form):
     """Newton on F itself crept here (1 − 1/p of the distance a step) and stopped short."""
     mu = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
     exact = torch.full((1, 1, 1, 16), float("-inf"), dtype=torch.float64)
@@ -293,12 +303,13 @@ def test_quest_select_floor_takes_a_negative_zero_best(dtype, device):
 
 @pytest.mark.parametrize("short", [4, 64])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
-def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short):
-    """The kernel's solve reads only the pages whose term at top − 1 (the lowest τ it
-    evaluates) is above ``NEGLIGIBLE``, copied to a scratch row; τ still equals the
-    reference's over every page. Pages sweep across the cut, over several loop blocks
-    (``BLOCK_P`` 16: the scratch offsets run across blocks; ``SHORT_P`` 4: the passes over
-    the kept pages take both block sizes, the quadrature several short blocks), in two rows: needles (a few pages
+def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short, tau_form):
+    """The kernel's solve reads only the pages whose term at its low end (the lowest τ it
+    evaluates; here top − 1 or above) is above ``NEGLIGIBLE``, copied to a scratch row; τ
+    still equals the reference's over every page. Pages sweep across the cut, over several
+    loop blocks (``BLOCK_P`` 16: the scratch offsets run across blocks; ``SHORT_P`` 4 and
+    ``SPLIT_SOLVE_P`` 16: the passes over the kept pages take both block sizes in either
+    form, the quadrature several short blocks), in two rows: needles (a few pages
     far above the rest: the root well above top − 1) and one exact score just above the pages
     (the root just above top − 1, where the pages' terms there are about their terms at the
     root: a cut of 1e-6 moves τ by more than the test's 1e-12 here; bounds below the term are
@@ -308,6 +319,7 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
 
     monkeypatch.setattr(module, "BLOCK_P", 16)
     monkeypatch.setattr(module, "SHORT_P", short)
+    monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 2, 1, 2, 100, 16
@@ -336,9 +348,9 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
     got, want = _gaussian_case(alpha, mu, sigma, candidates, exact)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"α {alpha} seed {seed}")
 
-    top = torch.maximum(torch.where(candidates[:, None, None], c * mu, float("-inf")).amax(-1),
-                        (c * exact).amax(-1))
-    term = s * gaussian_moment(c * mu - (top - 1)[..., None], c * sigma, alpha, fejer_rule(mu))
+    least = torch.maximum(torch.where(candidates[:, None, None], c * mu, float("-inf")).amax(-1) - s ** -c,
+                          (c * exact).amax(-1) - 1)  # the solve's low end (``_keep_pages``)
+    term = s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha, fejer_rule(mu))
     left_out = candidates[:, None, None] & (term <= module.NEGLIGIBLE)
     above = candidates[:, None, None] & (term > 1e-9)
     assert int(left_out.sum(-1).min()) >= p // 4 and int(above.sum(-1).min()) >= 2, f"seed {seed}"
@@ -396,7 +408,7 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
 
 
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05])
-def test_gaussian_tau_keeps_wide_pages_far_below_the_top(alpha):
+def test_gaussian_tau_keeps_wide_pages_far_below_the_top(alpha, tau_form):
     """Pages δ = 8 … 25 of their σ below top − 1 but wide enough that their terms there are
     1e-10 … 1e-6, the root just above top − 1: a bound that is not one (e^(−δ²) for
     e^(−δ²/2), no power, a halved σ) leaves them out and moves τ by about their terms."""
@@ -422,8 +434,8 @@ def test_gaussian_tau_keeps_wide_pages_far_below_the_top(alpha):
 
 
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
-def test_gaussian_tau_keeps_pages_beyond_float32(alpha):
-    """A page whose (α−1)·μ − (top − 1) is below float32's range while σ is not (δ ≈ 3.3 in
+def test_gaussian_tau_keeps_pages_beyond_float32(alpha, tau_form):
+    """A page whose (α−1)·μ less the solve's low end is below float32's range while σ is not (δ ≈ 3.3 in
     float64, an enormous term) must stay (the float32 bound sees −inf there); a page with
     μ = −inf stays too, as before the cut: its closed-form term is NaN (−inf·0), the
     quadrature's 0."""

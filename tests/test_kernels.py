@@ -844,13 +844,14 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
 
 
 @pytest.mark.parametrize("form", ["fused", "split"])
-@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05, 1.01])
 def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypatch):
     """The solve's low end from the top page, (α−1)·μ − S^−(α−1) (Jensen's inequality), is
     where F >= 0 — tightly: a lone page of constant scores (σ = 0) has its root exactly
-    there, and one with a small σ just above it; other pages far below, and the newest page's
-    scores below too. A low end set higher (a root bound that is not one) returns the low
-    end itself, not the root."""
+    there, and one with a small σ just above it; the other pages and the newest page's scores
+    lie 2–3 units below in (α−1)-scaled scores, further than S^−(α−1) (< 1) at every α, so the
+    low end is tight at α near 1 too. A low end set higher (a root bound that is not one)
+    returns the low end itself, not the root."""
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
 
@@ -858,19 +859,20 @@ def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypat
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 1, 1, 4, 40, 16
-    mu = torch.randn(b, h, grp, p, generator=g, dtype=torch.float64) * 0.1
-    sigma = torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) * 0.1 + 0.05
+    c = alpha - 1  # placed in (α−1)-scaled units, then unscaled
+    mu = (torch.randn(b, h, grp, p, generator=g, dtype=torch.float64) * 0.1 - 3.0) / c
+    sigma = (torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) * 0.1 + 0.05) / c
     at = int(torch.randint(p, (1,), generator=g))
-    mu[..., at] = 6.0 + torch.rand(grp, generator=g, dtype=torch.float64)
-    sigma[..., at] = torch.tensor([0.0, 1e-6, 1e-3, 0.05], dtype=torch.float64)
+    mu[..., at] = (6.0 + torch.rand(grp, generator=g, dtype=torch.float64)) / c
+    sigma[..., at] = torch.tensor([0.0, 1e-6, 1e-3, 0.05], dtype=torch.float64) / c
     candidates = torch.ones(b, p, dtype=torch.bool)
     exact = torch.full((b, h, grp, s), float("-inf"), dtype=torch.float64)
-    exact[..., :3] = 0.5
+    exact[..., :3] = -2.0 / c
     count = torch.full_like(mu, 16.0)
     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=60)
     got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
-    low = (alpha - 1) * mu[..., at] - 16.0 ** -(alpha - 1)
+    low = c * mu[..., at] - 16.0 ** -c
     assert abs(float(got[0, 0, 0] - low[0, 0, 0])) <= 1e-12, f"seed {seed}: σ = 0 puts the root at the low end"
     assert bool((got[0, 0] >= low[0, 0] - 1e-12).all()) and bool(got[0, 0, 3] > low[0, 0, 3]), f"seed {seed}"
 
