@@ -410,6 +410,43 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
     assert int((~kept_mu[2:].isnan()).sum(-1).max()) <= 4, f"seed {seed} α {alpha}: noise pages kept"
 
 
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
+def test_gaussian_tau_cut_below_a_page_top_leaves_the_noise_out(alpha):
+    """Where a row's top is a page mean a little above noise pages (a needle run split over
+    pages: 1 row in 8 of the Gaussian step's needle inputs), the solve's low end is that page's
+    (α−1)·μ less S^−(α−1) and the cut keeps the top page alone. The old low end, top − 1, kept
+    every noise page there (their terms at top − 1 are far above ``NEGLIGIBLE``: checked here,
+    so the mutation fails) — a speed defect the τ tests cannot see. The split form's first kernel,
+    read back: its kept count, top and low end (the one kernel runs the same ``_keep_pages``)."""
+    import entmaxkv.kernels.gaussian_tau as module
+    from entmaxkv.gaussian import gaussian_moment
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    c, s, p, top = alpha - 1, 16, 90, 2.4  # in units of (α−1)·score: at α = 1.25 the bound of a noise
+    # page at 0.15 is 11 nats under the cut at the low end 1.9, one at 0.25 above it (kept: a correct cut)
+    mu = (0.05 * torch.randn(1, 1, 2, p, generator=g, dtype=torch.float64)).clamp(-0.15, 0.15) / c
+    sigma = torch.full_like(mu, 0.15 / c)
+    at = torch.randint(p, (2,), generator=g)
+    mu[0, 0, 0, at[0]], mu[0, 0, 1, at[1]] = top / c, top / c
+    exact = torch.full((1, 1, 2, s), float("-inf"), dtype=torch.float64)
+    exact[..., :5] = 0.3 * torch.randn(1, 1, 2, 5, generator=g, dtype=torch.float64).clamp(-1, 1) / c
+    old = s * gaussian_moment(c * mu - (top - 1), c * sigma, alpha)
+    assert int((old > module.NEGLIGIBLE).sum()) >= p, f"seed {seed}: top − 1 would keep few noise pages"
+    rows = 2
+    kept_mu = torch.full((rows, p), float("nan"), dtype=torch.float64)
+    kept_sigma = torch.full_like(kept_mu, float("nan"))
+    counts = torch.full((rows,), -1, dtype=torch.int32)
+    tops, lows = torch.full((rows,), float("nan"), dtype=torch.float64), torch.full((rows,), float("nan"), dtype=torch.float64)
+    module._gaussian_keep_kernel[(rows,)](
+        mu, sigma, torch.ones(1, p, dtype=torch.int8), exact, torch.full((1,), c, dtype=torch.float64), kept_mu,
+        kept_sigma, counts, tops, lows, 2, p, s, BLOCK_P=32, BLOCK_S=16, NEGLIGIBLE=module.NEGLIGIBLE,
+        num_warps=module.KEEP_WARPS)
+    assert counts.tolist() == [1, 1], f"seed {seed}: kept {counts.tolist()}"
+    torch.testing.assert_close(kept_mu[:, 0], torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(tops, torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)
+    torch.testing.assert_close(lows, torch.full((rows,), top - s ** -c, dtype=torch.float64), rtol=1e-14, atol=0)
+
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05])
 def test_gaussian_tau_keeps_wide_pages_far_below_the_top(alpha, tau_form):
     """Pages δ = 8 … 25 of their σ below top − 1 but wide enough that their terms there are
