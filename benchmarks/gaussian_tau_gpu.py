@@ -1,5 +1,5 @@
 """The Gaussian τ̂ kernel alone (``entmaxkv::gaussian_tau``), on page moments shaped like
-``needle_inputs``' (noise pages and a few high ones) or like noise only, against the reference
+``needle_inputs``' (noise pages and a few runs of high scores) or like noise only, against the reference
 solver: where its time goes (passes, Newton steps, launch shape).
 
     python benchmarks/gaussian_tau_gpu.py --pages 8192 --batches 1,16 \\
@@ -23,18 +23,33 @@ from entmaxkv.gaussian import solve_gaussian_tau
 from gpu_check import time_replays
 
 
-def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, seed: int):
+def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, seed: int, aligned: bool = False):
     """(mu, sigma [B, Hkv, G, P] float32, candidates [B, P] bool, exact [B, Hkv, G, 16]):
     noise pages' score means ~N(0, 0.075²) and stds ~0.3 (keys N(0, 0.3²) at scale D^-1/2,
-    as needle_inputs'), ``needles`` pages a KV head at mean ~8, std ~0.3."""
+    as needle_inputs'), and ``needles`` runs of 16 tokens a KV head at score ~8 — at random
+    token positions, as ``needle_inputs(run=16)`` draws them, so a run splits over two pages:
+    a page holding n of its tokens has mean 8·n/16 and the std the step's page model gives it
+    from per-channel key stds, (0.3² + 8²·(3/D)·(n/16)(1 − n/16))^½ at D = 128 (0.64 at
+    n = 11; ``needle_inputs`` at 64K, B = 2: such pages of mean ~5 at std 0.63–0.83). Where a KV
+    head's runs all split near a page's middle, its rows' top is a page mean near 5: with the
+    solve's old low end (top − 1) such rows kept nearly every page — 58 of 512 rows here at
+    8,192 pages, B = 16, 4 runs (CPU); 8 of 64 in ``needle_inputs`` at 64K, B = 2 (perf-log row
+    151). ``aligned``: runs on page boundaries (pages at mean ~8, std ~0.3: the moments of
+    sessions 16–46, which never made such rows)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (batch, kv_heads, group, pages)
     mu = 0.075 * torch.randn(shape, generator=g)
     sigma = 0.3 + 0.02 * torch.randn(shape, generator=g)
     for b in range(batch):
         for h in range(kv_heads):
-            at = torch.randperm(pages - 1, generator=g)[:needles]
-            mu[b, h, :, at] = 8.0 + 0.2 * torch.randn(group, needles, generator=g)
+            for start in torch.randperm(16 * (pages - 1) - 16, generator=g)[:needles].tolist():
+                first, offset = divmod(16 * (start // 16) if aligned else start, 16)
+                level = 8.0 + 0.2 * torch.randn(group, generator=g)
+                for page, n in ((first, 16 - offset), (first + 1, offset)):
+                    if n:
+                        share = n / 16
+                        mu[b, h, :, page] = level * share + 0.075 * torch.randn(group, generator=g)
+                        sigma[b, h, :, page] = (0.09 + level.square() * (3 / 128) * share * (1 - share)).sqrt()
     candidates = torch.ones(batch, pages, dtype=torch.bool)
     candidates[:, -1] = False  # the newest page
     exact = 0.3 * torch.randn(batch, kv_heads, group, 16, generator=g)
@@ -65,7 +80,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--heads", default="32/8")
     parser.add_argument("--alphas", default="1.5")
-    parser.add_argument("--needles", default="4,0", help="high pages a KV head; 0: noise only")
+    parser.add_argument("--needles", default="4,0", help="runs of high scores a KV head; 0: noise only")
+    parser.add_argument("--aligned", action="store_true", help="runs on page boundaries (sessions 16-46)")
     parser.add_argument("--variants", default="base")
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
@@ -73,11 +89,12 @@ def main() -> None:
     for p in (int(x) for x in args.pages.split(",")):
         for b in (int(x) for x in args.batches.split(",")):
             for needles in (int(x) for x in args.needles.split(",")):
-                mu, sigma, cand, exact = moments(b, hkv, hq // hkv, p, needles, seed=p + b)
+                mu, sigma, cand, exact = moments(b, hkv, hq // hkv, p, needles, seed=p + b, aligned=args.aligned)
                 count = torch.where(cand[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
                 for alpha in (float(x) for x in args.alphas.split(",")):
                     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
-                    print(f"## P = {p}, B = {b}, {hq}/{hkv}, needles {needles}, α = {alpha}")
+                    print(f"## P = {p}, B = {b}, {hq}/{hkv}, needles {needles}{' aligned' if args.aligned else ''},"
+                          f" α = {alpha}")
                     for variant in args.variants.split(";"):
                         over, undo = apply(variant)
                         iters, expansions = over.get("iters", 50), over.get("expansions", 30)
