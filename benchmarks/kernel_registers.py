@@ -1,14 +1,16 @@
-"""Registers, spills and static SASS of one kernel as a decode step launches it, compiled for
-sm_90a on a machine without a GPU (Triton's compiler, its bundled ptxas and nvdisasm).
+"""Registers, spills and static SASS of the kernels a decode step launches (or of one), compiled
+for sm_90a on a machine without a GPU (Triton's compiler, its bundled ptxas and nvdisasm).
 
     python benchmarks/kernel_registers.py --kernel _page_scores_kernel --selector "Gaussian()" \\
         --variants "base;page_scores.BLOCK_P=8,page_scores.CHUNK=8" --override "WITH_NEWEST=False"
+    python benchmarks/kernel_registers.py --selector "Exact()" --key-bits 4   # every kernel of the step
 
 The step (B = 1, one KV head with the group of ``--heads`` (32/8 by default: 4 query heads; the
-group size is what shapes a kernel), D = ``--head-dim``, ``--dtype``, α = 1.5, 200 tokens) runs once per variant in Triton's
+group size is what shapes a kernel), D = ``--head-dim``, ``--dtype``, α = 1.5, 200 tokens, a cache
+with ``--key-bits`` codes or ``--page-boxes`` if asked) runs once per variant in Triton's
 interpreter, which records the kernel's arguments; each recorded specialisation is then compiled
 for sm_90a in a subprocess (``tests/compile_specs.compile_for_sm90``, pointers marked 16-byte
-aligned as a real launch marks them). A variant sets ``entmaxkv.kernels.<module>`` constants
+aligned as a real launch marks them; ``NATIVE`` and ``DOT_F32`` as a CUDA launch sets them). A variant sets ``entmaxkv.kernels.<module>`` constants
 (``base``: none); ``--override`` sets the kernel's own constexprs (``name=value``, ``warps=N``)
 where the short cache cannot reach a launch form (``page_scores``' ``ITERS=4,STAGES=2``: its
 loop at B = 16). Per line: registers a thread, spill bytes, stack, static SASS instructions, and
@@ -27,11 +29,14 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHOWN = ("BLOCK_P", "CHUNK", "VEC", "DOT", "ITERS", "STAGES", "WITH_SIGMA", "WITH_MEAN", "WITH_NEWEST")
+SHOWN = ("BLOCK_P", "BLOCK_N", "CHUNK", "VEC", "DOT", "NATIVE", "ITERS", "STAGES", "WITH_SIGMA", "WITH_MEAN",
+         "WITH_NEWEST")
 
 
-def record(kernel: str, selector: str, variants: list[str], heads: str, head_dim: int, dtype: str) -> list:
-    """[variant, module, kernel name, {arg: [kind, value]}, warps] for each launch of ``kernel``."""
+def record(kernel: str | None, selector: str, variants: list[str], heads: str, head_dim: int, dtype: str,
+           key_bits: int | None, page_boxes: bool) -> list:
+    """[variant, module, kernel name, {arg: [kind, value]}, warps] for each launch of ``kernel``
+    (None: of every kernel)."""
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import importlib
@@ -40,13 +45,13 @@ def record(kernel: str, selector: str, variants: list[str], heads: str, head_dim
     from triton.runtime.interpreter import InterpretedFunction
 
     import entmaxkv as ekv
-    from helpers import make_cache, random_step
+    from helpers import random_step
     from test_kernels_compile import _encode
 
     launches, run = [], InterpretedFunction.run
 
     def recording_run(self, *args, grid, warmup, **kwargs):
-        if self.fn.__name__ == kernel:
+        if kernel in (None, self.fn.__name__):
             bound = dict(zip(self.arg_names, args), **kwargs)
             launches.append([self.fn.__module__, self.fn.__name__,
                              {k: _encode(v) for k, v in bound.items() if k != "num_warps"}, kwargs.get("num_warps", 4)])
@@ -68,8 +73,11 @@ def record(kernel: str, selector: str, variants: list[str], heads: str, head_dim
             undo.append((module, const, getattr(module, const)))
             setattr(module, const, eval(value))  # a Python literal: 8, True, 1e-30
         launches.clear()
-        cache, _, _ = make_cache(0, 1, 1, head_dim, 16, [200], dtype=work)
-        q, k, v = random_step(torch.Generator().manual_seed(0), 1, group, 1, head_dim, work)
+        g = torch.Generator().manual_seed(0)
+        cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=head_dim, capacity=256, dtype=work,
+                                       key_bits=key_bits, page_boxes=page_boxes)
+        cache = ekv.prefill(cache, *(torch.randn(1, 1, 200, head_dim, generator=g).to(work) for _ in range(2)), [200])
+        q, k, v = random_step(g, 1, group, 1, head_dim, work)
         config = ekv.DecodeConfig(1.5, eval("ekv." + selector), backend="triton")
         ekv.decode_step(cache.fork(), q, k, v, config)
         found += [[variant] + launch for launch in launches]
@@ -79,8 +87,25 @@ def record(kernel: str, selector: str, variants: list[str], heads: str, head_dim
     return found
 
 
-def compile_all(path: str, override: str) -> None:
-    """Compile each recorded launch (once) with ``override`` applied; print one line each."""
+def as_on_the_gpu(module: str, args: dict, dtype: str) -> dict:
+    """The recorded arguments with the constexprs a CUDA launch sets differently from the
+    interpreter's: ``NATIVE`` (native float16/bfloat16 dots: ``sparse_decode`` for those caches,
+    the code scans wherever ``NATIVE_CODES``) and ``DOT_F32`` (``page_scores``: False on CUDA)."""
+    import importlib
+
+    args = dict(args)
+    if "NATIVE" in args:
+        native = (bool(importlib.import_module(module).NATIVE_CODES) if module.endswith("code_scan")
+                  else dtype in ("float16", "bfloat16"))
+        args["NATIVE"] = ["bool", native]
+    if "DOT_F32" in args:
+        args["DOT_F32"] = ["bool", False]
+    return args
+
+
+def compile_all(path: str, override: str, dtype: str) -> None:
+    """Compile each recorded launch (once), as on the GPU, with ``override`` applied; print one
+    line each."""
     import importlib
 
     import triton
@@ -89,6 +114,7 @@ def compile_all(path: str, override: str) -> None:
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     seen = set()
     for variant, module, name, args, warps in json.load(open(path)):
+        args = as_on_the_gpu(module, args, dtype)
         for item in filter(None, (x.strip() for x in override.split(","))):
             key, value = item.split("=")
             if key == "warps":
@@ -109,39 +135,44 @@ def compile_all(path: str, override: str) -> None:
             sass = subprocess.run([os.path.join(tools, "nvdisasm"), cubin], capture_output=True, text=True,
                                   check=True).stdout
         count = sum(1 for line in sass.splitlines() if line.strip().startswith("/*") and ";" in line)
+        if os.environ.get("PTXAS_LOG"):
+            print(log)
         words = log.replace(",", " ").split()
         regs = words[words.index("registers") - 1] if "registers" in words else "?"
         spills = [words[i - 2] for i, w in enumerate(words) if w == "spill"]  # stores, loads
         stack = words[words.index("stack") - 2] if "stack" in words else "?"
         pages = args.get("BLOCK_P", ["int", 1])[1]
         shown = " ".join(f"{k}={args[k][1]}" for k in SHOWN if k in args)
-        print(f"{variant:<44} {shown} warps={warps}: {regs} registers, spill stores/loads "
+        print(f"{variant:<24} {name} {shown} warps={warps}: {regs} registers, spill stores/loads "
               f"{'/'.join(spills) or '?'} B, stack {stack} B, SASS {count} ({count * warps / pages:.0f} a page)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel", required=True, help="the @triton.jit function's name")
+    parser.add_argument("--kernel", help="the @triton.jit function's name (default: every kernel the step launches)")
     parser.add_argument("--selector", default="Gaussian()", help="an entmaxkv selector expression")
     parser.add_argument("--variants", default="base")
     parser.add_argument("--override", default="", help="the kernel's constexprs: name=value,...; warps=N")
     parser.add_argument("--heads", default="32/8", help="Hq/Hkv")
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--key-bits", type=int, choices=[4, 8], help="a cache with key codes (Exact uses them)")
+    parser.add_argument("--page-boxes", action="store_true", help="a cache with 8-bit page boxes (TopK ranks by them)")
     parser.add_argument("--compile", help=argparse.SUPPRESS)  # the subprocess: the recorded launches' file
     args = parser.parse_args()
     if args.compile:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
-        compile_all(args.compile, args.override)
+        compile_all(args.compile, args.override, args.dtype)
         return
-    launches = record(args.kernel, args.selector, args.variants.split(";"), args.heads, args.head_dim, args.dtype)
+    launches = record(args.kernel, args.selector, args.variants.split(";"), args.heads, args.head_dim, args.dtype,
+                      args.key_bits, args.page_boxes)
     if not launches:
         sys.exit(f"the step made no launch of {args.kernel}")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(launches, f)
     try:
-        subprocess.run([sys.executable, __file__, "--kernel", args.kernel, "--compile", f.name, "--override",
-                        args.override], env=dict(os.environ, TRITON_INTERPRET="0"), check=True)
+        subprocess.run([sys.executable, __file__, "--compile", f.name, "--override", args.override, "--dtype", args.dtype],
+                       env=dict(os.environ, TRITON_INTERPRET="0"), check=True)
     finally:
         os.unlink(f.name)
 
