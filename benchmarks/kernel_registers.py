@@ -2,21 +2,27 @@
 for sm_90a on a machine without a GPU (Triton's compiler, its bundled ptxas and nvdisasm).
 
     python benchmarks/kernel_registers.py --kernel _page_scores_kernel --selector "Gaussian()" \\
-        --variants "base;page_scores.BLOCK_P=8,page_scores.CHUNK=8" --override "WITH_NEWEST=False"
+        --variants "base;page_scores.NUM_WARPS=4" --override "WITH_NEWEST=False"
     python benchmarks/kernel_registers.py --selector "Exact()" --key-bits 4   # every kernel of the step
 
 The step (B = 1, one KV head with the group of ``--heads`` (32/8 by default: 4 query heads; the
 group size is what shapes a kernel), D = ``--head-dim``, ``--dtype``, α = 1.5, 200 tokens, a cache
 with ``--key-bits`` codes or ``--page-boxes`` if asked) runs once per variant in Triton's
-interpreter, which records the kernel's arguments; each recorded specialisation is then compiled
-for sm_90a in a subprocess (``tests/compile_specs.compile_for_sm90``, pointers marked 16-byte
-aligned as a real launch marks them; ``NATIVE`` and ``DOT_F32`` as a CUDA launch sets them). A variant sets ``entmaxkv.kernels.<module>`` constants
-(``base``: none); ``--override`` sets the kernel's own constexprs (``name=value``, ``warps=N``)
-where the short cache cannot reach a launch form (``page_scores``' ``ITERS=4,STAGES=2``: its
-loop at B = 16). Per line: registers a thread, spill bytes, stack, static SASS instructions, and
-those times warps over the pages or rows a program takes (``BLOCK_P`` where it has one): issued
-instructions a page of straight-line code. A static count: loops count once, slow paths too.
-Measures only; what runs faster is for the GPU to say.
+interpreter, which records each launch's arguments; each specialisation is then compiled for
+sm_90a in a subprocess (``tests/compile_specs.compile_for_sm90``) as a CUDA launch specialises it:
+pointers and the integers divisible by 16 marked so (session 47: with D = 128 left unmarked the
+Gaussian statistics pass seemed to spill 4 KB a thread; it spills nothing), ``NATIVE`` and
+``DOT_F32`` as the launchers set them on CUDA, the recorded ``num_stages``. Not reproduced: the
+integers are the short cache's (P, say), and launch choices that count SMs follow the
+interpreter's one (``gaussian_tau.splits``, ``page_scores.dot_iters``, the scoring kernel's
+splits), and ``PDL`` stays off (on Hopper a launch turns it on: a few instructions more). Set
+those by variants or overrides. A variant sets ``entmaxkv.kernels.<module>``
+constants (``base``: none); ``--override`` sets constexprs of the kernel itself (``name=value``,
+``warps=N``; a name the kernel does not take is an error with ``--kernel``, skipped without).
+Per line: registers a thread, spill bytes, stack, static SASS instructions and, for kernels with
+a ``BLOCK_P``, those times warps over BLOCK_P: issued instructions a page of straight-line code.
+A static count (loops count once, slow paths too) from one function's ptxas report. Measures
+only; what runs faster is for the GPU to say.
 """
 
 from __future__ import annotations
@@ -35,8 +41,8 @@ SHOWN = ("BLOCK_P", "BLOCK_N", "CHUNK", "VEC", "DOT", "NATIVE", "ITERS", "STAGES
 
 def record(kernel: str | None, selector: str, variants: list[str], heads: str, head_dim: int, dtype: str,
            key_bits: int | None, page_boxes: bool) -> list:
-    """[variant, module, kernel name, {arg: [kind, value]}, warps] for each launch of ``kernel``
-    (None: of every kernel)."""
+    """[variant, module, kernel name, {arg: [kind, value]}, warps, stages] for each launch of
+    ``kernel`` (None: of every kernel), its arguments as a CUDA launch would set them."""
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import importlib
@@ -53,8 +59,9 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
     def recording_run(self, *args, grid, warmup, **kwargs):
         if kernel in (None, self.fn.__name__):
             bound = dict(zip(self.arg_names, args), **kwargs)
-            launches.append([self.fn.__module__, self.fn.__name__,
-                             {k: _encode(v) for k, v in bound.items() if k != "num_warps"}, kwargs.get("num_warps", 4)])
+            recorded = {k: _encode(v) for k, v in bound.items() if k not in ("num_warps", "num_stages")}
+            launches.append([self.fn.__module__, self.fn.__name__, as_on_the_gpu(self.fn.__module__, recorded, dtype),
+                             kwargs.get("num_warps", 4), kwargs.get("num_stages")])
         return run(self, *args, grid=grid, warmup=warmup, **kwargs)
 
     InterpretedFunction.run = recording_run
@@ -90,7 +97,8 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
 def as_on_the_gpu(module: str, args: dict, dtype: str) -> dict:
     """The recorded arguments with the constexprs a CUDA launch sets differently from the
     interpreter's: ``NATIVE`` (native float16/bfloat16 dots: ``sparse_decode`` for those caches,
-    the code scans wherever ``NATIVE_CODES``) and ``DOT_F32`` (``page_scores``: False on CUDA)."""
+    the code scans wherever ``NATIVE_CODES``, read with the variant applied) and ``DOT_F32``
+    (``page_scores``: False on CUDA)."""
     import importlib
 
     args = dict(args)
@@ -103,9 +111,9 @@ def as_on_the_gpu(module: str, args: dict, dtype: str) -> dict:
     return args
 
 
-def compile_all(path: str, override: str, dtype: str) -> None:
-    """Compile each recorded launch (once), as on the GPU, with ``override`` applied; print one
-    line each."""
+def compile_all(path: str, override: str, strict: bool) -> None:
+    """Compile each recorded launch (once) with ``override`` applied; print one line each.
+    ``strict``: an override the kernel does not take is an error (else skipped)."""
     import importlib
 
     import triton
@@ -113,20 +121,23 @@ def compile_all(path: str, override: str, dtype: str) -> None:
 
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     seen = set()
-    for variant, module, name, args, warps in json.load(open(path)):
-        args = as_on_the_gpu(module, args, dtype)
+    for variant, module, name, args, warps, stages in json.load(open(path)):
+        fn = getattr(importlib.import_module(module), name)
         for item in filter(None, (x.strip() for x in override.split(","))):
             key, value = item.split("=")
             if key == "warps":
                 warps = int(value)
-            else:
+            elif key in fn.arg_names:
                 value = eval(value)
                 args[key] = [type(value).__name__, value]
-        if (key := json.dumps([variant, args, warps])) in seen:
+            elif strict:
+                sys.exit(f"{name} takes no argument {key}")
+        if (seen_key := json.dumps([variant, args, warps, stages])) in seen:
             continue
-        seen.add(key)
-        kernel = compile_for_sm90(getattr(importlib.import_module(module), name), args, num_warps=warps,
-                                  aligned=lambda arg, kind, value: kind == "tensor")
+        seen.add(seen_key)
+        options = {} if stages is None else {"num_stages": stages}
+        kernel = compile_for_sm90(fn, args, num_warps=warps, **options,
+                                  aligned=lambda arg, kind, value: kind == "tensor" or kind == "int" and value % 16 == 0)
         with tempfile.TemporaryDirectory() as tmp:
             ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
             open(ptx, "w").write(kernel.asm["ptx"])
@@ -141,10 +152,10 @@ def compile_all(path: str, override: str, dtype: str) -> None:
         regs = words[words.index("registers") - 1] if "registers" in words else "?"
         spills = [words[i - 2] for i, w in enumerate(words) if w == "spill"]  # stores, loads
         stack = words[words.index("stack") - 2] if "stack" in words else "?"
-        pages = args.get("BLOCK_P", ["int", 1])[1]
         shown = " ".join(f"{k}={args[k][1]}" for k in SHOWN if k in args)
+        per_page = f" ({count * warps / args['BLOCK_P'][1]:.0f} a page)" if "BLOCK_P" in args else ""
         print(f"{variant:<24} {name} {shown} warps={warps}: {regs} registers, spill stores/loads "
-              f"{'/'.join(spills) or '?'} B, stack {stack} B, SASS {count} ({count * warps / pages:.0f} a page)")
+              f"{'/'.join(spills) or '?'} B, stack {stack} B, SASS {count}{per_page}")
 
 
 def main() -> None:
@@ -162,7 +173,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.compile:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
-        compile_all(args.compile, args.override, args.dtype)
+        compile_all(args.compile, args.override, args.kernel is not None)
         return
     launches = record(args.kernel, args.selector, args.variants.split(";"), args.heads, args.head_dim, args.dtype,
                       args.key_bits, args.page_boxes)
@@ -171,10 +182,12 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(launches, f)
     try:
-        subprocess.run([sys.executable, __file__, "--compile", f.name, "--override", args.override, "--dtype", args.dtype],
-                       env=dict(os.environ, TRITON_INTERPRET="0"), check=True)
+        command = [sys.executable, __file__, "--compile", f.name, "--override", args.override]
+        done = subprocess.run(command + (["--kernel", args.kernel] if args.kernel else []),
+                              env=dict(os.environ, TRITON_INTERPRET="0"))
     finally:
         os.unlink(f.name)
+    sys.exit(done.returncode)
 
 
 if __name__ == "__main__":

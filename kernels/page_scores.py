@@ -90,12 +90,6 @@ __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_f
 # failed (calls 3 to 6) — σ's 4 warps beside the lean form's 2 gave another upper bound in its
 # last bits (the forms' bit-for-bit contract), and 4 warps for every form still broke a bit-for-
 # bit check on fp16 subnormal keys (d = 40, one head; within the tolerances, not investigated)
-# ptxas for sm_90a (session 47, on the CPU: `benchmarks/kernel_registers.py`, perf-log row 152;
-# D = 128, G = 4, fp16, as the Gaussian step launches it): at 32 / 2 with CHUNK 32 the σ form holds
-# 255 registers and spills (3,972 B stored, 4,316 B loaded a thread), as does every shape with more
-# than one 8-channel vector a thread a statistic (BLOCK_P·CHUNK > 8·32·warps); at 8 pages, CHUNK 8
-# (still 2 warps) it holds 128 registers and spills nothing. Not measured on a GPU yet: that is the
-# next device call's first variant (`raw-2026-12-07-s47/planned-call1.sh`)
 BLOCK_P = 32
 NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See

@@ -1,6 +1,8 @@
 # session 47 (CPU, no GPU): page_scores' specialisations as the Gaussian step launches them (D = 128,
-# G = 4, fp16), compiled for sm_90a with Triton 3.7.1's ptxas: registers, spills, static SASS.
-# Perf-log row 152. Run from the repository root: bash benchmarks/results/raw-2026-12-07-s47/kernel_registers.sh
+# G = 4, fp16), compiled for sm_90a with Triton 3.7.1's ptxas: registers, spills, static SASS; other
+# page and chunk shapes beside them. Perf-log row 152 (a retracted finding: a first version of the
+# tool left D unmarked as divisible by 16 and showed spills a launch does not have).
+# Run from the repository root: bash benchmarks/results/raw-2026-12-07-s47/kernel_registers.sh
 K="--kernel _page_scores_kernel --selector Gaussian()"
 P=page_scores
 V="base;$P.BLOCK_P=8,$P.CHUNK=8;$P.BLOCK_P=16,$P.CHUNK=8;$P.BLOCK_P=8,$P.CHUNK=16;$P.BLOCK_P=4,$P.CHUNK=8,$P.NUM_WARPS=1"
