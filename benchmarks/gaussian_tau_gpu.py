@@ -32,10 +32,11 @@ def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, see
     from per-channel key stds, (0.3² + 8²·(3/D)·(n/16)(1 − n/16))^½ at D = 128 (0.64 at
     n = 11; ``needle_inputs`` at 64K, B = 2: such pages of mean ~5 at std 0.63–0.83). Where a KV
     head's runs all split near a page's middle, its rows' top is a page mean near 5: with the
-    solve's old low end (top − 1) such rows kept nearly every page — 58 of 512 rows here at
-    8,192 pages, B = 16, 4 runs (CPU); 8 of 64 in ``needle_inputs`` at 64K, B = 2 (perf-log row
-    151). ``aligned``: runs on page boundaries (pages at mean ~8, std ~0.3: the moments of
-    sessions 16–46, which never made such rows)."""
+    solve's old low end (top − 1) such rows kept many pages — here at 8,192 pages, B = 16, 4
+    runs (CPU, α = 1.5) 58 of 512 rows kept more than 64, 12 more than 4,096, one 8,005 of
+    8,191; 8 of 64 rows kept up to 4,095 of 4,096 in ``needle_inputs`` at 64K, B = 2 (perf-log
+    row 151). ``aligned``: runs on page boundaries (pages at mean ~8, std ~0.3), like the
+    moments of sessions 16–46 (not the same draws), which never made such rows."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     shape = (batch, kv_heads, group, pages)
     mu = 0.075 * torch.randn(shape, generator=g)
