@@ -145,13 +145,16 @@ def record(bits: int, sets: list[str]) -> dict:
     return specs
 
 
-def compile_one(fn, args: dict, warps: int, ptxas: str, nvdisasm: str, dump: str | None, label: str) -> dict:
-    """ptxas' registers / spill stores and the SASS opcodes of one specialisation."""
+def compile_one(fn, args: dict, warps: int, ptxas: str, nvdisasm: str, dump: str | None, label: str,
+                **options) -> dict:
+    """ptxas' registers / spill stores / spill loads / stack bytes and the SASS opcodes of one
+    specialisation (``options``: more compile options, e.g. num_stages). Also
+    ``kernel_registers.py``'s compiler."""
     from compile_specs import compile_for_sm90
 
     # the launcher's specialisation: 16-byte aligned pointers, ints divisible by 16 marked so
     kernel = compile_for_sm90(fn, args, warps, lambda arg, kind, value: kind == "tensor" or
-                              (kind == "int" and value % 16 == 0))
+                              (kind == "int" and value % 16 == 0), **options)
     with tempfile.TemporaryDirectory() as tmp:
         ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
         Path(ptx).write_text(kernel.asm["ptx"])
@@ -163,8 +166,11 @@ def compile_one(fn, args: dict, warps: int, ptxas: str, nvdisasm: str, dump: str
         (Path(dump) / f"{label}.ttgir").write_text(kernel.asm["ttgir"])
     regs = re.findall(r"Used (\d+) registers", out)
     spills = re.findall(r"(\d+) bytes spill stores", out)
-    return dict(regs=regs[0] if regs else "?", spills=spills[0] if spills else "?", opcodes=sass_opcodes(sass),
-                loops=loop_bodies(sass))
+    loads = re.findall(r"(\d+) bytes spill loads", out)
+    stack = re.findall(r"(\d+) bytes stack frame", out)
+    return dict(regs=regs[0] if regs else "?", spills=spills[0] if spills else "?",
+                spill_loads=loads[0] if loads else "?", stack=stack[0] if stack else "?",
+                opcodes=sass_opcodes(sass), loops=loop_bodies(sass))
 
 
 def compile_all(path: str, kernel: str | None, launches: list[tuple[int, int]] | None, sass: bool,

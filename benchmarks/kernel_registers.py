@@ -1,5 +1,8 @@
 """Registers, spills and static SASS of the kernels a decode step launches (or of one), compiled
-for sm_90a on a machine without a GPU (Triton's compiler, its bundled ptxas and nvdisasm).
+for sm_90a on a machine without a GPU (Triton's compiler, its bundled ptxas and nvdisasm;
+``code_scan_registers.compile_one`` compiles). Any kernel of any step, as it launches at B = 1;
+``code_scan_registers.py`` sweeps the code scans' launch shapes with opcode classes and loop
+bodies, ``page_bounds_sass.py`` the statistics pass's.
 
     python benchmarks/kernel_registers.py --kernel _page_scores_kernel --selector "Gaussian()" \\
         --variants "base;page_scores.NUM_WARPS=4" --override "WITH_NEWEST=False"
@@ -117,9 +120,10 @@ def compile_all(path: str, override: str, strict: bool) -> None:
     import importlib
 
     import triton
-    from compile_specs import compile_for_sm90
+    from code_scan_registers import compile_one
 
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas, nvdisasm = os.path.join(tools, "ptxas"), os.path.join(tools, "nvdisasm")
     seen = set()
     for variant, module, name, args, warps, stages in json.load(open(path)):
         fn = getattr(importlib.import_module(module), name)
@@ -136,26 +140,12 @@ def compile_all(path: str, override: str, strict: bool) -> None:
             continue
         seen.add(seen_key)
         options = {} if stages is None else {"num_stages": stages}
-        kernel = compile_for_sm90(fn, args, num_warps=warps, **options,
-                                  aligned=lambda arg, kind, value: kind == "tensor" or kind == "int" and value % 16 == 0)
-        with tempfile.TemporaryDirectory() as tmp:
-            ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
-            open(ptx, "w").write(kernel.asm["ptx"])
-            log = subprocess.run([os.path.join(tools, "ptxas"), "-v", "--gpu-name", "sm_90a", ptx, "-o", cubin],
-                                 capture_output=True, text=True, check=True).stderr
-            sass = subprocess.run([os.path.join(tools, "nvdisasm"), cubin], capture_output=True, text=True,
-                                  check=True).stdout
-        count = sum(1 for line in sass.splitlines() if line.strip().startswith("/*") and ";" in line)
-        if os.environ.get("PTXAS_LOG"):
-            print(log)
-        words = log.replace(",", " ").split()
-        regs = words[words.index("registers") - 1] if "registers" in words else "?"
-        spills = [words[i - 2] for i, w in enumerate(words) if w == "spill"]  # stores, loads
-        stack = words[words.index("stack") - 2] if "stack" in words else "?"
+        got = compile_one(fn, args, warps, ptxas, nvdisasm, None, name, **options)
+        count = len(got["opcodes"])
         shown = " ".join(f"{k}={args[k][1]}" for k in SHOWN if k in args)
         per_page = f" ({count * warps / args['BLOCK_P'][1]:.0f} a page)" if "BLOCK_P" in args else ""
-        print(f"{variant:<24} {name} {shown} warps={warps}: {regs} registers, spill stores/loads "
-              f"{'/'.join(spills) or '?'} B, stack {stack} B, SASS {count}{per_page}")
+        print(f"{variant:<24} {name} {shown} warps={warps}: {got['regs']} registers, spill stores/loads "
+              f"{got['spills']}/{got['spill_loads']} B, stack {got['stack']} B, SASS {count}{per_page}")
 
 
 def main() -> None:
