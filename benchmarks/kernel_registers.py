@@ -48,13 +48,12 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
     ``kernel`` (None: of every kernel), its arguments as a CUDA launch would set them."""
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    import importlib
-
     import torch
     from triton.runtime.interpreter import InterpretedFunction
 
     import entmaxkv as ekv
     from helpers import random_step
+    from step_variants_gpu import assignments
     from test_kernels_compile import _encode
 
     launches, run = [], InterpretedFunction.run
@@ -74,14 +73,9 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
     found = []
     for variant in variants:
         undo = []
-        for item in filter(None, (x.strip() for x in variant.split(","))):
-            if item == "base":
-                continue
-            name, value = item.split("=")
-            module_name, const = name.split(".")
-            module = importlib.import_module(f"entmaxkv.kernels.{module_name}")
+        for module, const, value in assignments(variant):
             undo.append((module, const, getattr(module, const)))
-            setattr(module, const, eval(value))  # a Python literal: 8, True, 1e-30
+            setattr(module, const, value)
         launches.clear()
         g = torch.Generator().manual_seed(0)
         cache = ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=head_dim, capacity=256, dtype=work,
