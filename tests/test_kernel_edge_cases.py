@@ -64,6 +64,15 @@ def _gaussian_case(alpha, mu, sigma, candidates, exact, iters=50, expansions=30)
     return got, want
 
 
+def _solve_low_end(alpha, mu, exact, candidates):
+    """[B, Hkv, G]: the lowest τ gaussian_tau's solve evaluates (``_keep_pages``' ``least``),
+    computed here from its definition: the top candidate page's (α−1)·μ less S^−(α−1), or the
+    top newest-page score's (α−1)·s less 1, whichever is higher."""
+    c, s = alpha - 1, exact.shape[-1]
+    pages = torch.where(candidates[:, None, None], c * mu, float("-inf")).amax(-1)
+    return torch.maximum(pages - s ** -c, (c * exact).amax(-1) - 1)
+
+
 @pytest.fixture(params=["fused", "split"])
 def tau_form(request, monkeypatch):
     """gaussian_tau's two launch forms (``gaussian_tau.splits``): the interpreter's one SM
@@ -351,8 +360,7 @@ def test_gaussian_tau_leaves_out_only_negligible_pages(monkeypatch, alpha, short
     got, want = _gaussian_case(alpha, mu, sigma, candidates, exact)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"α {alpha} seed {seed}")
 
-    least = torch.maximum(torch.where(candidates[:, None, None], c * mu, float("-inf")).amax(-1) - s ** -c,
-                          (c * exact).amax(-1) - 1)  # the solve's low end (``_keep_pages``)
+    least = _solve_low_end(alpha, mu, exact, candidates)
     term = s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha, fejer_rule(mu))
     left_out = candidates[:, None, None] & (term <= module.NEGLIGIBLE)
     above = candidates[:, None, None] & (term > 1e-9)
@@ -400,7 +408,7 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
         mu, sigma, torch.ones(2, p, dtype=torch.int8), exact, lin_t, tau, kept_mu, kept_sigma, 2, p, s, 50, 30,
         KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
         NEGLIGIBLE=module.NEGLIGIBLE, num_warps=module.TAU_WARPS)
-    least = torch.maximum((c * mu).amax(-1) - s ** -c, (c * exact).amax(-1) - 1)  # the solve's low end
+    least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)
     for r in range(rows):
