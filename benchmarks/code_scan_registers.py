@@ -115,22 +115,21 @@ def record(bits: int, sets: list[str]) -> dict:
     os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
     sys.path.insert(0, str(TESTS))
     import torch
+    from helpers import kernel_launches
     from test_kernels_compile import _encode
-    from triton.runtime.interpreter import InterpretedFunction
 
     import entmaxkv as ekv
     from entmaxkv.kernels.code_scan import code_bounds, code_candidates
 
     apply_sets(sets)
-    specs, run = {}, InterpretedFunction.run
+    specs = {}
 
-    def recording(self, *args, grid, warmup, **kwargs):
-        bound = dict(zip(self.arg_names, args), **kwargs)
-        specs[self.fn.__name__] = [self.fn.__module__, self.fn.__name__, {k: _encode(v) for k, v in bound.items()}]
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+    def record_spec(kernel, bound):
+        specs[kernel.fn.__name__] = [kernel.fn.__module__, kernel.fn.__name__,
+                                     {k: _encode(v) for k, v in bound.items()}]
 
-    InterpretedFunction.run = recording
-    try:  # the benchmark's heads (integer arguments as on the GPU: H = 8, D = 128, W = 64)
+    # the benchmark's heads (integer arguments as on the GPU: H = 8, D = 128, W = 64)
+    with kernel_launches(record_spec):
         hkv, g, n = 8, 4, 48
         k = torch.randn(1, hkv, n, 128, generator=torch.Generator().manual_seed(0)).half()
         empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=hkv, head_dim=128, capacity=n, dtype=torch.float16,
@@ -140,8 +139,6 @@ def record(bits: int, sets: list[str]) -> dict:
         args = (q, cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None)
         page_max, eps = code_bounds(*args, bits, 0.1, False, cache.k_pages, 8)[:2]  # the step's form
         code_candidates(*args, page_max, eps, torch.zeros(1, hkv, g, dtype=torch.float64), bits, 0.1, 0.5, 64)
-    finally:
-        InterpretedFunction.run = run
     return specs
 
 

@@ -49,24 +49,21 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import torch
-    from triton.runtime.interpreter import InterpretedFunction
 
     import entmaxkv as ekv
-    from helpers import random_step
+    from helpers import kernel_launches, random_step
     from step_variants_gpu import assignments
     from test_kernels_compile import _encode
 
-    launches, run = [], InterpretedFunction.run
+    launches = []
 
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        if kernel in (None, self.fn.__name__):
-            bound = dict(zip(self.arg_names, args), **kwargs)
+    def record_launch(launched, bound):
+        fn = launched.fn
+        if kernel in (None, fn.__name__):
             recorded = {k: _encode(v) for k, v in bound.items() if k not in ("num_warps", "num_stages")}
-            launches.append([self.fn.__module__, self.fn.__name__, as_on_the_gpu(self.fn.__module__, recorded, dtype),
-                             kwargs.get("num_warps", 4), kwargs.get("num_stages")])
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+            launches.append([fn.__module__, fn.__name__, as_on_the_gpu(fn.__module__, recorded, dtype),
+                             bound.get("num_warps", 4), bound.get("num_stages")])
 
-    InterpretedFunction.run = recording_run
     hq, hkv = (int(x) for x in heads.split("/"))
     group = hq // hkv  # one KV head of the group: the launch's specialisation is the same
     work = getattr(torch, dtype)
@@ -83,11 +80,11 @@ def record(kernel: str | None, selector: str, variants: list[str], heads: str, h
         cache = ekv.prefill(cache, *(torch.randn(1, 1, 200, head_dim, generator=g).to(work) for _ in range(2)), [200])
         q, k, v = random_step(g, 1, group, 1, head_dim, work)
         config = ekv.DecodeConfig(1.5, eval("ekv." + selector), backend="triton")
-        ekv.decode_step(cache.fork(), q, k, v, config)
+        with kernel_launches(record_launch):
+            ekv.decode_step(cache.fork(), q, k, v, config)
         found += [[variant] + launch for launch in launches]
         for module, const, old in undo:
             setattr(module, const, old)
-    InterpretedFunction.run = run
     return found
 
 

@@ -49,21 +49,18 @@ def record() -> dict:
     os.environ["TRITON_INTERPRET"] = "1"  # before any @triton.jit runs
     sys.path.insert(0, str(TESTS))
     import torch
+    from helpers import kernel_launches
     from test_kernels_compile import _encode
-    from triton.runtime.interpreter import InterpretedFunction
 
     import entmaxkv as ekv
     from entmaxkv.kernels.page_scores import page_bounds
 
-    specs, run, current = {}, InterpretedFunction.run, []
+    specs, current = {}, []
 
-    def recording(self, *args, grid, warmup, **kwargs):
-        bound = dict(zip(self.arg_names, args), **kwargs)
-        specs[current[0]] = [self.fn.__module__, self.fn.__name__, {k: _encode(v) for k, v in bound.items()}]
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+    def record_spec(kernel, bound):
+        specs[current[0]] = [kernel.fn.__module__, kernel.fn.__name__, {k: _encode(v) for k, v in bound.items()}]
 
-    InterpretedFunction.run = recording
-    try:
+    with kernel_launches(record_spec):
         for dtype in (torch.float16, torch.bfloat16):
             k = torch.randn(1, 2, 33, 128, generator=torch.Generator().manual_seed(0)).to(dtype)
             empty = ekv.PagedKVCache.empty(batch=1, num_kv_heads=2, head_dim=128, capacity=256, dtype=dtype)
@@ -73,8 +70,6 @@ def record() -> dict:
                 current[:] = [{torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype] + ("" if with_mean else "-m")]
                 page_bounds(q, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, c.k_pages, 16, 0.1, False,
                             with_mean)
-    finally:
-        InterpretedFunction.run = run
     return specs
 
 

@@ -1,5 +1,6 @@
 """Shared test set-up: random caches with ragged lengths and their plain token lists."""
 
+import contextlib
 import dataclasses
 import random
 
@@ -86,6 +87,29 @@ def assert_same_view(a, b):
     for xs, ys in zip(a, b):
         for x, y in zip(xs, ys):
             torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+@contextlib.contextmanager
+def kernel_launches(on_launch):
+    """Within the block, ``on_launch(kernel, bound)`` runs before every kernel launch in Triton's
+    interpreter: ``kernel`` the interpreted kernel (``kernel.fn`` its Python function, with
+    ``__name__`` and ``__module__``; ``kernel.arg_names`` every parameter's name), ``bound`` the
+    arguments the launch passes, by name (constexprs and options such as ``num_warps``
+    included; parameters left at their defaults are not). The interpreter's launch is restored
+    on leaving, also on an error."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+
+    def recording(self, *args, grid, warmup, **kwargs):
+        on_launch(self, dict(zip(self.arg_names, args), **kwargs))
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = run
 
 
 def fresh_seed() -> int:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from helpers import fresh_seed
+from helpers import fresh_seed, kernel_launches
 from test_kernels_codes import (
     PAGE, assert_eps_matches, coded_pages, coded_setup, dot_extra, rounding_part, run_bounds, score_tolerance)
 
@@ -302,24 +302,20 @@ def test_both_scans_take_the_same_path(dtype, d, bits, group, hi_only, monkeypat
     ``scoring_form`` for the shape, whose head tile is at least 2 on the tensor cores. Mutations
     caught: either launcher computing any of them from other arguments (another group size,
     split margins with hi alone, an unpadded head tile at G = 1)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
     monkeypatch.setattr(code_scan, "HI_ONLY", hi_only)
-    seen, run = {}, InterpretedFunction.run
+    seen = {}
     names = ("USE_DOT", "GP", "SPLIT", "dot_rel", "dot_abs")
 
-    def recording(self, *args, grid, warmup, **kwargs):
-        bound = dict(zip(self.arg_names, args), **kwargs)
+    def record_form(kernel, bound):
         if "USE_DOT" in bound:
-            seen.setdefault(self.fn.__name__, set()).add(tuple(bound[n] for n in names))
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+            seen.setdefault(kernel.fn.__name__, set()).add(tuple(bound[n] for n in names))
 
-    monkeypatch.setattr(InterpretedFunction, "run", recording)
     cache, q, slopes, _ = coded_setup(fresh_seed(), dtype, bits, group, False, d=d, batch=2)
     args = (q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, slopes)
-    page_max, eps = code_scan.code_bounds(*args, bits, 0.3, False)[:2]
-    tau_low = torch.zeros(page_max.shape[:3], dtype=torch.float64)
-    code_scan.code_candidates(*args, page_max, eps, tau_low, bits, 0.3, 0.5, 64)
+    with kernel_launches(record_form):
+        page_max, eps = code_scan.code_bounds(*args, bits, 0.3, False)[:2]
+        tau_low = torch.zeros(page_max.shape[:3], dtype=torch.float64)
+        code_scan.code_candidates(*args, page_max, eps, tau_low, bits, 0.3, 0.5, 64)
     work = torch.float64 if dtype == torch.float64 else torch.float32
     form = code_scan.scoring_form(work, d, bits, group)
     want = (form.dot, form.heads, form.split, form.rel, form.abs)

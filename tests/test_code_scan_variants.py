@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import test_kernels_codes as codes_tests  # its tests run here under each variant (not collected twice)
-from helpers import fresh_seed
+from helpers import fresh_seed, kernel_launches
 from test_kernels_codes import BOUNDS_CASES, SEED_TAU_CASES, coded_pages, coded_setup
 
 pytest.importorskip("triton")
@@ -129,28 +129,24 @@ def test_thread_tokens_specialisations_compile_for_sm90(monkeypatch, tmp_path):
     import sys
     from pathlib import Path
 
-    from triton.runtime.interpreter import InterpretedFunction
-
     from test_kernels_compile import _encode, record_code_scan
 
     specs: dict[str, list] = {}
-    run = InterpretedFunction.run
 
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        bound = {k: _encode(v) for k, v in dict(zip(self.arg_names, args), **kwargs).items()}
-        if self.fn.__name__ == "_code_bounds_kernel" and bound["T"][1] > 1:
+    def record_spec(kernel, bound):
+        bound = {k: _encode(v) for k, v in bound.items()}
+        if kernel.fn.__name__ == "_code_bounds_kernel" and bound["T"][1] > 1:
             key = json.dumps([v if k.isupper() or v[0] == "tensor" else v[0] for k, v in sorted(bound.items())])
-            specs.setdefault(key, [self.fn.__module__, self.fn.__name__, bound])
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+            specs.setdefault(key, [kernel.fn.__module__, kernel.fn.__name__, bound])
 
-    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
-    monkeypatch.setattr(code_scan, "THREAD_TOKENS", 4)
-    record_code_scan(monkeypatch)
-    monkeypatch.setattr(code_scan, "THREAD_TOKENS", 2)  # and T = 2 with a negative scale, 4 and 8 bits
-    for bits in (4, 8):
-        cache, q, _, _ = coded_setup(0, torch.float16, bits, 2, False, d=16, lens=[40])
-        code_scan.code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens, None,
-                              bits, -0.25, False)
+    with kernel_launches(record_spec):
+        monkeypatch.setattr(code_scan, "THREAD_TOKENS", 4)
+        record_code_scan(monkeypatch)
+        monkeypatch.setattr(code_scan, "THREAD_TOKENS", 2)  # and T = 2 with a negative scale, 4 and 8 bits
+        for bits in (4, 8):
+            cache, q, _, _ = coded_setup(0, torch.float16, bits, 2, False, d=16, lens=[40])
+            code_scan.code_bounds(q[:, :, 0].contiguous(), cache.k_codes, cache.k_min, cache.k_max, cache.seq_lens,
+                                  None, bits, -0.25, False)
     monkeypatch.undo()
     assert any(s[2]["NEG_SCALE"][1] for s in specs.values()) and len(specs) >= 10, len(specs)
     path = tmp_path / "specs.json"

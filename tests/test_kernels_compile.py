@@ -17,12 +17,10 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from helpers import SEARCHES, make_cache, random_step, use_search
+from helpers import SEARCHES, kernel_launches, make_cache, random_step, use_search
 
 triton = pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
 from entmaxkv.kernels import page_scores  # noqa: E402
 
 SELECTORS = [ekv.Dense(), ekv.TopK(token_budget=16), ekv.Gaussian(tau_mode="fixed"),
@@ -191,37 +189,8 @@ def record_page_box_upper() -> None:
         box_bounds(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, cache.k_pages, 0.3)
 
 
-def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
-    specs: dict[str, list] = {}
-    pdl_kernels: set[str] = set()
-    run = InterpretedFunction.run
-
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        bound = dict(zip(self.arg_names, args), **kwargs)
-        args_ = {k: _encode(v) for k, v in bound.items()}
-        if "PDL" in self.arg_names and self.fn.__name__ not in pdl_kernels:  # a GPU launch form (kernels.pdl)
-            pdl_kernels.add(self.fn.__name__)
-            pdl_spec = dict(args_, PDL=["bool", True])
-            specs[json.dumps([self.fn.__name__, "PDL"])] = [self.fn.__module__, self.fn.__name__, pdl_spec]
-        for native in ((False, True) if "NATIVE" in args_ else (None,)):
-            spec = dict(args_)
-            if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
-                spec["NATIVE"] = ["bool", native]
-            # page_scores' tensor-core form multiplies bf16 natively on the GPU (float32 operands
-            # only under the interpreter), and takes 4 blocks a program in a pipelined loop where
-            # the grid is large (its stages as the launcher picks them): compile those forms too
-            forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
-            if spec.get("DOT") == ["bool", True]:
-                forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
-            if self.fn.__name__ in ("_page_box_upper_kernel", "_box_bounds_kernel"):  # the GPU's loop at long rows
-                forms += [dict(spec, ITERS=["int", page_scores.DOT_ITERS])]
-            for form in forms:
-                key = json.dumps([self.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
-                                                       for k, v in sorted(form.items())])
-                specs.setdefault(key, [self.fn.__module__, self.fn.__name__, form])
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-
-    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+def record_every_form(monkeypatch) -> None:
+    """Every selector's step at every α, dtype and ALiBi choice, then each form no step takes by default."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
         q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
@@ -240,6 +209,37 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
     record_tau_without_search_rounds()
     record_tau_without_support_first()
     record_page_box_upper()
+
+
+def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
+    specs: dict[str, list] = {}
+    pdl_kernels: set[str] = set()
+
+    def record_spec(kernel, bound):
+        args_ = {k: _encode(v) for k, v in bound.items()}
+        if "PDL" in kernel.arg_names and kernel.fn.__name__ not in pdl_kernels:  # a GPU launch form (kernels.pdl)
+            pdl_kernels.add(kernel.fn.__name__)
+            pdl_spec = dict(args_, PDL=["bool", True])
+            specs[json.dumps([kernel.fn.__name__, "PDL"])] = [kernel.fn.__module__, kernel.fn.__name__, pdl_spec]
+        for native in ((False, True) if "NATIVE" in args_ else (None,)):
+            spec = dict(args_)
+            if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
+                spec["NATIVE"] = ["bool", native]
+            # page_scores' tensor-core form multiplies bf16 natively on the GPU (float32 operands
+            # only under the interpreter), and takes 4 blocks a program in a pipelined loop where
+            # the grid is large (its stages as the launcher picks them): compile those forms too
+            forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
+            if spec.get("DOT") == ["bool", True]:
+                forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
+            if kernel.fn.__name__ in ("_page_box_upper_kernel", "_box_bounds_kernel"):  # the GPU's loop at long rows
+                forms += [dict(spec, ITERS=["int", page_scores.DOT_ITERS])]
+            for form in forms:
+                key = json.dumps([kernel.fn.__name__] + [v if k.isupper() or v[0] == "tensor" else v[0]
+                                                         for k, v in sorted(form.items())])
+                specs.setdefault(key, [kernel.fn.__module__, kernel.fn.__name__, form])
+
+    with kernel_launches(record_spec):
+        record_every_form(monkeypatch)
     monkeypatch.undo()
 
     native = [s for s in specs.values() if s[2].get("NATIVE", ["bool", False])[1]]

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import entmaxkv as ekv
-from helpers import fresh_seed, make_cache, on_both_backends, random_step
+from helpers import fresh_seed, kernel_launches, make_cache, on_both_backends, random_step
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -90,24 +90,19 @@ def test_decode_step_with_a_group_of_three_equals_the_reference():
             torch.testing.assert_close(i2.tau, i1.tau, rtol=1e-9, atol=1e-9, msg=msg)
 
 
-def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
+def test_selector_counts_reach_the_kernels_as_32_bit_ints():
     """Inductor (torch 2.11, seen on the H200) sizes a triton_op kernel's int arguments to 32
     bits and fails on a 64-bit one, so selector counts beyond 2^31 − 1 (valid: "all pages")
     must be clamped on the host. Records every plain int a decode step passes to a kernel; the
     selections still equal the reference's (Exact's counts go to ``select_pages`` as int32:
     2^32 wrapped to 0 there)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
     seen = []
-    run = InterpretedFunction.run
 
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        for name, value in dict(zip(self.arg_names, args), **kwargs).items():
+    def record_ints(kernel, bound):
+        for name, value in bound.items():
             if isinstance(value, int) and not isinstance(value, bool) and not name.isupper():
-                seen.append((self.fn.__name__, name, value))
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+                seen.append((kernel.fn.__name__, name, value))
 
-    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
     huge = 2 ** 40
     seed = fresh_seed()
     cache, _, _ = make_cache(seed, 2, 1, 16, 16, [16 * 6 + 3, 40], dtype=torch.float32, spread=2.0)
@@ -116,7 +111,8 @@ def test_selector_counts_reach_the_kernels_as_32_bit_ints(monkeypatch):
                 ekv.Gaussian(sink_pages=huge, recent_pages=huge),
                 # counts that reach select_pages as an int32 tensor: 2^32 must not wrap to 0
                 ekv.Exact(initial_pages=2 ** 32, rounds=0), ekv.Exact(initial_pages=1, max_pages=2 ** 32)):
-        masks = [info.page_mask for _, _, info in on_both_backends(cache, q, k, v, 1.5, sel)]
+        with kernel_launches(record_ints):
+            masks = [info.page_mask for _, _, info in on_both_backends(cache, q, k, v, 1.5, sel)]
         assert torch.equal(*masks), f"{sel} seed {seed}"
     assert seen, "no kernel launch recorded"
     wide = sorted({(fn, name) for fn, name, value in seen if not -2 ** 31 <= value < 2 ** 31})
