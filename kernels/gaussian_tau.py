@@ -83,13 +83,16 @@ TAU_WARPS = 16
 # ``benchmarks/results/raw-2026-12-06-s46``): the kernel alone on 8,192 needle-like pages,
 # B = 16, 173.2 → 79.9 µs (67.9 with 4-warp kept-pages programs; τ̂ the same); the Gaussian
 # step on needle inputs, B = 16, where rows keep many pages, 516.5 → 498.8 µs at 64K and
-# 910.4 → 874.8 at 128K with these values (the same outputs) — but 585.1 / 1,143.5 with a
-# 4-warp solve of 128-page blocks (the prediction's form: one wave of narrow programs loses
-# where the solve's float64 passes, not the kept pages' waves, take the time).
+# 910.4 → 874.8 at 128K with a 16-warp solve of 1,024-page blocks (the same outputs) — but
+# 585.1 / 1,143.5 with a 4-warp solve of 128-page blocks: the step's rows then kept up to
+# 4,095 pages (a needle run split over two pages; the solve's low end top − 1). With the Jensen
+# low end (perf-log row 151) they keep a few, and the narrow solve wins (H100, session 48,
+# row 154; ``benchmarks/results/raw-2026-12-07-s48``): the kernel alone 160.8 → 86.6 µs, the
+# Gaussian step on needles at B = 16 449.1 → 371.8 µs at 64K and 710.2 → 672.0 at 128K.
 SPLIT = True
 KEEP_WARPS = 16
-SOLVE_WARPS = 16
-SPLIT_SOLVE_P = 1024
+SOLVE_WARPS = 4
+SPLIT_SOLVE_P = 128
 
 
 def splits(rows: int, device: torch.device) -> bool:

@@ -118,18 +118,25 @@ DOT_STAGES = 3
 # session 17 call 2): 3 stages 363.2 µs, 2 345.5, 4 362.1; 8 blocks in turn 357.7, 8 warps
 # 399.8, 32-page blocks 500.1 (128: past the shared memory); the same outputs
 DOT_STAGES_WITH_MEAN = 2
-# σ (the Gaussian selector) on the tensor-core form too (``_page_block_dot``: q²·std² as a tf32x3
-# dot), not the CUDA-core σ form. Off: slower on the H200 (perf-log row 90, session 18 call 1; the
-# Gaussian step on needles at B = 16: 64K 526.1 → 674.0 µs, 128K 912.2 → 1,155.9; predicted
-# ~790 at 128K). Its oracle test passes on CUDA; kept as a tested form, not the default.
-SIGMA_DOT = False
+# σ (the Gaussian selector) on the tensor-core form too (``_page_block_dot``: q²·std² as a tf32
+# dot), not the CUDA-core σ form (``_page_block_chunked``; float32 and float64 caches keep it).
+# The CUDA-core σ form holds 233 registers a thread at 2 warps: 4 programs an SM, 12% of the
+# warps, and under ncu (H100, B = 16, 128K, session 48) it waits on its loads (1.9 warps stalled
+# on a long scoreboard an issue; 42% of the issue slots used) and reads at 55% of DRAM peak where the form without
+# σ on tensor cores reads at 83%. The tensor-core σ form one block a program
+# (``DOT_ITERS_WITH_SIGMA``; with 4 blocks in turn it spills 200 B a thread) took the Gaussian
+# step on needles on the H100 from 541.2 / 910.9 µs to 449.1 / 710.2 at B = 16, 64K / 128K, and
+# 143.6 → 132.2 at B = 1, 128K (101.5 → 102.9 at 64K), the same outputs (perf-log row 153;
+# rows 90 and 149: with tf32x3, or 4 blocks in turn, it had been slower or 3–8% faster).
+SIGMA_DOT = True
 # where SIGMA_DOT is on, σ² as one "tf32" dot (True) instead of "tf32x3" (float32 to rounding):
 # σ² then carries tf32's input rounding, within (1 + 2^-10)² − 1 of its nonnegative terms, so σ
-# within 2^-10·σ more (the oracle test's ``dot_sigma_tf32`` form; it passed on the H200 in
-# session 46). Off: at B = 16 on needles the Gaussian step was 3–8% faster on the H100 (perf-log
-# row 149) and 2–4.5% on the H200 (row 150's call 5), but B = 1, where SIGMA_DOT changes the
-# statistics pass's launch shape, is not measured
-SIGMA_ONE_PASS = False
+# within 2^-10·σ more (the oracle test's ``dot_sigma_tf32`` form, on the GPU; tf32x3 costs three
+# dots: rows 90 and 149)
+SIGMA_ONE_PASS = True
+# page blocks a σ program of the tensor-core form takes in turn where ``dot_iters`` loops (4,
+# ``DOT_ITERS``, spill 200 B a thread for sm_90a and ran 823.7 µs against 706.3 at B = 16 128K)
+DOT_ITERS_WITH_SIGMA = 1
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -519,14 +526,15 @@ def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
             and (not with_sigma or bool(SIGMA_DOT)) and k_min.shape[-1] >= 16)
 
 
-def dot_iters(blocks: int, device: torch.device) -> int:
-    """Page blocks a tensor-core program takes in turn: ``DOT_ITERS`` where the ``blocks``
-    (rows × page blocks) still make a program for every SM, else 1 (at B = 1, 32/8 on the
-    H200: from 128K up). The interpreter counts one SM: its tests see the loop. The blocks
-    are the cache's capacity (shapes are static; the lengths live on the device): a cache
-    preallocated far beyond what it holds gets the loop, and its filled pages then fall to
-    a quarter of the programs (a program takes consecutive blocks) — not measured."""
-    return DOT_ITERS if blocks >= DOT_ITERS * multiprocessors(device) else 1
+def dot_iters(blocks: int, device: torch.device, with_sigma: bool = False) -> int:
+    """Page blocks a tensor-core program takes in turn: ``DOT_ITERS`` (``DOT_ITERS_WITH_SIGMA``
+    with σ) where the ``blocks`` (rows × page blocks) still make a program for every SM, else
+    1 (at B = 1, 32/8 on the H200: from 128K up). The interpreter counts one SM: its tests see
+    the loop. The blocks are the cache's capacity (shapes are static; the lengths live on the
+    device): a cache preallocated far beyond what it holds gets the loop, and its filled pages
+    then fall to a quarter of the programs (a program takes consecutive blocks) — not measured."""
+    iters = DOT_ITERS_WITH_SIGMA if with_sigma else DOT_ITERS
+    return iters if blocks >= iters * multiprocessors(device) else 1
 
 
 def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, page_size, scale, with_sigma,
@@ -549,7 +557,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
     nu = mean_floor(k_mean.dtype)
     dot = uses_dot(q, k_min, with_sigma)
     block_p = DOT_BLOCK_P if dot else BLOCK_P
-    iters = dot_iters(b * hkv * triton.cdiv(p, block_p), q.device) if dot else 1
+    iters = dot_iters(b * hkv * triton.cdiv(p, block_p), q.device, with_sigma) if dot else 1
     grid = (b * hkv, triton.cdiv(p, block_p * iters) + (1 if with_newest else 0))
     chunk = min(CHUNK, next_pow2(d))
     gamma = rounding_gamma(work, d) * (3 if dot else 1)  # ``_page_block_dot``: 2γ for the dots' accumulation

@@ -127,17 +127,19 @@ def record_gaussian_select() -> None:
                                 torch.tensor([40 * 16]), None, 16, 1.5, 0.0, 0.1, 0.0, False, 1, 0, 2.0 ** -10)
 
 
-def record_sigma_dot() -> None:
-    """page_scores' tensor-core form with σ (``SIGMA_DOT``, off by default): the Gaussian step
-    on fp16 and bf16 caches, with and without ALiBi."""
+def record_sigma_forms() -> None:
+    """page_scores' σ forms the default leaves out, on fp16 and bf16 caches (which take the
+    tensor-core form with one tf32 dot): the CUDA-core σ form (``SIGMA_DOT`` off) and the
+    tf32x3 dot (``SIGMA_ONE_PASS`` off), each in the Gaussian step with and without ALiBi."""
     for dtype in (torch.float16, torch.bfloat16):
         cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=dtype)
         q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, dtype)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("entmaxkv.kernels.page_scores.SIGMA_DOT", True)
-            for slopes in (None, torch.full((2,), 0.1)):
-                config = ekv.DecodeConfig(1.5, ekv.Gaussian(), backend="triton")
-                ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
+        for switch in ("SIGMA_DOT", "SIGMA_ONE_PASS"):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(f"entmaxkv.kernels.page_scores.{switch}", False)
+                for slopes in (None, torch.full((2,), 0.1)):
+                    config = ekv.DecodeConfig(1.5, ekv.Gaussian(), backend="triton")
+                    ekv.decode_step(cache.fork(), q, k, v, config, alibi_slopes=slopes)
 
 
 def record_gaussian_tau_forms() -> None:
@@ -204,7 +206,7 @@ def record_every_form(monkeypatch) -> None:
     record_code_scan(monkeypatch)
     record_fused_topk()
     record_gaussian_select()
-    record_sigma_dot()
+    record_sigma_forms()
     record_gaussian_tau_forms()
     record_tau_without_search_rounds()
     record_tau_without_support_first()

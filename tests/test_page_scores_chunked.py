@@ -68,7 +68,7 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     monkeypatch.setattr(module, "SIGMA_DOT", sigma_dot)
     monkeypatch.setattr(module, "SIGMA_ONE_PASS", form == "dot_sigma_tf32")
     iters = 2 if form == "dot2" or sigma_dot else 1  # page blocks a program takes in turn
-    monkeypatch.setattr(module, "dot_iters", lambda blocks, device: iters)
+    monkeypatch.setattr(module, "dot_iters", lambda blocks, device, with_sigma=False: iters)
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
     if not dot:
         monkeypatch.setattr(module, "CHUNK", form)
@@ -174,8 +174,8 @@ def test_the_tensor_core_upper_covers_its_accumulation(dtype, device, monkeypatc
 
 
 def test_the_tensor_core_form_only_where_its_dots_are_exact_and_compile(monkeypatch):
-    """``uses_dot``: float16/bfloat16 statistics with queries of the same dtype, no σ (unless
-    ``SIGMA_DOT``), and a head dimension of at least 16 (``tl.dot``'s smallest K on the GPU;
+    """``uses_dot``: float16/bfloat16 statistics with queries of the same dtype, σ only with
+    ``SIGMA_DOT`` (on by default), and a head dimension of at least 16 (``tl.dot``'s smallest K on the GPU;
     the interpreter would run a smaller one, so only this guard keeps D < 16 off the form)."""
     monkeypatch.setattr(module, "USE_DOT", True)
     stats = {d: torch.zeros(1, 1, 4, d, dtype=torch.float16) for d in (8, 15, 16, 24)}
@@ -183,11 +183,10 @@ def test_the_tensor_core_form_only_where_its_dots_are_exact_and_compile(monkeypa
     assert not uses_dot(torch.zeros(1, 2, 15, dtype=torch.float16), stats[15], False)
     assert uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], False)
     assert uses_dot(torch.zeros(1, 2, 24, dtype=torch.bfloat16), stats[24].bfloat16(), False)
-    assert not module.SIGMA_DOT  # off by default (slower on the H200)
-    assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)  # σ
-    monkeypatch.setattr(module, "SIGMA_DOT", True)
-    assert uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)
+    assert module.SIGMA_DOT and module.SIGMA_ONE_PASS  # σ as one tf32 dot by default (session 48)
+    assert uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)  # σ
     monkeypatch.setattr(module, "SIGMA_DOT", False)
+    assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float16), stats[16], True)
     assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float32), stats[16], False)  # q's dtype
     assert not uses_dot(torch.zeros(1, 2, 16, dtype=torch.float32), stats[16].float(), False)
     monkeypatch.setattr(module, "USE_DOT", False)
