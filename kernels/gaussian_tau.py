@@ -73,6 +73,10 @@ SHORT_P = 64
 # (perf-log row 87)
 BLOCK_P = 1024
 TAU_WARPS = 16
+# the one kernel's solve blocks: at most TAU_SOLVE_P pages (its float64 erfc spills past 1,024 at
+# 16 warps for sm_90a: 24 B a thread at 1,024, 640 B at 2,048), whatever BLOCK_P the kept-pages
+# passes take
+TAU_SOLVE_P = 1024
 # The split form (``splits``): where the rows (B·Hq) give every SM a program, the kept pages
 # and the solve run as two kernels, ``KEEP_WARPS`` and ``SOLVE_WARPS`` warps, the solve's
 # blocks ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P`` (the same arithmetic
@@ -398,7 +402,7 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
 def _gaussian_tau_kernel(
     mu, sigma, cand, exact, lin_ptr, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
-    NEGLIGIBLE: tl.constexpr,
+    NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
@@ -408,7 +412,7 @@ def _gaussian_tau_kernel(
                                          BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.debug_barrier()  # every thread's kept pages are stored before any is read
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, least, exact, row, S, iters,
-                    expansions, lin, nodes, weights, KIND, BLOCK_P, SHORT_P, BLOCK_S)
+                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
     tl.store(tau_out + row, result)
 
 
@@ -476,7 +480,7 @@ def gaussian_tau(
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
-        NEGLIGIBLE=NEGLIGIBLE, num_warps=TAU_WARPS,
+        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), num_warps=TAU_WARPS,
     )
     return tau
 

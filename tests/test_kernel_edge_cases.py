@@ -407,7 +407,7 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
     module._gaussian_tau_kernel[(rows,)](
         mu, sigma, torch.ones(2, p, dtype=torch.int8), exact, lin_t, tau, kept_mu, kept_sigma, 2, p, s, 50, 30,
         KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
-        NEGLIGIBLE=module.NEGLIGIBLE, num_warps=module.TAU_WARPS)
+        NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, num_warps=module.TAU_WARPS)
     least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)

@@ -816,18 +816,22 @@ def test_compiled_step_through_the_ops_equals_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("form", ["fused", "split", "split_long"])
+@pytest.mark.parametrize("form", ["fused", "fused_long", "split", "split_long"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
 def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
-    """Both launch forms (one kernel; the kept pages and the solve apart, ``splits``), and the
-    split solve's blocks of ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P``."""
+    """Both launch forms (one kernel; the kept pages and the solve apart, ``splits``), the
+    split solve's blocks of ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P``,
+    and the one kernel's kept-pages blocks (``BLOCK_P``) larger than its solve's
+    (``TAU_SOLVE_P``)."""
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
 
     monkeypatch.setattr(module, "SPLIT", form != "fused")
-    if form == "split_long":
+    if form.endswith("_long"):
         monkeypatch.setattr(module, "SHORT_P", 4)
         monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
+        monkeypatch.setattr(module, "BLOCK_P", 32)  # the one kernel: 37 pages in two kept-pages blocks
+        monkeypatch.setattr(module, "TAU_SOLVE_P", 16)  # ... and three solve blocks
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 2, 2, 2, 37, 16
