@@ -21,7 +21,7 @@ from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_s
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels.page_scores import page_scores  # noqa: E402
+from entmaxkv.kernels.page_scores import page_scores, rounding_gamma, uses_dot  # noqa: E402
 from entmaxkv.kernels.sparse_decode import TAU_EXACT, TAU_GIVEN, TAU_REFINED, sparse_decode  # noqa: E402
 from entmaxkv.kernels.sparse_decode import _support_to_front  # noqa: E402
 import triton  # noqa: E402
@@ -130,7 +130,13 @@ def test_page_scores_are_safe_and_match_the_reference(dtype, group, poison):
     no_bias = token_scores(cache.to(torch.float64), q.double(), 0.3).abs()
     assert bool((absmax.double()[full] >= no_bias.reshape(page_max.shape + (s,)).amax(-1)[full]).all())
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(upper[full], quest_bounds(cache, q, 0.3, slopes)[full], **tol)
+    want = quest_bounds(cache, q, 0.3, slopes)
+    if uses_dot(q[:, :, 0], cache.k_min, True):  # fp16/bf16 with σ: the tensor-core form adds 2γ·|q|·|k|
+        qg = q.double().reshape(2, hkv, group, d)  # for its dots' accumulation (``_page_block_dot``)
+        kabs = torch.maximum(cache.k_min.abs(), cache.k_max.abs()).double()
+        mag = torch.einsum("bhgd,bhpd->bhgp", qg.abs(), kabs) * 0.3
+        want = want + (2 * rounding_gamma(torch.float32, d) * mag).to(want.dtype)
+    torch.testing.assert_close(upper[full], want[full], **tol)
     torch.testing.assert_close(means[full], mean_scores(cache, q, 0.3, slopes)[full].to(means.dtype), **tol)
     torch.testing.assert_close(sigma[full], page_sigma(cache, q, 0.3, slopes)[full].to(sigma.dtype), **tol)
     assert not upper[full].isnan().any() and not sigma[full].isnan().any()

@@ -1,4 +1,4 @@
-# Session 48, call 5: the one τ̂ kernel (B = 1: the rows leave SMs idle) with larger blocks for its
+# PLANNED in session 48, NOT RUN (too little device time was left to start a machine): the one τ̂ kernel (B = 1: the rows leave SMs idle) with larger blocks for its
 # two kept-pages passes (BLOCK_P) while its solve keeps 1,024-page blocks (TAU_SOLVE_P, new: larger
 # solve blocks spill), alone on 4,096 and 8,192 pages and in the Gaussian step at B = 1.
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
