@@ -92,7 +92,9 @@ TAU_SOLVE_P = 1024
 # 4,095 pages (a needle run split over two pages; the solve's low end top − 1). With the Jensen
 # low end (perf-log row 151) they keep a few, and the narrow solve wins (H100, session 48,
 # row 154; ``benchmarks/results/raw-2026-12-07-s48``): the kernel alone 160.8 → 86.6 µs, the
-# Gaussian step on needles at B = 16 449.1 → 371.8 µs at 64K and 710.2 → 672.0 at 128K.
+# Gaussian step on needles at B = 16 449.1 → 371.8 µs at 64K and 706–707 → 670 at 128K; on the
+# synthetic stream, where rows keep most pages, 1,535.3 → 1,505.3 at 64K but 3,016.1 → 3,124.6
+# at 128K (measured first in its process, which cost 38–54 µs elsewhere: not settled).
 SPLIT = True
 KEEP_WARPS = 16
 SOLVE_WARPS = 4

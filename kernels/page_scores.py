@@ -34,7 +34,7 @@ the TopK step at 128K, α = 1 from 78.6 to 74.8 µs, and alone without the mean 
 D products in different orders, which γ and ``mean_slack`` allow.
 
 The tensor-core form (``USE_DOT``, ``_page_block_dot``; float16/bfloat16 statistics and
-queries, no σ) multiplies the stored statistics [BLOCK_P, D] by the group's queries [D, G]
+queries, with σ too since session 48: ``SIGMA_DOT``) multiplies the stored statistics [BLOCK_P, D] by the group's queries [D, G]
 in float32-accumulated dots: 40 static instructions a page without the mean instead of 110,
 56 with it instead of 164. Yet ncu on the H200 (TopK step, 128K, B = 1, 32/8; session 13)
 timed one block a program at 18.3 µs, as the chunked form: both read at ~1.9 TB/s, the
@@ -83,7 +83,8 @@ __all__ = ["page_scores", "page_bounds", "rounding_gamma", "mean_slack", "mean_f
 
 # pages per program and warps, CHUNK = 32 (CHUNK = 0: 8 / 2). On the H200 (TopK step, 32K and
 # 128K, session 8, step_variants_gpu.py) 16 / 2, 32 / 4 and 64 / 4 were within ±2 µs of 32 / 2.
-# With σ (the Gaussian step, which never takes the tensor-core form; B = 16, 32/8, fp16, 128K,
+# With σ (the Gaussian step, which took this form on every cache until session 48, and still
+# does on float32 and float64 caches; B = 16, 32/8, fp16, 128K,
 # needles; session 17 call 2) 2 warps 1,000.2 µs, 4 warps 934.2, CHUNK 16 at 2 warps 954.3,
 # 64-page blocks 1,163.4 (call 3, 64K: 538.7 at 2 warps, 515.0 at 4; call 5, 128K: 990.1 / 938.4),
 # the same outputs. Not taken: at 4 warps the gpu test of the forms against the float64 oracle
@@ -96,7 +97,7 @@ NUM_WARPS = 2
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.
 CHUNK = 32
 # The tensor-core form (``_page_block_dot``) for float16/bfloat16 statistics and queries
-# without σ: DOT_BLOCK_P pages a program, DOT_WARPS warps (static sm_90a SASS a page, fp16 with
+# (with σ too where ``SIGMA_DOT``, below): DOT_BLOCK_P pages a program, DOT_WARPS warps (static sm_90a SASS a page, fp16 with
 # the mean: 56 at 64 / 4, 54 at 128 / 4 with 100 B of spill, 92 at 64 / 8). ncu on the H200
 # (TopK step, 128K, B = 1, 32/8, session 13): the chunked form 18.3 µs at 1.9 TB/s, IPC 2.46,
 # 110 SASS instructions a page (45 FFMA, 20 FMNMX, 16 conversions), 23% occupancy; this form,
@@ -390,7 +391,8 @@ def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean,
 
     σ² (``WITH_SIGMA``, where ``SIGMA_DOT`` lets σ take this form) is std² [BLOCK_P, D] times
     q² [D, GD], both float32 and exact (squares of 11- or 8-bit significands: at most 22 bits;
-    for bf16, within float32's range of squares, |x| in [2^-63, 2^64]), in a ``tf32x3`` dot:
+    for bf16, within float32's range of squares, |x| in [2^-63, 2^64]), in one ``tf32`` dot
+    (``SIGMA_ONE_PASS``, the default; below) or, with that off, in a ``tf32x3`` dot:
     each operand splits exactly into a high and a low tf32 part (11 bits each), and the dot
     drops only the low-low products (2^-22 of a term). Its three D-term dots run as one chain
     of 3D products (as the Quest bound's two run as one of 2D), so under the model above σ² is
@@ -520,8 +522,8 @@ def _newest_page(q, k_pages, slopes, newest_max, newest_mag, newest_scores, newe
 def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
     """Whether the page statistics go through ``_page_block_dot`` (tensor cores): ``USE_DOT``,
     float16 or bfloat16 statistics and queries of the same dtype (exact tensor-core inputs),
-    no σ unless ``SIGMA_DOT`` (q²·std² as a ``tf32x3`` dot) and a head dimension of at least 16
-    (``tl.dot``'s smallest K)."""
+    σ only with ``SIGMA_DOT`` (on: q²·std² as one ``tf32`` dot, or ``tf32x3`` without
+    ``SIGMA_ONE_PASS``) and a head dimension of at least 16 (``tl.dot``'s smallest K)."""
     return (bool(USE_DOT) and k_min.dtype in (torch.float16, torch.bfloat16) and q.dtype == k_min.dtype
             and (not with_sigma or bool(SIGMA_DOT)) and k_min.shape[-1] >= 16)
 

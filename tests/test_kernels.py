@@ -832,12 +832,12 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
 
-    monkeypatch.setattr(module, "SPLIT", form != "fused")
-    if form.endswith("_long"):
+    monkeypatch.setattr(module, "SPLIT", not form.startswith("fused"))
+    if form.endswith("_long"):  # rows keep 11-27 of the 37 pages: past SHORT_P, in 16-page solve blocks
         monkeypatch.setattr(module, "SHORT_P", 4)
         monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
         monkeypatch.setattr(module, "BLOCK_P", 32)  # the one kernel: 37 pages in two kept-pages blocks
-        monkeypatch.setattr(module, "TAU_SOLVE_P", 16)  # ... and three solve blocks
+        monkeypatch.setattr(module, "TAU_SOLVE_P", 16)  # ... and its solve in blocks of 16
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 2, 2, 2, 37, 16

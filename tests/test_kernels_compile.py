@@ -191,6 +191,25 @@ def record_page_box_upper() -> None:
         box_bounds(q, *box_codes(cache.k_min, cache.k_max), cache.seq_lens, cache.k_pages, 0.3)
 
 
+def test_kernel_launches_records_and_restores_the_interpreter():
+    """``helpers.kernel_launches`` sees each launch with its arguments by name and puts the
+    interpreter's launch back on leaving the block, also when the block raises."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run, seen = InterpretedFunction.run, []
+    cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=torch.float32)
+    q = torch.randn(1, 2, 16, generator=torch.Generator().manual_seed(0))
+    args = (q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None, 16, 0.3, False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with kernel_launches(lambda kernel, bound: seen.append((kernel.fn.__name__, bound["G"]))):
+            page_scores.page_scores(*args)
+            raise RuntimeError("inside")
+    assert seen == [("_page_scores_kernel", 2)]
+    assert InterpretedFunction.run is run
+    page_scores.page_scores(*args)
+    assert len(seen) == 1
+
+
 def record_every_form(monkeypatch) -> None:
     """Every selector's step at every α, dtype and ALiBi choice, then each form no step takes by default."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -228,11 +247,14 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
             if native is not None:  # the GPU takes the native-dot branch for fp16/bf16 caches
                 spec["NATIVE"] = ["bool", native]
             # page_scores' tensor-core form multiplies bf16 natively on the GPU (float32 operands
-            # only under the interpreter), and takes 4 blocks a program in a pipelined loop where
-            # the grid is large (its stages as the launcher picks them): compile those forms too
+            # only under the interpreter), and takes DOT_ITERS blocks a program (with σ
+            # DOT_ITERS_WITH_SIGMA) in a pipelined loop where the grid is large (its stages as the
+            # launcher picks them): compile those forms too
             forms = [spec] + ([dict(spec, DOT_F32=["bool", False])] if spec.get("DOT_F32") == ["bool", True] else [])
             if spec.get("DOT") == ["bool", True]:
-                forms += [dict(f, ITERS=["int", page_scores.DOT_ITERS], STAGES=["int", _dot_stages(f)]) for f in forms]
+                looped = {page_scores.DOT_ITERS} | ({page_scores.DOT_ITERS_WITH_SIGMA}
+                                                    if spec.get("WITH_SIGMA") == ["bool", True] else set())
+                forms += [dict(f, ITERS=["int", n], STAGES=["int", _dot_stages(f)]) for f in forms for n in looped]
             if kernel.fn.__name__ in ("_page_box_upper_kernel", "_box_bounds_kernel"):  # the GPU's loop at long rows
                 forms += [dict(spec, ITERS=["int", page_scores.DOT_ITERS])]
             for form in forms:

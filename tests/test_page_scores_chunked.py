@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from entmaxkv.reference import group_queries
-from helpers import fresh_seed, make_cache
+from helpers import fresh_seed, kernel_launches, make_cache
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -171,6 +171,23 @@ def test_the_tensor_core_upper_covers_its_accumulation(dtype, device, monkeypatc
     accumulation = (4 * d * torch.finfo(torch.float32).eps if device == "cuda" else gamma / 4) * mag
     off = (got - (quest + 3 * gamma * mag)).abs()
     assert bool((off <= accumulation + slack).all()), f"seed {seed}: {(off - accumulation - slack).max()}"
+
+
+@pytest.mark.parametrize("with_sigma", [False, True])
+def test_the_tensor_core_form_loops_blocks_only_without_sigma(with_sigma):
+    """Where the grid allows it (the interpreter counts one SM: a row of 4 blocks does), a
+    tensor-core program takes ``DOT_ITERS`` page blocks in turn, and with σ
+    ``DOT_ITERS_WITH_SIGMA`` (1: the looped σ form spills for sm_90a and ran slower, perf-log
+    row 153), as launched."""
+    seen = []
+    cache, _, _ = make_cache(fresh_seed(), 1, 1, 16, S, [S * 4 * module.DOT_BLOCK_P], dtype=torch.float16)
+    q = torch.randn(1, 2, 16).half()
+    with kernel_launches(lambda kernel, bound: seen.append((bound["DOT"], bound["ITERS"]))):
+        page_scores(q, cache.k_min, cache.k_max, cache.k_mean, cache.k_std, cache.seq_lens, None, S, SCALE,
+                    with_sigma)
+    want = module.DOT_ITERS_WITH_SIGMA if with_sigma else module.DOT_ITERS
+    assert seen == [(True, want)], seen
+    assert module.dot_iters(4 * module.DOT_ITERS, torch.device("cpu"), with_sigma) == want
 
 
 def test_the_tensor_core_form_only_where_its_dots_are_exact_and_compile(monkeypatch):
