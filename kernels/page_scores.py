@@ -33,13 +33,13 @@ the TopK step at 128K, α = 1 from 78.6 to 74.8 µs, and alone without the mean 
 (perf-log row 46). Both sum the same
 D products in different orders, which γ and ``mean_slack`` allow.
 
-The tensor-core form (``USE_DOT``, ``_page_block_dot``; float16/bfloat16 statistics and
-queries, with σ too since session 48: ``SIGMA_DOT``) multiplies the stored statistics [BLOCK_P, D] by the group's queries [D, G]
-in float32-accumulated dots: 40 static instructions a page without the mean instead of 110,
-56 with it instead of 164. Yet ncu on the H200 (TopK step, 128K, B = 1, 32/8; session 13)
-timed one block a program at 18.3 µs, as the chunked form: both read at ~1.9 TB/s, the
-chunked form at IPC 2.46, this one at 0.93 — the page block was not issue-bound but waiting
-on its loads (one-shot programs, 15 warps an SM). What moved it is a program taking
+The tensor-core form (``USE_DOT``, ``_page_block_dot``; float16/bfloat16 statistics and queries,
+with σ too since session 48: ``SIGMA_DOT``) multiplies the stored statistics [BLOCK_P, D] by the
+group's queries [D, G] in float32-accumulated dots: 40 static instructions a page without the
+mean instead of 110, 56 with it instead of 164. Yet ncu on the H200 (TopK step, 128K, B = 1,
+32/8; session 13) timed one block a program at 18.3 µs, as the chunked form: both read at ~1.9
+TB/s, the chunked form at IPC 2.46, this one at 0.93 — the page block was not issue-bound but
+waiting on its loads (one-shot programs, 15 warps an SM). What moved it is a program taking
 ``DOT_ITERS`` blocks in turn with their loads pipelined (``DOT_STAGES``): the TopK step at B =
 16, 64K, 250.8 → 211.5 µs (0.27× → 0.23× SDPA), at B = 1, 128K 65.1 → 62.9. The upper bound
 carries 3γ·absmax here: the extra 2γ covers the dots' float32 accumulation under the model
@@ -96,12 +96,13 @@ NUM_WARPS = 2
 # Channels a program takes at a time (0: the whole head dimension in one tile). See
 # ``_page_block_chunked``: the sums over D then run mostly inside each thread.
 CHUNK = 32
-# The tensor-core form (``_page_block_dot``) for float16/bfloat16 statistics and queries
-# (with σ too where ``SIGMA_DOT``, below): DOT_BLOCK_P pages a program, DOT_WARPS warps (static sm_90a SASS a page, fp16 with
-# the mean: 56 at 64 / 4, 54 at 128 / 4 with 100 B of spill, 92 at 64 / 8). ncu on the H200
-# (TopK step, 128K, B = 1, 32/8, session 13): the chunked form 18.3 µs at 1.9 TB/s, IPC 2.46,
-# 110 SASS instructions a page (45 FFMA, 20 FMNMX, 16 conversions), 23% occupancy; this form,
-# one block a program, 18.3 µs at 1.87 TB/s, IPC 0.93 (25% occupancy, set by shared memory)
+# The tensor-core form (``_page_block_dot``) for float16/bfloat16 statistics and queries (with σ
+# too where ``SIGMA_DOT``, below): DOT_BLOCK_P pages a program, DOT_WARPS warps (static sm_90a
+# SASS a page, fp16 with the mean: 56 at 64 / 4, 54 at 128 / 4 with 100 B of spill, 92 at 64 /
+# 8). ncu on the H200 (TopK step, 128K, B = 1, 32/8, session 13): the chunked form 18.3 µs at
+# 1.9 TB/s, IPC 2.46, 110 SASS instructions a page (45 FFMA, 20 FMNMX, 16 conversions), 23%
+# occupancy; this form, one block a program, 18.3 µs at 1.87 TB/s, IPC 0.93 (25% occupancy, set
+# by shared memory)
 USE_DOT = True
 DOT_BLOCK_P = 64
 DOT_WARPS = 4
@@ -123,12 +124,12 @@ DOT_STAGES_WITH_MEAN = 2
 # dot), not the CUDA-core σ form (``_page_block_chunked``; float32 and float64 caches keep it).
 # The CUDA-core σ form holds 233 registers a thread at 2 warps: 4 programs an SM, 12% of the
 # warps, and under ncu (H100, B = 16, 128K, session 48) it waits on its loads (1.9 warps stalled
-# on a long scoreboard an issue; 42% of the issue slots used) and reads at 55% of DRAM peak where the form without
-# σ on tensor cores reads at 83%. The tensor-core σ form one block a program
-# (``DOT_ITERS_WITH_SIGMA``; with 4 blocks in turn it spills 200 B a thread) took the Gaussian
-# step on needles on the H100 from 541.2 / 910.9 µs to 449.1 / 710.2 at B = 16, 64K / 128K, and
-# 143.6 → 132.2 at B = 1, 128K (101.5 → 102.9 at 64K), the same outputs (perf-log row 153;
-# rows 90 and 149: with tf32x3, or 4 blocks in turn, it had been slower or 3–8% faster).
+# on a long scoreboard an issue; 42% of the issue slots used) and reads at 55% of DRAM peak
+# where the form without σ on tensor cores reads at 83%. The tensor-core σ form, one block a
+# program (``DOT_ITERS_WITH_SIGMA``; with 4 blocks in turn it spills 200 B a thread) took the
+# Gaussian step on needles on the H100 from 541.2 / 910.9 µs to 449.1 / 710.2 at B = 16, 64K /
+# 128K, and 143.6 → 132.2 at B = 1, 128K (101.5 → 102.9 at 64K), the same outputs (perf-log row
+# 153; rows 90 and 149: with tf32x3, or 4 blocks in turn, it had been slower or 3–8% faster).
 SIGMA_DOT = True
 # where SIGMA_DOT is on, σ² as one "tf32" dot (True) instead of "tf32x3" (float32 to rounding):
 # σ² then carries tf32's input rounding, within (1 + 2^-10)² − 1 of its nonnegative terms, so σ
