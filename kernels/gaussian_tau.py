@@ -37,7 +37,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule
 
-__all__ = ["gaussian_tau", "moment_kind", "splits"]
+__all__ = ["gaussian_tau", "moment_kind", "splits", "spreads"]
 
 QUAD_NODES = 64
 QUAD_REACH = 10.0
@@ -99,12 +99,32 @@ SPLIT = True
 KEEP_WARPS = 16
 SOLVE_WARPS = 4
 SPLIT_SOLVE_P = 128
+# The spread form (``spreads``): where the rows leave SMs idle (B = 1: 32 rows for 32/8 heads) the
+# one kernel's two passes over a row's pages run in one program a row, block after block (at 128K,
+# 8,192 pages: eight blocks of 1,024 twice, one load's latency after another). Here they run as
+# (row, chunk) programs of SPREAD_P pages, SPREAD_WARPS warps: the chunks' tops, then each chunk's
+# kept pages to a segment of its own (every chunk takes the row's top from the chunks' tops), then
+# one program a row joins the segments in page order (GATHER_TILE: the [entries, chunks] tile of
+# that join) and solves as the one kernel does, on the same kept pages in the same order (the same
+# τ̂ bit for bit), at TAU_WARPS. Three launches instead of one; a second float64 scratch of
+# 2·B·Hq·P elements (the segments). Predicted on the H100 at 128K, B = 1, needle inputs (the τ̂
+# kernel alone 46 µs, session 48): ~15 µs. Not measured: off.
+SPREAD = False
+SPREAD_P = 512
+SPREAD_WARPS = 4
+GATHER_TILE = 8192
 
 
 def splits(rows: int, device: torch.device) -> bool:
     """Whether τ̂ runs as two kernels (``SPLIT``): where the rows make at least one program an
     SM (the interpreter counts one SM: its tests see the split unless they patch this)."""
     return bool(SPLIT) and rows >= multiprocessors(device)
+
+
+def spreads(rows: int, pages: int, device: torch.device) -> bool:
+    """Whether τ̂ runs as the spread form's three kernels (``SPREAD``): where the rows leave
+    SMs idle (not ``splits``) and a row has more than one chunk of ``SPREAD_P`` pages."""
+    return bool(SPREAD) and not splits(rows, device) and pages > SPREAD_P
 
 
 def moment_kind(alpha: float) -> int:
@@ -276,6 +296,49 @@ def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
 
 
 @triton.jit
+def _block_tops(mu, cand, lin, row, b, P, p):
+    """(α−1)·μ of one block of a row's pages ``p`` in float64, −inf where a page is past P or
+    not a candidate."""
+    ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+    return tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin, float("-inf"))
+
+
+@triton.jit
+def _newest_top(exact, lin, row, S, BLOCK_S: tl.constexpr):
+    """The row's top (α−1)·s over the newest page's exact scores (−inf: none)."""
+    i = tl.arange(0, BLOCK_S)
+    return tl.max(tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin)
+
+
+@triton.jit
+def _low_end(top_page, top_exact, lin, S):
+    """The solve's low end ``least`` from the top page's and the top newest score's (α−1)-scaled
+    values (``_keep_pages``' comment)."""
+    return tl.maximum(top_page - tl.exp(-lin * tl.log(lin * 0.0 + S)), top_exact - 1.0)
+
+
+@triton.jit
+def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEGLIGIBLE: tl.constexpr):
+    """Copies, in page order, the (α−1)·μ and (α−1)·σ of the pages of block ``p`` that can
+    matter at the low end ``least`` to ``kept_m`` / ``kept_s`` (the next free entries of the
+    row's scratch) and returns how many (the float32 bound of ``_keep_pages``' comment)."""
+    ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+    m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+    sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
+    a = (m - least).to(tl.float32)
+    s32 = sd.to(tl.float32)
+    power32 = (1.0 / lin).to(tl.float32)
+    delta = -a / s32
+    log_bound = power32 * tl.log(power32 * s32 / (2.718281828459045 * delta)) - 0.5 * delta * delta
+    negligible = (a < 0) & (a > float("-inf")) & (s32 < float("inf")) & (log_bound < tl.log(NEGLIGIBLE / S) - 1.0)
+    keep = (ok & ~negligible).to(tl.int32)
+    at = tl.cumsum(keep, axis=0) - keep
+    tl.store(kept_m + at, m, mask=keep == 1)
+    tl.store(kept_s + at, sd, mask=keep == 1)
+    return tl.sum(keep)
+
+
+@triton.jit
 def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, BLOCK_P: tl.constexpr,
                 BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
     """One (sequence, query head) row's top score top_all (float64: the largest (α−1)·μ of
@@ -311,36 +374,16 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
     lanes = tl.arange(0, BLOCK_P)
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
     for start in range(0, P, BLOCK_P):
-        p = start + lanes
-        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
-        top = tl.maximum(top, tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin,
-                                       float("-inf")))
-    i = tl.arange(0, BLOCK_S)
-    z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
-    top_page, top_exact = tl.max(top), tl.max(z)
-    top_all = tl.maximum(top_page, top_exact)
-    least = tl.maximum(top_page - tl.exp(-lin * tl.log(lin * 0.0 + S)), top_exact - 1.0)
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, b, P, start + lanes))
+    top_page, top_exact = tl.max(top), _newest_top(exact, lin, row, S, BLOCK_S)
+    least = _low_end(top_page, top_exact, lin, S)
     kept_m = kept_mu + row * P
     kept_s = kept_sigma + row * P
-    power32 = (1.0 / lin).to(tl.float32)
-    log_cut = tl.log(NEGLIGIBLE / S) - 1.0
     n_kept = 0
     for start in range(0, P, BLOCK_P):
-        p = start + lanes
-        ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
-        m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
-        sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
-        a = (m - least).to(tl.float32)
-        s32 = sd.to(tl.float32)
-        delta = -a / s32
-        log_bound = power32 * tl.log(power32 * s32 / (2.718281828459045 * delta)) - 0.5 * delta * delta
-        negligible = (a < 0) & (a > float("-inf")) & (s32 < float("inf")) & (log_bound < log_cut)
-        keep = (ok & ~negligible).to(tl.int32)
-        at = n_kept + tl.cumsum(keep, axis=0) - keep
-        tl.store(kept_m + at, m, mask=keep == 1)
-        tl.store(kept_s + at, sd, mask=keep == 1)
-        n_kept += tl.sum(keep)
-    return top_all, least, n_kept
+        n_kept += _cut_block(mu, sigma, cand, lin, least, row, b, P, S, start + lanes, kept_m + n_kept,
+                             kept_s + n_kept, NEGLIGIBLE)
+    return tl.maximum(top_page, top_exact), least, n_kept
 
 
 @triton.jit
@@ -444,6 +487,72 @@ def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts,
     tl.store(tau_out + row, result)
 
 
+@triton.jit
+def _gaussian_chunk_top_kernel(mu, cand, lin_ptr, chunk_tops, HQ, P, CHUNKS, BLOCK_P: tl.constexpr):
+    """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (BLOCK_P of
+    them) a program, to ``chunk_tops`` [rows, CHUNKS]."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    p = chunk * BLOCK_P + tl.arange(0, BLOCK_P)
+    tl.store(chunk_tops + row * CHUNKS + chunk, tl.max(_block_tops(mu, cand, tl.load(lin_ptr), row, row // HQ, P, p)))
+
+
+@triton.jit
+def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, segments_mu, segments_sigma, counts,
+                                tops, lows, HQ, P, S, CHUNKS, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
+                                BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+    """The spread form's second kernel: one chunk's kept pages, in page order, to the chunk's
+    segment of the row's scratch (entries chunk·BLOCK_P on) and their count to ``counts``
+    [rows, CHUNKS]; the row's top and low end (every chunk computes them alike from
+    ``chunk_tops``; chunk 0 stores them)."""
+    row = tl.program_id(0).to(tl.int64)
+    chunk = tl.program_id(1)
+    lin = tl.load(lin_ptr)
+    c = tl.arange(0, BLOCK_C)
+    top_page = tl.max(tl.load(chunk_tops + row * CHUNKS + c, mask=c < CHUNKS, other=float("-inf")))
+    top_exact = _newest_top(exact, lin, row, S, BLOCK_S)
+    least = _low_end(top_page, top_exact, lin, S)
+    at = row * P + chunk * BLOCK_P
+    n = _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, chunk * BLOCK_P + tl.arange(0, BLOCK_P),
+                   segments_mu + at, segments_sigma + at, NEGLIGIBLE)
+    tl.store(counts + row * CHUNKS + chunk, n)
+    if chunk == 0:
+        tl.store(tops + row, tl.maximum(top_page, top_exact))
+        tl.store(lows + row, least)
+
+
+@triton.jit
+def _gaussian_gather_solve_kernel(exact, lin_ptr, tau_out, segments_mu, segments_sigma, kept_mu, kept_sigma, counts,
+                                  tops, lows, P, S, CHUNKS, iters, expansions, KIND: tl.constexpr,
+                                  CHUNK_P: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                                  SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
+                                  NODES: tl.constexpr):
+    """The spread form's third kernel: a row's chunk segments joined, in page order, into its
+    scratch row (so the solve reads the same kept pages in the same order as the one kernel's:
+    the same τ̂, bit for bit), then its τ̂."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, BLOCK_C)
+    in_chunk = tl.load(counts + row * CHUNKS + c, mask=c < CHUNKS, other=0)
+    ends = tl.cumsum(in_chunk, axis=0)
+    firsts = ends - in_chunk
+    n_kept = tl.sum(in_chunk)
+    lanes = tl.arange(0, GATHER_P)
+    for start in range(0, n_kept, GATHER_P):
+        i = start + lanes  # kept entries: entry i is in the chunk whose entries end first past i
+        chunk = tl.sum((ends[None, :] <= i[:, None]).to(tl.int32), axis=1)
+        first = tl.sum(tl.where(c[None, :] == chunk[:, None], firsts[None, :], 0), axis=1)
+        source = row * P + chunk * CHUNK_P + i - first
+        ok = i < n_kept
+        tl.store(kept_mu + row * P + i, tl.load(segments_mu + source, mask=ok), mask=ok)
+        tl.store(kept_sigma + row * P + i, tl.load(segments_sigma + source, mask=ok), mask=ok)
+    tl.debug_barrier()  # every thread's entries are stored before any is read
+    lin = tl.load(lin_ptr)
+    nodes, weights = _quadrature_rule(KIND, NODES)
+    result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, tl.load(tops + row), tl.load(lows + row), exact,
+                    row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+    tl.store(tau_out + row, result)
+
+
 @triton_op("entmaxkv::gaussian_tau", mutates_args=())
 def gaussian_tau(
     mu: torch.Tensor, sigma: torch.Tensor, candidates: torch.Tensor, exact_scores: torch.Tensor, alpha: float,
@@ -478,6 +587,28 @@ def gaussian_tau(
             exact_scores, lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
             BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
+        return tau
+    if spreads(rows, p, mu.device):
+        chunk_p = min(SPREAD_P, next_pow2(p))
+        chunks = triton.cdiv(p, chunk_p)
+        block_c = max(2, next_pow2(chunks))
+        chunk_tops = torch.empty((rows, chunks), dtype=torch.float64, device=mu.device)
+        counts = torch.empty((rows, chunks), dtype=torch.int32, device=mu.device)
+        tops = torch.empty(rows, dtype=torch.float64, device=mu.device)
+        lows = torch.empty_like(tops)
+        segments_mu, segments_sigma = torch.empty_like(kept_mu), torch.empty_like(kept_mu)
+        wrap_triton(_gaussian_chunk_top_kernel)[(rows, chunks)](
+            mu, cand, lin, chunk_tops, hkv * g, p, chunks, BLOCK_P=chunk_p, num_warps=SPREAD_WARPS)
+        wrap_triton(_gaussian_chunk_keep_kernel)[(rows, chunks)](
+            mu, sigma, cand, exact_scores, lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
+            p, s, chunks, BLOCK_P=chunk_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
+            num_warps=SPREAD_WARPS)
+        wrap_triton(_gaussian_gather_solve_kernel)[(rows,)](
+            exact_scores, lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
+            chunks, iters, expansions, KIND=moment_kind(alpha), CHUNK_P=chunk_p,
+            GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
+            SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
+            num_warps=TAU_WARPS)
         return tau
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,

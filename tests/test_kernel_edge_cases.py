@@ -73,13 +73,16 @@ def _solve_low_end(alpha, mu, exact, candidates):
     return torch.maximum(pages - s ** -c, (c * exact).amax(-1) - 1)
 
 
-@pytest.fixture(params=["fused", "split"])
+@pytest.fixture(params=["fused", "split", "spread"])
 def tau_form(request, monkeypatch):
-    """gaussian_tau's two launch forms (``gaussian_tau.splits``): the interpreter's one SM
-    would otherwise take the split form only, and B = 1 on the GPU runs the fused one."""
+    """gaussian_tau's three launch forms (``gaussian_tau.splits``, ``spreads``): the
+    interpreter's one SM would otherwise take the split form only, and B = 1 on the GPU runs
+    the fused or the spread one (here in chunks of 16 pages: rows of more than 16 pages)."""
     import entmaxkv.kernels.gaussian_tau as module
 
     monkeypatch.setattr(module, "splits", lambda rows, device: request.param == "split")
+    monkeypatch.setattr(module, "SPREAD", request.param == "spread")
+    monkeypatch.setattr(module, "SPREAD_P", 16)
     return request.param
 
 

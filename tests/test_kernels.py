@@ -822,17 +822,20 @@ def test_compiled_step_through_the_ops_equals_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("form", ["fused", "fused_long", "split", "split_long"])
+@pytest.mark.parametrize("form", ["fused", "fused_long", "split", "split_long", "spread", "spread_long"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
 def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
-    """Both launch forms (one kernel; the kept pages and the solve apart, ``splits``), the
-    split solve's blocks of ``SPLIT_SOLVE_P`` pages where a row keeps more than ``SHORT_P``,
-    and the one kernel's kept-pages blocks (``BLOCK_P``) larger than its solve's
-    (``TAU_SOLVE_P``)."""
+    """The three launch forms (one kernel; the kept pages and the solve apart, ``splits``;
+    the kept pages in (row, chunk) programs, ``spreads``: 37 pages in chunks of 16, the last
+    partial), the split solve's blocks of ``SPLIT_SOLVE_P`` pages where a row keeps more than
+    ``SHORT_P``, and the one kernel's kept-pages blocks (``BLOCK_P``) larger than its solve's
+    (``TAU_SOLVE_P``). The spread form equals the one kernel bit for bit."""
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
 
-    monkeypatch.setattr(module, "SPLIT", not form.startswith("fused"))
+    monkeypatch.setattr(module, "SPLIT", form.startswith("split"))
+    monkeypatch.setattr(module, "SPREAD", form.startswith("spread"))
+    monkeypatch.setattr(module, "SPREAD_P", 16)
     if form.endswith("_long"):  # rows keep 11-27 of the 37 pages: past SHORT_P, in 16-page solve blocks
         monkeypatch.setattr(module, "SHORT_P", 4)
         monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
@@ -851,9 +854,13 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
     got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+    if form.startswith("spread"):
+        monkeypatch.setattr(module, "SPREAD", False)
+        one = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+        assert torch.equal(got, one), f"seed {seed}: {(got - one).abs().max()}"
 
 
-@pytest.mark.parametrize("form", ["fused", "split"])
+@pytest.mark.parametrize("form", ["fused", "split", "spread"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.05, 1.01])
 def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypatch):
     """The solve's low end from the top page, (α−1)·μ − S^−(α−1) (Jensen's inequality), is
@@ -866,6 +873,8 @@ def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypat
     from entmaxkv.kernels import gaussian_tau as module
 
     monkeypatch.setattr(module, "SPLIT", form == "split")
+    monkeypatch.setattr(module, "SPREAD", form == "spread")
+    monkeypatch.setattr(module, "SPREAD_P", 16)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 1, 1, 4, 40, 16

@@ -143,14 +143,17 @@ def record_sigma_forms() -> None:
 
 
 def record_gaussian_tau_forms() -> None:
-    """gaussian_tau's two forms (``gaussian_tau.splits``: one kernel where the rows leave SMs
-    idle, the kept pages and the solve apart where they fill the GPU), for the closed-form and
-    quadrature moments."""
+    """gaussian_tau's three forms (``gaussian_tau.splits``, ``spreads``: one kernel, or the kept
+    pages in (row, chunk) programs and then the solve, where the rows leave SMs idle; the kept
+    pages and the solve apart where they fill the GPU), for the closed-form and quadrature
+    moments."""
     cache, _, _ = make_cache(0, 1, 1, 16, 16, [40], dtype=torch.float32)
     q, k, v = random_step(torch.Generator().manual_seed(0), 1, 2, 1, 16, torch.float32)
-    for split in (False, True):
+    for form in ("one", "split", "spread"):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("entmaxkv.kernels.gaussian_tau.splits", lambda rows, device: split)
+            mp.setattr("entmaxkv.kernels.gaussian_tau.splits", lambda rows, device: form == "split")
+            mp.setattr("entmaxkv.kernels.gaussian_tau.SPREAD", form == "spread")
+            mp.setattr("entmaxkv.kernels.gaussian_tau.SPREAD_P", 2)  # the cache's pages in chunks of 2
             for alpha in (1.5, 1.25):
                 ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, ekv.Gaussian(), backend="triton"))
 

@@ -237,10 +237,10 @@ def test_no_new_triton_specialisations_after_warm_up():
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 @pytest.mark.parametrize("needles", [True, False], ids=["few pages kept", "every page kept"])
 def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, monkeypatch):
-    """gaussian_tau's one-kernel and split forms (``gaussian_tau.splits``) as the GPU compiles
-    them, at rows that fill the SMs (B·Hq = 512), against the float64 reference solver: where
-    a row keeps a few pages (the solve's short blocks) and where it keeps every page
-    (``SPLIT_SOLVE_P``-page blocks)."""
+    """gaussian_tau's one-kernel, split and spread forms (``gaussian_tau.splits``, ``spreads``)
+    as the GPU compiles them, at rows that fill the SMs (B·Hq = 512), against the float64
+    reference solver: where a row keeps a few pages (the solve's short blocks) and where it
+    keeps every page (``SPLIT_SOLVE_P``-page blocks)."""
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
 
@@ -254,7 +254,11 @@ def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, monkeypa
     exact = torch.randn(b, hkv, grp, 16, device="cuda", generator=g) * 0.3
     count = torch.where(candidates[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
-    for split in (False, True):
-        monkeypatch.setattr(module, "splits", lambda rows, device: split)
-        got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
-        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"split {split}")
+    got = {}
+    for form in ("one", "split", "spread"):
+        monkeypatch.setattr(module, "splits", lambda rows, device: form == "split")
+        monkeypatch.setattr(module, "SPREAD", form == "spread")
+        monkeypatch.setattr(module, "SPREAD_P", 128)  # 700 pages: 6 chunks, the last one partial
+        got[form] = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+        torch.testing.assert_close(got[form], want, rtol=1e-12, atol=1e-12, msg=form)
+    assert torch.equal(got["spread"], got["one"]), "the spread form solves the one kernel's kept pages in its order"
