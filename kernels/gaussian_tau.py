@@ -1,6 +1,7 @@
 """``entmaxkv::gaussian_tau``: the Gaussian page model's threshold τ̂, one program per
 (sequence, query head), in float64 — one kernel, or two (the kept pages, then the solve:
-``splits``) where the rows fill the GPU.
+``splits``) where the rows fill the GPU, or three where they leave SMs idle and rows are long
+(the kept pages in (row, chunk) programs, then the solve: ``spreads``, off by default).
 
 Solves F(τ) = Σ_p n_p·E[ρ((α−1)·S_p − τ)] + Σ_i ρ((α−1)·s_i − τ) − 1 = 0 with
 S_p ~ N(μ_p, σ_p²) over the candidate pages and s_i the newest page's exact scores: the root
@@ -102,16 +103,20 @@ SPLIT_SOLVE_P = 128
 # The spread form (``spreads``): where the rows leave SMs idle (B = 1: 32 rows for 32/8 heads) the
 # one kernel's two passes over a row's pages run in one program a row, block after block (at 128K,
 # 8,192 pages: eight blocks of 1,024 twice, one load's latency after another). Here they run as
-# (row, chunk) programs of SPREAD_P pages, SPREAD_WARPS warps: the chunks' tops, then each chunk's
-# kept pages to a segment of its own (every chunk takes the row's top from the chunks' tops), then
-# one program a row joins the segments in page order (GATHER_TILE: the [entries, chunks] tile of
-# that join) and solves as the one kernel does, on the same kept pages in the same order (the same
-# τ̂ bit for bit), at TAU_WARPS. Three launches instead of one; a second float64 scratch of
-# 2·B·Hq·P elements (the segments). Predicted on the H100 at 128K, B = 1, needle inputs (the τ̂
-# kernel alone 46 µs, session 48): ~15 µs. Not measured: off.
+# (row, chunk) programs, SPREAD_WARPS warps, in blocks of SPREAD_P pages: the chunks' tops, then
+# each chunk's kept pages to a segment of its own (every chunk takes the row's top from the chunks'
+# tops), then one program a row joins the segments in page order and solves as the one kernel
+# does, on the same kept pages in the same order (the same τ̂ bit for bit), at TAU_WARPS. A chunk
+# is one block, or several where a row has more than SPREAD_CHUNKS blocks (past 256K tokens at 512
+# pages), so that the join's [entries, chunks] tile (GATHER_TILE elements) takes at least 256
+# entries a step: a row that keeps every page of 1M tokens joins them in 256 steps. Three launches
+# instead of one; a second float64 scratch of 2·B·Hq·P elements (the segments). Predicted on the
+# H100 at 128K, B = 1, needle inputs (the τ̂ kernel alone 46 µs, session 48): ~15 µs. Not
+# measured: off.
 SPREAD = False
 SPREAD_P = 512
 SPREAD_WARPS = 4
+SPREAD_CHUNKS = 32
 GATHER_TILE = 8192
 
 
@@ -488,21 +493,25 @@ def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts,
 
 
 @triton.jit
-def _gaussian_chunk_top_kernel(mu, cand, lin_ptr, chunk_tops, HQ, P, CHUNKS, BLOCK_P: tl.constexpr):
-    """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (BLOCK_P of
-    them) a program, to ``chunk_tops`` [rows, CHUNKS]."""
+def _gaussian_chunk_top_kernel(mu, cand, lin_ptr, chunk_tops, HQ, P, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr):
+    """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (CHUNK_P of
+    them, in blocks of BLOCK_P) a program, to ``chunk_tops`` [rows, CHUNKS]."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    p = chunk * BLOCK_P + tl.arange(0, BLOCK_P)
-    tl.store(chunk_tops + row * CHUNKS + chunk, tl.max(_block_tops(mu, cand, tl.load(lin_ptr), row, row // HQ, P, p)))
+    lin = tl.load(lin_ptr)
+    lanes = tl.arange(0, BLOCK_P)
+    top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
+    for start in range(chunk * CHUNK_P, chunk * CHUNK_P + CHUNK_P, BLOCK_P):
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, row // HQ, P, start + lanes))
+    tl.store(chunk_tops + row * CHUNKS + chunk, tl.max(top))
 
 
 @triton.jit
 def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, segments_mu, segments_sigma, counts,
-                                tops, lows, HQ, P, S, CHUNKS, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
+                                tops, lows, HQ, P, S, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
                                 BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr):
     """The spread form's second kernel: one chunk's kept pages, in page order, to the chunk's
-    segment of the row's scratch (entries chunk·BLOCK_P on) and their count to ``counts``
+    segment of the row's scratch (entries chunk·CHUNK_P on) and their count to ``counts``
     [rows, CHUNKS]; the row's top and low end (every chunk computes them alike from
     ``chunk_tops``; chunk 0 stores them)."""
     row = tl.program_id(0).to(tl.int64)
@@ -512,9 +521,13 @@ def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, seg
     top_page = tl.max(tl.load(chunk_tops + row * CHUNKS + c, mask=c < CHUNKS, other=float("-inf")))
     top_exact = _newest_top(exact, lin, row, S, BLOCK_S)
     least = _low_end(top_page, top_exact, lin, S)
-    at = row * P + chunk * BLOCK_P
-    n = _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, chunk * BLOCK_P + tl.arange(0, BLOCK_P),
-                   segments_mu + at, segments_sigma + at, NEGLIGIBLE)
+    segment_m = segments_mu + row * P + chunk * CHUNK_P
+    segment_s = segments_sigma + row * P + chunk * CHUNK_P
+    lanes = tl.arange(0, BLOCK_P)
+    n = 0
+    for start in range(chunk * CHUNK_P, chunk * CHUNK_P + CHUNK_P, BLOCK_P):
+        n += _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, start + lanes, segment_m + n, segment_s + n,
+                        NEGLIGIBLE)
     tl.store(counts + row * CHUNKS + chunk, n)
     if chunk == 0:
         tl.store(tops + row, tl.maximum(top_page, top_exact))
@@ -523,8 +536,8 @@ def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, seg
 
 @triton.jit
 def _gaussian_gather_solve_kernel(exact, lin_ptr, tau_out, segments_mu, segments_sigma, kept_mu, kept_sigma, counts,
-                                  tops, lows, P, S, CHUNKS, iters, expansions, KIND: tl.constexpr,
-                                  CHUNK_P: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                                  tops, lows, P, S, CHUNKS, CHUNK_P, iters, expansions, KIND: tl.constexpr,
+                                  GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
                                   SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
                                   NODES: tl.constexpr):
     """The spread form's third kernel: a row's chunk segments joined, in page order, into its
@@ -566,7 +579,8 @@ def gaussian_tau(
     page's exact scores (−inf = absent); alpha in (1, 2]; iters, expansions: fixed counts.
     Allocates a float64 scratch of 2·B·Hq·P elements for the kept pages' moments (33 MB at
     1M tokens, 32 query heads; only the kept pages' entries are written), and in the split
-    form three B·Hq rows more (the kept count, the top and the low end).
+    form three B·Hq rows more (the kept count, the top and the low end); in the spread form
+    another 2·B·Hq·P (the chunks' segments) and [B·Hq, chunks] tops and counts.
     """
     b, hkv, g, p = mu.shape
     s = exact_scores.shape[-1]
@@ -589,7 +603,9 @@ def gaussian_tau(
             BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
         return tau
     if spreads(rows, p, mu.device):
-        chunk_p = min(SPREAD_P, next_pow2(p))
+        spread_p = min(SPREAD_P, next_pow2(p))
+        chunks = min(triton.cdiv(p, spread_p), SPREAD_CHUNKS)
+        chunk_p = triton.cdiv(triton.cdiv(p, chunks), spread_p) * spread_p  # whole blocks of spread_p
         chunks = triton.cdiv(p, chunk_p)
         block_c = max(2, next_pow2(chunks))
         chunk_tops = torch.empty((rows, chunks), dtype=torch.float64, device=mu.device)
@@ -598,14 +614,14 @@ def gaussian_tau(
         lows = torch.empty_like(tops)
         segments_mu, segments_sigma = torch.empty_like(kept_mu), torch.empty_like(kept_mu)
         wrap_triton(_gaussian_chunk_top_kernel)[(rows, chunks)](
-            mu, cand, lin, chunk_tops, hkv * g, p, chunks, BLOCK_P=chunk_p, num_warps=SPREAD_WARPS)
+            mu, cand, lin, chunk_tops, hkv * g, p, chunks, chunk_p, BLOCK_P=spread_p, num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_chunk_keep_kernel)[(rows, chunks)](
             mu, sigma, cand, exact_scores, lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
-            p, s, chunks, BLOCK_P=chunk_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
+            p, s, chunks, chunk_p, BLOCK_P=spread_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
             num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_gather_solve_kernel)[(rows,)](
             exact_scores, lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
-            chunks, iters, expansions, KIND=moment_kind(alpha), CHUNK_P=chunk_p,
+            chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
             GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
             SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
             num_warps=TAU_WARPS)

@@ -83,6 +83,7 @@ def tau_form(request, monkeypatch):
     monkeypatch.setattr(module, "splits", lambda rows, device: request.param == "split")
     monkeypatch.setattr(module, "SPREAD", request.param == "spread")
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "GATHER_TILE", 1)  # the join in steps of 16 entries
     return request.param
 
 

@@ -17,7 +17,7 @@ from entmaxkv.conventions import pages_to_mask
 from entmaxkv.bounds import mean_scores, quest_bounds
 from entmaxkv.reference import attend, token_scores
 from entmaxkv.state import append_token
-from helpers import fresh_seed, make_cache, on_both_backends, random_step, use_search
+from helpers import fresh_seed, kernel_launches, make_cache, on_both_backends, random_step, use_search
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
@@ -836,6 +836,7 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
     monkeypatch.setattr(module, "SPLIT", form.startswith("split"))
     monkeypatch.setattr(module, "SPREAD", form.startswith("spread"))
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "GATHER_TILE", 1)  # the join in steps of 16 entries
     if form.endswith("_long"):  # rows keep 11-27 of the 37 pages: past SHORT_P, in 16-page solve blocks
         monkeypatch.setattr(module, "SHORT_P", 4)
         monkeypatch.setattr(module, "SPLIT_SOLVE_P", 16)
@@ -858,6 +859,51 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
         monkeypatch.setattr(module, "SPREAD", False)
         one = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
         assert torch.equal(got, one), f"seed {seed}: {(got - one).abs().max()}"
+
+
+@pytest.mark.parametrize("chunks", [32, 2], ids=["a block a chunk", "blocks in turn"])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_spread_form_joins_chunks_as_the_one_kernel_keeps_pages(alpha, chunks, monkeypatch):
+    """The spread form (``spreads``: 70 pages in blocks of 16; one block a chunk — five chunks,
+    the last of 6 pages — or at most ``SPREAD_CHUNKS`` = 2 chunks of three blocks each; the
+    join in steps of 16 entries) runs its three kernels, with the one kernel's solve shape,
+    and equals the one kernel bit for bit where rows keep pages in chunks with empty chunks
+    between, before and after them, chunk 0 empty, the last partial chunk kept, and every page
+    kept (70 entries: five join steps). From an independent review."""
+    from entmaxkv.gaussian import solve_gaussian_tau
+    from entmaxkv.kernels import gaussian_tau as module
+
+    monkeypatch.setattr(module, "splits", lambda rows, device: False)
+    monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_CHUNKS", chunks)
+    monkeypatch.setattr(module, "GATHER_TILE", 1)  # 16 entries a join step
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    c, p, s = alpha - 1, 70, 16
+    mu = (torch.randn(1, 1, 4, p, generator=g, dtype=torch.float64) * 0.05 - 30) / c  # noise far below
+    sigma = torch.full_like(mu, 0.1 / c)
+    for r, pages in enumerate([[3, 40, 41, 66, 69], [20, 21, 50], [5, 9, 14]]):  # rows 0-2: needles
+        mu[0, 0, r, pages] = (1 + 0.01 * torch.rand(len(pages), generator=g, dtype=torch.float64)) / c
+    mu[0, 0, 3] = torch.randn(p, generator=g, dtype=torch.float64) * 0.1 / c  # row 3: every page kept
+    sigma[0, 0, 3] = 1.0 / c
+    candidates = torch.ones(1, p, dtype=torch.bool)
+    exact = torch.full((1, 1, 4, s), float("-inf"), dtype=torch.float64)
+    exact[..., :3] = -40.0 / c
+    seen = {}
+    with kernel_launches(lambda kernel, bound: seen.setdefault(kernel.fn.__name__, bound)):
+        monkeypatch.setattr(module, "SPREAD", True)
+        got = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+        monkeypatch.setattr(module, "SPREAD", False)
+        one = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, alpha, 50, 30)
+    assert list(seen) == ["_gaussian_chunk_top_kernel", "_gaussian_chunk_keep_kernel",
+                          "_gaussian_gather_solve_kernel", "_gaussian_tau_kernel"]
+    assert seen["_gaussian_chunk_keep_kernel"]["CHUNKS"] == (5 if chunks == 32 else 2)
+    solve, fused = seen["_gaussian_gather_solve_kernel"], seen["_gaussian_tau_kernel"]
+    assert [solve[k] for k in ("SOLVE_P", "SHORT_P", "num_warps")] == [fused[k] for k in ("SOLVE_P", "SHORT_P",
+                                                                                           "num_warps")]
+    assert torch.equal(got, one), f"seed {seed}: {(got - one).abs().max()}"
+    want = solve_gaussian_tau(mu, sigma, torch.full_like(mu, float(s)), exact, alpha, iters=50)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
 
 
 @pytest.mark.parametrize("form", ["fused", "split", "spread"])

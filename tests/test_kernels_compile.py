@@ -288,7 +288,8 @@ def test_every_specialisation_compiles_for_sm90(monkeypatch, tmp_path):
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's V pass over every survivor"
     assert any(s[1] == "_tau_kernel" and s[2].get("SUPPORT_FIRST") == ["bool", True]
                and ["tensor", "bfloat16"] in s[2].values() for s in chosen), "the τ kernel's support-first V pass"
-    for name in ("_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel"):  # both τ̂ forms
+    for name in ("_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel",  # the three τ̂ forms
+                 "_gaussian_chunk_top_kernel", "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel"):
         assert any(s[1] == name for s in chosen), name
     for bits in (4, 8):  # the code scans' inline PTX as the GPU compiles it, bfloat16 caches included
         assert any(s[1] == "_code_bounds_kernel" and s[2].get("NATIVE") == ["bool", True]
