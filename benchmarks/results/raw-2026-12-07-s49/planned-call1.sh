@@ -1,4 +1,5 @@
-# Session 49, call 1 (trimmed to fit what device time was left after many failed starts): the τ̂
+# PLANNED in session 49, NOT RUN: no device machine could be started all session (14 starts failed, 11
+# calls were refused; the failed starts spent the 30 device minutes). Run from the repository root. The τ̂
 # kernel at B = 1 (rows leave SMs idle) — the one kernel against the new spread form
 # (gaussian_tau.SPREAD: (row, chunk) programs for the kept pages, then one solve program a row) —
 # alone and in the Gaussian step; the gpu test of the τ̂ forms; the Gaussian step at B = 16 on
