@@ -30,7 +30,7 @@ from entmaxkv.bounds import _gamma, mean_scores, quest_bounds, score_rounding_er
 from entmaxkv.certificate import pages_above, safe_tau_lower_bound
 from entmaxkv.conventions import group_queries, pages_to_mask, work_dtype
 from entmaxkv.entmax import lin
-from entmaxkv.gaussian import gaussian_keep, solve_gaussian_tau
+from entmaxkv.gaussian import gaussian_keep, page_max_z, solve_gaussian_tau
 from entmaxkv.page_box import box_upper
 from entmaxkv.newest_page import candidate_page_mask, newest_page_mask, newest_page_scores
 from entmaxkv.reference import attend, token_scores
@@ -193,10 +193,11 @@ class ReferenceOps(PageSets):
         count = quest_count(self.candidates, budget_pages, coverage)
         return self.top_pages(key, count)  # forced pages (key +inf) always kept
 
-    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
+    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, max_quantile: float,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
                        sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
         forced = forced_page_mask(self.cache, self.candidates, sink_pages, recent_pages)
+        z = page_max_z(max_quantile, self.cache.page_size, mu)
         return gaussian_keep(self.candidates, forced, mu, sigma, upper, tau_hat, z, self.alpha, safety_margin_z,
                              excess_margin_fraction, outlier_margin)
 
@@ -320,7 +321,7 @@ class KernelOps(PageSets):
         bound = None if budget_pages is None else max(budget_pages, sink_pages + recent_pages)
         return self._keep_list(mask, pages, count, floor, None if means is None else magnitude, bound)
 
-    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
+    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, max_quantile: float,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
                        sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
         # one op: margins, kept pages, their list and the attention's score floor (about a
@@ -332,7 +333,7 @@ class KernelOps(PageSets):
                                                                    device=mu.device)
         pages, count, mask, tau_floor, floor = torch.ops.entmaxkv.gaussian_select(
             mu, sigma, upper, self.means if scored else mu, self.absmax if scored else mu,
-            tau_hat.to(torch.float64).contiguous(), z.to(torch.float64), newest, c.seq_lens, self.alibi_slopes,
+            tau_hat.to(torch.float64).contiguous(), max_quantile, newest, c.seq_lens, self.alibi_slopes,
             c.page_size, self.alpha, float(safety_margin_z), float(excess_margin_fraction),
             0.0 if outlier_margin is None else float(outlier_margin), outlier_margin is not None, sink_pages,
             recent_pages, mean_slack((self.means if scored else mu).dtype, c.page_size, c.head_dim))

@@ -17,6 +17,7 @@ bisection steps solves it with no host sync.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,8 @@ from entmaxkv.entmax import lin, rho
 from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.validation import check_count, check_real
 
-__all__ = ["Gaussian", "gaussian_keep", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat", "fejer_rule"]
+__all__ = ["Gaussian", "gaussian_keep", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat",
+           "fejer_rule", "normal_quantile", "page_max_z"]
 
 TAU_MODES = ("exact", "fixed", "corrected")
 
@@ -172,12 +174,12 @@ def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
 
 
 def gaussian_keep(candidates: Tensor, forced: Tensor, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor,
-                  z: Tensor, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
+                  z: float, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
                   outlier_margin: float | None) -> tuple[Tensor, Tensor]:
     """``Gaussian``'s page rule (its docstring, rules 1–3) -> ``(keep [B, Hkv, P] bool,
     tau_floor [B, Hkv, G] float64)``: candidates [B, 1, P] and forced [B, 1, P] bool; μ, σ, U
-    [B, Hkv, G, P] (read in float64); τ̂ [B, Hkv, G] float64; z: 0-d float64, the quantile of a
-    page's estimated maximum. The ``gaussian_select`` op computes the same on the kernels."""
+    [B, Hkv, G, P] (read in float64); τ̂ [B, Hkv, G] float64; z: the quantile of a page's
+    estimated maximum (``normal_quantile``). The ``gaussian_select`` op computes the same on the kernels."""
     c = lin(alpha)
     cand = candidates[:, :, None, :]  # [B, 1, 1, P]
     mu, sigma = mu.double(), sigma.double()
@@ -282,9 +284,8 @@ class Gaussian(Selector):
         # "fixed" and "corrected" modes still make them below, for their clamp)
         tau_hat = gaussian_tau_hat(step, step.means, step.sigma, self.solver_iters)
 
-        z = _normal_quantile(self.max_quantile ** (1.0 / size), tau_hat)
         keep, tau_floor = step.ops.gaussian_pages(
-            step.means, step.sigma, step.upper, tau_hat, z, self.safety_margin_z,
+            step.means, step.sigma, step.upper, tau_hat, self.max_quantile, self.safety_margin_z,
             self.threshold_excess_margin_fraction, self.outlier_margin, self.sink_pages, self.recent_pages)
         if self.tau_mode == "exact":
             return Selection(keep)
@@ -294,7 +295,7 @@ class Gaussian(Selector):
         newest_top = step.newest_scores.double().amax(-1)
         tau = tau_hat
         if self.clamp_tau:
-            zc = _normal_quantile(self.tau_clamp_page_max_quantile ** (1.0 / size), mu)
+            zc = page_max_z(self.tau_clamp_page_max_quantile, size, mu)
             cap = torch.where(kept, mu + zc * sigma, torch.full_like(mu, float("-inf"))).amax(-1)
             upper = torch.maximum(c * torch.maximum(cap, newest_top) - 1e-4, tau_floor)
             tau = torch.minimum(tau, upper)
@@ -304,7 +305,21 @@ class Gaussian(Selector):
         return Selection(keep, tau=tau, refine_iters=iters if self.tau_mode == "corrected" else 0)
 
 
-def _normal_quantile(p: float, like: Tensor) -> Tensor:
-    """Φ⁻¹(p) as a 0-d tensor: traceable by torch.compile (unlike statistics.NormalDist), and a
-    fill rather than a host-to-device copy, so it is also legal inside CUDA-graph capture."""
-    return torch.special.ndtri(torch.full((), p, dtype=like.dtype, device=like.device))
+def normal_quantile(p: float) -> float:
+    """Φ⁻¹(p), 0 < p < 1, as a Python float, on the host. Within 8 ulps of the exact quantile
+    (``tests/test_selectors.py``; measured at most 5, float64 ``ndtri`` 3)."""
+    return statistics.NormalDist().inv_cdf(p)
+
+
+def page_max_z(quantile: float, page_size: int, like: Tensor) -> float | Tensor:
+    """z for the ``quantile`` of the largest of ``page_size`` standard normal draws,
+    Φ⁻¹(quantile^(1/page_size)): a Python float in an eager step, so that the step launches
+    nothing for it (it was a fill and an ``ndtri`` a step, ~5 µs of a B = 1 step on the H100);
+    a 0-d float64 tensor on ``like``'s device under torch.compile, which cannot trace
+    ``statistics`` and may trace the numbers as symbols (a second config recompiling the same
+    code). ``gaussian_select`` computes z from the same numbers with ``normal_quantile``, where
+    they are concrete."""
+    p = quantile ** (1.0 / page_size)
+    if torch.compiler.is_compiling():
+        return torch.special.ndtri(torch.full((), p, dtype=torch.float64, device=like.device))
+    return normal_quantile(p)

@@ -47,13 +47,14 @@ class StepOps(Protocol):
         n candidates (``topk.quest_count``); forced pages are kept beyond that count. The same
         contract as ``top_pages``' mask: do not modify it in place."""
 
-    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, z: Tensor,
+    def gaussian_pages(self, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor, max_quantile: float,
                        safety_margin_z: float, excess_margin_fraction: float, outlier_margin: float | None,
                        sink_pages: int, recent_pages: int) -> tuple[Tensor, Tensor]:
         """``(keep [B, Hkv, P] bool, tau_floor [B, Hkv, G] float64)``: ``Gaussian``'s page rule
-        (``gaussian.gaussian_keep``) over the candidates, with the first ``sink_pages`` and the
-        ``recent_pages`` before the newest page forced (the kernel ops run it as one op). The
-        same contract as ``top_pages``' mask: do not modify it in place."""
+        (``gaussian.gaussian_keep``, z from ``max_quantile``: ``gaussian.page_max_z``) over the
+        candidates, with the first ``sink_pages`` and the ``recent_pages`` before the newest page
+        forced (the kernel ops run it as one op). The same contract as ``top_pages``' mask: do
+        not modify it in place."""
 
     def attend(self, page_mask: Tensor | None, tau: Tensor | None = None, refine_iters: int = 0,
                all_pages: bool = False, fits: Tensor | None = None) -> tuple[Tensor, Tensor]:

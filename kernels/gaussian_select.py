@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from entmaxkv.gaussian import normal_quantile
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -73,9 +74,10 @@ def _moments_kernel(
 
 @triton.jit
 def _keep_kernel(
-    mu, sigma, upper, means, absmax, slopes, tau_hat, z_ptr, seq_lens, moments, mask, kept, tau_floor, chunk_floor,
+    mu, sigma, upper, means, absmax, slopes, tau_hat, seq_lens, moments, mask, kept, tau_floor, chunk_floor,
     slack,
-    c_hi, c_mid, c_lo, sz_hi, sz_mid, sz_lo, ef_hi, ef_mid, ef_lo, om_hi, om_mid, om_lo, sink, recent, H, P, NCHUNK,
+    z_hi, z_mid, z_lo, c_hi, c_mid, c_lo, sz_hi, sz_mid, sz_lo, ef_hi, ef_mid, ef_lo, om_hi, om_mid, om_lo, sink,
+    recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
     OUTLIER: tl.constexpr, HAS_ALIBI: tl.constexpr,
 ):
@@ -111,7 +113,7 @@ def _keep_kernel(
     cand = idx < n
     ok = (gs[:, None] < G) & cand[None, :]
     pa = (row * G + gs[:, None]) * P + idx[None, :]
-    z = tl.load(z_ptr)
+    z = _float64_of(z_hi, z_mid, z_lo)
     m = tl.load(mu + pa, mask=ok, other=0.0).to(tl.float64)
     s = tl.load(sigma + pa, mask=ok, other=0.0).to(tl.float64)
     reaches = ok & (c * (m + z * s) > floor[:, None])
@@ -185,7 +187,7 @@ def _list_floor_kernel(
 @triton_op("entmaxkv::gaussian_select", mutates_args=())
 def gaussian_select(
     mu: torch.Tensor, sigma: torch.Tensor, upper: torch.Tensor, means: torch.Tensor, absmax: torch.Tensor,
-    tau_hat: torch.Tensor, z: torch.Tensor, newest_floor: torch.Tensor, seq_lens: torch.Tensor,
+    tau_hat: torch.Tensor, max_quantile: float, newest_floor: torch.Tensor, seq_lens: torch.Tensor,
     alibi_slopes: torch.Tensor | None, page_size: int, alpha: float, safety_margin_z: float,
     excess_margin_fraction: float, outlier_margin: float, use_outlier: bool, sink_pages: int, recent_pages: int,
     slack: float,
@@ -196,14 +198,17 @@ def gaussian_select(
     mu, sigma, upper: [B, Hkv, G, P] (the Gaussian model's page score means and stds, and
     ``page_bounds``' upper); means, absmax: [B, Hkv, G, P] (``page_bounds``' mean and absmax,
     for the floor: read for kept pages only) — all in the work dtype, entries of pages that are
-    not candidates never read; tau_hat: [B, Hkv, G] float64 (the model's τ̂); z: 0-d float64,
-    the quantile of a page's estimated maximum; newest_floor: [B, Hkv, G] work dtype, the
+    not candidates never read; tau_hat: [B, Hkv, G] float64 (the model's τ̂); max_quantile: the
+    quantile of a page's maximum (``Gaussian.max_quantile``; z = Φ⁻¹(max_quantile^(1/page_size))
+    is computed here, on the host, by ``gaussian.normal_quantile``: no launch, and the value
+    is concrete here even where torch.compile traced it as a symbol); newest_floor: [B, Hkv, G] work dtype, the
     newest page's score floor; seq_lens: [B] int64 (after the append); alibi_slopes: optional
     [Hq]; α in (1, 2]; the margins as in ``Gaussian`` (``outlier_margin`` read only with
     ``use_outlier``); sink_pages, recent_pages >= 0; slack: ``mean_slack`` of the work dtype
     (a power of two). floor: ``KernelOps.score_floor`` of the kept pages (the module docstring).
     """
     b, hkv, g, p = mu.shape
+    z = normal_quantile(float(max_quantile) ** (1.0 / page_size))
     chunks = triton.cdiv(p, CHUNK)
     dev = mu.device
     moments = torch.empty((b, hkv, chunks, 4, g), dtype=torch.float64, device=dev)
@@ -221,8 +226,8 @@ def gaussian_select(
     wrap_triton(_moments_kernel)[(b * hkv, chunks)](mu, sigma, seq_lens, moments, hkv, p, chunks, **shape,
                                                      num_warps=NUM_WARPS)
     wrap_triton(_keep_kernel)[(b * hkv, chunks)](
-        mu, sigma, upper, means, absmax, alibi_slopes if alibi_slopes is not None else mu, tau_hat, z, seq_lens,
-        moments, mask, kept, tau_floor, chunk_floor, slack, *float64_words(alpha - 1.0),
+        mu, sigma, upper, means, absmax, alibi_slopes if alibi_slopes is not None else mu, tau_hat, seq_lens,
+        moments, mask, kept, tau_floor, chunk_floor, slack, *float64_words(z), *float64_words(alpha - 1.0),
         *float64_words(safety_margin_z), *float64_words(excess_margin_fraction),
         *float64_words(outlier_margin if use_outlier else 0.0), sink_pages, recent_pages, hkv, p, chunks,
         **shape, NCHUNK_PAD=max(2, next_pow2(chunks)), OUTLIER=use_outlier, HAS_ALIBI=alibi_slopes is not None,
@@ -234,7 +239,7 @@ def gaussian_select(
 
 
 @gaussian_select.register_fake
-def _(mu, sigma, upper, means, absmax, tau_hat, z, newest_floor, seq_lens, alibi_slopes, page_size, alpha,
+def _(mu, sigma, upper, means, absmax, tau_hat, max_quantile, newest_floor, seq_lens, alibi_slopes, page_size, alpha,
       safety_margin_z, excess_margin_fraction, outlier_margin, use_outlier, sink_pages, recent_pages, slack):
     b, hkv, g, p = mu.shape
     return (mu.new_empty((b, hkv, p), dtype=torch.int32), mu.new_empty((b, hkv), dtype=torch.int32),

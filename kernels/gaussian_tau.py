@@ -37,6 +37,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule
+from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
 __all__ = ["gaussian_tau", "moment_kind", "splits", "spreads"]
 
@@ -111,9 +112,15 @@ SPLIT_SOLVE_P = 128
 # pages), so that the join's [entries, chunks] tile (GATHER_TILE elements) takes at least 256
 # entries a step: a row that keeps every page of 1M tokens joins them in 256 steps. Three launches
 # instead of one; a second float64 scratch of 2·B·Hq·P elements (the segments). Predicted on the
-# H100 at 128K, B = 1, needle inputs (the τ̂ kernel alone 46 µs, session 48): ~15 µs. Not
-# measured: off.
-SPREAD = False
+# H100 at 128K, B = 1, needle inputs (the τ̂ kernel alone 46 µs, session 48): ~15 µs. Measured
+# (session 50, H100, needles 4, perf-log row 156): the kernel alone at 8,192 pages 46.6 -> 40.5 µs
+# (SPREAD_P 256 / 1,024: 40.6 / 41.0), at 4,096 level (40.3 / 40.3): the passes over the pages
+# were ~12 µs of it, the solve over the few kept pages (a Newton step's float64 terms, one after
+# another) the rest. The Gaussian step at B = 1: 128K 135.9 / 135.7 -> 128.1 µs, 64K 101.6 / 99.4
+# -> 103.4 (two more launches for nothing). So on from SPREAD_MIN_PAGES pages a row (128K tokens at
+# 16 a page), the measured win; below, the one kernel.
+SPREAD = True
+SPREAD_MIN_PAGES = 8192
 SPREAD_P = 512
 SPREAD_WARPS = 4
 SPREAD_CHUNKS = 32
@@ -128,8 +135,9 @@ def splits(rows: int, device: torch.device) -> bool:
 
 def spreads(rows: int, pages: int, device: torch.device) -> bool:
     """Whether τ̂ runs as the spread form's three kernels (``SPREAD``): where the rows leave
-    SMs idle (not ``splits``) and a row has more than one chunk of ``SPREAD_P`` pages."""
-    return bool(SPREAD) and not splits(rows, device) and pages > SPREAD_P
+    SMs idle (not ``splits``) and a row has at least ``SPREAD_MIN_PAGES`` pages and more than
+    one chunk of ``SPREAD_P``."""
+    return bool(SPREAD) and not splits(rows, device) and pages > SPREAD_P and pages >= SPREAD_MIN_PAGES
 
 
 def moment_kind(alpha: float) -> int:
@@ -304,7 +312,7 @@ def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
 def _block_tops(mu, cand, lin, row, b, P, p):
     """(α−1)·μ of one block of a row's pages ``p`` in float64, −inf where a page is past P or
     not a candidate."""
-    ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+    ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)  # the bool mask as it is
     return tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin, float("-inf"))
 
 
@@ -327,7 +335,7 @@ def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEG
     """Copies, in page order, the (α−1)·μ and (α−1)·σ of the pages of block ``p`` that can
     matter at the low end ``least`` to ``kept_m`` / ``kept_s`` (the next free entries of the
     row's scratch) and returns how many (the float32 bound of ``_keep_pages``' comment)."""
-    ok = (p < P) & (tl.load(cand + b * P + p, mask=p < P, other=0) != 0)
+    ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)  # the bool mask as it is
     m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     a = (m - least).to(tl.float32)
@@ -450,13 +458,13 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
 
 @triton.jit
 def _gaussian_tau_kernel(
-    mu, sigma, cand, exact, lin_ptr, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
+    mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
     NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
-    lin = tl.load(lin_ptr)  # α − 1 in float64 (a float argument would arrive as float32)
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)  # α − 1 in float64 (a float argument would arrive as float32)
     nodes, weights = _quadrature_rule(KIND, NODES)
     top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, row // HQ, P, S,
                                          BLOCK_P, BLOCK_S, NEGLIGIBLE)
@@ -467,11 +475,12 @@ def _gaussian_tau_kernel(
 
 
 @triton.jit
-def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_ptr, kept_mu, kept_sigma, counts, tops, lows, HQ, P, S,
-                          BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_mu, kept_sigma, counts, tops, lows, HQ,
+                          P, S, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
     """The split form's first kernel: a row's kept pages, their count, its top and low end."""
     row = tl.program_id(0).to(tl.int64)
-    top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, tl.load(lin_ptr), kept_mu, kept_sigma, row,
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)
+    top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row,
                                          row // HQ, P, S, BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.store(counts + row, n_kept)
     tl.store(tops + row, top_all)
@@ -479,12 +488,12 @@ def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_ptr, kept_mu, kept_sigma, 
 
 
 @triton.jit
-def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S, iters, expansions,
-                           KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
-                           NODES: tl.constexpr):
+def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S,
+                           iters, expansions, KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr,
+                           BLOCK_S: tl.constexpr, NODES: tl.constexpr):
     """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
     row = tl.program_id(0).to(tl.int64)
-    lin = tl.load(lin_ptr)
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row),
                     tl.load(lows + row), exact, row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
@@ -493,12 +502,13 @@ def _gaussian_solve_kernel(exact, lin_ptr, tau_out, kept_mu, kept_sigma, counts,
 
 
 @triton.jit
-def _gaussian_chunk_top_kernel(mu, cand, lin_ptr, chunk_tops, HQ, P, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr):
+def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ, P, CHUNKS, CHUNK_P,
+                               BLOCK_P: tl.constexpr):
     """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (CHUNK_P of
     them, in blocks of BLOCK_P) a program, to ``chunk_tops`` [rows, CHUNKS]."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    lin = tl.load(lin_ptr)
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)
     lanes = tl.arange(0, BLOCK_P)
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
     for start in range(chunk * CHUNK_P, chunk * CHUNK_P + CHUNK_P, BLOCK_P):
@@ -507,16 +517,16 @@ def _gaussian_chunk_top_kernel(mu, cand, lin_ptr, chunk_tops, HQ, P, CHUNKS, CHU
 
 
 @triton.jit
-def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, segments_mu, segments_sigma, counts,
-                                tops, lows, HQ, P, S, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
-                                BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, chunk_tops, segments_mu,
+                                segments_sigma, counts, tops, lows, HQ, P, S, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr,
+                                BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr):
     """The spread form's second kernel: one chunk's kept pages, in page order, to the chunk's
     segment of the row's scratch (entries chunk·CHUNK_P on) and their count to ``counts``
     [rows, CHUNKS]; the row's top and low end (every chunk computes them alike from
     ``chunk_tops``; chunk 0 stores them)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    lin = tl.load(lin_ptr)
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)
     c = tl.arange(0, BLOCK_C)
     top_page = tl.max(tl.load(chunk_tops + row * CHUNKS + c, mask=c < CHUNKS, other=float("-inf")))
     top_exact = _newest_top(exact, lin, row, S, BLOCK_S)
@@ -535,9 +545,9 @@ def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_ptr, chunk_tops, seg
 
 
 @triton.jit
-def _gaussian_gather_solve_kernel(exact, lin_ptr, tau_out, segments_mu, segments_sigma, kept_mu, kept_sigma, counts,
-                                  tops, lows, P, S, CHUNKS, CHUNK_P, iters, expansions, KIND: tl.constexpr,
-                                  GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
+def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segments_mu, segments_sigma, kept_mu,
+                                  kept_sigma, counts, tops, lows, P, S, CHUNKS, CHUNK_P, iters, expansions,
+                                  KIND: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
                                   SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
                                   NODES: tl.constexpr):
     """The spread form's third kernel: a row's chunk segments joined, in page order, into its
@@ -559,7 +569,7 @@ def _gaussian_gather_solve_kernel(exact, lin_ptr, tau_out, segments_mu, segments
         tl.store(kept_mu + row * P + i, tl.load(segments_mu + source, mask=ok), mask=ok)
         tl.store(kept_sigma + row * P + i, tl.load(segments_sigma + source, mask=ok), mask=ok)
     tl.debug_barrier()  # every thread's entries are stored before any is read
-    lin = tl.load(lin_ptr)
+    lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, tl.load(tops + row), tl.load(lows + row), exact,
                     row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
@@ -585,20 +595,20 @@ def gaussian_tau(
     b, hkv, g, p = mu.shape
     s = exact_scores.shape[-1]
     tau = torch.empty((b, hkv, g), dtype=torch.float64, device=mu.device)
-    lin = torch.full((1,), alpha - 1.0, dtype=torch.float64, device=mu.device)  # a fill, not a copy
+    lin = float64_words(alpha - 1.0)  # exact α − 1, three int arguments (no launch for a fill)
     kept_mu = torch.empty((b * hkv * g, p), dtype=torch.float64, device=mu.device)  # scratch
     kept_sigma = torch.empty_like(kept_mu)
-    rows, cand = b * hkv * g, candidates.to(torch.int8)
+    rows, cand = b * hkv * g, candidates  # read as bool: no conversion launch
     block_p, block_s = min(BLOCK_P, max(16, next_pow2(p))), max(16, next_pow2(s))
     if splits(rows, mu.device):
         counts = torch.empty(rows, dtype=torch.int32, device=mu.device)
         tops = torch.empty(rows, dtype=torch.float64, device=mu.device)
         lows = torch.empty_like(tops)
         wrap_triton(_gaussian_keep_kernel)[(rows,)](
-            mu, sigma, cand, exact_scores, lin, kept_mu, kept_sigma, counts, tops, lows, hkv * g, p, s,
+            mu, sigma, cand, exact_scores, *lin, kept_mu, kept_sigma, counts, tops, lows, hkv * g, p, s,
             BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, num_warps=KEEP_WARPS)
         wrap_triton(_gaussian_solve_kernel)[(rows,)](
-            exact_scores, lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
+            exact_scores, *lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
             BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
         return tau
@@ -614,20 +624,20 @@ def gaussian_tau(
         lows = torch.empty_like(tops)
         segments_mu, segments_sigma = torch.empty_like(kept_mu), torch.empty_like(kept_mu)
         wrap_triton(_gaussian_chunk_top_kernel)[(rows, chunks)](
-            mu, cand, lin, chunk_tops, hkv * g, p, chunks, chunk_p, BLOCK_P=spread_p, num_warps=SPREAD_WARPS)
+            mu, cand, *lin, chunk_tops, hkv * g, p, chunks, chunk_p, BLOCK_P=spread_p, num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_chunk_keep_kernel)[(rows, chunks)](
-            mu, sigma, cand, exact_scores, lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
+            mu, sigma, cand, exact_scores, *lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
             p, s, chunks, chunk_p, BLOCK_P=spread_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
             num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_gather_solve_kernel)[(rows,)](
-            exact_scores, lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
+            exact_scores, *lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
             chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
             GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
             SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
             num_warps=TAU_WARPS)
         return tau
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
-        mu, sigma, cand, exact_scores, lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
+        mu, sigma, cand, exact_scores, *lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
         NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), num_warps=TAU_WARPS,
     )

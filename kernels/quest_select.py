@@ -171,18 +171,17 @@ def list_capacity(num_pages: int, budget_pages: int, coverage: float, sink_pages
 
 
 def float64_words(x: float) -> tuple[int, int, int]:
-    """The IEEE bits of float64 ``x`` >= 0 as three 21-bit ints (high first), each a plain
-    32-bit kernel argument; ``_float64_of`` puts them back together."""
-    bits = struct.unpack("<q", struct.pack("<d", float(x)))[0]
-    if bits < 0:
-        raise ValueError(f"float64_words takes x >= 0, got {x}")
+    """The IEEE bits of float64 ``x`` as three ints (high first: 22 bits with the sign, then
+    21 and 21), each a plain 32-bit kernel argument; ``_float64_of`` puts them back together."""
+    bits = struct.unpack("<Q", struct.pack("<d", float(x)))[0]
     return bits >> 42, (bits >> 21) & 0x1FFFFF, bits & 0x1FFFFF
 
 
 @triton.jit
 def _float64_of(high, middle, low):
     """The float64 whose bits ``float64_words`` split (ints or, when Triton specialises a
-    value of 1, constexprs: hence the additions instead of ``.to``)."""
+    value of 1, constexprs: hence the additions instead of ``.to``). A negative x's high word
+    has bit 21 set, which the shift moves to bit 63, the sign (int64 shifts wrap)."""
     zero = tl.full((), 0, tl.int64)
     bits = ((zero + high) << 42) | ((zero + middle) << 21) | (zero + low)
     return bits.to(tl.float64, bitcast=True)

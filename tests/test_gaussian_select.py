@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from entmaxkv.gaussian import _normal_quantile, gaussian_keep
+from entmaxkv.gaussian import gaussian_keep, normal_quantile
 from entmaxkv.newest_page import candidate_page_mask
 from entmaxkv.topk import forced_page_mask
 from helpers import fresh_seed, kept_pages_floor, kernel_step_after_append, lengths_only_cache
@@ -42,11 +42,11 @@ def _case(seed: int, group: int, dtype: torch.dtype):
     return cache, mu, sigma, upper, tau_hat, rnd, (means, absmax, newest, slopes)
 
 
-def _select(cache, mu, sigma, upper, tau_hat, z, alpha, safety, excess, outlier, sink, recent, floor_inputs,
+def _select(cache, mu, sigma, upper, tau_hat, quantile, alpha, safety, excess, outlier, sink, recent, floor_inputs,
             alibi=False):
     """The op with the margins as ``Gaussian`` takes them (``outlier`` None: no outlier rule)."""
     means, absmax, newest, slopes = floor_inputs
-    return gaussian_select(mu, sigma, upper, means, absmax, tau_hat, z, newest, cache.seq_lens,
+    return gaussian_select(mu, sigma, upper, means, absmax, tau_hat, quantile, newest, cache.seq_lens,
                            slopes if alibi else None, S, alpha, safety, excess, 0.0 if outlier is None else outlier,
                            outlier is not None, sink, recent, mean_slack(mu.dtype, S, 16))
 
@@ -64,7 +64,8 @@ def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monk
     slack = mean_slack(dtype, S, 16)
     for _ in range(3):
         alpha = rnd.choice([1.5, 2.0, 4 / 3])
-        z = _normal_quantile(rnd.choice([0.995, 0.5, 0.9]) ** (1 / S), mu.double())
+        quantile = rnd.choice([0.995, 0.5, 0.9, 1e-9])  # 1e-9: z < 0
+        z = normal_quantile(quantile ** (1 / S))
         safety, excess = rnd.choice([0.0, 0.5]), rnd.choice([0.0, 0.1, 1.0])
         outlier = rnd.choice([None, 0.0, 1.0])
         sink, recent = rnd.choice([0, 1, 3]), rnd.choice([0, 2])
@@ -74,8 +75,9 @@ def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monk
         forced = forced_page_mask(cache, candidates, sink, recent)
         want, want_floor = gaussian_keep(candidates, forced, mu, sigma, upper, tau_hat, z, alpha, safety, excess,
                                          outlier)
-        pages, count, mask, tau_floor, floor = _select(cache, mu, sigma, upper, tau_hat, z, alpha, safety, excess,
-                                                       outlier, sink, recent, (means, absmax, newest, slopes), alibi)
+        pages, count, mask, tau_floor, floor = _select(cache, mu, sigma, upper, tau_hat, quantile, alpha, safety,
+                                                       excess, outlier, sink, recent, (means, absmax, newest, slopes),
+                                                       alibi)
         # the means are summed in another order: τ_floor agrees to rounding, and a page decided
         # the other way must sit within rounding of its threshold (none has, so far)
         torch.testing.assert_close(tau_floor, want_floor, rtol=1e-12, atol=1e-12, msg=msg)
@@ -93,14 +95,13 @@ def test_gaussian_select_keeps_forced_pages_and_margins_matter(poison):
     """Hand-made rows: a huge τ̂ keeps only forced pages (and, with the outlier rule, pages
     whose bound reaches it); a τ̂ far below every page keeps every candidate."""
     cache, mu, sigma, upper, tau_hat, _, floor_inputs = _case(fresh_seed(), 2, torch.float64)
-    z = _normal_quantile(0.995 ** (1 / S), mu)
     candidates = candidate_page_mask(cache)
     high = torch.full_like(tau_hat, 1e6)
-    _, _, mask, _, _ = _select(cache, mu, sigma, upper, high, z, 1.5, 0.0, 0.0, None, 1, 2, floor_inputs)
+    _, _, mask, _, _ = _select(cache, mu, sigma, upper, high, 0.995, 1.5, 0.0, 0.0, None, 1, 2, floor_inputs)
     assert torch.equal(mask, forced_page_mask(cache, candidates, 1, 2).expand_as(mask))
     upper = upper.clone()
     upper[1, 0, 1, 0] = 3e6  # (α − 1)·U = 1.5e6 >= τ̂ + 1: the outlier rule keeps page 0 of row (1, 0)
-    _, _, mask, _, floor = _select(cache, mu, sigma, upper, high, z, 1.5, 0.0, 0.0, 1.0, 0, 0, floor_inputs)
+    _, _, mask, _, floor = _select(cache, mu, sigma, upper, high, 0.995, 1.5, 0.0, 0.0, 1.0, 0, 0, floor_inputs)
     assert mask.nonzero().tolist() == [[1, 0, 0]]
     # no page kept elsewhere: the newest page's floor alone (−inf in row (1, 0) without it)
     means, absmax, newest, _ = floor_inputs
@@ -108,19 +109,18 @@ def test_gaussian_select_keeps_forced_pages_and_margins_matter(poison):
     assert torch.equal(floor[2:], newest[2:])
     assert torch.equal(floor[1, 0], means[1, 0, :, 0] - mean_slack(torch.float64, S, 16) * absmax[1, 0, :, 0])
     low = torch.full_like(tau_hat, -1e6)
-    _, _, mask, _, _ = _select(cache, mu, sigma, upper, low, z, 1.5, 0.0, 0.0, None, 0, 0, floor_inputs)
+    _, _, mask, _, _ = _select(cache, mu, sigma, upper, low, 0.995, 1.5, 0.0, 0.0, None, 0, 0, floor_inputs)
     assert torch.equal(mask, candidates.expand_as(mask))
 
 
 def test_gaussian_select_opcheck():
     """Fake tensor, schema and dispatch checks of the op's registration."""
     cache, mu, sigma, upper, tau_hat, _, (means, absmax, newest, slopes) = _case(fresh_seed(), 2, torch.float32)
-    z = _normal_quantile(0.995 ** (1 / S), tau_hat)
     with torch._functorch.config.patch(decompose_custom_triton_ops=False):
         for alibi in (None, slopes):
             torch.library.opcheck(torch.ops.entmaxkv.gaussian_select.default,
-                                  (mu, sigma, upper, means, absmax, tau_hat, z, newest, cache.seq_lens, alibi, S, 1.5,
-                                   0.0, 0.1, 1.0, True, 1, 0, 2.0 ** -10))
+                                  (mu, sigma, upper, means, absmax, tau_hat, 0.995, newest, cache.seq_lens, alibi, S,
+                                   1.5, 0.0, 0.1, 1.0, True, 1, 0, 2.0 ** -10))
 
 
 @pytest.mark.parametrize("alibi", [False, True])
@@ -134,8 +134,7 @@ def test_gaussian_pages_floor_equals_a_fresh_steps(alibi):
     cache, fresh = kernel_step_after_append(seed, alibi, 1.5, needs_sigma=True)
     step = fresh()
     tau_hat = gaussian_tau_hat(step, step.means, step.sigma)
-    z = _normal_quantile(0.995 ** (1 / cache.page_size), tau_hat)
-    mask, _ = step.ops.gaussian_pages(step.means, step.sigma, step.upper, tau_hat - 0.5, z, 1.0, 0.1, None, 0, 0)
+    mask, _ = step.ops.gaussian_pages(step.means, step.sigma, step.upper, tau_hat - 0.5, 0.995, 1.0, 0.1, None, 0, 0)
     msg = f"seed {seed}"
     assert bool(mask.any()) and not bool(mask.all()), msg
     other = fresh().ops
@@ -157,8 +156,7 @@ def test_gaussian_pages_floor_with_float64_mu(alibi):
     step = fresh()
     mu, sigma = step.means.double(), step.sigma.double()
     tau_hat = gaussian_tau_hat(step, mu, sigma)
-    z = _normal_quantile(0.995 ** (1 / cache.page_size), tau_hat)
-    mask, _ = step.ops.gaussian_pages(mu, sigma, step.upper.double(), tau_hat - 0.5, z, 1.0, 0.1, None, 0, 0)
+    mask, _ = step.ops.gaussian_pages(mu, sigma, step.upper.double(), tau_hat - 0.5, 0.995, 1.0, 0.1, None, 0, 0)
     assert bool(mask.any()), seed
     assert torch.equal(step.ops._listed.floor, fresh().ops.score_floor(mask.clone())), f"seed {seed}"
 
@@ -181,8 +179,7 @@ def test_gaussian_pages_without_page_means_leaves_the_floor_to_attend(alibi):
     assert step.means is None
     mu = ref.upper + 10.0  # a model μ above every score
     tau_hat = torch.full(mu.shape[:3], -1e3, dtype=torch.float64)
-    z = torch.tensor(2.0, dtype=torch.float64)
-    mask, _ = step.ops.gaussian_pages(mu, ref.sigma, ref.upper, tau_hat, z, 0.0, 0.0, None, 0, 0)
+    mask, _ = step.ops.gaussian_pages(mu, ref.sigma, ref.upper, tau_hat, 0.9, 0.0, 0.0, None, 0, 0)
     assert bool(mask.any()), seed
     assert step.ops._listed.floor is None, seed
     out, tau = step.ops.attend(mask)

@@ -4,6 +4,7 @@ some *attended* token truly reaches; the float64 argument split must be lossless
 kernel must solve the reference's F (and its erfc be accurate); a streamed quest_select row
 must read back only keys it stored."""
 
+import math
 import struct
 
 import pytest
@@ -19,16 +20,37 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from entmaxkv.kernels.gaussian_tau import _erfc  # noqa: E402
-from entmaxkv.kernels.quest_select import float64_words, quest_select  # noqa: E402
+from entmaxkv.kernels.quest_select import _float64_of, float64_words, quest_select  # noqa: E402
 from test_quest_select import S, after_append, step_bounds  # noqa: E402
 
+ON_THE_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                            reason="needs CUDA")])
 
-@pytest.mark.parametrize("x", [0.0, 1 / 3, 0.56, 0.1, 0.125, 1.0, 2.0, 1e-300, 5e-324, 0.9999999999999999])
+
+@pytest.mark.parametrize("x", [0.0, 1 / 3, 0.56, 0.1, 0.125, 1.0, 2.0, 1e-300, 5e-324, 0.9999999999999999,
+                               -0.0, -1 / 3, -3.4198878416854415, -1e300, -5e-324])
 def test_float64_words_is_lossless(x):
     high, middle, low = float64_words(x)
-    assert all(0 <= w < 2 ** 21 for w in (high, middle, low))
+    assert 0 <= high < 2 ** 22 and all(0 <= w < 2 ** 21 for w in (middle, low))
+    assert (high >= 2 ** 21) == (math.copysign(1.0, x) < 0)  # the sign bit
     bits = (high << 42) | (middle << 21) | low
-    assert struct.unpack("<d", struct.pack("<q", bits))[0] == x
+    back = struct.unpack("<d", struct.pack("<Q", bits))[0]
+    assert back == x and math.copysign(1.0, back) == math.copysign(1.0, x)
+
+
+@triton.jit
+def _float64_words_kernel(out, high, middle, low):
+    tl.store(out, _float64_of(high, middle, low))
+
+
+@pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])
+def test_float64_of_puts_the_words_back_in_a_kernel(device):
+    """The kernel side of ``float64_words``, negative values included (the sign's shift into
+    bit 63 wraps in int64): every bit back, the sign of −0.0 too."""
+    for x in (0.0, -0.0, 1 / 3, -1 / 3, 0.5, -3.4198878416854415, 1e-300, -1e300, -5e-324, float("-inf")):
+        out = torch.full((1,), float("nan"), dtype=torch.float64, device=device)
+        _float64_words_kernel[(1,)](out, *float64_words(x))
+        assert struct.pack("<d", out.item()) == struct.pack("<d", x), x
 
 
 @pytest.mark.parametrize("dtype, group", [(torch.float32, 2), (torch.float64, 1)])
@@ -83,6 +105,7 @@ def tau_form(request, monkeypatch):
     monkeypatch.setattr(module, "splits", lambda rows, device: request.param == "split")
     monkeypatch.setattr(module, "SPREAD", request.param == "spread")
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)  # the spread form at any length
     monkeypatch.setattr(module, "GATHER_TILE", 1)  # the join in steps of 16 entries
     return request.param
 
@@ -111,10 +134,6 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"{name} α {alpha} seed {seed}")
     got, want = _gaussian_case(alpha, mu, sigma, none, torch.full_like(exact, float("-inf")))
     assert bool(torch.isneginf(got).all() and torch.isneginf(want).all())
-
-
-ON_THE_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                            reason="needs CUDA")])
 
 
 @pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: compiled, libdevice exp and division
@@ -405,12 +424,11 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
     sigma = torch.cat([sigma, torch.full_like(needle_mu, 0.3)])
     rows = 4
     tau = torch.empty(2, 1, 2, dtype=torch.float64)
-    lin_t = torch.full((1,), c, dtype=torch.float64)
     kept_mu = torch.full((rows, p), float("nan"), dtype=torch.float64)
     kept_sigma = torch.full_like(kept_mu, float("nan"))
     module._gaussian_tau_kernel[(rows,)](
-        mu, sigma, torch.ones(2, p, dtype=torch.int8), exact, lin_t, tau, kept_mu, kept_sigma, 2, p, s, 50, 30,
-        KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
+        mu, sigma, torch.ones(2, p, dtype=torch.bool), exact, *float64_words(c), tau, kept_mu, kept_sigma, 2, p, s,
+        50, 30, KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
         NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, num_warps=module.TAU_WARPS)
     least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
@@ -452,9 +470,8 @@ def test_gaussian_tau_cut_below_a_page_top_leaves_the_noise_out(alpha):
     counts = torch.full((rows,), -1, dtype=torch.int32)
     tops, lows = torch.full((rows,), float("nan"), dtype=torch.float64), torch.full((rows,), float("nan"), dtype=torch.float64)
     module._gaussian_keep_kernel[(rows,)](
-        mu, sigma, torch.ones(1, p, dtype=torch.int8), exact, torch.full((1,), c, dtype=torch.float64), kept_mu,
-        kept_sigma, counts, tops, lows, 2, p, s, BLOCK_P=32, BLOCK_S=16, NEGLIGIBLE=module.NEGLIGIBLE,
-        num_warps=module.KEEP_WARPS)
+        mu, sigma, torch.ones(1, p, dtype=torch.bool), exact, *float64_words(c), kept_mu, kept_sigma, counts, tops,
+        lows, 2, p, s, BLOCK_P=32, BLOCK_S=16, NEGLIGIBLE=module.NEGLIGIBLE, num_warps=module.KEEP_WARPS)
     assert counts.tolist() == [1, 1], f"seed {seed}: kept {counts.tolist()}"
     torch.testing.assert_close(kept_mu[:, 0], torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)
     torch.testing.assert_close(tops, torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)

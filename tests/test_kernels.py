@@ -822,6 +822,21 @@ def test_compiled_step_through_the_ops_equals_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_gaussian_tau_form_rule(monkeypatch):
+    """Which form a launch takes: split where the rows fill the SMs; else spread from
+    ``SPREAD_MIN_PAGES`` pages a row (and more than one ``SPREAD_P`` chunk), else the one kernel."""
+    from entmaxkv.kernels import gaussian_tau as module
+
+    monkeypatch.setattr(module, "multiprocessors", lambda device: 132)
+    cpu = torch.device("cpu")
+    assert module.splits(132, cpu) and not module.spreads(132, 8192, cpu)
+    assert not module.splits(32, cpu)
+    assert module.spreads(32, 8192, cpu) and module.spreads(32, 65536, cpu)
+    assert not module.spreads(32, 8191, cpu) and not module.spreads(32, 4096, cpu)
+    monkeypatch.setattr(module, "SPREAD", False)
+    assert not module.spreads(32, 8192, cpu)
+
+
 @pytest.mark.parametrize("form", ["fused", "fused_long", "split", "split_long", "spread", "spread_long"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25])
 def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
@@ -836,6 +851,7 @@ def test_gaussian_tau_op_equals_the_reference_solver(alpha, form, monkeypatch):
     monkeypatch.setattr(module, "SPLIT", form.startswith("split"))
     monkeypatch.setattr(module, "SPREAD", form.startswith("spread"))
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)  # the spread form at any length
     monkeypatch.setattr(module, "GATHER_TILE", 1)  # the join in steps of 16 entries
     if form.endswith("_long"):  # rows keep 11-27 of the 37 pages: past SHORT_P, in 16-page solve blocks
         monkeypatch.setattr(module, "SHORT_P", 4)
@@ -875,6 +891,7 @@ def test_gaussian_tau_spread_form_joins_chunks_as_the_one_kernel_keeps_pages(alp
 
     monkeypatch.setattr(module, "splits", lambda rows, device: False)
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)  # the spread form at any length
     monkeypatch.setattr(module, "SPREAD_CHUNKS", chunks)
     monkeypatch.setattr(module, "GATHER_TILE", 1)  # 16 entries a join step
     seed = fresh_seed()
@@ -921,6 +938,7 @@ def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypat
     monkeypatch.setattr(module, "SPLIT", form == "split")
     monkeypatch.setattr(module, "SPREAD", form == "spread")
     monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)  # the spread form at any length
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, grp, p, s = 1, 1, 4, 40, 16

@@ -123,7 +123,7 @@ def record_gaussian_select() -> None:
         for chunk in (1024, 16):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr("entmaxkv.kernels.gaussian_select.CHUNK", chunk)
-                gaussian_select(x, x.abs(), x, x, x.abs(), tau, torch.tensor(2.0, dtype=torch.float64), x[..., 0],
+                gaussian_select(x, x.abs(), x, x, x.abs(), tau, 0.995, x[..., 0],
                                 torch.tensor([40 * 16]), None, 16, 1.5, 0.0, 0.1, 0.0, False, 1, 0, 2.0 ** -10)
 
 
@@ -154,6 +154,7 @@ def record_gaussian_tau_forms() -> None:
             mp.setattr("entmaxkv.kernels.gaussian_tau.splits", lambda rows, device: form == "split")
             mp.setattr("entmaxkv.kernels.gaussian_tau.SPREAD", form == "spread")
             mp.setattr("entmaxkv.kernels.gaussian_tau.SPREAD_P", 2)  # the cache's pages in chunks of 2
+            mp.setattr("entmaxkv.kernels.gaussian_tau.SPREAD_MIN_PAGES", 0)
             for alpha in (1.5, 1.25):
                 ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(alpha, ekv.Gaussian(), backend="triton"))
 

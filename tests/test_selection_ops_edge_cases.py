@@ -134,6 +134,26 @@ def test_compiled_gaussian_step_through_the_ops_equals_eager():
     assert torch.equal(got_cache.seq_lens, want_cache.seq_lens)
 
 
+
+def test_compiled_gaussian_step_recompiled_for_other_configs_and_page_sizes():
+    """One compiled ``decode_step`` (one code object) given Gaussian configs that differ in
+    their quantiles and caches that differ in page size: the recompiles trace those numbers as
+    symbols (automatic dynamic), where z = Φ⁻¹(q^(1/S)) cannot be a host constant; the op
+    computes it from the numbers it receives, the reference's clamp on the device. Every call
+    equals eager, on the kernels and on the reference."""
+    step = torch.compile(ekv.decode_step, fullgraph=True, backend="aot_eager")
+    q, k, v = random_step(torch.Generator().manual_seed(6), 2, 4, 2, 16, torch.float32)
+    for page_size, quantile, clamp, backend in ((16, 0.995, 0.5, "triton"), (8, 0.9, 0.7, "triton"),
+                                                (16, 0.5, 0.9, "triton"), (8, 0.99, 0.6, "torch"),
+                                                (16, 0.8, 0.3, "torch")):
+        cache, _, _ = make_cache(7, 2, 2, 16, page_size, [16 * 4 + 3, 33], dtype=torch.float32, spread=2.0)
+        selector = ekv.Gaussian(tau_mode="fixed", max_quantile=quantile, tau_clamp_page_max_quantile=clamp)
+        config = ekv.DecodeConfig(1.5, selector, backend=backend)
+        _, want = ekv.decode_step(cache.fork(), q, k, v, config)
+        with torch._functorch.config.patch(decompose_custom_triton_ops=False):
+            _, got = step(cache.fork().without_host_len(), q, k, v, config)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"S {page_size} q {quantile} {backend}")
+
 # --- quest_select's list launch: chunk prefixes, ties across chunks, the list's length -------
 
 GUARD = 64  # elements of poisoned memory before and after every buffer the op allocates
