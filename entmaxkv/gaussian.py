@@ -174,12 +174,13 @@ def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:
 
 
 def gaussian_keep(candidates: Tensor, forced: Tensor, mu: Tensor, sigma: Tensor, upper: Tensor, tau_hat: Tensor,
-                  z: float, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
+                  z: float | Tensor, alpha: float, safety_margin_z: float, excess_margin_fraction: float,
                   outlier_margin: float | None) -> tuple[Tensor, Tensor]:
     """``Gaussian``'s page rule (its docstring, rules 1–3) -> ``(keep [B, Hkv, P] bool,
     tau_floor [B, Hkv, G] float64)``: candidates [B, 1, P] and forced [B, 1, P] bool; μ, σ, U
     [B, Hkv, G, P] (read in float64); τ̂ [B, Hkv, G] float64; z: the quantile of a page's
-    estimated maximum (``normal_quantile``). The ``gaussian_select`` op computes the same on the kernels."""
+    estimated maximum (``page_max_z``: a float, or a 0-d tensor under torch.compile). The
+    ``gaussian_select`` op computes the same on the kernels."""
     c = lin(alpha)
     cand = candidates[:, :, None, :]  # [B, 1, 1, P]
     mu, sigma = mu.double(), sigma.double()
@@ -306,20 +307,33 @@ class Gaussian(Selector):
 
 
 def normal_quantile(p: float) -> float:
-    """Φ⁻¹(p), 0 < p < 1, as a Python float, on the host. Within 8 ulps of the exact quantile
-    (``tests/test_selectors.py``; measured at most 5, float64 ``ndtri`` 3)."""
-    return statistics.NormalDist().inv_cdf(p)
+    """Φ⁻¹(p), 0 < p <= 1, as a Python float, on the host (``statistics``: plain Python, so it
+    also runs where torch traces with fake tensors); +inf for p = 1 (a quantile so close to 1
+    that q^(1/S) rounds to 1). Within 8 ulps of the exact quantile (``tests/test_selectors.py``;
+    measured at most 5, torch's float64 ``ndtri`` 3)."""
+    return math.inf if p >= 1.0 else statistics.NormalDist().inv_cdf(p)
+
+
+@torch.library.custom_op("entmaxkv::page_max_z", mutates_args=())
+def _page_max_z_op(quantile: float, page_size: int, like: Tensor) -> Tensor:
+    """``page_max_z`` inside a compiled step: the same host value (the numbers are concrete
+    here even where the trace made them symbols), as a 0-d float64 tensor on ``like``'s device."""
+    return torch.full((), normal_quantile(quantile ** (1.0 / page_size)), dtype=torch.float64, device=like.device)
+
+
+@_page_max_z_op.register_fake
+def _(quantile, page_size, like):
+    return like.new_empty((), dtype=torch.float64)
 
 
 def page_max_z(quantile: float, page_size: int, like: Tensor) -> float | Tensor:
     """z for the ``quantile`` of the largest of ``page_size`` standard normal draws,
-    Φ⁻¹(quantile^(1/page_size)): a Python float in an eager step, so that the step launches
-    nothing for it (it was a fill and an ``ndtri`` a step, ~5 µs of a B = 1 step on the H100);
-    a 0-d float64 tensor on ``like``'s device under torch.compile, which cannot trace
-    ``statistics`` and may trace the numbers as symbols (a second config recompiling the same
-    code). ``gaussian_select`` computes z from the same numbers with ``normal_quantile``, where
-    they are concrete."""
-    p = quantile ** (1.0 / page_size)
+    Φ⁻¹(quantile^(1/page_size)), by ``normal_quantile``: a Python float in an eager step, so
+    that the step launches nothing for it (it was a fill and an ``ndtri`` a step, ~5 µs of a
+    B = 1 step on the H100); under torch.compile, which cannot trace ``statistics`` and may
+    trace the numbers as symbols (a second config recompiling the same code), the same value
+    from an opaque op as a 0-d float64 tensor on ``like``'s device — compiled and eager steps
+    take the same z, bit for bit. ``gaussian_select`` computes it with ``normal_quantile`` too."""
     if torch.compiler.is_compiling():
-        return torch.special.ndtri(torch.full((), p, dtype=torch.float64, device=like.device))
-    return normal_quantile(p)
+        return _page_max_z_op(quantile, page_size, like)
+    return normal_quantile(quantile ** (1.0 / page_size))

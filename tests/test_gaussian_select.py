@@ -4,6 +4,7 @@ the torch rule it replaces on the kernel path, and its score floor against
 are not candidates are NaN (the op must not read them); rows hold no candidate, one, or many,
 over one chunk or several."""
 
+import math
 import random
 
 import pytest
@@ -89,6 +90,42 @@ def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monk
             assert row[: int(n)].tolist() == m.nonzero().flatten().tolist(), msg
             assert bool((row[int(n):] == -1).all()), msg
     assert not bool(mask[0].any()), "a row without candidates keeps nothing"
+
+
+@pytest.mark.parametrize("quantile", [0.995, 0.5, 1e-9])
+def test_gaussian_select_takes_the_references_z_bit_for_bit(quantile, poison):
+    """A page whose model maximum c·(μ + z·σ) sits exactly on τ̂ (margins 0) is not kept, one a
+    hair above it is: the op computes z from the quantile as the reference does, to the last
+    bit (a z one ulp off flips the first page)."""
+    cache, mu, sigma, upper, tau_hat, _, floor_inputs = _case(fresh_seed(), 1, torch.float64)
+    alpha, c = 1.5, 0.5
+    z = normal_quantile(quantile ** (1 / S))
+    mu, sigma = torch.full_like(mu, -50.0), torch.full_like(sigma, 1.0)
+    mu[..., 0], mu[..., 1] = 0.0, math.ulp(abs(z)) * 4  # page 0 on the threshold, page 1 above it
+    tau_hat = torch.full_like(tau_hat, c * z)  # c·(0 + z·1), exactly: c is a power of two
+    candidates = candidate_page_mask(cache)
+    forced = forced_page_mask(cache, candidates, 0, 0)
+    want, _ = gaussian_keep(candidates, forced, mu, sigma, upper, tau_hat, z, alpha, 0.0, 0.0, None)
+    _, _, mask, _, _ = _select(cache, mu, sigma, upper, tau_hat, quantile, alpha, 0.0, 0.0, None, 0, 0, floor_inputs)
+    assert torch.equal(mask, want)
+    held = candidates[:, 0, 1]  # rows whose page 1 is a candidate keep it, and never page 0
+    assert bool(held.any()) and torch.equal(mask[:, :, 1], held[:, None].expand_as(mask[:, :, 1]))
+    assert not bool(mask[:, :, 0].any())
+
+
+def test_gaussian_step_with_a_quantile_next_to_one():
+    """max_quantile = 1 − 2^−53: q^(1/S) rounds to 1 and z is +inf (every page with σ > 0 kept);
+    both backends run the step and agree."""
+    import entmaxkv as ekv
+    from helpers import make_cache, random_step
+
+    cache, _, _ = make_cache(3, 2, 2, 16, S, [S * 6 + 3, 40], dtype=torch.float64)
+    q, k, v = random_step(torch.Generator().manual_seed(3), 2, 4, 2, 16, torch.float64)
+    sel = ekv.Gaussian(max_quantile=1 - 2.0 ** -53)
+    _, want = ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend="torch"))
+    _, got = ekv.decode_step(cache.fork(), q, k, v, ekv.DecodeConfig(1.5, sel, backend="triton"))
+    assert bool(torch.isfinite(want).all())
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 def test_gaussian_select_keeps_forced_pages_and_margins_matter(poison):

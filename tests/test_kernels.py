@@ -822,6 +822,20 @@ def test_compiled_step_through_the_ops_equals_eager():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_gaussian_tau_reads_a_strided_or_integer_candidate_mask():
+    """The op reads the candidate mask as bool; a strided view or an int8 mask gives the τ̂ of
+    the same mask dense (from an independent review: a view was read as if contiguous)."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    mu = torch.randn(1, 2, 2, 21, generator=g, dtype=torch.float64)
+    sigma = torch.rand(1, 2, 2, 21, generator=g, dtype=torch.float64) + 0.05
+    exact = torch.randn(1, 2, 2, 16, generator=g, dtype=torch.float64)
+    wide = torch.rand(1, 42, generator=g) < 0.6
+    dense = wide[:, ::2].contiguous()
+    want = torch.ops.entmaxkv.gaussian_tau(mu, sigma, dense, exact, 1.5, 50, 30)
+    assert torch.equal(torch.ops.entmaxkv.gaussian_tau(mu, sigma, wide[:, ::2], exact, 1.5, 50, 30), want)
+    assert torch.equal(torch.ops.entmaxkv.gaussian_tau(mu, sigma, dense.to(torch.int8), exact, 1.5, 50, 30), want)
+
+
 def test_gaussian_tau_form_rule(monkeypatch):
     """Which form a launch takes: split where the rows fill the SMs; else spread from
     ``SPREAD_MIN_PAGES`` pages a row (and more than one ``SPREAD_P`` chunk), else the one kernel."""

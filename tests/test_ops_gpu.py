@@ -234,6 +234,32 @@ def test_no_new_triton_specialisations_after_warm_up():
         assert torch.equal(c.seq_lens, lens + 2 + eager_steps)
 
 
+@pytest.mark.parametrize("needles", [True, False], ids=["few pages kept", "every page kept"])
+def test_gaussian_tau_spread_form_at_its_shipped_constants_on_cuda(needles, monkeypatch):
+    """The spread form as a B = 1 128K step launches it (32 rows of 8,196 pages: the shipped
+    ``SPREAD_MIN_PAGES``, ``SPREAD_P``, ``SPREAD_CHUNKS`` and ``GATHER_TILE``, no patching but the
+    choice of form) against the float64 reference and, bit for bit, the one kernel (from an
+    independent review: every other test of the form patches its constants)."""
+    from entmaxkv.gaussian import solve_gaussian_tau
+    from entmaxkv.kernels import gaussian_tau as module
+
+    g = torch.Generator(device="cuda").manual_seed(50)
+    b, hkv, grp, p = 1, 8, 4, 8196
+    assert module.spreads(b * hkv * grp, p, torch.device("cuda")), "the launch this test is about"
+    mu = torch.randn(b, hkv, grp, p, device="cuda", generator=g) * 0.1
+    sigma = 0.3 + 0.05 * torch.rand(b, hkv, grp, p, device="cuda", generator=g)
+    if needles:
+        mu[..., ::997] += 8.0
+    candidates = torch.rand(b, p, device="cuda", generator=g) < 0.95
+    exact = torch.randn(b, hkv, grp, 16, device="cuda", generator=g) * 0.3
+    count = torch.where(candidates[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
+    want = solve_gaussian_tau(mu, sigma, count, exact, 1.5, iters=50)
+    spread = torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, 1.5, 50, 30)
+    torch.testing.assert_close(spread, want, rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(module, "SPREAD", False)
+    assert torch.equal(spread, torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, 1.5, 50, 30))
+
+
 @pytest.mark.parametrize("alpha", [1.5, 1.25])
 @pytest.mark.parametrize("needles", [True, False], ids=["few pages kept", "every page kept"])
 def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, monkeypatch):

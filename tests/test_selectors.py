@@ -169,6 +169,22 @@ def test_normal_quantile_is_a_host_float_within_a_few_ulps():
         exact = float(mpmath.sqrt(2) * mpmath.erfinv(2 * mpmath.mpf(p) - 1))
         assert type(z) is float
         assert abs(z - exact) <= 8 * math.ulp(exact), (p, z, exact)
+    assert normal_quantile(1.0) == math.inf  # q^(1/S) rounded to 1
+
+
+def test_page_max_z_is_a_host_float_eagerly_and_the_same_bits_compiled():
+    """Eagerly a plain float (no launch); in one compiled function recompiled for other
+    quantiles and page sizes (traced as symbols) the same value, bit for bit."""
+    from entmaxkv.gaussian import normal_quantile, page_max_z
+
+    x = torch.ones((), dtype=torch.float64)
+    compiled = torch.compile(lambda x, q, s: x * page_max_z(q, s, x), fullgraph=True, backend="aot_eager")
+    for q, s in ((0.995, 16), (0.5, 16), (0.9, 8), (0.5, 32), (1e-9, 8), (0.9999999999999999, 16)):
+        z = page_max_z(q, s, x)
+        assert type(z) is float and z == normal_quantile(q ** (1 / s))
+        got = compiled(x, q, s).item()
+        assert got == z, (q, s, got, z)
+    torch.library.opcheck(torch.ops.entmaxkv.page_max_z.default, (0.995, 16, x))
 
 
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.7, 1.2])
