@@ -28,7 +28,7 @@ from entmaxkv.selection import Selection, Selector, Step
 from entmaxkv.validation import check_count, check_real
 
 __all__ = ["Gaussian", "gaussian_keep", "gaussian_moment", "solve_gaussian_tau", "page_gaussians", "gaussian_tau_hat",
-           "fejer_rule", "normal_quantile", "page_max_z"]
+           "fejer_rule", "normal_quantile", "page_max_quantile", "page_max_z"]
 
 TAU_MODES = ("exact", "fixed", "corrected")
 
@@ -314,11 +314,17 @@ def normal_quantile(p: float) -> float:
     return math.inf if p >= 1.0 else statistics.NormalDist().inv_cdf(p)
 
 
+def page_max_quantile(quantile: float, page_size: int) -> float:
+    """On the host, z with P(the largest of ``page_size`` standard normal draws <= z) =
+    ``quantile``: Φ⁻¹(quantile^(1/page_size)) (``normal_quantile``)."""
+    return normal_quantile(quantile ** (1.0 / page_size))
+
+
 @torch.library.custom_op("entmaxkv::page_max_z", mutates_args=())
 def _page_max_z_op(quantile: float, page_size: int, like: Tensor) -> Tensor:
     """``page_max_z`` inside a compiled step: the same host value (the numbers are concrete
     here even where the trace made them symbols), as a 0-d float64 tensor on ``like``'s device."""
-    return torch.full((), normal_quantile(quantile ** (1.0 / page_size)), dtype=torch.float64, device=like.device)
+    return torch.full((), page_max_quantile(quantile, page_size), dtype=torch.float64, device=like.device)
 
 
 @_page_max_z_op.register_fake
@@ -327,13 +333,12 @@ def _(quantile, page_size, like):
 
 
 def page_max_z(quantile: float, page_size: int, like: Tensor) -> float | Tensor:
-    """z for the ``quantile`` of the largest of ``page_size`` standard normal draws,
-    Φ⁻¹(quantile^(1/page_size)), by ``normal_quantile``: a Python float in an eager step, so
+    """``page_max_quantile`` as a step takes it: a Python float in an eager step, so
     that the step launches nothing for it (it was a fill and an ``ndtri`` a step, ~5 µs of a
     B = 1 step on the H100); under torch.compile, which cannot trace ``statistics`` and may
     trace the numbers as symbols (a second config recompiling the same code), the same value
     from an opaque op as a 0-d float64 tensor on ``like``'s device — compiled and eager steps
-    take the same z, bit for bit. ``gaussian_select`` computes it with ``normal_quantile`` too."""
+    take the same z, bit for bit. ``gaussian_select`` computes it with ``page_max_quantile`` too."""
     if torch.compiler.is_compiling():
         return _page_max_z_op(quantile, page_size, like)
-    return normal_quantile(quantile ** (1.0 / page_size))
+    return page_max_quantile(quantile, page_size)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.gaussian import normal_quantile
+from entmaxkv.gaussian import page_max_quantile
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -200,7 +200,7 @@ def gaussian_select(
     for the floor: read for kept pages only) — all in the work dtype, entries of pages that are
     not candidates never read; tau_hat: [B, Hkv, G] float64 (the model's τ̂); max_quantile: the
     quantile of a page's maximum (``Gaussian.max_quantile``; z = Φ⁻¹(max_quantile^(1/page_size))
-    is computed here, on the host, by ``gaussian.normal_quantile``: no launch, and the value
+    is computed here, on the host, by ``gaussian.page_max_quantile``: no launch, and the value
     is concrete here even where torch.compile traced it as a symbol); newest_floor: [B, Hkv, G] work dtype, the
     newest page's score floor; seq_lens: [B] int64 (after the append); alibi_slopes: optional
     [Hq]; α in (1, 2]; the margins as in ``Gaussian`` (``outlier_margin`` read only with
@@ -208,7 +208,7 @@ def gaussian_select(
     (a power of two). floor: ``KernelOps.score_floor`` of the kept pages (the module docstring).
     """
     b, hkv, g, p = mu.shape
-    z = normal_quantile(float(max_quantile) ** (1.0 / page_size))
+    z = page_max_quantile(float(max_quantile), page_size)
     chunks = triton.cdiv(p, CHUNK)
     dev = mu.device
     moments = torch.empty((b, hkv, chunks, 4, g), dtype=torch.float64, device=dev)
