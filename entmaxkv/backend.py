@@ -380,7 +380,7 @@ class KernelOps(PageSets):
 
     def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
                      iters: int) -> Tensor:
-        return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0].contiguous(),
+        return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0],
                                                exact_scores.contiguous(), self.alpha, iters, GAUSSIAN_EXPANSIONS)
 
     def score_floor(self, page_mask: Tensor | None) -> Tensor | None:
