@@ -105,9 +105,10 @@ def as_on_the_gpu(module: str, args: dict, dtype: str) -> dict:
     return args
 
 
-def compile_all(path: str, override: str, strict: bool) -> None:
+def compile_all(path: str, override: str, strict: bool, dump: str | None = None) -> None:
     """Compile each recorded launch (once) with ``override`` applied; print one line each.
-    ``strict``: an override the kernel does not take is an error (else skipped)."""
+    ``strict``: an override the kernel does not take is an error (else skipped). ``dump``: a
+    folder for each specialisation's SASS and TTGIR (``<kernel>-<n>.sass``)."""
     import importlib
 
     import triton
@@ -131,7 +132,7 @@ def compile_all(path: str, override: str, strict: bool) -> None:
             continue
         seen.add(seen_key)
         options = {} if stages is None else {"num_stages": stages}
-        got = compile_one(fn, args, warps, ptxas, nvdisasm, None, name, **options)
+        got = compile_one(fn, args, warps, ptxas, nvdisasm, dump, f"{name}-{len(seen)}", **options)
         count = len(got["opcodes"])
         shown = " ".join(f"{k}={args[k][1]}" for k in SHOWN if k in args)
         per_page = f" ({count * warps / args['BLOCK_P'][1]:.0f} a page)" if "BLOCK_P" in args else ""
@@ -150,11 +151,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--key-bits", type=int, choices=[4, 8], help="a cache with key codes (Exact uses them)")
     parser.add_argument("--page-boxes", action="store_true", help="a cache with 8-bit page boxes (TopK ranks by them)")
+    parser.add_argument("--dump", help="a folder for each compiled specialisation's SASS and TTGIR")
     parser.add_argument("--compile", help=argparse.SUPPRESS)  # the subprocess: the recorded launches' file
     args = parser.parse_args()
     if args.compile:
         sys.path.insert(0, os.path.join(ROOT, "tests"))
-        compile_all(args.compile, args.override, args.kernel is not None)
+        compile_all(args.compile, args.override, args.kernel is not None, args.dump)
         return
     launches = record(args.kernel, args.selector, args.variants.split(";"), args.heads, args.head_dim, args.dtype,
                       args.key_bits, args.page_boxes)
@@ -164,6 +166,7 @@ def main() -> None:
         json.dump(launches, f)
     try:
         command = [sys.executable, __file__, "--compile", f.name, "--override", args.override]
+        command += ["--dump", args.dump] if args.dump else []
         done = subprocess.run(command + (["--kernel", args.kernel] if args.kernel else []),
                               env=dict(os.environ, TRITON_INTERPRET="0"))
     finally:
