@@ -16,7 +16,10 @@ passes in a simulation of this loop on random mixtures (α = 2 down to 1.01) ins
 passes read only the pages that can matter: one pass over every candidate page finds the top
 score and the low end, a second copies to a scratch row the pages whose term at the low end
 (the lowest τ the solve evaluates) a float32 bound cannot show to be at most ``NEGLIGIBLE``. The result agrees with
-the reference's bisection midpoint to rounding (within 4e-15 there). The moment
+the reference's bisection midpoint to rounding (within 4e-15 there). Where a row keeps at most
+``SHORT_P`` pages, Newton steps in float32 (``PRESOLVE``) first find a guess, and one float64 pass
+at two points around it gives the bracket, from which two float64 steps reach the root: three
+float64 passes instead of 6–9 (a guess that misses falls back to the bracket above). The moment
 E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
 Fejér rule over [max(−a/s, −10), 10], its nodes and weights computed once per program from an
 arange (no table, nothing copied from the host).
@@ -125,6 +128,18 @@ SPREAD_P = 512
 SPREAD_WARPS = 4
 SPREAD_CHUNKS = 32
 GATHER_TILE = 8192
+# Newton in float32 before the float64 passes, where a row's kept pages fit one block (``_solve``):
+# each float64 pass is a chain of float64 erfc, exps and divisions a page. On needle inputs the
+# float64 passes a row (counted in the interpreter) go from 6–7 at α = 1.5 and 8–9 at α = 2 to 3.
+# Measured (session 51, H100, perf-log row 158, same run without it): the kernel alone at 8,192
+# pages, B = 1, 34.9 -> 27.1 µs (α = 1.5), 41.4 -> 28.9 (α = 2); the Gaussian step at B = 1 128K
+# 116.0 -> 108.1 µs (0.61× SDPA) and 119.4 -> 102.6 (α = 2), 64K 92.0 -> 83.0; B = 16 and rows
+# that keep every page level. (Predicted −16 µs at 128K from ~4 µs a float64 pass: a pass costs ~2.)
+PRESOLVE = True
+# the float64 bracket's half width around the float32 guess, relative to max(|guess|, 1): a few
+# times float32's rounding of the root, small enough that two Newton steps from its left end
+# reach the root to rounding
+PRESOLVE_MARGIN = 2.0**-18
 
 
 def splits(rows: int, device: torch.device) -> bool:
@@ -205,12 +220,37 @@ def _erfc(x):
 
 
 @triton.jit
-def _moment(a, s, power, nodes, weights, KIND: tl.constexpr):
+def _erfc32(x):
+    """erfc(x) in float32, elementwise, for the pre-solve's guesses only (``PRESOLVE``): Numerical
+    Recipes' ``erfcc`` (a Chebyshev fit of log(erfc(z)/t) + z², t = 1/(1 + z/2)), relative
+    error below 1.2e-7 where the result is a normal float."""
+    z = tl.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = 0.17087277
+    poly = poly * t - 0.82215223
+    poly = poly * t + 1.48851587
+    poly = poly * t - 1.13520398
+    poly = poly * t + 0.27886807
+    poly = poly * t - 0.18628806
+    poly = poly * t + 0.09678418
+    poly = poly * t + 0.37409196
+    poly = poly * t + 1.00002368
+    e = t * tl.exp(-z * z - 1.26551223 + t * poly)
+    return tl.where(x < 0, 2.0 - e, e)
+
+
+@triton.jit
+def _moment(a, s, power, nodes, weights, KIND: tl.constexpr, F32: tl.constexpr = False):
     """E[[a + s·Z]_+^power] for Z ~ N(0, 1) and its derivative in a, elementwise over [BLOCK]
-    (float64): (value, slope)."""
-    s_safe = tl.maximum(s, 2.2250738585072014e-308)
-    d = a / s_safe
-    cdf = 0.5 * _erfc(-d / 1.4142135623730951)  # as the reference: 0.5·erfc(−d/√2)
+    (float64; ``F32``: float32 throughout, with ``_erfc32``): (value, slope)."""
+    if F32:
+        s_safe = tl.maximum(s, 1.1754943508222875e-38)
+        d = a / s_safe
+        cdf = 0.5 * _erfc32(-d * 0.7071067811865476)
+    else:
+        s_safe = tl.maximum(s, 2.2250738585072014e-308)
+        d = a / s_safe
+        cdf = 0.5 * _erfc(-d / 1.4142135623730951)  # as the reference: 0.5·erfc(−d/√2)
     pdf = tl.exp(-0.5 * d * d) * 0.3989422804014327
     first = a * cdf + s * pdf  # E[[a + sZ]_+]
     if KIND == 1:
@@ -280,12 +320,84 @@ def _kept_excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, 
 
 
 @triton.jit
-def _norm_step(f, slope, power):
+def _excess32(m, sd, ok, z, tau, power, nodes, weights, S, KIND: tl.constexpr):
+    """``_excess`` in float32 over one block of kept pages already in registers (``m``, ``sd``
+    float64 [SHORT_P], ``ok`` the entries in use) and the newest page's (α−1)-scaled scores
+    ``z`` (float64 [BLOCK_S], −inf = absent): (F(τ), F'(τ)) as float32, for the pre-solve's
+    guesses. The differences to τ are taken in float64, then rounded."""
+    a = (m - tau).to(tl.float32)
+    value, rate = _moment(a, sd.to(tl.float32), power, nodes, weights, KIND, True)
+    gap = tl.maximum((z - tau).to(tl.float32), 0.0)
+    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
+    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
+    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    total = tl.sum(tl.where(ok, S * value, 0.0)) + tl.sum(tokens)
+    return total - 1.0, -(tl.sum(tl.where(ok, S * rate, 0.0)) + tl.sum(token_slope))
+
+
+@triton.jit
+def _excess_pair(kept_m, kept_s, n_kept, exact, row, S, tau_a, tau_b, power, lin, nodes, weights,
+                 KIND: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``_excess`` at two points in one pass, for a row whose kept pages fit one block of
+    ``SHORT_P``: lanes [0, SHORT_P) take τ_a, the next SHORT_P τ_b (and the newest page's
+    scores likewise), each sum over its own lanes — (F(τ_a), F'(τ_a), F(τ_b))."""
+    lanes = tl.arange(0, 2 * SHORT_P)
+    first = lanes < SHORT_P
+    p = tl.where(first, lanes, lanes - SHORT_P)
+    ok = p < n_kept
+    m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+    sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+    value, rate = _moment(m - tl.where(first, tau_a, tau_b), sd, power, nodes, weights, KIND)
+    term = tl.where(ok, S * value, 0.0)
+    term_slope = tl.where(ok, S * rate, 0.0)
+    j = tl.arange(0, 2 * BLOCK_S)
+    first_s = j < BLOCK_S
+    i = tl.where(first_s, j, j - BLOCK_S)
+    z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
+    gap = tl.maximum(z - tl.where(first_s, tau_a, tau_b), 0.0)
+    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
+    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
+    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    f_a = tl.sum(tl.where(first, term, 0.0)) + tl.sum(tl.where(first_s, tokens, 0.0)) - 1.0
+    d_a = -(tl.sum(tl.where(first, term_slope, 0.0)) + tl.sum(tl.where(first_s, token_slope, 0.0)))
+    f_b = tl.sum(tl.where(first, 0.0, term)) + tl.sum(tl.where(first_s, 0.0, tokens)) - 1.0
+    return f_a, d_a, f_b
+
+
+@triton.jit
+def _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND: tl.constexpr,
+              SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+    """A guess of the root in float64 from Newton steps on G in float32 (``PRESOLVE``), for a
+    row whose kept pages fit one block of ``SHORT_P``, from the low end ``lo`` (F(lo) >= 0):
+    at most ``iters`` steps, until a step is below 2^−16·max(|τ|, 1) or F32 turns negative."""
+    p = tl.arange(0, SHORT_P)
+    ok = p < n_kept
+    m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+    sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+    i = tl.arange(0, BLOCK_S)
+    z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
+    power = (1.0 / lin).to(tl.float32)
+    nodes32, weights32 = nodes.to(tl.float32), weights.to(tl.float32)
+    x = lo
+    f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
+    steps = 0
+    while (f > 0) & (steps < iters):
+        step = _norm_step(f, slope, power, True).to(tl.float64)
+        x = x + step
+        f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
+        steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
+    return x
+
+
+@triton.jit
+def _norm_step(f, slope, power, F32: tl.constexpr = False):
     """Newton step on G = (F + 1)^(1/power) − 1 at a point with F = f, F' = slope < 0:
-    −G/G' = power·(M − M^(1 − 1/power)) / (−F') with M = F + 1 (> 0; M^... via exp/log)."""
-    m = tl.maximum(f + 1.0, 2.2250738585072014e-308)
+    −G/G' = power·(M − M^(1 − 1/power)) / (−F') with M = F + 1 (> 0; M^... via exp/log), in
+    float64 (``F32``: float32)."""
+    tiny = 1.1754943508222875e-38 if F32 else 2.2250738585072014e-308
+    m = tl.maximum(f + 1.0, tiny)
     g = power * (m - tl.exp(tl.log(m) * (1.0 - 1.0 / power)))
-    return g / tl.maximum(-slope, 2.2250738585072014e-308)
+    return g / tl.maximum(-slope, tiny)
 
 
 @triton.jit
@@ -401,27 +513,60 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
 
 @triton.jit
 def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansions, lin, nodes, weights,
-           KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
+           KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
+           PRESOLVE: tl.constexpr, MARGIN: tl.constexpr):
     """τ̂ of one row from its kept pages (``_keep_pages``: its top and low end ``least``) and
     the newest page's scores."""
     power = 1.0 / lin
-    # The bracket: [least, top] (F(least) >= 0: ``_keep_pages``; the reference's is [top − 1,
-    # top], no narrower, with the same root), doubled while F(hi) > 0 as the reference's —
-    # stopping at the first F(hi) <= 0, after which the reference's remaining expansions
-    # change nothing.
     lo = least
     hi = top_all
-    width = top_all * 0.0 + 1.0
-    f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, SOLVE_P,
-                           SHORT_P, BLOCK_S)
-    grown = 0
-    while (f_hi > 0) & (grown < expansions):
-        lo = hi
-        hi = hi + width
-        width = 2.0 * width
+    x = lo
+    fx = top_all * 0.0
+    dx = fx
+    bracketed = False
+    if PRESOLVE:
+        # Where the kept pages fit one block: Newton in float32 first (``_presolve``), then one
+        # pass of float64 terms at two points a margin of ``MARGIN``·max(|guess|, 1) either side of
+        # its guess. If they bracket the root — F(a) >= 0 >= F(b), b within the reference's
+        # reach (top + 2^expansions − 1) — they are the bracket, and the float64 steps below
+        # start at a, where two reach the root to rounding: three float64 passes where the
+        # bracket and steps from the low end took 6–9 (needle inputs, α = 2 to 1.25). Otherwise
+        # (a guess off by more than the margin, or a root past the reach) as without it.
+        if n_kept <= SHORT_P:
+            guess = _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND, SHORT_P,
+                              BLOCK_S)
+            margin = MARGIN * tl.maximum(tl.abs(guess), 1.0)
+            a = tl.maximum(guess - margin, lo)
+            b = guess + margin
+            f_a, d_a, f_b = _excess_pair(kept_m, kept_s, n_kept, exact, row, S, a, b, power, lin, nodes, weights,
+                                         KIND, SHORT_P, BLOCK_S)
+            reach = top_all + (tl.exp2(expansions * 1.0).to(tl.float64) - 1.0)
+            if (f_a >= 0) & (f_b <= 0) & (b <= reach):
+                lo = a
+                hi = b
+                x = a
+                fx = f_a
+                dx = d_a
+                bracketed = True
+    if not bracketed:
+        # The bracket: [least, top] (F(least) >= 0: ``_keep_pages``; the reference's is [top − 1,
+        # top], no narrower, with the same root), doubled while F(hi) > 0 as the reference's —
+        # stopping at the first F(hi) <= 0, after which the reference's remaining expansions
+        # change nothing.
+        width = top_all * 0.0 + 1.0
         f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND, SOLVE_P,
                                SHORT_P, BLOCK_S)
-        grown += 1
+        grown = 0
+        while (f_hi > 0) & (grown < expansions):
+            lo = hi
+            hi = hi + width
+            width = 2.0 * width
+            f_hi, _ = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, hi, power, lin, nodes, weights, KIND,
+                                   SOLVE_P, SHORT_P, BLOCK_S)
+            grown += 1
+        x = lo
+        fx, dx = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, x, power, lin, nodes, weights, KIND, SOLVE_P,
+                              SHORT_P, BLOCK_S)
     # Safeguarded Newton from the left end, on G(τ) = (F(τ) + 1)^(α−1) − 1 rather than on F:
     # F + 1 is the p-th power (p = 1/(α−1)) of an L_p norm of (s − τ)_+ over the pages'
     # Gaussians and the exact scores, so G is that norm minus 1 — convex and decreasing like F,
@@ -432,14 +577,12 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
     # the correction at the new point, or the step itself, is below 4e-15·|τ| (the root to
     # rounding), or after ``iters`` steps. With M = F + 1 >= 1 the step is
     # G/G' = p·(M − M^(1 − 1/p)) / F'.
-    x = lo
-    fx, dx = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, x, power, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
-                          BLOCK_S)
     result = x
     done = fx <= 0  # F(lo) = 0: lo is the root
+    step = _norm_step(fx, dx, power)
     steps = 0
     while (~done) & (steps < iters):
-        newton = x + _norm_step(fx, dx, power)
+        newton = x + step
         nxt = tl.where(newton < hi, newton, (x + hi) / 2)
         f_next, d_next = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, nxt, power, lin, nodes, weights, KIND,
                                       SOLVE_P, SHORT_P, BLOCK_S)
@@ -452,6 +595,7 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
         x = tl.where(ahead, nxt, x)
         fx = tl.where(ahead, f_next, fx)
         dx = tl.where(ahead, d_next, dx)
+        step = tl.where(ahead, correction, step)  # _norm_step(fx, dx): the same value, not recomputed
         steps += 1
     return result
 
@@ -460,7 +604,7 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
 def _gaussian_tau_kernel(
     mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
-    NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr,
+    NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
@@ -470,7 +614,7 @@ def _gaussian_tau_kernel(
                                          BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.debug_barrier()  # every thread's kept pages are stored before any is read
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, least, exact, row, S, iters,
-                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE, MARGIN)
     tl.store(tau_out + row, result)
 
 
@@ -490,14 +634,15 @@ def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_
 @triton.jit
 def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S,
                            iters, expansions, KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr,
-                           BLOCK_S: tl.constexpr, NODES: tl.constexpr):
+                           BLOCK_S: tl.constexpr, NODES: tl.constexpr, PRESOLVE: tl.constexpr,
+                           MARGIN: tl.constexpr):
     """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
     row = tl.program_id(0).to(tl.int64)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row),
                     tl.load(lows + row), exact, row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
-                    BLOCK_S)
+                    BLOCK_S, PRESOLVE, MARGIN)
     tl.store(tau_out + row, result)
 
 
@@ -549,7 +694,7 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
                                   kept_sigma, counts, tops, lows, P, S, CHUNKS, CHUNK_P, iters, expansions,
                                   KIND: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
                                   SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
-                                  NODES: tl.constexpr):
+                                  NODES: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr):
     """The spread form's third kernel: a row's chunk segments joined, in page order, into its
     scratch row (so the solve reads the same kept pages in the same order as the one kernel's:
     the same τ̂, bit for bit), then its τ̂."""
@@ -572,7 +717,8 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, tl.load(tops + row), tl.load(lows + row), exact,
-                    row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S)
+                    row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE,
+                    MARGIN)
     tl.store(tau_out + row, result)
 
 
@@ -610,7 +756,8 @@ def gaussian_tau(
         wrap_triton(_gaussian_solve_kernel)[(rows,)](
             exact_scores, *lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
-            BLOCK_S=block_s, NODES=QUAD_NODES, num_warps=SOLVE_WARPS)
+            BLOCK_S=block_s, NODES=QUAD_NODES, PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN),
+            num_warps=SOLVE_WARPS)
         return tau
     if spreads(rows, p, mu.device):
         spread_p = min(SPREAD_P, next_pow2(p))
@@ -634,12 +781,13 @@ def gaussian_tau(
             chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
             GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
             SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
-            num_warps=TAU_WARPS)
+            PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN), num_warps=TAU_WARPS)
         return tau
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, *lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
-        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), num_warps=TAU_WARPS,
+        NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), PRESOLVE=bool(PRESOLVE),
+        MARGIN=float(PRESOLVE_MARGIN), num_warps=TAU_WARPS,
     )
     return tau
 

@@ -136,6 +136,27 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
     assert bool(torch.isneginf(got).all() and torch.isneginf(want).all())
 
 
+@pytest.mark.parametrize("expansions", [1, 3])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_root_past_the_expansions_reach_equals_the_reference(alpha, expansions, tau_form):
+    """Wide pages put the root ~10 units above the top, past what ``expansions`` doublings of
+    the bracket reach (top + 2^expansions − 1): the reference then returns the end of its last
+    bracket, and so must the kernel — the float32 pre-solve finds the root, and its bracket
+    is refused there (``PRESOLVE``'s reach test)."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    c = alpha - 1
+    mu = torch.randn(1, 1, 2, 37, generator=g, dtype=torch.float64) * 0.1 / c
+    sigma = torch.full_like(mu, 5.0 / c)
+    exact = torch.full((1, 1, 2, 16), float("-inf"), dtype=torch.float64)
+    got, want = _gaussian_case(alpha, mu, sigma, torch.ones(1, 37, dtype=torch.bool), exact, expansions=expansions)
+    top = (c * mu).amax(-1)
+    assert bool((want <= top + 2.0**expansions - 1 + 1e-9).all()), f"seed {seed}: the root is within reach"
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"α {alpha} seed {seed}")
+    _, far = _gaussian_case(alpha, mu, sigma, torch.ones(1, 37, dtype=torch.bool), exact)
+    assert bool((far > top + 2.0**expansions).all()), f"seed {seed}: {far} {top}"
+
+
 @pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: compiled, libdevice exp and division
 def test_gaussian_tau_root_far_in_the_lower_tail_equals_the_reference(device, tau_form):
     """Wide pages put the root in the far lower tail (d ≈ −4): a cdf of 0.5·(1 + erf(d/√2))
@@ -429,7 +450,8 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
     module._gaussian_tau_kernel[(rows,)](
         mu, sigma, torch.ones(2, p, dtype=torch.bool), exact, *float64_words(c), tau, kept_mu, kept_sigma, 2, p, s,
         50, 30, KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
-        NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, num_warps=module.TAU_WARPS)
+        NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, PRESOLVE=module.PRESOLVE, MARGIN=module.PRESOLVE_MARGIN,
+        num_warps=module.TAU_WARPS)
     least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)

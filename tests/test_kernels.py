@@ -974,6 +974,95 @@ def test_gaussian_tau_low_end_from_a_page_is_a_root_bound(alpha, form, monkeypat
     assert bool((got[0, 0] >= low[0, 0] - 1e-12).all()) and bool(got[0, 0, 3] > low[0, 0, 3]), f"seed {seed}"
 
 
+def _gaussian_tau_rows(seed: int, alpha: float):
+    """Moments of 8 rows (B = 2, Hkv = 2, G = 2, 37 pages) for ``gaussian_tau``, and the
+    reference's τ̂: means ~N(0, 2²), stds in [0.02, 1.02] (constant pages in row 0), 70%
+    candidates, a partial newest page. Every row keeps fewer than ``SHORT_P`` pages."""
+    from entmaxkv.gaussian import solve_gaussian_tau
+
+    g = torch.Generator().manual_seed(seed)
+    b, h, grp, p, s = 2, 2, 2, 37, 16
+    mu = torch.randn(b, h, grp, p, generator=g, dtype=torch.float64) * 2
+    sigma = torch.rand(b, h, grp, p, generator=g, dtype=torch.float64) + 0.02
+    sigma[0, 0, 0, :3] = 0.0
+    candidates = torch.rand(b, p, generator=g) < 0.7
+    exact = torch.randn(b, h, grp, s, generator=g, dtype=torch.float64) * 2
+    exact[..., 9:] = float("-inf")
+    count = torch.where(candidates[:, None, None, :], 16.0, 0.0).to(torch.float64).expand_as(mu)
+    return (mu, sigma, candidates, exact), solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
+
+
+def _count_float64_passes(module, monkeypatch):
+    """Per row, the solve's float64 passes in the interpreter: {"pair": ..., "single": ...}
+    (``_excess_pair`` and ``_kept_excess`` calls), counted through wrappers of the two."""
+    counts = {"pair": {}, "single": {}}
+
+    def counting(name, original):
+        def wrapper(*args):
+            row = int(args[4].handle.data.reshape(-1)[0])  # the row argument, an interpreted scalar
+            counts[name][row] = counts[name].get(row, 0) + 1
+            return original.fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(module, "_excess_pair", counting("pair", module._excess_pair))
+    monkeypatch.setattr(module, "_kept_excess", counting("single", module._kept_excess))
+    return counts
+
+
+@pytest.mark.parametrize("form", ["fused", "split", "spread"])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.01])
+def test_gaussian_tau_presolve_brackets_the_root_in_one_float64_pass(alpha, form, monkeypatch):
+    """``PRESOLVE``: a row whose kept pages fit one block takes one float64 pass at the two
+    points around the float32 guess, which bracket the root, then two Newton passes (not the
+    bracket's and the steps' 6–9 from the low end); τ̂ equals the reference to 1e-12 in every
+    launch form, as without the pre-solve."""
+    from entmaxkv.kernels import gaussian_tau as module
+
+    monkeypatch.setattr(module, "SPLIT", form == "split")
+    monkeypatch.setattr(module, "SPREAD", form == "spread")
+    monkeypatch.setattr(module, "SPREAD_P", 16)
+    monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)
+    seed = fresh_seed()
+    args, want = _gaussian_tau_rows(seed, alpha)
+    counts = _count_float64_passes(module, monkeypatch)
+    got = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+    assert counts["pair"] == {r: 1 for r in range(8)}, f"seed {seed}: {counts}"
+    assert max(counts["single"].values()) <= 2, f"seed {seed}: {counts}"
+    monkeypatch.setattr(module, "PRESOLVE", False)
+    counts["single"].clear()
+    without = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+    torch.testing.assert_close(without, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+    assert min(counts["single"].values()) >= 4, f"seed {seed}: {counts}"  # what the pre-solve saves
+
+
+@pytest.mark.parametrize("offset", [-1e-3, 1e-3, 0.0], ids=["guess left", "guess right", "no margin"])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_presolve_falls_back_where_its_points_miss_the_root(alpha, offset, monkeypatch):
+    """A guess off by more than the margin (moved left or right of the float32 one), or no
+    margin at all: the two points do not bracket the root, the row takes the bracket and the
+    steps from the low end instead — τ̂ bit for bit what it is without the pre-solve, equal to
+    the reference. Catches a bracket accepted on one side's sign alone."""
+    from entmaxkv.kernels import gaussian_tau as module
+
+    seed = fresh_seed()
+    args, want = _gaussian_tau_rows(seed, alpha)
+    monkeypatch.setattr(module, "PRESOLVE", False)
+    without = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+    monkeypatch.setattr(module, "PRESOLVE", True)
+    if offset:
+        presolve = module._presolve
+        monkeypatch.setattr(module, "_presolve", lambda *a: presolve.fn(*a) + offset)
+    else:
+        monkeypatch.setattr(module, "PRESOLVE_MARGIN", 0.0)
+    counts = _count_float64_passes(module, monkeypatch)
+    got = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+    assert counts["pair"] == {r: 1 for r in range(8)}, f"seed {seed}: {counts}"
+    assert min(counts["single"].values()) >= 3, f"seed {seed}: {counts}"  # the bracket, lo, a step
+    assert torch.equal(got, without), f"seed {seed}: {(got - without).abs().max()}"
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+
+
 @pytest.mark.parametrize("selector", [ekv.Dense(), ekv.TopK(token_budget=32), ekv.Gaussian(tau_mode="corrected"),
                                       ekv.Exact(initial_pages=1, max_pages=2)], ids=lambda s: type(s).__name__)
 def test_vmap_through_the_ops_is_batched_and_equals_a_loop(selector):

@@ -260,15 +260,19 @@ def test_gaussian_tau_spread_form_at_its_shipped_constants_on_cuda(needles, monk
     assert torch.equal(spread, torch.ops.entmaxkv.gaussian_tau(mu, sigma, candidates, exact, 1.5, 50, 30))
 
 
-@pytest.mark.parametrize("alpha", [1.5, 1.25])
+@pytest.mark.parametrize("presolve", [True, False], ids=["pre-solve", "no pre-solve"])
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
 @pytest.mark.parametrize("needles", [True, False], ids=["few pages kept", "every page kept"])
-def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, monkeypatch):
+def test_gaussian_tau_forms_equal_the_reference_on_cuda(alpha, needles, presolve, monkeypatch):
     """gaussian_tau's one-kernel, split and spread forms (``gaussian_tau.splits``, ``spreads``)
     as the GPU compiles them, at rows that fill the SMs (B·Hq = 512), against the float64
-    reference solver: where a row keeps a few pages (the solve's short blocks) and where it
-    keeps every page (``SPLIT_SOLVE_P``-page blocks)."""
+    reference solver: where a row keeps a few pages (the solve's short blocks, where the float32
+    pre-solve runs: its erfc, exp and log as the GPU computes them) and where it keeps every
+    page (``SPLIT_SOLVE_P``-page blocks); with and without ``PRESOLVE``."""
     from entmaxkv.gaussian import solve_gaussian_tau
     from entmaxkv.kernels import gaussian_tau as module
+
+    monkeypatch.setattr(module, "PRESOLVE", presolve)
 
     g = torch.Generator(device="cuda").manual_seed(46)
     b, hkv, grp, p = 16, 8, 4, 700
