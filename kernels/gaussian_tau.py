@@ -136,10 +136,16 @@ GATHER_TILE = 8192
 # 116.0 -> 108.1 µs (0.61× SDPA) and 119.4 -> 102.6 (α = 2), 64K 92.0 -> 83.0; B = 16 and rows
 # that keep every page level. (Predicted −16 µs at 128K from ~4 µs a float64 pass: a pass costs ~2.)
 PRESOLVE = True
-# the float64 bracket's half width around the float32 guess, relative to max(|guess|, 1): a few
-# times float32's rounding of the root, small enough that two Newton steps from its left end
-# reach the root to rounding
+# the float64 bracket's half width around the float32 guess, relative to max(|guess|, 1): 32
+# float32 ulps, small enough that two Newton steps from its left end reach the root to rounding.
+# The guess's error is float32's error in F over |F'|: where pages are wide (|F'| small) it can
+# exceed the margin, and the row falls back (correct, after the pre-solve's passes for nothing).
 PRESOLVE_MARGIN = 2.0**-18
+# The pre-solve for rows that keep more than ``SHORT_P`` pages (the stream; noise rows): float32
+# passes over the kept pages, then one float64 pass at the guess's left point and two steps,
+# instead of the bracket's and the steps' float64 passes over every kept page (8–10 on noise).
+# Predicted (session 51, H100, B = 1, 8,192 noise pages a row, the kernel alone 224 µs): ~110 µs.
+PRESOLVE_LONG = True
 
 
 def splits(rows: int, device: torch.device) -> bool:
@@ -222,8 +228,10 @@ def _erfc(x):
 @triton.jit
 def _erfc32(x):
     """erfc(x) in float32, elementwise, for the pre-solve's guesses only (``PRESOLVE``): Numerical
-    Recipes' ``erfcc`` (a Chebyshev fit of log(erfc(z)/t) + z², t = 1/(1 + z/2)), relative
-    error below 1.2e-7 where the result is a normal float."""
+    Recipes' ``erfcc`` (a Chebyshev fit of log(erfc(z)/t) + z², t = 1/(1 + z/2)). The fit's own
+    relative error is below 1.2e-7; evaluated in float32 the rounding of z² in the exponent adds
+    up to ~1e-5 relative for z near 8 (an independent review measured 9.4e-6 at x = 8.14 in
+    numpy's float32; the GPU's float32 exp adds a little). Only the guess's quality depends on it."""
     z = tl.abs(x)
     t = 1.0 / (1.0 + 0.5 * z)
     poly = 0.17087277
@@ -365,27 +373,60 @@ def _excess_pair(kept_m, kept_s, n_kept, exact, row, S, tau_a, tau_b, power, lin
 
 
 @triton.jit
+def _kept_excess32(kept_m, kept_s, n_kept, z, tau, power, nodes, weights, S, KIND: tl.constexpr,
+                   BLOCK_P: tl.constexpr):
+    """``_excess32`` over a row's kept pages in blocks of ``BLOCK_P`` read from its scratch,
+    for rows that keep more than one block: (F(τ), F'(τ)) as float32."""
+    lanes = tl.arange(0, BLOCK_P)
+    total = tl.zeros((BLOCK_P,), tl.float32)
+    slope = tl.zeros((BLOCK_P,), tl.float32)
+    for start in range(0, n_kept, BLOCK_P):
+        p = start + lanes
+        ok = p < n_kept
+        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+        value, rate = _moment((m - tau).to(tl.float32), sd.to(tl.float32), power, nodes, weights, KIND, True)
+        total += tl.where(ok, S * value, 0.0)
+        slope += tl.where(ok, S * rate, 0.0)
+    gap = tl.maximum((z - tau).to(tl.float32), 0.0)
+    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
+    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
+    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    return tl.sum(total) + tl.sum(tokens) - 1.0, -(tl.sum(slope) + tl.sum(token_slope))
+
+
+@triton.jit
 def _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND: tl.constexpr,
-              SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr):
-    """A guess of the root in float64 from Newton steps on G in float32 (``PRESOLVE``), for a
-    row whose kept pages fit one block of ``SHORT_P``, from the low end ``lo`` (F(lo) >= 0):
-    at most ``iters`` steps, until a step is below 2^−16·max(|τ|, 1) or F32 turns negative."""
-    p = tl.arange(0, SHORT_P)
-    ok = p < n_kept
-    m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
-    sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+              SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, LONG: tl.constexpr = False, BLOCK_P: tl.constexpr = 16):
+    """A guess of the root in float64 from Newton steps on G in float32 (``PRESOLVE``) from the
+    low end ``lo`` (F(lo) >= 0): at most ``iters`` steps, until a step is below
+    2^−16·max(|τ|, 1) or F32 is no longer positive. For a row whose kept pages fit one block of
+    ``SHORT_P`` (read once), or (``LONG``) over its kept pages in blocks of ``BLOCK_P``."""
     i = tl.arange(0, BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
     power = (1.0 / lin).to(tl.float32)
     nodes32, weights32 = nodes.to(tl.float32), weights.to(tl.float32)
     x = lo
-    f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
-    steps = 0
-    while (f > 0) & (steps < iters):
-        step = _norm_step(f, slope, power, True).to(tl.float64)
-        x = x + step
+    if LONG:
+        f, slope = _kept_excess32(kept_m, kept_s, n_kept, z, x, power, nodes32, weights32, S, KIND, BLOCK_P)
+        steps = 0
+        while (f > 0) & (steps < iters):
+            step = _norm_step(f, slope, power, True).to(tl.float64)
+            x = x + step
+            f, slope = _kept_excess32(kept_m, kept_s, n_kept, z, x, power, nodes32, weights32, S, KIND, BLOCK_P)
+            steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
+    else:
+        p = tl.arange(0, SHORT_P)
+        ok = p < n_kept
+        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
         f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
-        steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
+        steps = 0
+        while (f > 0) & (steps < iters):
+            step = _norm_step(f, slope, power, True).to(tl.float64)
+            x = x + step
+            f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
+            steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
     return x
 
 
@@ -514,7 +555,7 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
 @triton.jit
 def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansions, lin, nodes, weights,
            KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
-           PRESOLVE: tl.constexpr, MARGIN: tl.constexpr):
+           PRESOLVE: tl.constexpr, MARGIN: tl.constexpr, PRESOLVE_LONG: tl.constexpr):
     """τ̂ of one row from its kept pages (``_keep_pages``: its top and low end ``least``) and
     the newest page's scores."""
     power = 1.0 / lin
@@ -544,6 +585,28 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
             if (f_a >= 0) & (f_b <= 0) & (b <= reach):
                 lo = a
                 hi = b
+                x = a
+                fx = f_a
+                dx = d_a
+                bracketed = True
+        elif PRESOLVE_LONG:
+            # A row of more pages: a pass costs its pages' terms (throughput, not latency), so no
+            # second point. If F(a) >= 0 the steps start at a with the reference's reach as the
+            # bracket's right end (the root is below it, or the reference returns that end: so
+            # do the steps, clamped there); otherwise as without it.
+            if KIND == 0:  # the quadrature's [block, nodes] tile: blocks of SHORT_P, as ``_kept_excess``'
+                guess = _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND,
+                                  SHORT_P, BLOCK_S, True, SHORT_P)
+            else:
+                guess = _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND,
+                                  SHORT_P, BLOCK_S, True, SOLVE_P)
+            a = tl.maximum(guess - MARGIN * tl.maximum(tl.abs(guess), 1.0), lo)
+            reach = top_all + (tl.exp2(expansions * 1.0).to(tl.float64) - 1.0)
+            f_a, d_a = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, a, power, lin, nodes, weights, KIND,
+                                    SOLVE_P, SHORT_P, BLOCK_S)
+            if (f_a >= 0) & (a < reach):
+                lo = a
+                hi = reach
                 x = a
                 fx = f_a
                 dx = d_a
@@ -605,6 +668,7 @@ def _gaussian_tau_kernel(
     mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
     NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
+    PRESOLVE_LONG: tl.constexpr,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
@@ -614,7 +678,8 @@ def _gaussian_tau_kernel(
                                          BLOCK_P, BLOCK_S, NEGLIGIBLE)
     tl.debug_barrier()  # every thread's kept pages are stored before any is read
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, least, exact, row, S, iters,
-                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE, MARGIN)
+                    expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE, MARGIN,
+                    PRESOLVE_LONG)
     tl.store(tau_out + row, result)
 
 
@@ -635,14 +700,14 @@ def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_
 def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S,
                            iters, expansions, KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr,
                            BLOCK_S: tl.constexpr, NODES: tl.constexpr, PRESOLVE: tl.constexpr,
-                           MARGIN: tl.constexpr):
+                           MARGIN: tl.constexpr, PRESOLVE_LONG: tl.constexpr):
     """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
     row = tl.program_id(0).to(tl.int64)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, tl.load(counts + row), tl.load(tops + row),
                     tl.load(lows + row), exact, row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P,
-                    BLOCK_S, PRESOLVE, MARGIN)
+                    BLOCK_S, PRESOLVE, MARGIN, PRESOLVE_LONG)
     tl.store(tau_out + row, result)
 
 
@@ -694,7 +759,8 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
                                   kept_sigma, counts, tops, lows, P, S, CHUNKS, CHUNK_P, iters, expansions,
                                   KIND: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
                                   SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
-                                  NODES: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr):
+                                  NODES: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
+                                  PRESOLVE_LONG: tl.constexpr):
     """The spread form's third kernel: a row's chunk segments joined, in page order, into its
     scratch row (so the solve reads the same kept pages in the same order as the one kernel's:
     the same τ̂, bit for bit), then its τ̂."""
@@ -718,7 +784,7 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
     nodes, weights = _quadrature_rule(KIND, NODES)
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, tl.load(tops + row), tl.load(lows + row), exact,
                     row, S, iters, expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE,
-                    MARGIN)
+                    MARGIN, PRESOLVE_LONG)
     tl.store(tau_out + row, result)
 
 
@@ -757,6 +823,7 @@ def gaussian_tau(
             exact_scores, *lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
             BLOCK_S=block_s, NODES=QUAD_NODES, PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN),
+            PRESOLVE_LONG=bool(PRESOLVE_LONG),
             num_warps=SOLVE_WARPS)
         return tau
     if spreads(rows, p, mu.device):
@@ -781,13 +848,14 @@ def gaussian_tau(
             chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
             GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
             SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
-            PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN), num_warps=TAU_WARPS)
+            PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG),
+            num_warps=TAU_WARPS)
         return tau
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, *lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
         NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), PRESOLVE=bool(PRESOLVE),
-        MARGIN=float(PRESOLVE_MARGIN), num_warps=TAU_WARPS,
+        MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG), num_warps=TAU_WARPS,
     )
     return tau
 

@@ -136,13 +136,20 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
     assert bool(torch.isneginf(got).all() and torch.isneginf(want).all())
 
 
+@pytest.mark.parametrize("rows", ["short", "long"])
 @pytest.mark.parametrize("expansions", [1, 3])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
-def test_gaussian_tau_root_past_the_expansions_reach_equals_the_reference(alpha, expansions, tau_form):
+def test_gaussian_tau_root_past_the_expansions_reach_equals_the_reference(alpha, expansions, rows, tau_form,
+                                                                          monkeypatch):
     """Wide pages put the root ~10 units above the top, past what ``expansions`` doublings of
     the bracket reach (top + 2^expansions − 1): the reference then returns the end of its last
     bracket, and so must the kernel — the float32 pre-solve finds the root, and its bracket
-    is refused there (``PRESOLVE``'s reach test)."""
+    is refused there (``PRESOLVE``'s reach test; for rows of more than ``SHORT_P`` pages,
+    ``PRESOLVE_LONG``'s)."""
+    import entmaxkv.kernels.gaussian_tau as module
+
+    if rows == "long":
+        monkeypatch.setattr(module, "SHORT_P", 4)
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     c = alpha - 1
@@ -151,10 +158,30 @@ def test_gaussian_tau_root_past_the_expansions_reach_equals_the_reference(alpha,
     exact = torch.full((1, 1, 2, 16), float("-inf"), dtype=torch.float64)
     got, want = _gaussian_case(alpha, mu, sigma, torch.ones(1, 37, dtype=torch.bool), exact, expansions=expansions)
     top = (c * mu).amax(-1)
-    assert bool((want <= top + 2.0**expansions - 1 + 1e-9).all()), f"seed {seed}: the root is within reach"
+    assert bool((want <= top + 2.0**expansions - 1 + 1e-9).all()), f"seed {seed}: the reference stops at its reach"
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"α {alpha} seed {seed}")
     _, far = _gaussian_case(alpha, mu, sigma, torch.ones(1, 37, dtype=torch.bool), exact)
     assert bool((far > top + 2.0**expansions).all()), f"seed {seed}: {far} {top}"
+
+
+@pytest.mark.parametrize("rows", ["short", "long"])
+def test_gaussian_tau_root_just_past_the_reach_equals_the_reference(rows, tau_form, monkeypatch):
+    """The reach's edge (from an independent review): a root at top + 7.5, between the reach of
+    three expansions (top + 7) and top + 8 — a reach test off by one (top + 2^expansions)
+    accepts the pre-solve's bracket there and returns 7.5, the reference 7."""
+    import entmaxkv.kernels.gaussian_tau as module
+
+    if rows == "long":
+        monkeypatch.setattr(module, "SHORT_P", 4)
+    mu = torch.zeros(1, 1, 2, 37, dtype=torch.float64)
+    sigma = torch.full_like(mu, 2.6312400372519633)  # α = 2: puts the root at 7.5
+    exact = torch.full((1, 1, 2, 16), float("-inf"), dtype=torch.float64)
+    every = torch.ones(1, 37, dtype=torch.bool)
+    _, root = _gaussian_case(2.0, mu, sigma, every, exact)
+    assert bool(((root - 7.5).abs() < 1e-6).all()), root
+    got, want = _gaussian_case(2.0, mu, sigma, every, exact, expansions=3)
+    assert bool(((want - 7.0).abs() < 1e-9).all()), want
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", ["cpu", ON_THE_GPU])  # the GPU: compiled, libdevice exp and division
@@ -451,7 +478,7 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
         mu, sigma, torch.ones(2, p, dtype=torch.bool), exact, *float64_words(c), tau, kept_mu, kept_sigma, 2, p, s,
         50, 30, KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
         NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, PRESOLVE=module.PRESOLVE, MARGIN=module.PRESOLVE_MARGIN,
-        num_warps=module.TAU_WARPS)
+        PRESOLVE_LONG=module.PRESOLVE_LONG, num_warps=module.TAU_WARPS)
     least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)

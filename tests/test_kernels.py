@@ -1009,26 +1009,36 @@ def _count_float64_passes(module, monkeypatch):
     return counts
 
 
+@pytest.mark.parametrize("rows", ["short", "long"])
 @pytest.mark.parametrize("form", ["fused", "split", "spread"])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 4 / 3, 1.25, 1.01])
-def test_gaussian_tau_presolve_brackets_the_root_in_one_float64_pass(alpha, form, monkeypatch):
+def test_gaussian_tau_presolve_brackets_the_root_in_one_float64_pass(alpha, form, rows, monkeypatch):
     """``PRESOLVE``: a row whose kept pages fit one block takes one float64 pass at the two
     points around the float32 guess, which bracket the root, then two Newton passes (not the
-    bracket's and the steps' 6–9 from the low end); τ̂ equals the reference to 1e-12 in every
-    launch form, as without the pre-solve."""
+    bracket's and the steps' 6–9 from the low end); a row of more pages (``PRESOLVE_LONG``;
+    here ``SHORT_P`` = 4, solve blocks of 8) one float64 pass at the guess's left point, then
+    two. τ̂ equals the reference to 1e-12 in every launch form, as without the pre-solve."""
     from entmaxkv.kernels import gaussian_tau as module
 
     monkeypatch.setattr(module, "SPLIT", form == "split")
     monkeypatch.setattr(module, "SPREAD", form == "spread")
     monkeypatch.setattr(module, "SPREAD_P", 16)
     monkeypatch.setattr(module, "SPREAD_MIN_PAGES", 0)
+    if rows == "long":  # rows keep 10-26 pages: past SHORT_P, in solve blocks of 8 (several a pass)
+        monkeypatch.setattr(module, "SHORT_P", 4)
+        monkeypatch.setattr(module, "SPLIT_SOLVE_P", 8)
+        monkeypatch.setattr(module, "TAU_SOLVE_P", 8)
     seed = fresh_seed()
     args, want = _gaussian_tau_rows(seed, alpha)
     counts = _count_float64_passes(module, monkeypatch)
     got = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
-    assert counts["pair"] == {r: 1 for r in range(8)}, f"seed {seed}: {counts}"
-    assert max(counts["single"].values()) <= 2, f"seed {seed}: {counts}"
+    if rows == "short":
+        assert counts["pair"] == {r: 1 for r in range(8)}, f"seed {seed}: {counts}"
+        assert max(counts["single"].values()) <= 2, f"seed {seed}: {counts}"
+    else:
+        assert not counts["pair"], f"seed {seed}: {counts}"
+        assert max(counts["single"].values()) <= 3, f"seed {seed}: {counts}"
     monkeypatch.setattr(module, "PRESOLVE", False)
     counts["single"].clear()
     without = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
@@ -1061,6 +1071,30 @@ def test_gaussian_tau_presolve_falls_back_where_its_points_miss_the_root(alpha, 
     assert min(counts["single"].values()) >= 3, f"seed {seed}: {counts}"  # the bracket, lo, a step
     assert torch.equal(got, without), f"seed {seed}: {(got - without).abs().max()}"
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_long_presolve_falls_back_where_its_start_is_past_the_root(alpha, monkeypatch):
+    """``PRESOLVE_LONG`` (rows of more than ``SHORT_P`` pages) with the guess moved right of
+    the root: its float64 pass finds F < 0 at the start, and the row takes the bracket and the
+    steps from the low end — τ̂ bit for bit what it is without the pre-solve; moved left, the
+    start is a valid left end: τ̂ equal to the reference."""
+    from entmaxkv.kernels import gaussian_tau as module
+
+    monkeypatch.setattr(module, "SHORT_P", 4)
+    monkeypatch.setattr(module, "SPLIT_SOLVE_P", 8)
+    seed = fresh_seed()
+    args, want = _gaussian_tau_rows(seed, alpha)
+    monkeypatch.setattr(module, "PRESOLVE_LONG", False)
+    without = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+    monkeypatch.setattr(module, "PRESOLVE_LONG", True)
+    presolve = module._presolve
+    for offset in (1e-3, -1e-3):
+        monkeypatch.setattr(module, "_presolve", lambda *a: presolve.fn(*a) + offset)
+        got = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed} offset {offset}")
+        if offset > 0:
+            assert torch.equal(got, without), f"seed {seed}: {(got - without).abs().max()}"
 
 
 @pytest.mark.parametrize("selector", [ekv.Dense(), ekv.TopK(token_budget=32), ekv.Gaussian(tau_mode="corrected"),
