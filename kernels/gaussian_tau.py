@@ -145,6 +145,9 @@ PRESOLVE_MARGIN = 2.0**-18
 # passes over the kept pages, then one float64 pass at the guess's left point and two steps,
 # instead of the bracket's and the steps' float64 passes over every kept page (8–10 on noise).
 # Predicted (session 51, H100, B = 1, 8,192 noise pages a row, the kernel alone 224 µs): ~110 µs.
+# Measured (same run without it, perf-log row 160): 222.8 -> 152.8 µs (α = 1.5), 326.9 -> 174.8
+# (α = 2); B = 16 926.1 -> 705.6; the Gaussian step on the stream at B = 1 128K 428.8 -> 331 µs, at
+# B = 16 64K 1,480.8 -> 1,272 (0.95× SDPA); needle rows level.
 PRESOLVE_LONG = True
 
 
