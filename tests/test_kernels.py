@@ -1039,11 +1039,13 @@ def test_gaussian_tau_presolve_brackets_the_root_in_one_float64_pass(alpha, form
     else:
         assert not counts["pair"], f"seed {seed}: {counts}"
         assert max(counts["single"].values()) <= 3, f"seed {seed}: {counts}"
+    passes = sum(counts["single"].values()) + sum(counts["pair"].values())
     monkeypatch.setattr(module, "PRESOLVE", False)
     counts["single"].clear()
     without = torch.ops.entmaxkv.gaussian_tau(*args, alpha, 50, 30)
     torch.testing.assert_close(without, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed}")
-    assert min(counts["single"].values()) >= 4, f"seed {seed}: {counts}"  # what the pre-solve saves
+    # what the pre-solve saves, over the 8 rows (a row alone can take 3 without it: seed 1011484263)
+    assert sum(counts["single"].values()) > passes, f"seed {seed}: {counts} against {passes}"
 
 
 @pytest.mark.parametrize("offset", [-1e-3, 1e-3, 0.0], ids=["guess left", "guess right", "no margin"])
