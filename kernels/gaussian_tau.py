@@ -286,29 +286,53 @@ def _moment(a, s, power, nodes, weights, KIND: tl.constexpr, F32: tl.constexpr =
 
 
 @triton.jit
+def _token_terms(gap, power):
+    """ρ(gap) = gap_+^power and its slope power·gap_+^(power−1), elementwise (a newest-page score's
+    term at τ: gap = (α−1)·s − τ, −inf for an absent score), in gap's dtype."""
+    gap = tl.maximum(gap, 0.0)
+    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
+    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
+    return tokens, tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+
+
+@triton.jit
+def _page_terms(kept_m, kept_s, n_kept, S, tau, power, nodes, weights, KIND: tl.constexpr, BLOCK_P: tl.constexpr,
+                F32: tl.constexpr):
+    """The kept pages' terms n_p·E[ρ(...)] at τ and their slopes, summed lane-wise over blocks of
+    ``BLOCK_P`` pages read from the row's scratch: two [BLOCK_P] accumulators, float64 (``F32``:
+    the differences to τ taken in float64, then the terms in float32)."""
+    lanes = tl.arange(0, BLOCK_P)
+    if F32:
+        total = tl.zeros((BLOCK_P,), tl.float32)
+        slope = tl.zeros((BLOCK_P,), tl.float32)
+    else:
+        total = tl.zeros((BLOCK_P,), tl.float64)
+        slope = tl.zeros((BLOCK_P,), tl.float64)
+    for start in range(0, n_kept, BLOCK_P):
+        p = start + lanes
+        ok = p < n_kept
+        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+        if F32:
+            value, rate = _moment((m - tau).to(tl.float32), sd.to(tl.float32), power, nodes, weights, KIND, True)
+        else:
+            value, rate = _moment(m - tau, sd, power, nodes, weights, KIND)
+        total += tl.where(ok, S * value, 0.0)
+        slope += tl.where(ok, S * rate, 0.0)
+    return total, slope
+
+
+@triton.jit
 def _excess(kept_m, kept_s, n_kept, exact, row, S, tau, power, lin, nodes, weights,
             KIND: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr):
     """(F(τ), F'(τ)) for one (sequence, query head) over its kept pages (``kept_m``, ``kept_s``:
     the row's scratch of (α−1)·μ and (α−1)·σ, ``n_kept`` entries) and the newest page's exact
     scores: F(τ) = Σ_p n_p·E[ρ(...)] + Σ_i ρ(...) − 1, decreasing and convex in τ (ρ(x) =
     x_+^power, power >= 1)."""
-    lanes = tl.arange(0, BLOCK_P)
-    total = tl.zeros((BLOCK_P,), tl.float64)
-    slope = tl.zeros((BLOCK_P,), tl.float64)
-    for start in range(0, n_kept, BLOCK_P):
-        p = start + lanes
-        ok = p < n_kept
-        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
-        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
-        value, rate = _moment(m - tau, sd, power, nodes, weights, KIND)
-        total += tl.where(ok, S * value, 0.0)
-        slope += tl.where(ok, S * rate, 0.0)
+    total, slope = _page_terms(kept_m, kept_s, n_kept, S, tau, power, nodes, weights, KIND, BLOCK_P, False)
     i = tl.arange(0, BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
-    gap = tl.maximum(z - tau, 0.0)
-    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
-    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
-    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    tokens, token_slope = _token_terms(z - tau, power)
     return tl.sum(total) + tl.sum(tokens) - 1.0, -(tl.sum(slope) + tl.sum(token_slope))
 
 
@@ -338,10 +362,7 @@ def _excess32(m, sd, ok, z, tau, power, nodes, weights, S, KIND: tl.constexpr):
     guesses. The differences to τ are taken in float64, then rounded."""
     a = (m - tau).to(tl.float32)
     value, rate = _moment(a, sd.to(tl.float32), power, nodes, weights, KIND, True)
-    gap = tl.maximum((z - tau).to(tl.float32), 0.0)
-    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
-    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
-    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    tokens, token_slope = _token_terms((z - tau).to(tl.float32), power)
     total = tl.sum(tl.where(ok, S * value, 0.0)) + tl.sum(tokens)
     return total - 1.0, -(tl.sum(tl.where(ok, S * rate, 0.0)) + tl.sum(token_slope))
 
@@ -365,10 +386,7 @@ def _excess_pair(kept_m, kept_s, n_kept, exact, row, S, tau_a, tau_b, power, lin
     first_s = j < BLOCK_S
     i = tl.where(first_s, j, j - BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
-    gap = tl.maximum(z - tl.where(first_s, tau_a, tau_b), 0.0)
-    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
-    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
-    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    tokens, token_slope = _token_terms(z - tl.where(first_s, tau_a, tau_b), power)
     f_a = tl.sum(tl.where(first, term, 0.0)) + tl.sum(tl.where(first_s, tokens, 0.0)) - 1.0
     d_a = -(tl.sum(tl.where(first, term_slope, 0.0)) + tl.sum(tl.where(first_s, token_slope, 0.0)))
     f_b = tl.sum(tl.where(first, 0.0, term)) + tl.sum(tl.where(first_s, 0.0, tokens)) - 1.0
@@ -380,21 +398,8 @@ def _kept_excess32(kept_m, kept_s, n_kept, z, tau, power, nodes, weights, S, KIN
                    BLOCK_P: tl.constexpr):
     """``_excess32`` over a row's kept pages in blocks of ``BLOCK_P`` read from its scratch,
     for rows that keep more than one block: (F(τ), F'(τ)) as float32."""
-    lanes = tl.arange(0, BLOCK_P)
-    total = tl.zeros((BLOCK_P,), tl.float32)
-    slope = tl.zeros((BLOCK_P,), tl.float32)
-    for start in range(0, n_kept, BLOCK_P):
-        p = start + lanes
-        ok = p < n_kept
-        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
-        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
-        value, rate = _moment((m - tau).to(tl.float32), sd.to(tl.float32), power, nodes, weights, KIND, True)
-        total += tl.where(ok, S * value, 0.0)
-        slope += tl.where(ok, S * rate, 0.0)
-    gap = tl.maximum((z - tau).to(tl.float32), 0.0)
-    log_gap = tl.log(tl.where(gap > 0, gap, 1.0))
-    tokens = tl.where(gap > 0, tl.exp(log_gap * power), 0.0)
-    token_slope = tl.where(gap > 0, power * tl.exp(log_gap * (power - 1.0)), 0.0)
+    total, slope = _page_terms(kept_m, kept_s, n_kept, S, tau, power, nodes, weights, KIND, BLOCK_P, True)
+    tokens, token_slope = _token_terms((z - tau).to(tl.float32), power)
     return tl.sum(total) + tl.sum(tokens) - 1.0, -(tl.sum(slope) + tl.sum(token_slope))
 
 
