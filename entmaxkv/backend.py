@@ -220,9 +220,8 @@ class ReferenceOps(PageSets):
     def pages_above(self, upper: Tensor, tau_low: Tensor) -> Tensor:
         return pages_above(upper, tau_low, self.candidates, self.alpha)
 
-    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
-                     iters: int) -> Tensor:
-        count = torch.where(candidates[:, :, None, :], float(self.cache.page_size), 0.0).to(mu.dtype).expand_as(mu)
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, exact_scores: Tensor, iters: int) -> Tensor:
+        count = torch.where(self.candidates[:, :, None, :], float(self.cache.page_size), 0.0).to(mu.dtype).expand_as(mu)
         return solve_gaussian_tau(mu, sigma, count, exact_scores, self.alpha, iters=iters)
 
 
@@ -378,9 +377,9 @@ class KernelOps(PageSets):
         if self.newest_max is None:
             self.newest_max, self.newest_magnitude, self._floor = newest_max, newest_magnitude, newest_floor
 
-    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
-                     iters: int) -> Tensor:
-        return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), candidates[:, 0],
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, exact_scores: Tensor, iters: int) -> Tensor:
+        # the candidates as the lengths (the kernels compare page ends): no mask, two launches fewer
+        return torch.ops.entmaxkv.gaussian_tau(mu.contiguous(), sigma.contiguous(), self.cache.seq_lens,
                                                exact_scores.contiguous(), self.alpha, iters, GAUSSIAN_EXPANSIONS)
 
     def score_floor(self, page_mask: Tensor | None) -> Tensor | None:

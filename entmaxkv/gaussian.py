@@ -165,7 +165,7 @@ def solve_gaussian_tau(
 def gaussian_tau_hat(step: Step, mu: Tensor, sigma: Tensor, iters: int = 50) -> Tensor:
     """τ̂ [B, Hkv, G] of the model: candidate pages as Gaussians, the newest page's tokens with
     their exact scores (solved by the step's backend: ``solve_gaussian_tau`` or its kernel)."""
-    return step.ops.gaussian_tau(mu, sigma, step.candidates, step.newest_scores, iters)
+    return step.ops.gaussian_tau(mu, sigma, step.newest_scores, iters)
 
 
 def page_gaussians(step: Step) -> tuple[Tensor, Tensor]:

@@ -76,11 +76,11 @@ class StepOps(Protocol):
         (``certificate.pages_above``): the pages an exclusion round keeps (the kernel ops run it
         as one op). The same contract as ``top_pages``' mask: do not modify it in place."""
 
-    def gaussian_tau(self, mu: Tensor, sigma: Tensor, candidates: Tensor, exact_scores: Tensor,
-                     iters: int) -> Tensor:
+    def gaussian_tau(self, mu: Tensor, sigma: Tensor, exact_scores: Tensor, iters: int) -> Tensor:
         """[B, Hkv, G] float64: the Gaussian page model's τ̂ (``gaussian.solve_gaussian_tau``)
-        over the ``candidates`` [B, 1, P] pages (μ, σ: [B, Hkv, G, P]) and the exactly known
-        ``exact_scores`` [B, Hkv, G, S]."""
+        over the step's candidate pages (``Step.candidates``; μ, σ: [B, Hkv, G, P]) and the
+        exactly known ``exact_scores`` [B, Hkv, G, S]. The kernel ops find the candidates from
+        the lengths: a Gaussian step on the kernels builds no page mask."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,8 +19,11 @@ score and the low end, a second copies to a scratch row the pages whose term at 
 the reference's bisection midpoint to rounding (within 4e-15 there). Where a row keeps at most
 ``SHORT_P`` pages, Newton steps in float32 (``PRESOLVE``) first find a guess, and one float64 pass
 at two points around it gives the bracket, from which two float64 steps reach the root: three
-float64 passes instead of 6–9 (a guess that misses falls back to the bracket above). The moment
-E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
+float64 passes instead of 6–9 (a guess that misses falls back to the bracket above). Where a row
+keeps more (``PRESOLVE_LONG``: the stream, noise), the float32 steps pass over its kept pages in
+blocks, and one float64 pass at the guess's left point starts the float64 steps, with the
+reference's reach as the bracket's right end (8–10 float64 passes over every kept page before).
+The moment E[[a + sZ]_+^(1/(α−1))] has closed forms for 1/(α−1) ∈ {1, 2, 3}; otherwise the same 64-node
 Fejér rule over [max(−a/s, −10), 10], its nodes and weights computed once per program from an
 arange (no table, nothing copied from the host).
 Bytes: μ of every candidate page twice and σ once; the kept pages' (α−1)·μ, (α−1)·σ in float64
@@ -147,7 +150,7 @@ PRESOLVE_MARGIN = 2.0**-18
 # Predicted (session 51, H100, B = 1, 8,192 noise pages a row, the kernel alone 224 µs): ~110 µs.
 # Measured (same run without it, perf-log row 160): 222.8 -> 152.8 µs (α = 1.5), 326.9 -> 174.8
 # (α = 2); B = 16 926.1 -> 705.6; the Gaussian step on the stream at B = 1 128K 428.8 -> 331 µs, at
-# B = 16 64K 1,480.8 -> 1,272 (0.95× SDPA); needle rows level.
+# B = 16 64K 1,480.8 -> 1,272 (0.95× SDPA); needle rows level. Takes effect only with ``PRESOLVE`` on.
 PRESOLVE_LONG = True
 
 
@@ -404,37 +407,46 @@ def _kept_excess32(kept_m, kept_s, n_kept, z, tau, power, nodes, weights, S, KIN
 
 
 @triton.jit
+def _guess_excess(kept_m, kept_s, n_kept, m, sd, ok, z, tau, power, nodes, weights, S, KIND: tl.constexpr,
+                  LONG: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The pre-solve's (F(τ), F'(τ)) in float32: over the one block of kept pages in registers
+    (``m``, ``sd``, ``ok``: ``_excess32``), or (``LONG``) over the row's scratch in blocks of
+    ``BLOCK_P`` (``_kept_excess32``)."""
+    if LONG:
+        f, slope = _kept_excess32(kept_m, kept_s, n_kept, z, tau, power, nodes, weights, S, KIND, BLOCK_P)
+    else:
+        f, slope = _excess32(m, sd, ok, z, tau, power, nodes, weights, S, KIND)
+    return f, slope
+
+
+@triton.jit
 def _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND: tl.constexpr,
               SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, LONG: tl.constexpr = False, BLOCK_P: tl.constexpr = 16):
     """A guess of the root in float64 from Newton steps on G in float32 (``PRESOLVE``) from the
     low end ``lo`` (F(lo) >= 0): at most ``iters`` steps, until a step is below
     2^−16·max(|τ|, 1) or F32 is no longer positive. For a row whose kept pages fit one block of
-    ``SHORT_P`` (read once), or (``LONG``) over its kept pages in blocks of ``BLOCK_P``."""
+    ``SHORT_P`` (read once, here), or (``LONG``) over its kept pages in blocks of ``BLOCK_P``."""
     i = tl.arange(0, BLOCK_S)
     z = tl.load(exact + row * S + i, mask=i < S, other=float("-inf")).to(tl.float64) * lin
     power = (1.0 / lin).to(tl.float32)
     nodes32, weights32 = nodes.to(tl.float32), weights.to(tl.float32)
-    x = lo
+    p = tl.arange(0, SHORT_P)
     if LONG:
-        f, slope = _kept_excess32(kept_m, kept_s, n_kept, z, x, power, nodes32, weights32, S, KIND, BLOCK_P)
-        steps = 0
-        while (f > 0) & (steps < iters):
-            step = _norm_step(f, slope, power, True).to(tl.float64)
-            x = x + step
-            f, slope = _kept_excess32(kept_m, kept_s, n_kept, z, x, power, nodes32, weights32, S, KIND, BLOCK_P)
-            steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
+        ok = p < 0  # the block in registers is not used: the passes read the scratch
     else:
-        p = tl.arange(0, SHORT_P)
         ok = p < n_kept
-        m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
-        sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
-        f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
-        steps = 0
-        while (f > 0) & (steps < iters):
-            step = _norm_step(f, slope, power, True).to(tl.float64)
-            x = x + step
-            f, slope = _excess32(m, sd, ok, z, x, power, nodes32, weights32, S, KIND)
-            steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
+    m = tl.load(kept_m + p, mask=ok, other=0.0, volatile=True)
+    sd = tl.load(kept_s + p, mask=ok, other=0.0, volatile=True)
+    x = lo
+    f, slope = _guess_excess(kept_m, kept_s, n_kept, m, sd, ok, z, x, power, nodes32, weights32, S, KIND, LONG,
+                             BLOCK_P)
+    steps = 0
+    while (f > 0) & (steps < iters):
+        step = _norm_step(f, slope, power, True).to(tl.float64)
+        x = x + step
+        f, slope = _guess_excess(kept_m, kept_s, n_kept, m, sd, ok, z, x, power, nodes32, weights32, S, KIND, LONG,
+                                 BLOCK_P)
+        steps = tl.where(step <= 1.52587890625e-05 * tl.maximum(tl.abs(x), 1.0), iters, steps + 1)
     return x
 
 
@@ -470,10 +482,33 @@ def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
 
 
 @triton.jit
-def _block_tops(mu, cand, lin, row, b, P, p):
+def _candidate_end(cand, b, P, S, LENGTHS: tl.constexpr):
+    """How far sequence b's candidate pages reach: (len − 1) // S from its length (``LENGTHS``:
+    ``cand`` holds the [B] lengths; the candidates are the full pages before the newest token's
+    page), else P (``cand`` is a [B, P] mask)."""
+    if LENGTHS:
+        end = tl.minimum(tl.maximum(tl.load(cand + b).to(tl.int32) - 1, 0) // S, P)
+    else:
+        end = P
+    return end
+
+
+@triton.jit
+def _is_candidate(cand, b, P, S, p, LENGTHS: tl.constexpr):
+    """Whether pages ``p`` of sequence b are candidates: p below ``_candidate_end`` (``LENGTHS``),
+    or set in the [B, P] mask (read as the bool it is)."""
+    if LENGTHS:
+        ok = p < _candidate_end(cand, b, P, S, LENGTHS)
+    else:
+        ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)
+    return ok
+
+
+@triton.jit
+def _block_tops(mu, cand, lin, row, b, P, S, p, LENGTHS: tl.constexpr):
     """(α−1)·μ of one block of a row's pages ``p`` in float64, −inf where a page is past P or
     not a candidate."""
-    ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)  # the bool mask as it is
+    ok = _is_candidate(cand, b, P, S, p, LENGTHS)
     return tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin, float("-inf"))
 
 
@@ -492,11 +527,12 @@ def _low_end(top_page, top_exact, lin, S):
 
 
 @triton.jit
-def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEGLIGIBLE: tl.constexpr):
+def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEGLIGIBLE: tl.constexpr,
+               LENGTHS: tl.constexpr):
     """Copies, in page order, the (α−1)·μ and (α−1)·σ of the pages of block ``p`` that can
     matter at the low end ``least`` to ``kept_m`` / ``kept_s`` (the next free entries of the
     row's scratch) and returns how many (the float32 bound of ``_keep_pages``' comment)."""
-    ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)  # the bool mask as it is
+    ok = _is_candidate(cand, b, P, S, p, LENGTHS)
     m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     a = (m - least).to(tl.float32)
@@ -514,7 +550,7 @@ def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEG
 
 @triton.jit
 def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, BLOCK_P: tl.constexpr,
-                BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+                BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr, LENGTHS: tl.constexpr):
     """One (sequence, query head) row's top score top_all (float64: the largest (α−1)·μ of
     its candidate pages and (α−1)·s of the newest page's scores), the solve's low end
     ``least`` and the pages that can matter, their (α−1)·μ and (α−1)·σ written in page order
@@ -542,21 +578,23 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
     # margin covers float32's rounding of the log's terms up to ~1e4 in magnitude, and where
     # they are larger (α below ~1.01) an independent review's mpmath sweep found the true
     # terms of pages at the float32 cut hundreds of e-folds below it. Pages whose a is NaN,
-    # −inf or beyond float32's range stay, as before this cut. (The top so far, in the same pass, would also give a valid cut,
-    # but a loose one until the pass reaches the top page: on the H200 the kernel took 103.6
-    # µs instead of 46.1 on the needle-like moments of ``NEGLIGIBLE``'s comment.)
+    # −inf or beyond float32's range stay, as before this cut. (The top so far, in the same
+    # pass, would also give a valid cut, but a loose one until the pass reaches the top page:
+    # on the H200 the kernel took 103.6 µs instead of 46.1 on the needle-like moments of
+    # ``NEGLIGIBLE``'s comment.)
     lanes = tl.arange(0, BLOCK_P)
+    end = _candidate_end(cand, b, P, S, LENGTHS)  # blocks past it hold no candidate: not read
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
-    for start in range(0, P, BLOCK_P):
-        top = tl.maximum(top, _block_tops(mu, cand, lin, row, b, P, start + lanes))
+    for start in range(0, end, BLOCK_P):
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, b, P, S, start + lanes, LENGTHS))
     top_page, top_exact = tl.max(top), _newest_top(exact, lin, row, S, BLOCK_S)
     least = _low_end(top_page, top_exact, lin, S)
     kept_m = kept_mu + row * P
     kept_s = kept_sigma + row * P
     n_kept = 0
-    for start in range(0, P, BLOCK_P):
+    for start in range(0, end, BLOCK_P):
         n_kept += _cut_block(mu, sigma, cand, lin, least, row, b, P, S, start + lanes, kept_m + n_kept,
-                             kept_s + n_kept, NEGLIGIBLE)
+                             kept_s + n_kept, NEGLIGIBLE, LENGTHS)
     return tl.maximum(top_page, top_exact), least, n_kept
 
 
@@ -581,6 +619,7 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
         # start at a, where two reach the root to rounding: three float64 passes where the
         # bracket and steps from the low end took 6–9 (needle inputs, α = 2 to 1.25). Otherwise
         # (a guess off by more than the margin, or a root past the reach) as without it.
+        reach = top_all + (tl.exp2(expansions * 1.0).to(tl.float64) - 1.0)
         if n_kept <= SHORT_P:
             guess = _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND, SHORT_P,
                               BLOCK_S)
@@ -589,7 +628,6 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
             b = guess + margin
             f_a, d_a, f_b = _excess_pair(kept_m, kept_s, n_kept, exact, row, S, a, b, power, lin, nodes, weights,
                                          KIND, SHORT_P, BLOCK_S)
-            reach = top_all + (tl.exp2(expansions * 1.0).to(tl.float64) - 1.0)
             if (f_a >= 0) & (f_b <= 0) & (b <= reach):
                 lo = a
                 hi = b
@@ -609,7 +647,6 @@ def _solve(kept_m, kept_s, n_kept, top_all, least, exact, row, S, iters, expansi
                 guess = _presolve(kept_m, kept_s, n_kept, exact, row, S, lo, iters, lin, nodes, weights, KIND,
                                   SHORT_P, BLOCK_S, True, SOLVE_P)
             a = tl.maximum(guess - MARGIN * tl.maximum(tl.abs(guess), 1.0), lo)
-            reach = top_all + (tl.exp2(expansions * 1.0).to(tl.float64) - 1.0)
             f_a, d_a = _kept_excess(kept_m, kept_s, n_kept, exact, row, S, a, power, lin, nodes, weights, KIND,
                                     SOLVE_P, SHORT_P, BLOCK_S)
             if (f_a >= 0) & (a < reach):
@@ -676,14 +713,14 @@ def _gaussian_tau_kernel(
     mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, HQ, P, S, iters, expansions,
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
     NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
-    PRESOLVE_LONG: tl.constexpr,
+    PRESOLVE_LONG: tl.constexpr, LENGTHS: tl.constexpr,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
     lin = _float64_of(lin_hi, lin_mid, lin_lo)  # α − 1 in float64 (a float argument would arrive as float32)
     nodes, weights = _quadrature_rule(KIND, NODES)
     top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, row // HQ, P, S,
-                                         BLOCK_P, BLOCK_S, NEGLIGIBLE)
+                                         BLOCK_P, BLOCK_S, NEGLIGIBLE, LENGTHS)
     tl.debug_barrier()  # every thread's kept pages are stored before any is read
     result = _solve(kept_mu + row * P, kept_sigma + row * P, n_kept, top_all, least, exact, row, S, iters,
                     expansions, lin, nodes, weights, KIND, SOLVE_P, SHORT_P, BLOCK_S, PRESOLVE, MARGIN,
@@ -693,12 +730,13 @@ def _gaussian_tau_kernel(
 
 @triton.jit
 def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_mu, kept_sigma, counts, tops, lows, HQ,
-                          P, S, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+                          P, S, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr,
+                          LENGTHS: tl.constexpr):
     """The split form's first kernel: a row's kept pages, their count, its top and low end."""
     row = tl.program_id(0).to(tl.int64)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row,
-                                         row // HQ, P, S, BLOCK_P, BLOCK_S, NEGLIGIBLE)
+                                         row // HQ, P, S, BLOCK_P, BLOCK_S, NEGLIGIBLE, LENGTHS)
     tl.store(counts + row, n_kept)
     tl.store(tops + row, top_all)
     tl.store(lows + row, least)
@@ -720,8 +758,8 @@ def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kep
 
 
 @triton.jit
-def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ, P, CHUNKS, CHUNK_P,
-                               BLOCK_P: tl.constexpr):
+def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ, P, S, CHUNKS, CHUNK_P,
+                               BLOCK_P: tl.constexpr, LENGTHS: tl.constexpr):
     """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (CHUNK_P of
     them, in blocks of BLOCK_P) a program, to ``chunk_tops`` [rows, CHUNKS]."""
     row = tl.program_id(0).to(tl.int64)
@@ -729,15 +767,17 @@ def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     lanes = tl.arange(0, BLOCK_P)
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
-    for start in range(chunk * CHUNK_P, chunk * CHUNK_P + CHUNK_P, BLOCK_P):
-        top = tl.maximum(top, _block_tops(mu, cand, lin, row, row // HQ, P, start + lanes))
+    end = tl.minimum(chunk * CHUNK_P + CHUNK_P, _candidate_end(cand, row // HQ, P, S, LENGTHS))
+    for start in range(chunk * CHUNK_P, end, BLOCK_P):
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, row // HQ, P, S, start + lanes, LENGTHS))
     tl.store(chunk_tops + row * CHUNKS + chunk, tl.max(top))
 
 
 @triton.jit
 def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, chunk_tops, segments_mu,
                                 segments_sigma, counts, tops, lows, HQ, P, S, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr,
-                                BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr):
+                                BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr,
+                                LENGTHS: tl.constexpr):
     """The spread form's second kernel: one chunk's kept pages, in page order, to the chunk's
     segment of the row's scratch (entries chunk·CHUNK_P on) and their count to ``counts``
     [rows, CHUNKS]; the row's top and low end (every chunk computes them alike from
@@ -753,9 +793,10 @@ def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo,
     segment_s = segments_sigma + row * P + chunk * CHUNK_P
     lanes = tl.arange(0, BLOCK_P)
     n = 0
-    for start in range(chunk * CHUNK_P, chunk * CHUNK_P + CHUNK_P, BLOCK_P):
+    end = tl.minimum(chunk * CHUNK_P + CHUNK_P, _candidate_end(cand, row // HQ, P, S, LENGTHS))
+    for start in range(chunk * CHUNK_P, end, BLOCK_P):
         n += _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, start + lanes, segment_m + n, segment_s + n,
-                        NEGLIGIBLE)
+                        NEGLIGIBLE, LENGTHS)
     tl.store(counts + row * CHUNKS + chunk, n)
     if chunk == 0:
         tl.store(tops + row, tl.maximum(top_page, top_exact))
@@ -796,6 +837,20 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
     tl.store(tau_out + row, result)
 
 
+def _candidates_arg(candidates: torch.Tensor, batch: int, pages: int) -> tuple[torch.Tensor, bool]:
+    """``gaussian_tau``'s candidates as its kernels read them: ``(tensor, lengths)`` — the [B]
+    lengths as they are, or the [B, P] mask as bool (no launch for a bool mask)."""
+    if candidates.dim() == 1:
+        if candidates.shape[0] != batch or candidates.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"candidates as lengths must be [B] = [{batch}] int32/int64, got "
+                             f"{list(candidates.shape)} {candidates.dtype}")
+        return candidates.contiguous(), True
+    if tuple(candidates.shape) != (batch, pages):
+        raise ValueError(f"candidates must be a [B, P] = [{batch}, {pages}] mask or [B] lengths, got "
+                         f"{list(candidates.shape)}")
+    return candidates.to(torch.bool).contiguous(), False
+
+
 @triton_op("entmaxkv::gaussian_tau", mutates_args=())
 def gaussian_tau(
     mu: torch.Tensor, sigma: torch.Tensor, candidates: torch.Tensor, exact_scores: torch.Tensor, alpha: float,
@@ -805,7 +860,10 @@ def gaussian_tau(
 
     mu, sigma: [B, Hkv, G, P] page score means and stds (work dtype; entries of pages that are
     not candidates are never read); candidates: [B, P] bool, the pages modelled (each holds
-    page-size tokens, S = exact_scores.shape[-1]); exact_scores: [B, Hkv, G, S] the newest
+    page-size tokens, S = exact_scores.shape[-1]), or [B] integer sequence lengths: the
+    candidates are then the full pages before the newest token's, p < (len − 1) // S
+    (``Step.candidates``), found by the kernels from the lengths (no mask is built, and no
+    block of pages past them is read); exact_scores: [B, Hkv, G, S] the newest
     page's exact scores (−inf = absent); alpha in (1, 2]; iters, expansions: fixed counts.
     Allocates a float64 scratch of 2·B·Hq·P elements for the kept pages' moments (33 MB at
     1M tokens, 32 query heads; only the kept pages' entries are written), and in the split
@@ -818,7 +876,8 @@ def gaussian_tau(
     lin = float64_words(alpha - 1.0)  # exact α − 1, three int arguments (no launch for a fill)
     kept_mu = torch.empty((b * hkv * g, p), dtype=torch.float64, device=mu.device)  # scratch
     kept_sigma = torch.empty_like(kept_mu)
-    rows, cand = b * hkv * g, candidates.to(torch.bool).contiguous()  # no launch for a dense bool mask
+    rows = b * hkv * g
+    cand, lengths = _candidates_arg(candidates, b, p)
     block_p, block_s = min(BLOCK_P, max(16, next_pow2(p))), max(16, next_pow2(s))
     if splits(rows, mu.device):
         counts = torch.empty(rows, dtype=torch.int32, device=mu.device)
@@ -826,7 +885,7 @@ def gaussian_tau(
         lows = torch.empty_like(tops)
         wrap_triton(_gaussian_keep_kernel)[(rows,)](
             mu, sigma, cand, exact_scores, *lin, kept_mu, kept_sigma, counts, tops, lows, hkv * g, p, s,
-            BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, num_warps=KEEP_WARPS)
+            BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, LENGTHS=lengths, num_warps=KEEP_WARPS)
         wrap_triton(_gaussian_solve_kernel)[(rows,)](
             exact_scores, *lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
@@ -846,11 +905,12 @@ def gaussian_tau(
         lows = torch.empty_like(tops)
         segments_mu, segments_sigma = torch.empty_like(kept_mu), torch.empty_like(kept_mu)
         wrap_triton(_gaussian_chunk_top_kernel)[(rows, chunks)](
-            mu, cand, *lin, chunk_tops, hkv * g, p, chunks, chunk_p, BLOCK_P=spread_p, num_warps=SPREAD_WARPS)
+            mu, cand, *lin, chunk_tops, hkv * g, p, s, chunks, chunk_p, BLOCK_P=spread_p, LENGTHS=lengths,
+            num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_chunk_keep_kernel)[(rows, chunks)](
             mu, sigma, cand, exact_scores, *lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
             p, s, chunks, chunk_p, BLOCK_P=spread_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
-            num_warps=SPREAD_WARPS)
+            LENGTHS=lengths, num_warps=SPREAD_WARPS)
         wrap_triton(_gaussian_gather_solve_kernel)[(rows,)](
             exact_scores, *lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
             chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
@@ -863,7 +923,7 @@ def gaussian_tau(
         mu, sigma, cand, exact_scores, *lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
         NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), PRESOLVE=bool(PRESOLVE),
-        MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG), num_warps=TAU_WARPS,
+        MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG), LENGTHS=lengths, num_warps=TAU_WARPS,
     )
     return tau
 

@@ -136,6 +136,49 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
     assert bool(torch.isneginf(got).all() and torch.isneginf(want).all())
 
 
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
+def test_gaussian_tau_from_lengths_equals_the_mask_and_reads_no_page_past_them(alpha, tau_form):
+    """Candidates given as the [B] lengths (what a Gaussian step on the kernels passes) give
+    the τ̂ of the mask ``candidate_page_mask`` builds from them, bit for bit, in every launch
+    form: lengths 0, 1, S, S + 1, a multiple of S, a random one and the whole capacity (the
+    newest page's slots and every page past the lengths hold NaN: a block read past them
+    would show), long rows too (``SHORT_P`` 4); and both equal the reference."""
+    import entmaxkv.kernels.gaussian_tau as module
+    from entmaxkv.gaussian import solve_gaussian_tau
+
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    p, s = 37, 16
+    lengths = torch.tensor([0, 1, s, s + 1, 9 * s, int(torch.randint(2, p * s, (1,), generator=g)), p * s])
+    b = lengths.numel()
+    mu = torch.randn(b, 2, 2, p, generator=g, dtype=torch.float64) * 2
+    sigma = torch.rand(b, 2, 2, p, generator=g, dtype=torch.float64) + 0.02
+    exact = torch.randn(b, 2, 2, s, generator=g, dtype=torch.float64) * 2
+    ends = torch.arange(s, (p + 1) * s, s)
+    mask = ends[None, :] < lengths[:, None]  # candidate_page_mask's rule
+    beyond = ~mask[:, None, None, :]
+    mu_p, sigma_p = mu.masked_fill(beyond, float("nan")), sigma.masked_fill(beyond, float("nan"))
+    count = torch.where(mask[:, None, None, :], float(s), 0.0).to(torch.float64).expand_as(mu)
+    want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
+    for short_p in (module.SHORT_P, 4):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "SHORT_P", short_p)
+            from_mask = torch.ops.entmaxkv.gaussian_tau(mu_p, sigma_p, mask, exact, alpha, 50, 30)
+            for ints in (torch.int64, torch.int32):
+                got = torch.ops.entmaxkv.gaussian_tau(mu_p, sigma_p, lengths.to(ints), exact, alpha, 50, 30)
+                assert torch.equal(got, from_mask), f"seed {seed} SHORT_P {short_p} {ints}: {got} vs {from_mask}"
+        torch.testing.assert_close(from_mask, want, rtol=1e-12, atol=1e-12, msg=f"seed {seed} SHORT_P {short_p}")
+
+
+def test_gaussian_tau_rejects_candidates_of_the_wrong_shape():
+    mu = torch.zeros(2, 1, 1, 5, dtype=torch.float64)
+    exact = torch.zeros(2, 1, 1, 16, dtype=torch.float64)
+    for bad in (torch.ones(2, 6, dtype=torch.bool), torch.ones(3, dtype=torch.int64), torch.ones(2),
+                torch.ones(2, 5, 1, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="candidates"):
+            torch.ops.entmaxkv.gaussian_tau(mu, mu, bad, exact, 1.5, 50, 30)
+
+
 @pytest.mark.parametrize("rows", ["short", "long"])
 @pytest.mark.parametrize("expansions", [1, 3])
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
@@ -478,7 +521,7 @@ def test_gaussian_tau_scratch_holds_every_page_above_the_cut(alpha):
         mu, sigma, torch.ones(2, p, dtype=torch.bool), exact, *float64_words(c), tau, kept_mu, kept_sigma, 2, p, s,
         50, 30, KIND=module.moment_kind(alpha), BLOCK_P=16, SHORT_P=4, BLOCK_S=16, NODES=module.QUAD_NODES,
         NEGLIGIBLE=module.NEGLIGIBLE, SOLVE_P=16, PRESOLVE=module.PRESOLVE, MARGIN=module.PRESOLVE_MARGIN,
-        PRESOLVE_LONG=module.PRESOLVE_LONG, num_warps=module.TAU_WARPS)
+        PRESOLVE_LONG=module.PRESOLVE_LONG, LENGTHS=False, num_warps=module.TAU_WARPS)
     least = _solve_low_end(alpha, mu, exact, torch.ones(2, p, dtype=torch.bool))
     term = (s * gaussian_moment(c * mu - least[..., None], c * sigma, alpha)).reshape(rows, p)
     scaled = (c * mu).reshape(rows, p)
@@ -517,10 +560,12 @@ def test_gaussian_tau_cut_below_a_page_top_leaves_the_noise_out(alpha):
     kept_mu = torch.full((rows, p), float("nan"), dtype=torch.float64)
     kept_sigma = torch.full_like(kept_mu, float("nan"))
     counts = torch.full((rows,), -1, dtype=torch.int32)
-    tops, lows = torch.full((rows,), float("nan"), dtype=torch.float64), torch.full((rows,), float("nan"), dtype=torch.float64)
+    tops = torch.full((rows,), float("nan"), dtype=torch.float64)
+    lows = torch.full_like(tops, float("nan"))
     module._gaussian_keep_kernel[(rows,)](
         mu, sigma, torch.ones(1, p, dtype=torch.bool), exact, *float64_words(c), kept_mu, kept_sigma, counts, tops,
-        lows, 2, p, s, BLOCK_P=32, BLOCK_S=16, NEGLIGIBLE=module.NEGLIGIBLE, num_warps=module.KEEP_WARPS)
+        lows, 2, p, s, BLOCK_P=32, BLOCK_S=16, NEGLIGIBLE=module.NEGLIGIBLE, LENGTHS=False,
+        num_warps=module.KEEP_WARPS)
     assert counts.tolist() == [1, 1], f"seed {seed}: kept {counts.tolist()}"
     torch.testing.assert_close(kept_mu[:, 0], torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)
     torch.testing.assert_close(tops, torch.full((rows,), top, dtype=torch.float64), rtol=1e-14, atol=0)
