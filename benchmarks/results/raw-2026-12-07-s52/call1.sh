@@ -1,7 +1,7 @@
 # Session 52, call 1: the Gaussian step with gaussian_tau's candidates from the lengths (no candidate mask:
 # two launches fewer a step; perf-log row 161) against the tree before it (c21c915, carried as ../old), same
 # machine, same call, the trees alternated (old, new, old, new: each `pip install -e` of its tree); launch
-# sizes of gaussian_select (CHUNK 256 / 512 against 1,024) in the new tree; the gpu tests of the Gaussian
+# sizes of gaussian_select (CHUNK 256 / 512 against 1,024) and of page_scores (32-page blocks, 8 warps) in the new tree; the gpu tests of the Gaussian
 # path on the new tree; the B = 1 128K step's kernels. Run from a clean `git archive` of the new tree
 # (carried as .scratch/clean), the old one's beside it (.scratch/old).
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
@@ -16,7 +16,7 @@ steps() {  # tree, label, batch, contexts, reps, variants, [extra args]
 }
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -rf -n 8 -k "gaussian or Gaussian" tests/ 2>&1 \
   | tail -4 | tee "$OUT/tests.txt"
-C="base;gaussian_select.CHUNK=256;gaussian_select.CHUNK=512;base"
+C="base;gaussian_select.CHUNK=256;gaussian_select.CHUNK=512;page_scores.DOT_BLOCK_P=32;page_scores.DOT_WARPS=8;base"
 use "$OLD"; steps "$OLD" old 1 131072,65536 30 base
 use "$NEW"; steps "$NEW" new 1 131072,65536 30 "$C"
 use "$OLD"; steps "$OLD" old 1 131072,65536 30 base; steps "$OLD" old 16 65536,131072 10 base
