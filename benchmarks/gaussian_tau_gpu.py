@@ -24,7 +24,8 @@ from gpu_check import time_replays
 
 
 def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, seed: int, aligned: bool = False):
-    """(mu, sigma [B, Hkv, G, P] float32, candidates [B, P] bool, exact [B, Hkv, G, 16]):
+    """(mu, sigma [B, Hkv, G, P] float32, lengths [B] int64, exact [B, Hkv, G, 16]): the lengths
+    as a Gaussian step passes them (every page a candidate but the newest, which holds 9 tokens);
     noise pages' score means ~N(0, 0.075²) and stds ~0.3 (keys N(0, 0.3²) at scale D^-1/2,
     as needle_inputs'), and ``needles`` runs of 16 tokens a KV head at score ~8 — at random
     token positions, as ``needle_inputs(run=16)`` draws them, so a run splits over two pages:
@@ -51,11 +52,10 @@ def moments(batch: int, kv_heads: int, group: int, pages: int, needles: int, see
                         share = n / 16
                         mu[b, h, :, page] = level * share + 0.075 * torch.randn(group, generator=g)
                         sigma[b, h, :, page] = (0.09 + level.square() * (3 / 128) * share * (1 - share)).sqrt()
-    candidates = torch.ones(batch, pages, dtype=torch.bool)
-    candidates[:, -1] = False  # the newest page
+    lengths = torch.full((batch,), 16 * (pages - 1) + 9)  # the newest page: 9 tokens
     exact = 0.3 * torch.randn(batch, kv_heads, group, 16, generator=g)
     exact[..., 9:] = float("-inf")
-    return tuple(x.cuda() for x in (mu, sigma, candidates, exact))
+    return tuple(x.cuda() for x in (mu, sigma, lengths, exact))
 
 
 def apply(variant: str) -> tuple[dict, list]:
@@ -90,8 +90,9 @@ def main() -> None:
     for p in (int(x) for x in args.pages.split(",")):
         for b in (int(x) for x in args.batches.split(",")):
             for needles in (int(x) for x in args.needles.split(",")):
-                mu, sigma, cand, exact = moments(b, hkv, hq // hkv, p, needles, seed=p + b, aligned=args.aligned)
-                count = torch.where(cand[:, None, None, :], 16.0, 0.0).double().expand(mu.shape)
+                mu, sigma, lengths, exact = moments(b, hkv, hq // hkv, p, needles, seed=p + b, aligned=args.aligned)
+                count = torch.full(mu.shape, 16.0, dtype=torch.float64, device=mu.device)
+                count[..., -1] = 0.0  # the newest page
                 for alpha in (float(x) for x in args.alphas.split(",")):
                     want = solve_gaussian_tau(mu, sigma, count, exact, alpha, iters=50)
                     print(f"## P = {p}, B = {b}, {hq}/{hkv}, needles {needles}{' aligned' if args.aligned else ''},"
@@ -100,10 +101,10 @@ def main() -> None:
                         over, undo = apply(variant)
                         iters, expansions = over.get("iters", 50), over.get("expansions", 30)
                         op = torch.ops.entmaxkv.gaussian_tau
-                        got = op(mu, sigma, cand, exact, alpha, iters, expansions)
+                        got = op(mu, sigma, lengths, exact, alpha, iters, expansions)
                         graph = torch.cuda.CUDAGraph()
                         with torch.cuda.graph(graph):
-                            op(mu, sigma, cand, exact, alpha, iters, expansions)
+                            op(mu, sigma, lengths, exact, alpha, iters, expansions)
                         us = time_replays(graph.replay, args.reps, 5)
                         err = (got - want).abs().max().item()
                         print(f"  {variant:<56} {us:9.1f} µs  max |Δτ| {err:.1e}")

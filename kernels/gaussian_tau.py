@@ -485,30 +485,31 @@ def _quadrature_rule(KIND: tl.constexpr, NODES: tl.constexpr):
 def _candidate_end(cand, b, P, S, LENGTHS: tl.constexpr):
     """How far sequence b's candidate pages reach: (len − 1) // S from its length (``LENGTHS``:
     ``cand`` holds the [B] lengths; the candidates are the full pages before the newest token's
-    page), else P (``cand`` is a [B, P] mask)."""
+    page; never past P, also for a length past the capacity), else P (``cand`` is a [B, P] mask).
+    In the lengths' own integer type until clamped to P: an int64 length does not wrap."""
     if LENGTHS:
-        end = tl.minimum(tl.maximum(tl.load(cand + b).to(tl.int32) - 1, 0) // S, P)
+        end = tl.minimum(tl.maximum(tl.load(cand + b) - 1, 0) // S, P).to(tl.int32)
     else:
         end = P
     return end
 
 
 @triton.jit
-def _is_candidate(cand, b, P, S, p, LENGTHS: tl.constexpr):
-    """Whether pages ``p`` of sequence b are candidates: p below ``_candidate_end`` (``LENGTHS``),
-    or set in the [B, P] mask (read as the bool it is)."""
+def _is_candidate(cand, b, P, end, p, LENGTHS: tl.constexpr):
+    """Whether pages ``p`` of sequence b are candidates: p below ``end`` (``_candidate_end``;
+    ``LENGTHS``), or set in the [B, P] mask (read as the bool it is)."""
     if LENGTHS:
-        ok = p < _candidate_end(cand, b, P, S, LENGTHS)
+        ok = p < end
     else:
         ok = (p < P) & tl.load(cand + b * P + p, mask=p < P, other=False)
     return ok
 
 
 @triton.jit
-def _block_tops(mu, cand, lin, row, b, P, S, p, LENGTHS: tl.constexpr):
+def _block_tops(mu, cand, lin, row, b, P, end, p, LENGTHS: tl.constexpr):
     """(α−1)·μ of one block of a row's pages ``p`` in float64, −inf where a page is past P or
-    not a candidate."""
-    ok = _is_candidate(cand, b, P, S, p, LENGTHS)
+    not a candidate (``end``: ``_candidate_end``)."""
+    ok = _is_candidate(cand, b, P, end, p, LENGTHS)
     return tl.where(ok, tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin, float("-inf"))
 
 
@@ -527,12 +528,12 @@ def _low_end(top_page, top_exact, lin, S):
 
 
 @triton.jit
-def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, p, kept_m, kept_s, NEGLIGIBLE: tl.constexpr,
+def _cut_block(mu, sigma, cand, lin, least, row, b, P, S, end, p, kept_m, kept_s, NEGLIGIBLE: tl.constexpr,
                LENGTHS: tl.constexpr):
     """Copies, in page order, the (α−1)·μ and (α−1)·σ of the pages of block ``p`` that can
     matter at the low end ``least`` to ``kept_m`` / ``kept_s`` (the next free entries of the
     row's scratch) and returns how many (the float32 bound of ``_keep_pages``' comment)."""
-    ok = _is_candidate(cand, b, P, S, p, LENGTHS)
+    ok = _is_candidate(cand, b, P, end, p, LENGTHS)
     m = tl.load(mu + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     sd = tl.load(sigma + row * P + p, mask=ok, other=0.0).to(tl.float64) * lin
     a = (m - least).to(tl.float32)
@@ -586,14 +587,14 @@ def _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row, b, P, S, 
     end = _candidate_end(cand, b, P, S, LENGTHS)  # blocks past it hold no candidate: not read
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
     for start in range(0, end, BLOCK_P):
-        top = tl.maximum(top, _block_tops(mu, cand, lin, row, b, P, S, start + lanes, LENGTHS))
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, b, P, end, start + lanes, LENGTHS))
     top_page, top_exact = tl.max(top), _newest_top(exact, lin, row, S, BLOCK_S)
     least = _low_end(top_page, top_exact, lin, S)
     kept_m = kept_mu + row * P
     kept_s = kept_sigma + row * P
     n_kept = 0
     for start in range(0, end, BLOCK_P):
-        n_kept += _cut_block(mu, sigma, cand, lin, least, row, b, P, S, start + lanes, kept_m + n_kept,
+        n_kept += _cut_block(mu, sigma, cand, lin, least, row, b, P, S, end, start + lanes, kept_m + n_kept,
                              kept_s + n_kept, NEGLIGIBLE, LENGTHS)
     return tl.maximum(top_page, top_exact), least, n_kept
 
@@ -767,9 +768,9 @@ def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     lanes = tl.arange(0, BLOCK_P)
     top = tl.full((BLOCK_P,), float("-inf"), tl.float64)
-    end = tl.minimum(chunk * CHUNK_P + CHUNK_P, _candidate_end(cand, row // HQ, P, S, LENGTHS))
-    for start in range(chunk * CHUNK_P, end, BLOCK_P):
-        top = tl.maximum(top, _block_tops(mu, cand, lin, row, row // HQ, P, S, start + lanes, LENGTHS))
+    end = _candidate_end(cand, row // HQ, P, S, LENGTHS)
+    for start in range(chunk * CHUNK_P, tl.minimum(chunk * CHUNK_P + CHUNK_P, end), BLOCK_P):
+        top = tl.maximum(top, _block_tops(mu, cand, lin, row, row // HQ, P, end, start + lanes, LENGTHS))
     tl.store(chunk_tops + row * CHUNKS + chunk, tl.max(top))
 
 
@@ -793,10 +794,10 @@ def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo,
     segment_s = segments_sigma + row * P + chunk * CHUNK_P
     lanes = tl.arange(0, BLOCK_P)
     n = 0
-    end = tl.minimum(chunk * CHUNK_P + CHUNK_P, _candidate_end(cand, row // HQ, P, S, LENGTHS))
-    for start in range(chunk * CHUNK_P, end, BLOCK_P):
-        n += _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, start + lanes, segment_m + n, segment_s + n,
-                        NEGLIGIBLE, LENGTHS)
+    end = _candidate_end(cand, row // HQ, P, S, LENGTHS)
+    for start in range(chunk * CHUNK_P, tl.minimum(chunk * CHUNK_P + CHUNK_P, end), BLOCK_P):
+        n += _cut_block(mu, sigma, cand, lin, least, row, row // HQ, P, S, end, start + lanes, segment_m + n,
+                        segment_s + n, NEGLIGIBLE, LENGTHS)
     tl.store(counts + row * CHUNKS + chunk, n)
     if chunk == 0:
         tl.store(tops + row, tl.maximum(top_page, top_exact))

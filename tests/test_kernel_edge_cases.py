@@ -137,19 +137,22 @@ def test_gaussian_tau_edge_cases_equal_the_reference(alpha, tau_form):
 
 
 @pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25])
-def test_gaussian_tau_from_lengths_equals_the_mask_and_reads_no_page_past_them(alpha, tau_form):
+def test_gaussian_tau_from_lengths_equals_the_mask(alpha, tau_form):
     """Candidates given as the [B] lengths (what a Gaussian step on the kernels passes) give
     the τ̂ of the mask ``candidate_page_mask`` builds from them, bit for bit, in every launch
-    form: lengths 0, 1, S, S + 1, a multiple of S, a random one and the whole capacity (the
-    newest page's slots and every page past the lengths hold NaN: a block read past them
-    would show), long rows too (``SHORT_P`` 4); and both equal the reference."""
+    form, over blocks of 16 pages (the end inside a later block): lengths 0, 1, S, S + 1, a
+    multiple of S, a random one, the whole capacity and past it (no candidate past P: the next
+    row's pages are not taken), int32 and int64; the newest page's slots and every page past
+    the candidates hold NaN, so a page taken for a candidate past them would show. Long rows
+    too (``SHORT_P`` 4). Both equal the reference (``test_opcheck_every_op`` checks the op with lengths)."""
     import entmaxkv.kernels.gaussian_tau as module
     from entmaxkv.gaussian import solve_gaussian_tau
 
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     p, s = 37, 16
-    lengths = torch.tensor([0, 1, s, s + 1, 9 * s, int(torch.randint(2, p * s, (1,), generator=g)), p * s])
+    random_length = int(torch.randint(2, p * s, (1,), generator=g))
+    lengths = torch.tensor([0, 1, s, s + 1, 9 * s, random_length, p * s, p * s + s + 1])
     b = lengths.numel()
     mu = torch.randn(b, 2, 2, p, generator=g, dtype=torch.float64) * 2
     sigma = torch.rand(b, 2, 2, p, generator=g, dtype=torch.float64) + 0.02
@@ -163,6 +166,7 @@ def test_gaussian_tau_from_lengths_equals_the_mask_and_reads_no_page_past_them(a
     for short_p in (module.SHORT_P, 4):
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(module, "SHORT_P", short_p)
+            patch.setattr(module, "BLOCK_P", 16)  # three blocks a row in every form
             from_mask = torch.ops.entmaxkv.gaussian_tau(mu_p, sigma_p, mask, exact, alpha, 50, 30)
             for ints in (torch.int64, torch.int32):
                 got = torch.ops.entmaxkv.gaussian_tau(mu_p, sigma_p, lengths.to(ints), exact, alpha, 50, 30)

@@ -800,11 +800,11 @@ def test_opcheck_every_op():
                               (q3, c.k_min, c.k_max, c.k_mean, c.k_std, c.seq_lens, None, 16, 0.25, True))
         torch.library.opcheck(torch.ops.entmaxkv.select_pages.default,
                               (keys, torch.tensor([[1, 2], [3, 0]], dtype=torch.int32), 3))
-        torch.library.opcheck(torch.ops.entmaxkv.gaussian_tau.default,
-                              (torch.randn(2, 2, 2, c.num_pages, dtype=torch.float64),
-                               torch.rand(2, 2, 2, c.num_pages, dtype=torch.float64),
-                               torch.tensor([[True, False, True], [True, True, False]]),
-                               torch.randn(2, 2, 2, 16, dtype=torch.float64), 1.5, 20, 5))
+        for candidates in (torch.tensor([[True, False, True], [True, True, False]]), c.seq_lens):  # mask, lengths
+            torch.library.opcheck(torch.ops.entmaxkv.gaussian_tau.default,
+                                  (torch.randn(2, 2, 2, c.num_pages, dtype=torch.float64),
+                                   torch.rand(2, 2, 2, c.num_pages, dtype=torch.float64), candidates,
+                                   torch.randn(2, 2, 2, 16, dtype=torch.float64), 1.5, 20, 5))
         for with_output in (True, False):  # τ alone: an empty output, which the fake must give too
             torch.library.opcheck(torch.ops.entmaxkv.sparse_decode.default,
                                   (q3, c.k_pages, c.v_pages, table, pages, count, c.seq_lens, None, None, None, None,
