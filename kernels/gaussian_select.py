@@ -42,7 +42,11 @@ from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
 __all__ = ["gaussian_select"]
 
-CHUNK = 1024  # pages per program
+# pages per program. 1,024 left the B = 1 step 8 programs a row (64 at 32/8), the keep kernel 8.8 µs
+# at 128K. 256, same run (H100, needles, perf-log row 162): B = 1 128K 102.3–102.5 -> 100.5 µs, 64K
+# 77.8–79.6 -> 76.8; B = 16 64K 327.0 (the second base; the first, timed first in its process, 350.9)
+# -> 324.4; the same outputs, the gpu tests of the Gaussian path pass at both
+CHUNK = 256
 NUM_WARPS = 4
 
 

@@ -52,7 +52,7 @@ def _select(cache, mu, sigma, upper, tau_hat, quantile, alpha, safety, excess, o
                            outlier is not None, sink, recent, mean_slack(mu.dtype, S, 16))
 
 
-@pytest.mark.parametrize("chunk", [1024, 4])
+@pytest.mark.parametrize("chunk", [256, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("group", [1, 2, 4])
 def test_gaussian_select_equals_the_torch_rule(group, dtype, chunk, poison, monkeypatch):
