@@ -150,9 +150,9 @@ def page_sigma(cache: PagedKVCache, q: Tensor, scale: float, alibi_slopes: Tenso
 
 
 class PageSets:
-    """The step's page masks, built on first use (a TopK step on the kernels never needs them):
-    ``newest`` [B, 1, P] (the page holding each sequence's newest token) and ``candidates``
-    [B, 1, P] (full pages other than the newest)."""
+    """The step's page masks, built on first use (TopK and Gaussian steps on the kernels never
+    need them): ``newest`` [B, 1, P] (the page holding each sequence's newest token) and
+    ``candidates`` [B, 1, P] (full pages other than the newest)."""
 
     def __init__(self, cache: PagedKVCache):
         self.cache = cache

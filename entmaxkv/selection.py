@@ -102,8 +102,8 @@ class Step:
             (always attended);
         candidates (property): [B, 1, P] bool, full pages other than the newest: what
             selectors choose from.
-    The two masks are built on first use (by ``ops``, once per step): a TopK step on the
-    kernels never needs them.
+    The two masks are built on first use (by ``ops``, once per step): TopK and Gaussian steps
+    on the kernels never need them.
     """
 
     cache: PagedKVCache

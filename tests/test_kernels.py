@@ -722,6 +722,26 @@ def test_decode_step_through_the_ops_equals_the_reference(alpha):
         assert bool((i2.dropped_mass_bound >= i1.dropped_mass_bound - 1e-12).all()), msg
 
 
+@pytest.mark.parametrize("selector", [ekv.TopK(coverage=0.3), ekv.Gaussian()], ids=["TopK", "Gaussian"])
+def test_topk_and_gaussian_steps_on_the_kernels_build_no_page_mask(selector, monkeypatch):
+    """The kernels find the candidate pages and the newest page from the lengths: a TopK or
+    Gaussian step on them (without info) never builds ``PageSets``' [B, 1, P] masks (two torch
+    launches each on a GPU)."""
+    import entmaxkv.backend as backend
+
+    def forbidden(cache):
+        raise AssertionError("the step built a page mask")
+
+    seed = fresh_seed()
+    cache, _, _ = make_cache(seed, 2, 2, 16, 8, [70, 41], capacity=96, dtype=torch.float32, spread=2.0)
+    q, k, v = random_step(torch.Generator().manual_seed(seed), 2, 4, 2, 16, torch.float32)
+    config = ekv.DecodeConfig(1.5, selector, backend="triton")
+    want = ekv.decode_step(cache.fork(), q, k, v, config)[1]
+    monkeypatch.setattr(backend, "candidate_page_mask", forbidden)
+    monkeypatch.setattr(backend, "newest_page_mask", forbidden)
+    assert torch.equal(ekv.decode_step(cache.fork(), q, k, v, config)[1], want), f"seed {seed}"
+
+
 def test_a_selector_may_rank_every_page():
     """``StepOps.top_pages`` lets keys be finite on any page (only −inf pages are never
     chosen); a mask holding the newest or non-live pages must attend the same tokens as one
