@@ -38,6 +38,7 @@ from torch.library import triton_op, wrap_triton
 
 from entmaxkv.gaussian import page_max_quantile
 from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
 __all__ = ["gaussian_select"]
@@ -54,9 +55,11 @@ NUM_WARPS = 4
 def _moments_kernel(
     mu, sigma, seq_lens, moments, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """moments[row, chunk, :, g] = (Σμ, Σσ², Σ(μ + 1.5σ), Σ(μ − chunk mean)²) over the chunk's
     candidates, in float64."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -84,9 +87,11 @@ def _keep_kernel(
     recent, H, P, NCHUNK,
     S: tl.constexpr, G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
     OUTLIER: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """The chunk's keep mask, kept count and per-head score floor of its kept pages (−inf where
     none), from the row's moments (and, from chunk 0, τ_floor)."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
@@ -181,8 +186,10 @@ def _row_floor(chunk_floor, newest_floor, floor, row, NCHUNK, G: tl.constexpr, G
 def _list_floor_kernel(
     mask, kept, chunk_floor, newest_floor, pages, count, floor, P, NCHUNK,
     G: tl.constexpr, G_PAD: tl.constexpr, CHUNK: tl.constexpr, NCHUNK_PAD: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """``_list_kernel``, and from chunk 0 the row's score floor."""
+    pdl_enter(PDL)
     _list_kernel(mask, kept, pages, count, P, NCHUNK, CHUNK, NCHUNK_PAD)
     if tl.program_id(1) == 0:
         _row_floor(chunk_floor, newest_floor, floor, tl.program_id(0).to(tl.int64), NCHUNK, G, G_PAD, NCHUNK_PAD)
@@ -228,17 +235,17 @@ def gaussian_select(
     sink_pages, recent_pages = min(sink_pages, p), min(recent_pages, p)
     shape = dict(S=page_size, G=g, G_PAD=max(2, next_pow2(g)), CHUNK=CHUNK)
     wrap_triton(_moments_kernel)[(b * hkv, chunks)](mu, sigma, seq_lens, moments, hkv, p, chunks, **shape,
-                                                     num_warps=NUM_WARPS)
+                                                     num_warps=NUM_WARPS, **pdl_kwargs(mu, "gaussian_select"))
     wrap_triton(_keep_kernel)[(b * hkv, chunks)](
         mu, sigma, upper, means, absmax, alibi_slopes if alibi_slopes is not None else mu, tau_hat, seq_lens,
         moments, mask, kept, tau_floor, chunk_floor, slack, *float64_words(z), *float64_words(alpha - 1.0),
         *float64_words(safety_margin_z), *float64_words(excess_margin_fraction),
         *float64_words(outlier_margin if use_outlier else 0.0), sink_pages, recent_pages, hkv, p, chunks,
         **shape, NCHUNK_PAD=max(2, next_pow2(chunks)), OUTLIER=use_outlier, HAS_ALIBI=alibi_slopes is not None,
-        num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS, **pdl_kwargs(mu, "gaussian_select"))
     wrap_triton(_list_floor_kernel)[(b * hkv, chunks)](
         mask, kept, chunk_floor, newest_floor, pages, count, floor, p, chunks, G=g, G_PAD=max(2, next_pow2(g)),
-        CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), num_warps=NUM_WARPS)
+        CHUNK=CHUNK, NCHUNK_PAD=max(2, next_pow2(chunks)), num_warps=NUM_WARPS, **pdl_kwargs(mu, "gaussian_select"))
     return pages, count, mask, tau_floor, floor
 
 

@@ -43,6 +43,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule
+from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
 __all__ = ["gaussian_tau", "moment_kind", "splits", "spreads"]
@@ -715,8 +716,10 @@ def _gaussian_tau_kernel(
     KIND: tl.constexpr, BLOCK_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr, NODES: tl.constexpr,
     NEGLIGIBLE: tl.constexpr, SOLVE_P: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
     PRESOLVE_LONG: tl.constexpr, LENGTHS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """τ̂ of one (sequence, query head) a program: the kept pages, then the solve over them."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)  # b·Hq + h
     lin = _float64_of(lin_hi, lin_mid, lin_lo)  # α − 1 in float64 (a float argument would arrive as float32)
     nodes, weights = _quadrature_rule(KIND, NODES)
@@ -732,8 +735,9 @@ def _gaussian_tau_kernel(
 @triton.jit
 def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_mu, kept_sigma, counts, tops, lows, HQ,
                           P, S, BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr, NEGLIGIBLE: tl.constexpr,
-                          LENGTHS: tl.constexpr):
+                          LENGTHS: tl.constexpr, PDL: tl.constexpr = False):
     """The split form's first kernel: a row's kept pages, their count, its top and low end."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     top_all, least, n_kept = _keep_pages(mu, sigma, cand, exact, lin, kept_mu, kept_sigma, row,
@@ -747,8 +751,9 @@ def _gaussian_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, kept_
 def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kept_sigma, counts, tops, lows, P, S,
                            iters, expansions, KIND: tl.constexpr, SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr,
                            BLOCK_S: tl.constexpr, NODES: tl.constexpr, PRESOLVE: tl.constexpr,
-                           MARGIN: tl.constexpr, PRESOLVE_LONG: tl.constexpr):
+                           MARGIN: tl.constexpr, PRESOLVE_LONG: tl.constexpr, PDL: tl.constexpr = False):
     """The split form's second kernel: a row's τ̂ from what ``_gaussian_keep_kernel`` kept."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
     nodes, weights = _quadrature_rule(KIND, NODES)
@@ -760,9 +765,10 @@ def _gaussian_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, kept_mu, kep
 
 @triton.jit
 def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ, P, S, CHUNKS, CHUNK_P,
-                               BLOCK_P: tl.constexpr, LENGTHS: tl.constexpr):
+                               BLOCK_P: tl.constexpr, LENGTHS: tl.constexpr, PDL: tl.constexpr = False):
     """The spread form's first kernel: the top (α−1)·μ of one chunk of a row's pages (CHUNK_P of
     them, in blocks of BLOCK_P) a program, to ``chunk_tops`` [rows, CHUNKS]."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
@@ -778,11 +784,12 @@ def _gaussian_chunk_top_kernel(mu, cand, lin_hi, lin_mid, lin_lo, chunk_tops, HQ
 def _gaussian_chunk_keep_kernel(mu, sigma, cand, exact, lin_hi, lin_mid, lin_lo, chunk_tops, segments_mu,
                                 segments_sigma, counts, tops, lows, HQ, P, S, CHUNKS, CHUNK_P, BLOCK_P: tl.constexpr,
                                 BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, NEGLIGIBLE: tl.constexpr,
-                                LENGTHS: tl.constexpr):
+                                LENGTHS: tl.constexpr, PDL: tl.constexpr = False):
     """The spread form's second kernel: one chunk's kept pages, in page order, to the chunk's
     segment of the row's scratch (entries chunk·CHUNK_P on) and their count to ``counts``
     [rows, CHUNKS]; the row's top and low end (every chunk computes them alike from
     ``chunk_tops``; chunk 0 stores them)."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     lin = _float64_of(lin_hi, lin_mid, lin_lo)
@@ -810,10 +817,11 @@ def _gaussian_gather_solve_kernel(exact, lin_hi, lin_mid, lin_lo, tau_out, segme
                                   KIND: tl.constexpr, GATHER_P: tl.constexpr, BLOCK_C: tl.constexpr,
                                   SOLVE_P: tl.constexpr, SHORT_P: tl.constexpr, BLOCK_S: tl.constexpr,
                                   NODES: tl.constexpr, PRESOLVE: tl.constexpr, MARGIN: tl.constexpr,
-                                  PRESOLVE_LONG: tl.constexpr):
+                                  PRESOLVE_LONG: tl.constexpr, PDL: tl.constexpr = False):
     """The spread form's third kernel: a row's chunk segments joined, in page order, into its
     scratch row (so the solve reads the same kept pages in the same order as the one kernel's:
     the same τ̂, bit for bit), then its τ̂."""
+    pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     in_chunk = tl.load(counts + row * CHUNKS + c, mask=c < CHUNKS, other=0)
@@ -886,13 +894,14 @@ def gaussian_tau(
         lows = torch.empty_like(tops)
         wrap_triton(_gaussian_keep_kernel)[(rows,)](
             mu, sigma, cand, exact_scores, *lin, kept_mu, kept_sigma, counts, tops, lows, hkv * g, p, s,
-            BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, LENGTHS=lengths, num_warps=KEEP_WARPS)
+            BLOCK_P=block_p, BLOCK_S=block_s, NEGLIGIBLE=NEGLIGIBLE, LENGTHS=lengths, num_warps=KEEP_WARPS,
+            **pdl_kwargs(mu, "gaussian_tau"))
         wrap_triton(_gaussian_solve_kernel)[(rows,)](
             exact_scores, *lin, tau, kept_mu, kept_sigma, counts, tops, lows, p, s, iters, expansions,
             KIND=moment_kind(alpha), SOLVE_P=min(SPLIT_SOLVE_P, max(16, next_pow2(p))), SHORT_P=SHORT_P,
             BLOCK_S=block_s, NODES=QUAD_NODES, PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN),
             PRESOLVE_LONG=bool(PRESOLVE_LONG),
-            num_warps=SOLVE_WARPS)
+            num_warps=SOLVE_WARPS, **pdl_kwargs(mu, "gaussian_tau"))
         return tau
     if spreads(rows, p, mu.device):
         spread_p = min(SPREAD_P, next_pow2(p))
@@ -907,25 +916,25 @@ def gaussian_tau(
         segments_mu, segments_sigma = torch.empty_like(kept_mu), torch.empty_like(kept_mu)
         wrap_triton(_gaussian_chunk_top_kernel)[(rows, chunks)](
             mu, cand, *lin, chunk_tops, hkv * g, p, s, chunks, chunk_p, BLOCK_P=spread_p, LENGTHS=lengths,
-            num_warps=SPREAD_WARPS)
+            num_warps=SPREAD_WARPS, **pdl_kwargs(mu, "gaussian_tau"))
         wrap_triton(_gaussian_chunk_keep_kernel)[(rows, chunks)](
             mu, sigma, cand, exact_scores, *lin, chunk_tops, segments_mu, segments_sigma, counts, tops, lows, hkv * g,
             p, s, chunks, chunk_p, BLOCK_P=spread_p, BLOCK_S=block_s, BLOCK_C=block_c, NEGLIGIBLE=NEGLIGIBLE,
-            LENGTHS=lengths, num_warps=SPREAD_WARPS)
+            LENGTHS=lengths, num_warps=SPREAD_WARPS, **pdl_kwargs(mu, "gaussian_tau"))
         wrap_triton(_gaussian_gather_solve_kernel)[(rows,)](
             exact_scores, *lin, tau, segments_mu, segments_sigma, kept_mu, kept_sigma, counts, tops, lows, p, s,
             chunks, chunk_p, iters, expansions, KIND=moment_kind(alpha),
             GATHER_P=max(16, min(1024, GATHER_TILE // block_c)), BLOCK_C=block_c,
             SOLVE_P=min(TAU_SOLVE_P, block_p), SHORT_P=SHORT_P, BLOCK_S=block_s, NODES=QUAD_NODES,
             PRESOLVE=bool(PRESOLVE), MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG),
-            num_warps=TAU_WARPS)
+            num_warps=TAU_WARPS, **pdl_kwargs(mu, "gaussian_tau"))
         return tau
     wrap_triton(_gaussian_tau_kernel)[(rows,)](
         mu, sigma, cand, exact_scores, *lin, tau, kept_mu, kept_sigma, hkv * g, p, s, iters, expansions,
         KIND=moment_kind(alpha), BLOCK_P=block_p, BLOCK_S=block_s, SHORT_P=SHORT_P, NODES=QUAD_NODES,
         NEGLIGIBLE=NEGLIGIBLE, SOLVE_P=min(TAU_SOLVE_P, block_p), PRESOLVE=bool(PRESOLVE),
         MARGIN=float(PRESOLVE_MARGIN), PRESOLVE_LONG=bool(PRESOLVE_LONG), LENGTHS=lengths, num_warps=TAU_WARPS,
-    )
+        **pdl_kwargs(mu, "gaussian_tau"))
     return tau
 
 

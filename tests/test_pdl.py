@@ -38,9 +38,9 @@ def test_pdl_kwargs_on_cuda(monkeypatch):
 @pytest.mark.parametrize("alpha,selector,bits", [(1.0, ekv.TopK(coverage=0.125), None),
                                                  (1.5, ekv.TopK(coverage=0.125), None), (1.5, ekv.Dense(), None),
                                                  (2.0, ekv.TopK(token_budget=256), None), (1.5, ekv.Exact(), 4),
-                                                 (2.0, ekv.Exact(), 8)],
+                                                 (2.0, ekv.Exact(), 8), (1.5, ekv.Gaussian(), None)],
                          ids=["topk-a1", "topk-a1.5", "dense-a1.5", "topk-budget-a2", "exact-codes4-a1.5",
-                              "exact-codes8-a2"])
+                              "exact-codes8-a2", "gaussian-a1.5"])
 def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits):
     from entmaxkv.compiled import GraphedDecodeStep
     from entmaxkv.synthetic import SyntheticStream
@@ -53,6 +53,7 @@ def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector
                                    device="cuda", key_bits=bits)
     cache = ekv.prefill(empty, k, v, [n, n - 37])  # ragged: the rows cross page edges at different steps
     config = ekv.DecodeConfig(alpha, selector)
+    monkeypatch.setattr(pdl, "PDL_MODULES", pdl.PDL_MODULES + " gaussian_tau gaussian_select")  # off by default
     monkeypatch.setattr(pdl, "PDL", True)
     decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False)
     monkeypatch.setattr(pdl, "PDL", False)
@@ -95,4 +96,5 @@ def test_every_kernel_launched_with_pdl_waits_first():
                     and [getattr(a, "id", None) for a in first.value.args] == ["PDL"]), (name_of_file, name)
             launched.append(name)
     # the modules of PDL_MODULES (and listed_tau, sparse_decode: switchable) all launch this way
-    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel"} <= set(launched)
+    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel",
+            "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel", "_keep_kernel"} <= set(launched)
