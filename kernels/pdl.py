@@ -38,9 +38,10 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs: it stays out.
 # The key-code scans (session 23, perf-log row 106; 128K, B = 1, 4 bits, needles): the Exact-with-
 # codes step 113.2 -> 110.8 µs
-# ``gaussian_tau`` and ``gaussian_select`` (the Gaussian step's six kernels between the statistics and the
-# attention at B = 1, each a launch boundary) launch through ``pdl_kwargs`` too, but stay out until a
-# GPU measures them (session 52, perf-log row 163; predicted −4 to −10 µs at B = 1):
+# ``gaussian_tau`` and ``gaussian_select`` (the Gaussian step's kernels between the statistics and the
+# attention: six at B = 1 from 8,192 pages a row, where τ̂ takes its spread form, four below, five where
+# it splits) launch through ``pdl_kwargs`` too, but stay out until a GPU measures them (session 52,
+# perf-log row 163; predicted −3 to −6 µs at B = 1 128K):
 #   step_variants_gpu.py --selector Gaussian --data needles --contexts 131072,65536 --variants \
 #     "base;pdl.PDL_MODULES='append page_scores quest_select code_scan gaussian_tau gaussian_select'"
 PDL_MODULES = "append page_scores quest_select code_scan"

@@ -42,6 +42,28 @@ def test_pdl_kwargs_on_cuda(monkeypatch):
                          ids=["topk-a1", "topk-a1.5", "dense-a1.5", "topk-budget-a2", "exact-codes4-a1.5",
                               "exact-codes8-a2", "gaussian-a1.5"])
 def test_graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits):
+    _graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("form", ["split", "spread"])
+def test_graph_replay_with_pdl_equals_eager_without_gaussian_tau_forms(monkeypatch, form):
+    """The τ̂ op's other launch forms (the case above takes the one kernel: 32 rows, ~1,250
+    pages): the split form's two kernels and the spread form's three, the last of which reads
+    what the kernel two launches before it wrote."""
+    from entmaxkv.kernels import gaussian_tau
+
+    if form == "split":
+        monkeypatch.setattr(gaussian_tau, "splits", lambda rows, device: True)
+    else:
+        monkeypatch.setattr(gaussian_tau, "SPREAD_MIN_PAGES", 0)
+    _graph_replay_with_pdl_equals_eager_without(monkeypatch, 1.5, ekv.Gaussian(), None)
+
+
+def _graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits):
+    """A graph captured with PDL on (the Gaussian step's modules too, off by default) replays
+    40 steps to the bits of eager steps without it."""
     from entmaxkv.compiled import GraphedDecodeStep
     from entmaxkv.synthetic import SyntheticStream
 
@@ -95,6 +117,10 @@ def test_every_kernel_launched_with_pdl_waits_first():
                     and getattr(first.value.func, "id", "") == "pdl_enter"
                     and [getattr(a, "id", None) for a in first.value.args] == ["PDL"]), (name_of_file, name)
             launched.append(name)
-    # the modules of PDL_MODULES (and listed_tau, sparse_decode: switchable) all launch this way
-    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel",
-            "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel", "_keep_kernel"} <= set(launched)
+    # the modules of PDL_MODULES (and listed_tau, sparse_decode, gaussian_tau, gaussian_select: switchable,
+    # not in it by default) all launch this way
+    gaussian = {"_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel", "_gaussian_chunk_top_kernel",
+                "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel", "_moments_kernel", "_keep_kernel",
+                "_list_floor_kernel"}
+    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel"} | gaussian <= set(
+        launched)
