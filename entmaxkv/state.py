@@ -12,8 +12,8 @@ Layout (B batch, H KV heads, P = ceil(capacity / S) pages of S tokens, D head di
     box_scale, box_l1  [B, H, P]        float32       8-bit box, see ``page_box``
 
 Statistics of a page are written once, when the page fills, and are final from then on.
-Mean and std are computed in float64 and rounded once to the cache dtype (through float32,
-round to nearest even: ``round_stat``), by the torch code here and by the Triton ops alike,
+Mean and std are computed in float64 and rounded to the cache dtype through float32 (to
+nearest even at each step: ``round_stat``), by the torch code here and by the Triton ops alike,
 so both store the same bits. Stored in the cache dtype they cost 2·2·D bytes a page and head
 (fp16/bf16) instead of 2·4·D: the statistics take 8·D bytes against 64·D of K+V at S = 16.
 An fp16 mean cannot overflow (it lies in [kmin, kmax]), nor can an fp16 std: the population
