@@ -172,7 +172,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import alpha_kind, code_step, next_pow2, register_batch_rule, rho, work_dtype_of
+from entmaxkv.kernels.common import (alpha_kind, candidate_count, code_step, next_pow2, register_batch_rule, rho,
+                                     work_dtype_of)
 from entmaxkv.kernels.page_scores import _newest_page, newest_slack, rounding_gamma
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
@@ -910,7 +911,7 @@ def _code_bounds_kernel(
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
-    coded = tl.maximum(length - 1, 0) // S  # full pages before the one holding the newest token
+    coded = candidate_count(length, S, P)  # full pages before the one holding the newest token
     scale_w = _scale_of(scale, scale_t, WORK)
     if WITH_NEWEST:
         # the extra program is the row's first, so that it is dispatched with the first code
@@ -980,7 +981,7 @@ def _seed_chunk_kernel(page_max, eps, seq_lens, best, q, k_pages, slopes, scale_
                          _scale_of(scale, scale_t, WORK), slack, bh, H,
                          P, D, length, S, G, S, BD, WORK, HAS_ALIBI, STORE_SCORES)
     if c >= 0:
-        coded = tl.maximum(length - 1, 0) // S
+        coded = candidate_count(length, S, P)
         lo = c * CHUNK
         packed = _seed_slots_of(page_max, eps, bh, lo, tl.minimum(lo + CHUNK, coded), P, G, SLOTS, GP, KP, ROUNDS)
         gi = tl.arange(0, GP)[:, None]
@@ -1250,7 +1251,7 @@ def _code_candidates_kernel(
     bh = tl.program_id(0)
     b = bh // H
     length = tl.load(seq_lens + b).to(tl.int32)
-    coded = tl.maximum(length - 1, 0) // S
+    coded = candidate_count(length, S, P)
     c = _float64_of(lin_high, lin_middle, lin_low)  # float64 α − 1, as the reference multiplies
     rows = tl.num_programs(0)  # counters: [3, rows], candidates, pages and programs finished per row
     gi = tl.arange(0, GP)

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "rho", "rho_slope", "page_stats_of", "page_box_of", "store_box",
-           "register_batch_rule",
+__all__ = ["alpha_kind", "work_dtype_of", "next_pow2", "candidate_count", "rho", "rho_slope", "page_stats_of",
+           "page_box_of", "store_box", "register_batch_rule",
            "SOFTMAX", "ALPHA_15", "ALPHA_2", "ALPHA_ANY"]
 
 SOFTMAX, ALPHA_15, ALPHA_2, ALPHA_ANY = 0, 1, 2, 3
@@ -49,6 +49,14 @@ def multiprocessors(device: torch.device) -> int:
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
+
+@triton.jit
+def candidate_count(length, S, P):
+    """n = (len − 1) // S, int32: how many pages of a sequence of ``length`` tokens are
+    candidates — its full pages before the one holding the newest token (0 for an empty
+    sequence), never more than the P page slots (also for a length past the capacity).
+    Computed in the length's own integer type until clamped to P: an int64 length does not wrap."""
+    return tl.minimum(tl.maximum(length - 1, 0) // S, P).to(tl.int32)
 
 
 @triton.jit

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.common import candidate_count, next_pow2, register_batch_rule
 from entmaxkv.kernels.gaussian_select import _list_kernel, _row_floor
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -50,7 +50,7 @@ def _above_kernel(
     mean − slack·absmax (− the ALiBi spread) of its kept pages (0 and −inf where none)."""
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     gs = tl.arange(0, G_PAD)
     idx = chunk * CHUNK + tl.arange(0, CHUNK)
     cand = idx < n

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from entmaxkv.gaussian import page_max_quantile
-from entmaxkv.kernels.common import next_pow2, register_batch_rule
+from entmaxkv.kernels.common import candidate_count, next_pow2, register_batch_rule
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -62,7 +62,7 @@ def _moments_kernel(
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     idx = chunk * CHUNK + tl.arange(0, CHUNK)
     gs = tl.arange(0, G_PAD)
     ok = (gs[:, None] < G) & (idx[None, :] < n)
@@ -94,7 +94,7 @@ def _keep_kernel(
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     gs = tl.arange(0, G_PAD)
     cs = tl.arange(0, NCHUNK_PAD)
     c = _float64_of(c_hi, c_mid, c_lo)

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import multiprocessors, next_pow2, register_batch_rule
+from entmaxkv.kernels.common import candidate_count, multiprocessors, next_pow2, register_batch_rule
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
 from entmaxkv.kernels.quest_select import _float64_of, float64_words
 
@@ -489,7 +489,7 @@ def _candidate_end(cand, b, P, S, LENGTHS: tl.constexpr):
     page; never past P, also for a length past the capacity), else P (``cand`` is a [B, P] mask).
     In the lengths' own integer type until clamped to P: an int64 length does not wrap."""
     if LENGTHS:
-        end = tl.minimum(tl.maximum(tl.load(cand + b) - 1, 0) // S, P).to(tl.int32)
+        end = candidate_count(tl.load(cand + b), S, P)
     else:
         end = P
     return end

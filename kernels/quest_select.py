@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from entmaxkv.kernels.common import next_pow2, register_batch_rule, work_dtype_of
+from entmaxkv.kernels.common import candidate_count, next_pow2, register_batch_rule, work_dtype_of
 from entmaxkv.kernels.page_scores import mean_slack, newest_slack
 from entmaxkv.kernels import select_pages as select_module  # its switches, read at call time
 from entmaxkv.kernels.pdl import pdl_enter, pdl_kwargs
@@ -203,7 +203,7 @@ def _chunk_best_upper_kernel(
         if chunk == 0:
             bins = tl.arange(0, 1 << HIST_BITS)
             tl.store(hist + row * (1 << HIST_BITS) + bins, tl.zeros((1 << HIST_BITS,), tl.int32))
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     idx = chunk * CHUNK + tl.arange(0, CHUNK)
     gs = tl.arange(0, G_PAD)
     u = tl.load(upper + (row * G + gs[:, None]) * P + idx[None, :], mask=(gs[:, None] < G) & (idx[None, :] < n),
@@ -225,7 +225,7 @@ def _keys_kernel(
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     if chunk * CHUNK < n:
         gs = tl.arange(0, G_PAD)
         cs = tl.arange(0, NCHUNK_PAD)
@@ -312,7 +312,7 @@ def _rank_kernel(
     tl.static_assert(ROW + TAIL < 2**15, "a row's counts, shifted by 16, must stay a positive int32")
     row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     base = keys + row * P
     lowest = tl.full((), -(2 ** (NBITS - 1)), INT)
     idx = block * BLOCK + tl.arange(0, BLOCK)
@@ -355,7 +355,7 @@ def _bracket_kernel(
     that count the row at the bracket's ends (``row_passes``)."""
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     want = tl.minimum(_wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE), P)
     lo, hi, usable = _sampled_bracket(keys + row * P, n, want, INT, NBITS, PROBES, SAMPLE, RUN)
     at = bracket + row * 4
@@ -411,7 +411,7 @@ def _search_kernel(
     tl.static_assert((TAIL == 0) or ONE_CHUNK, "a tail block only for a row held in registers")
     tl.static_assert(TAIL <= BLOCK, "a tail no longer than the block (FIELD holds a block's counts)")
     row = tl.program_id(0).to(tl.int64)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     lanes = tl.arange(0, BLOCK)
     base = keys + row * P
     want = _wanted(n, budget, cov_hi, cov_mid, cov_lo, sink, recent, COVERAGE)
@@ -477,7 +477,7 @@ def _list_kernel(
     pdl_enter(PDL)
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    n = tl.maximum(tl.load(seq_lens + row // H).to(tl.int32) - 1, 0) // S
+    n = candidate_count(tl.load(seq_lens + row // H), S, P)
     idx = chunk * LIST + tl.arange(0, LIST)
     t = tl.load(found + row * 2).to(INT)
     ties_wanted = tl.load(found + row * 2 + 1).to(tl.int32)
