@@ -80,6 +80,8 @@ def main() -> None:
                         help="SyntheticStream, or entmaxkv.synthetic.needle_inputs (--needles runs of --needle-run "
                              "tokens a KV head)")
     parser.add_argument("--needles", type=int, default=16, help="needle runs per KV head (--data needles)")
+    parser.add_argument("--room", type=int, default=2048,
+                        help="free token slots past the context (a cache of capacity context + room)")
     parser.add_argument("--needle-run", type=int, default=1,
                         help="tokens per needle run (16: whole phrases, what the Gaussian page model can see)")
     args = parser.parse_args()
@@ -105,7 +107,7 @@ def main() -> None:
         caches = {}
         for bits, boxes in {cache_options(case.split(":")[1]) for case in args.cases.split(",")}:
             caches[bits, boxes] = ekv.prefill(ekv.PagedKVCache.empty(
-                batch=args.batch, num_kv_heads=hkv, head_dim=128, capacity=n + 2048, dtype=torch.float16,
+                batch=args.batch, num_kv_heads=hkv, head_dim=128, capacity=n + args.room, dtype=torch.float16,
                 device="cuda", key_bits=bits, page_boxes=boxes), k, v, [n] * args.batch)
         del k, v
         for case in args.cases.split(","):

@@ -62,8 +62,8 @@ def test_graph_replay_with_pdl_equals_eager_without_gaussian_tau_forms(monkeypat
 
 
 def _graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bits):
-    """A graph captured with PDL on (the Gaussian step's modules too, off by default) replays
-    40 steps to the bits of eager steps without it."""
+    """A graph captured with PDL on (``PDL_MODULES``, the Gaussian step's modules among them)
+    replays 40 steps to the bits of eager steps without it."""
     from entmaxkv.compiled import GraphedDecodeStep
     from entmaxkv.synthetic import SyntheticStream
 
@@ -75,7 +75,6 @@ def _graph_replay_with_pdl_equals_eager_without(monkeypatch, alpha, selector, bi
                                    device="cuda", key_bits=bits)
     cache = ekv.prefill(empty, k, v, [n, n - 37])  # ragged: the rows cross page edges at different steps
     config = ekv.DecodeConfig(alpha, selector)
-    monkeypatch.setattr(pdl, "PDL_MODULES", pdl.PDL_MODULES + " gaussian_tau gaussian_select")  # off by default
     monkeypatch.setattr(pdl, "PDL", True)
     decoder = GraphedDecodeStep(cache.fork(), config, num_q_heads=hq, compile=False)
     monkeypatch.setattr(pdl, "PDL", False)
@@ -117,8 +116,8 @@ def test_every_kernel_launched_with_pdl_waits_first():
                     and getattr(first.value.func, "id", "") == "pdl_enter"
                     and [getattr(a, "id", None) for a in first.value.args] == ["PDL"]), (name_of_file, name)
             launched.append(name)
-    # the modules of PDL_MODULES (and listed_tau, sparse_decode, gaussian_tau, gaussian_select: switchable,
-    # not in it by default) all launch this way
+    # the modules of PDL_MODULES (and listed_tau, sparse_decode: switchable, not in it by default) all
+    # launch this way
     gaussian = {"_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel", "_gaussian_chunk_top_kernel",
                 "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel", "_moments_kernel", "_keep_kernel",
                 "_list_floor_kernel"}
