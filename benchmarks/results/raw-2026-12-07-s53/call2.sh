@@ -1,6 +1,7 @@
 # Session 53, call 2: where a cache's free room costs (call 1: the Gaussian step at 32K held in 128K slots
 # 67.2-67.5 µs against 61.5-62.2 without the room): the eager step's kernels at 32K with 2,048 and with
-# 98,304 free slots, Gaussian and TopK 12.5% (needle inputs, B = 1), and the TopK step's graph time both ways.
+# 98,304 free slots, Gaussian and TopK 12.5% (needle inputs, B = 1), the TopK step's graph time both ways,
+# and the Gaussian step with gaussian_tau's one-kernel form forced at 8,192 page slots.
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
 cd benchmarks
@@ -12,4 +13,11 @@ done
 for room in 0 98304; do
   timeout 40 python3 step_variants_gpu.py --selector TopK12.5 --batch 1 --data needles --contexts 32768 --reps 20 \
     --variants "base;base" --room $room 2>&1 | tee -a "$OUT/steps.txt" | grep -E "##|µs"
+done
+# is it τ̂'s form? At 8,192 page slots gaussian_tau takes its spread form (three launches) whatever the
+# lengths; SPREAD_MIN_PAGES=16384 keeps the one kernel there
+for room in 98304 184; do
+  timeout 45 python3 step_variants_gpu.py --selector Gaussian --batch 1 --data needles --contexts 32768 --reps 20 \
+    --variants "base;gaussian_tau.SPREAD_MIN_PAGES=16384;base" --room $room 2>&1 | tee -a "$OUT/steps.txt" \
+    | grep -E "##|µs"
 done
