@@ -42,7 +42,8 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # attention: six at B = 1 from 8,192 pages a row, where τ̂ takes its spread form, four below, five where
 # it splits; perf-log row 163): on the H100 (session 53, needles, the same process, base / PDL twice)
 # B = 1 128K 100.9 / 100.7 -> 99.4 / 99.4 µs, 64K 75.9 / 74.3 -> 75.1 / 73.8, B = 16 64K 326.4 (the
-# second base) -> 323.8, the same outputs; predicted −3 to −6 at 128K. The command:
+# second base) -> 323.8, the same outputs; predicted −3 to −6 at 128K. The command (its base has
+# them on now; the variant turns them off):
 #   step_variants_gpu.py --selector Gaussian --data needles --contexts 131072,65536 --variants \
 #     "base;pdl.PDL_MODULES='append page_scores quest_select code_scan'"
 PDL_MODULES = "append page_scores quest_select code_scan gaussian_tau gaussian_select"

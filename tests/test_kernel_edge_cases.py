@@ -19,12 +19,36 @@ pytestmark = pytest.mark.interpreter
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from entmaxkv.kernels.common import candidate_count  # noqa: E402
 from entmaxkv.kernels.gaussian_tau import _erfc  # noqa: E402
 from entmaxkv.kernels.quest_select import _float64_of, float64_words, quest_select  # noqa: E402
 from test_quest_select import S, after_append, step_bounds  # noqa: E402
 
 ON_THE_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
                                                                             reason="needs CUDA")])
+
+
+@triton.jit
+def _candidate_count_kernel(lengths, out, P, S: tl.constexpr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(out + i, candidate_count(tl.load(lengths + i), S, P))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("page_size", [16, 5])
+def test_candidate_count_is_the_full_pages_before_the_newest_clamped_to_the_slots(dtype, page_size):
+    """``candidate_count``, which thirteen kernels take their candidate pages from: (len − 1) // S
+    for every length a cache can hold, 0 for an empty sequence, never past the P slots (a length
+    past the capacity), and no wrap of an int64 length past 2^31 (the old formula narrowed it to
+    int32 first). Its clamp is otherwise seen only through ``gaussian_tau``'s tests."""
+    s, p = page_size, 7
+    lengths = [0, 1, s - 1, s, s + 1, 2 * s, 2 * s + 1, p * s - 1, p * s, p * s + 1, p * s + s + 1, 10 ** 6]
+    if dtype == torch.int64:
+        lengths += [2 ** 31 + 5, 2 ** 33 + 1, 2 ** 40]
+    lengths += [-3] * (16 - len(lengths))
+    out = torch.full((16,), -7, dtype=torch.int32)  # poisoned
+    _candidate_count_kernel[(1,)](torch.tensor(lengths, dtype=dtype), out, p, S=s, N=16)
+    assert out.tolist() == [min(max(n - 1, 0) // s, p) for n in lengths]
 
 
 @pytest.mark.parametrize("x", [0.0, 1 / 3, 0.56, 0.1, 0.125, 1.0, 2.0, 1e-300, 5e-324, 0.9999999999999999,
