@@ -1,6 +1,6 @@
 # Session 53, call 2: where a cache's free room costs (call 1: the Gaussian step at 32K held in 128K slots
 # 67.2-67.5 µs against 61.5-62.2 without the room): the eager step's kernels at 32K with 2,048 and with
-# 98,304 free slots, Gaussian and TopK 12.5% (needle inputs, B = 1), the TopK step's graph time both ways,
+# 98,304 free slots, Gaussian and TopK 12.5% (needle inputs, B = 1),
 # and the Gaussian step with gaussian_tau's one-kernel form forced at 8,192 page slots.
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
@@ -9,10 +9,6 @@ for room in 2048 98304; do
   timeout 60 python3 profile_step.py --batch 1 --contexts 32768 --cases 1.5:Gaussian,1.5:TopK12.5 --data needles \
     --needles 4 --needle-run 16 --room $room --top 16 2>&1 | grep -E "##|µs" > "$OUT/profile-room$room.txt"
   cat "$OUT/profile-room$room.txt"
-done
-for room in 0 98304; do
-  timeout 40 python3 step_variants_gpu.py --selector TopK12.5 --batch 1 --data needles --contexts 32768 --reps 20 \
-    --variants "base;base" --room $room 2>&1 | tee -a "$OUT/steps.txt" | grep -E "##|µs"
 done
 # is it τ̂'s form? At 8,192 page slots gaussian_tau takes its spread form (three launches) whatever the
 # lengths; SPREAD_MIN_PAGES=16384 keeps the one kernel there
