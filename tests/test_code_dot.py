@@ -107,15 +107,17 @@ def test_midpoint_keys_fill_the_interval_of_either_form(hi_only, monkeypatch):
     assert 0 <= float(slack.min()) and float(slack.max()) < most, (seed, float(slack.min()), float(slack.max()))
 
 
+@pytest.mark.parametrize("from_sum", [True, False])
 @pytest.mark.parametrize("group", [1, 3, 4])
 @pytest.mark.parametrize("hi_only", [False, True])
-def test_eps_on_dyadic_inputs_is_exact(group, hi_only, monkeypatch):
+def test_eps_on_dyadic_inputs_is_exact(group, hi_only, from_sum, monkeypatch):
     """Keys kmin + c·2^j (exact codes, no quantisation error), |q| a power of two per head,
     scale 1/4: every sum either path computes is exact, so ŝ equals the float64 score and ε
     equals the reference's ε plus the extra term of ``dot_margins`` exactly (0 on the
     CUDA-core path) — dropping or changing that term breaks the equality. A = q·step is a
     power of two, so hi alone (``HI_ONLY``) is exact too, with its own wider term."""
     monkeypatch.setattr(code_scan, "HI_ONLY", hi_only)
+    monkeypatch.setattr(code_scan, "EXPONENT_FROM_SUM", from_sum)  # 2^k from ε's sum or from max |A|
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     b, h, d, pages = 2, 2, 32, 3
@@ -140,22 +142,25 @@ def test_eps_on_dyadic_inputs_is_exact(group, hi_only, monkeypatch):
         finally:
             code_scan.USE_DOT = True
         on_dot = dot and code_scan.uses_dot(torch.float32, d, 4, group)  # G = 1: hi alone only
-        extra = dot_extra(cache, q, scale) if on_dot else torch.zeros_like(want_eps, dtype=torch.float64)
+        extra = dot_extra(cache, q, scale, exact_sum=True) if on_dot else torch.zeros_like(want_eps,
+                                                                                          dtype=torch.float64)
         assert bool((extra[coded] > 0).all()) == on_dot
         assert torch.equal(s_hat.double()[tokens], exact[tokens]), (seed, dot)
         assert torch.equal(eps.double()[coded], want_eps.double()[coded] + extra[coded]), (seed, dot)
 
 
+@pytest.mark.parametrize("from_sum", [True, False])
 @pytest.mark.parametrize("dtype,bits,kind", [
     (torch.float32, 4, "huge_range"), (torch.float16, 8, "outliers"), (torch.bfloat16, 4, "fp16_extremes"),
     (torch.float32, 8, "offset_tiny_spread"), (torch.float16, 4, "constant"),
 ])
-def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind):
+def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind, from_sum, monkeypatch):
     """Each head of a group its own power-of-two scale: query heads scaled by 1e-36 (max |A|
     below 2^-113: the clamped exponent), 1e-20, 1, 1e12, with channels spanning 1e-6..1e6
     within a head. The interval holds, ε is the reference's plus ``dot_extra``, ŝ within the
     rounding part (plus ``dot_extra``: hi alone's error of A) of the reference's — and of the
     CUDA-core path's."""
+    monkeypatch.setattr(code_scan, "EXPONENT_FROM_SUM", from_sum)
     seed = fresh_seed()
     group, d = 4, 32
     cache, q, _, g = coded_setup(seed, dtype, bits, group, False, d=d, batch=2, kind=kind, q_scale=1.0)
