@@ -20,11 +20,14 @@ other head dims and MHA with 8 bits keep the CUDA-core code, which ``USE_DOT = F
 selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
-of ε's sum T_gp = Σ_d |q_gd|·spread_pd (below; spread >= step/2, so max_d |A_gd| <= 2·T·(1 +
-2^−13): A's rounding, spread's and T's, D <= 1,024) such that 2^k·T lies in [2^13, 2^14) —
-then max_d |A_gd|·2^k < 2^15·(1 + 2^−13) — with k clamped to [−126, 126] (2^±k normal floats;
-the clamp only makes x smaller: with T below float32's normal range x < 4). No max over D per
-(page, head): T is reduced for ε anyway (session 53: 476 -> 448 static SASS a page, 4 bits;
+of ε's sum T_gp = Σ_d |q_gd|·spread_pd (below) such that 2^k·T lies in [2^13, 2^14), k
+clamped to [−126, 126] (2^±k normal floats). Then |x| = |A_gd|·2^k < 2^15: spread is taken at
+least fl(step·(1/2 + dot_rel)) >= step/2 (``_channel_terms``' ``HALF_STEP``: also for a
+subnormal step, whose fl(step/2) may round down), rounding is monotone and a float32 sum of
+non-negative terms is at least each term in any order, so T >= fl(|q_d|·step_d/2) = |A_d|/2
+wherever |A_d| >= 2^−125; a smaller |A_d| gives |x| <= 2^−125·2^126 = 2. (The clamp at 126
+binds only for T < 2^−113, where |x| <= 2T·2^126 < 2^14.) No max over D per
+(page, head): T is reduced for ε anyway (session 53: 476 -> 456 static SASS a page, 4 bits;
 ``EXPONENT_FROM_SUM``, whose False takes k from max_d |A_gd|·2^k in [2^14, 2^15) instead).
 And x = A·2^k is split into
 x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
@@ -34,7 +37,7 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
 
 1. The split's residual, bounded and added to ε. Per element |x − h − l| <= 2^−22·|x| + 2^−13,
    h and l the float16 values the tensor core uses (the rounded ones, or 0 for a subnormal if
-   the hardware flushes them): |x| < 2^15·(1 + 2^−13) < 65,504 never overflows float16; if
+   the hardware flushes them): |x| < 2^15 never overflows float16; if
    |x| >= 2^−14, h is normal, |x − h| <= 2^−11·|x|, and l is within 2^−11·|x − h| of x − h (normal l) or
    2^−14 (subnormal or flushed); if |x| < 2^−14, h + l is within 2^−14 + 2^−25 of x either
    way (and x underflowing float32 costs 2^−150 more). Times the codes, unscaled:
@@ -45,7 +48,8 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    (<= 2^−150). The split's term is ~8·10^−6 of ε's step/2 part for 4 bits (2^−18 of
    Σ_d |q_d|·step_pd) and ~1.2·10^−4 of ε for 8 bits (measured: ε_dot / ε_cores 1.00012–1.00015,
    with k then from max_d |A_gd|; from T the absolute term is at most D·2^(bits−26)·T, 2^−11 of
-   ε's sum for 8 bits at D = 128, and D·2^(bits−27)·T with hi alone, 2^−16 for 4 bits).
+   ε's sum for 8 bits at D = 128, and D·2^(bits−27)·T with hi alone, 2^−16 for 4 bits — where
+   the clamp of k does not bind, T >= 2^−113; below, D·abs·2^−126).
    Hi alone: per element |x − h| <= 2^−11·|x| + 2^−14 (h normal for |x| >= 2^−14; below,
    h is within 2^−25 of x, or 0 if flushed), so ε adds scale·(2^bits·2^−11·Σ_d |q_d|·step_pd +
    D·2^bits·2^−14·2^−k) (``dot_margins(bits, split=False)``), the same argument with its 16/15:
@@ -382,7 +386,8 @@ HI_ONLY = True
 # The tensor-core path's power of two 2^k from ε's sum T = Σ_d |q_d|·spread_d (>= max_d |A_d| / 2; the
 # module docstring), which the kernel reduces anyway, instead of from max_d |A_d|, one more reduction
 # over D a (page, head) (session 53, perf-log row 165): static SASS of code_bounds as the step calls it
-# 476 -> 448 a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp, 80 registers either way); the absolute
+# 476 -> 456 a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp, 80 registers either way; 448 before
+# spread's floor at fl(step·(1/2 + dot_rel)), which a subnormal step needs: ``_channel_terms``); the absolute
 # term of ε (D·abs·2^−k) up to D·2^(bits−26)·T with the split (8 bits: 2^−11 of T at D = 128),
 # D·2^(bits−27)·T with hi alone. Not yet timed on a GPU. False: k from max_d |A_d| (session 22's
 # rule), for an A/B: keycodes_gpu.py --variants "base;code_scan.EXPONENT_FROM_SUM=False".
@@ -630,10 +635,14 @@ def _pinned(x, NATIVE: tl.constexpr):
 
 
 @triton.jit
-def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr):
+def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr,
+                   HALF_STEP: tl.constexpr = False):
     """For the channels d [n] of the pages (kmin, step, radius [BLOCK_P, n]): q·kmin and ε's sum
-    Σ |q|·(radius + dot_rel·step) [BLOCK_P, GP] and A = q·step [BLOCK_P, GP, n]. Heads past G are
-    zero."""
+    Σ |q|·spread, spread = radius + dot_rel·step [BLOCK_P, GP] and A = q·step [BLOCK_P, GP, n].
+    Heads past G are zero. ``HALF_STEP``: spread at least fl(step·(1/2 + dot_rel)), which is at
+    least step/2 also for a subnormal step, where fl(step/2) may round down (to 0 for 2^−149) and
+    r·M underflows; for a normal step the max is spread itself (r·M >= 2^−17·step outweighs the
+    roundings), so ε is unchanged there."""
     # q read as a [GP, BLOCK_P, n] tile (every page the same rows; heads outermost, so that a
     # thread holds every head of its pages and channels) and viewed as [BLOCK_P, GP, n]
     qg = tl.load(q + qrows[:, None, None] * D + d[None, None, :] + 0 * kmin.to(tl.int32)[None, :, :],
@@ -641,6 +650,8 @@ def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.conste
     qg = tl.permute(qg, (1, 0, 2))
     base = tl.sum(kmin[:, None, :] * qg, axis=2)
     spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
+    if HALF_STEP:  # ε's sum bounds max |A| / 2 (2^k is taken from it: ``EXPONENT_FROM_SUM``)
+        spread = tl.maximum(spread, step * (0.5 + tl.cast(dot_rel, WORK)))
     eps = tl.sum(spread[:, None, :] * tl.abs(qg), axis=2)
     a = step[:, None, :] * qg  # as the CUDA-core path's q·step, [BLOCK_P, GP, n]
     return base, eps, a
@@ -760,10 +771,10 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     dd = tl.arange(0, BW * (8 // BITS))  # 4 bits: channel 2j in the low nibble of byte j, 2j + 1 in the high one
     kmin, step, radius = _page_stats(k_min, k_max, page_row, dd, live, r_w, D, BITS, WORK)
     kmin, step, radius = _pinned(kmin, NATIVE), _pinned(step, NATIVE), _pinned(radius, NATIVE)
-    base, eps, a = _channel_terms(q, qrows, gi, dd, kmin, step, radius, dot_rel, D, G, WORK)
+    base, eps, a = _channel_terms(q, qrows, gi, dd, kmin, step, radius, dot_rel, D, G, WORK, K_FROM_SUM)
     # 2^k from the exponent e of ε's sum T (>= max_d |A| / 2, the module docstring): biased exponent
-    # E = 267 − e puts 2^k·T in [2^13, 2^14), so max_d |A|·2^k < 2^15·(1 + 2^−13); E in [1, 253] keeps
-    # 2^k and 2^−k normal float32 numbers
+    # E = 267 − e puts 2^k·T in [2^13, 2^14), so max_d |A|·2^k < 2^15; E in [1, 253] keeps 2^k and
+    # 2^−k normal float32 numbers
     if K_FROM_SUM:
         big = tl.minimum(tl.maximum(267 - ((eps.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
     else:  # from max_d |A| itself: E = 268 − e puts it in [2^14, 2^15) (``EXPONENT_FROM_SUM``)

@@ -193,6 +193,33 @@ def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind, from_sum, monkeypat
 
 
 
+@pytest.mark.parametrize("from_sum", [True, False])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_subnormal_step_does_not_overflow_the_float16_operand(bits, from_sum, monkeypatch):
+    """A channel whose keys are 0, L·2^−149 and 10·2^−149 (L = 2^bits − 1; float32 subnormals: its
+    step is 2^−149, whose fl(step/2) rounds to 0 and whose r·M underflows) under a query of 2^45:
+    A = q·step = 2^−104 is
+    a normal float, so a power of two taken from a sum that missed the channel (T = 0 -> k = 126)
+    would make A·2^k = 2^22 and overflow float16 (page_max inf, ŝ NaN; an independent review's
+    counterexample to the first form of ``EXPONENT_FROM_SUM``). ŝ equals the scores (the codes
+    are exact here) and the page best is finite, in both forms of 2^k."""
+    monkeypatch.setattr(code_scan, "EXPONENT_FROM_SUM", from_sum)
+    d, page, group, t = 32, PAGE, 2, 3 * PAGE + 1
+    keys = torch.zeros(1, 1, t, d, dtype=torch.float64)
+    keys[..., 0] = torch.tensor([0.0, 2.0 ** bits - 1, 10.0] * t)[:t] * 2.0 ** -149
+    cache = ekv.prefill(ekv.PagedKVCache.empty(batch=1, num_kv_heads=1, head_dim=d, capacity=t + 8, page_size=page,
+                                               dtype=torch.float32, key_bits=bits), keys.float(), keys.float(), [t])
+    assert code_scan.uses_dot(torch.float32, d, bits, group)
+    q = torch.full((1, group, 1, d), 2.0 ** 45, dtype=torch.float32)
+    page_max, eps, s_hat = run_bounds(cache, q, 1.0, None)
+    coded = coded_pages(cache).expand_as(eps)
+    tokens = coded.repeat_interleave(PAGE, -1)
+    exact = float64_scores(cache, q, 1.0)
+    assert bool(torch.isfinite(page_max[coded]).all()) and bool(torch.isfinite(eps[coded]).all())
+    assert torch.equal(s_hat.double()[tokens], exact[tokens])
+    assert torch.equal(page_max.double()[coded], exact.reshape(exact.shape[:-1] + (-1, PAGE)).amax(-1)[coded])
+
+
 @pytest.mark.parametrize("dtype,bits,group,alibi", [(torch.float32, 4, 2, False), (torch.bfloat16, 8, 4, True)])
 def test_exact_step_on_the_dot_path_equals_dense_entmax(dtype, bits, group, alibi):
     """``Exact`` through the kernel ops with the tensor-core path (D = 32: ``uses_dot``), on
