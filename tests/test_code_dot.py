@@ -142,8 +142,8 @@ def test_eps_on_dyadic_inputs_is_exact(group, hi_only, from_sum, monkeypatch):
         finally:
             code_scan.USE_DOT = True
         on_dot = dot and code_scan.uses_dot(torch.float32, d, 4, group)  # G = 1: hi alone only
-        extra = dot_extra(cache, q, scale, exact_sum=True) if on_dot else torch.zeros_like(want_eps,
-                                                                                          dtype=torch.float64)
+        none = torch.zeros_like(want_eps, dtype=torch.float64)
+        extra = dot_extra(cache, q, scale, exact_sum=True) if on_dot else none
         assert bool((extra[coded] > 0).all()) == on_dot
         assert torch.equal(s_hat.double()[tokens], exact[tokens]), (seed, dot)
         assert torch.equal(eps.double()[coded], want_eps.double()[coded] + extra[coded]), (seed, dot)
@@ -198,11 +198,10 @@ def test_heads_of_huge_and_tiny_magnitude(dtype, bits, kind, from_sum, monkeypat
 def test_a_subnormal_step_does_not_overflow_the_float16_operand(bits, from_sum, monkeypatch):
     """A channel whose keys are 0, L·2^−149 and 10·2^−149 (L = 2^bits − 1; float32 subnormals: its
     step is 2^−149, whose fl(step/2) rounds to 0 and whose r·M underflows) under a query of 2^45:
-    A = q·step = 2^−104 is
-    a normal float, so a power of two taken from a sum that missed the channel (T = 0 -> k = 126)
-    would make A·2^k = 2^22 and overflow float16 (page_max inf, ŝ NaN; an independent review's
-    counterexample to the first form of ``EXPONENT_FROM_SUM``). ŝ equals the scores (the codes
-    are exact here) and the page best is finite, in both forms of 2^k."""
+    A = q·step = 2^−104 is a normal float, so a power of two taken from a sum that missed the
+    channel (T = 0 -> k = 126) would make A·2^k = 2^22 and overflow float16 (page_max inf, ŝ NaN;
+    an independent review's counterexample to the first form of ``EXPONENT_FROM_SUM``). ŝ equals
+    the scores (the codes are exact here) and the page best is finite, in both forms of 2^k."""
     monkeypatch.setattr(code_scan, "EXPONENT_FROM_SUM", from_sum)
     d, page, group, t = 32, PAGE, 2, 3 * PAGE + 1
     keys = torch.zeros(1, 1, t, d, dtype=torch.float64)

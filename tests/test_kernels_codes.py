@@ -101,6 +101,7 @@ def dot_extra(cache, q, scale, exact_sum=False):
     rel, dab = dot_margins(cache.key_bits, splits_a(cache.key_bits))
     if code_scan.EXPONENT_FROM_SUM:
         spread = code_radius(cache, cache.key_bits).double() + rel * step.double()  # radius: step/2 + r·M
+        spread = torch.maximum(spread, (step * (0.5 + rel)).double())  # the kernel's floor (``HALF_STEP``)
         total = torch.einsum("bhgd,bhpd->bhgp", qg.abs().double(), spread)
         if not exact_sum:  # the kernel's float32 T is at most (1 + (D + 4)·2^−24·1.01) above this one
             total = total * (1 + (d + 2) * 2.0 ** -23)
