@@ -3,6 +3,8 @@
 # (2) the gpu tests of the key-code scan on this tree (code_scan changed: 8b1c469, 7866613);
 # (3) session 53's unrun calls 2 and 3: which kernels pay for a cache's free room (Gaussian at 32K in 128K slots),
 # and whether gaussian_tau's spread form is the cause (SPREAD_MIN_PAGES=16384 keeps the one kernel there).
+# (4) 1M tokens TopK 3% (B = 1, 32/8, stream) on a cache with 8-bit page boxes against the min/max cache: page_scores
+# was ~77 of the 155 µs step (session 15), the box reads half those bytes.
 # Run from a clean `git archive` of the tree (carried as .scratch/clean) with the wheels in .whl.
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
@@ -24,4 +26,8 @@ done
 timeout 50 python3 step_variants_gpu.py --selector Gaussian --batch 1 --data needles --contexts 32768 --reps 20 \
   --variants "base;gaussian_tau.SPREAD_MIN_PAGES=16384;base;gaussian_tau.SPREAD_MIN_PAGES=16384" --room 98304 2>&1 \
   | tee "$OUT/steps.txt" | grep -E "##|µs"
+for boxes in "" "--page-boxes"; do
+  timeout 100 python3 step_variants_gpu.py --selector TopK3 --contexts 1048576 --reps 20 --variants "base;base" \
+    $boxes 2>&1 | tee -a "$OUT/steps-1m.txt" | grep -E "##|µs"
+done
 head -30 "$OUT/profile-room2048.txt" "$OUT/profile-room98304.txt"
