@@ -12,3 +12,9 @@ timeout 50 python3 step_variants_gpu.py --selector Gaussian --batch 1 --data nee
   --variants "base;gaussian_tau.SPREAD_MIN_PAGES=16384;base;gaussian_tau.SPREAD_MIN_PAGES=16384" --room 98304 2>&1 \
   | tee "$OUT/steps.txt" | grep -E "##|µs"
 head -30 "$OUT/profile-room2048.txt" "$OUT/profile-room98304.txt"
+# sparse_decode under PDL (out since session 9, when it cost the Dense step 1.5-2.6 µs; many kernels changed since)
+PDLALL="pdl.PDL_MODULES='append page_scores quest_select code_scan gaussian_tau gaussian_select sparse_decode'"
+for sel in Dense TopK12.5; do
+  timeout 60 python3 step_variants_gpu.py --selector $sel --contexts 8192,32768,131072 --reps 20 \
+    --variants "base;$PDLALL;base;$PDLALL" 2>&1 | tee -a "$OUT/steps-pdl.txt" | grep -E "##|µs"
+done
