@@ -6,7 +6,7 @@ tune_kernels.py's code-scan sweep will run, seen before spending device time on 
     python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,2 --sass
     python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,1 --sass --set USE_DOT=False
     python benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --launch 2,1 --sass --set USE_DOT=False \
-        --set THREAD_TOKENS=4                                               # CUDA-core forms
+        --set UNROLL_HEADS=False                                            # CUDA-core forms
 
 Kernels with a ``NATIVE`` argument (the key-code scans' inline-PTX forms, taken on CUDA) are
 compiled with it on, as the GPU's launcher passes it. The static count does not see

@@ -7,8 +7,7 @@ run (CUDA-graph timing), with a correctness check against the torch path and den
     python benchmarks/keycodes_gpu.py --contexts 131072 --seed-chunk 1024   # the seed's chunk (code_scan.SEED_CHUNK)
     python benchmarks/keycodes_gpu.py --contexts 65536,131072 --paths dot,cores   # both scoring paths (the default)
     python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;NEWEST_IN_SCAN=True"
-    python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants \
-        "base;THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2;THREAD_TOKENS=2;THREAD_TOKENS=4,BLOCK_P=8,NUM_WARPS=4"
+    python benchmarks/keycodes_gpu.py --contexts 131072 --paths cores --variants "base;BLOCK_P=4,NUM_WARPS=2"
 
 ``--variants``: ``;``-separated, each a ``,``-separated list of ``code_scan`` constant
 assignments ``NAME=value`` (``module.NAME=value`` for another ``entmaxkv.kernels`` module, e.g.
@@ -240,7 +239,7 @@ def main() -> None:
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
                                  "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT", "NEWEST_IN_SCAN",
-                                 "WORD_CODES", "UNROLL_HEADS", "THREAD_TOKENS", "PAD_SINGLE_HEAD", "HI_ONLY")}
+                                 "WORD_CODES", "UNROLL_HEADS", "PAD_SINGLE_HEAD", "HI_ONLY", "EXPONENT_FROM_SUM")}
     meta["code_scan_launch"]["core_launch"] = list(args.core_launch)
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))

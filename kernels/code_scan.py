@@ -155,17 +155,6 @@ done if none reaches τ_low; otherwise it rescans the codes of the reaching page
 tiles of BLOCK_P of them (a loop over the reaching pages, not over the span). Bytes per step:
 codes + kmin/kmax of every coded page once (pass 1), then only candidate pages' again (pass 2),
 plus [B, Hkv, G, P] floats three times.
-Token groups (``THREAD_TOKENS`` = T > 1; not the default, see the constant): the CUDA-core page
-block with T tokens of one page in each thread: the code tile is loaded as T token sets
-(tokens j·T + i, i < T), joined in the thread (``_token_group``), so that what a thread
-receives per head — A = q·step of its page's channels, through shared memory — serves T
-tokens of one page instead of tokens of two pages. Without ALiBi and scores a page's best is
-taken over the token sums before q·kmin and the scale are applied: max_i fl(fl(b + t_i)·s) =
-fl(fl(b + max_i t_i)·s) for s >= 0 (min for s < 0, a separate specialisation) because
-rounding is monotone, so page_max is bit for bit the max of the tokens' ŝ. The same formulas
-as the T = 1 form (only where each product is summed differs on the GPU); static SASS a
-page at 2 pages / 1 warp 1004 -> 892, code_bounds at 128K 113.9 -> 112.0 µs (the constant's
-comment).
 Work: CUDA-core path, G·D multiply-adds per token in float32; codes become floats by an
 integer or and one subtraction (exact), not an int-to-float conversion — in place in int32
 words of the codes (``WORD_CODES``: a mask and the or in one LOP3, no shift for most codes). Tensor-core path
@@ -303,46 +292,6 @@ WORD_CODES = True
 # 1004). Timed on the H200 (session 8, perf-log row 48): +1.6 µs at 2 / 1, +25 at 2 / 2 — the
 # kernel's size is not what binds the scan; the unrolled form stays the default.
 UNROLL_HEADS = True
-# code_bounds' CUDA-core page block with T tokens of a page in each thread (``_token_group``):
-# T token sets j·T + i loaded one by one and joined in the thread, so a thread holds T tokens of
-# ONE page × 32 channels (4 bits, D = 128; the default holds 2 tokens of each of 2 pages): A =
-# q·step reaches it through shared memory once for T tokens (LDS.128 a page 44 -> 16), and no
-# token sum is moved back into the statistics' layout (the page best is taken before q·kmin and
-# the scale, ``_group_head_block``; ALiBi and scores keep per-token ŝ; a negative scale, which
-# DecodeConfig refuses, compiles the min instead: ``NEG_SCALE``); channels 8m + 5..7 after a
-# shift by 12 (one instruction a word less, ``_word_fields``). Same formulas; D-term sums in
-# the same per-thread order as the T = 1 form under the interpreter (bit for bit there; on the
-# H200 the step's call equals the call with scores at the same T, and both are within rounding
-# of the reference). 1: one token set a thread (the form before); 2, 4, 8 (dividing S;
-# else 1). code_candidates keeps the default form (its tile
-# of CANDIDATE_BLOCK_P = 1 page over 2 warps leaves no tokens to group). Static SASS a page of
-# code_bounds as the step calls it (sm_90a, D = 128, G = 4, fp16, 4 bits, `python
-# benchmarks/code_scan_registers.py --kernel _code_bounds_kernel --sass --launch 2,1 --set
-# THREAD_TOKENS=4`, 2026-11-29; registers in brackets, no spills):
-#   T = 1: 2 / 1 1004 (254), 4 / 2 1192 (255, 152 bytes spilled), 2 / 2 1328 (164),
-#     4 / 4 1352 (168), 8 / 4 1228 (255, 160 spilled), 1 / 1 1232 (125)
-#   T = 2: 2 / 1 936 (246), 4 / 2 956 (250), 2 / 2 1184 (128), 4 / 4 1184 (128), 8 / 4 956 (250)
-#   T = 4: 2 / 1 892 (212), 4 / 2 904 (216), 2 / 2 1248 (119), 4 / 4 1248 (119), 8 / 4 908 (217)
-#   8 bits, 2 / 1: T = 1 1040 (255), T = 4 992 (255)
-# Of T = 4's 892 at 2 / 1: FFMA 306, FADD/FMUL/FMNMX 153, LOP3/SHF 108, IMAD/IADD3 72, SHFL 40,
-# LDS/STS 16, control 65 (NOP 36). Per head and program ~125 instructions besides the 128 FFMA
-# of the dot: q's load and conversion (~10; q is read as a [BLOCK_P, BD] tile in the statistics'
-# layout, no shuffles), A's product and move (8 FMUL, 8 STSM, 8 LDS.128, ~14 NOP),
-# q·kmin and ε over the statistics' layout (4 shuffle levels each, ~32), the sum over the 4
-# threads sharing a token (8 SHFL, 8 FADD), the max over tokens, stores. On the H200 (session 9,
-# perf-log row 52; keycodes_gpu.py --contexts 131072 --paths cores --variants "base;
-# THREAD_TOKENS=4;THREAD_TOKENS=4,BLOCK_P=4,NUM_WARPS=2", needle data, 4 bits): code_bounds as
-# the step calls it 113.9 -> 112.0 µs at 2 / 1 (bare 102.5 -> 100.8), the step 194.1 -> 192.1;
-# at 4 / 2 143.3 µs. Not the default: as the default (call 5), `test_code_scan_on_cuda_matches_
-# the_reference` failed for float32 caches with ALiBi and scores — page_max differed from the max
-# of the stored ŝ in the last bits (the compiler computes ŝ twice, for the store and for the
-# max, with different contractions; both within the certificate's rounding allowance r·M, but
-# the op promises page_max = max ŝ bit for bit). Left selectable until that is fixed.
-# Tried and dropped (same day, same count): a whole token row in one thread (the code tile
-# joined from 16-byte chunks, every head's A through shared memory per token): 2 / 1 1032-1120,
-# 255 registers with spills — the 128 A values a head each token's thread reads cost what the
-# shuffles over D gave back.
-THREAD_TOKENS = 1
 
 
 def uses_dot(work: torch.dtype, head_dim: int, bits: int, group: int) -> bool:
@@ -477,7 +426,7 @@ def _field(w, f23, SHIFT: tl.constexpr, BITS: tl.constexpr):
 
 @triton.jit
 def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
-               BITS: tl.constexpr, TOP: tl.constexpr = 20):
+               BITS: tl.constexpr):
     """``_code_tile`` of float32 work from the code bytes read as int32 words (W % 4 == 0 and
     the codes 4-byte aligned: ``WORDS``): word m holds bytes 4m..4m+3, little-endian, i.e.
     channels 8m + k at bits 4k (4 bits) or 4m + k at bits 8k (8 bits). Fields wholly below bit
@@ -486,25 +435,24 @@ def _word_tile(codes, row, live, W, f23, S: tl.constexpr, BW: tl.constexpr, BLOC
     m = tl.arange(0, BW // 4)
     words = tl.load(codes.to(tl.pointer_type(tl.int32)) + row[:, :, None] * (W // 4) + m[None, None, :],
                     mask=live[:, None, None] & (m < W // 4)[None, None, :], other=0)
-    return _word_fields(words, f23, S, BW // 4, BLOCK_P, BITS, TOP)
+    return _word_fields(words, f23, S, BW // 4, BLOCK_P, BITS)
 
 
 @triton.jit
-def _word_fields(words, f23, S: tl.constexpr, NW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
-                 TOP: tl.constexpr = 20):
+def _word_fields(words, f23, S: tl.constexpr, NW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr):
     """The codes of the int32 words [BLOCK_P, S, NW] as float32 [BLOCK_P, S, 8·NW] (4 bits) or
     [BLOCK_P, S, 4·NW] (8 bits), the code of word m's field k at 8m + k (4m + k): ``_word_tile``'s
     unpacking of any run of whole words."""
     if BITS == 4:
-        # channels 8m + 5, 6, 7 (bits 20, 24, 28) taken from the word shifted by TOP, at bits
-        # 20 − TOP, 24 − TOP, 28 − TOP (the sign bits are masked off). TOP = 12: each field in
-        # place, one LOP3; TOP = 20: the field at bit 0 compiles to a bit-field extract, SHF +
-        # SGXT, before the or (one instruction more a word)
-        top = words >> TOP
+        # channels 8m + 5, 6, 7 (bits 20, 24, 28) taken from the word shifted by 20, at bits 0, 4,
+        # 8 (the sign bits are masked off; the field at bit 0 compiles to a bit-field extract, SHF
+        # + SGXT, before the or. A shift by 12 would take each field in place, one instruction
+        # less a word: session 9 measured it only with the token-group form, since removed)
+        top = words >> 20
         c0, c1 = _field(words, f23, 0, 4), _field(words, f23, 4, 4)
         c2, c3 = _field(words, f23, 8, 4), _field(words, f23, 12, 4)
-        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 20 - TOP, 4)
-        c6, c7 = _field(top, f23, 24 - TOP, 4), _field(top, f23, 28 - TOP, 4)
+        c4, c5 = _field(words, f23, 16, 4), _field(top, f23, 0, 4)
+        c6, c7 = _field(top, f23, 4, 4), _field(top, f23, 8, 4)
         # [..., i, j, l] = c_{4i + 2j + l}: row-major, channel 8m + k at 8m + k
         tile = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
         return tl.reshape(tile, (BLOCK_P, S, 8 * NW))
@@ -535,37 +483,6 @@ def _code_tile(codes, page_row, live, W, S: tl.constexpr, BW: tl.constexpr, BLOC
         return _as_work(byte, WORK)
     else:
         return tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)), (BLOCK_P, S, 2 * BW))
-
-
-@triton.jit
-def _token_group(codes, page_row, live, W, f23, i0, NI: tl.constexpr, T: tl.constexpr, S: tl.constexpr,
-                 BW: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr,
-                 WORDS: tl.constexpr):
-    """The codes of tokens j·T + i, j < S/T, i in [i0, i0 + NI), as [BLOCK_P, S/T, NI, BD]:
-    one load a token set (laid out as ``_code_tile``'s rows, channels across threads) and the
-    sets joined (a join adds an in-thread dimension), so that a thread holds NI tokens of one
-    page (``THREAD_TOKENS``)."""
-    if NI == 1:
-        tok = tl.arange(0, S // T) * T + i0
-        row = page_row[:, None] * S + tok[None, :]  # [BLOCK_P, S/T] token rows of the code storage
-        if WORDS:
-            tile = _word_tile(codes, row, live, W, f23, S // T, BW, BLOCK_P, BITS, 12)
-        else:
-            j = tl.arange(0, BW)
-            byte = tl.load(codes + row[:, :, None] * W + j[None, None, :],
-                           mask=live[:, None, None] & (j < W)[None, None, :], other=0).to(tl.int32)
-            if BITS == 8:
-                tile = _as_work(byte, WORK)
-            else:
-                tile = tl.reshape(tl.join(_as_work(byte & 15, WORK), _as_work(byte >> 4, WORK)),
-                                  (BLOCK_P, S // T, 2 * BW))
-        return tl.reshape(tile, (BLOCK_P, S // T, 1, BW * 8 // BITS))
-    else:
-        first = _token_group(codes, page_row, live, W, f23, i0, NI // 2, T, S, BW, BLOCK_P, BITS, WORK, WORDS)
-        second = _token_group(codes, page_row, live, W, f23, i0 + NI // 2, NI // 2, T, S, BW, BLOCK_P, BITS, WORK,
-                              WORDS)
-        pair = tl.permute(tl.join(first, second), (0, 1, 4, 2, 3))  # [BLOCK_P, S/T, 2, NI/2, BD]
-        return tl.reshape(pair, (BLOCK_P, S // T, NI, BW * 8 // BITS))
 
 
 @triton.jit
@@ -851,67 +768,19 @@ def _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh,
 
 
 @triton.jit
-def _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
-                      H, P, D, code, d, kmin, step, radius, S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr,
-                      HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, NEG_SCALE: tl.constexpr):
-    """``_head_block`` for the token-group tile (``THREAD_TOKENS``): the same ŝ, ε and page
-    best, with the page best taken before q·kmin and the scale where no token's own ŝ is needed
-    (no ALiBi, no scores): max_i fl(fl(base + dot_i)·scale) = fl(fl(base + max_i dot_i)·scale)
-    for scale >= 0 (min_i for scale < 0), rounding being monotone — bit for bit the max of the
-    tokens' ŝ, with no per-token add and multiply and no move of the token sums into the
-    statistics' layout."""
-    qrow = bh.to(tl.int64) * G + g
-    # q read as a [BLOCK_P, BD] tile (each page's row the same), in the statistics' own layout:
-    # a [BD] load would be moved there by shuffles
-    qv = tl.load(q + qrow * D + (0 * p)[:, None] + d[None, :], mask=(p >= 0)[:, None] & (d < D)[None, :],
-                 other=0.0).to(WORK)
-    base = tl.sum(qv * kmin, axis=1)
-    dot = tl.sum(code * (qv * step)[:, None, :], axis=2)
-    eps = tl.sum(tl.abs(qv) * radius, axis=1) * scale_w
-    out = qrow * P + p
-    if HAS_ALIBI or WITH_SCORES:
-        s_hat = (base[:, None] + dot) * scale_w
-        if HAS_ALIBI:
-            slope = tl.load(slopes + (bh % H) * G + g).to(WORK)
-            tok = tl.arange(0, S)
-            s_hat += slope * (p[:, None] * S + tok[None, :] - (length - 1)).to(WORK)
-            eps += tl.abs(slope) * tl.cast(alibi_eps, WORK)
-        best = tl.max(s_hat, axis=1)
-        if WITH_SCORES:
-            tok = tl.arange(0, S)
-            tl.store(s_hat_out + out[:, None] * S + tok[None, :], s_hat, mask=live[:, None])
-    else:
-        if NEG_SCALE:  # a negative scale reverses the order (never from DecodeConfig: scale > 0)
-            best = (base + tl.min(dot, axis=1)) * scale_w
-        else:
-            best = (base + tl.max(dot, axis=1)) * scale_w
-    tl.store(page_max + out, tl.where(live, best, float("-inf")), mask=in_range)
-    tl.store(eps_out + out, tl.where(live, eps, 0.0), mask=in_range)
-
-
-@triton.jit
 def _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23, bh, p,
                       page_row, in_range, live, length, H, P, D, W, S: tl.constexpr, G: tl.constexpr,
                       BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr, BITS: tl.constexpr,
                       WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr, WORDS: tl.constexpr,
-                      UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False):
+                      UNROLL_HEADS: tl.constexpr):
     """``_code_bounds_kernel``'s work on the pages p on CUDA cores, head by head
     (``UNROLL_HEADS``: G copies of the head's code; else one copy in a loop)."""
     r_w = tl.cast(r, WORK)
     # the pages' codes and statistics are read once and serve every head of the group
-    if T > 1:  # T tokens of a page in each thread (token j·T + i at j·T + i)
-        code = tl.reshape(_token_group(codes, page_row, live, W, f23, 0, T, T, S, BW, BLOCK_P, BITS, WORK, WORDS),
-                          (BLOCK_P, S, BD))
-    else:
-        code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
+    code = _code_tile(codes, page_row, live, W, S, BW, BLOCK_P, BITS, WORK, WORDS, f23)
     d = tl.arange(0, BD)
     kmin, step, radius = _page_stats(k_min, k_max, page_row, d, live, r_w, D, BITS, WORK)
-    if T > 1:
-        for g in tl.static_range(G):
-            _group_head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live,
-                              length, H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES,
-                              NEG_SCALE)
-    elif UNROLL_HEADS:
+    if UNROLL_HEADS:
         for g in tl.static_range(G):
             _head_block(q, slopes, page_max, eps_out, s_hat_out, scale_w, alibi_eps, bh, g, p, in_range, live, length,
                         H, P, D, code, d, kmin, step, radius, S, G, WORK, HAS_ALIBI, WITH_SCORES)
@@ -938,7 +807,7 @@ def _code_bounds_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BLOCK_P: tl.constexpr,
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
-    UNROLL_HEADS: tl.constexpr, T: tl.constexpr = 1, NEG_SCALE: tl.constexpr = False, NATIVE: tl.constexpr = False,
+    UNROLL_HEADS: tl.constexpr, NATIVE: tl.constexpr = False,
     SPLIT: tl.constexpr = True, K_FROM_SUM: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
@@ -972,7 +841,7 @@ def _code_bounds_kernel(
         if has_codes:
             _code_block_cores(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps, f23,
                               bh, p, page_row, in_range, live, length, H, P, D, W, S, G, BW, BD, BLOCK_P, BITS,
-                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS, T, NEG_SCALE)
+                              WORK, HAS_ALIBI, WITH_SCORES, WORDS, UNROLL_HEADS)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
 
@@ -1366,12 +1235,6 @@ def _words(k_codes: torch.Tensor, work: torch.dtype, head_dim: int, bits: int, g
             and k_codes.shape[-1] % 4 == 0 and k_codes.is_contiguous() and k_codes.storage_offset() % 4 == 0)
 
 
-def _thread_tokens(page_size: int) -> int:
-    """``THREAD_TOKENS`` where it divides the page (else 1, today's form)."""
-    t = int(THREAD_TOKENS)
-    return t if t > 1 and page_size % t == 0 and t & (t - 1) == 0 else 1
-
-
 def _launch_args(q: torch.Tensor, k_codes: torch.Tensor, k_min: torch.Tensor, bits: int):
     b, hkv, p, s, w = k_codes.shape
     d = k_min.shape[-1]
@@ -1461,8 +1324,7 @@ def code_bounds(
         form.rel, form.abs, F23, p, hkv, d, w,
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
-        WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), T=_thread_tokens(s),
-        NEG_SCALE=_thread_tokens(s) > 1 and scale < 0, NATIVE=q.is_cuda and bool(NATIVE_CODES),
+        WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), NATIVE=q.is_cuda and bool(NATIVE_CODES),
         SPLIT=form.split, K_FROM_SUM=bool(EXPONENT_FROM_SUM), **pdl_kwargs(q, "code_scan"), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag, newest_floor) if with_newest and not in_scan else None
