@@ -20,15 +20,16 @@ other head dims and MHA with 8 bits keep the CUDA-core code, which ``USE_DOT = F
 selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
-of ε's sum T_gp = Σ_d |q_gd|·spread_pd (below) such that 2^k·T lies in [2^13, 2^14), k
-clamped to [−126, 126] (2^±k normal floats). Then |x| = |A_gd|·2^k < 2^15: spread is taken at
-least fl(step·(1/2 + dot_rel)) >= step/2 (``_channel_terms``' ``HALF_STEP``: also for a
-subnormal step, whose fl(step/2) may round down), rounding is monotone and a float32 sum of
-non-negative terms is at least each term in any order, so T >= fl(|q_d|·step_d/2) = |A_d|/2
-wherever |A_d| >= 2^−125; a smaller |A_d| gives |x| <= 2^−125·2^126 = 2. (The clamp at 126
-binds only for T < 2^−113, where |x| <= 2T·2^126 < 2^14.) No max over D per
-(page, head): T is reduced for ε anyway (session 53: 476 -> 456 static SASS a page, 4 bits;
-``EXPONENT_FROM_SUM``, whose False takes k from max_d |A_gd|·2^k in [2^14, 2^15) instead).
+of max_d |A_gd| such that 2^k·max_d |A_gd| lies in [2^14, 2^15), k clamped to [−126, 126]
+(2^±k normal floats): |x| = |A_gd|·2^k < 2^15. (``EXPONENT_FROM_SUM``, not the default: k
+from the exponent of ε's sum T_gp = Σ_d |q_gd|·spread_pd (below), which the kernel reduces
+anyway, such that 2^k·T lies in [2^13, 2^14) — no max over D. Then |x| < 2^15 too: spread is
+taken at least fl(step·(1/2 + dot_rel)) >= step/2 (``_channel_terms``' ``HALF_STEP``: also
+for a subnormal step, whose fl(step/2) may round down), rounding is monotone and a float32 sum
+of non-negative terms is at least each term in any order, so T >= fl(|q_d|·step_d/2) =
+|A_d|/2 wherever |A_d| >= 2^−125; a smaller |A_d| gives |x| <= 2^−125·2^126 = 2; the clamp
+at 126 binds only for T < 2^−113, where |x| <= 2T·2^126 < 2^14. 476 -> 456 static SASS a
+page, yet no faster on the H100: session 54, perf-log row 165.)
 And x = A·2^k is split into
 x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
 accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). For 4 bits
@@ -335,12 +336,12 @@ HI_ONLY = True
 # The tensor-core path's power of two 2^k from ε's sum T = Σ_d |q_d|·spread_d (>= max_d |A_d| / 2; the
 # module docstring), which the kernel reduces anyway, instead of from max_d |A_d|, one more reduction
 # over D a (page, head) (session 53, perf-log row 165): static SASS of code_bounds as the step calls it
-# 476 -> 456 a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp, 80 registers either way; 448 before
-# spread's floor at fl(step·(1/2 + dot_rel)), which a subnormal step needs: ``_channel_terms``); the absolute
-# term of ε (D·abs·2^−k) up to D·2^(bits−26)·T with the split (8 bits: 2^−11 of T at D = 128),
-# D·2^(bits−27)·T with hi alone. Not yet timed on a GPU. False: k from max_d |A_d| (session 22's
-# rule), for an A/B: keycodes_gpu.py --variants "base;code_scan.EXPONENT_FROM_SUM=False".
-EXPONENT_FROM_SUM = True
+# 476 -> 456 a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp, 80 registers either way), but no faster:
+# on the H100 (session 54; keycodes_gpu.py, needles, 4 bits, 32/8, alternated in one process) B = 1
+# 128K the bare scan 52.6 / 52.9 µs against 52.0 / 51.9 with max|A|, the step 98.9 / 98.2 against
+# 98.3 / 96.4; B = 16 64K 375.0 / 371.7 against 373.5; the same certified outputs. Off: k from max_d
+# |A_d| (session 22's rule). The A/B: keycodes_gpu.py --variants "base;code_scan.EXPONENT_FROM_SUM=True".
+EXPONENT_FROM_SUM = False
 
 
 def splits_a(bits: int) -> bool:

@@ -35,7 +35,7 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # the kernel modules whose launches use it (space-separated, so that a benchmark variant can set
 # it). On the H200 (session 9, perf-log row 50; B = 1, 32/8, fp16, TopK 12.5%) the selection's
 # kernels gain 1-3 µs a step at 8K-128K (128K α = 1 74.2 -> 71.7 µs, α = 1.5 89.0 -> 86.2; 8K
-# 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs: it stays out.
+# 30.2 -> 28.1, 38.0 -> 35.6), while sparse_decode's cost the Dense step 1.5-2.6 µs (then out; below).
 # The key-code scans (session 23, perf-log row 106; 128K, B = 1, 4 bits, needles): the Exact-with-
 # codes step 113.2 -> 110.8 µs
 # ``gaussian_tau`` and ``gaussian_select`` (the Gaussian step's kernels between the statistics and the
@@ -46,7 +46,13 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # them on now; the variant turns them off):
 #   step_variants_gpu.py --selector Gaussian --data needles --contexts 131072,65536 --variants \
 #     "base;pdl.PDL_MODULES='append page_scores quest_select code_scan'"
-PDL_MODULES = "append page_scores quest_select code_scan gaussian_tau gaussian_select"
+# ``sparse_decode`` (the attention's two kernels over a page list: TopK, Gaussian, Exact) and
+# ``sparse_decode_dense`` (its dense pass: the Dense step) apart. On the H100 (session 54, perf-log
+# row 166; B = 1, 32/8, fp16, α = 1.5, stream data, base / PDL twice each, the same outputs) TopK 12.5%
+# 8K 26.6 / 26.3 -> 25.3 / 25.4 µs, 32K 36.5 / 36.0 -> 35.5 / 35.7, 128K 64.9 / 65.0 -> 64.1 / 64.3;
+# Dense 8K 22.5 / 22.2 -> 21.9 / 21.2, 32K level, 128K 116.2 / 116.2 -> 117.0 / 117.3 (session 9 had
+# the Dense step 1.5-2.6 µs slower with it): the lists take it, the dense pass does not
+PDL_MODULES = "append page_scores quest_select code_scan gaussian_tau gaussian_select sparse_decode"
 
 
 @functools.lru_cache(maxsize=None)

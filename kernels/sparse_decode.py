@@ -807,6 +807,8 @@ def sparse_decode(
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     dot_rows = max(16, next_pow2(g))  # tl.dot takes at least 16
+    # PDL for list launches and the dense pass apart (``pdl.PDL_MODULES``: the first on, the second off)
+    pdl = pdl_kwargs(q, "sparse_decode_dense" if dense else "sparse_decode")
     run_max = run_max_init(b * hq if entmax else 1, work, bool(KEYED_MAX), q.device)
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
@@ -819,7 +821,7 @@ def sparse_decode(
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
         SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
         num_warps=warps, **({} if stages is None else {"num_stages": stages}),
-        **pdl_kwargs(q, "sparse_decode")
+        **pdl
     )
     out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
@@ -835,7 +837,7 @@ def sparse_decode(
         EXACT_ITERS=EXACT_ITERS,
         KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output,
         SUPPORT_FIRST=bool(V_SUPPORT_FIRST), SUPPORT_BLOCK=SUPPORT_BLOCK, num_warps=TAU_WARPS,
-        **pdl_kwargs(q, "sparse_decode")
+        **pdl
     )
     return out, tau
 
