@@ -46,12 +46,13 @@ PDL = os.environ.get("ENTMAXKV_PDL", "1") == "1"
 # them on now; the variant turns them off):
 #   step_variants_gpu.py --selector Gaussian --data needles --contexts 131072,65536 --variants \
 #     "base;pdl.PDL_MODULES='append page_scores quest_select code_scan'"
-# ``sparse_decode`` (the attention's two kernels over a page list: TopK, Gaussian, Exact) and
-# ``sparse_decode_dense`` (its dense pass: the Dense step) apart. On the H100 (session 54, perf-log
-# row 166; B = 1, 32/8, fp16, α = 1.5, stream data, base / PDL twice each, the same outputs) TopK 12.5%
-# 8K 26.6 / 26.3 -> 25.3 / 25.4 µs, 32K 36.5 / 36.0 -> 35.5 / 35.7, 128K 64.9 / 65.0 -> 64.1 / 64.3;
-# Dense 8K 22.5 / 22.2 -> 21.9 / 21.2, 32K level, 128K 116.2 / 116.2 -> 117.0 / 117.3 (session 9 had
-# the Dense step 1.5-2.6 µs slower with it): the lists take it, the dense pass does not
+# ``sparse_decode`` (the attention's two kernels over a page list — TopK, Gaussian, Exact — where the
+# launch has fewer than ``sparse_decode.PDL_ROWS_BELOW`` rows B·Hkv) and ``sparse_decode_dense`` (its
+# dense pass, the Dense step, and lists of more rows) apart. On the H100 (session 54, perf-log row 166;
+# B = 1, 32/8, fp16, α = 1.5, stream data, base / PDL twice each, the same outputs) TopK 12.5% 8K
+# 26.6 / 26.3 -> 25.3 / 25.4 µs, 32K 36.5 / 36.0 -> 35.5 / 35.7, 128K 64.9 / 65.0 -> 64.1 / 64.3; Dense
+# 8K 22.5 / 22.2 -> 21.9 / 21.2, 32K level, 128K 116.2 / 116.2 -> 117.0 / 117.3 (session 9 had the Dense
+# step 1.5-2.6 µs slower with it); B = 16 TopK 64K ~+3 µs: the few rows' lists take it, the rest not
 PDL_MODULES = "append page_scores quest_select code_scan gaussian_tau gaussian_select sparse_decode"
 
 

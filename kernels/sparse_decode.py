@@ -150,6 +150,12 @@ PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V st
 # B = 1 128K and 32K), so the stages go with the many-rows shape only. Session 34: 6
 # programs an SM, or 4 stages, were slower.
 MANY_ROWS = 32
+# list launches (not the dense pass) under PDL (``pdl.PDL_MODULES``' ``sparse_decode``) below this many
+# rows B·Hkv, else as the dense pass (``sparse_decode_dense``, off). On the H100 (session 54, perf-log
+# row 166; 32/8, fp16, α = 1.5, base / PDL alternated, the same outputs): B = 1 (8 rows) TopK 12.5% −0.7
+# to −1.1 µs at 8K-128K, Gaussian and Exact on needles at 128K −0.7; B = 16 (128 rows) TopK 12.5% 64K
+# 243.9 / 245.4 µs without against 247.4 with (and 270.0, the process's first run); 9-127 rows not measured
+PDL_ROWS_BELOW = 32
 MANY_ROWS_LIST_PAGES = 256
 PROGRAMS_PER_SM_MANY_ROWS = 5
 SCORES_WARPS_MANY_ROWS = 2
@@ -807,8 +813,8 @@ def sparse_decode(
     if work == torch.float64:  # kernels get float scalars as float32: scale q exactly here instead
         q, scale = q * scale, 1.0
     dot_rows = max(16, next_pow2(g))  # tl.dot takes at least 16
-    # PDL for list launches and the dense pass apart (``pdl.PDL_MODULES``: the first on, the second off)
-    pdl = pdl_kwargs(q, "sparse_decode_dense" if dense else "sparse_decode")
+    # PDL for list launches of few rows and the rest apart (``pdl.PDL_MODULES``: the first on, the second off)
+    pdl_module = "sparse_decode" if not dense and b * hkv < PDL_ROWS_BELOW else "sparse_decode_dense"
     run_max = run_max_init(b * hq if entmax else 1, work, bool(KEYED_MAX), q.device)
     wrap_triton(_scores_kernel)[(b * hkv, nsplit + 1)](
         q, k_pages, v_pages, page_table, pages, n_pages, seq_lens, slopes, tau_src, floor_src, run_max,
@@ -821,7 +827,7 @@ def sparse_decode(
         KIND=kind, WORK=wtl, NATIVE=native, WIDE=needs_wide_offsets(p, s, d), FINAL_EXCHANGE=bool(FINAL_EXCHANGE),
         SPARSE_EXCHANGE=bool(SPARSE_EXCHANGE), KEYED_MAX=bool(KEYED_MAX), SKIP_BY_ROW_MAX=bool(SKIP_BY_ROW_MAX),
         num_warps=warps, **({} if stages is None else {"num_stages": stages}),
-        **pdl
+        **pdl_kwargs(q, pdl_module)
     )
     out = torch.empty((b, hq, d if with_output else 0), dtype=q.dtype, device=q.device)
     tau = torch.empty((b, hq), dtype=torch.float64, device=q.device)
@@ -837,7 +843,7 @@ def sparse_decode(
         EXACT_ITERS=EXACT_ITERS,
         KIND=kind, WORK=wtl, PAGED=paged, HAS_FITS=fits is not None, WITH_OUTPUT=with_output,
         SUPPORT_FIRST=bool(V_SUPPORT_FIRST), SUPPORT_BLOCK=SUPPORT_BLOCK, num_warps=TAU_WARPS,
-        **pdl
+        **pdl_kwargs(q, pdl_module)
     )
     return out, tau
 

@@ -126,10 +126,10 @@ def test_every_kernel_launched_with_pdl_waits_first():
                     and getattr(first.value.func, "id", "") == "pdl_enter"
                     and [getattr(a, "id", None) for a in first.value.args] == ["PDL"]), (name_of_file, name)
             launched.append(name)
-    # the modules of PDL_MODULES (and listed_tau, sparse_decode: switchable, not in it by default) all
-    # launch this way
+    # the modules of PDL_MODULES (and listed_tau and sparse_decode's dense pass: switchable, not in it by
+    # default) all launch this way
     gaussian = {"_gaussian_tau_kernel", "_gaussian_keep_kernel", "_gaussian_solve_kernel", "_gaussian_chunk_top_kernel",
                 "_gaussian_chunk_keep_kernel", "_gaussian_gather_solve_kernel", "_moments_kernel", "_keep_kernel",
                 "_list_floor_kernel"}
-    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel"} | gaussian <= set(
-        launched)
+    assert {"_code_bounds_kernel", "_code_candidates_kernel", "_seed_merge_kernel", "_append_kernel", "_scores_kernel",
+            "_tau_kernel"} | gaussian <= set(launched)
