@@ -239,7 +239,7 @@ def main() -> None:
     meta["code_scan_launch"] = {name: getattr(code_scan, name) for name in  # what the scan ops ran with
                                 ("BLOCK_P", "NUM_WARPS", "CANDIDATE_SPAN", "CANDIDATE_BLOCK_P", "CANDIDATE_WARPS",
                                  "SEED_CHUNK", "SEED_TILE", "SEED_WARPS", "USE_DOT", "NEWEST_IN_SCAN",
-                                 "WORD_CODES", "UNROLL_HEADS", "PAD_SINGLE_HEAD", "HI_ONLY", "EXPONENT_FROM_SUM")}
+                                 "WORD_CODES", "UNROLL_HEADS", "PAD_SINGLE_HEAD", "HI_ONLY")}
     meta["code_scan_launch"]["core_launch"] = list(args.core_launch)
     bandwidth = meta["copy_bandwidth_TBps"] * 1e12
     log(json.dumps(meta))

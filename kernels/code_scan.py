@@ -20,17 +20,8 @@ other head dims and MHA with 8 bits keep the CUDA-core code, which ``USE_DOT = F
 selects for every dtype). Per page p and head g the
 code part Σ_d A_gd·code_d, A = fl(q·step) as above, is a product [S, D] x [D, G] whose codes
 are exact in float16; A is not. So per (page, head) A is scaled by 2^k, k from the exponent
-of max_d |A_gd| such that 2^k·max_d |A_gd| lies in [2^14, 2^15), k clamped to [−126, 126]
-(2^±k normal floats): |x| = |A_gd|·2^k < 2^15. (``EXPONENT_FROM_SUM``, not the default: k
-from the exponent of ε's sum T_gp = Σ_d |q_gd|·spread_pd (below), which the kernel reduces
-anyway, such that 2^k·T lies in [2^13, 2^14) — no max over D. Then |x| < 2^15 too: spread is
-taken at least fl(step·(1/2 + dot_rel)) >= step/2 (``_channel_terms``' ``HALF_STEP``: also
-for a subnormal step, whose fl(step/2) may round down), rounding is monotone and a float32 sum
-of non-negative terms is at least each term in any order, so T >= fl(|q_d|·step_d/2) =
-|A_d|/2 wherever |A_d| >= 2^−125; a smaller |A_d| gives |x| <= 2^−125·2^126 = 2; the clamp
-at 126 binds only for T < 2^−113, where |x| <= 2T·2^126 < 2^14. 476 -> 456 static SASS a
-page, yet no faster on the H100: session 54, perf-log row 165.)
-And x = A·2^k is split into
+of max_d |A_gd| so that max_d |A_gd|·2^k lies in [2^14, 2^15) (k clamped to [−126, 126],
+2^±k normal floats; the clamp only makes the max smaller), and x = A·2^k is split into
 x_hi = fp16(x) and x_lo = fp16(x − x_hi) (x − x_hi is exact in float32). Two float32-
 accumulated dots with the codes, and ŝ = scale·(q·kmin + (dot_hi + dot_lo)·2^−k). For 4 bits
 (``HI_ONLY``, ``splits_a``) x_hi alone: one dot, ŝ = scale·(q·kmin + dot_hi·2^−k). Two new
@@ -38,8 +29,8 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
 
 1. The split's residual, bounded and added to ε. Per element |x − h − l| <= 2^−22·|x| + 2^−13,
    h and l the float16 values the tensor core uses (the rounded ones, or 0 for a subnormal if
-   the hardware flushes them): |x| < 2^15 never overflows float16; if
-   |x| >= 2^−14, h is normal, |x − h| <= 2^−11·|x|, and l is within 2^−11·|x − h| of x − h (normal l) or
+   the hardware flushes them): |x| < 2^15 never overflows float16; if |x| >= 2^−14, h is
+   normal, |x − h| <= 2^−11·|x|, and l is within 2^−11·|x − h| of x − h (normal l) or
    2^−14 (subnormal or flushed); if |x| < 2^−14, h + l is within 2^−14 + 2^−25 of x either
    way (and x underflowing float32 costs 2^−150 more). Times the codes, unscaled:
    Σ_d |A_gd − (h_d + l_d)·2^−k|·code_d <= L·(2^−22·Σ_d |A_gd| + D·2^−13·2^−k). ε adds
@@ -47,10 +38,7 @@ errors, with u = 2^−24 and L = 2^bits − 1 the largest code:
    2^bits/L >= 16/15 also covers |A| = |q|·step's rounding, the term's own float32 rounding,
    dot_hi's error on the absolute parts of |h| (below) and an underflowing 2^−k unscaling
    (<= 2^−150). The split's term is ~8·10^−6 of ε's step/2 part for 4 bits (2^−18 of
-   Σ_d |q_d|·step_pd) and ~1.2·10^−4 of ε for 8 bits (measured: ε_dot / ε_cores 1.00012–1.00015,
-   with k then from max_d |A_gd|; from T the absolute term is at most D·2^(bits−26)·T, 2^−11 of
-   ε's sum for 8 bits at D = 128, and D·2^(bits−27)·T with hi alone, 2^−16 for 4 bits — where
-   the clamp of k does not bind, T >= 2^−113; below, D·abs·2^−126).
+   Σ_d |q_d|·step_pd) and ~1.2·10^−4 of ε for 8 bits (measured: ε_dot / ε_cores 1.00012–1.00015).
    Hi alone: per element |x − h| <= 2^−11·|x| + 2^−14 (h normal for |x| >= 2^−14; below,
    h is within 2^−25 of x, or 0 if flushed), so ε adds scale·(2^bits·2^−11·Σ_d |q_d|·step_pd +
    D·2^bits·2^−14·2^−k) (``dot_margins(bits, split=False)``), the same argument with its 16/15:
@@ -333,15 +321,6 @@ def _heads_padded(use_dot: bool, group: int) -> int:
 # B = 16 718.4 / 1351.9 -> 577.0 / 1056.3; the same candidates, outputs bit for bit equal.
 # False: hi + lo for every bit width.
 HI_ONLY = True
-# The tensor-core path's power of two 2^k from ε's sum T = Σ_d |q_d|·spread_d (>= max_d |A_d| / 2; the
-# module docstring), which the kernel reduces anyway, instead of from max_d |A_d|, one more reduction
-# over D a (page, head) (session 53, perf-log row 165): static SASS of code_bounds as the step calls it
-# 476 -> 456 a page (sm_90a, 4 bits, G = 4, 2 pages / 1 warp, 80 registers either way), but no faster:
-# on the H100 (session 54; keycodes_gpu.py, needles, 4 bits, 32/8, alternated in one process) B = 1
-# 128K the bare scan 52.6 / 52.9 µs against 52.0 / 51.9 with max|A|, the step 98.9 / 98.2 against
-# 98.3 / 96.4; B = 16 64K 375.0 / 371.7 against 373.5; the same certified outputs. Off: k from max_d
-# |A_d| (session 22's rule). The A/B: keycodes_gpu.py --variants "base;code_scan.EXPONENT_FROM_SUM=True".
-EXPONENT_FROM_SUM = False
 
 
 def splits_a(bits: int) -> bool:
@@ -553,14 +532,10 @@ def _pinned(x, NATIVE: tl.constexpr):
 
 
 @triton.jit
-def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr,
-                   HALF_STEP: tl.constexpr = False):
+def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.constexpr, WORK: tl.constexpr):
     """For the channels d [n] of the pages (kmin, step, radius [BLOCK_P, n]): q·kmin and ε's sum
     Σ |q|·spread, spread = radius + dot_rel·step [BLOCK_P, GP] and A = q·step [BLOCK_P, GP, n].
-    Heads past G are zero. ``HALF_STEP``: spread at least fl(step·(1/2 + dot_rel)), which is at
-    least step/2 also for a subnormal step, where fl(step/2) may round down (to 0 for 2^−149) and
-    r·M underflows; for a normal step the max is spread itself (r·M >= 2^−17·step outweighs the
-    roundings), so ε is unchanged there."""
+    Heads past G are zero."""
     # q read as a [GP, BLOCK_P, n] tile (every page the same rows; heads outermost, so that a
     # thread holds every head of its pages and channels) and viewed as [BLOCK_P, GP, n]
     qg = tl.load(q + qrows[:, None, None] * D + d[None, None, :] + 0 * kmin.to(tl.int32)[None, :, :],
@@ -568,8 +543,6 @@ def _channel_terms(q, qrows, gi, d, kmin, step, radius, dot_rel, D, G: tl.conste
     qg = tl.permute(qg, (1, 0, 2))
     base = tl.sum(kmin[:, None, :] * qg, axis=2)
     spread = radius + step * tl.cast(dot_rel, WORK)  # the residual's relative part, folded into the radius
-    if HALF_STEP:  # ε's sum bounds max |A| / 2 (2^k is taken from it: ``EXPONENT_FROM_SUM``)
-        spread = tl.maximum(spread, step * (0.5 + tl.cast(dot_rel, WORK)))
     eps = tl.sum(spread[:, None, :] * tl.abs(qg), axis=2)
     a = step[:, None, :] * qg  # as the CUDA-core path's q·step, [BLOCK_P, GP, n]
     return base, eps, a
@@ -664,12 +637,12 @@ def _seed_list(packed, q, k_min, k_max, seed_pages, seed_count, seed_mag, scale_
 def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row, live, length,
                 H, D, W, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr,
                 BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
-                NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True, K_FROM_SUM: tl.constexpr = True):
+                NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True):
     """ŝ [BLOCK_P, S, GP] and ε [BLOCK_P, GP] of the G query heads of row ``bh`` over the pages
     p (``live`` ones read; heads past G are zero), with tensor cores.
 
-    Per (page, head): A = q·step (float32), scaled by 2^k with 2^k·T in [2^13, 2^14), T ε's sum
-    Σ_d |q_d|·spread_d >= max_d |A_d| / 2 (k clamped to [−126, 126]), split into float16 hi +
+    Per (page, head): A = q·step (float32), scaled by 2^k with 2^k·max_d |A_d| in [2^14, 2^15)
+    (k clamped to [−126, 126]), split into float16 hi +
     lo (``SPLIT``) or rounded to float16 alone (4 bits, ``splits_a``), float32-accumulated dots
     with the exact float16
     codes, unscaled by 2^−k; ε adds that rounding's residual, scale·(dot_rel·Σ_d |q_d|·step_pd
@@ -689,15 +662,12 @@ def _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, 
     dd = tl.arange(0, BW * (8 // BITS))  # 4 bits: channel 2j in the low nibble of byte j, 2j + 1 in the high one
     kmin, step, radius = _page_stats(k_min, k_max, page_row, dd, live, r_w, D, BITS, WORK)
     kmin, step, radius = _pinned(kmin, NATIVE), _pinned(step, NATIVE), _pinned(radius, NATIVE)
-    base, eps, a = _channel_terms(q, qrows, gi, dd, kmin, step, radius, dot_rel, D, G, WORK, K_FROM_SUM)
-    # 2^k from the exponent e of ε's sum T (>= max_d |A| / 2, the module docstring): biased exponent
-    # E = 267 − e puts 2^k·T in [2^13, 2^14), so max_d |A|·2^k < 2^15; E in [1, 253] keeps 2^k and
-    # 2^−k normal float32 numbers
-    if K_FROM_SUM:
-        big = tl.minimum(tl.maximum(267 - ((eps.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
-    else:  # from max_d |A| itself: E = 268 − e puts it in [2^14, 2^15) (``EXPONENT_FROM_SUM``)
-        top = tl.max(tl.abs(a), axis=2)
-        big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
+    base, eps, a = _channel_terms(q, qrows, gi, dd, kmin, step, radius, dot_rel, D, G, WORK)
+    # 2^k from the exponent e of max_d |A|: biased exponent E = 268 − e puts it in [2^14, 2^15); E in
+    # [1, 253] keeps 2^k and 2^−k normal float32 numbers. (From ε's sum, which is reduced anyway, there
+    # is no max over D — 476 -> 456 static SASS a page — but it was no faster: perf-log row 165)
+    top = tl.max(tl.abs(a), axis=2)
+    big = tl.minimum(tl.maximum(268 - ((top.to(tl.int32, bitcast=True) >> 23) & 255), 1), 253)
     up = (big << 23).to(tl.float32, bitcast=True)  # 2^k
     down = ((254 - big) << 23).to(tl.float32, bitcast=True)  # 2^−k
     if SPLIT:
@@ -731,13 +701,11 @@ def _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out
                     dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S: tl.constexpr,
                     G: tl.constexpr, GP: tl.constexpr, BW: tl.constexpr, BLOCK_P: tl.constexpr,
                     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
-                    NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True,
-                    K_FROM_SUM: tl.constexpr = True):
+                    NATIVE: tl.constexpr = False, SPLIT: tl.constexpr = True):
     """``_code_bounds_kernel``'s work on the pages p with tensor cores (``_dot_scores``), the G
     heads at once: page_max and ε [BLOCK_P, GP] stores, ŝ [BLOCK_P, S, GP] if WITH_SCORES."""
     s_hat, eps = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel, dot_abs, bh, p, page_row,
-                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT,
-                             K_FROM_SUM)
+                             live, length, H, D, W, S, G, GP, BW, BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT)
     gi = tl.arange(0, GP)
     tok = tl.arange(0, S)
     out = (bh.to(tl.int64) * G + gi[None, :]) * P + p[:, None]  # [BLOCK_P, GP]
@@ -809,7 +777,7 @@ def _code_bounds_kernel(
     BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SCORES: tl.constexpr,
     WITH_NEWEST: tl.constexpr, USE_DOT: tl.constexpr, GP: tl.constexpr, WORDS: tl.constexpr,
     UNROLL_HEADS: tl.constexpr, NATIVE: tl.constexpr = False,
-    SPLIT: tl.constexpr = True, K_FROM_SUM: tl.constexpr = True, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -835,7 +803,7 @@ def _code_bounds_kernel(
         if has_codes:  # tensor cores: the G heads at once
             _code_block_dot(q, codes, k_min, k_max, slopes, page_max, eps_out, s_hat_out, scale_w, r, alibi_eps,
                             dot_rel, dot_abs, bh, p, page_row, in_range, live, length, H, P, D, W, S, G, GP, BW,
-                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES, NATIVE, SPLIT, K_FROM_SUM)
+                            BLOCK_P, BITS, WORK, HAS_ALIBI, WITH_SCORES, NATIVE, SPLIT)
         else:
             _no_codes(page_max, eps_out, bh, p, in_range, P, G, BLOCK_P, WORK)
     else:
@@ -1149,7 +1117,7 @@ def _code_candidates_kernel(
     S: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, SPAN: tl.constexpr,
     BLOCK_P: tl.constexpr, BITS: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     MARGIN: tl.constexpr, GP: tl.constexpr, USE_DOT: tl.constexpr, WORDS: tl.constexpr, NATIVE: tl.constexpr = False,
-    SPLIT: tl.constexpr = True, K_FROM_SUM: tl.constexpr = True, PDL: tl.constexpr = False,
+    SPLIT: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -1185,8 +1153,7 @@ def _code_candidates_kernel(
             if USE_DOT:  # pass 1's formulas and ε (``_dot_scores``), the G heads at once
                 s_all, eps_all = _dot_scores(q, codes, k_min, k_max, slopes, scale_w, r, alibi_eps, dot_rel,
                                              dot_abs, bh, p, page_row, hit, length, H, D, W, S, G, GP, BW,
-                                             BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT,
-                                             K_FROM_SUM)
+                                             BLOCK_P, BITS, WORK, HAS_ALIBI, NATIVE, SPLIT)
                 high = (s_all + eps_all[:, None, :]).to(tl.float64)  # [BLOCK_P, S, GP]
                 gi = tl.arange(0, GP)
                 reach_g = ~(c * high - tau_low[None, None, :] <= 0) & (gi < G)[None, None, :]  # NaN: kept
@@ -1326,7 +1293,7 @@ def code_bounds(
         HAS_ALIBI=alibi_slopes is not None, WITH_SCORES=with_scores, WITH_NEWEST=in_scan,
         USE_DOT=form.dot, GP=form.heads, BLOCK_P=BLOCK_P, num_warps=NUM_WARPS,
         WORDS=_words(k_codes, work, d, bits, g), UNROLL_HEADS=bool(UNROLL_HEADS), NATIVE=q.is_cuda and bool(NATIVE_CODES),
-        SPLIT=form.split, K_FROM_SUM=bool(EXPONENT_FROM_SUM), **pdl_kwargs(q, "code_scan"), **consts,
+        SPLIT=form.split, **pdl_kwargs(q, "code_scan"), **consts,
     )
     newest = (alibi_slopes, k_pages, newest_max, newest_mag, newest_floor) if with_newest and not in_scan else None
     if k:  # the newest page, if asked for and not in the scan, in the seed's chunk launch
@@ -1412,7 +1379,7 @@ def code_candidates(
         HAS_ALIBI=alibi_slopes is not None, SPAN=span, BLOCK_P=CANDIDATE_BLOCK_P, num_warps=CANDIDATE_WARPS,
         MARGIN=margin, GP=form.heads, USE_DOT=form.dot,
         WORDS=_words(k_codes, work, d, bits, g),
-        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=form.split, K_FROM_SUM=bool(EXPONENT_FROM_SUM),
+        NATIVE=q.is_cuda and bool(NATIVE_CODES), SPLIT=form.split,
         **pdl_kwargs(q, "code_scan"), **consts,
     )
     return index, count, page_mask, tau_used, page_list, page_count

@@ -152,7 +152,7 @@ PROGRAMS_PER_SM = 2  # scoring programs per SM (memory parallelism of the K/V st
 MANY_ROWS = 32
 # list launches (not the dense pass) under PDL (``pdl.PDL_MODULES``' ``sparse_decode``) below this many
 # rows B·Hkv, else as the dense pass (``sparse_decode_dense``, off). On the H100 (session 54, perf-log
-# row 166; 32/8, fp16, α = 1.5, base / PDL alternated, the same outputs): B = 1 (8 rows) TopK 12.5% −0.7
+# row 166; 32/8, fp16, α = 1.5, base / PDL alternated, the same outputs): B = 1 (8 rows) TopK 12.5% −0.65
 # to −1.1 µs at 8K-128K, Gaussian and Exact on needles at 128K −0.7; B = 16 (128 rows) TopK 12.5% 64K
 # 243.9 / 245.4 µs without against 247.4 with (and 270.0, the process's first run); 9-127 rows not measured
 PDL_ROWS_BELOW = 32

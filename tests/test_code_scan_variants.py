@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import test_kernels_codes as codes_tests  # its tests run here under each variant (not collected twice)
-from helpers import fresh_seed, kernel_launches
+from helpers import fresh_seed
 from test_kernels_codes import BOUNDS_CASES, SEED_TAU_CASES, coded_pages, coded_setup
 
 pytest.importorskip("triton")

@@ -83,15 +83,11 @@ def rounding_part(cache, q, scale):
     return torch.einsum("bhgd,bhpd->bhgp", qg, code_radius_factor(wdt, cache.head_dim) * mag).double() * scale
 
 
-def dot_extra(cache, q, scale, exact_sum=False):
+def dot_extra(cache, q, scale):
     """[B, Hkv, G, P] float64: what the tensor-core path of ``code_bounds`` adds to ε (0 when it
     does not run), from its definition: scale·(rel·Σ_d |q_d|·step_pd + D·abs·2^−k) with 2^k the
-    power of two putting ε's sum T = Σ_d |q_d|·(radius_pd + rel·step_pd) in [2^13, 2^14) (or,
-    without ``EXPONENT_FROM_SUM``, max_d |q_d·step_pd| in [2^14, 2^15)), k in [−126, 126]
-    (``code_scan.dot_margins``; the module docstring). T is the kernel's float32 sum:
-    with ``exact_sum`` (inputs on which every sum is exact) it is taken as computed here, else
-    raised by its rounding's bound first, so that 2^−k is never below the kernel's (the extra
-    then bounds the kernel's from above)."""
+    power of two putting max_d |q_d·step_pd| (float32, as the kernel's) in [2^14, 2^15), k in
+    [−126, 126] (``code_scan.dot_margins``; the module docstring)."""
     wdt = torch.float64 if cache.dtype == torch.float64 else torch.float32
     d = cache.head_dim
     qg = q[:, :, 0].reshape(cache.batch, cache.num_kv_heads, -1, d).to(wdt)
@@ -99,19 +95,9 @@ def dot_extra(cache, q, scale, exact_sum=False):
         return torch.zeros(qg.shape[:3] + (cache.num_pages,), dtype=torch.float64, device=q.device)
     step = code_steps(cache.k_min, cache.k_max, cache.key_bits)  # [B, Hkv, P, D] float32
     rel, dab = dot_margins(cache.key_bits, splits_a(cache.key_bits))
-    if code_scan.EXPONENT_FROM_SUM:
-        spread = code_radius(cache, cache.key_bits).double() + rel * step.double()  # radius: step/2 + r·M
-        spread = torch.maximum(spread, (step * (0.5 + rel)).double())  # the kernel's floor (``HALF_STEP``)
-        total = torch.einsum("bhgd,bhpd->bhgp", qg.abs().double(), spread)
-        if not exact_sum:  # the kernel's float32 T is at most (1 + (D + 4)·2^−24·1.01) above this one
-            total = total * (1 + (d + 2) * 2.0 ** -23)
-        _, exponent = torch.frexp(total)  # total = mantissa·2^exponent, mantissa in [0.5, 1)
-        e = torch.where(total >= 2.0 ** -126, exponent + 126, torch.zeros_like(exponent))  # float32's biased one
-        down = torch.pow(2.0, (127 - (267 - e).clamp(1, 253)).double())
-    else:  # k from max_d |q_d·step_pd| (float32, as the kernel's) in [2^14, 2^15)
-        top = (qg[:, :, :, None, :] * step[:, :, None, :, :]).abs().amax(-1)  # [B, Hkv, G, P]
-        e = (top.view(torch.int32) >> 23) & 255
-        down = torch.pow(2.0, (127 - (268 - e).clamp(1, 253)).double())
+    top = (qg[:, :, :, None, :] * step[:, :, None, :, :]).abs().amax(-1)  # [B, Hkv, G, P]
+    e = (top.view(torch.int32) >> 23) & 255
+    down = torch.pow(2.0, (127 - (268 - e).clamp(1, 253)).double())
     sums = torch.einsum("bhgd,bhpd->bhgp", qg.abs().double(), step.double())
     return scale * (rel * sums + d * dab * down)
 

@@ -21,6 +21,35 @@ def test_pdl_never_applies_off_cuda_or_under_a_tracer(monkeypatch):
     assert pdl.pdl_kwargs(torch.zeros(2), "append") == {"PDL": False}
 
 
+@pytest.mark.parametrize("batch,kv_heads,dense,takes", [(1, 8, False, True), (1, 8, True, False),
+                                                        (4, 8, False, False), (3, 10, False, True)])
+def test_sparse_decode_asks_for_pdl_on_lists_of_few_rows(batch, kv_heads, dense, takes, monkeypatch):
+    """``sparse_decode``'s two launches ask ``pdl_kwargs`` for one module: ``sparse_decode`` (in
+    ``PDL_MODULES``) for a page list of fewer than ``PDL_ROWS_BELOW`` rows B·Hkv, else
+    ``sparse_decode_dense`` (not in it) — the dense pass and lists of many rows, which measured
+    slower with it (perf-log row 166). Off the GPU nothing launches with PDL; the choice is what
+    a CUDA launch would take."""
+    from entmaxkv.kernels import sparse_decode as module
+
+    asked = []
+    real = module.pdl_kwargs
+    monkeypatch.setattr(module, "pdl_kwargs", lambda t, name: asked.append(name) or real(t, name))
+    d, s, p, g = 16, 16, 3, 2
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(batch, kv_heads, p, s, d, generator=gen)
+    lens = torch.full((batch,), 2 * s + 3, dtype=torch.int64)
+    pages = torch.tensor([0, 1, -1], dtype=torch.int32).expand(batch, kv_heads, p).contiguous()
+    count = torch.full((batch, kv_heads), 2, dtype=torch.int32)
+    q = torch.randn(batch, kv_heads * g, d, generator=gen)
+    module.sparse_decode(q, k, k.clone(), None, pages, count, lens, None, None, None, None, 1.5, 0.25, dense,
+                         module.TAU_EXACT, 0)
+    want = "sparse_decode" if takes else "sparse_decode_dense"
+    assert asked == [want, want], asked
+    assert ("sparse_decode" in pdl.PDL_MODULES.split(), "sparse_decode_dense" in pdl.PDL_MODULES.split()) == (
+        True, False)
+    assert dense or (batch * kv_heads < module.PDL_ROWS_BELOW) == takes
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_pdl_kwargs_on_cuda(monkeypatch):
