@@ -28,7 +28,6 @@ from test_keycodes import adversarial_keys, naive_scores
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.interpreter
-from entmaxkv.kernels import code_scan  # noqa: E402
 from entmaxkv.kernels.code_scan import (  # noqa: E402
     code_bounds, code_candidates, code_radius_factor, dot_margins, splits_a, uses_dot)
 from entmaxkv.kernels.page_scores import newest_slack  # noqa: E402
