@@ -3,7 +3,10 @@
 # turn (pipelined), 32-page blocks, 8 warps, 32-page blocks two in turn; B = 1 128K and B = 16 64K, needles.
 # ptxas for sm_90a (fp16, G = 4, with the mean and σ; a one-off compile on the CPU, session 54): the default
 # 64 pages / 4 warps, one block a program: 168 registers, no spill (3 programs an SM); two 64-page blocks in
-# turn: 255 and 72 B of spill stores; 32-page blocks: 168; 8 warps: 128; 32-page blocks two in turn: 128, no spill
+# turn: 255 and 72 B of spill stores; 32-page blocks: 168; 8 warps: 128; 32-page blocks two in turn: 128, no spill.
+# Not in this script: sigma_d_chunks_prototype.patch (the head dim in D_CHUNKS chunks, each dot accumulating into the
+# last) gives the σ form 144 registers at 2 chunks and 120 at 4 (4 programs an SM), but as written it also moves the
+# TopK form from 130 to 165 registers (1125 -> 1203 SASS): applied, it needs its own branch for D_CHUNKS > 1
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
 cd benchmarks
