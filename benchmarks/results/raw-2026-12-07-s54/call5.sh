@@ -6,7 +6,8 @@
 # turn: 255 and 72 B of spill stores; 32-page blocks: 168; 8 warps: 128; 32-page blocks two in turn: 128, no spill.
 # Not in this script: sigma_d_chunks_prototype.patch (the head dim in D_CHUNKS chunks, each dot accumulating into the
 # last) gives the σ form 144 registers at 2 chunks and 120 at 4 (4 programs an SM), but as written it also moves the
-# TopK form from 130 to 165 registers (1125 -> 1203 SASS): applied, it needs its own branch for D_CHUNKS > 1
+# TopK form from 130 to 165 registers (1125 -> 1203 SASS): applied, it needs its own branch for D_CHUNKS > 1.
+# Chunking σ's std² alone leaves the σ form at 168 registers: the other statistics' tiles hold them
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
 cd benchmarks
