@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	touch $(STAMP)
 
 # Without a GPU, Triton kernels run in its interpreter (set before any kernel is defined).
-# The tests spread over every core (pytest-xdist): 43 minutes on CI's two (2026-12-06).
+# The tests spread over every core (pytest-xdist): 17–24 minutes on CI's two (2026-12-07).
 test: $(STAMP)
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(PY) -c 'import torch; print(0 if torch.cuda.is_available() else 1)')} \
 		$(PY) -m pytest -q -n auto
