@@ -139,6 +139,13 @@ SIGMA_ONE_PASS = True
 # page blocks a σ program of the tensor-core form takes in turn where ``dot_iters`` loops (4,
 # ``DOT_ITERS``, spill 200 B a thread for sm_90a and ran 823.7 µs against 706.3 at B = 16 128K)
 DOT_ITERS_WITH_SIGMA = 1
+# the tensor-core σ form's head dimension in this many chunks (``_page_block_dot_chunks``; at most
+# BLOCK_D / 16, tl.dot's smallest K): ptxas for sm_90a (fp16, G = 4, with the mean) 168 registers a
+# thread at 1, 144 at 2, 120 at 4 (3, 3 and 4 programs an SM of 4 warps; session 54). Not yet timed on
+# a GPU, so 1 (the unchunked form): raw-2026-12-07-s54/call5.sh times 4 as ``page_scores.SIGMA_D_CHUNKS=4``.
+# Its dots sum in another order than the unchunked forms': upper, absmax and the mean within the same
+# rounding model, but not bit for bit equal to the forms without σ (the tests check each against the oracle)
+SIGMA_D_CHUNKS = 1
 
 
 def rounding_gamma(dtype: torch.dtype, head_dim: int) -> float:
@@ -212,7 +219,7 @@ def _page_scores_kernel(
     WORK: tl.constexpr, HAS_ALIBI: tl.constexpr, WITH_SIGMA: tl.constexpr, WITH_NEWEST: tl.constexpr,
     HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, CHUNK: tl.constexpr, VEC: tl.constexpr, DOT: tl.constexpr = False,
     GD: tl.constexpr = 16, DOT_F32: tl.constexpr = False, ITERS: tl.constexpr = 1, STAGES: tl.constexpr = 1,
-    PDL: tl.constexpr = False, SIGMA_ONE_PASS: tl.constexpr = False,
+    PDL: tl.constexpr = False, SIGMA_ONE_PASS: tl.constexpr = False, D_CHUNKS: tl.constexpr = 1,
 ):
     pdl_enter(PDL)
     bh = tl.program_id(0)
@@ -227,9 +234,15 @@ def _page_scores_kernel(
                          BLOCK_S, BLOCK_D, WORK, HAS_ALIBI, True)
     if DOT:
         if block * BLOCK_P * ITERS < full:
-            _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
-                            alibi_eps, nu, bh, block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK,
-                            HAS_ALIBI, HAS_NU, WITH_MEAN, WITH_SIGMA, DOT_F32, ITERS, STAGES, SIGMA_ONE_PASS)
+            if D_CHUNKS > 1:
+                _page_block_dot_chunks(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale,
+                                       gamma, alibi_eps, nu, bh, block, H, P, D, length, full, S, G, GD, BLOCK_P,
+                                       BLOCK_D, WORK, HAS_ALIBI, HAS_NU, WITH_MEAN, WITH_SIGMA, DOT_F32, ITERS, STAGES,
+                                       SIGMA_ONE_PASS, D_CHUNKS)
+            else:
+                _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
+                                alibi_eps, nu, bh, block, H, P, D, length, full, S, G, GD, BLOCK_P, BLOCK_D, WORK,
+                                HAS_ALIBI, HAS_NU, WITH_MEAN, WITH_SIGMA, DOT_F32, ITERS, STAGES, SIGMA_ONE_PASS)
     elif CHUNK > 0:
         if block * BLOCK_P < full:
             _page_block_chunked(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma,
@@ -368,6 +381,14 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc(a, b, acc, F32: tl.constexpr):
+    """acc + a @ b accumulated in float32 (``_dot`` continuing a chain)."""
+    if F32:
+        return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
+    return tl.dot(a, b, acc, out_dtype=tl.float32)
+
+
+@triton.jit
 def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps, nu,
                     bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -455,6 +476,82 @@ def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean,
 
 
 @triton.jit
+def _page_block_dot_chunks(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps,
+                           nu, bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr,
+                           BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+                           HAS_NU: tl.constexpr, WITH_MEAN: tl.constexpr, WITH_SIGMA: tl.constexpr,
+                           DOT_F32: tl.constexpr, ITERS: tl.constexpr, STAGES: tl.constexpr,
+                           SIGMA_ONE_PASS: tl.constexpr, D_CHUNKS: tl.constexpr):
+    """``_page_block_dot`` with the head dimension in D_CHUNKS chunks of BLOCK_D / D_CHUNKS
+    channels (``SIGMA_D_CHUNKS``, the σ form only): each chunk's statistics are loaded and its dots
+    accumulate into the chunks' before — the same products in one chain per quantity, so the
+    rounding model of ``_page_block_dot`` holds unchanged — with a quarter (at 4 chunks) of the
+    statistics' tiles in registers at once: 120 registers a thread for sm_90a (fp16, G = 4, the
+    mean and σ) against 168, 4 programs an SM against 3 (session 54, not yet timed)."""
+    scale_w = tl.cast(scale, WORK)
+    heads = tl.arange(0, GD)
+    qrows = (bh * G + heads).to(tl.int64)  # [GD]
+    CH: tl.constexpr = BLOCK_D // D_CHUNKS
+    for i in tl.range(0, ITERS, num_stages=STAGES):
+        p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pmask = p < full
+        quest = tl.zeros((BLOCK_P, GD), tl.float32)
+        mag = tl.zeros((BLOCK_P, GD), tl.float32)
+        mag_nu = tl.zeros((BLOCK_P, GD), tl.float32)
+        mu = tl.zeros((BLOCK_P, GD), tl.float32)
+        var = tl.zeros((BLOCK_P, GD), tl.float32)
+        for c in tl.static_range(D_CHUNKS):
+            d = c * CH + tl.arange(0, CH)
+            dmask = d < D
+            qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
+            if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
+                qt = qt.to(tl.float32)
+            zero = tl.zeros_like(qt)
+            q_pos = tl.maximum(qt, zero).to(qt.dtype)
+            q_neg = tl.minimum(qt, zero).to(qt.dtype)
+            qabs = tl.abs(qt).to(qt.dtype)
+            stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
+            smask = pmask[:, None] & dmask[None, :]
+            kmin = tl.load(k_min + stat, mask=smask, other=0.0)  # [BLOCK_P, CH], the stored dtype
+            kmax = tl.load(k_max + stat, mask=smask, other=0.0)
+            if DOT_F32:
+                kmin, kmax = kmin.to(tl.float32), kmax.to(tl.float32)
+            quest = _dot_acc(kmin, q_neg, _dot_acc(kmax, q_pos, quest, DOT_F32), DOT_F32)
+            kabs = tl.maximum(tl.abs(kmin), tl.abs(kmax)).to(kmin.dtype)
+            mag = _dot_acc(kabs, qabs, mag, DOT_F32)
+            if WITH_MEAN:
+                kmean = tl.load(k_mean + stat, mask=smask, other=0.0)
+                if DOT_F32:
+                    kmean = kmean.to(tl.float32)
+                if HAS_NU:  # fp16 statistics: ν >= |key| where the mean's rounding is absolute
+                    kabs_nu = tl.maximum(kabs, tl.full(kabs.shape, nu, kabs.dtype)).to(kabs.dtype)
+                    mag_nu = _dot_acc(kabs_nu, qabs, mag_nu, DOT_F32)
+                mu = _dot_acc(kmean, qt, mu, DOT_F32)
+            if WITH_SIGMA:
+                q_sq = qt.to(tl.float32) * qt.to(tl.float32)  # exact: an 11-bit significand squared
+                kstd = tl.load(k_std + stat, mask=smask, other=0.0).to(tl.float32)
+                if SIGMA_ONE_PASS:
+                    var = tl.dot(kstd * kstd, q_sq, var, input_precision="tf32", out_dtype=tl.float32)
+                else:
+                    var = tl.dot(kstd * kstd, q_sq, var, input_precision="tf32x3", out_dtype=tl.float32)
+        mag = mag * scale_w
+        u = quest * scale_w + tl.cast(gamma, WORK) * mag
+        if WITH_MEAN:
+            if HAS_NU:
+                mag = mag_nu * scale_w
+            mu = mu * scale_w
+        else:
+            mu = u  # a placeholder: stored only WITH_MEAN
+        if WITH_SIGMA:
+            var = var * (scale_w * scale_w)
+        else:
+            var = u  # a placeholder: stored only WITH_SIGMA
+        _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, heads[None, :], qrows[None, :],
+                    p[:, None], pmask[:, None] & (heads < G)[None, :], length, alibi_eps, H, P, S, G, WORK, HAS_ALIBI,
+                    WITH_MEAN, WITH_SIGMA)
+
+
+@triton.jit
 def _store_head(upper, absmax, mean, sigma, slopes, u, mag, mu, var, bh, g, qrow, p, pmask, length, alibi_eps, H, P,
                 S: tl.constexpr, G: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
                 WITH_MEAN: tl.constexpr, WITH_SIGMA: tl.constexpr):
@@ -529,6 +626,13 @@ def uses_dot(q: torch.Tensor, k_min: torch.Tensor, with_sigma: bool) -> bool:
             and (not with_sigma or bool(SIGMA_DOT)) and k_min.shape[-1] >= 16)
 
 
+def sigma_chunks(head_dim: int) -> int:
+    """``SIGMA_D_CHUNKS`` down to a power of two (a chunk's channels are one), at most
+    next_pow2(D) / 16 (each chunk's dots need K >= 16)."""
+    chunks = 1 << (max(int(SIGMA_D_CHUNKS), 1).bit_length() - 1)
+    return max(1, min(chunks, next_pow2(head_dim) // 16))
+
+
 def dot_iters(blocks: int, device: torch.device, with_sigma: bool = False) -> int:
     """Page blocks a tensor-core program takes in turn: ``DOT_ITERS`` (``DOT_ITERS_WITH_SIGMA``
     with σ) where the ``blocks`` (rows × page blocks) still make a program for every SM, else
@@ -578,6 +682,7 @@ def _launch(q, k_min, k_max, k_mean, k_std, seq_lens, alibi_slopes, k_pages, pag
         GD=max(16, next_pow2(g)), DOT_F32=not q.is_cuda and k_min.dtype == torch.bfloat16, ITERS=iters,
         STAGES=(DOT_STAGES_WITH_MEAN if with_mean or with_sigma else DOT_STAGES) if dot else 1,
         num_warps=DOT_WARPS if dot else NUM_WARPS, SIGMA_ONE_PASS=bool(SIGMA_ONE_PASS),
+        D_CHUNKS=sigma_chunks(d) if dot and with_sigma else 1,
         **pdl_kwargs(q, "page_scores"),
     )
     return upper, absmax, mean, sigma, newest_max, newest_mag, newest_scores, newest_floor

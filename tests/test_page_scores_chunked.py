@@ -49,7 +49,7 @@ def oracle(cache, q, slopes, work):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16),
-                                           ("dot_sigma", 16), ("dot_sigma_tf32", 16)])
+                                           ("dot_sigma", 16), ("dot_sigma_tf32", 16), ("dot_sigma_chunks", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
@@ -61,12 +61,16 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     70 pages make 3 programs, the last one's second block past the row), or two in turn with σ
     on the tensor-core form too (``dot_sigma``: ``SIGMA_DOT``, a ``tf32x3`` dot; ``dot_sigma_tf32``:
     ``SIGMA_ONE_PASS`` too, one ``tf32`` dot, whose σ carries tf32's input rounding: within
-    2^-10·σ more, ``_page_block_dot``; the interpreter's float32 dots cannot show it)."""
-    sigma_dot = form in ("dot_sigma", "dot_sigma_tf32")
+    2^-10·σ more, ``_page_block_dot``; the interpreter's float32 dots cannot show it), and that
+    form with the head dimension in chunks (``dot_sigma_chunks``: ``SIGMA_D_CHUNKS`` 4, as many as
+    D allows, ``_page_block_dot_chunks``)."""
+    sigma_dot = form in ("dot_sigma", "dot_sigma_tf32", "dot_sigma_chunks")
     dot = form in ("dot", "dot2") or sigma_dot
     monkeypatch.setattr(module, "USE_DOT", dot)
     monkeypatch.setattr(module, "SIGMA_DOT", sigma_dot)
-    monkeypatch.setattr(module, "SIGMA_ONE_PASS", form == "dot_sigma_tf32")
+    monkeypatch.setattr(module, "SIGMA_ONE_PASS", form in ("dot_sigma_tf32", "dot_sigma_chunks"))
+    monkeypatch.setattr(module, "SIGMA_D_CHUNKS", 4 if form == "dot_sigma_chunks" else 1)
+    assert form != "dot_sigma_chunks" or module.sigma_chunks(d) >= 2
     iters = 2 if form == "dot2" or sigma_dot else 1  # page blocks a program takes in turn
     monkeypatch.setattr(module, "dot_iters", lambda blocks, device, with_sigma=False: iters)
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
@@ -102,7 +106,7 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     checks = [("upper", got[0], upper, 2 * gamma * absmax + bias_err), ("absmax", got[1], absmax, gamma * absmax),
               ("mean", got[2], mean, gamma * absmax + bias_err)]
     if with_sigma:
-        tf32 = 2.0 ** -10 if on_dot and form == "dot_sigma_tf32" else 0.0  # the operands' tf32 rounding
+        tf32 = 2.0 ** -10 if on_dot and form in ("dot_sigma_tf32", "dot_sigma_chunks") else 0.0  # tf32's rounding
         checks.append(("sigma", got[3], sigma, (4 * gamma + tf32) * sigma))
     for name, x, want, tol in checks:
         assert x.dtype == work, name
@@ -121,8 +125,22 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
         assert torch.equal(x[full], y[full]), msg
     lean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std, ran.seq_lens,
                        slopes, ran.k_pages, S, SCALE, False, False)
-    assert torch.equal(lean[0][full], got[0][full]), msg
+    if form == "dot_sigma_chunks":  # the chunked σ form sums in another order than the lean form: the
+        # lean upper within the same rounding model, not bit for bit (``SIGMA_D_CHUNKS``)
+        err = (lean[0].double().cpu() - upper).abs()
+        assert bool((err[full.cpu()] <= (2 * gamma * absmax + bias_err)[full.cpu()]).all()), msg
+        assert bool((lean[0].double().cpu() >= upper - 2 * gamma * mag - bias_err)[full.cpu()].all()), msg
+    else:
+        assert torch.equal(lean[0][full], got[0][full]), msg
     assert lean[1].numel() == 0 and lean[2].numel() == 0
+
+
+def test_sigma_chunks_are_powers_of_two_of_at_least_16_channels(monkeypatch):
+    """``sigma_chunks``: ``SIGMA_D_CHUNKS`` down to a power of two, at most next_pow2(D) / 16
+    chunks (each chunk's dots need K >= 16), at least 1."""
+    for setting, d, want in [(1, 128, 1), (4, 128, 4), (4, 24, 2), (4, 16, 1), (3, 128, 2), (8, 40, 4), (0, 64, 1)]:
+        monkeypatch.setattr(module, "SIGMA_D_CHUNKS", setting)
+        assert module.sigma_chunks(d) == want, (setting, d)
 
 
 def test_chunk_larger_than_the_head_dim_is_clamped(monkeypatch):

@@ -1,17 +1,18 @@
-# Session 54, call 5: the Gaussian step's statistics pass (page_scores with σ on tensor cores, one 64-page block a
-# program: 31.6 µs of the B = 1 128K step at ~2.1 TB/s in session 51's profile) in other launch shapes: two blocks in
-# turn (pipelined), 32-page blocks, 8 warps, 32-page blocks two in turn; B = 1 128K and B = 16 64K, needles.
-# ptxas for sm_90a (fp16, G = 4, with the mean and σ; a one-off compile on the CPU, session 54): the default
-# 64 pages / 4 warps, one block a program: 168 registers, no spill (3 programs an SM); two 64-page blocks in
-# turn: 255 and 72 B of spill stores; 32-page blocks: 168; 8 warps: 128; 32-page blocks two in turn: 128, no spill.
-# Not in this script: sigma_d_chunks_prototype.patch (the head dim in D_CHUNKS chunks, each dot accumulating into the
-# last) gives the σ form 144 registers at 2 chunks and 120 at 4 (4 programs an SM), but as written it also moves the
-# TopK form from 130 to 165 registers (1125 -> 1203 SASS): applied, it needs its own branch for D_CHUNKS > 1.
-# Chunking σ's std² alone leaves the σ form at 168 registers: the other statistics' tiles hold them
+# Session 54, call 5 (not run: no device time was left): the Gaussian step's statistics pass (page_scores with σ on
+# tensor cores, one 64-page block a program: 31.6 µs of the B = 1 128K step at ~2.1 TB/s in session 51's profile) in
+# other shapes: the head dim in 4 or 2 chunks (page_scores.SIGMA_D_CHUNKS), 8 warps, 32-page blocks two in turn; B = 1
+# 128K and B = 16 64K, needles. First the oracle gpu test of the statistics forms (the chunked one among them).
+# ptxas for sm_90a (fp16, G = 4, with the mean and σ; one-off compiles on the CPU, session 54), registers a thread:
+# the default 168, no spill (3 programs of 4 warps an SM); 4 chunks 120 (4 programs), 2 chunks 144; 8 warps 128;
+# 32-page blocks two in turn 128; two 64-page blocks in turn 255 with 72 B of spill stores (not timed here). The
+# chunked form leaves the other forms' code as it was (TopK 1125 SASS / 130 registers, Exact 1333 / 242); its first
+# form (sigma_d_chunks_prototype.patch) had moved TopK's to 1203 / 165. Chunking σ's std² alone leaves 168.
 source benchmarks/results/raw-2026-12-05-s39/setup.sh
 rm -f "$OUT/pip.log"
+timeout 120 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider -rf tests/test_page_scores_chunked.py 2>&1 | tail -3 \
+  | tee "$OUT/gpu-tests.txt"
 cd benchmarks
-V="base;page_scores.DOT_ITERS_WITH_SIGMA=2;page_scores.DOT_BLOCK_P=32;page_scores.DOT_WARPS=8;page_scores.DOT_BLOCK_P=32,page_scores.DOT_ITERS_WITH_SIGMA=2;base"
+V="base;page_scores.SIGMA_D_CHUNKS=4;page_scores.SIGMA_D_CHUNKS=2;page_scores.DOT_WARPS=8;page_scores.DOT_BLOCK_P=32,page_scores.DOT_ITERS_WITH_SIGMA=2;base"
 timeout 90 python3 step_variants_gpu.py --selector Gaussian --data needles --contexts 131072 --reps 20 --variants "$V" \
   2>&1 | tee "$OUT/steps-b1.txt" | grep -E "##|µs"
 timeout 120 python3 step_variants_gpu.py --selector Gaussian --data needles --batch 16 --contexts 65536 --reps 10 \
