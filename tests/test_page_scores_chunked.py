@@ -49,7 +49,8 @@ def oracle(cache, q, slopes, work):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("form, block_p", [(0, 4), (8, 4), (16, 8), (32, 4), ("dot", 16), ("dot2", 16),
-                                           ("dot_sigma", 16), ("dot_sigma_tf32", 16), ("dot_sigma_chunks", 16)])
+                                           ("dot_sigma", 16), ("dot_sigma_tf32", 16), ("dot_sigma_chunks", 16),
+                                           ("dot_sigma_chunks_x3", 16)])
 @pytest.mark.parametrize("dtype, d, group, tiny", [
     (torch.float16, 24, 4, False), (torch.float16, 128, 4, False), (torch.float16, 40, 1, True),
     (torch.bfloat16, 128, 3, False), (torch.float32, 24, 3, False), (torch.float64, 40, 4, False)])
@@ -63,14 +64,15 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
     ``SIGMA_ONE_PASS`` too, one ``tf32`` dot, whose σ carries tf32's input rounding: within
     2^-10·σ more, ``_page_block_dot``; the interpreter's float32 dots cannot show it), and that
     form with the head dimension in chunks (``dot_sigma_chunks``: ``SIGMA_D_CHUNKS`` 4, as many as
-    D allows, ``_page_block_dot_chunks``)."""
-    sigma_dot = form in ("dot_sigma", "dot_sigma_tf32", "dot_sigma_chunks")
+    D allows, ``_page_block_dot_chunks``; ``dot_sigma_chunks_x3`` with ``tf32x3``)."""
+    chunks = form in ("dot_sigma_chunks", "dot_sigma_chunks_x3")
+    sigma_dot = form in ("dot_sigma", "dot_sigma_tf32") or chunks
     dot = form in ("dot", "dot2") or sigma_dot
     monkeypatch.setattr(module, "USE_DOT", dot)
     monkeypatch.setattr(module, "SIGMA_DOT", sigma_dot)
     monkeypatch.setattr(module, "SIGMA_ONE_PASS", form in ("dot_sigma_tf32", "dot_sigma_chunks"))
-    monkeypatch.setattr(module, "SIGMA_D_CHUNKS", 4 if form == "dot_sigma_chunks" else 1)
-    assert form != "dot_sigma_chunks" or module.sigma_chunks(d) >= 2
+    monkeypatch.setattr(module, "SIGMA_D_CHUNKS", 4 if chunks else 1)
+    assert not chunks or module.sigma_chunks(d) >= 2
     iters = 2 if form == "dot2" or sigma_dot else 1  # page blocks a program takes in turn
     monkeypatch.setattr(module, "dot_iters", lambda blocks, device, with_sigma=False: iters)
     monkeypatch.setattr(module, "DOT_BLOCK_P" if dot else "BLOCK_P", block_p)
@@ -125,7 +127,11 @@ def test_page_scores_forms_equal_the_float64_oracle(form, block_p, dtype, d, gro
         assert torch.equal(x[full], y[full]), msg
     lean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std, ran.seq_lens,
                        slopes, ran.k_pages, S, SCALE, False, False)
-    if form == "dot_sigma_chunks":  # the chunked σ form sums in another order than the lean form: the
+    if chunks and on_dot:  # the chunked σ form without the mean: its upper and σ as with it, bit for bit
+        no_mean = page_bounds(q, ran.k_min, ran.k_max, torch.full_like(ran.k_mean, float("nan")), ran.k_std,
+                              ran.seq_lens, slopes, ran.k_pages, S, SCALE, True, False)
+        assert torch.equal(no_mean[0][full], got[0][full]) and torch.equal(no_mean[3][full], got[3][full]), msg
+    if chunks:  # the chunked σ form sums in another order than the lean form: the
         # lean upper within the same rounding model, not bit for bit (``SIGMA_D_CHUNKS``)
         err = (lean[0].double().cpu() - upper).abs()
         assert bool((err[full.cpu()] <= (2 * gamma * absmax + bias_err)[full.cpu()]).all()), msg
