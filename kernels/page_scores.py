@@ -389,6 +389,19 @@ def _dot_acc(a, b, acc, F32: tl.constexpr):
 
 
 @triton.jit
+def _query_tiles(q, qrows, d, dmask, heads, G: tl.constexpr, D, DOT_F32: tl.constexpr):
+    """The group's queries [len(d), GD] over the channels d (heads past G and channels past D
+    zero) and relu(q), min(q, 0), |q| of them, in q's dtype (float32 with ``DOT_F32``)."""
+    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
+    if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
+        qt = qt.to(tl.float32)
+    # max, min and abs of stored values are stored values: the casts back (Triton computes a
+    # bfloat16 maximum in float32) change nothing
+    zero = tl.zeros_like(qt)
+    return qt, tl.maximum(qt, zero).to(qt.dtype), tl.minimum(qt, zero).to(qt.dtype), tl.abs(qt).to(qt.dtype)
+
+
+@triton.jit
 def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean, sigma, scale, gamma, alibi_eps, nu,
                     bh, block, H, P, D, length, full, S: tl.constexpr, G: tl.constexpr, GD: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, WORK: tl.constexpr, HAS_ALIBI: tl.constexpr,
@@ -430,15 +443,7 @@ def _page_block_dot(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax, mean,
     dmask = d < D
     heads = tl.arange(0, GD)
     qrows = (bh * G + heads).to(tl.int64)  # [GD]
-    qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
-    if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
-        qt = qt.to(tl.float32)
-    # max, min and abs of stored values are stored values: the casts back (Triton computes a
-    # bfloat16 maximum in float32) change nothing
-    zero = tl.zeros_like(qt)
-    q_pos = tl.maximum(qt, zero).to(qt.dtype)
-    q_neg = tl.minimum(qt, zero).to(qt.dtype)
-    qabs = tl.abs(qt).to(qt.dtype)
+    qt, q_pos, q_neg, qabs = _query_tiles(q, qrows, d, dmask, heads, G, D, DOT_F32)
     q_sq = qt.to(tl.float32) * qt.to(tl.float32)  # exact: an 11-bit significand squared
     for i in tl.range(0, ITERS, num_stages=STAGES):
         p = (block * ITERS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -503,13 +508,7 @@ def _page_block_dot_chunks(q, k_min, k_max, k_mean, k_std, slopes, upper, absmax
         for c in tl.static_range(D_CHUNKS):
             d = c * CH + tl.arange(0, CH)
             dmask = d < D
-            qt = tl.load(q + qrows[None, :] * D + d[:, None], mask=dmask[:, None] & (heads < G)[None, :], other=0.0)
-            if DOT_F32:  # the interpreter's bfloat16 arithmetic is broken: exact float32 there
-                qt = qt.to(tl.float32)
-            zero = tl.zeros_like(qt)
-            q_pos = tl.maximum(qt, zero).to(qt.dtype)
-            q_neg = tl.minimum(qt, zero).to(qt.dtype)
-            qabs = tl.abs(qt).to(qt.dtype)
+            qt, q_pos, q_neg, qabs = _query_tiles(q, qrows, d, dmask, heads, G, D, DOT_F32)
             stat = (bh.to(tl.int64) * P + p)[:, None] * D + d[None, :]
             smask = pmask[:, None] & dmask[None, :]
             kmin = tl.load(k_min + stat, mask=smask, other=0.0)  # [BLOCK_P, CH], the stored dtype
